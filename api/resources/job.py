@@ -1,0 +1,53 @@
+"""The Job: a training or inference run over a network, with durable progress."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from api.resources.meta import Condition, DNSSubdomain, Model, Resource
+from api.resources.network import DataRef
+
+JobType = Literal["train", "infer"]
+Optimizer = Literal["sgd", "momentum", "adam"]
+
+
+class JobSpec(Model):
+    network: DNSSubdomain
+    type: JobType = "train"
+    data: DataRef | None = None
+    epochs: int = Field(default=1, ge=1, le=100_000)
+    batch_size: int = Field(default=32, ge=1, le=1_000_000)
+    optimizer: Optimizer = "sgd"
+    learning_rate: float = Field(default=0.01, gt=0, le=10)
+    checkpoint_interval: int = Field(default=50, ge=1)
+    seed: int = 0
+
+
+JobPhase = Literal["Pending", "Running", "Paused", "Succeeded", "Failed", "Cancelled"]
+
+
+class JobStatus(Model):
+    phase: JobPhase = "Pending"
+    step: int = 0
+    epoch: int = 0
+    total_steps: int = 0
+    loss: float | None = None
+    accuracy: float | None = None
+    checkpoint_step: int = 0
+    message: str = ""
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class Job(Resource):
+    KIND: ClassVar[str] = "Job"
+    PLURAL: ClassVar[str] = "jobs"
+    INDEXES: ClassVar[tuple[str, ...]] = ("network",)
+
+    kind: Literal["Job"] = "Job"
+    spec: JobSpec
+    status: JobStatus = Field(default_factory=JobStatus)
+
+    def index_values(self) -> dict[str, str | None]:
+        return {"network": self.spec.network}

@@ -1,0 +1,131 @@
+"""Object metadata and the base every stored resource shares.
+
+Field names follow Kubernetes: Python attributes are snake_case, the wire form (manifests,
+JSON, the store) is camelCase. `generation` changes only when spec changes;
+`resource_version` changes on every write and is the optimistic-concurrency token.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+API_VERSION = "dcnr.io/v1"
+GROUP = "dcnr.io"
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_KEY_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def check_dns1123_label(value: str) -> str:
+    """A name usable as one DNS label: at most 63 of [a-z0-9-], alphanumeric at both ends."""
+    if len(value) > 63 or not _DNS1123_LABEL.match(value):
+        raise ValueError(
+            f"invalid name {value!r}: must be a DNS-1123 label (at most 63 characters of "
+            "lowercase letters, digits and '-', starting and ending with a letter or digit)"
+        )
+    return value
+
+
+def check_dns1123_subdomain(value: str) -> str:
+    """A name of dot-separated DNS labels, at most 253 characters."""
+    if len(value) > 253 or not _DNS1123_SUBDOMAIN.match(value):
+        raise ValueError(
+            f"invalid name {value!r}: must be a DNS-1123 subdomain (at most 253 characters of "
+            "lowercase letters, digits, '-' and '.', starting and ending with a letter or digit)"
+        )
+    return value
+
+
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    for key, value in labels.items():
+        prefix, _, name = key.rpartition("/")
+        if prefix:
+            check_dns1123_subdomain(prefix)
+        if not name or len(name) > 63 or not _LABEL_KEY_NAME.match(name):
+            raise ValueError(
+                f"invalid label key {key!r}: name part must be at most 63 characters of "
+                "alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric"
+            )
+        if len(value) > 63 or not _LABEL_VALUE.match(value):
+            raise ValueError(
+                f"invalid label value {value!r} for key {key!r}: at most 63 characters of "
+                "alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric"
+            )
+    return labels
+
+
+DNSLabel = Annotated[str, AfterValidator(check_dns1123_label)]
+DNSSubdomain = Annotated[str, AfterValidator(check_dns1123_subdomain)]
+Labels = Annotated[dict[str, str], AfterValidator(check_labels)]
+
+
+class Model(BaseModel):
+    """Base of every wire model: camelCase aliases, unknown fields are errors."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+
+class ObjectMeta(Model):
+    name: DNSSubdomain
+    uid: str = ""
+    generation: int = Field(default=0, ge=0)
+    resource_version: int = Field(default=0, ge=0)
+    labels: Labels = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    finalizers: list[str] = Field(default_factory=list)
+    creation_timestamp: datetime | None = None
+    deletion_timestamp: datetime | None = None
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(Model):
+    """One observation, as in Kubernetes: Ready=True, Unschedulable=True with a reason."""
+
+    type: str
+    status: ConditionStatus
+    reason: str = ""
+    message: str = ""
+    last_transition_time: datetime | None = None
+    observed_generation: int = 0
+
+
+class Resource(Model):
+    """A stored record: apiVersion, kind, metadata, spec and status.
+
+    `INDEXES` names the secondary indexes the store keeps for this kind; `index_values`
+    gives this record's value for each (None: not indexed, as in a sparse index).
+    """
+
+    KIND: ClassVar[str]
+    PLURAL: ClassVar[str]
+    INDEXES: ClassVar[tuple[str, ...]] = ()
+
+    api_version: Literal["dcnr.io/v1"] = Field(default=API_VERSION, alias="apiVersion")
+    metadata: ObjectMeta
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def index_values(self) -> dict[str, str | None]:
+        return {}
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, exclude_none=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -1,0 +1,117 @@
+"""The Network: a graph of VNodes, the user's desired state."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, Field, JsonValue
+
+from api.resources.meta import Condition, DNSLabel, Model, ObjectMeta, Resource
+from api.resources.quantity import CpuMillis, MemoryBytes
+
+#: Limits that keep one user's manifest from hurting everyone else's store and scheduler.
+MAX_VNODES = 10_000
+MAX_INPUTS = 64
+MAX_REPLICAS = 16
+MAX_PARAMS_BYTES = 64 * 1024
+
+_KIND = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_ACCELERATOR = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,62}$")
+DATA_SCHEMES = ("file://", "s3://")
+
+
+def check_vnode_kind(value: str) -> str:
+    if not _KIND.match(value):
+        raise ValueError(
+            f"invalid vnode kind {value!r}: must be a lowercase identifier such as "
+            "'dense' or 'softmax_cross_entropy'"
+        )
+    return value
+
+
+def check_data_url(value: str) -> str:
+    if not value.startswith(DATA_SCHEMES) or value in DATA_SCHEMES:
+        raise ValueError(f"invalid data url {value!r}: must start with file:// or s3://")
+    if value.startswith("s3://") and not value[len("s3://") :].split("/", 1)[0]:
+        raise ValueError(f"invalid data url {value!r}: s3:// needs a bucket")
+    return value
+
+
+def check_accelerator_type(value: str) -> str:
+    if not _ACCELERATOR.match(value):
+        raise ValueError(f"invalid accelerator type {value!r}: e.g. 'a100', 'rtx-4090'")
+    return value
+
+
+AcceleratorType = Annotated[str, AfterValidator(check_accelerator_type)]
+
+
+class AcceleratorRequest(Model):
+    type: AcceleratorType
+    count: int = Field(default=1, ge=1, le=64)
+
+
+class ResourceRequest(Model):
+    cpu: CpuMillis = 100
+    memory: MemoryBytes = 64 * 2**20
+    accelerator: AcceleratorRequest | None = None
+
+
+class DataRef(Model):
+    """Where a VNode's data lives; `dataset` names it for locality-aware placement."""
+
+    url: Annotated[str, AfterValidator(check_data_url)]
+    dataset: DNSLabel | None = None
+
+
+class VNodeSpec(Model):
+    name: DNSLabel
+    kind: Annotated[str, AfterValidator(check_vnode_kind)]
+    params: dict[str, JsonValue] = Field(default_factory=dict)
+    inputs: list[str] = Field(default_factory=list, max_length=MAX_INPUTS)
+    resources: ResourceRequest = Field(default_factory=ResourceRequest)
+    replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
+    critical: bool = False
+    data: DataRef | None = None
+
+
+ValidationPolicy = Literal["none", "replicas", "adaptive"]
+
+
+class NetworkSpec(Model):
+    vnodes: list[VNodeSpec] = Field(min_length=1, max_length=MAX_VNODES)
+    validation: ValidationPolicy = "none"
+
+
+NetworkPhase = Literal["Pending", "Allocating", "Ready", "Degraded", "Terminating"]
+
+
+class NetworkStatus(Model):
+    phase: NetworkPhase = "Pending"
+    observed_generation: int = 0
+    desired_slots: int = 0
+    ready_slots: int = 0
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class Network(Resource):
+    KIND: ClassVar[str] = "Network"
+    PLURAL: ClassVar[str] = "networks"
+
+    kind: Literal["Network"] = "Network"
+    spec: NetworkSpec
+    status: NetworkStatus = Field(default_factory=NetworkStatus)
+
+    def vnode(self, name: str) -> VNodeSpec | None:
+        return next((v for v in self.spec.vnodes if v.name == name), None)
+
+    def slot_count(self) -> int:
+        return sum(v.replicas for v in self.spec.vnodes)
+
+
+def params_size(params: dict[str, Any]) -> int:
+    """Bytes the params take on the wire, for the MAX_PARAMS_BYTES limit."""
+    import json
+
+    return len(json.dumps(params, separators=(",", ":")).encode())

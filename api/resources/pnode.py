@@ -1,0 +1,74 @@
+"""The PNode: a physical machine that hosts VNodes, registered and kept alive by its agent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from api.resources.meta import Condition, DNSLabel, Model, Resource
+from api.resources.network import AcceleratorType
+from api.resources.quantity import CpuMillis, MemoryBytes
+
+
+class Accelerator(Model):
+    type: AcceleratorType
+    count: int = Field(default=1, ge=0, le=64)
+    memory: MemoryBytes = 0
+
+
+class Capacity(Model):
+    cpu: CpuMillis = 0
+    memory: MemoryBytes = 0
+    accelerators: list[Accelerator] = Field(default_factory=list)
+
+    def accelerator_count(self, kind: str) -> int:
+        return sum(a.count for a in self.accelerators if a.type == kind)
+
+
+class PNodeSpec(Model):
+    address: str = Field(min_length=1, max_length=255)
+    capacity: Capacity = Field(default_factory=Capacity)
+    datasets: list[DNSLabel] = Field(default_factory=list)
+    #: Cordoned: no new work is placed here (kubectl cordon).
+    unschedulable: bool = False
+    #: Draining: existing work migrates away too (kubectl drain).
+    draining: bool = False
+    #: sha256 of the agent's credential; the credential itself is never stored.
+    credential_hash: str = ""
+
+
+PNodePhase = Literal["Ready", "NotReady", "Lost"]
+
+
+class Trust(Model):
+    consecutive_valid: int = 0
+    strikes: int = 0
+    bugged: bool = False
+
+
+class PNodeStatus(Model):
+    phase: PNodePhase = "Ready"
+    allocated: Capacity = Field(default_factory=Capacity)
+    #: Bumped on every registration; an agent presenting an older one is fenced.
+    incarnation: int = 0
+    lease_renewed_at: datetime | None = None
+    lease_duration_seconds: float = 0.0
+    trust: Trust = Field(default_factory=Trust)
+    missed_heartbeats: int = 0
+    evictions: int = 0
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class PNode(Resource):
+    KIND: ClassVar[str] = "PNode"
+    PLURAL: ClassVar[str] = "pnodes"
+    INDEXES: ClassVar[tuple[str, ...]] = ("phase",)
+
+    kind: Literal["PNode"] = "PNode"
+    spec: PNodeSpec
+    status: PNodeStatus = Field(default_factory=PNodeStatus)
+
+    def index_values(self) -> dict[str, str | None]:
+        return {"phase": self.status.phase}

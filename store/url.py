@@ -1,0 +1,103 @@
+"""Store URLs: `sqlite:///path/state.db` and `dynamodb://PREFIX?region=R&endpoint=URL`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from store import base, errors
+
+DEFAULT_REGION = "us-east-1"
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteURL:
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class DynamoURL:
+    prefix: str
+    region: str
+    endpoint: str | None
+
+
+def default_state_dir() -> Path:
+    """Where the embedded store lives by default: $XDG_STATE_HOME/dcnr or ~/.local/state/dcnr."""
+    root = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(root) / "dcnr"
+
+
+def default_url() -> str:
+    return f"sqlite:///{default_state_dir() / 'state.db'}"
+
+
+def parse(url: str) -> SqliteURL | DynamoURL:
+    """Parse a store URL, or raise InvalidRequest naming what is wrong and what is valid."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        # sqlite:///abs/path (three slashes: empty host, absolute path) or sqlite:///rel/path
+        if parts.netloc:
+            raise errors.InvalidRequest(
+                f"store url {url!r}: sqlite urls have no host; write sqlite:///path/state.db"
+            )
+        path = parts.path[1:] if parts.path.startswith("//") else parts.path
+        if not path or path == "/":
+            raise errors.InvalidRequest(f"store url {url!r}: missing database path (sqlite:///path/state.db)")
+        return SqliteURL(path=Path(path))
+    if parts.scheme == "dynamodb":
+        prefix = parts.netloc
+        if not prefix or not all(c.isalnum() or c in "-_." for c in prefix) or len(prefix) > 200:
+            raise errors.InvalidRequest(
+                f"store url {url!r}: table prefix {prefix!r} must be 1-200 characters of "
+                "letters, digits, '-', '_' or '.'"
+            )
+        query = parse_qs(parts.query, keep_blank_values=True)
+        unknown = sorted(set(query) - {"region", "endpoint"})
+        if unknown:
+            raise errors.InvalidRequest(
+                f"store url {url!r}: unknown parameter {unknown[0]!r} (known: region, endpoint)"
+            )
+        region = query.get("region", [os.environ.get("AWS_REGION") or DEFAULT_REGION])[-1]
+        endpoint = query.get("endpoint", [None])[-1] or None
+        return DynamoURL(prefix=prefix, region=region, endpoint=endpoint)
+    raise errors.InvalidRequest(
+        f"store url {url!r}: unknown scheme {parts.scheme!r} (known: sqlite, dynamodb)"
+    )
+
+
+async def open_store(url: str, *, clock: base.Clock = base.utc_now) -> base.Store:
+    """Open the store a URL names. Tables/schema must exist (see `init_store`) for DynamoDB;
+    SQLite creates its schema on open, being a private file."""
+    parsed = parse(url)
+    if isinstance(parsed, SqliteURL):
+        from store import sqlite
+
+        return await sqlite.SqliteStore.open(parsed.path, clock=clock)
+    from store import dynamodb
+
+    return await dynamodb.DynamoStore.open(
+        prefix=parsed.prefix, region=parsed.region, endpoint=parsed.endpoint, clock=clock
+    )
+
+
+async def init_store(url: str) -> list[str]:
+    """Create the store's tables idempotently; returns a line per table saying what happened."""
+    parsed = parse(url)
+    if isinstance(parsed, SqliteURL):
+        from store import sqlite
+
+        db = await sqlite.SqliteStore.open(parsed.path)
+        await db.close()
+        return [f"sqlite database {parsed.path} ready"]
+    from store import dynamodb
+
+    dyn = await dynamodb.DynamoStore.open(
+        prefix=parsed.prefix, region=parsed.region, endpoint=parsed.endpoint
+    )
+    try:
+        return await dyn.init_tables()
+    finally:
+        await dyn.close()
