@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+import builtins
 from typing import Generic, Protocol, TypeVar
 
 from api.resources.meta import Resource
@@ -95,9 +96,11 @@ class Store(Protocol):
 
     async def update(self, obj: R) -> R: ...
 
-    async def delete(self, kind: type[R], name: str, *, resource_version: int | None = None) -> None: ...
+    async def delete(
+        self, kind: type[R], name: str, *, resource_version: int | None = None
+    ) -> None: ...
 
-    async def transact(self, ops: Sequence[Op]) -> list[Resource | None]:
+    async def transact(self, ops: Sequence[Op]) -> builtins.list[Resource | None]:
         """Apply ops atomically; returns, per op, the written record (None for Delete/Check)."""
         ...
 
@@ -105,7 +108,11 @@ class Store(Protocol):
 
 
 async def iterate(
-    store: Store, kind: type[R], *, index: tuple[str, str] | None = None, page_size: int = DEFAULT_PAGE_SIZE
+    store: Store,
+    kind: type[R],
+    *,
+    index: tuple[str, str] | None = None,
+    page_size: int = DEFAULT_PAGE_SIZE,
 ) -> AsyncIterator[R]:
     """Every record of a kind (optionally by index), following pages."""
     token: str | None = None

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 
 class StoreError(Exception):
-    def __init__(self, message: str, *, kind: str = "", name: str = "", op_index: int | None = None):
+    def __init__(
+        self, message: str, *, kind: str = "", name: str = "", op_index: int | None = None
+    ):
         super().__init__(message)
         self.kind = kind
         self.name = name

@@ -38,14 +38,17 @@ def parse(url: str) -> SqliteURL | DynamoURL:
     """Parse a store URL, or raise InvalidRequest naming what is wrong and what is valid."""
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
-        # sqlite:///abs/path (three slashes: empty host, absolute path) or sqlite:///rel/path
+        # As SQLAlchemy: sqlite:///state.db is relative to the working directory,
+        # sqlite:////var/lib/dcnr/state.db (four slashes) is absolute.
         if parts.netloc:
             raise errors.InvalidRequest(
                 f"store url {url!r}: sqlite urls have no host; write sqlite:///path/state.db"
             )
-        path = parts.path[1:] if parts.path.startswith("//") else parts.path
-        if not path or path == "/":
-            raise errors.InvalidRequest(f"store url {url!r}: missing database path (sqlite:///path/state.db)")
+        path = parts.path[1:]
+        if not path or path.endswith("/"):
+            raise errors.InvalidRequest(
+                f"store url {url!r}: missing database path (sqlite:///path/state.db)"
+            )
         return SqliteURL(path=Path(path))
     if parts.scheme == "dynamodb":
         prefix = parts.netloc

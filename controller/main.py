@@ -1,0 +1,83 @@
+"""`dcnr-orchestrator`: serve the control plane, or prepare its store.
+
+    dcnr-orchestrator serve [--store URL] [--listen HOST:PORT]
+    dcnr-orchestrator init-store [--store URL]
+
+Exit codes: 0 success, 1 runtime failure (store unreachable, port taken), 2 bad usage.
+Errors are one line on stderr naming the flag and value; no tracebacks for user mistakes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from controller import logs, server
+from store import errors, url
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dcnr-orchestrator",
+        description="DCNR orchestrator: the control plane of a DCNR cluster.",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve the dcnr.v1 gRPC API")
+    serve.add_argument("--store", default=None, help=f"store URL (default: {url.default_url()})")
+    serve.add_argument(
+        "--listen", default="127.0.0.1:7070", help="gRPC address (default: %(default)s)"
+    )
+
+    init = commands.add_parser("init-store", help="create the store's tables (idempotent)")
+    init.add_argument("--store", default=None, help=f"store URL (default: {url.default_url()})")
+    return parser
+
+
+def _store_url(value: str | None) -> str:
+    chosen = value or url.default_url()
+    url.parse(chosen)  # raises InvalidRequest naming what is wrong
+    return chosen
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logs.setup(args.log_level)
+    try:
+        store_url = _store_url(args.store)
+    except errors.InvalidRequest as exc:
+        print(f"dcnr-orchestrator: error: --store: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "init-store":
+            for line in asyncio.run(url.init_store(store_url)):
+                print(line)
+            return 0
+        config = server.ServeConfig(store_url=store_url, listen=args.listen)
+
+        def ready(orchestrator: server.Orchestrator) -> None:
+            print(
+                f"dcnr-orchestrator: serving dcnr.v1 on {args.listen.rsplit(':', 1)[0]}:"
+                f"{orchestrator.port} (store {store_url}); Ctrl-C or SIGTERM stops it",
+                flush=True,
+            )
+
+        asyncio.run(server.serve(config, on_ready=ready))
+        return 0
+    except errors.StoreError as exc:
+        print(f"dcnr-orchestrator: error: store {store_url}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"dcnr-orchestrator: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

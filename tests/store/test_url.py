@@ -1,0 +1,59 @@
+"""Store URLs: what each form means, and a clear error naming what is wrong otherwise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from store import errors, url
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("sqlite:///state.db", url.SqliteURL(Path("state.db"))),
+        ("sqlite:///var/dcnr/state.db", url.SqliteURL(Path("var/dcnr/state.db"))),
+        ("sqlite:////var/lib/dcnr/state.db", url.SqliteURL(Path("/var/lib/dcnr/state.db"))),
+        ("dynamodb://dcnr?region=eu-west-1", url.DynamoURL("dcnr", "eu-west-1", None)),
+        (
+            "dynamodb://prod-dcnr?region=us-east-2&endpoint=http://127.0.0.1:5000",
+            url.DynamoURL("prod-dcnr", "us-east-2", "http://127.0.0.1:5000"),
+        ),
+    ],
+)
+def test_valid_urls(text: str, expected: object) -> None:
+    assert url.parse(text) == expected
+
+
+def test_dynamodb_region_defaults_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_REGION", "ap-south-1")
+    assert url.parse("dynamodb://dcnr") == url.DynamoURL("dcnr", "ap-south-1", None)
+    monkeypatch.delenv("AWS_REGION")
+    assert url.parse("dynamodb://dcnr") == url.DynamoURL("dcnr", url.DEFAULT_REGION, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("postgres://x/y", "unknown scheme 'postgres' (known: sqlite, dynamodb)"),
+        ("state.db", "unknown scheme ''"),
+        ("sqlite://host/state.db", "sqlite urls have no host"),
+        ("sqlite:///", "missing database path"),
+        ("sqlite:///dir/", "missing database path"),
+        ("dynamodb://?region=x", "table prefix ''"),
+        ("dynamodb://bad!prefix", "table prefix 'bad!prefix'"),
+        ("dynamodb://dcnr?regoin=x", "unknown parameter 'regoin' (known: region, endpoint)"),
+    ],
+)
+def test_invalid_urls_name_the_problem(text: str, fragment: str) -> None:
+    with pytest.raises(errors.InvalidRequest) as caught:
+        url.parse(text)
+    assert fragment in str(caught.value)
+    assert repr(text) in str(caught.value)
+
+
+def test_default_url_lives_under_the_state_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", "/tmp/xdg-state")
+    assert url.default_url() == "sqlite:////tmp/xdg-state/dcnr/state.db"
+    assert url.parse(url.default_url()) == url.SqliteURL(Path("/tmp/xdg-state/dcnr/state.db"))

@@ -1,0 +1,89 @@
+"""Real processes for integration tests: start our console scripts, read what they say
+with a deadline, and always stop them (SIGTERM, then SIGKILL)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def script(name: str) -> str:
+    path = BIN / name
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: run `make venv` to install the console scripts"
+        )
+    return str(path)
+
+
+def read_line(proc: subprocess.Popen[str], *, timeout: float = 30.0) -> str:
+    """The next line of proc's stdout, or an AssertionError naming what happened instead."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.1)
+        if ready:
+            line = proc.stdout.readline()
+            if line:
+                return line
+        if proc.poll() is not None:
+            rest = proc.stdout.read() if proc.stdout else ""
+            err = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(f"process exited with {proc.returncode}: {rest}{err}")
+    raise AssertionError(f"no line from {proc.args!r} within {timeout}s")
+
+
+def stop(proc: subprocess.Popen[str], *, timeout: float = 20.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+    return proc.returncode
+
+
+_SERVING = re.compile(r"serving dcnr\.v1 on (?P<host>[^ ]+):(?P<port>\d+)")
+
+
+@contextlib.contextmanager
+def orchestrator(
+    store_url: str, *, extra: Sequence[str] = ()
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A `dcnr-orchestrator serve` process on a free loopback port; yields (proc, "host:port")."""
+    proc = subprocess.Popen(
+        [
+            script("dcnr-orchestrator"),
+            "serve",
+            "--store",
+            store_url,
+            "--listen",
+            "127.0.0.1:0",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        line = read_line(proc)
+        match = _SERVING.search(line)
+        assert match, f"unexpected first line from the orchestrator: {line!r}"
+        yield proc, f"{match['host']}:{match['port']}"
+    finally:
+        stop(proc)
