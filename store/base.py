@@ -2,9 +2,10 @@
 
 Semantics every backend shares (the conformance suite checks them):
 
-- `create` fails with AlreadyExists if the name is taken. It fills uid, sets
-  resource_version and generation to 1 and creation_timestamp from the store's clock,
-  and returns the stored record.
+- `create` fails with AlreadyExists if the name is taken. It always assigns a fresh uid,
+  sets resource_version to 1, generation to 1 when the caller left it 0, and
+  creation_timestamp from the store's clock when the caller left it unset; it returns the
+  stored record.
 - `update` and `delete` are conditioned on `metadata.resource_version` (for delete, on the
   `resource_version` argument when given): Conflict when it differs, NotFound when the
   record is gone. An update returns the record with resource_version bumped by one. The

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-API_VERSION = "dcnr.io/v1"
+#: Final, so that mypy sees the Literal type the `apiVersion` field declares.
+API_VERSION: Final = "dcnr.io/v1"
 GROUP = "dcnr.io"
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
 _LABEL_KEY_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
@@ -67,13 +70,17 @@ Labels = Annotated[dict[str, str], AfterValidator(check_labels)]
 
 
 class Model(BaseModel):
-    """Base of every wire model: camelCase aliases, unknown fields are errors."""
+    """Base of every wire model: camelCase aliases, unknown fields are errors.
+
+    Input is validated when parsed, not on attribute assignment: quantities are parsed from
+    user units (`cpu: 2` is two cores) into integers (2000 millicores), so re-validating an
+    assignment such as `allocated.cpu += 500` would read 500 as cores, not millicores.
+    """
 
     model_config = ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
-        validate_assignment=True,
     )
 
 

@@ -1,0 +1,497 @@
+"""The embedded store: one SQLite file, durable, safe for several orchestrator processes.
+
+Layout. `records(kind, name, resource_version, uid, data)` keyed by (kind, name) holds each
+record as JSON. Secondary indexes live in a side table `record_index(kind, index_name,
+value, name)` whose primary key is the lookup order itself: listing by index is one range
+scan that already yields names in order, so a page is `name > last` on that key with no
+sort. A side table rather than fixed ix0/ix1 columns because kinds declare different
+numbers of indexes, an index added to a kind later needs rows and no ALTER TABLE, and a
+sparse index (value None) simply has no row. A second index on (kind, name) lets a write
+drop a record's old index rows without parsing its old JSON.
+
+Concurrency. One worker thread owns this process's only connection, and every blocking
+call runs there: the event loop never waits on the disk, and writes of one process are
+serialized without locks of our own. Between processes, WAL lets readers go on while one
+writer holds the lock. Writes open with BEGIN IMMEDIATE, so the write lock is held before
+any condition is read: the check and the write see the same committed state, and two
+writers never deadlock upgrading read locks. SQLite's busy_timeout waits for the lock
+first; past it we retry with jittered backoff, then raise Unavailable.
+
+Durability. WAL with synchronous=FULL fsyncs the log before COMMIT returns, so a write
+that returned survives a crash of the process and of the machine (NORMAL would only
+promise the former).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import functools
+import json
+import random
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from api.resources import meta
+from store import base, errors
+
+R = TypeVar("R", bound=meta.Resource)
+T = TypeVar("T")
+
+#: Bump when the layout changes; a database written by a newer layout is refused.
+SCHEMA_VERSION = 1
+MAX_PAGE_SIZE = 1000
+#: Attempts after SQLite's own busy_timeout gave up, with full-jitter backoff between.
+_LOCK_ATTEMPTS = 4
+_BACKOFF_FIRST = 0.01
+_BACKOFF_MAX = 0.5
+
+#: Per op, the written record (None for Delete and Check); named here because inside the
+#: class `list` is the method.
+Written = list[meta.Resource | None]
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS records (
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        resource_version INTEGER NOT NULL,
+        uid TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (kind, name)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS record_index (
+        kind TEXT NOT NULL,
+        index_name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        name TEXT NOT NULL,
+        PRIMARY KEY (kind, index_name, value, name)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS record_index_by_record ON record_index (kind, name)",
+)
+
+
+class SqliteStore:
+    """The Store protocol on one SQLite file; open with `await SqliteStore.open(path)`."""
+
+    def __init__(
+        self,
+        *,
+        path: Path,
+        clock: base.Clock,
+        executor: ThreadPoolExecutor,
+        conn: sqlite3.Connection,
+    ) -> None:
+        self._path = path
+        self._clock = clock
+        self._executor = executor
+        self._conn = conn
+        self._closed = False
+        self._jitter = random.Random()
+
+    @classmethod
+    async def open(
+        cls, path: str | Path, *, clock: base.Clock = base.utc_now, busy_timeout: float = 5.0
+    ) -> SqliteStore:
+        """Open (creating file and schema if needed); `busy_timeout` is seconds per lock wait."""
+        db_path = Path(path)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        loop = asyncio.get_running_loop()
+        try:
+            conn = await loop.run_in_executor(executor, _connect, db_path, busy_timeout)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(path=db_path, clock=clock, executor=executor, conn=conn)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        try:
+            # Queued behind any operation still running, so those finish first.
+            await loop.run_in_executor(self._executor, self._conn.close)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def get(self, kind: type[R], name: str) -> R:
+        def run(conn: sqlite3.Connection) -> R:
+            row = _row(conn, kind.KIND, name)
+            if row is None:
+                raise _not_found(kind.KIND, name)
+            return kind.model_validate_json(row[2])
+
+        return await self._run(run, write=False)
+
+    async def list(
+        self,
+        kind: type[R],
+        *,
+        index: tuple[str, str] | None = None,
+        limit: int = base.DEFAULT_PAGE_SIZE,
+        continue_token: str | None = None,
+    ) -> base.Page[R]:
+        _check_list_args(kind, index, limit)
+        after = "" if continue_token is None else _decode_token(continue_token, kind, index)
+
+        def run(conn: sqlite3.Connection) -> base.Page[R]:
+            if index is None:
+                cursor = conn.execute(
+                    "SELECT name, data FROM records WHERE kind = ? AND name > ?"
+                    " ORDER BY name LIMIT ?",
+                    (kind.KIND, after, limit + 1),
+                )
+            else:
+                cursor = conn.execute(
+                    "SELECT r.name, r.data FROM record_index AS i"
+                    " JOIN records AS r ON r.kind = i.kind AND r.name = i.name"
+                    " WHERE i.kind = ? AND i.index_name = ? AND i.value = ? AND i.name > ?"
+                    " ORDER BY i.name LIMIT ?",
+                    (kind.KIND, index[0], index[1], after, limit + 1),
+                )
+            rows = cursor.fetchall()
+            items = [kind.model_validate_json(data) for _, data in rows[:limit]]
+            token = _encode_token(kind, index, rows[limit - 1][0]) if len(rows) > limit else None
+            return base.Page(items=items, continue_token=token)
+
+        return await self._run(run, write=False)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def create(self, obj: R) -> R:
+        now = self._clock()
+        return await self._run(lambda conn: _create(conn, obj, now), write=True)
+
+    async def update(self, obj: R) -> R:
+        return await self._run(lambda conn: _update(conn, obj), write=True)
+
+    async def delete(
+        self, kind: type[R], name: str, *, resource_version: int | None = None
+    ) -> None:
+        await self._run(lambda conn: _delete(conn, kind, name, resource_version), write=True)
+
+    async def transact(self, ops: Sequence[base.Op]) -> Written:
+        _check_transaction(ops)
+        if not ops:
+            return []
+        now = self._clock()
+
+        def run(conn: sqlite3.Connection) -> Written:
+            results: Written = []
+            for position, op in enumerate(ops):
+                try:
+                    results.append(_apply(conn, op, now))
+                except errors.StoreError as exc:
+                    exc.op_index = position
+                    raise
+            return results
+
+        return await self._run(run, write=True)
+
+    # -- the worker thread -------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        if self._closed:
+            raise errors.InvalidRequest(f"sqlite store {self._path} is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, functools.partial(self._attempt, fn, write=write)
+        )
+
+    def _attempt(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        """Run `fn`, in a write transaction if `write`; on the worker thread."""
+        conn = self._conn
+        if write:
+            return _retry_while_locked(self._path, self._jitter, lambda: _in_transaction(conn, fn))
+        return _retry_while_locked(self._path, self._jitter, lambda: fn(conn))
+
+
+def _retry_while_locked(path: Path, jitter: random.Random, fn: Callable[[], T]) -> T:
+    """Retry `fn` while another connection holds the lock past busy_timeout; translate errors.
+
+    Sleeps between attempts: it runs on a store's worker thread, never on the event loop.
+    """
+    backoff = _BACKOFF_FIRST
+    for attempt in range(_LOCK_ATTEMPTS):
+        try:
+            return fn()
+        except sqlite3.Error as exc:
+            if not _is_busy(exc):
+                raise _translate(path, exc) from exc
+            if attempt == _LOCK_ATTEMPTS - 1:
+                raise errors.Unavailable(
+                    f"sqlite store {path}: database is locked by another writer;"
+                    f" gave up after {_LOCK_ATTEMPTS} attempts, retry later"
+                ) from exc
+            time.sleep(jitter.uniform(0, backoff))
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), timeout=busy_timeout, isolation_level=None)
+    except (OSError, sqlite3.Error) as exc:
+        raise errors.Unavailable(f"sqlite store {path}: cannot open: {exc}") from exc
+    try:
+        # Several processes may create the file and schema at once: retried like any write.
+        _retry_while_locked(path, random.Random(), lambda: _init_schema(conn, path))
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _init_schema(conn: sqlite3.Connection, path: Path) -> None:
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise errors.Unavailable(
+            f"sqlite store {path}: journal_mode is {mode!r}, need 'wal'"
+            " (is the file on a network filesystem?)"
+        )
+    conn.execute("PRAGMA synchronous = FULL")
+
+    def create(c: sqlite3.Connection) -> None:
+        version = int(c.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise errors.StoreError(
+                f"sqlite store {path}: schema version {version} is newer than this"
+                f" orchestrator's {SCHEMA_VERSION}; upgrade the orchestrator"
+            )
+        for statement in _SCHEMA:
+            c.execute(statement)
+        if version < SCHEMA_VERSION:
+            c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    _in_transaction(conn, create)
+
+
+def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _translate(path: Path, exc: sqlite3.Error) -> errors.StoreError:
+    if isinstance(exc, sqlite3.OperationalError):
+        # Disk full, I/O errors, a vanished directory: the caller may retry later.
+        return errors.Unavailable(f"sqlite store {path}: {exc}")
+    return errors.StoreError(f"sqlite store {path}: {exc}")
+
+
+# -- operations, run on the worker thread inside a transaction ----------------------------
+
+
+def _row(conn: sqlite3.Connection, kind: str, name: str) -> tuple[int, str, str] | None:
+    row = conn.execute(
+        "SELECT resource_version, uid, data FROM records WHERE kind = ? AND name = ?",
+        (kind, name),
+    ).fetchone()
+    return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
+
+
+def _not_found(kind: str, name: str) -> errors.NotFound:
+    return errors.NotFound(f"{kind} {name!r} not found", kind=kind, name=name)
+
+
+def _conflict(kind: str, name: str, expected: int, stored: int) -> errors.Conflict:
+    return errors.Conflict(
+        f"{kind} {name!r}: resource_version {expected} is stale, the stored one is {stored};"
+        " re-read and retry",
+        kind=kind,
+        name=name,
+    )
+
+
+def _apply(conn: sqlite3.Connection, op: base.Op, now: datetime) -> meta.Resource | None:
+    if isinstance(op, base.Create):
+        return _create(conn, op.obj, now)
+    if isinstance(op, base.Update):
+        return _update(conn, op.obj)
+    if isinstance(op, base.Delete):
+        _delete(conn, op.kind, op.name, op.resource_version)
+        return None
+    _check(conn, op.kind, op.name, op.resource_version)
+    return None
+
+
+def _create(conn: sqlite3.Connection, obj: R, now: datetime) -> R:
+    kind = obj.KIND
+    if _row(conn, kind, obj.name) is not None:
+        raise errors.AlreadyExists(f"{kind} {obj.name!r} already exists", kind=kind, name=obj.name)
+    stored = _with_meta(
+        obj,
+        uid=str(uuid.uuid4()),
+        resource_version=1,
+        generation=obj.metadata.generation or 1,
+        creation_timestamp=obj.metadata.creation_timestamp or now,
+    )
+    data = stored.to_json()
+    conn.execute(
+        "INSERT INTO records (kind, name, resource_version, uid, data) VALUES (?, ?, ?, ?, ?)",
+        (kind, obj.name, 1, stored.metadata.uid, data),
+    )
+    _write_index(conn, stored)
+    return type(obj).model_validate_json(data)
+
+
+def _update(conn: sqlite3.Connection, obj: R) -> R:
+    kind = obj.KIND
+    row = _row(conn, kind, obj.name)
+    if row is None:
+        raise _not_found(kind, obj.name)
+    version, uid, old_data = row
+    if version != obj.metadata.resource_version:
+        raise _conflict(kind, obj.name, obj.metadata.resource_version, version)
+    # uid and creation time belong to the store; a writer's copy of them is ignored.
+    old_meta = meta.ObjectMeta.model_validate(json.loads(old_data)["metadata"])
+    stored = _with_meta(
+        obj,
+        uid=uid,
+        resource_version=version + 1,
+        generation=obj.metadata.generation,
+        creation_timestamp=old_meta.creation_timestamp,
+    )
+    data = stored.to_json()
+    conn.execute(
+        "UPDATE records SET resource_version = ?, data = ? WHERE kind = ? AND name = ?",
+        (version + 1, data, kind, obj.name),
+    )
+    conn.execute("DELETE FROM record_index WHERE kind = ? AND name = ?", (kind, obj.name))
+    _write_index(conn, stored)
+    return type(obj).model_validate_json(data)
+
+
+def _delete(
+    conn: sqlite3.Connection, kind: type[meta.Resource], name: str, resource_version: int | None
+) -> None:
+    _check(conn, kind, name, resource_version)
+    conn.execute("DELETE FROM records WHERE kind = ? AND name = ?", (kind.KIND, name))
+    conn.execute("DELETE FROM record_index WHERE kind = ? AND name = ?", (kind.KIND, name))
+
+
+def _check(
+    conn: sqlite3.Connection, kind: type[meta.Resource], name: str, resource_version: int | None
+) -> None:
+    row = _row(conn, kind.KIND, name)
+    if row is None:
+        raise _not_found(kind.KIND, name)
+    if resource_version is not None and row[0] != resource_version:
+        raise _conflict(kind.KIND, name, resource_version, row[0])
+
+
+def _with_meta(obj: R, **fields: Any) -> R:
+    return obj.model_copy(update={"metadata": obj.metadata.model_copy(update=fields)})
+
+
+def _write_index(conn: sqlite3.Connection, obj: meta.Resource) -> None:
+    values = obj.index_values()
+    rows = [
+        (obj.KIND, index_name, value, obj.name)
+        for index_name in obj.INDEXES
+        if (value := values.get(index_name)) is not None
+    ]
+    conn.executemany(
+        "INSERT INTO record_index (kind, index_name, value, name) VALUES (?, ?, ?, ?)", rows
+    )
+
+
+# -- argument checks and continue tokens, on the caller's side ----------------------------
+
+
+def _check_list_args(kind: type[meta.Resource], index: tuple[str, str] | None, limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise errors.InvalidRequest(
+            f"list {kind.KIND}: limit {limit!r} is out of range; must be 1..{MAX_PAGE_SIZE}",
+            kind=kind.KIND,
+        )
+    if index is not None and index[0] not in kind.INDEXES:
+        known = ", ".join(kind.INDEXES) or "none"
+        raise errors.InvalidRequest(
+            f"list {kind.KIND}: index {index[0]!r} is not declared for this kind"
+            f" (declared: {known})",
+            kind=kind.KIND,
+        )
+
+
+def _check_transaction(ops: Sequence[base.Op]) -> None:
+    if len(ops) > base.MAX_TRANSACTION_OPS:
+        raise errors.InvalidRequest(
+            f"transaction has {len(ops)} operations; at most {base.MAX_TRANSACTION_OPS} allowed"
+        )
+    seen: dict[tuple[str, str], int] = {}
+    for position, op in enumerate(ops):
+        if isinstance(op, base.Create | base.Update):
+            key = (op.obj.KIND, op.obj.name)
+        elif isinstance(op, base.Delete | base.Check):
+            key = (op.kind.KIND, op.name)
+        else:
+            raise errors.InvalidRequest(
+                f"transaction op {position}: {type(op).__name__} is not an operation"
+                " (Create, Update, Delete or Check)",
+                op_index=position,
+            )
+        if key in seen:
+            raise errors.InvalidRequest(
+                f"transaction op {position}: {key[0]} {key[1]!r} already appears in op"
+                f" {seen[key]}; a record may appear once per transaction",
+                kind=key[0],
+                name=key[1],
+                op_index=position,
+            )
+        seen[key] = position
+
+
+def _encode_token(kind: type[meta.Resource], index: tuple[str, str] | None, last: str) -> str:
+    doc = {"k": kind.KIND, "i": list(index) if index else None, "a": last}
+    raw = json.dumps(doc, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str, kind: type[meta.Resource], index: tuple[str, str] | None) -> str:
+    """The last name of the previous page; the token must come from the same list call."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        doc = json.loads(raw)
+        last = doc["a"]
+        same = doc["k"] == kind.KIND and doc["i"] == (list(index) if index else None)
+    except (binascii.Error, ValueError, TypeError, KeyError) as exc:
+        raise errors.InvalidRequest(
+            f"list {kind.KIND}: continue_token {token[:40]!r} is malformed; pass the token"
+            " returned by the previous page",
+            kind=kind.KIND,
+        ) from exc
+    if not same or not isinstance(last, str):
+        raise errors.InvalidRequest(
+            f"list {kind.KIND}: continue_token {token[:40]!r} belongs to a different list"
+            " (kind or index differ)",
+            kind=kind.KIND,
+        )
+    return last

@@ -1,0 +1,282 @@
+"""The Store contract of store/base.py, checked identically on every backend."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from api.resources import allocation, job, network, orchestrator, pnode
+from store import base, errors
+from tests.store import records
+from tests.store.conftest import FakeClock
+
+KINDS = [type(obj) for obj in records.one_of_each()]
+
+
+# -- create and get ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("obj", records.one_of_each(), ids=lambda o: o.KIND)
+async def test_create_fills_metadata_and_get_returns_the_same(store, fake_clock, obj):
+    created = await store.create(obj)
+    assert created.metadata.resource_version == 1
+    assert created.metadata.generation == 1
+    assert created.metadata.uid
+    assert created.metadata.creation_timestamp == fake_clock.now
+    assert created.model_dump(exclude={"metadata"}) == obj.model_dump(exclude={"metadata"})
+    assert created.metadata.labels == obj.metadata.labels
+    got = await store.get(type(obj), obj.name)
+    assert type(got) is type(obj)
+    assert records.same(got, created)
+
+
+async def test_uids_are_unique_and_a_recreated_record_gets_a_new_one(store):
+    first = await store.create(records.job_record("a"))
+    other = await store.create(records.job_record("b"))
+    await store.delete(job.Job, "a")
+    again = await store.create(records.job_record("a"))
+    assert len({first.metadata.uid, other.metadata.uid, again.metadata.uid}) == 3
+    assert again.metadata.resource_version == 1
+
+
+async def test_create_of_a_taken_name_is_already_exists(store):
+    await store.create(records.network_record("mnist"))
+    with pytest.raises(errors.AlreadyExists) as caught:
+        await store.create(records.network_record("mnist"))
+    assert (caught.value.kind, caught.value.name) == ("Network", "mnist")
+
+
+async def test_same_name_in_different_kinds_are_different_records(store):
+    await store.create(records.network_record("mnist"))
+    await store.create(records.job_record("mnist"))
+    assert (await store.get(network.Network, "mnist")).KIND == "Network"
+    assert (await store.get(job.Job, "mnist")).KIND == "Job"
+    await store.delete(job.Job, "mnist")
+    await store.get(network.Network, "mnist")
+
+
+async def _touch_ghost(store: base.Store, operation: str) -> None:
+    if operation == "get":
+        await store.get(pnode.PNode, "ghost")
+    elif operation == "update":
+        ghost = records.pnode_record("ghost")
+        ghost.metadata.resource_version = 1
+        await store.update(ghost)
+    else:
+        await store.delete(pnode.PNode, "ghost")
+
+
+@pytest.mark.parametrize("operation", ["get", "update", "delete"])
+async def test_missing_record_is_not_found(store, operation):
+    with pytest.raises(errors.NotFound) as caught:
+        await _touch_ghost(store, operation)
+    assert (caught.value.kind, caught.value.name) == ("PNode", "ghost")
+
+
+# -- update and delete ------------------------------------------------------------------------
+
+
+async def test_update_bumps_resource_version_by_one_and_leaves_generation_to_the_writer(store):
+    created = await store.create(records.job_record("train"))
+    created.status.step = 10
+    second = await store.update(created)
+    assert second.metadata.resource_version == 2
+    assert second.metadata.generation == 1
+    second.spec.epochs = 3
+    second.metadata.generation = 2
+    third = await store.update(second)
+    assert third.metadata.resource_version == 3
+    assert third.metadata.generation == 2
+    assert (third.status.step, third.spec.epochs) == (10, 3)
+    assert records.same(await store.get(job.Job, "train"), third)
+
+
+async def test_update_keeps_the_stored_uid_and_creation_timestamp(store, fake_clock: FakeClock):
+    created = await store.create(records.orchestrator_record("replica-a"))
+    fake_clock.advance(60)
+    forged = created.model_copy(deep=True)
+    forged.metadata.uid = "forged"
+    forged.metadata.creation_timestamp = datetime(1999, 1, 1, tzinfo=UTC)
+    forged.status.version = "0.2"
+    updated = await store.update(forged)
+    assert updated.metadata.uid == created.metadata.uid
+    assert updated.metadata.creation_timestamp == created.metadata.creation_timestamp
+    assert updated.status.version == "0.2"
+
+
+@pytest.mark.parametrize("stale", [0, 1, 3])
+async def test_update_with_a_stale_version_is_conflict_and_changes_nothing(store, stale):
+    created = await store.create(records.job_record("train"))
+    current = await store.update(created)  # now at version 2
+    writer = current.model_copy(deep=True)
+    writer.metadata.resource_version = stale
+    writer.status.step = 99
+    with pytest.raises(errors.Conflict) as caught:
+        await store.update(writer)
+    assert (caught.value.kind, caught.value.name) == ("Job", "train")
+    assert records.same(await store.get(job.Job, "train"), current)
+
+
+async def test_delete_is_conditioned_on_the_version_when_given(store):
+    created = await store.create(records.job_record("train"))
+    updated = await store.update(created)
+    with pytest.raises(errors.Conflict):
+        await store.delete(job.Job, "train", resource_version=1)
+    await store.get(job.Job, "train")
+    await store.delete(job.Job, "train", resource_version=updated.metadata.resource_version)
+    with pytest.raises(errors.NotFound):
+        await store.get(job.Job, "train")
+
+
+async def test_delete_without_a_version_is_unconditional(store):
+    created = await store.create(records.job_record("train"))
+    await store.update(created)
+    await store.delete(job.Job, "train")
+    with pytest.raises(errors.NotFound):
+        await store.delete(job.Job, "train")
+
+
+async def test_returned_records_are_copies(store):
+    original = records.pnode_record("laptop-1")
+    created = await store.create(original)
+    original.spec.address = "mutated-input:1"
+    created.spec.address = "mutated-output:1"
+    got = await store.get(pnode.PNode, "laptop-1")
+    assert got.spec.address == "laptop-1.example:7070"
+    got.status.phase = "Lost"
+    again = await store.get(pnode.PNode, "laptop-1")
+    assert again is not got
+    assert again.status.phase == "Ready"
+    (listed,) = (await store.list(pnode.PNode)).items
+    listed.spec.address = "mutated-list:1"
+    assert (await store.get(pnode.PNode, "laptop-1")).spec.address == "laptop-1.example:7070"
+
+
+# -- list, pagination, indexes ----------------------------------------------------------------
+
+
+async def test_list_is_ordered_by_name_and_holds_only_its_kind(store):
+    for name in ["delta", "alpha", "echo", "charlie", "bravo"]:
+        await store.create(records.orchestrator_record(name))
+    await store.create(records.job_record("aardvark"))
+    page = await store.list(orchestrator.Orchestrator)
+    assert [r.name for r in page.items] == ["alpha", "bravo", "charlie", "delta", "echo"]
+    assert page.continue_token is None
+    assert all(type(r) is orchestrator.Orchestrator for r in page.items)
+    assert (await store.list(network.Network)).items == []
+
+
+async def test_pages_cover_every_record_once_and_end_with_no_token(store):
+    names = [f"pnode-{i:02d}" for i in (7, 3, 0, 5, 1, 6, 2, 4)]
+    for name in names:
+        await store.create(records.pnode_record(name))
+    seen: list[str] = []
+    sizes: list[int] = []
+    token: str | None = None
+    for _ in range(10):
+        page = await store.list(pnode.PNode, limit=3, continue_token=token)
+        seen += [r.name for r in page.items]
+        sizes.append(len(page.items))
+        token = page.continue_token
+        if token is None:
+            break
+    assert seen == sorted(names)
+    assert sizes == [3, 3, 2]
+    assert token is None
+
+
+async def test_a_record_created_behind_the_cursor_does_not_shift_later_pages(store):
+    for name in ["b", "d", "f", "h"]:
+        await store.create(records.job_record(name))
+    first = await store.list(job.Job, limit=2)
+    await store.create(records.job_record("a"))
+    await store.create(records.job_record("e"))
+    rest = await store.list(job.Job, limit=10, continue_token=first.continue_token)
+    assert [r.name for r in first.items] == ["b", "d"]
+    assert [r.name for r in rest.items] == ["e", "f", "h"]
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1001])
+async def test_limit_out_of_range_is_invalid(store, limit):
+    with pytest.raises(errors.InvalidRequest, match="limit"):
+        await store.list(job.Job, limit=limit)
+
+
+async def test_a_garbled_continue_token_is_invalid(store):
+    with pytest.raises(errors.InvalidRequest):
+        await store.list(job.Job, continue_token="%%% not a token %%%")
+
+
+@pytest.mark.parametrize(
+    ("kind", "index"),
+    [(network.Network, "name"), (pnode.PNode, "network"), (job.Job, "pnode")],
+)
+async def test_an_undeclared_index_is_invalid(store, kind, index):
+    with pytest.raises(errors.InvalidRequest, match=index):
+        await store.list(kind, index=(index, "x"))
+
+
+async def test_list_by_each_declared_index(store):
+    await store.create(records.pnode_record("p1"))
+    await store.create(records.pnode_record("p2", phase="NotReady"))
+    await store.create(records.pnode_record("p3"))
+    for net, vnode, replica, node in [
+        ("mnist", "input", 0, "p1"),
+        ("mnist", "hidden", 0, "p3"),
+        ("mnist", "hidden", 1, "p1"),
+        ("cifar", "input", 0, "p1"),
+    ]:
+        await store.create(records.allocation_record(net, vnode, replica, node))
+    for name, net in [("j1", "mnist"), ("j2", "cifar"), ("j3", "mnist")]:
+        await store.create(records.job_record(name, net))
+
+    alloc = allocation.Allocation
+    assert await records.names(store, alloc, index=("network", "mnist")) == [
+        "mnist.hidden.0",
+        "mnist.hidden.1",
+        "mnist.input.0",
+    ]
+    assert await records.names(store, alloc, index=("pnode", "p1")) == [
+        "cifar.input.0",
+        "mnist.hidden.1",
+        "mnist.input.0",
+    ]
+    assert await records.names(store, alloc, index=("pnode", "p2")) == []
+    assert await records.names(store, pnode.PNode, index=("phase", "Ready")) == ["p1", "p3"]
+    assert await records.names(store, pnode.PNode, index=("phase", "NotReady")) == ["p2"]
+    assert await records.names(store, job.Job, index=("network", "mnist")) == ["j1", "j3"]
+
+    first = await store.list(alloc, index=("pnode", "p1"), limit=2)
+    rest = await store.list(
+        alloc, index=("pnode", "p1"), limit=2, continue_token=first.continue_token
+    )
+    assert [r.name for r in first.items + rest.items] == [
+        "cifar.input.0",
+        "mnist.hidden.1",
+        "mnist.input.0",
+    ]
+    assert rest.continue_token is None
+
+
+async def test_indexes_follow_updates_and_deletes(store):
+    node = await store.create(records.pnode_record("p1"))
+    await store.create(records.pnode_record("p2"))
+    moved = await store.create(records.allocation_record("mnist", "input", 0, "p1"))
+    await store.create(records.allocation_record("mnist", "input", 1, "p1"))
+
+    node.status.phase = "Lost"
+    await store.update(node)
+    assert await records.names(store, pnode.PNode, index=("phase", "Ready")) == ["p2"]
+    assert await records.names(store, pnode.PNode, index=("phase", "Lost")) == ["p1"]
+
+    moved.spec.pnode = "p2"
+    moved.spec.epoch = 2
+    await store.update(moved)
+    alloc = allocation.Allocation
+    assert await records.names(store, alloc, index=("pnode", "p1")) == ["mnist.input.1"]
+    assert await records.names(store, alloc, index=("pnode", "p2")) == ["mnist.input.0"]
+
+    await store.delete(alloc, "mnist.input.0")
+    assert await records.names(store, alloc, index=("pnode", "p2")) == []
+    assert await records.names(store, alloc, index=("network", "mnist")) == ["mnist.input.1"]
