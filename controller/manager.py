@@ -199,7 +199,7 @@ class Manager:
         if self._workers:
             finished = asyncio.ensure_future(asyncio.wait(self._workers))
             grace_over = asyncio.ensure_future(self._clock.sleep(grace))
-            pass
+            await asyncio.wait({finished, grace_over}, return_when=asyncio.FIRST_COMPLETED)
             for waiter in (finished, grace_over):
                 waiter.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
