@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, JsonValue
 
-from api.resources.meta import Condition, DNSLabel, Model, ObjectMeta, Resource
+from api.resources.meta import Condition, DNSLabel, Model, Resource
 from api.resources.quantity import CpuMillis, MemoryBytes
 
 #: Limits that keep one user's manifest from hurting everyone else's store and scheduler.

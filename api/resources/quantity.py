@@ -8,7 +8,7 @@ the way a user wrote it in spirit ("512Mi" stays "512Mi", not 536870912).
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
@@ -21,16 +21,30 @@ _NUMBER = re.compile(r"^(?P<num>[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?P<suffix>[A-Za-z]
 MAX_CPU_MILLIS = 10**9
 MAX_MEMORY_BYTES = 2**60
 
+#: Longer quantity strings are rejected before any arithmetic, so that the exact context
+#: below really is exact (64 digits times a 19-digit scale fits in 100 digits) and a
+#: megabyte of digits costs nothing. The default decimal context rounds to 28 digits,
+#: which would accept "1.0000000000000000000000000000001" as a whole 1.
+_MAX_CHARS = 64
+_EXACT = Context(prec=100)
+
 
 def _number(value: Any, what: str) -> tuple[Decimal, str]:
     if isinstance(value, bool):
         raise ValueError(f"{what} must be a number or a quantity string, not a boolean")
+    if isinstance(value, int) and abs(value) >= 10**_MAX_CHARS:
+        raise ValueError(f"{what} quantity is too large: more than {_MAX_CHARS} digits")
     if isinstance(value, int | float):
         text = repr(value) if isinstance(value, float) else str(value)
     elif isinstance(value, str):
         text = value.strip()
     else:
-        raise ValueError(f"{what} must be a number or a quantity string, got {type(value).__name__}")
+        kind = type(value).__name__
+        raise ValueError(f"{what} must be a number or a quantity string, got {kind}")
+    if len(text) > _MAX_CHARS:
+        raise ValueError(
+            f"invalid {what} quantity {text[:20]!r}...: longer than {_MAX_CHARS} characters"
+        )
     match = _NUMBER.match(text)
     if match is None:
         raise ValueError(f"invalid {what} quantity {value!r}")
@@ -47,7 +61,7 @@ def parse_cpu(value: Any) -> int:
     if suffix == "m":
         millis = number
     elif suffix == "":
-        millis = number * 1000
+        millis = _EXACT.multiply(number, Decimal(1000))
     else:
         raise ValueError(f"invalid cpu quantity {value!r}: use cores (2, 0.5) or millicores (500m)")
     if millis != millis.to_integral_value():
@@ -74,8 +88,10 @@ def parse_memory(value: Any) -> int:
         scale = _DECIMAL[suffix]
     else:
         known = ", ".join([*_BINARY, *_DECIMAL])
-        raise ValueError(f"invalid memory quantity {value!r}: unknown suffix {suffix!r} (known: {known})")
-    amount = number * scale
+        raise ValueError(
+            f"invalid memory quantity {value!r}: unknown suffix {suffix!r} (known: {known})"
+        )
+    amount = _EXACT.multiply(number, Decimal(scale))
     if amount != amount.to_integral_value():
         raise ValueError(f"invalid memory quantity {value!r}: not a whole number of bytes")
     if amount > MAX_MEMORY_BYTES:
