@@ -1,0 +1,390 @@
+"""The DynamoDB backend's pure half: item layout, conditional writes, reading their failures,
+continue tokens and argument checks. No I/O; `store.dynamodb` sends what this builds.
+
+Kept apart so the rules that decide correctness (which condition guards which write, what a
+failed condition means) read in one place without the retry and thread-pool plumbing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from api.resources import meta
+from store import base, errors
+
+R = TypeVar("R", bound=meta.Resource)
+Item = dict[str, Any]
+
+MAX_PAGE_SIZE = 1000
+#: DynamoDB's limits: one item, and all items of one TransactWriteItems call.
+MAX_ITEM_BYTES = 400 * 1024
+MAX_TRANSACTION_BYTES = 4 * 1024 * 1024
+#: DynamoDB's limit on a partition or sort key value.
+MAX_KEY_BYTES = 1024
+
+
+def table_name(prefix: str, kind: type[meta.Resource]) -> str:
+    return f"{prefix}-{kind.PLURAL}"
+
+
+def index_attr(index: str) -> str:
+    return f"ix_{index}"
+
+
+def gsi_name(index: str) -> str:
+    return f"by-{index}"
+
+
+def s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def n(value: int) -> dict[str, str]:
+    return {"N": str(value)}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Write:
+    """One conditional write, and what is needed to read its failure."""
+
+    action: str  # Put, Delete or ConditionCheck: the TransactWriteItems member name
+    params: Item
+    kind: type[meta.Resource]
+    name: str
+    op: base.Op
+    result: meta.Resource | None = None  # what a Put writes, exactly as get() will return it
+    expected: int | None = None  # the resource_version the write is conditioned on
+
+
+def item_size(item: Item) -> int:
+    """DynamoDB's accounting: name bytes plus value bytes; a number is at most 1 + digits/2."""
+    size = 0
+    for attr, value in item.items():
+        size += len(attr.encode())
+        size += len(value["S"].encode()) if "S" in value else len(value["N"]) // 2 + 2
+    return size
+
+
+def decode(kind: type[R], item: Item) -> R:
+    try:
+        return kind.model_validate_json(item["data"]["S"])
+    except (KeyError, ValueError) as exc:
+        name = str(item.get("name", {}).get("S", "?"))
+        raise errors.StoreError(
+            f"{kind.KIND} {name!r}: stored item does not parse as a {kind.KIND}: {exc}",
+            kind=kind.KIND,
+            name=name,
+        ) from exc
+
+
+def _with_meta(obj: R, **fields: Any) -> R:
+    return obj.model_copy(update={"metadata": obj.metadata.model_copy(update=fields)})
+
+
+def _created(obj: meta.Resource) -> str:
+    stamp = obj.metadata.model_dump(mode="json", by_alias=True).get("creationTimestamp")
+    return "" if stamp is None else str(stamp)
+
+
+def record_item(obj: meta.Resource) -> tuple[Item, meta.Resource]:
+    """The item for a record that already carries its final metadata, and the record as
+    get() will return it (parsed back from the same JSON, a fresh object)."""
+    data = obj.to_json()
+    item: Item = {
+        "name": s(obj.name),
+        "rv": n(obj.metadata.resource_version),
+        "uid": s(obj.metadata.uid),
+        "created": s(_created(obj)),
+        "data": s(data),
+    }
+    values = obj.index_values()
+    for index in obj.INDEXES:
+        value = values.get(index)
+        if value:  # sparse: None means "not indexed", and DynamoDB refuses an empty key
+            check_key(obj.KIND, f"index {index} value", value)
+            item[index_attr(index)] = s(value)
+    size = item_size(item)
+    if size > MAX_ITEM_BYTES:
+        raise errors.InvalidRequest(
+            f"{obj.KIND} {obj.name!r}: stored size {size} bytes exceeds DynamoDB's item limit"
+            f" of {MAX_ITEM_BYTES} bytes (400 KB); make its spec, status or annotations smaller",
+            kind=obj.KIND,
+            name=obj.name,
+        )
+    return item, type(obj).model_validate_json(data)
+
+
+def check_key(kind: str, what: str, value: str) -> None:
+    if not value or len(value.encode()) > MAX_KEY_BYTES:
+        raise errors.InvalidRequest(
+            f"{kind}: {what} {value[:60]!r} must be 1..{MAX_KEY_BYTES} bytes", kind=kind
+        )
+
+
+# -- the writes ---------------------------------------------------------------------------
+
+
+def create_write(table: str, obj: meta.Resource, now: datetime) -> Write:
+    stored = _with_meta(
+        obj,
+        uid=str(uuid.uuid4()),
+        resource_version=1,
+        generation=obj.metadata.generation or 1,
+        creation_timestamp=obj.metadata.creation_timestamp or now,
+    )
+    item, result = record_item(stored)
+    params = {
+        "TableName": table,
+        "Item": item,
+        "ConditionExpression": "attribute_not_exists(#name)",
+        "ExpressionAttributeNames": {"#name": "name"},
+    }
+    return Write("Put", params, type(obj), obj.name, base.Create(obj), result)
+
+
+def update_write(table: str, obj: meta.Resource, stored: Item | None = None) -> Write:
+    """Write obj at resource_version + 1 if the stored one is obj's. The uid and creation
+    time belong to the store: the write is also conditioned on them, so a writer whose copy
+    differs fails, and is rewritten (`stored`: the item it failed on) with the stored ones."""
+    expected = obj.metadata.resource_version
+    fields: dict[str, Any] = {"resource_version": expected + 1}
+    if stored is not None:
+        created = stored["created"]["S"]
+        fields["uid"] = stored["uid"]["S"]
+        fields["creation_timestamp"] = datetime.fromisoformat(created) if created else None
+    item, result = record_item(_with_meta(obj, **fields))
+    params = {
+        "TableName": table,
+        "Item": item,
+        "ConditionExpression": "#rv = :rv AND #uid = :uid AND #created = :created",
+        "ExpressionAttributeNames": {"#rv": "rv", "#uid": "uid", "#created": "created"},
+        "ExpressionAttributeValues": {
+            ":rv": n(expected), ":uid": item["uid"], ":created": item["created"],
+        },
+    }  # fmt: skip
+    return Write("Put", params, type(obj), obj.name, base.Update(obj), result, expected)
+
+
+def version_write(table: str, op: base.Delete | base.Check) -> Write:
+    """A Delete or Check: conditioned on the resource_version, or on existence without one."""
+    params: Item = {"TableName": table, "Key": {"name": s(op.name)}}
+    if op.resource_version is None:
+        params["ConditionExpression"] = "attribute_exists(#name)"
+        params["ExpressionAttributeNames"] = {"#name": "name"}
+    else:
+        params["ConditionExpression"] = "#rv = :rv"
+        params["ExpressionAttributeNames"] = {"#rv": "rv"}
+        params["ExpressionAttributeValues"] = {":rv": n(op.resource_version)}
+    action = "Delete" if isinstance(op, base.Delete) else "ConditionCheck"
+    return Write(action, params, op.kind, op.name, op, None, op.resource_version)
+
+
+def not_found(kind: str, name: str) -> errors.NotFound:
+    return errors.NotFound(f"{kind} {name!r} not found", kind=kind, name=name)
+
+
+def conflict(kind: str, name: str, expected: int, stored: int) -> errors.Conflict:
+    return errors.Conflict(
+        f"{kind} {name!r}: resource_version {expected} is stale, the stored one is {stored};"
+        " re-read and retry",
+        kind=kind,
+        name=name,
+    )
+
+
+def judge(w: Write, old: Item | None, *, maybe_applied: bool) -> errors.StoreError | Write | None:
+    """Why w's condition failed, from the item it failed on (`old`, None if absent).
+
+    Returns the error to raise; or a Write to send instead (an update whose writer held a
+    different uid or creation time than stored, at the right resource_version); or None
+    when `maybe_applied` (an earlier attempt of this call may have landed) and `old` is
+    exactly what this call wrote, so the failure is our own earlier success.
+    """
+    kind, name = w.kind.KIND, w.name
+    if isinstance(w.op, base.Create):
+        if maybe_applied and old and w.result and old["uid"]["S"] == w.result.metadata.uid:
+            return None
+        return errors.AlreadyExists(f"{kind} {name!r} already exists", kind=kind, name=name)
+    if old is None:
+        # A delete retried after a lost answer finds nothing: what it asked for holds.
+        return None if maybe_applied and isinstance(w.op, base.Delete) else not_found(kind, name)
+    stored = int(old["rv"]["N"])
+    if isinstance(w.op, base.Update) and stored == w.expected:
+        return update_write(w.params["TableName"], w.op.obj, old)
+    if maybe_applied and "Item" in w.params and old["data"] == w.params["Item"]["data"]:
+        return None
+    if w.expected is None:
+        return not_found(kind, name)  # an unconditioned delete only fails on absence
+    return conflict(kind, name, w.expected, stored)
+
+
+# -- argument checks and continue tokens ----------------------------------------------------
+
+
+def check_list_args(kind: type[meta.Resource], index: tuple[str, str] | None, limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise errors.InvalidRequest(
+            f"list {kind.KIND}: limit {limit!r} is out of range; must be 1..{MAX_PAGE_SIZE}",
+            kind=kind.KIND,
+        )
+    if index is not None:
+        if index[0] not in kind.INDEXES:
+            known = ", ".join(kind.INDEXES) or "none"
+            raise errors.InvalidRequest(
+                f"list {kind.KIND}: index {index[0]!r} is not declared for this kind"
+                f" (declared: {known})",
+                kind=kind.KIND,
+            )
+        check_key(kind.KIND, f"list by index {index[0]}: value", index[1])
+
+
+def op_key(position: int, op: base.Op) -> tuple[str, str]:
+    if isinstance(op, base.Create | base.Update):
+        return op.obj.KIND, op.obj.name
+    if isinstance(op, base.Delete | base.Check):
+        return op.kind.KIND, op.name
+    raise errors.InvalidRequest(
+        f"transaction op {position}: {type(op).__name__} is not an operation"
+        " (Create, Update, Delete or Check)",
+        op_index=position,
+    )
+
+
+def check_transaction(ops: Sequence[base.Op]) -> None:
+    if len(ops) > base.MAX_TRANSACTION_OPS:
+        raise errors.InvalidRequest(
+            f"transaction has {len(ops)} operations; at most {base.MAX_TRANSACTION_OPS} allowed"
+        )
+    seen: dict[tuple[str, str], int] = {}
+    for position, op in enumerate(ops):
+        key = op_key(position, op)
+        if key in seen:
+            raise errors.InvalidRequest(
+                f"transaction op {position}: {key[0]} {key[1]!r} already appears in op"
+                f" {seen[key]}; a record may appear once per transaction",
+                kind=key[0],
+                name=key[1],
+                op_index=position,
+            )
+        seen[key] = position
+
+
+def check_transaction_size(writes: Sequence[Write]) -> None:
+    total = sum(item_size(w.params["Item"]) for w in writes if "Item" in w.params)
+    if total > MAX_TRANSACTION_BYTES:
+        raise errors.InvalidRequest(
+            f"transaction writes {total} bytes; DynamoDB allows at most {MAX_TRANSACTION_BYTES}"
+            " (4 MB) in one transaction: split it"
+        )
+
+
+def encode_token(kind: type[meta.Resource], index: tuple[str, str] | None, last: str) -> str:
+    """The LastEvaluatedKey, compactly: the last name (the index value is in `i`), plus the
+    kind and index, so a token passed to a different list is refused, not misread."""
+    doc = {"k": kind.KIND, "i": list(index) if index else None, "a": last}
+    raw = json.dumps(doc, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_token(token: str, kind: type[meta.Resource], index: tuple[str, str] | None) -> Item:
+    """The ExclusiveStartKey a token stands for; InvalidRequest if it is not one of ours."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        doc = json.loads(raw)
+        last = doc["a"]
+        same = doc["k"] == kind.KIND and doc["i"] == (list(index) if index else None)
+    except (binascii.Error, ValueError, TypeError, KeyError) as exc:
+        raise errors.InvalidRequest(
+            f"list {kind.KIND}: continue_token {token[:40]!r} is malformed; pass the token"
+            " returned by the previous page",
+            kind=kind.KIND,
+        ) from exc
+    if not same:
+        raise errors.InvalidRequest(
+            f"list {kind.KIND}: continue_token {token[:40]!r} belongs to a different list"
+            " (kind or index differ)",
+            kind=kind.KIND,
+        )
+    if not isinstance(last, str) or not last or len(last.encode()) > MAX_KEY_BYTES:
+        raise errors.InvalidRequest(
+            f"list {kind.KIND}: continue_token {token[:40]!r} names no valid record; pass the"
+            " token returned by the previous page",
+            kind=kind.KIND,
+        )
+    key: Item = {"name": s(last)}
+    if index is not None:
+        key[index_attr(index[0])] = s(index[1])
+    return key
+
+
+def page_key(item: Item) -> str:
+    return str(item["name"]["S"])
+
+
+# -- tables ---------------------------------------------------------------------------------
+
+
+def gsi_spec(index: str) -> Item:
+    return {
+        "IndexName": gsi_name(index),
+        "KeySchema": [
+            {"AttributeName": index_attr(index), "KeyType": "HASH"},
+            {"AttributeName": "name", "KeyType": "RANGE"},
+        ],
+        "Projection": {"ProjectionType": "ALL"},
+    }
+
+
+def _attribute(name: str) -> Item:
+    return {"AttributeName": name, "AttributeType": "S"}
+
+
+def create_table_params(table: str, kind: type[meta.Resource]) -> Item:
+    params: Item = {
+        "TableName": table,
+        "KeySchema": [{"AttributeName": "name", "KeyType": "HASH"}],
+        "AttributeDefinitions": [_attribute("name")]
+        + [_attribute(index_attr(index)) for index in kind.INDEXES],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+    if kind.INDEXES:
+        params["GlobalSecondaryIndexes"] = [gsi_spec(index) for index in kind.INDEXES]
+    return params
+
+
+def add_index_params(table: str, index: str) -> Item:
+    """UpdateTable adding one GSI to a table made before the index was declared."""
+    return {
+        "TableName": table,
+        "AttributeDefinitions": [_attribute("name"), _attribute(index_attr(index))],
+        "GlobalSecondaryIndexUpdates": [{"Create": gsi_spec(index)}],
+    }
+
+
+def check_table(table: str, description: Item) -> None:
+    """A table of ours has the key schema we write; anything else is somebody else's table."""
+    keys = [(k["AttributeName"], k["KeyType"]) for k in description.get("KeySchema", [])]
+    if keys != [("name", "HASH")]:
+        raise errors.InvalidRequest(
+            f"dynamodb table {table} exists with key schema {keys}, expected partition key"
+            " 'name' (S) only; choose another table prefix"
+        )
+
+
+def is_active(description: Item) -> bool:
+    indexes = description.get("GlobalSecondaryIndexes", [])
+    return description.get("TableStatus") == "ACTIVE" and all(
+        gsi.get("IndexStatus") == "ACTIVE" for gsi in indexes
+    )
+
+
+def missing_indexes(kind: type[meta.Resource], description: Item) -> list[str]:
+    present = {gsi["IndexName"] for gsi in description.get("GlobalSecondaryIndexes", [])}
+    return [index for index in kind.INDEXES if gsi_name(index) not in present]

@@ -1,0 +1,329 @@
+"""What only the DynamoDB backend has: tables and GSIs, Query not Scan, DynamoDB's limits,
+retries that give up, tokens, and writes whose answer was lost. Against a real moto server.
+
+Faults are injected through the real client's own event hooks (botocore's `before-call` and
+`after-call`), not by replacing it: every request still crosses HTTP to the server.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import botocore.exceptions
+import pytest
+
+from api import resources
+from api.resources import allocation, job, network, pnode
+from store import base, dynamodb, errors
+from store import dynamodb_items as items
+from tests.store import records
+from tests.support import moto
+
+FAST_FAILING = dynamodb.ClientOptions(
+    attempts=3, backoff_first=0.001, backoff_max=0.002, connect_timeout=0.5, read_timeout=0.5
+)
+
+
+def _prefix() -> str:
+    return f"d{uuid.uuid4().hex[:12]}"
+
+
+async def _open(
+    endpoint: str, prefix: str | None = None, options: dynamodb.ClientOptions | None = None
+) -> dynamodb.DynamoStore:
+    return await dynamodb.DynamoStore.open(
+        prefix=prefix or _prefix(),
+        region="us-east-1",
+        endpoint=endpoint,
+        options=options or dynamodb.ClientOptions(),
+    )
+
+
+@pytest.fixture
+async def dyn(moto_endpoint: str) -> AsyncIterator[dynamodb.DynamoStore]:
+    opened = await _open(moto_endpoint)
+    await opened.init_tables()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+class Operations:
+    """Names of the DynamoDB operations a client sends, seen by botocore's own hook."""
+
+    def __init__(self, store: dynamodb.DynamoStore) -> None:
+        self.names: list[str] = []
+        store.client.meta.events.register("before-call.dynamodb", self._record)
+
+    def _record(self, model: Any, **_: Any) -> None:
+        self.names.append(model.name)
+
+
+def lose_next_answer(store: dynamodb.DynamoStore, operation: str) -> None:
+    """The next `operation` is applied by the server, then its answer is lost in transit."""
+    armed = [True]
+
+    def drop(**_: Any) -> None:
+        if armed[0]:
+            armed[0] = False
+            raise botocore.exceptions.ReadTimeoutError(endpoint_url="injected by the test")
+
+    store.client.meta.events.register(f"after-call.dynamodb.{operation}", drop)
+
+
+def big_network(name: str, size: int) -> network.Network:
+    record = records.network_record(name)
+    record.metadata.annotations["blob"] = "x" * size
+    return record
+
+
+# -- tables ---------------------------------------------------------------------------------
+
+
+async def test_init_tables_creates_each_kind_once_then_says_exists(moto_endpoint):
+    prefix = _prefix()
+    store = await _open(moto_endpoint, prefix)
+    try:
+        tables = [f"{prefix}-{kind.PLURAL}" for kind in resources.KINDS.values()]
+        assert await store.init_tables() == [f"created {t}" for t in tables]
+        assert await store.init_tables() == [f"exists {t}" for t in tables]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("kind", list(resources.KINDS.values()), ids=lambda k: k.KIND)
+async def test_tables_have_the_documented_schema(dyn, kind):
+    table = dyn.client.describe_table(TableName=dyn.table(kind))["Table"]
+    assert table["KeySchema"] == [{"AttributeName": "name", "KeyType": "HASH"}]
+    assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    gsis = {g["IndexName"]: g for g in table.get("GlobalSecondaryIndexes", [])}
+    assert sorted(gsis) == sorted(f"by-{index}" for index in kind.INDEXES)
+    for index in kind.INDEXES:
+        gsi = gsis[f"by-{index}"]
+        assert gsi["KeySchema"] == [
+            {"AttributeName": f"ix_{index}", "KeyType": "HASH"},
+            {"AttributeName": "name", "KeyType": "RANGE"},
+        ]
+        assert gsi["Projection"]["ProjectionType"] == "ALL"
+
+
+async def test_init_tables_adds_an_index_missing_from_an_older_table(moto_endpoint):
+    prefix = _prefix()
+    store = await _open(moto_endpoint, prefix)
+    try:
+        older = items.create_table_params(store.table(job.Job), job.Job)
+        del older["GlobalSecondaryIndexes"]
+        older["AttributeDefinitions"] = [{"AttributeName": "name", "AttributeType": "S"}]
+        store.client.create_table(**older)
+        lines = await store.init_tables()
+        assert f"exists {prefix}-jobs (added by-network)" in lines
+        await store.create(records.job_record("train-1", "mnist"))
+        listed = await store.list(job.Job, index=("network", "mnist"))
+        assert [j.name for j in listed.items] == ["train-1"]
+    finally:
+        await store.close()
+
+
+async def test_a_foreign_table_under_our_name_is_refused(moto_endpoint):
+    prefix = _prefix()
+    store = await _open(moto_endpoint, prefix)
+    try:
+        store.client.create_table(
+            TableName=f"{prefix}-networks",
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        with pytest.raises(errors.InvalidRequest, match=f"{prefix}-networks exists with key"):
+            await store.init_tables()
+    finally:
+        await store.close()
+
+
+async def test_tables_not_initialized_is_unavailable_and_says_how_to_fix(moto_endpoint):
+    store = await _open(moto_endpoint)
+    try:
+        with pytest.raises(errors.Unavailable, match="init-store"):
+            await store.get(job.Job, "train-1")
+    finally:
+        await store.close()
+
+
+# -- reads ----------------------------------------------------------------------------------
+
+
+async def test_list_by_index_queries_the_gsi_and_never_scans(dyn):
+    for i in range(5):
+        await dyn.create(records.allocation_record("mnist", "input", i, "p1" if i % 2 else "p2"))
+    seen = Operations(dyn)
+    listed = await base.list_all(dyn, allocation.Allocation, index=("pnode", "p2"))
+    assert [a.spec.replica for a in listed] == [0, 2, 4]
+    first = await dyn.list(allocation.Allocation, index=("network", "mnist"), limit=2)
+    assert first.continue_token is not None
+    await dyn.list(
+        allocation.Allocation, index=("network", "mnist"), continue_token=first.continue_token
+    )
+    assert seen.names
+    assert set(seen.names) == {"Query"}
+    await dyn.list(allocation.Allocation)
+    assert seen.names[-1] == "Scan"  # the hook does see a Scan when there is one
+
+
+async def test_index_pages_are_in_name_order_and_tokens_round_trip(dyn):
+    names = [f"j-{i:02d}" for i in (5, 1, 4, 0, 3, 2)]
+    for name in names:
+        await dyn.create(records.job_record(name, "mnist"))
+    await dyn.create(records.job_record("other", "cifar"))
+    seen: list[str] = []
+    token: str | None = None
+    for _ in range(len(names)):
+        page = await dyn.list(job.Job, index=("network", "mnist"), limit=4, continue_token=token)
+        seen += [j.name for j in page.items]
+        token = page.continue_token
+        if token is None:
+            break
+        doc = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        assert doc == {"k": "Job", "i": ["network", "mnist"], "a": seen[-1]}
+    assert seen == sorted(names)
+    assert token is None
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"k": "PNode", "i": None, "a": "j-1"},  # another kind's list
+        {"k": "Job", "i": ["network", "cifar"], "a": "j-1"},  # another index value
+        {"k": "Job", "i": None, "a": ""},  # no record names ""
+        {"k": "Job", "i": None, "a": 7},
+        {"k": "Job", "i": None},
+    ],
+)
+async def test_a_tampered_continue_token_is_invalid(dyn, doc):
+    await dyn.create(records.job_record("j-1"))
+    token = base64.urlsafe_b64encode(json.dumps(doc).encode()).decode()
+    with pytest.raises(errors.InvalidRequest, match="continue_token"):
+        await dyn.list(job.Job, continue_token=token)
+
+
+async def test_an_empty_index_value_is_invalid(dyn):
+    with pytest.raises(errors.InvalidRequest, match="index network"):
+        await dyn.list(job.Job, index=("network", ""))
+
+
+# -- DynamoDB's limits ----------------------------------------------------------------------
+
+
+async def test_a_record_over_400_kb_is_invalid_and_not_written(dyn):
+    with pytest.raises(errors.InvalidRequest, match=r"Network 'huge'.*400 KB") as raised:
+        await dyn.create(big_network("huge", 410 * 1024))
+    assert (raised.value.kind, raised.value.name) == ("Network", "huge")
+    with pytest.raises(errors.NotFound):
+        await dyn.get(network.Network, "huge")
+
+    fits = await dyn.create(big_network("fits", 390 * 1024))
+    fits.metadata.annotations["blob"] += "x" * 20 * 1024
+    with pytest.raises(errors.InvalidRequest, match="'fits'"):
+        await dyn.update(fits)
+    assert (await dyn.get(network.Network, "fits")).metadata.resource_version == 1
+
+
+async def test_a_transaction_over_4_mb_is_invalid_before_it_is_sent(dyn):
+    ops = [base.Create(big_network(f"n-{i}", 390 * 1024)) for i in range(11)]
+    with pytest.raises(errors.InvalidRequest, match="4 MB"):
+        await dyn.transact(ops)
+    assert (await dyn.list(network.Network)).items == []
+
+
+# -- failures of the service ----------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("aws_test_env")
+async def test_a_closed_port_is_unavailable_after_bounded_retries():
+    endpoint = f"http://127.0.0.1:{moto.free_port()}"
+    store = await _open(endpoint, options=FAST_FAILING)
+    seen = Operations(store)
+    try:
+        with pytest.raises(errors.Unavailable, match="gave up after 3 attempts"):
+            await store.get(job.Job, "train-1")
+        assert seen.names == ["GetItem"] * 3
+    finally:
+        await store.close()
+
+
+async def test_no_credentials_is_unavailable_and_says_where_it_looked(monkeypatch, moto_endpoint):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    store = await _open(moto_endpoint)
+    try:
+        with pytest.raises(errors.Unavailable, match="no AWS credentials found"):
+            await store.get(job.Job, "train-1")
+    finally:
+        await store.close()
+
+
+async def test_a_create_whose_answer_was_lost_reports_success(dyn):
+    lose_next_answer(dyn, "PutItem")
+    created = await dyn.create(records.job_record("train-1"))
+    assert created.metadata.resource_version == 1
+    assert await dyn.get(job.Job, "train-1") == created
+
+
+async def test_an_update_whose_answer_was_lost_reports_success_once(dyn):
+    current = await dyn.create(records.job_record("train-1"))
+    current.status.step = 7
+    lose_next_answer(dyn, "PutItem")
+    updated = await dyn.update(current)
+    assert updated.metadata.resource_version == 2
+    assert await dyn.get(job.Job, "train-1") == updated
+    with pytest.raises(errors.Conflict):  # the same write sent again is stale, as it should be
+        await dyn.update(current)
+
+
+async def test_a_delete_whose_answer_was_lost_reports_success(dyn):
+    await dyn.create(records.job_record("train-1"))
+    lose_next_answer(dyn, "DeleteItem")
+    await dyn.delete(job.Job, "train-1", resource_version=1)
+    with pytest.raises(errors.NotFound):
+        await dyn.get(job.Job, "train-1")
+
+
+async def test_a_transaction_whose_answer_was_lost_reports_success(dyn):
+    node = await dyn.create(records.pnode_record("p1"))
+    gone = await dyn.create(records.job_record("old"))
+    lose_next_answer(dyn, "TransactWriteItems")
+    written = await dyn.transact(
+        [
+            base.Create(records.allocation_record("mnist", "input", 0, "p1")),
+            base.Update(records.charged(node, records.MILLICPU_PER_SLOT)),
+            base.Delete(job.Job, "old", resource_version=gone.metadata.resource_version),
+        ]
+    )
+    assert written[1] is not None
+    assert written[1].metadata.resource_version == 2
+    assert await dyn.get(pnode.PNode, "p1") == written[1]
+    assert await dyn.get(allocation.Allocation, "mnist.input.0") == written[0]
+    with pytest.raises(errors.NotFound):
+        await dyn.get(job.Job, "old")
+
+
+async def test_a_create_of_a_taken_name_stays_already_exists_without_a_lost_answer(dyn):
+    await dyn.create(records.pnode_record("p1"))
+    with pytest.raises(errors.AlreadyExists):
+        await dyn.create(records.pnode_record("p1"))
+
+
+async def test_a_closed_store_refuses_calls(moto_endpoint):
+    store = await _open(moto_endpoint)
+    await store.close()
+    with pytest.raises(errors.InvalidRequest, match="closed"):
+        await store.get(pnode.PNode, "p1")
+
+
+async def test_a_bad_table_prefix_is_invalid_and_names_what_is_allowed():
+    with pytest.raises(errors.InvalidRequest, match=r"'dcnr/x'.*A-Z"):
+        await dynamodb.DynamoStore.open(prefix="dcnr/x", region="us-east-1", endpoint=None)

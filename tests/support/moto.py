@@ -1,0 +1,134 @@
+"""A real moto server process over HTTP, for the DynamoDB backend's tests.
+
+An in-process patch would skip what production actually does: serialize requests, cross a
+socket, parse error responses (CancellationReasons, the old Item on a failed condition) and
+time out. So the tests talk to `moto_server`, started from this venv on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+#: Another process may take the free port between our probe and moto's bind; try again.
+START_ATTEMPTS = 3
+
+
+def binary() -> Path:
+    path = Path(sys.executable).parent / "moto_server"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: install moto[server] (run `make venv`)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/moto-api/", timeout=1.0):
+            return True
+    except urllib.error.HTTPError:
+        return True  # any HTTP answer means the server is up
+    except OSError:
+        return False
+
+
+def _tail(log: Path, lines: int = 30) -> str:
+    try:
+        text = log.read_text(errors="replace")
+    except OSError as exc:
+        return f"(log {log} unreadable: {exc})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _start(log: Path) -> tuple[subprocess.Popen[bytes], str] | None:
+    """One attempt: the process and its URL once it answers, None if it exited early."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [str(binary()), "-H", "127.0.0.1", "-p", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group: we can signal it and its children
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return None
+        if _answers(url):
+            return proc, url
+        time.sleep(0.05)  # polling a condition with a deadline, not waiting for time to pass
+    _stop(proc)
+    raise RuntimeError(
+        f"moto_server did not answer on {url} within {START_TIMEOUT}s; log tail:\n{_tail(log)}"
+    )
+
+
+class MotoServer:
+    """`with MotoServer() as endpoint:` a moto_server process, stopped on exit."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self.endpoint = ""
+
+    @property
+    def log(self) -> Path:
+        assert self._dir is not None, "MotoServer is not running"
+        return Path(self._dir.name) / "moto_server.log"
+
+    def __enter__(self) -> str:
+        self._dir = tempfile.TemporaryDirectory(prefix="dcnr-moto-")
+        try:
+            for _ in range(START_ATTEMPTS):
+                started = _start(self.log)
+                if started is not None:
+                    self._proc, self.endpoint = started
+                    return self.endpoint
+            raise RuntimeError(
+                f"moto_server exited at startup {START_ATTEMPTS} times; log tail:\n"
+                f"{_tail(self.log)}"
+            )
+        except BaseException:
+            self._dir.cleanup()
+            self._dir = None
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if self._proc is not None:
+                _stop(self._proc)
+        finally:
+            self._proc = None
+            if self._dir is not None:
+                self._dir.cleanup()
+                self._dir = None
