@@ -11,9 +11,22 @@ Semantics every backend shares (the conformance suite checks them):
   record is gone. An update returns the record with resource_version bumped by one. The
   store never touches `generation`: bumping it when spec changes is the writer's job
   (see `api.resources.meta`), as the API server's, not etcd's, is in Kubernetes.
-- `list` returns records ordered by name, a page at a time; `continue_token` is opaque.
-  `index=("network", "mnist")` restricts to records whose `index_values()["network"]`
-  equals "mnist"; only the kind's declared INDEXES may be named.
+- uid and creation_timestamp belong to the store: an update never changes them, and a
+  writer's differing creation_timestamp is ignored. The uid is also a precondition (as
+  Kubernetes' UID precondition), because a record deleted and created again restarts at
+  resource_version 1 and a version number alone cannot tell it from the record a writer
+  read before the delete: an update whose `metadata.uid` is non-empty, and a delete or
+  Check given a non-empty `uid`, is conditioned on the stored uid too, and a different one
+  is Conflict naming both uids (a delete given a uid and no resource_version is
+  conditioned on the uid alone). An empty uid means no such condition. Records read from
+  the store carry their uid, so a writer that updates what it read is protected unasked.
+- `list` returns a page at a time; `continue_token` is opaque. `index=("network", "mnist")`
+  restricts to records whose `index_values()["network"]` equals "mnist"; only the kind's
+  declared INDEXES may be named. Order: a list by index is in name order across all its
+  pages. A list of a whole kind returns every record present throughout the listing exactly
+  once across its pages, each page sorted by name, but promises no order across pages
+  (DynamoDB scans in hash order; SQLite happens to give full name order). A record created
+  or deleted during a listing may or may not appear.
 - `transact` applies up to MAX_TRANSACTION_OPS operations atomically, each with its own
   condition; if any condition fails nothing is written. One record may appear once.
 - Every returned record is a fresh object; mutating it never changes the store.
@@ -21,10 +34,10 @@ Semantics every backend shares (the conformance suite checks them):
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-import builtins
 from typing import Generic, Protocol, TypeVar
 
 from api.resources.meta import Resource
@@ -51,25 +64,31 @@ class Create:
 
 @dataclass(frozen=True, slots=True)
 class Update:
-    """Write `obj`, conditioned on the stored resource_version equal to obj's."""
+    """Write `obj`, conditioned on the stored resource_version equal to obj's, and on the
+    stored uid equal to obj's when obj's is non-empty."""
 
     obj: Resource
 
 
 @dataclass(frozen=True, slots=True)
 class Delete:
+    """Delete the record, conditioned on resource_version and uid where given (not None)."""
+
     kind: type[Resource]
     name: str
     resource_version: int | None = None
+    uid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """Write nothing; fail the transaction unless the record is at this resource_version."""
+    """Write nothing; fail the transaction unless the record is at this resource_version
+    (and, when `uid` is given, is the record with this uid)."""
 
     kind: type[Resource]
     name: str
     resource_version: int
+    uid: str | None = None
 
 
 Op = Create | Update | Delete | Check
@@ -98,7 +117,12 @@ class Store(Protocol):
     async def update(self, obj: R) -> R: ...
 
     async def delete(
-        self, kind: type[R], name: str, *, resource_version: int | None = None
+        self,
+        kind: type[R],
+        name: str,
+        *,
+        resource_version: int | None = None,
+        uid: str | None = None,
     ) -> None: ...
 
     async def transact(self, ops: Sequence[Op]) -> builtins.list[Resource | None]:

@@ -3,7 +3,7 @@
 Schema. One table per kind, `{prefix}-{PLURAL}` (dcnr-networks, dcnr-allocations, ...), with
 partition key `name` (S): every record is its own partition, so no kind has a hot key. An
 item holds `rv` (N, the resource_version), `uid` and `created` (S; they never change in a
-record's life, and a write is conditioned on them so a writer's stale copy cannot rewrite
+record's life, and an update is conditioned on them so a writer's copy cannot rewrite
 them), `data` (S, the record's JSON, the only thing read back), and one `ix_{index}` (S) per
 declared index whose value is not None or empty. Each index has a GSI `by-{index}`: partition
 key `ix_{index}`, sort key `name`, projection ALL. The GSIs are sparse (an item without the
@@ -22,10 +22,15 @@ name but pages are not in name order; every record present throughout the listin
 exactly once. Continue tokens are base64url JSON of the kind, index and last key.
 
 Writes. create = PutItem if the name is absent; update = PutItem if `rv`, `uid` and
-`created` match, writing rv+1; delete = DeleteItem if `rv` matches (or the item exists);
-transact = TransactWriteItems, Check being a ConditionCheck. Every condition asks for the
-old item on failure (ReturnValuesOnConditionCheckFailure=ALL_OLD), which tells NotFound
-(no item) from Conflict or AlreadyExists, and, for a failed transaction, which op failed.
+`created` match, writing rv+1; delete = DeleteItem if `rv` and `uid` match where given (or
+the item exists); transact = TransactWriteItems, Check being a ConditionCheck. An update
+does not read first, so it is conditioned on the writer's uid and creation time. When it
+fails on them, a differing non-empty uid is Conflict (the record was deleted and created
+again), while a differing creation time, or an empty uid, is no condition: at the right
+`rv`, the write is sent again with the stored values. Every condition asks for
+the old item on failure (ReturnValuesOnConditionCheckFailure=ALL_OLD), which tells
+NotFound (no item) from Conflict or AlreadyExists, and, for a failed transaction, which op
+failed.
 
 Errors and retries. botocore's own retries are off: this module retries throttling, 5xx,
 transaction conflicts, timeouts and connection errors with full-jitter backoff, then raises
@@ -57,7 +62,7 @@ import botocore.exceptions
 
 from api import resources
 from api.resources import meta
-from store import base, errors
+from store import base, errors, requests
 from store import dynamodb_items as items
 
 if TYPE_CHECKING:
@@ -89,7 +94,7 @@ _OPERATOR_FIXES = frozenset({
 _CONDITION_FAILED = frozenset({"ConditionalCheckFailedException"})
 _CANCELLED = frozenset({"TransactionCanceledException"})
 _NO_TABLE = frozenset({"ResourceNotFoundException"})
-#: How often a write is re-sent with the stored uid/creation time before giving up.
+#: How often an update is re-sent with the stored uid/creation time before giving up.
 _REWRITES = 3
 TABLE_ACTIVE_TIMEOUT = 600.0
 
@@ -234,7 +239,7 @@ class DynamoStore:
         params = {"TableName": self.table(kind), "Key": {"name": items.s(name)}}
         response = await self._send("get_item", {**params, "ConsistentRead": True})
         if "Item" not in response:
-            raise items.not_found(kind.KIND, name)
+            raise requests.not_found(kind.KIND, name)
         return items.decode(kind, response["Item"])
 
     async def list(
@@ -249,7 +254,7 @@ class DynamoStore:
         # One more than asked: whether a next page exists is then known, not guessed.
         params: Item = {"TableName": self.table(kind), "Limit": limit + 1}
         if continue_token is not None:
-            params["ExclusiveStartKey"] = items.decode_token(continue_token, kind, index)
+            params["ExclusiveStartKey"] = items.start_key(continue_token, kind, index)
         if index is None:
             operation = "scan"
             params["ConsistentRead"] = True
@@ -268,7 +273,7 @@ class DynamoStore:
         elif "LastEvaluatedKey" in response:  # the 1 MB page limit cut in
             last = str(response["LastEvaluatedKey"]["name"]["S"])
         records = sorted((items.decode(kind, item) for item in found), key=lambda r: r.name)
-        token = None if last is None else items.encode_token(kind, index, last)
+        token = None if last is None else requests.encode_token(kind, index, last)
         return base.Page(items=records, continue_token=token)
 
     # -- writes ------------------------------------------------------------------------------
@@ -281,13 +286,18 @@ class DynamoStore:
         return cast(R, await self._write_one(items.update_write(self.table(type(obj)), obj)))
 
     async def delete(
-        self, kind: type[R], name: str, *, resource_version: int | None = None
+        self,
+        kind: type[R],
+        name: str,
+        *,
+        resource_version: int | None = None,
+        uid: str | None = None,
     ) -> None:
-        op = base.Delete(kind, name, resource_version)
+        op = base.Delete(kind, name, resource_version, uid)
         await self._write_one(items.version_write(self.table(kind), op))
 
     async def transact(self, ops: Sequence[base.Op]) -> Written:
-        items.check_transaction(ops)
+        requests.check_transaction(ops)
         if not ops:
             return []
         now = self._clock()
@@ -319,8 +329,8 @@ class DynamoStore:
 
     def _reread_failures(self, exc: botocore.exceptions.ClientError, writes: Writes) -> Writes:
         """Raise the first failed op's error; or, when the failures were only a writer's copy
-        of uid/creation time or a passing conflict with another transaction, the writes to
-        send again."""
+        of the creation time (or its empty uid) or a passing conflict with another
+        transaction, the writes to send again."""
         reasons = _reasons(exc)
         if len(reasons) != len(writes):
             raise errors.StoreError(f"transaction cancelled: {exc}") from exc

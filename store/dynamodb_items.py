@@ -1,5 +1,6 @@
 """The DynamoDB backend's pure half: item layout, conditional writes, reading their failures,
-continue tokens and argument checks. No I/O; `store.dynamodb` sends what this builds.
+and DynamoDB's own limits. No I/O; `store.dynamodb` sends what this builds. What every
+backend checks the same way (arguments, tokens, precondition errors) is `store.requests`.
 
 Kept apart so the rules that decide correctness (which condition guards which write, what a
 failed condition means) read in one place without the retry and thread-pool plumbing.
@@ -7,22 +8,17 @@ failed condition means) read in one place without the retry and thread-pool plum
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
-import json
-import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
 from api.resources import meta
-from store import base, errors
+from store import base, errors, requests
 
 R = TypeVar("R", bound=meta.Resource)
 Item = dict[str, Any]
 
-MAX_PAGE_SIZE = 1000
 #: DynamoDB's limits: one item, and all items of one TransactWriteItems call.
 MAX_ITEM_BYTES = 400 * 1024
 MAX_TRANSACTION_BYTES = 4 * 1024 * 1024
@@ -84,10 +80,6 @@ def decode(kind: type[R], item: Item) -> R:
         ) from exc
 
 
-def _with_meta(obj: R, **fields: Any) -> R:
-    return obj.model_copy(update={"metadata": obj.metadata.model_copy(update=fields)})
-
-
 def _created(obj: meta.Resource) -> str:
     stamp = obj.metadata.model_dump(mode="json", by_alias=True).get("creationTimestamp")
     return "" if stamp is None else str(stamp)
@@ -132,14 +124,7 @@ def check_key(kind: str, what: str, value: str) -> None:
 
 
 def create_write(table: str, obj: meta.Resource, now: datetime) -> Write:
-    stored = _with_meta(
-        obj,
-        uid=str(uuid.uuid4()),
-        resource_version=1,
-        generation=obj.metadata.generation or 1,
-        creation_timestamp=obj.metadata.creation_timestamp or now,
-    )
-    item, result = record_item(stored)
+    item, result = record_item(requests.created(obj, now))
     params = {
         "TableName": table,
         "Item": item,
@@ -150,16 +135,17 @@ def create_write(table: str, obj: meta.Resource, now: datetime) -> Write:
 
 
 def update_write(table: str, obj: meta.Resource, stored: Item | None = None) -> Write:
-    """Write obj at resource_version + 1 if the stored one is obj's. The uid and creation
-    time belong to the store: the write is also conditioned on them, so a writer whose copy
-    differs fails, and is rewritten (`stored`: the item it failed on) with the stored ones."""
-    expected = obj.metadata.resource_version
-    fields: dict[str, Any] = {"resource_version": expected + 1}
+    """Write obj at resource_version + 1 if the stored record is at obj's version and, when
+    obj's uid is non-empty, has obj's uid. The creation time (and the uid, for a writer
+    that left it empty) belong to the store, which is not read first: the write is also
+    conditioned on the writer's copies, and when only those differ, `judge` sends it again
+    with the stored ones (`stored`: the item it failed on)."""
+    uid, created = obj.metadata.uid, obj.metadata.creation_timestamp
     if stored is not None:
-        created = stored["created"]["S"]
-        fields["uid"] = stored["uid"]["S"]
-        fields["creation_timestamp"] = datetime.fromisoformat(created) if created else None
-    item, result = record_item(_with_meta(obj, **fields))
+        uid, stamp = stored["uid"]["S"], stored["created"]["S"]
+        created = datetime.fromisoformat(stamp) if stamp else None
+    item, result = record_item(requests.updated(obj, uid=uid, creation_timestamp=created))
+    expected = obj.metadata.resource_version
     params = {
         "TableName": table,
         "Item": item,
@@ -173,107 +159,87 @@ def update_write(table: str, obj: meta.Resource, stored: Item | None = None) -> 
 
 
 def version_write(table: str, op: base.Delete | base.Check) -> Write:
-    """A Delete or Check: conditioned on the resource_version, or on existence without one."""
-    params: Item = {"TableName": table, "Key": {"name": s(op.name)}}
-    if op.resource_version is None:
-        params["ConditionExpression"] = "attribute_exists(#name)"
-        params["ExpressionAttributeNames"] = {"#name": "name"}
-    else:
-        params["ConditionExpression"] = "#rv = :rv"
-        params["ExpressionAttributeNames"] = {"#rv": "rv"}
-        params["ExpressionAttributeValues"] = {":rv": n(op.resource_version)}
+    """A Delete or Check: conditioned on the resource_version and the uid where given, on
+    existence alone without either."""
+    conditions: list[str] = []
+    names: dict[str, str] = {}
+    values: Item = {}
+    if op.resource_version is not None:
+        conditions.append("#rv = :rv")
+        names["#rv"], values[":rv"] = "rv", n(op.resource_version)
+    if op.uid:
+        conditions.append("#uid = :uid")
+        names["#uid"], values[":uid"] = "uid", s(op.uid)
+    if not conditions:
+        conditions.append("attribute_exists(#name)")
+        names["#name"] = "name"
+    params: Item = {
+        "TableName": table,
+        "Key": {"name": s(op.name)},
+        "ConditionExpression": " AND ".join(conditions),
+        "ExpressionAttributeNames": names,
+    }
+    if values:
+        params["ExpressionAttributeValues"] = values
     action = "Delete" if isinstance(op, base.Delete) else "ConditionCheck"
     return Write(action, params, op.kind, op.name, op, None, op.resource_version)
 
 
-def not_found(kind: str, name: str) -> errors.NotFound:
-    return errors.NotFound(f"{kind} {name!r} not found", kind=kind, name=name)
-
-
-def conflict(kind: str, name: str, expected: int, stored: int) -> errors.Conflict:
-    return errors.Conflict(
-        f"{kind} {name!r}: resource_version {expected} is stale, the stored one is {stored};"
-        " re-read and retry",
-        kind=kind,
-        name=name,
-    )
+def _precondition_uid(op: base.Op) -> str | None:
+    """The uid the caller conditioned op on: an Update's record's, a Delete's or Check's own."""
+    if isinstance(op, base.Update):
+        return op.obj.metadata.uid
+    if isinstance(op, base.Delete | base.Check):
+        return op.uid
+    return None
 
 
 def judge(w: Write, old: Item | None, *, maybe_applied: bool) -> errors.StoreError | Write | None:
     """Why w's condition failed, from the item it failed on (`old`, None if absent).
 
-    Returns the error to raise; or a Write to send instead (an update whose writer held a
-    different uid or creation time than stored, at the right resource_version); or None
-    when `maybe_applied` (an earlier attempt of this call may have landed) and `old` is
-    exactly what this call wrote, so the failure is our own earlier success.
+    Returns the error to raise; or a Write to send instead (an update that meets its
+    preconditions, but whose writer held a different creation time, or an empty uid); or
+    None when `maybe_applied` (an earlier attempt of this call may have landed) and `old`
+    is exactly what this call wrote, so the failure is our own earlier success.
     """
     kind, name = w.kind.KIND, w.name
     if isinstance(w.op, base.Create):
         if maybe_applied and old and w.result and old["uid"]["S"] == w.result.metadata.uid:
             return None
-        return errors.AlreadyExists(f"{kind} {name!r} already exists", kind=kind, name=name)
+        return requests.already_exists(kind, name)
     if old is None:
         # A delete retried after a lost answer finds nothing: what it asked for holds.
-        return None if maybe_applied and isinstance(w.op, base.Delete) else not_found(kind, name)
-    stored = int(old["rv"]["N"])
-    if isinstance(w.op, base.Update) and stored == w.expected:
-        return update_write(w.params["TableName"], w.op.obj, old)
+        if maybe_applied and isinstance(w.op, base.Delete):
+            return None
+        return requests.not_found(kind, name)
     if maybe_applied and "Item" in w.params and old["data"] == w.params["Item"]["data"]:
         return None
+    stored = int(old["rv"]["N"])
+    failure = requests.precondition_failure(
+        kind,
+        name,
+        stored_version=stored,
+        stored_uid=old["uid"]["S"],
+        resource_version=w.expected,
+        uid=_precondition_uid(w.op),
+    )
+    if failure is not None:
+        return failure
+    if isinstance(w.op, base.Update):
+        return update_write(w.params["TableName"], w.op.obj, old)
     if w.expected is None:
-        return not_found(kind, name)  # an unconditioned delete only fails on absence
-    return conflict(kind, name, w.expected, stored)
+        return requests.not_found(kind, name)  # an unconditioned delete only fails on absence
+    return requests.conflict(kind, name, w.expected, stored)
 
 
 # -- argument checks and continue tokens ----------------------------------------------------
 
 
 def check_list_args(kind: type[meta.Resource], index: tuple[str, str] | None, limit: int) -> None:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
-        raise errors.InvalidRequest(
-            f"list {kind.KIND}: limit {limit!r} is out of range; must be 1..{MAX_PAGE_SIZE}",
-            kind=kind.KIND,
-        )
+    """The checks of every backend, and DynamoDB's refusal of an empty key value."""
+    requests.check_list_args(kind, index, limit)
     if index is not None:
-        if index[0] not in kind.INDEXES:
-            known = ", ".join(kind.INDEXES) or "none"
-            raise errors.InvalidRequest(
-                f"list {kind.KIND}: index {index[0]!r} is not declared for this kind"
-                f" (declared: {known})",
-                kind=kind.KIND,
-            )
         check_key(kind.KIND, f"list by index {index[0]}: value", index[1])
-
-
-def op_key(position: int, op: base.Op) -> tuple[str, str]:
-    if isinstance(op, base.Create | base.Update):
-        return op.obj.KIND, op.obj.name
-    if isinstance(op, base.Delete | base.Check):
-        return op.kind.KIND, op.name
-    raise errors.InvalidRequest(
-        f"transaction op {position}: {type(op).__name__} is not an operation"
-        " (Create, Update, Delete or Check)",
-        op_index=position,
-    )
-
-
-def check_transaction(ops: Sequence[base.Op]) -> None:
-    if len(ops) > base.MAX_TRANSACTION_OPS:
-        raise errors.InvalidRequest(
-            f"transaction has {len(ops)} operations; at most {base.MAX_TRANSACTION_OPS} allowed"
-        )
-    seen: dict[tuple[str, str], int] = {}
-    for position, op in enumerate(ops):
-        key = op_key(position, op)
-        if key in seen:
-            raise errors.InvalidRequest(
-                f"transaction op {position}: {key[0]} {key[1]!r} already appears in op"
-                f" {seen[key]}; a record may appear once per transaction",
-                kind=key[0],
-                name=key[1],
-                op_index=position,
-            )
-        seen[key] = position
 
 
 def check_transaction_size(writes: Sequence[Write]) -> None:
@@ -285,40 +251,10 @@ def check_transaction_size(writes: Sequence[Write]) -> None:
         )
 
 
-def encode_token(kind: type[meta.Resource], index: tuple[str, str] | None, last: str) -> str:
-    """The LastEvaluatedKey, compactly: the last name (the index value is in `i`), plus the
-    kind and index, so a token passed to a different list is refused, not misread."""
-    doc = {"k": kind.KIND, "i": list(index) if index else None, "a": last}
-    raw = json.dumps(doc, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_token(token: str, kind: type[meta.Resource], index: tuple[str, str] | None) -> Item:
-    """The ExclusiveStartKey a token stands for; InvalidRequest if it is not one of ours."""
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        doc = json.loads(raw)
-        last = doc["a"]
-        same = doc["k"] == kind.KIND and doc["i"] == (list(index) if index else None)
-    except (binascii.Error, ValueError, TypeError, KeyError) as exc:
-        raise errors.InvalidRequest(
-            f"list {kind.KIND}: continue_token {token[:40]!r} is malformed; pass the token"
-            " returned by the previous page",
-            kind=kind.KIND,
-        ) from exc
-    if not same:
-        raise errors.InvalidRequest(
-            f"list {kind.KIND}: continue_token {token[:40]!r} belongs to a different list"
-            " (kind or index differ)",
-            kind=kind.KIND,
-        )
-    if not isinstance(last, str) or not last or len(last.encode()) > MAX_KEY_BYTES:
-        raise errors.InvalidRequest(
-            f"list {kind.KIND}: continue_token {token[:40]!r} names no valid record; pass the"
-            " token returned by the previous page",
-            kind=kind.KIND,
-        )
-    key: Item = {"name": s(last)}
+def start_key(token: str, kind: type[meta.Resource], index: tuple[str, str] | None) -> Item:
+    """The ExclusiveStartKey a continue token stands for: the last name (the index value is
+    in the token's index, checked by `requests.decode_token` to be this list's)."""
+    key: Item = {"name": s(requests.decode_token(token, kind, index))}
     if index is not None:
         key[index_attr(index[0])] = s(index[1])
     return key

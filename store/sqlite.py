@@ -25,29 +25,25 @@ promise the former).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import functools
 import json
 import random
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from api.resources import meta
-from store import base, errors
+from store import base, errors, requests
 
 R = TypeVar("R", bound=meta.Resource)
 T = TypeVar("T")
 
 #: Bump when the layout changes; a database written by a newer layout is refused.
 SCHEMA_VERSION = 1
-MAX_PAGE_SIZE = 1000
 #: Attempts after SQLite's own busy_timeout gave up, with full-jitter backoff between.
 _LOCK_ATTEMPTS = 4
 _BACKOFF_FIRST = 0.01
@@ -131,7 +127,7 @@ class SqliteStore:
         def run(conn: sqlite3.Connection) -> R:
             row = _row(conn, kind.KIND, name)
             if row is None:
-                raise _not_found(kind.KIND, name)
+                raise requests.not_found(kind.KIND, name)
             return kind.model_validate_json(row[2])
 
         return await self._run(run, write=False)
@@ -144,8 +140,8 @@ class SqliteStore:
         limit: int = base.DEFAULT_PAGE_SIZE,
         continue_token: str | None = None,
     ) -> base.Page[R]:
-        _check_list_args(kind, index, limit)
-        after = "" if continue_token is None else _decode_token(continue_token, kind, index)
+        requests.check_list_args(kind, index, limit)
+        after = "" if continue_token is None else requests.decode_token(continue_token, kind, index)
 
         def run(conn: sqlite3.Connection) -> base.Page[R]:
             if index is None:
@@ -164,7 +160,11 @@ class SqliteStore:
                 )
             rows = cursor.fetchall()
             items = [kind.model_validate_json(data) for _, data in rows[:limit]]
-            token = _encode_token(kind, index, rows[limit - 1][0]) if len(rows) > limit else None
+            token = (
+                requests.encode_token(kind, index, rows[limit - 1][0])
+                if len(rows) > limit
+                else None
+            )
             return base.Page(items=items, continue_token=token)
 
         return await self._run(run, write=False)
@@ -179,12 +179,18 @@ class SqliteStore:
         return await self._run(lambda conn: _update(conn, obj), write=True)
 
     async def delete(
-        self, kind: type[R], name: str, *, resource_version: int | None = None
+        self,
+        kind: type[R],
+        name: str,
+        *,
+        resource_version: int | None = None,
+        uid: str | None = None,
     ) -> None:
-        await self._run(lambda conn: _delete(conn, kind, name, resource_version), write=True)
+        op = base.Delete(kind, name, resource_version, uid)
+        await self._run(lambda conn: _delete(conn, op), write=True)
 
     async def transact(self, ops: Sequence[base.Op]) -> Written:
-        _check_transaction(ops)
+        requests.check_transaction(ops)
         if not ops:
             return []
         now = self._clock()
@@ -317,42 +323,23 @@ def _row(conn: sqlite3.Connection, kind: str, name: str) -> tuple[int, str, str]
     return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
 
 
-def _not_found(kind: str, name: str) -> errors.NotFound:
-    return errors.NotFound(f"{kind} {name!r} not found", kind=kind, name=name)
-
-
-def _conflict(kind: str, name: str, expected: int, stored: int) -> errors.Conflict:
-    return errors.Conflict(
-        f"{kind} {name!r}: resource_version {expected} is stale, the stored one is {stored};"
-        " re-read and retry",
-        kind=kind,
-        name=name,
-    )
-
-
 def _apply(conn: sqlite3.Connection, op: base.Op, now: datetime) -> meta.Resource | None:
     if isinstance(op, base.Create):
         return _create(conn, op.obj, now)
     if isinstance(op, base.Update):
         return _update(conn, op.obj)
     if isinstance(op, base.Delete):
-        _delete(conn, op.kind, op.name, op.resource_version)
+        _delete(conn, op)
         return None
-    _check(conn, op.kind, op.name, op.resource_version)
+    _checked_row(conn, op.kind.KIND, op.name, op.resource_version, op.uid)  # a Check
     return None
 
 
 def _create(conn: sqlite3.Connection, obj: R, now: datetime) -> R:
     kind = obj.KIND
     if _row(conn, kind, obj.name) is not None:
-        raise errors.AlreadyExists(f"{kind} {obj.name!r} already exists", kind=kind, name=obj.name)
-    stored = _with_meta(
-        obj,
-        uid=str(uuid.uuid4()),
-        resource_version=1,
-        generation=obj.metadata.generation or 1,
-        creation_timestamp=obj.metadata.creation_timestamp or now,
-    )
+        raise requests.already_exists(kind, obj.name)
+    stored = requests.created(obj, now)
     data = stored.to_json()
     conn.execute(
         "INSERT INTO records (kind, name, resource_version, uid, data) VALUES (?, ?, ?, ?, ?)",
@@ -364,21 +351,11 @@ def _create(conn: sqlite3.Connection, obj: R, now: datetime) -> R:
 
 def _update(conn: sqlite3.Connection, obj: R) -> R:
     kind = obj.KIND
-    row = _row(conn, kind, obj.name)
-    if row is None:
-        raise _not_found(kind, obj.name)
-    version, uid, old_data = row
-    if version != obj.metadata.resource_version:
-        raise _conflict(kind, obj.name, obj.metadata.resource_version, version)
-    # uid and creation time belong to the store; a writer's copy of them is ignored.
-    old_meta = meta.ObjectMeta.model_validate(json.loads(old_data)["metadata"])
-    stored = _with_meta(
-        obj,
-        uid=uid,
-        resource_version=version + 1,
-        generation=obj.metadata.generation,
-        creation_timestamp=old_meta.creation_timestamp,
+    version, uid, old_data = _checked_row(
+        conn, kind, obj.name, obj.metadata.resource_version, obj.metadata.uid
     )
+    old_meta = meta.ObjectMeta.model_validate(json.loads(old_data)["metadata"])
+    stored = requests.updated(obj, uid=uid, creation_timestamp=old_meta.creation_timestamp)
     data = stored.to_json()
     conn.execute(
         "UPDATE records SET resource_version = ?, data = ? WHERE kind = ? AND name = ?",
@@ -389,26 +366,30 @@ def _update(conn: sqlite3.Connection, obj: R) -> R:
     return type(obj).model_validate_json(data)
 
 
-def _delete(
-    conn: sqlite3.Connection, kind: type[meta.Resource], name: str, resource_version: int | None
-) -> None:
-    _check(conn, kind, name, resource_version)
-    conn.execute("DELETE FROM records WHERE kind = ? AND name = ?", (kind.KIND, name))
-    conn.execute("DELETE FROM record_index WHERE kind = ? AND name = ?", (kind.KIND, name))
+def _delete(conn: sqlite3.Connection, op: base.Delete) -> None:
+    _checked_row(conn, op.kind.KIND, op.name, op.resource_version, op.uid)
+    conn.execute("DELETE FROM records WHERE kind = ? AND name = ?", (op.kind.KIND, op.name))
+    conn.execute("DELETE FROM record_index WHERE kind = ? AND name = ?", (op.kind.KIND, op.name))
 
 
-def _check(
-    conn: sqlite3.Connection, kind: type[meta.Resource], name: str, resource_version: int | None
-) -> None:
-    row = _row(conn, kind.KIND, name)
+def _checked_row(
+    conn: sqlite3.Connection, kind: str, name: str, resource_version: int | None, uid: str | None
+) -> tuple[int, str, str]:
+    """The stored row, if it meets the write's preconditions; NotFound or Conflict if not."""
+    row = _row(conn, kind, name)
     if row is None:
-        raise _not_found(kind.KIND, name)
-    if resource_version is not None and row[0] != resource_version:
-        raise _conflict(kind.KIND, name, resource_version, row[0])
-
-
-def _with_meta(obj: R, **fields: Any) -> R:
-    return obj.model_copy(update={"metadata": obj.metadata.model_copy(update=fields)})
+        raise requests.not_found(kind, name)
+    failure = requests.precondition_failure(
+        kind,
+        name,
+        stored_version=row[0],
+        stored_uid=row[1],
+        resource_version=resource_version,
+        uid=uid,
+    )
+    if failure is not None:
+        raise failure
+    return row
 
 
 def _write_index(conn: sqlite3.Connection, obj: meta.Resource) -> None:
@@ -421,77 +402,3 @@ def _write_index(conn: sqlite3.Connection, obj: meta.Resource) -> None:
     conn.executemany(
         "INSERT INTO record_index (kind, index_name, value, name) VALUES (?, ?, ?, ?)", rows
     )
-
-
-# -- argument checks and continue tokens, on the caller's side ----------------------------
-
-
-def _check_list_args(kind: type[meta.Resource], index: tuple[str, str] | None, limit: int) -> None:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
-        raise errors.InvalidRequest(
-            f"list {kind.KIND}: limit {limit!r} is out of range; must be 1..{MAX_PAGE_SIZE}",
-            kind=kind.KIND,
-        )
-    if index is not None and index[0] not in kind.INDEXES:
-        known = ", ".join(kind.INDEXES) or "none"
-        raise errors.InvalidRequest(
-            f"list {kind.KIND}: index {index[0]!r} is not declared for this kind"
-            f" (declared: {known})",
-            kind=kind.KIND,
-        )
-
-
-def _check_transaction(ops: Sequence[base.Op]) -> None:
-    if len(ops) > base.MAX_TRANSACTION_OPS:
-        raise errors.InvalidRequest(
-            f"transaction has {len(ops)} operations; at most {base.MAX_TRANSACTION_OPS} allowed"
-        )
-    seen: dict[tuple[str, str], int] = {}
-    for position, op in enumerate(ops):
-        if isinstance(op, base.Create | base.Update):
-            key = (op.obj.KIND, op.obj.name)
-        elif isinstance(op, base.Delete | base.Check):
-            key = (op.kind.KIND, op.name)
-        else:
-            raise errors.InvalidRequest(
-                f"transaction op {position}: {type(op).__name__} is not an operation"
-                " (Create, Update, Delete or Check)",
-                op_index=position,
-            )
-        if key in seen:
-            raise errors.InvalidRequest(
-                f"transaction op {position}: {key[0]} {key[1]!r} already appears in op"
-                f" {seen[key]}; a record may appear once per transaction",
-                kind=key[0],
-                name=key[1],
-                op_index=position,
-            )
-        seen[key] = position
-
-
-def _encode_token(kind: type[meta.Resource], index: tuple[str, str] | None, last: str) -> str:
-    doc = {"k": kind.KIND, "i": list(index) if index else None, "a": last}
-    raw = json.dumps(doc, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_token(token: str, kind: type[meta.Resource], index: tuple[str, str] | None) -> str:
-    """The last name of the previous page; the token must come from the same list call."""
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        doc = json.loads(raw)
-        last = doc["a"]
-        same = doc["k"] == kind.KIND and doc["i"] == (list(index) if index else None)
-    except (binascii.Error, ValueError, TypeError, KeyError) as exc:
-        raise errors.InvalidRequest(
-            f"list {kind.KIND}: continue_token {token[:40]!r} is malformed; pass the token"
-            " returned by the previous page",
-            kind=kind.KIND,
-        ) from exc
-    if not same or not isinstance(last, str):
-        raise errors.InvalidRequest(
-            f"list {kind.KIND}: continue_token {token[:40]!r} belongs to a different list"
-            " (kind or index differ)",
-            kind=kind.KIND,
-        )
-    return last

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import UTC, datetime
 
 import pytest
 
-from api.resources import allocation, job, network, orchestrator, pnode
+from api.resources import allocation, job, meta, network, orchestrator, pnode
 from store import base, errors
 from tests.store import records
 from tests.store.conftest import FakeClock
@@ -92,17 +94,33 @@ async def test_update_bumps_resource_version_by_one_and_leaves_generation_to_the
     assert records.same(await store.get(job.Job, "train"), third)
 
 
-async def test_update_keeps_the_stored_uid_and_creation_timestamp(store, fake_clock: FakeClock):
+@pytest.mark.parametrize("writers_uid", ["same", "empty"])
+async def test_update_keeps_the_stored_uid_and_creation_timestamp(
+    store, fake_clock: FakeClock, writers_uid
+):
     created = await store.create(records.orchestrator_record("replica-a"))
     fake_clock.advance(60)
     forged = created.model_copy(deep=True)
-    forged.metadata.uid = "forged"
+    forged.metadata.uid = created.metadata.uid if writers_uid == "same" else ""
     forged.metadata.creation_timestamp = datetime(1999, 1, 1, tzinfo=UTC)
     forged.status.version = "0.2"
     updated = await store.update(forged)
     assert updated.metadata.uid == created.metadata.uid
     assert updated.metadata.creation_timestamp == created.metadata.creation_timestamp
     assert updated.status.version == "0.2"
+    assert updated.metadata.resource_version == 2
+    assert records.same(await store.get(orchestrator.Orchestrator, "replica-a"), updated)
+
+
+async def test_update_with_another_uid_is_conflict_naming_both(store):
+    created = await store.create(records.orchestrator_record("replica-a"))
+    forged = created.model_copy(deep=True)
+    forged.metadata.uid = "forged"
+    forged.status.version = "0.2"
+    with pytest.raises(errors.Conflict, match=f"'forged'.*'{created.metadata.uid}'") as caught:
+        await store.update(forged)
+    assert (caught.value.kind, caught.value.name) == ("Orchestrator", "replica-a")
+    assert records.same(await store.get(orchestrator.Orchestrator, "replica-a"), created)
 
 
 @pytest.mark.parametrize("stale", [0, 1, 3])
@@ -156,7 +174,7 @@ async def test_returned_records_are_copies(store):
 # -- list, pagination, indexes ----------------------------------------------------------------
 
 
-async def test_list_is_ordered_by_name_and_holds_only_its_kind(store):
+async def test_a_page_is_ordered_by_name_and_holds_only_its_kind(store):
     for name in ["delta", "alpha", "echo", "charlie", "bravo"]:
         await store.create(records.orchestrator_record(name))
     await store.create(records.job_record("aardvark"))
@@ -167,34 +185,75 @@ async def test_list_is_ordered_by_name_and_holds_only_its_kind(store):
     assert (await store.list(network.Network)).items == []
 
 
-async def test_pages_cover_every_record_once_and_end_with_no_token(store):
-    names = [f"pnode-{i:02d}" for i in (7, 3, 0, 5, 1, 6, 2, 4)]
-    for name in names:
-        await store.create(records.pnode_record(name))
-    seen: list[str] = []
-    sizes: list[int] = []
+async def _pages(
+    store: base.Store, kind: type[meta.Resource], *, limit: int, index: tuple[str, str] | None
+) -> list[list[str]]:
+    """The names on each page of one listing, followed to its end."""
+    pages: list[list[str]] = []
     token: str | None = None
-    for _ in range(10):
-        page = await store.list(pnode.PNode, limit=3, continue_token=token)
+    for _ in range(100):
+        page = await store.list(kind, index=index, limit=limit, continue_token=token)
+        pages.append([r.name for r in page.items])
+        token = page.continue_token
+        if token is None:
+            return pages
+    raise AssertionError(f"no last page after 100 pages: {pages}")
+
+
+@pytest.mark.parametrize("index", [None, ("network", "mnist")], ids=["whole-kind", "by-index"])
+async def test_pages_cover_every_record_once_and_end_with_no_token(store, index):
+    """A whole kind promises each record once and each page sorted, not order across pages
+    (DynamoDB scans in hash order); a list by index is in name order across pages."""
+    names = [f"job-{i:02d}" for i in (7, 3, 0, 5, 1, 6, 2, 4)]
+    for name in names:
+        await store.create(records.job_record(name, "mnist"))
+    pages = await _pages(store, job.Job, limit=3, index=index)
+    seen = [name for page in pages for name in page]
+    assert len(seen) == len(set(seen)), f"a record came twice: {pages}"
+    assert sorted(seen) == sorted(names)
+    assert [len(page) for page in pages] == [3, 3, 2]
+    assert all(page == sorted(page) for page in pages)
+    if index is not None:
+        assert seen == sorted(names)
+
+
+async def test_a_record_created_behind_the_cursor_does_not_shift_later_index_pages(store):
+    by_network = ("network", "mnist")
+    for name in ["b", "d", "f", "h"]:
+        await store.create(records.job_record(name, "mnist"))
+    first = await store.list(job.Job, index=by_network, limit=2)
+    await store.create(records.job_record("a", "mnist"))
+    await store.create(records.job_record("e", "mnist"))
+    rest = await store.list(
+        job.Job, index=by_network, limit=10, continue_token=first.continue_token
+    )
+    assert [r.name for r in first.items] == ["b", "d"]
+    assert [r.name for r in rest.items] == ["e", "f", "h"]
+
+
+async def test_records_present_throughout_a_whole_kind_listing_come_exactly_once(store):
+    """Creating and deleting records mid-listing: those created or deleted may or may not
+    appear, the others come exactly once, on both backends."""
+    steady = [f"s-{i}" for i in range(6)]
+    for name in [*steady, "gone-1", "gone-2"]:
+        await store.create(records.job_record(name))
+    seen: list[str] = []
+    token: str | None = None
+    for step in range(100):
+        page = await store.list(job.Job, limit=2, continue_token=token)
         seen += [r.name for r in page.items]
-        sizes.append(len(page.items))
+        if step == 0:
+            await store.delete(job.Job, "gone-1")
+            await store.delete(job.Job, "gone-2")
+            await store.create(records.job_record("new-1"))
+            await store.create(records.job_record("z-new"))
         token = page.continue_token
         if token is None:
             break
-    assert seen == sorted(names)
-    assert sizes == [3, 3, 2]
     assert token is None
-
-
-async def test_a_record_created_behind_the_cursor_does_not_shift_later_pages(store):
-    for name in ["b", "d", "f", "h"]:
-        await store.create(records.job_record(name))
-    first = await store.list(job.Job, limit=2)
-    await store.create(records.job_record("a"))
-    await store.create(records.job_record("e"))
-    rest = await store.list(job.Job, limit=10, continue_token=first.continue_token)
-    assert [r.name for r in first.items] == ["b", "d"]
-    assert [r.name for r in rest.items] == ["e", "f", "h"]
+    assert len(seen) == len(set(seen)), f"a record came twice: {seen}"
+    assert set(steady) <= set(seen)
+    assert set(seen) <= set(steady) | {"gone-1", "gone-2", "new-1", "z-new"}
 
 
 @pytest.mark.parametrize("limit", [0, -1, 1001])
@@ -206,6 +265,24 @@ async def test_limit_out_of_range_is_invalid(store, limit):
 async def test_a_garbled_continue_token_is_invalid(store):
     with pytest.raises(errors.InvalidRequest):
         await store.list(job.Job, continue_token="%%% not a token %%%")
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"k": "PNode", "i": None, "a": "j-1"},  # another kind's list
+        {"k": "Job", "i": ["network", "cifar"], "a": "j-1"},  # another index value
+        {"k": "Job", "i": None, "a": ""},  # no record names ""
+        {"k": "Job", "i": None, "a": "Not a name"},  # no record could have it
+        {"k": "Job", "i": None, "a": 7},
+        {"k": "Job", "i": None},
+    ],
+)
+async def test_a_tampered_continue_token_is_invalid(store, doc):
+    await store.create(records.job_record("j-1"))
+    token = base64.urlsafe_b64encode(json.dumps(doc).encode()).decode()
+    with pytest.raises(errors.InvalidRequest, match="continue_token"):
+        await store.list(job.Job, continue_token=token)
 
 
 @pytest.mark.parametrize(
