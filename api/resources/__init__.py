@@ -1,4 +1,4 @@
-"""Resource models: Network, PNode, Allocation, Job, Orchestrator.
+"""Resource models: Network, PNode, PNodeLease, Allocation, Job, Orchestrator.
 
 Pure data and validation (pydantic v2); no I/O. The store persists these, the gRPC API
 carries them as JSON documents, and manifests parse into them.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from api.resources.allocation import Allocation
 from api.resources.job import Job
+from api.resources.lease import PNodeLease
 from api.resources.meta import Resource
 from api.resources.network import Network
 from api.resources.orchestrator import Orchestrator
@@ -15,7 +16,16 @@ from api.resources.pnode import PNode
 
 #: Every stored kind, by its `kind` string.
 KINDS: dict[str, type[Resource]] = {
-    cls.KIND: cls for cls in (Network, PNode, Allocation, Job, Orchestrator)
+    cls.KIND: cls for cls in (Network, PNode, PNodeLease, Allocation, Job, Orchestrator)
 }
 
-__all__ = ["KINDS", "Allocation", "Job", "Network", "Orchestrator", "PNode", "Resource"]
+__all__ = [
+    "KINDS",
+    "Allocation",
+    "Job",
+    "Network",
+    "Orchestrator",
+    "PNode",
+    "PNodeLease",
+    "Resource",
+]

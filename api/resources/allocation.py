@@ -25,6 +25,12 @@ class AllocationSpec(Model):
     replica: int = Field(ge=0)
     pnode: str
     epoch: int = Field(ge=1)
+    #: The PNode incarnation this was placed for; after the PNode re-registers, the slot is
+    #: re-issued with a new epoch, because the agent dropped its VNodes.
+    pnode_incarnation: int = Field(default=0, ge=0)
+    #: Digest of what the VNode runs (kind, params, edges, resources); a change re-issues
+    #: the slot with a new epoch.
+    vnode_hash: str = ""
     resources: ResourceRequest = Field(default_factory=ResourceRequest)
 
 

@@ -50,11 +50,17 @@ class Trust(Model):
 
 class PNodeStatus(Model):
     phase: PNodePhase = "Ready"
+    #: When `phase` last changed: the start of the NotReady grace and of Lost retention.
+    phase_since: datetime | None = None
+    #: Sum of the resources of the allocations placed here, written in the same
+    #: transaction as each allocation, so it can never disagree with them.
     allocated: Capacity = Field(default_factory=Capacity)
-    #: Bumped on every registration; an agent presenting an older one is fenced.
+    #: Bumped on every registration; an agent presenting an older one is fenced, and
+    #: allocations placed for an older incarnation are re-issued with a new epoch.
     incarnation: int = 0
-    lease_renewed_at: datetime | None = None
-    lease_duration_seconds: float = 0.0
+    #: Bumped in every transaction that changes an allocation placed here: the version of
+    #: this PNode's assignment set, the same on every orchestrator replica.
+    assignments_version: int = 0
     trust: Trust = Field(default_factory=Trust)
     missed_heartbeats: int = 0
     evictions: int = 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from api.resources import allocation, job, meta, network, orchestrator, pnode
+from datetime import UTC, datetime
+
+from api.resources import allocation, job, lease, meta, network, orchestrator, pnode
 from store import base
 
 MILLICPU_PER_SLOT = 500
@@ -79,6 +81,12 @@ def one_of_each() -> list[meta.Resource]:
         allocation_record("mnist", "input", 0, "laptop-1"),
         job_record("train-1"),
         orchestrator_record("replica-a"),
+        lease.PNodeLease(
+            metadata=meta.ObjectMeta(name="laptop-1"),
+            spec=lease.LeaseSpec(
+                incarnation=1, renew_time=datetime(2026, 1, 1, tzinfo=UTC), duration_seconds=4.0
+            ),
+        ),
     ]
 
 

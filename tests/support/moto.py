@@ -2,7 +2,8 @@
 
 An in-process patch would skip what production actually does: serialize requests, cross a
 socket, parse error responses (CancellationReasons, the old Item on a failed condition) and
-time out. So the tests talk to `moto_server`, started from this venv on a free loopback port.
+time out. So the tests talk to moto's server, started from this venv on a free loopback port
+(through `serial_moto`, which applies requests one at a time as DynamoDB does atomically).
 """
 
 from __future__ import annotations
@@ -26,10 +27,8 @@ START_ATTEMPTS = 3
 
 
 def binary() -> Path:
-    path = Path(sys.executable).parent / "moto_server"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: install moto[server] (run `make venv`)")
-    return path
+    """Our launcher of moto's server app; see serial_moto for why not `moto_server` itself."""
+    return Path(__file__).with_name("serial_moto.py")
 
 
 def free_port() -> int:
@@ -74,7 +73,8 @@ def _start(log: Path) -> tuple[subprocess.Popen[bytes], str] | None:
     url = f"http://127.0.0.1:{port}"
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [str(binary()), "-H", "127.0.0.1", "-p", str(port)],
+            # -P: the script directory (which holds our own moto.py) must not shadow moto.
+            [sys.executable, "-P", str(binary()), "-H", "127.0.0.1", "-p", str(port)],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -1,0 +1,59 @@
+"""moto's server, with its requests applied one at a time.
+
+moto's DynamoDB backend is not safe under concurrent requests: TransactWriteItems
+deep-copies every table it touches as a backup and, when a condition fails, restores that
+copy, wiping out whatever other threads wrote in between (seen here as a PNode whose
+capacity charge vanished while its allocation stayed, and as a PNode briefly missing).
+Real DynamoDB applies each request atomically, so serializing requests in the server makes
+moto behave like the service our races and multi-replica tests are about, while clients
+still talk HTTP over real sockets with keep-alive and concurrency on their side.
+
+Run as a script: `python serial_moto.py -H 127.0.0.1 -p PORT`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import run_simple
+
+
+def serialized(app: Callable[..., Iterable[bytes]]) -> Callable[..., list[bytes]]:
+    lock = threading.Lock()
+
+    def handle(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        with lock:
+            # Drain the body inside the lock: a lazy iterable could run backend code later.
+            return list(app(environ, start_response))
+
+    return handle
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-H", "--host", default="127.0.0.1")
+    parser.add_argument("-p", "--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    app = DomainDispatcherApplication(create_backend_app)
+    run_simple(
+        args.host,
+        args.port,
+        serialized(app),
+        threaded=True,
+        request_handler=MotoRequestHandler,
+    )
+
+
+if __name__ == "__main__":
+    main()
