@@ -1,0 +1,263 @@
+"""The scheduler's own view of PNodes and requests, and converters from `api.resources`.
+
+Why a separate view instead of the pydantic models: placement reads a handful of fields of
+thousands of PNodes many times per batch, and wants them as plain ints and frozen tuples
+(cheap attribute access, hashable capability signatures, no validation on every copy).
+The converters are the only place that knows how `api.resources` spells things.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import TypeAlias
+
+from api.resources import allocation as allocation_model
+from api.resources import network as network_model
+from api.resources import pnode as pnode_model
+
+#: Accelerator counts by type, sorted by type so equal inventories compare and hash equal.
+Accelerators: TypeAlias = tuple[tuple[str, int], ...]
+
+#: Consecutive valid results at which trust reaches 0.5; trust saturates towards 1 beyond.
+TRUST_HALF = 50
+
+
+def count(accelerators: Accelerators, kind: str) -> int:
+    for name, number in accelerators:
+        if name == kind:
+            return number
+    return 0
+
+
+def trust_score(consecutive_valid: int, strikes: int, *, bugged: bool) -> float:
+    """Trust in [0, 1): earned slowly by valid results, lost quickly by strikes.
+
+    Saturating (v / (v + TRUST_HALF)) so no PNode ever reaches full trust, and divided by
+    1 + strikes so a PNode that lied recently ranks below an honest newcomer's peers.
+    """
+    if bugged or consecutive_valid <= 0:
+        return 0.0
+    return consecutive_valid / (consecutive_valid + TRUST_HALF) / (1 + max(strikes, 0))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeView:
+    """One PNode as placement sees it: flags, capacity, what is already allocated, history."""
+
+    name: str
+    ready: bool = True
+    schedulable: bool = True
+    draining: bool = False
+    bugged: bool = False
+    cpu_capacity: int = 0
+    memory_capacity: int = 0
+    accelerators: Accelerators = ()
+    cpu_allocated: int = 0
+    memory_allocated: int = 0
+    accelerators_allocated: Accelerators = ()
+    trust: float = 0.0
+    missed_heartbeats: int = 0
+    evictions: int = 0
+    datasets: frozenset[str] = frozenset()
+    labels: tuple[tuple[str, str], ...] = ()
+    #: Everything the capability filters read (flags, capacity, allocated), so PNodes that
+    #: look alike are checked once. A string because str caches its hash: the signature is
+    #: looked up once per evaluated PNode, and hashing a nested tuple each time costs more
+    #: than the checks it saves.
+    signature: str = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        flags = "".join(
+            "1" if flag else "0"
+            for flag in (self.ready, self.schedulable, self.draining, self.bugged)
+        )
+        object.__setattr__(
+            self,
+            "signature",
+            f"{flags}|{self.cpu_capacity}|{self.memory_capacity}|{self.accelerators}"
+            f"|{self.cpu_allocated}|{self.memory_allocated}|{self.accelerators_allocated}",
+        )
+
+    def with_allocation(self, request: Request) -> NodeView:
+        """This node after `request` is placed on it (used by batch accounting)."""
+        accelerators_allocated = self.accelerators_allocated
+        if request.accelerator is not None:
+            totals = dict(accelerators_allocated)
+            totals[request.accelerator] = totals.get(request.accelerator, 0) + (
+                request.accelerator_count
+            )
+            accelerators_allocated = tuple(sorted(totals.items()))
+        return dataclasses.replace(
+            self,
+            cpu_allocated=self.cpu_allocated + request.cpu,
+            memory_allocated=self.memory_allocated + request.memory,
+            accelerators_allocated=accelerators_allocated,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Request:
+    """One VNode replica slot to place.
+
+    `avoid`: PNodes hosting other replicas of the same VNode (hard anti-affinity, so one
+    PNode's death never takes out every replica). `near`: PNodes hosting the VNode's graph
+    neighbours (soft affinity, so tensors cross fewer machines).
+    """
+
+    network: str
+    vnode: str
+    replica: int = 0
+    cpu: int = 0
+    memory: int = 0
+    accelerator: str | None = None
+    accelerator_count: int = 0
+    critical: bool = False
+    dataset: str | None = None
+    avoid: frozenset[str] = frozenset()
+    near: frozenset[str] = frozenset()
+
+    @property
+    def key(self) -> str:
+        return allocation_model.slot_name(self.network, self.vnode, self.replica)
+
+    @property
+    def shape(self) -> tuple[int, int, str | None, int]:
+        """What the capability filters read of a request (part of their cache key)."""
+        return (self.cpu, self.memory, self.accelerator, self.accelerator_count)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Snapshot:
+    """PNodes at one moment, with indexes placement needs, built once per reconcile pass.
+
+    `nodes` is sorted by name so that the same set of PNodes gives the same snapshot (and
+    so the same placements for a seed) whatever order the store listed them in.
+    """
+
+    nodes: tuple[NodeView, ...]
+    by_name: Mapping[str, int] = dataclasses.field(init=False, repr=False, compare=False)
+    #: Node positions by trust, highest first: the trusted nodes are always a prefix.
+    by_trust: tuple[int, ...] = dataclasses.field(init=False, repr=False, compare=False)
+    _negated_trust: tuple[float, ...] = dataclasses.field(init=False, repr=False, compare=False)
+    #: Node positions holding each dataset, for data-locality candidates.
+    holders: Mapping[str, tuple[int, ...]] = dataclasses.field(
+        init=False, repr=False, compare=False
+    )
+
+    def __init__(self, nodes: Iterable[NodeView]) -> None:
+        ordered = tuple(sorted(nodes, key=lambda node: node.name))
+        by_name: dict[str, int] = {}
+        holders: dict[str, list[int]] = {}
+        for position, node in enumerate(ordered):
+            if node.name in by_name:
+                raise ValueError(f"snapshot: pnode {node.name!r} appears twice; names are unique")
+            by_name[node.name] = position
+            for dataset in node.datasets:
+                holders.setdefault(dataset, []).append(position)
+        by_trust = tuple(sorted(range(len(ordered)), key=lambda i: (-ordered[i].trust, i)))
+        object.__setattr__(self, "nodes", ordered)
+        object.__setattr__(self, "by_name", by_name)
+        object.__setattr__(self, "by_trust", by_trust)
+        object.__setattr__(self, "_negated_trust", tuple(-ordered[i].trust for i in by_trust))
+        object.__setattr__(self, "holders", {k: tuple(v) for k, v in holders.items()})
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def node(self, name: str) -> NodeView | None:
+        position = self.by_name.get(name)
+        return None if position is None else self.nodes[position]
+
+    def trusted_count(self, floor: float) -> int:
+        """How many nodes have trust >= floor (they are `by_trust[:count]`)."""
+        return bisect.bisect_right(self._negated_trust, -floor)
+
+
+def _accelerators(items: Iterable[pnode_model.Accelerator]) -> Accelerators:
+    totals: dict[str, int] = {}
+    for item in items:
+        totals[item.type] = totals.get(item.type, 0) + item.count
+    return tuple(sorted((kind, number) for kind, number in totals.items() if number))
+
+
+def node_view(pnode: pnode_model.PNode) -> NodeView:
+    spec, status = pnode.spec, pnode.status
+    return NodeView(
+        name=pnode.metadata.name,
+        ready=status.phase == "Ready",
+        schedulable=not spec.unschedulable,
+        draining=spec.draining,
+        bugged=status.trust.bugged,
+        cpu_capacity=spec.capacity.cpu,
+        memory_capacity=spec.capacity.memory,
+        accelerators=_accelerators(spec.capacity.accelerators),
+        cpu_allocated=status.allocated.cpu,
+        memory_allocated=status.allocated.memory,
+        accelerators_allocated=_accelerators(status.allocated.accelerators),
+        trust=trust_score(
+            status.trust.consecutive_valid, status.trust.strikes, bugged=status.trust.bugged
+        ),
+        missed_heartbeats=status.missed_heartbeats,
+        evictions=status.evictions,
+        datasets=frozenset(spec.datasets),
+        labels=tuple(sorted(pnode.metadata.labels.items())),
+    )
+
+
+def snapshot_of(pnodes: Iterable[pnode_model.PNode]) -> Snapshot:
+    return Snapshot(node_view(pnode) for pnode in pnodes)
+
+
+def request_for(
+    network: network_model.Network,
+    vnode: network_model.VNodeSpec,
+    replica: int,
+    *,
+    avoid: Iterable[str] = (),
+    near: Iterable[str] = (),
+) -> Request:
+    resources = vnode.resources
+    accelerator = resources.accelerator
+    return Request(
+        network=network.metadata.name,
+        vnode=vnode.name,
+        replica=replica,
+        cpu=resources.cpu,
+        memory=resources.memory,
+        accelerator=None if accelerator is None else accelerator.type,
+        accelerator_count=0 if accelerator is None else accelerator.count,
+        critical=vnode.critical,
+        dataset=None if vnode.data is None else vnode.data.dataset,
+        avoid=frozenset(avoid),
+        near=frozenset(near),
+    )
+
+
+def neighbours(network: network_model.Network, vnode: str) -> frozenset[str]:
+    """Names of the VNodes `vnode` exchanges tensors with: its inputs and its consumers."""
+    spec = network.vnode(vnode)
+    parents = set() if spec is None else set(spec.inputs)
+    children = {v.name for v in network.spec.vnodes if vnode in v.inputs}
+    return frozenset((parents | children) - {vnode})
+
+
+def pnodes_hosting(
+    allocations: Iterable[allocation_model.Allocation],
+    *,
+    network: str,
+    vnodes: Iterable[str],
+    except_slot: str | None = None,
+) -> frozenset[str]:
+    """PNodes holding an allocation of any of `vnodes` in `network` (for avoid / near).
+
+    `except_slot` leaves out the slot being placed: its own old allocation (a replica being
+    re-placed) is not "another replica", so it must not count towards anti-affinity.
+    """
+    wanted = set(vnodes)
+    return frozenset(
+        a.spec.pnode
+        for a in allocations
+        if a.spec.network == network and a.spec.vnode in wanted and a.metadata.name != except_slot
+    )

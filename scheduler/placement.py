@@ -1,0 +1,365 @@
+"""Placing requests: filter, sample, score, pick; and batches that account as they go.
+
+How one request is placed (Nomad's shape, kept sublinear in the number of PNodes):
+
+1. Candidates are drawn lazily: first the PNodes the request would like (hosting a graph
+   neighbour, then a sample of those holding its dataset), then every PNode in a seeded
+   random order. A lazy Fisher-Yates shuffle draws each next candidate in O(1), so a
+   request that finds `config.sample_size` feasible PNodes early never touches the rest
+   of a big cluster.
+2. Each candidate is filtered; the capability checks are cached per (request shape, node
+   signature), so identical PNodes are checked once per call.
+3. Only the feasible sample is scored; the best weighted score wins, ties going to the
+   earliest drawn (random, since the draw order is), which spreads identical PNodes' load.
+4. A critical request is first tried on PNodes at or above the trust floor only. If none of
+   them is feasible, it falls back to every PNode and the explanation says so: trust is a
+   scheduling preference, never a correctness requirement (DESIGN.md).
+
+Unschedulable is only ever the verdict of a full scan, so a feasible request is never
+reported unschedulable, and the reason counts cover every PNode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import operator
+import random
+from collections.abc import Iterable, Iterator, Sequence
+
+from scheduler import config as config_module
+from scheduler import explain, filters, model, scorers
+
+_UNSET = object()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Entry:
+    request: model.Request
+    decision: explain.Decision
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Plan:
+    """Decisions for a batch, in the order they were made (see `placement_order`)."""
+
+    entries: tuple[Entry, ...]
+    _by_key: dict[str, explain.Decision] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_key = {entry.request.key: entry.decision for entry in self.entries}
+        object.__setattr__(self, "_by_key", by_key)
+
+    def decision(self, key: str) -> explain.Decision:
+        try:
+            return self._by_key[key]
+        except KeyError:
+            raise KeyError(f"plan: no request for slot {key!r}") from None
+
+    @property
+    def placements(self) -> dict[str, str]:
+        """Slot key -> PNode name, for the placed requests."""
+        return {
+            e.request.key: e.decision.pnode
+            for e in self.entries
+            if isinstance(e.decision, explain.Placed)
+        }
+
+    @property
+    def unschedulable(self) -> tuple[Entry, ...]:
+        return tuple(e for e in self.entries if isinstance(e.decision, explain.Unschedulable))
+
+
+def placement_order(request: model.Request) -> tuple[object, ...]:
+    """Sort key for a batch: critical first, then larger first, then by slot.
+
+    Critical first so they take the trusted PNodes before ordinary work fills them. Larger
+    first (first-fit decreasing): a big request placed early still finds room, while small
+    ones fit into what is left; in the other order, small requests fragment every PNode and
+    the big ones end up unschedulable. "Larger" compares the scarcest resource first:
+    accelerators, then memory, then cpu. The slot key last makes the order total, so the
+    plan does not depend on the order the caller listed the requests in.
+    """
+    return (
+        not request.critical,
+        -request.accelerator_count,
+        -request.memory,
+        -request.cpu,
+        request.network,
+        request.vnode,
+        request.replica,
+    )
+
+
+def place(
+    request: model.Request,
+    snapshot: model.Snapshot,
+    *,
+    seed: int,
+    config: config_module.Config = config_module.DEFAULT,
+) -> explain.Decision:
+    return _Placer(snapshot, random.Random(seed), config).place(request)
+
+
+def place_all(
+    requests: Iterable[model.Request],
+    snapshot: model.Snapshot,
+    *,
+    seed: int,
+    config: config_module.Config = config_module.DEFAULT,
+) -> Plan:
+    """Place a batch against one working copy of `snapshot`, in `placement_order`.
+
+    Each placement is charged to its PNode before the next request is placed, so a batch
+    never over-commits a PNode, and replicas of one VNode placed in the batch avoid each
+    other's PNodes, as they would avoid already-allocated replicas. One rng, seeded once,
+    serves the whole batch in that fixed order: same requests, snapshot and seed, same plan.
+    """
+    ordered = sorted(requests, key=placement_order)
+    seen: set[str] = set()
+    for request in ordered:
+        if request.key in seen:
+            raise ValueError(
+                f"requests: slot {request.key!r} appears twice; each replica slot is placed "
+                "at most once per plan"
+            )
+        seen.add(request.key)
+    placer = _Placer(snapshot, random.Random(seed), config)
+    placed_on: dict[tuple[str, str], set[str]] = {}
+    entries = []
+    for request in ordered:
+        siblings = placed_on.get((request.network, request.vnode))
+        effective = request
+        if siblings:
+            effective = dataclasses.replace(request, avoid=request.avoid | siblings)
+        decision = placer.place(effective)
+        if isinstance(decision, explain.Placed):
+            placer.charge(decision.pnode, request)
+            placed_on.setdefault((request.network, request.vnode), set()).add(decision.pnode)
+        entries.append(Entry(request, decision))
+    return Plan(tuple(entries))
+
+
+def _shuffled(pool: Sequence[int], rng: random.Random) -> Iterator[int]:
+    """`pool` in a uniformly random order, produced lazily: O(1) per item drawn.
+
+    Fisher-Yates over a virtual array (`moved` holds only the slots that were swapped), so
+    stopping after k items costs O(k), not O(len(pool)).
+    """
+    size = len(pool)
+    moved: dict[int, int] = {}
+    draw = rng.random
+    for i in range(size):
+        j = i + int(draw() * (size - i))
+        if j >= size:  # draw() < 1, but guard against rounding up in the product
+            j = size - 1
+        picked = moved.get(j, j)
+        moved[j] = moved.get(i, i)
+        yield pool[picked]
+
+
+@dataclasses.dataclass(slots=True)
+class _Pass:
+    """What one candidate scan found; `feasible` is in draw order."""
+
+    feasible: list[int] = dataclasses.field(default_factory=list)
+    reasons: dict[str, int] = dataclasses.field(default_factory=dict)
+    rejected: list[explain.NodeVerdict] = dataclasses.field(default_factory=list)
+    evaluated: int = 0
+
+
+class _Placer:
+    """Working state for one `place` / `place_all` call: node views, caches, the rng."""
+
+    __slots__ = (
+        "_by_request",
+        "_cache",
+        "_config",
+        "_names",
+        "_node_only",
+        "_rng",
+        "_snapshot",
+        "_static",
+        "_unschedulable",
+        "_version",
+        "_views",
+        "_weights",
+    )
+
+    def __init__(
+        self, snapshot: model.Snapshot, rng: random.Random, config: config_module.Config
+    ) -> None:
+        self._snapshot = snapshot
+        self._views = list(snapshot.nodes)
+        self._rng = rng
+        self._config = config
+        active = scorers.active(config.weights)
+        total = sum(weight for _, weight in active)
+        self._names = tuple(named.name for named, _ in active)
+        #: Normalized so the weighted sum is already the weighted mean, in [0, 1].
+        self._weights = tuple(weight / total for _, weight in active) if total else ()
+        self._by_request = tuple(n.score for n, _ in active if not n.node_only)
+        self._node_only = tuple(n.score for n, _ in active if n.node_only)
+        #: Node position -> its node-only scores (history does not change within a call).
+        self._static: dict[int, tuple[float, ...]] = {}
+        #: Charges so far; a cached verdict is valid only for the version it was made at.
+        self._version = 0
+        #: (shape, critical) -> (version, full scan that found nothing, notes).
+        self._unschedulable: dict[tuple[object, ...], tuple[int, _Pass, tuple[str, ...]]] = {}
+        #: Request shape -> node signature -> first failed capability check (or None).
+        self._cache: dict[tuple[int, int, str | None, int], dict[str, str | None]] = {}
+
+    def charge(self, pnode: str, request: model.Request) -> None:
+        self._version += 1
+        position = self._snapshot.by_name[pnode]
+        self._views[position] = self._views[position].with_allocation(request)
+
+    def place(self, request: model.Request) -> explain.Decision:
+        memo_key = (request.shape, request.critical)
+        memo = self._unschedulable.get(memo_key)
+        if memo is not None and memo[0] == self._version:
+            _, scanned, scanned_notes = memo
+            explanation = self._explain(request, scanned, [], scanned_notes)
+            return explain.Unschedulable(reasons=dict(scanned.reasons), explanation=explanation)
+        snapshot, floor = self._snapshot, self._config.trust_floor
+        notes: tuple[str, ...] = ()
+        if request.critical:
+            trusted = snapshot.trusted_count(floor)
+            if trusted == 0:
+                notes = (f"critical: no pnode has trust >= floor {floor:g}; considered all pnodes",)
+            elif trusted < len(snapshot):
+                found = self._scan(request, snapshot.by_trust[:trusted], floor=floor)
+                if found.feasible:
+                    return self._pick(request, found, notes)
+                why = ", ".join(
+                    f"{n} {r}"
+                    for r, n in explain.sorted_reasons(found.reasons)
+                    if r != filters.BELOW_TRUST_FLOOR
+                )
+                notes = (
+                    f"critical: none of the {trusted} pnodes with trust >= floor {floor:g} "
+                    f"is feasible ({why}); considered all pnodes",
+                )
+        found = self._scan(request, range(len(snapshot)), floor=None)
+        if found.feasible:
+            return self._pick(request, found, notes)
+        if filters.ANTI_AFFINITY not in found.reasons:
+            # Every PNode failed a capability check, which depends only on the request's
+            # shape and on allocations; so until the next charge, any request of this shape
+            # gets the same verdict, and a run of identical replicas that do not fit costs
+            # one full scan instead of one each.
+            self._unschedulable[memo_key] = (self._version, found, notes)
+        explanation = self._explain(request, found, [], notes)
+        return explain.Unschedulable(reasons=dict(found.reasons), explanation=explanation)
+
+    def _candidates(self, request: model.Request, pool: Sequence[int]) -> Iterator[int]:
+        """Each PNode at most once: the preferred ones first, then `pool` shuffled.
+
+        Preferred: PNodes hosting a graph neighbour, then a random sample of those holding
+        the request's dataset. Offering them first means a bounded random sample of a big
+        cluster never misses the PNodes the affinity and locality scorers would favour.
+        """
+        snapshot = self._snapshot
+        offered: set[int] = set()
+        for name in sorted(request.near):
+            position = snapshot.by_name.get(name)
+            if position is not None and position not in offered:
+                offered.add(position)
+                yield position
+        if request.dataset is not None:
+            # At most a sample's worth: when thousands of PNodes hold a popular dataset but
+            # few of them fit, scanning them all first would cost O(cluster) per request.
+            holders = snapshot.holders.get(request.dataset, ())
+            for position in itertools.islice(
+                _shuffled(holders, self._rng), self._config.sample_size
+            ):
+                if position not in offered:
+                    offered.add(position)
+                    yield position
+        if not offered:
+            yield from _shuffled(pool, self._rng)
+            return
+        for position in _shuffled(pool, self._rng):
+            if position not in offered:
+                yield position
+
+    def _scan(self, request: model.Request, pool: Sequence[int], *, floor: float | None) -> _Pass:
+        """Filter candidates until `sample_size` are feasible or the candidates run out.
+
+        With `floor`, only PNodes at or above it may pass (and `pool` should be exactly
+        those); the preferred candidates may still include others, rejected as such.
+        """
+        found = _Pass()
+        feasible, reasons, rejected = found.feasible, found.reasons, found.rejected
+        views, sample_size = self._views, self._config.sample_size
+        listed = self._config.max_explained_rejections
+        verdicts = self._cache.setdefault(request.shape, {})
+        evaluated = 0
+        for position in self._candidates(request, pool):
+            evaluated += 1
+            node = views[position]
+            reason = verdicts.get(node.signature, _UNSET)
+            if reason is _UNSET:
+                reason = verdicts[node.signature] = filters.capability(request, node)
+            if reason is None and request.avoid:
+                reason = filters.anti_affinity(request, node)
+            if reason is None and floor is not None:
+                reason = filters.below_trust_floor(node, floor)
+            if reason is None:
+                feasible.append(position)
+                if len(feasible) >= sample_size:
+                    break
+                continue
+            assert isinstance(reason, str)
+            reasons[reason] = reasons.get(reason, 0) + 1
+            if len(rejected) < listed:
+                rejected.append(explain.NodeVerdict(node.name, reason))
+        found.evaluated = evaluated
+        return found
+
+    def _pick(self, request: model.Request, found: _Pass, notes: tuple[str, ...]) -> explain.Placed:
+        """The best-scoring feasible PNode; ties go to the one drawn first."""
+        views, static, weights = self._views, self._static, self._weights
+        by_request, node_only = self._by_request, self._node_only
+        scored: list[tuple[float, int, int, tuple[float, ...]]] = []
+        for order, position in enumerate(found.feasible):
+            node = views[position]
+            history = static.get(position)
+            if history is None:
+                history = static[position] = tuple([f(request, node) for f in node_only])
+            scores = tuple([f(request, node) for f in by_request]) + history
+            total = sum(map(operator.mul, weights, scores))
+            scored.append((total, order, position, scores))
+        # Best total first; among equals, the earliest drawn (the sort is stable).
+        scored.sort(key=_by_total, reverse=True)
+        listed = [
+            explain.NodeVerdict(views[position].name, None, scores, total)
+            for total, _, position, scores in scored[: self._config.max_explained_scores]
+        ]
+        best_total, _, best, _ = scored[0]
+        explanation = self._explain(request, found, listed, notes)
+        return explain.Placed(pnode=views[best].name, score=best_total, explanation=explanation)
+
+    def _explain(
+        self,
+        request: model.Request,
+        found: _Pass,
+        scored: list[explain.NodeVerdict],
+        notes: tuple[str, ...],
+    ) -> explain.Explanation:
+        return explain.Explanation(
+            request=request.key,
+            pnodes=len(self._snapshot),
+            evaluated=found.evaluated,
+            feasible=len(found.feasible),
+            reasons=found.reasons,
+            scorers=self._names,
+            weights=self._weights,
+            verdicts=(*scored, *found.rejected),
+            unlisted=found.evaluated - len(scored) - len(found.rejected),
+            notes=notes,
+        )
+
+
+def _by_total(item: tuple[float, int, int, tuple[float, ...]]) -> float:
+    return item[0]

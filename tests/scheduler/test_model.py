@@ -1,0 +1,242 @@
+"""Converters from api.resources, the snapshot's indexes, and config validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from api.resources import allocation, meta, network, pnode
+from scheduler import config, model
+from tests.scheduler import helpers
+
+
+def make_pnode(name: str = "p1", **status: object) -> pnode.PNode:
+    return pnode.PNode.model_validate(
+        {
+            "metadata": {"name": name, "labels": {"zone": "eu", "arch": "arm64"}},
+            "spec": {
+                "address": "10.0.0.1:7000",
+                "capacity": {
+                    "cpu": "4",
+                    "memory": "8Gi",
+                    "accelerators": [
+                        {"type": "a100", "count": 2},
+                        {"type": "t4", "count": 1},
+                        {"type": "a100", "count": 1},
+                        {"type": "v100", "count": 0},
+                    ],
+                },
+                "datasets": ["mnist", "cifar"],
+                "unschedulable": True,
+                "draining": True,
+            },
+            "status": {
+                "phase": "NotReady",
+                "allocated": {
+                    "cpu": "1500m",
+                    "memory": "1Gi",
+                    "accelerators": [{"type": "a100", "count": 1}],
+                },
+                "trust": {"consecutiveValid": 150, "strikes": 0, "bugged": False},
+                "missedHeartbeats": 3,
+                "evictions": 1,
+                **status,
+            },
+        }
+    )
+
+
+def test_node_view_reads_every_field() -> None:
+    view = model.node_view(make_pnode())
+    assert view == model.NodeView(
+        name="p1",
+        ready=False,
+        schedulable=False,
+        draining=True,
+        bugged=False,
+        cpu_capacity=4000,
+        memory_capacity=8 * helpers.GiB,
+        accelerators=(("a100", 3), ("t4", 1)),
+        cpu_allocated=1500,
+        memory_allocated=helpers.GiB,
+        accelerators_allocated=(("a100", 1),),
+        trust=0.75,
+        missed_heartbeats=3,
+        evictions=1,
+        datasets=frozenset({"mnist", "cifar"}),
+        labels=(("arch", "arm64"), ("zone", "eu")),
+    )
+
+
+def test_node_view_bugged_has_no_trust() -> None:
+    view = model.node_view(make_pnode(trust={"consecutiveValid": 500, "bugged": True}))
+    assert view.bugged
+    assert view.trust == 0.0
+
+
+@pytest.mark.parametrize(
+    ("valid", "strikes", "bugged", "expected"),
+    [
+        (0, 0, False, 0.0),
+        (50, 0, False, 0.5),
+        (150, 0, False, 0.75),
+        (50, 1, False, 0.25),
+        (1000, 0, True, 0.0),
+    ],
+)
+def test_trust_score(valid: int, strikes: int, bugged: bool, expected: float) -> None:
+    assert model.trust_score(valid, strikes, bugged=bugged) == pytest.approx(expected)
+
+
+def make_network() -> network.Network:
+    return network.Network.model_validate(
+        {
+            "metadata": {"name": "mlp"},
+            "spec": {
+                "vnodes": [
+                    {
+                        "name": "input",
+                        "kind": "input",
+                        "data": {"url": "s3://b/x", "dataset": "mnist"},
+                    },
+                    {
+                        "name": "hidden",
+                        "kind": "dense",
+                        "inputs": ["input"],
+                        "replicas": 3,
+                        "critical": True,
+                        "resources": {
+                            "cpu": "250m",
+                            "memory": "1Gi",
+                            "accelerator": {"type": "a100", "count": 2},
+                        },
+                    },
+                    {
+                        "name": "loss",
+                        "kind": "softmax_cross_entropy",
+                        "inputs": ["hidden", "input"],
+                    },
+                ]
+            },
+        }
+    )
+
+
+def test_request_for_reads_the_vnode() -> None:
+    net = make_network()
+    hidden = net.vnode("hidden")
+    assert hidden is not None
+    req = model.request_for(net, hidden, 2, avoid=["p1", "p2"], near=("p3",))
+    assert req == model.Request(
+        network="mlp",
+        vnode="hidden",
+        replica=2,
+        cpu=250,
+        memory=helpers.GiB,
+        accelerator="a100",
+        accelerator_count=2,
+        critical=True,
+        dataset=None,
+        avoid=frozenset({"p1", "p2"}),
+        near=frozenset({"p3"}),
+    )
+    assert req.key == "mlp.hidden.2"
+    source = net.vnode("input")
+    assert source is not None
+    plain = model.request_for(net, source, 0)
+    assert (plain.accelerator, plain.accelerator_count, plain.dataset) == (None, 0, "mnist")
+    assert (plain.cpu, plain.memory, plain.critical) == (100, 64 * helpers.MiB, False)
+
+
+def test_neighbours_are_parents_and_children() -> None:
+    net = make_network()
+    assert model.neighbours(net, "hidden") == {"input", "loss"}
+    assert model.neighbours(net, "input") == {"hidden", "loss"}
+    assert model.neighbours(net, "loss") == {"hidden", "input"}
+    assert model.neighbours(net, "missing") == frozenset()
+
+
+def make_allocation(net: str, vnode: str, replica: int, on: str) -> allocation.Allocation:
+    return allocation.Allocation(
+        metadata=meta.ObjectMeta(name=allocation.slot_name(net, vnode, replica)),
+        spec=allocation.AllocationSpec(
+            network=net, vnode=vnode, replica=replica, pnode=on, epoch=1
+        ),
+    )
+
+
+def test_pnodes_hosting() -> None:
+    allocations = [
+        make_allocation("mlp", "hidden", 0, "p1"),
+        make_allocation("mlp", "hidden", 1, "p2"),
+        make_allocation("mlp", "loss", 0, "p3"),
+        make_allocation("other", "hidden", 0, "p4"),
+    ]
+    assert model.pnodes_hosting(allocations, network="mlp", vnodes=["hidden"]) == {"p1", "p2"}
+    assert model.pnodes_hosting(
+        allocations, network="mlp", vnodes=["hidden"], except_slot="mlp.hidden.1"
+    ) == {"p1"}
+    assert model.pnodes_hosting(allocations, network="mlp", vnodes={"input", "loss"}) == {"p3"}
+
+
+def test_snapshot_is_sorted_and_indexed() -> None:
+    nodes = [
+        helpers.node("c", trust=0.2, datasets=frozenset({"mnist"})),
+        helpers.node("a", trust=0.9),
+        helpers.node("b", trust=0.5, datasets=frozenset({"mnist", "cifar"})),
+    ]
+    snap = model.Snapshot(nodes)
+    assert [n.name for n in snap.nodes] == ["a", "b", "c"]
+    assert snap == model.Snapshot(reversed(nodes))
+    assert snap.node("b") is snap.nodes[1]
+    assert snap.node("zz") is None
+    assert [snap.nodes[i].name for i in snap.by_trust] == ["a", "b", "c"]
+    assert [snap.trusted_count(f) for f in (0.0, 0.2, 0.21, 0.5, 0.9, 0.95)] == [3, 3, 2, 2, 1, 0]
+    assert snap.holders == {"mnist": (1, 2), "cifar": (1,)}
+    assert model.snapshot_of([make_pnode("x"), make_pnode("w")]).by_name == {"w": 0, "x": 1}
+
+
+def test_snapshot_rejects_duplicate_names() -> None:
+    with pytest.raises(ValueError, match="pnode 'a' appears twice"):
+        model.Snapshot([helpers.node("a"), helpers.node("a")])
+
+
+def test_with_allocation_charges_the_request() -> None:
+    node = helpers.node(accelerators=(("a100", 4), ("t4", 1)), accelerators_allocated=(("t4", 1),))
+    after = node.with_allocation(
+        helpers.request(cpu=300, memory=100, accelerator="a100", accelerator_count=3)
+    )
+    assert (after.cpu_allocated, after.memory_allocated) == (300, 100)
+    assert after.accelerators_allocated == (("a100", 3), ("t4", 1))
+    assert after.signature != node.signature
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: config.Config(sample_size=0), "sample_size = 0 is invalid; must be >= 1"),
+        (
+            lambda: config.Config(sample_size=2.5),  # type: ignore[arg-type]
+            "sample_size = 2.5 is invalid; must be an integer",
+        ),
+        (
+            lambda: config.Config(trust_floor=1.5),
+            "trust_floor = 1.5 is invalid; must be between 0.0 and 1.0",
+        ),
+        (
+            lambda: config.Config(trust_floor=float("nan")),
+            "trust_floor = nan is invalid; must be between 0.0 and 1.0",
+        ),
+        (
+            lambda: config.Weights(trust=-1),
+            "weights.trust = -1 is invalid; must be >= 0.0",
+        ),
+        (
+            lambda: config.Config(max_explained_scores=-1),
+            "max_explained_scores = -1 is invalid; must be >= 0",
+        ),
+    ],
+)
+def test_config_errors_name_field_value_and_valid_range(build, message: str) -> None:
+    with pytest.raises(ValueError, match="scheduler config: ") as caught:
+        build()
+    assert message in str(caught.value)

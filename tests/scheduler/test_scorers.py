@@ -1,0 +1,145 @@
+"""Each scorer on its own: normalized to [0, 1], and ordered the way its docstring promises."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scheduler import config, model, scorers
+from tests.scheduler import helpers
+
+
+@pytest.mark.parametrize(
+    ("node", "req", "expected"),
+    [
+        # Empty node, request takes a quarter of cpu and of memory: 0.75 free on both.
+        (
+            helpers.node(cpu_capacity=4000, memory_capacity=4000),
+            helpers.request(cpu=1000, memory=1000),
+            0.75,
+        ),
+        # Allocated counts, and the request is counted as placed.
+        (
+            helpers.node(cpu_capacity=4000, memory_capacity=4000, cpu_allocated=2000),
+            helpers.request(cpu=1000, memory=0),
+            (0.25 + 1.0) / 2,
+        ),
+        # Exactly full after placing.
+        (
+            helpers.node(cpu_capacity=1000, memory_capacity=1000),
+            helpers.request(cpu=1000, memory=1000),
+            0.0,
+        ),
+        # The requested accelerator type is a third dimension.
+        (
+            helpers.node(cpu_capacity=1000, memory_capacity=1000, accelerators=(("a100", 4),)),
+            helpers.request(cpu=0, memory=0, accelerator="a100", accelerator_count=2),
+            (1.0 + 1.0 + 0.5) / 3,
+        ),
+        # Dimensions the node has no capacity in are ignored rather than dividing by zero.
+        (
+            helpers.node(cpu_capacity=0, memory_capacity=1000),
+            helpers.request(cpu=0, memory=500),
+            0.5,
+        ),
+        (helpers.node(cpu_capacity=0, memory_capacity=0), helpers.request(cpu=0, memory=0), 0.0),
+        # Over-committed input (never produced by placement) still stays in range.
+        (
+            helpers.node(cpu_capacity=1000, memory_capacity=1000, cpu_allocated=5000),
+            helpers.request(cpu=0, memory=0),
+            0.5,
+        ),
+    ],
+)
+def test_least_allocated(node: model.NodeView, req: model.Request, expected: float) -> None:
+    assert math.isclose(scorers.least_allocated(req, node), expected)
+
+
+@pytest.mark.parametrize(
+    ("missed", "evictions", "expected"),
+    [(0, 0, 1.0), (1, 0, 0.5), (0, 1, 1 / 3), (3, 0, 0.25), (1, 1, 0.25)],
+)
+def test_reliability(missed: int, evictions: int, expected: float) -> None:
+    node = helpers.node(missed_heartbeats=missed, evictions=evictions)
+    assert math.isclose(scorers.reliability(helpers.request(), node), expected)
+
+
+def test_eviction_costs_more_than_a_missed_heartbeat() -> None:
+    req = helpers.request()
+    missed = scorers.reliability(req, helpers.node(missed_heartbeats=1))
+    evicted = scorers.reliability(req, helpers.node(evictions=1))
+    assert evicted < missed < scorers.reliability(req, helpers.node())
+
+
+@pytest.mark.parametrize(("trust", "expected"), [(0.0, 0.0), (0.3, 0.3), (1.0, 1.0), (7.0, 1.0)])
+def test_trust(trust: float, expected: float) -> None:
+    assert scorers.trust(helpers.request(), helpers.node(trust=trust)) == expected
+
+
+@pytest.mark.parametrize(
+    ("dataset", "held", "expected"),
+    [
+        ("mnist", {"mnist", "cifar"}, 1.0),
+        ("mnist", {"cifar"}, 0.0),
+        ("mnist", set(), 0.0),
+        (None, {"mnist"}, 0.0),
+    ],
+)
+def test_data_locality(dataset: str | None, held: set[str], expected: float) -> None:
+    node = helpers.node(datasets=frozenset(held))
+    assert scorers.data_locality(helpers.request(dataset=dataset), node) == expected
+
+
+@pytest.mark.parametrize(
+    ("near", "expected"), [({"p1"}, 1.0), ({"p1", "p2"}, 1.0), ({"p2"}, 0.0), (set(), 0.0)]
+)
+def test_graph_affinity(near: set[str], expected: float) -> None:
+    req = helpers.request(near=frozenset(near))
+    assert scorers.graph_affinity(req, helpers.node("p1")) == expected
+
+
+def test_zero_weight_switches_a_scorer_off() -> None:
+    weights = config.Weights(trust=0.0, data_locality=0.0)
+    names = [named.name for named, _ in scorers.active(weights)]
+    assert names == ["least_allocated", "graph_affinity", "reliability"]
+    assert scorers.active(config.Weights(0, 0, 0, 0, 0)) == ()
+
+
+def test_every_weight_names_a_scorer() -> None:
+    assert {named.name for named in scorers.ALL} == set(config.Weights.__dataclass_fields__)
+
+
+@settings(max_examples=150, derandomize=True, deadline=None)
+@given(
+    cpu=st.tuples(st.integers(0, 10**5), st.integers(0, 10**5), st.integers(0, 10**5)),
+    memory=st.tuples(st.integers(0, 2**40), st.integers(0, 2**40), st.integers(0, 2**40)),
+    accelerators=st.tuples(st.integers(0, 8), st.integers(0, 8), st.integers(0, 8)),
+    history=st.tuples(st.integers(0, 1000), st.integers(0, 1000)),
+    trust=st.floats(0, 1),
+)
+def test_every_scorer_stays_in_unit_interval(cpu, memory, accelerators, history, trust) -> None:
+    node = helpers.node(
+        cpu_capacity=cpu[0],
+        cpu_allocated=cpu[1],
+        memory_capacity=memory[0],
+        memory_allocated=memory[1],
+        accelerators=(("a100", accelerators[0]),) if accelerators[0] else (),
+        accelerators_allocated=(("a100", accelerators[1]),) if accelerators[1] else (),
+        missed_heartbeats=history[0],
+        evictions=history[1],
+        trust=trust,
+        datasets=frozenset({"mnist"}),
+    )
+    req = helpers.request(
+        cpu=cpu[2],
+        memory=memory[2],
+        accelerator="a100",
+        accelerator_count=accelerators[2],
+        dataset="mnist",
+        near=frozenset({"p1"}),
+    )
+    for named in scorers.ALL:
+        assert 0.0 <= named.score(req, node) <= 1.0, named.name
