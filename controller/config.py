@@ -1,0 +1,53 @@
+"""Timings and limits of the control plane, in one place, every one overridable.
+
+The defaults are chosen so that a dead PNode's VNodes are re-placed and resolvable within
+10 s (DESIGN.md): the lease expires at most `lease_duration` after the last heartbeat that
+reached the store, the PNode is Lost `lost_grace` later, and the loops react at once
+because each returns `requeue_after` = time until its next transition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+
+def _positive(name: str, value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name}: must be a positive number of seconds, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ControlPlaneConfig:
+    heartbeat_interval: float = 1.0
+    lease_duration: float = 4.0
+    #: NotReady for this long → Lost: its allocations are re-placed.
+    lost_grace: float = 2.0
+    #: Lost for this long (and holding no allocations) → the PNode record is deleted.
+    lost_retention: float = 3600.0
+    #: The in-memory view re-reads the store this often (other replicas' writes).
+    view_refresh: float = 0.25
+    #: Replica membership lease.
+    replica_lease: float = 5.0
+    #: Full resync of every loop (the level-triggered safety net).
+    resync_every: float = 30.0
+    #: Retry placement of unschedulable slots this often (PNodes joining also trigger it).
+    unschedulable_retry: float = 5.0
+    workers_per_loop: int = 4
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            if field.name != "workers_per_loop":
+                _positive(field.name, getattr(self, field.name))
+        if self.heartbeat_interval >= self.lease_duration:
+            raise ValueError(
+                f"heartbeat_interval ({self.heartbeat_interval}) must be shorter than "
+                f"lease_duration ({self.lease_duration}), or every PNode would expire"
+            )
+        if self.workers_per_loop < 1:
+            raise ValueError(f"workers_per_loop: must be at least 1, got {self.workers_per_loop}")
+
+    @property
+    def lease_persist_every(self) -> float:
+        """Renewals reach the store at most this often per PNode (DESIGN: lease/3)."""
+        return self.lease_duration / 3
