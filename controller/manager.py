@@ -286,19 +286,29 @@ class Manager:
             self._record(loop, Reconciled(name, key, outcome, self._clock.monotonic() - started))
 
     async def _resync(self, name: str, loop: _Loop) -> None:
-        assert loop.list_keys is not None
         while True:
-            try:
-                keys = await loop.list_keys()
-                for key in keys:
-                    if self._owned(name, loop, key):
-                        loop.queue.add(key)
-            except Exception:
-                loop.resync_errors += 1
-                log.exception("resync could not list keys", extra={"fields": {"loop": name}})
+            await self._resync_once(name, loop)
             if loop.resync_every is None:
                 return
             await self._clock.sleep(loop.resync_every)
+
+    async def _resync_once(self, name: str, loop: _Loop) -> None:
+        assert loop.list_keys is not None
+        try:
+            keys = await loop.list_keys()
+            for key in keys:
+                if self._owned(name, loop, key):
+                    loop.queue.add(key)
+        except Exception:
+            loop.resync_errors += 1
+            log.exception("resync could not list keys", extra={"fields": {"loop": name}})
+
+    async def resync_all(self) -> None:
+        """Enqueue every owned key of every loop now: ownership moved (a replica joined or
+        died), so keys this replica did not own a moment ago may be its own now."""
+        for name, loop in self._loops.items():
+            if loop.list_keys is not None:
+                await self._resync_once(name, loop)
 
     def _owned(self, name: str, loop: _Loop, key: str) -> bool:
         """`owns(key)`, treating a failing `owns` as yes: owning too much costs only work."""

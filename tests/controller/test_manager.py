@@ -292,6 +292,22 @@ async def test_resync_enqueues_listed_keys_this_replica_owns(manager, clock) -> 
     assert "b" not in probe.calls, "events for keys another replica owns are dropped"
 
 
+async def test_resync_all_picks_up_keys_that_became_ours(manager, clock) -> None:
+    owned = {"a"}
+
+    async def list_keys() -> Iterable[str]:
+        return ["a", "b", "c"]
+
+    probe = await started(
+        manager, clock, Probe(), resync_every=3600, list_keys=list_keys, owns=owned.__contains__
+    )
+    assert probe.calls == ["a"]
+    owned.update({"b", "c"})  # another replica died: its keys are ours now
+    await manager.resync_all()
+    await clock.settle()
+    assert sorted(probe.calls) == ["a", "a", "b", "c"]
+
+
 async def test_a_key_disowned_while_queued_is_skipped(manager, clock) -> None:
     owned = {"a", "b"}
     gate = asyncio.Event()
