@@ -93,6 +93,10 @@ class NetworkStatus(Model):
     desired_slots: int = 0
     ready_slots: int = 0
     conditions: list[Condition] = Field(default_factory=list)
+    #: Epochs of slots stopped while their VNode stayed in the spec (PNode lost with nowhere
+    #: to go, replica scaled down), so that the slot's next placement continues from there:
+    #: a slot's epoch never goes back, even across a gap with no allocation.
+    slot_epochs: dict[str, int] = Field(default_factory=dict)
 
 
 class Network(Resource):

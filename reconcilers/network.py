@@ -1,0 +1,196 @@
+"""The network loop: read a Network, its Allocations and the PNodes; plan; apply; report.
+
+The plan is computed by `reconcilers.network_plan` (pure; the rule table is documented
+there). This module is the small I/O half: it applies each action as ONE store transaction
+that writes the allocation together with the capacity accounting of every PNode it touches
+(`status.allocated` adjusted, `status.assignments_version` bumped), each op conditioned on
+the resource_version and uid that were read, so that no interleaving of replicas can
+over-commit a PNode or give a slot two allocations (the slot name is the record's key).
+
+    Place    Create(allocation) + Update(pnode: charge) + Check(network)
+    Migrate  Update(allocation -> new pnode, epoch+1) + Update(new pnode: charge)
+             + Update(old pnode: release; even when Lost, so accounting stays exact)
+             + Check(network)
+    Reissue  Update(allocation, epoch+1) + Update(pnode: charge the resource delta)
+             + Check(network)
+    Stop     Delete(allocation) + Update(pnode: release) [+ Update(network: remember the
+             slot's epoch in status.slot_epochs)]
+
+The Check on the network means no allocation is ever written from a plan of a network
+that has since changed (been deleted, or re-created under the same name).
+
+Any Conflict, NotFound or AlreadyExists while applying means another writer got there
+first: stop applying and requeue; the next pass re-reads and re-plans (level-triggered).
+
+Deletion: a Network carries the finalizer FINALIZER from creation; once it has a deletion
+timestamp the plan stops every allocation, and when none remain the finalizer is removed
+and the record deleted. Allocations whose Network is already gone (orphans, e.g. from a
+replica that raced a deletion) are stopped when the loop finds the Network missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from datetime import datetime
+from typing import Protocol
+
+from api.resources import allocation as allocation_model
+from api.resources import network as network_model
+from api.resources import pnode as pnode_model
+from reconcilers import base, network_actions, network_apply, network_plan, slots
+from scheduler import config as scheduler_config
+from store import base as store_base
+from store import errors
+
+log = logging.getLogger("dcnr.reconcilers.network")
+
+#: Held by every Network until its allocations are stopped.
+FINALIZER = "dcnr.io/allocations"
+
+
+Allocation = allocation_model.Allocation
+Network = network_model.Network
+PNode = pnode_model.PNode
+
+
+class Settings(Protocol):
+    """What this loop reads of its configuration: `network_actions.PlanConfig` and
+    `controller.config.ControlPlaneConfig` both have it."""
+
+    @property
+    def unschedulable_retry(self) -> float: ...
+
+
+class Clock(Protocol):
+    """The part of `controller.clock.Clock` this loop reads (it may not import controller)."""
+
+    def now(self) -> datetime: ...
+
+
+class NetworkReconciler:
+    name = "network"
+
+    def __init__(
+        self,
+        store: store_base.Store,
+        clock: Clock,
+        *,
+        config: Settings = network_actions.DEFAULT_CONFIG,
+        scheduler: scheduler_config.Config | None = None,
+        on_written: network_apply.Written | None = None,
+        on_deleted: network_apply.Deleted | None = None,
+    ) -> None:
+        """`scheduler` defaults to the PlanConfig's when `config` is one, else the default."""
+        if scheduler is None:
+            scheduler = scheduler_config.DEFAULT
+            if isinstance(config, network_actions.PlanConfig):
+                scheduler = config.scheduler
+        self._store = store
+        self._clock = clock
+        self._config = network_actions.PlanConfig(
+            scheduler=scheduler, unschedulable_retry=config.unschedulable_retry
+        )
+        self._on_written = on_written
+        self._on_deleted = on_deleted
+
+    async def reconcile(self, key: str) -> base.Result:
+        try:
+            network = await self._store.get(Network, key)
+        except errors.NotFound:
+            return await self._stop_orphans(key)
+        allocations = await store_base.list_all(self._store, Allocation, index=("network", key))
+        # Every PNode, every pass: fine while clusters are small. The scale fix is a snapshot
+        # shared by all networks' reconciles (the controller's view), not a list per pass.
+        pnodes = await store_base.list_all(self._store, PNode)
+        plan = network_plan.compute_plan(
+            network,
+            allocations,
+            pnodes,
+            seed=slots.seed_for(network),
+            config=self._config,
+            now=self._clock.now(),
+        )
+        applier = network_apply.Applier(
+            self._store, network, pnodes, self._on_written, self._on_deleted
+        )
+        for action in plan.writes:
+            try:
+                await applier.apply(action)
+            except (errors.Conflict, errors.NotFound, errors.AlreadyExists) as exc:
+                log.info("network %s: %s; replanning: %s", key, type(exc).__name__, exc)
+                return base.Result(requeue=True)
+            except network_apply.OverCommit as exc:
+                log.error("network %s: %s; replanning", key, exc)
+                return base.Result(requeue=True)
+        assert applier.network is not None
+        network = applier.network
+        if network.metadata.deletion_timestamp is not None:
+            return await self._terminate(network, plan.status)
+        if plan.status != network.status:
+            network = network.model_copy(deep=True)
+            network.status = plan.status
+            try:
+                applier.written([await self._store.update(network)])
+            except (errors.Conflict, errors.NotFound):
+                return base.Result(requeue=True)
+        if plan.unschedulable:
+            return base.Result(requeue_after=self._config.unschedulable_retry)
+        return base.Result()
+
+    async def _terminate(
+        self, network: Network, status: network_model.NetworkStatus
+    ) -> base.Result:
+        """Every allocation was stopped: delete the record, or, while someone else's
+        finalizer holds it, drop ours and say Terminating."""
+        # Re-list rather than trust the plan: an allocation created by a replica that read
+        # the network before its deletion must be stopped before the record goes.
+        left = await store_base.list_all(
+            self._store, Allocation, index=("network", network.metadata.name)
+        )
+        meta_ = network.metadata
+        others = [f for f in meta_.finalizers if f != FINALIZER]
+        try:
+            if not left and not others:
+                await self._store.delete(
+                    Network, meta_.name, resource_version=meta_.resource_version, uid=meta_.uid
+                )
+                if self._on_deleted is not None:
+                    self._on_deleted(Network, meta_.name)
+                return base.Result()
+            updated = network.model_copy(deep=True)
+            updated.status = status
+            if not left:
+                updated.metadata.finalizers = others
+            if updated != network:
+                written = await self._store.update(updated)
+                if self._on_written is not None:
+                    self._on_written([written])
+        except (errors.Conflict, errors.NotFound):
+            return base.Result(requeue=True)
+        return base.Result(requeue=True) if left else base.Result()
+
+    async def _stop_orphans(self, key: str) -> base.Result:
+        orphans = await store_base.list_all(self._store, Allocation, index=("network", key))
+        if not orphans:
+            return base.Result()
+        pnodes: list[PNode] = []
+        for name in sorted({a.spec.pnode for a in orphans}):
+            with contextlib.suppress(errors.NotFound):
+                pnodes.append(await self._store.get(PNode, name))
+        applier = network_apply.Applier(
+            self._store, None, pnodes, self._on_written, self._on_deleted
+        )
+        for alloc in orphans:
+            try:
+                await applier.apply(network_actions.Stop(alloc, "network gone"))
+            except (errors.Conflict, errors.NotFound):
+                return base.Result(requeue=True)
+        log.info("network %s: stopped %d orphan allocations", key, len(orphans))
+        return base.Result()
+
+
+async def networks_on_pnode(store: store_base.Store, pnode: str) -> set[str]:
+    """Networks with an allocation on `pnode`: the ones to reconcile when it changes."""
+    found = await store_base.list_all(store, Allocation, index=("pnode", pnode))
+    return {a.spec.network for a in found}

@@ -1,0 +1,187 @@
+"""Applying a network plan: one transaction per action, capacity accounting included.
+
+The table of what each transaction holds is in `reconcilers.network`. The Applier keeps the
+records it has written (the store returns them), so a later action of the same pass that
+touches the same PNode or Network is conditioned on our own write, not on the stale read:
+without that, the second placement on a PNode would always conflict with the first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from api.resources import allocation as allocation_model
+from api.resources import meta
+from api.resources import network as network_model
+from api.resources import pnode as pnode_model
+from reconcilers import network_actions
+from store import base as store_base
+from store import errors
+
+Written = Callable[[list[meta.Resource]], None]
+Deleted = Callable[[type[meta.Resource], str], None]
+
+Allocation = allocation_model.Allocation
+Network = network_model.Network
+PNode = pnode_model.PNode
+ResourceRequest = network_model.ResourceRequest
+
+
+class OverCommit(Exception):
+    """A charge would take a PNode past its capacity: the plan disagrees with the records.
+
+    Never expected (the plan is computed from these very records, and every write is
+    conditioned on them); refusing the write keeps invariant 1 even if the plan is wrong.
+    """
+
+
+class Applier:
+    def __init__(
+        self,
+        store: store_base.Store,
+        network: Network | None,
+        pnodes: Iterable[PNode],
+        on_written: Written | None,
+        on_deleted: Deleted | None,
+    ) -> None:
+        self._store = store
+        #: The freshest copy of the Network (None: stopping orphans of a deleted one).
+        self.network = network
+        self._pnodes = {p.metadata.name: p for p in pnodes}
+        self._on_written = on_written
+        self._on_deleted = on_deleted
+
+    async def apply(self, action: network_actions.Action) -> None:
+        if isinstance(action, network_actions.Place):
+            await self._place(action)
+        elif isinstance(action, network_actions.Migrate):
+            await self._migrate(action)
+        elif isinstance(action, network_actions.Reissue):
+            await self._reissue(action)
+        elif isinstance(action, network_actions.Stop):
+            await self._stop(action)
+
+    def written(self, records: list[meta.Resource]) -> None:
+        for record in records:
+            if isinstance(record, PNode):
+                self._pnodes[record.metadata.name] = record
+            elif isinstance(record, Network):
+                self.network = record
+        if self._on_written is not None and records:
+            self._on_written(records)
+
+    async def _place(self, action: network_actions.Place) -> None:
+        pnode = self._pnode(action.pnode)
+        ops: list[store_base.Op] = [
+            store_base.Create(action.record()),
+            store_base.Update(charged(pnode, add=action.resources)),
+        ]
+        await self._commit([*ops, *self._network_check()])
+
+    async def _migrate(self, action: network_actions.Migrate) -> None:
+        old_spec = action.allocation.spec
+        target = self._pnode(action.to_pnode)
+        old = self._pnodes.get(old_spec.pnode)
+        ops: list[store_base.Op] = [store_base.Update(action.record())]
+        if old is not None and old.metadata.name == target.metadata.name:
+            ops.append(
+                store_base.Update(charged(target, add=action.resources, remove=old_spec.resources))
+            )
+        else:
+            ops.append(store_base.Update(charged(target, add=action.resources)))
+            if old is not None:
+                ops.append(store_base.Update(charged(old, remove=old_spec.resources)))
+        await self._commit([*ops, *self._network_check()])
+
+    async def _reissue(self, action: network_actions.Reissue) -> None:
+        old_spec = action.allocation.spec
+        pnode = self._pnode(old_spec.pnode)
+        ops: list[store_base.Op] = [
+            store_base.Update(action.record()),
+            store_base.Update(charged(pnode, add=action.resources, remove=old_spec.resources)),
+        ]
+        await self._commit([*ops, *self._network_check()])
+
+    async def _stop(self, action: network_actions.Stop) -> None:
+        alloc = action.allocation
+        ops: list[store_base.Op] = [
+            store_base.Delete(
+                Allocation,
+                alloc.metadata.name,
+                resource_version=alloc.metadata.resource_version,
+                uid=alloc.metadata.uid,
+            )
+        ]
+        pnode = self._pnodes.get(alloc.spec.pnode)
+        if pnode is not None:
+            ops.append(store_base.Update(charged(pnode, remove=alloc.spec.resources)))
+        if action.remember_epoch and self.network is not None:
+            network = self.network.model_copy(deep=True)
+            epochs = network.status.slot_epochs
+            epochs[alloc.metadata.name] = max(alloc.spec.epoch, epochs.get(alloc.metadata.name, 0))
+            ops.append(store_base.Update(network))
+        await self._commit(ops)
+        if self._on_deleted is not None:
+            self._on_deleted(Allocation, alloc.metadata.name)
+
+    async def _commit(self, ops: list[store_base.Op]) -> None:
+        results = await self._store.transact(ops)
+        self.written([record for record in results if record is not None])
+
+    def _network_check(self) -> list[store_base.Op]:
+        if self.network is None:
+            return []
+        meta_ = self.network.metadata
+        return [store_base.Check(Network, meta_.name, meta_.resource_version, meta_.uid)]
+
+    def _pnode(self, name: str) -> PNode:
+        pnode = self._pnodes.get(name)
+        if pnode is None:  # the plan only targets PNodes it was given; so, gone meanwhile
+            raise errors.NotFound(f"pnode {name!r} not found", kind=PNode.KIND, name=name)
+        return pnode
+
+
+def charged(
+    pnode: PNode, *, add: ResourceRequest | None = None, remove: ResourceRequest | None = None
+) -> PNode:
+    """A copy of `pnode` with `add` charged and `remove` released, its assignment set's
+    version bumped. Raises OverCommit if a resource the change increases ends up above
+    capacity (a release alone never fails, even on an over-committed PNode)."""
+    record = pnode.model_copy(deep=True)
+    allocated, capacity = record.status.allocated, record.spec.capacity
+    before = _amounts(allocated)
+    for request, sign in ((add, +1), (remove, -1)):
+        if request is None:
+            continue
+        allocated.cpu = max(0, allocated.cpu + sign * request.cpu)
+        allocated.memory = max(0, allocated.memory + sign * request.memory)
+        if request.accelerator is not None:
+            _add_accelerator(allocated, request.accelerator.type, sign * request.accelerator.count)
+    after = _amounts(allocated)
+    limits = _amounts(capacity)
+    for what, amount in after.items():
+        if amount > before.get(what, 0) and amount > limits.get(what, 0):
+            raise OverCommit(
+                f"pnode {pnode.metadata.name!r}: {what} would be {amount}, above its capacity "
+                f"{limits.get(what, 0)}"
+            )
+    record.status.assignments_version += 1
+    return record
+
+
+def _amounts(capacity: pnode_model.Capacity) -> dict[str, int]:
+    amounts = {"cpu": capacity.cpu, "memory": capacity.memory}
+    for accelerator in capacity.accelerators:
+        key = f"accelerator {accelerator.type}"
+        amounts[key] = amounts.get(key, 0) + accelerator.count
+    return amounts
+
+
+def _add_accelerator(allocated: pnode_model.Capacity, kind: str, delta: int) -> None:
+    entries = [a for a in allocated.accelerators if a.type == kind]
+    total = max(0, sum(a.count for a in entries) + delta)
+    kept = [a for a in allocated.accelerators if a.type != kind]
+    if total:
+        entry = pnode_model.Accelerator.model_construct(type=kind, count=total, memory=0)
+        kept.append(entry)
+    allocated.accelerators = sorted(kept, key=lambda a: a.type)

@@ -1,0 +1,419 @@
+"""The network loop's pure half: from a Network, its Allocations and the PNodes, a plan.
+
+Every existing allocation is sorted by the ordered rule table below; the first rule that
+matches decides (Nomad's reconciler shape). Slots with no allocation are placed.
+
+    rule                  when                                   action   if no pnode fits
+    --------------------  -------------------------------------  -------  ----------------
+    network-deleting      network has a deletion timestamp       stop     -
+    vnode-removed         the vnode is no longer in the spec     stop     -
+    replica-scaled-down   replica index >= vnode.replicas        stop     -
+    pnode-gone            the PNode record is missing            migrate  stop
+    pnode-lost            PNode phase Lost                       migrate  stop
+    pnode-bugged          PNode failed validation (bugged)       migrate  keep
+    pnode-draining        PNode draining                         migrate  keep
+    pnode-re-registered   allocation's incarnation != PNode's    reissue  stop
+    vnode-changed         allocation's vnode_hash != the spec's  reissue  keep
+    pnode-not-ready       PNode NotReady (lease expired, grace   keep     -
+                          not over: what the grace is for)
+    current               anything else                          keep     -
+
+A reissue stays on its PNode with epoch + 1 when the VNode's (possibly new) resources still
+fit there; otherwise it migrates. "If no pnode fits" is what becomes of a migration that the
+scheduler finds unschedulable: when the old placement is dead (PNode gone, Lost, or its
+agent re-registered and dropped it) the allocation is stopped and the slot reported
+unschedulable, so no allocation points at a dead node; when it is merely unwelcome
+(bugged, draining, a spec change that fits nowhere) it keeps running where it is.
+
+Capacity. Placements and migrations go through one `scheduler.placement.place_all` call on
+a snapshot from which stopped allocations are already released and in which re-issues are
+already resized. Migrations are *not* released before placing: a migration releases its
+old PNode in the same transaction that charges its new one, so a placement relying on that
+capacity could be applied before it and over-commit the PNode in between. (Only a
+re-registered PNode's capacity is lost to this; Lost, missing, bugged and draining PNodes
+take no new work anyway.) Actions are ordered as they must be applied: stops, re-issues,
+migrations, placements, so every transaction finds the capacity the plan counted on.
+
+Epochs only grow. A slot stopped while its VNode is still in the spec leaves its epoch in
+`status.slot_epochs`, and its next placement continues from there.
+
+Pure: no I/O, no clock (`now` is passed in), randomness only from `seed`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from datetime import datetime
+from typing import Literal
+
+from api.resources import allocation as allocation_model
+from api.resources import network as network_model
+from api.resources import pnode as pnode_model
+from reconcilers import network_actions, network_status, slots
+from scheduler import explain, filters, model, placement
+
+Allocation = allocation_model.Allocation
+Verdict = Literal["stop", "migrate", "reissue", "keep"]
+Fallback = Literal["stop", "keep", "-"]
+
+
+# -- the rule table ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Facts:
+    """What the rules look at for one allocation."""
+
+    allocation: Allocation
+    network: network_model.Network
+    vnode: network_model.VNodeSpec | None
+    pnode: pnode_model.PNode | None
+    vnode_hash: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    applies: Callable[[Facts], bool]
+    verdict: Verdict
+    reason: str
+    #: For migrate and reissue: what happens when no PNode can take the slot.
+    if_nowhere: Fallback = "-"
+
+
+def _deleting(f: Facts) -> bool:
+    return f.network.metadata.deletion_timestamp is not None
+
+
+def _scaled_down(f: Facts) -> bool:
+    return f.vnode is not None and f.allocation.spec.replica >= f.vnode.replicas
+
+
+def _phase(phase: pnode_model.PNodePhase) -> Callable[[Facts], bool]:
+    return lambda f: f.pnode is not None and f.pnode.status.phase == phase
+
+
+def _re_registered(f: Facts) -> bool:
+    return f.pnode is not None and f.pnode.status.incarnation != f.allocation.spec.pnode_incarnation
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("network-deleting", _deleting, "stop", "network is being deleted"),
+    Rule("vnode-removed", lambda f: f.vnode is None, "stop", "vnode removed from spec"),
+    Rule("replica-scaled-down", _scaled_down, "stop", "replica scaled down"),
+    Rule("pnode-gone", lambda f: f.pnode is None, "migrate", "pnode gone", "stop"),
+    Rule("pnode-lost", _phase("Lost"), "migrate", "pnode lost", "stop"),
+    Rule(
+        "pnode-bugged",
+        lambda f: f.pnode is not None and f.pnode.status.trust.bugged,
+        "migrate",
+        "pnode bugged",
+        "keep",
+    ),
+    Rule(
+        "pnode-draining",
+        lambda f: f.pnode is not None and f.pnode.spec.draining,
+        "migrate",
+        "pnode draining",
+        "keep",
+    ),
+    Rule("pnode-re-registered", _re_registered, "reissue", "pnode re-registered", "stop"),
+    Rule(
+        "vnode-changed",
+        lambda f: f.vnode_hash != f.allocation.spec.vnode_hash,
+        "reissue",
+        "vnode spec changed",
+        "keep",
+    ),
+    Rule(
+        "pnode-not-ready",
+        _phase("NotReady"),
+        "keep",
+        "pnode not ready; kept through the grace before it is declared lost",
+    ),
+    Rule("current", lambda f: True, "keep", "placed and current"),
+)
+
+
+def classify(facts: Facts) -> Rule:
+    """The first rule of `RULES` that applies (the last one always does)."""
+    return next(rule for rule in RULES if rule.applies(facts))
+
+
+# -- computing the plan --------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Moving:
+    allocation: Allocation
+    rule: Rule
+
+
+@dataclasses.dataclass(slots=True)
+class _Sorted:
+    """Existing allocations by verdict, as the plan is worked out."""
+
+    stops: list[network_actions.Stop] = dataclasses.field(default_factory=list)
+    keeps: list[network_actions.Keep] = dataclasses.field(default_factory=list)
+    reissues: list[network_actions.Reissue] = dataclasses.field(default_factory=list)
+    moving: list[_Moving] = dataclasses.field(default_factory=list)
+    resizing: list[_Moving] = dataclasses.field(default_factory=list)
+
+
+def compute_plan(
+    network: network_model.Network,
+    allocations: list[Allocation],
+    pnodes: list[pnode_model.PNode],
+    *,
+    seed: int,
+    config: network_actions.PlanConfig = network_actions.DEFAULT_CONFIG,
+    now: datetime,
+) -> network_actions.NetworkPlan:
+    by_pnode = {p.metadata.name: p for p in pnodes}
+    specs = {v.name: v for v in network.spec.vnodes}  # network.vnode() is a linear search
+    hashes = slots.vnode_hashes(network)
+    current = sorted(
+        (a for a in allocations if a.spec.network == network.metadata.name),
+        key=lambda a: a.metadata.name,
+    )
+    found = _sort(network, specs, current, by_pnode, hashes)
+    views = {p.metadata.name: model.node_view(p) for p in pnodes}
+    for stop in found.stops:  # released before anything is placed: applied first
+        _adjust(views, stop.allocation.spec.pnode, stop.allocation.spec.resources, -1)
+    _resize(network, specs, found, views, by_pnode, hashes)
+    requests = _requests(network, current, found)
+    decided = placement.place_all(
+        requests, model.Snapshot(views.values()), seed=seed, config=config.scheduler
+    )
+    migrations, places, unschedulable = _decide(network, specs, decided, found, by_pnode, hashes)
+
+    actions: tuple[network_actions.Action, ...] = (
+        *found.stops,
+        *found.reissues,
+        *migrations,
+        *places,
+        *found.keeps,
+    )
+    final: dict[str, str | None] = {}
+    if network.metadata.deletion_timestamp is None:
+        final = {slot: None for slot, _, _ in slots.slots(network)}
+    for action in actions:
+        slot, pnode = _after(action)
+        if slot in final:
+            final[slot] = pnode
+    remembered = {
+        s.allocation.metadata.name: s.allocation.spec.epoch for s in found.stops if s.remember_epoch
+    }
+    status = network_status.compute(network, final, remembered, by_pnode, unschedulable, now=now)
+    return network_actions.NetworkPlan(actions=actions, unschedulable=unschedulable, status=status)
+
+
+def _sort(
+    network: network_model.Network,
+    specs: dict[str, network_model.VNodeSpec],
+    current: list[Allocation],
+    by_pnode: dict[str, pnode_model.PNode],
+    hashes: dict[str, str],
+) -> _Sorted:
+    found = _Sorted()
+    for alloc in current:
+        spec = alloc.spec
+        vnode = specs.get(spec.vnode)
+        facts = Facts(alloc, network, vnode, by_pnode.get(spec.pnode), hashes.get(spec.vnode))
+        rule = classify(facts)
+        if rule.verdict == "stop":
+            remember = rule.name == "replica-scaled-down"
+            found.stops.append(network_actions.Stop(alloc, rule.reason, remember_epoch=remember))
+        elif rule.verdict == "keep":
+            found.keeps.append(network_actions.Keep(alloc, rule.reason))
+        elif rule.verdict == "migrate":
+            found.moving.append(_Moving(alloc, rule))
+        else:
+            found.resizing.append(_Moving(alloc, rule))
+    return found
+
+
+def _resize(
+    network: network_model.Network,
+    specs: dict[str, network_model.VNodeSpec],
+    found: _Sorted,
+    views: dict[str, model.NodeView],
+    by_pnode: dict[str, pnode_model.PNode],
+    hashes: dict[str, str],
+) -> None:
+    """Re-issue in place what still fits there (in slot order, the order they are applied
+    in, so a growth may use what an earlier shrink freed); the rest has to migrate."""
+    for item in found.resizing:
+        alloc, vnode = item.allocation, specs.get(item.allocation.spec.vnode)
+        assert vnode is not None  # vnode-removed matched first otherwise
+        target = by_pnode[alloc.spec.pnode]  # pnode-gone matched first otherwise
+        if not _fits_in_place(views, alloc, vnode.resources):
+            found.moving.append(item)
+            continue
+        _adjust(views, alloc.spec.pnode, alloc.spec.resources, -1)
+        _adjust(views, alloc.spec.pnode, vnode.resources, +1)
+        found.reissues.append(
+            network_actions.Reissue(
+                alloc,
+                alloc.spec.epoch + 1,
+                item.rule.reason,
+                target.status.incarnation,
+                hashes[vnode.name],
+                vnode.resources,
+            )
+        )
+
+
+def _requests(
+    network: network_model.Network, current: list[Allocation], found: _Sorted
+) -> list[model.Request]:
+    """A request per slot to place or migrate, avoiding its siblings' PNodes and near its
+    graph neighbours' (as far as they are known before placing: kept and re-issued
+    replicas, and unwelcome ones that may have to stay put)."""
+    if network.metadata.deletion_timestamp is not None:
+        return []
+    hosting: dict[str, set[str]] = {}
+    staying = [k.allocation for k in found.keeps] + [r.allocation for r in found.reissues]
+    staying += [m.allocation for m in found.moving if m.rule.if_nowhere == "keep"]
+    for alloc in staying:
+        hosting.setdefault(alloc.spec.vnode, set()).add(alloc.spec.pnode)
+    occupied = {a.metadata.name for a in current}
+    migrating = {m.allocation.metadata.name: m.allocation.spec.pnode for m in found.moving}
+    near_of = slots.neighbours(network)
+    requests = []
+    for slot, vnode, replica in slots.slots(network):
+        if slot in occupied and slot not in migrating:
+            continue
+        near: set[str] = set()
+        for neighbour in near_of.get(vnode.name, ()):
+            near |= hosting.get(neighbour, set())
+        avoid = hosting.get(vnode.name, set()) - {migrating.get(slot, "")}  # itself: no sibling
+        requests.append(model.request_for(network, vnode, replica, avoid=avoid, near=near))
+    return requests
+
+
+def _decide(
+    network: network_model.Network,
+    specs: dict[str, network_model.VNodeSpec],
+    decided: placement.Plan,
+    found: _Sorted,
+    by_pnode: dict[str, pnode_model.PNode],
+    hashes: dict[str, str],
+) -> tuple[
+    list[network_actions.Migrate],
+    list[network_actions.Place],
+    dict[str, explain.Unschedulable],
+]:
+    """Turn the scheduler's decisions into actions; unplaceable migrations stop or stay."""
+    migrating = {m.allocation.metadata.name: m for m in found.moving}
+    migrations: list[network_actions.Migrate] = []
+    places: list[network_actions.Place] = []
+    unschedulable: dict[str, explain.Unschedulable] = {}
+    for entry in decided.entries:
+        request, decision = entry.request, entry.decision
+        slot, vnode = request.key, specs.get(request.vnode)
+        assert vnode is not None
+        item = migrating.get(slot)
+        if isinstance(decision, explain.Unschedulable):
+            unschedulable[slot] = decision
+            if item is None:
+                continue
+            if item.rule.if_nowhere == "stop":
+                why = f"{item.rule.reason}; no pnode can take it"
+                found.stops.append(network_actions.Stop(item.allocation, why, remember_epoch=True))
+            else:
+                why = f"{item.rule.reason}; kept in place until a pnode can take it"
+                found.keeps.append(network_actions.Keep(item.allocation, why))
+            continue
+        incarnation = by_pnode[decision.pnode].status.incarnation
+        if item is not None:
+            alloc = item.allocation
+            migrations.append(
+                network_actions.Migrate(
+                    alloc,
+                    decision.pnode,
+                    alloc.spec.epoch + 1,
+                    item.rule.reason,
+                    incarnation,
+                    hashes[vnode.name],
+                    vnode.resources,
+                )
+            )
+            continue
+        places.append(
+            network_actions.Place(
+                network=network.metadata.name,
+                slot=slot,
+                vnode=vnode.name,
+                replica=request.replica,
+                pnode=decision.pnode,
+                epoch=network.status.slot_epochs.get(slot, 0) + 1,
+                pnode_incarnation=incarnation,
+                vnode_hash=hashes[vnode.name],
+                resources=vnode.resources,
+            )
+        )
+    return migrations, places, unschedulable
+
+
+def _after(action: network_actions.Action) -> tuple[str, str | None]:
+    """The slot an action is about, and its PNode once the action is applied."""
+    if isinstance(action, network_actions.Place):
+        return action.slot, action.pnode
+    if isinstance(action, network_actions.Migrate):
+        return action.allocation.metadata.name, action.to_pnode
+    if isinstance(action, network_actions.Stop):
+        return action.allocation.metadata.name, None
+    return action.allocation.metadata.name, action.allocation.spec.pnode
+
+
+def _fits_in_place(
+    views: dict[str, model.NodeView], alloc: Allocation, resources: network_model.ResourceRequest
+) -> bool:
+    """Whether `resources` fit on the allocation's PNode once its current charge is released."""
+    node = views.get(alloc.spec.pnode)
+    if node is None:
+        return False
+    released = _charged(node, alloc.spec.resources, -1)
+    request = _request(resources)
+    checks = (filters.cpu_fits, filters.memory_fits, filters.accelerator_fits)
+    return all(check(request, released) is None for check in checks)
+
+
+def _request(resources: network_model.ResourceRequest) -> model.Request:
+    accelerator = resources.accelerator
+    return model.Request(
+        network="",
+        vnode="",
+        cpu=resources.cpu,
+        memory=resources.memory,
+        accelerator=None if accelerator is None else accelerator.type,
+        accelerator_count=0 if accelerator is None else accelerator.count,
+    )
+
+
+def _charged(
+    node: model.NodeView, resources: network_model.ResourceRequest, sign: int
+) -> model.NodeView:
+    accelerators = dict(node.accelerators_allocated)
+    if resources.accelerator is not None:
+        kind = resources.accelerator.type
+        accelerators[kind] = max(0, accelerators.get(kind, 0) + sign * resources.accelerator.count)
+    return dataclasses.replace(
+        node,
+        cpu_allocated=max(0, node.cpu_allocated + sign * resources.cpu),
+        memory_allocated=max(0, node.memory_allocated + sign * resources.memory),
+        accelerators_allocated=tuple(sorted((k, n) for k, n in accelerators.items() if n)),
+    )
+
+
+def _adjust(
+    views: dict[str, model.NodeView],
+    pnode: str,
+    resources: network_model.ResourceRequest,
+    sign: int,
+) -> None:
+    node = views.get(pnode)
+    if node is not None:
+        views[pnode] = _charged(node, resources, sign)

@@ -1,0 +1,316 @@
+"""The PNode lifecycle loop: Ready → NotReady → Lost → garbage-collected.
+
+    Ready     ──lease of the current incarnation expired──▶  NotReady   (missed_heartbeats += 1)
+    NotReady  ──renewed again (level-based)──────────────▶  Ready
+    NotReady  ──lost_grace passed──────────────────────────▶  Lost       (evictions += allocations)
+    Lost      ──lost_retention passed, no allocations────▶  deleted    (PNode and PNodeLease)
+    any       ──Deregistered and no allocations──────────▶  deleted
+
+A Lost PNode's allocations are moved away by the network loop (which treats Lost as
+"migrate"); this loop only records the phase, so the two never write the same decision. A
+PNode leaves the store only once nothing is placed on it, because its record carries the
+capacity accounting those allocations' transactions update.
+
+Deregister (the agent leaving on purpose) marks the PNode draining and unschedulable and sets
+the `Deregistered` condition; the network loop migrates its work like any drain, and once the
+PNode holds no allocation this loop deletes it (the agent's own second Deregister may get
+there first; either is fine).
+
+Liveness comes from the PNodeLease record, plus, when wired, the renewals this replica has
+accepted but not yet persisted (`local_renewal`): persisted renewals lag the real ones by up
+to half a lease by design (`controller.leases`), and the newer of the two is the truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from api.resources import allocation, lease, meta, pnode
+from reconcilers import base as reconcile
+from store import base, errors
+
+log = logging.getLogger("dcnr.reconcilers.pnode")
+
+READY = "Ready"
+DEREGISTERED = "Deregistered"
+
+#: How often a Lost or deregistering PNode that still holds allocations is looked at again.
+#: Allocation moves also wake the loop through the view; this is the level-triggered net.
+HELD_RECHECK_SECONDS = 5.0
+
+
+class Timings(Protocol):
+    """The timings this loop reads (`controller.config.ControlPlaneConfig` has them)."""
+
+    @property
+    def lease_duration(self) -> float: ...
+
+    @property
+    def lost_grace(self) -> float: ...
+
+    @property
+    def lost_retention(self) -> float: ...
+
+
+class WallClock(Protocol):
+    def now(self) -> datetime: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Transition:
+    """What to do with one PNode now, and when its next transition could fall due."""
+
+    #: The phase to write; None: no write. The same phase as now: only re-stamp phase_since.
+    phase: pnode.PNodePhase | None = None
+    #: Delete the PNode and its lease.
+    delete: bool = False
+    reason: str = ""
+    message: str = ""
+    #: Seconds until the next transition could fall due; None if none can without an event.
+    requeue_after: float | None = None
+
+
+def lease_expiry(
+    node: pnode.PNode,
+    stored: lease.PNodeLease | None,
+    *,
+    local_renewal: datetime | None = None,
+    lease_duration: float,
+) -> datetime | None:
+    """When the current incarnation's lease expires: the newer of the persisted renewal and
+    one this replica accepted but has not persisted. None: that incarnation has no lease."""
+    incarnation = node.status.incarnation
+    expiries = []
+    if stored is not None and stored.spec.incarnation == incarnation:
+        expiries.append(stored.expires_at())
+    if local_renewal is not None:
+        duration = stored.spec.duration_seconds if stored is not None else lease_duration
+        expiries.append(local_renewal + timedelta(seconds=duration))
+    return max(expiries) if expiries else None
+
+
+def compute_transition(
+    node: pnode.PNode,
+    stored: lease.PNodeLease | None,
+    *,
+    now: datetime,
+    config: Timings,
+    allocations: int = 0,
+    local_renewal: datetime | None = None,
+) -> Transition:
+    """Pure: the lifecycle transition of `node` at `now`, given its lease and how many
+    allocations still name it (`local_renewal` must belong to its current incarnation)."""
+    status = node.status
+    if _deregistered(node) and allocations == 0:
+        return Transition(delete=True, reason="Deregistered", message="drained after Deregister")
+    since = status.phase_since
+    if since is None:
+        return Transition(phase=status.phase, reason="PhaseSinceMissing")
+    expiry = lease_expiry(
+        node, stored, local_renewal=local_renewal, lease_duration=config.lease_duration
+    )
+    if expiry is None:
+        # Register writes PNode and lease together; without one, the lease is counted from
+        # when the phase began, so a PNode that never renews still expires.
+        expiry = since + timedelta(seconds=config.lease_duration)
+    held = HELD_RECHECK_SECONDS if _deregistered(node) else None
+    if status.phase == "Ready":
+        if expiry <= now:
+            return Transition(
+                phase="NotReady",
+                reason="NodeLeaseExpired",
+                message=f"lease of incarnation {status.incarnation} expired at "
+                f"{expiry.isoformat()}",
+            )
+        return Transition(requeue_after=_min(_seconds(expiry - now), held))
+    if status.phase == "NotReady":
+        if expiry > now:
+            return Transition(phase="Ready", reason="NodeLeaseRenewed", message="lease renewed")
+        lost_at = since + timedelta(seconds=config.lost_grace)
+        if lost_at <= now:
+            return Transition(
+                phase="Lost",
+                reason="PNodeLost",
+                message=f"no renewal for {config.lost_grace:g}s after the lease expired; "
+                f"{allocations} allocation(s) evicted",
+            )
+        return Transition(requeue_after=_min(_seconds(lost_at - now), held))
+    # Lost: fenced for good (an expired lease is never renewed); only Register revives it.
+    gone_at = since + timedelta(seconds=config.lost_retention)
+    if gone_at > now:
+        return Transition(requeue_after=_min(_seconds(gone_at - now), held))
+    if allocations:
+        return Transition(requeue_after=HELD_RECHECK_SECONDS)
+    return Transition(
+        delete=True,
+        reason="GarbageCollected",
+        message=f"Lost for {config.lost_retention:g}s with no allocations",
+    )
+
+
+def _deregistered(node: pnode.PNode) -> bool:
+    return any(c.type == DEREGISTERED and c.status == "True" for c in node.status.conditions)
+
+
+def _seconds(delta: timedelta) -> float:
+    return max(0.0, delta.total_seconds())
+
+
+def _min(a: float, b: float | None) -> float:
+    return a if b is None else min(a, b)
+
+
+def set_condition(
+    conditions: Sequence[meta.Condition],
+    *,
+    type: str,
+    status: meta.ConditionStatus,
+    reason: str,
+    message: str,
+    now: datetime,
+) -> list[meta.Condition]:
+    """`conditions` with the one of `type` replaced; last_transition_time moves only when its
+    status changes, as in Kubernetes."""
+    old = next((c for c in conditions if c.type == type), None)
+    changed = old is None or old.status != status
+    fresh = meta.Condition(
+        type=type,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=now if changed or old is None else old.last_transition_time,
+    )
+    return [*(c for c in conditions if c.type != type), fresh]
+
+
+def remove_condition(conditions: Sequence[meta.Condition], type: str) -> list[meta.Condition]:
+    return [c for c in conditions if c.type != type]
+
+
+def apply_phase(
+    node: pnode.PNode, transition: Transition, *, now: datetime, allocations: int
+) -> pnode.PNode:
+    """The PNode record after `transition` (which must carry a phase)."""
+    assert transition.phase is not None
+    updated = node.model_copy(deep=True)
+    status = updated.status
+    old_phase = status.phase
+    status.phase = transition.phase
+    status.phase_since = now
+    if old_phase == "Ready" and transition.phase == "NotReady":
+        status.missed_heartbeats += 1  # the reliability scorer's history
+    if transition.phase == "Lost" and old_phase != "Lost":
+        status.evictions += allocations
+    if transition.phase != old_phase:
+        status.conditions = set_condition(
+            status.conditions,
+            type=READY,
+            status="True" if transition.phase == "Ready" else "False",
+            reason=transition.reason,
+            message=transition.message,
+            now=now,
+        )
+    return updated
+
+
+Written = Callable[[Sequence[meta.Resource | None]], None]
+Deleted = Callable[[type[meta.Resource], str], None]
+LocalRenewal = Callable[[str, int], datetime | None]
+
+
+class PNodeReconciler:
+    """Applies `compute_transition` to one PNode with conditional writes.
+
+    `on_written`/`on_deleted` receive what this loop wrote (the server wires the in-memory
+    view); `local_renewal(name, incarnation)` gives this replica's unpersisted renewal.
+    """
+
+    name = "pnode"
+
+    def __init__(
+        self,
+        store: base.Store,
+        clock: WallClock,
+        *,
+        config: Timings,
+        on_written: Written | None = None,
+        on_deleted: Deleted | None = None,
+        local_renewal: LocalRenewal | None = None,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._config = config
+        self._on_written = on_written
+        self._on_deleted = on_deleted
+        self._local_renewal = local_renewal
+
+    async def reconcile(self, key: str) -> reconcile.Result:
+        try:
+            node = await self._store.get(pnode.PNode, key)
+        except errors.NotFound:
+            return reconcile.Result()  # deleted: nothing left to look after
+        try:
+            stored: lease.PNodeLease | None = await self._store.get(lease.PNodeLease, key)
+        except errors.NotFound:
+            stored = None
+        held = await base.list_all(self._store, allocation.Allocation, index=("pnode", key))
+        local = None
+        if self._local_renewal is not None:
+            local = self._local_renewal(key, node.status.incarnation)
+        now = self._clock.now()
+        transition = compute_transition(
+            node, stored, now=now, config=self._config, allocations=len(held), local_renewal=local
+        )
+        try:
+            if transition.delete:
+                await self._delete(node, stored, transition)
+            elif transition.phase is not None:
+                updated = apply_phase(node, transition, now=now, allocations=len(held))
+                written = await self._store.update(updated)
+                log.info(
+                    "pnode %s: %s → %s (%s)",
+                    key,
+                    node.status.phase,
+                    transition.phase,
+                    transition.reason,
+                )
+                if self._on_written is not None:
+                    self._on_written([written])
+                # Look again at once: the new phase starts its own timer.
+                return reconcile.Result(requeue_after=0.0)
+        except errors.Conflict:
+            return reconcile.Result(requeue=True)  # it moved under us: re-read and recompute
+        except errors.NotFound:
+            return reconcile.Result()
+        return reconcile.Result(requeue_after=transition.requeue_after)
+
+    async def _delete(
+        self, node: pnode.PNode, stored: lease.PNodeLease | None, transition: Transition
+    ) -> None:
+        ops: list[base.Op] = [
+            base.Delete(
+                pnode.PNode,
+                node.name,
+                resource_version=node.metadata.resource_version,
+                uid=node.metadata.uid,
+            )
+        ]
+        if stored is not None:
+            ops.append(
+                base.Delete(
+                    lease.PNodeLease,
+                    stored.name,
+                    resource_version=stored.metadata.resource_version,
+                    uid=stored.metadata.uid,
+                )
+            )
+        await self._store.transact(ops)
+        log.info("pnode %s: deleted (%s)", node.name, transition.reason)
+        if self._on_deleted is not None:
+            self._on_deleted(pnode.PNode, node.name)
+            if stored is not None:
+                self._on_deleted(lease.PNodeLease, node.name)
