@@ -1,0 +1,264 @@
+"""A minimal test PNode: an agent reduced to its protocol, written as a plain gRPC client.
+
+It registers, heartbeats on its own task, follows its assignment set (from heartbeats and,
+optionally, a WatchAssignments stream) and can die (`stop`) or be partitioned (`pause`,
+`resume`) on command. Like a third-party agent it imports only the contract (`api.dcnr.v1`)
+and grpc, so whatever it can do, any agent can.
+
+Its heartbeat cadence is the agent's own business, not a test waiting for time to pass, so
+the loop sleeps for real between heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+
+import grpc
+from grpc import aio
+
+from api.dcnr.v1 import common_pb2, pnode_pb2, pnode_pb2_grpc
+
+FENCED = pnode_pb2.LEASE_STATE_FENCED
+ACTIVE = pnode_pb2.LEASE_STATE_ACTIVE
+
+
+def _header() -> common_pb2.RequestHeader:
+    return common_pb2.RequestHeader(api_version="dcnr.io/v1", client_name="test-pnode")
+
+
+class TestPNode:
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        address: str,
+        name: str = "",
+        *,
+        cpu_millis: int = 4000,
+        memory_bytes: int = 8 * 2**30,
+        accelerators: Sequence[tuple[str, int]] = (),
+        labels: dict[str, str] | None = None,
+        datasets: Sequence[str] = (),
+        data_plane_address: str = "127.0.0.1:7100",
+        heartbeat_interval: float | None = None,
+        reregister_when_fenced: bool = False,
+    ) -> None:
+        self.address = address
+        self.name = name
+        self.capacity = common_pb2.Capacity(
+            cpu_millis=cpu_millis,
+            memory_bytes=memory_bytes,
+            accelerators=[
+                common_pb2.Accelerator(type=kind, count=count) for kind, count in accelerators
+            ],
+        )
+        self.labels = dict(labels or {})
+        self.datasets = list(datasets)
+        self.data_plane_address = data_plane_address
+        self.interval_override = heartbeat_interval
+        self.reregister_when_fenced = reregister_when_fenced
+        self.credential = ""
+        self.incarnation = 0
+        self.heartbeat_interval = 1.0
+        self.version = 0
+        #: Allocation name → assignment, the last full set applied.
+        self.assignments: dict[str, pnode_pb2.Assignment] = {}
+        self.fenced = False
+        self.heartbeats = 0
+        self.lease_state = pnode_pb2.LEASE_STATE_UNSPECIFIED
+        self.last_error: grpc.RpcError | None = None
+        #: (source, incarnation, version, time.monotonic()) of every assignment set received,
+        #: applied or not: "heartbeat" or "watch", for measuring delivery latency.
+        self.arrivals: list[tuple[str, int, int, float]] = []
+        self._channel: aio.Channel | None = None
+        self._stub: pnode_pb2_grpc.PNodeServiceAsyncStub | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._running = asyncio.Event()
+        self._register_lock = asyncio.Lock()
+        self._changed = asyncio.Condition()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def stub(self) -> pnode_pb2_grpc.PNodeServiceAsyncStub:
+        if self._stub is None:
+            self._channel = aio.insecure_channel(self.address)
+            self._stub = pnode_pb2_grpc.PNodeServiceStub(self._channel)
+        return self._stub
+
+    def metadata(self, credential: str | None = None) -> tuple[tuple[str, str], ...]:
+        secret = self.credential if credential is None else credential
+        return (("authorization", f"Bearer {secret}"),) if secret else ()
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._channel is not None:
+            await self._channel.close(None)
+            self._channel = None
+            self._stub = None
+
+    async def __aenter__(self) -> TestPNode:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- protocol ---------------------------------------------------------------------------
+
+    async def register(self) -> pnode_pb2.RegisterResponse:
+        request = pnode_pb2.RegisterRequest(
+            header=_header(),
+            name=self.name,
+            capacity=self.capacity,
+            data_plane_address=self.data_plane_address,
+            labels=self.labels,
+            datasets=self.datasets,
+            agent_version="test-pnode/0",
+        )
+        reply = await self.stub.Register(request, metadata=self.metadata(), timeout=10)
+        async with self._changed:
+            self.name = reply.pnode_id
+            self.credential = reply.credential
+            self.incarnation = reply.incarnation
+            self.heartbeat_interval = reply.heartbeat_interval.ToTimedelta().total_seconds()
+            self.fenced = False
+            self.version = 0
+            self.assignments = {}
+            self._changed.notify_all()
+        return reply
+
+    async def heartbeat_once(self) -> pnode_pb2.HeartbeatResponse:
+        incarnation = self.incarnation
+        request = pnode_pb2.HeartbeatRequest(
+            header=_header(),
+            pnode_id=self.name,
+            incarnation=incarnation,
+            known_assignment_set_version=self.version,
+        )
+        reply = await self.stub.Heartbeat(request, metadata=self.metadata(), timeout=10)
+        async with self._changed:
+            self.heartbeats += 1
+            self.lease_state = reply.lease_state
+            self._changed.notify_all()
+        if reply.lease_state == FENCED:
+            await self._fence(incarnation)
+        elif reply.HasField("assignment_set"):
+            await self._apply(reply.assignment_set, incarnation, source="heartbeat")
+        if reply.HasField("heartbeat_interval"):
+            self.heartbeat_interval = reply.heartbeat_interval.ToTimedelta().total_seconds()
+        return reply
+
+    async def _fence(self, incarnation: int) -> None:
+        """What an agent must do when fenced: drop everything of that incarnation (and, if
+        told to, register again). A fence of an incarnation already left behind is moot."""
+        async with self._register_lock:
+            if incarnation != self.incarnation:
+                return
+            async with self._changed:
+                self.fenced = True
+                self.assignments = {}
+                self.version = 0
+                self._changed.notify_all()
+            if self.reregister_when_fenced:
+                await self.register()
+
+    async def _apply(self, aset: pnode_pb2.AssignmentSet, incarnation: int, *, source: str) -> None:
+        self.arrivals.append((source, incarnation, aset.version, time.monotonic()))
+        async with self._changed:
+            if incarnation != self.incarnation or aset.version <= self.version:
+                return  # stale, or already applied (a stream and a heartbeat both deliver)
+            self.version = aset.version
+            self.assignments = {a.allocation: a for a in aset.assignments}
+            self._changed.notify_all()
+
+    # -- background heartbeats --------------------------------------------------------------
+
+    def start(self) -> None:
+        """Heartbeat in the background until `stop` (death) or while not `pause`d."""
+        self._running.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._heartbeat_loop(), name=f"hb-{self.name}")
+
+    async def stop(self) -> None:
+        """Simulate the machine dying: no more calls of any kind."""
+        for task in (self._task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._watch_task = None
+
+    def pause(self) -> None:
+        """Simulate a partition or a suspended process: heartbeats stop, state is kept."""
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await self._running.wait()
+            try:
+                await self.heartbeat_once()
+            except grpc.RpcError as exc:  # the orchestrator may be down; keep trying
+                self.last_error = exc
+            await asyncio.sleep(self.interval_override or self.heartbeat_interval)
+
+    # -- watching ---------------------------------------------------------------------------
+
+    def watch(self) -> None:
+        """Follow the assignment set over WatchAssignments too (push, not poll)."""
+        if self._watch_task is None:
+            self._watch_task = asyncio.create_task(self._watch_loop(), name=f"w-{self.name}")
+
+    async def _watch_loop(self) -> None:
+        while True:
+            incarnation = self.incarnation
+            request = pnode_pb2.WatchAssignmentsRequest(
+                header=_header(),
+                pnode_id=self.name,
+                incarnation=incarnation,
+                known_assignment_set_version=self.version,
+            )
+            try:
+                async for message in self.stub.WatchAssignments(request, metadata=self.metadata()):
+                    if message.lease_state == FENCED:
+                        await self._fence(incarnation)
+                        break
+                    await self._apply(message.assignment_set, incarnation, source="watch")
+            except grpc.RpcError as exc:
+                self.last_error = exc
+            if self.fenced and not self.reregister_when_fenced:
+                return
+            await asyncio.sleep(0.05)  # reconnect pacing, as any agent's
+
+    async def wait_until(
+        self, predicate: Callable[[TestPNode], bool], *, within: float = 10.0
+    ) -> None:
+        """Return once `predicate(self)` holds after a change; TimeoutError after `within`."""
+        deadline = time.monotonic() + within
+        async with self._changed:
+            while not predicate(self):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"test pnode {self.name}: assignments {sorted(self.assignments)} "
+                        f"(version {self.version}, fenced={self.fenced}) did not satisfy the "
+                        f"predicate within {within}s"
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+
+    async def wait_for(
+        self,
+        predicate: Callable[[dict[str, pnode_pb2.Assignment]], bool],
+        *,
+        within: float = 10.0,
+    ) -> dict[str, pnode_pb2.Assignment]:
+        """The assignments once `predicate` holds for them; TimeoutError after `within`."""
+        await self.wait_until(lambda node: predicate(node.assignments), within=within)
+        return dict(self.assignments)
