@@ -1,6 +1,7 @@
 """`dcnr-orchestrator`: serve the control plane, or prepare its store.
 
-    dcnr-orchestrator serve [--store URL] [--listen HOST:PORT]
+    dcnr-orchestrator serve [--store URL] [--listen HOST:PORT] [--metrics-listen HOST:PORT]
+                            [--replica-id ID] [--heartbeat-interval S] [--lease-duration S] ...
     dcnr-orchestrator init-store [--store URL]
 
 Exit codes: 0 success, 1 runtime failure (store unreachable, port taken), 2 bad usage.
@@ -14,8 +15,19 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from controller import logs, server
+from controller import config, logs, server
 from store import errors, url
+
+_TIMINGS = (
+    "heartbeat_interval",
+    "lease_duration",
+    "lost_grace",
+    "lost_retention",
+    "view_refresh",
+    "replica_lease",
+    "resync_every",
+    "unschedulable_retry",
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +45,27 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--listen", default="127.0.0.1:7070", help="gRPC address (default: %(default)s)"
     )
+    serve.add_argument(
+        "--metrics-listen",
+        default=None,
+        help="serve Prometheus /metrics on HOST:PORT (port 0: any free port; default: off)",
+    )
+    serve.add_argument(
+        "--replica-id", default="", help="this replica's name (default: host-pid-random)"
+    )
+    serve.add_argument(
+        "--grace", type=float, default=10.0, help="seconds to finish in-flight work on SIGTERM"
+    )
+    defaults = config.ControlPlaneConfig()
+    timings = serve.add_argument_group("timings (seconds)")
+    for name in _TIMINGS:
+        timings.add_argument(
+            "--" + name.replace("_", "-"),
+            type=float,
+            default=getattr(defaults, name),
+            metavar="S",
+            help=f"default: {getattr(defaults, name)}",
+        )
 
     init = commands.add_parser("init-store", help="create the store's tables (idempotent)")
     init.add_argument("--store", default=None, help=f"store URL (default: {url.default_url()})")
@@ -58,16 +91,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             for line in asyncio.run(url.init_store(store_url)):
                 print(line)
             return 0
-        config = server.ServeConfig(store_url=store_url, listen=args.listen)
+        try:
+            control = config.ControlPlaneConfig(**{n: getattr(args, n) for n in _TIMINGS})
+        except ValueError as exc:
+            print(f"dcnr-orchestrator: error: --{str(exc).replace('_', '-')}", file=sys.stderr)
+            return 2
+        serve_config = server.ServeConfig(
+            store_url=store_url,
+            listen=args.listen,
+            metrics_listen=args.metrics_listen,
+            grace_seconds=args.grace,
+            replica_id=args.replica_id,
+            control=control,
+        )
 
         def ready(orchestrator: server.Orchestrator) -> None:
+            metrics = (
+                f", metrics on port {orchestrator.metrics_port}"
+                if orchestrator.metrics_port is not None
+                else ""
+            )
             print(
                 f"dcnr-orchestrator: serving dcnr.v1 on {args.listen.rsplit(':', 1)[0]}:"
-                f"{orchestrator.port} (store {store_url}); Ctrl-C or SIGTERM stops it",
+                f"{orchestrator.port} (store {store_url}, replica {orchestrator.replica_id}"
+                f"{metrics}); Ctrl-C or SIGTERM stops it",
                 flush=True,
             )
 
-        asyncio.run(server.serve(config, on_ready=ready))
+        asyncio.run(server.serve(serve_config, on_ready=ready))
         return 0
     except errors.StoreError as exc:
         print(f"dcnr-orchestrator: error: store {store_url}: {exc}", file=sys.stderr)

@@ -31,7 +31,7 @@ server: documents omit it.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -71,7 +71,10 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         config: config_mod.ControlPlaneConfig,
         leases: leases_mod.LeaseKeeper,
         replica_id: str,
+        on_heartbeat: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_heartbeat(result)` counts each heartbeat: "active" or "fenced"."""
+        self._on_heartbeat = on_heartbeat or (lambda _result: None)
         self._store = store
         self._view = view
         self._clock = clock
@@ -129,10 +132,12 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         if node is None or fenced:
             log.info("pnode %s: heartbeat fenced (%s)", name, fenced or "unknown pnode")
             response.lease_state = FENCED
+            self._on_heartbeat("fenced")
             return response
         self._view.note_renewal(name, request.incarnation, now)
         self._leases.note(name, request.incarnation, now)
         response.lease_state = ACTIVE
+        self._on_heartbeat("active")
         response.lease_expires_at.CopyFrom(
             wire.timestamp(now + timedelta(seconds=self._config.lease_duration))
         )

@@ -1,27 +1,53 @@
-"""The gRPC shim: one grpc.aio server carrying dcnr.v1, health checking and reflection.
+"""The orchestrator process: one grpc.aio server, the view, the loops and replica membership.
 
-Every dcnr.v1 service is registered from its generated base servicer, so an RPC that no
-issue has implemented yet answers UNIMPLEMENTED rather than being absent; implemented
-services replace those bases as they arrive.
+Start order matters: the view is filled before anything answers (a heartbeat must find its
+PNode), membership is known before the loops take keys, and the port opens last. Stop
+order is the reverse: stop taking calls and finish those in flight, finish in-flight
+reconciles, persist pending lease renewals, release the replica lease (so the others take
+over at once), close the store.
+
+Events only produce keys: every change the view sees, from this replica's writes or from
+the store, is mapped to the loop keys it concerns (`_keys_for_change`); the loops re-read
+state themselves.
+
+dcnr.v1 services not implemented yet are registered from their generated base servicers,
+so they answer UNIMPLEMENTED rather than being absent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import pkgutil
+import random
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import api.dcnr.v1
-import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+import api.dcnr.v1
+from api.dcnr.v1 import network_pb2_grpc, pnode_pb2_grpc, resolve_pb2_grpc
+from api.resources import allocation, meta, network, pnode
+from controller import clock as clock_mod
+from controller import config as config_mod
+from controller import (
+    leases,
+    manager,
+    metrics,
+    network_service,
+    pnode_service,
+    replicas,
+    resolution_service,
+    view,
+)
+from reconcilers import network as network_loop
+from reconcilers import pnode as pnode_loop
 from store import base
 
 log = logging.getLogger("dcnr.server")
@@ -31,11 +57,18 @@ log = logging.getLogger("dcnr.server")
 class ServeConfig:
     store_url: str
     listen: str = "127.0.0.1:7070"
+    metrics_listen: str | None = None
     grace_seconds: float = 10.0
+    replica_id: str = ""
+    control: config_mod.ControlPlaneConfig = field(default_factory=config_mod.ControlPlaneConfig)
+
+
+#: Served by agents, not by the orchestrator.
+DATA_PLANE_SERVICES = frozenset({"dcnr.v1.VNodeService"})
 
 
 def _generated_services() -> list[tuple[str, Callable[[Any, Any], None], Any]]:
-    """(full service name, add_*_to_server, base servicer) for every dcnr.v1 service."""
+    """(full service name, add_*_to_server, base servicer) for every control-plane service."""
     found = []
     for info in pkgutil.iter_modules(api.dcnr.v1.__path__):
         if not info.name.endswith("_pb2_grpc"):
@@ -43,28 +76,152 @@ def _generated_services() -> list[tuple[str, Callable[[Any, Any], None], Any]]:
         grpc_module = importlib.import_module(f"api.dcnr.v1.{info.name}")
         pb2 = importlib.import_module(f"api.dcnr.v1.{info.name.removesuffix('_grpc')}")
         for service in pb2.DESCRIPTOR.services_by_name.values():
+            if service.full_name in DATA_PLANE_SERVICES:
+                continue
             add = getattr(grpc_module, f"add_{service.name}Servicer_to_server")
             servicer = getattr(grpc_module, f"{service.name}Servicer")()
             found.append((service.full_name, add, servicer))
     return sorted(found, key=lambda item: item[0])
 
 
-class Orchestrator:
-    """A running server; `start` binds, `stop` drains in-flight calls then closes the store."""
+def _split(address: str, flag: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise OSError(f"{flag} {address}: expected HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
 
-    def __init__(self, config: ServeConfig, store: base.Store) -> None:
+
+class Orchestrator:
+    """A running replica; `start` brings it up, `stop` drains and releases everything."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        store: base.Store,
+        *,
+        clock: clock_mod.Clock | None = None,
+    ) -> None:
         self.config = config
         self.store = store
+        self.clock = clock or clock_mod.SystemClock()
+        control = config.control
+        self.replica_id = config.replica_id or replicas.default_replica_id()
+        self.metrics = metrics.Metrics()
+        self.view = view.View(store, self.clock, config=control)
+        self.manager = manager.Manager(self.clock, rng=random.Random())
+        self.leases = leases.LeaseKeeper(store, self.clock, view=self.view, config=control)
+        self.replicas = replicas.Replicas(
+            store,
+            self.clock,
+            replica_id=self.replica_id,
+            address=config.listen,
+            lease_seconds=control.replica_lease,
+            on_membership_change=self._membership_changed,
+        )
         # No SO_REUSEPORT: a second orchestrator on a taken port must fail, not share it.
-        self.server = aio.server(options=[("grpc.so_reuseport", 0)])
+        self.server = aio.server(
+            options=[("grpc.so_reuseport", 0)],
+            interceptors=[self.metrics.interceptor()],
+        )
         # grpc_health ships no stub for its aio module.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.port = 0
+        self.metrics_port: int | None = None
         self.service_names: list[str] = []
+        self.manager_started = False
+        self._background: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
+    # -- wiring -----------------------------------------------------------------------------
+
+    def _register_loops(self) -> None:
+        control = self.config.control
+        written = self.view.apply_written
+        network_reconciler = network_loop.NetworkReconciler(
+            self.store,
+            self.clock,
+            config=control,
+            on_written=written,
+            on_deleted=self.view.apply_deleted,
+            on_replaced=self.metrics.replaced,
+        )
+        pnode_reconciler = pnode_loop.PNodeReconciler(
+            self.store,
+            self.clock,
+            config=control,
+            on_written=written,
+            on_deleted=self.view.apply_deleted,
+            local_renewal=self.leases.renewed_at,
+        )
+
+        async def network_keys() -> list[str]:
+            return sorted(self.view.networks)
+
+        async def pnode_keys() -> list[str]:
+            return sorted(self.view.pnodes)
+
+        for reconciler, keys in (
+            (network_reconciler, network_keys),
+            (pnode_reconciler, pnode_keys),
+        ):
+            self.manager.register(
+                reconciler,
+                workers=control.workers_per_loop,
+                resync_every=control.resync_every,
+                list_keys=keys,
+                owns=self.replicas.owns,
+            )
+        self.metrics.watch_manager(self.manager)
+        self.metrics.watch_view(self.view)
+        self.view.subscribe(self._on_change)
+
+    def _on_change(self, old: meta.Resource | None, new: meta.Resource | None) -> None:
+        for loop, key in _keys_for_change(old, new, self.view):
+            self.manager.enqueue(loop, key)
+
+    def _membership_changed(self, members: list[str]) -> None:
+        if self.manager_started:
+            task = asyncio.get_running_loop().create_task(self.manager.resync_all())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def _add_services(self) -> None:
+        control = self.config.control
+        implemented: dict[str, tuple[Callable[[Any, Any], None], Any]] = {
+            "dcnr.v1.PNodeService": (
+                pnode_pb2_grpc.add_PNodeServiceServicer_to_server,
+                pnode_service.PNodeService(
+                    store=self.store,
+                    view=self.view,
+                    clock=self.clock,
+                    config=control,
+                    leases=self.leases,
+                    replica_id=self.replica_id,
+                    on_heartbeat=self.metrics.heartbeat,
+                ),
+            ),
+            "dcnr.v1.ResolutionService": (
+                resolve_pb2_grpc.add_ResolutionServiceServicer_to_server,
+                resolution_service.ResolutionService(
+                    view=self.view,
+                    clock=self.clock,
+                    replica_id=self.replica_id,
+                    on_resolved=self.metrics.resolved,
+                ),
+            ),
+            "dcnr.v1.NetworkService": (
+                network_pb2_grpc.add_NetworkServiceServicer_to_server,
+                network_service.NetworkService(
+                    store=self.store,
+                    view=self.view,
+                    clock=self.clock,
+                    config=control,
+                    replica_id=self.replica_id,
+                ),
+            ),
+        }
         for name, add, servicer in _generated_services():
-            add(servicer, self.server)
+            add_impl, impl = implemented.get(name, (add, servicer))
+            add_impl(impl, self.server)
             self.service_names.append(name)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -75,20 +232,80 @@ class Orchestrator:
             ],
             self.server,
         )
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.view.refresh()
+        await self.replicas.start()
+        self._register_loops()
+        await self.manager.start()
+        self.manager_started = True
+        self.view.start()
+        self.leases.start()
+        self._add_services()
         try:
             self.port = self.server.add_insecure_port(self.config.listen)
         except RuntimeError as exc:
             raise OSError(f"--listen {self.config.listen}: cannot bind ({exc})") from None
         if self.port == 0:
             raise OSError(f"--listen {self.config.listen}: cannot bind")
+        if self.config.metrics_listen:
+            host, port = _split(self.config.metrics_listen, "--metrics-listen")
+            self.metrics_port = self.metrics.start_http(host, port)
         await self.server.start()
         for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self) -> None:
+        grace = self.config.grace_seconds
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.config.grace_seconds)
+        await self.server.stop(grace)
+        if self.manager_started:
+            await self.manager.stop(grace)
+        for step in (self.leases.stop, self.replicas.stop, self.view.stop):
+            try:
+                await step()
+            except Exception:
+                log.exception("shutdown step failed", extra={"fields": {"step": repr(step)}})
+        if self.metrics_port is not None:
+            await asyncio.to_thread(self.metrics.stop_http)
         await self.store.close()
+
+
+def _keys_for_change(
+    old: meta.Resource | None, new: meta.Resource | None, current: view.View
+) -> list[tuple[str, str]]:
+    """The loop keys a record change concerns."""
+    record = new if new is not None else old
+    keys: list[tuple[str, str]] = []
+    if isinstance(record, network.Network):
+        keys.append(("network", record.name))
+    elif isinstance(record, allocation.Allocation):
+        keys.append(("network", record.spec.network))
+    elif isinstance(record, pnode.PNode):
+        keys.append(("pnode", record.name))
+        affected = {a.spec.network for a in current.allocations_on(record.name)}
+        if _gained_room(old, new):
+            # A PNode joined, came back or was uncordoned: retry what could not be placed.
+            affected |= {
+                name for name, net in current.networks.items() if net.status.phase != "Ready"
+            }
+        keys += [("network", name) for name in sorted(affected)]
+    return keys
+
+
+def _gained_room(old: meta.Resource | None, new: meta.Resource | None) -> bool:
+    if not isinstance(new, pnode.PNode):
+        return False
+    if not isinstance(old, pnode.PNode):
+        return True
+    return (
+        (old.status.phase != "Ready" and new.status.phase == "Ready")
+        or (old.spec.unschedulable and not new.spec.unschedulable)
+        or old.spec.capacity != new.spec.capacity
+        or old.status.incarnation != new.status.incarnation
+    )
 
 
 async def serve(
@@ -102,7 +319,8 @@ async def serve(
     try:
         await orchestrator.start()
     except BaseException:
-        await store.close()
+        with contextlib.suppress(Exception):
+            await orchestrator.stop()
         raise
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -114,13 +332,15 @@ async def serve(
             "fields": {
                 "listen": config.listen,
                 "port": orchestrator.port,
+                "metrics_port": orchestrator.metrics_port,
                 "store": config.store_url,
+                "replica": orchestrator.replica_id,
             }
         },
     )
     if on_ready is not None:
         on_ready(orchestrator)
     await stopping.wait()
-    log.info("shutting down: draining in-flight calls")
+    log.info("shutting down: draining in-flight calls and reconciles")
     await orchestrator.stop()
     log.info("stopped")

@@ -264,6 +264,11 @@ class View:
 
     def note_renewal(self, name: str, incarnation: int, at: datetime) -> None:
         """A heartbeat this replica accepted; it counts for liveness before it is persisted."""
+        node = self.pnodes.get(name)
+        if node is not None and node.status.incarnation != incarnation:
+            # It would count for nothing (lease_expiry reads the current incarnation only),
+            # and a late one from a fenced incarnation must not displace the current one's.
+            return
         current = self._renewals.get(name)
         if current is None or current.incarnation != incarnation or current.at < at:
             self._renewals[name] = _Renewal(incarnation, at)

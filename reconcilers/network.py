@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
 
@@ -80,8 +81,10 @@ class NetworkReconciler:
         scheduler: scheduler_config.Config | None = None,
         on_written: network_apply.Written | None = None,
         on_deleted: network_apply.Deleted | None = None,
+        on_replaced: Callable[[str], None] | None = None,
     ) -> None:
-        """`scheduler` defaults to the PlanConfig's when `config` is one, else the default."""
+        """`scheduler` defaults to the PlanConfig's when `config` is one, else the default.
+        `on_replaced(reason)` is told of every slot moved or re-issued, for metrics."""
         if scheduler is None:
             scheduler = scheduler_config.DEFAULT
             if isinstance(config, network_actions.PlanConfig):
@@ -93,6 +96,7 @@ class NetworkReconciler:
         )
         self._on_written = on_written
         self._on_deleted = on_deleted
+        self._on_replaced = on_replaced
 
     async def reconcile(self, key: str) -> base.Result:
         try:
@@ -123,6 +127,10 @@ class NetworkReconciler:
             except network_apply.OverCommit as exc:
                 log.error("network %s: %s; replanning", key, exc)
                 return base.Result(requeue=True)
+            if self._on_replaced is not None and isinstance(
+                action, network_actions.Migrate | network_actions.Reissue
+            ):
+                self._on_replaced(action.reason)
         assert applier.network is not None
         network = applier.network
         if network.metadata.deletion_timestamp is not None:

@@ -18,8 +18,12 @@ from tests.support import procs
 
 @pytest.fixture
 def served(tmp_path: Path):
-    with procs.orchestrator(f"sqlite:///{tmp_path / 'state.db'}") as (proc, address):
+    with procs.orchestrator(f"sqlite:///{tmp_path / 'state.db'}") as (proc, address, _):
         yield proc, address
+
+
+#: Services whose issues are still open (jobs: the agent issue; validation: the trust issue).
+NOT_YET_IMPLEMENTED = ("dcnr.v1.JobService.", "dcnr.v1.ValidationService.")
 
 
 def _services(address: str) -> list[str]:
@@ -60,15 +64,16 @@ def test_reflection_lists_the_whole_contract(served) -> None:
     assert expected <= set(names)
 
 
-def test_rpcs_not_implemented_yet_answer_unimplemented(served) -> None:
-    """Every unary dcnr.v1 method answers UNIMPLEMENTED (until its issue implements it)."""
+def test_every_rpc_answers_an_empty_request_with_a_clear_status(served) -> None:
+    """Unary methods of services later issues implement answer UNIMPLEMENTED; implemented
+    ones refuse an empty request with a status naming the problem, never UNKNOWN/INTERNAL."""
     from google.protobuf import descriptor_pool
 
     from controller import server
 
     _, address = served
     pool = descriptor_pool.Default()
-    checked = 0
+    codes: dict[str, grpc.StatusCode] = {}
     with grpc.insecure_channel(address) as channel:
         for full_name, _add, _servicer in server._generated_services():
             service = pool.FindServiceByName(full_name)
@@ -80,11 +85,18 @@ def test_rpcs_not_implemented_yet_answer_unimplemented(served) -> None:
                     request_serializer=lambda _: b"",
                     response_deserializer=lambda data: data,
                 )
-                with pytest.raises(grpc.RpcError) as caught:
+                try:
                     call(b"", timeout=10)
-                assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED, method.full_name
-                checked += 1
-    assert checked >= 10
+                except grpc.RpcError as exc:
+                    codes[method.full_name] = exc.code()
+    not_yet = {m: c for m, c in codes.items() if m.startswith(NOT_YET_IMPLEMENTED)}
+    assert not_yet
+    assert set(not_yet.values()) == {grpc.StatusCode.UNIMPLEMENTED}
+    implemented = {m: c for m, c in codes.items() if m not in not_yet}
+    assert implemented
+    unclear = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNIMPLEMENTED}
+    assert not {m: c for m, c in implemented.items() if c in unclear}
+    assert "dcnr.v1.VNodeService" not in _services(address), "agents serve the data plane"
 
 
 def test_sigterm_shuts_down_gracefully(served) -> None:

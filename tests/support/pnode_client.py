@@ -34,7 +34,7 @@ class TestPNode:
 
     def __init__(
         self,
-        address: str,
+        address: str | Sequence[str],
         name: str = "",
         *,
         cpu_millis: int = 4000,
@@ -46,7 +46,10 @@ class TestPNode:
         heartbeat_interval: float | None = None,
         reregister_when_fenced: bool = False,
     ) -> None:
-        self.address = address
+        #: Orchestrator replicas to talk to, the first preferred; an agent moves to the next
+        #: when one is unreachable, as behind a load balancer.
+        self.addresses = [address] if isinstance(address, str) else list(address)
+        self.address = self.addresses[0]
         self.name = name
         self.capacity = common_pb2.Capacity(
             cpu_millis=cpu_millis,
@@ -96,10 +99,20 @@ class TestPNode:
 
     async def close(self) -> None:
         await self.stop()
+        await self._drop_channel()
+
+    async def _drop_channel(self) -> None:
         if self._channel is not None:
             await self._channel.close(None)
             self._channel = None
             self._stub = None
+
+    async def fail_over(self) -> None:
+        """Move to the next orchestrator replica (after this one proved unreachable)."""
+        if len(self.addresses) > 1:
+            self.addresses = [*self.addresses[1:], self.addresses[0]]
+            self.address = self.addresses[0]
+            await self._drop_channel()
 
     async def __aenter__(self) -> TestPNode:
         return self
@@ -206,6 +219,8 @@ class TestPNode:
                 await self.heartbeat_once()
             except grpc.RpcError as exc:  # the orchestrator may be down; keep trying
                 self.last_error = exc
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    await self.fail_over()
             await asyncio.sleep(self.interval_override or self.heartbeat_interval)
 
     # -- watching ---------------------------------------------------------------------------

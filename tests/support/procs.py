@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 BIN = Path(sys.executable).parent
 
@@ -58,13 +59,18 @@ def stop(proc: subprocess.Popen[str], *, timeout: float = 20.0) -> int:
 
 
 _SERVING = re.compile(r"serving dcnr\.v1 on (?P<host>[^ ]+):(?P<port>\d+)")
+_METRICS = re.compile(r"metrics on port (?P<port>\d+)")
+
+
+class Served(NamedTuple):
+    proc: subprocess.Popen[str]
+    address: str
+    metrics_port: int | None
 
 
 @contextlib.contextmanager
-def orchestrator(
-    store_url: str, *, extra: Sequence[str] = ()
-) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """A `dcnr-orchestrator serve` process on a free loopback port; yields (proc, "host:port")."""
+def orchestrator(store_url: str, *, extra: Sequence[str] = ()) -> Iterator[Served]:
+    """A `dcnr-orchestrator serve` process on a free loopback port."""
     proc = subprocess.Popen(
         [
             script("dcnr-orchestrator"),
@@ -84,6 +90,9 @@ def orchestrator(
         line = read_line(proc)
         match = _SERVING.search(line)
         assert match, f"unexpected first line from the orchestrator: {line!r}"
-        yield proc, f"{match['host']}:{match['port']}"
+        metrics = _METRICS.search(line)
+        yield Served(
+            proc, f"{match['host']}:{match['port']}", int(metrics["port"]) if metrics else None
+        )
     finally:
         stop(proc)
