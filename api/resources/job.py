@@ -36,6 +36,14 @@ class JobStatus(Model):
     loss: float | None = None
     accuracy: float | None = None
     checkpoint_step: int = 0
+    #: Allocation name → blob URL of each VNode's state at `checkpoint_step`.
+    checkpoint_blobs: dict[str, str] = Field(default_factory=dict)
+    #: Bumped whenever the run restarts from a checkpoint or its driver moves; VNodes refuse
+    #: messages of older attempts.
+    attempt: int = 0
+    #: The orchestrator replica driving the run.
+    driver: str = ""
+    samples_per_second: float | None = None
     message: str = ""
     conditions: list[Condition] = Field(default_factory=list)
 

@@ -119,14 +119,17 @@ def test_good_manifests_parse(text: str, kinds: list[str]) -> None:
 def test_the_example_network_is_the_digits_mlp() -> None:
     (found,) = manifest.load_path(EXAMPLE)
     assert isinstance(found, network.Network)
-    assert [v.name for v in found.spec.vnodes] == ["in", "fc1", "act1", "fc2", "loss"]
-    assert found.vnode("in") is not None
-    data = found.spec.vnodes[0].data
-    assert data is not None
-    assert (data.url, data.dataset) == ("file://examples/digits/data.npz", "digits")
-    assert found.spec.vnodes[1].params == {"in_features": 64, "out_features": 32, "seed": 1}
-    assert found.spec.vnodes[3].params["out_features"] == 10
-    assert found.spec.vnodes[-1].kind == "softmax_cross_entropy"
+    assert [v.name for v in found.spec.vnodes] == ["x", "y", "fc1", "act1", "fc2", "loss"]
+    for source, field in (("x", "x_train"), ("y", "y_train")):
+        vnode = found.vnode(source)
+        assert vnode is not None
+        assert vnode.params == {"field": field}
+        assert vnode.data is not None
+        assert (vnode.data.url, vnode.data.dataset) == ("file://examples/digits/data.npz", "digits")
+    assert found.spec.vnodes[2].params == {"units": 32}
+    assert found.spec.vnodes[4].params == {"units": 10}
+    loss = found.spec.vnodes[-1]
+    assert (loss.kind, loss.inputs) == ("softmax_cross_entropy", ["fc2", "y"])
 
 
 def test_parsed_values_are_typed() -> None:

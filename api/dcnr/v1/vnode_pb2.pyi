@@ -45,6 +45,8 @@ class ForwardRequest(_message.Message):
     TARGET_REPLICA_FIELD_NUMBER: _builtins.int
     TARGET_EPOCH_FIELD_NUMBER: _builtins.int
     TENSOR_FIELD_NUMBER: _builtins.int
+    REPLY_TO_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     job: _builtins.str
     step: _builtins.int
     request_id: _builtins.str
@@ -57,6 +59,16 @@ class ForwardRequest(_message.Message):
     target_replica: _builtins.int
     target_epoch: _builtins.int
     """The target's epoch as the sender resolved it; the receiver refuses any other."""
+    reply_to: _builtins.str
+    """Where the job's driver (an orchestrator replica) listens: sinks send their outputs and
+    sources their completed backward passes there, as to a VNode named "__driver__". Set by
+    the driver and copied by every VNode into the messages it sends for the same position.
+    """
+    attempt: _builtins.int
+    """The job's run attempt: bumped each time the job rolls back to a checkpoint or its
+    driver moves to another replica. A VNode refuses messages of an older attempt than it
+    was last restored to (FAILED_PRECONDITION), so a superseded run cannot interfere.
+    """
     @_builtins.property
     def header(self) -> _common_pb2.RequestHeader: ...
     @_builtins.property
@@ -76,10 +88,12 @@ class ForwardRequest(_message.Message):
         target_replica: _builtins.int = ...,
         target_epoch: _builtins.int = ...,
         tensor: _common_pb2.Tensor | None = ...,
+        reply_to: _builtins.str = ...,
+        attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "position", b"position", "request_id", b"request_id", "step", b"step", "tensor", b"tensor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "job", b"job", "network", b"network", "position", b"position", "request_id", b"request_id", "sender_epoch", b"sender_epoch", "sender_replica", b"sender_replica", "sender_vnode", b"sender_vnode", "step", b"step", "target_epoch", b"target_epoch", "target_replica", b"target_replica", "target_vnode", b"target_vnode", "tensor", b"tensor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "header", b"header", "job", b"job", "network", b"network", "position", b"position", "reply_to", b"reply_to", "request_id", b"request_id", "sender_epoch", b"sender_epoch", "sender_replica", b"sender_replica", "sender_vnode", b"sender_vnode", "step", b"step", "target_epoch", b"target_epoch", "target_replica", b"target_replica", "target_vnode", b"target_vnode", "tensor", b"tensor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_position: _TypeAlias = _typing.Literal["step", "request_id"]  # noqa: Y015
     _WhichOneofArgType_position: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
@@ -127,6 +141,8 @@ class BackwardRequest(_message.Message):
     TARGET_REPLICA_FIELD_NUMBER: _builtins.int
     TARGET_EPOCH_FIELD_NUMBER: _builtins.int
     TENSOR_FIELD_NUMBER: _builtins.int
+    REPLY_TO_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     job: _builtins.str
     step: _builtins.int
     request_id: _builtins.str
@@ -137,6 +153,16 @@ class BackwardRequest(_message.Message):
     target_vnode: _builtins.str
     target_replica: _builtins.int
     target_epoch: _builtins.int
+    reply_to: _builtins.str
+    """Where the job's driver (an orchestrator replica) listens: sinks send their outputs and
+    sources their completed backward passes there, as to a VNode named "__driver__". Set by
+    the driver and copied by every VNode into the messages it sends for the same position.
+    """
+    attempt: _builtins.int
+    """The job's run attempt: bumped each time the job rolls back to a checkpoint or its
+    driver moves to another replica. A VNode refuses messages of an older attempt than it
+    was last restored to (FAILED_PRECONDITION), so a superseded run cannot interfere.
+    """
     @_builtins.property
     def header(self) -> _common_pb2.RequestHeader: ...
     @_builtins.property
@@ -156,10 +182,12 @@ class BackwardRequest(_message.Message):
         target_replica: _builtins.int = ...,
         target_epoch: _builtins.int = ...,
         tensor: _common_pb2.Tensor | None = ...,
+        reply_to: _builtins.str = ...,
+        attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "position", b"position", "request_id", b"request_id", "step", b"step", "tensor", b"tensor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "job", b"job", "network", b"network", "position", b"position", "request_id", b"request_id", "sender_epoch", b"sender_epoch", "sender_replica", b"sender_replica", "sender_vnode", b"sender_vnode", "step", b"step", "target_epoch", b"target_epoch", "target_replica", b"target_replica", "target_vnode", b"target_vnode", "tensor", b"tensor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "header", b"header", "job", b"job", "network", b"network", "position", b"position", "reply_to", b"reply_to", "request_id", b"request_id", "sender_epoch", b"sender_epoch", "sender_replica", b"sender_replica", "sender_vnode", b"sender_vnode", "step", b"step", "target_epoch", b"target_epoch", "target_replica", b"target_replica", "target_vnode", b"target_vnode", "tensor", b"tensor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_position: _TypeAlias = _typing.Literal["step", "request_id"]  # noqa: Y015
     _WhichOneofArgType_position: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
@@ -201,12 +229,17 @@ class CheckpointRequest(_message.Message):
     VNODE_FIELD_NUMBER: _builtins.int
     REPLICA_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     job: _builtins.str
     step: _builtins.int
     network: _builtins.str
     vnode: _builtins.str
     replica: _builtins.int
     epoch: _builtins.int
+    destination: _builtins.str
+    """Where to write: a "file:///dir/" or "s3://bucket/prefix/" the agent writes under."""
+    attempt: _builtins.int
     @_builtins.property
     def header(self) -> _common_pb2.RequestHeader: ...
     def __init__(
@@ -219,10 +252,12 @@ class CheckpointRequest(_message.Message):
         vnode: _builtins.str = ...,
         replica: _builtins.int = ...,
         epoch: _builtins.int = ...,
+        destination: _builtins.str = ...,
+        attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "header", b"header", "job", b"job", "network", b"network", "replica", b"replica", "step", b"step", "vnode", b"vnode"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "destination", b"destination", "epoch", b"epoch", "header", b"header", "job", b"job", "network", b"network", "replica", b"replica", "step", b"step", "vnode", b"vnode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -264,6 +299,10 @@ class RestoreRequest(_message.Message):
     REPLICA_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
     BLOB_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    OPTIMIZER_FIELD_NUMBER: _builtins.int
+    LEARNING_RATE_FIELD_NUMBER: _builtins.int
     job: _builtins.str
     step: _builtins.int
     network: _builtins.str
@@ -271,6 +310,15 @@ class RestoreRequest(_message.Message):
     replica: _builtins.int
     epoch: _builtins.int
     """The epoch of the replica being restored (its new allocation's, after a re-placement)."""
+    seed: _builtins.int
+    """With no blob: initialize afresh, deterministically from (network, vnode, seed)."""
+    attempt: _builtins.int
+    """From now on the VNode takes messages of this attempt only, and drops any state of
+    positions after `step`.
+    """
+    optimizer: _builtins.str
+    """How to apply gradients from here on: "sgd", "momentum", "adam"."""
+    learning_rate: _builtins.float
     @_builtins.property
     def header(self) -> _common_pb2.RequestHeader: ...
     @_builtins.property
@@ -288,10 +336,14 @@ class RestoreRequest(_message.Message):
         replica: _builtins.int = ...,
         epoch: _builtins.int = ...,
         blob: _common_pb2.BlobRef | None = ...,
+        seed: _builtins.int = ...,
+        attempt: _builtins.int = ...,
+        optimizer: _builtins.str = ...,
+        learning_rate: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["blob", b"blob", "header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob", b"blob", "epoch", b"epoch", "header", b"header", "job", b"job", "network", b"network", "replica", b"replica", "step", b"step", "vnode", b"vnode"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "blob", b"blob", "epoch", b"epoch", "header", b"header", "job", b"job", "learning_rate", b"learning_rate", "network", b"network", "optimizer", b"optimizer", "replica", b"replica", "seed", b"seed", "step", b"step", "vnode", b"vnode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
