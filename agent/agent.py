@@ -1,0 +1,315 @@
+"""The agent's control loop: register, heartbeat, follow the assignment set, drain on leave.
+
+Level-based like the orchestrator's loops: every assignment set is the full desired state,
+and `DataPlane.reconcile` makes the hosted instances equal to it, whatever was missed in
+between. Two sources deliver sets, the heartbeat (pull) and WatchAssignments (push); the
+newest version of the current incarnation wins, so applying both is harmless.
+
+Fencing (the orchestrator says our lease lapsed or our incarnation is old) means our
+VNodes were moved: drop every instance, then register again under the same name with the
+kept credential. The credential lives in memory and in `<state-dir>/credential.json`
+(mode 0600), so a restarted agent re-registers under its name instead of becoming a
+stranger; the name is kept there too when the orchestrator generated it.
+
+On UNAVAILABLE the agent moves to the next orchestrator address (`peers.Orchestrators`).
+Leaving (SIGTERM): Deregister; the orchestrator drains us (places our VNodes elsewhere)
+while we keep heartbeating and serving the data plane; once our set is empty (or the
+drain deadline passed) we Deregister again and return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from agent import capacity, dataplane, peers
+from api.dcnr.v1 import pnode_pb2, pnode_pb2_grpc
+
+log = logging.getLogger("dcnr.agent")
+
+VERSION = "dcnr-agent/0.1.0"
+FENCED = pnode_pb2.LEASE_STATE_FENCED
+_SWITCH = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class RegistrationRefused(Exception):
+    """The orchestrator will not let us have our name (another machine's, or our
+    credential was lost): only the operator can fix that."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    name: str
+    advertise: str
+    capabilities: capacity.Capabilities
+    state_dir: Path
+    drain_deadline: float = 30.0
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        orchestrators: peers.Orchestrators,
+        data_plane: dataplane.DataPlane,
+    ) -> None:
+        self._config = config
+        self._orchestrators = orchestrators
+        self._data_plane = data_plane
+        self.name = config.name
+        self._credential = ""
+        self.incarnation = 0
+        self.version = 0
+        self.assignment_count = 0
+        self.heartbeat_interval = 1.0
+        self._load_credential()
+        self._register_lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    # -- credential -------------------------------------------------------------------------
+
+    @property
+    def _credential_file(self) -> Path:
+        return self._config.state_dir / "credential.json"
+
+    def _load_credential(self) -> None:
+        try:
+            saved = json.loads(self._credential_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if isinstance(saved, dict) and (not self.name or saved.get("name") == self.name):
+            self.name = str(saved.get("name", ""))
+            self._credential = str(saved.get("credential", ""))
+
+    def _save_credential(self) -> None:
+        directory = self._config.state_dir
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = directory / ".credential.json.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump({"name": self.name, "credential": self._credential}, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self._credential_file)
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self._credential}"),) if self._credential else ()
+
+    def _stub(self) -> tuple[aio.Channel, pnode_pb2_grpc.PNodeServiceAsyncStub]:
+        channel = self._orchestrators.channel()
+        return channel, pnode_pb2_grpc.PNodeServiceStub(channel)
+
+    # -- registration -----------------------------------------------------------------------
+
+    async def register(self) -> None:
+        """Register (again), retrying across orchestrators until it succeeds or we stop."""
+        delay = 0.1
+        async with self._register_lock:
+            while not self._stopping.is_set():
+                channel, stub = self._stub()
+                request = pnode_pb2.RegisterRequest(
+                    header=peers.header(),
+                    name=self.name,
+                    capacity=self._config.capabilities.capacity(),
+                    data_plane_address=self._config.advertise,
+                    labels=self._config.capabilities.labels,
+                    datasets=sorted(self._config.capabilities.datasets),
+                    agent_version=VERSION,
+                )
+                try:
+                    reply = await stub.Register(request, metadata=self._metadata(), timeout=10)
+                except aio.AioRpcError as exc:
+                    if exc.code() in (
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        grpc.StatusCode.UNAUTHENTICATED,
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                    ):
+                        raise RegistrationRefused(
+                            f"orchestrator {self._orchestrators.address} refused to register "
+                            f"{self.name or '(a generated name)'}: {exc.details()}"
+                        ) from None
+                    log.warning("register at %s: %s", self._orchestrators.address, exc.code())
+                    if exc.code() in _SWITCH:
+                        await self._orchestrators.fail_over(channel)
+                    await self._pause(delay)
+                    delay = min(5.0, delay * 2)
+                    continue
+                self.name = reply.pnode_id
+                self._credential = reply.credential
+                self.incarnation = reply.incarnation
+                self.version = 0
+                self.heartbeat_interval = _seconds(reply.heartbeat_interval, 1.0)
+                self._save_credential()
+                log.info("registered as %s, incarnation %d", self.name, self.incarnation)
+                return
+
+    async def _fence(self, incarnation: int) -> None:
+        """Our VNodes were moved elsewhere: drop them all, then register again."""
+        if incarnation != self.incarnation:
+            return  # a fence of an incarnation already left behind
+        log.warning("fenced (incarnation %d): dropping every VNode, registering again", incarnation)
+        self._data_plane.drop_all()
+        self.version = 0
+        self.assignment_count = 0
+        self._changed.set()
+        if not self._stopping.is_set():
+            await self.register()
+
+    def _apply(self, aset: pnode_pb2.AssignmentSet, incarnation: int) -> None:
+        if incarnation != self.incarnation or aset.version <= self.version:
+            return  # stale, or already applied: heartbeat and watch both deliver
+        self.version = aset.version
+        self.assignment_count = len(aset.assignments)
+        self._data_plane.reconcile(aset.assignments)
+        self._changed.set()
+
+    # -- loops ------------------------------------------------------------------------------
+
+    async def heartbeat_loop(self) -> None:
+        while True:
+            incarnation = self.incarnation
+            channel, stub = self._stub()
+            request = pnode_pb2.HeartbeatRequest(
+                header=peers.header(),
+                pnode_id=self.name,
+                incarnation=incarnation,
+                known_assignment_set_version=self.version,
+                assignment_statuses=self._data_plane.statuses(),
+            )
+            sent = time.monotonic()
+            try:
+                reply = await stub.Heartbeat(
+                    request, metadata=self._metadata(), timeout=max(2.0, self.heartbeat_interval)
+                )
+            except aio.AioRpcError as exc:
+                log.warning("heartbeat to %s: %s", self._orchestrators.address, exc.code())
+                if exc.code() in _SWITCH:
+                    await self._orchestrators.fail_over(channel)
+                elif exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    await self._fence(incarnation)
+            else:
+                if reply.lease_state == FENCED:
+                    await self._fence(incarnation)
+                elif reply.HasField("assignment_set"):
+                    self._apply(reply.assignment_set, incarnation)
+                self.heartbeat_interval = _seconds(
+                    reply.heartbeat_interval, self.heartbeat_interval
+                )
+            await asyncio.sleep(max(0.0, self.heartbeat_interval - (time.monotonic() - sent)))
+
+    async def watch_loop(self) -> None:
+        while True:
+            incarnation = self.incarnation
+            channel, stub = self._stub()
+            request = pnode_pb2.WatchAssignmentsRequest(
+                header=peers.header(),
+                pnode_id=self.name,
+                incarnation=incarnation,
+                known_assignment_set_version=self.version,
+            )
+            try:
+                async for message in stub.WatchAssignments(request, metadata=self._metadata()):
+                    if message.lease_state == FENCED:
+                        await self._fence(incarnation)
+                        break
+                    self._apply(message.assignment_set, incarnation)
+            except aio.AioRpcError as exc:
+                if exc.code() in _SWITCH:
+                    await self._orchestrators.fail_over(channel)
+            await asyncio.sleep(0.2)  # reconnect pacing; the heartbeat covers the gap
+
+    # -- running and leaving ----------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self, on_registered: Callable[[Agent], None] = lambda _a: None) -> None:
+        """Serve until `request_stop`, then drain and leave. Raises RegistrationRefused."""
+        await self.register()
+        if self._stopping.is_set():
+            return
+        on_registered(self)
+        loops = [
+            asyncio.create_task(self.heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self.watch_loop(), name="watch"),
+        ]
+        try:
+            stopping = asyncio.create_task(self._stopping.wait())
+            done, _ = await asyncio.wait([stopping, *loops], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopping:
+                    task.result()  # a loop died: surface its error
+            stopping.cancel()
+            await self._leave()
+        finally:
+            for task in loops:
+                task.cancel()
+            for task in loops:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _leave(self) -> None:
+        deadline = time.monotonic() + self._config.drain_deadline
+        while time.monotonic() < deadline:
+            if await self._deregister():
+                log.info("deregistered %s", self.name)
+                return
+            self._changed.clear()
+            while self.assignment_count and time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), deadline - time.monotonic())
+                self._changed.clear()
+            if self.assignment_count:
+                break
+            await self._pause_for(min(self.heartbeat_interval, deadline - time.monotonic()))
+        log.warning(
+            "leaving with %d VNodes still assigned after %.0fs",
+            self.assignment_count,
+            self._config.drain_deadline,
+        )
+
+    async def _deregister(self) -> bool:
+        """True once the orchestrator says we are gone (or cannot be reached to say more)."""
+        channel, stub = self._stub()
+        request = pnode_pb2.DeregisterRequest(
+            header=peers.header(),
+            pnode_id=self.name,
+            incarnation=self.incarnation,
+            reason="shutdown",
+        )
+        try:
+            reply = await stub.Deregister(request, metadata=self._metadata(), timeout=10)
+        except aio.AioRpcError as exc:
+            log.warning("deregister at %s: %s", self._orchestrators.address, exc.details())
+            if exc.code() in _SWITCH:
+                await self._orchestrators.fail_over(channel)
+                return False
+            return True  # refused (fenced, unknown): there is nothing more to leave
+        return reply.deregistered
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when asked to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    @staticmethod
+    async def _pause_for(seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+def _seconds(duration: Any, default: float) -> float:
+    seconds = float(duration.ToTimedelta().total_seconds()) if duration.ByteSize() else 0.0
+    return seconds if seconds > 0 else default

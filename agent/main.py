@@ -1,0 +1,181 @@
+"""`dcnr-agent`: run a PNode — offer this machine to a DCNR cluster.
+
+    dcnr-agent --orchestrator HOST:PORT[,HOST:PORT...] --listen HOST:PORT
+               [--advertise HOST:PORT] [--name NAME] [--cpu N] [--memory SIZE]
+               [--accelerator TYPE:COUNT ...] [--label K=V ...] [--dataset NAME=URL ...]
+               [--state-dir DIR] [--workdir DIR] [--max-message-bytes N]
+
+Exit codes: 0 after a clean leave (SIGTERM/Ctrl-C: deregister, drain, exit), 1 runtime
+failure (port taken, name refused), 2 bad usage. Errors are one line on stderr naming the
+flag and value; no tracebacks for user mistakes. Once registered it prints one line,
+`dcnr-agent: NAME serving the data plane on HOST:PORT (orchestrator ...)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from grpc import aio
+
+from agent import agent as agent_mod
+from agent import blobs, capacity, dataplane, peers
+from api.dcnr.v1 import vnode_pb2_grpc
+from api.resources import meta
+
+
+class _Usage(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _Usage(message)
+
+
+def _address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} must be HOST:PORT, e.g. 127.0.0.1:7100")
+    return value
+
+
+def _addresses(value: str) -> list[str]:
+    return [_address(v.strip()) for v in value.split(",") if v.strip()]
+
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be a positive integer")
+    return int(value)
+
+
+def _name(value: str) -> str:
+    try:
+        return meta.check_dns1123_subdomain(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} must be a DNS-1123 subdomain (lowercase letters, digits, '-', '.')"
+        ) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="dcnr-agent", description="Run a DCNR PNode: host VNodes for a cluster.")
+    p.add_argument("--orchestrator", required=True, type=_addresses, metavar="HOST:PORT[,...]")
+    p.add_argument("--listen", default="0.0.0.0:7100", type=_address, metavar="HOST:PORT")
+    p.add_argument("--advertise", type=_address, metavar="HOST:PORT", help="default: --listen")
+    p.add_argument("--name", type=_name, default=None, help="default: kept in --state-dir")
+    p.add_argument("--cpu", help="cores to offer (2, 0.5, 500m); default: the machine's")
+    p.add_argument("--memory", help="memory to offer (8Gi, 512Mi); default: the machine's")
+    p.add_argument("--accelerator", action="append", default=[], metavar="TYPE:COUNT")
+    p.add_argument("--label", action="append", default=[], metavar="K=V")
+    p.add_argument("--dataset", action="append", default=[], metavar="NAME=URL")
+    p.add_argument("--state-dir", type=Path, default=None, help="default: ~/.local/state/...")
+    p.add_argument("--workdir", type=Path, default=Path.cwd(), help="relative file:// base")
+    p.add_argument(
+        "--max-message-bytes", type=_positive_int, default=dataplane.DEFAULT_MAX_MESSAGE_BYTES
+    )
+    p.add_argument("--drain-deadline", type=float, default=30.0, metavar="SECONDS")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "dcnr-agent"
+
+
+async def _serve(args: argparse.Namespace, caps: capacity.Capabilities) -> int:
+    orchestrators = peers.Orchestrators(args.orchestrator)
+    sender = peers.Peers(orchestrators, max_message_bytes=args.max_message_bytes)
+    workdir = args.workdir.resolve()
+    state_dir = (args.state_dir or _default_state_dir()).resolve()
+    plane = dataplane.DataPlane(
+        sender=sender,
+        blob_store=blobs.BlobStore(workdir=workdir),
+        kind_factory=dataplane.runtime_kinds(
+            workdir=workdir, cache_dir=state_dir / "data-cache", datasets=caps.datasets
+        ),
+        max_message_bytes=args.max_message_bytes,
+    )
+    server = aio.server(options=peers.channel_options(args.max_message_bytes))
+    vnode_pb2_grpc.add_VNodeServiceServicer_to_server(plane, server)
+    try:
+        port = server.add_insecure_port(args.listen)
+    except RuntimeError as exc:
+        print(f"dcnr-agent: error: --listen: {args.listen!r}: {exc}", file=sys.stderr)
+        return 1
+    host = args.listen.rpartition(":")[0]
+    listen = f"{host}:{port}"
+    advertise = args.advertise or listen
+    await server.start()
+    agent = agent_mod.Agent(
+        agent_mod.AgentConfig(
+            name=args.name or "",
+            advertise=advertise,
+            capabilities=caps,
+            state_dir=state_dir,
+            drain_deadline=args.drain_deadline,
+        ),
+        orchestrators=orchestrators,
+        data_plane=plane,
+    )
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, agent.request_stop)
+
+    def ready(a: agent_mod.Agent) -> None:
+        print(
+            f"dcnr-agent: {a.name} serving the data plane on {listen} (orchestrator "
+            f"{','.join(args.orchestrator)}, advertised as {advertise}); SIGTERM leaves",
+            flush=True,
+        )
+
+    try:
+        await agent.run(on_registered=ready)
+    except agent_mod.RegistrationRefused as exc:
+        print(f"dcnr-agent: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await server.stop(grace=1.0)
+        await plane.close()
+        await sender.close()
+        await orchestrators.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        caps = capacity.detect(
+            cpu=args.cpu,
+            memory=args.memory,
+            accelerators=args.accelerator,
+            labels=args.label,
+            datasets=args.dataset,
+        )
+        if not args.drain_deadline >= 0:
+            raise _Usage(f"--drain-deadline: {args.drain_deadline} must be >= 0")
+    except (_Usage, capacity.FlagError) as exc:
+        print(f"dcnr-agent: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return asyncio.run(_serve(args, caps))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""Reaching other VNodes: resolution through the orchestrator, cached, and delivery with retries.
+
+A message's target moves (re-placement bumps its epoch) and peers come and go, so delivery
+is a loop: resolve (cached per (network, vnode)), send, and on a refusal that means "not
+there any more" (FAILED_PRECONDITION for a stale epoch, NOT_FOUND, UNAVAILABLE) forget the
+cached answer and resolve again, with bounded exponential backoff and jitter, until an
+overall deadline. Refusals that a retry cannot cure (a stale attempt: the run was
+superseded; a malformed message; too large) end delivery at once.
+
+The driver ("__driver__") is not resolved: it listens at the message's `reply_to`.
+
+Receivers say why they refused in the ErrorDetails of trailing metadata
+`dcnr-error-details-bin` (common.proto rule 8): reason "StaleEpoch" is retried after
+re-resolving, "StaleAttempt", "NoForward" and "VNodeFailed" are final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from api.dcnr.v1 import common_pb2, resolve_pb2, resolve_pb2_grpc, vnode_pb2, vnode_pb2_grpc
+
+log = logging.getLogger("dcnr.agent.peers")
+
+DRIVER = "__driver__"
+DETAILS_KEY = "dcnr-error-details-bin"
+FINAL_REASONS = frozenset({"StaleAttempt", "NoForward", "VNodeFailed"})
+_RETRIED = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.DATA_LOSS,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
+
+
+def header() -> common_pb2.RequestHeader:
+    return common_pb2.RequestHeader(api_version="dcnr.io/v1", client_name="dcnr-agent")
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    # Room above the tensor limit for the message's other fields.
+    limit = max_message_bytes + (1 << 20)
+    return [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+    ]
+
+
+def error_reason(exc: grpc.RpcError) -> str:
+    """The ErrorDetails reason a receiver attached to its refusal, or ""."""
+    if not isinstance(exc, aio.AioRpcError):
+        return ""
+    trailing: Any = exc.trailing_metadata() or ()
+    for key, value in trailing:
+        if key == DETAILS_KEY and isinstance(value, bytes):
+            try:
+                return common_pb2.ErrorDetails.FromString(value).reason
+            except Exception:  # a garbled detail is no reason to crash delivery
+                return ""
+    return ""
+
+
+class Orchestrators:
+    """The orchestrator replicas an agent talks to, the first preferred; on UNAVAILABLE
+    the agent moves to the next, as behind a load balancer."""
+
+    def __init__(self, addresses: Sequence[str]) -> None:
+        if not addresses:
+            raise ValueError("at least one orchestrator address is needed")
+        self.addresses = list(addresses)
+        self._channel: aio.Channel | None = None
+
+    @property
+    def address(self) -> str:
+        return self.addresses[0]
+
+    def channel(self) -> aio.Channel:
+        if self._channel is None:
+            self._channel = aio.insecure_channel(self.address)
+        return self._channel
+
+    async def fail_over(self, failed: aio.Channel | None = None) -> None:
+        """Move to the next address, unless someone already moved away from `failed`."""
+        if failed is not None and failed is not self._channel:
+            return
+        old, self._channel = self._channel, None
+        self.addresses = [*self.addresses[1:], self.addresses[0]]
+        if old is not None:
+            await old.close(None)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close(None)
+            self._channel = None
+
+
+@dataclass(frozen=True)
+class Retry:
+    attempts: int = 12
+    deadline: float = 30.0
+    first_delay: float = 0.02
+    max_delay: float = 2.0
+
+
+class DeliveryFailed(Exception):
+    pass
+
+
+class Peers:
+    def __init__(
+        self,
+        orchestrators: Orchestrators,
+        *,
+        max_message_bytes: int,
+        retry: Retry | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._orchestrators = orchestrators
+        self._options = channel_options(max_message_bytes)
+        self._retry = retry or Retry()
+        self._rng = rng or random.Random()
+        self._channels: dict[str, aio.Channel] = {}
+        self._cache: dict[tuple[str, str], resolve_pb2.VNodeEndpoints] = {}
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        for channel in channels.values():
+            await channel.close(None)
+
+    # -- resolution -------------------------------------------------------------------------
+
+    def forget(self, network: str, vnode: str) -> None:
+        self._cache.pop((network, vnode), None)
+
+    async def resolve(
+        self, network: str, vnode: str, replica: int, *, min_epoch: int = 0
+    ) -> resolve_pb2.Endpoint | None:
+        key = (network, vnode)
+        cached = self._cache.get(key)
+        if cached is None or min_epoch:
+            channel = self._orchestrators.channel()
+            stub = resolve_pb2_grpc.ResolutionServiceStub(channel)
+            request = resolve_pb2.ResolveRequest(
+                header=header(), network=network, vnode=vnode, min_epoch=min_epoch
+            )
+            try:
+                reply = await stub.Resolve(request, timeout=5)
+            except grpc.RpcError as exc:
+                if isinstance(exc, aio.AioRpcError) and exc.code() in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                ):
+                    await self._orchestrators.fail_over(channel)
+                raise
+            cached = reply.endpoints
+            if cached.endpoints:  # never cache "being placed": ask again next time
+                self._cache[key] = cached
+        return next((e for e in cached.endpoints if e.replica == replica), None)
+
+    def _stub(self, address: str) -> vnode_pb2_grpc.VNodeServiceAsyncStub:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = aio.insecure_channel(address, self._options)
+        return vnode_pb2_grpc.VNodeServiceStub(channel)
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    async def send_forward(self, request: vnode_pb2.ForwardRequest) -> bool:
+        """Deliver; True if delivered (or already there), False if given up."""
+        return await self._deliver(request, forward=True)
+
+    async def send_backward(self, request: vnode_pb2.BackwardRequest) -> bool:
+        return await self._deliver(request, forward=False)
+
+    async def _deliver(
+        self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest, *, forward: bool
+    ) -> bool:
+        retry = self._retry
+        started = time.monotonic()
+        delay = retry.first_delay
+        min_epoch = 0
+        what = f"{'forward' if forward else 'backward'} {request.network}/{request.target_vnode}"
+        last = "no attempt made"
+        for attempt in range(retry.attempts):
+            if attempt:
+                remaining = retry.deadline - (time.monotonic() - started)
+                if remaining <= 0:
+                    break
+                await asyncio.sleep(min(remaining, delay * (0.5 + self._rng.random())))
+                delay = min(retry.max_delay, delay * 2)
+            try:
+                address = await self._route(request, min_epoch)
+            except grpc.RpcError as exc:
+                last = f"resolving: {exc}"
+                continue
+            if address is None:
+                last = "no live replica (being placed)"
+                continue
+            stub = self._stub(address)
+            timeout = max(0.1, retry.deadline - (time.monotonic() - started))
+            try:
+                if isinstance(request, vnode_pb2.ForwardRequest):
+                    await stub.Forward(request, timeout=min(timeout, 10.0))
+                else:
+                    await stub.Backward(request, timeout=min(timeout, 10.0))
+                return True
+            except aio.AioRpcError as exc:
+                reason = error_reason(exc)
+                last = f"{exc.code().name}: {exc.details()}"
+                if exc.code() not in _RETRIED or reason in FINAL_REASONS:
+                    log.warning("%s: given up: %s", what, last)
+                    return False
+                if request.target_vnode != DRIVER:
+                    self.forget(request.network, request.target_vnode)
+                    if reason == "StaleEpoch":
+                        min_epoch = request.target_epoch
+        log.warning("%s: given up after retries: %s", what, last)
+        return False
+
+    async def _route(
+        self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest, min_epoch: int
+    ) -> str | None:
+        """The address to send to, after setting the request's target_epoch."""
+        if request.target_vnode == DRIVER:
+            return request.reply_to or None
+        endpoint = await self.resolve(
+            request.network, request.target_vnode, request.target_replica, min_epoch=min_epoch
+        )
+        if endpoint is None:
+            return None
+        request.target_epoch = endpoint.epoch
+        return endpoint.address

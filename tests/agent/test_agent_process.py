@@ -1,0 +1,186 @@
+"""`dcnr-agent` as a process, against a real `dcnr-orchestrator serve`.
+
+What each agent hosts is asked of the agent itself, over its data plane: a Forward with a
+deliberately wrong target_epoch is refused FAILED_PRECONDITION naming the epoch the agent
+hosts (so it hosts that VNode at that epoch), or NOT_FOUND (it does not host it). That is
+compared with what the orchestrator resolves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc import aio
+
+from api import tensors
+from api.dcnr.v1 import vnode_pb2, vnode_pb2_grpc
+from tests.integration import cluster
+from tests.support import procs
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+TIMINGS = [
+    "--heartbeat-interval", "0.3",
+    "--lease-duration", "1.5",
+    "--lost-grace", "0.5",
+    "--replica-lease", "1.5",
+    "--unschedulable-retry", "1",
+]  # fmt: skip
+_SERVING = re.compile(r"dcnr-agent: (?P<name>\S+) serving the data plane on (?P<address>\S+) ")
+NET = "agents"
+VNODES = ["x", "fc", "act"]
+MANIFEST = {
+    "apiVersion": "dcnr.io/v1",
+    "kind": "Network",
+    "metadata": {"name": NET},
+    "spec": {
+        "vnodes": [
+            {"name": "x", "kind": "input", "params": {"field": "x_train"},
+             "data": {"url": "file://examples/digits/data.npz"},
+             "resources": {"cpu": "100m", "memory": "32Mi"}},
+            {"name": "fc", "kind": "dense", "inputs": ["x"], "params": {"units": 4},
+             "resources": {"cpu": "100m", "memory": "32Mi"}},
+            {"name": "act", "kind": "relu", "inputs": ["fc"],
+             "resources": {"cpu": "100m", "memory": "32Mi"}},
+        ]
+    },
+}  # fmt: skip
+
+
+class AgentProc:
+    def __init__(self, orchestrator: str, name: str, state_dir: Path) -> None:
+        self.proc = subprocess.Popen(
+            [
+                procs.script("dcnr-agent"), "--orchestrator", orchestrator,
+                "--listen", "127.0.0.1:0", "--name", name, "--state-dir", str(state_dir),
+                "--workdir", str(REPO), "--cpu", "1", "--memory", "1Gi",
+                "--drain-deadline", "20", "--log-level", "warning",
+            ],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        line = procs.read_line(self.proc)
+        match = _SERVING.search(line)
+        assert match, f"unexpected first line: {line!r}"
+        assert match["name"] == name
+        self.name = name
+        self.address = match["address"]
+        assert not self.address.endswith(":0")
+
+
+@pytest.fixture
+def orchestrator(tmp_path: Path) -> Iterator[str]:
+    with procs.orchestrator(f"sqlite:///{tmp_path}/state.db", extra=TIMINGS) as served:
+        yield served.address
+
+
+async def hosted_epoch(address: str, vnode: str) -> int | None:
+    """The epoch at which the agent at `address` hosts `vnode`, or None."""
+    async with aio.insecure_channel(address) as channel:
+        stub = vnode_pb2_grpc.VNodeServiceStub(channel)
+        probe = vnode_pb2.ForwardRequest(
+            job="probe", step=1, network=NET, sender_vnode="__driver__", target_vnode=vnode,
+            target_epoch=-1, tensor=tensors.empty(),
+        )  # fmt: skip
+        refusal: aio.AioRpcError | None = None
+        try:
+            await stub.Forward(probe, timeout=5)
+        except aio.AioRpcError as exc:
+            refusal = exc
+    if refusal is not None and refusal.code() == grpc.StatusCode.NOT_FOUND:
+        return None
+    if refusal is not None and refusal.code() == grpc.StatusCode.FAILED_PRECONDITION:
+        match = re.search(r"which is (\d+)", refusal.details() or "")
+        assert match, refusal.details()
+        return int(match[1])
+    raise AssertionError(f"a probe with epoch -1 was not refused as stale: {refusal}")
+
+
+async def wait_hosting(api: cluster.Api, agents: list[AgentProc], *, avoid: str | None = None):
+    """Until every VNode resolves to one endpoint (none on `avoid`) and the agents host
+    exactly that: the resolved agent at the resolved epoch, the others not at all."""
+    deadline = time.monotonic() + 20
+    last = ""
+    while time.monotonic() < deadline:
+        _, endpoints = await api.wait_resolvable(
+            NET, dict.fromkeys(VNODES, 1), within=20, avoid=avoid
+        )
+        want = {
+            (a.name, v): (endpoints[v][0][1] if endpoints[v][0][0] == a.name else None)
+            for a in agents
+            for v in VNODES
+        }
+        got = {(a.name, v): await hosted_epoch(a.address, v) for a in agents for v in VNODES}
+        if got == want:
+            return endpoints
+        last = f"want {want}, agents host {got}"
+        await asyncio.sleep(0.1)  # polling a condition with a deadline
+    raise AssertionError(f"agents do not host what the orchestrator assigned: {last}")
+
+
+async def test_agents_follow_their_assignments_through_leave_and_death(orchestrator, tmp_path):
+    api = cluster.Api(orchestrator)
+    started: list[AgentProc] = []
+    try:
+        a = AgentProc(orchestrator, "agent-a", tmp_path / "a")
+        started.append(a)
+        b = AgentProc(orchestrator, "agent-b", tmp_path / "b")
+        started.append(b)
+        agents = [a, b]
+        assert (tmp_path / "a" / "credential.json").stat().st_mode & 0o777 == 0o600
+        await api.apply(MANIFEST)
+        await wait_hosting(api, agents)
+
+        # SIGTERM: a deregisters, its VNodes move to b, then it exits 0.
+        a.proc.send_signal(signal.SIGTERM)
+        endpoints = await wait_hosting(api, [b], avoid="agent-a")
+        assert all(endpoints[v][0][0] == "agent-b" for v in VNODES)
+        assert await asyncio.to_thread(a.proc.wait, 30) == 0
+        assert a.proc.stderr is not None
+        assert "still assigned" not in a.proc.stderr.read()  # left drained, not timed out
+
+        # SIGKILL: b's VNodes are re-placed on a newcomer c.
+        c = AgentProc(orchestrator, "agent-c", tmp_path / "c")
+        started.append(c)
+        b.proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(b.proc.wait, 10)
+        endpoints = await wait_hosting(api, [c], avoid="agent-b")
+        assert all(endpoints[v][0][0] == "agent-c" for v in VNODES)
+    finally:
+        await api.close()
+        for agent in started:
+            procs.stop(agent.proc)
+
+
+def test_a_restarted_agent_keeps_its_name(orchestrator, tmp_path):
+    first = AgentProc(orchestrator, "agent-r", tmp_path / "r")
+    assert procs.stop(first.proc) == 0
+    second = AgentProc(orchestrator, "agent-r", tmp_path / "r")  # presents the kept credential
+    assert procs.stop(second.proc) == 0
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--cpu", "lots"), ("--memory", "5Xi"), ("--listen", "nowhere"), ("--label", "novalue")],
+)
+def test_a_bad_flag_is_one_line_naming_it_and_exit_2(flag, value):
+    proc = subprocess.run(
+        [procs.script("dcnr-agent"), "--orchestrator", "127.0.0.1:1", flag, value],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert flag in lines[0]
+    assert value in lines[0]
+    assert "Traceback" not in proc.stderr
