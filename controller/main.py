@@ -15,7 +15,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from controller import config, logs, server
+from controller import config, driver, logs, server
 from store import errors, url
 
 _TIMINGS = (
@@ -56,6 +56,27 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--grace", type=float, default=10.0, help="seconds to finish in-flight work on SIGTERM"
     )
+    serve.add_argument(
+        "--blob-store",
+        default=None,
+        metavar="URL",
+        help="where VNodes write checkpoints: file:///dir/ or s3://bucket/prefix/ "
+        "(default: file:// checkpoints/ beside the SQLite store, or under the state directory)",
+    )
+    serve.add_argument(
+        "--advertise",
+        default="",
+        metavar="HOST:PORT",
+        help="how agents reach this replica's job driver (default: the listen address)",
+    )
+    serve.add_argument(
+        "--step-timeout", type=float, default=10.0, metavar="S",
+        help="a training step not finished in this long rolls back to the last checkpoint",
+    )  # fmt: skip
+    serve.add_argument(
+        "--max-message-bytes", type=int, default=64 * 2**20, metavar="N",
+        help="largest data-plane message the job driver accepts",
+    )  # fmt: skip
     defaults = config.ControlPlaneConfig()
     timings = serve.add_argument_group("timings (seconds)")
     for name in _TIMINGS:
@@ -70,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     init = commands.add_parser("init-store", help="create the store's tables (idempotent)")
     init.add_argument("--store", default=None, help=f"store URL (default: {url.default_url()})")
     return parser
+
+
+def _default_blob_store(store_url: str) -> str:
+    parsed = url.parse(store_url)
+    base = parsed.path.parent if isinstance(parsed, url.SqliteURL) else url.default_state_dir()
+    return f"file://{base.resolve()}/checkpoints/"
 
 
 def _store_url(value: str | None) -> str:
@@ -96,6 +123,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"dcnr-orchestrator: error: --{str(exc).replace('_', '-')}", file=sys.stderr)
             return 2
+        blob_store = args.blob_store or _default_blob_store(store_url)
+        if not blob_store.startswith(("file:///", "s3://")):
+            print(
+                f"dcnr-orchestrator: error: --blob-store {blob_store!r}: must be an absolute "
+                "file:///dir/ or s3://bucket/prefix/ (agents must all reach it)",
+                file=sys.stderr,
+            )
+            return 2
+        if args.step_timeout <= 0 or args.max_message_bytes <= 0:
+            print(
+                "dcnr-orchestrator: error: --step-timeout and --max-message-bytes must be positive",
+                file=sys.stderr,
+            )
+            return 2
         serve_config = server.ServeConfig(
             store_url=store_url,
             listen=args.listen,
@@ -103,6 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             grace_seconds=args.grace,
             replica_id=args.replica_id,
             control=control,
+            driver=driver.DriverConfig(
+                blob_store=blob_store if blob_store.endswith("/") else blob_store + "/",
+                advertise=args.advertise,
+                step_timeout=args.step_timeout,
+                max_message_bytes=args.max_message_bytes,
+            ),
         )
 
         def ready(orchestrator: server.Orchestrator) -> None:

@@ -23,6 +23,7 @@ import logging
 import pkgutil
 import random
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,11 +33,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import api.dcnr.v1
-from api.dcnr.v1 import network_pb2_grpc, pnode_pb2_grpc, resolve_pb2_grpc
+from api.dcnr.v1 import (
+    job_pb2_grpc,
+    network_pb2_grpc,
+    pnode_pb2_grpc,
+    resolve_pb2_grpc,
+    vnode_pb2_grpc,
+)
 from api.resources import allocation, meta, network, pnode
 from controller import clock as clock_mod
 from controller import config as config_mod
 from controller import (
+    driver,
+    driver_inbox,
+    job_loop,
+    job_service,
     leases,
     manager,
     metrics,
@@ -61,14 +72,11 @@ class ServeConfig:
     grace_seconds: float = 10.0
     replica_id: str = ""
     control: config_mod.ControlPlaneConfig = field(default_factory=config_mod.ControlPlaneConfig)
-
-
-#: Served by agents, not by the orchestrator.
-DATA_PLANE_SERVICES = frozenset({"dcnr.v1.VNodeService"})
+    driver: driver.DriverConfig = field(default_factory=driver.DriverConfig)
 
 
 def _generated_services() -> list[tuple[str, Callable[[Any, Any], None], Any]]:
-    """(full service name, add_*_to_server, base servicer) for every control-plane service."""
+    """(full service name, add_*_to_server, base servicer) for every dcnr.v1 service."""
     found = []
     for info in pkgutil.iter_modules(api.dcnr.v1.__path__):
         if not info.name.endswith("_pb2_grpc"):
@@ -76,8 +84,6 @@ def _generated_services() -> list[tuple[str, Callable[[Any, Any], None], Any]]:
         grpc_module = importlib.import_module(f"api.dcnr.v1.{info.name}")
         pb2 = importlib.import_module(f"api.dcnr.v1.{info.name.removesuffix('_grpc')}")
         for service in pb2.DESCRIPTOR.services_by_name.values():
-            if service.full_name in DATA_PLANE_SERVICES:
-                continue
             add = getattr(grpc_module, f"add_{service.name}Servicer_to_server")
             servicer = getattr(grpc_module, f"{service.name}Servicer")()
             found.append((service.full_name, add, servicer))
@@ -110,6 +116,14 @@ class Orchestrator:
         self.view = view.View(store, self.clock, config=control)
         self.manager = manager.Manager(self.clock, rng=random.Random())
         self.leases = leases.LeaseKeeper(store, self.clock, view=self.view, config=control)
+        self.drivers = driver.DriverContext(
+            store=store,
+            view=self.view,
+            clock=self.clock,
+            config=config.driver,
+            replica_id=self.replica_id,
+        )
+        self.job_loop = job_loop.JobLoop(self.drivers)
         self.replicas = replicas.Replicas(
             store,
             self.clock,
@@ -170,6 +184,13 @@ class Orchestrator:
                 list_keys=keys,
                 owns=self.replicas.owns,
             )
+        self.manager.register(
+            self.job_loop,
+            workers=control.workers_per_loop,
+            resync_every=control.resync_every,
+            list_keys=self.job_loop.list_keys,
+            owns=self.replicas.owns,
+        )
         self.metrics.watch_manager(self.manager)
         self.metrics.watch_view(self.view)
         self.view.subscribe(self._on_change)
@@ -219,6 +240,24 @@ class Orchestrator:
                 ),
             ),
         }
+        implemented["dcnr.v1.JobService"] = (
+            job_pb2_grpc.add_JobServiceServicer_to_server,
+            job_service.JobService(
+                context=self.drivers,
+                on_changed=lambda job: self.manager.enqueue("job", job.name),
+            ),
+        )
+        # The orchestrator hosts one VNode only: `__driver__`, where sinks send outputs and
+        # sources report finished backward passes; agents serve every other VNode.
+        implemented["dcnr.v1.VNodeService"] = (
+            vnode_pb2_grpc.add_VNodeServiceServicer_to_server,
+            driver_inbox.DriverInboxService(
+                inbox=self.drivers.inbox,
+                view=self.view,
+                replica_id=self.replica_id,
+                max_message_bytes=self.config.driver.max_message_bytes,
+            ),
+        )
         for name, add, servicer in _generated_services():
             add_impl, impl = implemented.get(name, (add, servicer))
             add_impl(impl, self.server)
@@ -250,6 +289,9 @@ class Orchestrator:
             raise OSError(f"--listen {self.config.listen}: cannot bind ({exc})") from None
         if self.port == 0:
             raise OSError(f"--listen {self.config.listen}: cannot bind")
+        self.drivers.set_reply_to(
+            self.config.driver.advertise or _advertised(self.config.listen, self.port)
+        )
         if self.config.metrics_listen:
             host, port = _split(self.config.metrics_listen, "--metrics-listen")
             self.metrics_port = self.metrics.start_http(host, port)
@@ -260,9 +302,12 @@ class Orchestrator:
     async def stop(self) -> None:
         grace = self.config.grace_seconds
         await self.health.enter_graceful_shutdown()
+        # Driver tasks stop first; their jobs stay Running for whichever replica owns them next.
+        await self.job_loop.stop()
         await self.server.stop(grace)
         if self.manager_started:
             await self.manager.stop(grace)
+        await self.drivers.close()
         for step in (self.leases.stop, self.replicas.stop, self.view.stop):
             try:
                 await step()
@@ -271,6 +316,14 @@ class Orchestrator:
         if self.metrics_port is not None:
             await asyncio.to_thread(self.metrics.stop_http)
         await self.store.close()
+
+
+def _advertised(listen: str, port: int) -> str:
+    """Where agents reach this replica: the listen host (the host name for a wildcard)."""
+    host, _ = _split(listen, "--listen")
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return f"{host}:{port}"
 
 
 def _keys_for_change(

@@ -24,7 +24,7 @@ def main(source: str) -> None:
     pixels = (data[:, :64] / 16.0).astype(np.float32)
     labels = data[:, 64].astype(np.int64)
     order = np.random.default_rng(SEED).permutation(len(labels))
-    cut = int(round(len(labels) * (1 - TEST_FRACTION)))
+    cut = round(len(labels) * (1 - TEST_FRACTION))
     train, test = order[:cut], order[cut:]
     np.savez_compressed(
         Path(__file__).with_name("data.npz"),
