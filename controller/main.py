@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from controller import config, driver, logs, server
 from store import errors, url
@@ -88,9 +89,56 @@ def _parser() -> argparse.ArgumentParser:
             help=f"default: {getattr(defaults, name)}",
         )
 
+    up = commands.add_parser("up", help="run a local cluster: the orchestrator and N agents")
+    up.add_argument("--agents", type=int, default=3, help="agents to start (default: 3)")
+    up.add_argument(
+        "--store", default=None, help="store URL (default: sqlite:/// under --state-dir)"
+    )
+    up.add_argument(
+        "--listen", default="127.0.0.1:7070", help="gRPC address (default: %(default)s)"
+    )
+    up.add_argument("--state-dir", type=Path, default=None, help="default: $XDG_STATE_HOME/dcnr/up")
+    up.add_argument(
+        "--workdir", type=Path, default=Path.cwd(), help="agents resolve file:// data here"
+    )
+
     init = commands.add_parser("init-store", help="create the store's tables (idempotent)")
     init.add_argument("--store", default=None, help=f"store URL (default: {url.default_url()})")
     return parser
+
+
+def _up(args: argparse.Namespace) -> int:
+    from controller import up
+
+    if args.agents < 0:
+        print(
+            f"dcnr-orchestrator: error: --agents: must be >= 0, got {args.agents}", file=sys.stderr
+        )
+        return 2
+    state_dir = (args.state_dir or url.default_state_dir() / "up").resolve()
+    store_url = args.store or f"sqlite:///{state_dir / 'state.db'}"
+    try:
+        url.parse(store_url)
+    except errors.InvalidRequest as exc:
+        print(f"dcnr-orchestrator: error: --store: {exc}", file=sys.stderr)
+        return 2
+    serve_config = server.ServeConfig(
+        store_url=store_url,
+        listen=args.listen,
+        driver=driver.DriverConfig(blob_store=f"file://{state_dir}/checkpoints/"),
+    )
+    config = up.UpConfig(
+        serve=serve_config, agents=args.agents, state_dir=state_dir, workdir=args.workdir.resolve()
+    )
+    try:
+        asyncio.run(up.run(config))
+    except errors.StoreError as exc:
+        print(f"dcnr-orchestrator: error: store {store_url}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"dcnr-orchestrator: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _default_blob_store(store_url: str) -> str:
@@ -113,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except errors.InvalidRequest as exc:
         print(f"dcnr-orchestrator: error: --store: {exc}", file=sys.stderr)
         return 2
+    if args.command == "up":
+        return _up(args)
     try:
         if args.command == "init-store":
             for line in asyncio.run(url.init_store(store_url)):

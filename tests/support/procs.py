@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import re
-import select
 import signal
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -27,21 +27,41 @@ def script(name: str) -> str:
     return str(path)
 
 
+_readers: dict[int, queue.Queue[str | None]] = {}
+_readers_lock = threading.Lock()
+
+
+def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str | None]:
+    """A thread per process reads its stdout into a queue (None at EOF): select() on the
+    pipe would miss lines Python already buffered from one multi-line write."""
+    with _readers_lock:
+        lines = _readers.get(proc.pid)
+        if lines is None:
+            lines = _readers[proc.pid] = queue.Queue()
+            stream = proc.stdout
+            assert stream is not None
+
+            def pump() -> None:
+                with contextlib.suppress(ValueError, OSError):
+                    for line in stream:
+                        lines.put(line)
+                lines.put(None)
+
+            threading.Thread(target=pump, name=f"stdout-{proc.pid}", daemon=True).start()
+        return lines
+
+
 def read_line(proc: subprocess.Popen[str], *, timeout: float = 30.0) -> str:
     """The next line of proc's stdout, or an AssertionError naming what happened instead."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.1)
-        if ready:
-            line = proc.stdout.readline()
-            if line:
-                return line
-        if proc.poll() is not None:
-            rest = proc.stdout.read() if proc.stdout else ""
-            err = proc.stderr.read() if proc.stderr else ""
-            raise AssertionError(f"process exited with {proc.returncode}: {rest}{err}")
-    raise AssertionError(f"no line from {proc.args!r} within {timeout}s")
+    try:
+        line = _lines(proc).get(timeout=timeout)
+    except queue.Empty:
+        raise AssertionError(f"no line from {proc.args!r} within {timeout}s") from None
+    if line is None:
+        proc.wait(timeout=timeout)
+        err = proc.stderr.read() if proc.stderr else ""
+        raise AssertionError(f"process exited with {proc.returncode}: {err}")
+    return line
 
 
 def stop(proc: subprocess.Popen[str], *, timeout: float = 20.0) -> int:
@@ -55,6 +75,8 @@ def stop(proc: subprocess.Popen[str], *, timeout: float = 20.0) -> int:
     for stream in (proc.stdout, proc.stderr):
         if stream is not None:
             stream.close()
+    with _readers_lock:
+        _readers.pop(proc.pid, None)  # pids are reused
     return proc.returncode
 
 
