@@ -9,7 +9,6 @@ compared with what the orchestrator resolves.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import subprocess
@@ -24,6 +23,7 @@ from grpc import aio
 from api import tensors
 from api.dcnr.v1 import vnode_pb2, vnode_pb2_grpc
 from tests.integration import cluster
+from tests.support import agents as agents_mod
 from tests.support import procs
 
 pytestmark = pytest.mark.slow
@@ -57,25 +57,8 @@ MANIFEST = {
 }  # fmt: skip
 
 
-class AgentProc:
-    def __init__(self, orchestrator: str, name: str, state_dir: Path) -> None:
-        self.proc = subprocess.Popen(
-            [
-                procs.script("dcnr-agent"), "--orchestrator", orchestrator,
-                "--listen", "127.0.0.1:0", "--name", name, "--state-dir", str(state_dir),
-                "--workdir", str(REPO), "--cpu", "1", "--memory", "1Gi",
-                "--drain-deadline", "20", "--log-level", "warning",
-            ],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-        line = procs.read_line(self.proc)
-        match = _SERVING.search(line)
-        assert match, f"unexpected first line: {line!r}"
-        assert match["name"] == name
-        self.name = name
-        self.address = match["address"]
-        assert not self.address.endswith(":0")
+def AgentProc(orchestrator: str, name: str, state_dir: Path) -> agents_mod.Agent:
+    return agents_mod.Agent(orchestrator, name, state_dir, extra=["--drain-deadline", "20"])
 
 
 @pytest.fixture
@@ -106,7 +89,9 @@ async def hosted_epoch(address: str, vnode: str) -> int | None:
     raise AssertionError(f"a probe with epoch -1 was not refused as stale: {refusal}")
 
 
-async def wait_hosting(api: cluster.Api, agents: list[AgentProc], *, avoid: str | None = None):
+async def wait_hosting(
+    api: cluster.Api, agents: list[agents_mod.Agent], *, avoid: str | None = None
+):
     """Until every VNode resolves to one endpoint (none on `avoid`) and the agents host
     exactly that: the resolved agent at the resolved epoch, the others not at all."""
     deadline = time.monotonic() + 20
@@ -130,7 +115,7 @@ async def wait_hosting(api: cluster.Api, agents: list[AgentProc], *, avoid: str 
 
 async def test_agents_follow_their_assignments_through_leave_and_death(orchestrator, tmp_path):
     api = cluster.Api(orchestrator)
-    started: list[AgentProc] = []
+    started: list[agents_mod.Agent] = []
     try:
         a = AgentProc(orchestrator, "agent-a", tmp_path / "a")
         started.append(a)
@@ -146,8 +131,7 @@ async def test_agents_follow_their_assignments_through_leave_and_death(orchestra
         endpoints = await wait_hosting(api, [b], avoid="agent-a")
         assert all(endpoints[v][0][0] == "agent-b" for v in VNODES)
         assert await asyncio.to_thread(a.proc.wait, 30) == 0
-        assert a.proc.stderr is not None
-        assert "still assigned" not in a.proc.stderr.read()  # left drained, not timed out
+        assert "still assigned" not in a.log.read_text()  # left drained, not timed out
 
         # SIGKILL: b's VNodes are re-placed on a newcomer c.
         c = AgentProc(orchestrator, "agent-c", tmp_path / "c")
