@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from controller import config, driver, logs, server
+from controller import auth, config, driver, logs, server
 from store import errors, url
 
 _TIMINGS = (
@@ -56,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--grace", type=float, default=10.0, help="seconds to finish in-flight work on SIGTERM"
+    )
+    serve.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        default=None,
+        help="require 'authorization: Bearer <token>' on management calls; one token per line "
+        "(default: no admin auth)",
     )
     serve.add_argument(
         "--blob-store",
@@ -187,6 +194,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+        try:
+            admin_tokens = (
+                frozenset(auth.load_tokens(args.admin_token_file))
+                if args.admin_token_file
+                else frozenset()
+            )
+        except (OSError, ValueError) as exc:
+            print(f"dcnr-orchestrator: error: --admin-token-file: {exc}", file=sys.stderr)
+            return 2
         serve_config = server.ServeConfig(
             store_url=store_url,
             listen=args.listen,
@@ -194,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             grace_seconds=args.grace,
             replica_id=args.replica_id,
             control=control,
+            admin_tokens=admin_tokens,
             driver=driver.DriverConfig(
                 blob_store=blob_store if blob_store.endswith("/") else blob_store + "/",
                 advertise=args.advertise,

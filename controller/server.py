@@ -41,9 +41,8 @@ from api.dcnr.v1 import (
     vnode_pb2_grpc,
 )
 from api.resources import allocation, meta, network, pnode
-from controller import clock as clock_mod
-from controller import config as config_mod
 from controller import (
+    auth,
     driver,
     driver_inbox,
     job_loop,
@@ -57,6 +56,8 @@ from controller import (
     resolution_service,
     view,
 )
+from controller import clock as clock_mod
+from controller import config as config_mod
 from reconcilers import network as network_loop
 from reconcilers import pnode as pnode_loop
 from store import base
@@ -73,6 +74,8 @@ class ServeConfig:
     replica_id: str = ""
     control: config_mod.ControlPlaneConfig = field(default_factory=config_mod.ControlPlaneConfig)
     driver: driver.DriverConfig = field(default_factory=driver.DriverConfig)
+    #: Bearer tokens management calls must present; empty: no admin auth (local use).
+    admin_tokens: frozenset[str] = frozenset()
 
 
 def _generated_services() -> list[tuple[str, Callable[[Any, Any], None], Any]]:
@@ -135,7 +138,11 @@ class Orchestrator:
         # No SO_REUSEPORT: a second orchestrator on a taken port must fail, not share it.
         self.server = aio.server(
             options=[("grpc.so_reuseport", 0)],
-            interceptors=[self.metrics.interceptor()],
+            # Metrics first, so refused calls are still timed with their status code.
+            interceptors=[
+                self.metrics.interceptor(),
+                *([auth.AdminTokenInterceptor(config.admin_tokens)] if config.admin_tokens else []),
+            ],
         )
         # grpc_health ships no stub for its aio module.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]

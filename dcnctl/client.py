@@ -1,0 +1,98 @@
+"""One connection to an orchestrator: channel, stubs, request header and credentials.
+
+Synchronous gRPC on purpose: a CLI does one thing at a time, and the blocking API gives
+Ctrl-C (KeyboardInterrupt) a single obvious place to land, in the middle of a watch too.
+Every failed call leaves through `errors.from_rpc`, so no grpc exception reaches `main`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from api.dcnr.v1 import (
+    common_pb2,
+    job_pb2_grpc,
+    network_pb2_grpc,
+    pnode_pb2_grpc,
+)
+from api.resources import meta
+from dcnctl import config, errors
+
+Resp = TypeVar("Resp")
+
+#: Seconds a unary call may take unless --request-timeout says otherwise.
+DEFAULT_TIMEOUT = 30.0
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("dcnr")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "0.0.0+unknown"
+
+
+class Client:
+    def __init__(self, ctx: config.Context, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.server = ctx.server
+        self.timeout: float | None = timeout or None  # 0: no deadline, as kubectl's "0"
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {ctx.token}"),) if ctx.token else ()
+        )
+        options = [("grpc.max_receive_message_length", 256 * 2**20),
+                   ("grpc.max_send_message_length", 256 * 2**20)]  # fmt: skip
+        if ctx.tls:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=_read(ctx.tls_ca, "tls-ca"),
+                private_key=_read(ctx.tls_key, "tls-key"),
+                certificate_chain=_read(ctx.tls_cert, "tls-cert"),
+            )
+            self.channel = grpc.secure_channel(ctx.server, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(ctx.server, options=options)
+        self.networks = network_pb2_grpc.NetworkServiceStub(self.channel)
+        self.pnodes = pnode_pb2_grpc.PNodeServiceStub(self.channel)
+        self.jobs = job_pb2_grpc.JobServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def header(self) -> common_pb2.RequestHeader:
+        """A fresh header; its request_id makes a retried mutation apply once."""
+        return common_pb2.RequestHeader(
+            api_version=meta.API_VERSION,
+            client_name="dcnctl",
+            client_version=version(),
+            request_id=uuid.uuid4().hex,
+        )
+
+    def call(
+        self, method: Callable[..., Resp], request: Any, *, timeout: float | None = -1.0
+    ) -> Resp:
+        """A unary call; every failure becomes a CliError."""
+        seconds = self.timeout if timeout == -1.0 else timeout
+        try:
+            return method(request, timeout=seconds, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise errors.from_rpc(exc, self.server) from None
+
+    def stream(
+        self, method: grpc.UnaryStreamMultiCallable[Any, Resp], request: Any
+    ) -> Iterator[Resp]:
+        """A server stream with no deadline (watches run until Ctrl-C). Errors surface as
+        grpc.RpcError from iteration; callers that reconnect want to see them raw."""
+        return iter(method(request, metadata=self._metadata))
+
+
+def _read(path: str, what: str) -> bytes | None:
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise errors.local(f"{what} {path}: {exc.strerror or exc}") from None

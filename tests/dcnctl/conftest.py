@@ -1,0 +1,95 @@
+"""dcnctl runs as a subprocess (`python -m dcnctl`) against a real orchestrator and real
+agents; one cluster serves the whole dcnctl test session, since starting one costs
+seconds. Tests that change the cluster's shared state (cordon, drain) undo it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import agents, procs
+
+REPO = agents.REPO
+
+
+class Dcnctl:
+    """Runs dcnctl with its own config file and, by default, the cluster's server."""
+
+    def __init__(self, config: Path, server: str | None) -> None:
+        self.config = config
+        self.server = server
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DCNR_")}
+        env["DCNR_CONFIG"] = str(self.config)
+        if self.server is not None:
+            env["DCNR_SERVER"] = self.server
+        return env
+
+    def __call__(
+        self, *args: str, input: str | bytes | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "dcnctl", *args],
+            input=input.decode() if isinstance(input, bytes) else input,
+            capture_output=True, text=True, env=self.env(), cwd=REPO, timeout=120,
+        )  # fmt: skip
+        assert "Traceback" not in proc.stderr, proc.stderr
+        if check:
+            assert proc.returncode == 0, f"dcnctl {' '.join(args)}: {proc.stderr}"
+        return proc
+
+    def fails(self, *args: str, code: int = 1, input: str | None = None) -> str:
+        """Runs a command that must fail; returns its stderr, checked to be kubectl-like."""
+        proc = self(*args, input=input, check=False)
+        assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+        return proc.stderr
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self(*args, "-o", "json").stdout)
+
+    def until(self, what: str, check: Any, *args: str, within: float = 30.0) -> Any:
+        """Poll `get ... -o json` until check(body) is true; AssertionError otherwise."""
+        deadline = time.monotonic() + within
+        while True:
+            body = self.json(*args)
+            if check(body):
+                return body
+            assert time.monotonic() < deadline, f"{what}: not within {within}s: {body}"
+            time.sleep(0.2)  # polling a condition with a deadline
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An orchestrator and three agents (2 cpu, 2Gi each); yields the server address."""
+    root = tmp_path_factory.mktemp("dcnctl-cluster")
+    with (
+        procs.orchestrator(f"sqlite:///{root / 'state.db'}") as served,
+        agents.agents(served.address, root, 3, cpu="2", memory="2Gi"),
+    ):
+        cli = Dcnctl(root / "config", served.address)
+        cli.until(
+            "3 ready pnodes",
+            lambda body: [p["status"]["phase"] for p in body["items"]] == ["Ready"] * 3,
+            "get", "pnodes",
+        )  # fmt: skip
+        yield served.address
+
+
+@pytest.fixture
+def dcnctl(cluster: str, tmp_path: Path) -> Dcnctl:
+    return Dcnctl(tmp_path / "config", cluster)
+
+
+@pytest.fixture
+def offline(tmp_path: Path) -> Dcnctl:
+    """dcnctl with no server configured at all."""
+    return Dcnctl(tmp_path / "config", None)

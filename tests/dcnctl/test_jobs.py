@@ -1,0 +1,113 @@
+"""dcnctl train, infer and PNode administration against live agents, on the digits
+example (one short epoch: these test the CLI, tests/integration test the learning)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.dcnctl import goldens
+from tests.dcnctl.conftest import REPO, Dcnctl
+
+pytestmark = pytest.mark.slow
+
+DIGITS = REPO / "examples" / "digits"
+BAR = re.compile(r"^\[[#.]{20}\] step \d+/6 epoch [01]/1( loss \S+)?( acc \S+)? ETA \S+$")
+
+
+@pytest.fixture(scope="module")
+def digits(cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Dcnctl:
+    cli = Dcnctl(tmp_path_factory.mktemp("digits") / "config", cluster)
+    cli("apply", "-f", str(DIGITS / "network.yaml"))
+    cli.until("digits Ready", lambda b: b["status"].get("phase") == "Ready",
+              "get", "network", "digits")  # fmt: skip
+    return cli
+
+
+def test_train_follows_the_job_to_the_end(digits: Dcnctl) -> None:
+    out = digits("train", "digits", "--epochs", "1", "--batch-size", "256", "--optimizer",
+                 "adam", "--lr", "0.01", "--seed", "1", "--name", "cli-train").stdout  # fmt: skip
+    lines = out.splitlines()
+    assert lines[0] == "job.dcnr.io/cli-train created"
+    bars = [line for line in lines if line.startswith("[")]
+    assert bars, lines
+    assert all(BAR.match(line) for line in bars), lines
+    assert bars[-1].startswith("[####################] step 6/6 epoch 1/1 loss ")
+    assert re.match(r"^job\.dcnr\.io/cli-train succeeded: loss \d+\.\d{4} accuracy \d\.\d{3}$",
+                    lines[-1]), lines  # fmt: skip
+    table = digits("get", "jobs", "cli-train").stdout
+    volatile = {"AGE": goldens.whole("<AGE>"), "LOSS": goldens.whole("<LOSS>"),
+                "ACCURACY": goldens.whole("<ACC>")}  # fmt: skip
+    goldens.check("jobs.txt", table, volatile)
+    described = digits("describe", "job", "cli-train").stdout
+    assert re.search(r"^  Phase: +Succeeded$", described, re.M), described
+    assert "Optimizer:" in described
+    assert "Events:         <none>" in described
+
+
+def test_train_detach_prints_the_job_name(digits: Dcnctl) -> None:
+    name = digits("train", "digits", "--detach", "--epochs", "1", "--batch-size", "512").stdout
+    assert re.fullmatch(r"digits-[0-9a-f]{8}\n", name), name
+    job = digits.until("detached job done", lambda b: b["status"]["phase"] == "Succeeded",
+                       "get", "job", name.strip(), within=60)  # fmt: skip
+    assert (job["spec"]["network"], job["spec"]["batchSize"]) == ("digits", 512)
+    listed = digits("get", "jobs", "--network", "digits", "-o", "name").stdout.split()
+    assert f"job.dcnr.io/{name.strip()}" in listed
+
+
+def test_train_errors(digits: Dcnctl) -> None:
+    err = digits.fails("train", "nope", "--detach")
+    assert err == "Error from server (NotFound): network: 'nope' not found; apply it before " \
+                  "training on it\n"  # fmt: skip
+    err = digits.fails("train", "digits", "--detach", "--lr", "-1")
+    assert err.startswith("Error from server (Invalid): learning_rate: ")
+
+
+def test_infer_from_npy_json_and_stdin(digits: Dcnctl, tmp_path: Path) -> None:
+    x = np.load(DIGITS / "data.npz")["x_test"][:5].astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = digits("infer", "digits", "--input", str(tmp_path / "x.npy"), "--source", "x").stdout
+    assert out.startswith("loss: shape (5, 10) float32\n  predictions: [")
+    predictions = json.loads(out.splitlines()[1].split(":", 1)[1])
+    assert len(predictions) == 5
+    assert all(0 <= p < 10 for p in predictions)
+    (tmp_path / "x.json").write_text(json.dumps({"x": x[:3].tolist()}))
+    from_json = digits("infer", "digits", "-i", str(tmp_path / "x.json")).stdout
+    assert from_json.startswith("loss: shape (3, 10) float32\n")
+    assert json.loads(from_json.splitlines()[1].split(":", 1)[1]) == predictions[:3]
+    from_stdin = digits("infer", "digits", "-i", "-", input=json.dumps({"x": x[:2].tolist()}))
+    assert from_stdin.stdout.startswith("loss: shape (2, 10) float32\n")
+    target = tmp_path / "out.npy"
+    assert digits("infer", "digits", "-i", str(tmp_path / "x.npy"), "--source", "x", "-o",
+                  str(target)).stdout == f"wrote loss to {target}\n"  # fmt: skip
+    written = np.load(target)
+    assert written.shape == (5, 10)
+    assert np.allclose(written.sum(axis=1), 1.0, atol=1e-4)
+    assert np.argmax(written, axis=1).tolist() == predictions
+    err = digits.fails("infer", "digits", "-i", str(tmp_path / "x.npy"))
+    assert err.startswith("error: network 'digits' has sources x, y: name the one")
+
+
+def test_cordon_uncordon_drain(digits: Dcnctl) -> None:
+    assert digits("cordon", "agent-0").stdout == "pnode.dcnr.io/agent-0 cordoned\n"
+    assert digits("get", "pn", "agent-0", "--no-headers").stdout.split()[1] == (
+        "Ready,SchedulingDisabled"
+    )
+    assert digits("uncordon", "pnode", "agent-0").stdout == "pnode.dcnr.io/agent-0 uncordoned\n"
+    drained = digits("drain", "pnode/agent-1", "--reason", "test").stdout.splitlines()
+    assert drained[0] == "pnode.dcnr.io/agent-1 cordoned"
+    assert drained[-1] == "pnode.dcnr.io/agent-1 drained"
+    status = digits("get", "pn", "agent-1", "--no-headers").stdout.split()[1]
+    assert status == "Ready,SchedulingDisabled,Draining"
+    digits.until("agent-1 empty",
+                 lambda b: all(a["spec"]["pnode"] != "agent-1" for a in b["items"]),
+                 "get", "vnodes")  # fmt: skip
+    digits("uncordon", "agent-1")
+    assert digits("get", "pn", "agent-1", "--no-headers").stdout.split()[1] == "Ready"
+    err = digits.fails("cordon", "pnode", "nope")
+    assert err == 'Error from server (NotFound): pnodes.dcnr.io "nope" not found\n'
+    assert digits.fails("cordon", "network", "x").startswith("error: this command does not take")
