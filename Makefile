@@ -22,9 +22,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	@echo "make demo: for now this starts the orchestrator on the embedded store (state/demo.db)."
-	@echo "The full demo (three agents, training digits, a failover) arrives with the dcnctl issue."
-	$(BIN)/dcnr-orchestrator serve --store sqlite:///$(CURDIR)/state/demo.db
+	$(BIN)/python examples/demo.py
 
 test: lint typecheck layers pytest
 

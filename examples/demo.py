@@ -51,6 +51,15 @@ def get_json(*args: str) -> dict:  # type: ignore[type-arg]
     return json.loads(dcnctl("get", *args, "-o", "json", capture=True))
 
 
+def job_step(name: str) -> int:
+    """The job's step, 0 while it does not exist yet."""
+    result = subprocess.run(
+        [str(BIN / "dcnctl"), "get", "job", name, "-o", "json"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return int(json.loads(result.stdout)["status"].get("step", 0)) if result.returncode == 0 else 0
+
+
 def wait_for(what: str, check, within: float) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + within
     while not check():
@@ -106,8 +115,11 @@ def main() -> int:
 
         say("Training, with one agent killed a third of the way through")
         trainer = subprocess.Popen([str(BIN / "dcnctl"), "train", "digits", "--name", JOB, *TRAIN])
-        wait_for("training a third of the way", lambda: get_json("job", JOB)["status"].get(
-            "step", 0) >= 115 or trainer.poll() is not None, 120)  # fmt: skip
+        wait_for(
+            "training a third of the way",
+            lambda: job_step(JOB) >= 115 or trainer.poll() is not None,
+            120,
+        )
         hosts = Counter(
             a["spec"]["pnode"] for a in get_json("vnodes", "--network", "digits")["items"]
         )
@@ -124,7 +136,8 @@ def main() -> int:
         say("Held-out accuracy, through the orchestrator")
         data = np.load(DATA)
         np.save(state / "x_test.npy", data["x_test"])
-        dcnctl("infer", "digits", "--input", str(state / "x_test.npy"), "-o", str(state / "p.npy"))
+        dcnctl("infer", "digits", "--input", str(state / "x_test.npy"), "--source", "x",
+               "-o", str(state / "p.npy"))  # fmt: skip
         probabilities = np.load(state / "p.npy")
         predictions = probabilities.argmax(axis=1)
         accuracy = float(np.mean(predictions == data["y_test"]))
