@@ -34,7 +34,7 @@ import grpc
 from grpc import aio
 
 from agent import capacity, dataplane, peers
-from api.dcnr.v1 import pnode_pb2, pnode_pb2_grpc
+from api.dcnr.v1 import pnode_pb2, pnode_pb2_grpc, validation_pb2, validation_pb2_grpc
 
 log = logging.getLogger("dcnr.agent")
 
@@ -111,6 +111,18 @@ class Agent:
     def _stub(self) -> tuple[aio.Channel, pnode_pb2_grpc.PNodeServiceAsyncStub]:
         channel = self._orchestrators.channel()
         return channel, pnode_pb2_grpc.PNodeServiceStub(channel)
+
+    async def report(self, request: validation_pb2.ReportResultRequest) -> None:
+        """A result that failed a check here, reported with our identity (best effort: the
+        refusal already protects this VNode; the report strikes the producer)."""
+        request.header.CopyFrom(peers.header())
+        request.pnode_id = self.name
+        request.incarnation = self.incarnation
+        stub = validation_pb2_grpc.ValidationServiceStub(self._orchestrators.channel())
+        try:
+            await stub.ReportResult(request, metadata=self._metadata(), timeout=5)
+        except grpc.RpcError as exc:
+            log.warning("validation report not delivered: %s", exc)
 
     # -- registration -----------------------------------------------------------------------
 

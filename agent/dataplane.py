@@ -9,6 +9,12 @@ retry can help. Sends happen after the lock is released, each on its own task wi
 retries (`agent.peers`), so a handler answers once the message is recorded and computed on,
 never after the whole network has reacted to it.
 
+Results are checked before anyone uses them (`api.checks`): a received activation against
+the kind of the VNode that sent it (the assignment names its neighbours' kinds), a gradient
+for dtype, shape and finiteness. A failure is refused INVALID_ARGUMENT, reason CheckFailed,
+naming the check, and reported to the orchestrator (`Reporter`, ValidationService), which
+strikes the producing PNode and rolls the job back.
+
 Instances follow the agent's assignment set level-based (`reconcile`): one per assigned
 (network, vnode, replica) at its epoch, rebuilt when the epoch or definition changes,
 dropped (with its in-flight sends cancelled) when no longer assigned.
@@ -40,8 +46,8 @@ from grpc import aio
 
 from agent import blobs, vnode
 from agent.runtime import data, kinds, state
-from api import tensors
-from api.dcnr.v1 import common_pb2, pnode_pb2, vnode_pb2, vnode_pb2_grpc
+from api import checks, tensors
+from api.dcnr.v1 import common_pb2, pnode_pb2, validation_pb2, vnode_pb2, vnode_pb2_grpc
 
 log = logging.getLogger("dcnr.agent.dataplane")
 
@@ -58,6 +64,7 @@ _CODES = {
     "NotReady": grpc.StatusCode.FAILED_PRECONDITION,
     "VNodeFailed": grpc.StatusCode.FAILED_PRECONDITION,
     "Invalid": grpc.StatusCode.INVALID_ARGUMENT,
+    "CheckFailed": grpc.StatusCode.INVALID_ARGUMENT,
     "NotHosted": grpc.StatusCode.NOT_FOUND,
     "TooLarge": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "Checksum": grpc.StatusCode.DATA_LOSS,
@@ -72,6 +79,12 @@ class Sender(Protocol):
     async def send_backward(self, request: vnode_pb2.BackwardRequest) -> bool: ...
 
 
+class Reporter(Protocol):
+    """Sends a ValidationService report with this PNode's identity and credential."""
+
+    async def report(self, request: validation_pb2.ReportResultRequest) -> None: ...
+
+
 Slot = tuple[str, str, int]  # (network, vnode, replica)
 KindFactory = Callable[[pnode_pb2.Assignment], kinds.Kind]
 
@@ -84,6 +97,8 @@ class _Hosted:
     tasks: set[asyncio.Task[bool]] = field(default_factory=set)
     #: Compute in a worker thread (see the module docstring).
     in_thread: bool = False
+    #: Neighbour VNode → (kind, params) from the assignment, for the result checks.
+    neighbours: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 class _Refusal(Exception):
@@ -113,6 +128,9 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
         self._max_bytes = max_message_bytes
         self._in_thread = compute_in_thread
         self._hosted: dict[Slot, _Hosted] = {}
+        #: Set by the agent once registered; None: failed checks are refused, not reported.
+        self.reporter: Reporter | None = None
+        self._reports: set[asyncio.Task[None]] = set()
         #: Assignments whose kind could not be built: (signature, why), reported as FAILED.
         self._failed: dict[Slot, tuple[tuple[Any, ...], str]] = {}
 
@@ -127,7 +145,10 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
         self._failed = {s: f for s, f in self._failed.items() if s in desired}
         for slot, a in desired.items():
             sig = signature(a)
-            if slot in self._hosted or self._failed.get(slot, ((),))[0] == sig:
+            if slot in self._hosted:
+                self._hosted[slot].neighbours = _neighbours(a)  # checks only: no rebuild
+                continue
+            if self._failed.get(slot, ((),))[0] == sig:
                 continue
             try:
                 kind = self._make_kind(a)
@@ -147,7 +168,10 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
                 children=list(a.outputs),
             )
             self._hosted[slot] = _Hosted(
-                instance, sig, in_thread=self._in_thread or kind.data is not None
+                instance,
+                sig,
+                in_thread=self._in_thread or kind.data is not None,
+                neighbours=_neighbours(a),
             )
             log.info("%s/%s replica %d: hosting at epoch %d", *slot, a.epoch)
 
@@ -276,6 +300,7 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
         try:
             message = self._decode(request, forward=forward)
             hosted = self._lookup(request.network, request.target_vnode, request.target_replica)
+            self._check(hosted, request, message)
             async with hosted.lock:
                 if hosted.in_thread:
                     duplicate, out = await asyncio.to_thread(hosted.instance.receive, message)
@@ -326,6 +351,67 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
             empty=tensors.is_empty(request.tensor),
         )
 
+    def _check(
+        self,
+        hosted: _Hosted,
+        request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest,
+        message: vnode.Message,
+    ) -> None:
+        """The result checks; a failure is refused and reported (module docstring)."""
+        if message.sender_vnode == vnode.DRIVER:
+            return  # batch indices or the caller's tensor: not a VNode's result
+        try:
+            if message.forward:
+                kind, params = hosted.neighbours.get(message.sender_vnode, ("", {}))
+                training = message.position[0] == "step"
+                checks.check_forward(kind, params, message.array, training=training)
+            else:
+                checks.check_gradient(message.array)
+        except checks.CheckFailed as failed:
+            self._report(request, failed)
+            raise _Refusal(
+                "CheckFailed",
+                f"tensor: result of {message.sender_vnode!r} replica {message.sender_replica} "
+                f"refused: {failed}",
+            ) from None
+
+    def _report(
+        self,
+        request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest,
+        failed: checks.CheckFailed,
+    ) -> None:
+        if self.reporter is None:
+            return
+        report = validation_pb2.ReportResultRequest(
+            job=request.job,
+            network=request.network,
+            vnode=request.target_vnode,
+            replica=request.target_replica,
+            epoch=request.target_epoch,
+            phase=(
+                validation_pb2.COMPUTE_PHASE_FORWARD
+                if isinstance(request, vnode_pb2.ForwardRequest)
+                else validation_pb2.COMPUTE_PHASE_BACKWARD
+            ),
+            checks=[
+                validation_pb2.CheckOutcome(
+                    check=failed.check,
+                    result=validation_pb2.CHECK_RESULT_FAILED,
+                    message=failed.message[:1024],
+                )
+            ],
+            subject_vnode=request.sender_vnode,
+            subject_replica=request.sender_replica,
+            subject_epoch=request.sender_epoch,
+        )
+        if request.WhichOneof("position") == "step":
+            report.step = request.step
+        else:
+            report.request_id = request.request_id
+        task = asyncio.get_running_loop().create_task(self.reporter.report(report))
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
     def _lookup(self, network: str, name: str, replica: int) -> _Hosted:
         slot = (network, name, replica)
         hosted = self._hosted.get(slot)
@@ -364,6 +450,17 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
         if o.forward:
             return await self._sender.send_forward(vnode_pb2.ForwardRequest(**fields))
         return await self._sender.send_backward(vnode_pb2.BackwardRequest(**fields))
+
+
+def _neighbours(a: pnode_pb2.Assignment) -> dict[str, tuple[str, dict[str, Any]]]:
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name, kind in a.neighbour_kinds.items():
+        try:
+            params = json.loads(a.neighbour_params_json.get(name, b"{}") or b"{}")
+        except ValueError:
+            params = {}
+        found[name] = (kind, params if isinstance(params, dict) else {})
+    return found
 
 
 async def _abort(context: Context, exc: Exception) -> NoReturn:

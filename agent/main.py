@@ -127,6 +127,7 @@ async def _serve(args: argparse.Namespace, caps: capacity.Capabilities) -> int:
         orchestrators=orchestrators,
         data_plane=plane,
     )
+    plane.reporter = agent
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, agent.request_stop)

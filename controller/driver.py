@@ -39,7 +39,7 @@ from api import tensors
 from api.resources import allocation
 from api.resources import job as job_model
 from controller import clock as clock_mod
-from controller import driver_calls, driver_inbox, driver_plan, job_watch, vnode_client
+from controller import driver_calls, driver_inbox, driver_plan, job_watch, trust, vnode_client
 from controller import view as view_mod
 from store import base, errors
 
@@ -94,6 +94,8 @@ class DriverContext:
             view=view, clock=clock, rpc_timeout=config.rpc_timeout
         )
         self.reply_to = config.advertise
+        #: Where results' outcomes go (set by the server; None: trust is not tracked).
+        self.book: trust.TrustBook | None = None
         self._address_known = asyncio.Event()
         if self.reply_to:
             self._address_known.set()
@@ -312,6 +314,7 @@ class TrainingRun:
             finally:
                 ctx.inbox.close(box)
             self._progressed = True
+            self._credit(plan)
             window.samples += len(indices)
             _collect(box, window)
             done_epoch = epoch + 1
@@ -326,6 +329,17 @@ class TrainingRun:
                 continue
             window, last_write = _Window(now), now
         await self._write(_final("Succeeded", ""))
+
+    def _credit(self, plan: Plan) -> None:
+        """A completed step: every result of it passed the checks (and, with replicas, the
+        vote), so each PNode that computed one earns a valid result."""
+        book = self.ctx.book
+        if book is None:
+            return
+        for slot in plan.slots:
+            current = self.ctx.view.allocations.get(slot)
+            if current is not None:
+                book.record(current.spec.pnode, trust.Outcome(valid=True, job=self.name))
 
     def _batch(self, plan: Plan, epoch: int, k: int) -> np.ndarray[Any, Any]:
         order = self._orders.get(epoch)

@@ -181,6 +181,8 @@ class Calls:
         )
         try:
             while not (box.complete and sends.done()):
+                if box.failed is not None:
+                    raise Rollback(f"step {step}: {box.failed}")
                 if sends.done():
                     sends.result()  # raises the Rollback of a failed send
                 remaining = deadline - clock.monotonic()

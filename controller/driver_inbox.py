@@ -8,6 +8,12 @@ position). It checks every message as an agent would (tensor size and checksum, 
 sender's allocation epoch), so a stale or corrupted delivery is refused here, never
 counted by the driver.
 
+Sink outputs also pass the result checks of their kind (`api.checks`) here, the one place
+they run on trusted ground: a failed check is refused INVALID_ARGUMENT (reason CheckFailed,
+naming the check), struck against the PNode that produced it (`controller.trust`), and the
+waiting run rolls back at once (`Mailbox.failed`). So do agents' reports of checks failed
+on what they received (`controller.validation_service` calls `Inbox.fail`).
+
 A message nobody waits for is answered by what it is: a repeat of one a finished step
 already took is a duplicate (the sender's retry after a lost response); anything else
 belongs to a run that is over, superseded or elsewhere, and is refused FAILED_PRECONDITION
@@ -18,17 +24,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
 from grpc import aio
 
-from api import tensors
+from api import checks, tensors
 from api.dcnr.v1 import common_pb2, vnode_pb2, vnode_pb2_grpc
 from api.resources import allocation
 from controller import clock as clock_mod
-from controller import rpc
+from controller import rpc, trust
 from controller import view as view_mod
 
 DRIVER = "__driver__"
@@ -51,6 +57,8 @@ class Mailbox:
     sources: frozenset[str]
     outputs: dict[str, common_pb2.Tensor] = dataclasses.field(default_factory=dict)
     done: set[str] = dataclasses.field(default_factory=set)
+    #: Why the position cannot complete (a result failed a check): the run rolls back.
+    failed: str | None = None
     changed: view_mod.Signal = dataclasses.field(default_factory=view_mod.Signal)
 
     @property
@@ -102,6 +110,16 @@ class Inbox:
             del self._boxes[key]
         self._attempts.pop(job, None)
         self._closed.pop(job, None)
+
+    def fail(self, job: str, position: Position, why: str) -> bool:
+        """Mark the open mailbox of `job` at `position` (any attempt) failed; False if none."""
+        found = False
+        for (j, _, p), box in list(self._boxes.items()):
+            if j == job and p == position and box.failed is None:
+                box.failed = why
+                box.changed.bump()
+                found = True
+        return found
 
     def deliver(
         self,
@@ -181,11 +199,15 @@ class DriverInboxService(vnode_pb2_grpc.VNodeServiceServicer):
         view: view_mod.View,
         replica_id: str,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        book: trust.TrustBook | None = None,
+        on_checked: Callable[[bool], None] | None = None,
     ) -> None:
         self._inbox = inbox
         self._view = view
         self._replica_id = replica_id
         self._max_bytes = max_message_bytes
+        self._book = book
+        self._on_checked = on_checked
 
     @rpc.handler
     async def Forward(
@@ -230,7 +252,7 @@ class DriverInboxService(vnode_pb2_grpc.VNodeServiceServicer):
                 reason="TooLarge",
             )
         try:
-            tensors.decode(request.tensor, max_bytes=self._max_bytes)
+            array = tensors.decode(request.tensor, max_bytes=self._max_bytes)
         except tensors.TensorError as exc:
             if exc.reason == "checksum":
                 raise rpc.RpcFailure(
@@ -249,7 +271,43 @@ class DriverInboxService(vnode_pb2_grpc.VNodeServiceServicer):
                 f"{slot!r} ({held})",
                 reason="StaleEpoch",
             )
+        if isinstance(request, vnode_pb2.ForwardRequest):
+            self._check(request, array, current.spec.pnode)
         return self._inbox.deliver(request, forward=forward)
+
+    def _check(self, request: vnode_pb2.ForwardRequest, array: Any, producer: str) -> None:
+        """A sink's output must pass its kind's checks; a failure strikes its PNode."""
+        net = self._view.networks.get(request.network)
+        spec = net.vnode(request.sender_vnode) if net is not None else None
+        if spec is None:
+            return  # deliver() refuses a sender that is not a sink
+        training = request.WhichOneof("position") == "step"
+        try:
+            checks.check_forward(spec.kind, spec.params, array, training=training)
+        except checks.CheckFailed as failed:
+            if self._on_checked is not None:
+                self._on_checked(False)
+            position: Position = request.step if training else request.request_id
+            why = f"{request.sender_vnode} on {producer}: {failed}"
+            if self._book is not None:
+                self._book.record(
+                    producer,
+                    trust.Outcome(
+                        valid=False,
+                        job=request.job,
+                        vnode=request.sender_vnode,
+                        check=failed.check,
+                        message=failed.message,
+                    ),
+                )
+            self._inbox.fail(request.job, position, why)
+            raise rpc.RpcFailure(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"tensor: output of {request.sender_vnode!r} refused: {failed}",
+                reason="CheckFailed",
+            ) from None
+        if self._on_checked is not None:
+            self._on_checked(True)
 
 
 def _not_hosted(vnode: str) -> rpc.RpcFailure:

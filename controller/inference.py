@@ -79,6 +79,13 @@ async def infer(
     sends = asyncio.ensure_future(asyncio.gather(*(one(s) for s in sources)))
     try:
         while not (box.complete and sends.done()):
+            if box.failed is not None:
+                raise rpc.RpcFailure(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"inference on {network!r}: a result failed validation ({box.failed}); "
+                    "nothing unchecked is returned: retry",
+                    reason="Unavailable",
+                )
             if sends.done():
                 sends.result()
             remaining = deadline - clock.monotonic()

@@ -84,6 +84,29 @@ class Metrics:
             buckets=RPC_BUCKETS,
             registry=r,
         )
+        self.validation_checks = prometheus_client.Counter(
+            "dcnr_validation_checks",
+            "Results checked by the orchestrator or reported checked by agents, by result "
+            "(passed, failed).",
+            ["result"],
+            registry=r,
+        )
+        self.validation_disagreements = prometheus_client.Counter(
+            "dcnr_validation_disagreements", "Redundant results that disagreed.", registry=r
+        )
+        self.validation_tiebreaks = prometheus_client.Counter(
+            "dcnr_validation_tiebreaks", "Tiebreaker results requested.", registry=r
+        )
+        self.bugged_transitions = prometheus_client.Counter(
+            "dcnr_pnode_bugged_transitions", "PNodes that became Bugged.", registry=r
+        )
+        self.validation_reports_refused = prometheus_client.Counter(
+            "dcnr_validation_reports_refused",
+            "Validation reports refused (unauthenticated, fenced, not a neighbour of the "
+            "accused VNode, stale epoch), by reason.",
+            ["reason"],
+            registry=r,
+        )
         self._http: simple_server.WSGIServer | None = None
         self._http_thread: threading.Thread | None = None
 
@@ -103,6 +126,21 @@ class Metrics:
 
     def resolved(self, count: int = 1) -> None:
         self.resolutions.inc(count)
+
+    def checked(self, passed: bool, count: int = 1) -> None:
+        self.validation_checks.labels("passed" if passed else "failed").inc(count)
+
+    def disagreed(self, count: int = 1) -> None:
+        self.validation_disagreements.inc(count)
+
+    def tiebroken(self, count: int = 1) -> None:
+        self.validation_tiebreaks.inc(count)
+
+    def bugged(self, pnode_name: str = "") -> None:
+        self.bugged_transitions.inc()
+
+    def report_refused(self, reason: str) -> None:
+        self.validation_reports_refused.labels(reason).inc()
 
     # -- state read at scrape time ----------------------------------------------------------
 

@@ -189,6 +189,14 @@ def _assignment(item: view_mod.Assignment, outputs: list[str]) -> pnode_pb2.Assi
     if vnode.data is not None:
         data = common_pb2.DataRef(url=vnode.data.url, dataset=vnode.data.dataset or "")
         message.data.CopyFrom(data)
+    # Neighbours' kinds let the receiving agent check what it is sent (issue: validation).
+    for name in [*vnode.inputs, *outputs]:
+        neighbour = item.network.vnode(name)
+        if neighbour is not None:
+            message.neighbour_kinds[name] = neighbour.kind
+            message.neighbour_params_json[name] = json.dumps(
+                neighbour.params, separators=(",", ":")
+            ).encode()
     return message
 
 

@@ -38,6 +38,7 @@ from api.dcnr.v1 import (
     network_pb2_grpc,
     pnode_pb2_grpc,
     resolve_pb2_grpc,
+    validation_pb2_grpc,
     vnode_pb2_grpc,
 )
 from api.resources import allocation, meta, network, pnode
@@ -54,6 +55,8 @@ from controller import (
     pnode_service,
     replicas,
     resolution_service,
+    trust,
+    validation_service,
     view,
 )
 from controller import clock as clock_mod
@@ -126,6 +129,13 @@ class Orchestrator:
             config=config.driver,
             replica_id=self.replica_id,
         )
+        self.trust = trust.TrustBook(
+            store=store,
+            clock=self.clock,
+            on_written=self.view.apply_written,
+            on_bugged=self.metrics.bugged,
+        )
+        self.drivers.book = self.trust
         self.job_loop = job_loop.JobLoop(self.drivers)
         self.replicas = replicas.Replicas(
             store,
@@ -263,6 +273,19 @@ class Orchestrator:
                 view=self.view,
                 replica_id=self.replica_id,
                 max_message_bytes=self.config.driver.max_message_bytes,
+                book=self.trust,
+                on_checked=self.metrics.checked,
+            ),
+        )
+        implemented["dcnr.v1.ValidationService"] = (
+            validation_pb2_grpc.add_ValidationServiceServicer_to_server,
+            validation_service.ValidationService(
+                view=self.view,
+                book=self.trust,
+                inbox=self.drivers.inbox,
+                replica_id=self.replica_id,
+                on_checked=self.metrics.checked,
+                on_refused=self.metrics.report_refused,
             ),
         )
         for name, add, servicer in _generated_services():
@@ -289,6 +312,7 @@ class Orchestrator:
         self.manager_started = True
         self.view.start()
         self.leases.start()
+        self.trust.start()
         self._add_services()
         try:
             self.port = self.server.add_insecure_port(self.config.listen)
@@ -315,7 +339,7 @@ class Orchestrator:
         if self.manager_started:
             await self.manager.stop(grace)
         await self.drivers.close()
-        for step in (self.leases.stop, self.replicas.stop, self.view.stop):
+        for step in (self.leases.stop, self.trust.stop, self.replicas.stop, self.view.stop):
             try:
                 await step()
             except Exception:

@@ -43,9 +43,34 @@ PNodePhase = Literal["Ready", "NotReady", "Lost"]
 
 
 class Trust(Model):
+    """Written by `controller.trust` only (coalesced), and cleared by Uncordon."""
+
     consecutive_valid: int = 0
+    #: Strikes within `window`; Uncordon sets it to 0 (and `controller.trust` then forgets
+    #: the window's strikes too).
     strikes: int = 0
     bugged: bool = False
+    #: The last results, oldest first: "V" valid, "S" strike (failed a check or lost a vote).
+    window: str = Field(default="", max_length=1000)
+    #: When `bugged` last became true: the start of the probation period, if one is set.
+    bugged_since: datetime | None = None
+    valid_total: int = 0
+    strikes_total: int = 0
+
+
+ValidationVerdict = Literal["accepted", "rejected", "disputed", "bugged", "probation-cleared"]
+
+
+class ValidationEvent(Model):
+    """One validation outcome worth showing in `describe pnode` (strikes and transitions;
+    plain valid results are only counted)."""
+
+    time: datetime
+    job: str = ""
+    vnode: str = ""
+    check: str = ""
+    verdict: ValidationVerdict
+    message: str = Field(default="", max_length=512)
 
 
 class PNodeStatus(Model):
@@ -62,6 +87,8 @@ class PNodeStatus(Model):
     #: this PNode's assignment set, the same on every orchestrator replica.
     assignments_version: int = 0
     trust: Trust = Field(default_factory=Trust)
+    #: The last `controller.trust.MAX_EVENTS` validation events, oldest first.
+    validation_events: list[ValidationEvent] = Field(default_factory=list)
     missed_heartbeats: int = 0
     evictions: int = 0
     conditions: list[Condition] = Field(default_factory=list)

@@ -402,6 +402,46 @@ class Assignment(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class NeighbourKindsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class NeighbourParamsJsonEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NETWORK_FIELD_NUMBER: _builtins.int
     VNODE_FIELD_NUMBER: _builtins.int
     REPLICA_FIELD_NUMBER: _builtins.int
@@ -415,6 +455,8 @@ class Assignment(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     NETWORK_GENERATION_FIELD_NUMBER: _builtins.int
     ALLOCATION_FIELD_NUMBER: _builtins.int
+    NEIGHBOUR_KINDS_FIELD_NUMBER: _builtins.int
+    NEIGHBOUR_PARAMS_JSON_FIELD_NUMBER: _builtins.int
     network: _builtins.str
     vnode: _builtins.str
     replica: _builtins.int
@@ -447,6 +489,16 @@ class Assignment(_message.Message):
     def data(self) -> _common_pb2.DataRef:
         """Data this VNode reads, if any."""
 
+    @_builtins.property
+    def neighbour_kinds(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The kinds of `inputs` and `outputs`, by VNode name, so the agent can run the kind's
+        result checks (api.checks) on what it receives. Empty: only kind-independent checks.
+        """
+
+    @_builtins.property
+    def neighbour_params_json(self) -> _containers.ScalarMap[_builtins.str, _builtins.bytes]:
+        """The params_json of `inputs`, by VNode name (some checks need them, e.g. dense units)."""
+
     def __init__(
         self,
         *,
@@ -463,10 +515,12 @@ class Assignment(_message.Message):
         data: _common_pb2.DataRef | None = ...,
         network_generation: _builtins.int = ...,
         allocation: _builtins.str = ...,
+        neighbour_kinds: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        neighbour_params_json: _abc.Mapping[_builtins.str, _builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "critical", b"critical", "data", b"data", "epoch", b"epoch", "inputs", b"inputs", "kind", b"kind", "network", b"network", "network_generation", b"network_generation", "outputs", b"outputs", "params_json", b"params_json", "replica", b"replica", "resources", b"resources", "vnode", b"vnode"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "critical", b"critical", "data", b"data", "epoch", b"epoch", "inputs", b"inputs", "kind", b"kind", "neighbour_kinds", b"neighbour_kinds", "neighbour_params_json", b"neighbour_params_json", "network", b"network", "network_generation", b"network_generation", "outputs", b"outputs", "params_json", b"params_json", "replica", b"replica", "resources", b"resources", "vnode", b"vnode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -143,6 +143,9 @@ class ReportResultRequest(_message.Message):
     PHASE_FIELD_NUMBER: _builtins.int
     RESULT_DIGEST_FIELD_NUMBER: _builtins.int
     CHECKS_FIELD_NUMBER: _builtins.int
+    SUBJECT_VNODE_FIELD_NUMBER: _builtins.int
+    SUBJECT_REPLICA_FIELD_NUMBER: _builtins.int
+    SUBJECT_EPOCH_FIELD_NUMBER: _builtins.int
     pnode_id: _builtins.str
     incarnation: _builtins.int
     job: _builtins.str
@@ -157,6 +160,15 @@ class ReportResultRequest(_message.Message):
     """SHA-256 over the result tensors in a canonical order, 32 bytes: replicas that computed the
     same thing report the same digest.
     """
+    subject_vnode: _builtins.str
+    """Set when the reporter checked a result it RECEIVED (a neighbour's activation or
+    gradient) rather than one it computed: the VNode replica that produced it. The reporter
+    must host a parent or child of that VNode; a failed check is a strike against the
+    PNode of `subject_vnode`/`subject_replica` at `subject_epoch`, and the running job
+    (`job`) rolls back at once instead of waiting for its step timeout.
+    """
+    subject_replica: _builtins.int
+    subject_epoch: _builtins.int
     @_builtins.property
     def header(self) -> _common_pb2.RequestHeader: ...
     @_builtins.property
@@ -177,10 +189,13 @@ class ReportResultRequest(_message.Message):
         phase: Global___ComputePhase.ValueType = ...,
         result_digest: _builtins.bytes = ...,
         checks: _abc.Iterable[Global___CheckOutcome] | None = ...,
+        subject_vnode: _builtins.str = ...,
+        subject_replica: _builtins.int = ...,
+        subject_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "position", b"position", "request_id", b"request_id", "step", b"step"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks", "epoch", b"epoch", "header", b"header", "incarnation", b"incarnation", "job", b"job", "network", b"network", "phase", b"phase", "pnode_id", b"pnode_id", "position", b"position", "replica", b"replica", "request_id", b"request_id", "result_digest", b"result_digest", "step", b"step", "vnode", b"vnode"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks", "epoch", b"epoch", "header", b"header", "incarnation", b"incarnation", "job", b"job", "network", b"network", "phase", b"phase", "pnode_id", b"pnode_id", "position", b"position", "replica", b"replica", "request_id", b"request_id", "result_digest", b"result_digest", "step", b"step", "subject_epoch", b"subject_epoch", "subject_replica", b"subject_replica", "subject_vnode", b"subject_vnode", "vnode", b"vnode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_position: _TypeAlias = _typing.Literal["step", "request_id"]  # noqa: Y015
     _WhichOneofArgType_position: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015

@@ -1,0 +1,78 @@
+"""A lying PNode for tests: the real `dcnr-agent`, with every kind's forward output
+perturbed for a configured fraction of results. Test-only; nothing here ships.
+
+    python -m tests.support.liar --lie-fraction 1.0 --lie-mode slight|gross|nan \\
+        [--lie-seed N] AGENT FLAGS...
+
+slight: every value * 1.01 (passes every check; only a comparison catches it);
+gross: every value + 5 (breaks softmax sums, relu and loss ranges only by luck of sign);
+nan: the first value becomes NaN (every consumer's finiteness check catches it).
+Integer outputs (an input's labels or indices) are left alone: lying about them would
+only make the data wrong, which is the same lie one layer later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from agent import main as agent_main
+from agent.runtime import kinds
+
+MODES = ("slight", "gross", "nan")
+
+
+def perturb(array: np.ndarray, mode: str) -> np.ndarray:
+    if not np.issubdtype(array.dtype, np.floating) or array.size == 0:
+        return array
+    if mode == "slight":
+        return (array * 1.01).astype(array.dtype)
+    if mode == "gross":
+        return (array + 5).astype(array.dtype)
+    lied = array.astype(array.dtype, copy=True)
+    lied.flat[0] = np.nan
+    return lied
+
+
+def install(*, fraction: float, mode: str, seed: int) -> None:
+    """Wrap the forward of every built-in kind so a `fraction` of outputs lie."""
+    if mode not in MODES:
+        raise ValueError(f"--lie-mode: {mode!r} must be one of {', '.join(MODES)}")
+    rng = random.Random(seed)
+    for name in kinds.known_kinds():
+        cls = kinds.kind_class(name)
+        original = cls.forward
+
+        def forward(
+            self: kinds.Kind,
+            inputs: Sequence[np.ndarray],
+            params: Mapping[str, np.ndarray],
+            *,
+            training: bool,
+            _original: Any = original,
+        ) -> tuple[np.ndarray, Any]:
+            output, cache = _original(self, inputs, params, training=training)
+            if rng.random() < fraction:
+                output = perturb(output, mode)
+            return output, cache
+
+        cls.forward = forward  # type: ignore[method-assign]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="liar", add_help=False)
+    parser.add_argument("--lie-fraction", type=float, default=1.0)
+    parser.add_argument("--lie-mode", choices=MODES, default="slight")
+    parser.add_argument("--lie-seed", type=int, default=0)
+    ours, rest = parser.parse_known_args(argv)
+    install(fraction=ours.lie_fraction, mode=ours.lie_mode, seed=ours.lie_seed)
+    return agent_main.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
