@@ -40,9 +40,9 @@ from grpc import aio
 from api import labels as selectors
 from api.dcnr.v1 import pnode_pb2, pnode_pb2_grpc
 from api.resources import allocation, lease, pnode
+from controller import allocation_status, credentials, rpc
 from controller import clock as clock_mod
 from controller import config as config_mod
-from controller import credentials, rpc
 from controller import leases as leases_mod
 from controller import pnode_registry as registry
 from controller import pnode_wire as wire
@@ -72,8 +72,11 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         leases: leases_mod.LeaseKeeper,
         replica_id: str,
         on_heartbeat: Callable[[str], None] | None = None,
+        statuses: allocation_status.AllocationStatus | None = None,
     ) -> None:
-        """`on_heartbeat(result)` counts each heartbeat: "active" or "fenced"."""
+        """`on_heartbeat(result)` counts each heartbeat: "active" or "fenced"; `statuses`
+        turns the agent's reports into allocation status."""
+        self._statuses = statuses
         self._on_heartbeat = on_heartbeat or (lambda _result: None)
         self._store = store
         self._view = view
@@ -138,6 +141,8 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         self._leases.note(name, request.incarnation, now)
         response.lease_state = ACTIVE
         self._on_heartbeat("active")
+        if self._statuses is not None and request.assignment_statuses:
+            self._statuses.observe(name, request.assignment_statuses)
         response.lease_expires_at.CopyFrom(
             wire.timestamp(now + timedelta(seconds=self._config.lease_duration))
         )

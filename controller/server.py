@@ -43,6 +43,7 @@ from api.dcnr.v1 import (
 )
 from api.resources import allocation, meta, network, pnode
 from controller import (
+    allocation_status,
     auth,
     driver,
     driver_inbox,
@@ -136,6 +137,7 @@ class Orchestrator:
             on_bugged=self.metrics.bugged,
         )
         self.drivers.book = self.trust
+        self.allocation_status = allocation_status.AllocationStatus(store, self.view)
         self.job_loop = job_loop.JobLoop(self.drivers)
         self.replicas = replicas.Replicas(
             store,
@@ -235,6 +237,7 @@ class Orchestrator:
                     leases=self.leases,
                     replica_id=self.replica_id,
                     on_heartbeat=self.metrics.heartbeat,
+                    statuses=self.allocation_status,
                 ),
             ),
             "dcnr.v1.ResolutionService": (
@@ -339,7 +342,13 @@ class Orchestrator:
         if self.manager_started:
             await self.manager.stop(grace)
         await self.drivers.close()
-        for step in (self.leases.stop, self.trust.stop, self.replicas.stop, self.view.stop):
+        for step in (
+            self.allocation_status.stop,
+            self.leases.stop,
+            self.trust.stop,
+            self.replicas.stop,
+            self.view.stop,
+        ):
             try:
                 await step()
             except Exception:

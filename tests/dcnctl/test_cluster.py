@@ -51,6 +51,11 @@ def golden_net(cluster: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     cli = Dcnctl(root / "config", cluster)
     cli("apply", "-f", write(root / "golden.yaml", chain("golden", "golden")))
     cli.until("golden Ready", ready("golden"), "get", "network", "golden")
+    cli.until(
+        "golden's VNodes Running on their agents",
+        lambda body: {i["status"]["phase"] for i in body["items"]} == {"Running"},
+        *("get", "vnodes", "--network", "golden"),
+    )
     return "golden"
 
 
