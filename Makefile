@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck layers pytest proto venv clean
+.PHONY: demo test lint typecheck layers pytest proto venv clean bench
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "DCNR needs Python >= 3.11, found " + sys.version'
@@ -20,6 +20,16 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(STAMP)
+	@$(BIN)/python -m pip install --disable-pip-version-check -e '.[dev,bench]' --config-settings editable_mode=compat >> $(VENV)/install.log 2>&1 \
+	  || { tail -40 $(VENV)/install.log; exit 1; }
+	@touch $(BENCH_STAMP)
+
+# Not part of make test (about 18 minutes): benchmarks/README.md is regenerated.
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py

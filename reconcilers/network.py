@@ -2,7 +2,8 @@
 
 The plan is computed by `reconcilers.network_plan` (pure; the rule table is documented
 there). This module is the small I/O half: it applies each action as ONE store transaction
-that writes the allocation together with the capacity accounting of every PNode it touches
+(a run of placements: as many as fit in one, see `reconcilers.network_apply`) that writes
+the allocation together with the capacity accounting of every PNode it touches
 (`status.allocated` adjusted, `status.assignments_version` bumped), each op conditioned on
 the resource_version and uid that were read, so that no interleaving of replicas can
 over-commit a PNode or give a slot two allocations (the slot name is the record's key).
@@ -118,7 +119,7 @@ class NetworkReconciler:
         applier = network_apply.Applier(
             self._store, network, pnodes, self._on_written, self._on_deleted
         )
-        for action in plan.writes:
+        for action in network_apply.grouped(plan.writes):
             try:
                 await applier.apply(action)
             except (errors.Conflict, errors.NotFound, errors.AlreadyExists) as exc:

@@ -1,0 +1,59 @@
+"""The ingest scenario's baseline: a bare grpc.aio server that answers every call with a
+fixed payload of the size the orchestrator's real answer has, doing nothing else.
+
+`python -m benchmarks.echo_server --reply METHOD=BYTES ...` prints
+`echo serving on HOST:PORT` and serves until SIGTERM. Handlers take and return raw bytes
+(no message classes), so the server's own cost is the floor of what grpc.aio can do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from typing import Any
+
+import grpc
+from grpc import aio
+
+SERVICE = "bench.Echo"
+
+
+def _handler(reply: bytes) -> grpc.RpcMethodHandler[bytes, bytes]:
+    async def answer(request: bytes, context: aio.ServicerContext[Any, Any]) -> bytes:
+        return reply
+
+    return grpc.unary_unary_rpc_method_handler(answer)
+
+
+async def serve(replies: dict[str, int]) -> None:
+    server = aio.server()
+    handlers = {method: _handler(b"\x00" * size) for method, size in replies.items()}
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"echo serving on 127.0.0.1:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(1)
+
+
+def _reply(text: str) -> tuple[str, int]:
+    method, _, size = text.partition("=")
+    if not method or not size.isdigit():
+        raise argparse.ArgumentTypeError(f"--reply {text!r}: expected METHOD=BYTES, e.g. Ping=64")
+    return method, int(size)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.echo_server")
+    parser.add_argument("--reply", type=_reply, action="append", required=True)
+    args = parser.parse_args()
+    asyncio.run(serve(dict(args.reply)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""Scenario 3: heartbeat ingest and resolution on a real orchestrator process, against a bare
+grpc.aio echo service answering with payloads of the same sizes, driven by the same client
+in the same run (`benchmarks.load`).
+
+Heartbeats: thousands of registered PNodes (no VNodes), each call a real, authenticated
+Heartbeat of one of them, sent closed-loop by 64 concurrent callers (as fast as the server
+allows). Resolution: `Resolve` of the VNodes of a placed 50-VNode network, first closed-loop
+(saturation), then open-loop at rising fractions of that saturation rate for latency. The
+echo baseline gets the same request bytes, and answers with as many bytes as the
+orchestrator's answer had.
+
+The orchestrator runs with a 30 s lease and grace (flags below) so that PNodes registered
+early do not expire while later ones register: with the default 4 s lease the first
+registrations would be fenced by the time the heartbeat phase starts, and a fenced answer
+is a cheaper code path than the one being measured. Lease persistence is coalesced to one
+write per PNode per lease/3 whatever the lease (DESIGN.md), so this changes how often the
+store is written (every 10 s rather than 1.3 s per PNode), not what a heartbeat costs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+from grpc import aio
+
+from api.dcnr.v1 import common_pb2, pnode_pb2, pnode_pb2_grpc, resolve_pb2
+from benchmarks import harness, load, processes
+from tests.integration import cluster
+from tests.support import procs
+
+NAME = "ingest"
+HEARTBEAT = "/dcnr.v1.PNodeService/Heartbeat"
+RESOLVE = "/dcnr.v1.ResolutionService/Resolve"
+FLAGS = ("--lease-duration", "30", "--lost-grace", "30")
+CONCURRENCY = 64
+TARGET_SHARE = 0.6
+TARGET_P99 = 0.005
+
+
+@dataclass(frozen=True, slots=True)
+class Size:
+    pnodes: int
+    vnodes: int
+    seconds: float
+    fractions: tuple[float, ...]
+
+
+FULL = Size(pnodes=2000, vnodes=50, seconds=8.0, fractions=(0.1, 0.25, 0.5, 0.75, 0.9))
+SMOKE = Size(pnodes=20, vnodes=5, seconds=1.0, fractions=(0.5,))
+
+
+async def run(ctx: harness.Context) -> harness.Report:
+    size = SMOKE if ctx.smoke else FULL
+    report = harness.Report(
+        NAME,
+        "Heartbeat ingest and resolution vs a bare grpc.aio echo service",
+        {
+            "pnodes": size.pnodes,
+            "network_vnodes": size.vnodes,
+            "closed_loop_concurrency": CONCURRENCY,
+            "channels": 4,
+            "seconds_per_measurement": size.seconds,
+            "open_loop_fractions_of_saturation": list(size.fractions),
+            "orchestrator_flags": list(FLAGS),
+            "store": "sqlite",
+        },
+    )
+    store_url = f"sqlite:///{ctx.workdir / 'ingest.db'}"
+    log = ctx.workdir / "orchestrator.log"
+    with processes.orchestrator(store_url, log, extra=FLAGS) as address:
+        ctx.log(f"ingest: registering {size.pnodes} PNodes")
+        names, beats = await _register(address, size.pnodes)
+        resolves, hosts = await _network(address, size.vnodes)
+        by_name = dict(zip(names, beats, strict=True))
+        keeper = asyncio.create_task(_keep_alive(address, [by_name[h] for h in hosts]))
+        try:
+            await _measure(ctx, report, address, size, beats, resolves)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+    return report
+
+
+async def _measure(
+    ctx: harness.Context,
+    report: harness.Report,
+    address: str,
+    size: Size,
+    beats: list[load.Call],
+    resolves: list[load.Call],
+) -> None:
+    real_hb = load.Client(address, HEARTBEAT)
+    real_rs = load.Client(address, RESOLVE)
+    try:
+        probe_hb = await real_hb.closed_loop(beats[:1], concurrency=1, seconds=0.2)
+        probe_rs = await real_rs.closed_loop(resolves[:1], concurrency=1, seconds=0.2)
+        hb_reply = pnode_pb2.HeartbeatResponse.FromString(probe_hb.sample)
+        assert hb_reply.lease_state == pnode_pb2.LEASE_STATE_ACTIVE, hb_reply
+        rs_reply = resolve_pb2.ResolveResponse.FromString(probe_rs.sample)
+        assert rs_reply.endpoints.endpoints, f"resolution answered no endpoint: {rs_reply}"
+        sizes = {"Heartbeat": len(probe_hb.sample), "Resolve": len(probe_rs.sample)}
+        with _echo(sizes) as echo_address:
+            echo_hb = load.Client(echo_address, "/bench.Echo/Heartbeat")
+            echo_rs = load.Client(echo_address, "/bench.Echo/Resolve")
+            try:
+                # Unmeasured warm-up: connections, the server's first calls of each method.
+                warm = 0.5 if ctx.smoke else 1.5
+                for client, calls in ((real_hb, beats), (echo_hb, beats), (real_rs, resolves),
+                                      (echo_rs, resolves)):  # fmt: skip
+                    await client.closed_loop(calls, concurrency=CONCURRENCY, seconds=warm)
+                ctx.log("ingest: heartbeats, closed loop")
+                hb = await real_hb.closed_loop(beats, concurrency=CONCURRENCY, seconds=size.seconds)
+                hb_base = await echo_hb.closed_loop(
+                    beats, concurrency=CONCURRENCY, seconds=size.seconds
+                )
+                _check(hb, "heartbeat")
+                ctx.log("ingest: resolution, closed loop")
+                rs = await real_rs.closed_loop(
+                    resolves, concurrency=CONCURRENCY, seconds=size.seconds
+                )
+                rs_base = await echo_rs.closed_loop(
+                    resolves, concurrency=CONCURRENCY, seconds=size.seconds
+                )
+                _check(rs, "resolve")
+                curve_real, curve_echo = [], []
+                half: tuple[load.Outcome, load.Outcome] | None = None
+                for fraction in size.fractions:
+                    rate = fraction * rs.rate
+                    ctx.log(f"ingest: resolution, open loop at {rate:.0f}/s")
+                    real = await real_rs.open_loop(resolves, rate=rate, seconds=size.seconds)
+                    base = await echo_rs.open_loop(resolves, rate=rate, seconds=size.seconds)
+                    _check(real, "resolve")
+                    curve_real.append((rate, harness.Stats.of(real.latencies)))
+                    curve_echo.append((rate, harness.Stats.of(base.latencies)))
+                    if fraction == 0.5:
+                        half = (real, base)
+            finally:
+                await echo_hb.close()
+                await echo_rs.close()
+    finally:
+        await real_hb.close()
+        await real_rs.close()
+
+    report.extra["reply_bytes"] = sizes
+    report.extra["request_bytes"] = {
+        "Heartbeat": len(beats[0].body),
+        "Resolve": len(resolves[0].body),
+    }
+    for label, real, base in (("heartbeats", hb, hb_base), ("resolution", rs, rs_base)):
+        share = real.rate / base.rate if base.rate else 0.0
+        report.compare(
+            harness.Comparison(
+                name=f"{label}, closed loop, throughput",
+                unit="calls/s",
+                measured=harness.Stats.of(real.per_second),
+                baseline_name="bare grpc.aio echo, same sizes, same client",
+                baseline=harness.Stats.of(base.per_second),
+                targets=(
+                    harness.Target(
+                        f">= {TARGET_SHARE:.0%} of echo",
+                        None if ctx.smoke else share >= TARGET_SHARE,
+                    ),
+                ),
+                note=f"overall {real.rate:,.0f} vs {base.rate:,.0f} calls/s; "
+                f"latency p50 {_ms(real.latencies, 50)} vs {_ms(base.latencies, 50)}",
+            )
+        )
+    if half is not None:
+        real, base = half
+        stats = harness.Stats.of(real.latencies)
+        p99 = harness.percentile(sorted(real.latencies), 99)
+        report.compare(
+            harness.Comparison(
+                name=f"resolution latency at half saturation ({0.5 * rs.rate:,.0f}/s)",
+                unit="s",
+                measured=stats,
+                baseline_name="echo at the same rate",
+                baseline=harness.Stats.of(base.latencies),
+                higher_is_better=False,
+                targets=(
+                    harness.Target(
+                        f"p99 <= {TARGET_P99 * 1000:g} ms", None if ctx.smoke else p99 <= TARGET_P99
+                    ),
+                ),
+                note="latency from when each call was due (open loop)",
+            )
+        )
+    report.curves["resolution-latency"] = {
+        "kind": "latency",
+        "xlabel": "offered Resolve rate (calls/s)",
+        "ylabel": "latency (ms)",
+        "title": "Resolve latency vs offered rate",
+        "series": {
+            "orchestrator p50": [(r, s.p50 * 1000) for r, s in curve_real],
+            "orchestrator p99": [(r, _p99(s) * 1000) for r, s in curve_real],
+            "echo p50": [(r, s.p50 * 1000) for r, s in curve_echo],
+            "echo p99": [(r, _p99(s) * 1000) for r, s in curve_echo],
+        },
+    }
+
+
+def _p99(stats: harness.Stats) -> float:
+    return stats.p99 if stats.p99 is not None else stats.max
+
+
+def _ms(latencies: list[float], q: float) -> str:
+    return f"{harness.percentile(sorted(latencies), q) * 1000:.2f} ms"
+
+
+def _check(outcome: load.Outcome, what: str) -> None:
+    if outcome.failed:
+        raise AssertionError(f"{what}: {outcome.failed} calls failed, first: {outcome.first_error}")
+
+
+def _header() -> common_pb2.RequestHeader:
+    return common_pb2.RequestHeader(api_version="dcnr.io/v1", client_name="bench-pnode")
+
+
+async def _register(address: str, count: int) -> tuple[list[str], list[load.Call]]:
+    """Register `count` PNodes (32 at a time): their names, a pre-serialized Heartbeat each."""
+    async with aio.insecure_channel(address) as channel:
+        stub = pnode_pb2_grpc.PNodeServiceStub(channel)
+        gate = asyncio.Semaphore(32)
+
+        async def one(i: int) -> tuple[str, load.Call]:
+            async with gate:
+                reply = await stub.Register(
+                    pnode_pb2.RegisterRequest(
+                        header=_header(), name=f"sim-{i:05d}",
+                        capacity=common_pb2.Capacity(cpu_millis=4000, memory_bytes=8 * 2**30),
+                        data_plane_address=f"10.1.{i // 256}.{i % 256}:7100",
+                        agent_version="bench/0",
+                    ),
+                    timeout=60,
+                )  # fmt: skip
+            body = pnode_pb2.HeartbeatRequest(
+                header=_header(), pnode_id=reply.pnode_id, incarnation=reply.incarnation,
+                known_assignment_set_version=2**62,
+            ).SerializeToString()  # fmt: skip
+            call = load.Call(body, (("authorization", f"Bearer {reply.credential}"),))
+            return reply.pnode_id, call
+
+        pairs = await asyncio.gather(*(one(i) for i in range(count)))
+        return [name for name, _ in pairs], [call for _, call in pairs]
+
+
+async def _network(address: str, vnodes: int) -> tuple[list[load.Call], set[str]]:
+    """Place a chain network: Resolve calls for its VNodes, and the PNodes hosting them."""
+    api = cluster.Api(address)
+    try:
+        await api.apply(cluster.chain_network("chain", vnodes))
+        _, placed = await api.wait_resolvable(
+            "chain", {f"v{i}": 1 for i in range(vnodes)}, within=60
+        )
+    finally:
+        await api.close()
+    hosts = {eps[0][0] for eps in placed.values()}
+    calls = [
+        load.Call(
+            resolve_pb2.ResolveRequest(
+                header=_header(), network="chain", vnode=f"v{i}"
+            ).SerializeToString()
+        )
+        for i in range(vnodes)
+    ]
+    return calls, hosts
+
+
+async def _keep_alive(address: str, calls: list[load.Call]) -> None:
+    """Heartbeat the hosting PNodes once a second, as their agents would, so their VNodes
+    stay resolvable however long the measurements take (a few calls/s of background)."""
+    async with aio.insecure_channel(address) as channel:
+        beat = channel.unary_unary(HEARTBEAT, None, None)
+        while True:
+            for call in calls:
+                with contextlib.suppress(grpc.RpcError):
+                    await beat(call.body, metadata=call.metadata, timeout=10)
+            await asyncio.sleep(1.0)  # the agents' cadence, not a test waiting
+
+
+@contextlib.contextmanager
+def _echo(sizes: dict[str, int]) -> Iterator[str]:
+    args = [f"--reply={method}={size}" for method, size in sizes.items()]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.echo_server", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=harness.REPO,
+    )  # fmt: skip
+    try:
+        line = procs.read_line(proc)
+        yield line.rsplit(" ", 1)[1].strip()
+    finally:
+        procs.stop(proc)
