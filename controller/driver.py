@@ -322,7 +322,9 @@ class TrainingRun:
             now = ctx.clock.monotonic()
             if checkpoint:
                 blobs = await calls.checkpoint(step)
-                await self._write(_progress(step, done_epoch, window, now, blobs=blobs))
+                await self._write(
+                    _progress(step, done_epoch, window, now, blobs=blobs, epochs=calls.epochs)
+                )
             elif now - last_write >= config.progress_every:
                 await self._write(_progress(step, done_epoch, window, now))
             else:
@@ -405,6 +407,7 @@ def _progress(
     now: float,
     *,
     blobs: dict[str, str] | None = None,
+    epochs: dict[str, int] | None = None,
 ) -> Callable[[job_model.JobStatus], None]:
     def change(status: job_model.JobStatus) -> None:
         status.step = step
@@ -413,5 +416,6 @@ def _progress(
         if blobs is not None:
             status.checkpoint_step = step
             status.checkpoint_blobs = dict(blobs)
+            status.checkpoint_epochs = dict(epochs or {})
 
     return change

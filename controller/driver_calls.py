@@ -209,6 +209,11 @@ class Calls:
 
     # -- checkpoint -----------------------------------------------------------------------
 
+    @property
+    def epochs(self) -> dict[str, int]:
+        """slot → the epoch this attempt restored and talks to."""
+        return dict(self._slots)
+
     async def checkpoint(self, step: int) -> dict[str, str]:
         """slot → blob text of every stateful VNode's state after `step`; all or Rollback."""
         plan = self._plan

@@ -16,7 +16,7 @@ import grpc
 
 from api import tensors
 from api.dcnr.v1 import common_pb2, vnode_pb2
-from controller import driver, driver_inbox, driver_plan, rpc, vnode_client
+from controller import driver, driver_inbox, driver_plan, model_state, rpc, vnode_client
 from controller import view as view_mod
 
 
@@ -47,6 +47,15 @@ async def infer(
             f"network {network!r} is not ready: no live replica 0 of {', '.join(missing)}",
             reason="NotReady",
         )
+    try:
+        await model_state.ensure_restored(ctx, network, deadline=ctx.clock.monotonic() + seconds)
+    except vnode_client.SendFailed as exc:
+        raise rpc.RpcFailure(
+            grpc.StatusCode.UNAVAILABLE,
+            f"network {network!r}: a re-placed VNode could not be restored from its trained "
+            f"state: {exc}",
+            reason="Unavailable",
+        ) from None
     request_id = uuid.uuid4().hex
     job = f"infer-{request_id}"
     reply_to = await ctx.wait_reply_to()

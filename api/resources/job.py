@@ -38,6 +38,9 @@ class JobStatus(Model):
     checkpoint_step: int = 0
     #: Allocation name → blob URL of each VNode's state at `checkpoint_step`.
     checkpoint_blobs: dict[str, str] = Field(default_factory=dict)
+    #: Allocation name → the epoch of the VNode instance that holds `checkpoint_step`'s
+    #: state; an instance of another epoch (the slot moved) must be restored before use.
+    checkpoint_epochs: dict[str, int] = Field(default_factory=dict)
     #: Bumped whenever the run restarts from a checkpoint or its driver moves; VNodes refuse
     #: messages of older attempts.
     attempt: int = 0

@@ -6,6 +6,7 @@ the digits example.
   same weights (the run's final checkpoint), to 1e-6.
 - The same training run with one agent SIGKILLed in the middle completes, and its final
   accuracy is within 1 point of the undisturbed run.
+- A VNode re-placed after training (its agent died) answers with the trained weights.
 """
 
 from __future__ import annotations
@@ -159,6 +160,17 @@ async def test_train_infer_and_survive_an_agent_kill(tmp_path: Path) -> None:
             assert abs(stormy_accuracy - calm_accuracy) <= 0.01
             _, now = await api.wait_resolvable(network.name, every, within=10, avoid=busiest)
             assert all(eps[0][0] != busiest for eps in now.values())
+
+            # After training: the agent holding fc1's trained weights dies. Its VNodes are
+            # re-placed empty; inference restores them from the run's final checkpoint.
+            before = await jobs.infer(network.name, DATA["x_test"])
+            holder = now["fc1"][0][0]
+            next(a for a in fleet if a.name == holder).kill()
+            await api.wait_resolvable(network.name, every, within=30, avoid=holder)
+            after = await jobs.infer(network.name, DATA["x_test"])
+            np.testing.assert_allclose(after, before, rtol=0, atol=1e-6)
+            stormy = await jobs.get("stormy")
+            assert stormy.status.checkpoint_epochs["digits.fc1.0"] > now["fc1"][0][1]
         finally:
             await api.close()
             await jobs.channel.close(None)
