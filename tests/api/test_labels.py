@@ -48,8 +48,11 @@ def test_selectors_match_like_kubernetes(selector: str, matches: bool) -> None:
     [
         pytest.param("app=mlp,,tier", "empty term", id="empty-term"),
         pytest.param("app=mlp,", "empty term", id="trailing-comma"),
-        pytest.param("app ~ mlp", "invalid label selector term 'app ~ mlp': expected key, !key",
-                     id="unknown-operator"),
+        pytest.param(
+            "app ~ mlp",
+            "invalid label selector term 'app ~ mlp': expected key, !key",
+            id="unknown-operator",
+        ),
         pytest.param("app=a=b", "invalid label selector term 'app=a=b'", id="two-equals"),
         pytest.param("zone in (a", "'(' is never closed", id="unclosed"),
         pytest.param("zone in a)", "')' without '('", id="unopened"),

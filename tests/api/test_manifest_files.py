@@ -22,7 +22,9 @@ def test_a_directory_loads_every_manifest_in_name_order(tmp_path: pathlib.Path) 
     (tmp_path / "notes.txt").write_text("not a manifest")
     found = manifest.load_path(tmp_path)
     assert [(r.KIND, r.name) for r in found] == [
-        ("Network", "mlp"), ("Job", "train-1"), ("Job", "train-2"),
+        ("Network", "mlp"),
+        ("Job", "train-1"),
+        ("Job", "train-2"),
     ]
 
 
@@ -42,12 +44,16 @@ def test_directory_errors_name_each_file(tmp_path: pathlib.Path) -> None:
     [
         pytest.param(lambda p: p / "missing.yaml", "cannot read: No such file", id="missing"),
         pytest.param(lambda p: p, "no *.yaml, *.yml, *.json files", id="empty-dir"),
-        pytest.param(lambda p: (p / "big.yaml").write_bytes(b"#" * 2000) and p / "big.yaml",
-                     "more than the limit of 1000 bytes", id="too-big"),
+        pytest.param(
+            lambda p: (p / "big.yaml").write_bytes(b"#" * 2000) and p / "big.yaml",
+            "more than the limit of 1000 bytes",
+            id="too-big",
+        ),
     ],
 )
-def test_unloadable_paths_are_manifest_errors(tmp_path: pathlib.Path, setup: Any,
-                                               fragment: str) -> None:
+def test_unloadable_paths_are_manifest_errors(
+    tmp_path: pathlib.Path, setup: Any, fragment: str
+) -> None:
     with pytest.raises(manifest.ManifestError) as info:
         manifest.load_path(setup(tmp_path), max_bytes=1000)
     assert fragment in str(info.value)
@@ -66,7 +72,11 @@ def test_dump_yaml_uses_kubernetes_field_order_and_round_trips() -> None:
     found = manifest.load_path(cases.EXAMPLE)
     text = manifest.dump_yaml(found)
     assert [line.split(":")[0] for line in text.splitlines() if not line[:1].isspace()] == [
-        "apiVersion", "kind", "metadata", "spec", "status",
+        "apiVersion",
+        "kind",
+        "metadata",
+        "spec",
+        "status",
     ]
     assert "memory: 64Mi" in text
     assert manifest.parse_documents(text) == found

@@ -35,12 +35,26 @@ GOOD: dict[str, Any] = {
     "spec": {
         "validation": "replicas",
         "vnodes": [
-            {"name": "in", "kind": "input", "data": {"url": "file://d.npz", "dataset": "d"},
-             "resources": {"cpu": "100m", "memory": "64Mi"}},
-            {"name": "fc1", "kind": "dense", "inputs": ["in"], "params": {"w": [1, 2]},
-             "resources": {"accelerator": {"type": "a100", "count": 1}}, "replicas": 2},
-            {"name": "loss", "kind": "softmax_cross_entropy", "inputs": ["fc1", "in"],
-             "critical": True},
+            {
+                "name": "in",
+                "kind": "input",
+                "data": {"url": "file://d.npz", "dataset": "d"},
+                "resources": {"cpu": "100m", "memory": "64Mi"},
+            },
+            {
+                "name": "fc1",
+                "kind": "dense",
+                "inputs": ["in"],
+                "params": {"w": [1, 2]},
+                "resources": {"accelerator": {"type": "a100", "count": 1}},
+                "replicas": 2,
+            },
+            {
+                "name": "loss",
+                "kind": "softmax_cross_entropy",
+                "inputs": ["fc1", "in"],
+                "critical": True,
+            },
         ],
     },
 }
@@ -88,36 +102,53 @@ HOSTILE = [
     pytest.param("a: &a [*a]\n", "refers to a node that contains it", id="recursive-alias"),
     pytest.param("&a {b: [c, *a]}\n", "refers to a node that contains it", id="recursive-map"),
     pytest.param("a: *nope\n", "found undefined alias", id="undefined-alias"),
-    pytest.param("a: " + "[" * 70 + "]" * 70 + "\n", "nested more than 64 levels deep",
-                 id="deep-yaml-flow"),
-    pytest.param("".join("  " * i + f"k{i}:\n" for i in range(70)), "nested more than 64",
-                 id="deep-yaml-block"),
+    pytest.param(
+        "a: " + "[" * 70 + "]" * 70 + "\n", "nested more than 64 levels deep", id="deep-yaml-flow"
+    ),
+    pytest.param(
+        "".join("  " * i + f"k{i}:\n" for i in range(70)),
+        "nested more than 64",
+        id="deep-yaml-block",
+    ),
     pytest.param("a: " + "[" * 200_000, "invalid YAML", id="deeper-than-libyaml"),
-    pytest.param('{"a":' * 100_000 + "1" + "}" * 100_000, "nested more than 64 levels deep",
-                 id="deep-json"),
-    pytest.param("!!python/object/apply:os.system [echo hi]\n", "could not determine a constructor",
-                 id="python-tag"),
-    pytest.param("a: !!binary aGVsbG8=\n", "a: binary data (!!binary) is not supported",
-                 id="binary-tag"),
+    pytest.param(
+        '{"a":' * 100_000 + "1" + "}" * 100_000, "nested more than 64 levels deep", id="deep-json"
+    ),
+    pytest.param(
+        "!!python/object/apply:os.system [echo hi]\n",
+        "could not determine a constructor",
+        id="python-tag",
+    ),
+    pytest.param(
+        "a: !!binary aGVsbG8=\n", "a: binary data (!!binary) is not supported", id="binary-tag"
+    ),
     pytest.param("a: .nan\n", "a: number nan is not finite", id="yaml-nan"),
     pytest.param('{"a": 1e400}', "a: number inf is not finite", id="json-infinity"),
-    pytest.param("a: " + "9" * 5000 + "\n", "an integer has more than 4300 digits",
-                 id="yaml-int-5000-digits"),
-    pytest.param('{"a": ' + "9" * 5000 + "}", "an integer has more than 4300 digits",
-                 id="json-int-5000-digits"),
+    pytest.param(
+        "a: " + "9" * 5000 + "\n", "an integer has more than 4300 digits", id="yaml-int-5000-digits"
+    ),
+    pytest.param(
+        '{"a": ' + "9" * 5000 + "}",
+        "an integer has more than 4300 digits",
+        id="json-int-5000-digits",
+    ),
     pytest.param("a: 9223372036854775808\n", "does not fit in 64 bits", id="int-over-int64"),
     pytest.param('{"a": "\\ud800"}', "a: string has an unpaired surrogate", id="json-surrogate"),
     pytest.param('{"a": "\ud800"}', "unpaired surrogate at offset 7", id="str-surrogate"),
     pytest.param(bytes(range(256)), "not UTF-8 text: byte 0x80 at offset 128", id="binary"),
     pytest.param("a: b\x00c\n", "character U+0000 at offset 4 is not allowed", id="nul"),
-    pytest.param(b"#" * (manifest.MAX_DOCUMENT_BYTES + 1), "more than the limit of 1048576",
-                 id="oversized"),
+    pytest.param(
+        b"#" * (manifest.MAX_DOCUMENT_BYTES + 1), "more than the limit of 1048576", id="oversized"
+    ),
     pytest.param("- a\n- b\n", "a manifest must be a mapping", id="top-level-list"),
     pytest.param("42\n", "got 42", id="top-level-int"),
     pytest.param("? !!set {a, b}\n: 1\n", "mapping keys must be strings", id="set-key"),
     pytest.param("a: !!omap [{b: 1}]\nkind: Network\n", "apiVersion: required", id="omap"),
-    pytest.param("metadata: {name: 2024-01-01}\napiVersion: dcnr.io/v1\nkind: Job\n",
-                 "spec: required field is missing", id="date-becomes-string"),
+    pytest.param(
+        "metadata: {name: 2024-01-01}\napiVersion: dcnr.io/v1\nkind: Job\n",
+        "spec: required field is missing",
+        id="date-becomes-string",
+    ),
 ]
 
 
@@ -127,9 +158,13 @@ def test_hostile_input_is_a_manifest_error(data: str | bytes, fragment: str) -> 
 
 
 def test_aliases_within_the_limit_are_fine() -> None:
-    text = yaml.safe_dump(GOOD, sort_keys=False).replace(
-        "resources:\n      cpu: 100m\n      memory: 64Mi", "resources: &r {cpu: 100m, memory: 64Mi}"
-    ) + ""
+    text = (
+        yaml.safe_dump(GOOD, sort_keys=False).replace(
+            "resources:\n      cpu: 100m\n      memory: 64Mi",
+            "resources: &r {cpu: 100m, memory: 64Mi}",
+        )
+        + ""
+    )
     text = text.replace("critical: true", "critical: true\n    resources: *r")
     (found,) = manifest.parse_documents(text)
     assert found.to_dict()["spec"]["vnodes"][2]["resources"] == {"cpu": "100m", "memory": "64Mi"}
@@ -138,14 +173,36 @@ def test_aliases_within_the_limit_are_fine() -> None:
 # Random mutations ------------------------------------------------------------------------
 
 SCALARS = (
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
-    | st.sampled_from(["12Qi", "500m", "1.5Gi", "", "in", "fc1", "dcnr.io/v1", "Network",
-                       "PNode", "List", "s3://", "file://x", "-", "a" * 70, "\u00e9\u4e2d"])
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=12)
+    | st.sampled_from(
+        [
+            "12Qi",
+            "500m",
+            "1.5Gi",
+            "",
+            "in",
+            "fc1",
+            "dcnr.io/v1",
+            "Network",
+            "PNode",
+            "List",
+            "s3://",
+            "file://x",
+            "-",
+            "a" * 70,
+            "\u00e9\u4e2d",
+        ]
+    )
 )
 VALUES = st.recursive(
     SCALARS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                               max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -187,8 +244,9 @@ def mutated(draw: st.DrawFn) -> Any:
             parent[draw(st.text(max_size=10))] = parent.pop(path[-1])
         elif isinstance(doc.get("spec"), dict) and isinstance(doc["spec"].get("vnodes"), list):
             items = doc["spec"]["vnodes"]
-            items = draw(st.permutations(items)) + draw(st.lists(st.sampled_from(items or [0]),
-                                                                 max_size=2))
+            items = draw(st.permutations(items)) + draw(
+                st.lists(st.sampled_from(items or [0]), max_size=2)
+            )
             doc["spec"]["vnodes"] = copy.deepcopy(items)
     return doc
 

@@ -18,8 +18,8 @@ from tests.support import procs
 
 @pytest.fixture
 def served(tmp_path: Path):
-    with procs.orchestrator(f"sqlite:///{tmp_path / 'state.db'}") as (proc, address, _):
-        yield proc, address
+    with procs.orchestrator(f"sqlite:///{tmp_path / 'state.db'}") as served:
+        yield served
 
 
 def _services(address: str) -> list[str]:
@@ -31,7 +31,7 @@ def _services(address: str) -> list[str]:
 
 
 def test_health_reports_serving_for_the_server_and_every_service(served) -> None:
-    _, address = served
+    address = served.address
     names = [n for n in _services(address) if n.startswith("dcnr.v1.")]
     assert names, "reflection lists no dcnr.v1 service"
     with grpc.insecure_channel(address) as channel:
@@ -45,7 +45,7 @@ def test_health_reports_serving_for_the_server_and_every_service(served) -> None
 
 
 def test_reflection_lists_the_whole_contract(served) -> None:
-    _, address = served
+    address = served.address
     names = _services(address)
     assert "grpc.health.v1.Health" in names
     from api.dcnr.v1 import __path__ as generated  # noqa: F401 - the contract must be importable
@@ -67,7 +67,7 @@ def test_every_rpc_answers_an_empty_request_with_a_clear_status(served) -> None:
 
     from controller import server
 
-    _, address = served
+    address = served.address
     pool = descriptor_pool.Default()
     codes: dict[str, grpc.StatusCode] = {}
     with grpc.insecure_channel(address) as channel:
@@ -92,11 +92,10 @@ def test_every_rpc_answers_an_empty_request_with_a_clear_status(served) -> None:
 
 
 def test_sigterm_shuts_down_gracefully(served) -> None:
-    proc, _ = served
+    proc = served.proc
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
-    assert proc.stderr is not None
-    assert "stopped" in proc.stderr.read()
+    assert "stopped" in served.log.read_text()
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

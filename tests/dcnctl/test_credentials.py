@@ -64,7 +64,7 @@ def test_a_served_orchestrator_refuses_wrong_tokens_and_agents_need_none(tmp_pat
     served = procs.orchestrator(
         f"sqlite:///{tmp_path / 'state.db'}", extra=["--admin-token-file", str(tokens)]
     )
-    with served as (_, address, _):
+    with served as (_, address, _, _):
         ctl = Dcnctl(tmp_path / "config", address)
         missing = ctl("get", "networks", check=False)
         assert missing.returncode == 1

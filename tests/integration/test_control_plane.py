@@ -39,7 +39,7 @@ def store_url(tmp_path: Path) -> str:
 
 async def test_place_fail_over_fence_and_refuse_forgeries(store_url: str) -> None:
     served = procs.orchestrator(store_url, extra=["--metrics-listen", "127.0.0.1:0"])
-    with served as (_, addr, metrics_port):
+    with served as (_, addr, metrics_port, _):
         api = cluster.Api(addr)
         nodes = [
             pnode_client.TestPNode(

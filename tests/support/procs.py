@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -88,33 +89,47 @@ class Served(NamedTuple):
     proc: subprocess.Popen[str]
     address: str
     metrics_port: int | None
+    #: The orchestrator's stderr (its logs): a file, because a pipe nobody drains fills
+    #: up and blocks the process once it has logged 64 KiB.
+    log: Path
 
 
 @contextlib.contextmanager
-def orchestrator(store_url: str, *, extra: Sequence[str] = ()) -> Iterator[Served]:
-    """A `dcnr-orchestrator serve` process on a free loopback port."""
-    proc = subprocess.Popen(
-        [
-            script("dcnr-orchestrator"),
-            "serve",
-            "--store",
-            store_url,
-            "--listen",
-            "127.0.0.1:0",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+def orchestrator(
+    store_url: str, *, extra: Sequence[str] = (), listen: str = "127.0.0.1:0"
+) -> Iterator[Served]:
+    """A `dcnr-orchestrator serve` process, on a free loopback port unless told `listen`."""
+    logs = tempfile.mkdtemp(prefix="dcnr-orchestrator-")
+    log = Path(logs) / "stderr.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [
+                script("dcnr-orchestrator"),
+                "serve",
+                "--store",
+                store_url,
+                "--listen",
+                listen,
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     try:
-        line = read_line(proc)
+        try:
+            line = read_line(proc)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{log.read_text(errors='replace')[-3000:]}") from None
         match = _SERVING.search(line)
         assert match, f"unexpected first line from the orchestrator: {line!r}"
         metrics = _METRICS.search(line)
         yield Served(
-            proc, f"{match['host']}:{match['port']}", int(metrics["port"]) if metrics else None
+            proc,
+            f"{match['host']}:{match['port']}",
+            int(metrics["port"]) if metrics else None,
+            log,
         )
     finally:
         stop(proc)
