@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from grpc import aio
 
 from api.dcnr.v1 import pnode_pb2, pnode_pb2_grpc
-from benchmarks import harness, processes
+from benchmarks import harness
 from controller import config as config_mod
 from tests.integration import cluster
-from tests.support import agents
+from tests.support import agents, procs
 
 NAME = "failover"
 POLL_WITHIN = 60.0
@@ -129,11 +129,12 @@ async def _trials(
     times: list[float] = []
     moved: list[int] = []
     with (
-        processes.orchestrator(
-            store_url, root / "orchestrator.log", extra=setting.flags
-        ) as address,
-        agents.agents(address, root, size.agents, cpu="8", memory="8Gi") as fleet,
+        procs.orchestrator(
+            store_url, extra=setting.flags, log=root / "orchestrator.log", log_level="warning"
+        ) as served,
+        agents.agents(served.address, root, size.agents, cpu="8", memory="8Gi") as fleet,
     ):
+        address = served.address
         api = cluster.Api(address)
         channel = aio.insecure_channel(address)
         pnodes = pnode_pb2_grpc.PNodeServiceStub(channel)

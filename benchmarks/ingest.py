@@ -30,7 +30,7 @@ import grpc
 from grpc import aio
 
 from api.dcnr.v1 import common_pb2, pnode_pb2, pnode_pb2_grpc, resolve_pb2
-from benchmarks import harness, load, processes
+from benchmarks import harness, load
 from tests.integration import cluster
 from tests.support import procs
 
@@ -73,7 +73,8 @@ async def run(ctx: harness.Context) -> harness.Report:
     )
     store_url = f"sqlite:///{ctx.workdir / 'ingest.db'}"
     log = ctx.workdir / "orchestrator.log"
-    with processes.orchestrator(store_url, log, extra=FLAGS) as address:
+    with procs.orchestrator(store_url, extra=FLAGS, log=log, log_level="warning") as served:
+        address = served.address
         ctx.log(f"ingest: registering {size.pnodes} PNodes")
         names, beats = await _register(address, size.pnodes)
         resolves, hosts = await _network(address, size.vnodes)

@@ -22,10 +22,10 @@ from agent.runtime import reference
 from api.dcnr.v1 import job_pb2
 from api.resources import job as job_model
 from api.resources import network as network_model
-from benchmarks import harness, processes
+from benchmarks import harness
 from tests.integration import cluster
 from tests.integration import test_training as training_e2e
-from tests.support import agents
+from tests.support import agents, procs
 
 NAME = "training"
 BATCH = 256
@@ -117,11 +117,12 @@ async def _distributed(
 ) -> tuple[list[float], float, job_model.Job]:
     root = ctx.workdir / "training"
     with (
-        processes.orchestrator(
-            f"sqlite:///{root / 'state.db'}", root / "orchestrator.log"
-        ) as address,
-        agents.agents(address, root, 3, cpu="2", memory="2Gi") as fleet,
+        procs.orchestrator(
+            f"sqlite:///{root / 'state.db'}", log=root / "orchestrator.log", log_level="warning"
+        ) as served,
+        agents.agents(served.address, root, 3, cpu="2", memory="2Gi") as fleet,
     ):
+        address = served.address
         api, jobs = cluster.Api(address), training_e2e.Jobs(address)
         try:
             await api.apply(manifest)

@@ -96,15 +96,24 @@ class Served(NamedTuple):
 
 @contextlib.contextmanager
 def orchestrator(
-    store_url: str, *, extra: Sequence[str] = (), listen: str = "127.0.0.1:0"
+    store_url: str,
+    *,
+    extra: Sequence[str] = (),
+    listen: str = "127.0.0.1:0",
+    log: Path | None = None,
+    log_level: str = "info",
 ) -> Iterator[Served]:
-    """A `dcnr-orchestrator serve` process, on a free loopback port unless told `listen`."""
-    logs = tempfile.mkdtemp(prefix="dcnr-orchestrator-")
-    log = Path(logs) / "stderr.log"
-    with log.open("wb") as err:
+    """A `dcnr-orchestrator serve` process, on a free loopback port unless told `listen`,
+    logging to `log` (default: a new temporary file)."""
+    if log is None:
+        log = Path(tempfile.mkdtemp(prefix="dcnr-orchestrator-")) / "stderr.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as err:
         proc = subprocess.Popen(
             [
                 script("dcnr-orchestrator"),
+                "--log-level",
+                log_level,
                 "serve",
                 "--store",
                 store_url,
