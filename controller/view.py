@@ -108,6 +108,8 @@ class View:
         self.networks: dict[str, net_model.Network] = {}
         self._by_pnode: defaultdict[str, set[str]] = defaultdict(set)
         self._by_network: defaultdict[str, set[str]] = defaultdict(set)
+        #: (network, vnode) → allocation names: resolution reads one VNode's replicas.
+        self._by_vnode: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
         self._renewals: dict[str, _Renewal] = {}
         #: (kind, name) → monotonic time of this replica's last write or delete of it.
         self._local: dict[tuple[str, str], float] = {}
@@ -235,9 +237,11 @@ class View:
                 if isinstance(rec, allocation.Allocation):
                     self._by_pnode[rec.spec.pnode].discard(rec.name)
                     self._by_network[rec.spec.network].discard(rec.name)
+                    self._by_vnode[(rec.spec.network, rec.spec.vnode)].discard(rec.name)
             if isinstance(new, allocation.Allocation):
                 self._by_pnode[new.spec.pnode].add(new.name)
                 self._by_network[new.spec.network].add(new.name)
+                self._by_vnode[(new.spec.network, new.spec.vnode)].add(new.name)
             for rec in (old, new):
                 if isinstance(rec, allocation.Allocation):
                     self._network_signals[rec.spec.network].bump()
@@ -332,9 +336,9 @@ class View:
     def endpoints(self, network_name: str, vnode: str, now: datetime) -> list[Endpoint]:
         """Live endpoints of a VNode: current allocations on PNodes whose lease holds now."""
         found = []
-        for alloc in self.allocations_of(network_name):
-            spec = alloc.spec
-            if spec.vnode != vnode or not self.is_live(spec.pnode, now):
+        for name in self._by_vnode.get((network_name, vnode), ()):
+            spec = self.allocations[name].spec
+            if not self.is_live(spec.pnode, now):
                 continue
             node = self.pnodes[spec.pnode]
             if spec.pnode_incarnation != node.status.incarnation:
