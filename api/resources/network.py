@@ -97,6 +97,10 @@ class NetworkStatus(Model):
     #: to go, replica scaled down), so that the slot's next placement continues from there:
     #: a slot's epoch never goes back, even across a gap with no allocation.
     slot_epochs: dict[str, int] = Field(default_factory=dict)
+    #: VNodes whose replicas disagreed with no majority: each runs one extra (tiebreaker)
+    #: replica until a driver clears it after a checkpoint with no disagreement. Written by
+    #: whoever saw the dispute (the driver, ValidationService), read by the network loop.
+    tiebreakers: list[str] = Field(default_factory=list)
 
 
 class Network(Resource):
@@ -110,8 +114,20 @@ class Network(Resource):
     def vnode(self, name: str) -> VNodeSpec | None:
         return next((v for v in self.spec.vnodes if v.name == name), None)
 
+    def base_replicas(self, v: VNodeSpec) -> int:
+        """Replicas the spec asks for: `replicas`, at least 2 under a validation policy
+        (`replicas` or `adaptive`), since a single result can only be checked, not compared."""
+        return max(v.replicas, 2) if self.spec.validation != "none" else v.replicas
+
+    def replicas_of(self, v: VNodeSpec | str) -> int:
+        """Replicas that run now: `base_replicas` plus one while a tiebreaker is requested."""
+        spec = self.vnode(v) if isinstance(v, str) else v
+        if spec is None:
+            return 0
+        return self.base_replicas(spec) + (1 if spec.name in self.status.tiebreakers else 0)
+
     def slot_count(self) -> int:
-        return sum(v.replicas for v in self.spec.vnodes)
+        return sum(self.replicas_of(v) for v in self.spec.vnodes)
 
 
 def params_size(params: dict[str, Any]) -> int:

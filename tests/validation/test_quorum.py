@@ -7,7 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from controller import validation
+from api import quorum as validation
+from controller import validation as adaptive
 
 BASE = np.linspace(-3, 3, 60, dtype=np.float32).reshape(6, 10)
 # An honest recomputation on another CPU: float32 rounding of a float64 computation whose
@@ -94,18 +95,18 @@ def test_decide_refuses_no_replicas() -> None:
     ("cv", "p"), [(0, 1.0), (5, 1.0), (9, 1.0), (10, 0.1), (20, 0.05), (1000, 0.001)]
 )
 def test_double_check_probability(cv: int, p: float) -> None:
-    assert validation.double_check_probability(cv) == pytest.approx(p)
+    assert adaptive.double_check_probability(cv) == pytest.approx(p)
 
 
 def test_adaptive_sampling_is_seeded_and_matches_probability() -> None:
-    draws = [validation.should_double_check(40, random.Random(7)) for _ in range(3)]
+    draws = [adaptive.should_double_check(40, random.Random(7)) for _ in range(3)]
     assert len(set(draws)) == 1  # same seed, same answer
     rng = random.Random(1)
-    rate = sum(validation.should_double_check(40, rng) for _ in range(20_000)) / 20_000
+    rate = sum(adaptive.should_double_check(40, rng) for _ in range(20_000)) / 20_000
     assert abs(rate - 1 / 40) < 0.005
-    assert all(validation.should_double_check(3, rng) for _ in range(100))
+    assert all(adaptive.should_double_check(3, rng) for _ in range(100))
 
 
 def test_expected_extra_compute() -> None:
-    assert validation.expected_extra_compute([]) == 0.0
-    assert validation.expected_extra_compute([0, 100]) == pytest.approx((1 + 0.01) / 2)
+    assert adaptive.expected_extra_compute([]) == 0.0
+    assert adaptive.expected_extra_compute([0, 100]) == pytest.approx((1 + 0.01) / 2)

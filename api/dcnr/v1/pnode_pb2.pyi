@@ -442,6 +442,26 @@ class Assignment(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class NeighbourReplicasEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NETWORK_FIELD_NUMBER: _builtins.int
     VNODE_FIELD_NUMBER: _builtins.int
     REPLICA_FIELD_NUMBER: _builtins.int
@@ -457,6 +477,7 @@ class Assignment(_message.Message):
     ALLOCATION_FIELD_NUMBER: _builtins.int
     NEIGHBOUR_KINDS_FIELD_NUMBER: _builtins.int
     NEIGHBOUR_PARAMS_JSON_FIELD_NUMBER: _builtins.int
+    NEIGHBOUR_REPLICAS_FIELD_NUMBER: _builtins.int
     network: _builtins.str
     vnode: _builtins.str
     replica: _builtins.int
@@ -499,6 +520,13 @@ class Assignment(_message.Message):
     def neighbour_params_json(self) -> _containers.ScalarMap[_builtins.str, _builtins.bytes]:
         """The params_json of `inputs`, by VNode name (some checks need them, e.g. dense units)."""
 
+    @_builtins.property
+    def neighbour_replicas(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """How many replicas of each input and output VNode run (tiebreakers included): a replica
+        sends its results to every replica of each output, and compares the results it gets
+        from the replicas of each input.
+        """
+
     def __init__(
         self,
         *,
@@ -517,10 +545,11 @@ class Assignment(_message.Message):
         allocation: _builtins.str = ...,
         neighbour_kinds: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         neighbour_params_json: _abc.Mapping[_builtins.str, _builtins.bytes] | None = ...,
+        neighbour_replicas: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "critical", b"critical", "data", b"data", "epoch", b"epoch", "inputs", b"inputs", "kind", b"kind", "neighbour_kinds", b"neighbour_kinds", "neighbour_params_json", b"neighbour_params_json", "network", b"network", "network_generation", b"network_generation", "outputs", b"outputs", "params_json", b"params_json", "replica", b"replica", "resources", b"resources", "vnode", b"vnode"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "critical", b"critical", "data", b"data", "epoch", b"epoch", "inputs", b"inputs", "kind", b"kind", "neighbour_kinds", b"neighbour_kinds", "neighbour_params_json", b"neighbour_params_json", "neighbour_replicas", b"neighbour_replicas", "network", b"network", "network_generation", b"network_generation", "outputs", b"outputs", "params_json", b"params_json", "replica", b"replica", "resources", b"resources", "vnode", b"vnode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

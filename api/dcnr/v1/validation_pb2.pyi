@@ -58,6 +58,10 @@ class _CheckResultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CheckResu
     CHECK_RESULT_FAILED: _CheckResult.ValueType  # 2
     CHECK_RESULT_SKIPPED: _CheckResult.ValueType  # 3
     """Not applicable to this result, e.g. a finiteness check on integer outputs."""
+    CHECK_RESULT_DISPUTED: _CheckResult.ValueType  # 4
+    """Check "quorum": the replicas of `subject_vnode` disagree and no majority exists (e.g.
+    1-1 with two replicas). Nobody is struck yet; a tiebreaker replica is requested.
+    """
 
 class CheckResult(_CheckResult, metaclass=_CheckResultEnumTypeWrapper): ...
 
@@ -66,6 +70,10 @@ CHECK_RESULT_PASSED: CheckResult.ValueType  # 1
 CHECK_RESULT_FAILED: CheckResult.ValueType  # 2
 CHECK_RESULT_SKIPPED: CheckResult.ValueType  # 3
 """Not applicable to this result, e.g. a finiteness check on integer outputs."""
+CHECK_RESULT_DISPUTED: CheckResult.ValueType  # 4
+"""Check "quorum": the replicas of `subject_vnode` disagree and no majority exists (e.g.
+1-1 with two replicas). Nobody is struck yet; a tiebreaker replica is requested.
+"""
 Global___CheckResult: _TypeAlias = CheckResult  # noqa: Y015
 
 class _ValidationVerdict:

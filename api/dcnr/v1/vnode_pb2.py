@@ -25,29 +25,33 @@ _sym_db = _symbol_database.Default()
 from api.dcnr.v1 import common_pb2 as dcnr_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x64\x63nr/v1/vnode.proto\x12\x07\x64\x63nr.v1\x1a\x14\x64\x63nr/v1/common.proto\"\xd4\x02\n\x0e\x46orwardRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x0b\n\x03job\x18\x02 \x01(\t\x12\x0e\n\x04step\x18\x03 \x01(\x03H\x00\x12\x14\n\nrequest_id\x18\x04 \x01(\tH\x00\x12\x0f\n\x07network\x18\x05 \x01(\t\x12\x14\n\x0csender_vnode\x18\x06 \x01(\t\x12\x16\n\x0esender_replica\x18\x07 \x01(\r\x12\x14\n\x0csender_epoch\x18\x08 \x01(\x03\x12\x14\n\x0ctarget_vnode\x18\t \x01(\t\x12\x16\n\x0etarget_replica\x18\n \x01(\r\x12\x14\n\x0ctarget_epoch\x18\x0b \x01(\x03\x12\x1f\n\x06tensor\x18\x0c \x01(\x0b\x32\x0f.dcnr.v1.Tensor\x12\x10\n\x08reply_to\x18\r \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0e \x01(\x03\x42\n\n\x08position\"M\n\x0f\x46orwardResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.dcnr.v1.ResponseHeader\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\xd5\x02\n\x0f\x42\x61\x63kwardRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x0b\n\x03job\x18\x02 \x01(\t\x12\x0e\n\x04step\x18\x03 \x01(\x03H\x00\x12\x14\n\nrequest_id\x18\x04 \x01(\tH\x00\x12\x0f\n\x07network\x18\x05 \x01(\t\x12\x14\n\x0csender_vnode\x18\x06 \x01(\t\x12\x16\n\x0esender_replica\x18\x07 \x01(\r\x12\x14\n\x0csender_epoch\x18\x08 \x01(\x03\x12\x14\n\x0ctarget_vnode\x18\t \x01(\t\x12\x16\n\x0etarget_replica\x18\n \x01(\r\x12\x14\n\x0ctarget_epoch\x18\x0b \x01(\x03\x12\x1f\n\x06tensor\x18\x0c \x01(\x0b\x32\x0f.dcnr.v1.Tensor\x12\x10\n\x08reply_to\x18\r \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0e \x01(\x03\x42\n\n\x08position\"N\n\x10\x42\x61\x63kwardResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.dcnr.v1.ResponseHeader\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\xbc\x01\n\x11\x43heckpointRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x0b\n\x03job\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x0f\n\x07network\x18\x04 \x01(\t\x12\r\n\x05vnode\x18\x05 \x01(\t\x12\x0f\n\x07replica\x18\x06 \x01(\r\x12\r\n\x05\x65poch\x18\x07 \x01(\x03\x12\x13\n\x0b\x64\x65stination\x18\x08 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\t \x01(\x03\"]\n\x12\x43heckpointResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.dcnr.v1.ResponseHeader\x12\x1e\n\x04\x62lob\x18\x02 \x01(\x0b\x32\x10.dcnr.v1.BlobRef\"\xfc\x01\n\x0eRestoreRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x0b\n\x03job\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x0f\n\x07network\x18\x04 \x01(\t\x12\r\n\x05vnode\x18\x05 \x01(\t\x12\x0f\n\x07replica\x18\x06 \x01(\r\x12\r\n\x05\x65poch\x18\x07 \x01(\x03\x12\x1e\n\x04\x62lob\x18\x08 \x01(\x0b\x32\x10.dcnr.v1.BlobRef\x12\x0c\n\x04seed\x18\t \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\n \x01(\x03\x12\x11\n\toptimizer\x18\x0b \x01(\t\x12\x15\n\rlearning_rate\x18\x0c \x01(\x01\"H\n\x0fRestoreResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.dcnr.v1.ResponseHeader\x12\x0c\n\x04step\x18\x02 \x01(\x03\x32\x92\x02\n\x0cVNodeService\x12<\n\x07\x46orward\x12\x17.dcnr.v1.ForwardRequest\x1a\x18.dcnr.v1.ForwardResponse\x12?\n\x08\x42\x61\x63kward\x12\x18.dcnr.v1.BackwardRequest\x1a\x19.dcnr.v1.BackwardResponse\x12\x45\n\nCheckpoint\x12\x1a.dcnr.v1.CheckpointRequest\x1a\x1b.dcnr.v1.CheckpointResponse\x12<\n\x07Restore\x12\x17.dcnr.v1.RestoreRequest\x1a\x18.dcnr.v1.RestoreResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x64\x63nr/v1/vnode.proto\x12\x07\x64\x63nr.v1\x1a\x14\x64\x63nr/v1/common.proto\"\xfc\x02\n\x0e\x46orwardRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x0b\n\x03job\x18\x02 \x01(\t\x12\x0e\n\x04step\x18\x03 \x01(\x03H\x00\x12\x14\n\nrequest_id\x18\x04 \x01(\tH\x00\x12\x0f\n\x07network\x18\x05 \x01(\t\x12\x14\n\x0csender_vnode\x18\x06 \x01(\t\x12\x16\n\x0esender_replica\x18\x07 \x01(\r\x12\x14\n\x0csender_epoch\x18\x08 \x01(\x03\x12\x14\n\x0ctarget_vnode\x18\t \x01(\t\x12\x16\n\x0etarget_replica\x18\n \x01(\r\x12\x14\n\x0ctarget_epoch\x18\x0b \x01(\x03\x12\x1f\n\x06tensor\x18\x0c \x01(\x0b\x32\x0f.dcnr.v1.Tensor\x12\x10\n\x08reply_to\x18\r \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0e \x01(\x03\x12\x10\n\x08\x61\x64\x61ptive\x18\x0f \x01(\x08\x12\x14\n\x0c\x64ouble_check\x18\x10 \x03(\tB\n\n\x08position\"M\n\x0f\x46orwardResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.dcnr.v1.ResponseHeader\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\xfd\x02\n\x0f\x42\x61\x63kwardRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x0b\n\x03job\x18\x02 \x01(\t\x12\x0e\n\x04step\x18\x03 \x01(\x03H\x00\x12\x14\n\nrequest_id\x18\x04 \x01(\tH\x00\x12\x0f\n\x07network\x18\x05 \x01(\t\x12\x14\n\x0csender_vnode\x18\x06 \x01(\t\x12\x16\n\x0esender_replica\x18\x07 \x01(\r\x12\x14\n\x0csender_epoch\x18\x08 \x01(\x03\x12\x14\n\x0ctarget_vnode\x18\t \x01(\t\x12\x16\n\x0etarget_replica\x18\n \x01(\r\x12\x14\n\x0ctarget_epoch\x18\x0b \x01(\x03\x12\x1f\n\x06tensor\x18\x0c \x01(\x0b\x32\x0f.dcnr.v1.Tensor\x12\x10\n\x08reply_to\x18\r \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0e \x01(\x03\x12\x10\n\x08\x61\x64\x61ptive\x18\x0f \x01(\x08\x12\x14\n\x0c\x64ouble_check\x18\x10 \x03(\tB\n\n\x08position\"N\n\x10\x42\x61\x63kwardResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.dcnr.v1.ResponseHeader\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\xbc\x01\n\x11\x43heckpointRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x0b\n\x03job\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x0f\n\x07network\x18\x04 \x01(\t\x12\r\n\x05vnode\x18\x05 \x01(\t\x12\x0f\n\x07replica\x18\x06 \x01(\r\x12\r\n\x05\x65poch\x18\x07 \x01(\x03\x12\x13\n\x0b\x64\x65stination\x18\x08 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\t \x01(\x03\"]\n\x12\x43heckpointResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.dcnr.v1.ResponseHeader\x12\x1e\n\x04\x62lob\x18\x02 \x01(\x0b\x32\x10.dcnr.v1.BlobRef\"\x82\x03\n\x0eRestoreRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x0b\n\x03job\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x0f\n\x07network\x18\x04 \x01(\t\x12\r\n\x05vnode\x18\x05 \x01(\t\x12\x0f\n\x07replica\x18\x06 \x01(\r\x12\r\n\x05\x65poch\x18\x07 \x01(\x03\x12\x1e\n\x04\x62lob\x18\x08 \x01(\x0b\x32\x10.dcnr.v1.BlobRef\x12\x0c\n\x04seed\x18\t \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\n \x01(\x03\x12\x11\n\toptimizer\x18\x0b \x01(\t\x12\x15\n\rlearning_rate\x18\x0c \x01(\x01\x12J\n\x12neighbour_replicas\x18\r \x03(\x0b\x32..dcnr.v1.RestoreRequest.NeighbourReplicasEntry\x1a\x38\n\x16NeighbourReplicasEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"H\n\x0fRestoreResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.dcnr.v1.ResponseHeader\x12\x0c\n\x04step\x18\x02 \x01(\x03\x32\x92\x02\n\x0cVNodeService\x12<\n\x07\x46orward\x12\x17.dcnr.v1.ForwardRequest\x1a\x18.dcnr.v1.ForwardResponse\x12?\n\x08\x42\x61\x63kward\x12\x18.dcnr.v1.BackwardRequest\x1a\x19.dcnr.v1.BackwardResponse\x12\x45\n\nCheckpoint\x12\x1a.dcnr.v1.CheckpointRequest\x1a\x1b.dcnr.v1.CheckpointResponse\x12<\n\x07Restore\x12\x17.dcnr.v1.RestoreRequest\x1a\x18.dcnr.v1.RestoreResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'api.dcnr.v1.vnode_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_RESTOREREQUEST_NEIGHBOURREPLICASENTRY']._loaded_options = None
+  _globals['_RESTOREREQUEST_NEIGHBOURREPLICASENTRY']._serialized_options = b'8\001'
   _globals['_FORWARDREQUEST']._serialized_start=55
-  _globals['_FORWARDREQUEST']._serialized_end=395
-  _globals['_FORWARDRESPONSE']._serialized_start=397
-  _globals['_FORWARDRESPONSE']._serialized_end=474
-  _globals['_BACKWARDREQUEST']._serialized_start=477
-  _globals['_BACKWARDREQUEST']._serialized_end=818
-  _globals['_BACKWARDRESPONSE']._serialized_start=820
-  _globals['_BACKWARDRESPONSE']._serialized_end=898
-  _globals['_CHECKPOINTREQUEST']._serialized_start=901
-  _globals['_CHECKPOINTREQUEST']._serialized_end=1089
-  _globals['_CHECKPOINTRESPONSE']._serialized_start=1091
-  _globals['_CHECKPOINTRESPONSE']._serialized_end=1184
-  _globals['_RESTOREREQUEST']._serialized_start=1187
-  _globals['_RESTOREREQUEST']._serialized_end=1439
-  _globals['_RESTORERESPONSE']._serialized_start=1441
-  _globals['_RESTORERESPONSE']._serialized_end=1513
-  _globals['_VNODESERVICE']._serialized_start=1516
-  _globals['_VNODESERVICE']._serialized_end=1790
+  _globals['_FORWARDREQUEST']._serialized_end=435
+  _globals['_FORWARDRESPONSE']._serialized_start=437
+  _globals['_FORWARDRESPONSE']._serialized_end=514
+  _globals['_BACKWARDREQUEST']._serialized_start=517
+  _globals['_BACKWARDREQUEST']._serialized_end=898
+  _globals['_BACKWARDRESPONSE']._serialized_start=900
+  _globals['_BACKWARDRESPONSE']._serialized_end=978
+  _globals['_CHECKPOINTREQUEST']._serialized_start=981
+  _globals['_CHECKPOINTREQUEST']._serialized_end=1169
+  _globals['_CHECKPOINTRESPONSE']._serialized_start=1171
+  _globals['_CHECKPOINTRESPONSE']._serialized_end=1264
+  _globals['_RESTOREREQUEST']._serialized_start=1267
+  _globals['_RESTOREREQUEST']._serialized_end=1653
+  _globals['_RESTOREREQUEST_NEIGHBOURREPLICASENTRY']._serialized_start=1597
+  _globals['_RESTOREREQUEST_NEIGHBOURREPLICASENTRY']._serialized_end=1653
+  _globals['_RESTORERESPONSE']._serialized_start=1655
+  _globals['_RESTORERESPONSE']._serialized_end=1727
+  _globals['_VNODESERVICE']._serialized_start=1730
+  _globals['_VNODESERVICE']._serialized_end=2004
 # @@protoc_insertion_point(module_scope)

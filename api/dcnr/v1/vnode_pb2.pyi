@@ -11,9 +11,11 @@ are refused (FAILED_PRECONDITION: the sender resolves again), and every Tensor c
 CRC-32 the receiver checks (DATA_LOSS on mismatch: the sender retries).
 """
 
+from collections import abc as _abc
 from api.dcnr.v1 import common_pb2 as _common_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -47,6 +49,8 @@ class ForwardRequest(_message.Message):
     TENSOR_FIELD_NUMBER: _builtins.int
     REPLY_TO_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    ADAPTIVE_FIELD_NUMBER: _builtins.int
+    DOUBLE_CHECK_FIELD_NUMBER: _builtins.int
     job: _builtins.str
     step: _builtins.int
     request_id: _builtins.str
@@ -69,10 +73,19 @@ class ForwardRequest(_message.Message):
     driver moves to another replica. A VNode refuses messages of an older attempt than it
     was last restored to (FAILED_PRECONDITION), so a superseded run cannot interfere.
     """
+    adaptive: _builtins.bool
+    """Adaptive validation (network `validation: adaptive`), inference only. When true, a VNode
+    named in `double_check` runs on all its replicas for this request and its results are
+    compared; any other VNode runs on replica 0 alone. When false, every replica of every
+    VNode computes and every result is compared. Set by the driver and copied by every
+    VNode into the messages it sends for the same position.
+    """
     @_builtins.property
     def header(self) -> _common_pb2.RequestHeader: ...
     @_builtins.property
     def tensor(self) -> _common_pb2.Tensor: ...
+    @_builtins.property
+    def double_check(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -90,10 +103,12 @@ class ForwardRequest(_message.Message):
         tensor: _common_pb2.Tensor | None = ...,
         reply_to: _builtins.str = ...,
         attempt: _builtins.int = ...,
+        adaptive: _builtins.bool = ...,
+        double_check: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "position", b"position", "request_id", b"request_id", "step", b"step", "tensor", b"tensor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "header", b"header", "job", b"job", "network", b"network", "position", b"position", "reply_to", b"reply_to", "request_id", b"request_id", "sender_epoch", b"sender_epoch", "sender_replica", b"sender_replica", "sender_vnode", b"sender_vnode", "step", b"step", "target_epoch", b"target_epoch", "target_replica", b"target_replica", "target_vnode", b"target_vnode", "tensor", b"tensor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adaptive", b"adaptive", "attempt", b"attempt", "double_check", b"double_check", "header", b"header", "job", b"job", "network", b"network", "position", b"position", "reply_to", b"reply_to", "request_id", b"request_id", "sender_epoch", b"sender_epoch", "sender_replica", b"sender_replica", "sender_vnode", b"sender_vnode", "step", b"step", "target_epoch", b"target_epoch", "target_replica", b"target_replica", "target_vnode", b"target_vnode", "tensor", b"tensor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_position: _TypeAlias = _typing.Literal["step", "request_id"]  # noqa: Y015
     _WhichOneofArgType_position: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
@@ -143,6 +158,8 @@ class BackwardRequest(_message.Message):
     TENSOR_FIELD_NUMBER: _builtins.int
     REPLY_TO_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    ADAPTIVE_FIELD_NUMBER: _builtins.int
+    DOUBLE_CHECK_FIELD_NUMBER: _builtins.int
     job: _builtins.str
     step: _builtins.int
     request_id: _builtins.str
@@ -163,10 +180,19 @@ class BackwardRequest(_message.Message):
     driver moves to another replica. A VNode refuses messages of an older attempt than it
     was last restored to (FAILED_PRECONDITION), so a superseded run cannot interfere.
     """
+    adaptive: _builtins.bool
+    """Adaptive validation (network `validation: adaptive`), inference only. When true, a VNode
+    named in `double_check` runs on all its replicas for this request and its results are
+    compared; any other VNode runs on replica 0 alone. When false, every replica of every
+    VNode computes and every result is compared. Set by the driver and copied by every
+    VNode into the messages it sends for the same position.
+    """
     @_builtins.property
     def header(self) -> _common_pb2.RequestHeader: ...
     @_builtins.property
     def tensor(self) -> _common_pb2.Tensor: ...
+    @_builtins.property
+    def double_check(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -184,10 +210,12 @@ class BackwardRequest(_message.Message):
         tensor: _common_pb2.Tensor | None = ...,
         reply_to: _builtins.str = ...,
         attempt: _builtins.int = ...,
+        adaptive: _builtins.bool = ...,
+        double_check: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "position", b"position", "request_id", b"request_id", "step", b"step", "tensor", b"tensor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "header", b"header", "job", b"job", "network", b"network", "position", b"position", "reply_to", b"reply_to", "request_id", b"request_id", "sender_epoch", b"sender_epoch", "sender_replica", b"sender_replica", "sender_vnode", b"sender_vnode", "step", b"step", "target_epoch", b"target_epoch", "target_replica", b"target_replica", "target_vnode", b"target_vnode", "tensor", b"tensor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adaptive", b"adaptive", "attempt", b"attempt", "double_check", b"double_check", "header", b"header", "job", b"job", "network", b"network", "position", b"position", "reply_to", b"reply_to", "request_id", b"request_id", "sender_epoch", b"sender_epoch", "sender_replica", b"sender_replica", "sender_vnode", b"sender_vnode", "step", b"step", "target_epoch", b"target_epoch", "target_replica", b"target_replica", "target_vnode", b"target_vnode", "tensor", b"tensor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_position: _TypeAlias = _typing.Literal["step", "request_id"]  # noqa: Y015
     _WhichOneofArgType_position: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
@@ -291,6 +319,26 @@ Global___CheckpointResponse: _TypeAlias = CheckpointResponse  # noqa: Y015
 class RestoreRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class NeighbourReplicasEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     HEADER_FIELD_NUMBER: _builtins.int
     JOB_FIELD_NUMBER: _builtins.int
     STEP_FIELD_NUMBER: _builtins.int
@@ -303,6 +351,7 @@ class RestoreRequest(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     OPTIMIZER_FIELD_NUMBER: _builtins.int
     LEARNING_RATE_FIELD_NUMBER: _builtins.int
+    NEIGHBOUR_REPLICAS_FIELD_NUMBER: _builtins.int
     job: _builtins.str
     step: _builtins.int
     network: _builtins.str
@@ -325,6 +374,13 @@ class RestoreRequest(_message.Message):
     def blob(self) -> _common_pb2.BlobRef:
         """The checkpoint to load, as Checkpoint returned it."""
 
+    @_builtins.property
+    def neighbour_replicas(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """How many replicas of each parent and child VNode take part in this attempt (tiebreakers
+        included); a replica waits for a result from each of them and compares them. VNodes not
+        named count as their assignment's `neighbour_replicas`.
+        """
+
     def __init__(
         self,
         *,
@@ -340,10 +396,11 @@ class RestoreRequest(_message.Message):
         attempt: _builtins.int = ...,
         optimizer: _builtins.str = ...,
         learning_rate: _builtins.float = ...,
+        neighbour_replicas: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["blob", b"blob", "header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "blob", b"blob", "epoch", b"epoch", "header", b"header", "job", b"job", "learning_rate", b"learning_rate", "network", b"network", "optimizer", b"optimizer", "replica", b"replica", "seed", b"seed", "step", b"step", "vnode", b"vnode"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "blob", b"blob", "epoch", b"epoch", "header", b"header", "job", b"job", "learning_rate", b"learning_rate", "neighbour_replicas", b"neighbour_replicas", "network", b"network", "optimizer", b"optimizer", "replica", b"replica", "seed", b"seed", "step", b"step", "vnode", b"vnode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
