@@ -13,7 +13,9 @@ Results are checked before anyone uses them (`api.checks`): a received activatio
 the kind of the VNode that sent it (the assignment names its neighbours' kinds), a gradient
 for dtype, shape and finiteness. A failure is refused INVALID_ARGUMENT, reason CheckFailed,
 naming the check, and reported to the orchestrator (`Reporter`, ValidationService), which
-strikes the producing PNode and rolls the job back.
+strikes the producing PNode and rolls the job back. Results that pass are compared with those
+of the producer's other replicas (`agent.vnode`); losers and disputes are reported too
+(`agent.reports`, check "quorum"), and the message is accepted either way.
 
 Instances follow the agent's assignment set level-based (`reconcile`): one per assigned
 (network, vnode, replica) at its epoch, rebuilt when the epoch or definition changes,
@@ -44,7 +46,7 @@ from typing import Any, NoReturn, Protocol
 import grpc
 from grpc import aio
 
-from agent import blobs, vnode
+from agent import blobs, reports, vnode
 from agent.runtime import data, kinds, state
 from api import checks, tensors
 from api.dcnr.v1 import common_pb2, pnode_pb2, validation_pb2, vnode_pb2, vnode_pb2_grpc
@@ -145,8 +147,9 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
         self._failed = {s: f for s, f in self._failed.items() if s in desired}
         for slot, a in desired.items():
             sig = signature(a)
-            if slot in self._hosted:
-                self._hosted[slot].neighbours = _neighbours(a)  # checks only: no rebuild
+            if slot in self._hosted:  # checks and replica counts only: no rebuild
+                self._hosted[slot].neighbours = _neighbours(a)
+                self._hosted[slot].instance.neighbour_replicas = dict(a.neighbour_replicas)
                 continue
             if self._failed.get(slot, ((),))[0] == sig:
                 continue
@@ -166,6 +169,7 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
                 kind=kind,
                 parents=list(a.inputs),
                 children=list(a.outputs),
+                neighbour_replicas=dict(a.neighbour_replicas),
             )
             self._hosted[slot] = _Hosted(
                 instance,
@@ -281,6 +285,7 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
                         optimizer=request.optimizer or "sgd",
                         learning_rate=request.learning_rate or 0.01,
                         loaded=loaded,
+                        neighbour_replicas=dict(request.neighbour_replicas),
                     )
                 except ValueError as exc:  # unknown optimizer, bad learning rate or state
                     raise _Refusal("Invalid", str(exc)) from None
@@ -303,18 +308,20 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
             self._check(hosted, request, message)
             async with hosted.lock:
                 if hosted.in_thread:
-                    duplicate, out = await asyncio.to_thread(hosted.instance.receive, message)
+                    received = await asyncio.to_thread(hosted.instance.receive, message)
                 else:
                     started = time.perf_counter()
                     try:
-                        duplicate, out = hosted.instance.receive(message)
+                        received = hosted.instance.receive(message)
                     finally:
                         hosted.in_thread = time.perf_counter() - started > SLOW_CALL
         except (_Refusal, vnode.Refused) as exc:
             await _abort(context, exc)
-        for outgoing in out:
+        for finding in received.findings:
+            self._report(reports.quorum(hosted.instance, finding))
+        for outgoing in received.outgoing:
             self._spawn(hosted, outgoing)
-        return duplicate
+        return received.duplicate
 
     def _decode(
         self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest, *, forward: bool
@@ -349,6 +356,9 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
             reply_to=request.reply_to,
             array=array,
             empty=tensors.is_empty(request.tensor),
+            sender_epoch=request.sender_epoch,
+            adaptive=request.adaptive,
+            double_check=tuple(request.double_check),
         )
 
     def _check(
@@ -368,46 +378,17 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
             else:
                 checks.check_gradient(message.array)
         except checks.CheckFailed as failed:
-            self._report(request, failed)
+            self._report(reports.check_failed(request, failed))
             raise _Refusal(
                 "CheckFailed",
                 f"tensor: result of {message.sender_vnode!r} replica {message.sender_replica} "
                 f"refused: {failed}",
             ) from None
 
-    def _report(
-        self,
-        request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest,
-        failed: checks.CheckFailed,
-    ) -> None:
+    def _report(self, report: validation_pb2.ReportResultRequest) -> None:
+        """Send on a task of its own: the message is answered without waiting for it."""
         if self.reporter is None:
             return
-        report = validation_pb2.ReportResultRequest(
-            job=request.job,
-            network=request.network,
-            vnode=request.target_vnode,
-            replica=request.target_replica,
-            epoch=request.target_epoch,
-            phase=(
-                validation_pb2.COMPUTE_PHASE_FORWARD
-                if isinstance(request, vnode_pb2.ForwardRequest)
-                else validation_pb2.COMPUTE_PHASE_BACKWARD
-            ),
-            checks=[
-                validation_pb2.CheckOutcome(
-                    check=failed.check,
-                    result=validation_pb2.CHECK_RESULT_FAILED,
-                    message=failed.message[:1024],
-                )
-            ],
-            subject_vnode=request.sender_vnode,
-            subject_replica=request.sender_replica,
-            subject_epoch=request.sender_epoch,
-        )
-        if request.WhichOneof("position") == "step":
-            report.step = request.step
-        else:
-            report.request_id = request.request_id
         task = asyncio.get_running_loop().create_task(self.reporter.report(report))
         self._reports.add(task)
         task.add_done_callback(self._reports.discard)
@@ -441,10 +422,12 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
             "sender_replica": instance.replica,
             "sender_epoch": instance.epoch,
             "target_vnode": o.target,
-            "target_replica": 0,
+            "target_replica": o.target_replica,
             "tensor": tensor,
             "reply_to": o.reply_to,
             "attempt": o.attempt,
+            "adaptive": o.adaptive,
+            "double_check": o.double_check,
         }
         fields["step" if o.position[0] == "step" else "request_id"] = o.position[1]
         if o.forward:

@@ -149,7 +149,8 @@ class Peers:
     ) -> resolve_pb2.Endpoint | None:
         key = (network, vnode)
         cached = self._cache.get(key)
-        if cached is None or min_epoch:
+        # A replica the cached answer lacks may have been placed since (a tiebreaker).
+        if cached is None or min_epoch or all(e.replica != replica for e in cached.endpoints):
             channel = self._orchestrators.channel()
             stub = resolve_pb2_grpc.ResolutionServiceStub(channel)
             request = resolve_pb2.ResolveRequest(

@@ -11,6 +11,18 @@ wait for one Backward from every child (a sink starts at once), sum the non-empt
 gradients, update own params, send one Backward to every parent (empty where no gradient
 flows; a source's goes to the driver and means "source done").
 
+Redundancy: every replica of a VNode computes. "From every parent" means from every replica
+of it: the results of one parent's replicas are compared (`agent.quorum_inputs`, with
+`api.quorum`) and only the accepted one is consumed; computing waits until every parent has
+one, and what the comparison found (losers, disputes) is returned for the agent to report.
+Outputs go to every replica of each child, gradients to every replica of each parent (the
+driver counts as one VNode with one replica). The counts come from the assignment
+(`neighbour_replicas`), overridden per job by its last Restore. Under adaptive validation
+(inference) a VNode not named in the message's double_check runs on replica 0 alone: it is
+sent to, and expected from, replica 0 only. A position is forgotten once every expected
+replica has answered (a result after the majority decided is still compared), or when
+`REMEMBERED_REQUESTS` newer ones (or disputed ones) are waiting likewise.
+
 Attempts are tracked per job: the attempt of job A says nothing about job B (an inference
 request under another job id must not be refused because a training run is at attempt 7).
 
@@ -23,11 +35,13 @@ the last Restore's (0 if none); without a Restore the optimizer is sgd at 0.01.
 from __future__ import annotations
 
 import collections
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from agent import quorum_inputs
 from agent.runtime import kinds, optim, state
 
 DRIVER = "__driver__"
@@ -36,7 +50,8 @@ DEFAULT_OPTIMIZER = ("sgd", 0.01)
 #: list: a step at or before the state's step is old by definition).
 REMEMBERED_REQUESTS = 1024
 
-Position = tuple[str, int | str]  # ("step", 5) or ("request", "r-1")
+Position = quorum_inputs.Position  # ("step", 5) or ("request", "r-1")
+Finding = quorum_inputs.Finding
 
 
 class Refused(Exception):
@@ -61,6 +76,9 @@ class Message:
     array: np.ndarray
     #: The "no gradient" / "no input" marker (shape [0]).
     empty: bool = False
+    sender_epoch: int = 0
+    adaptive: bool = False
+    double_check: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,17 +91,29 @@ class Outgoing:
     attempt: int
     #: None: the empty tensor.
     array: np.ndarray | None
+    target_replica: int = 0
+    adaptive: bool = False
+    double_check: tuple[str, ...] = ()
+
+
+class Received(NamedTuple):
+    duplicate: bool
+    outgoing: list[Outgoing]
+    #: What comparing the replicas' results found, to report (losers, disputes).
+    findings: list[Finding]
 
 
 @dataclass
 class _Pending:
     reply_to: str
-    inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    inputs: quorum_inputs.Inputs
+    grads: quorum_inputs.Inputs
+    adaptive: bool = False
+    double_check: tuple[str, ...] = ()
     seen: set[tuple[bool, str, int]] = field(default_factory=set)
     computed: bool = False
     cache: Any = None
     output_shape: tuple[int, ...] = ()
-    grads: dict[str, np.ndarray | None] = field(default_factory=dict)
     awaiting_backward: bool = False
 
 
@@ -105,6 +135,7 @@ class Instance:
         kind: kinds.Kind,
         parents: list[str],
         children: list[str],
+        neighbour_replicas: Mapping[str, int] | None = None,
     ) -> None:
         self.network = network
         self.vnode = vnode
@@ -115,6 +146,10 @@ class Instance:
         self.parents = list(parents) or [DRIVER]
         self._unique_parents = list(dict.fromkeys(self.parents))
         self.children = list(dict.fromkeys(children))
+        #: Replica count of each parent and child (the assignment's; absent: 1).
+        self.neighbour_replicas: dict[str, int] = dict(neighbour_replicas or {})
+        #: Per job: the counts its last Restore named, over `neighbour_replicas`.
+        self._job_replicas: dict[str, dict[str, int]] = {}
         self.params: dict[str, np.ndarray] | None = None
         self.optimizer: optim.Optimizer | None = None
         self.seed = 0
@@ -125,22 +160,43 @@ class Instance:
         self._finished_requests: collections.OrderedDict[tuple[str, Position], None] = (
             collections.OrderedDict()
         )
+        #: Computed positions still expecting late replicas' results, oldest first.
+        self._lingering: collections.OrderedDict[tuple[str, Position], None] = (
+            collections.OrderedDict()
+        )
+
+    def replicas_of(self, job: str, name: str) -> int:
+        """How many replicas of neighbour `name` take part in `job`."""
+        if name == DRIVER:
+            return 1
+        return self._job_replicas.get(job, {}).get(name) or self.neighbour_replicas.get(name) or 1
+
+    def _expected(self, pending: _Pending, job: str, name: str) -> int:
+        if pending.adaptive and name not in pending.double_check:
+            return 1
+        return self.replicas_of(job, name)
+
+    def _targets(self, pending: _Pending, job: str, name: str, *, forward: bool) -> range:
+        """Gradients go to every replica: training is never adaptive."""
+        if forward and pending.adaptive and name not in pending.double_check:
+            return range(1)
+        return range(self.replicas_of(job, name))
 
     # -- messages ---------------------------------------------------------------------------
 
-    def receive(self, m: Message) -> tuple[bool, list[Outgoing]]:
-        """(duplicate, messages to send). Raises Refused, changing nothing."""
+    def receive(self, m: Message) -> Received:
+        """What to send and report because of `m`. Raises Refused, changing nothing."""
         self._check(m.job, m.target_epoch, m.attempt, "target_epoch")
         training = m.position[0] == "step"
         key = (m.job, m.position)
         pending = self._pending.get(key)
         seen = (m.forward, m.sender_vnode, m.sender_replica)
         if pending is not None and seen in pending.seen:
-            return True, []
+            return Received(True, [], [])
         if pending is None and (
             (training and int(m.position[1]) <= self.step) or key in self._finished_requests
         ):
-            return True, []  # an old position, finished (or rolled back) long ago
+            return Received(True, [], [])  # an old position, finished (or rolled back) long ago
         if m.forward:
             if m.sender_vnode not in self._unique_parents:
                 raise Refused(
@@ -149,8 +205,14 @@ class Instance:
                     f"(parents: {', '.join(self._unique_parents)})",
                 )
             if pending is None:
-                pending = self._pending[key] = _Pending(reply_to=m.reply_to)
-            out = self._forward(pending, m, training)
+                pending = self._pending[key] = _Pending(
+                    reply_to=m.reply_to,
+                    inputs=quorum_inputs.Inputs(m.job, m.position, forward=True),
+                    grads=quorum_inputs.Inputs(m.job, m.position, forward=False),
+                    adaptive=m.adaptive,
+                    double_check=m.double_check,
+                )
+            out, found = self._forward(pending, m, training)
         else:
             if not training:
                 raise Refused("Invalid", "position: inference (request_id) has no backward pass")
@@ -166,40 +228,48 @@ class Instance:
                     f"step {m.position[1]}: {self.vnode!r} has no forward pass of that step "
                     "(re-placed or restored since); the driver will roll back",
                 )
-            out = self._receive_gradient(pending, m)
+            out, found = self._receive_gradient(pending, m)
         pending.seen.add(seen)
         if pending.computed and not pending.awaiting_backward:
-            self._finish(key, training)
-        return False, out
+            self._settle(key, pending, training)
+        elif any(f.disputed for f in found):  # may never settle: the driver retries anew
+            self._linger(key)
+        return Received(False, out, found)
 
-    def _forward(self, pending: _Pending, m: Message, training: bool) -> list[Outgoing]:
-        if pending.computed:  # a second sender replica of the same parent: nothing new
-            return []
-        pending.inputs[m.sender_vnode] = m.array
-        if any(p not in pending.inputs for p in self._unique_parents):
-            return []
-        inputs = [pending.inputs[p] for p in self.parents]
+    def _forward(
+        self, pending: _Pending, m: Message, training: bool
+    ) -> tuple[list[Outgoing], list[Finding]]:
+        saved = pending.inputs.save(m.sender_vnode)
+        expected = self._expected(pending, m.job, m.sender_vnode)
+        found = pending.inputs.add(
+            m.sender_vnode, m.sender_replica, m.sender_epoch, m.array, expected=expected
+        )
+        if pending.computed or not pending.inputs.complete(self._unique_parents):
+            return [], found
+        inputs = pending.inputs.arrays(self.parents)
         try:
             params = self._params([x.shape for x in inputs])
             output, cache = self.kind.forward(inputs, params, training=training)
         except (kinds.KindError, ValueError, FloatingPointError) as exc:
-            del pending.inputs[m.sender_vnode]
+            pending.inputs.load(m.sender_vnode, saved)
             raise Refused("Invalid", f"kind {self.kind.name!r} of {self.vnode!r}: {exc}") from None
         pending.computed = True
-        pending.inputs = {}
         pending.output_shape = tuple(output.shape)
         out = [
-            Outgoing(True, child, m.job, m.position, pending.reply_to, m.attempt, output)
+            self._outgoing(pending, m, True, child, replica, output)
             for child in self.children or [DRIVER]
+            for replica in self._targets(pending, m.job, child, forward=True)
         ]
         if training:
             pending.cache = cache
             pending.awaiting_backward = True
             if not self.children:  # a sink: backward starts here
                 out += self._backward(pending, None, m)
-        return out
+        return out, found
 
-    def _receive_gradient(self, pending: _Pending, m: Message) -> list[Outgoing]:
+    def _receive_gradient(
+        self, pending: _Pending, m: Message
+    ) -> tuple[list[Outgoing], list[Finding]]:
         grad = None if m.empty else m.array
         if grad is not None and tuple(grad.shape) != pending.output_shape:
             raise Refused(
@@ -207,15 +277,23 @@ class Instance:
                 f"tensor.shape: gradient {list(grad.shape)} from {m.sender_vnode!r} does not "
                 f"match {self.vnode!r}'s output {list(pending.output_shape)}",
             )
-        pending.grads[m.sender_vnode] = grad
-        if any(c not in pending.grads for c in self.children):
-            return []
+        saved = pending.grads.save(m.sender_vnode)
+        found = pending.grads.add(
+            m.sender_vnode,
+            m.sender_replica,
+            m.sender_epoch,
+            quorum_inputs.EMPTY if grad is None else grad,
+            expected=self.replicas_of(m.job, m.sender_vnode),
+        )
+        if not pending.awaiting_backward or not pending.grads.complete(self.children):
+            return [], found
+        accepted = pending.grads.arrays(self.children)
         try:
-            total = kinds.sum_gradients([pending.grads[c] for c in self.children])
+            total = kinds.sum_gradients([None if g is quorum_inputs.EMPTY else g for g in accepted])
         except kinds.KindError as exc:
-            del pending.grads[m.sender_vnode]
+            pending.grads.load(m.sender_vnode, saved)
             raise Refused("Invalid", str(exc)) from None
-        return self._backward(pending, total, m)
+        return self._backward(pending, total, m), found
 
     def _backward(self, pending: _Pending, grad: np.ndarray | None, m: Message) -> list[Outgoing]:
         assert self.params is not None
@@ -233,13 +311,54 @@ class Instance:
                 previous = per_parent[parent]
                 per_parent[parent] = g if previous is None else previous + g
         return [
-            Outgoing(False, parent, m.job, m.position, pending.reply_to, m.attempt, g)
+            self._outgoing(pending, m, False, parent, replica, g)
             for parent, g in per_parent.items()
+            for replica in self._targets(pending, m.job, parent, forward=False)
         ]
+
+    def _outgoing(
+        self,
+        pending: _Pending,
+        m: Message,
+        forward: bool,
+        target: str,
+        replica: int,
+        array: np.ndarray | None,
+    ) -> Outgoing:
+        return Outgoing(
+            forward,
+            target,
+            m.job,
+            m.position,
+            pending.reply_to,
+            m.attempt,
+            array,
+            target_replica=replica,
+            adaptive=pending.adaptive,
+            double_check=pending.double_check,
+        )
+
+    def _settle(self, key: tuple[str, Position], pending: _Pending, training: bool) -> None:
+        """Finish a computed position, unless late replicas' results are still expected:
+        those are compared when they come, so it lingers (a bounded number of them)."""
+        job = key[0]
+        parents = {p: self._expected(pending, job, p) for p in self._unique_parents}
+        children = {c: self.replicas_of(job, c) for c in self.children} if training else {}
+        if pending.inputs.settled(parents) and pending.grads.settled(children):
+            self._finish(key, training)
+        else:
+            self._linger(key)
+
+    def _linger(self, key: tuple[str, Position]) -> None:
+        self._lingering[key] = None
+        while len(self._lingering) > REMEMBERED_REQUESTS:
+            oldest, _ = self._lingering.popitem(last=False)
+            self._finish(oldest, oldest[1][0] == "step")
 
     def _finish(self, key: tuple[str, Position], training: bool) -> None:
         """Forget a finished position; keep its key where duplicates must still be known."""
         self._pending.pop(key, None)
+        self._lingering.pop(key, None)
         if not training:
             self._finished_requests[key] = None
             while len(self._finished_requests) > REMEMBERED_REQUESTS:
@@ -271,6 +390,7 @@ class Instance:
     def _drop(self, job: str | None) -> None:
         for key in [k for k in self._pending if job is None or k[0] == job]:
             del self._pending[key]
+            self._lingering.pop(key, None)
 
     # -- checkpoint and restore ---------------------------------------------------------------
 
@@ -306,9 +426,11 @@ class Instance:
         optimizer: str,
         learning_rate: float,
         loaded: Snapshot | None,
+        neighbour_replicas: Mapping[str, int] | None = None,
     ) -> int:
-        """Adopt a checkpoint (or a fresh start) and the job's attempt; drop everything in
-        flight. Returns the step the state now corresponds to."""
+        """Adopt a checkpoint (or a fresh start), the job's attempt and the neighbours'
+        replica counts it runs with (named ones override the assignment's for this job);
+        drop everything in flight. Returns the step the state now corresponds to."""
         if epoch != self.epoch:
             raise Refused(
                 "StaleEpoch",
@@ -319,6 +441,7 @@ class Instance:
         if loaded is not None:
             new_optimizer.load_state_dict(loaded.optimizer_state)
         self._attempts[job] = attempt
+        self._job_replicas[job] = {k: v for k, v in (neighbour_replicas or {}).items() if v}
         self._drop(None)
         self._finished_requests.clear()
         self.optimizer = new_optimizer
