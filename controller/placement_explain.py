@@ -50,10 +50,9 @@ def explain_slot(
             f"{' ...' if len(network.spec.vnodes) > 20 else ''})",
             reason="NotFound",
         )
-    if replica >= vnode.replicas:
-        raise rpc.invalid(
-            "replica", replica, f"must be below the vnode's replicas ({vnode.replicas})"
-        )
+    running = network.replicas_of(vnode)
+    if replica >= running:
+        raise rpc.invalid("replica", replica, f"must be below the vnode's replicas ({running})")
     slot = allocation_model.slot_name(network.name, vnode.name, replica)
     current = next((a for a in allocations if a.name == slot), None)
     avoid = model.pnodes_hosting(

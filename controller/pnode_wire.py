@@ -189,10 +189,15 @@ def _assignment(item: view_mod.Assignment, outputs: list[str]) -> pnode_pb2.Assi
     if vnode.data is not None:
         data = common_pb2.DataRef(url=vnode.data.url, dataset=vnode.data.dataset or "")
         message.data.CopyFrom(data)
-    # Neighbours' kinds let the receiving agent check what it is sent (issue: validation).
+    # Neighbours' kinds let the receiving agent check what it is sent (issue: validation);
+    # their replica counts (tiebreakers included), how many copies of each input to wait
+    # for and compare, and how many replicas of each output to send to. A driver's Restore
+    # overrides the counts for its job, since a tiebreaker added later bumps no version of
+    # this PNode's assignment set.
     for name in [*vnode.inputs, *outputs]:
         neighbour = item.network.vnode(name)
         if neighbour is not None:
+            message.neighbour_replicas[name] = item.network.replicas_of(neighbour)
             message.neighbour_kinds[name] = neighbour.kind
             message.neighbour_params_json[name] = json.dumps(
                 neighbour.params, separators=(",", ":")

@@ -17,10 +17,27 @@ checks also run in the driver inbox (sink outputs), which is trusted.
 
 Reports without a subject (a PNode reporting its own result) are recorded as nothing: a
 PNode vouching for itself earns no trust.
+
+Quorum reports (check "quorum") come from a replica that compared the results of all
+replicas of a neighbour. FAILED: the subject replica lost to a majority: it is struck like
+any failed check, but the job goes on (the majority's result was used), so the local run is
+only told not to credit it (`Inbox.strike`) instead of rolling back. DISPUTED: no majority;
+nobody is struck, a tiebreaker replica of the subject VNode is requested
+(`controller.tiebreak`), and a local run of the job rolls back to wait for it. Its
+`subject_epoch` may be that of any replica of the VNode (the reporter names replica 0 of a
+set that disagrees), so it is admitted when any current replica is at that epoch.
+
+Every replica of a child receives the same result from a parent replica, so one lie is
+reported once per receiving replica. Reports are counted once per (job, position, phase,
+subject slot and epoch, check): a lie costs one strike however many replicas saw it. The
+memory of reports is bounded (`MAX_REMEMBERED`) and per orchestrator replica; a duplicate
+that lands on another replica, or after the bound, strikes again — rare, and bounded by the
+number of receiving replicas.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -30,33 +47,52 @@ from grpc import aio
 
 from api.dcnr.v1 import validation_pb2, validation_pb2_grpc
 from api.resources import allocation, pnode
-from controller import credentials, driver_inbox, rpc, trust
+from controller import credentials, driver_inbox, rpc, tiebreak, trust
 from controller import view as view_mod
+from store import base
 
 log = logging.getLogger("dcnr.validation")
 
+QUORUM = "quorum"
 FAILED = validation_pb2.CHECK_RESULT_FAILED
+DISPUTED = validation_pb2.CHECK_RESULT_DISPUTED
 REJECTED = validation_pb2.VALIDATION_VERDICT_REJECTED
 ACCEPTED = validation_pb2.VALIDATION_VERDICT_ACCEPTED
+DISPUTED_VERDICT = validation_pb2.VALIDATION_VERDICT_DISPUTED
+#: Reports remembered to count each reported result once (see the module docstring).
+MAX_REMEMBERED = 4096
+
+#: What makes two reports about the same thing: network, job, request id, step, phase,
+#: subject VNode, replica and epoch (-1 for a dispute: about all replicas), check.
+ReportKey = tuple[str, str, str, int, int, str, int, int, str]
 
 
 class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
     def __init__(
         self,
         *,
+        store: base.Store,
         view: view_mod.View,
         book: trust.TrustBook,
         inbox: driver_inbox.Inbox,
         replica_id: str,
         on_checked: Callable[[bool], None] | None = None,
         on_refused: Callable[[str], None] | None = None,
+        on_disagreed: Callable[[], None] | None = None,
+        on_tiebreak: Callable[[], None] | None = None,
     ) -> None:
+        """`on_disagreed`: a reported disagreement (a loser or a dispute), once per result;
+        `on_tiebreak`: a tiebreaker this service requested (not one already requested)."""
+        self._store = store
         self._view = view
         self._book = book
         self._inbox = inbox
         self._replica_id = replica_id
         self._on_checked = on_checked
         self._on_refused = on_refused
+        self._on_disagreed = on_disagreed
+        self._on_tiebreak = on_tiebreak
+        self._seen: collections.OrderedDict[ReportKey, None] = collections.OrderedDict()
 
     @rpc.handler
     async def ReportResult(
@@ -64,12 +100,12 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
         request: validation_pb2.ReportResultRequest,
         context: aio.ServicerContext[Any, Any],
     ) -> validation_pb2.ReportResultResponse:
-        verdict = self._report(request, rpc.bearer(context))
+        verdict = await self._report(request, rpc.bearer(context))
         return validation_pb2.ReportResultResponse(
             header=rpc.response_header(request.header, self._replica_id), verdict=verdict
         )
 
-    def _report(
+    async def _report(
         self, request: validation_pb2.ReportResultRequest, presented: str | None
     ) -> validation_pb2.ValidationVerdict.ValueType:
         reporter = self._view.pnodes.get(request.pnode_id)
@@ -89,15 +125,25 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
                 f"{reporter.status.incarnation} of pnode {request.pnode_id!r}; register again",
                 reason="Fenced",
             )
-        failed = [c for c in request.checks if c.result == FAILED]
         if not request.subject_vnode:
             return ACCEPTED
-        producer = self._producer(request, reporter)
-        if self._on_checked is not None:
-            self._on_checked(not failed)
+        disputed = next(
+            (c for c in request.checks if c.check == QUORUM and c.result == DISPUTED), None
+        )
+        if disputed is not None:
+            self._admit(request, reporter, any_replica=True)
+            return await self._disputed(request, disputed)
+        producer = self._admit(request, reporter, any_replica=False)
+        failed = [c for c in request.checks if c.result == FAILED]
         if not failed:
+            if self._on_checked is not None:
+                self._on_checked(True)
             return ACCEPTED
         check = failed[0]
+        if not self._first(request, check.check):
+            return REJECTED  # the same result, reported by another receiving replica
+        if self._on_checked is not None:
+            self._on_checked(False)
         self._book.record(
             producer,
             trust.Outcome(
@@ -108,15 +154,19 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
                 message=f"reported by {request.pnode_id}: {check.message}",
             ),
         )
-        position: driver_inbox.Position = (
-            request.step if request.WhichOneof("position") == "step" else request.request_id
-        )
-        self._inbox.fail(
-            request.job,
-            position,
-            f"{request.subject_vnode} replica {request.subject_replica} on {producer} failed "
-            f"check {check.check}: {check.message}",
-        )
+        position = _position(request)
+        if check.check == QUORUM:
+            # The majority's result was used: the job goes on, the loser gets no credit.
+            self._inbox.strike(request.job, position, producer)
+            if self._on_disagreed is not None:
+                self._on_disagreed()
+        else:
+            self._inbox.fail(
+                request.job,
+                position,
+                f"{request.subject_vnode} replica {request.subject_replica} on {producer} "
+                f"failed check {check.check}: {check.message}",
+            )
         log.warning(
             "result failed a check",
             extra={
@@ -130,9 +180,77 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
         )
         return REJECTED
 
-    def _producer(self, request: validation_pb2.ReportResultRequest, reporter: pnode.PNode) -> str:
+    async def _disputed(
+        self, request: validation_pb2.ReportResultRequest, check: validation_pb2.CheckOutcome
+    ) -> validation_pb2.ValidationVerdict.ValueType:
+        """No majority among the subject VNode's replicas: nobody is struck; one more
+        replica is requested, and a local run of the job rolls back to wait for it."""
+        if not self._first(request, QUORUM, replica=False):
+            return DISPUTED_VERDICT
+        if self._on_disagreed is not None:
+            self._on_disagreed()
+        added = await tiebreak.request(
+            self._store,
+            request.network,
+            request.subject_vnode,
+            on_written=self._view.apply_written,
+        )
+        if added and self._on_tiebreak is not None:
+            self._on_tiebreak()
+        self._inbox.fail(
+            request.job,
+            _position(request),
+            f"the replicas of {request.subject_vnode} disagree with no majority (reported by "
+            f"{request.pnode_id}: {check.message}); a tiebreaker replica is requested",
+            disputed=request.subject_vnode,
+        )
+        log.warning(
+            "replicas disagree with no majority",
+            extra={
+                "fields": {
+                    "reporter": request.pnode_id,
+                    "network": request.network,
+                    "vnode": request.subject_vnode,
+                    "tiebreaker_added": added,
+                }
+            },
+        )
+        return DISPUTED_VERDICT
+
+    def _first(
+        self, request: validation_pb2.ReportResultRequest, check: str, *, replica: bool = True
+    ) -> bool:
+        """Whether this is the first report of this result and check (and remember it).
+        A dispute is about the VNode's replicas together, not one of them."""
+        position = request.step if request.WhichOneof("position") == "step" else -1
+        key: ReportKey = (
+            request.network,
+            request.job,
+            request.request_id,
+            position,
+            int(request.phase),
+            request.subject_vnode,
+            request.subject_replica if replica else -1,
+            request.subject_epoch if replica else -1,
+            check,
+        )
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > MAX_REMEMBERED:
+            self._seen.popitem(last=False)
+        return True
+
+    def _admit(
+        self,
+        request: validation_pb2.ReportResultRequest,
+        reporter: pnode.PNode,
+        *,
+        any_replica: bool,
+    ) -> str:
         """The PNode that computed the reported result; refuses reporters that could not
-        have received it."""
+        have received it. `any_replica`: the epoch may be that of any replica of the
+        subject VNode (a dispute is about all of them)."""
         net = self._view.networks.get(request.network)
         subject = net.vnode(request.subject_vnode) if net is not None else None
         if net is None or subject is None:
@@ -160,17 +278,28 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
             )
         slot = allocation.slot_name(request.network, request.subject_vnode, request.subject_replica)
         current = self._view.allocations.get(slot)
-        if current is None or current.spec.epoch != request.subject_epoch:
-            self._refused("stale-epoch")
-            held = "no allocation" if current is None else f"epoch {current.spec.epoch}"
-            raise rpc.RpcFailure(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"subject_epoch: {request.subject_epoch} is not the current epoch of slot "
-                f"{slot!r} ({held})",
-                reason="StaleEpoch",
-            )
-        return current.spec.pnode
+        if current is not None and current.spec.epoch == request.subject_epoch:
+            return current.spec.pnode
+        if any_replica:
+            for replica in range(net.replicas_of(subject)):
+                other = allocation.slot_name(request.network, subject.name, replica)
+                found = self._view.allocations.get(other)
+                if found is not None and found.spec.epoch == request.subject_epoch:
+                    return found.spec.pnode
+        self._refused("stale-epoch")
+        held = "no allocation" if current is None else f"epoch {current.spec.epoch}"
+        which = f"any replica of {subject.name!r}" if any_replica else f"slot {slot!r}"
+        raise rpc.RpcFailure(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"subject_epoch: {request.subject_epoch} is not the current epoch of {which} "
+            f"({slot}: {held})",
+            reason="StaleEpoch",
+        )
 
     def _refused(self, reason: str) -> None:
         if self._on_refused is not None:
             self._on_refused(reason)
+
+
+def _position(request: validation_pb2.ReportResultRequest) -> driver_inbox.Position:
+    return request.step if request.WhichOneof("position") == "step" else request.request_id

@@ -110,7 +110,7 @@ def network_text(net: network.Network, held: list[allocation.Allocation], now: d
     for v in net.spec.vnodes:
         acc = v.resources.accelerator
         vnode_rows.append([
-            v.name, v.kind, ",".join(v.inputs) or tables.NONE, str(v.replicas),
+            v.name, v.kind, ",".join(v.inputs) or tables.NONE, _replicas(net, v),
             render.cpu(v.resources.cpu), render.memory(v.resources.memory),
             f"{acc.count}x{acc.type}" if acc else tables.NONE,
             "yes" if v.critical else "no",
@@ -124,12 +124,13 @@ def network_text(net: network.Network, held: list[allocation.Allocation], now: d
         ("Phase", st.phase),
         ("Ready", f"{st.ready_slots}/{st.desired_slots} slots"),
         ("Observed Generation", str(st.observed_generation)),
+        ("Tiebreakers", ", ".join(st.tiebreakers) or tables.NONE),
     ], INDENT)  # fmt: skip
     out += _conditions(st.conditions, now)
     by_slot = {a.name: a for a in held}
     rows = []
     for v in net.spec.vnodes:
-        for replica in range(v.replicas):
+        for replica in range(net.replicas_of(v)):
             a = by_slot.get(allocation.slot_name(net.name, v.name, replica))
             if a is None:
                 rows.append([v.name, str(replica), "<unplaced>", "-", "-"])
@@ -143,6 +144,20 @@ def network_text(net: network.Network, held: list[allocation.Allocation], now: d
     for cond in unschedulable:
         out += f"{'Unschedulable:'.ljust(WIDTH)}{cond.message}\n"
     return out + EVENTS
+
+
+def _replicas(net: network.Network, v: network.VNodeSpec) -> str:
+    """The replicas that run, which is what placement shows; and why, when it is not the
+    spec's count (a validation policy runs at least two, a dispute one more)."""
+    running = net.replicas_of(v)
+    if running == v.replicas:
+        return str(running)
+    why = []
+    if net.base_replicas(v) != v.replicas:
+        why.append(f"validation {net.spec.validation}")
+    if v.name in net.status.tiebreakers:
+        why.append("+1 tiebreaker")
+    return f"{running} (spec {v.replicas}; {', '.join(why)})"
 
 
 def pnode_text(node: pnode.PNode, held: list[allocation.Allocation], now: datetime) -> str:

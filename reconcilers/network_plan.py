@@ -7,7 +7,8 @@ matches decides (Nomad's reconciler shape). Slots with no allocation are placed.
     --------------------  -------------------------------------  -------  ----------------
     network-deleting      network has a deletion timestamp       stop     -
     vnode-removed         the vnode is no longer in the spec     stop     -
-    replica-scaled-down   replica index >= vnode.replicas        stop     -
+    replica-scaled-down   replica index >= replicas_of(vnode)    stop     -
+                          (spec, validation, tiebreaker)
     pnode-gone            the PNode record is missing            migrate  stop
     pnode-lost            PNode phase Lost                       migrate  stop
     pnode-bugged          PNode failed validation (bugged)       migrate  keep
@@ -87,7 +88,7 @@ def _deleting(f: Facts) -> bool:
 
 
 def _scaled_down(f: Facts) -> bool:
-    return f.vnode is not None and f.allocation.spec.replica >= f.vnode.replicas
+    return f.vnode is not None and f.allocation.spec.replica >= f.network.replicas_of(f.vnode)
 
 
 def _phase(phase: pnode_model.PNodePhase) -> Callable[[Facts], bool]:

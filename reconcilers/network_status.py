@@ -88,6 +88,10 @@ def compute(
         ready_slots=ready,
         conditions=[ready_condition, unschedulable_condition],
         slot_epochs=_slot_epochs(network, final, remembered),
+        # Not the loop's to change: carried over from the copy read, so a write from a stale
+        # copy conflicts (resource_version) rather than wiping a newer request.
+        tiebreakers=list(old.tiebreakers),
+        tiebreak_generation=old.tiebreak_generation,
     )
 
 

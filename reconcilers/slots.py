@@ -19,10 +19,12 @@ HASH_CHARS = 16
 
 
 def slots(network: network_model.Network) -> Iterator[tuple[str, network_model.VNodeSpec, int]]:
-    """(slot name, vnode, replica) for every replica slot the spec asks for, in spec order."""
+    """(slot name, vnode, replica) for every replica slot that runs now, in spec order: the
+    replicas the spec asks for (at least two under a validation policy) plus a tiebreaker
+    while one is requested (`Network.replicas_of`)."""
     name = network.metadata.name
     for vnode in network.spec.vnodes:
-        for replica in range(vnode.replicas):
+        for replica in range(network.replicas_of(vnode)):
             yield allocation_model.slot_name(name, vnode.name, replica), vnode, replica
 
 

@@ -56,3 +56,12 @@ def check(name: str, table: str, masks: Mapping[str, Mask]) -> None:
         path.write_text(got)
     assert path.exists(), f"{path} missing: run with DCNR_UPDATE_GOLDEN=1 to create it"
     assert got == path.read_text(), f"{name} differs from the golden file:\n{got}"
+
+
+def check_text(name: str, text: str) -> None:
+    """Free text (describe) compared whole: callers pass fixed times, so nothing is masked."""
+    path = DIR / name
+    if os.environ.get("DCNR_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.exists(), f"{path} missing: run with DCNR_UPDATE_GOLDEN=1 to create it"
+    assert text == path.read_text(), f"{name} differs from the golden file:\n{text}"

@@ -1,0 +1,88 @@
+"""Tiebreakers: a VNode whose replicas disagreed with no majority runs one more replica.
+
+The request is durable state on the Network (`status.tiebreakers`), not a message: the
+network loop reads it (`Network.replicas_of`) and places the extra replica like any other
+slot, and a driver that restarts still sees it. Whoever sees the dispute writes it (the
+driver, ValidationService); the driver clears it after a checkpoint with no disagreement.
+
+Writes are read-modify-write conditioned on the resource_version read, re-read on
+Conflict: the network loop writes the same status concurrently, and neither may lose the
+other's change (the loop carries `tiebreakers` over from the copy it read, so its stale
+write conflicts instead of wiping a request).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from api.resources import network as network_model
+from store import base, errors
+
+log = logging.getLogger("dcnr.tiebreak")
+
+#: Told of the record written (e.g. `View.apply_written`), so that this replica's network
+#: loop reconciles at once instead of at the view's next refresh.
+Written = Callable[[list[network_model.Network]], None]
+
+#: Read-modify-write attempts on Conflict. Each Conflict means another writer succeeded.
+WRITE_ATTEMPTS = 8
+
+
+async def request(
+    store: base.Store, network: str, vnode: str, *, on_written: Written | None = None
+) -> bool:
+    """Add `vnode` to the network's tiebreakers. True if this call added it; False when it
+    was already there, or the network or the VNode does not exist."""
+    for attempt in range(WRITE_ATTEMPTS):
+        try:
+            net = await store.get(network_model.Network, network)
+        except errors.NotFound:
+            return False
+        if net.vnode(vnode) is None or vnode in net.status.tiebreakers:
+            return False
+        updated = net.model_copy(deep=True)
+        updated.status.tiebreakers = sorted({*net.status.tiebreakers, vnode})
+        updated.status.tiebreak_generation += 1
+        try:
+            written = await store.update(updated)
+        except errors.NotFound:
+            return False
+        except errors.Conflict:
+            if attempt == WRITE_ATTEMPTS - 1:
+                raise
+            continue
+        if on_written is not None:
+            on_written([written])
+        log.info("tiebreaker requested", extra={"fields": {"network": network, "vnode": vnode}})
+        return True
+    raise AssertionError("unreachable")
+
+
+async def clear(store: base.Store, network: str, *, on_written: Written | None = None) -> list[str]:
+    """Remove every tiebreaker of the network; returns those this call removed (empty when
+    there were none or the network does not exist)."""
+    for attempt in range(WRITE_ATTEMPTS):
+        try:
+            net = await store.get(network_model.Network, network)
+        except errors.NotFound:
+            return []
+        removed = list(net.status.tiebreakers)
+        if not removed:
+            return []
+        updated = net.model_copy(deep=True)
+        updated.status.tiebreakers = []
+        updated.status.tiebreak_generation += 1
+        try:
+            written = await store.update(updated)
+        except errors.NotFound:
+            return []
+        except errors.Conflict:
+            if attempt == WRITE_ATTEMPTS - 1:
+                raise
+            continue
+        if on_written is not None:
+            on_written([written])
+        log.info("tiebreakers cleared", extra={"fields": {"network": network, "vnodes": removed}})
+        return removed
+    raise AssertionError("unreachable")
