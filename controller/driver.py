@@ -6,13 +6,21 @@ One run (a task the job loop keeps on the replica that owns the job) goes:
    took the job, so this one stops;
 2. wait until every slot of the network has a live endpoint (phase Paused, saying which
    slots are missing, while not);
-3. Restore replica 0 of every VNode to `checkpoint_step` (its blob, or fresh from the seed),
-   with the optimizer and the attempt, and pin the epochs it restored;
-4. step s = checkpoint_step+1 … total: send the batch's row indices to every source and wait
-   until every sink's Forward and every source's Backward arrived (controller.driver_inbox);
-5. every `checkpoint_interval` steps and at the end, Checkpoint every VNode and record the
-   step and blobs only when all succeeded; progress is written at most every
-   `progress_every` seconds, at checkpoints and at the end.
+3. Restore every replica of every VNode to `checkpoint_step` (its VNode's one blob, or
+   fresh from the seed), with the optimizer, the attempt and its neighbours' replica
+   counts, and pin the epochs it restored;
+4. step s = checkpoint_step+1 … total: send the batch's row indices to every replica of
+   every source and wait until every sink replica's Forward and every source replica's
+   Backward arrived; the sinks' replicas are compared there (controller.driver_inbox);
+5. every `checkpoint_interval` steps and at the end, Checkpoint every replica and record the
+   step and each VNode's majority blob only when all succeeded (controller.driver_checkpoint);
+   progress is written at most every `progress_every` seconds, at checkpoints and at the end.
+
+Redundancy (network `validation`, `replicas`): a dispute — replicas of a VNode disagreeing
+with no majority, in a sink's output, an agent's report or a checkpoint — requests a
+tiebreaker replica for that VNode (controller.tiebreak) and rolls back; the next attempt's
+plan includes it. A recorded checkpoint whose interval saw no disagreement at all clears
+the network's tiebreakers (removing a slot then rolls back once, to that checkpoint).
 
 A step that times out, a send that fails, or any slot's epoch moving (watched through the
 view's network signal) rolls back: a new attempt (1), Paused until Ready (2), every VNode
@@ -26,7 +34,6 @@ run stops (`Fenced`). Two drivers of one job can overlap only until the older on
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import math
@@ -38,10 +45,17 @@ import numpy as np
 from api import tensors
 from api.resources import allocation
 from api.resources import job as job_model
-from controller import clock as clock_mod
-from controller import driver_calls, driver_inbox, driver_plan, job_watch, trust, vnode_client
+from controller import (
+    driver_calls,
+    driver_context,
+    driver_inbox,
+    driver_plan,
+    job_watch,
+    tiebreak,
+    trust,
+)
 from controller import view as view_mod
-from store import base, errors
+from store import errors
 
 log = logging.getLogger("dcnr.driver")
 
@@ -51,70 +65,8 @@ FINAL_PHASES = job_watch.FINAL_PHASES
 MAX_WRITE_ATTEMPTS = 8
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class DriverConfig:
-    #: The blob store VNodes checkpoint under ("file:///dir/" or "s3://bucket/prefix/").
-    blob_store: str = ""
-    #: Where agents reach this replica's driver inbox (reply_to); empty until known.
-    advertise: str = ""
-    step_timeout: float = 10.0
-    progress_every: float = 0.5
-    rpc_timeout: float = 5.0
-    #: The job loop looks at each running job this often (a dead driver is restarted).
-    job_recheck: float = 2.0
-    #: Paused runs re-check readiness, and the Job for a cancel, at least this often.
-    ready_recheck: float = 1.0
-    #: Backoff between rolled-back attempts: from the first, doubling up to the second, so
-    #: a network that keeps failing is not restored in a tight loop.
-    attempt_backoff: float = 0.1
-    attempt_backoff_max: float = 5.0
-    max_message_bytes: int = driver_inbox.DEFAULT_MAX_MESSAGE_BYTES
-
-
-class DriverContext:
-    """What every run and inference on this replica shares."""
-
-    def __init__(
-        self,
-        *,
-        store: base.Store,
-        view: view_mod.View,
-        clock: clock_mod.Clock,
-        config: DriverConfig,
-        replica_id: str,
-    ) -> None:
-        self.store = store
-        self.view = view
-        self.clock = clock
-        self.config = config
-        self.replica_id = replica_id
-        self.inbox = driver_inbox.Inbox()
-        self.feed = job_watch.JobFeed()
-        self.client = vnode_client.VNodeClient(
-            view=view, clock=clock, rpc_timeout=config.rpc_timeout
-        )
-        self.reply_to = config.advertise
-        #: Where results' outcomes go (set by the server; None: trust is not tracked).
-        self.book: trust.TrustBook | None = None
-        self._address_known = asyncio.Event()
-        if self.reply_to:
-            self._address_known.set()
-
-    def set_reply_to(self, address: str) -> None:
-        """Once the port is bound (it may be chosen by the OS), tell runs where to listen."""
-        self.reply_to = address
-        self._address_known.set()
-
-    async def wait_reply_to(self) -> str:
-        await self._address_known.wait()
-        return self.reply_to
-
-    def written(self, job: Job) -> None:
-        """Every Job write on this replica goes here, so watchers see it at once."""
-        self.feed.published(job)
-
-    async def close(self) -> None:
-        await self.client.close()
+DriverConfig = driver_context.DriverConfig
+DriverContext = driver_context.DriverContext
 
 
 class Fenced(Exception):
@@ -203,6 +155,8 @@ class TrainingRun:
                 await self._write(_final("Failed", str(failed)))
                 return
             except Rollback as why:
+                if isinstance(why, driver_calls.Disputed):
+                    await self.ctx.request_tiebreaker(self._job.spec.network, why.vnode)
                 log.warning(
                     "rolling back", extra={"fields": {"job": self.name, "reason": str(why)}}
                 )
@@ -298,6 +252,8 @@ class TrainingRun:
         spec = self._job.spec
         window = _Window(ctx.clock.monotonic())
         last_write = ctx.clock.monotonic()
+        #: Disagreements seen before this checkpoint interval began.
+        clean_since = ctx.inbox.disagreements(self.name)
         for step in range(self._job.status.checkpoint_step + 1, plan.total + 1):
             epoch, k = divmod(step - 1, plan.steps_per_epoch)
             indices = self._batch(plan, epoch, k)
@@ -306,25 +262,35 @@ class TrainingRun:
                 network=plan.network,
                 attempt=self.attempt,
                 position=step,
-                sinks=plan.sinks,
-                sources=plan.sources,
+                sinks={s: plan.replicas_of(s) for s in plan.sinks},
+                sources={s: plan.replicas_of(s) for s in plan.sources},
             )
             try:
                 await calls.step(box, step, indices)
             finally:
                 ctx.inbox.close(box)
             self._progressed = True
-            self._credit(plan)
+            self._credit(plan, box.struck)
             window.samples += len(indices)
             _collect(box, window)
             done_epoch = epoch + 1
             checkpoint = step % spec.checkpoint_interval == 0 or step == plan.total
             now = ctx.clock.monotonic()
             if checkpoint:
-                blobs = await calls.checkpoint(step)
+                written = await calls.checkpoint(step)
                 await self._write(
-                    _progress(step, done_epoch, window, now, blobs=blobs, epochs=calls.epochs)
+                    _progress(
+                        step, done_epoch, window, now, blobs=written.blobs, epochs=calls.epochs
+                    )
                 )
+                if written.outliers:
+                    ctx.inbox.disagreed(self.name, len(written.outliers))
+                    if ctx.metrics is not None:
+                        ctx.metrics.disagreed(len(written.outliers))
+                seen = ctx.inbox.disagreements(self.name)
+                if seen == clean_since:
+                    await self._clear_tiebreakers(plan)
+                clean_since = seen
             elif now - last_write >= config.progress_every:
                 await self._write(_progress(step, done_epoch, window, now))
             else:
@@ -332,15 +298,28 @@ class TrainingRun:
             window, last_write = _Window(now), now
         await self._write(_final("Succeeded", ""))
 
-    def _credit(self, plan: Plan) -> None:
+    async def _clear_tiebreakers(self, plan: Plan) -> None:
+        net = self.ctx.view.networks.get(plan.network)
+        if net is None or not net.status.tiebreakers:
+            return
+        removed = await tiebreak.clear(self.ctx.store, plan.network)
+        if removed:
+            log.info(
+                "tiebreakers cleared after a clean checkpoint interval",
+                extra={"fields": {"job": self.name, "vnodes": removed}},
+            )
+        await self.ctx.sync_network(plan.network)
+
+    def _credit(self, plan: Plan, struck: set[str]) -> None:
         """A completed step: every result of it passed the checks (and, with replicas, the
-        vote), so each PNode that computed one earns a valid result."""
+        vote), so each PNode that computed one earns a valid result — except those whose
+        result lost a comparison in it."""
         book = self.ctx.book
         if book is None:
             return
         for slot in plan.slots:
             current = self.ctx.view.allocations.get(slot)
-            if current is not None:
+            if current is not None and current.spec.pnode not in struck:
                 book.record(current.spec.pnode, trust.Outcome(valid=True, job=self.name))
 
     def _batch(self, plan: Plan, epoch: int, k: int) -> np.ndarray[Any, Any]:

@@ -1,9 +1,16 @@
 """One attempt's messages to the VNodes: Restore, each step's batch, Checkpoint.
 
+Every replica of every VNode takes part (the plan's counts, tiebreakers included): each is
+restored from its VNode's one canonical checkpoint and told how many replicas each of its
+neighbours runs, each replica of a source gets the batch, and each replica checkpoints
+(the canonical blob is the majority's: controller.driver_checkpoint).
+
 Any failure is a `Rollback` carrying the reason the Job's status shows; the run then starts
-a new attempt. The epochs the attempt restored are pinned: a slot whose epoch moves in the
-view (re-placed, re-issued, its PNode re-registered) ends the attempt, because the VNode
-now at that slot never loaded the checkpoint the others did.
+a new attempt. A dispute (replicas disagreeing with no majority) is a `Disputed` rollback
+naming the VNode, for which the run requests a tiebreaker replica. The epochs the attempt
+restored are pinned: a slot whose epoch moves in the view (re-placed, re-issued, its PNode
+re-registered) ends the attempt, because the VNode now at that slot never loaded the
+checkpoint the others did.
 
 Checkpoint blobs are recorded in `status.checkpoint_blobs` as text, "URL#sha256=HEX&size=N",
 so the digest an agent must verify on Restore survives in a field typed as a string.
@@ -12,6 +19,7 @@ so the digest an agent must verify on Restore survives in a field typed as a str
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
@@ -20,10 +28,9 @@ import numpy as np
 
 from api import tensors
 from api.dcnr.v1 import common_pb2, vnode_pb2
-from api.resources import allocation
 from api.resources import job as job_model
 from controller import clock as clock_mod
-from controller import driver_inbox, driver_plan, vnode_client
+from controller import driver_checkpoint, driver_inbox, driver_plan, vnode_client
 from controller import view as view_mod
 
 T = TypeVar("T")
@@ -32,6 +39,22 @@ DRIVER = driver_inbox.DRIVER
 
 class Rollback(Exception):
     """The attempt cannot go on; the message is the reason shown in the Job's status."""
+
+
+class Disputed(Rollback):
+    """The replicas of `vnode` disagree with no majority: it needs a tiebreaker replica."""
+
+    def __init__(self, vnode: str, why: str) -> None:
+        super().__init__(why)
+        self.vnode = vnode
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Checkpointed:
+    #: Replica-0 slot → blob text of each stateful VNode's canonical checkpoint.
+    blobs: dict[str, str]
+    #: VNodes with a replica whose state is not the majority's (a disagreement).
+    outliers: tuple[str, ...] = ()
 
 
 def blob_text(blob: common_pb2.BlobRef) -> str:
@@ -77,8 +100,11 @@ class Calls:
         #: slot → epoch, pinned by `restore`.
         self._slots: dict[str, int] = {}
 
-    def _epoch(self, vnode: str) -> int:
-        return self._slots[allocation.slot_name(self._plan.network, vnode, 0)]
+    def _epoch(self, vnode: str, replica: int = 0) -> int:
+        return self._slots[self._plan.slot(vnode, replica)]
+
+    def _replicas(self, names: Iterable[str]) -> list[tuple[str, int]]:
+        return [(v, r) for v in names for r in range(self._plan.replicas_of(v))]
 
     def check_epochs(self) -> None:
         for slot, epoch in self._slots.items():
@@ -108,19 +134,20 @@ class Calls:
             self._slots[slot] = current.spec.epoch
         deadline = self._clock.monotonic() + self._timeout
 
-        async def one(vnode: str) -> None:
-            text = status.checkpoint_blobs.get(allocation.slot_name(plan.network, vnode, 0))
+        async def one(vnode: str, replica: int) -> None:
+            text = status.checkpoint_blobs.get(plan.slot(vnode))
             request = vnode_pb2.RestoreRequest(
                 job=self._job.name,
                 step=status.checkpoint_step,
                 network=plan.network,
                 vnode=vnode,
-                replica=0,
-                epoch=self._epoch(vnode),
+                replica=replica,
+                epoch=self._epoch(vnode, replica),
                 seed=spec.seed,
                 attempt=self._attempt,
                 optimizer=spec.optimizer,
                 learning_rate=spec.learning_rate,
+                neighbour_replicas=plan.neighbour_replicas(vnode),
             )
             if text and status.checkpoint_step:
                 request.blob.CopyFrom(blob_ref(text))
@@ -131,14 +158,23 @@ class Calls:
                 return await stub.Restore(request, timeout=seconds)
 
             answer = await self._client.call(
-                plan.network, vnode, invoke, deadline=deadline, epoch=self._epoch(vnode)
+                plan.network,
+                vnode,
+                invoke,
+                deadline=deadline,
+                epoch=self._epoch(vnode, replica),
+                replica=replica,
             )
             if answer.step != status.checkpoint_step:
                 raise vnode_client.SendFailed(
-                    f"{vnode} restored to step {answer.step}, not {status.checkpoint_step}"
+                    f"{vnode}.{replica} restored to step {answer.step}, "
+                    f"not {status.checkpoint_step}"
                 )
 
-        await self._all([one(v) for v in plan.vnodes], f"restore to step {status.checkpoint_step}")
+        await self._all(
+            [one(v, r) for v, r in self._replicas(plan.vnodes)],
+            f"restore to step {status.checkpoint_step}",
+        )
         self.check_epochs()
 
     # -- one step -------------------------------------------------------------------------
@@ -146,22 +182,22 @@ class Calls:
     async def step(
         self, box: driver_inbox.Mailbox, step: int, indices: np.ndarray[Any, Any]
     ) -> None:
-        """Send the batch to every source; return once `box` is complete."""
+        """Send the batch to every replica of every source; return once `box` is complete."""
         plan, clock = self._plan, self._clock
         deadline = clock.monotonic() + self._timeout
         signal = self._view.network_signal(plan.network)
         seen = signal.value
         tensor = tensors.encode(indices)
 
-        async def one(source: str) -> None:
+        async def one(source: str, replica: int) -> None:
             request = vnode_pb2.ForwardRequest(
                 job=self._job.name,
                 step=step,
                 network=plan.network,
                 sender_vnode=DRIVER,
                 target_vnode=source,
-                target_replica=0,
-                target_epoch=self._epoch(source),
+                target_replica=replica,
+                target_epoch=self._epoch(source, replica),
                 tensor=tensor,
                 reply_to=self._reply_to,
                 attempt=self._attempt,
@@ -173,15 +209,25 @@ class Calls:
                 return await stub.Forward(request, timeout=seconds)
 
             await self._client.call(
-                plan.network, source, invoke, deadline=deadline, epoch=self._epoch(source)
+                plan.network,
+                source,
+                invoke,
+                deadline=deadline,
+                epoch=self._epoch(source, replica),
+                replica=replica,
             )
 
         sends = asyncio.ensure_future(
-            self._all([one(s) for s in plan.sources], f"step {step}: sending the batch")
+            self._all(
+                [one(s, r) for s, r in self._replicas(plan.sources)],
+                f"step {step}: sending the batch",
+            )
         )
         try:
             while not (box.complete and sends.done()):
                 if box.failed is not None:
+                    if box.disputed is not None:
+                        raise Disputed(box.disputed, f"step {step}: {box.failed}")
                     raise Rollback(f"step {step}: {box.failed}")
                 if sends.done():
                     sends.result()  # raises the Rollback of a failed send
@@ -214,19 +260,21 @@ class Calls:
         """slot → the epoch this attempt restored and talks to."""
         return dict(self._slots)
 
-    async def checkpoint(self, step: int) -> dict[str, str]:
-        """slot → blob text of every stateful VNode's state after `step`; all or Rollback."""
+    async def checkpoint(self, step: int) -> Checkpointed:
+        """Every replica's state after `step`, reduced to each stateful VNode's canonical
+        blob; Rollback unless every replica wrote, Disputed when a VNode's replicas have no
+        majority."""
         plan = self._plan
         deadline = self._clock.monotonic() + self._timeout
 
-        async def one(vnode: str) -> tuple[str, common_pb2.BlobRef]:
+        async def one(vnode: str, replica: int) -> tuple[str, int, common_pb2.BlobRef]:
             request = vnode_pb2.CheckpointRequest(
                 job=self._job.name,
                 step=step,
                 network=plan.network,
                 vnode=vnode,
-                replica=0,
-                epoch=self._epoch(vnode),
+                replica=replica,
+                epoch=self._epoch(vnode, replica),
                 destination=self._destination,
                 attempt=self._attempt,
             )
@@ -237,9 +285,34 @@ class Calls:
                 return await stub.Checkpoint(request, timeout=seconds)
 
             answer = await self._client.call(
-                plan.network, vnode, invoke, deadline=deadline, epoch=self._epoch(vnode)
+                plan.network,
+                vnode,
+                invoke,
+                deadline=deadline,
+                epoch=self._epoch(vnode, replica),
+                replica=replica,
             )
-            return allocation.slot_name(plan.network, vnode, 0), answer.blob
+            return vnode, replica, answer.blob
 
-        written = await self._all([one(v) for v in plan.vnodes], f"checkpoint of step {step}")
-        return {slot: blob_text(blob) for slot, blob in written if blob.url}
+        written = await self._all(
+            [one(v, r) for v, r in self._replicas(plan.vnodes)], f"checkpoint of step {step}"
+        )
+        by_vnode: dict[str, dict[int, common_pb2.BlobRef]] = {}
+        for vnode, replica, blob in written:
+            by_vnode.setdefault(vnode, {})[replica] = blob
+        blobs: dict[str, str] = {}
+        outliers: list[str] = []
+        for vnode in plan.vnodes:
+            chosen = await driver_checkpoint.choose(by_vnode.get(vnode, {}))
+            if chosen.blob is None:
+                raise Disputed(
+                    vnode,
+                    f"checkpoint of step {step}: the {len(by_vnode.get(vnode, {}))} replicas "
+                    f"of {vnode} wrote different states with no majority; a tiebreaker "
+                    "replica is requested",
+                )
+            if chosen.outliers:
+                outliers.append(vnode)
+            if chosen.blob.url:
+                blobs[plan.slot(vnode)] = blob_text(chosen.blob)
+        return Checkpointed(blobs, tuple(outliers))

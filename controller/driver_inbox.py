@@ -8,11 +8,20 @@ position). It checks every message as an agent would (tensor size and checksum, 
 sender's allocation epoch), so a stale or corrupted delivery is refused here, never
 counted by the driver.
 
+It waits for every replica of each sink (and, training, of each source). A sink's
+replicas' outputs are compared (`api.quorum`): the majority's is the sink's output, each
+PNode outside it is struck (check "quorum"), and no majority fails the position as a
+dispute, for which the run requests a tiebreaker replica (`controller.tiebreak`).
+Agents decide the same way on what they receive and report to ValidationService, which
+tells the inbox (`strike`, `fail(disputed=...)`), so a run knows of every disagreement.
+
 Sink outputs also pass the result checks of their kind (`api.checks`) here, the one place
 they run on trusted ground: a failed check is refused INVALID_ARGUMENT (reason CheckFailed,
 naming the check), struck against the PNode that produced it (`controller.trust`), and the
-waiting run rolls back at once (`Mailbox.failed`). So do agents' reports of checks failed
-on what they received (`controller.validation_service` calls `Inbox.fail`).
+waiting run rolls back at once (`Mailbox.failed`) — unless the sink has replicas at this
+position: then it is one result that agrees with no other, and the comparison decides.
+Agents' reports of checks failed on what they received fail the position too
+(`controller.validation_service` calls `Inbox.fail`).
 
 A message nobody waits for is answered by what it is: a repeat of one a finished step
 already took is a duplicate (the sender's retry after a lost response); anything else
@@ -23,53 +32,36 @@ with reason StaleAttempt, which agents take as final (retrying cannot make a run
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import grpc
+import numpy as np
 from grpc import aio
 
-from api import checks, tensors
-from api.dcnr.v1 import common_pb2, vnode_pb2, vnode_pb2_grpc
+from api import checks, quorum, tensors
+from api.dcnr.v1 import vnode_pb2, vnode_pb2_grpc
 from api.resources import allocation
 from controller import clock as clock_mod
-from controller import rpc, trust
+from controller import driver_mailbox, rpc, trust
 from controller import view as view_mod
 
 DRIVER = "__driver__"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
 
-Position = int | str
+Position = driver_mailbox.Position
 Key = tuple[str, int, Position]
 
 
-@dataclasses.dataclass(eq=False)
-class Mailbox:
-    """What one position of one run waits for: every sink's Forward and, when training,
-    every source's Backward."""
+Result = driver_mailbox.Result
+Mailbox = driver_mailbox.Mailbox
+comparable = driver_mailbox.comparable
 
-    job: str
-    network: str
-    attempt: int
-    position: Position
-    sinks: frozenset[str]
-    sources: frozenset[str]
-    outputs: dict[str, common_pb2.Tensor] = dataclasses.field(default_factory=dict)
-    done: set[str] = dataclasses.field(default_factory=set)
-    #: Why the position cannot complete (a result failed a check): the run rolls back.
-    failed: str | None = None
-    changed: view_mod.Signal = dataclasses.field(default_factory=view_mod.Signal)
 
-    @property
-    def complete(self) -> bool:
-        return len(self.outputs) == len(self.sinks) and len(self.done) == len(self.sources)
-
-    def missing(self) -> list[str]:
-        """What has not arrived, for timeout messages: "loss (forward)", "x (backward)"."""
-        return [f"{s} (forward)" for s in sorted(self.sinks - self.outputs.keys())] + [
-            f"{s} (backward)" for s in sorted(self.sources - self.done)
-        ]
+def _counts(names: Iterable[str] | Mapping[str, int]) -> dict[str, int]:
+    if isinstance(names, Mapping):
+        return {name: int(n) for name, n in names.items()}
+    return dict.fromkeys(names, 1)
 
 
 class Inbox:
@@ -81,6 +73,13 @@ class Inbox:
         self._attempts: dict[str, int] = {}
         #: job → (attempt, last step closed), to recognise late duplicates.
         self._closed: dict[str, tuple[int, int]] = {}
+        #: job → disagreements seen (struck replicas, disputes), to know whether a checkpoint
+        #: interval was clean (see `disagreements`).
+        self._disagreements: dict[str, int] = {}
+        #: Where losers of a comparison are struck (None: trust is not tracked).
+        self.book: trust.TrustBook | None = None
+        #: Called with the number of results that disagreed (metrics).
+        self.on_disagreed: Callable[[int], None] | None = None
 
     def open(
         self,
@@ -89,12 +88,13 @@ class Inbox:
         network: str,
         attempt: int,
         position: Position,
-        sinks: Iterable[str],
-        sources: Iterable[str] = (),
+        sinks: Iterable[str] | Mapping[str, int],
+        sources: Iterable[str] | Mapping[str, int] = (),
     ) -> Mailbox:
         """Open before sending anything for the position, so no reply can arrive first.
+        `sinks`/`sources`: names (one replica each) or name → replicas to wait for.
         `sources` empty: an inference, which has no backward pass."""
-        box = Mailbox(job, network, attempt, position, frozenset(sinks), frozenset(sources))
+        box = Mailbox(job, network, attempt, position, _counts(sinks), _counts(sources))
         self._boxes[(job, attempt, position)] = box
         self._attempts[job] = max(attempt, self._attempts.get(job, attempt))
         return box
@@ -110,24 +110,71 @@ class Inbox:
             del self._boxes[key]
         self._attempts.pop(job, None)
         self._closed.pop(job, None)
+        self._disagreements.pop(job, None)
 
-    def fail(self, job: str, position: Position, why: str) -> bool:
-        """Mark the open mailbox of `job` at `position` (any attempt) failed; False if none."""
+    def fail(self, job: str, position: Position, why: str, *, disputed: str | None = None) -> bool:
+        """Mark the open mailbox of `job` at `position` (any attempt) failed; False if none.
+        `disputed`: the VNode whose replicas disagreed with no majority (an agent's report),
+        so the run knows a tiebreaker was requested."""
         found = False
         for (j, _, p), box in list(self._boxes.items()):
             if j == job and p == position and box.failed is None:
-                box.failed = why
-                box.changed.bump()
+                box.fail(why, disputed=disputed)
                 found = True
+        if found and disputed is not None:
+            self.disagreed(job)
         return found
+
+    def strike(self, job: str, position: Position, pnode: str) -> bool:
+        """An agent reported that `pnode`'s result at `position` lost a comparison (it is
+        struck elsewhere): the run gives it no credit for the position, and the checkpoint
+        interval is not clean. False if no mailbox of the job is open there."""
+        found = False
+        for (j, _, p), box in list(self._boxes.items()):
+            if j == job and p == position:
+                box.struck.add(pnode)
+                found = True
+        self.disagreed(job)
+        return found
+
+    def disagreed(self, job: str, count: int = 1) -> None:
+        if job in self._attempts:  # a run lives here (late reports of a finished one: no)
+            self._disagreements[job] = self._disagreements.get(job, 0) + count
+
+    def refuse(self, request: vnode_pb2.ForwardRequest, producer: str, why: str) -> None:
+        """A sink's output failed its checks (its PNode is struck already). Alone at its
+        sink, it fails the position; among replicas it is filed as a result that agrees
+        with nothing, so the others' majority still decides (or a tiebreaker is needed)."""
+        which = request.WhichOneof("position")
+        position: Position = request.step if which == "step" else request.request_id
+        box = self._boxes.get((request.job, request.attempt, position))
+        sender, replica = request.sender_vnode, request.sender_replica
+        if box is None or box.sinks.get(sender, 0) < 2 or replica >= box.sinks[sender]:
+            self.fail(request.job, position, why)
+            return
+        arrived = box.results.setdefault(sender, {})
+        if replica in arrived:
+            return
+        arrived[replica] = Result(producer, request.tensor, np.zeros(0), refused=True)
+        self.disagreed(box.job)
+        if len(arrived) == box.sinks[sender]:
+            self._decided(box, sender, box.decide(sender))
+        box.changed.bump()
+
+    def disagreements(self, job: str) -> int:
+        """Disagreements seen for `job` so far (monotonic while its run lives)."""
+        return self._disagreements.get(job, 0)
 
     def deliver(
         self,
         request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest,
         *,
         forward: bool,
+        producer: str = "",
+        array: np.ndarray[Any, Any] | None = None,
     ) -> bool:
-        """File a checked message; True when it is a duplicate. Raises RpcFailure."""
+        """File a checked message (`array`: its decoded tensor; `producer`: the PNode of its
+        sender's slot); True when it is a duplicate. Raises RpcFailure."""
         which = request.WhichOneof("position")
         if which is None:
             raise rpc.invalid("position", None, "one of step or request_id must be set")
@@ -137,30 +184,68 @@ class Inbox:
             return self._unexpected(request, position)
         if request.network != box.network:
             raise rpc.invalid("network", request.network, f"job {box.job!r} runs {box.network!r}")
-        sender = request.sender_vnode
-        if forward:
-            if sender not in box.sinks:
+        sender, replica = request.sender_vnode, request.sender_replica
+        expected = box.sinks if forward else box.sources
+        if sender not in expected:
+            if forward:
                 raise rpc.invalid(
                     "sender_vnode",
                     sender,
                     f"Forward to {DRIVER} comes from a sink: {_names(box.sinks)}",
                 )
-            if sender in box.outputs:
+            raise rpc.invalid(
+                "sender_vnode",
+                sender,
+                f"Backward to {DRIVER} comes from a source of a training step: "
+                f"{_names(box.sources)}",
+            )
+        if replica >= expected[sender]:
+            raise rpc.invalid(
+                "sender_replica",
+                replica,
+                f"{sender} takes part with replicas 0..{expected[sender] - 1} at this position",
+            )
+        if forward:
+            arrived = box.results.setdefault(sender, {})
+            if replica in arrived:
                 return True
-            box.outputs[sender] = request.tensor
+            value = array if array is not None else tensors.decode(request.tensor)
+            arrived[replica] = Result(producer, request.tensor, value)
+            if len(arrived) == box.sinks[sender]:
+                self._decided(box, sender, box.decide(sender))
         else:
-            if sender not in box.sources:
-                raise rpc.invalid(
-                    "sender_vnode",
-                    sender,
-                    f"Backward to {DRIVER} comes from a source of a training step: "
-                    f"{_names(box.sources)}",
-                )
-            if sender in box.done:
+            if (sender, replica) in box.done:
                 return True
-            box.done.add(sender)
+            box.done.add((sender, replica))
         box.changed.bump()
         return False
+
+    def _decided(self, box: Mailbox, sink: str, decision: quorum.Decision) -> None:
+        if decision.verdict is quorum.Verdict.DISPUTED:
+            self.disagreed(box.job)
+            if self.on_disagreed is not None:
+                self.on_disagreed(len(box.results[sink]))
+            return
+        if not decision.losers:
+            return
+        self.disagreed(box.job, len(decision.losers))
+        if self.on_disagreed is not None:
+            self.on_disagreed(len(decision.losers))
+        if self.book is None:
+            return
+        for loser in decision.losers:
+            result = box.results[sink][driver_mailbox.index(loser)]
+            self.book.record(
+                result.pnode,
+                trust.Outcome(
+                    valid=False,
+                    job=box.job,
+                    vnode=sink,
+                    check="quorum",
+                    message=f"output of {sink} replica {loser} at {box.position!r} "
+                    f"disagrees with the majority of {box.sinks[sink]} replicas",
+                ),
+            )
 
     def _unexpected(
         self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest, position: Position
@@ -273,7 +358,9 @@ class DriverInboxService(vnode_pb2_grpc.VNodeServiceServicer):
             )
         if isinstance(request, vnode_pb2.ForwardRequest):
             self._check(request, array, current.spec.pnode)
-        return self._inbox.deliver(request, forward=forward)
+        return self._inbox.deliver(
+            request, forward=forward, producer=current.spec.pnode, array=array
+        )
 
     def _check(self, request: vnode_pb2.ForwardRequest, array: Any, producer: str) -> None:
         """A sink's output must pass its kind's checks; a failure strikes its PNode."""
@@ -287,7 +374,6 @@ class DriverInboxService(vnode_pb2_grpc.VNodeServiceServicer):
         except checks.CheckFailed as failed:
             if self._on_checked is not None:
                 self._on_checked(False)
-            position: Position = request.step if training else request.request_id
             why = f"{request.sender_vnode} on {producer}: {failed}"
             if self._book is not None:
                 self._book.record(
@@ -300,7 +386,7 @@ class DriverInboxService(vnode_pb2_grpc.VNodeServiceServicer):
                         message=failed.message,
                     ),
                 )
-            self._inbox.fail(request.job, position, why)
+            self._inbox.refuse(request, producer, why)
             raise rpc.RpcFailure(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"tensor: output of {request.sender_vnode!r} refused: {failed}",

@@ -32,6 +32,21 @@ class Plan:
     batch: int
     steps_per_epoch: int
     total: int
+    #: vnode → replicas taking part in this attempt (`Network.replicas_of`, tiebreakers
+    #: included); every one of them is restored, fed, compared and checkpointed.
+    replicas: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: vnode → its parents and children, whose counts its Restore carries.
+    neighbours: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    def replicas_of(self, vnode: str) -> int:
+        return self.replicas.get(vnode, 1)
+
+    def neighbour_replicas(self, vnode: str) -> dict[str, int]:
+        """The replica counts a replica of `vnode` waits on and sends to in this attempt."""
+        return {n: self.replicas_of(n) for n in self.neighbours.get(vnode, ())}
+
+    def slot(self, vnode: str, replica: int = 0) -> str:
+        return allocation.slot_name(self.network, vnode, replica)
 
 
 def topology(net: net_model.Network) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -40,6 +55,20 @@ def topology(net: net_model.Network) -> tuple[tuple[str, ...], tuple[str, ...]]:
     sources = tuple(v.name for v in net.spec.vnodes if not v.inputs)
     sinks = tuple(v.name for v in net.spec.vnodes if v.name not in consumed)
     return sources, sinks
+
+
+def replica_counts(net: net_model.Network) -> dict[str, int]:
+    return {v.name: net.replicas_of(v) for v in net.spec.vnodes}
+
+
+def neighbours(net: net_model.Network) -> dict[str, tuple[str, ...]]:
+    """vnode → its inputs, then the VNodes that take it as input (each once)."""
+    found: dict[str, list[str]] = {v.name: list(dict.fromkeys(v.inputs)) for v in net.spec.vnodes}
+    for v in net.spec.vnodes:
+        for parent in dict.fromkeys(v.inputs):
+            if parent in found and v.name not in found[parent]:
+                found[parent].append(v.name)
+    return {name: tuple(names) for name, names in found.items()}
 
 
 def epoch_order(*, seed: int, epoch: int, rows: int) -> np.ndarray[Any, Any]:
@@ -78,10 +107,11 @@ async def make_plan(job: job_model.Job, net: net_model.Network) -> Plan:
         raise JobFailed(f"the sources' data of network {net.name!r} have no rows")
     batch = job.spec.batch_size
     per_epoch = math.ceil(rows / batch)
+    replicas = replica_counts(net)
     slots = tuple(
         allocation.slot_name(net.name, v.name, r)
         for v in net.spec.vnodes
-        for r in range(v.replicas)
+        for r in range(replicas[v.name])
     )
     return Plan(
         network=net.name,
@@ -93,4 +123,6 @@ async def make_plan(job: job_model.Job, net: net_model.Network) -> Plan:
         batch=batch,
         steps_per_epoch=per_epoch,
         total=job.spec.epochs * per_epoch,
+        replicas=replicas,
+        neighbours=neighbours(net),
     )

@@ -107,6 +107,14 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.inference_results = prometheus_client.Counter(
+            "dcnr_inference_results",
+            "VNode results computed for inference requests, by role: primary (one per VNode "
+            "and request) or double_check (each further replica computing it to compare). "
+            "The extra compute of validation is double_check / primary.",
+            ["role"],
+            registry=r,
+        )
         self._http: simple_server.WSGIServer | None = None
         self._http_thread: threading.Thread | None = None
 
@@ -141,6 +149,10 @@ class Metrics:
 
     def report_refused(self, reason: str) -> None:
         self.validation_reports_refused.labels(reason).inc()
+
+    def inference_computed(self, *, primary: int, double_check: int) -> None:
+        self.inference_results.labels("primary").inc(primary)
+        self.inference_results.labels("double_check").inc(double_check)
 
     # -- state read at scrape time ----------------------------------------------------------
 

@@ -5,7 +5,8 @@ training run ended (its PNode died, was drained, or re-registered), the new inst
 empty, and an inference through it would silently use random weights. Before each
 inference, every slot whose current epoch differs from the epoch that holds the network's
 latest finished training state is restored from that run's final checkpoint, and the new
-epoch is recorded so the next inference restores nothing.
+epoch is recorded so the next inference restores nothing. Every replica counts: one placed
+since (a tiebreaker, a raised `replicas`) is restored from its VNode's one checkpoint too.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import logging
 from datetime import UTC, datetime
 
 from api.dcnr.v1 import vnode_pb2
-from api.resources import job
-from controller import driver, driver_calls, vnode_client
+from api.resources import allocation, job
+from controller import driver, driver_calls, driver_plan, vnode_client
 from controller import view as view_mod
 from store import base, errors
 
@@ -36,34 +37,44 @@ async def latest_model(store: base.Store, network: str) -> job.Job | None:
 
 
 async def ensure_restored(ctx: driver.DriverContext, network: str, *, deadline: float) -> int:
-    """Restore every moved stateful VNode of `network`; returns how many were restored."""
+    """Restore every moved or new replica of each stateful VNode of `network` (a tiebreaker
+    included) from the VNode's checkpoint; returns how many were restored."""
     model = await latest_model(ctx.store, network)
-    if model is None:
+    net = ctx.view.networks.get(network)
+    if model is None or net is None:
         return 0
     status = model.status
-    stale: dict[str, tuple[str, int]] = {}  # slot → (vnode, current epoch)
-    for slot, text in status.checkpoint_blobs.items():
-        current = ctx.view.allocations.get(slot)
-        if not text or current is None:
+    counts = driver_plan.replica_counts(net)
+    around = driver_plan.neighbours(net)
+    stale: dict[str, tuple[str, int, int]] = {}  # slot → (vnode, replica, current epoch)
+    for v in net.spec.vnodes:
+        text = status.checkpoint_blobs.get(allocation.slot_name(network, v.name, 0))
+        if not text:
             continue
-        if status.checkpoint_epochs.get(slot) != current.spec.epoch:
-            stale[slot] = (current.spec.vnode, current.spec.epoch)
+        for replica in range(counts[v.name]):
+            slot = allocation.slot_name(network, v.name, replica)
+            current = ctx.view.allocations.get(slot)
+            if current is not None and status.checkpoint_epochs.get(slot) != current.spec.epoch:
+                stale[slot] = (v.name, replica, current.spec.epoch)
     if not stale:
         return 0
 
-    async def one(slot: str, vnode: str, epoch: int) -> None:
+    async def one(vnode: str, replica: int, epoch: int) -> None:
         request = vnode_pb2.RestoreRequest(
             job=model.name,
             step=status.checkpoint_step,
             network=network,
             vnode=vnode,
-            replica=0,
+            replica=replica,
             epoch=epoch,
             seed=model.spec.seed,
             attempt=status.attempt,
             optimizer=model.spec.optimizer,
             learning_rate=model.spec.learning_rate,
-            blob=driver_calls.blob_ref(status.checkpoint_blobs[slot]),
+            blob=driver_calls.blob_ref(
+                status.checkpoint_blobs[allocation.slot_name(network, vnode, 0)]
+            ),
+            neighbour_replicas={n: counts.get(n, 1) for n in around.get(vnode, ())},
         )
 
         async def invoke(
@@ -71,13 +82,20 @@ async def ensure_restored(ctx: driver.DriverContext, network: str, *, deadline: 
         ) -> vnode_pb2.RestoreResponse:
             return await stub.Restore(request, timeout=seconds)
 
-        await ctx.client.call(network, vnode, invoke, deadline=deadline, epoch=epoch)
+        await ctx.client.call(
+            network, vnode, invoke, deadline=deadline, epoch=epoch, replica=replica
+        )
         log.info(
-            "network %s: restored %s (epoch %d) from job %s", network, vnode, epoch, model.name
+            "network %s: restored %s.%d (epoch %d) from job %s",
+            network,
+            vnode,
+            replica,
+            epoch,
+            model.name,
         )
 
-    await asyncio.gather(*(one(slot, v, e) for slot, (v, e) in stale.items()))
-    await _record(ctx.store, model, {slot: e for slot, (_, e) in stale.items()})
+    await asyncio.gather(*(one(v, r, e) for v, r, e in stale.values()))
+    await _record(ctx.store, model, {slot: e for slot, (_, _, e) in stale.items()})
     return len(stale)
 
 

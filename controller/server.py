@@ -137,6 +137,7 @@ class Orchestrator:
             on_bugged=self.metrics.bugged,
         )
         self.drivers.book = self.trust
+        self.drivers.metrics = self.metrics
         self.allocation_status = allocation_status.AllocationStatus(store, self.view)
         self.job_loop = job_loop.JobLoop(self.drivers)
         self.replicas = replicas.Replicas(
@@ -283,12 +284,15 @@ class Orchestrator:
         implemented["dcnr.v1.ValidationService"] = (
             validation_pb2_grpc.add_ValidationServiceServicer_to_server,
             validation_service.ValidationService(
+                store=self.store,
                 view=self.view,
                 book=self.trust,
                 inbox=self.drivers.inbox,
                 replica_id=self.replica_id,
                 on_checked=self.metrics.checked,
                 on_refused=self.metrics.report_refused,
+                on_disagreed=self.metrics.disagreed,
+                on_tiebreak=self.metrics.tiebroken,
             ),
         )
         for name, add, servicer in _generated_services():

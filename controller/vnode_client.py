@@ -90,17 +90,18 @@ class VNodeClient:
         *,
         deadline: float,
         epoch: int | None = None,
+        replica: int = 0,
     ) -> T:
-        """`invoke(stub, endpoint, timeout)` against replica 0 of `vnode` until it succeeds,
+        """`invoke(stub, endpoint, timeout)` against `replica` of `vnode` until it succeeds,
         fails for good, or `deadline` (clock.monotonic()) passes."""
         delay = self._retry_initial
         last = "no live endpoint"
+        where = f"{network}.{vnode}.{replica}"
         while True:
-            found = self.endpoint(network, vnode)
+            found = self.endpoint(network, vnode, replica)
             if found is not None and epoch is not None and found.epoch != epoch:
                 raise EpochMoved(
-                    f"{network}.{vnode}.0: epoch moved from {epoch} to {found.epoch} "
-                    "(re-placed or re-issued)"
+                    f"{where}: epoch moved from {epoch} to {found.epoch} (re-placed or re-issued)"
                 )
             remaining = deadline - self._clock.monotonic()
             if found is not None and remaining > 0:
@@ -112,11 +113,9 @@ class VNodeClient:
                     code = exc.code()
                     last = f"{code.name}: {exc.details()}"
                     if code not in RETRYABLE:
-                        raise SendFailed(
-                            f"{network}.{vnode}.0 at {found.address}: {last}"
-                        ) from None
+                        raise SendFailed(f"{where} at {found.address}: {last}") from None
             if self._clock.monotonic() + delay >= deadline:
-                raise SendFailed(f"{network}.{vnode}.0: gave up retrying; last: {last}")
+                raise SendFailed(f"{where}: gave up retrying; last: {last}")
             await self._clock.sleep(delay)
             delay = min(delay * 2, self._retry_max)
 

@@ -7,6 +7,12 @@ design says: the sink Forwards [loss, accuracy] to `__driver__` at reply_to, the
 then sends an empty Backward; Checkpoint writes w to the blob store; Restore loads it (or
 starts at w = 0) and adopts the attempt; messages of an older attempt or another epoch are
 refused. Tests hold steps (swallow them) to cause timeouts, move epochs, and so on.
+
+With replicas (`cluster_of`), agent r hosts replica r of both VNodes on PNode p{r+1}: its
+x.r feeds its own loss.r, which answers the driver with sender_replica r. An agent may also
+answer for further loss replicas in inference (`extra`: a tiebreaker placed beside it), and
+may lie: `lie(position)` is added to its loss output, `checkpoint_noise` to the weight it
+checkpoints.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from api.resources import allocation, job, lease, meta, pnode
 from api.resources import network as net_model
 from controller import clock as clocks
 from controller import config as config_mod
-from controller import driver, driver_inbox, job_loop, job_service
+from controller import driver, driver_inbox, job_loop, job_service, metrics, trust
 from controller import view as view_mod
 from store import sqlite
 
@@ -38,7 +44,9 @@ NET = "lin"
 CONFIG = config_mod.ControlPlaneConfig(lease_duration=3600.0)
 
 
-def network_record(data_url: str) -> net_model.Network:
+def network_record(
+    data_url: str, *, replicas: int = 1, validation: net_model.ValidationPolicy = "none"
+) -> net_model.Network:
     return net_model.Network(
         metadata=meta.ObjectMeta(name=NET),
         spec=net_model.NetworkSpec(
@@ -48,9 +56,11 @@ def network_record(data_url: str) -> net_model.Network:
                     kind="input",
                     params={"field": "x"},
                     data=net_model.DataRef(url=data_url),
+                    replicas=replicas,
                 ),
-                net_model.VNodeSpec(name="loss", kind="fake_loss", inputs=["x"]),
-            ]
+                net_model.VNodeSpec(name="loss", kind="fake_loss", inputs=["x"], replicas=replicas),
+            ],
+            validation=validation,
         ),
     )
 
@@ -73,9 +83,18 @@ def _sgd(w: float, xb: np.ndarray, lr: float) -> tuple[float, float]:
 
 
 class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
-    def __init__(self, xs: np.ndarray) -> None:
+    def __init__(self, xs: np.ndarray, replica: int = 0) -> None:
         self.xs = xs
+        self.replica = replica
         self.epochs = {"x": 1, "loss": 1}
+        #: Further loss replicas this agent answers for in inference: replica → epoch.
+        self.extra: dict[int, int] = {}
+        #: Added to the loss output at a position (a step or a request id): a lie.
+        self.lie: Callable[[int | str], float] = lambda position: 0.0
+        #: Added to the weight written by Checkpoint.
+        self.checkpoint_noise = 0.0
+        #: Every RestoreRequest received.
+        self.restore_requests: list[vnode_pb2.RestoreRequest] = []
         self.attempt = 0
         self.w: float | None = None
         self.lr = 0.0
@@ -109,9 +128,15 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
         self.refused.append(message)
         await context.abort(code, message)
 
-    async def _check(self, context: Any, vnode: str, epoch: int, attempt: int | None) -> None:
-        if vnode not in self.epochs:
-            await self._refuse(context, grpc.StatusCode.NOT_FOUND, f"{vnode} not hosted")
+    async def _check(
+        self, context: Any, vnode: str, epoch: int, attempt: int | None, replica: int = 0
+    ) -> None:
+        if vnode == "loss" and replica in self.extra:
+            if epoch != self.extra[replica]:
+                await self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, "epoch")
+            return
+        if vnode not in self.epochs or replica != self.replica:
+            await self._refuse(context, grpc.StatusCode.NOT_FOUND, f"{vnode}.{replica} not hosted")
         if epoch != self.epochs[vnode]:
             await self._refuse(
                 context,
@@ -124,7 +149,13 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
             )
 
     async def Forward(self, request: vnode_pb2.ForwardRequest, context: Any) -> Any:
-        await self._check(context, request.target_vnode, request.target_epoch, request.attempt)
+        await self._check(
+            context,
+            request.target_vnode,
+            request.target_epoch,
+            request.attempt if request.WhichOneof("position") == "step" else None,
+            request.target_replica,
+        )
         data = tensors.decode(request.tensor)
         if request.WhichOneof("position") == "step":
             step, attempt = request.step, request.attempt
@@ -149,13 +180,15 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
         return vnode_pb2_grpc.VNodeServiceStub(self._channels[address])
 
     def _message(
-        self, request: vnode_pb2.ForwardRequest, sender: str, tensor: Any
+        self, request: vnode_pb2.ForwardRequest, sender: str, tensor: Any, replica: int = -1
     ) -> dict[str, Any]:
+        own = replica < 0 or replica == self.replica
         fields = {
             "job": request.job,
             "network": request.network,
             "sender_vnode": sender,
-            "sender_epoch": self.epochs[sender],
+            "sender_replica": self.replica if own else replica,
+            "sender_epoch": self.epochs[sender] if own else self.extra[replica],
             "target_vnode": driver_inbox.DRIVER,
             "tensor": tensor,
             "reply_to": request.reply_to,
@@ -170,22 +203,33 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
         assert self.w is not None, "trained before any Restore"
         self.w, loss = _sgd(self.w, self.xs[indices], self.lr)
         stub = self._driver(request.reply_to)
-        out = tensors.encode(np.array([loss, math.nan]))
-        await stub.Forward(vnode_pb2.ForwardRequest(**self._message(request, "loss", out)))
+        out = tensors.encode(np.array([loss + self.lie(request.step), math.nan]))
+        try:
+            await stub.Forward(vnode_pb2.ForwardRequest(**self._message(request, "loss", out)))
+        except aio.AioRpcError as refused:  # a lie refused by its checks: backward goes on
+            self.refused.append(f"driver: {refused.details()}")
         done = tensors.empty()
         await stub.Backward(vnode_pb2.BackwardRequest(**self._message(request, "x", done)))
 
     async def _infer(self, request: vnode_pb2.ForwardRequest, xb: np.ndarray) -> None:
-        out = tensors.encode(np.asarray((self.w or 0.0) * xb, dtype=np.float64))
+        value = (self.w or 0.0) * xb
         stub = self._driver(request.reply_to)
-        await stub.Forward(vnode_pb2.ForwardRequest(**self._message(request, "loss", out)))
+        lie = tensors.encode(np.asarray(value + self.lie(request.request_id), dtype=np.float64))
+        await stub.Forward(vnode_pb2.ForwardRequest(**self._message(request, "loss", lie)))
+        honest = tensors.encode(np.asarray(value, dtype=np.float64))
+        for replica in sorted(self.extra):
+            message = self._message(request, "loss", honest, replica)
+            await stub.Forward(vnode_pb2.ForwardRequest(**message))
 
     async def Backward(self, request: vnode_pb2.BackwardRequest, context: Any) -> Any:
         # Only the driver talks to this agent, and the driver never sends gradients.
         await self._refuse(context, grpc.StatusCode.UNIMPLEMENTED, "no backward into x")
 
     async def Restore(self, request: vnode_pb2.RestoreRequest, context: Any) -> Any:
-        await self._check(context, request.vnode, request.epoch, None)
+        await self._check(context, request.vnode, request.epoch, None, request.replica)
+        self.restore_requests.append(request)
+        if request.replica in self.extra:
+            return vnode_pb2.RestoreResponse(step=request.step)
         self.attempt = request.attempt
         self.restores.append((request.vnode, request.step, request.attempt, request.blob.url))
         if request.vnode == "loss":
@@ -200,13 +244,13 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
         return vnode_pb2.RestoreResponse(step=request.step)
 
     async def Checkpoint(self, request: vnode_pb2.CheckpointRequest, context: Any) -> Any:
-        await self._check(context, request.vnode, request.epoch, request.attempt)
+        await self._check(context, request.vnode, request.epoch, request.attempt, request.replica)
         self.checkpoints.append((request.vnode, request.step))
         if request.vnode == "x":
             return vnode_pb2.CheckpointResponse()
-        url = f"{request.destination}{request.job}/loss-0/step-{request.step}.npz"
+        url = f"{request.destination}{request.job}/loss-{self.replica}/step-{request.step}.npz"
         buffer = io.BytesIO()
-        np.savez(buffer, w=np.array(self.w))
+        np.savez(buffer, w=np.array((self.w or 0.0) + self.checkpoint_noise))
         body = buffer.getvalue()
         path = Path(url.removeprefix("file://"))
         await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
@@ -221,7 +265,14 @@ class Orchestrator:
     """The orchestrator's side: store, view, driver context, inbox + JobService, job loop."""
 
     def __init__(
-        self, store: sqlite.SqliteStore, view: view_mod.View, tmp: Path, replica: str, **config: Any
+        self,
+        store: sqlite.SqliteStore,
+        view: view_mod.View,
+        tmp: Path,
+        replica: str,
+        *,
+        book: trust.TrustBook | None = None,
+        **config: Any,
     ) -> None:
         self.store = store
         self.view = view
@@ -237,8 +288,15 @@ class Orchestrator:
             ),
             replica_id=replica,
         )
+        self.ctx.book = book
+        self.metrics = metrics.Metrics()
+        self.ctx.metrics = self.metrics
         self.inbox = driver_inbox.DriverInboxService(
-            inbox=self.ctx.inbox, view=view, replica_id=replica, max_message_bytes=1 << 20
+            inbox=self.ctx.inbox,
+            view=view,
+            replica_id=replica,
+            max_message_bytes=1 << 20,
+            book=book,
         )
         vnode_pb2_grpc.add_VNodeServiceServicer_to_server(self.inbox, self.server)
         #: Jobs JobService told the server about (it wires this to enqueue the job loop).
@@ -280,41 +338,70 @@ class Orchestrator:
 
 async def cluster(tmp: Path, xs: np.ndarray) -> tuple[sqlite.SqliteStore, view_mod.View, FakeAgent]:
     """A store holding network "lin" placed on one live PNode served by a FakeAgent."""
+    store, view, agents = await cluster_of(tmp, xs)
+    return store, view, agents[0]
+
+
+async def cluster_of(
+    tmp: Path,
+    xs: np.ndarray,
+    *,
+    replicas: int = 1,
+    validation: net_model.ValidationPolicy = "none",
+    tiebreakers: tuple[str, ...] = (),
+) -> tuple[sqlite.SqliteStore, view_mod.View, list[FakeAgent]]:
+    """Network "lin" with `replicas` replicas (at least 2 under a validation policy) of each
+    VNode, replica r on PNode p{r+1} served by FakeAgent r. `tiebreakers`: both VNodes must
+    be named or neither (agent r hosts replica r of both)."""
     np.savez(tmp / "data.npz", x=xs)
     store = await sqlite.SqliteStore.open(tmp / "state.db")
-    agent = FakeAgent(xs)
-    await agent.server.start()
+    net = network_record(f"file://{tmp}/data.npz", replicas=replicas, validation=validation)
+    net.status.tiebreakers = list(tiebreakers)
+    count = net.replicas_of("x")
+    agents = [FakeAgent(xs, r) for r in range(count)]
     clock = clocks.SystemClock()
     view = view_mod.View(store, clock, config=CONFIG)
+    for r, agent in enumerate(agents):
+        await agent.server.start()
+        await add_pnode(store, clock, f"p{r + 1}", agent.port)
+    await store.create(net)
+    for r in range(count):
+        for vnode in ("x", "loss"):
+            await store.create(slot(vnode, epoch=1, replica=r, pnode=f"p{r + 1}"))
+    await view.refresh()
+    return store, view, agents
+
+
+async def add_pnode(store: sqlite.SqliteStore, clock: clocks.Clock, name: str, port: int) -> None:
     await store.create(
         pnode.PNode(
-            metadata=meta.ObjectMeta(name="p1"),
+            metadata=meta.ObjectMeta(name=name),
             spec=pnode.PNodeSpec(
-                address=f"127.0.0.1:{agent.port}", capacity=pnode.Capacity(cpu="4", memory="1Gi")
+                address=f"127.0.0.1:{port}", capacity=pnode.Capacity(cpu="4", memory="1Gi")
             ),
             status=pnode.PNodeStatus(phase="Ready", incarnation=1),
         )
     )
     await store.create(
         lease.PNodeLease(
-            metadata=meta.ObjectMeta(name="p1"),
+            metadata=meta.ObjectMeta(name=name),
             spec=lease.LeaseSpec(
                 incarnation=1, renew_time=clock.now(), duration_seconds=CONFIG.lease_duration
             ),
         )
     )
-    await store.create(network_record(f"file://{tmp}/data.npz"))
-    for vnode in ("x", "loss"):
-        await store.create(slot(vnode, epoch=1))
-    await view.refresh()
-    return store, view, agent
 
 
-def slot(vnode: str, *, epoch: int) -> allocation.Allocation:
+def slot(vnode: str, *, epoch: int, replica: int = 0, pnode: str = "p1") -> allocation.Allocation:
     return allocation.Allocation(
-        metadata=meta.ObjectMeta(name=allocation.slot_name(NET, vnode, 0)),
+        metadata=meta.ObjectMeta(name=allocation.slot_name(NET, vnode, replica)),
         spec=allocation.AllocationSpec(
-            network=NET, vnode=vnode, replica=0, pnode="p1", epoch=epoch, pnode_incarnation=1
+            network=NET,
+            vnode=vnode,
+            replica=replica,
+            pnode=pnode,
+            epoch=epoch,
+            pnode_incarnation=1,
         ),
     )
 
