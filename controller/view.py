@@ -77,6 +77,26 @@ class AssignmentSet:
     assignments: tuple[Assignment, ...]
 
 
+#: The share of an assignment set's version left to the hosted networks' tiebreak generations.
+GENERATION_SPAN = 1 << 20
+
+
+def set_version(node: pnode.PNode, entries: Iterable[Assignment]) -> int:
+    """The version an agent is told: it must grow whenever what the agent is shown changes.
+
+    The PNode's own `assignments_version` is bumped with each of its allocations' writes;
+    but an assignment also carries its neighbours' replica counts, which change when a
+    tiebreaker replica joins or leaves another PNode, with no write to this one. So the
+    version is `assignments_version * GENERATION_SPAN + the sum of the hosted networks'
+    tiebreak_generation` (capped below the span). It only grows: with `assignments_version`
+    unchanged the hosted networks are the same (hosting one more or one fewer is an
+    allocation write, which bumps it) and each generation only grows; and a bump of
+    `assignments_version` outweighs any drop of the sum."""
+    networks = {a.network.name: a.network.status.tiebreak_generation for a in entries}
+    generations = min(sum(networks.values()), GENERATION_SPAN - 1)
+    return node.status.assignments_version * GENERATION_SPAN + generations
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Endpoint:
     pnode: str
@@ -331,7 +351,7 @@ class View:
             if net is None or vnode is None:
                 continue  # being stopped
             entries.append(Assignment(alloc, net, vnode))
-        return AssignmentSet(node.status.assignments_version, tuple(entries))
+        return AssignmentSet(set_version(node, entries), tuple(entries))
 
     def endpoints(self, network_name: str, vnode: str, now: datetime) -> list[Endpoint]:
         """Live endpoints of a VNode: current allocations on PNodes whose lease holds now."""

@@ -101,6 +101,10 @@ class NetworkStatus(Model):
     #: replica until a driver clears it after a checkpoint with no disagreement. Written by
     #: whoever saw the dispute (the driver, ValidationService), read by the network loop.
     tiebreakers: list[str] = Field(default_factory=list)
+    #: Bumped with every change of `tiebreakers`: a replica count changed, so the agents
+    #: hosting the network's VNodes must be told again (their assignments carry neighbours'
+    #: replica counts). Part of the assignment set's version (`controller.view`).
+    tiebreak_generation: int = Field(default=0, ge=0)
 
 
 class Network(Resource):

@@ -159,7 +159,7 @@ async def test_register_issues_a_credential_that_heartbeats_with(plane) -> None:
     beat = await client.heartbeat_once()
     assert beat.lease_state == pnode_pb2.LEASE_STATE_ACTIVE
     assert beat.HasField("lease_expires_at")
-    assert beat.assignment_set_version == 1
+    assert beat.assignment_set_version == 1 * view_mod.GENERATION_SPAN
     assert beat.HasField("assignment_set")
     assert list(beat.assignment_set.assignments) == []
     again = await client.heartbeat_once()
@@ -313,7 +313,7 @@ async def test_a_placed_allocation_reaches_the_agent_by_heartbeat(plane) -> None
     await client.heartbeat_once()
     await place(plane, "p1")
     reply = await client.heartbeat_once()
-    assert reply.assignment_set_version == 2
+    assert reply.assignment_set_version == 2 * view_mod.GENERATION_SPAN
     (assignment,) = reply.assignment_set.assignments
     assert (assignment.network, assignment.vnode, assignment.replica) == ("net", "a", 0)
     assert (assignment.epoch, assignment.kind, assignment.allocation) == (1, "dense", "net.a.0")
@@ -363,7 +363,7 @@ async def test_watch_assignments_ends_with_fenced(plane, ending) -> None:
     stream = plane.stub.WatchAssignments(request, metadata=bearer(client.credential))
     first = await stream.read()
     assert first.lease_state == pnode_pb2.LEASE_STATE_ACTIVE
-    assert first.assignment_set.version == 1
+    assert first.assignment_set.version == 1 * view_mod.GENERATION_SPAN
     if ending == "re-registered":
         await client.register()
     # lease-expired: nobody heartbeats, and the stream must not renew the lease itself.

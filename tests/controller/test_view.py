@@ -344,7 +344,7 @@ async def test_assignment_set_skips_stale_incarnations_and_missing_networks(
     await view.refresh()
     found = view.assignment_set("p1")
     assert found is not None
-    assert found.version == 9
+    assert found.version == 9 * view_mod.GENERATION_SPAN
     assert [a.allocation.name for a in found.assignments] == ["mnist.input.0"]
     assert found.assignments[0].vnode.name == "input"
     assert found.assignments[0].network.name == "mnist"
@@ -473,3 +473,39 @@ async def test_subscribers_get_old_and_new(store, view, clock) -> None:
     await clock.advance(1)
     await view.refresh()
     assert seen == [(None, 1), (1, 2), (2, None)]
+
+
+async def test_a_tiebreaker_elsewhere_raises_the_set_version_and_wakes_the_agent(
+    store, view, clock
+) -> None:
+    """An assignment carries its neighbours' replica counts, so a tiebreaker joining another
+    PNode changes what this one must be shown: the version grows, the watcher wakes."""
+    node = pnode_record("p1", incarnation=1)
+    node.status.assignments_version = 4
+    await create_all(
+        store, node, network_record("mnist"), allocation_record("mnist", "input", 0, "p1")
+    )
+    await view.refresh()
+    before = view.assignment_set("p1")
+    assert before is not None
+    signal = view.pnode_signal("p1")
+    seen = signal.value
+    net = await store.get(net_model.Network, "mnist")
+    net.status.tiebreakers = ["input"]
+    net.status.tiebreak_generation = 1
+    await store.update(net)
+    await view.refresh()
+    after = view.assignment_set("p1")
+    assert after is not None
+    assert signal.value != seen
+    assert after.version > before.version
+    # A later allocation write outweighs any drop of the generations' sum.
+    fresh = await store.get(pnode.PNode, "p1")
+    fresh.status.assignments_version += 1
+    await store.update(fresh)
+    await store.delete(allocation.Allocation, "mnist.input.0")
+    await view.refresh()
+    emptied = view.assignment_set("p1")
+    assert emptied is not None
+    assert emptied.assignments == ()
+    assert emptied.version > after.version
