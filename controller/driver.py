@@ -229,7 +229,10 @@ class TrainingRun:
             seen = signal.value
             now = clock.now()
             missing = [
-                slot for slot in plan.slots if not _live(view, view.allocations.get(slot), now)
+                slot
+                for slot in plan.slots
+                if not _live(view, view.allocations.get(slot), now)
+                or self._on_suspect(view.allocations.get(slot))
             ]
             if not missing:
                 return
@@ -257,6 +260,9 @@ class TrainingRun:
         for step in range(self._job.status.checkpoint_step + 1, plan.total + 1):
             epoch, k = divmod(step - 1, plan.steps_per_epoch)
             indices = self._batch(plan, epoch, k)
+            suspects = _suspects(ctx, plan)
+            if suspects:  # wait (Paused) until their slots have moved, not feed them on
+                raise Rollback(f"step {step}: pnode {', '.join(suspects)} is being marked Bugged")
             box = ctx.inbox.open(
                 job=self.name,
                 network=plan.network,
@@ -322,12 +328,25 @@ class TrainingRun:
             if current is not None and current.spec.pnode not in struck:
                 book.record(current.spec.pnode, trust.Outcome(valid=True, job=self.name))
 
+    def _on_suspect(self, slot: allocation.Allocation | None) -> bool:
+        return slot is not None and self.ctx.suspect(slot.spec.pnode)
+
     def _batch(self, plan: Plan, epoch: int, k: int) -> np.ndarray[Any, Any]:
         order = self._orders.get(epoch)
         if order is None:
             order = driver_plan.epoch_order(seed=self._job.spec.seed, epoch=epoch, rows=plan.rows)
             self._orders = {epoch: order}
         return order[k * plan.batch : (k + 1) * plan.batch]
+
+
+def _suspects(ctx: DriverContext, plan: Plan) -> list[str]:
+    """PNodes of the plan's slots that are Bugged or about to be (`DriverContext.suspect`)."""
+    names = set()
+    for slot in plan.slots:
+        current = ctx.view.allocations.get(slot)
+        if current is not None:
+            names.add(current.spec.pnode)
+    return sorted(n for n in names if ctx.suspect(n))
 
 
 def _live(view: view_mod.View, slot: allocation.Allocation | None, now: Any) -> bool:

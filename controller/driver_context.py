@@ -84,6 +84,16 @@ class DriverContext:
         self._metrics = sink
         self.inbox.on_disagreed = sink.disagreed if sink is not None else None
 
+    def suspect(self, pnode_name: str) -> bool:
+        """The PNode is Bugged, or its strikes this replica holds unwritten make it so: no
+        work goes to it (`trust.TrustBook.suspect`)."""
+        node = self.view.pnodes.get(pnode_name)
+        if node is None:
+            return False
+        if self._book is None:
+            return node.status.trust.bugged
+        return self._book.suspect(pnode_name, node.status.trust)
+
     async def request_tiebreaker(self, network: str, vnode: str) -> None:
         """Ask for one more replica of `vnode` and show it to this replica's view at once,
         so the next plan (and the network loop, woken by the view) sees it."""

@@ -113,10 +113,13 @@ async def infer(
     deadline = ctx.clock.monotonic() + seconds
     rng = random.Random(uuid.uuid4().int)
     refused: str | None = None
+    #: Slots were seen on a PNode being marked Bugged: a slot missing is one moving.
+    moving = False
     while True:
         net = ctx.view.networks.get(network) or net
         chosen = select(net, lambda vnode: _trust_of(ctx.view, network, vnode), rng)
         missing = _not_ready(ctx, net, chosen)
+        held = _on_suspects(ctx, net, chosen)
         if refused is not None and ctx.clock.monotonic() >= deadline:
             raise rpc.RpcFailure(
                 grpc.StatusCode.UNAVAILABLE,
@@ -125,7 +128,7 @@ async def infer(
                 reason="Unavailable",
             )
         if missing:
-            if refused is None:
+            if (refused is None and not moving) or ctx.clock.monotonic() >= deadline:
                 raise rpc.RpcFailure(
                     grpc.StatusCode.UNAVAILABLE,
                     f"network {network!r} is not ready: no live replica at "
@@ -133,6 +136,17 @@ async def infer(
                     reason="NotReady",
                 )
             await _changed(ctx, network, deadline)  # the refused one's PNode may be moving
+            continue
+        if held:  # their PNodes are being marked Bugged: wait for the slots to move
+            moving = True
+            if ctx.clock.monotonic() >= deadline:
+                raise rpc.RpcFailure(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"inference on {network!r}: {', '.join(held[:10])} did not move off a "
+                    f"Bugged PNode within {seconds:g} s; retry",
+                    reason="Unavailable",
+                )
+            await _changed(ctx, network, deadline)
             continue
         try:
             await model_state.ensure_restored(ctx, network, deadline=deadline)
@@ -166,6 +180,18 @@ def _not_ready(ctx: driver.DriverContext, net: net_model.Network, chosen: Select
         for r in range(n)
         if ctx.client.endpoint(net.name, vnode, r) is None
     ]
+
+
+def _on_suspects(ctx: driver.DriverContext, net: net_model.Network, chosen: Selection) -> list[str]:
+    """Slots the request would use on PNodes that are, or are about to be, Bugged."""
+    held = []
+    for vnode, n in chosen.computing.items():
+        for r in range(n):
+            slot = allocation.slot_name(net.name, vnode, r)
+            current = ctx.view.allocations.get(slot)
+            if current is not None and ctx.suspect(current.spec.pnode):
+                held.append(slot)
+    return held
 
 
 async def _changed(ctx: driver.DriverContext, network: str, deadline: float) -> None:

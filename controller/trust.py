@@ -154,6 +154,8 @@ class TrustBook:
         self._on_written = on_written
         self._on_bugged = on_bugged
         self._pending: dict[str, list[Outcome]] = {}
+        #: Outcomes being written right now (taken out of `_pending` by a flush).
+        self._inflight: dict[str, list[Outcome]] = {}
         self._wake = asyncio.Event()
         self._urgent = False
         self._task: asyncio.Task[None] | None = None
@@ -166,6 +168,24 @@ class TrustBook:
 
     def pending(self) -> int:
         return sum(len(v) for v in self._pending.values())
+
+    def suspect(self, pnode_name: str, written: pnode.Trust) -> bool:
+        """Whether the PNode is Bugged, or will be once what this replica holds unwritten is
+        written (`written`: its trust as last read). The driver stops using a suspect PNode
+        at once, instead of feeding it work until the write lands and the view shows it —
+        a PNode that lies on every result would otherwise pile up strikes meanwhile."""
+        if written.bugged:
+            return True
+        unwritten = [*self._inflight.get(pnode_name, ()), *self._pending.get(pnode_name, ())]
+        if not any(not o.valid for o in unwritten):
+            return False
+        window = written.window
+        if written.strikes < window.count(STRIKE):  # as `apply`: Uncordon's reset
+            window = window.replace(STRIKE, "")
+        window = (window + "".join(VALID if o.valid else STRIKE for o in unwritten))[
+            -self.policy.window :
+        ]
+        return window.count(STRIKE) >= self.policy.strike_limit
 
     def start(self) -> None:
         if self._task is None:
@@ -199,15 +219,21 @@ class TrustBook:
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, {}
-        for name, outcomes in sorted(pending.items()):
-            try:
-                await self._write(name, outcomes)
-            except errors.NotFound:
-                continue  # the PNode was deleted: nothing to hold trust on
-            except Exception:
-                merged = self._pending.setdefault(name, [])
-                merged[:0] = outcomes
-                raise
+        self._inflight = pending
+        try:
+            for name, outcomes in sorted(pending.items()):
+                try:
+                    await self._write(name, outcomes)
+                except errors.NotFound:
+                    continue  # the PNode was deleted: nothing to hold trust on
+                except Exception:
+                    merged = self._pending.setdefault(name, [])
+                    merged[:0] = outcomes
+                    raise
+                finally:
+                    self._inflight.pop(name, None)
+        finally:
+            self._inflight = {}
 
     async def _write(self, name: str, outcomes: list[Outcome]) -> None:
         for attempt in range(WRITE_ATTEMPTS):
