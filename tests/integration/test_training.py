@@ -44,13 +44,13 @@ class Jobs:
         self.channel = aio.insecure_channel(address)
         self.stub = job_pb2_grpc.JobServiceStub(self.channel)
 
-    async def train(self, name: str, network: str) -> None:
+    async def train(self, name: str, network: str, *, epochs: int = EPOCHS) -> None:
         await self.stub.Train(
             job_pb2.TrainRequest(
                 header=cluster.HEADER,
                 name=name,
                 network=network,
-                epochs=EPOCHS,
+                epochs=epochs,
                 batch_size=BATCH,
                 optimizer=OPTIMIZER,
                 learning_rate=LEARNING_RATE,

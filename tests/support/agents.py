@@ -29,13 +29,16 @@ class Agent:
         cpu: str = "1",
         memory: str = "1Gi",
         extra: Sequence[str] = (),
+        command: Sequence[str] = (),
     ) -> None:
+        """`command`: what runs instead of `dcnr-agent` (e.g. the test-only liar), given the
+        same flags."""
         state_dir.mkdir(parents=True, exist_ok=True)
         self.log = state_dir / "agent.log"
         with self.log.open("ab") as err:
             self.proc = subprocess.Popen(
                 [
-                    procs.script("dcnr-agent"), "--orchestrator", orchestrator,
+                    *(command or [procs.script("dcnr-agent")]), "--orchestrator", orchestrator,
                     "--listen", "127.0.0.1:0", "--name", name, "--state-dir", str(state_dir),
                     "--workdir", str(REPO), "--cpu", cpu, "--memory", memory,
                     "--log-level", "warning", *extra,
@@ -74,13 +77,22 @@ def agents(
     cpu: str = "1",
     memory: str = "1Gi",
     extra: Sequence[str] = (),
+    command: Sequence[str] = (),
 ) -> Iterator[list[Agent]]:
     started: list[Agent] = []
     try:
         for i in range(count):
             name = f"{prefix}-{i}"
             started.append(
-                Agent(orchestrator, name, root / name, cpu=cpu, memory=memory, extra=extra)
+                Agent(
+                    orchestrator,
+                    name,
+                    root / name,
+                    cpu=cpu,
+                    memory=memory,
+                    extra=extra,
+                    command=command,
+                )
             )
         yield started
     finally:

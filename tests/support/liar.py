@@ -2,13 +2,15 @@
 perturbed for a configured fraction of results. Test-only; nothing here ships.
 
     python -m tests.support.liar --lie-fraction 1.0 --lie-mode slight|gross|nan \\
-        [--lie-seed N] AGENT FLAGS...
+        [--lie-seed N] [--lie-log PATH] AGENT FLAGS...
 
 slight: every value * 1.01 (passes every check; only a comparison catches it);
 gross: every value + 5 (breaks softmax sums, relu and loss ranges only by luck of sign);
 nan: the first value becomes NaN (every consumer's finiteness check catches it).
 Integer outputs (an input's labels or indices) are left alone: lying about them would
-only make the data wrong, which is the same lie one layer later.
+only make the data wrong, which is the same lie one layer later. `--lie-log` appends one
+line per lie told ("KIND training|inference"), so a test can count the lies and check that
+none got through.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def perturb(array: np.ndarray, mode: str) -> np.ndarray:
     return lied
 
 
-def install(*, fraction: float, mode: str, seed: int) -> None:
+def install(*, fraction: float, mode: str, seed: int, log: str = "") -> None:
     """Wrap the forward of every built-in kind so a `fraction` of outputs lie."""
     if mode not in MODES:
         raise ValueError(f"--lie-mode: {mode!r} must be one of {', '.join(MODES)}")
@@ -58,7 +60,11 @@ def install(*, fraction: float, mode: str, seed: int) -> None:
         ) -> tuple[np.ndarray, Any]:
             output, cache = _original(self, inputs, params, training=training)
             if rng.random() < fraction:
-                output = perturb(output, mode)
+                lied = perturb(output, mode)
+                if log and lied is not output:
+                    with open(log, "a") as f:
+                        f.write(f"{self.name} {'training' if training else 'inference'}\n")
+                output = lied
             return output, cache
 
         cls.forward = forward  # type: ignore[method-assign]
@@ -69,8 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lie-fraction", type=float, default=1.0)
     parser.add_argument("--lie-mode", choices=MODES, default="slight")
     parser.add_argument("--lie-seed", type=int, default=0)
+    parser.add_argument("--lie-log", default="")
     ours, rest = parser.parse_known_args(argv)
-    install(fraction=ours.lie_fraction, mode=ours.lie_mode, seed=ours.lie_seed)
+    install(
+        fraction=ours.lie_fraction, mode=ours.lie_mode, seed=ours.lie_seed, log=ours.lie_log
+    )
     return agent_main.main(rest)
 
 

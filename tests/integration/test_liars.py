@@ -1,0 +1,205 @@
+"""Lying PNodes end to end: real agent processes, one of ten run through the test-only fault
+injector (`tests.support.liar`), on the digits network under `validation: replicas` (every
+VNode on two PNodes, every result compared).
+
+- Inference with a liar holding VNodes: every answer equals the honest single-process
+  reference; the disputes it causes are settled by tiebreaker replicas.
+- Training with a liar: the run reaches the reference's accuracy, its weights equal the
+  reference's (no lie was ever applied), inference afterwards equals the reference.
+- In both, the liar is Bugged after at most 5 results judged bad, and no honest PNode is
+  ever struck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from agent.runtime import reference
+from api.resources import network as network_model
+from api.resources import pnode
+from tests.integration import cluster
+from tests.integration import test_training as training
+from tests.support import agents, procs
+
+pytestmark = pytest.mark.slow
+
+FLEET, LIAR = 10, "liar-0"
+EPOCHS = 3
+LIAR_COMMAND = (sys.executable, "-m", "tests.support.liar", "--lie-fraction", "1")
+#: Honest agents hold the digits data set, so the sources (whose label output is integers,
+#: which the injector leaves alone) go to them; the liar has the most room, so the spreading
+#: scorer offers it one replica of most other VNodes. The test checks the liar got some.
+HONEST = ("--dataset", "digits=file://examples/digits/data.npz")
+FLOAT_VNODES = ("fc1", "act1", "fc2", "loss")
+
+
+def _manifest() -> dict[str, Any]:
+    manifest: dict[str, Any] = yaml.safe_load(training.MANIFEST.read_text())
+    manifest["spec"]["validation"] = "replicas"
+    return manifest
+
+
+def _lies(root: Path) -> list[str]:
+    log = root / "lies.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+async def _trust(store_url: str) -> dict[str, pnode.PNode]:
+    nodes, _, _ = await cluster.read_state(store_url)
+    return {n.name: n for n in nodes}
+
+
+def _bad_results_before_bugged(node: pnode.PNode) -> int:
+    verdicts = [e.verdict for e in node.status.validation_events]
+    assert "bugged" in verdicts, f"{node.name} was never Bugged: {verdicts}"
+    return verdicts[: verdicts.index("bugged")].count("rejected")
+
+
+async def _wait_bugged(store_url: str, name: str, within: float) -> pnode.PNode:
+    deadline = time.monotonic() + within
+    while True:
+        node = (await _trust(store_url))[name]
+        if node.status.trust.bugged:
+            return node
+        assert time.monotonic() < deadline, f"{name} not Bugged within {within}s: {node.status}"
+        await asyncio.sleep(0.1)  # polling a condition with a deadline
+
+
+def _check_liar_holds_work(placed: dict[str, list[tuple[str, int]]]) -> None:
+    held = [v for v in FLOAT_VNODES if any(p == LIAR for p, _ in placed.get(v, []))]
+    assert held, f"the liar holds no VNode with float outputs, nothing would be tested: {placed}"
+
+
+def _check_honest(nodes: dict[str, pnode.PNode]) -> None:
+    struck = {n: p.status.trust.strikes_total for n, p in nodes.items() if n != LIAR}
+    assert not any(struck.values()), f"honest PNodes were struck: {struck}"
+
+
+async def test_inference_with_a_liar_equals_the_reference(tmp_path: Path) -> None:
+    mode = "slight"  # NaN and gross lies are caught by the checks alone (tests/validation)
+    manifest = _manifest()
+    network = network_model.Network.model_validate(manifest)
+    store_url = f"sqlite:///{tmp_path / 'state.db'}"
+    liar_root = tmp_path / "liar"
+    with (
+        procs.orchestrator(store_url, log=tmp_path / "orchestrator.log") as served,
+        agents.agents(
+            served.address, tmp_path, FLEET - 1, prefix="honest", extra=HONEST
+        ) as _honest,
+        agents.agents(
+            served.address,
+            liar_root,
+            1,
+            prefix="liar",
+            cpu="4",
+            memory="4Gi",
+            command=(*LIAR_COMMAND, "--lie-mode", mode, "--lie-log", str(liar_root / "lies.log")),
+        ) as _liar,
+    ):
+        api, jobs = cluster.Api(served.address), training.Jobs(served.address)
+        try:
+            await api.apply(manifest)
+            every = {v.name: 2 for v in network.spec.vnodes}
+            _, placed = await api.wait_resolvable(network.name, every, within=60)
+            _check_liar_holds_work(placed)
+            single = reference.Reference(
+                network, seed=0, optimizer="sgd", learning_rate=0.01, workdir=agents.REPO
+            )
+            x = training.DATA["x_test"][:64]
+            expected = single.infer({"x": x})["loss"]
+            for _ in range(3):
+                got = await jobs.infer(network.name, x)
+                np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+            liar = await _wait_bugged(store_url, LIAR, within=30)
+            told = _lies(liar_root)
+            bad = _bad_results_before_bugged(liar)
+            print(f"\n{mode}: {len(told)} lies told, {bad} judged bad before Bugged")
+            assert told, "the liar never lied"
+            assert bad <= 5
+            _check_honest(await _trust(store_url))
+        finally:
+            await api.close()
+            await jobs.channel.close(None)
+
+
+async def test_training_with_a_liar_matches_the_reference(tmp_path: Path) -> None:
+    manifest = _manifest()
+    network = network_model.Network.model_validate(manifest)
+    store_url = f"sqlite:///{tmp_path / 'state.db'}"
+    liar_root = tmp_path / "liar"
+    with (
+        procs.orchestrator(store_url, log=tmp_path / "orchestrator.log") as served,
+        agents.agents(
+            served.address, tmp_path, FLEET - 1, prefix="honest", extra=HONEST
+        ) as _honest,
+        agents.agents(
+            served.address,
+            liar_root,
+            1,
+            prefix="liar",
+            cpu="4",
+            memory="4Gi",
+            command=(
+                *LIAR_COMMAND,
+                "--lie-mode",
+                "slight",
+                "--lie-log",
+                str(liar_root / "lies.log"),
+            ),
+        ) as _liar,
+    ):
+        api, jobs = cluster.Api(served.address), training.Jobs(served.address)
+        try:
+            await api.apply(manifest)
+            every = {v.name: 2 for v in network.spec.vnodes}
+            _, placed = await api.wait_resolvable(network.name, every, within=60)
+            _check_liar_holds_work(placed)
+            await jobs.train("with-liar", network.name, epochs=EPOCHS)
+            job = await jobs.wait("with-liar", phase="Succeeded", within=420)
+
+            single = reference.Reference(
+                network,
+                seed=training.SEED,
+                optimizer=training.OPTIMIZER,
+                learning_rate=training.LEARNING_RATE,
+                workdir=agents.REPO,
+            )
+            rows = len(training.DATA["y_train"])
+            for epoch in range(EPOCHS):
+                for indices in reference.batches(training.SEED, epoch, rows, training.BATCH):
+                    single.train_step(indices)
+            trained = training._final_params(job)
+            for vnode, params in single.params.items():
+                for name, value in params.items():
+                    np.testing.assert_allclose(
+                        trained[vnode][name], value, rtol=1e-6, atol=1e-9, err_msg=vnode
+                    )
+            x, y = training.DATA["x_test"], training.DATA["y_test"]
+            expected = single.infer({"x": x})["loss"]
+            got = await jobs.infer(network.name, x)
+            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+            accuracy = float(np.mean(np.argmax(got, axis=1) == y))
+            reference_accuracy = float(np.mean(np.argmax(expected, axis=1) == y))
+            liar = (await _trust(store_url))[LIAR]
+            told = _lies(liar_root)
+            bad = _bad_results_before_bugged(liar)
+            print(
+                f"\ntraining with a liar: accuracy {accuracy:.4f} (reference "
+                f"{reference_accuracy:.4f}), attempts {job.status.attempt}, {len(told)} lies "
+                f"told, {bad} judged bad before Bugged"
+            )
+            assert accuracy == reference_accuracy
+            assert told
+            assert bad <= 5
+            _check_honest(await _trust(store_url))
+        finally:
+            await api.close()
+            await jobs.channel.close(None)
