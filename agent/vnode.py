@@ -285,7 +285,17 @@ class Instance:
             quorum_inputs.EMPTY if grad is None else grad,
             expected=self.replicas_of(m.job, m.sender_vnode),
         )
-        if not pending.awaiting_backward or not pending.grads.complete(self.children):
+        # Every replica of every child must have answered, not only a majority: a child
+        # replica that got no forward (its input went astray while it moved) sends no
+        # gradient, and waiting for it stalls the step into a rollback. Updating on the
+        # majority would let the step complete with that replica a step behind, to be
+        # struck later for an honest result computed on stale state.
+        expected = {c: self.replicas_of(m.job, c) for c in self.children}
+        if (
+            not pending.awaiting_backward
+            or not pending.grads.complete(self.children)
+            or not pending.grads.settled(expected)
+        ):
             return [], found
         accepted = pending.grads.arrays(self.children)
         try:

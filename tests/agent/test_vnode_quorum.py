@@ -305,3 +305,23 @@ def test_disputed_positions_are_bounded_too(monkeypatch: pytest.MonkeyPatch) -> 
         assert h.receive(msg("a", 1, X + 1, position=("request", request))).findings
     assert h.receive(msg("a", 2, X, position=("request", "r1"))).duplicate
     assert targets(h.receive(msg("a", 2, X, position=("request", "r2")))) == [("b", 0)]
+
+
+def test_backward_waits_for_every_child_replica_not_only_a_majority() -> None:
+    """A child replica that never got its forward sends no gradient; updating on the
+    majority would leave it a step behind, later struck for an honest result on stale
+    state. So the update waits for all of them (a missing one stalls the step into a
+    rollback instead)."""
+    h = make({"a": 1, "b": 3})
+    computed = h.receive(msg("a", 0, X, position=STEP))
+    assert targets(computed) == [("b", 0), ("b", 1), ("b", 2)]
+    _, output, _ = dense_reference(X)
+    grad = np.ones_like(output) / 3
+    assert h.receive(msg("b", 0, grad, forward=False, position=STEP)).outgoing == []
+    majority = h.receive(msg("b", 1, grad.copy(), forward=False, position=STEP))
+    assert majority == (False, [], [])
+    assert h.step == 0
+    last = h.receive(msg("b", 2, grad.copy(), forward=False, position=STEP))
+    assert [(o.target, o.target_replica) for o in last.outgoing] == [("a", 0)]
+    assert last.findings == []
+    assert h.step == 1

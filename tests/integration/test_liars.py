@@ -73,6 +73,12 @@ async def _wait_bugged(store_url: str, name: str, within: float) -> pnode.PNode:
         await asyncio.sleep(0.1)  # polling a condition with a deadline
 
 
+def _kill(*fleet: agents.Agent) -> None:
+    """Teardown: a graceful leave drains each agent's VNodes onto the others, seconds each."""
+    for agent in fleet:
+        agent.kill()
+
+
 def _check_liar_holds_work(placed: dict[str, list[tuple[str, int]]]) -> None:
     held = [v for v in FLOAT_VNODES if any(p == LIAR for p, _ in placed.get(v, []))]
     assert held, f"the liar holds no VNode with float outputs, nothing would be tested: {placed}"
@@ -93,7 +99,7 @@ async def test_inference_with_a_liar_equals_the_reference(tmp_path: Path) -> Non
         procs.orchestrator(store_url, log=tmp_path / "orchestrator.log") as served,
         agents.agents(
             served.address, tmp_path, FLEET - 1, prefix="honest", extra=HONEST
-        ) as _honest,
+        ) as honest_fleet,
         agents.agents(
             served.address,
             liar_root,
@@ -102,7 +108,7 @@ async def test_inference_with_a_liar_equals_the_reference(tmp_path: Path) -> Non
             cpu="4",
             memory="4Gi",
             command=(*LIAR_COMMAND, "--lie-mode", mode, "--lie-log", str(liar_root / "lies.log")),
-        ) as _liar,
+        ) as liar_fleet,
     ):
         api, jobs = cluster.Api(served.address), training.Jobs(served.address)
         try:
@@ -128,6 +134,7 @@ async def test_inference_with_a_liar_equals_the_reference(tmp_path: Path) -> Non
         finally:
             await api.close()
             await jobs.channel.close(None)
+            _kill(*honest_fleet, *liar_fleet)
 
 
 async def test_training_with_a_liar_matches_the_reference(tmp_path: Path) -> None:
@@ -139,7 +146,7 @@ async def test_training_with_a_liar_matches_the_reference(tmp_path: Path) -> Non
         procs.orchestrator(store_url, log=tmp_path / "orchestrator.log") as served,
         agents.agents(
             served.address, tmp_path, FLEET - 1, prefix="honest", extra=HONEST
-        ) as _honest,
+        ) as honest_fleet,
         agents.agents(
             served.address,
             liar_root,
@@ -154,7 +161,7 @@ async def test_training_with_a_liar_matches_the_reference(tmp_path: Path) -> Non
                 "--lie-log",
                 str(liar_root / "lies.log"),
             ),
-        ) as _liar,
+        ) as liar_fleet,
     ):
         api, jobs = cluster.Api(served.address), training.Jobs(served.address)
         try:
@@ -203,3 +210,4 @@ async def test_training_with_a_liar_matches_the_reference(tmp_path: Path) -> Non
         finally:
             await api.close()
             await jobs.channel.close(None)
+            _kill(*honest_fleet, *liar_fleet)

@@ -186,3 +186,26 @@ async def test_book_coalesces_writes_and_bugs_promptly(tmp_path: Path) -> None:
     finally:
         await book.stop()
         await store.close()
+
+
+async def test_suspect_counts_strikes_not_yet_written(tmp_path: Path) -> None:
+    """The driver stops feeding a PNode as soon as its unwritten strikes would make it
+    Bugged, before the write lands; an Uncordon-reset window does not count old strikes."""
+    store = await sqlite.SqliteStore.open(tmp_path / "state.db")
+    book = trust.TrustBook(
+        store=store, clock=clock_mod.FakeClock(), policy=trust.TrustPolicy(strike_limit=3)
+    )
+    try:
+        written = pnode.Trust(window="VVSV", strikes=1)
+        assert not book.suspect("p", written)
+        book.record("p", BAD)
+        assert not book.suspect("p", written)  # 2 strikes
+        book.record("p", OK)
+        book.record("p", BAD)
+        assert book.suspect("p", written)  # 3 strikes, none of the last two written
+        assert not book.suspect("other", written)
+        reset = pnode.Trust(window="SSVV", strikes=0)  # Uncordon cleared the strikes
+        assert not book.suspect("p", reset)
+        assert book.suspect("q", pnode.Trust(bugged=True))
+    finally:
+        await store.close()
