@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from benchmarks import failover, harness, ingest, placement, report, scale, training
+from benchmarks import failover, harness, ingest, placement, report, scale, training, validation
 
 Scenario = Callable[[harness.Context], Awaitable[harness.Report]]
 SCENARIOS: dict[str, Scenario] = {
@@ -26,6 +26,7 @@ SCENARIOS: dict[str, Scenario] = {
     ingest.NAME: ingest.run,
     training.NAME: training.run,
     scale.NAME: scale.run,
+    validation.NAME: validation.run,
 }
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
 
