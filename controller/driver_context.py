@@ -94,12 +94,28 @@ class DriverContext:
             return node.status.trust.bugged
         return self._book.suspect(pnode_name, node.status.trust)
 
+    def struck(self, pnode_name: str) -> bool:
+        """The PNode has a strike in its window, written or not."""
+        node = self.view.pnodes.get(pnode_name)
+        if node is None:
+            return False
+        if self._book is None:
+            return node.status.trust.strikes > 0
+        return self._book.strikes(pnode_name, node.status.trust) > 0
+
     async def request_tiebreaker(self, network: str, vnode: str) -> None:
         """Ask for one more replica of `vnode` and show it to this replica's view at once,
         so the next plan (and the network loop, woken by the view) sees it."""
         if await tiebreak.request(self.store, network, vnode) and self._metrics is not None:
             self._metrics.tiebroken()
         await self.sync_network(network)
+
+    async def clear_tiebreakers(self, network: str) -> list[str]:
+        """Remove the network's tiebreakers and show it to this replica's view at once."""
+        removed = await tiebreak.clear(self.store, network)
+        if removed:  # tiebreak.clear logs it
+            await self.sync_network(network)
+        return removed
 
     async def sync_network(self, network: str) -> None:
         try:

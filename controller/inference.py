@@ -158,13 +158,36 @@ async def infer(
                 reason="Unavailable",
             ) from None
         try:
-            return await _once(ctx, net, inputs, chosen, deadline=deadline, seconds=seconds)
+            answer = await _once(ctx, net, inputs, chosen, deadline=deadline, seconds=seconds)
+            await _retire_tiebreakers(ctx, network)
+            return answer
         except _Disputed as dispute:
             await ctx.request_tiebreaker(network, dispute.vnode)
             await _wait_for_replicas(ctx, network, dispute.vnode, deadline, seconds)
         except _Refused as why:
             refused = str(why)
             await ctx.clock.sleep(ctx.config.attempt_backoff)
+
+
+async def _retire_tiebreakers(ctx: driver.DriverContext, network: str) -> None:
+    """Without a training run there is no clean checkpoint interval to clear tiebreakers
+    after, so inference clears them once none is needed: every replica of each VNode that
+    has one runs on a PNode with no strike in its window (the liar was Bugged and its
+    slot moved, or its strikes aged out). Until then its VNode stays triple and
+    double-checked, which is what a PNode that lied recently should cost."""
+    net = ctx.view.networks.get(network)
+    if net is None or not net.status.tiebreakers:
+        return
+    for vnode in net.status.tiebreakers:
+        spec = net.vnode(vnode)
+        if spec is None:
+            continue  # removed from the spec: its slots are being stopped anyway
+        for replica in range(net.base_replicas(spec)):
+            slot = ctx.view.allocations.get(allocation.slot_name(network, vnode, replica))
+            node = ctx.view.pnodes.get(slot.spec.pnode) if slot is not None else None
+            if node is None or ctx.struck(node.name):
+                return
+    await ctx.clear_tiebreakers(network)
 
 
 def _trust_of(view: view_mod.View, network: str, vnode: str) -> int:

@@ -169,23 +169,26 @@ class TrustBook:
     def pending(self) -> int:
         return sum(len(v) for v in self._pending.values())
 
-    def suspect(self, pnode_name: str, written: pnode.Trust) -> bool:
-        """Whether the PNode is Bugged, or will be once what this replica holds unwritten is
-        written (`written`: its trust as last read). The driver stops using a suspect PNode
-        at once, instead of feeding it work until the write lands and the view shows it —
-        a PNode that lies on every result would otherwise pile up strikes meanwhile."""
-        if written.bugged:
-            return True
+    def strikes(self, pnode_name: str, written: pnode.Trust) -> int:
+        """Strikes in the PNode's window counting what this replica holds unwritten
+        (`written`: its trust as last read)."""
         unwritten = [*self._inflight.get(pnode_name, ()), *self._pending.get(pnode_name, ())]
-        if not any(not o.valid for o in unwritten):
-            return False
         window = written.window
         if written.strikes < window.count(STRIKE):  # as `apply`: Uncordon's reset
             window = window.replace(STRIKE, "")
         window = (window + "".join(VALID if o.valid else STRIKE for o in unwritten))[
             -self.policy.window :
         ]
-        return window.count(STRIKE) >= self.policy.strike_limit
+        return window.count(STRIKE)
+
+    def suspect(self, pnode_name: str, written: pnode.Trust) -> bool:
+        """Whether the PNode is Bugged, or will be once what this replica holds unwritten is
+        written. The driver stops using a suspect PNode at once, instead of feeding it work
+        until the write lands and the view shows it — a PNode that lies on every result
+        would otherwise pile up strikes meanwhile."""
+        if written.bugged:
+            return True
+        return self.strikes(pnode_name, written) >= self.policy.strike_limit
 
     def start(self) -> None:
         if self._task is None:

@@ -309,6 +309,16 @@ async def test_an_inference_dispute_waits_for_the_restored_tiebreaker_and_retrie
     assert restored[0].blob.url == trained.status.checkpoint_blobs["lin.loss.0"].partition("#")[0]
     liar = await world.trust_of("p2")
     assert liar.strikes_total == 1, "the retry's 2-1 split struck the liar"
+    # The struck PNode still holds a replica of loss: the tiebreaker stays.
+    assert (await world.network()).status.tiebreakers == ["loss"]
+    # Its strikes leave the window (here: an Uncordon): the next answer retires it.
+    world.agents[1].lie = lambda position: 0.0
+    node = await world.store.get(pnode.PNode, "p2")
+    node.status.trust.strikes = 0
+    world.view.apply_written([await world.store.update(node)])
+    again = await inference.infer(orch.ctx, harness.NET, {"x": tensors.encode(xb)}, seconds=30)
+    assert tensors.decode(again["loss"]) == pytest.approx(w * xb, rel=1e-12)
+    assert (await world.network()).status.tiebreakers == []
 
 
 async def test_inference_retries_past_a_result_refused_by_its_checks(world: World) -> None:
