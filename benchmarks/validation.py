@@ -116,7 +116,13 @@ async def run(ctx: harness.Context) -> harness.Report:
             manifest["spec"]["validation"] = "adaptive"
             await api.apply(manifest)
             every = {v.name: 2 for v in network.spec.vnodes}
-            await api.wait_resolvable(network.name, every, within=120)
+            _, placed = await api.wait_resolvable(network.name, every, within=120)
+            held = sorted(
+                f"{v}.{i}"
+                for v, endpoints in placed.items()
+                for i, (p, _) in enumerate(endpoints)
+                if p.startswith("liar-")
+            )
 
             async def requests(count: int, start: int) -> tuple[list[float], int]:
                 """Extra compute per block of requests, and wrong answers."""
@@ -182,6 +188,8 @@ async def run(ctx: harness.Context) -> harness.Report:
             "lies_told_during_measurement": lies,
             "wrong_answers_under_replicas": full_wrong,
             "bugged_after_measurement": ", ".join(bugged) or "none",
+            "liars_held_at_start": ", ".join(held) or "none",
+            "lies_told_in_all": _lies(liar_roots),
         }
     )
     report.notes.append(
@@ -194,7 +202,9 @@ async def run(ctx: harness.Context) -> harness.Report:
 
 
 class _liars:
-    """The lying agents, each with its own seed and lie log."""
+    """The lying agents, each with its own seed and lie log, and the most room: the
+    spreading scorer offers them the first replica (the one always computed) of most
+    VNodes, the worst case for adaptive replication."""
 
     def __init__(self, orchestrator: str, roots: list[Path]) -> None:
         self._orchestrator = orchestrator
@@ -209,7 +219,9 @@ class _liars:
                 "--lie-seed", str(i), "--lie-log", str(root / "lies.log"),
             )  # fmt: skip
             self._started.append(
-                agents.Agent(self._orchestrator, f"liar-{i}", root, command=command)
+                agents.Agent(
+                    self._orchestrator, f"liar-{i}", root, cpu="4", memory="4Gi", command=command
+                )
             )
         return self._started
 
