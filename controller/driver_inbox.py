@@ -286,8 +286,13 @@ class DriverInboxService(vnode_pb2_grpc.VNodeServiceServicer):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         book: trust.TrustBook | None = None,
         on_checked: Callable[[bool], None] | None = None,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_refused(reason)`: every message refused (a stale or unknown sender slot, a
+        position nobody waits for, a failed check...), so a flood of results for work the
+        sender was never assigned shows in the metrics."""
         self._inbox = inbox
+        self._on_refused = on_refused
         self._view = view
         self._replica_id = replica_id
         self._max_bytes = max_message_bytes
@@ -325,6 +330,16 @@ class DriverInboxService(vnode_pb2_grpc.VNodeServiceServicer):
         raise _stateless(request.vnode)
 
     def _receive(
+        self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest, *, forward: bool
+    ) -> bool:
+        try:
+            return self._receive_checked(request, forward=forward)
+        except rpc.RpcFailure as refused:
+            if self._on_refused is not None:
+                self._on_refused(refused.reason or refused.code.name)
+            raise
+
+    def _receive_checked(
         self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest, *, forward: bool
     ) -> bool:
         if request.target_vnode != DRIVER:

@@ -107,6 +107,14 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.driver_results_refused = prometheus_client.Counter(
+            "dcnr_driver_results_refused",
+            "Results sent to the driver and refused (StaleEpoch: no such slot or epoch, i.e. "
+            "work the sender was not assigned; StaleAttempt: no run waits for it; "
+            "CheckFailed; ...), by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.inference_results = prometheus_client.Counter(
             "dcnr_inference_results",
             "VNode results computed for inference requests, by role: primary (one per VNode "
@@ -149,6 +157,9 @@ class Metrics:
 
     def report_refused(self, reason: str) -> None:
         self.validation_reports_refused.labels(reason).inc()
+
+    def driver_refused(self, reason: str) -> None:
+        self.driver_results_refused.labels(reason).inc()
 
     def inference_computed(self, *, primary: int, double_check: int) -> None:
         self.inference_results.labels("primary").inc(primary)

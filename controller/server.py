@@ -279,6 +279,7 @@ class Orchestrator:
                 max_message_bytes=self.config.driver.max_message_bytes,
                 book=self.trust,
                 on_checked=self.metrics.checked,
+                on_refused=self.metrics.driver_refused,
             ),
         )
         implemented["dcnr.v1.ValidationService"] = (

@@ -1,0 +1,64 @@
+"""A flood of results for work the sender was never assigned is refused and counted: a real
+`dcnr-orchestrator serve` process, its driver inbox over a real socket, its /metrics."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc import aio
+
+from api import tensors
+from api.dcnr.v1 import vnode_pb2, vnode_pb2_grpc
+from tests.integration import cluster
+from tests.support import procs
+
+FLOOD = 50
+
+
+def _refused(metrics_port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    pattern = r'^dcnr_driver_results_refused_total\{reason="(\w+)"\} (\S+)$'
+    return {reason: float(v) for reason, v in re.findall(pattern, text, re.M)}
+
+
+async def test_results_from_slots_never_assigned_are_refused_and_counted(tmp_path: Path) -> None:
+    with procs.orchestrator(
+        f"sqlite:///{tmp_path / 'state.db'}",
+        extra=("--metrics-listen", "127.0.0.1:0"),
+        log=tmp_path / "orchestrator.log",
+    ) as served:
+        assert served.metrics_port is not None
+        api = cluster.Api(served.address)
+        channel = aio.insecure_channel(served.address)
+        try:
+            await api.apply(cluster.chain_network("net", 2))
+            stub = vnode_pb2_grpc.VNodeServiceStub(channel)
+            tensor = tensors.encode(np.ones((2, 2), np.float32))
+            codes = []
+            for i in range(FLOOD):
+                request = vnode_pb2.ForwardRequest(
+                    header=cluster.HEADER,
+                    job="j",
+                    step=i + 1,
+                    network="net",
+                    sender_vnode="v1",  # a sink of the network, but not held by the sender
+                    sender_replica=i % 3,
+                    sender_epoch=1 + i,
+                    target_vnode="__driver__",
+                    tensor=tensor,
+                    reply_to=served.address,
+                )
+                try:
+                    await stub.Forward(request, timeout=10)
+                except aio.AioRpcError as exc:
+                    codes.append(exc.code())
+            assert codes == [grpc.StatusCode.FAILED_PRECONDITION] * FLOOD
+            assert _refused(served.metrics_port) == {"StaleEpoch": FLOOD}
+        finally:
+            await channel.close(None)
+            await api.close()
