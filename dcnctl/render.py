@@ -20,8 +20,8 @@ OUTPUTS = ("wide", "yaml", "json", "name")
 HEADERS: dict[str, tuple[list[str], list[str]]] = {
     "Network": (["NAME", "READY", "PHASE", "AGE"], ["VNODES", "GENERATION"]),
     "PNode": (
-        ["NAME", "STATUS", "CPU", "MEMORY", "ALLOCATIONS", "AGE"],
-        ["ADDRESS", "INCARNATION", "TRUST", "STRIKES", "LABELS"],
+        ["NAME", "STATUS", "CPU", "MEMORY", "ALLOCATIONS", "TRUST", "STRIKES", "AGE"],
+        ["ADDRESS", "INCARNATION", "LABELS"],
     ),
     "Allocation": (["NAME", "NETWORK", "VNODE", "REPLICA", "PNODE", "EPOCH", "PHASE", "AGE"], []),
     "Job": (["NAME", "NETWORK", "PHASE", "STEP", "EPOCH", "LOSS", "ACCURACY", "AGE"], []),
@@ -54,14 +54,13 @@ def row(
             f"{cpu(used.cpu)}/{cpu(cap.cpu)}",
             f"{memory(used.memory)}/{memory(cap.memory)}",
             str(held),
+            str(resource.status.trust.consecutive_valid),
+            str(resource.status.trust.strikes),
             age,
         ]
-        trust = resource.status.trust
         extra = [
             resource.spec.address,
             str(resource.status.incarnation),
-            str(trust.consecutive_valid),
-            str(trust.strikes),
             tables.label_list(resource.metadata.labels),
         ]
     elif isinstance(resource, allocation.Allocation):
