@@ -1,9 +1,10 @@
 """Lying PNodes end to end: real agent processes, one of ten run through the test-only fault
-injector (`tests.support.liar`), on the digits network under `validation: replicas` (every
-VNode on two PNodes, every result compared).
+injector (`tests.support.liar`), lying on every result, on the digits network with two
+replicas of every VNode (every result compared).
 
-- Inference with a liar holding VNodes: every answer equals the honest single-process
-  reference; the disputes it causes are settled by tiebreaker replicas.
+- Inference with a liar holding VNodes, lying slightly (only a comparison catches it),
+  grossly or with NaN: every answer equals the honest single-process reference; the
+  disputes it causes are settled by tiebreaker replicas.
 - Training with a liar: the run reaches the reference's accuracy, its weights equal the
   reference's (no lie was ever applied), inference afterwards equals the reference.
 - In both, the liar is Bugged after at most 5 results judged bad, and no honest PNode is
@@ -41,9 +42,15 @@ HONEST = ("--dataset", "digits=file://examples/digits/data.npz")
 FLOAT_VNODES = ("fc1", "act1", "fc2", "loss")
 
 
-def _manifest() -> dict[str, Any]:
+def _manifest(*, per_vnode: bool = False) -> dict[str, Any]:
+    """The digits network with two replicas of every VNode: through the network's
+    `validation: replicas`, or (`per_vnode`) through each VNode's `replicas: 2`."""
     manifest: dict[str, Any] = yaml.safe_load(training.MANIFEST.read_text())
-    manifest["spec"]["validation"] = "replicas"
+    if per_vnode:
+        for vnode in manifest["spec"]["vnodes"]:
+            vnode["replicas"] = 2
+    else:
+        manifest["spec"]["validation"] = "replicas"
     return manifest
 
 
@@ -89,8 +96,8 @@ def _check_honest(nodes: dict[str, pnode.PNode]) -> None:
     assert not any(struck.values()), f"honest PNodes were struck: {struck}"
 
 
-async def test_inference_with_a_liar_equals_the_reference(tmp_path: Path) -> None:
-    mode = "slight"  # NaN and gross lies are caught by the checks alone (tests/validation)
+@pytest.mark.parametrize("mode", ["slight", "gross", "nan"])
+async def test_inference_with_a_liar_equals_the_reference(tmp_path: Path, mode: str) -> None:
     manifest = _manifest()
     network = network_model.Network.model_validate(manifest)
     store_url = f"sqlite:///{tmp_path / 'state.db'}"
@@ -138,7 +145,7 @@ async def test_inference_with_a_liar_equals_the_reference(tmp_path: Path) -> Non
 
 
 async def test_training_with_a_liar_matches_the_reference(tmp_path: Path) -> None:
-    manifest = _manifest()
+    manifest = _manifest(per_vnode=True)
     network = network_model.Network.model_validate(manifest)
     store_url = f"sqlite:///{tmp_path / 'state.db'}"
     liar_root = tmp_path / "liar"
