@@ -151,6 +151,9 @@ async def run(ctx: harness.Context) -> harness.Report:
             lies = _lies(liar_roots) - lies_before
             nodes, _, _ = await cluster.read_state(store_url)
             bugged = sorted(n.name for n in nodes if n.status.trust.bugged)
+            honest_struck = sum(
+                n.status.trust.strikes_total for n in nodes if not n.name.startswith("liar-")
+            )
             ctx.log(f"{NAME}: baseline, validation: replicas")
             manifest["spec"]["validation"] = "replicas"
             await api.apply(manifest)
@@ -189,6 +192,7 @@ async def run(ctx: harness.Context) -> harness.Report:
             "wrong_answers_under_replicas": full_wrong,
             "bugged_after_measurement": ", ".join(bugged) or "none",
             "liars_held_at_start": ", ".join(held) or "none",
+            "strikes_against_honest_pnodes": honest_struck,
             "lies_told_in_all": _lies(liar_roots),
         }
     )
