@@ -49,7 +49,14 @@ from grpc import aio
 from agent import blobs, reports, vnode
 from agent.runtime import data, kinds, state
 from api import checks, tensors
-from api.dcnr.v1 import common_pb2, pnode_pb2, validation_pb2, vnode_pb2, vnode_pb2_grpc
+from api.dcnr.v1 import (
+    common_pb2,
+    pnode_pb2,
+    resolve_pb2,
+    validation_pb2,
+    vnode_pb2,
+    vnode_pb2_grpc,
+)
 
 log = logging.getLogger("dcnr.agent.dataplane")
 
@@ -62,6 +69,7 @@ Context = aio.ServicerContext[Any, Any]
 _CODES = {
     "StaleEpoch": grpc.StatusCode.FAILED_PRECONDITION,
     "StaleAttempt": grpc.StatusCode.FAILED_PRECONDITION,
+    "SenderSuperseded": grpc.StatusCode.FAILED_PRECONDITION,
     "NoForward": grpc.StatusCode.FAILED_PRECONDITION,
     "NotReady": grpc.StatusCode.FAILED_PRECONDITION,
     "VNodeFailed": grpc.StatusCode.FAILED_PRECONDITION,
@@ -79,6 +87,9 @@ class Sender(Protocol):
 
     async def send_forward(self, request: vnode_pb2.ForwardRequest) -> bool: ...
     async def send_backward(self, request: vnode_pb2.BackwardRequest) -> bool: ...
+    async def resolve(
+        self, network: str, vnode: str, replica: int, *, min_epoch: int = 0
+    ) -> resolve_pb2.Endpoint | None: ...
 
 
 class Reporter(Protocol):
@@ -305,6 +316,7 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
         try:
             message = self._decode(request, forward=forward)
             hosted = self._lookup(request.network, request.target_vnode, request.target_replica)
+            await self._check_sender(hosted, request, forward=forward)
             self._check(hosted, request, message)
             async with hosted.lock:
                 if hosted.in_thread:
@@ -322,6 +334,42 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
         for outgoing in received.outgoing:
             self._spawn(hosted, outgoing)
         return received.duplicate
+
+    async def _check_sender(
+        self,
+        hosted: _Hosted,
+        request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest,
+        *,
+        forward: bool,
+    ) -> None:
+        """Refuse a result from a replica whose slot has moved on (`SenderSuperseded`).
+
+        A PNode keeps hosting a slot for a moment after it moved (until its assignment set
+        arrives), and a sender with a stale cache may still feed it; its results would be
+        votes of a replica that no longer exists, and since one vote per replica index is
+        kept, they could shut out the current replica's. So the sender's epoch is checked
+        against resolution (cached; asked again when the sender claims a newer epoch than
+        the cache knows). When resolution cannot answer, the result is taken: the checks
+        and the vote still stand between it and any consumer."""
+        name, replica = request.sender_vnode, request.sender_replica
+        neighbours = hosted.instance.parents if forward else hosted.instance.children
+        if name == vnode.DRIVER or name not in neighbours:
+            return  # the driver is not resolved; a non-neighbour is refused by the instance
+        try:
+            current = await self._sender.resolve(request.network, name, replica)
+            if current is not None and request.sender_epoch > current.epoch:
+                current = await self._sender.resolve(
+                    request.network, name, replica, min_epoch=request.sender_epoch
+                )
+        except grpc.RpcError:
+            return
+        if current is not None and request.sender_epoch < current.epoch:
+            raise _Refusal(
+                "SenderSuperseded",
+                f"sender_epoch: {request.sender_epoch} of {request.network}/{name} replica "
+                f"{replica} is superseded by epoch {current.epoch}; the sender no longer holds "
+                "that slot",
+            )
 
     def _decode(
         self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest, *, forward: bool

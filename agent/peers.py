@@ -11,7 +11,8 @@ The driver ("__driver__") is not resolved: it listens at the message's `reply_to
 
 Receivers say why they refused in the ErrorDetails of trailing metadata
 `dcnr-error-details-bin` (common.proto rule 8): reason "StaleEpoch" is retried after
-re-resolving, "StaleAttempt", "NoForward" and "VNodeFailed" are final.
+re-resolving, "StaleAttempt", "NoForward", "VNodeFailed" and "SenderSuperseded" (this
+replica's slot has moved on) are final.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ log = logging.getLogger("dcnr.agent.peers")
 
 DRIVER = "__driver__"
 DETAILS_KEY = "dcnr-error-details-bin"
-FINAL_REASONS = frozenset({"StaleAttempt", "NoForward", "VNodeFailed"})
+FINAL_REASONS = frozenset({"StaleAttempt", "NoForward", "VNodeFailed", "SenderSuperseded"})
 _RETRIED = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,

@@ -10,10 +10,13 @@ import grpc
 import numpy as np
 import pytest
 
-from agent import dataplane
+from agent import dataplane, peers
 from api import tensors
 from api.dcnr.v1 import validation_pb2, vnode_pb2
 from tests.agent.test_dataplane import assignment, cluster, data_file, forward  # noqa: F401
+
+#: The epoch the test cluster's resolver gives every VNode: a sender must claim it.
+EPOCH = 3
 
 
 class Reports:
@@ -71,19 +74,44 @@ async def test_kind_checks_use_the_neighbour_kinds(cluster: dict[str, Any]) -> N
         ]
     )
     wrong_width = np.zeros((2, 4), dtype=np.float32)
-    error = await _refused(c, tensor=tensors.encode(wrong_width), sender_vnode="fc")
+    error = await _refused(
+        c, tensor=tensors.encode(wrong_width), sender_vnode="fc", sender_epoch=EPOCH
+    )
     assert "check shape failed" in (error.details() or "")
     labels = np.array([0, 1], dtype=np.int64)  # integers are fine from an input
-    reply = await c["stub"].Forward(forward("loss", tensors.encode(labels), c, sender_vnode="y"))
+    reply = await c["stub"].Forward(
+        forward("loss", tensors.encode(labels), c, sender_vnode="y", sender_epoch=EPOCH)
+    )
     assert not reply.duplicate
 
 
 async def test_non_finite_gradient_is_refused(cluster: dict[str, Any]) -> None:  # noqa: F811
     c = cluster
     grad = np.array([[np.inf, 0, 0]], dtype=np.float32)
-    request = forward("fc", tensors.encode(grad), c, sender_vnode="loss")
+    request = forward("fc", tensors.encode(grad), c, sender_vnode="loss", sender_epoch=EPOCH)
     backward = vnode_pb2.BackwardRequest()
     backward.ParseFromString(request.SerializeToString())
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await c["stub"].Backward(backward)
     assert "check finite failed" in (raised.value.details() or "")
+
+
+async def test_a_superseded_sender_replica_gets_no_vote(cluster: dict[str, Any]) -> None:  # noqa: F811
+    """A PNode still hosting a slot that has moved (its assignment set not yet arrived) may
+    be fed by a stale sender and send on: its result is refused as superseded, and does
+    not take the place of the current replica's, which arrives next."""
+    c = cluster
+    fine = np.zeros((2, 3), dtype=np.float32)
+    stale = await _refused(c, tensor=tensors.encode(fine), sender_vnode="fc", sender_epoch=2)
+    assert stale.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert peers.error_reason(stale) == "SenderSuperseded"
+    assert "superseded by epoch 3" in (stale.details() or "")
+    current = await c["stub"].Forward(
+        forward("loss", tensors.encode(fine), c, sender_vnode="fc", sender_epoch=EPOCH)
+    )
+    assert not current.duplicate
+    # A sender newer than resolution knows is taken (resolution lags a move by a moment).
+    newer = await c["stub"].Forward(
+        forward("loss", tensors.encode(fine), c, sender_vnode="fc", sender_epoch=9, step=2)
+    )
+    assert not newer.duplicate
