@@ -156,6 +156,7 @@ class TrainingRun:
                 return
             except Rollback as why:
                 if isinstance(why, driver_calls.Disputed):
+                    self._strike_forged(why.forged)
                     await self.ctx.request_tiebreaker(self._job.spec.network, why.vnode)
                 log.warning(
                     "rolling back", extra={"fields": {"job": self.name, "reason": str(why)}}
@@ -289,6 +290,7 @@ class TrainingRun:
                         step, done_epoch, window, now, blobs=written.blobs, epochs=calls.epochs
                     )
                 )
+                self._strike_forged(written.forged)
                 if written.outliers:
                     ctx.inbox.disagreed(self.name, len(written.outliers))
                     if ctx.metrics is not None:
@@ -327,6 +329,26 @@ class TrainingRun:
             current = self.ctx.view.allocations.get(slot)
             if current is not None and current.spec.pnode not in struck:
                 book.record(current.spec.pnode, trust.Outcome(valid=True, job=self.name))
+
+    def _strike_forged(self, slots: tuple[str, ...]) -> None:
+        """A checkpoint blob whose bytes do not hash to the digest its writer claimed is a
+        provable lie (`controller.driver_checkpoint`): strike the PNode that wrote it."""
+        book = self.ctx.book
+        for slot in slots:
+            current = self.ctx.view.allocations.get(slot)
+            if book is None or current is None:
+                continue
+            book.record(
+                current.spec.pnode,
+                trust.Outcome(
+                    valid=False,
+                    job=self.name,
+                    vnode=current.spec.vnode,
+                    check="checkpoint-digest",
+                    message=f"checkpoint of {slot}: the blob's bytes do not match the "
+                    "sha256 its writer claimed",
+                ),
+            )
 
     def _on_suspect(self, slot: allocation.Allocation | None) -> bool:
         return slot is not None and self.ctx.suspect(slot.spec.pnode)

@@ -44,9 +44,11 @@ class Rollback(Exception):
 class Disputed(Rollback):
     """The replicas of `vnode` disagree with no majority: it needs a tiebreaker replica."""
 
-    def __init__(self, vnode: str, why: str) -> None:
+    def __init__(self, vnode: str, why: str, *, forged: tuple[str, ...] = ()) -> None:
         super().__init__(why)
         self.vnode = vnode
+        #: Slots whose checkpoint blob did not match its claimed digest (struck).
+        self.forged = forged
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -55,6 +57,8 @@ class Checkpointed:
     blobs: dict[str, str]
     #: VNodes with a replica whose state is not the majority's (a disagreement).
     outliers: tuple[str, ...] = ()
+    #: Slots whose blob's bytes do not match the digest they claimed (their PNode lied).
+    forged: tuple[str, ...] = ()
 
 
 def blob_text(blob: common_pb2.BlobRef) -> str:
@@ -302,17 +306,20 @@ class Calls:
             by_vnode.setdefault(vnode, {})[replica] = blob
         blobs: dict[str, str] = {}
         outliers: list[str] = []
+        forged: list[str] = []
         for vnode in plan.vnodes:
             chosen = await driver_checkpoint.choose(by_vnode.get(vnode, {}))
+            forged += [plan.slot(vnode, r) for r in chosen.forged]
             if chosen.blob is None:
                 raise Disputed(
                     vnode,
                     f"checkpoint of step {step}: the {len(by_vnode.get(vnode, {}))} replicas "
                     f"of {vnode} wrote different states with no majority; a tiebreaker "
                     "replica is requested",
+                    forged=tuple(forged),
                 )
             if chosen.outliers:
                 outliers.append(vnode)
             if chosen.blob.url:
                 blobs[plan.slot(vnode)] = blob_text(chosen.blob)
-        return Checkpointed(blobs, tuple(outliers))
+        return Checkpointed(blobs, tuple(outliers), tuple(forged))

@@ -10,6 +10,12 @@ and the checkpoint is not recorded.
 
 One blob per VNode is recorded (and every replica restores from it), so the replicas of
 a VNode start every attempt from identical state.
+
+A replica's digest is its own claim. A liar could claim the majority's digest for a blob
+holding something else; elected, it would make every restore fail its digest check and wedge
+the run in rollbacks. So with several replicas, the digest majority's blobs are read and
+hashed here before one is elected: a blob whose bytes do not match its claimed digest is
+forged (a provable lie: its writer is struck) and counts for nobody.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ class Canonical:
     blob: common_pb2.BlobRef | None
     #: Replicas whose checkpoint is not the majority's (empty when disputed).
     outliers: tuple[int, ...] = ()
+    #: Replicas whose blob's bytes do not match the digest they claimed for it.
+    forged: tuple[int, ...] = ()
 
     @property
     def disputed(self) -> bool:
@@ -93,18 +101,45 @@ def same_state(a: Arrays, b: Arrays) -> bool:
 
 
 async def choose(blobs: Mapping[int, common_pb2.BlobRef]) -> Canonical:
-    """replica → the blob it wrote, to the VNode's canonical checkpoint; reads the blobs
-    (off the event loop) only when their digests have no majority."""
-    found = by_digest(blobs)
+    """replica → the blob it wrote, to the VNode's canonical checkpoint. With several
+    replicas the digest majority's blobs are hashed (off the event loop) to catch forged
+    digests; the blobs are read as arrays only when the digests have no majority."""
+    forged = await _forged(blobs) if len(blobs) > 1 else ()
+    honest = {r: b for r, b in blobs.items() if r not in forged}
+    found = by_digest(honest)
+    if found is not None and len(honest) - len(found.outliers) < len(blobs) // 2 + 1:
+        found = None  # a majority of the unforged blobs, not of every replica
     if found is not None:
-        return found
-    arrays: dict[int, Arrays] = {}
-    for replica, blob in blobs.items():
-        if not blob.url:
-            arrays[replica] = {}
+        found = dataclasses.replace(found, outliers=tuple(sorted({*found.outliers, *forged})))
+    else:
+        arrays: dict[int, Arrays] = {}
+        for replica, blob in honest.items():
+            if not blob.url:
+                arrays[replica] = {}
+                continue
+            try:
+                arrays[replica] = await job_data.arrays(blob.url)
+            except job_data.DataError:
+                continue  # unreadable: it cannot be part of a majority
+        found = by_value(blobs, arrays)  # a forged replica has no arrays: agrees with none
+    return dataclasses.replace(found, forged=forged)
+
+
+async def _forged(blobs: Mapping[int, common_pb2.BlobRef]) -> tuple[int, ...]:
+    """Replicas of the claimed-digest majority whose bytes do not hash to their claim (an
+    unreadable blob is not proof of a lie: it is left to the vote)."""
+    best = by_digest(blobs)
+    if best is None or best.blob is None or not best.blob.url:
+        return ()
+    forged = []
+    for replica in sorted(blobs):
+        if replica in best.outliers:
             continue
+        blob = blobs[replica]
         try:
-            arrays[replica] = await job_data.arrays(blob.url)
+            actual = await job_data.sha256(blob.url)
         except job_data.DataError:
-            continue  # unreadable: it cannot be part of a majority
-    return by_value(blobs, arrays)
+            continue
+        if actual != bytes(blob.sha256):
+            forged.append(replica)
+    return tuple(forged)

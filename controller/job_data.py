@@ -13,6 +13,7 @@ Blocking reads run in a thread, off the event loop.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import zipfile
 from pathlib import Path
@@ -105,3 +106,16 @@ def arrays_sync(url: str) -> dict[str, np.ndarray[Any, Any]]:
 
 async def arrays(url: str) -> dict[str, np.ndarray[Any, Any]]:
     return await asyncio.to_thread(arrays_sync, url)
+
+
+def sha256_sync(url: str) -> bytes:
+    """The SHA-256 of the blob's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with _open(url) as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.digest()
+
+
+async def sha256(url: str) -> bytes:
+    return await asyncio.to_thread(sha256_sync, url)

@@ -93,6 +93,8 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
         self.lie: Callable[[int | str], float] = lambda position: 0.0
         #: Added to the weight written by Checkpoint.
         self.checkpoint_noise = 0.0
+        #: Write the noisy weight but claim the digest of the honest bytes (a forged digest).
+        self.forge_digest = False
         #: Every RestoreRequest received.
         self.restore_requests: list[vnode_pb2.RestoreRequest] = []
         self.attempt = 0
@@ -252,12 +254,15 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
         buffer = io.BytesIO()
         np.savez(buffer, w=np.array((self.w or 0.0) + self.checkpoint_noise))
         body = buffer.getvalue()
+        claimed = hashlib.sha256(body).digest()
+        if self.forge_digest:
+            honest = io.BytesIO()
+            np.savez(honest, w=np.array(self.w or 0.0))
+            claimed = hashlib.sha256(honest.getvalue()).digest()
         path = Path(url.removeprefix("file://"))
         await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(path.write_bytes, body)
-        blob = common_pb2.BlobRef(
-            url=url, sha256=hashlib.sha256(body).digest(), size_bytes=len(body)
-        )
+        blob = common_pb2.BlobRef(url=url, sha256=claimed, size_bytes=len(body))
         return vnode_pb2.CheckpointResponse(blob=blob)
 
 

@@ -12,6 +12,7 @@ tiebreaker, restores it and retries; adaptive selection follows trust.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import random
 from collections.abc import AsyncIterator, Callable
@@ -206,6 +207,20 @@ async def test_checkpoints_without_a_majority_are_not_recorded(world: World) -> 
     assert (await world.network()).status.tiebreakers == ["loss"]
 
 
+async def test_a_forged_checkpoint_digest_strikes_its_writer(world: World) -> None:
+    orch = await world.start(replicas=2)
+    world.agents[1].checkpoint_noise = 0.5
+    world.agents[1].forge_digest = True  # claims the honest digest for other bytes
+    await world.train()
+    rolled = await orch.until("fit", lambda j: j.status.attempt == 2)
+    assert rolled.status.checkpoint_blobs == {}, "the forged blob was not elected"
+    forger = await world.trust_of("p2")
+    assert forger.strikes_total == 1
+    node = await world.store.get(pnode.PNode, "p2")
+    assert [e.check for e in node.status.validation_events] == ["checkpoint-digest"]
+    assert (await world.trust_of("p1")).strikes_total == 0
+
+
 async def test_checkpoints_differing_only_in_rounding_are_recorded(world: World) -> None:
     orch = await world.start(replicas=2)
     world.agents[1].checkpoint_noise = 1e-12
@@ -373,3 +388,32 @@ def test_without_adaptive_every_replica_computes() -> None:
     assert (chosen.adaptive, chosen.double_check) == (False, ())
     assert chosen.computing == {"x": 3, "loss": 3}
     assert chosen.double_checks == 4
+
+
+async def test_a_blob_not_matching_its_claimed_digest_is_forged_and_never_elected(
+    tmp_path: Path,
+) -> None:
+    """A liar claiming the majority's digest for other bytes would, if elected, fail every
+    restore's digest check and wedge the run: the majority's blobs are hashed first."""
+    paths = {}
+    for name, value in (("h0", 1.0), ("h1", 1.0), ("liar", 9.0)):
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, w=np.array([value]))
+        paths[name] = path
+    digest = hashlib.sha256(paths["h0"].read_bytes()).digest()
+    assert digest == hashlib.sha256(paths["h1"].read_bytes()).digest()
+
+    def claim(name: str) -> common_pb2.BlobRef:
+        return blob(f"file://{paths[name]}", digest)  # everyone claims the honest digest
+
+    found = await driver_checkpoint.choose({0: claim("liar"), 1: claim("h0"), 2: claim("h1")})
+    assert (found.how, found.blob, found.forged) == (
+        driver_checkpoint.How.DIGEST,
+        claim("h0"),
+        (0,),
+    )
+    assert found.outliers == (0,)
+    # With two replicas the forger leaves no majority: a dispute, nothing elected.
+    alone = await driver_checkpoint.choose({0: claim("liar"), 1: claim("h0")})
+    assert alone.disputed
+    assert alone.forged == (0,)
