@@ -51,7 +51,6 @@ from controller import (
     driver_inbox,
     driver_plan,
     job_watch,
-    tiebreak,
     trust,
 )
 from controller import view as view_mod
@@ -229,11 +228,12 @@ class TrainingRun:
         while True:
             seen = signal.value
             now = clock.now()
+            suspects = set(self.ctx.suspect_pnodes(plan.slots))
             missing = [
                 slot
                 for slot in plan.slots
-                if not _live(view, view.allocations.get(slot), now)
-                or self._on_suspect(view.allocations.get(slot))
+                if not _live(view, current := view.allocations.get(slot), now)
+                or (current is not None and current.spec.pnode in suspects)
             ]
             if not missing:
                 return
@@ -261,7 +261,7 @@ class TrainingRun:
         for step in range(self._job.status.checkpoint_step + 1, plan.total + 1):
             epoch, k = divmod(step - 1, plan.steps_per_epoch)
             indices = self._batch(plan, epoch, k)
-            suspects = _suspects(ctx, plan)
+            suspects = ctx.suspect_pnodes(plan.slots)
             if suspects:  # wait (Paused) until their slots have moved, not feed them on
                 raise Rollback(f"step {step}: pnode {', '.join(suspects)} is being marked Bugged")
             box = ctx.inbox.open(
@@ -308,15 +308,8 @@ class TrainingRun:
 
     async def _clear_tiebreakers(self, plan: Plan) -> None:
         net = self.ctx.view.networks.get(plan.network)
-        if net is None or not net.status.tiebreakers:
-            return
-        removed = await tiebreak.clear(self.ctx.store, plan.network)
-        if removed:
-            log.info(
-                "tiebreakers cleared after a clean checkpoint interval",
-                extra={"fields": {"job": self.name, "vnodes": removed}},
-            )
-        await self.ctx.sync_network(plan.network)
+        if net is not None and net.status.tiebreakers:
+            await self.ctx.clear_tiebreakers(plan.network)
 
     def _credit(self, plan: Plan, struck: set[str]) -> None:
         """A completed step: every result of it passed the checks (and, with replicas, the
@@ -350,25 +343,12 @@ class TrainingRun:
                 ),
             )
 
-    def _on_suspect(self, slot: allocation.Allocation | None) -> bool:
-        return slot is not None and self.ctx.suspect(slot.spec.pnode)
-
     def _batch(self, plan: Plan, epoch: int, k: int) -> np.ndarray[Any, Any]:
         order = self._orders.get(epoch)
         if order is None:
             order = driver_plan.epoch_order(seed=self._job.spec.seed, epoch=epoch, rows=plan.rows)
             self._orders = {epoch: order}
         return order[k * plan.batch : (k + 1) * plan.batch]
-
-
-def _suspects(ctx: DriverContext, plan: Plan) -> list[str]:
-    """PNodes of the plan's slots that are Bugged or about to be (`DriverContext.suspect`)."""
-    names = set()
-    for slot in plan.slots:
-        current = ctx.view.allocations.get(slot)
-        if current is not None:
-            names.add(current.spec.pnode)
-    return sorted(n for n in names if ctx.suspect(n))
 
 
 def _live(view: view_mod.View, slot: allocation.Allocation | None, now: Any) -> bool:

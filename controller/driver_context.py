@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Iterable
 
 from api.resources import job as job_model
 from api.resources import network as net_model
@@ -94,6 +95,11 @@ class DriverContext:
             return node.status.trust.bugged
         return self._book.suspect(pnode_name, node.status.trust)
 
+    def suspect_pnodes(self, slots: Iterable[str]) -> list[str]:
+        """The PNodes holding `slots` that are `suspect`, sorted."""
+        held = {a.spec.pnode for s in slots if (a := self.view.allocations.get(s)) is not None}
+        return sorted(p for p in held if self.suspect(p))
+
     def struck(self, pnode_name: str) -> bool:
         """The PNode has a strike in its window, written or not."""
         node = self.view.pnodes.get(pnode_name)
@@ -106,14 +112,18 @@ class DriverContext:
     async def request_tiebreaker(self, network: str, vnode: str) -> None:
         """Ask for one more replica of `vnode` and show it to this replica's view at once,
         so the next plan (and the network loop, woken by the view) sees it."""
-        if await tiebreak.request(self.store, network, vnode) and self._metrics is not None:
+        added = await tiebreak.request(
+            self.store, network, vnode, on_written=self.view.apply_written
+        )
+        if not added:  # someone else wrote it (or the view is behind): read what is there
+            await self.sync_network(network)
+        elif self._metrics is not None:
             self._metrics.tiebroken()
-        await self.sync_network(network)
 
     async def clear_tiebreakers(self, network: str) -> list[str]:
         """Remove the network's tiebreakers and show it to this replica's view at once."""
-        removed = await tiebreak.clear(self.store, network)
-        if removed:  # tiebreak.clear logs it
+        removed = await tiebreak.clear(self.store, network, on_written=self.view.apply_written)
+        if not removed:
             await self.sync_network(network)
         return removed
 

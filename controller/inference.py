@@ -207,14 +207,17 @@ def _not_ready(ctx: driver.DriverContext, net: net_model.Network, chosen: Select
 
 def _on_suspects(ctx: driver.DriverContext, net: net_model.Network, chosen: Selection) -> list[str]:
     """Slots the request would use on PNodes that are, or are about to be, Bugged."""
-    held = []
-    for vnode, n in chosen.computing.items():
-        for r in range(n):
-            slot = allocation.slot_name(net.name, vnode, r)
-            current = ctx.view.allocations.get(slot)
-            if current is not None and ctx.suspect(current.spec.pnode):
-                held.append(slot)
-    return held
+    slots = [
+        allocation.slot_name(net.name, vnode, r)
+        for vnode, n in chosen.computing.items()
+        for r in range(n)
+    ]
+    suspects = set(ctx.suspect_pnodes(slots))
+    return [
+        s
+        for s in slots
+        if (a := ctx.view.allocations.get(s)) is not None and a.spec.pnode in suspects
+    ]
 
 
 async def _changed(ctx: driver.DriverContext, network: str, deadline: float) -> None:

@@ -34,55 +34,59 @@ async def request(
 ) -> bool:
     """Add `vnode` to the network's tiebreakers. True if this call added it; False when it
     was already there, or the network or the VNode does not exist."""
-    for attempt in range(WRITE_ATTEMPTS):
-        try:
-            net = await store.get(network_model.Network, network)
-        except errors.NotFound:
-            return False
+
+    def add(net: network_model.Network) -> list[str] | None:
         if net.vnode(vnode) is None or vnode in net.status.tiebreakers:
-            return False
-        updated = net.model_copy(deep=True)
-        updated.status.tiebreakers = sorted({*net.status.tiebreakers, vnode})
-        updated.status.tiebreak_generation += 1
-        try:
-            written = await store.update(updated)
-        except errors.NotFound:
-            return False
-        except errors.Conflict:
-            if attempt == WRITE_ATTEMPTS - 1:
-                raise
-            continue
-        if on_written is not None:
-            on_written([written])
-        log.info("tiebreaker requested", extra={"fields": {"network": network, "vnode": vnode}})
-        return True
-    raise AssertionError("unreachable")
+            return None
+        return sorted({*net.status.tiebreakers, vnode})
+
+    if await _update(store, network, add, on_written) is None:
+        return False
+    log.info("tiebreaker requested", extra={"fields": {"network": network, "vnode": vnode}})
+    return True
 
 
 async def clear(store: base.Store, network: str, *, on_written: Written | None = None) -> list[str]:
     """Remove every tiebreaker of the network; returns those this call removed (empty when
     there were none or the network does not exist)."""
+    before = await _update(
+        store, network, lambda net: [] if net.status.tiebreakers else None, on_written
+    )
+    if not before:
+        return []
+    log.info("tiebreakers cleared", extra={"fields": {"network": network, "vnodes": before}})
+    return before
+
+
+async def _update(
+    store: base.Store,
+    network: str,
+    change: Callable[[network_model.Network], list[str] | None],
+    on_written: Written | None,
+) -> list[str] | None:
+    """Set the network's tiebreakers to `change(net)` (None: nothing to do) and bump the
+    generation, re-reading on Conflict; returns the tiebreakers before the write, or None
+    when nothing was written (no change, or no such network)."""
     for attempt in range(WRITE_ATTEMPTS):
         try:
             net = await store.get(network_model.Network, network)
         except errors.NotFound:
-            return []
-        removed = list(net.status.tiebreakers)
-        if not removed:
-            return []
+            return None
+        tiebreakers = change(net)
+        if tiebreakers is None:
+            return None
         updated = net.model_copy(deep=True)
-        updated.status.tiebreakers = []
+        updated.status.tiebreakers = tiebreakers
         updated.status.tiebreak_generation += 1
         try:
             written = await store.update(updated)
         except errors.NotFound:
-            return []
+            return None
         except errors.Conflict:
             if attempt == WRITE_ATTEMPTS - 1:
                 raise
             continue
         if on_written is not None:
             on_written([written])
-        log.info("tiebreakers cleared", extra={"fields": {"network": network, "vnodes": removed}})
-        return removed
+        return list(net.status.tiebreakers)
     raise AssertionError("unreachable")
