@@ -145,21 +145,16 @@ class Inbox:
         """A sink's output failed its checks (its PNode is struck already). Alone at its
         sink, it fails the position; among replicas it is filed as a result that agrees
         with nothing, so the others' majority still decides (or a tiebreaker is needed)."""
-        which = request.WhichOneof("position")
-        position: Position = request.step if which == "step" else request.request_id
+        position = _position(request)
         box = self._boxes.get((request.job, request.attempt, position))
         sender, replica = request.sender_vnode, request.sender_replica
         if box is None or box.sinks.get(sender, 0) < 2 or replica >= box.sinks[sender]:
             self.fail(request.job, position, why)
             return
-        arrived = box.results.setdefault(sender, {})
-        if replica in arrived:
-            return
-        arrived[replica] = Result(producer, request.tensor, np.zeros(0), refused=True)
-        self.disagreed(box.job)
-        if len(arrived) == box.sinks[sender]:
-            self._decided(box, sender, box.decide(sender))
-        box.changed.bump()
+        refused = Result(producer, request.tensor, np.zeros(0), refused=True)
+        if self._file(box, sender, replica, refused):
+            self.disagreed(box.job)
+            box.changed.bump()
 
     def disagreements(self, job: str) -> int:
         """Disagreements seen for `job` so far (monotonic while its run lives)."""
@@ -175,10 +170,9 @@ class Inbox:
     ) -> bool:
         """File a checked message (`array`: its decoded tensor; `producer`: the PNode of its
         sender's slot); True when it is a duplicate. Raises RpcFailure."""
-        which = request.WhichOneof("position")
-        if which is None:
+        if request.WhichOneof("position") is None:
             raise rpc.invalid("position", None, "one of step or request_id must be set")
-        position: Position = request.step if which == "step" else request.request_id
+        position = _position(request)
         box = self._boxes.get((request.job, request.attempt, position))
         if box is None:
             return self._unexpected(request, position)
@@ -206,19 +200,27 @@ class Inbox:
                 f"{sender} takes part with replicas 0..{expected[sender] - 1} at this position",
             )
         if forward:
-            arrived = box.results.setdefault(sender, {})
-            if replica in arrived:
+            if replica in box.results.get(sender, {}):
                 return True
             value = array if array is not None else tensors.decode(request.tensor)
-            arrived[replica] = Result(producer, request.tensor, value)
-            if len(arrived) == box.sinks[sender]:
-                self._decided(box, sender, box.decide(sender))
+            self._file(box, sender, replica, Result(producer, request.tensor, value))
         else:
             if (sender, replica) in box.done:
                 return True
             box.done.add((sender, replica))
         box.changed.bump()
         return False
+
+    def _file(self, box: Mailbox, sink: str, replica: int, result: Result) -> bool:
+        """File a replica's output of a sink (False: one was there already), and decide
+        once every replica's has arrived."""
+        arrived = box.results.setdefault(sink, {})
+        if replica in arrived:
+            return False
+        arrived[replica] = result
+        if len(arrived) == box.sinks[sink]:
+            self._decided(box, sink, box.decide(sink))
+        return True
 
     def _decided(self, box: Mailbox, sink: str, decision: quorum.Decision) -> None:
         if decision.verdict is quorum.Verdict.DISPUTED:
@@ -268,6 +270,10 @@ class Inbox:
             f"attempt {request.attempt} (it ended, or moved to another replica)",
             reason="StaleAttempt",
         )
+
+
+def _position(request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest) -> Position:
+    return request.step if request.WhichOneof("position") == "step" else request.request_id
 
 
 def _names(names: Iterable[str]) -> str:

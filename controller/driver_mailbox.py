@@ -58,8 +58,6 @@ class Mailbox:
     disputed: str | None = None
     #: PNodes that produced a result outside its majority at this position.
     struck: set[str] = dataclasses.field(default_factory=set)
-    #: PNodes whose result was compared with another replica's and agreed with the majority.
-    agreed: set[str] = dataclasses.field(default_factory=set)
     changed: view_mod.Signal = dataclasses.field(default_factory=view_mod.Signal)
 
     @property
@@ -100,8 +98,6 @@ class Mailbox:
         if decision.verdict is quorum.Verdict.ACCEPTED:
             winners = [index(r) for r in decision.winners]
             self.outputs[sink] = arrived[min(winners)].tensor
-            if len(arrived) > 1:
-                self.agreed.update(arrived[r].pnode for r in winners)
             self.struck.update(arrived[index(r)].pnode for r in decision.losers)
             self.struck.update(result.pnode for result in arrived.values() if result.refused)
         elif decision.verdict is quorum.Verdict.DISPUTED:
