@@ -43,10 +43,17 @@ class Plan:
 
     def neighbour_replicas(self, vnode: str) -> dict[str, int]:
         """The replica counts a replica of `vnode` waits on and sends to in this attempt."""
-        return {n: self.replicas_of(n) for n in self.neighbours.get(vnode, ())}
+        return neighbour_replicas(self.replicas, self.neighbours, vnode)
 
     def slot(self, vnode: str, replica: int = 0) -> str:
         return allocation.slot_name(self.network, vnode, replica)
+
+
+def neighbour_replicas(
+    counts: dict[str, int], around: dict[str, tuple[str, ...]], vnode: str
+) -> dict[str, int]:
+    """The replica counts of `vnode`'s parents and children (what its Restore carries)."""
+    return {n: counts.get(n, 1) for n in around.get(vnode, ())}
 
 
 def topology(net: net_model.Network) -> tuple[tuple[str, ...], tuple[str, ...]]:

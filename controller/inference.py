@@ -115,7 +115,9 @@ async def infer(
     refused: str | None = None
     #: Slots were seen on a PNode being marked Bugged: a slot missing is one moving.
     moving = False
+    signal = ctx.view.network_signal(network)
     while True:
+        seen = signal.value  # read before the state, so no change slips between
         net = ctx.view.networks.get(network) or net
         chosen = select(net, lambda vnode: _trust_of(ctx.view, network, vnode), rng)
         missing = _not_ready(ctx, net, chosen)
@@ -135,7 +137,7 @@ async def infer(
                     f"{', '.join(missing[:10])}",
                     reason="NotReady",
                 )
-            await _changed(ctx, network, deadline)  # the refused one's PNode may be moving
+            await _changed(ctx, network, deadline, seen)  # the refused one's PNode may move
             continue
         if held:  # their PNodes are being marked Bugged: wait for the slots to move
             moving = True
@@ -146,7 +148,7 @@ async def infer(
                     f"Bugged PNode within {seconds:g} s; retry",
                     reason="Unavailable",
                 )
-            await _changed(ctx, network, deadline)
+            await _changed(ctx, network, deadline, seen)
             continue
         try:
             await model_state.ensure_restored(ctx, network, deadline=deadline)
@@ -220,12 +222,13 @@ def _on_suspects(ctx: driver.DriverContext, net: net_model.Network, chosen: Sele
     ]
 
 
-async def _changed(ctx: driver.DriverContext, network: str, deadline: float) -> None:
-    signal = ctx.view.network_signal(network)
+async def _changed(ctx: driver.DriverContext, network: str, deadline: float, seen: int) -> None:
+    """Until the network's signal moves past `seen` (read before the state the caller
+    judged), the deadline, or `ready_recheck`."""
     remaining = deadline - ctx.clock.monotonic()
     await driver_inbox.first_of(
         ctx.clock,
-        [signal.wait_past(signal.value)],
+        [ctx.view.network_signal(network).wait_past(seen)],
         seconds=min(max(remaining, 0.0), ctx.config.ready_recheck),
     )
 
@@ -249,11 +252,7 @@ async def _wait_for_replicas(
                 f"majority and no tiebreaker replica was live within {seconds:g} s; retry",
                 reason="Timeout",
             )
-        await driver_inbox.first_of(
-            ctx.clock,
-            [signal.wait_past(seen)],
-            seconds=min(remaining, ctx.config.ready_recheck),
-        )
+        await _changed(ctx, network, deadline, seen)
 
 
 async def _once(

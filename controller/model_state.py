@@ -45,7 +45,6 @@ async def ensure_restored(ctx: driver.DriverContext, network: str, *, deadline: 
         return 0
     status = model.status
     counts = driver_plan.replica_counts(net)
-    around = driver_plan.neighbours(net)
     stale: dict[str, tuple[str, int, int]] = {}  # slot → (vnode, replica, current epoch)
     for v in net.spec.vnodes:
         text = status.checkpoint_blobs.get(allocation.slot_name(network, v.name, 0))
@@ -58,6 +57,7 @@ async def ensure_restored(ctx: driver.DriverContext, network: str, *, deadline: 
                 stale[slot] = (v.name, replica, current.spec.epoch)
     if not stale:
         return 0
+    around = driver_plan.neighbours(net)
 
     async def one(vnode: str, replica: int, epoch: int) -> None:
         request = vnode_pb2.RestoreRequest(
@@ -74,7 +74,7 @@ async def ensure_restored(ctx: driver.DriverContext, network: str, *, deadline: 
             blob=driver_calls.blob_ref(
                 status.checkpoint_blobs[allocation.slot_name(network, vnode, 0)]
             ),
-            neighbour_replicas={n: counts.get(n, 1) for n in around.get(vnode, ())},
+            neighbour_replicas=driver_plan.neighbour_replicas(counts, around, vnode),
         )
 
         async def invoke(
