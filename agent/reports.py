@@ -18,64 +18,71 @@ def check_failed(
     request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest, failed: checks.CheckFailed
 ) -> validation_pb2.ReportResultRequest:
     """The report of a received result that failed `failed.check`."""
-    report = validation_pb2.ReportResultRequest(
-        job=request.job,
-        network=request.network,
-        vnode=request.target_vnode,
-        replica=request.target_replica,
+    which = request.WhichOneof("position")
+    return _report(
+        reporter=(request.network, request.target_vnode, request.target_replica),
         epoch=request.target_epoch,
-        phase=_phase(isinstance(request, vnode_pb2.ForwardRequest)),
-        checks=[
-            validation_pb2.CheckOutcome(
-                check=failed.check,
-                result=validation_pb2.CHECK_RESULT_FAILED,
-                message=failed.message[:1024],
-            )
-        ],
-        subject_vnode=request.sender_vnode,
-        subject_replica=request.sender_replica,
-        subject_epoch=request.sender_epoch,
+        job=request.job,
+        position=("step", request.step) if which == "step" else ("request", request.request_id),
+        forward=isinstance(request, vnode_pb2.ForwardRequest),
+        outcome=validation_pb2.CheckOutcome(
+            check=failed.check, result=validation_pb2.CHECK_RESULT_FAILED, message=failed.message
+        ),
+        subject=(request.sender_vnode, request.sender_replica, request.sender_epoch),
     )
-    if request.WhichOneof("position") == "step":
-        report.step = request.step
-    else:
-        report.request_id = request.request_id
-    return report
 
 
 def quorum(instance: vnode.Instance, finding: vnode.Finding) -> validation_pb2.ReportResultRequest:
     """The report of a quorum finding of `instance` (check "quorum")."""
-    report = validation_pb2.ReportResultRequest(
-        job=finding.job,
-        network=instance.network,
-        vnode=instance.vnode,
-        replica=instance.replica,
-        epoch=instance.epoch,
-        phase=_phase(finding.forward),
-        checks=[
-            validation_pb2.CheckOutcome(
-                check="quorum",
-                result=(
-                    validation_pb2.CHECK_RESULT_DISPUTED
-                    if finding.disputed
-                    else validation_pb2.CHECK_RESULT_FAILED
-                ),
-                message=finding.message[:1024],
-            )
-        ],
-        subject_vnode=finding.subject_vnode,
-        subject_replica=finding.subject_replica,
-        subject_epoch=finding.subject_epoch,
+    result = (
+        validation_pb2.CHECK_RESULT_DISPUTED
+        if finding.disputed
+        else validation_pb2.CHECK_RESULT_FAILED
     )
-    kind, value = finding.position
+    return _report(
+        reporter=(instance.network, instance.vnode, instance.replica),
+        epoch=instance.epoch,
+        job=finding.job,
+        position=finding.position,
+        forward=finding.forward,
+        outcome=validation_pb2.CheckOutcome(check="quorum", result=result, message=finding.message),
+        subject=(finding.subject_vnode, finding.subject_replica, finding.subject_epoch),
+    )
+
+
+def _report(
+    *,
+    reporter: tuple[str, str, int],
+    epoch: int,
+    job: str,
+    position: vnode.Position,
+    forward: bool,
+    outcome: validation_pb2.CheckOutcome,
+    subject: tuple[str, int, int],
+) -> validation_pb2.ReportResultRequest:
+    """`reporter`: (network, vnode, replica) that received the result; `subject`: (vnode,
+    replica, epoch) that produced it."""
+    network, name, replica = reporter
+    outcome.message = outcome.message[:1024]
+    report = validation_pb2.ReportResultRequest(
+        job=job,
+        network=network,
+        vnode=name,
+        replica=replica,
+        epoch=epoch,
+        phase=(
+            validation_pb2.COMPUTE_PHASE_FORWARD
+            if forward
+            else validation_pb2.COMPUTE_PHASE_BACKWARD
+        ),
+        checks=[outcome],
+        subject_vnode=subject[0],
+        subject_replica=subject[1],
+        subject_epoch=subject[2],
+    )
+    kind, value = position
     if kind == "step":
         report.step = int(value)
     else:
         report.request_id = str(value)
     return report
-
-
-def _phase(forward: bool) -> validation_pb2.ComputePhase.ValueType:
-    return (
-        validation_pb2.COMPUTE_PHASE_FORWARD if forward else validation_pb2.COMPUTE_PHASE_BACKWARD
-    )

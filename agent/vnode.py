@@ -178,9 +178,7 @@ class Instance:
 
     def _targets(self, pending: _Pending, job: str, name: str, *, forward: bool) -> range:
         """Gradients go to every replica: training is never adaptive."""
-        if forward and pending.adaptive and name not in pending.double_check:
-            return range(1)
-        return range(self.replicas_of(job, name))
+        return range(self._expected(pending, job, name) if forward else self.replicas_of(job, name))
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -239,7 +237,8 @@ class Instance:
     def _forward(
         self, pending: _Pending, m: Message, training: bool
     ) -> tuple[list[Outgoing], list[Finding]]:
-        saved = pending.inputs.save(m.sender_vnode)
+        # The inputs as they were, to put back if the compute this result completes fails.
+        saved = None if pending.computed else pending.inputs.save(m.sender_vnode)
         expected = self._expected(pending, m.job, m.sender_vnode)
         found = pending.inputs.add(
             m.sender_vnode, m.sender_replica, m.sender_epoch, m.array, expected=expected
@@ -277,20 +276,20 @@ class Instance:
                 f"tensor.shape: gradient {list(grad.shape)} from {m.sender_vnode!r} does not "
                 f"match {self.vnode!r}'s output {list(pending.output_shape)}",
             )
-        saved = pending.grads.save(m.sender_vnode)
+        saved = pending.grads.save(m.sender_vnode) if pending.awaiting_backward else None
+        expected = {c: self.replicas_of(m.job, c) for c in self.children}
         found = pending.grads.add(
             m.sender_vnode,
             m.sender_replica,
             m.sender_epoch,
             quorum_inputs.EMPTY if grad is None else grad,
-            expected=self.replicas_of(m.job, m.sender_vnode),
+            expected=expected[m.sender_vnode],
         )
         # Every replica of every child must have answered, not only a majority: a child
         # replica that got no forward (its input went astray while it moved) sends no
         # gradient, and waiting for it stalls the step into a rollback. Updating on the
         # majority would let the step complete with that replica a step behind, to be
         # struck later for an honest result computed on stale state.
-        expected = {c: self.replicas_of(m.job, c) for c in self.children}
         if (
             not pending.awaiting_backward
             or not pending.grads.complete(self.children)
