@@ -18,10 +18,8 @@ Measured, over the measured requests only:
 
 from __future__ import annotations
 
-import re
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,13 +32,12 @@ from api.resources import network as network_model
 from benchmarks import harness
 from tests.integration import cluster
 from tests.integration import test_training as training_e2e
-from tests.support import agents, procs
+from tests.support import agents, liar, metrics, procs
 
 NAME = "validation"
 ROWS = 16
 LIE_FRACTION = 0.1
 TARGET_EXTRA = 0.15
-_COUNTER = re.compile(r'^dcnr_inference_results_total\{role="(\w+)"\} (\S+)$', re.M)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,19 +55,12 @@ SMOKE = Size(agents=4, liars=1, baseline_requests=3, warmup=3, measured=6, block
 
 
 def _counts(metrics_port: int) -> dict[str, float]:
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as reply:
-        text = reply.read().decode()
-    return {role: float(value) for role, value in _COUNTER.findall(text)}
+    samples = metrics.scrape(metrics_port)
+    return metrics.by_label(samples, "dcnr_inference_results_total", "role")
 
 
 def _lies(roots: list[Path]) -> int:
-    total = 0
-    for root in roots:
-        log = root / "lies.log"
-        if log.exists():
-            total += sum(1 for line in log.read_text().splitlines() if line.endswith("inference"))
-    return total
+    return sum(liar.lies_told(root / "lies.log", phase="inference") for root in roots)
 
 
 async def run(ctx: harness.Context) -> harness.Report:

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-import urllib.request
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from grpc import aio
-from prometheus_client import parser
 
 from api.dcnr.v1 import resolve_pb2, resolve_pb2_grpc
 from controller import clock as clocks
@@ -22,18 +20,7 @@ from controller import view as view_mod
 from reconcilers import base
 from store import sqlite
 from tests.controller import test_view as records
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    found: Samples = {}
-    for family in parser.text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
+from tests.support.metrics import scrape
 
 
 @pytest.fixture

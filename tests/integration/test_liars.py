@@ -14,8 +14,10 @@ replicas of every VNode (every result compared).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from api.resources import pnode
 from tests.integration import cluster
 from tests.integration import test_training as training
 from tests.support import agents, procs
+from tests.support import liar as liar_mod
 
 pytestmark = pytest.mark.slow
 
@@ -52,11 +55,6 @@ def _manifest(*, per_vnode: bool = False) -> dict[str, Any]:
     else:
         manifest["spec"]["validation"] = "replicas"
     return manifest
-
-
-def _lies(root: Path) -> list[str]:
-    log = root / "lies.log"
-    return log.read_text().splitlines() if log.exists() else []
 
 
 async def _trust(store_url: str) -> dict[str, pnode.PNode]:
@@ -96,25 +94,23 @@ def _check_honest(nodes: dict[str, pnode.PNode]) -> None:
     assert not any(struck.values()), f"honest PNodes were struck: {struck}"
 
 
-@pytest.mark.parametrize("mode", ["slight", "gross", "nan"])
-async def test_inference_with_a_liar_equals_the_reference(tmp_path: Path, mode: str) -> None:
-    manifest = _manifest()
+@contextlib.asynccontextmanager
+async def _cluster(
+    tmp_path: Path, manifest: dict[str, Any], mode: str
+) -> AsyncIterator[tuple[str, Path, training.Jobs]]:
+    """An orchestrator, nine honest agents and one lying `mode` lies, the network applied
+    with the liar holding some of it: yields (store URL, the liar's lie log, jobs)."""
     network = network_model.Network.model_validate(manifest)
     store_url = f"sqlite:///{tmp_path / 'state.db'}"
-    liar_root = tmp_path / "liar"
+    lies = tmp_path / "liar" / "lies.log"
+    command = (*LIAR_COMMAND, "--lie-mode", mode, "--lie-log", str(lies))
     with (
         procs.orchestrator(store_url, log=tmp_path / "orchestrator.log") as served,
         agents.agents(
             served.address, tmp_path, FLEET - 1, prefix="honest", extra=HONEST
         ) as honest_fleet,
         agents.agents(
-            served.address,
-            liar_root,
-            1,
-            prefix="liar",
-            cpu="4",
-            memory="4Gi",
-            command=(*LIAR_COMMAND, "--lie-mode", mode, "--lie-log", str(liar_root / "lies.log")),
+            served.address, lies.parent, 1, prefix="liar", cpu="4", memory="4Gi", command=command
         ) as liar_fleet,
     ):
         api, jobs = cluster.Api(served.address), training.Jobs(served.address)
@@ -123,98 +119,74 @@ async def test_inference_with_a_liar_equals_the_reference(tmp_path: Path, mode: 
             every = {v.name: 2 for v in network.spec.vnodes}
             _, placed = await api.wait_resolvable(network.name, every, within=60)
             _check_liar_holds_work(placed)
-            single = reference.Reference(
-                network, seed=0, optimizer="sgd", learning_rate=0.01, workdir=agents.REPO
-            )
-            x = training.DATA["x_test"][:64]
-            expected = single.infer({"x": x})["loss"]
-            for _ in range(3):
-                got = await jobs.infer(network.name, x)
-                np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
-            liar = await _wait_bugged(store_url, LIAR, within=30)
-            told = _lies(liar_root)
-            bad = _bad_results_before_bugged(liar)
-            print(f"\n{mode}: {len(told)} lies told, {bad} judged bad before Bugged")
-            assert told, "the liar never lied"
-            assert bad <= 5
-            _check_honest(await _trust(store_url))
+            yield store_url, lies, jobs
         finally:
             await api.close()
             await jobs.channel.close(None)
             _kill(*honest_fleet, *liar_fleet)
+
+
+@pytest.mark.parametrize("mode", ["slight", "gross", "nan"])
+async def test_inference_with_a_liar_equals_the_reference(tmp_path: Path, mode: str) -> None:
+    manifest = _manifest()
+    network = network_model.Network.model_validate(manifest)
+    async with _cluster(tmp_path, manifest, mode) as (store_url, lies, jobs):
+        single = reference.Reference(
+            network, seed=0, optimizer="sgd", learning_rate=0.01, workdir=agents.REPO
+        )
+        x = training.DATA["x_test"][:64]
+        expected = single.infer({"x": x})["loss"]
+        for _ in range(3):
+            got = await jobs.infer(network.name, x)
+            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+        liar = await _wait_bugged(store_url, LIAR, within=30)
+        told = liar_mod.lies_told(lies)
+        bad = _bad_results_before_bugged(liar)
+        print(f"\n{mode}: {told} lies told, {bad} judged bad before Bugged")
+        assert told, "the liar never lied"
+        assert bad <= 5
+        _check_honest(await _trust(store_url))
 
 
 async def test_training_with_a_liar_matches_the_reference(tmp_path: Path) -> None:
     manifest = _manifest(per_vnode=True)
     network = network_model.Network.model_validate(manifest)
-    store_url = f"sqlite:///{tmp_path / 'state.db'}"
-    liar_root = tmp_path / "liar"
-    with (
-        procs.orchestrator(store_url, log=tmp_path / "orchestrator.log") as served,
-        agents.agents(
-            served.address, tmp_path, FLEET - 1, prefix="honest", extra=HONEST
-        ) as honest_fleet,
-        agents.agents(
-            served.address,
-            liar_root,
-            1,
-            prefix="liar",
-            cpu="4",
-            memory="4Gi",
-            command=(
-                *LIAR_COMMAND,
-                "--lie-mode",
-                "slight",
-                "--lie-log",
-                str(liar_root / "lies.log"),
-            ),
-        ) as liar_fleet,
-    ):
-        api, jobs = cluster.Api(served.address), training.Jobs(served.address)
-        try:
-            await api.apply(manifest)
-            every = {v.name: 2 for v in network.spec.vnodes}
-            _, placed = await api.wait_resolvable(network.name, every, within=60)
-            _check_liar_holds_work(placed)
-            await jobs.train("with-liar", network.name, epochs=EPOCHS)
-            job = await jobs.wait("with-liar", phase="Succeeded", within=420)
+    async with _cluster(tmp_path, manifest, "slight") as (store_url, lies, jobs):
+        await jobs.train("with-liar", network.name, epochs=EPOCHS)
+        job = await jobs.wait("with-liar", phase="Succeeded", within=420)
 
-            single = reference.Reference(
-                network,
-                seed=training.SEED,
-                optimizer=training.OPTIMIZER,
-                learning_rate=training.LEARNING_RATE,
-                workdir=agents.REPO,
-            )
-            rows = len(training.DATA["y_train"])
-            for epoch in range(EPOCHS):
-                for indices in reference.batches(training.SEED, epoch, rows, training.BATCH):
-                    single.train_step(indices)
-            trained = training._final_params(job)
-            for vnode, params in single.params.items():
-                for name, value in params.items():
-                    np.testing.assert_allclose(
-                        trained[vnode][name], value, rtol=1e-6, atol=1e-9, err_msg=vnode
-                    )
-            x, y = training.DATA["x_test"], training.DATA["y_test"]
-            expected = single.infer({"x": x})["loss"]
-            got = await jobs.infer(network.name, x)
-            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
-            accuracy = float(np.mean(np.argmax(got, axis=1) == y))
-            reference_accuracy = float(np.mean(np.argmax(expected, axis=1) == y))
-            liar = (await _trust(store_url))[LIAR]
-            told = _lies(liar_root)
-            bad = _bad_results_before_bugged(liar)
-            print(
-                f"\ntraining with a liar: accuracy {accuracy:.4f} (reference "
-                f"{reference_accuracy:.4f}), attempts {job.status.attempt}, {len(told)} lies "
-                f"told, {bad} judged bad before Bugged"
-            )
-            assert accuracy == reference_accuracy
-            assert told
-            assert bad <= 5
-            _check_honest(await _trust(store_url))
-        finally:
-            await api.close()
-            await jobs.channel.close(None)
-            _kill(*honest_fleet, *liar_fleet)
+        single = reference.Reference(
+            network,
+            seed=training.SEED,
+            optimizer=training.OPTIMIZER,
+            learning_rate=training.LEARNING_RATE,
+            workdir=agents.REPO,
+        )
+        rows = len(training.DATA["y_train"])
+        for epoch in range(EPOCHS):
+            for indices in reference.batches(training.SEED, epoch, rows, training.BATCH):
+                single.train_step(indices)
+        trained = training._final_params(job)
+        for vnode, params in single.params.items():
+            for name, value in params.items():
+                np.testing.assert_allclose(
+                    trained[vnode][name], value, rtol=1e-6, atol=1e-9, err_msg=vnode
+                )
+        x, y = training.DATA["x_test"], training.DATA["y_test"]
+        expected = single.infer({"x": x})["loss"]
+        got = await jobs.infer(network.name, x)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+        accuracy = float(np.mean(np.argmax(got, axis=1) == y))
+        reference_accuracy = float(np.mean(np.argmax(expected, axis=1) == y))
+        liar = (await _trust(store_url))[LIAR]
+        told = liar_mod.lies_told(lies)
+        bad = _bad_results_before_bugged(liar)
+        print(
+            f"\ntraining with a liar: accuracy {accuracy:.4f} (reference "
+            f"{reference_accuracy:.4f}), attempts {job.status.attempt}, {told} lies "
+            f"told, {bad} judged bad before Bugged"
+        )
+        assert accuracy == reference_accuracy
+        assert told
+        assert bad <= 5
+        _check_honest(await _trust(store_url))

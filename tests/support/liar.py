@@ -19,6 +19,7 @@ import argparse
 import random
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,14 @@ def perturb(array: np.ndarray, mode: str) -> np.ndarray:
     lied = array.astype(array.dtype, copy=True)
     lied.flat[0] = np.nan
     return lied
+
+
+def lies_told(log: Path, *, phase: str = "") -> int:
+    """Lies a `--lie-log` file records (only those told in `phase`, "training" or
+    "inference", when given); 0 before the first."""
+    if not log.exists():
+        return 0
+    return sum(1 for line in log.read_text().splitlines() if line.endswith(phase))
 
 
 def install(*, fraction: float, mode: str, seed: int, log: str = "") -> None:
@@ -77,9 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lie-seed", type=int, default=0)
     parser.add_argument("--lie-log", default="")
     ours, rest = parser.parse_known_args(argv)
-    install(
-        fraction=ours.lie_fraction, mode=ours.lie_mode, seed=ours.lie_seed, log=ours.lie_log
-    )
+    install(fraction=ours.lie_fraction, mode=ours.lie_mode, seed=ours.lie_seed, log=ours.lie_log)
     return agent_main.main(rest)
 
 

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import re
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -14,16 +12,9 @@ from grpc import aio
 from api import tensors
 from api.dcnr.v1 import vnode_pb2, vnode_pb2_grpc
 from tests.integration import cluster
-from tests.support import procs
+from tests.support import metrics, procs
 
 FLOOD = 50
-
-
-def _refused(metrics_port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    pattern = r'^dcnr_driver_results_refused_total\{reason="(\w+)"\} (\S+)$'
-    return {reason: float(v) for reason, v in re.findall(pattern, text, re.M)}
 
 
 async def test_results_from_slots_never_assigned_are_refused_and_counted(tmp_path: Path) -> None:
@@ -58,7 +49,10 @@ async def test_results_from_slots_never_assigned_are_refused_and_counted(tmp_pat
                 except aio.AioRpcError as exc:
                     codes.append(exc.code())
             assert codes == [grpc.StatusCode.FAILED_PRECONDITION] * FLOOD
-            assert _refused(served.metrics_port) == {"StaleEpoch": FLOOD}
+            refused = metrics.by_label(
+                metrics.scrape(served.metrics_port), "dcnr_driver_results_refused_total", "reason"
+            )
+            assert refused == {"StaleEpoch": FLOOD}
         finally:
             await channel.close(None)
             await api.close()
