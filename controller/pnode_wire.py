@@ -191,9 +191,9 @@ def _assignment(item: view_mod.Assignment, outputs: list[str]) -> pnode_pb2.Assi
         message.data.CopyFrom(data)
     # Neighbours' kinds let the receiving agent check what it is sent (issue: validation);
     # their replica counts (tiebreakers included), how many copies of each input to wait
-    # for and compare, and how many replicas of each output to send to. A driver's Restore
-    # overrides the counts for its job, since a tiebreaker added later bumps no version of
-    # this PNode's assignment set.
+    # for and compare, and how many replicas of each output to send to. A tiebreaker placed
+    # elsewhere raises this set's version (`view.set_version`); a driver's Restore also
+    # carries the counts, covering the moment before the agent has the new set.
     for name in [*vnode.inputs, *outputs]:
         neighbour = item.network.vnode(name)
         if neighbour is not None:

@@ -77,8 +77,7 @@ def apply(
 ) -> Applied:
     """Fold `outcomes` (oldest first) into `trust`."""
     t = trust.model_copy(deep=True)
-    if t.strikes < t.window.count(STRIKE):  # Uncordon reset the strikes: forget them
-        t.window = t.window.replace(STRIKE, "")
+    t.window = _window(t)
     events: list[pnode.ValidationEvent] = []
     cleared = False
     if (
@@ -130,6 +129,14 @@ def apply(
     return Applied(t, tuple(events), became and not was_bugged, cleared)
 
 
+def _window(trust: pnode.Trust) -> str:
+    """The trust's window, less its strikes if Uncordon reset them (strikes set to 0 with
+    the window left as it was): forget them."""
+    if trust.strikes < trust.window.count(STRIKE):
+        return trust.window.replace(STRIKE, "")
+    return trust.window
+
+
 def with_events(
     old: list[pnode.ValidationEvent], new: Sequence[pnode.ValidationEvent]
 ) -> list[pnode.ValidationEvent]:
@@ -173,10 +180,7 @@ class TrustBook:
         """Strikes in the PNode's window counting what this replica holds unwritten
         (`written`: its trust as last read)."""
         unwritten = [*self._inflight.get(pnode_name, ()), *self._pending.get(pnode_name, ())]
-        window = written.window
-        if written.strikes < window.count(STRIKE):  # as `apply`: Uncordon's reset
-            window = window.replace(STRIKE, "")
-        window = (window + "".join(VALID if o.valid else STRIKE for o in unwritten))[
+        window = (_window(written) + "".join(VALID if o.valid else STRIKE for o in unwritten))[
             -self.policy.window :
         ]
         return window.count(STRIKE)
