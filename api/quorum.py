@@ -22,7 +22,7 @@ replicas) — a tiebreaker must compute a third result; `decide` is then called 
 it, and the majority of three settles it (BOINC's quorum, with a tiebreaker replica
 issued only on disagreement).
 
-Adaptive replication (which results get compared at all) is `controller.validation`.
+Adaptive replication (which results get compared at all) is `controller.trust.adaptive`.
 """
 
 from __future__ import annotations

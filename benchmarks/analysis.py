@@ -46,7 +46,7 @@ ANALYSIS: dict[str, list[str]] = {
         "with `--view-refresh 30` instead of the default 0.25 s, Resolve p99 at 100 calls/s "
         "fell from 85.8 ms to 4.6 ms, Resolve saturation rose from 985 to 2,574 calls/s and "
         "heartbeat saturation from 851 to 2,318 calls/s - at or above the echo baseline. The "
-        "in-memory View re-reads the WHOLE store every 0.25 s (controller/view.py `refresh`: "
+        "in-memory View re-reads the WHOLE store every 0.25 s (controller/state/view.py `refresh`: "
         "every PNode, PNodeLease, Allocation and Network, each parsed by pydantic on the "
         "store's thread, then compared on the event loop): at 2,000 PNodes that is ~4,000 "
         "records 4 times a second, holding the GIL in bursts, which stalls the event loop "

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from api.resources import allocation, meta, network, pnode
 from benchmarks import fleet, harness, profiling
-from controller import clock as clock_mod
+from controller.runtime import clock as clock_mod
 from reconcilers import network as network_loop
 from reconcilers import network_apply
 from store import base, sqlite, url

@@ -38,8 +38,8 @@ from typing import Any
 
 from api.resources import allocation, lease, pnode
 from benchmarks import fleet, harness, profiling
-from controller import clock as clock_mod
 from controller import config as config_mod
+from controller.runtime import clock as clock_mod
 from reconcilers import base as reconcile_base
 from reconcilers import network as network_loop
 from reconcilers import pnode as pnode_loop
@@ -210,7 +210,7 @@ async def run(ctx: harness.Context) -> harness.Report:
             "points": [{"pnodes": p, "vnodes": v} for p, v in points],
             "vnodes_per_network": per_network,
             "dead_fraction": 0.1,
-            "clock": "controller.clock.FakeClock",
+            "clock": "controller.runtime.clock.FakeClock",
             "timings": "ControlPlaneConfig defaults (lease 4 s, grace 2 s)",
         },
     )

@@ -16,7 +16,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from controller import auth, config, driver, logs, server
+from controller import config, logs, server
+from controller.jobs import driver
+from controller.services import auth
 from store import errors, url
 
 _TIMINGS = (

@@ -30,8 +30,8 @@ import prometheus_client
 from grpc import aio
 from prometheus_client import core, registry
 
-from controller import manager as manager_mod
-from controller import view as view_mod
+from controller.runtime import manager as manager_mod
+from controller.state import view as view_mod
 
 log = logging.getLogger("dcnr.metrics")
 

@@ -42,26 +42,21 @@ from api.dcnr.v1 import (
     vnode_pb2_grpc,
 )
 from api.resources import allocation, meta, network, pnode
-from controller import (
-    allocation_status,
+from controller import config as config_mod
+from controller import metrics
+from controller.jobs import driver, driver_inbox, job_loop
+from controller.runtime import clock as clock_mod
+from controller.runtime import manager, replicas
+from controller.services import (
     auth,
-    driver,
-    driver_inbox,
-    job_loop,
     job_service,
-    leases,
-    manager,
-    metrics,
     network_service,
     pnode_service,
-    replicas,
     resolution_service,
-    trust,
     validation_service,
-    view,
 )
-from controller import clock as clock_mod
-from controller import config as config_mod
+from controller.state import allocation_status, leases, view
+from controller.trust import book as trust
 from reconcilers import network as network_loop
 from reconcilers import pnode as pnode_loop
 from store import base

@@ -8,6 +8,6 @@ that writes the plan with conditional writes.
 
 What a loop must not do: sleep, loop until something converges, or retry. It returns (or
 raises) and says when to look again; all retry policy — backoff after errors, timers for
-`requeue_after`, giving up on terminal errors — lives in one place, `controller.manager`.
+`requeue_after`, giving up on terminal errors — lives in one place, `controller.runtime.manager`.
 This package imports `scheduler`, `store` and `api`, never `controller`.
 """

@@ -1,6 +1,6 @@
 """The contract every reconcile loop implements, and nothing else: no I/O, no policy.
 
-The manager (`controller.manager`) reads a loop's answer as follows:
+The manager (`controller.runtime.manager`) reads a loop's answer as follows:
 
     returns Result()                         done; backoff for the key is forgotten
     returns Result(requeue_after=s)          look again in s seconds (a timer, not a retry)

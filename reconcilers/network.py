@@ -65,7 +65,7 @@ class Settings(Protocol):
 
 
 class Clock(Protocol):
-    """The part of `controller.clock.Clock` this loop reads (it may not import controller)."""
+    """The part of `controller.runtime.clock.Clock` this loop reads (it imports no controller)."""
 
     def now(self) -> datetime: ...
 

@@ -18,7 +18,7 @@ there first; either is fine).
 
 Liveness comes from the PNodeLease record, plus, when wired, the renewals this replica has
 accepted but not yet persisted (`local_renewal`): persisted renewals lag the real ones by up
-to half a lease by design (`controller.leases`), and the newer of the two is the truth.
+to half a lease by design (`controller.state.leases`), and the newer of the two is the truth.
 """
 
 from __future__ import annotations

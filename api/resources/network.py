@@ -103,7 +103,7 @@ class NetworkStatus(Model):
     tiebreakers: list[str] = Field(default_factory=list)
     #: Bumped with every change of `tiebreakers`: a replica count changed, so the agents
     #: hosting the network's VNodes must be told again (their assignments carry neighbours'
-    #: replica counts). Part of the assignment set's version (`controller.view`).
+    #: replica counts). Part of the assignment set's version (`controller.state.view`).
     tiebreak_generation: int = Field(default=0, ge=0)
 
 

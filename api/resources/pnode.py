@@ -43,10 +43,10 @@ PNodePhase = Literal["Ready", "NotReady", "Lost"]
 
 
 class Trust(Model):
-    """Written by `controller.trust` only (coalesced), and cleared by Uncordon."""
+    """Written by `controller.trust.book` only (coalesced), and cleared by Uncordon."""
 
     consecutive_valid: int = 0
-    #: Strikes within `window`; Uncordon sets it to 0 (and `controller.trust` then forgets
+    #: Strikes within `window`; Uncordon sets it to 0 (and `controller.trust.book` then forgets
     #: the window's strikes too).
     strikes: int = 0
     bugged: bool = False
@@ -87,7 +87,7 @@ class PNodeStatus(Model):
     #: this PNode's assignment set, the same on every orchestrator replica.
     assignments_version: int = 0
     trust: Trust = Field(default_factory=Trust)
-    #: The last `controller.trust.MAX_EVENTS` validation events, oldest first.
+    #: The last `controller.trust.book.MAX_EVENTS` validation events, oldest first.
     validation_events: list[ValidationEvent] = Field(default_factory=list)
     missed_heartbeats: int = 0
     evictions: int = 0

@@ -12,14 +12,14 @@ import pytest
 from grpc import aio
 
 from api.dcnr.v1 import resolve_pb2, resolve_pb2_grpc
-from controller import clock as clocks
-from controller import manager as managers
 from controller import metrics as metrics_mod
-from controller import resolution_service
-from controller import view as view_mod
+from controller.runtime import clock as clocks
+from controller.runtime import manager as managers
+from controller.services import resolution_service
+from controller.state import view as view_mod
 from reconcilers import base
 from store import sqlite
-from tests.controller import test_view as records
+from tests.controller.state import test_view as records
 from tests.support.metrics import scrape
 
 

@@ -16,7 +16,7 @@ import pytest
 from grpc import aio
 
 from api.dcnr.v1 import network_pb2, network_pb2_grpc
-from controller import auth
+from controller.services import auth
 from tests.dcnctl.conftest import Dcnctl
 from tests.support import procs
 

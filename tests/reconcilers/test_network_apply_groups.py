@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from api.resources import meta, network, pnode
-from controller import clock as clock_mod
+from controller.runtime import clock as clock_mod
 from reconcilers import base as reconcile_base
 from reconcilers import network as network_loop
 from reconcilers import network_actions, network_apply

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from api.resources import allocation, meta, network, pnode
-from controller import clock as clock_mod
 from controller import config as config_mod
+from controller.runtime import clock as clock_mod
 from reconcilers import base as reconcile_base
 from reconcilers import network as network_loop
 from reconcilers import network_actions, network_apply

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 import pytest
 
 from api.resources import allocation, meta, network, pnode
-from controller import clock as clock_mod
-from controller import tiebreak
+from controller.runtime import clock as clock_mod
+from controller.trust import tiebreak
 from reconcilers import base as reconcile_base
 from reconcilers import network_actions, network_plan, slots
 from store import base, sqlite

@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 import pytest
 
 from api.resources import allocation, lease, meta, pnode
-from controller import clock as clock_mod
 from controller import config as config_mod
+from controller.runtime import clock as clock_mod
 from reconcilers import base as reconcile
 from reconcilers import pnode as lifecycle
 from store import base, errors, sqlite

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from api import quorum as validation
-from controller import validation as adaptive
+from controller.trust import adaptive
 
 BASE = np.linspace(-3, 3, 60, dtype=np.float32).reshape(6, 10)
 # An honest recomputation on another CPU: float32 rounding of a float64 computation whose

@@ -11,7 +11,7 @@ from typing import TypeVar
 import pytest
 
 from api.resources import meta, network
-from controller import tiebreak
+from controller.trust import tiebreak
 from store import base, errors, sqlite
 from tests.reconcilers import helpers
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from api.resources import meta, pnode
-from controller import clock as clock_mod
-from controller import trust
+from controller.runtime import clock as clock_mod
+from controller.trust import book as trust
 from store import sqlite
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)

@@ -15,10 +15,14 @@ from grpc import aio
 
 from api.dcnr.v1 import validation_pb2, validation_pb2_grpc
 from api.resources import allocation, meta, network, pnode
-from controller import clock as clock_mod
 from controller import config as config_mod
-from controller import credentials, driver_inbox, metrics, trust, validation_service
-from controller import view as view_mod
+from controller import metrics
+from controller.jobs import driver_inbox
+from controller.runtime import clock as clock_mod
+from controller.services import validation_service
+from controller.state import credentials
+from controller.state import view as view_mod
+from controller.trust import book as trust
 from store import sqlite
 
 CONFIG = config_mod.ControlPlaneConfig(view_refresh=60.0)

@@ -1,0 +1,415 @@
+"""The training driver: runs one Job's steps by sending and receiving messages, never computing.
+
+One run (a task the job loop keeps on the replica that owns the job) goes:
+
+1. claim: bump `status.attempt` with a conditional write; losing it means another driver
+   took the job, so this one stops;
+2. wait until every slot of the network has a live endpoint (phase Paused, saying which
+   slots are missing, while not);
+3. Restore every replica of every VNode to `checkpoint_step` (its VNode's one blob, or
+   fresh from the seed), with the optimizer, the attempt and its neighbours' replica
+   counts, and pin the epochs it restored;
+4. step s = checkpoint_step+1 … total: send the batch's row indices to every replica of
+   every source and wait until every sink replica's Forward and every source replica's
+   Backward arrived; the sinks' replicas are compared there (controller.jobs.driver_inbox);
+5. every `checkpoint_interval` steps and at the end, Checkpoint every replica and record the
+   step and each VNode's majority blob only when all succeeded (controller.jobs.driver_checkpoint);
+   progress is written at most every `progress_every` seconds, at checkpoints and at the end.
+
+Redundancy (network `validation`, `replicas`): a dispute — replicas of a VNode disagreeing
+with no majority, in a sink's output, an agent's report or a checkpoint — requests a
+tiebreaker replica for that VNode (controller.trust.tiebreak) and rolls back; the next attempt's
+plan includes it. A recorded checkpoint whose interval saw no disagreement at all clears
+the network's tiebreakers (removing a slot then rolls back once, to that checkpoint).
+
+A step that times out, a send that fails, or any slot's epoch moving (watched through the
+view's network signal) rolls back: a new attempt (1), Paused until Ready (2), every VNode
+restored to the same checkpoint (3), and on. VNodes refuse messages of older attempts, so
+nothing from the abandoned attempt interferes.
+
+Stale-driver safety: every Job write is conditional. On a Conflict the record is re-read;
+if its attempt or driver is no longer ours, or it reached a final phase (CancelJob), the
+run stops (`Fenced`). Two drivers of one job can overlap only until the older one writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from api import tensors
+from api.resources import allocation
+from api.resources import job as job_model
+from controller.jobs import driver_calls, driver_context, driver_inbox, driver_plan, job_watch
+from controller.state import view as view_mod
+from controller.trust import book as trust
+from store import errors
+
+log = logging.getLogger("dcnr.driver")
+
+Job = job_model.Job
+FINAL_PHASES = job_watch.FINAL_PHASES
+#: Conflicting writes re-read and re-applied before giving up on a status write.
+MAX_WRITE_ATTEMPTS = 8
+
+
+DriverConfig = driver_context.DriverConfig
+DriverContext = driver_context.DriverContext
+
+
+class Fenced(Exception):
+    """This run no longer owns the job (another attempt, a cancel, a deletion): stop."""
+
+
+Rollback = driver_calls.Rollback
+JobFailed = driver_plan.JobFailed
+Plan = driver_plan.Plan
+
+
+@dataclasses.dataclass
+class _Window:
+    """Progress since the last write: mean loss and accuracy, samples per second."""
+
+    started: float
+    samples: int = 0
+    losses: list[float] = dataclasses.field(default_factory=list)
+    accuracies: list[float] = dataclasses.field(default_factory=list)
+
+    def fold(self, status: job_model.JobStatus, now: float) -> None:
+        if self.losses:
+            status.loss = float(np.mean(self.losses))
+        if self.accuracies:
+            status.accuracy = float(np.mean(self.accuracies))
+        elapsed = now - self.started
+        if elapsed > 0 and self.samples:
+            status.samples_per_second = self.samples / elapsed
+
+
+class TrainingRun:
+    def __init__(self, ctx: DriverContext, name: str) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.job: Job | None = None
+        self.attempt = 0
+        self._orders: dict[int, np.ndarray[Any, Any]] = {}
+        #: A step completed since the last rollback.
+        self._progressed = False
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except Fenced as stop:
+            log.info("driver stops", extra={"fields": {"job": self.name, "reason": str(stop)}})
+        finally:
+            self.ctx.inbox.forget(self.name)
+
+    @property
+    def _job(self) -> Job:
+        assert self.job is not None
+        return self.job
+
+    async def _run(self) -> None:
+        try:
+            self.job = await self.ctx.store.get(Job, self.name)
+        except errors.NotFound:
+            return
+        if self._job.status.phase in FINAL_PHASES or self._job.spec.type != "train":
+            return
+        await self._claim()
+        backoff = self.ctx.config.attempt_backoff
+        while True:
+            try:
+                net = self.ctx.view.networks.get(self._job.spec.network)
+                if net is None or net.metadata.deletion_timestamp is not None:
+                    raise JobFailed(f"network {self._job.spec.network!r} was deleted")
+                plan = await driver_plan.make_plan(self._job, net)
+                await self._wait_ready(plan)
+                calls = driver_calls.Calls(
+                    client=self.ctx.client,
+                    view=self.ctx.view,
+                    clock=self.ctx.clock,
+                    job=self._job,
+                    attempt=self.attempt,
+                    plan=plan,
+                    reply_to=await self.ctx.wait_reply_to(),
+                    step_timeout=self.ctx.config.step_timeout,
+                    blob_store=self.ctx.config.blob_store,
+                )
+                await calls.restore()
+                await self._write(_running(plan))
+                await self._train(plan, calls)
+                return
+            except JobFailed as failed:
+                await self._write(_final("Failed", str(failed)))
+                return
+            except Rollback as why:
+                if isinstance(why, driver_calls.Disputed):
+                    self._strike_forged(why.forged)
+                    await self.ctx.request_tiebreaker(self._job.spec.network, why.vnode)
+                log.warning(
+                    "rolling back", extra={"fields": {"job": self.name, "reason": str(why)}}
+                )
+                await self._next_attempt(str(why))
+                if self._progressed:  # it worked for a while: not a failure loop
+                    backoff, self._progressed = self.ctx.config.attempt_backoff, False
+                await self.ctx.clock.sleep(backoff)
+                backoff = min(backoff * 2, self.ctx.config.attempt_backoff_max)
+
+    # -- attempts -------------------------------------------------------------------------
+
+    async def _claim(self) -> None:
+        job = self._job.model_copy(deep=True)
+        job.status.attempt += 1
+        job.status.driver = self.ctx.replica_id
+        if job.status.phase == "Pending":
+            job.status.phase = "Running"
+        try:
+            self.job = await self.ctx.store.update(job)
+        except (errors.Conflict, errors.NotFound):
+            raise Fenced("another driver claimed the job first") from None
+        self.attempt = self._job.status.attempt
+        self.ctx.written(self._job)
+
+    async def _next_attempt(self, reason: str) -> None:
+        nxt = self.attempt + 1
+
+        def change(status: job_model.JobStatus) -> None:
+            status.attempt = nxt
+            status.phase = "Paused"
+            status.message = f"rolling back to step {status.checkpoint_step}: {reason}"
+
+        await self._write(change)
+        self.attempt = nxt
+
+    async def _write(self, change: Callable[[job_model.JobStatus], None]) -> None:
+        """Apply `change` to the Job's status with a conditional write, re-reading on
+        Conflict; Fenced when the job is no longer this run's."""
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            updated = self._job.model_copy(deep=True)
+            change(updated.status)
+            try:
+                self.job = await self.ctx.store.update(updated)
+            except errors.NotFound:
+                raise Fenced("the job was deleted") from None
+            except errors.Conflict:
+                await self._reread()
+                continue
+            self.ctx.written(self._job)
+            return
+        raise Fenced(f"the job kept changing under {MAX_WRITE_ATTEMPTS} writes")
+
+    async def _reread(self) -> None:
+        """The stored Job, unless it is no longer this run's (Fenced)."""
+        try:
+            fresh = await self.ctx.store.get(Job, self.name)
+        except errors.NotFound:
+            raise Fenced("the job was deleted") from None
+        status = fresh.status
+        if status.attempt != self.attempt or status.driver != self.ctx.replica_id:
+            raise Fenced(f"attempt {status.attempt} of driver {status.driver!r} took over")
+        if status.phase in FINAL_PHASES:
+            raise Fenced(f"the job is {status.phase}")
+        self.job = fresh
+
+    async def _wait_ready(self, plan: Plan) -> None:
+        clock, view = self.ctx.clock, self.ctx.view
+        signal = view.network_signal(plan.network)
+        while True:
+            seen = signal.value
+            now = clock.now()
+            suspects = set(self.ctx.suspect_pnodes(plan.slots))
+            missing = [
+                slot
+                for slot in plan.slots
+                if not _live(view, current := view.allocations.get(slot), now)
+                or (current is not None and current.spec.pnode in suspects)
+            ]
+            if not missing:
+                return
+            message = (
+                f"waiting for network {plan.network!r}: {len(plan.slots) - len(missing)}/"
+                f"{len(plan.slots)} slots live; not live: {', '.join(missing[:10])}"
+            )
+            if self._job.status.phase != "Paused" or self._job.status.message != message:
+                await self._write(_paused(message))
+            else:
+                await self._reread()  # notices a cancel while nothing else is written
+            await driver_inbox.first_of(
+                clock, [signal.wait_past(seen)], seconds=self.ctx.config.ready_recheck
+            )
+
+    # -- steps ----------------------------------------------------------------------------
+
+    async def _train(self, plan: Plan, calls: driver_calls.Calls) -> None:
+        ctx, config = self.ctx, self.ctx.config
+        spec = self._job.spec
+        window = _Window(ctx.clock.monotonic())
+        last_write = ctx.clock.monotonic()
+        #: Disagreements seen before this checkpoint interval began.
+        clean_since = ctx.inbox.disagreements(self.name)
+        for step in range(self._job.status.checkpoint_step + 1, plan.total + 1):
+            epoch, k = divmod(step - 1, plan.steps_per_epoch)
+            indices = self._batch(plan, epoch, k)
+            suspects = ctx.suspect_pnodes(plan.slots)
+            if suspects:  # wait (Paused) until their slots have moved, not feed them on
+                raise Rollback(f"step {step}: pnode {', '.join(suspects)} is being marked Bugged")
+            box = ctx.inbox.open(
+                job=self.name,
+                network=plan.network,
+                attempt=self.attempt,
+                position=step,
+                sinks={s: plan.replicas_of(s) for s in plan.sinks},
+                sources={s: plan.replicas_of(s) for s in plan.sources},
+            )
+            try:
+                await calls.step(box, step, indices)
+            finally:
+                ctx.inbox.close(box)
+            self._progressed = True
+            self._credit(plan, box.struck)
+            window.samples += len(indices)
+            _collect(box, window)
+            done_epoch = epoch + 1
+            checkpoint = step % spec.checkpoint_interval == 0 or step == plan.total
+            now = ctx.clock.monotonic()
+            if checkpoint:
+                written = await calls.checkpoint(step)
+                await self._write(
+                    _progress(
+                        step, done_epoch, window, now, blobs=written.blobs, epochs=calls.epochs
+                    )
+                )
+                self._strike_forged(written.forged)
+                if written.outliers:
+                    ctx.inbox.disagreed(self.name, len(written.outliers))
+                    if ctx.metrics is not None:
+                        ctx.metrics.disagreed(len(written.outliers))
+                seen = ctx.inbox.disagreements(self.name)
+                if seen == clean_since:
+                    await self._clear_tiebreakers(plan)
+                clean_since = seen
+            elif now - last_write >= config.progress_every:
+                await self._write(_progress(step, done_epoch, window, now))
+            else:
+                continue
+            window, last_write = _Window(now), now
+        await self._write(_final("Succeeded", ""))
+
+    async def _clear_tiebreakers(self, plan: Plan) -> None:
+        net = self.ctx.view.networks.get(plan.network)
+        if net is not None and net.status.tiebreakers:
+            await self.ctx.clear_tiebreakers(plan.network)
+
+    def _credit(self, plan: Plan, struck: set[str]) -> None:
+        """A completed step: every result of it passed the checks (and, with replicas, the
+        vote), so each PNode that computed one earns a valid result — except those whose
+        result lost a comparison in it."""
+        book = self.ctx.book
+        if book is None:
+            return
+        for slot in plan.slots:
+            current = self.ctx.view.allocations.get(slot)
+            if current is not None and current.spec.pnode not in struck:
+                book.record(current.spec.pnode, trust.Outcome(valid=True, job=self.name))
+
+    def _strike_forged(self, slots: tuple[str, ...]) -> None:
+        """A checkpoint blob whose bytes do not hash to the digest its writer claimed is a
+        provable lie (`controller.jobs.driver_checkpoint`): strike the PNode that wrote it."""
+        book = self.ctx.book
+        for slot in slots:
+            current = self.ctx.view.allocations.get(slot)
+            if book is None or current is None:
+                continue
+            book.record(
+                current.spec.pnode,
+                trust.Outcome(
+                    valid=False,
+                    job=self.name,
+                    vnode=current.spec.vnode,
+                    check="checkpoint-digest",
+                    message=f"checkpoint of {slot}: the blob's bytes do not match the "
+                    "sha256 its writer claimed",
+                ),
+            )
+
+    def _batch(self, plan: Plan, epoch: int, k: int) -> np.ndarray[Any, Any]:
+        order = self._orders.get(epoch)
+        if order is None:
+            order = driver_plan.epoch_order(seed=self._job.spec.seed, epoch=epoch, rows=plan.rows)
+            self._orders = {epoch: order}
+        return order[k * plan.batch : (k + 1) * plan.batch]
+
+
+def _live(view: view_mod.View, slot: allocation.Allocation | None, now: Any) -> bool:
+    if slot is None:
+        return False
+    node = view.pnodes.get(slot.spec.pnode)
+    return (
+        node is not None
+        and node.status.incarnation == slot.spec.pnode_incarnation
+        and view.is_live(slot.spec.pnode, now)
+    )
+
+
+def _collect(box: driver_inbox.Mailbox, window: _Window) -> None:
+    """A sink's float64 [loss, accuracy] output counts toward progress (losses emit that)."""
+    for tensor in box.outputs.values():
+        if tensor.dtype != "float64" or list(tensor.shape) != [2]:
+            continue
+        loss, accuracy = (float(v) for v in tensors.decode(tensor))
+        if math.isfinite(loss):
+            window.losses.append(loss)
+        if math.isfinite(accuracy):
+            window.accuracies.append(accuracy)
+
+
+def _running(plan: Plan) -> Callable[[job_model.JobStatus], None]:
+    def change(status: job_model.JobStatus) -> None:
+        status.phase = "Running"
+        status.message = ""
+        status.total_steps = plan.total
+        status.step = status.checkpoint_step
+
+    return change
+
+
+def _paused(message: str) -> Callable[[job_model.JobStatus], None]:
+    def change(status: job_model.JobStatus) -> None:
+        status.phase = "Paused"
+        status.message = message
+
+    return change
+
+
+def _final(phase: job_model.JobPhase, message: str) -> Callable[[job_model.JobStatus], None]:
+    def change(status: job_model.JobStatus) -> None:
+        status.phase = phase
+        status.message = message
+
+    return change
+
+
+def _progress(
+    step: int,
+    epoch: int,
+    window: _Window,
+    now: float,
+    *,
+    blobs: dict[str, str] | None = None,
+    epochs: dict[str, int] | None = None,
+) -> Callable[[job_model.JobStatus], None]:
+    def change(status: job_model.JobStatus) -> None:
+        status.step = step
+        status.epoch = epoch
+        window.fold(status, now)
+        if blobs is not None:
+            status.checkpoint_step = step
+            status.checkpoint_blobs = dict(blobs)
+            status.checkpoint_epochs = dict(epochs or {})
+
+    return change

@@ -1,0 +1,135 @@
+"""What a training run needs to know before its first step: sources, sinks, slots, batches.
+
+Pure except for reading the sources' row counts (a .npy header, see controller.jobs.job_data).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from api.resources import allocation
+from api.resources import job as job_model
+from api.resources import network as net_model
+from controller.jobs import job_data
+
+
+class JobFailed(Exception):
+    """Retrying cannot help (no data, mismatched sources); the job ends Failed."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Plan:
+    network: str
+    vnodes: tuple[str, ...]
+    sources: tuple[str, ...]
+    sinks: tuple[str, ...]
+    slots: tuple[str, ...]
+    rows: int
+    batch: int
+    steps_per_epoch: int
+    total: int
+    #: vnode → replicas taking part in this attempt (`Network.replicas_of`, tiebreakers
+    #: included); every one of them is restored, fed, compared and checkpointed.
+    replicas: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: vnode → its parents and children, whose counts its Restore carries.
+    neighbours: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    def replicas_of(self, vnode: str) -> int:
+        return self.replicas.get(vnode, 1)
+
+    def neighbour_replicas(self, vnode: str) -> dict[str, int]:
+        """The replica counts a replica of `vnode` waits on and sends to in this attempt."""
+        return neighbour_replicas(self.replicas, self.neighbours, vnode)
+
+    def slot(self, vnode: str, replica: int = 0) -> str:
+        return allocation.slot_name(self.network, vnode, replica)
+
+
+def neighbour_replicas(
+    counts: dict[str, int], around: dict[str, tuple[str, ...]], vnode: str
+) -> dict[str, int]:
+    """The replica counts of `vnode`'s parents and children (what its Restore carries)."""
+    return {n: counts.get(n, 1) for n in around.get(vnode, ())}
+
+
+def topology(net: net_model.Network) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(sources, sinks): VNodes without inputs, and VNodes no VNode takes as input."""
+    consumed = {parent for v in net.spec.vnodes for parent in v.inputs}
+    sources = tuple(v.name for v in net.spec.vnodes if not v.inputs)
+    sinks = tuple(v.name for v in net.spec.vnodes if v.name not in consumed)
+    return sources, sinks
+
+
+def replica_counts(net: net_model.Network) -> dict[str, int]:
+    return {v.name: net.replicas_of(v) for v in net.spec.vnodes}
+
+
+def neighbours(net: net_model.Network) -> dict[str, tuple[str, ...]]:
+    """vnode → its inputs, then the VNodes that take it as input (each once)."""
+    found: dict[str, list[str]] = {v.name: list(dict.fromkeys(v.inputs)) for v in net.spec.vnodes}
+    for v in net.spec.vnodes:
+        for parent in dict.fromkeys(v.inputs):
+            if parent in found and v.name not in found[parent]:
+                found[parent].append(v.name)
+    return {name: tuple(names) for name, names in found.items()}
+
+
+def epoch_order(*, seed: int, epoch: int, rows: int) -> np.ndarray[Any, Any]:
+    """The order in which epoch `epoch` (0-based) visits the rows: seeded by (seed, epoch),
+    so a run restarted anywhere, on any replica, feeds the same batches."""
+    return np.random.default_rng([seed % 2**64, epoch]).permutation(rows).astype(np.int64)
+
+
+def batch_indices(*, seed: int, epoch: int, k: int, batch: int, rows: int) -> np.ndarray[Any, Any]:
+    """Rows of batch `k` (0-based) of epoch `epoch`."""
+    return epoch_order(seed=seed, epoch=epoch, rows=rows)[k * batch : (k + 1) * batch]
+
+
+async def make_plan(job: job_model.Job, net: net_model.Network) -> Plan:
+    sources, sinks = topology(net)
+    counts: dict[str, int] = {}
+    for name in sources:
+        spec = net.vnode(name)
+        assert spec is not None
+        data = spec.data or job.spec.data
+        if data is None:
+            raise JobFailed(
+                f"vnode {name!r} of network {net.name!r} is a source without data: give it "
+                "a data ref in the network, or give the job spec.data"
+            )
+        field = spec.params.get("field")
+        try:
+            counts[name] = await job_data.rows(data.url, field if isinstance(field, str) else None)
+        except job_data.DataError as exc:
+            raise JobFailed(f"vnode {name!r}: {exc}") from None
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{n}: {c}" for n, c in sorted(counts.items()))
+        raise JobFailed(f"the sources' data differ in rows ({listed}); they must be equal")
+    rows = next(iter(counts.values()))
+    if rows == 0:
+        raise JobFailed(f"the sources' data of network {net.name!r} have no rows")
+    batch = job.spec.batch_size
+    per_epoch = math.ceil(rows / batch)
+    replicas = replica_counts(net)
+    slots = tuple(
+        allocation.slot_name(net.name, v.name, r)
+        for v in net.spec.vnodes
+        for r in range(replicas[v.name])
+    )
+    return Plan(
+        network=net.name,
+        vnodes=tuple(v.name for v in net.spec.vnodes),
+        sources=sources,
+        sinks=sinks,
+        slots=slots,
+        rows=rows,
+        batch=batch,
+        steps_per_epoch=per_epoch,
+        total=job.spec.epochs * per_epoch,
+        replicas=replicas,
+        neighbours=neighbours(net),
+    )

@@ -1,0 +1,357 @@
+"""Inference through the driver: tensors in at the sources, the sinks' outputs back.
+
+Answered within the call, not as a Job: nothing durable happens, so nothing needs to
+survive a restart. The driver moves tensors only; a source the caller gave nothing gets an
+empty tensor (a loss's target input, which inference ignores).
+
+Redundancy. Under network `validation: none`/`replicas`, every replica of every VNode
+computes the request and every result is compared (by the agents that receive them, and
+here for the sinks). Under `validation: adaptive` the driver picks the VNodes to
+double-check for this request (`select`: BOINC's adaptive replication, by the trust of the
+PNode running the VNode's replica 0; a VNode with a tiebreaker is always checked); the
+others compute on replica 0 alone. A dispute (no majority) requests a tiebreaker replica,
+waits until it is live and restored, and retries under a new request id, within the
+caller's deadline. So does a result failing its checks (its PNode is struck, and moves
+once Bugged): nothing unchecked is ever returned. PNodes whose results were compared and
+agreed earn a valid result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from api import tensors
+from api.dcnr.v1 import common_pb2, vnode_pb2
+from api.resources import allocation
+from api.resources import network as net_model
+from controller.jobs import driver, driver_inbox, driver_plan, model_state, vnode_client
+from controller.services import rpc
+from controller.state import view as view_mod
+from controller.trust import adaptive as validation
+from controller.trust import book as trust
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Selection:
+    """Which replicas compute one request."""
+
+    adaptive: bool
+    double_check: tuple[str, ...]
+    #: vnode → replicas computing it (1: replica 0 alone, its result only checked).
+    computing: dict[str, int]
+
+    @property
+    def double_checks(self) -> int:
+        """Results computed beyond one per VNode: the extra compute of validation."""
+        return sum(n - 1 for n in self.computing.values())
+
+
+def select(
+    net: net_model.Network, consecutive_valid: Callable[[str], int], rng: random.Random
+) -> Selection:
+    """The replicas that compute a request. `consecutive_valid(vnode)`: the trust of the
+    PNode running the VNode's replica 0."""
+    counts = driver_plan.replica_counts(net)
+    if net.spec.validation != "adaptive":
+        return Selection(False, (), counts)
+    chosen = tuple(
+        v.name
+        for v in net.spec.vnodes
+        if counts[v.name] > 1
+        and (
+            v.name in net.status.tiebreakers
+            or validation.should_double_check(consecutive_valid(v.name), rng)
+        )
+    )
+    computing = {name: (n if name in chosen else 1) for name, n in counts.items()}
+    return Selection(True, chosen, computing)
+
+
+class _Disputed(Exception):
+    def __init__(self, vnode: str) -> None:
+        super().__init__(vnode)
+        self.vnode = vnode
+
+
+class _Refused(Exception):
+    """A result failed its checks (its PNode is struck): retry, nothing unchecked returns."""
+
+
+async def infer(
+    ctx: driver.DriverContext,
+    network: str,
+    inputs: dict[str, common_pb2.Tensor],
+    *,
+    seconds: float,
+) -> dict[str, common_pb2.Tensor]:
+    net = ctx.view.networks.get(network)
+    if net is None:
+        raise rpc.RpcFailure(
+            grpc.StatusCode.NOT_FOUND, f"network {network!r} not found", reason="NotFound"
+        )
+    sources, _ = driver_plan.topology(net)
+    for name in sorted(inputs):
+        if name not in sources:
+            raise rpc.invalid(
+                f"tensors[{name!r}]",
+                name,
+                f"must name a source VNode of {network!r}: {', '.join(sources)}",
+            )
+    deadline = ctx.clock.monotonic() + seconds
+    rng = random.Random(uuid.uuid4().int)
+    refused: str | None = None
+    #: Slots were seen on a PNode being marked Bugged: a slot missing is one moving.
+    moving = False
+    signal = ctx.view.network_signal(network)
+    while True:
+        seen = signal.value  # read before the state, so no change slips between
+        net = ctx.view.networks.get(network) or net
+        chosen = select(net, lambda vnode: _trust_of(ctx.view, network, vnode), rng)
+        missing = _not_ready(ctx, net, chosen)
+        held = _on_suspects(ctx, net, chosen)
+        if refused is not None and ctx.clock.monotonic() >= deadline:
+            raise rpc.RpcFailure(
+                grpc.StatusCode.UNAVAILABLE,
+                f"inference on {network!r}: a result failed validation ({refused}); "
+                "nothing unchecked is returned: retry",
+                reason="Unavailable",
+            )
+        if missing:
+            if (refused is None and not moving) or ctx.clock.monotonic() >= deadline:
+                raise rpc.RpcFailure(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"network {network!r} is not ready: no live replica at "
+                    f"{', '.join(missing[:10])}",
+                    reason="NotReady",
+                )
+            await _changed(ctx, network, deadline, seen)  # the refused one's PNode may move
+            continue
+        if held:  # their PNodes are being marked Bugged: wait for the slots to move
+            moving = True
+            if ctx.clock.monotonic() >= deadline:
+                raise rpc.RpcFailure(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"inference on {network!r}: {', '.join(held[:10])} did not move off a "
+                    f"Bugged PNode within {seconds:g} s; retry",
+                    reason="Unavailable",
+                )
+            await _changed(ctx, network, deadline, seen)
+            continue
+        try:
+            await model_state.ensure_restored(ctx, network, deadline=deadline)
+        except vnode_client.SendFailed as exc:
+            raise rpc.RpcFailure(
+                grpc.StatusCode.UNAVAILABLE,
+                f"network {network!r}: a re-placed VNode could not be restored from its "
+                f"trained state: {exc}",
+                reason="Unavailable",
+            ) from None
+        try:
+            answer = await _once(ctx, net, inputs, chosen, deadline=deadline, seconds=seconds)
+            await _retire_tiebreakers(ctx, network)
+            return answer
+        except _Disputed as dispute:
+            await ctx.request_tiebreaker(network, dispute.vnode)
+            await _wait_for_replicas(ctx, network, dispute.vnode, deadline, seconds)
+        except _Refused as why:
+            refused = str(why)
+            await ctx.clock.sleep(ctx.config.attempt_backoff)
+
+
+async def _retire_tiebreakers(ctx: driver.DriverContext, network: str) -> None:
+    """Without a training run there is no clean checkpoint interval to clear tiebreakers
+    after, so inference clears them once none is needed: every replica of each VNode that
+    has one runs on a PNode with no strike in its window (the liar was Bugged and its
+    slot moved, or its strikes aged out). Until then its VNode stays triple and
+    double-checked, which is what a PNode that lied recently should cost."""
+    net = ctx.view.networks.get(network)
+    if net is None or not net.status.tiebreakers:
+        return
+    for vnode in net.status.tiebreakers:
+        spec = net.vnode(vnode)
+        if spec is None:
+            continue  # removed from the spec: its slots are being stopped anyway
+        for replica in range(net.base_replicas(spec)):
+            slot = ctx.view.allocations.get(allocation.slot_name(network, vnode, replica))
+            node = ctx.view.pnodes.get(slot.spec.pnode) if slot is not None else None
+            if node is None or ctx.struck(node.name):
+                return
+    await ctx.clear_tiebreakers(network)
+
+
+def _trust_of(view: view_mod.View, network: str, vnode: str) -> int:
+    slot = view.allocations.get(allocation.slot_name(network, vnode, 0))
+    node = view.pnodes.get(slot.spec.pnode) if slot is not None else None
+    return node.status.trust.consecutive_valid if node is not None else 0
+
+
+def _not_ready(ctx: driver.DriverContext, net: net_model.Network, chosen: Selection) -> list[str]:
+    return [
+        allocation.slot_name(net.name, vnode, r)
+        for vnode, n in chosen.computing.items()
+        for r in range(n)
+        if ctx.client.endpoint(net.name, vnode, r) is None
+    ]
+
+
+def _on_suspects(ctx: driver.DriverContext, net: net_model.Network, chosen: Selection) -> list[str]:
+    """Slots the request would use on PNodes that are, or are about to be, Bugged."""
+    slots = [
+        allocation.slot_name(net.name, vnode, r)
+        for vnode, n in chosen.computing.items()
+        for r in range(n)
+    ]
+    suspects = set(ctx.suspect_pnodes(slots))
+    return [
+        s
+        for s in slots
+        if (a := ctx.view.allocations.get(s)) is not None and a.spec.pnode in suspects
+    ]
+
+
+async def _changed(ctx: driver.DriverContext, network: str, deadline: float, seen: int) -> None:
+    """Until the network's signal moves past `seen` (read before the state the caller
+    judged), the deadline, or `ready_recheck`."""
+    remaining = deadline - ctx.clock.monotonic()
+    await driver_inbox.first_of(
+        ctx.clock,
+        [ctx.view.network_signal(network).wait_past(seen)],
+        seconds=min(max(remaining, 0.0), ctx.config.ready_recheck),
+    )
+
+
+async def _wait_for_replicas(
+    ctx: driver.DriverContext, network: str, vnode: str, deadline: float, seconds: float
+) -> None:
+    """Until every replica of `vnode` (its tiebreaker included) has a live endpoint."""
+    signal = ctx.view.network_signal(network)
+    while True:
+        seen = signal.value
+        net = ctx.view.networks.get(network)
+        count = net.replicas_of(vnode) if net is not None else 1
+        if all(ctx.client.endpoint(network, vnode, r) is not None for r in range(count)):
+            return
+        remaining = deadline - ctx.clock.monotonic()
+        if remaining <= 0:
+            raise rpc.RpcFailure(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"inference on {network!r}: the replicas of {vnode} disagreed with no "
+                f"majority and no tiebreaker replica was live within {seconds:g} s; retry",
+                reason="Timeout",
+            )
+        await _changed(ctx, network, deadline, seen)
+
+
+async def _once(
+    ctx: driver.DriverContext,
+    net: net_model.Network,
+    inputs: dict[str, common_pb2.Tensor],
+    chosen: Selection,
+    *,
+    deadline: float,
+    seconds: float,
+) -> dict[str, common_pb2.Tensor]:
+    """One request: raises _Disputed when a VNode's replicas had no majority."""
+    network = net.name
+    sources, sinks = driver_plan.topology(net)
+    request_id = uuid.uuid4().hex
+    job = f"infer-{request_id}"
+    reply_to = await ctx.wait_reply_to()
+    clock = ctx.clock
+    box = ctx.inbox.open(
+        job=job,
+        network=network,
+        attempt=0,
+        position=request_id,
+        sinks={s: chosen.computing[s] for s in sinks},
+    )
+    if ctx.metrics is not None:
+        ctx.metrics.inference_computed(
+            primary=len(chosen.computing), double_check=chosen.double_checks
+        )
+
+    async def one(source: str, replica: int) -> None:
+        tensor = inputs[source] if source in inputs else tensors.empty()
+
+        async def invoke(
+            stub: vnode_client.Stub, endpoint: view_mod.Endpoint, timeout_s: float
+        ) -> vnode_pb2.ForwardResponse:
+            request = vnode_pb2.ForwardRequest(
+                job=job,
+                request_id=request_id,
+                network=network,
+                sender_vnode=driver_inbox.DRIVER,
+                target_vnode=source,
+                target_replica=replica,
+                target_epoch=endpoint.epoch,
+                tensor=tensor,
+                reply_to=reply_to,
+                attempt=0,
+                adaptive=chosen.adaptive,
+                double_check=chosen.double_check,
+            )
+            return await stub.Forward(request, timeout=timeout_s)
+
+        await ctx.client.call(network, source, invoke, deadline=deadline, replica=replica)
+
+    sends = asyncio.ensure_future(
+        asyncio.gather(*(one(s, r) for s in sources for r in range(chosen.computing[s])))
+    )
+    try:
+        while not (box.complete and sends.done()):
+            if box.disputed is not None:
+                raise _Disputed(box.disputed)
+            if box.failed is not None:
+                raise _Refused(box.failed)
+            if sends.done():
+                sends.result()
+            remaining = deadline - clock.monotonic()
+            if remaining <= 0:
+                waiting = ", ".join(box.missing()) or "the sources to accept the input"
+                raise rpc.RpcFailure(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"inference on {network!r} got no answer within {seconds:g} s from {waiting}",
+                    reason="Timeout",
+                )
+            waits: list[Awaitable[Any]] = [box.changed.wait_past(box.changed.value)]
+            if not sends.done():
+                waits.append(asyncio.shield(sends))
+            await driver_inbox.first_of(clock, waits, seconds=remaining)
+        sends.result()
+    except vnode_client.SendFailed as exc:
+        raise rpc.RpcFailure(grpc.StatusCode.UNAVAILABLE, str(exc), reason="Unavailable") from None
+    finally:
+        if not sends.done():
+            sends.cancel()
+        await asyncio.gather(sends, return_exceptions=True)
+        ctx.inbox.forget(job)
+    _credit(ctx, network, chosen, box, job)
+    return dict(box.outputs)
+
+
+def _credit(
+    ctx: driver.DriverContext,
+    network: str,
+    chosen: Selection,
+    box: driver_inbox.Mailbox,
+    job: str,
+) -> None:
+    """Every result of a compared VNode took part in a vote that found no fault (a loser is
+    reported, a dispute fails the request): its PNode earns a valid result. A result only
+    checked, never compared, earns nothing (BOINC: validated results only)."""
+    if ctx.book is None:
+        return
+    for vnode, n in chosen.computing.items():
+        if n < 2:
+            continue
+        for replica in range(n):
+            slot = ctx.view.allocations.get(allocation.slot_name(network, vnode, replica))
+            if slot is not None and slot.spec.pnode not in box.struck:
+                ctx.book.record(slot.spec.pnode, trust.Outcome(valid=True, job=job))

@@ -1,0 +1,377 @@
+"""JobService: Train creates a Job the job loop drives; Infer runs in the call.
+
+Train validates every field against `JobSpec` (zero means "the default", common.proto rule
+6) and answers INVALID_ARGUMENT naming the field. A retried Train with the same
+header.request_id and no name finds the job the first call created instead of starting a
+second run: the generated name is derived from the request id.
+
+Infer on a data reference reads the file (moving data, not computing) and gives each
+source the array of the file named by the source's `params.field`; a source whose field
+the file lacks gets an empty tensor (a loss target, which inference ignores). A .npy file
+holds one array, so it suits networks with a single source.
+
+Reads go to the store (a client that wrote through another replica must see its write).
+WatchJob follows this replica's own writes at once (controller.jobs.job_watch) and re-reads
+the store every `watch_poll` seconds for the others'.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import pydantic
+from grpc import aio
+
+from api import labels, tensors
+from api.dcnr.v1 import common_pb2, job_pb2, job_pb2_grpc
+from api.resources import job as job_model
+from api.resources import meta
+from api.resources import network as net_model
+from controller.jobs import driver, driver_inbox, driver_plan, inference, job_data
+from controller.services import rpc
+from store import base, errors
+
+log = logging.getLogger("dcnr.jobs")
+
+Job = job_model.Job
+REQUEST_ID_ANNOTATION = "dcnr.io/request-id"
+MAX_ATTEMPTS = 8
+DEFAULT_LIMIT = base.DEFAULT_PAGE_SIZE
+MAX_LIMIT = 1000
+FINAL_PHASES = driver.FINAL_PHASES
+
+
+def document(job: Job) -> common_pb2.ResourceDocument:
+    return common_pb2.ResourceDocument(kind=job.KIND, json=job.to_json().encode())
+
+
+def _not_found(name: str) -> rpc.RpcFailure:
+    return rpc.RpcFailure(grpc.StatusCode.NOT_FOUND, f"job {name!r} not found", reason="NotFound")
+
+
+class JobService(job_pb2_grpc.JobServiceServicer):
+    def __init__(
+        self,
+        *,
+        context: driver.DriverContext,
+        watch_poll: float = 1.0,
+        on_changed: Callable[[Job], None] | None = None,
+    ) -> None:
+        """`on_changed(job)` after Train and CancelJob wrote: the server wires it to enqueue
+        the job loop, so a run starts (or stops) without waiting for a resync."""
+        self._ctx = context
+        self._store = context.store
+        self._watch_poll = watch_poll
+        self._on_changed = on_changed
+
+    def _changed(self, job: Job) -> None:
+        self._ctx.written(job)
+        if self._on_changed is not None:
+            self._on_changed(job)
+
+    # -- Train ------------------------------------------------------------------------------
+
+    @rpc.handler
+    async def Train(
+        self, request: job_pb2.TrainRequest, context: aio.ServicerContext[Any, Any]
+    ) -> job_pb2.TrainResponse:
+        if not request.network:
+            raise rpc.invalid("network", request.network, "must name a network")
+        spec = _spec(request)
+        net = await self._network(request.network)
+        if net.metadata.deletion_timestamp is not None:
+            raise rpc.RpcFailure(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"network: {net.name!r} is being deleted; apply it again to train on it",
+                reason="Terminating",
+            )
+        request_id = request.header.request_id
+        name = request.name or _generated_name(net.name, request_id)
+        try:
+            meta.check_dns1123_subdomain(name)
+        except ValueError as exc:
+            raise rpc.invalid("name", name, str(exc)) from None
+        try:
+            job_labels = meta.check_labels(dict(request.labels))
+        except ValueError as exc:
+            raise rpc.invalid("labels", dict(request.labels), str(exc)) from None
+        annotations = {REQUEST_ID_ANNOTATION: request_id} if request_id else {}
+        job = Job(
+            metadata=meta.ObjectMeta(name=name, labels=job_labels, annotations=annotations),
+            spec=spec,
+        )
+        try:
+            created = await self._store.create(job)
+        except errors.AlreadyExists:
+            existing = await self._store.get(Job, name)
+            if not request_id or existing.metadata.annotations.get(REQUEST_ID_ANNOTATION) != (
+                request_id
+            ):
+                raise
+            created = existing  # the retry of a Train that already succeeded
+        else:
+            self._changed(created)
+        return job_pb2.TrainResponse(
+            header=rpc.response_header(request.header, self._ctx.replica_id),
+            job=document(created),
+        )
+
+    async def _network(self, name: str) -> net_model.Network:
+        if not name:
+            raise rpc.invalid("network", name, "must name a network")
+        try:
+            return await self._store.get(net_model.Network, name)
+        except errors.NotFound:
+            raise rpc.RpcFailure(
+                grpc.StatusCode.NOT_FOUND,
+                f"network: {name!r} not found; apply it before training on it",
+                reason="NotFound",
+            ) from None
+
+    # -- Infer ------------------------------------------------------------------------------
+
+    @rpc.handler
+    async def Infer(
+        self, request: job_pb2.InferRequest, context: aio.ServicerContext[Any, Any]
+    ) -> job_pb2.InferResponse:
+        if not request.network:
+            raise rpc.invalid("network", request.network, "must name a network")
+        net = self._ctx.view.networks.get(request.network)
+        if net is None:
+            net = await self._network(request.network)
+        which = request.WhichOneof("input")
+        if which == "tensors":
+            inputs = dict(request.tensors.tensors)
+            for name, tensor in inputs.items():
+                _check_tensor(f"tensors[{name!r}]", tensor, self._ctx.config.max_message_bytes)
+        elif which == "data":
+            inputs = await _from_data(net, request.data.url)
+        else:
+            raise rpc.invalid("input", None, "give tensors (by source VNode) or a data reference")
+        seconds = self._ctx.config.step_timeout
+        remaining = context.time_remaining()
+        if remaining is not None:
+            seconds = min(seconds, remaining)
+        outputs = await inference.infer(self._ctx, request.network, inputs, seconds=seconds)
+        return job_pb2.InferResponse(
+            header=rpc.response_header(request.header, self._ctx.replica_id), outputs=outputs
+        )
+
+    # -- reads ------------------------------------------------------------------------------
+
+    @rpc.handler
+    async def GetJob(
+        self, request: job_pb2.GetJobRequest, context: aio.ServicerContext[Any, Any]
+    ) -> job_pb2.GetJobResponse:
+        found = await self._get(request.name)
+        return job_pb2.GetJobResponse(
+            header=rpc.response_header(request.header, self._ctx.replica_id), job=document(found)
+        )
+
+    @rpc.handler
+    async def ListJobs(
+        self, request: job_pb2.ListJobsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> job_pb2.ListJobsResponse:
+        try:
+            selector = labels.parse_selector(request.label_selector)
+        except labels.SelectorError as exc:
+            raise rpc.invalid("label_selector", request.label_selector, str(exc)) from None
+        if request.limit < 0 or request.limit > MAX_LIMIT:
+            raise rpc.invalid(
+                "limit", request.limit, f"must be between 0 (server default) and {MAX_LIMIT}"
+            )
+        limit = request.limit or DEFAULT_LIMIT
+        index = ("network", request.network) if request.network else None
+        items: list[Job] = []
+        token: str | None = request.continue_token or None
+        while len(items) < limit:
+            try:
+                page = await self._store.list(
+                    Job, index=index, limit=limit - len(items), continue_token=token
+                )
+            except errors.InvalidRequest:
+                raise rpc.invalid(
+                    "continue_token", request.continue_token[:40], "must be a previous page's"
+                ) from None
+            items += [j for j in page.items if selector.matches(j.metadata.labels)]
+            token = page.continue_token
+            if token is None:
+                break
+        return job_pb2.ListJobsResponse(
+            header=rpc.response_header(request.header, self._ctx.replica_id),
+            items=[document(j) for j in items],
+            continue_token=token or "",
+        )
+
+    async def WatchJob(
+        self, request: job_pb2.WatchJobRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[job_pb2.WatchJobResponse]:
+        try:
+            rpc.check_header(request.header)
+            if request.resource_version < 0:
+                raise rpc.invalid("resource_version", request.resource_version, "must be >= 0")
+            sent = await self._get(request.name)
+        except Exception as exc:
+            await rpc.abort(context, exc)
+            return
+        if not request.resource_version:
+            yield _event(common_pb2.WATCH_EVENT_TYPE_ADDED, sent)
+        elif sent.metadata.resource_version > request.resource_version:
+            yield _event(common_pb2.WATCH_EVENT_TYPE_MODIFIED, sent)
+        signal = self._ctx.feed.signal(request.name)
+        while sent.status.phase not in FINAL_PHASES:
+            seen = signal.value
+            await driver_inbox.first_of(
+                self._ctx.clock, [signal.wait_past(seen)], seconds=self._watch_poll
+            )
+            latest = self._ctx.feed.latest(request.name)
+            if signal.value == seen:  # quiet: another replica may have written
+                try:
+                    latest = await self._store.get(Job, request.name)
+                except errors.NotFound:
+                    yield _event(common_pb2.WATCH_EVENT_TYPE_DELETED, sent)
+                    return
+            if latest is not None and _newer(latest, sent):
+                sent = latest
+                yield _event(common_pb2.WATCH_EVENT_TYPE_MODIFIED, sent)
+
+    # -- CancelJob --------------------------------------------------------------------------
+
+    @rpc.handler
+    async def CancelJob(
+        self, request: job_pb2.CancelJobRequest, context: aio.ServicerContext[Any, Any]
+    ) -> job_pb2.CancelJobResponse:
+        for _ in range(MAX_ATTEMPTS):
+            current = await self._get(request.name)
+            phase = current.status.phase
+            if phase == "Cancelled":
+                result = current
+                break
+            if phase in FINAL_PHASES:
+                raise rpc.RpcFailure(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"job {request.name!r} already ended {phase}; only a running job cancels",
+                    reason="Finished",
+                )
+            cancelled = current.model_copy(deep=True)
+            cancelled.status.phase = "Cancelled"
+            cancelled.status.message = f"cancelled: {request.reason or 'by request'}"
+            try:
+                result = await self._store.update(cancelled)
+            except errors.Conflict:
+                continue  # the driver wrote progress meanwhile: read again
+            except errors.NotFound:
+                raise _not_found(request.name) from None
+            self._changed(result)
+            break
+        else:
+            raise rpc.RpcFailure(
+                grpc.StatusCode.ABORTED,
+                f"job {request.name!r} kept changing under {MAX_ATTEMPTS} attempts to cancel",
+                reason="Conflict",
+            )
+        return job_pb2.CancelJobResponse(
+            header=rpc.response_header(request.header, self._ctx.replica_id), job=document(result)
+        )
+
+    async def _get(self, name: str) -> Job:
+        if not name:
+            raise rpc.invalid("name", name, "must name a job")
+        try:
+            return await self._store.get(Job, name)
+        except errors.NotFound:
+            raise _not_found(name) from None
+
+
+# -- pure helpers --------------------------------------------------------------------------
+
+
+def _spec(request: job_pb2.TrainRequest) -> job_model.JobSpec:
+    given: dict[str, Any] = {"network": request.network}
+    for name in ("epochs", "batch_size", "learning_rate", "checkpoint_interval", "optimizer"):
+        value = getattr(request, name)
+        if value:
+            given[name] = value
+    if request.seed < 0:
+        raise rpc.invalid("seed", request.seed, "must be >= 0")
+    given["seed"] = request.seed
+    if request.data.url or request.data.dataset:
+        data: dict[str, Any] = {"url": request.data.url}
+        if request.data.dataset:
+            data["dataset"] = request.data.dataset
+        given["data"] = data
+    try:
+        return job_model.JobSpec.model_validate(given)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "request"
+        raise rpc.invalid(field, first.get("input"), first["msg"]) from None
+
+
+def _generated_name(network: str, request_id: str) -> str:
+    suffix = (
+        hashlib.sha256(request_id.encode()).hexdigest()[:8] if request_id else secrets.token_hex(4)
+    )
+    return f"{network[:240].rstrip('.-')}-{suffix}"
+
+
+def _check_tensor(field: str, tensor: common_pb2.Tensor, max_bytes: int) -> None:
+    try:
+        tensors.decode(tensor, max_bytes=max_bytes)
+    except tensors.TensorError as exc:
+        code = (
+            grpc.StatusCode.DATA_LOSS
+            if exc.reason == "checksum"
+            else grpc.StatusCode.INVALID_ARGUMENT
+        )
+        raise rpc.RpcFailure(code, f"{field}: {exc}", reason="FieldInvalid") from None
+
+
+async def _from_data(net: net_model.Network, url: str) -> dict[str, common_pb2.Tensor]:
+    try:
+        net_model.check_data_url(url)
+        arrays = await job_data.arrays(url)
+    except ValueError as exc:  # DataError is one
+        raise rpc.invalid("data.url", url, str(exc)) from None
+    sources, _ = driver_plan.topology(net)
+    if "" in arrays:  # a .npy: one array
+        if len(sources) != 1:
+            raise rpc.invalid(
+                "data.url",
+                url,
+                f"a .npy holds one array but {net.name!r} has sources {', '.join(sources)}; "
+                "use a .npz with an array per source, named by its params.field",
+            )
+        return {sources[0]: tensors.encode(arrays[""])}
+    inputs = {}
+    for name in sources:
+        spec = net.vnode(name)
+        field = spec.params.get("field") if spec is not None else None
+        if isinstance(field, str) and field in arrays:
+            inputs[name] = tensors.encode(arrays[field])
+    if not inputs:
+        raise rpc.invalid(
+            "data.url",
+            url,
+            f"holds {', '.join(sorted(arrays))}, none named by a source's params.field",
+        )
+    return inputs
+
+
+def _newer(latest: Job, sent: Job) -> bool:
+    if latest.metadata.uid != sent.metadata.uid:
+        return True
+    return latest.metadata.resource_version > sent.metadata.resource_version
+
+
+def _event(kind: common_pb2.WatchEventType.ValueType, job: Job) -> job_pb2.WatchJobResponse:
+    return job_pb2.WatchJobResponse(
+        event=common_pb2.WatchEvent(
+            type=kind, document=document(job), resource_version=job.metadata.resource_version
+        )
+    )

@@ -1,0 +1,339 @@
+"""gRPC PNodeService: registration, heartbeats and assignments for agents; PNode admin.
+
+The heartbeat is the hottest call in the system, so it reads no store: the credential is
+checked against the in-memory view's PNode, the renewal is noted in memory (the view answers
+liveness from it at once) and persisted coalesced by `controller.state.leases`. The view is
+consulted again from the store only when its answer would be "no" for a reason a lagging
+view could cause (unknown name, newer incarnation, no lease), at most once per PNode per
+refresh interval, so forged credentials cannot turn into store load.
+
+Order of checks on an agent call: unknown PNode → FENCED (the proto's rule: register again;
+a garbage-collected PNode's agent must re-register, and saying "fenced" reveals no more than
+NOT_FOUND would); wrong or missing credential → UNAUTHENTICATED; stale incarnation, expired
+lease or Lost → FENCED without renewal.
+
+Register and Deregister write the store (one transaction each) and the view, so the
+PNode's own next heartbeat on this replica already sees it.
+
+Deregister design: with nothing placed on the PNode it is deleted at once (deregistered =
+true); otherwise it becomes draining and unschedulable with condition Deregistered=True, the
+network loop migrates its work as for any drain, and the lifecycle loop
+(`reconcilers.pnode`) deletes the PNode once it holds no allocation. A Register of the same
+PNode before that (the agent changed its mind) clears the condition and the flags
+Deregister set. Uncordon clears cordon, drain, Deregistered and Bugged (trust.bugged and
+strikes: the admin's word clears it, as issue 7 asks).
+
+Admin calls (Cordon, Uncordon, Drain, GetPNode, ListPNodes) read the store, not the view:
+they are rare and must not act on a stale record. The credential hash never leaves the
+server: documents omit it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from grpc import aio
+
+from api import labels as selectors
+from api.dcnr.v1 import pnode_pb2, pnode_pb2_grpc
+from api.resources import allocation, lease, pnode
+from controller import config as config_mod
+from controller.runtime import clock as clock_mod
+from controller.services import pnode_wire as wire
+from controller.services import rpc
+from controller.state import allocation_status, credentials
+from controller.state import leases as leases_mod
+from controller.state import pnode_registry as registry
+from controller.state import view as view_mod
+from store import base
+
+log = logging.getLogger("dcnr.pnode_service")
+
+ACTIVE = pnode_pb2.LEASE_STATE_ACTIVE
+FENCED = pnode_pb2.LEASE_STATE_FENCED
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+MAX_REASON = 1024
+_REREAD_TABLE_LIMIT = 10_000
+
+Context = aio.ServicerContext[Any, Any]
+
+
+class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
+    def __init__(
+        self,
+        *,
+        store: base.Store,
+        view: view_mod.View,
+        clock: clock_mod.Clock,
+        config: config_mod.ControlPlaneConfig,
+        leases: leases_mod.LeaseKeeper,
+        replica_id: str,
+        on_heartbeat: Callable[[str], None] | None = None,
+        statuses: allocation_status.AllocationStatus | None = None,
+    ) -> None:
+        """`on_heartbeat(result)` counts each heartbeat: "active" or "fenced"; `statuses`
+        turns the agent's reports into allocation status."""
+        self._statuses = statuses
+        self._on_heartbeat = on_heartbeat or (lambda _result: None)
+        self._store = store
+        self._view = view
+        self._clock = clock
+        self._config = config
+        self._leases = leases
+        self._replica_id = replica_id
+        self._reread_at: dict[str, float] = {}
+        self._registry = registry.Registry(store=store, view=view, clock=clock, config=config)
+
+    # -- agent calls ------------------------------------------------------------------------
+
+    @rpc.handler
+    async def Register(
+        self, request: pnode_pb2.RegisterRequest, context: Context
+    ) -> pnode_pb2.RegisterResponse:
+        name = wire.check_name(request.name, "name") if request.name else wire.generated_name()
+        spec, node_labels = wire.registration(request)
+        credential, hashed = credentials.issue()
+        spec.credential_hash = hashed
+        node = await self._registry.register(
+            name,
+            spec,
+            node_labels,
+            agent_version=request.agent_version,
+            presented=rpc.bearer(context),
+        )
+        log.info(
+            "pnode %s registered, incarnation %d",
+            name,
+            node.status.incarnation,
+            extra={"fields": {"pnode": name, "incarnation": node.status.incarnation}},
+        )
+        return pnode_pb2.RegisterResponse(
+            header=rpc.response_header(request.header, self._replica_id),
+            pnode_id=name,
+            credential=credential,
+            heartbeat_interval=wire.duration(self._config.heartbeat_interval),
+            lease_duration=wire.duration(self._config.lease_duration),
+            incarnation=node.status.incarnation,
+        )
+
+    @rpc.handler
+    async def Heartbeat(
+        self, request: pnode_pb2.HeartbeatRequest, context: Context
+    ) -> pnode_pb2.HeartbeatResponse:
+        name = wire.check_name(request.pnode_id, "pnode_id")
+        node = await self._authenticate(name, rpc.bearer(context), request.incarnation)
+        now = self._clock.now()
+        response = pnode_pb2.HeartbeatResponse(
+            header=rpc.response_header(request.header, self._replica_id),
+            lease_duration=wire.duration(self._config.lease_duration),
+            heartbeat_interval=wire.duration(self._config.heartbeat_interval),
+        )
+        fenced = self._fenced(name, node, request.incarnation, now)
+        if node is None or fenced:
+            log.info("pnode %s: heartbeat fenced (%s)", name, fenced or "unknown pnode")
+            response.lease_state = FENCED
+            self._on_heartbeat("fenced")
+            return response
+        self._view.note_renewal(name, request.incarnation, now)
+        self._leases.note(name, request.incarnation, now)
+        response.lease_state = ACTIVE
+        self._on_heartbeat("active")
+        if self._statuses is not None and request.assignment_statuses:
+            self._statuses.observe(name, request.assignment_statuses)
+        response.lease_expires_at.CopyFrom(
+            wire.timestamp(now + timedelta(seconds=self._config.lease_duration))
+        )
+        response.cordoned = node.spec.unschedulable
+        response.draining = node.spec.draining
+        aset = self._view.assignment_set(name)
+        if aset is not None:
+            response.assignment_set_version = aset.version
+            if aset.version > request.known_assignment_set_version:
+                response.assignment_set.CopyFrom(wire.assignment_set(aset))
+        return response
+
+    async def WatchAssignments(
+        self, request: pnode_pb2.WatchAssignmentsRequest, context: Context
+    ) -> AsyncIterator[pnode_pb2.WatchAssignmentsResponse]:
+        name = request.pnode_id
+        try:
+            rpc.check_header(request.header)
+            wire.check_name(name, "pnode_id")
+            await self._authenticate(name, rpc.bearer(context), request.incarnation)
+        except Exception as exc:
+            await rpc.abort(context, exc)
+            return
+        known = request.known_assignment_set_version
+        signal = self._view.pnode_signal(name)
+        while True:
+            seen = signal.value  # read before the state, so no change slips between
+            now = self._clock.now()
+            node = self._view.pnodes.get(name)
+            if node is None or self._fenced(name, node, request.incarnation, now):
+                yield pnode_pb2.WatchAssignmentsResponse(lease_state=FENCED)
+                return
+            aset = self._view.assignment_set(name)
+            if aset is not None and aset.version > known:
+                yield pnode_pb2.WatchAssignmentsResponse(
+                    lease_state=ACTIVE, assignment_set=wire.assignment_set(aset)
+                )
+                known = aset.version
+            wait = self._config.heartbeat_interval
+            expiry = self._view.lease_expiry(name)
+            if expiry is not None:  # wake when the lease would run out, to end the stream
+                wait = min(wait, max(0.0, (expiry - now).total_seconds()) + 0.01)
+            await signal.wait_past(seen, within=wait)
+
+    @rpc.handler
+    async def Deregister(
+        self, request: pnode_pb2.DeregisterRequest, context: Context
+    ) -> pnode_pb2.DeregisterResponse:
+        name = wire.check_name(request.pnode_id, "pnode_id")
+        if len(request.reason) > MAX_REASON:
+            raise rpc.invalid("reason", request.reason[:20] + "...", "at most 1024 characters")
+        gone = await self._registry.deregister(
+            name,
+            incarnation=request.incarnation,
+            presented=rpc.bearer(context),
+            reason=request.reason,
+        )
+        return pnode_pb2.DeregisterResponse(
+            header=rpc.response_header(request.header, self._replica_id), deregistered=gone
+        )
+
+    # -- admin calls ------------------------------------------------------------------------
+
+    @rpc.handler
+    async def Cordon(
+        self, request: pnode_pb2.CordonRequest, context: Context
+    ) -> pnode_pb2.CordonResponse:
+        node = await self._registry.cordon(
+            self._admin_name(request.pnode, request.reason), request.reason
+        )
+        return pnode_pb2.CordonResponse(
+            header=rpc.response_header(request.header, self._replica_id),
+            pnode=wire.document(node),
+        )
+
+    @rpc.handler
+    async def Drain(
+        self, request: pnode_pb2.DrainRequest, context: Context
+    ) -> pnode_pb2.DrainResponse:
+        node = await self._registry.drain(
+            self._admin_name(request.pnode, request.reason), request.reason
+        )
+        held = await base.list_all(self._store, allocation.Allocation, index=("pnode", node.name))
+        return pnode_pb2.DrainResponse(
+            header=rpc.response_header(request.header, self._replica_id),
+            pnode=wire.document(node),
+            migrating_allocations=len(held),
+        )
+
+    @rpc.handler
+    async def Uncordon(
+        self, request: pnode_pb2.UncordonRequest, context: Context
+    ) -> pnode_pb2.UncordonResponse:
+        node = await self._registry.uncordon(self._admin_name(request.pnode, ""))
+        return pnode_pb2.UncordonResponse(
+            header=rpc.response_header(request.header, self._replica_id),
+            pnode=wire.document(node),
+        )
+
+    @rpc.handler
+    async def GetPNode(
+        self, request: pnode_pb2.GetPNodeRequest, context: Context
+    ) -> pnode_pb2.GetPNodeResponse:
+        name = wire.check_name(request.name, "name")
+        node = await self._store.get(pnode.PNode, name)
+        return pnode_pb2.GetPNodeResponse(
+            header=rpc.response_header(request.header, self._replica_id),
+            pnode=wire.document(node),
+        )
+
+    @rpc.handler
+    async def ListPNodes(
+        self, request: pnode_pb2.ListPNodesRequest, context: Context
+    ) -> pnode_pb2.ListPNodesResponse:
+        try:
+            selector = selectors.parse_selector(request.label_selector)
+        except selectors.SelectorError as exc:
+            raise rpc.invalid("label_selector", request.label_selector, str(exc)) from None
+        if not 0 <= request.limit <= MAX_PAGE:
+            raise rpc.invalid("limit", request.limit, f"must be between 0 and {MAX_PAGE}")
+        limit = request.limit or DEFAULT_PAGE
+        token = request.continue_token or None
+        items: list[pnode.PNode] = []
+        # Each store page asks only for what is still missing, so a page never has to be cut
+        # (an opaque token cannot resume in the middle of one).
+        while len(items) < limit:
+            page = await self._store.list(
+                pnode.PNode, limit=limit - len(items), continue_token=token
+            )
+            items.extend(n for n in page.items if selector.matches(n.metadata.labels))
+            token = page.continue_token
+            if token is None:
+                break
+        return pnode_pb2.ListPNodesResponse(
+            header=rpc.response_header(request.header, self._replica_id),
+            items=[wire.document(n) for n in items],
+            continue_token=token or "",
+        )
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    async def _authenticate(
+        self, name: str, presented: str | None, incarnation: int
+    ) -> pnode.PNode | None:
+        """The PNode if `presented` is its credential; None if it does not exist."""
+        node = self._view.pnodes.get(name)
+        if (
+            node is None
+            or incarnation > node.status.incarnation
+            or self._view.lease_expiry(name) is None
+            or not credentials.matches(presented, node.spec.credential_hash)
+        ):
+            node = await self._reread(name) or node
+        if node is None:
+            return None
+        if not credentials.matches(presented, node.spec.credential_hash):
+            raise registry.unauthenticated(name)
+        return node
+
+    async def _reread(self, name: str) -> pnode.PNode | None:
+        """The PNode and lease from the store, into the view, when the view may lag (at most
+        once per PNode per refresh interval)."""
+        now = self._clock.monotonic()
+        if now - self._reread_at.get(name, float("-inf")) < self._config.view_refresh:
+            return None
+        if len(self._reread_at) >= _REREAD_TABLE_LIMIT:
+            horizon = now - self._config.view_refresh
+            self._reread_at = {k: t for k, t in self._reread_at.items() if t >= horizon}
+        self._reread_at[name] = now
+        node = await self._registry.get(pnode.PNode, name)
+        if node is not None:
+            self._view.apply_written([node, await self._registry.get(lease.PNodeLease, name)])
+        return self._view.pnodes.get(name) if node is not None else None
+
+    def _fenced(
+        self, name: str, node: pnode.PNode | None, incarnation: int, now: datetime
+    ) -> str | None:
+        """Why a call of this incarnation is fenced now, or None if its lease holds."""
+        if node is None:
+            return "unknown pnode"
+        if incarnation != node.status.incarnation:
+            return f"incarnation {incarnation} is not the current {node.status.incarnation}"
+        if node.status.phase == "Lost":
+            return "the pnode is Lost and its work was moved"
+        expiry = self._view.lease_expiry(name)
+        if expiry is None or expiry <= now:
+            return "the lease expired"
+        return None
+
+    def _admin_name(self, name: str, reason: str) -> str:
+        if len(reason) > MAX_REASON:
+            raise rpc.invalid("reason", reason[:20] + "...", f"at most {MAX_REASON} characters")
+        return wire.check_name(name, "pnode")

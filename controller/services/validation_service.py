@@ -1,0 +1,309 @@
+"""ValidationService: agents report results that failed a check, and the producer is struck.
+
+Who may accuse whom. A report is a claim by the receiving PNode, so it is accepted only
+from a PNode that (1) authenticates with its credential, at its current incarnation, and
+(2) hosts a parent or child of the accused VNode in the same network — the only PNodes that
+could have received the result. The accused slot must still be at `subject_epoch`, so a
+strike lands on the PNode that computed the result, never on the one that took over the
+slot since. Anything else is refused and counted (`dcnr_validation_reports_refused`), so a
+flood of reports about work the reporter never saw costs it nothing but refusals.
+
+A malicious reporter can still accuse its real neighbours falsely. BOINC avoids this by
+validating on its own servers; our orchestrator never handles tensors, so we accept the
+risk and bound it: an accusation costs the accused one strike, the job a rollback, and the
+reporter nothing — a false accuser shows up as one PNode behind most strikes of its
+neighbours (visible in the events), and the operator cordons it. Where this matters more,
+checks also run in the driver inbox (sink outputs), which is trusted.
+
+Reports without a subject (a PNode reporting its own result) are recorded as nothing: a
+PNode vouching for itself earns no trust.
+
+Quorum reports (check "quorum") come from a replica that compared the results of all
+replicas of a neighbour. FAILED: the subject replica lost to a majority: it is struck like
+any failed check, but the job goes on (the majority's result was used), so the local run is
+only told not to credit it (`Inbox.strike`) instead of rolling back. DISPUTED: no majority;
+nobody is struck, a tiebreaker replica of the subject VNode is requested
+(`controller.trust.tiebreak`), and a local run of the job rolls back to wait for it. Its
+`subject_epoch` may be that of any replica of the VNode (the reporter names replica 0 of a
+set that disagrees), so it is admitted when any current replica is at that epoch.
+
+Every replica of a child receives the same result from a parent replica, so one lie is
+reported once per receiving replica. Reports are counted once per (job, position, phase,
+subject slot and epoch, check): a lie costs one strike however many replicas saw it. The
+memory of reports is bounded (`MAX_REMEMBERED`) and per orchestrator replica; a duplicate
+that lands on another replica, or after the bound, strikes again — rare, and bounded by the
+number of receiving replicas.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from api.dcnr.v1 import validation_pb2, validation_pb2_grpc
+from api.resources import allocation, pnode
+from controller.jobs import driver_inbox
+from controller.services import rpc
+from controller.state import credentials
+from controller.state import view as view_mod
+from controller.trust import book as trust
+from controller.trust import tiebreak
+from store import base
+
+log = logging.getLogger("dcnr.validation")
+
+QUORUM = "quorum"
+FAILED = validation_pb2.CHECK_RESULT_FAILED
+DISPUTED = validation_pb2.CHECK_RESULT_DISPUTED
+REJECTED = validation_pb2.VALIDATION_VERDICT_REJECTED
+ACCEPTED = validation_pb2.VALIDATION_VERDICT_ACCEPTED
+DISPUTED_VERDICT = validation_pb2.VALIDATION_VERDICT_DISPUTED
+#: Reports remembered to count each reported result once (see the module docstring).
+MAX_REMEMBERED = 4096
+
+#: What makes two reports about the same thing: network, job, request id, step, phase,
+#: subject VNode, replica and epoch (-1 for a dispute: about all replicas), check.
+ReportKey = tuple[str, str, str, int, int, str, int, int, str]
+
+
+class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
+    def __init__(
+        self,
+        *,
+        store: base.Store,
+        view: view_mod.View,
+        book: trust.TrustBook,
+        inbox: driver_inbox.Inbox,
+        replica_id: str,
+        on_checked: Callable[[bool], None] | None = None,
+        on_refused: Callable[[str], None] | None = None,
+        on_disagreed: Callable[[], None] | None = None,
+        on_tiebreak: Callable[[], None] | None = None,
+    ) -> None:
+        """`on_disagreed`: a reported disagreement (a loser or a dispute), once per result;
+        `on_tiebreak`: a tiebreaker this service requested (not one already requested)."""
+        self._store = store
+        self._view = view
+        self._book = book
+        self._inbox = inbox
+        self._replica_id = replica_id
+        self._on_checked = on_checked
+        self._on_refused = on_refused
+        self._on_disagreed = on_disagreed
+        self._on_tiebreak = on_tiebreak
+        self._seen: collections.OrderedDict[ReportKey, None] = collections.OrderedDict()
+
+    @rpc.handler
+    async def ReportResult(
+        self,
+        request: validation_pb2.ReportResultRequest,
+        context: aio.ServicerContext[Any, Any],
+    ) -> validation_pb2.ReportResultResponse:
+        verdict = await self._report(request, rpc.bearer(context))
+        return validation_pb2.ReportResultResponse(
+            header=rpc.response_header(request.header, self._replica_id), verdict=verdict
+        )
+
+    async def _report(
+        self, request: validation_pb2.ReportResultRequest, presented: str | None
+    ) -> validation_pb2.ValidationVerdict.ValueType:
+        reporter = self._view.pnodes.get(request.pnode_id)
+        if reporter is None or not credentials.matches(presented, reporter.spec.credential_hash):
+            self._refused("unauthenticated")
+            raise rpc.RpcFailure(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"pnode {request.pnode_id!r}: missing or invalid credential; send the "
+                "credential Register returned as 'authorization: Bearer <credential>'",
+                reason="Unauthenticated",
+            )
+        if request.incarnation != reporter.status.incarnation:
+            self._refused("fenced")
+            raise rpc.RpcFailure(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"incarnation: {request.incarnation} is not the current "
+                f"{reporter.status.incarnation} of pnode {request.pnode_id!r}; register again",
+                reason="Fenced",
+            )
+        if not request.subject_vnode:
+            return ACCEPTED
+        disputed = next(
+            (c for c in request.checks if c.check == QUORUM and c.result == DISPUTED), None
+        )
+        if disputed is not None:
+            self._admit(request, reporter, any_replica=True)
+            return await self._disputed(request, disputed)
+        producer = self._admit(request, reporter, any_replica=False)
+        failed = [c for c in request.checks if c.result == FAILED]
+        if not failed:
+            if self._on_checked is not None:
+                self._on_checked(True)
+            return ACCEPTED
+        check = failed[0]
+        if not self._first(request, check.check):
+            return REJECTED  # the same result, reported by another receiving replica
+        if self._on_checked is not None:
+            self._on_checked(False)
+        self._book.record(
+            producer,
+            trust.Outcome(
+                valid=False,
+                job=request.job,
+                vnode=request.subject_vnode,
+                check=check.check,
+                message=f"reported by {request.pnode_id}: {check.message}",
+            ),
+        )
+        position = _position(request)
+        if check.check == QUORUM:
+            # The majority's result was used: the job goes on, the loser gets no credit.
+            self._inbox.strike(request.job, position, producer)
+            if self._on_disagreed is not None:
+                self._on_disagreed()
+        else:
+            self._inbox.fail(
+                request.job,
+                position,
+                f"{request.subject_vnode} replica {request.subject_replica} on {producer} "
+                f"failed check {check.check}: {check.message}",
+            )
+        log.warning(
+            "result failed a check",
+            extra={
+                "fields": {
+                    "producer": producer,
+                    "reporter": request.pnode_id,
+                    "vnode": request.subject_vnode,
+                    "check": check.check,
+                }
+            },
+        )
+        return REJECTED
+
+    async def _disputed(
+        self, request: validation_pb2.ReportResultRequest, check: validation_pb2.CheckOutcome
+    ) -> validation_pb2.ValidationVerdict.ValueType:
+        """No majority among the subject VNode's replicas: nobody is struck; one more
+        replica is requested, and a local run of the job rolls back to wait for it."""
+        if not self._first(request, QUORUM, replica=False):
+            return DISPUTED_VERDICT
+        if self._on_disagreed is not None:
+            self._on_disagreed()
+        added = await tiebreak.request(
+            self._store,
+            request.network,
+            request.subject_vnode,
+            on_written=self._view.apply_written,
+        )
+        if added and self._on_tiebreak is not None:
+            self._on_tiebreak()
+        self._inbox.fail(
+            request.job,
+            _position(request),
+            f"the replicas of {request.subject_vnode} disagree with no majority (reported by "
+            f"{request.pnode_id}: {check.message}); a tiebreaker replica is requested",
+            disputed=request.subject_vnode,
+        )
+        log.warning(
+            "replicas disagree with no majority",
+            extra={
+                "fields": {
+                    "reporter": request.pnode_id,
+                    "network": request.network,
+                    "vnode": request.subject_vnode,
+                    "tiebreaker_added": added,
+                }
+            },
+        )
+        return DISPUTED_VERDICT
+
+    def _first(
+        self, request: validation_pb2.ReportResultRequest, check: str, *, replica: bool = True
+    ) -> bool:
+        """Whether this is the first report of this result and check (and remember it).
+        A dispute is about the VNode's replicas together, not one of them."""
+        position = request.step if request.WhichOneof("position") == "step" else -1
+        key: ReportKey = (
+            request.network,
+            request.job,
+            request.request_id,
+            position,
+            int(request.phase),
+            request.subject_vnode,
+            request.subject_replica if replica else -1,
+            request.subject_epoch if replica else -1,
+            check,
+        )
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > MAX_REMEMBERED:
+            self._seen.popitem(last=False)
+        return True
+
+    def _admit(
+        self,
+        request: validation_pb2.ReportResultRequest,
+        reporter: pnode.PNode,
+        *,
+        any_replica: bool,
+    ) -> str:
+        """The PNode that computed the reported result; refuses reporters that could not
+        have received it. `any_replica`: the epoch may be that of any replica of the
+        subject VNode (a dispute is about all of them)."""
+        net = self._view.networks.get(request.network)
+        subject = net.vnode(request.subject_vnode) if net is not None else None
+        if net is None or subject is None:
+            self._refused("unknown-subject")
+            raise rpc.invalid(
+                "subject_vnode",
+                request.subject_vnode,
+                f"must be a VNode of network {request.network!r}",
+            )
+        neighbours = set(subject.inputs) | {
+            v.name for v in net.spec.vnodes if subject.name in v.inputs
+        }
+        hosted = {
+            a.spec.vnode for a in self._view.allocations_on(reporter.name)
+            if a.spec.network == request.network
+        }  # fmt: skip
+        if not hosted & neighbours:
+            self._refused("not-a-neighbour")
+            raise rpc.RpcFailure(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"subject_vnode: pnode {reporter.name!r} hosts no parent or child of "
+                f"{request.subject_vnode!r} in {request.network!r}, so it cannot have "
+                "received its result",
+                reason="NotANeighbour",
+            )
+        slot = allocation.slot_name(request.network, request.subject_vnode, request.subject_replica)
+        current = self._view.allocations.get(slot)
+        if current is not None and current.spec.epoch == request.subject_epoch:
+            return current.spec.pnode
+        if any_replica:
+            for replica in range(net.replicas_of(subject)):
+                other = allocation.slot_name(request.network, subject.name, replica)
+                found = self._view.allocations.get(other)
+                if found is not None and found.spec.epoch == request.subject_epoch:
+                    return found.spec.pnode
+        self._refused("stale-epoch")
+        held = "no allocation" if current is None else f"epoch {current.spec.epoch}"
+        which = f"any replica of {subject.name!r}" if any_replica else f"slot {slot!r}"
+        raise rpc.RpcFailure(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"subject_epoch: {request.subject_epoch} is not the current epoch of {which} "
+            f"({slot}: {held})",
+            reason="StaleEpoch",
+        )
+
+    def _refused(self, reason: str) -> None:
+        if self._on_refused is not None:
+            self._on_refused(reason)
+
+
+def _position(request: validation_pb2.ReportResultRequest) -> driver_inbox.Position:
+    return request.step if request.WhichOneof("position") == "step" else request.request_id

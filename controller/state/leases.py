@@ -1,0 +1,201 @@
+"""Persisting PNode lease renewals, coalesced: store writes do not grow with heartbeats.
+
+Every accepted heartbeat is noted here (and in the view, which answers liveness at once).
+Every `lease_duration / 6` the keeper writes, in transactions of at most
+MAX_TRANSACTION_OPS Update ops, the PNodeLease of each PNode whose newest renewal is at
+least `lease_duration / 3` newer than its persisted `renew_time`. So:
+
+- a PNode costs at most one lease write per lease/3, however often it heartbeats;
+- the persisted renewal lags the newest real one by less than lease/3 + lease/6 = lease/2,
+  which is what other replicas (and the lifecycle loop) see: a PNode heartbeating well
+  within its lease never looks expired to them.
+
+Rules that keep this safe: a renewal is never written for an incarnation older than the
+PNode's current one (the agent was fenced, and a re-registered PNode's lease is written by
+Register itself); `renew_time` never moves backwards; a batch that hits a Conflict (another
+replica wrote one of its leases) is retried one lease at a time after re-reading each, and
+a lease that conflicts again waits for the next round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from datetime import datetime, timedelta
+
+from api.resources import lease as lease_model
+from controller import config as config_mod
+from controller.runtime import clock as clock_mod
+from controller.state import view as view_mod
+from store import base, errors
+
+log = logging.getLogger("dcnr.leases")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Renewal:
+    incarnation: int
+    at: datetime
+
+
+class LeaseKeeper:
+    def __init__(
+        self,
+        store: base.Store,
+        clock: clock_mod.Clock,
+        *,
+        view: view_mod.View,
+        config: config_mod.ControlPlaneConfig,
+    ) -> None:
+        self._store = store
+        self._view = view
+        self._clock = clock
+        self._config = config
+        self._pending: dict[str, _Renewal] = {}
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    def note(self, pnode: str, incarnation: int, at: datetime) -> None:
+        """A renewal the service accepted; the newest per PNode (and incarnation) is kept."""
+        current = self._pending.get(pnode)
+        if current is None or (incarnation, at) > (current.incarnation, current.at):
+            self._pending[pnode] = _Renewal(incarnation, at)
+
+    def renewed_at(self, pnode: str, incarnation: int) -> datetime | None:
+        """The newest renewal of that incarnation not yet persisted, if any."""
+        renewal = self._pending.get(pnode)
+        if renewal is None or renewal.incarnation != incarnation:
+            return None
+        return renewal.at
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    async def flush(self, *, force: bool = False) -> int:
+        """Write every due renewal (with `force`, every unpersisted one: graceful shutdown
+        and tests); returns how many leases were written."""
+        async with self._lock:
+            threshold = 0.0 if force else self._config.lease_persist_every
+            due = self._due(threshold)
+            written = 0
+            for start in range(0, len(due), base.MAX_TRANSACTION_OPS):
+                batch = due[start : start + base.MAX_TRANSACTION_OPS]
+                try:
+                    records = await self._store.transact([base.Update(obj) for obj in batch])
+                except errors.Conflict:
+                    written += await self._one_by_one(batch, threshold)
+                    continue
+                self._persisted([r for r in records if isinstance(r, lease_model.PNodeLease)])
+                written += len(batch)
+            return written
+
+    def _due(self, threshold: float) -> list[lease_model.PNodeLease]:
+        due = []
+        for name, renewal in list(self._pending.items()):
+            node = self._view.pnodes.get(name)
+            if node is None or node.status.incarnation > renewal.incarnation:
+                del self._pending[name]  # deleted, or re-registered since: never persist it
+                continue
+            if node.status.incarnation < renewal.incarnation:
+                continue  # the view lags a Register; wait for it to catch up
+            stored = self._view.leases.get(name)
+            if stored is None:
+                continue  # Register writes the lease; the view has not seen it yet
+            updated = self._renewed(stored, renewal, threshold)
+            if updated is not None:
+                due.append(updated)
+        return due
+
+    def _renewed(
+        self, stored: lease_model.PNodeLease, renewal: _Renewal, threshold: float
+    ) -> lease_model.PNodeLease | None:
+        """The lease to write for `renewal`, or None if not due (or never to be written)."""
+        name = stored.name
+        if stored.spec.incarnation > renewal.incarnation:
+            self._pending.pop(name, None)
+            return None
+        if stored.spec.incarnation == renewal.incarnation:
+            if renewal.at <= stored.spec.renew_time:
+                self._pending.pop(name, None)  # already covered: never move backwards
+                return None
+            if renewal.at - stored.spec.renew_time < timedelta(seconds=threshold):
+                return None
+        updated = stored.model_copy(deep=True)
+        updated.spec.incarnation = renewal.incarnation
+        updated.spec.renew_time = renewal.at
+        updated.spec.duration_seconds = self._config.lease_duration
+        return updated
+
+    async def _one_by_one(self, batch: list[lease_model.PNodeLease], threshold: float) -> int:
+        written = 0
+        for planned in batch:
+            name = planned.name
+            try:
+                current = await self._store.get(lease_model.PNodeLease, name)
+            except errors.NotFound:
+                self._pending.pop(name, None)
+                continue
+            except errors.StoreError:
+                log.warning("lease %s: re-read failed; retrying next round", name, exc_info=True)
+                continue
+            self._view.apply_written([current])
+            renewal = self._pending.get(name)
+            if renewal is None:
+                continue
+            updated = self._renewed(current, renewal, threshold)
+            if updated is None:
+                continue
+            try:
+                record = await self._store.update(updated)
+            except errors.StoreError as exc:
+                log.info("lease %s: not persisted this round (%s)", name, type(exc).__name__)
+                continue
+            self._persisted([record])
+            written += 1
+        return written
+
+    def _persisted(self, records: list[lease_model.PNodeLease]) -> None:
+        self._view.apply_written(records)
+        for record in records:
+            renewal = self._pending.get(record.name)
+            if (
+                renewal is not None
+                and renewal.incarnation == record.spec.incarnation
+                and renewal.at <= record.spec.renew_time
+            ):
+                del self._pending[record.name]
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Flush every lease/6 until cancelled; a failed round is logged and retried."""
+        interval = self._config.lease_duration / 6
+        while True:
+            await self._clock.sleep(interval)
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("persisting lease renewals failed; retrying next round")
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="lease-keeper")
+
+    async def stop(self) -> None:
+        """Stop the loop, then persist every renewal still pending, so a graceful shutdown
+        does not make healthy PNodes look late to the other replicas."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        try:
+            await self.flush(force=True)
+        except errors.StoreError:
+            log.warning("final lease flush failed", exc_info=True)

@@ -1,0 +1,299 @@
+"""The PNode registry's writes: Register, Deregister and the admin changes, each one
+conditional store write (or transaction) followed by write-through into the view.
+
+Kept apart from the gRPC service so that the service is only the protocol (authentication,
+fencing, messages) and this is only state (what a registration or a drain changes).
+
+Writes retry a few times on Conflict: placements update a PNode's record (its accounting)
+all the time, and an agent's Register or an operator's Cordon should not fail because a
+placement landed between read and write. Each retry re-reads and re-checks everything.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+import grpc
+
+from api.resources import allocation, lease, meta, pnode
+from controller import config as config_mod
+from controller.runtime import clock as clock_mod
+from controller.services import rpc
+from controller.state import credentials
+from controller.state import view as view_mod
+from reconcilers import pnode as lifecycle
+from store import base, errors
+
+log = logging.getLogger("dcnr.pnode_registry")
+
+WRITE_ATTEMPTS = 3
+AGENT_VERSION_ANNOTATION = "dcnr.io/agent-version"
+CORDONED = "Cordoned"
+DRAINING = "Draining"
+
+Change = Callable[[pnode.PNode, datetime], None]
+
+
+def _bump_generation(old: pnode.PNode, new: pnode.PNode) -> None:
+    if new.spec != old.spec:
+        new.metadata.generation = old.metadata.generation + 1
+
+
+def unauthenticated(name: str) -> rpc.RpcFailure:
+    return rpc.RpcFailure(
+        grpc.StatusCode.UNAUTHENTICATED,
+        f"pnode {name!r}: missing or invalid credential; send the credential Register "
+        "returned as 'authorization: Bearer <credential>' metadata",
+        reason="Unauthenticated",
+    )
+
+
+class Registry:
+    def __init__(
+        self,
+        *,
+        store: base.Store,
+        view: view_mod.View,
+        clock: clock_mod.Clock,
+        config: config_mod.ControlPlaneConfig,
+    ) -> None:
+        self._store = store
+        self._view = view
+        self._clock = clock
+        self._config = config
+
+    async def get(self, kind: type[base.R], name: str) -> base.R | None:
+        try:
+            return await self._store.get(kind, name)
+        except errors.NotFound:
+            return None
+
+    # -- agents -----------------------------------------------------------------------------
+
+    async def register(
+        self,
+        name: str,
+        spec: pnode.PNodeSpec,
+        labels: dict[str, str],
+        *,
+        agent_version: str,
+        presented: str | None,
+    ) -> pnode.PNode:
+        """Create the PNode (incarnation 1) or re-register it (incarnation + 1, which needs
+        the `presented` credential to be its current one), with its lease renewed now."""
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                return await self._register(name, spec, labels, agent_version, presented)
+            except (errors.Conflict, errors.AlreadyExists):
+                # AlreadyExists: registered concurrently; the re-read finds it and checks
+                # the credential like any re-registration.
+                if attempt == WRITE_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _register(
+        self,
+        name: str,
+        spec: pnode.PNodeSpec,
+        labels: dict[str, str],
+        agent_version: str,
+        presented: str | None,
+    ) -> pnode.PNode:
+        spec = spec.model_copy(deep=True)
+        existing = await self.get(pnode.PNode, name)
+        stored_lease = await self.get(lease.PNodeLease, name)
+        now = self._clock.now()
+        annotations = {AGENT_VERSION_ANNOTATION: agent_version} if agent_version else {}
+        op: base.Op
+        if existing is None:
+            node = pnode.PNode(
+                metadata=meta.ObjectMeta(name=name, labels=labels, annotations=annotations),
+                spec=spec,
+            )
+            node.status.incarnation = 1
+            node.status.assignments_version = 1
+            op = base.Create(node)
+        else:
+            if not credentials.matches(presented, existing.spec.credential_hash):
+                raise rpc.RpcFailure(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"pnode {name!r} is already registered; re-registering it needs its "
+                    "current credential as 'authorization: Bearer' metadata (an agent that "
+                    "lost its credential registers under a new name)",
+                    reason="PermissionDenied",
+                )
+            node = existing.model_copy(deep=True)
+            # The operator's cordon and drain survive an agent restart; the agent's own
+            # Deregister is undone by its coming back.
+            leaving = lifecycle.DEREGISTERED in {c.type for c in node.status.conditions}
+            spec.unschedulable = existing.spec.unschedulable and not leaving
+            spec.draining = existing.spec.draining and not leaving
+            node.spec = spec
+            _bump_generation(existing, node)
+            node.metadata.labels = labels
+            node.metadata.annotations = {**node.metadata.annotations, **annotations}
+            node.status.incarnation += 1
+            node.status.assignments_version += 1
+            node.status.conditions = lifecycle.remove_condition(
+                node.status.conditions, lifecycle.DEREGISTERED
+            )
+            op = base.Update(node)
+        node.status.phase = "Ready"
+        node.status.phase_since = now
+        node.status.conditions = lifecycle.set_condition(
+            node.status.conditions,
+            type=lifecycle.READY,
+            status="True",
+            reason="Registered",
+            message=f"registered as incarnation {node.status.incarnation}",
+            now=now,
+        )
+        lease_spec = lease.LeaseSpec(
+            incarnation=node.status.incarnation,
+            renew_time=now,
+            duration_seconds=self._config.lease_duration,
+        )
+        lease_op: base.Op
+        if stored_lease is None:
+            lease_op = base.Create(
+                lease.PNodeLease(metadata=meta.ObjectMeta(name=name), spec=lease_spec)
+            )
+        else:
+            renewed = stored_lease.model_copy(deep=True)
+            renewed.spec = lease_spec
+            lease_op = base.Update(renewed)
+        written = await self._store.transact([op, lease_op])
+        self._view.apply_written(written)
+        result = written[0]
+        assert isinstance(result, pnode.PNode)
+        return result
+
+    async def deregister(
+        self, name: str, *, incarnation: int, presented: str | None, reason: str
+    ) -> bool:
+        """True when the PNode is gone (it held nothing); False when it is draining."""
+        for attempt in range(WRITE_ATTEMPTS):
+            node = await self.get(pnode.PNode, name)
+            if node is None:  # already gone: nothing left to drain
+                return True
+            if not credentials.matches(presented, node.spec.credential_hash):
+                raise unauthenticated(name)
+            if incarnation != node.status.incarnation:
+                raise rpc.RpcFailure(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"pnode {name!r}: incarnation {incarnation} is fenced (current is "
+                    f"{node.status.incarnation}); register again",
+                    reason="Fenced",
+                )
+            try:
+                return await self._deregister(node, reason)
+            except errors.Conflict:
+                if attempt == WRITE_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _deregister(self, node: pnode.PNode, reason: str) -> bool:
+        name = node.name
+        held = await self._store.list(allocation.Allocation, index=("pnode", name), limit=1)
+        if not held.items:
+            stored_lease = await self.get(lease.PNodeLease, name)
+            meta_ = node.metadata
+            ops: list[base.Op] = [
+                base.Delete(
+                    pnode.PNode, name, resource_version=meta_.resource_version, uid=meta_.uid
+                )
+            ]
+            if stored_lease is not None:
+                lmeta = stored_lease.metadata
+                ops.append(
+                    base.Delete(
+                        lease.PNodeLease,
+                        name,
+                        resource_version=lmeta.resource_version,
+                        uid=lmeta.uid,
+                    )
+                )
+            # Conditioned on the PNode's version: a placement landing meanwhile updates it,
+            # so a PNode is never deleted with an allocation on it.
+            await self._store.transact(ops)
+            self._view.apply_deleted(pnode.PNode, name)
+            self._view.apply_deleted(lease.PNodeLease, name)
+            log.info("pnode %s deregistered and removed", name)
+            return True
+        updated = node.model_copy(deep=True)
+        updated.spec.unschedulable = True
+        updated.spec.draining = True
+        _bump_generation(node, updated)
+        updated.status.conditions = lifecycle.set_condition(
+            updated.status.conditions,
+            type=lifecycle.DEREGISTERED,
+            status="True",
+            reason="AgentDeregistered",
+            message=reason or "deregistered by its agent",
+            now=self._clock.now(),
+        )
+        self._view.apply_written([await self._store.update(updated)])
+        log.info("pnode %s deregistering: draining its allocations", name)
+        return False
+
+    # -- operators --------------------------------------------------------------------------
+
+    async def cordon(self, name: str, reason: str) -> pnode.PNode:
+        def change(node: pnode.PNode, now: datetime) -> None:
+            node.spec.unschedulable = True
+            _admin_condition(node, CORDONED, reason, now)
+
+        return await self._update(name, change)
+
+    async def drain(self, name: str, reason: str) -> pnode.PNode:
+        def change(node: pnode.PNode, now: datetime) -> None:
+            node.spec.unschedulable = True
+            node.spec.draining = True
+            _admin_condition(node, DRAINING, reason, now)
+
+        return await self._update(name, change)
+
+    async def uncordon(self, name: str) -> pnode.PNode:
+        """Undo cordon, drain and Deregister, and clear Bugged: the operator vouches for the
+        machine again (issue 7: "an admin clears it")."""
+
+        def change(node: pnode.PNode, now: datetime) -> None:
+            node.spec.unschedulable = False
+            node.spec.draining = False
+            node.status.trust.bugged = False
+            node.status.trust.strikes = 0
+            for kind in (CORDONED, DRAINING, lifecycle.DEREGISTERED):
+                node.status.conditions = lifecycle.remove_condition(node.status.conditions, kind)
+
+        return await self._update(name, change)
+
+    async def _update(self, name: str, change: Change) -> pnode.PNode:
+        for attempt in range(WRITE_ATTEMPTS):
+            node = await self._store.get(pnode.PNode, name)
+            updated = node.model_copy(deep=True)
+            change(updated, self._clock.now())
+            if updated == node:
+                return node  # already so: no write, no version bump
+            _bump_generation(node, updated)
+            try:
+                written = await self._store.update(updated)
+            except errors.Conflict:
+                if attempt == WRITE_ATTEMPTS - 1:
+                    raise
+                continue
+            self._view.apply_written([written])
+            return written
+        raise AssertionError("unreachable")
+
+
+def _admin_condition(node: pnode.PNode, kind: str, reason: str, now: datetime) -> None:
+    node.status.conditions = lifecycle.set_condition(
+        node.status.conditions,
+        type=kind,
+        status="True",
+        reason="Admin",
+        message=reason or f"{kind.lower()} by an operator",
+        now=now,
+    )
