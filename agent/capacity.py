@@ -19,7 +19,7 @@ from api.dcnr.v1 import common_pb2
 from api.resources import meta, quantity
 
 T = TypeVar("T")
-_ACCELERATOR = re.compile(r"^(?P<type>[a-z0-9]([a-z0-9-]*[a-z0-9])?):(?P<count>[0-9]+)$")
+_ACCELERATOR = re.compile(r"^(?P<type>[a-z0-9]([a-z0-9-]*[a-z0-9])?):(?P<count>[0-9]+)\Z")
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,10 @@ MAX_SELECTOR_CHARS = 4096
 
 _KEY = r"[^\s!=(),]+"
 _VALUE = r"[^\s!=(),]*"
-_EXISTS = re.compile(rf"^(?P<key>{_KEY})$")
-_NOT_EXISTS = re.compile(rf"^!\s*(?P<key>{_KEY})$")
-_EQUALITY = re.compile(rf"^(?P<key>{_KEY})\s*(?P<op>==|=|!=)\s*(?P<value>{_VALUE})$")
-_SET = re.compile(rf"^(?P<key>{_KEY})\s+(?P<op>in|notin)\s*\((?P<values>[^()]*)\)$")
+_EXISTS = re.compile(rf"^(?P<key>{_KEY})\Z")
+_NOT_EXISTS = re.compile(rf"^!\s*(?P<key>{_KEY})\Z")
+_EQUALITY = re.compile(rf"^(?P<key>{_KEY})\s*(?P<op>==|=|!=)\s*(?P<value>{_VALUE})\Z")
+_SET = re.compile(rf"^(?P<key>{_KEY})\s+(?P<op>in|notin)\s*\((?P<values>[^()]*)\)\Z")
 
 _FORMS = "key, !key, key=value, key==value, key!=value, key in (v1,v2) or key notin (v1,v2)"
 

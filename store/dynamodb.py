@@ -75,7 +75,7 @@ Written = list[meta.Resource | None]
 Writes = list[items.Write]
 Items = list[Item]
 
-_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,200}\Z")
 _RETRYABLE = frozenset({
     "ThrottlingException", "ProvisionedThroughputExceededException", "RequestLimitExceeded",
     "InternalServerError", "ServiceUnavailable", "TransactionConflictException",

@@ -24,7 +24,7 @@ import pydantic_core
 #: helping, and a hostile manifest must not make the error itself enormous.
 MAX_REPORTED_ERRORS = 50
 
-_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*\Z")
 _SHOW_CHARS = 60
 
 Loc = Sequence[str | int]

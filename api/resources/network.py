@@ -16,8 +16,8 @@ MAX_INPUTS = 64
 MAX_REPLICAS = 16
 MAX_PARAMS_BYTES = 64 * 1024
 
-_KIND = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-_ACCELERATOR = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,62}$")
+_KIND = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
+_ACCELERATOR = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,62}\Z")
 DATA_SCHEMES = ("file://", "s3://")
 
 

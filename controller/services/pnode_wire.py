@@ -28,7 +28,7 @@ MAX_DATASETS = 256
 MAX_ACCELERATOR_KINDS = 16
 MAX_AGENT_VERSION = 128
 
-_PORT = re.compile(r"^[0-9]{1,5}$")
+_PORT = re.compile(r"^[0-9]{1,5}\Z")
 
 
 def generated_name() -> str:
