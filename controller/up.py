@@ -73,6 +73,8 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
 async def run(config: UpConfig) -> None:
     from store import url
 
+    # The cluster's state directory is up's own to create (serve refuses a missing one).
+    config.state_dir.mkdir(parents=True, exist_ok=True)
     store = await url.open_store(config.serve.store_url)
     orchestrator = server.Orchestrator(config.serve, store)
     agents: list[asyncio.subprocess.Process] = []

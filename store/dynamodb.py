@@ -166,8 +166,12 @@ class DynamoStore:
         executor: ThreadPoolExecutor,
         clock: base.Clock,
         options: ClientOptions,
+        endpoint: str | None = None,
     ) -> None:
         self._prefix = prefix
+        #: The endpoint the URL named, if any: hints must name it too, or a pasted command
+        #: would target real AWS instead of the DynamoDB Local or moto the user runs.
+        self._endpoint = endpoint
         self._client = client
         self._executor = executor
         self._clock = clock
@@ -214,7 +218,14 @@ class DynamoStore:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(prefix=prefix, client=client, executor=executor, clock=clock, options=options)
+        return cls(
+            prefix=prefix,
+            client=client,
+            executor=executor,
+            clock=clock,
+            options=options,
+            endpoint=endpoint,
+        )
 
     @property
     def client(self) -> DynamoDBClient:
@@ -475,9 +486,12 @@ class DynamoStore:
         code, message = _code(exc), exc.response.get("Error", {}).get("Message", str(exc))
         what = f"dynamodb {operation} on prefix {self._prefix!r}"
         if code == "ResourceNotFoundException":
+            url = f"dynamodb://{self._prefix}?region={self._client.meta.region_name}"
+            if self._endpoint:
+                url += f"&endpoint={self._endpoint}"
             return errors.Unavailable(
-                f"{what}: {message}; create the tables with `dcnr-orchestrator init-store"
-                f" --store dynamodb://{self._prefix}?region={self._client.meta.region_name}`"
+                f"{what}: {message}; create the tables with"
+                f" `dcnr-orchestrator init-store --store '{url}'`"
             )
         if code in _OPERATOR_FIXES:
             return errors.Unavailable(f"{what}: {code}: {message}")

@@ -71,6 +71,18 @@ def parse(url: str) -> SqliteURL | DynamoURL:
     )
 
 
+def _check_directory(url: str, path: Path) -> None:
+    """Serving never creates a directory the user named: a typo in it would silently start a
+    fresh, empty store somewhere. The default state directory is ours; `init-store` (whose
+    job is creating things) creates any directory."""
+    if path.parent == default_state_dir() or path.parent.is_dir():
+        return
+    raise errors.InvalidRequest(
+        f"store url {url!r}: directory {str(path.parent)!r} does not exist; create it first"
+        " or run `dcnr-orchestrator init-store` with this --store"
+    )
+
+
 async def open_store(url: str, *, clock: base.Clock = base.utc_now) -> base.Store:
     """Open the store a URL names. Tables/schema must exist (see `init_store`) for DynamoDB;
     SQLite creates its schema on open, being a private file."""
@@ -78,6 +90,7 @@ async def open_store(url: str, *, clock: base.Clock = base.utc_now) -> base.Stor
     if isinstance(parsed, SqliteURL):
         from store import sqlite
 
+        _check_directory(url, parsed.path)
         return await sqlite.SqliteStore.open(parsed.path, clock=clock)
     from store import dynamodb
 
@@ -92,7 +105,7 @@ async def init_store(url: str) -> list[str]:
     if isinstance(parsed, SqliteURL):
         from store import sqlite
 
-        db = await sqlite.SqliteStore.open(parsed.path)
+        db = await sqlite.SqliteStore.open(parsed.path)  # creating it is init-store's job
         await db.close()
         return [f"sqlite database {parsed.path} ready"]
     from store import dynamodb

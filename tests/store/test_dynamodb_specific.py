@@ -148,8 +148,10 @@ async def test_a_foreign_table_under_our_name_is_refused(moto_endpoint):
 async def test_tables_not_initialized_is_unavailable_and_says_how_to_fix(moto_endpoint):
     store = await _open(moto_endpoint)
     try:
-        with pytest.raises(errors.Unavailable, match="init-store"):
+        with pytest.raises(errors.Unavailable, match="init-store") as caught:
             await store.get(job.Job, "train-1")
+        # The command it suggests targets the same endpoint, not real AWS.
+        assert f"&endpoint={moto_endpoint}'" in str(caught.value)
     finally:
         await store.close()
 

@@ -57,3 +57,26 @@ def test_default_url_lives_under_the_state_directory(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("XDG_STATE_HOME", "/tmp/xdg-state")
     assert url.default_url() == "sqlite:////tmp/xdg-state/dcnr/state.db"
     assert url.parse(url.default_url()) == url.SqliteURL(Path("/tmp/xdg-state/dcnr/state.db"))
+
+
+async def test_serving_a_sqlite_path_in_a_missing_directory_is_refused_not_created(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "no" / "such" / "dir"
+    text = f"sqlite:///{missing / 'state.db'}"
+    with pytest.raises(errors.InvalidRequest, match="does not exist; create it first"):
+        await url.open_store(text)
+    assert not (tmp_path / "no").exists()
+    # init-store creates things, directories included; then serving finds it.
+    await url.init_store(text)
+    store = await url.open_store(text)
+    await store.close()
+
+
+async def test_the_default_state_directory_is_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    store = await url.open_store(url.default_url())
+    await store.close()
+    assert (tmp_path / "state" / "dcnr" / "state.db").is_file()
