@@ -34,11 +34,12 @@ import grpc
 from grpc import aio
 
 from agent import capacity, dataplane, peers
+from api import version
 from api.dcnr.v1 import pnode_pb2, pnode_pb2_grpc, validation_pb2, validation_pb2_grpc
 
 log = logging.getLogger("dcnr.agent")
 
-VERSION = "dcnr-agent/0.1.0"
+VERSION = f"dcnr-agent/{version.current()}"
 FENCED = pnode_pb2.LEASE_STATE_FENCED
 _SWITCH = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 

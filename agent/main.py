@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import sys
@@ -27,6 +26,8 @@ from grpc import aio
 
 from agent import agent as agent_mod
 from agent import blobs, capacity, dataplane, peers
+from api import logs as api_logs
+from api import version
 from api.dcnr.v1 import vnode_pb2_grpc
 from api.resources import meta
 
@@ -68,6 +69,7 @@ def _name(value: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dcnr-agent", description="Run a DCNR PNode: host VNodes for a cluster.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version.current()}")
     p.add_argument("--orchestrator", required=True, type=_addresses, metavar="HOST:PORT[,...]")
     p.add_argument("--listen", default="0.0.0.0:7100", type=_address, metavar="HOST:PORT")
     p.add_argument("--advertise", type=_address, metavar="HOST:PORT", help="default: --listen")
@@ -167,11 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (_Usage, capacity.FlagError) as exc:
         print(f"dcnr-agent: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    api_logs.setup(args.log_level)
     try:
         return asyncio.run(_serve(args, caps))
     except KeyboardInterrupt:

@@ -16,7 +16,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from controller import config, logs, server
+from api import logs as api_logs
+from api import version
+from controller import config, server
 from controller.jobs import driver
 from controller.services import auth
 from store import errors, url
@@ -38,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="dcnr-orchestrator",
         description="DCNR orchestrator: the control plane of a DCNR cluster.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version.current()}")
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
@@ -164,7 +167,7 @@ def _store_url(value: str | None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logs.setup(args.log_level)
+    api_logs.setup(args.log_level)
     try:
         store_url = _store_url(args.store)
     except errors.InvalidRequest as exc:

@@ -8,6 +8,7 @@ import sys
 
 import grpc
 
+from api import version as version_mod
 from api.dcnr.v1 import network_pb2, pnode_pb2
 from dcnctl import client as client_mod
 from dcnctl import errors, kinds, tables
@@ -97,12 +98,18 @@ def explain(args: argparse.Namespace, c: Client) -> int:
 
 
 def version(args: argparse.Namespace, c: Client | None) -> int:
-    found = {"clientVersion": client_mod.version()}
+    found = {"clientVersion": version_mod.current()}
+    unreachable: errors.CliError | None = None
     if c is not None:
-        reply = c.call(c.networks.ListNetworks,
-                       network_pb2.ListNetworksRequest(header=c.header(), limit=1))  # fmt: skip
-        found["serverVersion"] = reply.header.server_version or "<unknown>"
-        found["serverApiVersion"] = reply.header.api_version
+        try:
+            reply = c.call(c.networks.ListNetworks,
+                           network_pb2.ListNetworksRequest(header=c.header(), limit=1))  # fmt: skip
+        except errors.CliError as exc:
+            # As kubectl: the client's version is known whatever the server's state.
+            unreachable, c = exc, None
+        else:
+            found["serverVersion"] = reply.header.server_version or "<unknown>"
+            found["serverApiVersion"] = reply.header.api_version
     if args.output == "json":
         print(json.dumps(found, indent=2))
     elif args.output == "yaml":
@@ -112,4 +119,7 @@ def version(args: argparse.Namespace, c: Client | None) -> int:
         print(f"Client Version: v{found['clientVersion']}")
         if c is not None:
             print(f"Server Version: v{found['serverVersion']} ({found['serverApiVersion']})")
+    if unreachable is not None:
+        sys.stdout.flush()
+        raise unreachable
     return 0

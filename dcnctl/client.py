@@ -7,13 +7,13 @@ Every failed call leaves through `errors.from_rpc`, so no grpc exception reaches
 
 from __future__ import annotations
 
-import importlib.metadata
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
 
+from api import version
 from api.dcnr.v1 import (
     common_pb2,
     job_pb2_grpc,
@@ -27,13 +27,6 @@ Resp = TypeVar("Resp")
 
 #: Seconds a unary call may take unless --request-timeout says otherwise.
 DEFAULT_TIMEOUT = 30.0
-
-
-def version() -> str:
-    try:
-        return importlib.metadata.version("dcnr")
-    except importlib.metadata.PackageNotFoundError:  # running from a source tree
-        return "0.0.0+unknown"
 
 
 class Client:
@@ -66,7 +59,7 @@ class Client:
         return common_pb2.RequestHeader(
             api_version=meta.API_VERSION,
             client_name="dcnctl",
-            client_version=version(),
+            client_version=version.current(),
             request_id=uuid.uuid4().hex,
         )
 

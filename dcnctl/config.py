@@ -135,6 +135,15 @@ def resolve(
     else:
         chosen = dataclasses.replace(file.contexts[name]) if name else Context(name="")
     chosen.server = server or os.environ.get(SERVER_ENV) or chosen.server or DEFAULT_SERVER
+    _, sep, rest = chosen.server.partition("://")
+    if sep:
+        # kubectl habits put https:// in front; gRPC's resolver would answer with
+        # "Misformatted domain name" at the first call instead.
+        raise errors.local(
+            f"server {chosen.server!r}: give HOST:PORT without a scheme,"
+            f" e.g. {rest or DEFAULT_SERVER}"
+            " (dcnr.v1 is gRPC; TLS is chosen by the context's tls-* settings, not by a scheme)"
+        )
     if token is not None:
         chosen.token = token
     return chosen

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from api import version
 from dcnctl import admin, apply, completion, config, contexts, describe, errors, follow, get
 from dcnctl import client as client_mod
 from dcnctl import infer as infer_mod
@@ -54,6 +55,7 @@ def parser() -> argparse.ArgumentParser:
         parents=[_globals(suppress=False)],
         description="dcnctl controls a DCNR cluster: networks, pnodes, vnodes and jobs.",
     )
+    top.add_argument("--version", action="version", version=f"%(prog)s {version.current()}")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, help_text: str, **kw: object) -> argparse.ArgumentParser:
@@ -189,7 +191,12 @@ def run(args: argparse.Namespace, top: argparse.ArgumentParser) -> int:
         return 0
     if args.command == "version" and args.client:
         return admin.version(args, None)
-    c = _connect(args)
+    try:
+        c = _connect(args)
+    except errors.CliError:
+        if args.command == "version":  # as kubectl: the client's version, then the error
+            admin.version(args, None)
+        raise
     try:
         if args.command == "version":
             return admin.version(args, c)

@@ -15,7 +15,13 @@ from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
-_NUMBER = re.compile(r"^(?P<num>[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?P<suffix>[A-Za-z]*)\Z")
+#: As Kubernetes: a suffix, or a decimal exponent ("1e3", "5E-1"); "1E" alone is the exa suffix.
+_NUMBER = re.compile(
+    r"^(?P<num>[0-9]+(?:\.[0-9]+)?|\.[0-9]+)"
+    r"(?:[eE](?P<exp>[+-]?[0-9]{1,3})|(?P<suffix>[A-Za-z]*))\Z"
+)
+#: Exponents beyond this cannot give a valid quantity either way (see the MAX_* bounds).
+_MAX_EXPONENT = 30
 
 #: Upper bounds that keep a typo ("2000000Ti") from turning into an absurd request.
 MAX_CPU_MILLIS = 10**9
@@ -52,6 +58,13 @@ def _number(value: Any, what: str) -> tuple[Decimal, str]:
         number = Decimal(match["num"])
     except InvalidOperation as exc:  # pragma: no cover - the regex admits only decimals
         raise ValueError(f"invalid {what} quantity {value!r}") from exc
+    if match["exp"] is not None:
+        exponent = int(match["exp"])
+        if abs(exponent) > _MAX_EXPONENT:
+            raise ValueError(
+                f"invalid {what} quantity {value!r}: exponent beyond ±{_MAX_EXPONENT}"
+            )
+        return number.scaleb(exponent, _EXACT), ""
     return number, match["suffix"]
 
 

@@ -9,6 +9,7 @@ compared with what the orchestrator resolves.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import subprocess
@@ -168,3 +169,15 @@ def test_a_bad_flag_is_one_line_naming_it_and_exit_2(flag, value):
     assert flag in lines[0]
     assert value in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_agent_logs_are_json_lines_when_stderr_is_not_a_terminal(orchestrator, tmp_path):
+    """Operators ship agent logs like the orchestrator's: one JSON object a line."""
+    agent = agents_mod.Agent(orchestrator, "agent-j", tmp_path / "j", extra=["--log-level", "info"])
+    assert agent.stop() == 0  # SIGTERM: it deregisters, and says so, before exiting
+    entries = [json.loads(line) for line in agent.log.read_text().splitlines()]
+    assert entries
+    for entry in entries:
+        assert {"ts", "level", "logger", "msg"} <= entry.keys(), entry
+    messages = [entry["msg"] for entry in entries]
+    assert "deregistered agent-j" in messages, messages

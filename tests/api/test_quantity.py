@@ -24,6 +24,11 @@ from api.resources import network, pnode, quantity
         (" 250m ", 250),
         ("0.001", 1),
         ("1000000", 10**9),
+        # Kubernetes' decimal exponent form.
+        ("1e3", 10**6),
+        ("5E-1", 500),
+        ("25e-3", 25),
+        (1e3, 10**6),
     ],
 )
 def test_cpu_parses_to_millicores(text: Any, millis: int) -> None:
@@ -40,12 +45,15 @@ def test_cpu_parses_to_millicores(text: Any, millis: int) -> None:
         ("1.0000000000000000000000000000001", "finer than 1m"),
         ("1000001", "larger than 1000000 cores"),
         ("", "invalid cpu quantity ''"),
-        ("1e3", "invalid cpu quantity '1e3'"),
+        ("1e-4", "finer than 1m"),
+        ("1e999", "exponent beyond"),
+        ("1e31", "exponent beyond"),
+        ("1e", "invalid cpu quantity '1e'"),
         ("m", "invalid cpu quantity 'm'"),
         (True, "not a boolean"),
         (None, "got NoneType"),
         ([1], "got list"),
-        (1e-05, "invalid cpu quantity 1e-05"),
+        (1e-05, "finer than 1m"),
         (float("nan"), "invalid cpu quantity nan"),
         ("9" * 65, "longer than 64 characters"),
         (10**70, "more than 64 digits"),
@@ -74,6 +82,8 @@ def test_bad_cpu_is_refused_with_the_value(text: Any, fragment: str) -> None:
         ("1.5G", 15 * 10**8),
         ("1E", 10**18),
         (2.0, 2),
+        ("1e3", 1000),
+        ("12E6", 12 * 10**6),
     ],
 )
 def test_memory_parses_to_bytes(text: Any, amount: int) -> None:
@@ -91,6 +101,8 @@ def test_memory_parses_to_bytes(text: Any, amount: int) -> None:
         ("2Ei", "larger than 1Ei"),
         ("-5Mi", "invalid memory quantity '-5Mi'"),
         ("5 Mi", "invalid memory quantity '5 Mi'"),
+        ("1e-1", "not a whole number of bytes"),
+        ("1e19", "larger than 1Ei"),
         (False, "not a boolean"),
         ({"a": 1}, "got dict"),
     ],

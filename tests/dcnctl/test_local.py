@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime
 import io
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -180,3 +183,30 @@ def test_progress_in_a_log_is_one_line_per_change() -> None:
         "[####################] step 20/20 epoch 2/2 loss 0.5000 acc 0.750 ETA -",
     ]
     assert "\r" not in out.getvalue()
+
+
+def test_version_without_a_server_still_prints_the_client_version(offline: Dcnctl) -> None:
+    # Port 1 on loopback: nothing of ours listens there, so the call is refused at once.
+    proc = offline("version", "--server", "127.0.0.1:1", "--request-timeout", "5s", check=False)
+    assert proc.returncode == 1
+    assert proc.stdout.startswith("Client Version: v")
+    assert "Server Version" not in proc.stdout
+    assert proc.stderr.startswith("error:")
+    assert len(proc.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("server", ["http://127.0.0.1:7070", "grpc://example.org:7070"])
+def test_a_server_with_a_scheme_is_refused_with_the_fix(offline: Dcnctl, server: str) -> None:
+    err = offline.fails("get", "networks", "--server", server)
+    assert f"server {server!r}: give HOST:PORT without a scheme, e.g. " in err
+    assert server.partition("://")[2] in err
+
+
+@pytest.mark.parametrize("tool", ["dcnctl", "controller.main", "agent.main"])
+def test_every_tool_has_version(tool: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", tool, "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    name = {"dcnctl": "dcnctl", "controller.main": "dcnr-orchestrator", "agent.main": "dcnr-agent"}
+    assert re.fullmatch(rf"{name[tool]} \d+\.\d+\.\d+\S*\n", proc.stdout), proc.stdout

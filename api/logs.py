@@ -1,6 +1,9 @@
-"""Structured logging: JSON lines when stderr is not a terminal, readable text when it is.
+"""Structured logging for every DCNR process (orchestrator, agent): JSON lines when stderr is
+not a terminal, readable text when it is.
 
-Operators ship JSON to their log pipeline; a person at a terminal reads text. Extra fields
+Operators ship JSON to their log pipeline; a person at a terminal reads text. It lives in
+`api` because the agent imports nothing else of ours, and the line format is part of what
+operators rely on, like the wire contract. Extra fields
 passed as `logger.info("...", extra={"fields": {...}})` land in the JSON object.
 """
 
