@@ -33,7 +33,9 @@ def read_manifests(files: list[str]) -> list[meta.Resource]:
     for name in files:
         try:
             if name == "-":
-                found += manifest.parse_documents(sys.stdin.buffer.read(), source="<stdin>")
+                # One byte past the limit is enough to refuse it: never buffer all of stdin.
+                data = sys.stdin.buffer.read(manifest.MAX_DOCUMENT_BYTES + 1)
+                found += manifest.parse_documents(data, source="<stdin>")
             else:
                 found += manifest.load_path(name)
         except manifest.ManifestError as exc:

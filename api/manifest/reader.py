@@ -6,8 +6,9 @@ any model sees the data:
 - size: the whole input is refused above `max_bytes`, before it is decoded or parsed;
 - nesting and aliases: a first pass over the YAML *event* stream (iterative, in libyaml
   when available) refuses nesting deeper than MAX_DEPTH, aliases that refer to a node
-  containing them (recursive structures) and alias expansion past MAX_NODES nodes (the
-  "billion laughs" bomb), before a single object is constructed;
+  containing them (recursive structures) and alias expansion past MAX_NODES nodes or
+  MAX_EXPANDED_CHARS characters of text (the "billion laughs" bomb, and its cousin that
+  aliases one long string), before a single object is constructed;
 - YAML is constructed only by a subclass of the *safe* loader (so `yaml.load_all` below is
   `safe_load_all` plus checks): arbitrary tags are refused, as are duplicate keys and keys
   that are not strings (`on:` reads as the boolean true in YAML 1.1);
@@ -38,6 +39,10 @@ MAX_DEPTH = 64
 #: Nodes per document after alias expansion: about what a file of MAX_DOCUMENT_BYTES could
 #: hold without aliases, so aliases never buy an attacker more than plain text would.
 MAX_NODES = 1 << 19
+#: Characters of scalar text per document after alias expansion. Counting nodes alone let a
+#: 531 KB file alias one long string half a million times and grow to gigabytes once built;
+#: four times what a document may hold without aliases leaves honest anchors plenty.
+MAX_EXPANDED_CHARS = 4 * MAX_DOCUMENT_BYTES
 
 _INT64 = 2**63
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -227,19 +232,26 @@ def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
 
 def _scan(text: str) -> None:
     """Refuse deep nesting, recursive aliases and alias bombs, from events alone."""
-    stack: list[list[Any]] = []  # [anchor, expanded node count] per open collection
-    sizes: dict[str, int] = {}  # expanded node count per finished anchored node
+    #: [anchor, expanded nodes, expanded characters] per open collection
+    stack: list[list[Any]] = []
+    sizes: dict[str, tuple[int, int]] = {}  # (nodes, characters) per finished anchored node
     document = 0
 
-    def finish(anchor: str | None, size: int, mark: Any) -> None:
+    def finish(anchor: str | None, nodes: int, chars: int, mark: Any) -> None:
         if anchor is not None:
-            sizes[anchor] = size
+            sizes[anchor] = (nodes, chars)
         if stack:
-            stack[-1][1] += size
+            stack[-1][1] += nodes
+            stack[-1][2] += chars
             if stack[-1][1] > MAX_NODES:
                 raise _Refused(
                     f"invalid YAML{_where(mark)}: document {document} expands to more than "
                     f"{MAX_NODES} nodes (aliases expanding too far?)"
+                )
+            if stack[-1][2] > MAX_EXPANDED_CHARS:
+                raise _Refused(
+                    f"invalid YAML{_where(mark)}: document {document} expands to more than "
+                    f"{MAX_EXPANDED_CHARS} characters of text (aliases expanding too far?)"
                 )
 
     for event in yaml.parse(text, Loader=_SafeLoader):
@@ -247,24 +259,24 @@ def _scan(text: str) -> None:
             document += 1
             sizes.clear()
         elif isinstance(event, yaml.events.ScalarEvent):
-            finish(event.anchor, 1, event.start_mark)
+            finish(event.anchor, 1, len(event.value), event.start_mark)
         elif isinstance(event, yaml.events.AliasEvent):
             if any(entry[0] == event.anchor for entry in stack):
                 raise _Refused(
                     f"invalid YAML{_where(event.start_mark)}: alias *{event.anchor} refers "
                     "to a node that contains it (recursive structures are not allowed)"
                 )
-            finish(None, sizes.get(event.anchor or "", 1), event.start_mark)
+            finish(None, *sizes.get(event.anchor or "", (1, 0)), event.start_mark)
         elif isinstance(event, yaml.events.CollectionStartEvent):
             if len(stack) >= MAX_DEPTH:
                 raise _Refused(
                     f"invalid YAML{_where(event.start_mark)}: nested more than {MAX_DEPTH} "
                     "levels deep"
                 )
-            stack.append([event.anchor, 1])
+            stack.append([event.anchor, 1, 0])
         elif isinstance(event, yaml.events.CollectionEndEvent):
-            anchor, size = stack.pop()
-            finish(anchor, size, event.start_mark)
+            anchor, nodes, chars = stack.pop()
+            finish(anchor, nodes, chars, event.start_mark)
 
 
 # Normalization ---------------------------------------------------------------------------

@@ -64,9 +64,35 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
     return labels
 
 
+#: As Kubernetes' TotalAnnotationSizeLimitB: keys and values of one object together.
+MAX_ANNOTATIONS_BYTES = 256 * 1024
+
+
+def check_annotations(annotations: dict[str, str]) -> dict[str, str]:
+    """Keys are qualified names like label keys; values are free text, but all of them
+    together are bounded, so a record cannot be made arbitrarily large through them."""
+    total = 0
+    for key, value in annotations.items():
+        prefix, _, name = key.rpartition("/")
+        if prefix:
+            check_dns1123_subdomain(prefix)
+        if not name or len(name) > 63 or not _LABEL_KEY_NAME.match(name):
+            raise ValueError(
+                f"invalid annotation key {key!r}: name part must be at most 63 characters of "
+                "alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric"
+            )
+        total += len(key.encode()) + len(value.encode())
+    if total > MAX_ANNOTATIONS_BYTES:
+        raise ValueError(
+            f"annotations are {total} bytes, more than the limit of {MAX_ANNOTATIONS_BYTES}"
+        )
+    return annotations
+
+
 DNSLabel = Annotated[str, AfterValidator(check_dns1123_label)]
 DNSSubdomain = Annotated[str, AfterValidator(check_dns1123_subdomain)]
 Labels = Annotated[dict[str, str], AfterValidator(check_labels)]
+Annotations = Annotated[dict[str, str], AfterValidator(check_annotations)]
 
 
 class Model(BaseModel):
@@ -90,7 +116,7 @@ class ObjectMeta(Model):
     generation: int = Field(default=0, ge=0)
     resource_version: int = Field(default=0, ge=0)
     labels: Labels = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
+    annotations: Annotations = Field(default_factory=dict)
     finalizers: list[str] = Field(default_factory=list)
     creation_timestamp: datetime | None = None
     deletion_timestamp: datetime | None = None

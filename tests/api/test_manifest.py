@@ -604,6 +604,29 @@ def test_label_keys_with_dots_are_quoted_in_paths() -> None:
 
 
 @pytest.mark.parametrize(
+    ("annotations", "fragment"),
+    [
+        ({"note": "x" * meta.MAX_ANNOTATIONS_BYTES}, "more than the limit of 262144"),
+        ({f"k{i}": "x" * 1000 for i in range(300)}, "more than the limit of 262144"),
+        ({"bad key!": "x"}, "invalid annotation key 'bad key!'"),
+        ({"UPPER.example/x": "x"}, "must be a DNS-1123 subdomain"),
+    ],
+)
+def test_annotations_are_bounded_and_keys_checked(
+    annotations: dict[str, str], fragment: str
+) -> None:
+    (err,) = errors_of(dump(with_meta(annotations=annotations)))
+    assert err.path == "metadata.annotations"
+    assert fragment in err.message
+
+
+def test_annotations_within_the_limit_are_kept() -> None:
+    fine = {"dcnr.io/owner": "vision", "note": "x" * 1000}
+    (found,) = manifest.parse_documents(dump(with_meta(annotations=fine)))
+    assert found.metadata.annotations == fine
+
+
+@pytest.mark.parametrize(
     ("text", "fragment"),
     [
         pytest.param(

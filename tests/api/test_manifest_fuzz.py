@@ -97,8 +97,19 @@ def billion_laughs() -> str:
     return "\n".join(lines) + "\n"
 
 
+def long_string_laughs() -> str:
+    """Few nodes, much text: one 500 KB string aliased 1,000 times (0.5 GB once built)."""
+    refs = ", ".join(["*s"] * 1000)
+    return f"s: &s {'x' * 500_000}\nl: [{refs}]\n"
+
+
 HOSTILE = [
     pytest.param(billion_laughs(), "expands to more than 524288 nodes", id="billion-laughs"),
+    pytest.param(
+        long_string_laughs(),
+        "expands to more than 4194304 characters of text",
+        id="long-string-laughs",
+    ),
     pytest.param("a: &a [*a]\n", "refers to a node that contains it", id="recursive-alias"),
     pytest.param("&a {b: [c, *a]}\n", "refers to a node that contains it", id="recursive-map"),
     pytest.param("a: *nope\n", "found undefined alias", id="undefined-alias"),

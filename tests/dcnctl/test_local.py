@@ -210,3 +210,10 @@ def test_every_tool_has_version(tool: str) -> None:
     assert proc.returncode == 0, proc.stderr
     name = {"dcnctl": "dcnctl", "controller.main": "dcnr-orchestrator", "agent.main": "dcnr-agent"}
     assert re.fullmatch(rf"{name[tool]} \d+\.\d+\.\d+\S*\n", proc.stdout), proc.stdout
+
+
+def test_apply_reads_no_more_of_stdin_than_the_limit(offline: Dcnctl) -> None:
+    limit = 1 << 20  # manifest.MAX_DOCUMENT_BYTES
+    err = offline.fails("apply", "-f", "-", input="#" * (3 * limit))
+    # It read one byte past the limit and stopped: not the 3 MiB it was offered.
+    assert f"input is {limit + 1} bytes, more than the limit of {limit} bytes" in err
