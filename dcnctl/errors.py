@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import grpc
 
+from api import messages
+
 ERROR_DETAILS_KEY = "dcnr-error-details-bin"
 
 #: kubectl's reason for each gRPC code.
@@ -63,7 +65,7 @@ def from_rpc(exc: grpc.RpcError, server: str) -> CliError:
     """The CliError for a failed call; `server` is the address the call went to."""
     code: grpc.StatusCode = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
     detail = (exc.details() if isinstance(exc, grpc.Call) else None) or str(code.name).lower()
-    detail = " ".join(detail.split())  # one line, whatever the server put in it
+    detail = messages.clip(detail)  # one bounded line, whatever the server put in it
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not (
         _from_server(exc)
     ):

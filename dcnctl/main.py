@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from api import version
+from api import messages, version
 from dcnctl import admin, apply, completion, config, contexts, describe, errors, follow, get
 from dcnctl import client as client_mod
 from dcnctl import infer as infer_mod
@@ -211,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args, top)
     except errors.CliError as exc:
-        _stderr(str(exc))
+        # One bounded line per problem, whatever went into the message.
+        _stderr("\n".join(messages.clip(line) for line in str(exc).splitlines()))
         return 1
     except KeyboardInterrupt:
         return 130

@@ -20,6 +20,8 @@ from typing import Any
 import pydantic
 import pydantic_core
 
+from api import messages
+
 #: More errors than this are summarized as "... and N more": past a screenful they stop
 #: helping, and a hostile manifest must not make the error itself enormous.
 MAX_REPORTED_ERRORS = 50
@@ -45,7 +47,7 @@ class FieldError:
         if self.document is not None:
             parts.append(f"document {self.document}")
         parts += [self.path, self.message]
-        return ": ".join(p for p in parts if p)
+        return messages.clip(": ".join(p for p in parts if p))
 
 
 class ManifestError(ValueError):

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from api import manifest
+from api import manifest, messages
 from api.resources import job, meta, network
 
 EXAMPLE = pathlib.Path(__file__).parents[2] / "examples" / "digits" / "network.yaml"
@@ -688,3 +688,42 @@ def test_parse_object_refuses_a_recursive_structure() -> None:
 def test_api_version_constant_matches_the_models() -> None:
     assert meta.API_VERSION == "dcnr.io/v1"
     assert set(manifest.USER_KINDS) == {"Network", "Job"}
+
+
+# Error text is bounded -------------------------------------------------------------------
+
+
+def _cycle(size: int) -> dict[str, Any]:
+    items: list[dict[str, Any]] = [{"name": "src", "kind": "input"}]
+    items += [
+        {"name": f"v{i}", "kind": "relu", "inputs": [f"v{(i + 1) % size}"]} for i in range(size)
+    ]
+    items.append({"name": "sink", "kind": "relu", "inputs": ["src"]})
+    return with_vnodes(items)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        pytest.param(with_meta(name="a" * 10_000), id="10k-name"),
+        pytest.param(_cycle(3000), id="3000-vnode-cycle"),
+        pytest.param(with_meta(labels={"k": "v" * 10_000}), id="10k-label"),
+    ],
+)
+def test_every_error_is_one_line_of_bounded_length(doc: dict[str, Any]) -> None:
+    with pytest.raises(manifest.ManifestError) as caught:
+        manifest.parse_documents(json.dumps(doc))
+    lines = str(caught.value).splitlines()
+    assert lines
+    for line in lines:
+        assert len(line) <= messages.MAX_LINE_CHARS, line[:80]
+        assert line.endswith("characters in all)") or len(line) < messages.MAX_LINE_CHARS
+
+
+def test_clip_keeps_short_text_and_marks_what_it_cut() -> None:
+    assert messages.clip("spec.vnodes[0]:\n  bad\tvalue") == "spec.vnodes[0]: bad value"
+    long = "x" * 2000
+    clipped = messages.clip(long)
+    assert len(clipped) <= messages.MAX_LINE_CHARS
+    assert clipped.startswith("xxx")
+    assert clipped.endswith("... (2000 characters in all)")

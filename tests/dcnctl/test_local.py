@@ -217,3 +217,18 @@ def test_apply_reads_no_more_of_stdin_than_the_limit(offline: Dcnctl) -> None:
     err = offline.fails("apply", "-f", "-", input="#" * (3 * limit))
     # It read one byte past the limit and stopped: not the 3 MiB it was offered.
     assert f"input is {limit + 1} bytes, more than the limit of {limit} bytes" in err
+
+
+def test_apply_errors_are_bounded_lines(offline: Dcnctl, tmp_path: Path) -> None:
+    vnodes = [{"name": "src", "kind": "input"}, {"name": "sink", "kind": "relu", "inputs": ["src"]}]
+    vnodes += [
+        {"name": f"v{i}", "kind": "relu", "inputs": [f"v{(i + 1) % 3000}"]} for i in range(3000)
+    ]
+    doc = {"apiVersion": "dcnr.io/v1", "kind": "Network",
+           "metadata": {"name": "n" * 5000}, "spec": {"vnodes": vnodes}}  # fmt: skip
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    err = offline.fails("apply", "-f", str(path))
+    for line in err.splitlines():
+        assert line.startswith("error: ")
+        assert len(line) <= 500 + len("error: "), line[:80]
