@@ -24,8 +24,9 @@ import contextlib
 import json
 import logging
 import os
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,9 @@ log = logging.getLogger("dcnr.agent")
 VERSION = f"dcnr-agent/{version.current()}"
 FENCED = pnode_pb2.LEASE_STATE_FENCED
 _SWITCH = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+#: Backoff of a control loop after an unexpected failure: from the first, doubling, capped.
+_BACKOFF_FIRST = 0.1
+_BACKOFF_MAX = 10.0
 
 
 class RegistrationRefused(Exception):
@@ -127,10 +131,16 @@ class Agent:
 
     # -- registration -----------------------------------------------------------------------
 
-    async def register(self) -> None:
-        """Register (again), retrying across orchestrators until it succeeds or we stop."""
+    async def register(self, *, replacing: int | None = None) -> None:
+        """Register (again), retrying across orchestrators until it succeeds or we stop.
+
+        `replacing`: the incarnation a fence ended; if another loop has registered since,
+        there is nothing left to do (the heartbeat and the watch both see a fence, and two
+        registrations would skip an incarnation and drop the first one's assignments)."""
         delay = 0.1
         async with self._register_lock:
+            if replacing is not None and self.incarnation != replacing:
+                return
             while not self._stopping.is_set():
                 channel, stub = self._stub()
                 request = pnode_pb2.RegisterRequest(
@@ -179,7 +189,7 @@ class Agent:
         self.assignment_count = 0
         self._changed.set()
         if not self._stopping.is_set():
-            await self.register()
+            await self.register(replacing=incarnation)
 
     def _apply(self, aset: pnode_pb2.AssignmentSet, incarnation: int) -> None:
         if incarnation != self.incarnation or aset.version <= self.version:
@@ -192,57 +202,90 @@ class Agent:
     # -- loops ------------------------------------------------------------------------------
 
     async def heartbeat_loop(self) -> None:
-        while True:
-            incarnation = self.incarnation
-            channel, stub = self._stub()
-            request = pnode_pb2.HeartbeatRequest(
-                header=peers.header(),
-                pnode_id=self.name,
-                incarnation=incarnation,
-                known_assignment_set_version=self.version,
-                assignment_statuses=self._data_plane.statuses(),
-            )
-            sent = time.monotonic()
-            try:
-                reply = await stub.Heartbeat(
-                    request, metadata=self._metadata(), timeout=max(2.0, self.heartbeat_interval)
-                )
-            except aio.AioRpcError as exc:
-                log.warning("heartbeat to %s: %s", self._orchestrators.address, exc.code())
-                if exc.code() in _SWITCH:
-                    await self._orchestrators.fail_over(channel)
-                elif exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-                    await self._fence(incarnation)
-            else:
-                if reply.lease_state == FENCED:
-                    await self._fence(incarnation)
-                elif reply.HasField("assignment_set"):
-                    self._apply(reply.assignment_set, incarnation)
-                self.heartbeat_interval = _seconds(
-                    reply.heartbeat_interval, self.heartbeat_interval
-                )
-            await asyncio.sleep(max(0.0, self.heartbeat_interval - (time.monotonic() - sent)))
+        await self._keep_running("heartbeat", self._heartbeat_once)
 
     async def watch_loop(self) -> None:
+        await self._keep_running("watch", self._watch_once)
+
+    async def _keep_running(self, what: str, once: Callable[[], Awaitable[None]]) -> None:
+        """Run `once` for ever. Nothing the orchestrator side does ends the loop: a
+        refused or failed call, a stream reset, garbage, or a call cancelled because its
+        channel was closed under it (a fail-over, the server shutting down) is logged and
+        retried with capped, jittered backoff. Only cancelling this task stops it."""
+        failures = 0
         while True:
-            incarnation = self.incarnation
-            channel, stub = self._stub()
-            request = pnode_pb2.WatchAssignmentsRequest(
-                header=peers.header(),
-                pnode_id=self.name,
-                incarnation=incarnation,
-                known_assignment_set_version=self.version,
-            )
             try:
-                async for message in stub.WatchAssignments(request, metadata=self._metadata()):
-                    if message.lease_state == FENCED:
-                        await self._fence(incarnation)
-                        break
-                    self._apply(message.assignment_set, incarnation)
-            except aio.AioRpcError as exc:
-                if exc.code() in _SWITCH:
-                    await self._orchestrators.fail_over(channel)
-            await asyncio.sleep(0.2)  # reconnect pacing; the heartbeat covers the gap
+                await once()
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # we are being stopped
+                problem = "call cancelled under us (its channel was closed)"
+            except Exception as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if failures:
+                    log.info("%s: working again after %d failures", what, failures)
+                failures = 0
+                continue
+            failures += 1
+            delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** min(failures - 1, 16))
+            delay *= random.uniform(0.5, 1.0)
+            log.warning("%s failed (%s); retrying in %.2fs", what, problem, delay)
+            await self._pause(delay)
+
+    async def _heartbeat_once(self) -> None:
+        """One heartbeat, then the wait until the next is due."""
+        incarnation = self.incarnation
+        channel, stub = self._stub()
+        request = pnode_pb2.HeartbeatRequest(
+            header=peers.header(),
+            pnode_id=self.name,
+            incarnation=incarnation,
+            known_assignment_set_version=self.version,
+            assignment_statuses=self._data_plane.statuses(),
+        )
+        sent = time.monotonic()
+        try:
+            reply = await stub.Heartbeat(
+                request, metadata=self._metadata(), timeout=max(2.0, self.heartbeat_interval)
+            )
+        except aio.AioRpcError as exc:
+            log.warning("heartbeat to %s: %s", self._orchestrators.address, exc.code())
+            if exc.code() in _SWITCH:
+                await self._orchestrators.fail_over(channel)
+            elif exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                await self._fence(incarnation)
+        else:
+            if reply.lease_state == FENCED:
+                await self._fence(incarnation)
+            elif reply.HasField("assignment_set"):
+                self._apply(reply.assignment_set, incarnation)
+            self.heartbeat_interval = _seconds(
+                reply.heartbeat_interval, self.heartbeat_interval
+            )
+        await asyncio.sleep(max(0.0, self.heartbeat_interval - (time.monotonic() - sent)))
+
+    async def _watch_once(self) -> None:
+        """One WatchAssignments stream until it ends, then a short reconnect pause."""
+        incarnation = self.incarnation
+        channel, stub = self._stub()
+        request = pnode_pb2.WatchAssignmentsRequest(
+            header=peers.header(),
+            pnode_id=self.name,
+            incarnation=incarnation,
+            known_assignment_set_version=self.version,
+        )
+        try:
+            async for message in stub.WatchAssignments(request, metadata=self._metadata()):
+                if message.lease_state == FENCED:
+                    await self._fence(incarnation)
+                    return
+                self._apply(message.assignment_set, incarnation)
+        except aio.AioRpcError as exc:
+            if exc.code() in _SWITCH:
+                await self._orchestrators.fail_over(channel)
+        await asyncio.sleep(0.2)  # reconnect pacing; the heartbeat covers the gap
 
     # -- running and leaving ----------------------------------------------------------------
 

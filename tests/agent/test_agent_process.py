@@ -12,6 +12,7 @@ import asyncio
 import json
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -181,3 +182,61 @@ def test_agent_logs_are_json_lines_when_stderr_is_not_a_terminal(orchestrator, t
         assert {"ts", "level", "logger", "msg"} <= entry.keys(), entry
     messages = [entry["msg"] for entry in entries]
     assert "deregistered agent-j" in messages, messages
+
+
+async def test_agents_survive_sigterm_of_the_orchestrator_and_follow_its_successor(tmp_path):
+    """SIGTERM on `serve` (a Kubernetes rollout, systemd) cancels every agent's open
+    WatchAssignments stream; that must cost an agent a reconnect, never its life."""
+    store_url = f"sqlite:///{tmp_path / 'state.db'}"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"  # both servers, one address
+    quick = ["--drain-deadline", "2"]
+    with (
+        procs.orchestrator(store_url, listen=address, extra=TIMINGS) as first,
+        agents_mod.agents(address, tmp_path, 2, extra=quick) as started,
+    ):
+        assert procs.stop(first.proc) == 0  # clean stop: their streams are cancelled
+        with procs.orchestrator(store_url, listen=address, extra=TIMINGS):
+            api = cluster.Api(address)
+            try:
+                # Work placed by the successor reaches the agents' data planes: they
+                # reconnected, rather than merely being still on record.
+                await api.apply(MANIFEST)
+                await wait_hosting(api, started)
+            finally:
+                await api.close()
+            for agent in started:
+                assert agent.proc.poll() is None, agent.log_tail()
+                assert "Traceback" not in agent.log.read_text(), agent.log_tail()
+
+
+async def _pnode(store_url: str, name: str, check, *, within: float = 30.0):
+    """The PNode record once `check(record)` holds (polling the store with a deadline)."""
+    deadline = time.monotonic() + within
+    seen = None
+    while time.monotonic() < deadline:
+        pnodes, _, _ = await cluster.read_state(store_url)
+        seen = next((p for p in pnodes if p.name == name), None)
+        if seen is not None and check(seen):
+            return seen
+        await asyncio.sleep(0.1)  # polling a condition with a deadline
+    raise AssertionError(f"pnode {name}: condition not met within {within}s; last {seen}")
+
+
+async def test_a_fenced_agent_registers_once(tmp_path):
+    """Both the heartbeat and the watch stream learn of a fence; one registration follows,
+    so the incarnation moves by one, not two."""
+    store_url = f"sqlite:///{tmp_path / 'state.db'}"
+    with (
+        procs.orchestrator(store_url, extra=TIMINGS) as served,
+        agents_mod.agents(served.address, tmp_path, 1, extra=["--drain-deadline", "2"]) as (a,),
+    ):
+        before = await _pnode(store_url, a.name, lambda p: p.status.phase == "Ready")
+        a.proc.send_signal(signal.SIGSTOP)  # past its lease: the orchestrator fences it
+        try:
+            await _pnode(store_url, a.name, lambda p: p.status.phase != "Ready")
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        after = await _pnode(store_url, a.name, lambda p: p.status.phase == "Ready")
+        assert after.status.incarnation == before.status.incarnation + 1
