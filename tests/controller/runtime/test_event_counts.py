@@ -41,7 +41,9 @@ VNODES = 20
 Route = Callable[[meta.Resource | None, meta.Resource | None, view_mod.View], list[events.Key]]
 
 
-def routed(old: meta.Resource | None, new: meta.Resource | None, view: view_mod.View) -> list:
+def routed(
+    old: meta.Resource | None, new: meta.Resource | None, view: view_mod.View
+) -> list[events.Key]:
     """The server's routing: the table, with the view answering its lookups."""
     lookup = events.Lookup(view.networks_on, view.networks_not_ready)
     return events.keys_for_change(old, new, lookup)
@@ -136,12 +138,12 @@ async def work(store: sqlite.SqliteStore, route: Route) -> collections.Counter[e
         for name in ("a", "b"):
             created = await store.create(records.network_record(name, vnodes))
             fleet.view.apply_written([created])
-            await fleet.until_quiet(
-                lambda name=name: (
-                    (net := fleet.view.networks.get(name)) is not None
-                    and net.status.phase == "Ready"
-                )
-            )
+
+            def ready(name: str = name) -> bool:
+                net = fleet.view.networks.get(name)
+                return net is not None and net.status.phase == "Ready"
+
+            await fleet.until_quiet(ready)
             assert len(fleet.view.allocations_of(name)) == VNODES
         for name in sorted(fleet.view.allocations):
             reported = fleet.view.allocations[name].model_copy(deep=True)
