@@ -7,8 +7,8 @@ reconciles, persist pending lease renewals, release the replica lease (so the ot
 over at once), close the store.
 
 Events only produce keys: every change the view sees, from this replica's writes or from
-the store, is mapped to the loop keys it concerns (`_keys_for_change`); the loops re-read
-state themselves.
+the store, is mapped to the loop keys it concerns by the routing table
+(`controller.runtime.events`); the loops re-read state themselves.
 
 dcnr.v1 services not implemented yet are registered from their generated base servicers,
 so they answer UNIMPLEMENTED rather than being absent.
@@ -41,12 +41,12 @@ from api.dcnr.v1 import (
     validation_pb2_grpc,
     vnode_pb2_grpc,
 )
-from api.resources import allocation, meta, network, pnode
+from api.resources import meta
 from controller import config as config_mod
 from controller import metrics
 from controller.jobs import driver, driver_inbox, job_loop
 from controller.runtime import clock as clock_mod
-from controller.runtime import manager, replicas
+from controller.runtime import events, manager, replicas
 from controller.services import (
     auth,
     job_service,
@@ -211,7 +211,8 @@ class Orchestrator:
         self.view.subscribe(self._on_change)
 
     def _on_change(self, old: meta.Resource | None, new: meta.Resource | None) -> None:
-        for loop, key in _keys_for_change(old, new, self.view):
+        lookup = events.Lookup(self.view.networks_on, self.view.networks_not_ready)
+        for loop, key in events.keys_for_change(old, new, lookup):
             self.manager.enqueue(loop, key)
 
     def _membership_changed(self, members: list[str]) -> None:
@@ -364,41 +365,6 @@ def _advertised(listen: str, port: int) -> str:
     if host in ("0.0.0.0", "::", ""):
         host = socket.gethostname()
     return f"{host}:{port}"
-
-
-def _keys_for_change(
-    old: meta.Resource | None, new: meta.Resource | None, current: view.View
-) -> list[tuple[str, str]]:
-    """The loop keys a record change concerns."""
-    record = new if new is not None else old
-    keys: list[tuple[str, str]] = []
-    if isinstance(record, network.Network):
-        keys.append(("network", record.name))
-    elif isinstance(record, allocation.Allocation):
-        keys.append(("network", record.spec.network))
-    elif isinstance(record, pnode.PNode):
-        keys.append(("pnode", record.name))
-        affected = {a.spec.network for a in current.allocations_on(record.name)}
-        if _gained_room(old, new):
-            # A PNode joined, came back or was uncordoned: retry what could not be placed.
-            affected |= {
-                name for name, net in current.networks.items() if net.status.phase != "Ready"
-            }
-        keys += [("network", name) for name in sorted(affected)]
-    return keys
-
-
-def _gained_room(old: meta.Resource | None, new: meta.Resource | None) -> bool:
-    if not isinstance(new, pnode.PNode):
-        return False
-    if not isinstance(old, pnode.PNode):
-        return True
-    return (
-        (old.status.phase != "Ready" and new.status.phase == "Ready")
-        or (old.spec.unschedulable and not new.spec.unschedulable)
-        or old.spec.capacity != new.spec.capacity
-        or old.status.incarnation != new.status.incarnation
-    )
 
 
 async def serve(

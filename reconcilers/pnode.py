@@ -19,6 +19,7 @@ there first; either is fine).
 Liveness comes from the PNodeLease record, plus, when wired, the renewals this replica has
 accepted but not yet persisted (`local_renewal`): persisted renewals lag the real ones by up
 to half a lease by design (`controller.state.leases`), and the newer of the two is the truth.
+The expiry rule is `api.resources.lease.expiry`, the one the orchestrator's view uses.
 """
 
 from __future__ import annotations
@@ -74,25 +75,6 @@ class Transition:
     requeue_after: float | None = None
 
 
-def lease_expiry(
-    node: pnode.PNode,
-    stored: lease.PNodeLease | None,
-    *,
-    local_renewal: datetime | None = None,
-    lease_duration: float,
-) -> datetime | None:
-    """When the current incarnation's lease expires: the newer of the persisted renewal and
-    one this replica accepted but has not persisted. None: that incarnation has no lease."""
-    incarnation = node.status.incarnation
-    expiries = []
-    if stored is not None and stored.spec.incarnation == incarnation:
-        expiries.append(stored.expires_at())
-    if local_renewal is not None:
-        duration = stored.spec.duration_seconds if stored is not None else lease_duration
-        expiries.append(local_renewal + timedelta(seconds=duration))
-    return max(expiries) if expiries else None
-
-
 def compute_transition(
     node: pnode.PNode,
     stored: lease.PNodeLease | None,
@@ -110,8 +92,11 @@ def compute_transition(
     since = status.phase_since
     if since is None:
         return Transition(phase=status.phase, reason="PhaseSinceMissing")
-    expiry = lease_expiry(
-        node, stored, local_renewal=local_renewal, lease_duration=config.lease_duration
+    # The stored lease's own duration, as granted by the replica that wrote it (the rule
+    # and why callers choose the duration: `api.resources.lease.expiry`).
+    duration = stored.spec.duration_seconds if stored is not None else config.lease_duration
+    expiry = lease.expiry(
+        stored, incarnation=status.incarnation, local_renewal=local_renewal, duration=duration
     )
     if expiry is None:
         # Register writes PNode and lease together; without one, the lease is counted from

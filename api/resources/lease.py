@@ -4,6 +4,9 @@ Kept out of the PNode record for the reason Kubernetes moved node heartbeats int
 objects: renewals are the most frequent write in the system, and on their own small record
 they never conflict with the placements that update a PNode's capacity accounting, and cost
 one small item write instead of rewriting the whole PNode.
+
+`expiry` is the one rule for when a PNode's lease runs out; the view's liveness
+(`controller.state.liveness`) and the lifecycle loop (`reconcilers.pnode`) both use it.
 """
 
 from __future__ import annotations
@@ -34,3 +37,31 @@ class PNodeLease(Resource):
 
     def expires_at(self) -> datetime:
         return self.spec.renew_time + timedelta(seconds=self.spec.duration_seconds)
+
+
+def expiry(
+    stored: PNodeLease | None,
+    *,
+    incarnation: int,
+    local_renewal: datetime | None,
+    duration: float,
+) -> datetime | None:
+    """When the lease of PNode incarnation `incarnation` expires; None if it has none.
+
+    The newer of two renewals counts: the stored lease's, if it belongs to that incarnation
+    (a lease of another one is fenced), and `local_renewal`, one this replica accepted but
+    has not persisted yet, which the caller gives only if it belongs to that incarnation.
+    Each counts for `duration` seconds. Callers choose it: the view grants its configured
+    `lease_duration` (what the heartbeat reply told the agent); the lifecycle loop honours
+    the stored lease's `duration_seconds` (what the replica that wrote it granted). The two
+    agree whenever all replicas run one configuration, but that is not guaranteed, so each
+    keeps its own.
+    """
+    renewed: datetime | None = None
+    if stored is not None and stored.spec.incarnation == incarnation:
+        renewed = stored.spec.renew_time
+    if local_renewal is not None:
+        renewed = local_renewal if renewed is None else max(renewed, local_renewal)
+    if renewed is None:
+        return None
+    return renewed + timedelta(seconds=duration)

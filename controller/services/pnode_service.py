@@ -138,8 +138,7 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
             response.lease_state = FENCED
             self._on_heartbeat("fenced")
             return response
-        self._view.note_renewal(name, request.incarnation, now)
-        self._leases.note(name, request.incarnation, now)
+        self._leases.note(name, request.incarnation, now)  # the view's liveness reads it too
         response.lease_state = ACTIVE
         self._on_heartbeat("active")
         if self._statuses is not None and request.assignment_statuses:

@@ -1,6 +1,8 @@
 """Persisting PNode lease renewals, coalesced: store writes do not grow with heartbeats.
 
-Every accepted heartbeat is noted here (and in the view, which answers liveness at once).
+Every accepted heartbeat is noted here, in the view's renewal store
+(`controller.state.renewals`), which the view's liveness reads at once; this keeper removes
+each renewal once a stored lease covers it.
 Every `lease_duration / 6` the keeper writes, in transactions of at most
 MAX_TRANSACTION_OPS Update ops, the PNodeLease of each PNode whose newest renewal is at
 least `lease_duration / 3` newer than its persisted `renew_time`. So:
@@ -21,23 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from datetime import datetime, timedelta
 
 from api.resources import lease as lease_model
 from controller import config as config_mod
 from controller.runtime import clock as clock_mod
+from controller.state import renewals as renewals_mod
 from controller.state import view as view_mod
 from store import base, errors
 
 log = logging.getLogger("dcnr.leases")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Renewal:
-    incarnation: int
-    at: datetime
 
 
 class LeaseKeeper:
@@ -53,25 +49,21 @@ class LeaseKeeper:
         self._view = view
         self._clock = clock
         self._config = config
-        self._pending: dict[str, _Renewal] = {}
+        #: The one renewal store, shared with the view's liveness.
+        self._renewals = view.renewals
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     def note(self, pnode: str, incarnation: int, at: datetime) -> None:
         """A renewal the service accepted; the newest per PNode (and incarnation) is kept."""
-        current = self._pending.get(pnode)
-        if current is None or (incarnation, at) > (current.incarnation, current.at):
-            self._pending[pnode] = _Renewal(incarnation, at)
+        self._renewals.note(pnode, incarnation, at)
 
     def renewed_at(self, pnode: str, incarnation: int) -> datetime | None:
         """The newest renewal of that incarnation not yet persisted, if any."""
-        renewal = self._pending.get(pnode)
-        if renewal is None or renewal.incarnation != incarnation:
-            return None
-        return renewal.at
+        return self._renewals.at(pnode, incarnation)
 
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._renewals)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -95,10 +87,10 @@ class LeaseKeeper:
 
     def _due(self, threshold: float) -> list[lease_model.PNodeLease]:
         due = []
-        for name, renewal in list(self._pending.items()):
+        for name, renewal in self._renewals.items():
             node = self._view.pnodes.get(name)
             if node is None or node.status.incarnation > renewal.incarnation:
-                del self._pending[name]  # deleted, or re-registered since: never persist it
+                self._renewals.drop(name)  # deleted, or re-registered since: never persist it
                 continue
             if node.status.incarnation < renewal.incarnation:
                 continue  # the view lags a Register; wait for it to catch up
@@ -111,16 +103,16 @@ class LeaseKeeper:
         return due
 
     def _renewed(
-        self, stored: lease_model.PNodeLease, renewal: _Renewal, threshold: float
+        self, stored: lease_model.PNodeLease, renewal: renewals_mod.Renewal, threshold: float
     ) -> lease_model.PNodeLease | None:
         """The lease to write for `renewal`, or None if not due (or never to be written)."""
         name = stored.name
         if stored.spec.incarnation > renewal.incarnation:
-            self._pending.pop(name, None)
+            self._renewals.drop(name)
             return None
         if stored.spec.incarnation == renewal.incarnation:
             if renewal.at <= stored.spec.renew_time:
-                self._pending.pop(name, None)  # already covered: never move backwards
+                self._renewals.drop(name)  # already covered: never move backwards
                 return None
             if renewal.at - stored.spec.renew_time < timedelta(seconds=threshold):
                 return None
@@ -137,13 +129,13 @@ class LeaseKeeper:
             try:
                 current = await self._store.get(lease_model.PNodeLease, name)
             except errors.NotFound:
-                self._pending.pop(name, None)
+                self._renewals.drop(name)
                 continue
             except errors.StoreError:
                 log.warning("lease %s: re-read failed; retrying next round", name, exc_info=True)
                 continue
             self._view.apply_written([current])
-            renewal = self._pending.get(name)
+            renewal = self._renewals.get(name)
             if renewal is None:
                 continue
             updated = self._renewed(current, renewal, threshold)
@@ -161,13 +153,7 @@ class LeaseKeeper:
     def _persisted(self, records: list[lease_model.PNodeLease]) -> None:
         self._view.apply_written(records)
         for record in records:
-            renewal = self._pending.get(record.name)
-            if (
-                renewal is not None
-                and renewal.incarnation == record.spec.incarnation
-                and renewal.at <= record.spec.renew_time
-            ):
-                del self._pending[record.name]
+            self._renewals.persisted(record.name, record.spec.incarnation, record.spec.renew_time)
 
     # -- running ----------------------------------------------------------------------------
 

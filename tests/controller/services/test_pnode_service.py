@@ -1,18 +1,23 @@
 """PNodeService over real gRPC sockets: a grpc.aio server in-process, a real SQLite store,
 the in-memory view and the lease keeper, and test PNodes that are plain gRPC clients.
 
-Timings are short (lease 1 s) where time must pass; tests poll with deadlines and never
-assert how long anything took.
+Time on the orchestrator's side is a FakeClock shared by the view, the lease keeper and the
+service: a lease expires because the test advances the clock past it, never because real
+time passed. The test PNodes are agents: they heartbeat on real time (their cadence is their
+own business), and every heartbeat renews at the fake clock's frozen `now`. No test asserts
+how long anything took.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -39,7 +44,7 @@ class Plane:
     address: str
     store: base.Store
     view: view_mod.View
-    clock: clock_mod.SystemClock
+    clock: clock_mod.FakeClock
     stub: pnode_pb2_grpc.PNodeServiceAsyncStub
     clients: list[pnode_client.TestPNode]
 
@@ -52,7 +57,7 @@ class Plane:
 @pytest.fixture
 async def plane(tmp_path):
     store = await sqlite.SqliteStore.open(tmp_path / "state.db")
-    clock = clock_mod.SystemClock()
+    clock = clock_mod.FakeClock()
     view = view_mod.View(store, clock, config=FAST)
     await view.refresh()
     view.start()
@@ -83,13 +88,24 @@ def bearer(credential: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {credential}"),) if credential else ()
 
 
-async def poll(condition: Callable[[], bool], *, within: float = 10.0, what: str = "") -> None:
-    import asyncio
+T = TypeVar("T")
 
+
+async def advance_until(
+    clock: clock_mod.FakeClock, call: Awaitable[T], *, step: float, within: float = 10.0
+) -> T:
+    """The result of `call` (a gRPC read: real I/O), driving the fake clock `step` seconds at
+    a time until it arrives. The server side may not have parked on the clock yet when the
+    test first advances, so one big advance could land before it; steps cannot. Between
+    steps the test waits only for the I/O a step set off; `within` bounds that real wait."""
+    pending = asyncio.ensure_future(call)
     deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {within}s: {what}"
-        await asyncio.sleep(0.01)
+    while True:
+        done, _ = await asyncio.wait({pending}, timeout=0.05)
+        if done:
+            return pending.result()
+        assert time.monotonic() < deadline, f"no reply within {within}s of real time"
+        await clock.advance(step)
 
 
 async def status_of(call) -> tuple[grpc.StatusCode, str]:
@@ -289,10 +305,12 @@ async def test_a_paused_pnode_is_fenced_on_resume_and_comes_back_by_registering(
     await client.wait_until(lambda c: c.heartbeats >= 3)
     assert client.lease_state == pnode_pb2.LEASE_STATE_ACTIVE
     client.pause()
-    await poll(
-        lambda: plane.view.lease_expiry("p1") <= plane.clock.now(),
-        what="the paused pnode's lease expires",
-    )
+    # Every renewal was made at the frozen fake `now`, so one lease later it has expired,
+    # and a heartbeat still in flight from before the pause can only be fenced.
+    await plane.clock.advance(FAST.lease_duration)
+    expiry = plane.view.lease_expiry("p1")
+    assert expiry is not None
+    assert expiry <= plane.clock.now(), "the paused pnode's lease expires"
     client.resume()
     await client.wait_until(lambda c: c.fenced)
     expiry = plane.view.lease_expiry("p1")
@@ -366,8 +384,9 @@ async def test_watch_assignments_ends_with_fenced(plane, ending) -> None:
     assert first.assignment_set.version == 1 * view_mod.GENERATION_SPAN
     if ending == "re-registered":
         await client.register()
-    # lease-expired: nobody heartbeats, and the stream must not renew the lease itself.
-    last = await stream.read()
+    # lease-expired: nobody heartbeats, and the stream must not renew the lease itself; the
+    # stream ends on the clock, when the lease runs out.
+    last = await advance_until(plane.clock, stream.read(), step=FAST.heartbeat_interval)
     assert last.lease_state == pnode_pb2.LEASE_STATE_FENCED
     assert not last.HasField("assignment_set")
     assert await stream.read() == aio.EOF  # type: ignore[attr-defined]

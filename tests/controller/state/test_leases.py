@@ -191,3 +191,40 @@ async def test_the_run_loop_persists_on_its_own_and_stop_flushes_the_rest(env) -
     keeper.note("p2", 1, clock.now())  # after the last tick: only stop() writes it
     await keeper.stop()
     assert (await store.get(lease.PNodeLease, "p2")).spec.renew_time == clock.now()
+
+
+# -- one renewal store -----------------------------------------------------------------------
+
+
+async def test_the_view_and_the_keeper_read_one_renewal_store(env) -> None:
+    """A noted renewal counts for the view's liveness at once; persisting it removes it from
+    the store and the stored lease takes over, so liveness does not move."""
+    store, clock, view, keeper = env
+    await register(store, view, clock, ["p1"])
+    assert keeper._renewals is view.renewals, "two stores of unpersisted renewals"
+    await clock.advance(CONFIG.lease_persist_every)
+    keeper.note("p1", 1, clock.now())
+    expiry = clock.now() + timedelta(seconds=CONFIG.lease_duration)
+    assert view.lease_expiry("p1") == expiry
+    assert view.renewals.at("p1", 1) == clock.now()
+    assert await keeper.flush() == 1
+    assert view.renewals.at("p1", 1) is None
+    assert keeper.pending() == 0
+    assert view.lease_expiry("p1") == expiry
+
+
+async def test_a_renewal_noted_while_a_flush_writes_is_kept(env) -> None:
+    store, clock, view, keeper = env
+    await register(store, view, clock, ["p1"])
+    await clock.advance(CONFIG.lease_persist_every)
+    keeper.note("p1", 1, clock.now())
+    written_at = clock.now()
+    flushing = asyncio.ensure_future(keeper.flush())
+    await asyncio.sleep(0)  # the flush has taken its batch and awaits the store
+    assert not flushing.done()
+    later = written_at + timedelta(seconds=0.5)
+    keeper.note("p1", 1, later)
+    assert await flushing == 1
+    assert (await store.get(lease.PNodeLease, "p1")).spec.renew_time == written_at
+    assert view.renewals.at("p1", 1) == later, "a newer renewal was dropped with the old one"
+    assert view.lease_expiry("p1") == later + timedelta(seconds=CONFIG.lease_duration)

@@ -274,9 +274,9 @@ async def test_lease_expiry_takes_the_newest_of_persisted_and_local_renewals(
     lease_for = timedelta(seconds=CONFIG.lease_duration)
     assert view.lease_expiry("p1") == now + lease_for
 
-    view.note_renewal("p1", 2, now + timedelta(seconds=1))
+    view.renewals.note("p1", 2, now + timedelta(seconds=1))
     assert view.lease_expiry("p1") == now + timedelta(seconds=1) + lease_for
-    view.note_renewal("p1", 2, now + timedelta(seconds=0.5))  # late, out of order
+    view.renewals.note("p1", 2, now + timedelta(seconds=0.5))  # late, out of order
     assert view.lease_expiry("p1") == now + timedelta(seconds=1) + lease_for
 
 
@@ -287,13 +287,13 @@ async def test_lease_expiry_ignores_other_incarnations(store, view, clock) -> No
     )
     await view.refresh()
     assert view.lease_expiry("p1") is None, "a lease of the old incarnation counted"
-    view.note_renewal("p1", 1, now + timedelta(seconds=3))
+    view.renewals.note("p1", 1, now + timedelta(seconds=3))
     assert view.lease_expiry("p1") is None
-    view.note_renewal("p1", 2, now + timedelta(seconds=1))
+    view.renewals.note("p1", 2, now + timedelta(seconds=1))
     expected = now + timedelta(seconds=1 + CONFIG.lease_duration)
     assert view.lease_expiry("p1") == expected
     # A stale incarnation's renewal arriving late must not displace the current one's.
-    view.note_renewal("p1", 1, now + timedelta(seconds=2))
+    view.renewals.note("p1", 1, now + timedelta(seconds=2))
     assert view.lease_expiry("p1") == expected
     assert view.lease_expiry("nobody") is None
 

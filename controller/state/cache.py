@@ -1,0 +1,107 @@
+"""The record cache: PNodes, their leases, allocations and networks in dicts, with indexes.
+
+Records only ever move forward: an older resource_version of a record never replaces a
+newer one, whichever path brought it (`put`). Every change that does land, and every
+removal, is told to `on_change(old, new)` (None: absent) after the tables and indexes
+show it, so what it is told is already what a reader finds.
+
+Allocations are indexed by PNode, by network and by (network, VNode): heartbeats read one
+PNode's, the network signals one network's, resolution one VNode's replicas.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from typing import cast
+
+from api.resources import allocation, lease, meta, pnode
+from api.resources import network as net_model
+
+ChangeCallback = Callable[[meta.Resource | None, meta.Resource | None], None]
+
+#: The kinds the cache holds.
+KINDS: tuple[type[meta.Resource], ...] = (
+    pnode.PNode,
+    lease.PNodeLease,
+    allocation.Allocation,
+    net_model.Network,
+)
+
+
+class Cache:
+    def __init__(self, on_change: ChangeCallback) -> None:
+        self._on_change = on_change
+        self.pnodes: dict[str, pnode.PNode] = {}
+        self.leases: dict[str, lease.PNodeLease] = {}
+        self.allocations: dict[str, allocation.Allocation] = {}
+        self.networks: dict[str, net_model.Network] = {}
+        self._by_pnode: defaultdict[str, set[str]] = defaultdict(set)
+        self._by_network: defaultdict[str, set[str]] = defaultdict(set)
+        #: (network, vnode) → allocation names: resolution reads one VNode's replicas.
+        self._by_vnode: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
+
+    def table(self, kind: type[meta.Resource]) -> dict[str, meta.Resource] | None:
+        tables = {
+            pnode.PNode: self.pnodes,
+            lease.PNodeLease: self.leases,
+            allocation.Allocation: self.allocations,
+            net_model.Network: self.networks,
+        }
+        # Each dict holds only its own kind: put files a record by its type.
+        return cast(dict[str, meta.Resource] | None, tables.get(kind))
+
+    def put(self, record: meta.Resource) -> None:
+        table = self.table(type(record))
+        if table is None:
+            return
+        old = table.get(record.name)
+        if (
+            old is not None
+            and old.metadata.uid == record.metadata.uid
+            and old.metadata.resource_version >= record.metadata.resource_version
+        ):
+            return  # never move a record backwards
+        table[record.name] = record
+        self._changed(old, record)
+
+    def forget(self, record: meta.Resource) -> None:
+        table = self.table(type(record))
+        if table is None or record.name not in table:
+            return
+        del table[record.name]
+        self._changed(record, None)
+
+    def _changed(self, old: meta.Resource | None, new: meta.Resource | None) -> None:
+        for rec in (old, new):
+            if isinstance(rec, allocation.Allocation):
+                self._by_pnode[rec.spec.pnode].discard(rec.name)
+                self._by_network[rec.spec.network].discard(rec.name)
+                self._by_vnode[(rec.spec.network, rec.spec.vnode)].discard(rec.name)
+        if isinstance(new, allocation.Allocation):
+            self._by_pnode[new.spec.pnode].add(new.name)
+            self._by_network[new.spec.network].add(new.name)
+            self._by_vnode[(new.spec.network, new.spec.vnode)].add(new.name)
+        self._on_change(old, new)
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def allocations_on(self, pnode_name: str) -> list[allocation.Allocation]:
+        names = sorted(self._by_pnode.get(pnode_name, ()))
+        return [self.allocations[n] for n in names]
+
+    def allocations_of(self, network_name: str) -> list[allocation.Allocation]:
+        names = sorted(self._by_network.get(network_name, ()))
+        return [self.allocations[n] for n in names]
+
+    def allocations_of_vnode(self, network_name: str, vnode: str) -> list[allocation.Allocation]:
+        names = self._by_vnode.get((network_name, vnode), ())
+        return [self.allocations[n] for n in names]
+
+    def networks_on(self, pnode_name: str) -> set[str]:
+        """Networks with an allocation on the PNode."""
+        return {self.allocations[a].spec.network for a in self._by_pnode.get(pnode_name, ())}
+
+    def pnodes_of(self, network_name: str) -> set[str]:
+        """PNodes hosting an allocation of the network."""
+        return {self.allocations[a].spec.pnode for a in self._by_network.get(network_name, ())}
