@@ -14,9 +14,9 @@ import re
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 import pytest
@@ -26,7 +26,7 @@ from api import tensors
 from api.dcnr.v1 import vnode_pb2, vnode_pb2_grpc
 from tests.integration import cluster
 from tests.support import agents as agents_mod
-from tests.support import procs
+from tests.support import procs, wait
 
 pytestmark = pytest.mark.slow
 
@@ -91,14 +91,21 @@ async def hosted_epoch(address: str, vnode: str) -> int | None:
     raise AssertionError(f"a probe with epoch -1 was not refused as stale: {refusal}")
 
 
+class Hosting(NamedTuple):
+    """What the orchestrator resolves, and what the agents say they host."""
+
+    want: dict[tuple[str, str], int | None]
+    got: dict[tuple[str, str], int | None]
+    endpoints: dict[str, list[tuple[str, int]]]
+
+
 async def wait_hosting(
     api: cluster.Api, agents: list[agents_mod.Agent], *, avoid: str | None = None
-):
+) -> dict[str, list[tuple[str, int]]]:
     """Until every VNode resolves to one endpoint (none on `avoid`) and the agents host
     exactly that: the resolved agent at the resolved epoch, the others not at all."""
-    deadline = time.monotonic() + 20
-    last = ""
-    while time.monotonic() < deadline:
+
+    async def look() -> Hosting:
         _, endpoints = await api.wait_resolvable(
             NET, dict.fromkeys(VNODES, 1), within=20, avoid=avoid
         )
@@ -108,11 +115,16 @@ async def wait_hosting(
             for v in VNODES
         }
         got = {(a.name, v): await hosted_epoch(a.address, v) for a in agents for v in VNODES}
-        if got == want:
-            return endpoints
-        last = f"want {want}, agents host {got}"
-        await asyncio.sleep(0.1)  # polling a condition with a deadline
-    raise AssertionError(f"agents do not host what the orchestrator assigned: {last}")
+        return Hosting(want, got, endpoints)
+
+    hosting = await wait.until(
+        look,
+        within=20,
+        what="agents host what the orchestrator assigned",
+        accept=lambda h: h.got == h.want,
+        every=0.1,
+    )
+    return hosting.endpoints
 
 
 async def test_agents_follow_their_assignments_through_leave_and_death(orchestrator, tmp_path):

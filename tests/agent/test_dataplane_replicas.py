@@ -8,7 +8,6 @@ the honest math."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 from grpc import aio
 
-from agent import blobs, dataplane, peers
+from agent import blobs, dataplane, peers, vnode
 from api import tensors
 from api.dcnr.v1 import (
     common_pb2,
@@ -30,7 +29,7 @@ from api.dcnr.v1 import (
 )
 from tests.agent import test_dataplane as base
 from tests.agent.test_dataplane import data_file  # noqa: F401
-from tests.support import liar
+from tests.support import liar, wait
 
 NET = base.NET
 LIAR_EPOCH = 5
@@ -64,13 +63,14 @@ class Reports:
         self.sent.append(request)
 
     async def quorum(self, count: int) -> list[validation_pb2.ReportResultRequest]:
-        """The first `count` quorum reports, once there are that many."""
-        for _ in range(500):  # polling a condition with a deadline
-            found = [r for r in self.sent if r.checks[0].check == "quorum"]
-            if len(found) >= count:
-                return found
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"{count} quorum reports expected, got {self.sent}")
+        """The quorum reports, once there are at least `count` (each is sent on a task of its
+        own)."""
+        return await wait.until(
+            lambda: [r for r in self.sent if r.checks[0].check == "quorum"],
+            within=5,
+            what=f"{count} quorum reports",
+            accept=lambda found: len(found) >= count,
+        )
 
 
 def lying(make: dataplane.KindFactory) -> dataplane.KindFactory:
@@ -247,12 +247,17 @@ async def test_a_lying_replica_is_disputed_then_outvoted_by_a_tiebreaker(servers
     params, out = base.expected_after_one_step(c["data"])
     np.testing.assert_allclose(tensors.decode(driver.forwards[0].tensor), out, rtol=1e-6)
     for plane, replica in ((honest, 0), (tiebreaker, 2)):
-        fc = plane.instance(NET, "fc", replica)
-        assert fc is not None
-        for _ in range(500):  # the backward reaches each replica on its own task
-            if fc.step == 1:
-                break
-            await asyncio.sleep(0.01)  # polling a condition with a deadline
+        fc = await _after_step_one(plane, replica)
         assert fc.params is not None
         for name, value in params.items():
             np.testing.assert_allclose(fc.params[name], value, rtol=1e-6)
+
+
+async def _after_step_one(plane: dataplane.DataPlane, replica: int) -> vnode.Instance:
+    """fc's replica on `plane` once the step's backward reached it (on a task of its own)."""
+    fc = plane.instance(NET, "fc", replica)
+    assert fc is not None
+    await wait.until(
+        lambda: fc.step, within=5, what=f"fc replica {replica} at step 1", accept=lambda s: s == 1
+    )
+    return fc

@@ -20,6 +20,8 @@ from controller.state import view as view_mod
 from reconcilers import base
 from store import sqlite
 from tests.controller.state import test_view as records
+from tests.support import metrics as support_metrics
+from tests.support import wait
 from tests.support.metrics import scrape
 
 
@@ -134,18 +136,22 @@ async def test_the_interceptor_records_method_and_status_code(metrics, tmp_path)
             (watch, "CANCELLED"),
         }
         http_port = metrics.start_http("127.0.0.1", 0)
-        deadline = asyncio.get_running_loop().time() + 10
-        while True:  # the cancelled stream is recorded when the server notices the cancel
-            samples = await asyncio.to_thread(scrape, http_port)
+
+        def recorded(samples: support_metrics.Samples) -> bool:
             seen = {
                 (dict(labels)["method"], dict(labels)["code"])
                 for (name, labels), value in samples.items()
                 if name == "dcnr_rpc_duration_seconds_count" and value > 0
             }
-            if wanted <= seen or asyncio.get_running_loop().time() > deadline:
-                break
-            await asyncio.sleep(0.01)
-        assert wanted <= seen
+            return wanted <= seen
+
+        # The cancelled stream is recorded when the server notices the cancel.
+        samples = await wait.until(
+            lambda: asyncio.to_thread(scrape, http_port),
+            within=10,
+            what=f"durations recorded for {sorted(wanted)}",
+            accept=recorded,
+        )
         assert samples[("dcnr_resolutions_total", ())] >= 2
     finally:
         await server.stop(None)

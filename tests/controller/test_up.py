@@ -6,14 +6,13 @@ import json
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import grpc
 import pytest
 
 from api.dcnr.v1 import common_pb2, pnode_pb2, pnode_pb2_grpc
-from tests.support import procs
+from tests.support import procs, wait
 
 pytestmark = pytest.mark.slow
 
@@ -52,10 +51,13 @@ def test_up_runs_agents_until_interrupted(tmp_path: Path) -> None:
         assert match, banner
         address = match[1]
         assert "export DCNR_SERVER=" in procs.read_line(proc)
-        deadline = time.monotonic() + 60
-        while _ready_pnodes(address) != {"agent-0": "Ready", "agent-1": "Ready"}:
-            assert time.monotonic() < deadline, _ready_pnodes(address)
-            time.sleep(0.1)  # polling a condition with a deadline
+        wait.until_sync(
+            lambda: _ready_pnodes(address),
+            within=60,
+            what="two Ready agents",
+            accept=lambda phases: phases == {"agent-0": "Ready", "agent-1": "Ready"},
+            every=0.1,
+        )
         assert _processes_mentioning(str(state / "agent-0"))
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0

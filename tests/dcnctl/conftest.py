@@ -8,14 +8,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support import agents, procs
+from tests.support import agents, procs, wait
 
 REPO = agents.REPO
 
@@ -58,13 +57,9 @@ class Dcnctl:
 
     def until(self, what: str, check: Any, *args: str, within: float = 30.0) -> Any:
         """Poll `get ... -o json` until check(body) is true; AssertionError otherwise."""
-        deadline = time.monotonic() + within
-        while True:
-            body = self.json(*args)
-            if check(body):
-                return body
-            assert time.monotonic() < deadline, f"{what}: not within {within}s: {body}"
-            time.sleep(0.2)  # polling a condition with a deadline
+        return wait.until_sync(
+            lambda: self.json(*args), within=within, what=what, accept=check, every=0.2
+        )
 
 
 @pytest.fixture(scope="session")

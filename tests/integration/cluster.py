@@ -3,19 +3,26 @@ resolve, get) and a reader of the store that checks the invariants of DESIGN.md.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import Counter, defaultdict
-from typing import Any
+from typing import Any, NamedTuple
 
 from grpc import aio
 
 from api.dcnr.v1 import common_pb2, network_pb2, network_pb2_grpc, resolve_pb2, resolve_pb2_grpc
 from api.resources import allocation, network, pnode
 from store import base, url
+from tests.support import wait
 
 HEADER = common_pb2.RequestHeader(api_version="dcnr.io/v1", client_name="e2e-test")
+
+
+class Resolved(NamedTuple):
+    """What a resolution returned, and which VNodes it does not yet satisfy."""
+
+    missing: dict[str, list[tuple[str, int]] | None]
+    endpoints: dict[str, list[tuple[str, int]]]
 
 
 def chain_network(name: str, count: int, *, replicated: int = 0) -> dict[str, Any]:
@@ -88,24 +95,27 @@ class Api:
         """Poll until every vnode has `want[vnode]` live endpoints (none on `avoid`).
         Returns (seconds it took, endpoints); AssertionError naming what is missing."""
         start = time.monotonic()
-        last: dict[str, list[tuple[str, int]]] = {}
-        while time.monotonic() - start < within:
+
+        async def look() -> Resolved:
             try:
-                last = await self.endpoints(net, sorted(want))
+                endpoints = await self.endpoints(net, sorted(want))
             except aio.AioRpcError as exc:
-                last = {"<error>": [(exc.details() or str(exc.code()), 0)]}
-            else:
-                if all(
-                    len(last.get(v, [])) == n and all(p != avoid for p, _ in last.get(v, []))
-                    for v, n in want.items()
-                ):
-                    return time.monotonic() - start, last
-            await asyncio.sleep(0.05)  # polling a condition with a deadline
-        missing = {
-            v: last.get(v) for v, n in want.items()
-            if len(last.get(v, [])) != n or any(p == avoid for p, _ in last.get(v, []))
-        }  # fmt: skip
-        raise AssertionError(f"not resolvable within {within}s: {missing}")
+                endpoints = {"<error>": [(exc.details() or str(exc.code()), 0)]}
+            missing: dict[str, list[tuple[str, int]] | None] = {}
+            for v, n in want.items():
+                got = endpoints.get(v, [])
+                if len(got) != n or any(p == avoid for p, _ in got):
+                    missing[v] = endpoints.get(v)
+            return Resolved(missing, endpoints)
+
+        resolved = await wait.until(
+            look,
+            within=within,
+            what=f"network {net} resolvable",
+            accept=lambda r: not r.missing,
+            every=0.05,
+        )
+        return time.monotonic() - start, resolved.endpoints
 
 
 async def read_state(

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.dcnr.v1 import pnode_pb2
 from tests.integration import cluster
-from tests.support import pnode_client, procs
+from tests.support import pnode_client, procs, wait
 
 pytestmark = pytest.mark.slow
 
@@ -111,10 +111,13 @@ async def test_place_fail_over_fence_and_refuse_forgeries(store_url: str) -> Non
 async def _paused_pnode_is_fenced(node: pnode_client.TestPNode) -> None:
     """A partitioned (paused) PNode whose lease expired is refused when it resumes."""
     node.pause()
-    deadline = time.monotonic() + 30
-    while b'"phase":"Ready"' in (await _pnode_json(node)):
-        assert time.monotonic() < deadline, "the paused PNode's lease never expired"
-        await asyncio.sleep(0.1)  # polling a condition with a deadline
+    await wait.until(
+        lambda: _pnode_json(node),
+        within=30,
+        what="the paused PNode's lease expired",
+        accept=lambda body: b'"phase":"Ready"' not in body,
+        every=0.1,
+    )
     reply = await node.heartbeat_once()
     assert reply.lease_state == pnode_pb2.LEASE_STATE_FENCED
     assert node.fenced

@@ -13,10 +13,8 @@ replicas of every VNode (every result compared).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from api.resources import network as network_model
 from api.resources import pnode
 from tests.integration import cluster
 from tests.integration import test_training as training
-from tests.support import agents, procs
+from tests.support import agents, procs, wait
 from tests.support import liar as liar_mod
 
 pytestmark = pytest.mark.slow
@@ -69,13 +67,13 @@ def _bad_results_before_bugged(node: pnode.PNode) -> int:
 
 
 async def _wait_bugged(store_url: str, name: str, within: float) -> pnode.PNode:
-    deadline = time.monotonic() + within
-    while True:
-        node = (await _trust(store_url))[name]
-        if node.status.trust.bugged:
-            return node
-        assert time.monotonic() < deadline, f"{name} not Bugged within {within}s: {node.status}"
-        await asyncio.sleep(0.1)  # polling a condition with a deadline
+    async def look() -> pnode.PNode:
+        return (await _trust(store_url))[name]
+
+    return await wait.until(
+        look, within=within, what=f"{name} Bugged", accept=lambda n: n.status.trust.bugged,
+        every=0.1,
+    )  # fmt: skip
 
 
 def _kill(*fleet: agents.Agent) -> None:

@@ -11,8 +11,6 @@ the digits example.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,7 +26,7 @@ from api.dcnr.v1 import job_pb2, job_pb2_grpc
 from api.resources import job as job_model
 from api.resources import network as network_model
 from tests.integration import cluster
-from tests.support import agents, procs
+from tests.support import agents, procs, wait
 
 pytestmark = pytest.mark.slow
 
@@ -69,15 +67,20 @@ class Jobs:
     async def wait(self, name: str, *, phase: str, within: float, step: int = 0) -> job_model.Job:
         """Poll until the job is in `phase` (and past `step`); fail at once on a final
         phase that is not the one awaited."""
-        deadline = time.monotonic() + within
-        while True:
+
+        def reached(job: job_model.Job) -> bool:
+            return job.status.phase == phase and job.status.step >= step
+
+        async def look() -> job_model.Job:
             job = await self.get(name)
-            if job.status.phase == phase and job.status.step >= step:
-                return job
-            if job.status.phase in ("Failed", "Cancelled", "Succeeded"):
+            if not reached(job) and job.status.phase in ("Failed", "Cancelled", "Succeeded"):
                 raise AssertionError(f"job {name} ended {job.status.phase}: {job.status.message}")
-            assert time.monotonic() < deadline, f"job {name} still {job.status} after {within}s"
-            await asyncio.sleep(0.1)  # polling a condition with a deadline
+            return job
+
+        return await wait.until(
+            look, within=within, what=f"job {name} {phase} at step >= {step}", accept=reached,
+            every=0.1,
+        )  # fmt: skip
 
     async def infer(self, network: str, x: np.ndarray) -> np.ndarray:
         reply = await self.stub.Infer(

@@ -11,7 +11,6 @@ import queue
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,9 +39,8 @@ class Child:
         self._lines.put(None)
 
     def read_line(self, *, timeout: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout
         try:
-            line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            line = self._lines.get(timeout=timeout)
         except queue.Empty:
             raise AssertionError(f"no line from {self.proc.args!r} within {timeout}s") from None
         if line is None:

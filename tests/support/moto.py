@@ -15,10 +15,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from tests.support import wait
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -80,17 +81,26 @@ def _start(log: Path) -> tuple[subprocess.Popen[bytes], str] | None:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own process group: we can signal it and its children
         )
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
+
+    def state() -> str:
         if proc.poll() is not None:
-            return None
-        if _answers(url):
-            return proc, url
-        time.sleep(0.05)  # polling a condition with a deadline, not waiting for time to pass
-    _stop(proc)
-    raise RuntimeError(
-        f"moto_server did not answer on {url} within {START_TIMEOUT}s; log tail:\n{_tail(log)}"
-    )
+            return "exited"
+        return "answers" if _answers(url) else "starting"
+
+    try:
+        seen = wait.until_sync(
+            state,
+            within=START_TIMEOUT,
+            what=f"moto_server answering on {url}",
+            accept=lambda s: s != "starting",
+            every=0.05,
+        )
+    except AssertionError:
+        _stop(proc)
+        raise RuntimeError(
+            f"moto_server did not answer on {url} within {START_TIMEOUT}s; log tail:\n{_tail(log)}"
+        ) from None
+    return None if seen == "exited" else (proc, url)
 
 
 class MotoServer:

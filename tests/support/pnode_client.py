@@ -3,7 +3,8 @@
 It registers, heartbeats on its own task, follows its assignment set (from heartbeats and,
 optionally, a WatchAssignments stream) and can die (`stop`) or be partitioned (`pause`,
 `resume`) on command. Like a third-party agent it imports only the contract (`api.dcnr.v1`)
-and grpc, so whatever it can do, any agent can.
+and grpc (and, for tests waiting on it, tests/support/wait.py), so whatever it can do, any
+agent can.
 
 Its heartbeat cadence is the agent's own business, not a test waiting for time to pass, so
 the loop sleeps for real between heartbeats.
@@ -20,6 +21,7 @@ import grpc
 from grpc import aio
 
 from api.dcnr.v1 import common_pb2, pnode_pb2, pnode_pb2_grpc
+from tests.support import wait
 
 FENCED = pnode_pb2.LEASE_STATE_FENCED
 ACTIVE = pnode_pb2.LEASE_STATE_ACTIVE
@@ -82,7 +84,6 @@ class TestPNode:
         self._watch_task: asyncio.Task[None] | None = None
         self._running = asyncio.Event()
         self._register_lock = asyncio.Lock()
-        self._changed = asyncio.Condition()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -133,15 +134,13 @@ class TestPNode:
             agent_version="test-pnode/0",
         )
         reply = await self.stub.Register(request, metadata=self.metadata(), timeout=10)
-        async with self._changed:
-            self.name = reply.pnode_id
-            self.credential = reply.credential
-            self.incarnation = reply.incarnation
-            self.heartbeat_interval = reply.heartbeat_interval.ToTimedelta().total_seconds()
-            self.fenced = False
-            self.version = 0
-            self.assignments = {}
-            self._changed.notify_all()
+        self.name = reply.pnode_id
+        self.credential = reply.credential
+        self.incarnation = reply.incarnation
+        self.heartbeat_interval = reply.heartbeat_interval.ToTimedelta().total_seconds()
+        self.fenced = False
+        self.version = 0
+        self.assignments = {}
         return reply
 
     async def heartbeat_once(self) -> pnode_pb2.HeartbeatResponse:
@@ -153,10 +152,8 @@ class TestPNode:
             known_assignment_set_version=self.version,
         )
         reply = await self.stub.Heartbeat(request, metadata=self.metadata(), timeout=10)
-        async with self._changed:
-            self.heartbeats += 1
-            self.lease_state = reply.lease_state
-            self._changed.notify_all()
+        self.heartbeats += 1
+        self.lease_state = reply.lease_state
         if reply.lease_state == FENCED:
             await self._fence(incarnation)
         elif reply.HasField("assignment_set"):
@@ -171,22 +168,18 @@ class TestPNode:
         async with self._register_lock:
             if incarnation != self.incarnation:
                 return
-            async with self._changed:
-                self.fenced = True
-                self.assignments = {}
-                self.version = 0
-                self._changed.notify_all()
+            self.fenced = True
+            self.assignments = {}
+            self.version = 0
             if self.reregister_when_fenced:
                 await self.register()
 
     async def _apply(self, aset: pnode_pb2.AssignmentSet, incarnation: int, *, source: str) -> None:
         self.arrivals.append((source, incarnation, aset.version, time.monotonic()))
-        async with self._changed:
-            if incarnation != self.incarnation or aset.version <= self.version:
-                return  # stale, or already applied (a stream and a heartbeat both deliver)
-            self.version = aset.version
-            self.assignments = {a.allocation: a for a in aset.assignments}
-            self._changed.notify_all()
+        if incarnation != self.incarnation or aset.version <= self.version:
+            return  # stale, or already applied (a stream and a heartbeat both deliver)
+        self.version = aset.version
+        self.assignments = {a.allocation: a for a in aset.assignments}
 
     # -- background heartbeats --------------------------------------------------------------
 
@@ -254,19 +247,19 @@ class TestPNode:
     async def wait_until(
         self, predicate: Callable[[TestPNode], bool], *, within: float = 10.0
     ) -> None:
-        """Return once `predicate(self)` holds after a change; TimeoutError after `within`."""
-        deadline = time.monotonic() + within
-        async with self._changed:
-            while not predicate(self):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(
-                        f"test pnode {self.name}: assignments {sorted(self.assignments)} "
-                        f"(version {self.version}, fenced={self.fenced}) did not satisfy the "
-                        f"predicate within {within}s"
-                    )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), remaining)
+        """Return once `predicate(self)` holds; AssertionError after `within`."""
+        await wait.until(
+            self._state,
+            within=within,
+            what=f"test pnode {self.name}: the predicate",
+            accept=lambda _: predicate(self),
+        )
+
+    def _state(self) -> str:
+        """What a failed wait reports."""
+        return (
+            f"assignments {sorted(self.assignments)} (version {self.version}, fenced={self.fenced})"
+        )
 
     async def wait_for(
         self,
@@ -274,6 +267,6 @@ class TestPNode:
         *,
         within: float = 10.0,
     ) -> dict[str, pnode_pb2.Assignment]:
-        """The assignments once `predicate` holds for them; TimeoutError after `within`."""
+        """The assignments once `predicate` holds for them; AssertionError after `within`."""
         await self.wait_until(lambda node: predicate(node.assignments), within=within)
         return dict(self.assignments)

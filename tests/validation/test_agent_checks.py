@@ -3,7 +3,6 @@ check, and reports the producer (a real DataPlane behind a real gRPC server)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import grpc
@@ -14,6 +13,7 @@ from agent import dataplane, peers
 from api import tensors
 from api.dcnr.v1 import validation_pb2, vnode_pb2
 from tests.agent.test_dataplane import assignment, cluster, data_file, forward  # noqa: F401
+from tests.support import wait
 
 #: The epoch the test cluster's resolver gives every VNode: a sender must claim it.
 EPOCH = 3
@@ -46,10 +46,8 @@ async def test_nan_activation_is_refused_and_reported(cluster: dict[str, Any]) -
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "check finite failed" in (error.details() or "")
-    for _ in range(100):  # the report is sent on a task of its own
-        if reports.sent:
-            break
-        await asyncio.sleep(0.01)  # polling a condition with a deadline
+    # The report is sent on a task of its own.
+    await wait.until(lambda: reports.sent, within=5, what="a report of the NaN")
     (report,) = reports.sent
     assert (report.subject_vnode, report.subject_replica, report.subject_epoch) == ("fc", 0, 7)
     assert (report.vnode, report.step, report.job) == ("loss", 1, "j")

@@ -3,8 +3,6 @@ writes to a real store."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +13,7 @@ from api.resources import meta, pnode
 from controller.runtime import clock as clock_mod
 from controller.trust import book as trust
 from store import sqlite
+from tests.support import wait
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 OK = trust.Outcome(valid=True)
@@ -118,16 +117,21 @@ def _node(name: str) -> pnode.PNode:
 async def _eventually(
     clock: clock_mod.FakeClock, check: Callable[[], Awaitable[bool]], *, fake_budget: float
 ) -> None:
-    """Poll `check`, moving the fake clock in small steps up to `fake_budget` seconds (store
-    writes run on a thread, so each poll also waits a little real time, with a deadline)."""
-    deadline = time.monotonic() + 10
+    """Until `check` holds, moving the fake clock in small steps up to `fake_budget` seconds
+    (store writes run on a thread, which the fake clock cannot drive, so between looks the
+    wait also lets a little real time pass)."""
     moved = 0.0
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached"
+
+    async def look() -> bool:
+        nonlocal moved
+        if await check():
+            return True
         if moved < fake_budget:
             await clock.advance(0.05)
             moved += 0.05
-        await asyncio.sleep(0.01)  # polling a condition with a deadline
+        return False
+
+    await wait.until(look, within=10, what=f"the condition, within {fake_budget}s of fake time")
 
 
 async def test_book_coalesces_writes_and_bugs_promptly(tmp_path: Path) -> None:

@@ -90,7 +90,7 @@ class Served:
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
     store = await sqlite.SqliteStore.open(tmp_path / "state.db")
-    clock = clock_mod.SystemClock()
+    clock = clock_mod.FakeClock()
     secrets = {}
     for name in PNODES:
         secret, digest = credentials.issue()
