@@ -224,16 +224,19 @@ async def test_agents_survive_sigterm_of_the_orchestrator_and_follow_its_success
 
 
 async def _pnode(store_url: str, name: str, check, *, within: float = 30.0):
-    """The PNode record once `check(record)` holds (polling the store with a deadline)."""
-    deadline = time.monotonic() + within
-    seen = None
-    while time.monotonic() < deadline:
+    """The PNode record once `check(record)` holds."""
+
+    async def look():
         pnodes, _, _ = await cluster.read_state(store_url)
-        seen = next((p for p in pnodes if p.name == name), None)
-        if seen is not None and check(seen):
-            return seen
-        await asyncio.sleep(0.1)  # polling a condition with a deadline
-    raise AssertionError(f"pnode {name}: condition not met within {within}s; last {seen}")
+        return next((p for p in pnodes if p.name == name), None)
+
+    return await wait.until(
+        look,
+        within=within,
+        what=f"pnode {name} to meet the condition",
+        accept=lambda p: p is not None and check(p),
+        every=0.1,
+    )
 
 
 async def test_a_fenced_agent_registers_once(tmp_path):
