@@ -44,11 +44,12 @@ from api.dcnr.v1 import (
 from api.resources import allocation, meta, network, pnode
 from controller import config as config_mod
 from controller import metrics
-from controller.jobs import driver, driver_inbox, job_loop
+from controller.jobs import driver, job_loop
 from controller.runtime import clock as clock_mod
 from controller.runtime import manager, replicas
 from controller.services import (
     auth,
+    driver_inbox_service,
     job_service,
     network_service,
     pnode_service,
@@ -267,7 +268,7 @@ class Orchestrator:
         # sources report finished backward passes; agents serve every other VNode.
         implemented["dcnr.v1.VNodeService"] = (
             vnode_pb2_grpc.add_VNodeServiceServicer_to_server,
-            driver_inbox.DriverInboxService(
+            driver_inbox_service.DriverInboxService(
                 inbox=self.drivers.inbox,
                 view=self.view,
                 replica_id=self.replica_id,
