@@ -55,6 +55,7 @@ from controller.services import (
     pnode_service,
     resolution_service,
     validation_service,
+    vnode_transport,
 )
 from controller.state import allocation_status, leases, view
 from controller.trust import book as trust
@@ -125,6 +126,7 @@ class Orchestrator:
             clock=self.clock,
             config=config.driver,
             replica_id=self.replica_id,
+            transport=vnode_transport.GrpcTransport(),
         )
         self.trust = trust.TrustBook(
             store=store,

@@ -267,10 +267,8 @@ async def _once(
     async def one(source: str, replica: int) -> None:
         tensor = inputs[source] if source in inputs else tensors.empty()
 
-        async def invoke(
-            stub: vnode_client.Stub, endpoint: view_mod.Endpoint, timeout_s: float
-        ) -> vnode_pb2.ForwardResponse:
-            request = vnode_pb2.ForwardRequest(
+        def addressed(endpoint: view_mod.Endpoint) -> vnode_pb2.ForwardRequest:
+            return vnode_pb2.ForwardRequest(
                 job=job,
                 request_id=request_id,
                 network=network,
@@ -284,9 +282,8 @@ async def _once(
                 adaptive=chosen.adaptive,
                 double_check=chosen.double_check,
             )
-            return await stub.Forward(request, timeout=timeout_s)
 
-        await ctx.client.call(network, source, invoke, deadline=deadline, replica=replica)
+        await ctx.client.forward(network, source, addressed, deadline=deadline, replica=replica)
 
     sends = asyncio.ensure_future(
         asyncio.gather(*(one(s, r) for s in sources for r in range(chosen.computing[s])))
