@@ -54,6 +54,7 @@ from controller.services import (
     network_service,
     pnode_service,
     resolution_service,
+    rpc_timer,
     validation_service,
     vnode_transport,
 )
@@ -151,7 +152,7 @@ class Orchestrator:
             options=[("grpc.so_reuseport", 0)],
             # Metrics first, so refused calls are still timed with their status code.
             interceptors=[
-                self.metrics.interceptor(),
+                rpc_timer.RpcTimer(self.metrics),
                 *([auth.AdminTokenInterceptor(config.admin_tokens)] if config.admin_tokens else []),
             ],
         )
