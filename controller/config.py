@@ -11,6 +11,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
+#: This orchestrator's version: in every response header and in each replica's record.
+SERVER_VERSION = "0.1.0"
+
 
 def _positive(name: str, value: float) -> None:
     if not (value > 0 and math.isfinite(value)):

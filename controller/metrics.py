@@ -6,7 +6,8 @@ one process, and each must expose only its own numbers.
 Two kinds of metric, chosen by where the number lives:
 
 - events counted where they happen (reconciles via `Manager.observe`, heartbeats,
-  resolutions, re-placements, RPCs via a server interceptor);
+  resolutions, re-placements, RPCs timed by the gRPC boundary's interceptor,
+  `controller.services.rpc_timer`);
 - state read at scrape time by custom collectors (PNodes by phase and allocations from the
   view, work-queue depth from `Manager.stats`), so the hot paths keep no gauges up to date.
 
@@ -16,18 +17,13 @@ collectors only copy small dicts, and retry the copy if a dict changed size unde
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
 import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 from wsgiref import simple_server
 
-import grpc
 import prometheus_client
-from grpc import aio
 from prometheus_client import core, registry
 
 from controller.runtime import manager as manager_mod
@@ -177,8 +173,10 @@ class Metrics:
 
     # -- RPCs -------------------------------------------------------------------------------
 
-    def interceptor(self) -> _Interceptor:
-        return _RpcTimer(self.rpc_duration)
+    def rpc_finished(self, method: str, code: str, seconds: float) -> None:
+        """One call served (`controller.services.rpc_timer` times them): its full method
+        name and the status code it ended with."""
+        self.rpc_duration.labels(method, code).observe(seconds)
 
     # -- HTTP -------------------------------------------------------------------------------
 
@@ -250,103 +248,3 @@ class _QueueCollector(registry.Collector):
         for loop in self._manager.loop_names:
             depth.add_metric([loop], self._manager.stats(loop).depth)
         yield depth
-
-
-Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the stubs
-
-
-if TYPE_CHECKING:
-    _Interceptor: TypeAlias = aio.ServerInterceptor[Any, Any]
-else:  # generic only in the stubs
-    _Interceptor = aio.ServerInterceptor
-
-
-class _RpcTimer(_Interceptor):
-    """Times each call and labels it with the status it ended with.
-
-    How a grpc.aio handler ends: returning (OK unless it set another code on the context),
-    `context.abort` (raises AbortError; the code is on the context), any other exception
-    (the server answers UNKNOWN), or cancellation (the client went away).
-    """
-
-    def __init__(self, histogram: prometheus_client.Histogram) -> None:
-        self._histogram = histogram
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        handler = await continuation(handler_call_details)
-        if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED itself
-            return handler
-        method = handler_call_details.method
-        record = self._recorder(method)
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _timed_unary(handler.unary_unary, record),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
-            return grpc.unary_stream_rpc_method_handler(
-                _timed_stream(handler.unary_stream, record),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler  # client-streaming shapes: none in dcnr.v1 that we time
-
-    def _recorder(self, method: str) -> Callable[[float, str], None]:
-        def record(seconds: float, code: str) -> None:
-            try:
-                self._histogram.labels(method, code).observe(seconds)
-            except Exception:
-                log.exception("recording rpc latency failed")
-
-        return record
-
-
-def _code(context: Any, failure: BaseException | None) -> str:
-    code = context.code()
-    if isinstance(code, grpc.StatusCode):
-        return code.name  # set by abort() or set_code()
-    if failure is None:
-        return "OK"
-    if isinstance(failure, asyncio.CancelledError | GeneratorExit):
-        return "CANCELLED"
-    return "UNKNOWN"
-
-
-def _timed_unary(
-    behavior: Callable[[Any, Any], Any], record: Callable[[float, str], None]
-) -> Callable[[Any, Any], Any]:
-    async def timed(request: Any, context: Any) -> Any:
-        started = time.perf_counter()
-        failure: BaseException | None = None
-        try:
-            return await behavior(request, context)
-        except BaseException as exc:
-            failure = exc
-            raise
-        finally:
-            record(time.perf_counter() - started, _code(context, failure))
-
-    return timed
-
-
-def _timed_stream(
-    behavior: Callable[[Any, Any], AsyncIterator[Any]], record: Callable[[float, str], None]
-) -> Callable[[Any, Any], AsyncIterator[Any]]:
-    async def timed(request: Any, context: Any) -> AsyncIterator[Any]:
-        started = time.perf_counter()
-        failure: BaseException | None = None
-        try:
-            async for message in behavior(request, context):
-                yield message
-        except BaseException as exc:
-            failure = exc
-            raise
-        finally:
-            record(time.perf_counter() - started, _code(context, failure))
-
-    return timed

@@ -44,16 +44,19 @@ from api.dcnr.v1 import (
 from api.resources import meta
 from controller import config as config_mod
 from controller import metrics
-from controller.jobs import driver, driver_inbox, job_loop
+from controller.jobs import driver, job_loop
 from controller.runtime import clock as clock_mod
 from controller.runtime import events, manager, replicas
 from controller.services import (
     auth,
+    driver_inbox_service,
     job_service,
     network_service,
     pnode_service,
     resolution_service,
+    rpc_timer,
     validation_service,
+    vnode_transport,
 )
 from controller.state import allocation_status, leases, view
 from controller.trust import book as trust
@@ -124,6 +127,7 @@ class Orchestrator:
             clock=self.clock,
             config=config.driver,
             replica_id=self.replica_id,
+            transport=vnode_transport.GrpcTransport(),
         )
         self.trust = trust.TrustBook(
             store=store,
@@ -148,7 +152,7 @@ class Orchestrator:
             options=[("grpc.so_reuseport", 0)],
             # Metrics first, so refused calls are still timed with their status code.
             interceptors=[
-                self.metrics.interceptor(),
+                rpc_timer.RpcTimer(self.metrics),
                 *([auth.AdminTokenInterceptor(config.admin_tokens)] if config.admin_tokens else []),
             ],
         )
@@ -268,7 +272,7 @@ class Orchestrator:
         # sources report finished backward passes; agents serve every other VNode.
         implemented["dcnr.v1.VNodeService"] = (
             vnode_pb2_grpc.add_VNodeServiceServicer_to_server,
-            driver_inbox.DriverInboxService(
+            driver_inbox_service.DriverInboxService(
                 inbox=self.drivers.inbox,
                 view=self.view,
                 replica_id=self.replica_id,

@@ -155,16 +155,10 @@ class Calls:
             )
             if text and status.checkpoint_step:
                 request.blob.CopyFrom(blob_ref(text))
-
-            async def invoke(
-                stub: vnode_client.Stub, _: view_mod.Endpoint, seconds: float
-            ) -> vnode_pb2.RestoreResponse:
-                return await stub.Restore(request, timeout=seconds)
-
-            answer = await self._client.call(
+            answer = await self._client.restore(
                 plan.network,
                 vnode,
-                invoke,
+                request,
                 deadline=deadline,
                 epoch=self._epoch(vnode, replica),
                 replica=replica,
@@ -206,16 +200,10 @@ class Calls:
                 reply_to=self._reply_to,
                 attempt=self._attempt,
             )
-
-            async def invoke(
-                stub: vnode_client.Stub, _: view_mod.Endpoint, seconds: float
-            ) -> vnode_pb2.ForwardResponse:
-                return await stub.Forward(request, timeout=seconds)
-
-            await self._client.call(
+            await self._client.forward(
                 plan.network,
                 source,
-                invoke,
+                request,
                 deadline=deadline,
                 epoch=self._epoch(source, replica),
                 replica=replica,
@@ -282,16 +270,10 @@ class Calls:
                 destination=self._destination,
                 attempt=self._attempt,
             )
-
-            async def invoke(
-                stub: vnode_client.Stub, _: view_mod.Endpoint, seconds: float
-            ) -> vnode_pb2.CheckpointResponse:
-                return await stub.Checkpoint(request, timeout=seconds)
-
-            answer = await self._client.call(
+            answer = await self._client.checkpoint(
                 plan.network,
                 vnode,
-                invoke,
+                request,
                 deadline=deadline,
                 epoch=self._epoch(vnode, replica),
                 replica=replica,

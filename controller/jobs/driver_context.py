@@ -49,6 +49,7 @@ class DriverContext:
         clock: clock_mod.Clock,
         config: DriverConfig,
         replica_id: str,
+        transport: vnode_client.Transport,
     ) -> None:
         self.store = store
         self.view = view
@@ -58,7 +59,7 @@ class DriverContext:
         self.inbox = driver_inbox.Inbox()
         self.feed = job_watch.JobFeed()
         self.client = vnode_client.VNodeClient(
-            view=view, clock=clock, rpc_timeout=config.rpc_timeout
+            view=view, clock=clock, transport=transport, rpc_timeout=config.rpc_timeout
         )
         self.reply_to = config.advertise
         self._book: trust.TrustBook | None = None

@@ -1,12 +1,13 @@
-"""Where the data plane answers the driver: a VNodeService hosting only `__driver__`.
+"""Where the data plane answers the driver: the inbox of `__driver__`.
 
 The orchestrator replica that drives a run is, to the agents, one more VNode named
 `__driver__` at the run's `reply_to` address: sinks Forward their outputs to it and sources
 send it an (empty) Backward once a step's backward pass has reached them. This module
-receives those messages and hands them to the run waiting for them, by (job, attempt,
-position). It checks every message as an agent would (tensor size and checksum, the
-sender's allocation epoch), so a stale or corrupted delivery is refused here, never
-counted by the driver.
+receives those messages (from `controller.services.driver_inbox_service`, the VNodeService
+that hosts only `__driver__`) and hands them to the run waiting for them, by (job,
+attempt, position). It checks every message as an agent would (tensor size and checksum,
+the sender's allocation epoch: `Receiver`), so a stale or corrupted delivery is refused
+here, never counted by the driver. Refusals are `controller.errors`.
 
 It waits for every replica of each sink (and, training, of each source). A sink's
 replicas' outputs are compared (`api.quorum`): the majority's is the sink's output, each
@@ -16,7 +17,7 @@ Agents decide the same way on what they receive and report to ValidationService,
 tells the inbox (`strike`, `fail(disputed=...)`), so a run knows of every disagreement.
 
 Sink outputs also pass the result checks of their kind (`api.checks`) here, the one place
-they run on trusted ground: a failed check is refused INVALID_ARGUMENT (reason CheckFailed,
+they run on trusted ground: a failed check is refused InvalidArgument (reason CheckFailed,
 naming the check), struck against the PNode that produced it (`controller.trust.book`), and the
 waiting run rolls back at once (`Mailbox.failed`) — unless the sink has replicas at this
 position: then it is one result that agrees with no other, and the comparison decides.
@@ -25,7 +26,7 @@ Agents' reports of checks failed on what they received fail the position too
 
 A message nobody waits for is answered by what it is: a repeat of one a finished step
 already took is a duplicate (the sender's retry after a lost response); anything else
-belongs to a run that is over, superseded or elsewhere, and is refused FAILED_PRECONDITION
+belongs to a run that is over, superseded or elsewhere, and is refused FailedPrecondition
 with reason StaleAttempt, which agents take as final (retrying cannot make a run wait).
 """
 
@@ -35,16 +36,14 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-import grpc
 import numpy as np
-from grpc import aio
 
 from api import checks, quorum, tensors
-from api.dcnr.v1 import vnode_pb2, vnode_pb2_grpc
+from api.dcnr.v1 import vnode_pb2
 from api.resources import allocation
+from controller import errors as faults
 from controller.jobs import driver_mailbox
 from controller.runtime import clock as clock_mod
-from controller.services import rpc
 from controller.state import view as view_mod
 from controller.trust import book as trust
 
@@ -171,32 +170,34 @@ class Inbox:
         array: np.ndarray[Any, Any] | None = None,
     ) -> bool:
         """File a checked message (`array`: its decoded tensor; `producer`: the PNode of its
-        sender's slot); True when it is a duplicate. Raises RpcFailure."""
+        sender's slot); True when it is a duplicate. Raises `controller.errors`."""
         if request.WhichOneof("position") is None:
-            raise rpc.invalid("position", None, "one of step or request_id must be set")
+            raise faults.FieldInvalid("position", None, "one of step or request_id must be set")
         position = _position(request)
         box = self._boxes.get((request.job, request.attempt, position))
         if box is None:
             return self._unexpected(request, position)
         if request.network != box.network:
-            raise rpc.invalid("network", request.network, f"job {box.job!r} runs {box.network!r}")
+            raise faults.FieldInvalid(
+                "network", request.network, f"job {box.job!r} runs {box.network!r}"
+            )
         sender, replica = request.sender_vnode, request.sender_replica
         expected = box.sinks if forward else box.sources
         if sender not in expected:
             if forward:
-                raise rpc.invalid(
+                raise faults.FieldInvalid(
                     "sender_vnode",
                     sender,
                     f"Forward to {DRIVER} comes from a sink: {_names(box.sinks)}",
                 )
-            raise rpc.invalid(
+            raise faults.FieldInvalid(
                 "sender_vnode",
                 sender,
                 f"Backward to {DRIVER} comes from a source of a training step: "
                 f"{_names(box.sources)}",
             )
         if replica >= expected[sender]:
-            raise rpc.invalid(
+            raise faults.FieldInvalid(
                 "sender_replica",
                 replica,
                 f"{sender} takes part with replicas 0..{expected[sender] - 1} at this position",
@@ -256,8 +257,7 @@ class Inbox:
     ) -> bool:
         current = self._attempts.get(request.job)
         if current is not None and request.attempt < current:
-            raise rpc.RpcFailure(
-                grpc.StatusCode.FAILED_PRECONDITION,
+            raise faults.FailedPrecondition(
                 f"attempt: {request.attempt} is stale; job {request.job!r} runs attempt {current}",
                 reason="StaleAttempt",
             )
@@ -266,8 +266,7 @@ class Inbox:
             attempt, step = closed
             if request.attempt == attempt and position <= step:
                 return True
-        raise rpc.RpcFailure(
-            grpc.StatusCode.FAILED_PRECONDITION,
+        raise faults.FailedPrecondition(
             f"no run on this orchestrator waits for job {request.job!r} position {position!r} "
             f"attempt {request.attempt} (it ended, or moved to another replica)",
             reason="StaleAttempt",
@@ -282,15 +281,16 @@ def _names(names: Iterable[str]) -> str:
     return ", ".join(sorted(names)) or "(none)"
 
 
-class DriverInboxService(vnode_pb2_grpc.VNodeServiceServicer):
-    """VNodeService as the orchestrator serves it: for `__driver__` only."""
+class Receiver:
+    """Checks each message sent to `__driver__` as an agent would, then files it in the
+    inbox: the target, the tensor's size and checksum, the sender slot's epoch, and a
+    sink's output against its kind's checks (a failure strikes its PNode)."""
 
     def __init__(
         self,
         *,
         inbox: Inbox,
         view: view_mod.View,
-        replica_id: str,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         book: trust.TrustBook | None = None,
         on_checked: Callable[[bool], None] | None = None,
@@ -302,79 +302,42 @@ class DriverInboxService(vnode_pb2_grpc.VNodeServiceServicer):
         self._inbox = inbox
         self._on_refused = on_refused
         self._view = view
-        self._replica_id = replica_id
         self._max_bytes = max_message_bytes
         self._book = book
         self._on_checked = on_checked
 
-    @rpc.handler
-    async def Forward(
-        self, request: vnode_pb2.ForwardRequest, context: aio.ServicerContext[Any, Any]
-    ) -> vnode_pb2.ForwardResponse:
-        duplicate = self._receive(request, forward=True)
-        return vnode_pb2.ForwardResponse(
-            header=rpc.response_header(request.header, self._replica_id), duplicate=duplicate
-        )
-
-    @rpc.handler
-    async def Backward(
-        self, request: vnode_pb2.BackwardRequest, context: aio.ServicerContext[Any, Any]
-    ) -> vnode_pb2.BackwardResponse:
-        duplicate = self._receive(request, forward=False)
-        return vnode_pb2.BackwardResponse(
-            header=rpc.response_header(request.header, self._replica_id), duplicate=duplicate
-        )
-
-    @rpc.handler
-    async def Checkpoint(
-        self, request: vnode_pb2.CheckpointRequest, context: aio.ServicerContext[Any, Any]
-    ) -> vnode_pb2.CheckpointResponse:
-        raise _stateless(request.vnode)
-
-    @rpc.handler
-    async def Restore(
-        self, request: vnode_pb2.RestoreRequest, context: aio.ServicerContext[Any, Any]
-    ) -> vnode_pb2.RestoreResponse:
-        raise _stateless(request.vnode)
-
-    def _receive(
+    def receive(
         self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest, *, forward: bool
     ) -> bool:
+        """True when the message is a duplicate; raises `controller.errors` to refuse it."""
         try:
             return self._receive_checked(request, forward=forward)
-        except rpc.RpcFailure as refused:
+        except faults.ControllerError as refused:
             if self._on_refused is not None:
-                self._on_refused(refused.reason or refused.code.name)
+                self._on_refused(refused.reason)
             raise
 
     def _receive_checked(
         self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest, *, forward: bool
     ) -> bool:
         if request.target_vnode != DRIVER:
-            raise _not_hosted(request.target_vnode)
+            raise not_hosted(request.target_vnode)
         size = len(request.tensor.data)
         if size > self._max_bytes:
-            raise rpc.RpcFailure(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"tensor.data: {size} bytes exceeds the limit of {self._max_bytes}",
-                reason="TooLarge",
+            raise faults.ResourceExhausted(
+                f"tensor.data: {size} bytes exceeds the limit of {self._max_bytes}"
             )
         try:
             array = tensors.decode(request.tensor, max_bytes=self._max_bytes)
         except tensors.TensorError as exc:
             if exc.reason == "checksum":
-                raise rpc.RpcFailure(
-                    grpc.StatusCode.DATA_LOSS, f"tensor checksum mismatch: {exc}", reason="Checksum"
-                ) from None
-            raise rpc.RpcFailure(
-                grpc.StatusCode.INVALID_ARGUMENT, str(exc), reason="FieldInvalid"
-            ) from None
+                raise faults.DataLoss(f"tensor checksum mismatch: {exc}") from None
+            raise faults.InvalidArgument(str(exc)) from None
         slot = allocation.slot_name(request.network, request.sender_vnode, request.sender_replica)
         current = self._view.allocations.get(slot)
         if current is None or current.spec.epoch != request.sender_epoch:
             held = "no allocation" if current is None else f"epoch {current.spec.epoch}"
-            raise rpc.RpcFailure(
-                grpc.StatusCode.FAILED_PRECONDITION,
+            raise faults.FailedPrecondition(
                 f"sender_epoch: {request.sender_epoch} is not the current epoch of slot "
                 f"{slot!r} ({held})",
                 reason="StaleEpoch",
@@ -410,8 +373,7 @@ class DriverInboxService(vnode_pb2_grpc.VNodeServiceServicer):
                     ),
                 )
             self._inbox.refuse(request, producer, why)
-            raise rpc.RpcFailure(
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise faults.InvalidArgument(
                 f"tensor: output of {request.sender_vnode!r} refused: {failed}",
                 reason="CheckFailed",
             ) from None
@@ -419,18 +381,10 @@ class DriverInboxService(vnode_pb2_grpc.VNodeServiceServicer):
             self._on_checked(True)
 
 
-def _not_hosted(vnode: str) -> rpc.RpcFailure:
-    return rpc.RpcFailure(
-        grpc.StatusCode.NOT_FOUND,
-        f"target_vnode: {vnode!r} is not hosted here; this orchestrator only hosts {DRIVER}",
-        reason="NotFound",
+def not_hosted(vnode: str) -> faults.NotFound:
+    return faults.NotFound(
+        f"target_vnode: {vnode!r} is not hosted here; this orchestrator only hosts {DRIVER}"
     )
-
-
-def _stateless(vnode: str) -> rpc.RpcFailure:
-    if vnode != DRIVER:
-        return _not_hosted(vnode)
-    return rpc.invalid("vnode", vnode, f"{DRIVER} holds no training state to checkpoint or restore")
 
 
 async def first_of(

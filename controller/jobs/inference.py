@@ -25,14 +25,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
-
 from api import tensors
 from api.dcnr.v1 import common_pb2, vnode_pb2
 from api.resources import allocation
 from api.resources import network as net_model
+from controller import errors as faults
 from controller.jobs import driver, driver_inbox, driver_plan, model_state, vnode_client
-from controller.services import rpc
 from controller.state import view as view_mod
 from controller.trust import adaptive as validation
 from controller.trust import book as trust
@@ -93,13 +91,11 @@ async def infer(
 ) -> dict[str, common_pb2.Tensor]:
     net = ctx.view.networks.get(network)
     if net is None:
-        raise rpc.RpcFailure(
-            grpc.StatusCode.NOT_FOUND, f"network {network!r} not found", reason="NotFound"
-        )
+        raise faults.NotFound(f"network {network!r} not found")
     sources, _ = driver_plan.topology(net)
     for name in sorted(inputs):
         if name not in sources:
-            raise rpc.invalid(
+            raise faults.FieldInvalid(
                 f"tensors[{name!r}]",
                 name,
                 f"must name a source VNode of {network!r}: {', '.join(sources)}",
@@ -117,16 +113,13 @@ async def infer(
         missing = _not_ready(ctx, net, chosen)
         held = _on_suspects(ctx, net, chosen)
         if refused is not None and ctx.clock.monotonic() >= deadline:
-            raise rpc.RpcFailure(
-                grpc.StatusCode.UNAVAILABLE,
+            raise faults.Unavailable(
                 f"inference on {network!r}: a result failed validation ({refused}); "
                 "nothing unchecked is returned: retry",
-                reason="Unavailable",
             )
         if missing:
             if (refused is None and not moving) or ctx.clock.monotonic() >= deadline:
-                raise rpc.RpcFailure(
-                    grpc.StatusCode.UNAVAILABLE,
+                raise faults.Unavailable(
                     f"network {network!r} is not ready: no live replica at "
                     f"{', '.join(missing[:10])}",
                     reason="NotReady",
@@ -136,22 +129,18 @@ async def infer(
         if held:  # their PNodes are being marked Bugged: wait for the slots to move
             moving = True
             if ctx.clock.monotonic() >= deadline:
-                raise rpc.RpcFailure(
-                    grpc.StatusCode.UNAVAILABLE,
+                raise faults.Unavailable(
                     f"inference on {network!r}: {', '.join(held[:10])} did not move off a "
                     f"Bugged PNode within {seconds:g} s; retry",
-                    reason="Unavailable",
                 )
             await _changed(ctx, network, deadline, seen)
             continue
         try:
             await model_state.ensure_restored(ctx, network, deadline=deadline)
         except vnode_client.SendFailed as exc:
-            raise rpc.RpcFailure(
-                grpc.StatusCode.UNAVAILABLE,
+            raise faults.Unavailable(
                 f"network {network!r}: a re-placed VNode could not be restored from its "
                 f"trained state: {exc}",
-                reason="Unavailable",
             ) from None
         try:
             answer = await _once(ctx, net, inputs, chosen, deadline=deadline, seconds=seconds)
@@ -240,11 +229,9 @@ async def _wait_for_replicas(
             return
         remaining = deadline - ctx.clock.monotonic()
         if remaining <= 0:
-            raise rpc.RpcFailure(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
+            raise faults.DeadlineExceeded(
                 f"inference on {network!r}: the replicas of {vnode} disagreed with no "
                 f"majority and no tiebreaker replica was live within {seconds:g} s; retry",
-                reason="Timeout",
             )
         await _changed(ctx, network, deadline, seen)
 
@@ -280,10 +267,8 @@ async def _once(
     async def one(source: str, replica: int) -> None:
         tensor = inputs[source] if source in inputs else tensors.empty()
 
-        async def invoke(
-            stub: vnode_client.Stub, endpoint: view_mod.Endpoint, timeout_s: float
-        ) -> vnode_pb2.ForwardResponse:
-            request = vnode_pb2.ForwardRequest(
+        def addressed(endpoint: view_mod.Endpoint) -> vnode_pb2.ForwardRequest:
+            return vnode_pb2.ForwardRequest(
                 job=job,
                 request_id=request_id,
                 network=network,
@@ -297,9 +282,8 @@ async def _once(
                 adaptive=chosen.adaptive,
                 double_check=chosen.double_check,
             )
-            return await stub.Forward(request, timeout=timeout_s)
 
-        await ctx.client.call(network, source, invoke, deadline=deadline, replica=replica)
+        await ctx.client.forward(network, source, addressed, deadline=deadline, replica=replica)
 
     sends = asyncio.ensure_future(
         asyncio.gather(*(one(s, r) for s in sources for r in range(chosen.computing[s])))
@@ -315,10 +299,8 @@ async def _once(
             remaining = deadline - clock.monotonic()
             if remaining <= 0:
                 waiting = ", ".join(box.missing()) or "the sources to accept the input"
-                raise rpc.RpcFailure(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                raise faults.DeadlineExceeded(
                     f"inference on {network!r} got no answer within {seconds:g} s from {waiting}",
-                    reason="Timeout",
                 )
             waits: list[Awaitable[Any]] = [box.changed.wait_past(box.changed.value)]
             if not sends.done():
@@ -326,7 +308,7 @@ async def _once(
             await driver_inbox.first_of(clock, waits, seconds=remaining)
         sends.result()
     except vnode_client.SendFailed as exc:
-        raise rpc.RpcFailure(grpc.StatusCode.UNAVAILABLE, str(exc), reason="Unavailable") from None
+        raise faults.Unavailable(str(exc)) from None
     finally:
         if not sends.done():
             sends.cancel()

@@ -17,8 +17,7 @@ from datetime import UTC, datetime
 
 from api.dcnr.v1 import vnode_pb2
 from api.resources import allocation, job
-from controller.jobs import driver, driver_calls, driver_plan, vnode_client
-from controller.state import view as view_mod
+from controller.jobs import driver, driver_calls, driver_plan
 from store import base, errors
 
 log = logging.getLogger("dcnr.model_state")
@@ -76,14 +75,8 @@ async def ensure_restored(ctx: driver.DriverContext, network: str, *, deadline: 
             ),
             neighbour_replicas=driver_plan.neighbour_replicas(counts, around, vnode),
         )
-
-        async def invoke(
-            stub: vnode_client.Stub, _: view_mod.Endpoint, seconds: float
-        ) -> vnode_pb2.RestoreResponse:
-            return await stub.Restore(request, timeout=seconds)
-
-        await ctx.client.call(
-            network, vnode, invoke, deadline=deadline, epoch=epoch, replica=replica
+        await ctx.client.restore(
+            network, vnode, request, deadline=deadline, epoch=epoch, replica=replica
         )
         log.info(
             "network %s: restored %s.%d (epoch %d) from job %s",

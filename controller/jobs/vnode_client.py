@@ -1,11 +1,13 @@
 """The driver's calls to agents' VNodeService: where to send, and how hard to try.
 
 Endpoints come from the in-memory view (the same answer ResolutionService gives agents), so
-the driver never resolves over the network. A call is retried with bounded exponential
-backoff while the cause may pass: UNAVAILABLE (agent restarting, connection reset),
-DEADLINE_EXCEEDED, DATA_LOSS (corrupted in transit), and FAILED_PRECONDITION (the epoch we
-used is stale: the endpoint is read from the view again before the retry). Anything else
-is the agent refusing the message for good, and is raised at once.
+the driver never resolves over the network. The wire is a `Transport` (httpx's habit: one
+I/O boundary with a narrow method set, and fakes implementing the same protocol in tests),
+implemented over gRPC by `controller.services.vnode_transport`. It says whether a failure
+may pass (`PeerError.retryable`: the agent restarting, a connection reset, a deadline,
+bytes corrupted in transit, or a stale epoch, for which the endpoint is read from the view
+again before the retry); such a call is retried with bounded exponential backoff. Anything
+else is the agent refusing the message for good, and is raised at once.
 
 A run pins the epochs it restored: once a VNode has been restored at epoch e, sending the
 step to the same slot at epoch e+1 would reach a fresh instance that never loaded the
@@ -17,12 +19,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
-import grpc
-from grpc import aio
-
-from api.dcnr.v1 import vnode_pb2_grpc
+from api.dcnr.v1 import vnode_pb2
 from controller.runtime import clock as clock_mod
 from controller.state import view as view_mod
 
@@ -30,19 +29,34 @@ log = logging.getLogger("dcnr.driver.client")
 
 T = TypeVar("T")
 
-RETRYABLE = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.DATA_LOSS,
-        grpc.StatusCode.FAILED_PRECONDITION,
-    }
-)
 
-if TYPE_CHECKING:  # the async stub class exists for type checkers only
-    Stub = vnode_pb2_grpc.VNodeServiceAsyncStub
-    #: invoke(stub, endpoint, seconds): one call with that timeout.
-    Invoke = Callable[[Stub, view_mod.Endpoint, float], Awaitable[T]]
+class PeerError(Exception):
+    """A call to an agent failed, as the transport saw it: the message is "CODE: details";
+    `retryable` says whether the same call may succeed later."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Transport(Protocol):
+    """One call to the VNodeService at `address`, given up after `seconds`; raises
+    `PeerError` when it does not succeed."""
+
+    async def forward(
+        self, address: str, request: vnode_pb2.ForwardRequest, *, seconds: float
+    ) -> vnode_pb2.ForwardResponse: ...
+
+    async def restore(
+        self, address: str, request: vnode_pb2.RestoreRequest, *, seconds: float
+    ) -> vnode_pb2.RestoreResponse: ...
+
+    async def checkpoint(
+        self, address: str, request: vnode_pb2.CheckpointRequest, *, seconds: float
+    ) -> vnode_pb2.CheckpointResponse: ...
+
+    async def close(self) -> None:
+        """Release connections; the transport is not used again."""
 
 
 class SendFailed(Exception):
@@ -59,16 +73,17 @@ class VNodeClient:
         *,
         view: view_mod.View,
         clock: clock_mod.Clock,
+        transport: Transport,
         rpc_timeout: float = 5.0,
         retry_initial: float = 0.05,
         retry_max: float = 1.0,
     ) -> None:
         self._view = view
         self._clock = clock
+        self._transport = transport
         self._rpc_timeout = rpc_timeout
         self._retry_initial = retry_initial
         self._retry_max = retry_max
-        self._channels: dict[str, aio.Channel] = {}
 
     def endpoint(self, network: str, vnode: str, replica: int = 0) -> view_mod.Endpoint | None:
         for found in self._view.endpoints(network, vnode, self._clock.now()):
@@ -76,24 +91,75 @@ class VNodeClient:
                 return found
         return None
 
-    def _stub(self, address: str) -> Stub:
-        channel = self._channels.get(address)
-        if channel is None:
-            channel = self._channels[address] = aio.insecure_channel(address)
-        return vnode_pb2_grpc.VNodeServiceStub(channel)
-
-    async def call(
+    async def forward(
         self,
         network: str,
         vnode: str,
-        invoke: Invoke[T],
+        request: vnode_pb2.ForwardRequest | Callable[[view_mod.Endpoint], vnode_pb2.ForwardRequest],
         *,
         deadline: float,
         epoch: int | None = None,
         replica: int = 0,
+    ) -> vnode_pb2.ForwardResponse:
+        """`request`, or a function building it for the endpoint found (a call not pinned to
+        an epoch addresses whichever epoch is live)."""
+
+        def send(found: view_mod.Endpoint, seconds: float) -> Awaitable[vnode_pb2.ForwardResponse]:
+            built = request(found) if callable(request) else request
+            return self._transport.forward(found.address, built, seconds=seconds)
+
+        return await self._call(
+            network, vnode, send, deadline=deadline, epoch=epoch, replica=replica
+        )
+
+    async def restore(
+        self,
+        network: str,
+        vnode: str,
+        request: vnode_pb2.RestoreRequest,
+        *,
+        deadline: float,
+        epoch: int | None = None,
+        replica: int = 0,
+    ) -> vnode_pb2.RestoreResponse:
+        def send(found: view_mod.Endpoint, seconds: float) -> Awaitable[vnode_pb2.RestoreResponse]:
+            return self._transport.restore(found.address, request, seconds=seconds)
+
+        return await self._call(
+            network, vnode, send, deadline=deadline, epoch=epoch, replica=replica
+        )
+
+    async def checkpoint(
+        self,
+        network: str,
+        vnode: str,
+        request: vnode_pb2.CheckpointRequest,
+        *,
+        deadline: float,
+        epoch: int | None = None,
+        replica: int = 0,
+    ) -> vnode_pb2.CheckpointResponse:
+        def send(
+            found: view_mod.Endpoint, seconds: float
+        ) -> Awaitable[vnode_pb2.CheckpointResponse]:
+            return self._transport.checkpoint(found.address, request, seconds=seconds)
+
+        return await self._call(
+            network, vnode, send, deadline=deadline, epoch=epoch, replica=replica
+        )
+
+    async def _call(
+        self,
+        network: str,
+        vnode: str,
+        send: Callable[[view_mod.Endpoint, float], Awaitable[T]],
+        *,
+        deadline: float,
+        epoch: int | None,
+        replica: int,
     ) -> T:
-        """`invoke(stub, endpoint, timeout)` against `replica` of `vnode` until it succeeds,
-        fails for good, or `deadline` (clock.monotonic()) passes."""
+        """`send(endpoint, timeout)` to `replica` of `vnode` until it succeeds, fails for
+        good, or `deadline` (clock.monotonic()) passes."""
         delay = self._retry_initial
         last = "no live endpoint"
         where = f"{network}.{vnode}.{replica}"
@@ -106,13 +172,10 @@ class VNodeClient:
             remaining = deadline - self._clock.monotonic()
             if found is not None and remaining > 0:
                 try:
-                    return await invoke(
-                        self._stub(found.address), found, min(self._rpc_timeout, remaining)
-                    )
-                except aio.AioRpcError as exc:
-                    code = exc.code()
-                    last = f"{code.name}: {exc.details()}"
-                    if code not in RETRYABLE:
+                    return await send(found, min(self._rpc_timeout, remaining))
+                except PeerError as exc:
+                    last = str(exc)
+                    if not exc.retryable:
                         raise SendFailed(f"{where} at {found.address}: {last}") from None
             if self._clock.monotonic() + delay >= deadline:
                 raise SendFailed(f"{where}: gave up retrying; last: {last}")
@@ -120,6 +183,6 @@ class VNodeClient:
             delay = min(delay * 2, self._retry_max)
 
     async def close(self) -> None:
-        channels, self._channels = self._channels, {}
-        for channel in channels.values():
-            await channel.close(None)
+        """Closes the transport too: the client is its one user (httpx's Client and its
+        transport)."""
+        await self._transport.close()

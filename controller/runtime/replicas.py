@@ -29,8 +29,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from api.resources import meta, orchestrator
+from controller import config
 from controller.runtime import clock as clock_mod
-from controller.services import rpc
 from store import base, errors
 
 log = logging.getLogger("dcnr.replicas")
@@ -131,7 +131,7 @@ class Replicas:
             spec=orchestrator.OrchestratorSpec(
                 address=self._address, lease_duration_seconds=self._lease
             ),
-            status=orchestrator.OrchestratorStatus(renewed_at=now, version=rpc.SERVER_VERSION),
+            status=orchestrator.OrchestratorStatus(renewed_at=now, version=config.SERVER_VERSION),
         )
 
     async def _recover(self, now: datetime) -> orchestrator.Orchestrator:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 from grpc import aio
 
-from api.dcnr.v1 import common_pb2
+from controller import errors as faults
 from controller.services import rpc
 
 GUARDED_SERVICES = ("/dcnr.v1.NetworkService/", "/dcnr.v1.JobService/")
@@ -75,15 +75,18 @@ class AdminTokenInterceptor(_Interceptor):
         if handler is None or not self._tokens or not guarded(handler_call_details.method):
             return handler
         presented = _bearer(handler_call_details.invocation_metadata or ())
+        refusal: faults.ControllerError
         if presented is None:
-            refusal = (grpc.StatusCode.UNAUTHENTICATED, "Unauthenticated",
-                       "this call needs an admin token: authorization: Bearer <token>")  # fmt: skip
+            refusal = faults.Unauthenticated(
+                "this call needs an admin token: authorization: Bearer <token>"
+            )
         elif self._matches(presented):
             return handler
         else:
-            refusal = (grpc.StatusCode.PERMISSION_DENIED, "Forbidden",
-                       "the admin token presented is not valid for this server")  # fmt: skip
-        return _refusing(handler, *refusal)
+            refusal = faults.PermissionDenied(
+                "the admin token presented is not valid for this server", reason="Forbidden"
+            )
+        return _refusing(handler, refusal)
 
     def _matches(self, presented: str) -> bool:
         given = presented.encode()
@@ -100,13 +103,11 @@ def _bearer(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
     return None
 
 
-def _refusing(handler: Handler, code: grpc.StatusCode, reason: str, message: str) -> Handler:
-    """A handler of the same shape as `handler` that answers `code` without running it."""
-    details = common_pb2.ErrorDetails(reason=reason).SerializeToString()
+def _refusing(handler: Handler, refusal: faults.ControllerError) -> Handler:
+    """A handler of the same shape as `handler` that answers `refusal` without running it."""
 
     async def refuse(context: aio.ServicerContext[Any, Any]) -> None:
-        context.set_trailing_metadata(((rpc.ERROR_DETAILS_KEY, details),))
-        await context.abort(code, message)
+        await rpc.abort(context, refusal)
 
     async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         await refuse(context)

@@ -23,7 +23,6 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import grpc
 import pydantic
 from grpc import aio
 
@@ -32,6 +31,7 @@ from api.dcnr.v1 import common_pb2, job_pb2, job_pb2_grpc
 from api.resources import job as job_model
 from api.resources import meta
 from api.resources import network as net_model
+from controller import errors as faults
 from controller.jobs import driver, driver_inbox, driver_plan, inference, job_data
 from controller.services import rpc
 from store import base, errors
@@ -50,8 +50,8 @@ def document(job: Job) -> common_pb2.ResourceDocument:
     return common_pb2.ResourceDocument(kind=job.KIND, json=job.to_json().encode())
 
 
-def _not_found(name: str) -> rpc.RpcFailure:
-    return rpc.RpcFailure(grpc.StatusCode.NOT_FOUND, f"job {name!r} not found", reason="NotFound")
+def _not_found(name: str) -> faults.NotFound:
+    return faults.NotFound(f"job {name!r} not found")
 
 
 class JobService(job_pb2_grpc.JobServiceServicer):
@@ -81,12 +81,11 @@ class JobService(job_pb2_grpc.JobServiceServicer):
         self, request: job_pb2.TrainRequest, context: aio.ServicerContext[Any, Any]
     ) -> job_pb2.TrainResponse:
         if not request.network:
-            raise rpc.invalid("network", request.network, "must name a network")
+            raise faults.FieldInvalid("network", request.network, "must name a network")
         spec = _spec(request)
         net = await self._network(request.network)
         if net.metadata.deletion_timestamp is not None:
-            raise rpc.RpcFailure(
-                grpc.StatusCode.FAILED_PRECONDITION,
+            raise faults.FailedPrecondition(
                 f"network: {net.name!r} is being deleted; apply it again to train on it",
                 reason="Terminating",
             )
@@ -95,11 +94,11 @@ class JobService(job_pb2_grpc.JobServiceServicer):
         try:
             meta.check_dns1123_subdomain(name)
         except ValueError as exc:
-            raise rpc.invalid("name", name, str(exc)) from None
+            raise faults.FieldInvalid("name", name, str(exc)) from None
         try:
             job_labels = meta.check_labels(dict(request.labels))
         except ValueError as exc:
-            raise rpc.invalid("labels", dict(request.labels), str(exc)) from None
+            raise faults.FieldInvalid("labels", dict(request.labels), str(exc)) from None
         annotations = {REQUEST_ID_ANNOTATION: request_id} if request_id else {}
         job = Job(
             metadata=meta.ObjectMeta(name=name, labels=job_labels, annotations=annotations),
@@ -123,14 +122,12 @@ class JobService(job_pb2_grpc.JobServiceServicer):
 
     async def _network(self, name: str) -> net_model.Network:
         if not name:
-            raise rpc.invalid("network", name, "must name a network")
+            raise faults.FieldInvalid("network", name, "must name a network")
         try:
             return await self._store.get(net_model.Network, name)
         except errors.NotFound:
-            raise rpc.RpcFailure(
-                grpc.StatusCode.NOT_FOUND,
+            raise faults.NotFound(
                 f"network: {name!r} not found; apply it before training on it",
-                reason="NotFound",
             ) from None
 
     # -- Infer ------------------------------------------------------------------------------
@@ -140,7 +137,7 @@ class JobService(job_pb2_grpc.JobServiceServicer):
         self, request: job_pb2.InferRequest, context: aio.ServicerContext[Any, Any]
     ) -> job_pb2.InferResponse:
         if not request.network:
-            raise rpc.invalid("network", request.network, "must name a network")
+            raise faults.FieldInvalid("network", request.network, "must name a network")
         net = self._ctx.view.networks.get(request.network)
         if net is None:
             net = await self._network(request.network)
@@ -152,7 +149,9 @@ class JobService(job_pb2_grpc.JobServiceServicer):
         elif which == "data":
             inputs = await _from_data(net, request.data.url)
         else:
-            raise rpc.invalid("input", None, "give tensors (by source VNode) or a data reference")
+            raise faults.FieldInvalid(
+                "input", None, "give tensors (by source VNode) or a data reference"
+            )
         seconds = self._ctx.config.step_timeout
         remaining = context.time_remaining()
         if remaining is not None:
@@ -180,9 +179,9 @@ class JobService(job_pb2_grpc.JobServiceServicer):
         try:
             selector = labels.parse_selector(request.label_selector)
         except labels.SelectorError as exc:
-            raise rpc.invalid("label_selector", request.label_selector, str(exc)) from None
+            raise faults.FieldInvalid("label_selector", request.label_selector, str(exc)) from None
         if request.limit < 0 or request.limit > MAX_LIMIT:
-            raise rpc.invalid(
+            raise faults.FieldInvalid(
                 "limit", request.limit, f"must be between 0 (server default) and {MAX_LIMIT}"
             )
         limit = request.limit or DEFAULT_LIMIT
@@ -195,7 +194,7 @@ class JobService(job_pb2_grpc.JobServiceServicer):
                     Job, index=index, limit=limit - len(items), continue_token=token
                 )
             except errors.InvalidRequest:
-                raise rpc.invalid(
+                raise faults.FieldInvalid(
                     "continue_token", request.continue_token[:40], "must be a previous page's"
                 ) from None
             items += [j for j in page.items if selector.matches(j.metadata.labels)]
@@ -214,7 +213,9 @@ class JobService(job_pb2_grpc.JobServiceServicer):
         try:
             rpc.check_header(request.header)
             if request.resource_version < 0:
-                raise rpc.invalid("resource_version", request.resource_version, "must be >= 0")
+                raise faults.FieldInvalid(
+                    "resource_version", request.resource_version, "must be >= 0"
+                )
             sent = await self._get(request.name)
         except Exception as exc:
             await rpc.abort(context, exc)
@@ -253,8 +254,7 @@ class JobService(job_pb2_grpc.JobServiceServicer):
                 result = current
                 break
             if phase in FINAL_PHASES:
-                raise rpc.RpcFailure(
-                    grpc.StatusCode.FAILED_PRECONDITION,
+                raise faults.FailedPrecondition(
                     f"job {request.name!r} already ended {phase}; only a running job cancels",
                     reason="Finished",
                 )
@@ -270,10 +270,8 @@ class JobService(job_pb2_grpc.JobServiceServicer):
             self._changed(result)
             break
         else:
-            raise rpc.RpcFailure(
-                grpc.StatusCode.ABORTED,
+            raise faults.Conflict(
                 f"job {request.name!r} kept changing under {MAX_ATTEMPTS} attempts to cancel",
-                reason="Conflict",
             )
         return job_pb2.CancelJobResponse(
             header=rpc.response_header(request.header, self._ctx.replica_id), job=document(result)
@@ -281,7 +279,7 @@ class JobService(job_pb2_grpc.JobServiceServicer):
 
     async def _get(self, name: str) -> Job:
         if not name:
-            raise rpc.invalid("name", name, "must name a job")
+            raise faults.FieldInvalid("name", name, "must name a job")
         try:
             return await self._store.get(Job, name)
         except errors.NotFound:
@@ -298,7 +296,7 @@ def _spec(request: job_pb2.TrainRequest) -> job_model.JobSpec:
         if value:
             given[name] = value
     if request.seed < 0:
-        raise rpc.invalid("seed", request.seed, "must be >= 0")
+        raise faults.FieldInvalid("seed", request.seed, "must be >= 0")
     given["seed"] = request.seed
     if request.data.url or request.data.dataset:
         data: dict[str, Any] = {"url": request.data.url}
@@ -310,7 +308,7 @@ def _spec(request: job_pb2.TrainRequest) -> job_model.JobSpec:
     except pydantic.ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "request"
-        raise rpc.invalid(field, first.get("input"), first["msg"]) from None
+        raise faults.FieldInvalid(field, first.get("input"), first["msg"]) from None
 
 
 def _generated_name(network: str, request_id: str) -> str:
@@ -324,12 +322,8 @@ def _check_tensor(field: str, tensor: common_pb2.Tensor, max_bytes: int) -> None
     try:
         tensors.decode(tensor, max_bytes=max_bytes)
     except tensors.TensorError as exc:
-        code = (
-            grpc.StatusCode.DATA_LOSS
-            if exc.reason == "checksum"
-            else grpc.StatusCode.INVALID_ARGUMENT
-        )
-        raise rpc.RpcFailure(code, f"{field}: {exc}", reason="FieldInvalid") from None
+        kind = faults.DataLoss if exc.reason == "checksum" else faults.InvalidArgument
+        raise kind(f"{field}: {exc}", reason="FieldInvalid") from None
 
 
 async def _from_data(net: net_model.Network, url: str) -> dict[str, common_pb2.Tensor]:
@@ -337,11 +331,11 @@ async def _from_data(net: net_model.Network, url: str) -> dict[str, common_pb2.T
         net_model.check_data_url(url)
         arrays = await job_data.arrays(url)
     except ValueError as exc:  # DataError is one
-        raise rpc.invalid("data.url", url, str(exc)) from None
+        raise faults.FieldInvalid("data.url", url, str(exc)) from None
     sources, _ = driver_plan.topology(net)
     if "" in arrays:  # a .npy: one array
         if len(sources) != 1:
-            raise rpc.invalid(
+            raise faults.FieldInvalid(
                 "data.url",
                 url,
                 f"a .npy holds one array but {net.name!r} has sources {', '.join(sources)}; "
@@ -355,7 +349,7 @@ async def _from_data(net: net_model.Network, url: str) -> dict[str, common_pb2.T
         if isinstance(field, str) and field in arrays:
             inputs[name] = tensors.encode(arrays[field])
     if not inputs:
-        raise rpc.invalid(
+        raise faults.FieldInvalid(
             "data.url",
             url,
             f"holds {', '.join(sorted(arrays))}, none named by a source's params.field",

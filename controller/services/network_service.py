@@ -24,7 +24,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 from grpc import aio
 
 from api import labels, manifest
@@ -33,6 +32,7 @@ from api.resources import allocation as allocation_model
 from api.resources import meta
 from api.resources import network as net_model
 from controller import config as config_mod
+from controller import errors as faults
 from controller.runtime import clock as clock_mod
 from controller.services import placement_explain, rpc
 from controller.state import view as view_mod
@@ -63,10 +63,8 @@ def document(resource: meta.Resource) -> common_pb2.ResourceDocument:
     return common_pb2.ResourceDocument(kind=resource.KIND, json=resource.to_json().encode())
 
 
-def not_found(name: str) -> rpc.RpcFailure:
-    return rpc.RpcFailure(
-        grpc.StatusCode.NOT_FOUND, f"network {name!r} not found", reason="NotFound"
-    )
+def not_found(name: str) -> faults.NotFound:
+    return faults.NotFound(f"network {name!r} not found")
 
 
 class NetworkService(network_pb2_grpc.NetworkServiceServicer):
@@ -105,11 +103,9 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
                 current is None or current.metadata.resource_version != expected_rv
             ):
                 stored = "none" if current is None else current.metadata.resource_version
-                raise rpc.RpcFailure(
-                    grpc.StatusCode.ABORTED,
+                raise faults.Conflict(
                     f"metadata.resourceVersion: {expected_rv} given, the stored network "
                     f"{wanted.name!r} is at {stored}; re-read and apply again",
-                    reason="Conflict",
                 )
             if outcome != UNCHANGED and not request.dry_run:
                 try:
@@ -125,10 +121,8 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
                 document=document(result),
                 outcome=outcome,
             )
-        raise rpc.RpcFailure(
-            grpc.StatusCode.ABORTED,
+        raise faults.Conflict(
             f"network {wanted.name!r} kept changing under {MAX_ATTEMPTS} attempts to apply; retry",
-            reason="Conflict",
         )
 
     # -- reads ------------------------------------------------------------------------------
@@ -182,11 +176,9 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
             if request.HasField("expected_resource_version"):
                 stored = current.metadata.resource_version
                 if stored != request.expected_resource_version:
-                    raise rpc.RpcFailure(
-                        grpc.StatusCode.ABORTED,
+                    raise faults.Conflict(
                         f"expected_resource_version: {request.expected_resource_version} "
                         f"given, the stored network {request.name!r} is at {stored}",
-                        reason="Conflict",
                     )
             marked = current.model_copy(deep=True)
             if marked.metadata.deletion_timestamp is None:
@@ -210,10 +202,8 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
                 raise not_found(request.name) from None
             self._view.apply_written([written])
             return self._deleted(request, written)
-        raise rpc.RpcFailure(
-            grpc.StatusCode.ABORTED,
+        raise faults.Conflict(
             f"network {request.name!r} kept changing under {MAX_ATTEMPTS} attempts to delete",
-            reason="Conflict",
         )
 
     def _deleted(
@@ -232,7 +222,9 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
             rpc.check_header(request.header)
             selector = _selector(request.label_selector)
             if request.resource_version < 0:
-                raise rpc.invalid("resource_version", request.resource_version, "must be >= 0")
+                raise faults.FieldInvalid(
+                    "resource_version", request.resource_version, "must be >= 0"
+                )
         except Exception as exc:
             await rpc.abort(context, exc)
             return
@@ -303,9 +295,9 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
         self, request: network_pb2.ExplainPlacementRequest, context: aio.ServicerContext[Any, Any]
     ) -> network_pb2.ExplainPlacementResponse:
         if not request.network:
-            raise rpc.invalid("network", request.network, "must name a network")
+            raise faults.FieldInvalid("network", request.network, "must name a network")
         if not request.vnode:
-            raise rpc.invalid("vnode", request.vnode, "must name a vnode of the network")
+            raise faults.FieldInvalid("vnode", request.vnode, "must name a vnode of the network")
         net = self._view.networks.get(request.network)
         if net is None:
             raise not_found(request.network)
@@ -324,7 +316,7 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
 
     async def _get(self, name: str) -> Network:
         if not name:
-            raise rpc.invalid("name", name, "must name a network")
+            raise faults.FieldInvalid("name", name, "must name a network")
         try:
             return await self._store.get(Network, name)
         except errors.NotFound:
@@ -340,14 +332,16 @@ def _parse(doc: common_pb2.ResourceDocument) -> Network:
     try:
         body = json.loads(doc.json)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise rpc.invalid("document.json", doc.json[:60], f"must be UTF-8 JSON ({exc})") from None
+        raise faults.FieldInvalid(
+            "document.json", doc.json[:60], f"must be UTF-8 JSON ({exc})"
+        ) from None
     if doc.kind and isinstance(body, dict) and body.get("kind") != doc.kind:
-        raise rpc.invalid(
+        raise faults.FieldInvalid(
             "document.kind", doc.kind, f"must equal the JSON's kind {body.get('kind')!r}"
         )
     parsed = manifest.parse_object(body, source="document")
     if not isinstance(parsed, Network):
-        raise rpc.invalid("document.kind", parsed.KIND, "Apply takes kind 'Network'")
+        raise faults.FieldInvalid("document.kind", parsed.KIND, "Apply takes kind 'Network'")
     return parsed
 
 
@@ -372,8 +366,7 @@ def _applied(
         )
         return CREATED, created
     if current.metadata.deletion_timestamp is not None:
-        raise rpc.RpcFailure(
-            grpc.StatusCode.FAILED_PRECONDITION,
+        raise faults.FailedPrecondition(
             f"network {current.name!r} is being deleted (deletionTimestamp "
             f"{current.metadata.deletion_timestamp.isoformat()}); apply again once it is gone",
             reason="Terminating",
@@ -410,12 +403,14 @@ def _selector(text: str) -> labels.Selector:
     try:
         return labels.parse_selector(text)
     except labels.SelectorError as exc:
-        raise rpc.invalid("label_selector", text, str(exc)) from None
+        raise faults.FieldInvalid("label_selector", text, str(exc)) from None
 
 
 def _limit(limit: int) -> int:
     if limit < 0 or limit > MAX_LIMIT:
-        raise rpc.invalid("limit", limit, f"must be between 0 (server default) and {MAX_LIMIT}")
+        raise faults.FieldInvalid(
+            "limit", limit, f"must be between 0 (server default) and {MAX_LIMIT}"
+        )
     return limit or DEFAULT_LIMIT
 
 
@@ -429,7 +424,7 @@ def _decode_token(token: str) -> str | None:
     try:
         return base64.urlsafe_b64decode(token.encode()).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise rpc.invalid(
+        raise faults.FieldInvalid(
             "continue_token", token[:40], "must be the token of the previous page"
         ) from None
 

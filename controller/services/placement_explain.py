@@ -17,13 +17,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-import grpc
-
 from api.dcnr.v1 import network_pb2
 from api.resources import allocation as allocation_model
 from api.resources import network as net_model
 from api.resources import pnode as pnode_model
-from controller.services import rpc
+from controller import errors as faults
 from reconcilers import slots
 from scheduler import config as scheduler_config
 from scheduler import explain, filters, model, placement
@@ -44,15 +42,15 @@ def explain_slot(
     vnode = network.vnode(vnode_name)
     if vnode is None:
         known = ", ".join(v.name for v in network.spec.vnodes[:20])
-        raise rpc.RpcFailure(
-            grpc.StatusCode.NOT_FOUND,
+        raise faults.NotFound(
             f"vnode: network {network.name!r} has no vnode {vnode_name!r} (its vnodes: {known}"
             f"{' ...' if len(network.spec.vnodes) > 20 else ''})",
-            reason="NotFound",
         )
     running = network.replicas_of(vnode)
     if replica >= running:
-        raise rpc.invalid("replica", replica, f"must be below the vnode's replicas ({running})")
+        raise faults.FieldInvalid(
+            "replica", replica, f"must be below the vnode's replicas ({running})"
+        )
     slot = allocation_model.slot_name(network.name, vnode.name, replica)
     current = next((a for a in allocations if a.name == slot), None)
     avoid = model.pnodes_hosting(

@@ -41,6 +41,7 @@ from api import labels as selectors
 from api.dcnr.v1 import pnode_pb2, pnode_pb2_grpc
 from api.resources import allocation, lease, pnode
 from controller import config as config_mod
+from controller import errors as faults
 from controller.runtime import clock as clock_mod
 from controller.services import pnode_wire as wire
 from controller.services import rpc
@@ -193,7 +194,9 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
     ) -> pnode_pb2.DeregisterResponse:
         name = wire.check_name(request.pnode_id, "pnode_id")
         if len(request.reason) > MAX_REASON:
-            raise rpc.invalid("reason", request.reason[:20] + "...", "at most 1024 characters")
+            raise faults.FieldInvalid(
+                "reason", request.reason[:20] + "...", "at most 1024 characters"
+            )
         gone = await self._registry.deregister(
             name,
             incarnation=request.incarnation,
@@ -260,9 +263,9 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         try:
             selector = selectors.parse_selector(request.label_selector)
         except selectors.SelectorError as exc:
-            raise rpc.invalid("label_selector", request.label_selector, str(exc)) from None
+            raise faults.FieldInvalid("label_selector", request.label_selector, str(exc)) from None
         if not 0 <= request.limit <= MAX_PAGE:
-            raise rpc.invalid("limit", request.limit, f"must be between 0 and {MAX_PAGE}")
+            raise faults.FieldInvalid("limit", request.limit, f"must be between 0 and {MAX_PAGE}")
         limit = request.limit or DEFAULT_PAGE
         token = request.continue_token or None
         items: list[pnode.PNode] = []
@@ -334,5 +337,7 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
 
     def _admin_name(self, name: str, reason: str) -> str:
         if len(reason) > MAX_REASON:
-            raise rpc.invalid("reason", reason[:20] + "...", f"at most {MAX_REASON} characters")
+            raise faults.FieldInvalid(
+                "reason", reason[:20] + "...", f"at most {MAX_REASON} characters"
+            )
         return wire.check_name(name, "pnode")

@@ -19,7 +19,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from api.dcnr.v1 import common_pb2, pnode_pb2
 from api.resources import meta, network, pnode, quantity
-from controller.services import rpc
+from controller import errors as faults
 from controller.state import view as view_mod
 
 #: Limits that keep one agent's registration from bloating every PNode listing.
@@ -39,7 +39,7 @@ def check_name(value: str, field: str) -> str:
     try:
         return meta.check_dns1123_subdomain(value)
     except ValueError:
-        raise rpc.invalid(
+        raise faults.FieldInvalid(
             field,
             value,
             "must be a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', "
@@ -51,18 +51,18 @@ def check_address(value: str, field: str) -> str:
     """host:port, the host a name, an IPv4 address or a bracketed IPv6 address."""
     expected = "must be host:port with a port from 1 to 65535, e.g. '10.0.0.7:7100'"
     if not value or len(value) > 255 or any(c.isspace() for c in value):
-        raise rpc.invalid(field, value, expected)
+        raise faults.FieldInvalid(field, value, expected)
     host, sep, port = value.rpartition(":")
     if not sep or not host or not _PORT.match(port) or not 1 <= int(port) <= 65535:
-        raise rpc.invalid(field, value, expected)
+        raise faults.FieldInvalid(field, value, expected)
     if host.startswith("[") != host.endswith("]") or host == "[]":
-        raise rpc.invalid(field, value, expected)
+        raise faults.FieldInvalid(field, value, expected)
     return value
 
 
 def _check_amount(field: str, value: int, maximum: int) -> int:
     if value < 0 or value > maximum:
-        raise rpc.invalid(field, value, f"must be between 0 and {maximum}")
+        raise faults.FieldInvalid(field, value, f"must be between 0 and {maximum}")
     return value
 
 
@@ -70,7 +70,7 @@ def capacity(message: common_pb2.Capacity) -> pnode.Capacity:
     cpu = _check_amount("capacity.cpu_millis", message.cpu_millis, quantity.MAX_CPU_MILLIS)
     memory = _check_amount("capacity.memory_bytes", message.memory_bytes, quantity.MAX_MEMORY_BYTES)
     if len(message.accelerators) > MAX_ACCELERATOR_KINDS:
-        raise rpc.invalid(
+        raise faults.FieldInvalid(
             "capacity.accelerators",
             f"{len(message.accelerators)} entries",
             f"at most {MAX_ACCELERATOR_KINDS} entries",
@@ -81,11 +81,11 @@ def capacity(message: common_pb2.Capacity) -> pnode.Capacity:
         try:
             network.check_accelerator_type(acc.type)
         except ValueError:
-            raise rpc.invalid(
+            raise faults.FieldInvalid(
                 f"{path}.type", acc.type, "must be an accelerator name such as 'a100'"
             ) from None
         if not 1 <= acc.count <= 64:
-            raise rpc.invalid(f"{path}.count", acc.count, "must be between 1 and 64")
+            raise faults.FieldInvalid(f"{path}.count", acc.count, "must be between 1 and 64")
         mem = _check_amount(f"{path}.memory_bytes", acc.memory_bytes, quantity.MAX_MEMORY_BYTES)
         accelerators.append({"type": acc.type, "count": acc.count, "memory": mem})
     # Millicores as "<n>m": a bare number would be parsed as cores.
@@ -96,23 +96,23 @@ def capacity(message: common_pb2.Capacity) -> pnode.Capacity:
 
 def labels(values: dict[str, str]) -> dict[str, str]:
     if len(values) > MAX_LABELS:
-        raise rpc.invalid("labels", f"{len(values)} labels", f"at most {MAX_LABELS} labels")
+        raise faults.FieldInvalid("labels", f"{len(values)} labels", f"at most {MAX_LABELS} labels")
     for key in sorted(values):
         try:
             meta.check_labels({key: values[key]})
         except ValueError as exc:
-            raise rpc.invalid(f"labels[{key!r}]", values[key], str(exc)) from None
+            raise faults.FieldInvalid(f"labels[{key!r}]", values[key], str(exc)) from None
     return dict(values)
 
 
 def datasets(values: list[str]) -> list[str]:
     if len(values) > MAX_DATASETS:
-        raise rpc.invalid("datasets", f"{len(values)} entries", f"at most {MAX_DATASETS}")
+        raise faults.FieldInvalid("datasets", f"{len(values)} entries", f"at most {MAX_DATASETS}")
     for i, value in enumerate(values):
         try:
             meta.check_dns1123_label(value)
         except ValueError:
-            raise rpc.invalid(
+            raise faults.FieldInvalid(
                 f"datasets[{i}]", value, "must be a DNS-1123 label such as 'mnist'"
             ) from None
     return sorted(set(values))
@@ -121,7 +121,7 @@ def datasets(values: list[str]) -> list[str]:
 def registration(request: pnode_pb2.RegisterRequest) -> tuple[pnode.PNodeSpec, dict[str, str]]:
     """The spec (without credential hash) and labels a RegisterRequest asks for."""
     if len(request.agent_version) > MAX_AGENT_VERSION:
-        raise rpc.invalid(
+        raise faults.FieldInvalid(
             "agent_version", request.agent_version[:20] + "...", "at most 128 characters"
         )
     spec = pnode.PNodeSpec(

@@ -18,11 +18,11 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-import grpc
 from grpc import aio
 
 from api.dcnr.v1 import resolve_pb2, resolve_pb2_grpc
 from api.resources import network as net_model
+from controller import errors as faults
 from controller.runtime import clock as clock_mod
 from controller.services import rpc
 from controller.state import view as view_mod
@@ -71,7 +71,7 @@ class ResolutionService(resolve_pb2_grpc.ResolutionServiceServicer):
     ) -> resolve_pb2.ResolveResponse:
         self._check_ref(("network", "vnode"), request.network, request.vnode)
         if request.min_epoch < 0:
-            raise rpc.invalid("min_epoch", request.min_epoch, "must be >= 0 (0: not given)")
+            raise faults.FieldInvalid("min_epoch", request.min_epoch, "must be >= 0 (0: not given)")
         endpoints = self._view.endpoints(request.network, request.vnode, self._clock.now())
         if request.min_epoch:
             # The caller saw an epoch refused as stale: never hand it back an older one.
@@ -87,7 +87,7 @@ class ResolutionService(resolve_pb2_grpc.ResolutionServiceServicer):
         self, request: resolve_pb2.BatchResolveRequest, context: aio.ServicerContext[Any, Any]
     ) -> resolve_pb2.BatchResolveResponse:
         if len(request.vnodes) > MAX_BATCH:
-            raise rpc.invalid(
+            raise faults.FieldInvalid(
                 "vnodes", f"{len(request.vnodes)} entries", f"at most {MAX_BATCH} per call"
             )
         for i, ref in enumerate(request.vnodes):
@@ -107,7 +107,7 @@ class ResolutionService(resolve_pb2_grpc.ResolutionServiceServicer):
         try:
             rpc.check_header(request.header)
             if not request.network:
-                raise rpc.invalid("network", request.network, "must name a network")
+                raise faults.FieldInvalid("network", request.network, "must name a network")
             for i, vnode in enumerate(request.vnodes):
                 self._check_ref(("network", f"vnodes[{i}]"), request.network, vnode)
             if not request.vnodes:
@@ -182,24 +182,20 @@ class ResolutionService(resolve_pb2_grpc.ResolutionServiceServicer):
         `fields` names the request's network and vnode fields in the message."""
         network_field, vnode_field = fields
         if not network:
-            raise rpc.invalid(network_field, network, "must name a network")
+            raise faults.FieldInvalid(network_field, network, "must name a network")
         if not vnode:
-            raise rpc.invalid(vnode_field, vnode, "must name a vnode of the network")
+            raise faults.FieldInvalid(vnode_field, vnode, "must name a vnode of the network")
         net = self._network(network)
         if net.vnode(vnode) is None:
-            raise rpc.RpcFailure(
-                grpc.StatusCode.NOT_FOUND,
+            raise faults.NotFound(
                 f"{vnode_field}: network {network!r} has no vnode {vnode!r} "
                 f"(its vnodes: {_listed(v.name for v in net.spec.vnodes)})",
-                reason="NotFound",
             )
 
     def _network(self, name: str) -> net_model.Network:
         net = self._view.networks.get(name)
         if net is None:
-            raise rpc.RpcFailure(
-                grpc.StatusCode.NOT_FOUND, f"network {name!r} not found", reason="NotFound"
-            )
+            raise faults.NotFound(f"network {name!r} not found")
         return net
 
     def _resolve(self, network: str, vnode: str, now: datetime) -> resolve_pb2.VNodeEndpoints:

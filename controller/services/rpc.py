@@ -1,14 +1,13 @@
 """What every gRPC handler shares: header checks, credentials, and error translation.
 
-Translation table (our errors → gRPC status), applied by `@handler`:
-
-    store NotFound        NOT_FOUND            store AlreadyExists   ALREADY_EXISTS
-    store Conflict        ABORTED              store Unavailable     UNAVAILABLE
-    store InvalidRequest  INVALID_ARGUMENT     ManifestError         INVALID_ARGUMENT
-    RpcFailure(code, ..)  code                 anything else         INTERNAL (logged)
+Every failure becomes a status code here and nowhere else (`_status_for`, applied by
+`@handler` and by the interceptors that refuse calls): the controller's domain errors
+(`controller.errors`, drawn there with the status each maps to), the store's
+(`store.errors`) and the manifest parser's. Handlers raise those too; nothing else in
+controller/ names a status code.
 
 A handler never lets an exception escape as UNKNOWN with a traceback: users get one line
-naming the field and value, and the log gets the traceback.
+naming the field and value, and the log gets the traceback (anything else is INTERNAL).
 """
 
 from __future__ import annotations
@@ -24,39 +23,22 @@ from grpc import aio
 from api.dcnr.v1 import common_pb2
 from api.manifest import ManifestError
 from api.resources import meta
+from controller import config
+from controller import errors as faults
 from store import errors
 
 log = logging.getLogger("dcnr.rpc")
 
-SERVER_VERSION = "0.1.0"
 ERROR_DETAILS_KEY = "dcnr-error-details-bin"
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
-class RpcFailure(Exception):
-    """Raise from a handler to answer with `code` and a one-line message."""
-
-    def __init__(self, code: grpc.StatusCode, message: str, *, reason: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-
-
-def invalid(field: str, value: object, expected: str) -> RpcFailure:
-    return RpcFailure(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        f"{field}: {expected}, got {value!r}",
-        reason="FieldInvalid",
-    )
-
-
 def check_header(header: common_pb2.RequestHeader) -> None:
     # An empty api_version is taken as the current one: a minimal client needn't fill it.
     if header.api_version not in ("", meta.API_VERSION):
-        raise RpcFailure(
-            grpc.StatusCode.FAILED_PRECONDITION,
+        raise faults.FailedPrecondition(
             f"header.api_version: this server serves {meta.API_VERSION!r}, "
             f"got {header.api_version!r}",
             reason="UnsupportedVersion",
@@ -66,7 +48,7 @@ def check_header(header: common_pb2.RequestHeader) -> None:
 def response_header(header: common_pb2.RequestHeader, served_by: str) -> common_pb2.ResponseHeader:
     return common_pb2.ResponseHeader(
         api_version=meta.API_VERSION,
-        server_version=SERVER_VERSION,
+        server_version=config.SERVER_VERSION,
         request_id=header.request_id,
         served_by=served_by,
     )
@@ -80,21 +62,35 @@ def bearer(context: aio.ServicerContext[Any, Any]) -> str | None:
     return None
 
 
+#: The one translation table: the first row whose class the error is an instance of wins.
+#: Domain errors carry their own reason (`controller.errors.ControllerError.reason`); the
+#: store's and the manifest parser's get the row's.
+_STATUS: tuple[tuple[type[Exception], grpc.StatusCode, str], ...] = (
+    (faults.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT, ""),
+    (faults.NotFound, grpc.StatusCode.NOT_FOUND, ""),
+    (faults.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION, ""),
+    (faults.Conflict, grpc.StatusCode.ABORTED, ""),
+    (faults.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED, ""),
+    (faults.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED, ""),
+    (faults.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+    (faults.Unavailable, grpc.StatusCode.UNAVAILABLE, ""),
+    (faults.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED, ""),
+    (faults.DataLoss, grpc.StatusCode.DATA_LOSS, ""),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND, "NotFound"),
+    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS, "AlreadyExists"),
+    (errors.Conflict, grpc.StatusCode.ABORTED, "Conflict"),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE, "Unavailable"),
+    (errors.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT, "FieldInvalid"),
+    (ManifestError, grpc.StatusCode.INVALID_ARGUMENT, "FieldInvalid"),
+)
+
+
 def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
-    if isinstance(exc, RpcFailure):
-        return exc.code, str(exc), exc.reason
-    if isinstance(exc, ManifestError):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc), "FieldInvalid"
-    table: list[tuple[type[errors.StoreError], grpc.StatusCode, str]] = [
-        (errors.NotFound, grpc.StatusCode.NOT_FOUND, "NotFound"),
-        (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS, "AlreadyExists"),
-        (errors.Conflict, grpc.StatusCode.ABORTED, "Conflict"),
-        (errors.Unavailable, grpc.StatusCode.UNAVAILABLE, "Unavailable"),
-        (errors.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT, "FieldInvalid"),
-    ]
-    for kind, code, reason in table:
+    """(code, one-line message, ErrorDetails.reason) of any exception."""
+    for kind, code, reason in _STATUS:
         if isinstance(exc, kind):
-            return code, str(exc), reason
+            own = exc.reason if isinstance(exc, faults.ControllerError) else ""
+            return code, str(exc), own or reason
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", "Internal"
 
 

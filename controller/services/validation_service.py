@@ -42,11 +42,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import grpc
 from grpc import aio
 
 from api.dcnr.v1 import validation_pb2, validation_pb2_grpc
 from api.resources import allocation, pnode
+from controller import errors as faults
 from controller.jobs import driver_inbox
 from controller.services import rpc
 from controller.state import credentials
@@ -115,16 +115,13 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
         reporter = self._view.pnodes.get(request.pnode_id)
         if reporter is None or not credentials.matches(presented, reporter.spec.credential_hash):
             self._refused("unauthenticated")
-            raise rpc.RpcFailure(
-                grpc.StatusCode.UNAUTHENTICATED,
+            raise faults.Unauthenticated(
                 f"pnode {request.pnode_id!r}: missing or invalid credential; send the "
                 "credential Register returned as 'authorization: Bearer <credential>'",
-                reason="Unauthenticated",
             )
         if request.incarnation != reporter.status.incarnation:
             self._refused("fenced")
-            raise rpc.RpcFailure(
-                grpc.StatusCode.FAILED_PRECONDITION,
+            raise faults.FailedPrecondition(
                 f"incarnation: {request.incarnation} is not the current "
                 f"{reporter.status.incarnation} of pnode {request.pnode_id!r}; register again",
                 reason="Fenced",
@@ -259,7 +256,7 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
         subject = net.vnode(request.subject_vnode) if net is not None else None
         if net is None or subject is None:
             self._refused("unknown-subject")
-            raise rpc.invalid(
+            raise faults.FieldInvalid(
                 "subject_vnode",
                 request.subject_vnode,
                 f"must be a VNode of network {request.network!r}",
@@ -273,8 +270,7 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
         }  # fmt: skip
         if not hosted & neighbours:
             self._refused("not-a-neighbour")
-            raise rpc.RpcFailure(
-                grpc.StatusCode.PERMISSION_DENIED,
+            raise faults.PermissionDenied(
                 f"subject_vnode: pnode {reporter.name!r} hosts no parent or child of "
                 f"{request.subject_vnode!r} in {request.network!r}, so it cannot have "
                 "received its result",
@@ -293,8 +289,7 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
         self._refused("stale-epoch")
         held = "no allocation" if current is None else f"epoch {current.spec.epoch}"
         which = f"any replica of {subject.name!r}" if any_replica else f"slot {slot!r}"
-        raise rpc.RpcFailure(
-            grpc.StatusCode.FAILED_PRECONDITION,
+        raise faults.FailedPrecondition(
             f"subject_epoch: {request.subject_epoch} is not the current epoch of {which} "
             f"({slot}: {held})",
             reason="StaleEpoch",

@@ -15,12 +15,10 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-import grpc
-
 from api.resources import allocation, lease, meta, pnode
 from controller import config as config_mod
+from controller import errors as faults
 from controller.runtime import clock as clock_mod
-from controller.services import rpc
 from controller.state import credentials
 from controller.state import view as view_mod
 from reconcilers import pnode as lifecycle
@@ -41,12 +39,10 @@ def _bump_generation(old: pnode.PNode, new: pnode.PNode) -> None:
         new.metadata.generation = old.metadata.generation + 1
 
 
-def unauthenticated(name: str) -> rpc.RpcFailure:
-    return rpc.RpcFailure(
-        grpc.StatusCode.UNAUTHENTICATED,
+def unauthenticated(name: str) -> faults.Unauthenticated:
+    return faults.Unauthenticated(
         f"pnode {name!r}: missing or invalid credential; send the credential Register "
         "returned as 'authorization: Bearer <credential>' metadata",
-        reason="Unauthenticated",
     )
 
 
@@ -117,12 +113,10 @@ class Registry:
             op = base.Create(node)
         else:
             if not credentials.matches(presented, existing.spec.credential_hash):
-                raise rpc.RpcFailure(
-                    grpc.StatusCode.PERMISSION_DENIED,
+                raise faults.PermissionDenied(
                     f"pnode {name!r} is already registered; re-registering it needs its "
                     "current credential as 'authorization: Bearer' metadata (an agent that "
                     "lost its credential registers under a new name)",
-                    reason="PermissionDenied",
                 )
             node = existing.model_copy(deep=True)
             # The operator's cordon and drain survive an agent restart; the agent's own
@@ -181,8 +175,7 @@ class Registry:
             if not credentials.matches(presented, node.spec.credential_hash):
                 raise unauthenticated(name)
             if incarnation != node.status.incarnation:
-                raise rpc.RpcFailure(
-                    grpc.StatusCode.FAILED_PRECONDITION,
+                raise faults.FailedPrecondition(
                     f"pnode {name!r}: incarnation {incarnation} is fenced (current is "
                     f"{node.status.incarnation}); register again",
                     reason="Fenced",

@@ -15,7 +15,7 @@ from api.dcnr.v1 import resolve_pb2, resolve_pb2_grpc
 from controller import metrics as metrics_mod
 from controller.runtime import clock as clocks
 from controller.runtime import manager as managers
-from controller.services import resolution_service
+from controller.services import resolution_service, rpc_timer
 from controller.state import view as view_mod
 from reconcilers import base
 from store import sqlite
@@ -107,7 +107,7 @@ async def test_the_interceptor_records_method_and_status_code(metrics, tmp_path)
     view = view_mod.View(store, clock, config=records.CONFIG)
     await records.create_all(store, records.network_record("mnist"))
     await view.refresh()
-    server = aio.server(interceptors=[metrics.interceptor()])
+    server = aio.server(interceptors=[rpc_timer.RpcTimer(metrics)])
     service = resolution_service.ResolutionService(
         view=view, clock=clock, replica_id="r", on_resolved=metrics.resolved
     )

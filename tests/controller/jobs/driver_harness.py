@@ -37,7 +37,7 @@ from controller import config as config_mod
 from controller import metrics
 from controller.jobs import driver, driver_inbox, job_loop
 from controller.runtime import clock as clocks
-from controller.services import job_service
+from controller.services import driver_inbox_service, job_service, vnode_transport
 from controller.state import view as view_mod
 from controller.trust import book as trust
 from store import sqlite
@@ -295,11 +295,12 @@ class Orchestrator:
                 blob_store=f"file://{tmp}/blobs", advertise=f"127.0.0.1:{self.port}", **settings
             ),
             replica_id=replica,
+            transport=vnode_transport.GrpcTransport(),
         )
         self.ctx.book = book
         self.metrics = metrics.Metrics()
         self.ctx.metrics = self.metrics
-        self.inbox = driver_inbox.DriverInboxService(
+        self.inbox = driver_inbox_service.DriverInboxService(
             inbox=self.ctx.inbox,
             view=view,
             replica_id=replica,

@@ -1,0 +1,78 @@
+"""The driver's wire to agents: `controller.jobs.vnode_client.Transport` over grpc.aio.
+
+One insecure channel per agent address, kept until `close`. A failed call is raised as a
+`PeerError` ("CODE: details"), retryable when the cause may pass:
+
+    UNAVAILABLE          the agent is restarting, or the connection was reset
+    DEADLINE_EXCEEDED    the call's timeout passed
+    DATA_LOSS            bytes corrupted in transit: sending again may get them through
+    FAILED_PRECONDITION  the epoch addressed is stale: the client re-reads the endpoint
+
+Any other code is the agent refusing the message for good.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, TypeVar
+
+import grpc
+from grpc import aio
+
+from api.dcnr.v1 import vnode_pb2, vnode_pb2_grpc
+from controller.jobs import vnode_client
+
+T = TypeVar("T")
+
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.DATA_LOSS,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
+
+if TYPE_CHECKING:  # the async stub class exists for type checkers only
+    Stub = vnode_pb2_grpc.VNodeServiceAsyncStub
+
+
+class GrpcTransport:
+    def __init__(self) -> None:
+        self._channels: dict[str, aio.Channel] = {}
+
+    def _stub(self, address: str) -> Stub:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = aio.insecure_channel(address)
+        return vnode_pb2_grpc.VNodeServiceStub(channel)
+
+    async def forward(
+        self, address: str, request: vnode_pb2.ForwardRequest, *, seconds: float
+    ) -> vnode_pb2.ForwardResponse:
+        return await _translated(self._stub(address).Forward(request, timeout=seconds))
+
+    async def restore(
+        self, address: str, request: vnode_pb2.RestoreRequest, *, seconds: float
+    ) -> vnode_pb2.RestoreResponse:
+        return await _translated(self._stub(address).Restore(request, timeout=seconds))
+
+    async def checkpoint(
+        self, address: str, request: vnode_pb2.CheckpointRequest, *, seconds: float
+    ) -> vnode_pb2.CheckpointResponse:
+        return await _translated(self._stub(address).Checkpoint(request, timeout=seconds))
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        for channel in channels.values():
+            await channel.close(None)
+
+
+async def _translated(call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except aio.AioRpcError as exc:
+        code = exc.code()
+        raise vnode_client.PeerError(
+            f"{code.name}: {exc.details()}", retryable=code in RETRYABLE
+        ) from None
