@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from api import version
+
 #: This orchestrator's version: in every response header and in each replica's record.
-SERVER_VERSION = "0.1.0"
+SERVER_VERSION = version.current()
 
 
 def _positive(name: str, value: float) -> None:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio
 
+from api import messages
 from api.dcnr.v1 import common_pb2
 from api.manifest import ManifestError
 from api.resources import meta
@@ -100,7 +101,8 @@ async def abort(context: aio.ServicerContext[Any, Any], exc: BaseException) -> N
         log.exception("rpc failed", exc_info=exc)
     details = common_pb2.ErrorDetails(reason=reason).SerializeToString()
     context.set_trailing_metadata(((ERROR_DETAILS_KEY, details),))
-    await context.abort(code, message)
+    # One bounded line whatever the input was (a 10 KB name must not come back whole).
+    await context.abort(code, messages.clip(message))
 
 
 def handler(

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from grpc import aio
 
-from api import manifest
+from api import manifest, messages
 from api.dcnr.v1 import common_pb2, network_pb2, network_pb2_grpc
 from api.resources import network as net_model
 from controller.runtime import clock as clocks
@@ -521,3 +521,12 @@ async def test_explain_of_an_unschedulable_slot_counts_reasons(served) -> None:
     assert "0/1 pnodes available: 1 insufficient cpu" in reply.summary
     assert [(r.reason, r.count) for r in reply.reasons] == [("insufficient cpu", 1)]
     assert reply.seed != 0
+
+
+async def test_an_error_is_one_bounded_line_whatever_the_input(served) -> None:
+    huge = "n" * 10_000
+    error = await failure(served.stub.GetNetwork(network_pb2.GetNetworkRequest(name=huge)))
+    details = error.details() or ""
+    assert "\n" not in details
+    assert len(details) <= messages.MAX_LINE_CHARS
+    assert details.endswith("characters in all)")
