@@ -14,10 +14,17 @@ MAX_LINE_CHARS = 500
 
 def clip(text: str, limit: int = MAX_LINE_CHARS) -> str:
     """`text` on one line (runs of white space, newlines included, become one space), cut
-    to at most `limit` characters with a note of how much was left out."""
+    to at most `limit` characters. The middle goes, not the end: a long field path or value
+    comes first in a message, and what is wrong with it comes last."""
     line = " ".join(text.split())
     if len(line) <= limit:
         return line
-    # Reserve room for the note; its length depends on the number it carries.
-    note = f"... ({len(line)} characters in all)"
-    return line[: max(0, limit - len(note))] + note
+    # The note's length depends on the number it carries: size it for the largest.
+    room = max(0, limit - len(_note(len(line))))
+    tail = room // 3
+    head = room - tail
+    return line[:head] + _note(len(line) - head - tail) + (line[-tail:] if tail else "")
+
+
+def _note(cut: int) -> str:
+    return f" ...({cut} characters left out)... "

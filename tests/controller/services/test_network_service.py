@@ -529,4 +529,5 @@ async def test_an_error_is_one_bounded_line_whatever_the_input(served) -> None:
     details = error.details() or ""
     assert "\n" not in details
     assert len(details) <= messages.MAX_LINE_CHARS
-    assert details.endswith("characters in all)")
+    assert "characters left out" in details
+    assert details.endswith("not found")
