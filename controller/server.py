@@ -44,7 +44,16 @@ from api.dcnr.v1 import (
 from api.resources import allocation, meta, network, pnode
 from controller import config as config_mod
 from controller import metrics
-from controller.jobs import driver, driver_inbox, job_loop
+from controller.jobs import (
+    driver,
+    driver_context,
+    driver_inbox,
+    job_loop,
+    job_watch,
+    suspects,
+    tiebreakers,
+    vnode_client,
+)
 from controller.runtime import clock as clock_mod
 from controller.runtime import manager, replicas
 from controller.services import (
@@ -118,21 +127,32 @@ class Orchestrator:
         self.view = view.View(store, self.clock, config=control)
         self.manager = manager.Manager(self.clock, rng=random.Random())
         self.leases = leases.LeaseKeeper(store, self.clock, view=self.view, config=control)
-        self.drivers = driver.DriverContext(
-            store=store,
-            view=self.view,
-            clock=self.clock,
-            config=config.driver,
-            replica_id=self.replica_id,
-        )
         self.trust = trust.TrustBook(
             store=store,
             clock=self.clock,
             on_written=self.view.apply_written,
             on_bugged=self.metrics.bugged,
         )
-        self.drivers.book = self.trust
-        self.drivers.metrics = self.metrics
+        self.client = vnode_client.VNodeClient(
+            view=self.view, clock=self.clock, rpc_timeout=config.driver.rpc_timeout
+        )
+        self.inbox = driver_inbox.Inbox(book=self.trust, on_disagreed=self.metrics.disagreed)
+        self.reply_to = driver_context.ReplyTo(config.driver.advertise)
+        self.drivers = driver_context.DriverContext(
+            store=store,
+            view=self.view,
+            clock=self.clock,
+            config=config.driver,
+            replica_id=self.replica_id,
+            client=self.client,
+            results=driver_context.ResultSinks(
+                inbox=self.inbox, book=self.trust, metrics=self.metrics
+            ),
+            suspects=suspects.Suspects(view=self.view, book=self.trust),
+            tiebreakers=tiebreakers.Tiebreakers(store=store, view=self.view, metrics=self.metrics),
+            reply_to=self.reply_to,
+            feed=job_watch.JobFeed(),
+        )
         self.allocation_status = allocation_status.AllocationStatus(store, self.view)
         self.job_loop = job_loop.JobLoop(self.drivers)
         self.replicas = replicas.Replicas(
@@ -268,7 +288,7 @@ class Orchestrator:
         implemented["dcnr.v1.VNodeService"] = (
             vnode_pb2_grpc.add_VNodeServiceServicer_to_server,
             driver_inbox.DriverInboxService(
-                inbox=self.drivers.inbox,
+                inbox=self.inbox,
                 view=self.view,
                 replica_id=self.replica_id,
                 max_message_bytes=self.config.driver.max_message_bytes,
@@ -283,7 +303,7 @@ class Orchestrator:
                 store=self.store,
                 view=self.view,
                 book=self.trust,
-                inbox=self.drivers.inbox,
+                inbox=self.inbox,
                 replica_id=self.replica_id,
                 on_checked=self.metrics.checked,
                 on_refused=self.metrics.report_refused,
@@ -323,7 +343,7 @@ class Orchestrator:
             raise OSError(f"--listen {self.config.listen}: cannot bind ({exc})") from None
         if self.port == 0:
             raise OSError(f"--listen {self.config.listen}: cannot bind")
-        self.drivers.set_reply_to(
+        self.reply_to.bound(
             self.config.driver.advertise or _advertised(self.config.listen, self.port)
         )
         if self.config.metrics_listen:
@@ -341,7 +361,7 @@ class Orchestrator:
         await self.server.stop(grace)
         if self.manager_started:
             await self.manager.stop(grace)
-        await self.drivers.close()
+        await self.client.close()
         for step in (
             self.allocation_status.stop,
             self.leases.stop,
