@@ -1,5 +1,9 @@
 """The orchestrator process: one grpc.aio server, the view, the loops and replica membership.
 
+This module only wires: `Orchestrator` builds every part in dependency order, giving each
+its collaborators at construction, registers the loops and the services, and starts and
+stops them in order. Decisions live in the parts.
+
 Start order matters: the view is filled before anything answers (a heartbeat must find its
 PNode), membership is known before the loops take keys, and the port opens last. Stop
 order is the reverse: stop taking calls and finish those in flight, finish in-flight
@@ -11,28 +15,20 @@ the store, is mapped to the loop keys it concerns (`_keys_for_change`); the loop
 state themselves.
 
 dcnr.v1 services not implemented yet are registered from their generated base servicers,
-so they answer UNIMPLEMENTED rather than being absent.
+so they answer UNIMPLEMENTED rather than being absent (`controller.services.catalog`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib
 import logging
-import pkgutil
 import random
-import signal
-import socket
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from grpc import aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
 
-import api.dcnr.v1
 from api.dcnr.v1 import (
     job_pb2_grpc,
     network_pb2_grpc,
@@ -57,7 +53,9 @@ from controller.jobs import (
 from controller.runtime import clock as clock_mod
 from controller.runtime import manager, replicas
 from controller.services import (
+    addresses,
     auth,
+    catalog,
     job_service,
     network_service,
     pnode_service,
@@ -84,28 +82,6 @@ class ServeConfig:
     driver: driver.DriverConfig = field(default_factory=driver.DriverConfig)
     #: Bearer tokens management calls must present; empty: no admin auth (local use).
     admin_tokens: frozenset[str] = frozenset()
-
-
-def _generated_services() -> list[tuple[str, Callable[[Any, Any], None], Any]]:
-    """(full service name, add_*_to_server, base servicer) for every dcnr.v1 service."""
-    found = []
-    for info in pkgutil.iter_modules(api.dcnr.v1.__path__):
-        if not info.name.endswith("_pb2_grpc"):
-            continue
-        grpc_module = importlib.import_module(f"api.dcnr.v1.{info.name}")
-        pb2 = importlib.import_module(f"api.dcnr.v1.{info.name.removesuffix('_grpc')}")
-        for service in pb2.DESCRIPTOR.services_by_name.values():
-            add = getattr(grpc_module, f"add_{service.name}Servicer_to_server")
-            servicer = getattr(grpc_module, f"{service.name}Servicer")()
-            found.append((service.full_name, add, servicer))
-    return sorted(found, key=lambda item: item[0])
-
-
-def _split(address: str, flag: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise OSError(f"{flag} {address}: expected HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 class Orchestrator:
@@ -242,7 +218,7 @@ class Orchestrator:
 
     def _add_services(self) -> None:
         control = self.config.control
-        implemented: dict[str, tuple[Callable[[Any, Any], None], Any]] = {
+        implemented: dict[str, tuple[catalog.Add, Any]] = {
             "dcnr.v1.PNodeService": (
                 pnode_pb2_grpc.add_PNodeServiceServicer_to_server,
                 pnode_service.PNodeService(
@@ -311,19 +287,7 @@ class Orchestrator:
                 on_tiebreak=self.metrics.tiebroken,
             ),
         )
-        for name, add, servicer in _generated_services():
-            add_impl, impl = implemented.get(name, (add, servicer))
-            add_impl(impl, self.server)
-            self.service_names.append(name)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            [
-                *self.service_names,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            self.server,
-        )
+        self.service_names = catalog.register(self.server, implemented, health=self.health)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -344,10 +308,10 @@ class Orchestrator:
         if self.port == 0:
             raise OSError(f"--listen {self.config.listen}: cannot bind")
         self.reply_to.bound(
-            self.config.driver.advertise or _advertised(self.config.listen, self.port)
+            self.config.driver.advertise or addresses.advertised(self.config.listen, self.port)
         )
         if self.config.metrics_listen:
-            host, port = _split(self.config.metrics_listen, "--metrics-listen")
+            host, port = addresses.split(self.config.metrics_listen, "--metrics-listen")
             self.metrics_port = self.metrics.start_http(host, port)
         await self.server.start()
         for name in ["", *self.service_names]:
@@ -376,14 +340,6 @@ class Orchestrator:
         if self.metrics_port is not None:
             await asyncio.to_thread(self.metrics.stop_http)
         await self.store.close()
-
-
-def _advertised(listen: str, port: int) -> str:
-    """Where agents reach this replica: the listen host (the host name for a wildcard)."""
-    host, _ = _split(listen, "--listen")
-    if host in ("0.0.0.0", "::", ""):
-        host = socket.gethostname()
-    return f"{host}:{port}"
 
 
 def _keys_for_change(
@@ -419,41 +375,3 @@ def _gained_room(old: meta.Resource | None, new: meta.Resource | None) -> bool:
         or old.spec.capacity != new.spec.capacity
         or old.status.incarnation != new.status.incarnation
     )
-
-
-async def serve(
-    config: ServeConfig, *, on_ready: Callable[[Orchestrator], None] | None = None
-) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    from store import url
-
-    store = await url.open_store(config.store_url)
-    orchestrator = Orchestrator(config, store)
-    try:
-        await orchestrator.start()
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await orchestrator.stop()
-        raise
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    log.info(
-        "serving dcnr.v1",
-        extra={
-            "fields": {
-                "listen": config.listen,
-                "port": orchestrator.port,
-                "metrics_port": orchestrator.metrics_port,
-                "store": config.store_url,
-                "replica": orchestrator.replica_id,
-            }
-        },
-    )
-    if on_ready is not None:
-        on_ready(orchestrator)
-    await stopping.wait()
-    log.info("shutting down: draining in-flight calls and reconciles")
-    await orchestrator.stop()
-    log.info("stopped")
