@@ -53,8 +53,8 @@ class DriverConfig:
 @dataclasses.dataclass(frozen=True, slots=True)
 class ResultSinks:
     """Where results go: the inbox the agents deliver to, and where their verdicts are
-    recorded. The inbox is built with the same book and disagreement counter, so a
-    comparison it decides and one a run decides land in the same places."""
+    recorded. The composition root builds the inbox with the same book and disagreement
+    counter, so a comparison the inbox decides and one a run decides land in one place."""
 
     inbox: driver_inbox.Inbox
     #: Where results' outcomes go (None: trust is not tracked).
