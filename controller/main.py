@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from api import logs as api_logs
@@ -22,6 +25,8 @@ from controller import config, server
 from controller.jobs import driver
 from controller.services import auth
 from store import errors, url
+
+log = logging.getLogger("dcnr.server")
 
 _TIMINGS = (
     "heartbeat_interval",
@@ -165,6 +170,42 @@ def _store_url(value: str | None) -> str:
     return chosen
 
 
+async def _serve(
+    config: server.ServeConfig, *, on_ready: Callable[[server.Orchestrator], None] | None = None
+) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    store = await url.open_store(config.store_url)
+    orchestrator = server.Orchestrator(config, store)
+    try:
+        await orchestrator.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await orchestrator.stop()
+        raise
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    log.info(
+        "serving dcnr.v1",
+        extra={
+            "fields": {
+                "listen": config.listen,
+                "port": orchestrator.port,
+                "metrics_port": orchestrator.metrics_port,
+                "store": config.store_url,
+                "replica": orchestrator.replica_id,
+            }
+        },
+    )
+    if on_ready is not None:
+        on_ready(orchestrator)
+    await stopping.wait()
+    log.info("shutting down: draining in-flight calls and reconciles")
+    await orchestrator.stop()
+    log.info("stopped")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     api_logs.setup(args.log_level)
@@ -237,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
 
-        asyncio.run(server.serve(serve_config, on_ready=ready))
+        asyncio.run(_serve(serve_config, on_ready=ready))
         return 0
     except errors.StoreError as exc:
         print(f"dcnr-orchestrator: error: store {store_url}: {exc}", file=sys.stderr)

@@ -1,5 +1,9 @@
 """The orchestrator process: one grpc.aio server, the view, the loops and replica membership.
 
+This module only wires: `Orchestrator` builds every part in dependency order, giving each
+its collaborators at construction, registers the loops and the services, and starts and
+stops them in order. Decisions live in the parts.
+
 Start order matters: the view is filled before anything answers (a heartbeat must find its
 PNode), membership is known before the loops take keys, and the port opens last. Stop
 order is the reverse: stop taking calls and finish those in flight, finish in-flight
@@ -11,28 +15,20 @@ the store, is mapped to the loop keys it concerns by the routing table
 (`controller.runtime.events`); the loops re-read state themselves.
 
 dcnr.v1 services not implemented yet are registered from their generated base servicers,
-so they answer UNIMPLEMENTED rather than being absent.
+so they answer UNIMPLEMENTED rather than being absent (`controller.services.catalog`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib
 import logging
-import pkgutil
 import random
-import signal
-import socket
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from grpc import aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
 
-import api.dcnr.v1
 from api.dcnr.v1 import (
     job_pb2_grpc,
     network_pb2_grpc,
@@ -44,11 +40,22 @@ from api.dcnr.v1 import (
 from api.resources import meta
 from controller import config as config_mod
 from controller import metrics
-from controller.jobs import driver, job_loop
+from controller.jobs import (
+    driver,
+    driver_context,
+    driver_inbox,
+    job_loop,
+    job_watch,
+    suspects,
+    tiebreakers,
+    vnode_client,
+)
 from controller.runtime import clock as clock_mod
 from controller.runtime import events, manager, replicas
 from controller.services import (
+    addresses,
     auth,
+    catalog,
     driver_inbox_service,
     job_service,
     network_service,
@@ -80,28 +87,6 @@ class ServeConfig:
     admin_tokens: frozenset[str] = frozenset()
 
 
-def _generated_services() -> list[tuple[str, Callable[[Any, Any], None], Any]]:
-    """(full service name, add_*_to_server, base servicer) for every dcnr.v1 service."""
-    found = []
-    for info in pkgutil.iter_modules(api.dcnr.v1.__path__):
-        if not info.name.endswith("_pb2_grpc"):
-            continue
-        grpc_module = importlib.import_module(f"api.dcnr.v1.{info.name}")
-        pb2 = importlib.import_module(f"api.dcnr.v1.{info.name.removesuffix('_grpc')}")
-        for service in pb2.DESCRIPTOR.services_by_name.values():
-            add = getattr(grpc_module, f"add_{service.name}Servicer_to_server")
-            servicer = getattr(grpc_module, f"{service.name}Servicer")()
-            found.append((service.full_name, add, servicer))
-    return sorted(found, key=lambda item: item[0])
-
-
-def _split(address: str, flag: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise OSError(f"{flag} {address}: expected HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 class Orchestrator:
     """A running replica; `start` brings it up, `stop` drains and releases everything."""
 
@@ -121,22 +106,35 @@ class Orchestrator:
         self.view = view.View(store, self.clock, config=control)
         self.manager = manager.Manager(self.clock, rng=random.Random())
         self.leases = leases.LeaseKeeper(store, self.clock, view=self.view, config=control)
-        self.drivers = driver.DriverContext(
-            store=store,
-            view=self.view,
-            clock=self.clock,
-            config=config.driver,
-            replica_id=self.replica_id,
-            transport=vnode_transport.GrpcTransport(),
-        )
         self.trust = trust.TrustBook(
             store=store,
             clock=self.clock,
             on_written=self.view.apply_written,
             on_bugged=self.metrics.bugged,
         )
-        self.drivers.book = self.trust
-        self.drivers.metrics = self.metrics
+        self.client = vnode_client.VNodeClient(
+            view=self.view,
+            clock=self.clock,
+            rpc_timeout=config.driver.rpc_timeout,
+            transport=vnode_transport.GrpcTransport(),
+        )
+        self.inbox = driver_inbox.Inbox(book=self.trust, on_disagreed=self.metrics.disagreed)
+        self.reply_to = driver_context.ReplyTo(config.driver.advertise)
+        self.drivers = driver_context.DriverContext(
+            store=store,
+            view=self.view,
+            clock=self.clock,
+            config=config.driver,
+            replica_id=self.replica_id,
+            client=self.client,
+            results=driver_context.ResultSinks(
+                inbox=self.inbox, book=self.trust, metrics=self.metrics
+            ),
+            suspects=suspects.Suspects(view=self.view, book=self.trust),
+            tiebreakers=tiebreakers.Tiebreakers(store=store, view=self.view, metrics=self.metrics),
+            reply_to=self.reply_to,
+            feed=job_watch.JobFeed(),
+        )
         self.allocation_status = allocation_status.AllocationStatus(store, self.view)
         self.job_loop = job_loop.JobLoop(self.drivers)
         self.replicas = replicas.Replicas(
@@ -227,7 +225,7 @@ class Orchestrator:
 
     def _add_services(self) -> None:
         control = self.config.control
-        implemented: dict[str, tuple[Callable[[Any, Any], None], Any]] = {
+        implemented: dict[str, tuple[catalog.Add, Any]] = {
             "dcnr.v1.PNodeService": (
                 pnode_pb2_grpc.add_PNodeServiceServicer_to_server,
                 pnode_service.PNodeService(
@@ -273,7 +271,7 @@ class Orchestrator:
         implemented["dcnr.v1.VNodeService"] = (
             vnode_pb2_grpc.add_VNodeServiceServicer_to_server,
             driver_inbox_service.DriverInboxService(
-                inbox=self.drivers.inbox,
+                inbox=self.inbox,
                 view=self.view,
                 replica_id=self.replica_id,
                 max_message_bytes=self.config.driver.max_message_bytes,
@@ -288,7 +286,7 @@ class Orchestrator:
                 store=self.store,
                 view=self.view,
                 book=self.trust,
-                inbox=self.drivers.inbox,
+                inbox=self.inbox,
                 replica_id=self.replica_id,
                 on_checked=self.metrics.checked,
                 on_refused=self.metrics.report_refused,
@@ -296,19 +294,7 @@ class Orchestrator:
                 on_tiebreak=self.metrics.tiebroken,
             ),
         )
-        for name, add, servicer in _generated_services():
-            add_impl, impl = implemented.get(name, (add, servicer))
-            add_impl(impl, self.server)
-            self.service_names.append(name)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            [
-                *self.service_names,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            self.server,
-        )
+        self.service_names = catalog.register(self.server, implemented, health=self.health)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -328,11 +314,11 @@ class Orchestrator:
             raise OSError(f"--listen {self.config.listen}: cannot bind ({exc})") from None
         if self.port == 0:
             raise OSError(f"--listen {self.config.listen}: cannot bind")
-        self.drivers.set_reply_to(
-            self.config.driver.advertise or _advertised(self.config.listen, self.port)
+        self.reply_to.bound(
+            self.config.driver.advertise or addresses.advertised(self.config.listen, self.port)
         )
         if self.config.metrics_listen:
-            host, port = _split(self.config.metrics_listen, "--metrics-listen")
+            host, port = addresses.split(self.config.metrics_listen, "--metrics-listen")
             self.metrics_port = self.metrics.start_http(host, port)
         await self.server.start()
         for name in ["", *self.service_names]:
@@ -346,7 +332,7 @@ class Orchestrator:
         await self.server.stop(grace)
         if self.manager_started:
             await self.manager.stop(grace)
-        await self.drivers.close()
+        await self.client.close()
         for step in (
             self.allocation_status.stop,
             self.leases.stop,
@@ -362,48 +348,3 @@ class Orchestrator:
             await asyncio.to_thread(self.metrics.stop_http)
         await self.store.close()
 
-
-def _advertised(listen: str, port: int) -> str:
-    """Where agents reach this replica: the listen host (the host name for a wildcard)."""
-    host, _ = _split(listen, "--listen")
-    if host in ("0.0.0.0", "::", ""):
-        host = socket.gethostname()
-    return f"{host}:{port}"
-
-
-async def serve(
-    config: ServeConfig, *, on_ready: Callable[[Orchestrator], None] | None = None
-) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    from store import url
-
-    store = await url.open_store(config.store_url)
-    orchestrator = Orchestrator(config, store)
-    try:
-        await orchestrator.start()
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await orchestrator.stop()
-        raise
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    log.info(
-        "serving dcnr.v1",
-        extra={
-            "fields": {
-                "listen": config.listen,
-                "port": orchestrator.port,
-                "metrics_port": orchestrator.metrics_port,
-                "store": config.store_url,
-                "replica": orchestrator.replica_id,
-            }
-        },
-    )
-    if on_ready is not None:
-        on_ready(orchestrator)
-    await stopping.wait()
-    log.info("shutting down: draining in-flight calls and reconciles")
-    await orchestrator.stop()
-    log.info("stopped")

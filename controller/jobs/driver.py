@@ -106,7 +106,7 @@ class TrainingRun:
         except Fenced as stop:
             log.info("driver stops", extra={"fields": {"job": self.name, "reason": str(stop)}})
         finally:
-            self.ctx.inbox.forget(self.name)
+            self.ctx.results.inbox.forget(self.name)
 
     @property
     def _job(self) -> Job:
@@ -136,7 +136,7 @@ class TrainingRun:
                     job=self._job,
                     attempt=self.attempt,
                     plan=plan,
-                    reply_to=await self.ctx.wait_reply_to(),
+                    reply_to=await self.ctx.reply_to.wait(),
                     step_timeout=self.ctx.config.step_timeout,
                     blob_store=self.ctx.config.blob_store,
                 )
@@ -150,7 +150,7 @@ class TrainingRun:
             except Rollback as why:
                 if isinstance(why, driver_calls.Disputed):
                     self._strike_forged(why.forged)
-                    await self.ctx.request_tiebreaker(self._job.spec.network, why.vnode)
+                    await self.ctx.tiebreakers.request(self._job.spec.network, why.vnode)
                 log.warning(
                     "rolling back", extra={"fields": {"job": self.name, "reason": str(why)}}
                 )
@@ -173,7 +173,7 @@ class TrainingRun:
         except (errors.Conflict, errors.NotFound):
             raise Fenced("another driver claimed the job first") from None
         self.attempt = self._job.status.attempt
-        self.ctx.written(self._job)
+        self.ctx.feed.published(self._job)
 
     async def _next_attempt(self, reason: str) -> None:
         nxt = self.attempt + 1
@@ -199,7 +199,7 @@ class TrainingRun:
             except errors.Conflict:
                 await self._reread()
                 continue
-            self.ctx.written(self._job)
+            self.ctx.feed.published(self._job)
             return
         raise Fenced(f"the job kept changing under {MAX_WRITE_ATTEMPTS} writes")
 
@@ -222,7 +222,7 @@ class TrainingRun:
         while True:
             seen = signal.value
             now = clock.now()
-            suspects = set(self.ctx.suspect_pnodes(plan.slots))
+            suspects = set(self.ctx.suspects.holding(plan.slots))
             missing = [
                 slot
                 for slot in plan.slots
@@ -251,14 +251,14 @@ class TrainingRun:
         window = _Window(ctx.clock.monotonic())
         last_write = ctx.clock.monotonic()
         #: Disagreements seen before this checkpoint interval began.
-        clean_since = ctx.inbox.disagreements(self.name)
+        clean_since = ctx.results.inbox.disagreements(self.name)
         for step in range(self._job.status.checkpoint_step + 1, plan.total + 1):
             epoch, k = divmod(step - 1, plan.steps_per_epoch)
             indices = self._batch(plan, epoch, k)
-            suspects = ctx.suspect_pnodes(plan.slots)
+            suspects = ctx.suspects.holding(plan.slots)
             if suspects:  # wait (Paused) until their slots have moved, not feed them on
                 raise Rollback(f"step {step}: pnode {', '.join(suspects)} is being marked Bugged")
-            box = ctx.inbox.open(
+            box = ctx.results.inbox.open(
                 job=self.name,
                 network=plan.network,
                 attempt=self.attempt,
@@ -269,7 +269,7 @@ class TrainingRun:
             try:
                 await calls.step(box, step, indices)
             finally:
-                ctx.inbox.close(box)
+                ctx.results.inbox.close(box)
             self._progressed = True
             self._credit(plan, box.struck)
             window.samples += len(indices)
@@ -286,10 +286,10 @@ class TrainingRun:
                 )
                 self._strike_forged(written.forged)
                 if written.outliers:
-                    ctx.inbox.disagreed(self.name, len(written.outliers))
-                    if ctx.metrics is not None:
-                        ctx.metrics.disagreed(len(written.outliers))
-                seen = ctx.inbox.disagreements(self.name)
+                    ctx.results.inbox.disagreed(self.name, len(written.outliers))
+                    if ctx.results.metrics is not None:
+                        ctx.results.metrics.disagreed(len(written.outliers))
+                seen = ctx.results.inbox.disagreements(self.name)
                 if seen == clean_since:
                     await self._clear_tiebreakers(plan)
                 clean_since = seen
@@ -303,13 +303,13 @@ class TrainingRun:
     async def _clear_tiebreakers(self, plan: Plan) -> None:
         net = self.ctx.view.networks.get(plan.network)
         if net is not None and net.status.tiebreakers:
-            await self.ctx.clear_tiebreakers(plan.network)
+            await self.ctx.tiebreakers.clear(plan.network)
 
     def _credit(self, plan: Plan, struck: set[str]) -> None:
         """A completed step: every result of it passed the checks (and, with replicas, the
         vote), so each PNode that computed one earns a valid result — except those whose
         result lost a comparison in it."""
-        book = self.ctx.book
+        book = self.ctx.results.book
         if book is None:
             return
         for slot in plan.slots:
@@ -320,7 +320,7 @@ class TrainingRun:
     def _strike_forged(self, slots: tuple[str, ...]) -> None:
         """A checkpoint blob whose bytes do not hash to the digest its writer claimed is a
         provable lie (`controller.jobs.driver_checkpoint`): strike the PNode that wrote it."""
-        book = self.ctx.book
+        book = self.ctx.results.book
         for slot in slots:
             current = self.ctx.view.allocations.get(slot)
             if book is None or current is None:

@@ -1,21 +1,33 @@
-"""What every training run and inference on one orchestrator replica shares: the store,
-the view, the inbox, the clients to agents, trust and metrics sinks."""
+"""What every training run and inference on one orchestrator replica shares, in parts.
+
+`DriverContext` holds no logic of its own: it is the run environment (the store, the view,
+the clock, the driver's configuration and this replica's id) and the parts built around it,
+each with one job, all given at construction by the composition root (`controller.server`):
+
+    client      the calls to agents (`vnode_client.VNodeClient`)
+    results     where results and their verdicts go: the inbox, the trust book, the metrics
+    suspects    which PNodes no work should go to (`controller.jobs.suspects`)
+    tiebreakers requests and removal of tiebreaker replicas (`controller.jobs.tiebreakers`)
+    reply_to    where agents reach this replica's inbox, known once the port is bound
+    feed        every Job write on this replica, for watchers (`job_watch.JobFeed`)
+
+The trust book and the metrics may be absent (None: not tracked, not counted), as in tests
+that exercise the driver alone.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterable
 
-from api.resources import job as job_model
-from api.resources import network as net_model
 from controller import metrics as metrics_mod
 from controller.jobs import driver_inbox, job_watch, vnode_client
+from controller.jobs import suspects as suspects_mod
+from controller.jobs import tiebreakers as tiebreakers_mod
 from controller.runtime import clock as clock_mod
 from controller.state import view as view_mod
 from controller.trust import book as trust
-from controller.trust import tiebreak
-from store import base, errors
+from store import base
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -38,117 +50,52 @@ class DriverConfig:
     max_message_bytes: int = driver_inbox.DEFAULT_MAX_MESSAGE_BYTES
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResultSinks:
+    """Where results go: the inbox the agents deliver to, and where their verdicts are
+    recorded. The composition root builds the inbox with the same book and disagreement
+    counter, so a comparison the inbox decides and one a run decides land in one place."""
+
+    inbox: driver_inbox.Inbox
+    #: Where results' outcomes go (None: trust is not tracked).
+    book: trust.TrustBook | None = None
+    #: Where disagreements, tiebreaks and inference results are counted (None: not counted).
+    metrics: metrics_mod.Metrics | None = None
+
+
+class ReplyTo:
+    """Where agents reach this replica's driver inbox. Given by configuration (`advertise`)
+    or learned once the port is bound (the OS may choose it): runs wait until it is known,
+    so none sends a reply_to nobody listens on."""
+
+    def __init__(self, address: str = "") -> None:
+        self._address = address
+        self._known = asyncio.Event()
+        if address:
+            self._known.set()
+
+    def bound(self, address: str) -> None:
+        """The port is bound: tell the runs waiting, and every later one, where to listen."""
+        self._address = address
+        self._known.set()
+
+    async def wait(self) -> str:
+        await self._known.wait()
+        return self._address
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class DriverContext:
-    """What every run and inference on this replica shares."""
+    """The run environment and the parts every run and inference on this replica shares."""
 
-    def __init__(
-        self,
-        *,
-        store: base.Store,
-        view: view_mod.View,
-        clock: clock_mod.Clock,
-        config: DriverConfig,
-        replica_id: str,
-        transport: vnode_client.Transport,
-    ) -> None:
-        self.store = store
-        self.view = view
-        self.clock = clock
-        self.config = config
-        self.replica_id = replica_id
-        self.inbox = driver_inbox.Inbox()
-        self.feed = job_watch.JobFeed()
-        self.client = vnode_client.VNodeClient(
-            view=view, clock=clock, transport=transport, rpc_timeout=config.rpc_timeout
-        )
-        self.reply_to = config.advertise
-        self._book: trust.TrustBook | None = None
-        self._metrics: metrics_mod.Metrics | None = None
-        self._address_known = asyncio.Event()
-        if self.reply_to:
-            self._address_known.set()
-
-    @property
-    def book(self) -> trust.TrustBook | None:
-        """Where results' outcomes go (set by the server; None: trust is not tracked)."""
-        return self._book
-
-    @book.setter
-    def book(self, book: trust.TrustBook | None) -> None:
-        self._book = self.inbox.book = book
-
-    @property
-    def metrics(self) -> metrics_mod.Metrics | None:
-        """Where disagreements, tiebreaks and inference results are counted (set by the
-        server; None: not counted)."""
-        return self._metrics
-
-    @metrics.setter
-    def metrics(self, sink: metrics_mod.Metrics | None) -> None:
-        self._metrics = sink
-        self.inbox.on_disagreed = sink.disagreed if sink is not None else None
-
-    def suspect(self, pnode_name: str) -> bool:
-        """The PNode is Bugged, or its strikes this replica holds unwritten make it so: no
-        work goes to it (`trust.TrustBook.suspect`)."""
-        node = self.view.pnodes.get(pnode_name)
-        if node is None:
-            return False
-        if self._book is None:
-            return node.status.trust.bugged
-        return self._book.suspect(pnode_name, node.status.trust)
-
-    def suspect_pnodes(self, slots: Iterable[str]) -> list[str]:
-        """The PNodes holding `slots` that are `suspect`, sorted."""
-        held = {a.spec.pnode for s in slots if (a := self.view.allocations.get(s)) is not None}
-        return sorted(p for p in held if self.suspect(p))
-
-    def struck(self, pnode_name: str) -> bool:
-        """The PNode has a strike in its window, written or not."""
-        node = self.view.pnodes.get(pnode_name)
-        if node is None:
-            return False
-        if self._book is None:
-            return node.status.trust.strikes > 0
-        return self._book.strikes(pnode_name, node.status.trust) > 0
-
-    async def request_tiebreaker(self, network: str, vnode: str) -> None:
-        """Ask for one more replica of `vnode` and show it to this replica's view at once,
-        so the next plan (and the network loop, woken by the view) sees it."""
-        added = await tiebreak.request(
-            self.store, network, vnode, on_written=self.view.apply_written
-        )
-        if not added:  # someone else wrote it (or the view is behind): read what is there
-            await self.sync_network(network)
-        elif self._metrics is not None:
-            self._metrics.tiebroken()
-
-    async def clear_tiebreakers(self, network: str) -> list[str]:
-        """Remove the network's tiebreakers and show it to this replica's view at once."""
-        removed = await tiebreak.clear(self.store, network, on_written=self.view.apply_written)
-        if not removed:
-            await self.sync_network(network)
-        return removed
-
-    async def sync_network(self, network: str) -> None:
-        try:
-            fresh = await self.store.get(net_model.Network, network)
-        except errors.NotFound:
-            return
-        self.view.apply_written([fresh])
-
-    def set_reply_to(self, address: str) -> None:
-        """Once the port is bound (it may be chosen by the OS), tell runs where to listen."""
-        self.reply_to = address
-        self._address_known.set()
-
-    async def wait_reply_to(self) -> str:
-        await self._address_known.wait()
-        return self.reply_to
-
-    def written(self, job: job_model.Job) -> None:
-        """Every Job write on this replica goes here, so watchers see it at once."""
-        self.feed.published(job)
-
-    async def close(self) -> None:
-        await self.client.close()
+    store: base.Store
+    view: view_mod.View
+    clock: clock_mod.Clock
+    config: DriverConfig
+    replica_id: str
+    client: vnode_client.VNodeClient
+    results: ResultSinks
+    suspects: suspects_mod.Suspects
+    tiebreakers: tiebreakers_mod.Tiebreakers
+    reply_to: ReplyTo
+    feed: job_watch.JobFeed

@@ -68,7 +68,12 @@ def _counts(names: Iterable[str] | Mapping[str, int]) -> dict[str, int]:
 class Inbox:
     """The routing table between the VNodeService handlers and the runs on this replica."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        book: trust.TrustBook | None = None,
+        on_disagreed: Callable[[int], None] | None = None,
+    ) -> None:
         self._boxes: dict[Key, Mailbox] = {}
         #: job → the newest attempt a run of it opened a mailbox for.
         self._attempts: dict[str, int] = {}
@@ -78,9 +83,9 @@ class Inbox:
         #: interval was clean (see `disagreements`).
         self._disagreements: dict[str, int] = {}
         #: Where losers of a comparison are struck (None: trust is not tracked).
-        self.book: trust.TrustBook | None = None
+        self.book = book
         #: Called with the number of results that disagreed (metrics).
-        self.on_disagreed: Callable[[int], None] | None = None
+        self.on_disagreed = on_disagreed
 
     def open(
         self,

@@ -136,7 +136,9 @@ async def infer(
             await _changed(ctx, network, deadline, seen)
             continue
         try:
-            await model_state.ensure_restored(ctx, network, deadline=deadline)
+            await model_state.ensure_restored(
+                network, store=ctx.store, view=ctx.view, client=ctx.client, deadline=deadline
+            )
         except vnode_client.SendFailed as exc:
             raise faults.Unavailable(
                 f"network {network!r}: a re-placed VNode could not be restored from its "
@@ -147,7 +149,7 @@ async def infer(
             await _retire_tiebreakers(ctx, network)
             return answer
         except _Disputed as dispute:
-            await ctx.request_tiebreaker(network, dispute.vnode)
+            await ctx.tiebreakers.request(network, dispute.vnode)
             await _wait_for_replicas(ctx, network, dispute.vnode, deadline, seconds)
         except _Refused as why:
             refused = str(why)
@@ -170,9 +172,9 @@ async def _retire_tiebreakers(ctx: driver.DriverContext, network: str) -> None:
         for replica in range(net.base_replicas(spec)):
             slot = ctx.view.allocations.get(allocation.slot_name(network, vnode, replica))
             node = ctx.view.pnodes.get(slot.spec.pnode) if slot is not None else None
-            if node is None or ctx.struck(node.name):
+            if node is None or ctx.suspects.struck(node.name):
                 return
-    await ctx.clear_tiebreakers(network)
+    await ctx.tiebreakers.clear(network)
 
 
 def _trust_of(view: view_mod.View, network: str, vnode: str) -> int:
@@ -197,7 +199,7 @@ def _on_suspects(ctx: driver.DriverContext, net: net_model.Network, chosen: Sele
         for vnode, n in chosen.computing.items()
         for r in range(n)
     ]
-    suspects = set(ctx.suspect_pnodes(slots))
+    suspects = set(ctx.suspects.holding(slots))
     return [
         s
         for s in slots
@@ -250,17 +252,17 @@ async def _once(
     sources, sinks = driver_plan.topology(net)
     request_id = uuid.uuid4().hex
     job = f"infer-{request_id}"
-    reply_to = await ctx.wait_reply_to()
+    reply_to = await ctx.reply_to.wait()
     clock = ctx.clock
-    box = ctx.inbox.open(
+    box = ctx.results.inbox.open(
         job=job,
         network=network,
         attempt=0,
         position=request_id,
         sinks={s: chosen.computing[s] for s in sinks},
     )
-    if ctx.metrics is not None:
-        ctx.metrics.inference_computed(
+    if ctx.results.metrics is not None:
+        ctx.results.metrics.inference_computed(
             primary=len(chosen.computing), double_check=chosen.double_checks
         )
 
@@ -313,7 +315,7 @@ async def _once(
         if not sends.done():
             sends.cancel()
         await asyncio.gather(sends, return_exceptions=True)
-        ctx.inbox.forget(job)
+        ctx.results.inbox.forget(job)
     _credit(ctx, network, chosen, box, job)
     return dict(box.outputs)
 
@@ -328,7 +330,7 @@ def _credit(
     """Every result of a compared VNode took part in a vote that found no fault (a loser is
     reported, a dispute fails the request): its PNode earns a valid result. A result only
     checked, never compared, earns nothing (BOINC: validated results only)."""
-    if ctx.book is None:
+    if ctx.results.book is None:
         return
     for vnode, n in chosen.computing.items():
         if n < 2:
@@ -336,4 +338,4 @@ def _credit(
         for replica in range(n):
             slot = ctx.view.allocations.get(allocation.slot_name(network, vnode, replica))
             if slot is not None and slot.spec.pnode not in box.struck:
-                ctx.book.record(slot.spec.pnode, trust.Outcome(valid=True, job=job))
+                ctx.results.book.record(slot.spec.pnode, trust.Outcome(valid=True, job=job))

@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 
 from api.dcnr.v1 import vnode_pb2
 from api.resources import allocation, job
-from controller.jobs import driver, driver_calls, driver_plan
+from controller.jobs import driver_calls, driver_plan, vnode_client
+from controller.state import view as view_mod
 from store import base, errors
 
 log = logging.getLogger("dcnr.model_state")
@@ -35,11 +36,18 @@ async def latest_model(store: base.Store, network: str) -> job.Job | None:
     return max(done, key=lambda j: j.metadata.creation_timestamp or _EPOCH, default=None)
 
 
-async def ensure_restored(ctx: driver.DriverContext, network: str, *, deadline: float) -> int:
+async def ensure_restored(
+    network: str,
+    *,
+    store: base.Store,
+    view: view_mod.View,
+    client: vnode_client.VNodeClient,
+    deadline: float,
+) -> int:
     """Restore every moved or new replica of each stateful VNode of `network` (a tiebreaker
     included) from the VNode's checkpoint; returns how many were restored."""
-    model = await latest_model(ctx.store, network)
-    net = ctx.view.networks.get(network)
+    model = await latest_model(store, network)
+    net = view.networks.get(network)
     if model is None or net is None:
         return 0
     status = model.status
@@ -51,7 +59,7 @@ async def ensure_restored(ctx: driver.DriverContext, network: str, *, deadline: 
             continue
         for replica in range(counts[v.name]):
             slot = allocation.slot_name(network, v.name, replica)
-            current = ctx.view.allocations.get(slot)
+            current = view.allocations.get(slot)
             if current is not None and status.checkpoint_epochs.get(slot) != current.spec.epoch:
                 stale[slot] = (v.name, replica, current.spec.epoch)
     if not stale:
@@ -75,7 +83,7 @@ async def ensure_restored(ctx: driver.DriverContext, network: str, *, deadline: 
             ),
             neighbour_replicas=driver_plan.neighbour_replicas(counts, around, vnode),
         )
-        await ctx.client.restore(
+        await client.restore(
             network, vnode, request, deadline=deadline, epoch=epoch, replica=replica
         )
         log.info(
@@ -88,7 +96,7 @@ async def ensure_restored(ctx: driver.DriverContext, network: str, *, deadline: 
         )
 
     await asyncio.gather(*(one(v, r, e) for v, r, e in stale.values()))
-    await _record(ctx.store, model, {slot: e for slot, (_, _, e) in stale.items()})
+    await _record(store, model, {slot: e for slot, (_, _, e) in stale.items()})
     return len(stale)
 
 

@@ -70,7 +70,7 @@ class JobService(job_pb2_grpc.JobServiceServicer):
         self._on_changed = on_changed
 
     def _changed(self, job: Job) -> None:
-        self._ctx.written(job)
+        self._ctx.feed.published(job)
         if self._on_changed is not None:
             self._on_changed(job)
 

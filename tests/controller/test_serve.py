@@ -65,13 +65,13 @@ def test_every_rpc_answers_an_empty_request_with_a_clear_status(served) -> None:
     never UNKNOWN or INTERNAL, and none is left UNIMPLEMENTED."""
     from google.protobuf import descriptor_pool
 
-    from controller import server
+    from controller.services import catalog
 
     address = served.address
     pool = descriptor_pool.Default()
     codes: dict[str, grpc.StatusCode] = {}
     with grpc.insecure_channel(address) as channel:
-        for full_name, _add, _servicer in server._generated_services():
+        for full_name, _add, _servicer in catalog.generated():
             service = pool.FindServiceByName(full_name)
             for method in service.methods:
                 if method.client_streaming or method.server_streaming:

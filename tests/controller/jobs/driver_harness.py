@@ -35,7 +35,16 @@ from api.resources import allocation, job, lease, meta, pnode
 from api.resources import network as net_model
 from controller import config as config_mod
 from controller import metrics
-from controller.jobs import driver, driver_inbox, job_loop
+from controller.jobs import (
+    driver,
+    driver_context,
+    driver_inbox,
+    job_loop,
+    job_watch,
+    suspects,
+    tiebreakers,
+    vnode_client,
+)
 from controller.runtime import clock as clocks
 from controller.services import driver_inbox_service, job_service, vnode_transport
 from controller.state import view as view_mod
@@ -287,21 +296,32 @@ class Orchestrator:
         self.server = aio.server()
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         settings = {"step_timeout": 2.0, "progress_every": 0.0, "job_recheck": 0.5, **config}
-        self.ctx = driver.DriverContext(
+        clock = clocks.SystemClock()
+        options = driver.DriverConfig(
+            blob_store=f"file://{tmp}/blobs", advertise=f"127.0.0.1:{self.port}", **settings
+        )
+        self.metrics = metrics.Metrics()
+        inbox = driver_inbox.Inbox(book=book, on_disagreed=self.metrics.disagreed)
+        self.ctx = driver_context.DriverContext(
             store=store,
             view=view,
-            clock=clocks.SystemClock(),
-            config=driver.DriverConfig(
-                blob_store=f"file://{tmp}/blobs", advertise=f"127.0.0.1:{self.port}", **settings
-            ),
+            clock=clock,
+            config=options,
             replica_id=replica,
-            transport=vnode_transport.GrpcTransport(),
+            client=vnode_client.VNodeClient(
+                view=view,
+                clock=clock,
+                rpc_timeout=options.rpc_timeout,
+                transport=vnode_transport.GrpcTransport(),
+            ),
+            results=driver_context.ResultSinks(inbox=inbox, book=book, metrics=self.metrics),
+            suspects=suspects.Suspects(view=view, book=book),
+            tiebreakers=tiebreakers.Tiebreakers(store=store, view=view, metrics=self.metrics),
+            reply_to=driver_context.ReplyTo(options.advertise),
+            feed=job_watch.JobFeed(),
         )
-        self.ctx.book = book
-        self.metrics = metrics.Metrics()
-        self.ctx.metrics = self.metrics
         self.inbox = driver_inbox_service.DriverInboxService(
-            inbox=self.ctx.inbox,
+            inbox=inbox,
             view=view,
             replica_id=replica,
             max_message_bytes=1 << 20,
@@ -326,7 +346,7 @@ class Orchestrator:
         await self.loop.stop()
         await self.channel.close(None)
         await self.server.stop(None)
-        await self.ctx.close()
+        await self.ctx.client.close()
 
     async def until(
         self, name: str, predicate: Callable[[job.Job], bool], *, seconds: float = 30.0

@@ -297,7 +297,7 @@ async def code_of(call) -> grpc.StatusCode:
 async def test_the_inbox_refuses_what_an_agent_would_and_ignores_duplicates(world) -> None:
     orch = await world.orchestrator()
     stub = orch.vnodes
-    box = orch.ctx.inbox.open(
+    box = orch.ctx.results.inbox.open(
         job="fit", network=harness.NET, attempt=1, position=1, sinks=["loss"], sources=["x"]
     )
     assert await code_of(stub.Forward(sink_output(target_vnode="fc1"))) == grpc.StatusCode.NOT_FOUND
@@ -325,10 +325,12 @@ async def test_the_inbox_refuses_what_an_agent_would_and_ignores_duplicates(worl
     )  # fmt: skip
     assert not (await stub.Backward(done)).duplicate
     assert box.complete
-    orch.ctx.inbox.close(box)
+    orch.ctx.results.inbox.close(box)
     assert (await stub.Backward(done)).duplicate, "a late retry of a finished step"
 
-    orch.ctx.inbox.open(job="fit", network=harness.NET, attempt=2, position=2, sinks=["loss"])
+    orch.ctx.results.inbox.open(
+        job="fit", network=harness.NET, attempt=2, position=2, sinks=["loss"]
+    )
     stale = await code_of(stub.Forward(sink_output(step=2, attempt=1)))
     assert stale == grpc.StatusCode.FAILED_PRECONDITION
     unexpected = await code_of(stub.Forward(sink_output(job="other")))
