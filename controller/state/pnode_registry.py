@@ -134,13 +134,13 @@ class Registry:
             node.metadata.annotations = {**node.metadata.annotations, **annotations}
             node.status.incarnation += 1
             node.status.assignments_version += 1
-            node.status.conditions = lifecycle.remove_condition(
+            node.status.conditions = meta.remove_condition(
                 node.status.conditions, lifecycle.DEREGISTERED
             )
             op = base.Update(node)
         node.status.phase = "Ready"
         node.status.phase_since = now
-        node.status.conditions = lifecycle.set_condition(
+        node.status.conditions = meta.set_condition(
             node.status.conditions,
             type=lifecycle.READY,
             status="True",
@@ -222,7 +222,7 @@ class Registry:
         updated.spec.unschedulable = True
         updated.spec.draining = True
         _bump_generation(node, updated)
-        updated.status.conditions = lifecycle.set_condition(
+        updated.status.conditions = meta.set_condition(
             updated.status.conditions,
             type=lifecycle.DEREGISTERED,
             status="True",
@@ -261,7 +261,7 @@ class Registry:
             node.status.trust.bugged = False
             node.status.trust.strikes = 0
             for kind in (CORDONED, DRAINING, lifecycle.DEREGISTERED):
-                node.status.conditions = lifecycle.remove_condition(node.status.conditions, kind)
+                node.status.conditions = meta.remove_condition(node.status.conditions, kind)
 
         return await self._update(name, change)
 
@@ -281,7 +281,7 @@ class Registry:
 
 
 def _admin_condition(node: pnode.PNode, kind: str, reason: str, now: datetime) -> None:
-    node.status.conditions = lifecycle.set_condition(
+    node.status.conditions = meta.set_condition(
         node.status.conditions,
         type=kind,
         status="True",
