@@ -49,6 +49,7 @@ from datetime import datetime
 from typing import Literal
 
 from api.resources import allocation as allocation_model
+from api.resources import amounts
 from api.resources import network as network_model
 from api.resources import pnode as pnode_model
 from reconcilers import network_actions, network_status, slots
@@ -376,7 +377,7 @@ def _fits_in_place(
     node = views.get(alloc.spec.pnode)
     if node is None:
         return False
-    released = _charged(node, alloc.spec.resources, -1)
+    released = node.charged(amounts.of_request(alloc.spec.resources), -1)
     request = _request(resources)
     checks = (filters.cpu_fits, filters.memory_fits, filters.accelerator_fits)
     return all(check(request, released) is None for check in checks)
@@ -394,21 +395,6 @@ def _request(resources: network_model.ResourceRequest) -> model.Request:
     )
 
 
-def _charged(
-    node: model.NodeView, resources: network_model.ResourceRequest, sign: int
-) -> model.NodeView:
-    accelerators = dict(node.accelerators_allocated)
-    if resources.accelerator is not None:
-        kind = resources.accelerator.type
-        accelerators[kind] = max(0, accelerators.get(kind, 0) + sign * resources.accelerator.count)
-    return dataclasses.replace(
-        node,
-        cpu_allocated=max(0, node.cpu_allocated + sign * resources.cpu),
-        memory_allocated=max(0, node.memory_allocated + sign * resources.memory),
-        accelerators_allocated=tuple(sorted((k, n) for k, n in accelerators.items() if n)),
-    )
-
-
 def _adjust(
     views: dict[str, model.NodeView],
     pnode: str,
@@ -417,4 +403,4 @@ def _adjust(
 ) -> None:
     node = views.get(pnode)
     if node is not None:
-        views[pnode] = _charged(node, resources, sign)
+        views[pnode] = node.charged(amounts.of_request(resources), sign)

@@ -21,6 +21,7 @@ import grpc
 
 from api.dcnr.v1 import network_pb2
 from api.resources import allocation as allocation_model
+from api.resources import amounts
 from api.resources import network as net_model
 from api.resources import pnode as pnode_model
 from controller.services import rpc
@@ -90,22 +91,11 @@ def _without(
     """The snapshot with the slot's own allocation released from its PNode."""
     if current is None or snapshot.node(current.spec.pnode) is None:
         return snapshot
-    resources = current.spec.resources
-    nodes = []
-    for node in snapshot.nodes:
-        if node.name == current.spec.pnode:
-            accelerators = dict(node.accelerators_allocated)
-            if resources.accelerator is not None:
-                kind = resources.accelerator.type
-                accelerators[kind] = max(0, accelerators.get(kind, 0) - resources.accelerator.count)
-            node = dataclasses.replace(
-                node,
-                cpu_allocated=max(0, node.cpu_allocated - resources.cpu),
-                memory_allocated=max(0, node.memory_allocated - resources.memory),
-                accelerators_allocated=tuple(sorted((k, n) for k, n in accelerators.items() if n)),
-            )
-        nodes.append(node)
-    return model.Snapshot(nodes)
+    charge = amounts.of_request(current.spec.resources)
+    return model.Snapshot(
+        node.charged(charge, -1) if node.name == current.spec.pnode else node
+        for node in snapshot.nodes
+    )
 
 
 def _row(
