@@ -282,7 +282,7 @@ def _requests(
         hosting.setdefault(alloc.spec.vnode, set()).add(alloc.spec.pnode)
     occupied = {a.metadata.name for a in current}
     migrating = {m.allocation.metadata.name: m.allocation.spec.pnode for m in found.moving}
-    near_of = slots.neighbours(network)
+    near_of = network.neighbours()
     requests = []
     for slot, vnode, replica in slots.slots(network):
         if slot in occupied and slot not in migrating:

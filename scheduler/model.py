@@ -241,14 +241,6 @@ def request_for(
     )
 
 
-def neighbours(network: network_model.Network, vnode: str) -> frozenset[str]:
-    """Names of the VNodes `vnode` exchanges tensors with: its inputs and its consumers."""
-    spec = network.vnode(vnode)
-    parents = set() if spec is None else set(spec.inputs)
-    children = {v.name for v in network.spec.vnodes if vnode in v.inputs}
-    return frozenset((parents | children) - {vnode})
-
-
 def pnodes_hosting(
     allocations: Iterable[allocation_model.Allocation],
     *,

@@ -60,7 +60,7 @@ def explain_slot(
         allocations, network=network.name, vnodes=[vnode.name], except_slot=slot
     )
     near = model.pnodes_hosting(
-        allocations, network=network.name, vnodes=model.neighbours(network, vnode.name)
+        allocations, network=network.name, vnodes=network.neighbours()[vnode.name]
     )
     request = model.request_for(network, vnode, replica, avoid=avoid, near=near)
     snapshot = _without(model.snapshot_of(pnodes), current)
