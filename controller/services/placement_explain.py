@@ -4,9 +4,12 @@ The network loop records no per-PNode story for its decisions (that would be a s
 per placement for a question rarely asked). Instead the decision is re-derived on demand
 from the same pure scheduler, the network's seed and the current snapshot of PNodes, with
 the slot's own allocation taken off its PNode first (so the PNode it sits on is judged as
-if the slot were being placed now, not as if it had to fit twice). The summary says so: it
-is what the scheduler would decide now for this slot alone, which can differ from what the
-loop decided earlier, in a batch, against another snapshot.
+if the slot were being placed now, not as if it had to fit twice). The request is the one
+the network plan makes for the slot, built by the plan's own code
+(`network_plan.slot_request`: the same siblings to avoid, the same neighbours to be near),
+so the explanation never describes a request the loop would not make. The summary says
+what it is: what the scheduler would decide now for this slot alone, which can differ from
+what the loop decided earlier, in a batch, against another snapshot.
 
 Every filter is run on every PNode the scheduler evaluated, not just the first that failed
 (the scheduler stops at the first), so `dcnctl explain` shows all that is wrong with a PNode.
@@ -25,7 +28,7 @@ from api.resources import amounts
 from api.resources import network as net_model
 from api.resources import pnode as pnode_model
 from controller.services import rpc
-from reconcilers import slots
+from reconcilers import network_plan, slots
 from scheduler import config as scheduler_config
 from scheduler import explain, filters, model, placement
 
@@ -56,13 +59,9 @@ def explain_slot(
         raise rpc.invalid("replica", replica, f"must be below the vnode's replicas ({running})")
     slot = allocation_model.slot_name(network.name, vnode.name, replica)
     current = next((a for a in allocations if a.name == slot), None)
-    avoid = model.pnodes_hosting(
-        allocations, network=network.name, vnodes=[vnode.name], except_slot=slot
+    request = network_plan.slot_request(
+        network, vnode, replica, allocations=list(allocations), pnodes=list(pnodes)
     )
-    near = model.pnodes_hosting(
-        allocations, network=network.name, vnodes=network.neighbours()[vnode.name]
-    )
-    request = model.request_for(network, vnode, replica, avoid=avoid, near=near)
     snapshot = _without(model.snapshot_of(pnodes), current)
     # The listing limits change no decision (scheduler.config), only how much is shown.
     full = dataclasses.replace(
