@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 from api.resources import allocation as allocation_model
-from api.resources import meta
+from api.resources import amounts, meta
 from api.resources import network as network_model
 from api.resources import pnode as pnode_model
 from reconcilers import network_actions
@@ -205,44 +205,29 @@ def _chunks(
 def charged(
     pnode: PNode, *, add: ResourceRequest | None = None, remove: ResourceRequest | None = None
 ) -> PNode:
-    """A copy of `pnode` with `add` charged and `remove` released, its assignment set's
-    version bumped. Raises OverCommit if a resource the change increases ends up above
-    capacity (a release alone never fails, even on an over-committed PNode)."""
+    """A copy of `pnode` with `add` charged and `remove` released (the one capacity
+    arithmetic, `api.resources.amounts`), its assignment set's version bumped. Raises
+    OverCommit if a resource the change increases ends up above capacity (a release alone
+    never fails, even on an over-committed PNode)."""
     record = pnode.model_copy(deep=True)
-    allocated, capacity = record.status.allocated, record.spec.capacity
-    before = _amounts(allocated)
+    allocated = record.status.allocated
+    before = amounts.of_capacity(allocated)
+    after = before
     for request, sign in ((add, +1), (remove, -1)):
-        if request is None:
-            continue
-        allocated.cpu = max(0, allocated.cpu + sign * request.cpu)
-        allocated.memory = max(0, allocated.memory + sign * request.memory)
-        if request.accelerator is not None:
-            _add_accelerator(allocated, request.accelerator.type, sign * request.accelerator.count)
-    after = _amounts(allocated)
-    limits = _amounts(capacity)
-    for what, amount in after.items():
-        if amount > before.get(what, 0) and amount > limits.get(what, 0):
+        if request is not None:
+            after = amounts.charged(after, amounts.of_request(request), sign)
+    was, limits = before.named(), amounts.of_capacity(record.spec.capacity).named()
+    for what, amount in after.named().items():
+        if amount > was.get(what, 0) and amount > limits.get(what, 0):
             raise OverCommit(
                 f"pnode {pnode.metadata.name!r}: {what} would be {amount}, above its capacity "
                 f"{limits.get(what, 0)}"
             )
+    allocated.cpu, allocated.memory = after.cpu, after.memory
+    if after.accelerators != before.accelerators:
+        allocated.accelerators = [
+            pnode_model.Accelerator.model_construct(type=kind, count=number, memory=0)
+            for kind, number in after.accelerators
+        ]
     record.status.assignments_version += 1
     return record
-
-
-def _amounts(capacity: pnode_model.Capacity) -> dict[str, int]:
-    amounts = {"cpu": capacity.cpu, "memory": capacity.memory}
-    for accelerator in capacity.accelerators:
-        key = f"accelerator {accelerator.type}"
-        amounts[key] = amounts.get(key, 0) + accelerator.count
-    return amounts
-
-
-def _add_accelerator(allocated: pnode_model.Capacity, kind: str, delta: int) -> None:
-    entries = [a for a in allocated.accelerators if a.type == kind]
-    total = max(0, sum(a.count for a in entries) + delta)
-    kept = [a for a in allocated.accelerators if a.type != kind]
-    if total:
-        entry = pnode_model.Accelerator.model_construct(type=kind, count=total, memory=0)
-        kept.append(entry)
-    allocated.accelerators = sorted(kept, key=lambda a: a.type)

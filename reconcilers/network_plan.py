@@ -49,6 +49,7 @@ from datetime import datetime
 from typing import Literal
 
 from api.resources import allocation as allocation_model
+from api.resources import amounts
 from api.resources import network as network_model
 from api.resources import pnode as pnode_model
 from reconcilers import network_actions, network_status, slots
@@ -174,15 +175,7 @@ def compute_plan(
     by_pnode = {p.metadata.name: p for p in pnodes}
     specs = {v.name: v for v in network.spec.vnodes}  # network.vnode() is a linear search
     hashes = slots.vnode_hashes(network)
-    current = sorted(
-        (a for a in allocations if a.spec.network == network.metadata.name),
-        key=lambda a: a.metadata.name,
-    )
-    found = _sort(network, specs, current, by_pnode, hashes)
-    views = {p.metadata.name: model.node_view(p) for p in pnodes}
-    for stop in found.stops:  # released before anything is placed: applied first
-        _adjust(views, stop.allocation.spec.pnode, stop.allocation.spec.resources, -1)
-    _resize(network, specs, found, views, by_pnode, hashes)
+    current, found, views = _sorted(network, specs, allocations, by_pnode, hashes)
     requests = _requests(network, current, found)
     decided = placement.place_all(
         requests, model.Snapshot(views.values()), seed=seed, config=config.scheduler
@@ -208,6 +201,47 @@ def compute_plan(
     }
     status = network_status.compute(network, final, remembered, by_pnode, unschedulable, now=now)
     return network_actions.NetworkPlan(actions=actions, unschedulable=unschedulable, status=status)
+
+
+def slot_request(
+    network: network_model.Network,
+    vnode: network_model.VNodeSpec,
+    replica: int,
+    *,
+    allocations: list[Allocation],
+    pnodes: list[pnode_model.PNode],
+) -> model.Request:
+    """The request `compute_plan` makes to place (or migrate) this slot, from the same
+    allocations and PNodes, by the same code: what `dcnctl explain placement` re-derives.
+    A slot the plan keeps in place gets the request it would get if it were placed now (its
+    own PNode is no sibling to avoid, as for a migration)."""
+    by_pnode = {p.metadata.name: p for p in pnodes}
+    specs = {v.name: v for v in network.spec.vnodes}
+    current, found, _ = _sorted(network, specs, allocations, by_pnode, slots.vnode_hashes(network))
+    slot = allocation_model.slot_name(network.metadata.name, vnode.name, replica)
+    own = next((a.spec.pnode for a in current if a.metadata.name == slot), None)
+    return _slot_request(network, vnode, replica, _hosting(found), network.neighbours(), own)
+
+
+def _sorted(
+    network: network_model.Network,
+    specs: dict[str, network_model.VNodeSpec],
+    allocations: list[Allocation],
+    by_pnode: dict[str, pnode_model.PNode],
+    hashes: dict[str, str],
+) -> tuple[list[Allocation], _Sorted, dict[str, model.NodeView]]:
+    """The network's allocations (by slot), sorted by the rules with re-issues resized, and
+    the PNodes as placement will see them (stops released, re-issues resized)."""
+    current = sorted(
+        (a for a in allocations if a.spec.network == network.metadata.name),
+        key=lambda a: a.metadata.name,
+    )
+    found = _sort(network, specs, current, by_pnode, hashes)
+    views = {p.metadata.name: model.node_view(p) for p in by_pnode.values()}
+    for stop in found.stops:  # released before anything is placed: applied first
+        _adjust(views, stop.allocation.spec.pnode, stop.allocation.spec.resources, -1)
+    _resize(network, specs, found, views, by_pnode, hashes)
+    return current, found, views
 
 
 def _sort(
@@ -274,24 +308,45 @@ def _requests(
     replicas, and unwelcome ones that may have to stay put)."""
     if network.metadata.deletion_timestamp is not None:
         return []
+    hosting = _hosting(found)
+    occupied = {a.metadata.name for a in current}
+    migrating = {m.allocation.metadata.name: m.allocation.spec.pnode for m in found.moving}
+    near_of = network.neighbours()
+    requests = []
+    for slot, vnode, replica in slots.slots(network):
+        if slot in occupied and slot not in migrating:
+            continue
+        own = migrating.get(slot)
+        requests.append(_slot_request(network, vnode, replica, hosting, near_of, own))
+    return requests
+
+
+def _hosting(found: _Sorted) -> dict[str, set[str]]:
+    """VNode -> the PNodes its replicas stay on, as far as is known before placing: kept
+    and re-issued replicas, and unwelcome ones that may have to stay put."""
     hosting: dict[str, set[str]] = {}
     staying = [k.allocation for k in found.keeps] + [r.allocation for r in found.reissues]
     staying += [m.allocation for m in found.moving if m.rule.if_nowhere == "keep"]
     for alloc in staying:
         hosting.setdefault(alloc.spec.vnode, set()).add(alloc.spec.pnode)
-    occupied = {a.metadata.name for a in current}
-    migrating = {m.allocation.metadata.name: m.allocation.spec.pnode for m in found.moving}
-    near_of = slots.neighbours(network)
-    requests = []
-    for slot, vnode, replica in slots.slots(network):
-        if slot in occupied and slot not in migrating:
-            continue
-        near: set[str] = set()
-        for neighbour in near_of.get(vnode.name, ()):
-            near |= hosting.get(neighbour, set())
-        avoid = hosting.get(vnode.name, set()) - {migrating.get(slot, "")}  # itself: no sibling
-        requests.append(model.request_for(network, vnode, replica, avoid=avoid, near=near))
-    return requests
+    return hosting
+
+
+def _slot_request(
+    network: network_model.Network,
+    vnode: network_model.VNodeSpec,
+    replica: int,
+    hosting: dict[str, set[str]],
+    near_of: dict[str, tuple[str, ...]],
+    own: str | None,
+) -> model.Request:
+    """Avoiding its siblings' PNodes (`own`, the slot's current PNode, is itself: no
+    sibling) and near its graph neighbours'."""
+    near: set[str] = set()
+    for neighbour in near_of.get(vnode.name, ()):
+        near |= hosting.get(neighbour, set())
+    avoid = hosting.get(vnode.name, set()) - {own or ""}
+    return model.request_for(network, vnode, replica, avoid=avoid, near=near)
 
 
 def _decide(
@@ -376,7 +431,7 @@ def _fits_in_place(
     node = views.get(alloc.spec.pnode)
     if node is None:
         return False
-    released = _charged(node, alloc.spec.resources, -1)
+    released = node.charged(amounts.of_request(alloc.spec.resources), -1)
     request = _request(resources)
     checks = (filters.cpu_fits, filters.memory_fits, filters.accelerator_fits)
     return all(check(request, released) is None for check in checks)
@@ -394,21 +449,6 @@ def _request(resources: network_model.ResourceRequest) -> model.Request:
     )
 
 
-def _charged(
-    node: model.NodeView, resources: network_model.ResourceRequest, sign: int
-) -> model.NodeView:
-    accelerators = dict(node.accelerators_allocated)
-    if resources.accelerator is not None:
-        kind = resources.accelerator.type
-        accelerators[kind] = max(0, accelerators.get(kind, 0) + sign * resources.accelerator.count)
-    return dataclasses.replace(
-        node,
-        cpu_allocated=max(0, node.cpu_allocated + sign * resources.cpu),
-        memory_allocated=max(0, node.memory_allocated + sign * resources.memory),
-        accelerators_allocated=tuple(sorted((k, n) for k, n in accelerators.items() if n)),
-    )
-
-
 def _adjust(
     views: dict[str, model.NodeView],
     pnode: str,
@@ -417,4 +457,4 @@ def _adjust(
 ) -> None:
     node = views.get(pnode)
     if node is not None:
-        views[pnode] = _charged(node, resources, sign)
+        views[pnode] = node.charged(amounts.of_request(resources), sign)

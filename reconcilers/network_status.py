@@ -130,16 +130,13 @@ def _condition(
     generation: int,
     now: datetime,
 ) -> meta.Condition:
-    previous = next((c for c in old.conditions if c.type == kind), None)
-    since = now
-    if previous is not None and previous.status == status and previous.last_transition_time:
-        since = previous.last_transition_time
-    return meta.Condition(
+    return meta.condition(
+        old.conditions,
         type=kind,
         status=status,
         reason=reason,
         message=text,
-        last_transition_time=since,
+        now=now,
         observed_generation=generation,
     )
 

@@ -149,33 +149,6 @@ def _min(a: float, b: float | None) -> float:
     return a if b is None else min(a, b)
 
 
-def set_condition(
-    conditions: Sequence[meta.Condition],
-    *,
-    type: str,
-    status: meta.ConditionStatus,
-    reason: str,
-    message: str,
-    now: datetime,
-) -> list[meta.Condition]:
-    """`conditions` with the one of `type` replaced; last_transition_time moves only when its
-    status changes, as in Kubernetes."""
-    old = next((c for c in conditions if c.type == type), None)
-    changed = old is None or old.status != status
-    fresh = meta.Condition(
-        type=type,
-        status=status,
-        reason=reason,
-        message=message,
-        last_transition_time=now if changed or old is None else old.last_transition_time,
-    )
-    return [*(c for c in conditions if c.type != type), fresh]
-
-
-def remove_condition(conditions: Sequence[meta.Condition], type: str) -> list[meta.Condition]:
-    return [c for c in conditions if c.type != type]
-
-
 def apply_phase(
     node: pnode.PNode, transition: Transition, *, now: datetime, allocations: int
 ) -> pnode.PNode:
@@ -191,7 +164,7 @@ def apply_phase(
     if transition.phase == "Lost" and old_phase != "Lost":
         status.evictions += allocations
     if transition.phase != old_phase:
-        status.conditions = set_condition(
+        status.conditions = meta.set_condition(
             status.conditions,
             type=READY,
             status="True" if transition.phase == "Ready" else "False",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Sequence
 
 from api.resources import allocation as allocation_model
 from api.resources import network as network_model
@@ -35,30 +35,7 @@ def vnode_of_slot(slot: str) -> str:
     return parts[-2] if len(parts) == 3 else ""
 
 
-def children(network: network_model.Network) -> dict[str, list[str]]:
-    """VNode -> the VNodes that take it as an input, sorted; built once per network because
-    asking per VNode would cost O(VNodes^2) on a big graph."""
-    found: dict[str, set[str]] = {vnode.name: set() for vnode in network.spec.vnodes}
-    for vnode in network.spec.vnodes:
-        for parent in vnode.inputs:
-            found.setdefault(parent, set()).add(vnode.name)
-    return {name: sorted(names) for name, names in found.items()}
-
-
-def neighbours(
-    network: network_model.Network, consumers: Mapping[str, list[str]] | None = None
-) -> dict[str, frozenset[str]]:
-    """VNode -> the VNodes it exchanges tensors with (inputs and consumers), for affinity."""
-    consumers = children(network) if consumers is None else consumers
-    return {
-        vnode.name: frozenset(
-            (set(vnode.inputs) | set(consumers.get(vnode.name, ()))) - {vnode.name}
-        )
-        for vnode in network.spec.vnodes
-    }
-
-
-def _digest(vnode: network_model.VNodeSpec, consumers: list[str]) -> str:
+def _digest(vnode: network_model.VNodeSpec, consumers: Sequence[str]) -> str:
     # Replicas are left out on purpose: scaling a VNode must not re-issue (and so restart)
     # the replicas that keep running. Inputs keep their order, which a join may depend on;
     # consumers are a set, sorted. Everything else the agent runs the VNode from is in.
@@ -66,7 +43,7 @@ def _digest(vnode: network_model.VNodeSpec, consumers: list[str]) -> str:
         "kind": vnode.kind,
         "params": vnode.params,
         "inputs": list(vnode.inputs),
-        "children": consumers,
+        "children": sorted(consumers),
         "resources": vnode.resources.model_dump(mode="json"),
         "critical": vnode.critical,
         "data": None if vnode.data is None else vnode.data.model_dump(mode="json"),
@@ -77,8 +54,8 @@ def _digest(vnode: network_model.VNodeSpec, consumers: list[str]) -> str:
 
 def vnode_hashes(network: network_model.Network) -> dict[str, str]:
     """VNode name -> `vnode_hash`, for every VNode of the network at once."""
-    consumers = children(network)
-    return {v.name: _digest(v, consumers.get(v.name, [])) for v in network.spec.vnodes}
+    consumers = network.consumers()
+    return {v.name: _digest(v, consumers[v.name]) for v in network.spec.vnodes}
 
 
 def vnode_hash(network: network_model.Network, vnode: str) -> str:
@@ -90,7 +67,7 @@ def vnode_hash(network: network_model.Network, vnode: str) -> str:
             f"vnode_hash: network {network.metadata.name!r} has no vnode {vnode!r} "
             f"(its vnodes: {known})"
         )
-    return _digest(spec, children(network).get(vnode, []))
+    return _digest(spec, network.consumers()[vnode])
 
 
 def seed_for(network: network_model.Network) -> int:

@@ -14,11 +14,12 @@ from collections.abc import Iterable, Mapping
 from typing import TypeAlias
 
 from api.resources import allocation as allocation_model
+from api.resources import amounts as amounts_mod
 from api.resources import network as network_model
 from api.resources import pnode as pnode_model
 
 #: Accelerator counts by type, sorted by type so equal inventories compare and hash equal.
-Accelerators: TypeAlias = tuple[tuple[str, int], ...]
+Accelerators: TypeAlias = amounts_mod.Accelerators
 
 #: Consecutive valid results at which trust reaches 0.5; trust saturates towards 1 beyond.
 TRUST_HALF = 50
@@ -80,21 +81,26 @@ class NodeView:
             f"|{self.cpu_allocated}|{self.memory_allocated}|{self.accelerators_allocated}",
         )
 
-    def with_allocation(self, request: Request) -> NodeView:
-        """This node after `request` is placed on it (used by batch accounting)."""
-        accelerators_allocated = self.accelerators_allocated
-        if request.accelerator is not None:
-            totals = dict(accelerators_allocated)
-            totals[request.accelerator] = totals.get(request.accelerator, 0) + (
-                request.accelerator_count
-            )
-            accelerators_allocated = tuple(sorted(totals.items()))
+    @property
+    def allocated(self) -> amounts_mod.Amounts:
+        return amounts_mod.Amounts(
+            self.cpu_allocated, self.memory_allocated, self.accelerators_allocated
+        )
+
+    def charged(self, change: amounts_mod.Amounts, sign: int) -> NodeView:
+        """This node with `change` charged (sign +1) or released (sign -1), by the one
+        capacity arithmetic (`api.resources.amounts`)."""
+        after = amounts_mod.charged(self.allocated, change, sign)
         return dataclasses.replace(
             self,
-            cpu_allocated=self.cpu_allocated + request.cpu,
-            memory_allocated=self.memory_allocated + request.memory,
-            accelerators_allocated=accelerators_allocated,
+            cpu_allocated=after.cpu,
+            memory_allocated=after.memory,
+            accelerators_allocated=after.accelerators,
         )
+
+    def with_allocation(self, request: Request) -> NodeView:
+        """This node after `request` is placed on it (used by batch accounting)."""
+        return self.charged(request.amounts, +1)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -121,6 +127,12 @@ class Request:
     @property
     def key(self) -> str:
         return allocation_model.slot_name(self.network, self.vnode, self.replica)
+
+    @property
+    def amounts(self) -> amounts_mod.Amounts:
+        """What placing this request charges its PNode."""
+        charge = [] if self.accelerator is None else [(self.accelerator, self.accelerator_count)]
+        return amounts_mod.Amounts(self.cpu, self.memory, amounts_mod.accelerators(charge))
 
     @property
     def shape(self) -> tuple[int, int, str | None, int]:
@@ -175,27 +187,21 @@ class Snapshot:
         return bisect.bisect_right(self._negated_trust, -floor)
 
 
-def _accelerators(items: Iterable[pnode_model.Accelerator]) -> Accelerators:
-    totals: dict[str, int] = {}
-    for item in items:
-        totals[item.type] = totals.get(item.type, 0) + item.count
-    return tuple(sorted((kind, number) for kind, number in totals.items() if number))
-
-
 def node_view(pnode: pnode_model.PNode) -> NodeView:
     spec, status = pnode.spec, pnode.status
+    capacity, allocated = (amounts_mod.of_capacity(c) for c in (spec.capacity, status.allocated))
     return NodeView(
         name=pnode.metadata.name,
         ready=status.phase == "Ready",
         schedulable=not spec.unschedulable,
         draining=spec.draining,
         bugged=status.trust.bugged,
-        cpu_capacity=spec.capacity.cpu,
-        memory_capacity=spec.capacity.memory,
-        accelerators=_accelerators(spec.capacity.accelerators),
-        cpu_allocated=status.allocated.cpu,
-        memory_allocated=status.allocated.memory,
-        accelerators_allocated=_accelerators(status.allocated.accelerators),
+        cpu_capacity=capacity.cpu,
+        memory_capacity=capacity.memory,
+        accelerators=capacity.accelerators,
+        cpu_allocated=allocated.cpu,
+        memory_allocated=allocated.memory,
+        accelerators_allocated=allocated.accelerators,
         trust=trust_score(
             status.trust.consecutive_valid, status.trust.strikes, bugged=status.trust.bugged
         ),
@@ -233,14 +239,6 @@ def request_for(
         avoid=frozenset(avoid),
         near=frozenset(near),
     )
-
-
-def neighbours(network: network_model.Network, vnode: str) -> frozenset[str]:
-    """Names of the VNodes `vnode` exchanges tensors with: its inputs and its consumers."""
-    spec = network.vnode(vnode)
-    parents = set() if spec is None else set(spec.inputs)
-    children = {v.name for v in network.spec.vnodes if vnode in v.inputs}
-    return frozenset((parents | children) - {vnode})
 
 
 def pnodes_hosting(

@@ -1,7 +1,9 @@
 """Resource models: Network, PNode, PNodeLease, Allocation, Job, Orchestrator.
 
 Pure data and validation (pydantic v2); no I/O. The store persists these, the gRPC API
-carries them as JSON documents, and manifests parse into them.
+carries them as JSON documents, and manifests parse into them. The facts every layer above
+derives from them live here once: capacity arithmetic (`amounts`), the condition
+transition rule (`meta.condition`) and the VNode graph (`Network.neighbours`).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ JSON, the store) is camelCase. `generation` changes only when spec changes;
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Final, Literal
 
@@ -134,6 +135,60 @@ class Condition(Model):
     message: str = ""
     last_transition_time: datetime | None = None
     observed_generation: int = 0
+
+
+def condition(
+    conditions: Sequence[Condition],
+    *,
+    type: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    now: datetime,
+    observed_generation: int = 0,
+) -> Condition:
+    """The condition of `type` as observed `now`, given the current `conditions`: its
+    last_transition_time moves only when its status changes (or was never set), as in
+    Kubernetes, so a status written only when it changed really says since when."""
+    old = next((c for c in conditions if c.type == type), None)
+    since = now
+    if old is not None and old.status == status and old.last_transition_time is not None:
+        since = old.last_transition_time
+    return Condition(
+        type=type,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=since,
+        observed_generation=observed_generation,
+    )
+
+
+def set_condition(
+    conditions: Sequence[Condition],
+    *,
+    type: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    now: datetime,
+    observed_generation: int = 0,
+) -> list[Condition]:
+    """`conditions` with the one of `type` replaced by its `condition` now (put last)."""
+    fresh = condition(
+        conditions,
+        type=type,
+        status=status,
+        reason=reason,
+        message=message,
+        now=now,
+        observed_generation=observed_generation,
+    )
+    return [*(c for c in conditions if c.type != type), fresh]
+
+
+def remove_condition(conditions: Sequence[Condition], type: str) -> list[Condition]:
+    return [c for c in conditions if c.type != type]
 
 
 class Resource(Model):

@@ -133,6 +133,29 @@ class Network(Resource):
     def slot_count(self) -> int:
         return sum(self.replicas_of(v) for v in self.spec.vnodes)
 
+    # The graph. Whole-graph maps, built in one pass: asking per VNode would cost
+    # O(VNodes^2) on a big graph. The one place that walks the edges for placement, slot
+    # hashes and the driver; manifest validation walks the raw document instead (it must
+    # also report the edges these skip).
+
+    def consumers(self) -> dict[str, tuple[str, ...]]:
+        """VNode -> the VNodes that take it as an input, in spec order, each once."""
+        found: dict[str, dict[str, None]] = {v.name: {} for v in self.spec.vnodes}
+        for v in self.spec.vnodes:
+            for parent in v.inputs:
+                if parent in found:
+                    found[parent][v.name] = None
+        return {name: tuple(names) for name, names in found.items()}
+
+    def neighbours(self) -> dict[str, tuple[str, ...]]:
+        """VNode -> the VNodes it exchanges tensors with: its inputs in their order, then
+        its consumers in spec order; each once, never itself."""
+        consumers = self.consumers()
+        return {
+            v.name: tuple(n for n in dict.fromkeys([*v.inputs, *consumers[v.name]]) if n != v.name)
+            for v in self.spec.vnodes
+        }
+
 
 def params_size(params: dict[str, Any]) -> int:
     """Bytes the params take on the wire, for the MAX_PARAMS_BYTES limit."""

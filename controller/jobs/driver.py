@@ -48,14 +48,12 @@ from api.resources import job as job_model
 from controller.jobs import driver_calls, driver_context, driver_inbox, driver_plan, job_watch
 from controller.state import view as view_mod
 from controller.trust import book as trust
-from store import errors
+from store import errors, retry
 
 log = logging.getLogger("dcnr.driver")
 
 Job = job_model.Job
 FINAL_PHASES = job_watch.FINAL_PHASES
-#: Conflicting writes re-read and re-applied before giving up on a status write.
-MAX_WRITE_ATTEMPTS = 8
 
 
 DriverConfig = driver_context.DriverConfig
@@ -188,8 +186,10 @@ class TrainingRun:
 
     async def _write(self, change: Callable[[job_model.JobStatus], None]) -> None:
         """Apply `change` to the Job's status with a conditional write, re-reading on
-        Conflict; Fenced when the job is no longer this run's."""
-        for _ in range(MAX_WRITE_ATTEMPTS):
+        Conflict (`store.retry`); Fenced when the job is no longer this run's, or kept
+        changing under every attempt."""
+
+        async def attempt() -> None:
             updated = self._job.model_copy(deep=True)
             change(updated.status)
             try:
@@ -197,11 +197,14 @@ class TrainingRun:
             except errors.NotFound:
                 raise Fenced("the job was deleted") from None
             except errors.Conflict:
-                await self._reread()
-                continue
+                await self._reread()  # Fenced when it is no longer ours; else try again
+                raise
             self.ctx.feed.published(self._job)
-            return
-        raise Fenced(f"the job kept changing under {MAX_WRITE_ATTEMPTS} writes")
+
+        try:
+            await retry.retry_on_conflict(attempt, what=f"write the status of job {self.name!r}")
+        except retry.Exhausted as exc:
+            raise Fenced(str(exc)) from exc
 
     async def _reread(self) -> None:
         """The stored Job, unless it is no longer this run's (Fenced)."""

@@ -68,16 +68,6 @@ def replica_counts(net: net_model.Network) -> dict[str, int]:
     return {v.name: net.replicas_of(v) for v in net.spec.vnodes}
 
 
-def neighbours(net: net_model.Network) -> dict[str, tuple[str, ...]]:
-    """vnode → its inputs, then the VNodes that take it as input (each once)."""
-    found: dict[str, list[str]] = {v.name: list(dict.fromkeys(v.inputs)) for v in net.spec.vnodes}
-    for v in net.spec.vnodes:
-        for parent in dict.fromkeys(v.inputs):
-            if parent in found and v.name not in found[parent]:
-                found[parent].append(v.name)
-    return {name: tuple(names) for name, names in found.items()}
-
-
 def epoch_order(*, seed: int, epoch: int, rows: int) -> np.ndarray[Any, Any]:
     """The order in which epoch `epoch` (0-based) visits the rows: seeded by (seed, epoch),
     so a run restarted anywhere, on any replica, feeds the same batches."""
@@ -131,5 +121,5 @@ async def make_plan(job: job_model.Job, net: net_model.Network) -> Plan:
         steps_per_epoch=per_epoch,
         total=job.spec.epochs * per_epoch,
         replicas=replicas,
-        neighbours=neighbours(net),
+        neighbours=net.neighbours(),
     )

@@ -64,7 +64,7 @@ async def ensure_restored(
                 stale[slot] = (v.name, replica, current.spec.epoch)
     if not stale:
         return 0
-    around = driver_plan.neighbours(net)
+    around = net.neighbours()
 
     async def one(vnode: str, replica: int, epoch: int) -> None:
         request = vnode_pb2.RestoreRequest(

@@ -34,13 +34,12 @@ from api.resources import network as net_model
 from controller import errors as faults
 from controller.jobs import driver, driver_inbox, driver_plan, inference, job_data
 from controller.services import rpc
-from store import base, errors
+from store import base, errors, retry
 
 log = logging.getLogger("dcnr.jobs")
 
 Job = job_model.Job
 REQUEST_ID_ANNOTATION = "dcnr.io/request-id"
-MAX_ATTEMPTS = 8
 DEFAULT_LIMIT = base.DEFAULT_PAGE_SIZE
 MAX_LIMIT = 1000
 FINAL_PHASES = driver.FINAL_PHASES
@@ -247,12 +246,11 @@ class JobService(job_pb2_grpc.JobServiceServicer):
     async def CancelJob(
         self, request: job_pb2.CancelJobRequest, context: aio.ServicerContext[Any, Any]
     ) -> job_pb2.CancelJobResponse:
-        for _ in range(MAX_ATTEMPTS):
+        async def attempt() -> Job:
             current = await self._get(request.name)
             phase = current.status.phase
             if phase == "Cancelled":
-                result = current
-                break
+                return current
             if phase in FINAL_PHASES:
                 raise faults.FailedPrecondition(
                     f"job {request.name!r} already ended {phase}; only a running job cancels",
@@ -263,16 +261,14 @@ class JobService(job_pb2_grpc.JobServiceServicer):
             cancelled.status.message = f"cancelled: {request.reason or 'by request'}"
             try:
                 result = await self._store.update(cancelled)
-            except errors.Conflict:
-                continue  # the driver wrote progress meanwhile: read again
             except errors.NotFound:
                 raise _not_found(request.name) from None
             self._changed(result)
-            break
-        else:
-            raise faults.Conflict(
-                f"job {request.name!r} kept changing under {MAX_ATTEMPTS} attempts to cancel",
-            )
+            return result
+
+        # A Conflict: the driver wrote progress meanwhile; read again. Exhausted answers
+        # ABORTED (rpc's table).
+        result = await retry.retry_on_conflict(attempt, what=f"cancel job {request.name!r}")
         return job_pb2.CancelJobResponse(
             header=rpc.response_header(request.header, self._ctx.replica_id), job=document(result)
         )

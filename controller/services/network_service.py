@@ -1,9 +1,10 @@
 """NetworkService: users' desired state (Network documents), their allocations, and why.
 
 Writes (Apply, DeleteNetwork) read the record from the store and write it back conditioned
-on the resource_version they read, retrying the read-modify-write a few times on Conflict,
-so two clients applying at once never lose an update. What they write goes through to the
-view at once, so this replica's loops and watches see it before the next refresh.
+on the resource_version they read, retrying the read-modify-write on Conflict
+(`store.retry`), so two clients applying at once never lose an update. What they write goes
+through to the view at once, so this replica's loops and watches see it before the next
+refresh.
 
 Apply owns spec, labels and annotations; status belongs to the network loop and server-owned
 metadata (uid, generation, creation, finalizers, deletion) to the server, so none of those
@@ -38,16 +39,13 @@ from controller.services import placement_explain, rpc
 from controller.state import view as view_mod
 from reconcilers import network as network_loop
 from scheduler import config as scheduler_config_mod
-from store import base, errors
+from store import base, errors, retry
 
 log = logging.getLogger("dcnr.networks")
 
 Network = net_model.Network
 Allocation = allocation_model.Allocation
 
-#: Read-modify-write attempts on Conflict before answering ABORTED. Each Conflict means
-#: another writer succeeded meanwhile, so this many writers at once all get through.
-MAX_ATTEMPTS = 8
 #: Page size when the client gives none, and the largest it may ask for.
 DEFAULT_LIMIT = base.DEFAULT_PAGE_SIZE
 MAX_LIMIT = 1000
@@ -93,7 +91,8 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
     ) -> network_pb2.ApplyResponse:
         wanted = _parse(request.document)
         expected_rv = wanted.metadata.resource_version
-        for _ in range(MAX_ATTEMPTS):
+
+        async def attempt() -> network_pb2.ApplyResponse:
             try:
                 current: Network | None = await self._store.get(Network, wanted.name)
             except errors.NotFound:
@@ -108,21 +107,23 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
                     f"{wanted.name!r} is at {stored}; re-read and apply again",
                 )
             if outcome != UNCHANGED and not request.dry_run:
-                try:
-                    if current is None:
-                        result = await self._store.create(result)
-                    else:
-                        result = await self._store.update(result)
-                except (errors.Conflict, errors.AlreadyExists, errors.NotFound):
-                    continue  # someone else wrote it meanwhile: read again and redo
+                if current is None:
+                    result = await self._store.create(result)
+                else:
+                    result = await self._store.update(result)
                 self._view.apply_written([result])
             return network_pb2.ApplyResponse(
                 header=rpc.response_header(request.header, self._replica_id),
                 document=document(result),
                 outcome=outcome,
             )
-        raise faults.Conflict(
-            f"network {wanted.name!r} kept changing under {MAX_ATTEMPTS} attempts to apply; retry",
+
+        # Conflict, AlreadyExists, NotFound: someone else wrote it meanwhile; read again and
+        # redo. Exhausted answers ABORTED (rpc's table).
+        return await retry.retry_on_conflict(
+            attempt,
+            what=f"apply network {wanted.name!r}",
+            also=(errors.AlreadyExists, errors.NotFound),
         )
 
     # -- reads ------------------------------------------------------------------------------
@@ -171,7 +172,8 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
         hold PNode capacity that no Network accounts for. A Network without finalizers has
         nothing to wait for and is deleted at once.
         """
-        for _ in range(MAX_ATTEMPTS):
+
+        async def attempt() -> network_pb2.DeleteNetworkResponse:
             current = await self._get(request.name)
             if request.HasField("expected_resource_version"):
                 stored = current.metadata.resource_version
@@ -196,15 +198,12 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
                     self._view.apply_deleted(Network, current.name)
                     return self._deleted(request, marked)
                 written = await self._store.update(marked)
-            except errors.Conflict:
-                continue
             except errors.NotFound:
                 raise not_found(request.name) from None
             self._view.apply_written([written])
             return self._deleted(request, written)
-        raise faults.Conflict(
-            f"network {request.name!r} kept changing under {MAX_ATTEMPTS} attempts to delete",
-        )
+
+        return await retry.retry_on_conflict(attempt, what=f"delete network {request.name!r}")
 
     def _deleted(
         self, request: network_pb2.DeleteNetworkRequest, last: Network

@@ -4,9 +4,12 @@ The network loop records no per-PNode story for its decisions (that would be a s
 per placement for a question rarely asked). Instead the decision is re-derived on demand
 from the same pure scheduler, the network's seed and the current snapshot of PNodes, with
 the slot's own allocation taken off its PNode first (so the PNode it sits on is judged as
-if the slot were being placed now, not as if it had to fit twice). The summary says so: it
-is what the scheduler would decide now for this slot alone, which can differ from what the
-loop decided earlier, in a batch, against another snapshot.
+if the slot were being placed now, not as if it had to fit twice). The request is the one
+the network plan makes for the slot, built by the plan's own code
+(`network_plan.slot_request`: the same siblings to avoid, the same neighbours to be near),
+so the explanation never describes a request the loop would not make. The summary says
+what it is: what the scheduler would decide now for this slot alone, which can differ from
+what the loop decided earlier, in a batch, against another snapshot.
 
 Every filter is run on every PNode the scheduler evaluated, not just the first that failed
 (the scheduler stops at the first), so `dcnctl explain` shows all that is wrong with a PNode.
@@ -19,10 +22,11 @@ from collections.abc import Sequence
 
 from api.dcnr.v1 import network_pb2
 from api.resources import allocation as allocation_model
+from api.resources import amounts
 from api.resources import network as net_model
 from api.resources import pnode as pnode_model
 from controller import errors as faults
-from reconcilers import slots
+from reconcilers import network_plan, slots
 from scheduler import config as scheduler_config
 from scheduler import explain, filters, model, placement
 
@@ -53,13 +57,9 @@ def explain_slot(
         )
     slot = allocation_model.slot_name(network.name, vnode.name, replica)
     current = next((a for a in allocations if a.name == slot), None)
-    avoid = model.pnodes_hosting(
-        allocations, network=network.name, vnodes=[vnode.name], except_slot=slot
+    request = network_plan.slot_request(
+        network, vnode, replica, allocations=list(allocations), pnodes=list(pnodes)
     )
-    near = model.pnodes_hosting(
-        allocations, network=network.name, vnodes=model.neighbours(network, vnode.name)
-    )
-    request = model.request_for(network, vnode, replica, avoid=avoid, near=near)
     snapshot = _without(model.snapshot_of(pnodes), current)
     # The listing limits change no decision (scheduler.config), only how much is shown.
     full = dataclasses.replace(
@@ -88,22 +88,11 @@ def _without(
     """The snapshot with the slot's own allocation released from its PNode."""
     if current is None or snapshot.node(current.spec.pnode) is None:
         return snapshot
-    resources = current.spec.resources
-    nodes = []
-    for node in snapshot.nodes:
-        if node.name == current.spec.pnode:
-            accelerators = dict(node.accelerators_allocated)
-            if resources.accelerator is not None:
-                kind = resources.accelerator.type
-                accelerators[kind] = max(0, accelerators.get(kind, 0) - resources.accelerator.count)
-            node = dataclasses.replace(
-                node,
-                cpu_allocated=max(0, node.cpu_allocated - resources.cpu),
-                memory_allocated=max(0, node.memory_allocated - resources.memory),
-                accelerators_allocated=tuple(sorted((k, n) for k, n in accelerators.items() if n)),
-            )
-        nodes.append(node)
-    return model.Snapshot(nodes)
+    charge = amounts.of_request(current.spec.resources)
+    return model.Snapshot(
+        node.charged(charge, -1) if node.name == current.spec.pnode else node
+        for node in snapshot.nodes
+    )
 
 
 def _row(

@@ -148,18 +148,15 @@ def timestamp(at: datetime) -> timestamp_pb2.Timestamp:
 
 
 def assignment_set(aset: view_mod.AssignmentSet) -> pnode_pb2.AssignmentSet:
-    children: dict[tuple[str, int], dict[str, list[str]]] = {}
+    children: dict[tuple[str, int], dict[str, tuple[str, ...]]] = {}
     out = pnode_pb2.AssignmentSet(version=aset.version)
     for item in aset.assignments:
         net = item.network
         key = (net.metadata.uid, net.metadata.resource_version)
         if key not in children:  # computed once per network, not once per assignment
-            outputs: dict[str, list[str]] = {}
-            for vnode in net.spec.vnodes:
-                for parent in vnode.inputs:
-                    outputs.setdefault(parent, []).append(vnode.name)
-            children[key] = outputs
-        out.assignments.append(_assignment(item, children[key].get(item.vnode.name, [])))
+            children[key] = net.consumers()
+        outputs = list(children[key].get(item.vnode.name, ()))
+        out.assignments.append(_assignment(item, outputs))
     return out
 
 

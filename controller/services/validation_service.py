@@ -261,9 +261,7 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
                 request.subject_vnode,
                 f"must be a VNode of network {request.network!r}",
             )
-        neighbours = set(subject.inputs) | {
-            v.name for v in net.spec.vnodes if subject.name in v.inputs
-        }
+        neighbours = set(net.neighbours()[subject.name])
         hosted = {
             a.spec.vnode for a in self._view.allocations_on(reporter.name)
             if a.spec.network == request.network

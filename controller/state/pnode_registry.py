@@ -4,9 +4,10 @@ conditional store write (or transaction) followed by write-through into the view
 Kept apart from the gRPC service so that the service is only the protocol (authentication,
 fencing, messages) and this is only state (what a registration or a drain changes).
 
-Writes retry a few times on Conflict: placements update a PNode's record (its accounting)
-all the time, and an agent's Register or an operator's Cordon should not fail because a
-placement landed between read and write. Each retry re-reads and re-checks everything.
+Writes retry on Conflict (`store.retry`): placements update a PNode's record (its
+accounting) all the time, and an agent's Register or an operator's Cordon should not fail
+because a placement landed between read and write. Each retry re-reads and re-checks
+everything.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ from controller.runtime import clock as clock_mod
 from controller.state import credentials
 from controller.state import view as view_mod
 from reconcilers import pnode as lifecycle
-from store import base, errors
+from store import base, errors, retry
 
 log = logging.getLogger("dcnr.pnode_registry")
 
-WRITE_ATTEMPTS = 3
 AGENT_VERSION_ANNOTATION = "dcnr.io/agent-version"
 CORDONED = "Cordoned"
 DRAINING = "Draining"
@@ -79,15 +79,13 @@ class Registry:
     ) -> pnode.PNode:
         """Create the PNode (incarnation 1) or re-register it (incarnation + 1, which needs
         the `presented` credential to be its current one), with its lease renewed now."""
-        for attempt in range(WRITE_ATTEMPTS):
-            try:
-                return await self._register(name, spec, labels, agent_version, presented)
-            except (errors.Conflict, errors.AlreadyExists):
-                # AlreadyExists: registered concurrently; the re-read finds it and checks
-                # the credential like any re-registration.
-                if attempt == WRITE_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
+        # AlreadyExists: registered concurrently; the re-read finds it and checks the
+        # credential like any re-registration.
+        return await retry.retry_on_conflict(
+            lambda: self._register(name, spec, labels, agent_version, presented),
+            what=f"register pnode {name!r}",
+            also=(errors.AlreadyExists,),
+        )
 
     async def _register(
         self,
@@ -130,13 +128,13 @@ class Registry:
             node.metadata.annotations = {**node.metadata.annotations, **annotations}
             node.status.incarnation += 1
             node.status.assignments_version += 1
-            node.status.conditions = lifecycle.remove_condition(
+            node.status.conditions = meta.remove_condition(
                 node.status.conditions, lifecycle.DEREGISTERED
             )
             op = base.Update(node)
         node.status.phase = "Ready"
         node.status.phase_since = now
-        node.status.conditions = lifecycle.set_condition(
+        node.status.conditions = meta.set_condition(
             node.status.conditions,
             type=lifecycle.READY,
             status="True",
@@ -168,7 +166,8 @@ class Registry:
         self, name: str, *, incarnation: int, presented: str | None, reason: str
     ) -> bool:
         """True when the PNode is gone (it held nothing); False when it is draining."""
-        for attempt in range(WRITE_ATTEMPTS):
+
+        async def attempt() -> bool:
             node = await self.get(pnode.PNode, name)
             if node is None:  # already gone: nothing left to drain
                 return True
@@ -180,12 +179,9 @@ class Registry:
                     f"{node.status.incarnation}); register again",
                     reason="Fenced",
                 )
-            try:
-                return await self._deregister(node, reason)
-            except errors.Conflict:
-                if attempt == WRITE_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
+            return await self._deregister(node, reason)
+
+        return await retry.retry_on_conflict(attempt, what=f"deregister pnode {name!r}")
 
     async def _deregister(self, node: pnode.PNode, reason: str) -> bool:
         name = node.name
@@ -219,7 +215,7 @@ class Registry:
         updated.spec.unschedulable = True
         updated.spec.draining = True
         _bump_generation(node, updated)
-        updated.status.conditions = lifecycle.set_condition(
+        updated.status.conditions = meta.set_condition(
             updated.status.conditions,
             type=lifecycle.DEREGISTERED,
             status="True",
@@ -258,31 +254,27 @@ class Registry:
             node.status.trust.bugged = False
             node.status.trust.strikes = 0
             for kind in (CORDONED, DRAINING, lifecycle.DEREGISTERED):
-                node.status.conditions = lifecycle.remove_condition(node.status.conditions, kind)
+                node.status.conditions = meta.remove_condition(node.status.conditions, kind)
 
         return await self._update(name, change)
 
     async def _update(self, name: str, change: Change) -> pnode.PNode:
-        for attempt in range(WRITE_ATTEMPTS):
+        async def attempt() -> pnode.PNode:
             node = await self._store.get(pnode.PNode, name)
             updated = node.model_copy(deep=True)
             change(updated, self._clock.now())
             if updated == node:
                 return node  # already so: no write, no version bump
             _bump_generation(node, updated)
-            try:
-                written = await self._store.update(updated)
-            except errors.Conflict:
-                if attempt == WRITE_ATTEMPTS - 1:
-                    raise
-                continue
+            written = await self._store.update(updated)
             self._view.apply_written([written])
             return written
-        raise AssertionError("unreachable")
+
+        return await retry.retry_on_conflict(attempt, what=f"update pnode {name!r}")
 
 
 def _admin_condition(node: pnode.PNode, kind: str, reason: str, now: datetime) -> None:
-    node.status.conditions = lifecycle.set_condition(
+    node.status.conditions = meta.set_condition(
         node.status.conditions,
         type=kind,
         status="True",

@@ -4,7 +4,7 @@ Two halves. `apply` is pure: (Trust, outcomes, policy, now) → new Trust and wh
 `TrustBook` is the I/O: it gathers outcomes in memory and writes each PNode's record at
 most once per `flush_every` (strikes sooner, `strike_flush` — a strike may make a PNode
 Bugged, and Bugged must take effect quickly), with conditional writes re-read on
-Conflict. So a PNode computing a thousand results a second costs one store write a
+Conflict (`store.retry`). So a PNode computing a thousand results a second costs one store write a
 second, not a thousand. Outcomes not yet written are lost if the orchestrator dies:
 acceptable, because trust is a scheduling optimization and never a correctness
 requirement (a lost strike is re-earned by the next lie; a lost valid result only delays
@@ -28,14 +28,13 @@ from datetime import datetime, timedelta
 
 from api.resources import pnode
 from controller.runtime import clock as clock_mod
-from store import base, errors
+from store import base, errors, retry
 
 log = logging.getLogger("dcnr.trust")
 
 VALID, STRIKE = "V", "S"
 #: Validation events kept on a PNode (oldest dropped).
 MAX_EVENTS = 20
-WRITE_ATTEMPTS = 5
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -243,7 +242,7 @@ class TrustBook:
             self._inflight = {}
 
     async def _write(self, name: str, outcomes: list[Outcome]) -> None:
-        for attempt in range(WRITE_ATTEMPTS):
+        async def attempt() -> None:
             node = await self._store.get(pnode.PNode, name)
             result = apply(node.status.trust, outcomes, self.policy, self._clock.now())
             updated = node.model_copy(deep=True)
@@ -251,12 +250,7 @@ class TrustBook:
             updated.status.validation_events = with_events(
                 node.status.validation_events, result.events
             )
-            try:
-                written = await self._store.update(updated)
-            except errors.Conflict:
-                if attempt == WRITE_ATTEMPTS - 1:
-                    raise
-                continue
+            written = await self._store.update(updated)
             if self._on_written is not None:
                 self._on_written([written])
             if result.became_bugged:
@@ -266,4 +260,5 @@ class TrustBook:
                 )
                 if self._on_bugged is not None:
                     self._on_bugged(name)
-            return
+
+        await retry.retry_on_conflict(attempt, what=f"record the trust of pnode {name!r}")

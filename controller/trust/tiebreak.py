@@ -6,9 +6,9 @@ slot, and a driver that restarts still sees it. Whoever sees the dispute writes 
 driver, ValidationService); the driver clears it after a checkpoint with no disagreement.
 
 Writes are read-modify-write conditioned on the resource_version read, re-read on
-Conflict: the network loop writes the same status concurrently, and neither may lose the
-other's change (the loop carries `tiebreakers` over from the copy it read, so its stale
-write conflicts instead of wiping a request).
+Conflict (`store.retry`): the network loop writes the same status concurrently, and neither
+may lose the other's change (the loop carries `tiebreakers` over from the copy it read, so
+its stale write conflicts instead of wiping a request).
 """
 
 from __future__ import annotations
@@ -17,16 +17,13 @@ import logging
 from collections.abc import Callable
 
 from api.resources import network as network_model
-from store import base, errors
+from store import base, errors, retry
 
 log = logging.getLogger("dcnr.tiebreak")
 
 #: Told of the record written (e.g. `View.apply_written`), so that this replica's network
 #: loop reconciles at once instead of at the view's next refresh.
 Written = Callable[[list[network_model.Network]], None]
-
-#: Read-modify-write attempts on Conflict. Each Conflict means another writer succeeded.
-WRITE_ATTEMPTS = 8
 
 
 async def request(
@@ -67,7 +64,8 @@ async def _update(
     """Set the network's tiebreakers to `change(net)` (None: nothing to do) and bump the
     generation, re-reading on Conflict; returns the tiebreakers before the write, or None
     when nothing was written (no change, or no such network)."""
-    for attempt in range(WRITE_ATTEMPTS):
+
+    async def attempt() -> list[str] | None:
         try:
             net = await store.get(network_model.Network, network)
         except errors.NotFound:
@@ -82,11 +80,10 @@ async def _update(
             written = await store.update(updated)
         except errors.NotFound:
             return None
-        except errors.Conflict:
-            if attempt == WRITE_ATTEMPTS - 1:
-                raise
-            continue
         if on_written is not None:
             on_written([written])
         return list(net.status.tiebreakers)
-    raise AssertionError("unreachable")
+
+    return await retry.retry_on_conflict(
+        attempt, what=f"write the tiebreakers of network {network!r}"
+    )

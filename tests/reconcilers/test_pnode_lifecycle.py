@@ -37,7 +37,7 @@ def make_node(
     node.status.phase_since = None if since is None else now + timedelta(seconds=since)
     node.status.incarnation = incarnation
     if deregistered:
-        node.status.conditions = lifecycle.set_condition(
+        node.status.conditions = meta.set_condition(
             [], type="Deregistered", status="True", reason="AgentDeregistered", message="", now=now
         )
     return node

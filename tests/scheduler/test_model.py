@@ -147,14 +147,6 @@ def test_request_for_reads_the_vnode() -> None:
     assert (plain.cpu, plain.memory, plain.critical) == (100, 64 * helpers.MiB, False)
 
 
-def test_neighbours_are_parents_and_children() -> None:
-    net = make_network()
-    assert model.neighbours(net, "hidden") == {"input", "loss"}
-    assert model.neighbours(net, "input") == {"hidden", "loss"}
-    assert model.neighbours(net, "loss") == {"hidden", "input"}
-    assert model.neighbours(net, "missing") == frozenset()
-
-
 def make_allocation(net: str, vnode: str, replica: int, on: str) -> allocation.Allocation:
     return allocation.Allocation(
         metadata=meta.ObjectMeta(name=allocation.slot_name(net, vnode, replica)),

@@ -12,7 +12,7 @@ import pytest
 
 from api.resources import meta, network
 from controller.trust import tiebreak
-from store import base, errors, sqlite
+from store import base, errors, retry, sqlite
 from tests.reconcilers import helpers
 
 R = TypeVar("R", bound=meta.Resource)
@@ -99,7 +99,7 @@ async def test_conflict_is_re_read_and_keeps_the_other_writer(
 
 
 async def test_gives_up_after_the_attempts_with_conflict(store: sqlite.SqliteStore) -> None:
-    racing = Interleaved(store, "a", times=tiebreak.WRITE_ATTEMPTS)
+    racing = Interleaved(store, "a", times=retry.ATTEMPTS)
     with pytest.raises(errors.Conflict):
         await tiebreak.request(racing, "net", "c")  # type: ignore[arg-type]
     assert await tiebreakers(store) == ["a"]

@@ -19,7 +19,7 @@ from controller.runtime import clock as clocks
 from controller.services import network_service
 from controller.state import view as view_mod
 from reconcilers import network as network_loop
-from store import errors, sqlite
+from store import errors, retry, sqlite
 from tests.controller.state import test_view as records
 
 Network = net_model.Network
@@ -231,7 +231,7 @@ async def test_apply_to_a_network_being_deleted_fails_its_precondition(served) -
 async def test_concurrent_applies_lose_no_update(served) -> None:
     """Every Conflict means another apply got through, so with no more appliers than
     attempts every one of them succeeds, each on top of the others."""
-    assert network_service.MAX_ATTEMPTS >= 6
+    assert retry.ATTEMPTS >= 6
     await served.apply(manifest_of())
     replies = await asyncio.gather(
         *(served.apply(manifest_of(labels={f"k{i}": "v"}, cpu=f"{i + 1}")) for i in range(6))
