@@ -10,7 +10,7 @@ bottom (import-linter enforces it: `make layers`):
     metrics         Prometheus metrics (counters are sinks the lower rooms are handed)
     trust/ state/   the trust book and tiebreaks | the in-memory view, leases, registry
     runtime/        manager, work queue, clock, replica membership, event routing
-    errors config logs   domain errors, timings, log format
+    errors config   domain errors, timings and limits (the log format is api.logs)
 
 Only services/ (and the process around it: server, main, up) speaks gRPC; every room below
 raises `controller.errors` and is mapped to status codes in one place

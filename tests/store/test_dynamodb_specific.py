@@ -76,9 +76,19 @@ def lose_next_answer(store: dynamodb.DynamoStore, operation: str) -> None:
     store.client.meta.events.register(f"after-call.dynamodb.{operation}", drop)
 
 
+def _padding(name: str, size: int) -> network.VNodeSpec:
+    return network.VNodeSpec(name=name, kind="relu", inputs=["hidden"], params={"pad": "x" * size})
+
+
 def big_network(name: str, size: int) -> network.Network:
+    """A valid Network of about `size` bytes: VNode params carry it, 60 KiB each (params are
+    bounded at 64 KiB per VNode, annotations at 256 KiB per record)."""
     record = records.network_record(name)
-    record.metadata.annotations["blob"] = "x" * size
+    chunk = 60 * 1024
+    record.spec.vnodes += [
+        _padding(f"pad{i}", min(chunk, size - start))
+        for i, start in enumerate(range(0, size, chunk))
+    ]
     return record
 
 
@@ -211,7 +221,7 @@ async def test_a_record_over_400_kb_is_invalid_and_not_written(dyn):
         await dyn.get(network.Network, "huge")
 
     fits = await dyn.create(big_network("fits", 390 * 1024))
-    fits.metadata.annotations["blob"] += "x" * 20 * 1024
+    fits.spec.vnodes.append(_padding("grown", 20 * 1024))
     with pytest.raises(errors.InvalidRequest, match="'fits'"):
         await dyn.update(fits)
     assert (await dyn.get(network.Network, "fits")).metadata.resource_version == 1

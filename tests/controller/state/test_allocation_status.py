@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from controller.state import allocation_status
 from controller.state import view as view_mod
 from store import sqlite
 from tests.controller.state import test_view as records
+from tests.support import wait
 
 
 @pytest.fixture
@@ -42,12 +42,13 @@ def _report(
 
 
 async def _phase(store: sqlite.SqliteStore, *, becomes: str) -> allocation.Allocation:
-    for _ in range(200):
-        current = await store.get(allocation.Allocation, "net.a.0")
-        if current.status.phase == becomes:
-            return current
-        await asyncio.sleep(0.01)  # polling a condition with a deadline
-    raise AssertionError(f"allocation never became {becomes}: {current.status}")
+    """The allocation once the writer's store write (on the store's thread) shows `becomes`."""
+    return await wait.until(
+        lambda: store.get(allocation.Allocation, "net.a.0"),
+        within=2,
+        what=f"allocation net.a.0 to become {becomes}",
+        accept=lambda current: current.status.phase == becomes,
+    )
 
 
 async def test_running_and_failed_reports_are_written(setup) -> None:
