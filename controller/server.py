@@ -118,7 +118,9 @@ class Orchestrator:
             rpc_timeout=config.driver.rpc_timeout,
             transport=vnode_transport.GrpcTransport(),
         )
-        self.inbox = driver_inbox.Inbox(book=self.trust, on_disagreed=self.metrics.disagreed)
+        self.inbox = driver_inbox.Inbox(
+            clock=self.clock, book=self.trust, on_disagreed=self.metrics.disagreed
+        )
         self.reply_to = driver_context.ReplyTo(config.driver.advertise)
         self.drivers = driver_context.DriverContext(
             store=store,
@@ -133,7 +135,7 @@ class Orchestrator:
             suspects=suspects.Suspects(view=self.view, book=self.trust),
             tiebreakers=tiebreakers.Tiebreakers(store=store, view=self.view, metrics=self.metrics),
             reply_to=self.reply_to,
-            feed=job_watch.JobFeed(),
+            feed=job_watch.JobFeed(self.clock),
         )
         self.allocation_status = allocation_status.AllocationStatus(store, self.view)
         self.job_loop = job_loop.JobLoop(self.drivers)
@@ -143,7 +145,7 @@ class Orchestrator:
             replica_id=self.replica_id,
             address=config.listen,
             lease_seconds=control.replica_lease,
-            on_membership_change=self._membership_changed,
+            on_membership_change=self.manager.membership_changed,
         )
         # No SO_REUSEPORT: a second orchestrator on a taken port must fail, not share it.
         self.server = aio.server(
@@ -159,8 +161,6 @@ class Orchestrator:
         self.port = 0
         self.metrics_port: int | None = None
         self.service_names: list[str] = []
-        self.manager_started = False
-        self._background: set[asyncio.Task[None]] = set()
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -216,12 +216,6 @@ class Orchestrator:
         lookup = events.Lookup(self.view.networks_on, self.view.networks_not_ready)
         for loop, key in events.keys_for_change(old, new, lookup):
             self.manager.enqueue(loop, key)
-
-    def _membership_changed(self, members: list[str]) -> None:
-        if self.manager_started:
-            task = asyncio.get_running_loop().create_task(self.manager.resync_all())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
 
     def _add_services(self) -> None:
         control = self.config.control
@@ -303,7 +297,6 @@ class Orchestrator:
         await self.replicas.start()
         self._register_loops()
         await self.manager.start()
-        self.manager_started = True
         self.view.start()
         self.leases.start()
         self.trust.start()
@@ -330,8 +323,7 @@ class Orchestrator:
         # Driver tasks stop first; their jobs stay Running for whichever replica owns them next.
         await self.job_loop.stop()
         await self.server.stop(grace)
-        if self.manager_started:
-            await self.manager.stop(grace)
+        await self.manager.stop(grace)  # never started: nothing to wait for
         await self.client.close()
         for step in (
             self.allocation_status.stop,

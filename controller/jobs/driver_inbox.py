@@ -44,6 +44,7 @@ from api.resources import allocation
 from controller import errors as faults
 from controller.jobs import driver_mailbox
 from controller.runtime import clock as clock_mod
+from controller.runtime import signal as signal_mod
 from controller.state import view as view_mod
 from controller.trust import book as trust
 
@@ -71,9 +72,11 @@ class Inbox:
     def __init__(
         self,
         *,
+        clock: clock_mod.Clock,
         book: trust.TrustBook | None = None,
         on_disagreed: Callable[[int], None] | None = None,
     ) -> None:
+        self._clock = clock
         self._boxes: dict[Key, Mailbox] = {}
         #: job → the newest attempt a run of it opened a mailbox for.
         self._attempts: dict[str, int] = {}
@@ -100,7 +103,15 @@ class Inbox:
         """Open before sending anything for the position, so no reply can arrive first.
         `sinks`/`sources`: names (one replica each) or name → replicas to wait for.
         `sources` empty: an inference, which has no backward pass."""
-        box = Mailbox(job, network, attempt, position, _counts(sinks), _counts(sources))
+        box = Mailbox(
+            job,
+            network,
+            attempt,
+            position,
+            _counts(sinks),
+            _counts(sources),
+            changed=signal_mod.Signal(self._clock),
+        )
         self._boxes[(job, attempt, position)] = box
         self._attempts[job] = max(attempt, self._attempts.get(job, attempt))
         return box

@@ -14,7 +14,7 @@ import numpy as np
 
 from api import quorum
 from api.dcnr.v1 import common_pb2
-from controller.state import view as view_mod
+from controller.runtime import signal as signal_mod
 
 Position = int | str
 
@@ -58,7 +58,8 @@ class Mailbox:
     disputed: str | None = None
     #: PNodes that produced a result outside its majority at this position.
     struck: set[str] = dataclasses.field(default_factory=set)
-    changed: view_mod.Signal = dataclasses.field(default_factory=view_mod.Signal)
+    #: Bumped on every arrival; bounded waits on it time out on the inbox's clock.
+    changed: signal_mod.Signal = dataclasses.field(kw_only=True)
 
     @property
     def complete(self) -> bool:

@@ -9,17 +9,21 @@ version; writes by other replicas reach it through a periodic re-read of the sto
 from __future__ import annotations
 
 from collections import defaultdict
+from functools import partial
 
 from api.resources import job as job_model
+from controller.runtime import clock as clock_mod
 from controller.state import view as view_mod
 
 FINAL_PHASES = frozenset({"Succeeded", "Failed", "Cancelled"})
 
 
 class JobFeed:
-    def __init__(self) -> None:
+    def __init__(self, clock: clock_mod.Clock) -> None:
         self._latest: dict[str, job_model.Job] = {}
-        self._signals: defaultdict[str, view_mod.Signal] = defaultdict(view_mod.Signal)
+        self._signals: defaultdict[str, view_mod.Signal] = defaultdict(
+            partial(view_mod.Signal, clock)
+        )
 
     def published(self, job: job_model.Job) -> None:
         old = self._latest.get(job.name)

@@ -107,6 +107,8 @@ class Manager:
         self._observers: list[Callable[[Reconciled], None]] = []
         self._workers: list[asyncio.Task[None]] = []
         self._resyncs: list[asyncio.Task[None]] = []
+        #: Resyncs started because replica membership changed (see `membership_changed`).
+        self._moves: set[asyncio.Task[None]] = set()
         self._state = "new"
 
     def register(
@@ -191,11 +193,11 @@ class Manager:
             self._state = "stopped"
             return
         self._state = "stopping"
-        for task in self._resyncs:
+        for task in [*self._resyncs, *self._moves]:
             task.cancel()
         for loop in self._loops.values():
             loop.queue.shutdown()
-        await asyncio.gather(*self._resyncs, return_exceptions=True)
+        await asyncio.gather(*self._resyncs, *self._moves, return_exceptions=True)
         if self._workers:
             finished = asyncio.ensure_future(asyncio.wait(self._workers))
             grace_over = asyncio.ensure_future(self._clock.sleep(grace))
@@ -302,6 +304,16 @@ class Manager:
         except Exception:
             loop.resync_errors += 1
             log.exception("resync could not list keys", extra={"fields": {"loop": name}})
+
+    def membership_changed(self, members: list[str]) -> None:
+        """Replica membership moved (a replica joined or died): keys may have changed owner,
+        so every loop resyncs now rather than at its next periodic resync. Before `start`
+        and after `stop` there is nothing to do: `start` resyncs anyway."""
+        if self._state != "running":
+            return
+        task = asyncio.get_running_loop().create_task(self.resync_all(), name="resync-moved")
+        self._moves.add(task)
+        task.add_done_callback(self._moves.discard)
 
     async def resync_all(self) -> None:
         """Enqueue every owned key of every loop now: ownership moved (a replica joined or

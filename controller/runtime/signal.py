@@ -5,8 +5,6 @@ lands between the two is never missed: the value has moved, and `wait_past` retu
 
 A wait with a bound (`within=`) times out on the signal's clock, not on asyncio's: a test
 driving a FakeClock past a lease expiry wakes a watch exactly then, with no real time spent.
-A signal made without a clock (the job feed, a driver mailbox: their waiters pass no bound in
-production) times out on the real clock.
 """
 
 from __future__ import annotations
@@ -18,9 +16,9 @@ from controller.runtime import clock as clock_mod
 
 
 class Signal:
-    def __init__(self, clock: clock_mod.Clock | None = None) -> None:
+    def __init__(self, clock: clock_mod.Clock) -> None:
         self.value = 0
-        self._clock: clock_mod.Clock = clock if clock is not None else clock_mod.SystemClock()
+        self._clock = clock
         self._changed = asyncio.Event()
 
     def bump(self) -> None:

@@ -11,8 +11,6 @@ expired lease drops its endpoints from the next answer without any store write, 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime
@@ -143,7 +141,9 @@ class ResolutionService(resolve_pb2_grpc.ResolutionServiceServicer):
                 )
             sent = current
             first = False
-            await self._wait(signal, seen, self._within(current, now))
+            # Bounded on the view's clock: lease expiry is judged on it, so a FakeClock
+            # driven past an expiry wakes the watch exactly then.
+            await signal.wait_past(seen, within=self._within(current, now))
 
     def _names(self, network: str) -> list[str]:
         net = self._view.networks.get(network)
@@ -158,22 +158,6 @@ class ResolutionService(resolve_pb2_grpc.ResolutionServiceServicer):
                 if expiry is not None:
                     wait = min(wait, (expiry - now).total_seconds())
         return max(wait, MIN_WATCH_WAIT)
-
-    async def _wait(self, signal: view_mod.Signal, seen: int, within: float) -> None:
-        """Until the network's signal moves past `seen` or `within` seconds pass on the clock.
-
-        The clock, not `Signal.wait_past(within=)`: lease expiry is judged on the clock, so
-        a test driving a FakeClock past an expiry wakes the watch exactly then.
-        """
-        changed = asyncio.ensure_future(signal.wait_past(seen))
-        timer = asyncio.ensure_future(self._clock.sleep(within))
-        try:
-            await asyncio.wait({changed, timer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (changed, timer):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
 
     # -- shared -----------------------------------------------------------------------------
 

@@ -134,7 +134,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     view = view_mod.View(store, clock, config=CONFIG)
     await view.refresh()
     book = trust.TrustBook(store=store, clock=clock)  # not started: flushed by the tests
-    inbox = driver_inbox.Inbox()
+    inbox = driver_inbox.Inbox(clock=clock)
     box = inbox.open(
         job="train", network="net", attempt=1, position=STEP, sinks={"c": 2}, sources={"a": 2}
     )

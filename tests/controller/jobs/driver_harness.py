@@ -301,7 +301,7 @@ class Orchestrator:
             blob_store=f"file://{tmp}/blobs", advertise=f"127.0.0.1:{self.port}", **settings
         )
         self.metrics = metrics.Metrics()
-        inbox = driver_inbox.Inbox(book=book, on_disagreed=self.metrics.disagreed)
+        inbox = driver_inbox.Inbox(clock=clock, book=book, on_disagreed=self.metrics.disagreed)
         self.ctx = driver_context.DriverContext(
             store=store,
             view=view,
@@ -318,7 +318,7 @@ class Orchestrator:
             suspects=suspects.Suspects(view=view, book=book),
             tiebreakers=tiebreakers.Tiebreakers(store=store, view=view, metrics=self.metrics),
             reply_to=driver_context.ReplyTo(options.advertise),
-            feed=job_watch.JobFeed(),
+            feed=job_watch.JobFeed(clock),
         )
         self.inbox = driver_inbox_service.DriverInboxService(
             inbox=inbox,

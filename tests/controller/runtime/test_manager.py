@@ -308,6 +308,23 @@ async def test_resync_all_picks_up_keys_that_became_ours(manager, clock) -> None
     assert sorted(probe.calls) == ["a", "a", "b", "c"]
 
 
+async def test_a_membership_change_resyncs_every_loop_at_once(manager, clock) -> None:
+    owned = {"a"}
+
+    async def list_keys() -> Iterable[str]:
+        return ["a", "b"]
+
+    manager.membership_changed(["r1"])  # before start: nothing to do, start resyncs anyway
+    probe = await started(
+        manager, clock, Probe(), resync_every=3600, list_keys=list_keys, owns=owned.__contains__
+    )
+    assert probe.calls == ["a"]
+    owned.add("b")  # another replica died: its keys are ours now
+    manager.membership_changed(["r1"])
+    await clock.settle()
+    assert sorted(probe.calls) == ["a", "a", "b"], "not the hourly resync: the change itself"
+
+
 async def test_a_key_disowned_while_queued_is_skipped(manager, clock) -> None:
     owned = {"a", "b"}
     gate = asyncio.Event()

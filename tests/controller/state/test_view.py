@@ -436,8 +436,8 @@ async def test_signals_bump_for_the_keys_a_change_touches(store, view, clock) ->
     assert bumped(before) == {"pnode p2", "any"}
 
 
-async def test_wait_past_returns_at_once_when_already_moved_and_wakes_on_bump() -> None:
-    signal = view_mod.Signal()
+async def test_wait_past_returns_at_once_when_already_moved_and_wakes_on_bump(clock) -> None:
+    signal = view_mod.Signal(clock)
     signal.bump()
     assert await signal.wait_past(0) == 1
     assert await signal.wait_past(1, within=0) == 1  # times out, unchanged
