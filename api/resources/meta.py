@@ -47,16 +47,21 @@ def check_dns1123_subdomain(value: str) -> str:
     return value
 
 
+def _check_qualified_name(key: str, what: str) -> None:
+    """A label or annotation key: an optional DNS-subdomain prefix and '/', then a name."""
+    prefix, _, name = key.rpartition("/")
+    if prefix:
+        check_dns1123_subdomain(prefix)
+    if not name or len(name) > 63 or not _LABEL_KEY_NAME.match(name):
+        raise ValueError(
+            f"invalid {what} key {key!r}: name part must be at most 63 characters of "
+            "alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric"
+        )
+
+
 def check_labels(labels: dict[str, str]) -> dict[str, str]:
     for key, value in labels.items():
-        prefix, _, name = key.rpartition("/")
-        if prefix:
-            check_dns1123_subdomain(prefix)
-        if not name or len(name) > 63 or not _LABEL_KEY_NAME.match(name):
-            raise ValueError(
-                f"invalid label key {key!r}: name part must be at most 63 characters of "
-                "alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric"
-            )
+        _check_qualified_name(key, "label")
         if len(value) > 63 or not _LABEL_VALUE.match(value):
             raise ValueError(
                 f"invalid label value {value!r} for key {key!r}: at most 63 characters of "
@@ -74,14 +79,7 @@ def check_annotations(annotations: dict[str, str]) -> dict[str, str]:
     together are bounded, so a record cannot be made arbitrarily large through them."""
     total = 0
     for key, value in annotations.items():
-        prefix, _, name = key.rpartition("/")
-        if prefix:
-            check_dns1123_subdomain(prefix)
-        if not name or len(name) > 63 or not _LABEL_KEY_NAME.match(name):
-            raise ValueError(
-                f"invalid annotation key {key!r}: name part must be at most 63 characters of "
-                "alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric"
-            )
+        _check_qualified_name(key, "annotation")
         total += len(key.encode()) + len(value.encode())
     if total > MAX_ANNOTATIONS_BYTES:
         raise ValueError(
