@@ -114,6 +114,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--listen", default="127.0.0.1:7070", help="gRPC address (default: %(default)s)"
     )
+    up.add_argument(
+        "--metrics-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve the orchestrator's Prometheus /metrics on HOST:PORT (port 0: any free "
+        "port, printed in the banner; default: off)",
+    )
     up.add_argument("--state-dir", type=Path, default=None, help="default: $XDG_STATE_HOME/dcnr/up")
     up.add_argument(
         "--workdir", type=Path, default=Path.cwd(), help="agents resolve file:// data here"
@@ -142,6 +149,7 @@ def _up(args: argparse.Namespace) -> int:
     serve_config = server.ServeConfig(
         store_url=store_url,
         listen=args.listen,
+        metrics_listen=args.metrics_listen,
         driver=driver.DriverConfig(blob_store=f"file://{state_dir}/checkpoints/"),
     )
     config = up.UpConfig(

@@ -4,6 +4,13 @@ The orchestrator runs in this process on the embedded store; each agent is a rea
 `dcnr-agent` process (as on a volunteer's machine), with varied capabilities so placement
 has choices to make. Ctrl-C or SIGTERM stops the agents first (they deregister), then the
 orchestrator. Agent output goes to log files in the state directory, not the terminal.
+
+`up` announces each agent's pid on stdout (`  agent-0: pid 1234 ...`), so a script that
+started this `up` can act on exactly its own agents and never on another cluster's agent of
+the same name. An agent that exits on its own is a machine that crashed: `up` says so on
+stdout and starts it again after a backoff (as a volunteer's machine comes back), so the
+cluster keeps its size; the orchestrator meanwhile sees the PNode's lease expire and
+re-places its VNodes, exactly as for a real machine.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from controller import server
@@ -28,6 +36,12 @@ SHAPES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("4", "4Gi", ("topology.dcnr.io/zone=home-a",)),
 )
 STOP_GRACE = 30.0
+#: Restart backoff: the first restart waits RESTART_FIRST, each next one twice as long, up
+#: to RESTART_MAX; an agent that ran RESTART_RESET before it exited starts the count over,
+#: so one crash a day never waits the maximum, and a crash loop does not spin.
+RESTART_FIRST = 1.0
+RESTART_MAX = 30.0
+RESTART_RESET = 60.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -38,9 +52,13 @@ class UpConfig:
     workdir: Path
 
 
+def agent_name(index: int) -> str:
+    return f"agent-{index}"
+
+
 def agent_command(config: UpConfig, orchestrator: str, index: int) -> list[str]:
     cpu, memory, labels = SHAPES[index % len(SHAPES)]
-    name = f"agent-{index}"
+    name = agent_name(index)
     command = [
         str(Path(sys.executable).with_name("dcnr-agent")),
         "--orchestrator", orchestrator,
@@ -59,6 +77,30 @@ def agent_command(config: UpConfig, orchestrator: str, index: int) -> list[str]:
     return command
 
 
+def restart_delay(restarts: int, ran_for: float) -> tuple[int, float]:
+    """(the restart count after this exit, seconds to wait before starting it again).
+
+    `restarts` counts the exits in a row so far; `ran_for` is how long the process that just
+    exited had run. Pure, so the policy is tested without processes or time passing."""
+    if ran_for >= RESTART_RESET:
+        restarts = 0
+    return restarts + 1, min(RESTART_FIRST * 2**restarts, RESTART_MAX)
+
+
+def describe_exit(returncode: int) -> str:
+    """`exited with status 1`, or `was killed by SIGKILL` for a negative return code."""
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
 async def _stop(proc: asyncio.subprocess.Process) -> None:
     """SIGTERM (the agent deregisters), then SIGKILL after STOP_GRACE."""
     if proc.returncode is None:
@@ -70,6 +112,56 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
 
 
+class _Agent:
+    """One agent process and its restarts. `current` is the live process, if any; the
+    supervising task is cancelled before the cluster stops it."""
+
+    def __init__(self, config: UpConfig, orchestrator: str, index: int) -> None:
+        self._config = config
+        self._orchestrator = orchestrator
+        self.index = index
+        self.name = agent_name(index)
+        self.directory = config.state_dir / self.name
+        self.current: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> asyncio.subprocess.Process:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with (self.directory / "agent.log").open("ab") as logfile:
+            self.current = await asyncio.create_subprocess_exec(
+                *agent_command(self._config, self._orchestrator, self.index),
+                stdout=logfile,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        return self.current
+
+    def announce(self, proc: asyncio.subprocess.Process, note: str = "") -> None:
+        _say(f"  {self.name}: pid {proc.pid}{note} (log {self.directory / 'agent.log'})")
+
+    async def supervise(self, proc: asyncio.subprocess.Process) -> None:
+        """Wait for the agent to exit on its own; say so, and start it again after the
+        backoff. Cancelled when the cluster stops (the stop is not an exit on its own)."""
+        restarts = 0
+        started = time.monotonic()
+        while True:
+            returncode = await proc.wait()
+            restarts, delay = restart_delay(restarts, time.monotonic() - started)
+            _say(
+                f"dcnr-orchestrator: {self.name} (pid {proc.pid}) {describe_exit(returncode)}; "
+                f"starting it again in {delay:g}s (restart {restarts}; "
+                f"log {self.directory / 'agent.log'})"
+            )
+            log.warning(
+                "agent exited",
+                extra={"fields": {"agent": self.name, "pid": proc.pid, "code": returncode}},
+            )
+            await asyncio.sleep(delay)
+            proc = await self.start()
+            started = time.monotonic()
+            self.announce(proc, f" (restart {restarts})")
+
+
 async def run(config: UpConfig) -> None:
     from store import url
 
@@ -77,7 +169,8 @@ async def run(config: UpConfig) -> None:
     config.state_dir.mkdir(parents=True, exist_ok=True)
     store = await url.open_store(config.serve.store_url)
     orchestrator = server.Orchestrator(config.serve, store)
-    agents: list[asyncio.subprocess.Process] = []
+    agents: list[_Agent] = []
+    supervisors: list[asyncio.Task[None]] = []
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -86,30 +179,33 @@ async def run(config: UpConfig) -> None:
         await orchestrator.start()
         host = config.serve.listen.rsplit(":", 1)[0]
         address = f"{host}:{orchestrator.port}"
+        started = []
         for index in range(config.agents):
-            directory = config.state_dir / f"agent-{index}"
-            directory.mkdir(parents=True, exist_ok=True)
-            with (directory / "agent.log").open("ab") as logfile:
-                agents.append(
-                    await asyncio.create_subprocess_exec(
-                        *agent_command(config, address, index),
-                        stdout=logfile,
-                        stderr=asyncio.subprocess.STDOUT,
-                        stdin=asyncio.subprocess.DEVNULL,
-                        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                    )
-                )
-        print(
+            agent = _Agent(config, address, index)
+            agents.append(agent)
+            started.append(await agent.start())
+        metrics = (
+            f", metrics on http://{config.serve.metrics_listen.rsplit(':', 1)[0]}:"
+            f"{orchestrator.metrics_port}/metrics"
+            if config.serve.metrics_listen and orchestrator.metrics_port is not None
+            else ""
+        )
+        _say(
             f"dcnr-orchestrator: local cluster up: orchestrator on {address} "
-            f"(store {config.serve.store_url}), {config.agents} agents "
+            f"(store {config.serve.store_url}{metrics}), {config.agents} agents "
             f"(logs in {config.state_dir}/agent-*/agent.log)\n"
             f"  point dcnctl at it:  export DCNR_SERVER={address}\n"
-            f"  then try:            dcnctl get pnodes\n"
-            "Ctrl-C stops everything.",
-            flush=True,
+            f"  then try:            dcnctl get pnodes"
         )
+        for agent, proc in zip(agents, started, strict=True):
+            agent.announce(proc)
+            supervisors.append(asyncio.create_task(agent.supervise(proc)))
+        _say("Ctrl-C stops everything; an agent that exits on its own is started again.")
         await stopping.wait()
     finally:
         print("dcnr-orchestrator: stopping the agents, then the orchestrator", flush=True)
-        await asyncio.gather(*(_stop(proc) for proc in agents))
+        for task in supervisors:
+            task.cancel()
+        await asyncio.gather(*supervisors, return_exceptions=True)
+        await asyncio.gather(*(_stop(a.current) for a in agents if a.current is not None))
         await orchestrator.stop()

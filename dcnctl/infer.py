@@ -135,4 +135,16 @@ def _write(path: str, outputs: dict[str, np.ndarray]) -> None:
             raise errors.local(f"-o {path}: must end in .npy or .npz")
     except OSError as exc:
         raise errors.local(f"-o {path}: {exc.strerror or exc}") from None
-    print(f"wrote {', '.join(outputs)} to {path}")
+    print(_wrote(path, outputs))
+
+
+def _wrote(path: str, outputs: dict[str, np.ndarray]) -> str:
+    """What was written, said as what it is: the output of each sink VNode (for the digits
+    network, the sink is named `loss`, and its output at inference is the probabilities),
+    with its shape, so `wrote loss to probabilities.npy` cannot be misread."""
+    described = ", ".join(
+        f"{name} {tuple(array.shape)} {array.dtype.name}" for name, array in outputs.items()
+    )
+    noun = "the output of sink VNode" if len(outputs) == 1 else "the outputs of sink VNodes"
+    keyed = "" if path.endswith(".npy") else ", one array per sink, named by it"
+    return f"wrote {noun} {described} to {path}{keyed}"

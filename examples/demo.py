@@ -3,10 +3,13 @@
 1. `dcnr-orchestrator up`: an orchestrator and three agents on this machine;
 2. `dcnctl apply -f examples/digits/network.yaml` and the placement it gets;
 3. `dcnctl train digits` with its live progress bar — and, a third of the way in, one
-   agent is SIGKILLed: the job pauses, the VNodes it hosted are re-placed, every VNode
-   rolls back to the last checkpoint, and training carries on;
+   agent of this cluster (by the pid its own `up` announced, never by a name another
+   cluster on this machine may share) is SIGKILLed: the job pauses, the VNodes it hosted
+   are placed again with new epochs, every VNode rolls back to the last checkpoint, and
+   training carries on (`up` starts the dead agent again, as a new incarnation);
 4. the placement after, the held-out accuracy, and predictions for a few test images;
-5. everything is shut down. Exit code 0 only if all of that worked.
+5. everything is shut down. Exit code 0 only if all of that worked (and the agent it
+   killed did die).
 
 It drives the system only through its commands, exactly as a user would.
 """
@@ -20,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -68,35 +72,97 @@ def wait_for(what: str, check, within: float) -> None:  # type: ignore[no-untype
         time.sleep(0.3)
 
 
-def agent_pid(name: str) -> int:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(part.endswith(b"dcnr-agent") for part in cmdline[:2]) and name.encode() in cmdline:
-            return int(entry.name)
-    raise SystemExit(f"demo: no process for {name}")
+class Cluster:
+    """A `dcnr-orchestrator up` this script started, known by what it said on stdout.
+
+    `up` announces each agent's pid (`  agent-0: pid 1234 ...`) and each agent that exits
+    on its own (`dcnr-orchestrator: agent-0 (pid 1234) was killed by SIGKILL; ...`). Those
+    lines, from this script's own child, are the only way it finds an agent: another
+    cluster on the same machine may run an `agent-2` too, and it is not ours to touch.
+    """
+
+    _AGENT = re.compile(r"^  (?P<name>agent-\d+): pid (?P<pid>\d+)")
+    _EXIT = re.compile(r"^dcnr-orchestrator: (?P<name>agent-\d+) \(pid (?P<pid>\d+)\) ")
+
+    def __init__(self, state: Path, *, agents: int, extra: tuple[str, ...] = ()) -> None:
+        self.state = state
+        state.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [str(BIN / "dcnr-orchestrator"), "up", "--agents", str(agents),
+             "--listen", "127.0.0.1:0", "--state-dir", str(state), *extra],
+            stdout=subprocess.PIPE, stderr=(state / "orchestrator.log").open("wb"), text=True,
+        )  # fmt: skip
+        self.banner: list[str] = []
+        self.pids: dict[str, int] = {}
+        self.exited: set[int] = set()
+        self._changed = threading.Condition()
+        self._eof = False
+        threading.Thread(target=self._read, name="up-stdout", daemon=True).start()
+        self._wait(
+            "the cluster's banner", lambda: "Ctrl-C stops everything" in "".join(self.banner), 60
+        )
+        match = re.search(r"orchestrator on (\S+) ", self.banner[0])
+        if not match:
+            raise SystemExit(f"demo: the cluster did not start: {self.banner!r}")
+        self.address = match[1]
+        self.metrics = re.search(r"metrics on (\S+/metrics)", self.banner[0])
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._changed:
+                if not self.banner or "Ctrl-C stops everything" not in self.banner[-1]:
+                    self.banner.append(line)
+                elif self._EXIT.match(line) or self._AGENT.match(line):
+                    print(line.rstrip(), flush=True)
+                if found := self._AGENT.match(line):
+                    self.pids[found["name"]] = int(found["pid"])
+                if found := self._EXIT.match(line):
+                    self.exited.add(int(found["pid"]))
+                self._changed.notify_all()
+        with self._changed:
+            self._eof = True
+            self._changed.notify_all()
+
+    def _wait(self, what: str, check, within: float) -> None:  # type: ignore[no-untyped-def]
+        with self._changed:
+            if not self._changed.wait_for(lambda: check() or self._eof, timeout=within):
+                raise SystemExit(f"demo: {what} did not happen within {within:.0f}s")
+            if not check():
+                raise SystemExit(f"demo: the cluster exited ({self.proc.wait()}) before {what}")
+
+    def kill_agent(self, name: str, *, within: float = 30.0) -> int:
+        """SIGKILL this cluster's agent `name`; its pid, once `up` has seen it die.
+
+        Raises SystemExit (the demo fails) if this `up` never announced such an agent, or
+        did not report it dead within `within` seconds."""
+        with self._changed:
+            pid = self.pids.get(name)
+            if pid is None or pid in self.exited:
+                raise SystemExit(f"demo: this cluster has no running agent {name!r} "
+                                 f"(its agents: {self.pids})")  # fmt: skip
+            os.kill(pid, signal.SIGKILL)
+        self._wait(f"{name} (pid {pid}) dying", lambda: pid in self.exited, within)
+        return pid
+
+    def stop(self) -> int:
+        """SIGINT, as Ctrl-C would: the agents deregister, then the orchestrator stops."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
 
 
 def main() -> int:
     state = Path(tempfile.mkdtemp(prefix="dcnr-demo-"))
     say("Starting a local cluster: an orchestrator and three agents")
-    up = subprocess.Popen(
-        [str(BIN / "dcnr-orchestrator"), "up", "--agents", "3", "--listen", "127.0.0.1:0",
-         "--state-dir", str(state), "--workdir", str(REPO)],
-        stdout=subprocess.PIPE, stderr=(state / "orchestrator.log").open("wb"), text=True,
-    )  # fmt: skip
+    cluster = Cluster(state, agents=3, extra=("--workdir", str(REPO)))
     try:
-        assert up.stdout is not None
-        banner = up.stdout.readline()
-        match = re.search(r"orchestrator on (\S+) ", banner)
-        if not match:
-            raise SystemExit(f"demo: the cluster did not start: {banner!r}")
-        print(banner.rstrip(), flush=True)
-        os.environ["DCNR_SERVER"] = match[1]
+        print("".join(cluster.banner).rstrip(), flush=True)
+        os.environ["DCNR_SERVER"] = cluster.address
         wait_for(
             "three Ready agents",
             lambda: sum(
@@ -125,11 +191,11 @@ def main() -> int:
         )
         victim, count = hosts.most_common(1)[0]
         print(f"\n*** SIGKILL {victim} (hosting {count} of 6 VNodes) ***", flush=True)
-        os.kill(agent_pid(victim), signal.SIGKILL)
+        cluster.kill_agent(victim)
         if trainer.wait(timeout=180) != 0:
             raise SystemExit("demo: training did not succeed")
 
-        say(f"Placement after {victim} died: its VNodes moved, with new epochs")
+        say(f"Placement after {victim} died: its VNodes were placed again, with new epochs")
         dcnctl("get", "vnodes", "--network", "digits")
         dcnctl("get", "job", JOB)
 
@@ -148,12 +214,7 @@ def main() -> int:
             raise SystemExit(f"demo: accuracy {accuracy:.1%} is too low")
     finally:
         say("Shutting down")
-        if up.poll() is None:
-            up.send_signal(signal.SIGINT)
-            try:
-                up.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                up.kill()
+        cluster.stop()
     print("demo complete.")
     return 0
 

@@ -1,6 +1,7 @@
 """Make data.npz from the UCI optical-digits data as scikit-learn bundles it.
 
     python examples/digits/prepare.py path/to/sklearn/datasets/data/digits.csv.gz
+    python examples/digits/prepare.py --sample    # only sample.npy, from data.npz
 
 Each row of digits.csv.gz is 64 pixel values (0..16) and the digit. The split is seeded, so
 the committed data.npz is reproducible: 1438 training and 359 held-out samples.
@@ -16,6 +17,8 @@ import numpy as np
 
 SEED = 20261127
 TEST_FRACTION = 0.2
+#: Images in sample.npy.
+SAMPLE = 8
 
 
 def main(source: str) -> None:
@@ -33,7 +36,17 @@ def main(source: str) -> None:
         x_test=pixels[test],
         y_test=labels[test],
     )
+    write_sample()
+
+
+def write_sample() -> None:
+    """sample.npy: the first SAMPLE held-out images, what the README's `dcnctl infer` sends."""
+    with np.load(Path(__file__).with_name("data.npz")) as data:
+        np.save(Path(__file__).with_name("sample.npy"), data["x_test"][:SAMPLE])
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "--sample":
+        write_sample()
+    else:
+        main(sys.argv[1])

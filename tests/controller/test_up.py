@@ -1,32 +1,48 @@
-"""`dcnr-orchestrator up`: a local cluster in one command, stopped cleanly by Ctrl-C."""
+"""`dcnr-orchestrator up`: a local cluster in one command, stopped cleanly by Ctrl-C; it
+announces its agents' pids, starts again an agent that dies, and a script that started it
+(the demo) touches only its own agents, never another cluster's of the same name."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
 import signal
 import subprocess
+import sys
+import types
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
 from api.dcnr.v1 import common_pb2, pnode_pb2, pnode_pb2_grpc
+from controller import up
 from tests.support import procs, wait
 
-pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
 
 
-def _processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+def _demo() -> types.ModuleType:
+    """examples/demo.py, the script `make demo` runs (examples/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("dcnr_demo", REPO / "examples" / "demo.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _ready_pnodes(address: str) -> dict[str, str]:
@@ -38,6 +54,37 @@ def _ready_pnodes(address: str) -> dict[str, str]:
     return {d["metadata"]["name"]: d["status"]["phase"] for d in docs}
 
 
+def _until_ready(address: str, names: list[str]) -> None:
+    wait.until_sync(
+        lambda: _ready_pnodes(address),
+        within=60,
+        what=f"Ready agents {names}",
+        accept=lambda phases: phases == dict.fromkeys(names, "Ready"),
+        every=0.1,
+    )
+
+
+@pytest.mark.parametrize(
+    ("restarts", "ran_for", "expected"),
+    [
+        (0, 0.5, (1, 1.0)),
+        (1, 0.5, (2, 2.0)),
+        (4, 3.0, (5, 16.0)),
+        (5, 3.0, (6, 30.0)),  # capped
+        (40, 3.0, (41, 30.0)),
+        (6, up.RESTART_RESET, (1, 1.0)),  # it ran long enough: the count starts over
+    ],
+)
+def test_restart_backoff(restarts: int, ran_for: float, expected: tuple[int, float]) -> None:
+    assert up.restart_delay(restarts, ran_for) == expected
+
+
+def test_exits_are_described() -> None:
+    assert up.describe_exit(1) == "exited with status 1"
+    assert up.describe_exit(-signal.SIGKILL) == "was killed by SIGKILL"
+
+
+@pytest.mark.slow
 def test_up_runs_agents_until_interrupted(tmp_path: Path) -> None:
     state = tmp_path / "cluster"
     proc = subprocess.Popen(
@@ -51,21 +98,81 @@ def test_up_runs_agents_until_interrupted(tmp_path: Path) -> None:
         assert match, banner
         address = match[1]
         assert "export DCNR_SERVER=" in procs.read_line(proc)
-        wait.until_sync(
-            lambda: _ready_pnodes(address),
-            within=60,
-            what="two Ready agents",
-            accept=lambda phases: phases == {"agent-0": "Ready", "agent-1": "Ready"},
-            every=0.1,
-        )
-        assert _processes_mentioning(str(state / "agent-0"))
+        assert "dcnctl get pnodes" in procs.read_line(proc)
+        pids = {}
+        for name in ("agent-0", "agent-1"):
+            line = procs.read_line(proc)
+            announced = re.match(rf"^  {name}: pid (\d+) \(log (\S+)\)$", line)
+            assert announced, line
+            assert announced[2] == str(state / name / "agent.log")
+            pids[name] = int(announced[1])
+        assert procs.read_line(proc).startswith("Ctrl-C stops everything")
+        _until_ready(address, ["agent-0", "agent-1"])
+        assert all(_alive(pid) for pid in pids.values())
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
-        assert not _processes_mentioning(str(state / "agent-")), "agents left behind"
+        assert not [pid for pid in pids.values() if _alive(pid)], "agents left behind"
     finally:
         procs.stop(proc)
 
 
+@pytest.fixture
+def demo() -> Iterator[types.ModuleType]:
+    yield _demo()
+    sys.modules.pop("dcnr_demo", None)
+
+
+@pytest.mark.slow
+def test_two_clusters_on_one_machine_do_not_disturb_each_other(
+    tmp_path: Path, demo: types.ModuleType
+) -> None:
+    """Both clusters run an `agent-0`; the demo's kill takes only its own cluster's, and that
+    cluster's `up` says so and starts it again. The other also serves /metrics (`up
+    --metrics-listen`), scraped here."""
+    ours = demo.Cluster(tmp_path / "ours", agents=1)
+    try:
+        theirs = demo.Cluster(
+            tmp_path / "theirs", agents=1, extra=("--metrics-listen", "127.0.0.1:0")
+        )
+        try:
+            assert ours.metrics is None
+            assert theirs.metrics is not None, theirs.banner
+            with urllib.request.urlopen(theirs.metrics[1], timeout=10) as reply:
+                assert "dcnr_workqueue_depth" in reply.read().decode()
+            _until_ready(ours.address, ["agent-0"])
+            _until_ready(theirs.address, ["agent-0"])
+            their_agent = theirs.pids["agent-0"]
+
+            killed = ours.kill_agent("agent-0")
+            assert not _alive(killed)
+            # Ours comes back as a new process and a new incarnation; theirs never noticed.
+            wait.until_sync(
+                lambda: ours.pids["agent-0"],
+                within=30,
+                what="our agent-0 started again",
+                accept=lambda pid: pid != killed,
+            )
+            _until_ready(ours.address, ["agent-0"])
+            assert _alive(their_agent)
+            assert theirs.pids == {"agent-0": their_agent}
+            assert theirs.exited == set()
+            assert _ready_pnodes(theirs.address) == {"agent-0": "Ready"}
+
+            # A name this cluster never announced is refused, not looked for elsewhere.
+            with pytest.raises(SystemExit, match="no running agent 'agent-7'"):
+                ours.kill_agent("agent-7")
+            assert theirs.stop() == 0
+            assert not _alive(their_agent)
+        finally:
+            theirs.stop()
+        restarted = ours.pids["agent-0"]
+        assert ours.stop() == 0
+        assert not _alive(restarted)
+    finally:
+        ours.stop()
+
+
+@pytest.mark.slow
 def test_up_refuses_a_negative_agent_count() -> None:
     result = subprocess.run(
         [procs.script("dcnr-orchestrator"), "up", "--agents", "-1"],
