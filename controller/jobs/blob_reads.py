@@ -1,13 +1,13 @@
-"""What the driver needs to know about data without computing on it.
+"""What the driver reads itself: checkpoint blobs, never training data.
 
-Training: the number of rows of a source's array, to cut epochs into batches of indices.
-Only the .npy header is read (for a local .npz, only its member's header), so the
-orchestrator never loads a data set to learn its length. Inference on a data reference:
-the arrays themselves, because the driver hands them to the sources.
+With replicas, a VNode's canonical checkpoint is elected among the blobs its replicas wrote
+(controller.jobs.driver_checkpoint), which may mean hashing a blob to catch a forged digest
+or reading its arrays to compare values. Those blobs live in the blob store the orchestrator
+names (`serve --blob-store`), so it can read them. Training and inference data it never
+opens: the agents hosting the sources hold it (controller.jobs.driver_data).
 
-URLs are those of the Network manifest: `file://relative/path` (against the working
-directory, as the agents read it), `file:///absolute/path`, `s3://bucket/key` through boto3.
-Blocking reads run in a thread, off the event loop.
+URLs: `file:///absolute/path` or `s3://bucket/key` through boto3. Blocking reads run in a
+thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import IO, Any
 import numpy as np
 
 
-class DataError(ValueError):
-    """The data cannot be read as asked; the message names the URL and field."""
+class BlobError(ValueError):
+    """The blob cannot be read; the message names the URL."""
 
 
 def _local_path(url: str) -> Path:
@@ -35,7 +35,7 @@ def _open(url: str) -> IO[bytes]:
         try:
             return _local_path(url).open("rb")
         except OSError as exc:
-            raise DataError(f"data url {url!r}: cannot open ({exc.strerror})") from None
+            raise BlobError(f"blob {url!r}: cannot open ({exc.strerror})") from None
     if url.startswith("s3://"):
         import boto3
 
@@ -43,53 +43,9 @@ def _open(url: str) -> IO[bytes]:
         try:
             body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
         except Exception as exc:
-            raise DataError(f"data url {url!r}: cannot read from S3 ({exc})") from None
+            raise BlobError(f"blob {url!r}: cannot read from S3 ({exc})") from None
         return io.BytesIO(body)
-    raise DataError(f"data url {url!r}: must start with file:// or s3://")
-
-
-def _header_shape(handle: IO[bytes], where: str) -> tuple[int, ...]:
-    try:
-        version = np.lib.format.read_magic(handle)
-        if version == (1, 0):
-            shape, _, _ = np.lib.format.read_array_header_1_0(handle)
-        else:
-            shape, _, _ = np.lib.format.read_array_header_2_0(handle)
-    except ValueError as exc:
-        raise DataError(f"{where}: not a .npy array ({exc})") from None
-    return tuple(int(d) for d in shape)
-
-
-def rows_sync(url: str, field: str | None) -> int:
-    """Rows (the first dimension) of the array `field` of a .npz, or of a .npy."""
-    with _open(url) as handle:
-        if url.endswith(".npy"):
-            shape = _header_shape(handle, url)
-        else:
-            if not field:
-                raise DataError(
-                    f"data url {url!r}: a .npz holds several arrays; the VNode's "
-                    "params.field must name one"
-                )
-            try:
-                with zipfile.ZipFile(handle) as archive:
-                    names = [n.removesuffix(".npy") for n in archive.namelist()]
-                    if field not in names:
-                        raise DataError(
-                            f"params.field: {field!r} is not an array of {url!r} "
-                            f"(it holds: {', '.join(sorted(names))})"
-                        )
-                    with archive.open(f"{field}.npy") as member:
-                        shape = _header_shape(member, f"{url}[{field}]")
-            except zipfile.BadZipFile:
-                raise DataError(f"data url {url!r}: not a .npz (zip) file") from None
-    if not shape:
-        raise DataError(f"{url}[{field}]: a scalar has no rows")
-    return shape[0]
-
-
-async def rows(url: str, field: str | None) -> int:
-    return await asyncio.to_thread(rows_sync, url, field)
+    raise BlobError(f"blob {url!r}: must start with file:// or s3://")
 
 
 def arrays_sync(url: str) -> dict[str, np.ndarray[Any, Any]]:
@@ -101,7 +57,7 @@ def arrays_sync(url: str) -> dict[str, np.ndarray[Any, Any]]:
             with np.load(handle, allow_pickle=False) as archive:
                 return {name: archive[name] for name in archive.files}
         except (ValueError, OSError, zipfile.BadZipFile) as exc:
-            raise DataError(f"data url {url!r}: not a readable .npz/.npy ({exc})") from None
+            raise BlobError(f"blob {url!r}: not a readable .npz/.npy ({exc})") from None
 
 
 async def arrays(url: str) -> dict[str, np.ndarray[Any, Any]]:
