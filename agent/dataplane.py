@@ -35,6 +35,7 @@ at a time either way.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -79,6 +80,7 @@ _CODES = {
     "TooLarge": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "Checksum": grpc.StatusCode.DATA_LOSS,
     "BlobStore": grpc.StatusCode.UNAVAILABLE,
+    "DataError": grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 
@@ -106,6 +108,9 @@ KindFactory = Callable[[pnode_pb2.Assignment], kinds.Kind]
 class _Hosted:
     instance: vnode.Instance
     signature: tuple[Any, ...]
+    #: What it was built from: a job's data (Restore, DescribeData, inference) rebuilds
+    #: its kind from it with that data instead of the assignment's.
+    assignment: pnode_pb2.Assignment
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     tasks: set[asyncio.Task[bool]] = field(default_factory=set)
     #: Compute in a worker thread (see the module docstring).
@@ -160,6 +165,7 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
             sig = signature(a)
             if slot in self._hosted:  # checks and replica counts only: no rebuild
                 self._hosted[slot].neighbours = _neighbours(a)
+                self._hosted[slot].assignment = a
                 self._hosted[slot].instance.neighbour_replicas = dict(a.neighbour_replicas)
                 continue
             if self._failed.get(slot, ((),))[0] == sig:
@@ -185,6 +191,7 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
             self._hosted[slot] = _Hosted(
                 instance,
                 sig,
+                a,
                 in_thread=self._in_thread or kind.data is not None,
                 neighbours=_neighbours(a),
             )
@@ -275,6 +282,9 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
     ) -> vnode_pb2.RestoreResponse:
         try:
             hosted = self._lookup(request.network, request.vnode, request.replica)
+            job_kind = self._kind_reading(hosted, request.data) if request.data.url else None
+            if job_kind is not None and job_kind.data is not None:
+                hosted.in_thread = True  # the first batch may read (or download) the data
             loaded = None
             if request.HasField("blob") and request.blob.url:
                 content = await self._blobs.get(request.blob, max_bytes=MAX_CHECKPOINT_BYTES)
@@ -297,12 +307,85 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
                         learning_rate=request.learning_rate or 0.01,
                         loaded=loaded,
                         neighbour_replicas=dict(request.neighbour_replicas),
+                        kind=job_kind,
                     )
                 except ValueError as exc:  # unknown optimizer, bad learning rate or state
                     raise _Refusal("Invalid", str(exc)) from None
         except (_Refusal, vnode.Refused, blobs.BlobError) as exc:
             await _abort(context, exc)
         return vnode_pb2.RestoreResponse(step=step)
+
+    async def DescribeData(
+        self, request: vnode_pb2.DescribeDataRequest, context: Context
+    ) -> vnode_pb2.DescribeDataResponse:
+        """What the VNode's data (or the request's) holds; the driver's only way to learn a
+        data set's length, since the orchestrator never reads data."""
+        try:
+            hosted = self._lookup(request.network, request.vnode, request.replica)
+            if request.epoch != hosted.instance.epoch:
+                raise _Refusal(
+                    "StaleEpoch",
+                    f"epoch: {request.epoch} is not the epoch of {request.network}/"
+                    f"{request.vnode} replica {request.replica} here, which is "
+                    f"{hosted.instance.epoch}",
+                )
+            kind = self._kind_reading(hosted, request.data)
+            source = kind.data
+            if source is None:
+                raise _Refusal(
+                    "DataError",
+                    f"data: {request.network}/{request.vnode} has no data ref and none was "
+                    "given (a source needs the network's data ref or the job's --data)",
+                )
+            try:
+                found = await asyncio.to_thread(source.describe, _field(kind))
+            except kinds.KindError as exc:  # DataError is one
+                raise _Refusal("DataError", str(exc)) from None
+        except (_Refusal, vnode.Refused) as exc:
+            await _abort(context, exc)
+        return vnode_pb2.DescribeDataResponse(
+            has_field=found.shape is not None,
+            shape=list(found.shape or ()),
+            dtype=found.dtype,
+            fields=list(found.fields),
+            resolved_url=found.where,
+        )
+
+    def _kind_reading(self, hosted: _Hosted, ref: common_pb2.DataRef) -> kinds.Kind:
+        """The VNode's kind reading `ref` (a job's or a request's data) instead of its
+        assignment's; the assignment's own kind when `ref` is empty."""
+        if not ref.url:
+            return hosted.instance.kind
+        rebuilt = pnode_pb2.Assignment()
+        rebuilt.CopyFrom(hosted.assignment)
+        rebuilt.data.CopyFrom(ref)
+        try:
+            return self._make_kind(rebuilt)
+        except (kinds.KindError, ValueError) as exc:  # DataError is a KindError
+            raise _Refusal("DataError", str(exc)) from None
+
+    async def _read_input(
+        self,
+        hosted: _Hosted,
+        request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest,
+        message: vnode.Message,
+    ) -> vnode.Message:
+        """An inference input the driver named by data reference: this source's array of
+        it, read here (ForwardRequest.data in vnode.proto)."""
+        if not isinstance(request, vnode_pb2.ForwardRequest) or not request.data.url:
+            return message
+        if message.sender_vnode != vnode.DRIVER or message.position[0] != "request":
+            raise _Refusal(
+                "Invalid", "data: only the driver's inference input may name data, not a tensor"
+            )
+        kind = self._kind_reading(hosted, request.data)
+        if kind.data is None:
+            raise _Refusal("DataError", f"data: {request.data.url!r} gave {kind.name!r} no data")
+        try:
+            array = await asyncio.to_thread(kind.data.array, _field(kind))
+        except kinds.KindError as exc:
+            raise _Refusal("DataError", str(exc)) from None
+        return dataclasses.replace(message, array=array, empty=False)
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -316,6 +399,7 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
         try:
             message = self._decode(request, forward=forward)
             hosted = self._lookup(request.network, request.target_vnode, request.target_replica)
+            message = await self._read_input(hosted, request, message)
             await self._check_sender(hosted, request, forward=forward)
             self._check(hosted, request, message)
             async with hosted.lock:
@@ -505,11 +589,20 @@ async def _abort(context: Context, exc: Exception) -> NoReturn:
     raise AssertionError("unreachable: abort raises")
 
 
+def _field(kind: kinds.Kind) -> str:
+    """The array a source reads from its data (its params.field; "" for a .npy)."""
+    field = kind.params.get("field")
+    return field if isinstance(field, str) else ""
+
+
 def runtime_kinds(
     *, workdir: Path, cache_dir: Path | None, datasets: dict[str, str]
 ) -> KindFactory:
-    """Build kinds with `agent.runtime`; a data ref naming a data set this machine declared
-    (`--dataset NAME=URL`) reads the local copy instead of the network's URL."""
+    """Build kinds with `agent.runtime`; data refs resolve through one `data.Sources` (a data
+    set this machine declared with `--dataset NAME=URL` reads the local copy instead of the
+    ref's URL; relative file:// URLs resolve against `workdir`), so the VNodes, jobs and
+    descriptions reading one data set share one read of it."""
+    sources = data.Sources(workdir=workdir, cache_dir=cache_dir, datasets=datasets)
 
     def make(a: pnode_pb2.Assignment) -> kinds.Kind:
         try:
@@ -518,10 +611,7 @@ def runtime_kinds(
             raise kinds.KindError(f"params: not JSON: {exc}") from None
         if not isinstance(params, dict):
             raise kinds.KindError(f"params: {params!r} must be a JSON object")
-        source = None
-        if a.data.url:
-            url = datasets.get(a.data.dataset, a.data.url) if a.data.dataset else a.data.url
-            source = data.DataSource(url, workdir=workdir, cache_dir=cache_dir)
+        source = sources.get(a.data.url, a.data.dataset) if a.data.url else None
         return kinds.kind_class(a.kind)(params, data=source)
 
     return make

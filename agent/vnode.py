@@ -150,6 +150,9 @@ class Instance:
         self.neighbour_replicas: dict[str, int] = dict(neighbour_replicas or {})
         #: Per job: the counts its last Restore named, over `neighbour_replicas`.
         self._job_replicas: dict[str, dict[str, int]] = {}
+        #: Per job: the kind its last Restore gave, reading the job's own data (a source
+        #: under `train --data`); a job not named computes with `kind`, the assignment's.
+        self._job_kinds: dict[str, kinds.Kind] = {}
         self.params: dict[str, np.ndarray] | None = None
         self.optimizer: optim.Optimizer | None = None
         self.seed = 0
@@ -170,6 +173,10 @@ class Instance:
         if name == DRIVER:
             return 1
         return self._job_replicas.get(job, {}).get(name) or self.neighbour_replicas.get(name) or 1
+
+    def kind_of(self, job: str) -> kinds.Kind:
+        """The kind that computes `job`'s positions: its Restore's, else the assignment's."""
+        return self._job_kinds.get(job, self.kind)
 
     def _expected(self, pending: _Pending, job: str, name: str) -> int:
         if pending.adaptive and name not in pending.double_check:
@@ -246,12 +253,13 @@ class Instance:
         if pending.computed or not pending.inputs.complete(self._unique_parents):
             return [], found
         inputs = pending.inputs.arrays(self.parents)
+        kind = self.kind_of(m.job)
         try:
-            params = self._params([x.shape for x in inputs])
-            output, cache = self.kind.forward(inputs, params, training=training)
+            params = self._params(kind, [x.shape for x in inputs])
+            output, cache = kind.forward(inputs, params, training=training)
         except (kinds.KindError, ValueError, FloatingPointError) as exc:
             pending.inputs.load(m.sender_vnode, saved)
-            raise Refused("Invalid", f"kind {self.kind.name!r} of {self.vnode!r}: {exc}") from None
+            raise Refused("Invalid", f"kind {kind.name!r} of {self.vnode!r}: {exc}") from None
         pending.computed = True
         pending.output_shape = tuple(output.shape)
         out = [
@@ -306,7 +314,7 @@ class Instance:
 
     def _backward(self, pending: _Pending, grad: np.ndarray | None, m: Message) -> list[Outgoing]:
         assert self.params is not None
-        input_grads, param_grads = self.kind.backward(grad, pending.cache, self.params)
+        input_grads, param_grads = self.kind_of(m.job).backward(grad, pending.cache, self.params)
         if param_grads:
             if self.optimizer is None:
                 self.optimizer = optim.make_optimizer(*DEFAULT_OPTIMIZER)
@@ -373,10 +381,12 @@ class Instance:
             while len(self._finished_requests) > REMEMBERED_REQUESTS:
                 self._finished_requests.popitem(last=False)
 
-    def _params(self, input_shapes: list[tuple[int, ...]]) -> dict[str, np.ndarray]:
+    def _params(
+        self, kind: kinds.Kind, input_shapes: list[tuple[int, ...]]
+    ) -> dict[str, np.ndarray]:
         if self.params is None:
             rng = state.initial_rng(self.network, self.vnode, self.seed)
-            self.params = self.kind.init_params(rng, input_shapes)
+            self.params = kind.init_params(rng, input_shapes)
         return self.params
 
     def _check(self, job: str, epoch: int, attempt: int, field_name: str) -> None:
@@ -436,10 +446,13 @@ class Instance:
         learning_rate: float,
         loaded: Snapshot | None,
         neighbour_replicas: Mapping[str, int] | None = None,
+        kind: kinds.Kind | None = None,
     ) -> int:
-        """Adopt a checkpoint (or a fresh start), the job's attempt and the neighbours'
-        replica counts it runs with (named ones override the assignment's for this job);
-        drop everything in flight. Returns the step the state now corresponds to."""
+        """Adopt a checkpoint (or a fresh start), the job's attempt, the neighbours'
+        replica counts it runs with (named ones override the assignment's for this job) and
+        the kind it computes with (a source reading the job's own data; None: the
+        assignment's); drop everything in flight. Returns the step the state now
+        corresponds to."""
         if epoch != self.epoch:
             raise Refused(
                 "StaleEpoch",
@@ -451,6 +464,10 @@ class Instance:
             new_optimizer.load_state_dict(loaded.optimizer_state)
         self._attempts[job] = attempt
         self._job_replicas[job] = {k: v for k, v in (neighbour_replicas or {}).items() if v}
+        if kind is None:
+            self._job_kinds.pop(job, None)
+        else:
+            self._job_kinds[job] = kind
         self._drop(None)
         self._finished_requests.clear()
         self.optimizer = new_optimizer

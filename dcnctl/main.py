@@ -113,8 +113,10 @@ def parser() -> argparse.ArgumentParser:
 
     p = command("train", "Train a network: create a Job and follow its progress.")
     p.add_argument("network")
-    p.add_argument("--data", metavar="URL", help="file:// or s3:// training data "
-                                                 "(default: the network's data refs)")  # fmt: skip
+    p.add_argument("--data", metavar="URL",
+                   help="file:// or s3:// training data for every source, instead of the "
+                        "network's data refs; read by the agents (relative file:// "
+                        "against their --workdir)")  # fmt: skip
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--optimizer", choices=["sgd", "momentum", "adam"])

@@ -8,10 +8,18 @@ changed object, publish it under a new url or clear the cache.
 The format is told by content, not by name (np.load sees a zip or an .npy header), but a url
 ending in ".npy" holds a single array, so its `field` is not needed and is ignored.
 Pickled object arrays are refused: a data file is untrusted input.
+
+The agents hold the data; the orchestrator never opens it. What the driver needs to cut
+epochs into batches (how many samples a source's array has) it asks the agent hosting the
+source (VNodeService.DescribeData, answered from `DataSource.describe`), and a job's own data
+(`train --data`) reaches the sources in their Restore, so `Sources` resolves every data ref
+the same way: `--dataset` mapping first, then relative file:// urls against `--workdir`.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import hashlib
 import io
 import os
@@ -30,6 +38,19 @@ SCHEMES = ("file://", "s3://")
 def needs_field(url: str) -> bool:
     """Whether an array must be named within the file (an .npz) or the file is one array."""
     return not url.lower().endswith(".npy")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Description:
+    """What a source's data holds, as DescribeData answers it."""
+
+    #: The shape of the array the VNode reads; None when the data does not hold it.
+    shape: tuple[int, ...] | None
+    dtype: str
+    #: Every array the data holds ("" for a .npy's one array).
+    fields: tuple[str, ...]
+    #: Where it was read: the local path of a file:// url, else the url.
+    where: str
 
 
 class DataSource:
@@ -53,6 +74,7 @@ class DataSource:
         self._endpoint_url = endpoint_url
         self._arrays: dict[str, np.ndarray] = {}
         self._raw: bytes | None = None
+        self._fields: list[str] | None = None
         # The agent may serve two batches of one VNode from worker threads at once.
         self._lock = threading.Lock()
 
@@ -61,6 +83,31 @@ class DataSource:
         rest = self.url[len("file://") :]
         return Path(rest) if rest.startswith("/") else self._workdir / rest
 
+    def fields(self) -> list[str]:
+        """The names of the arrays the data holds ("" for a .npy's one array)."""
+        if not needs_field(self.url):
+            return [""]
+        with self._lock:
+            if self._fields is None:
+                self._fields = self._names()
+            return list(self._fields)
+
+    def describe(self, field: str) -> Description:
+        """What the driver needs to cut batches: the array `field` (a .npy's one array) if
+        the data holds it, and every array it holds, so an error can name them."""
+        names = self.fields()
+        key = field if needs_field(self.url) else ""
+        where = str(self.path()) if self.url.startswith("file://") else self.url
+        if key not in names:
+            return Description(None, "", tuple(names), where)
+        array = self.array(field)
+        if not array.shape:
+            raise errors.DataError(
+                f"params.field: {field!r} in {self.url!r} is a scalar; a source needs an "
+                "array whose first dimension counts the samples"
+            )
+        return Description(tuple(array.shape), array.dtype.name, tuple(names), where)
+
     def array(self, field: str) -> np.ndarray:
         key = field if needs_field(self.url) else ""
         with self._lock:
@@ -68,10 +115,11 @@ class DataSource:
                 self._arrays[key] = self._load(key)
             return self._arrays[key]
 
-    def _load(self, field: str) -> np.ndarray:
+    def _open(self) -> Any:
+        """np.load of the data: an array for a .npy, a lazy archive for a .npz."""
         source = self._source()
         try:
-            loaded: Any = np.load(source, allow_pickle=False)
+            return np.load(source, allow_pickle=False)
         except FileNotFoundError:
             raise errors.DataError(
                 f"data.url: {self.url!r}: no such file {str(source)!r} "
@@ -81,6 +129,16 @@ class DataSource:
             raise errors.DataError(
                 f"data.url: {self.url!r} is not an .npz or .npy file: {exc}"
             ) from None
+
+    def _names(self) -> list[str]:
+        loaded = self._open()
+        if isinstance(loaded, np.ndarray):
+            return [""]
+        with loaded as archive:
+            return list(archive.files)
+
+    def _load(self, field: str) -> np.ndarray:
+        loaded = self._open()
         if isinstance(loaded, np.ndarray):
             return loaded
         with loaded as archive:
@@ -144,3 +202,40 @@ class DataSource:
             raise errors.DataError(f"data.url: {self.url!r}: S3 said {code}: {exc}") from None
         except botocore.exceptions.BotoCoreError as exc:
             raise errors.DataError(f"data.url: {self.url!r}: cannot reach S3: {exc}") from None
+
+
+class Sources:
+    """This agent's data sources, one per data it reads, shared by every VNode, job and
+    description that names the same data: a data set is read once however many attempts,
+    jobs and DescribeData calls ask for it. A data ref naming a data set this machine
+    declared (`--dataset NAME=URL`) reads the local copy instead of the ref's url. At most
+    `limit` sources are kept (least recently used out first); one still in use by a VNode
+    goes on working, it is only no longer shared."""
+
+    def __init__(
+        self,
+        *,
+        workdir: Path,
+        cache_dir: Path | None = None,
+        datasets: dict[str, str] | None = None,
+        limit: int = 16,
+    ) -> None:
+        self._workdir = workdir
+        self._cache_dir = cache_dir
+        self._datasets = dict(datasets or {})
+        self._limit = limit
+        self._sources: collections.OrderedDict[str, DataSource] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, url: str, dataset: str = "") -> DataSource:
+        """The source for a data ref; DataError when its url is not file:// or s3://."""
+        chosen = self._datasets.get(dataset, url) if dataset else url
+        with self._lock:
+            found = self._sources.get(chosen)
+            if found is None:
+                found = DataSource(chosen, workdir=self._workdir, cache_dir=self._cache_dir)
+                self._sources[chosen] = found
+                while len(self._sources) > self._limit:
+                    self._sources.popitem(last=False)
+            self._sources.move_to_end(chosen)
+            return found

@@ -5,10 +5,13 @@ One run (a task the job loop keeps on the replica that owns the job) goes:
 1. claim: bump `status.attempt` with a conditional write; losing it means another driver
    took the job, so this one stops;
 2. wait until every slot of the network has a live endpoint (phase Paused, saying which
-   slots are missing, while not);
+   slots are missing, while not), then ask the agents hosting the sources how many samples
+   their data holds (controller.jobs.driver_data: the orchestrator never reads data), which
+   cuts the epochs into batches;
 3. Restore every replica of every VNode to `checkpoint_step` (its VNode's one blob, or
-   fresh from the seed), with the optimizer, the attempt and its neighbours' replica
-   counts, and pin the epochs it restored;
+   fresh from the seed), with the optimizer, the attempt, its neighbours' replica counts
+   and, for a source, the job's own data when it has some (`train --data`), and pin the
+   epochs it restored;
 4. step s = checkpoint_step+1 … total: send the batch's row indices to every replica of
    every source and wait until every sink replica's Forward and every source replica's
    Backward arrived; the sinks' replicas are compared there (controller.jobs.driver_inbox);
@@ -45,7 +48,14 @@ import numpy as np
 from api import tensors
 from api.resources import allocation
 from api.resources import job as job_model
-from controller.jobs import driver_calls, driver_context, driver_inbox, driver_plan, job_watch
+from controller.jobs import (
+    driver_calls,
+    driver_context,
+    driver_data,
+    driver_inbox,
+    driver_plan,
+    job_watch,
+)
 from controller.state import view as view_mod
 from controller.trust import book as trust
 from store import errors, retry
@@ -125,8 +135,18 @@ class TrainingRun:
                 net = self.ctx.view.networks.get(self._job.spec.network)
                 if net is None or net.metadata.deletion_timestamp is not None:
                     raise JobFailed(f"network {self._job.spec.network!r} was deleted")
-                plan = await driver_plan.make_plan(self._job, net)
-                await self._wait_ready(plan)
+                data = driver_plan.source_data(self._job, net)
+                await self._wait_ready(net.name, driver_plan.slots(net))
+                answers = await driver_data.ask(
+                    self.ctx.client,
+                    self.ctx.clock,
+                    net=net,
+                    data=data,
+                    override=self._job.spec.data,
+                    seconds=self.ctx.config.step_timeout,
+                )
+                rows = driver_data.samples(answers, network=net.name)
+                plan = driver_plan.make_plan(self._job, net, rows=rows)
                 calls = driver_calls.Calls(
                     client=self.ctx.client,
                     view=self.ctx.view,
@@ -219,24 +239,24 @@ class TrainingRun:
             raise Fenced(f"the job is {status.phase}")
         self.job = fresh
 
-    async def _wait_ready(self, plan: Plan) -> None:
+    async def _wait_ready(self, network: str, slots: tuple[str, ...]) -> None:
         clock, view = self.ctx.clock, self.ctx.view
-        signal = view.network_signal(plan.network)
+        signal = view.network_signal(network)
         while True:
             seen = signal.value
             now = clock.now()
-            suspects = set(self.ctx.suspects.holding(plan.slots))
+            suspects = set(self.ctx.suspects.holding(slots))
             missing = [
                 slot
-                for slot in plan.slots
+                for slot in slots
                 if not _live(view, current := view.allocations.get(slot), now)
                 or (current is not None and current.spec.pnode in suspects)
             ]
             if not missing:
                 return
             message = (
-                f"waiting for network {plan.network!r}: {len(plan.slots) - len(missing)}/"
-                f"{len(plan.slots)} slots live; not live: {', '.join(missing[:10])}"
+                f"waiting for network {network!r}: {len(slots) - len(missing)}/"
+                f"{len(slots)} slots live; not live: {', '.join(missing[:10])}"
             )
             if self._job.status.phase != "Paused" or self._job.status.message != message:
                 await self._write(_paused(message))

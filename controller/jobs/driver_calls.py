@@ -2,7 +2,8 @@
 
 Every replica of every VNode takes part (the plan's counts, tiebreakers included): each is
 restored from its VNode's one canonical checkpoint and told how many replicas each of its
-neighbours runs, each replica of a source gets the batch, and each replica checkpoints
+neighbours runs (and a source, the job's own data if it has some: the batches' indices are
+cut from it), each replica of a source gets the batch, and each replica checkpoints
 (the canonical blob is the majority's: controller.jobs.driver_checkpoint).
 
 Any failure is a `Rollback` carrying the reason the Job's status shows; the run then starts
@@ -155,6 +156,10 @@ class Calls:
             )
             if text and status.checkpoint_step:
                 request.blob.CopyFrom(blob_ref(text))
+            if spec.data is not None and vnode in plan.sources:  # the job's data wins
+                request.data.CopyFrom(
+                    common_pb2.DataRef(url=spec.data.url, dataset=spec.data.dataset or "")
+                )
             answer = await self._client.restore(
                 plan.network,
                 vnode,

@@ -29,7 +29,7 @@ import numpy as np
 
 from api import quorum
 from api.dcnr.v1 import common_pb2
-from controller.jobs import job_data
+from controller.jobs import blob_reads
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 
@@ -118,8 +118,8 @@ async def choose(blobs: Mapping[int, common_pb2.BlobRef]) -> Canonical:
                 arrays[replica] = {}
                 continue
             try:
-                arrays[replica] = await job_data.arrays(blob.url)
-            except job_data.DataError:
+                arrays[replica] = await blob_reads.arrays(blob.url)
+            except blob_reads.BlobError:
                 continue  # unreadable: it cannot be part of a majority
         found = by_value(blobs, arrays)  # a forged replica has no arrays: agrees with none
     return dataclasses.replace(found, forged=forged)
@@ -137,8 +137,8 @@ async def _forged(blobs: Mapping[int, common_pb2.BlobRef]) -> tuple[int, ...]:
             continue
         blob = blobs[replica]
         try:
-            actual = await job_data.sha256(blob.url)
-        except job_data.DataError:
+            actual = await blob_reads.sha256(blob.url)
+        except blob_reads.BlobError:
             continue
         if actual != bytes(blob.sha256):
             forged.append(replica)

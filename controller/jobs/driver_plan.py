@@ -1,6 +1,9 @@
 """What a training run needs to know before its first step: sources, sinks, slots, batches.
 
-Pure except for reading the sources' row counts (a .npy header, see controller.jobs.job_data).
+Pure. The one fact it cannot compute, how many samples the sources' data has, the agents
+holding the data tell the driver (controller.jobs.driver_data); which data each source
+reads is decided here (`source_data`): the job's own (`spec.data`, `train --data`) wins
+over the network's per-VNode data ref.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import numpy as np
 from api.resources import allocation
 from api.resources import job as job_model
 from api.resources import network as net_model
-from controller.jobs import job_data
 
 
 class JobFailed(Exception):
@@ -79,43 +81,48 @@ def batch_indices(*, seed: int, epoch: int, k: int, batch: int, rows: int) -> np
     return epoch_order(seed=seed, epoch=epoch, rows=rows)[k * batch : (k + 1) * batch]
 
 
-async def make_plan(job: job_model.Job, net: net_model.Network) -> Plan:
-    sources, sinks = topology(net)
-    counts: dict[str, int] = {}
+def source_data(job: job_model.Job, net: net_model.Network) -> dict[str, net_model.DataRef]:
+    """The data each source reads in this job: the job's `spec.data` when given (it overrides
+    every source's own ref, as `train --data` says), else the source's data ref. JobFailed
+    names a source that has neither."""
+    sources, _ = topology(net)
+    chosen: dict[str, net_model.DataRef] = {}
     for name in sources:
         spec = net.vnode(name)
         assert spec is not None
-        data = spec.data or job.spec.data
+        data = job.spec.data or spec.data
         if data is None:
             raise JobFailed(
                 f"vnode {name!r} of network {net.name!r} is a source without data: give it "
                 "a data ref in the network, or give the job spec.data"
             )
-        field = spec.params.get("field")
-        try:
-            counts[name] = await job_data.rows(data.url, field if isinstance(field, str) else None)
-        except job_data.DataError as exc:
-            raise JobFailed(f"vnode {name!r}: {exc}") from None
-    if len(set(counts.values())) > 1:
-        listed = ", ".join(f"{n}: {c}" for n, c in sorted(counts.items()))
-        raise JobFailed(f"the sources' data differ in rows ({listed}); they must be equal")
-    rows = next(iter(counts.values()))
-    if rows == 0:
-        raise JobFailed(f"the sources' data of network {net.name!r} have no rows")
-    batch = job.spec.batch_size
-    per_epoch = math.ceil(rows / batch)
+        chosen[name] = data
+    return chosen
+
+
+def slots(net: net_model.Network) -> tuple[str, ...]:
+    """Every replica slot of the network (tiebreakers included): what must be live to run."""
     replicas = replica_counts(net)
-    slots = tuple(
+    return tuple(
         allocation.slot_name(net.name, v.name, r)
         for v in net.spec.vnodes
         for r in range(replicas[v.name])
     )
+
+
+def make_plan(job: job_model.Job, net: net_model.Network, *, rows: int) -> Plan:
+    """The attempt's plan, for sources whose data has `rows` samples (their agents said so:
+    controller.jobs.driver_data)."""
+    sources, sinks = topology(net)
+    batch = job.spec.batch_size
+    per_epoch = math.ceil(rows / batch)
+    replicas = replica_counts(net)
     return Plan(
         network=net.name,
         vnodes=tuple(v.name for v in net.spec.vnodes),
         sources=sources,
         sinks=sinks,
-        slots=slots,
+        slots=slots(net),
         rows=rows,
         batch=batch,
         steps_per_epoch=per_epoch,

@@ -4,6 +4,14 @@ Answered within the call, not as a Job: nothing durable happens, so nothing need
 survive a restart. The driver moves tensors only; a source the caller gave nothing gets an
 empty tensor (a loss's target input, which inference ignores).
 
+Input by data reference: the driver never reads the data. It asks the agent hosting
+replica 0 of each source what the data holds (VNodeService.DescribeData, resolved as the
+agent resolves any data ref: `--dataset`, then `--workdir`), and sends each source whose
+params.field the data holds a message naming the data instead of a tensor; the agent
+reads its array there (`_data_sources`). Data that cannot be read, a .npy for several
+sources, or data holding no source's field is the caller's mistake (INVALID_ARGUMENT on
+data.url).
+
 Redundancy. Under network `validation: none`/`replicas`, every replica of every VNode
 computes the request and every result is compared (by the agents that receive them, and
 here for the sinks). Under `validation: adaptive` the driver picks the VNodes to
@@ -88,7 +96,10 @@ async def infer(
     inputs: dict[str, common_pb2.Tensor],
     *,
     seconds: float,
+    data: common_pb2.DataRef | None = None,
 ) -> dict[str, common_pb2.Tensor]:
+    """The sinks' outputs for `inputs` (by source), or, given `data`, for each source's array
+    of that data, read by the agents hosting the sources."""
     net = ctx.view.networks.get(network)
     if net is None:
         raise faults.NotFound(f"network {network!r} not found")
@@ -106,6 +117,8 @@ async def infer(
     #: Slots were seen on a PNode being marked Bugged: a slot missing is one moving.
     moving = False
     signal = ctx.view.network_signal(network)
+    #: Sources whose array of `data` their agents read (None until asked).
+    reading: frozenset[str] | None = None
     while True:
         seen = signal.value  # read before the state, so no change slips between
         net = ctx.view.networks.get(network) or net
@@ -144,8 +157,11 @@ async def infer(
                 f"network {network!r}: a re-placed VNode could not be restored from its "
                 f"trained state: {exc}",
             ) from None
+        if data is not None and reading is None:
+            reading = await _data_sources(ctx, net, data, deadline=deadline)
+        fed = _Fed(inputs, data, reading or frozenset())
         try:
-            answer = await _once(ctx, net, inputs, chosen, deadline=deadline, seconds=seconds)
+            answer = await _once(ctx, net, fed, chosen, deadline=deadline, seconds=seconds)
             await _retire_tiebreakers(ctx, network)
             return answer
         except _Disputed as dispute:
@@ -154,6 +170,60 @@ async def infer(
         except _Refused as why:
             refused = str(why)
             await ctx.clock.sleep(ctx.config.attempt_backoff)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Fed:
+    """What each source is given: its tensor, or (for `reading`) `data` to read itself."""
+
+    tensors: dict[str, common_pb2.Tensor]
+    data: common_pb2.DataRef | None = None
+    reading: frozenset[str] = frozenset()
+
+
+async def _data_sources(
+    ctx: driver.DriverContext,
+    net: net_model.Network,
+    data: common_pb2.DataRef,
+    *,
+    deadline: float,
+) -> frozenset[str]:
+    """The sources whose params.field `data` holds, as their agents (replica 0) see it."""
+    sources, _ = driver_plan.topology(net)
+
+    def asking(vnode: str) -> Callable[[view_mod.Endpoint], vnode_pb2.DescribeDataRequest]:
+        def addressed(endpoint: view_mod.Endpoint) -> vnode_pb2.DescribeDataRequest:
+            return vnode_pb2.DescribeDataRequest(
+                network=net.name, vnode=vnode, replica=0, epoch=endpoint.epoch, data=data
+            )
+
+        return addressed
+
+    try:
+        answers = await asyncio.gather(
+            *(ctx.client.describe_data(net.name, s, asking(s), deadline=deadline) for s in sources)
+        )
+    except vnode_client.SendFailed as exc:
+        if exc.reason == "DataError":
+            raise faults.FieldInvalid("data.url", data.url, str(exc)) from None
+        raise faults.Unavailable(f"inference on {net.name!r}: {exc}") from None
+    held = {f for a in answers for f in a.fields}
+    if held == {""} and len(sources) > 1:
+        raise faults.FieldInvalid(
+            "data.url",
+            data.url,
+            f"a .npy holds one array but {net.name!r} has sources {', '.join(sources)}; "
+            "use a .npz with an array per source, named by its params.field",
+        )
+    reading = frozenset(s for s, a in zip(sources, answers, strict=True) if a.has_field)
+    if not reading:
+        raise faults.FieldInvalid(
+            "data.url",
+            data.url,
+            f"holds {', '.join(sorted(held)) or 'no arrays'}, none named by a source's "
+            "params.field",
+        )
+    return reading
 
 
 async def _retire_tiebreakers(ctx: driver.DriverContext, network: str) -> None:
@@ -241,7 +311,7 @@ async def _wait_for_replicas(
 async def _once(
     ctx: driver.DriverContext,
     net: net_model.Network,
-    inputs: dict[str, common_pb2.Tensor],
+    fed: _Fed,
     chosen: Selection,
     *,
     deadline: float,
@@ -267,7 +337,8 @@ async def _once(
         )
 
     async def one(source: str, replica: int) -> None:
-        tensor = inputs[source] if source in inputs else tensors.empty()
+        tensor = fed.tensors[source] if source in fed.tensors else tensors.empty()
+        data = fed.data if source in fed.reading else None
 
         def addressed(endpoint: view_mod.Endpoint) -> vnode_pb2.ForwardRequest:
             return vnode_pb2.ForwardRequest(
@@ -283,6 +354,7 @@ async def _once(
                 attempt=0,
                 adaptive=chosen.adaptive,
                 double_check=chosen.double_check,
+                data=data,
             )
 
         await ctx.client.forward(network, source, addressed, deadline=deadline, replica=replica)

@@ -32,11 +32,13 @@ T = TypeVar("T")
 
 class PeerError(Exception):
     """A call to an agent failed, as the transport saw it: the message is "CODE: details";
-    `retryable` says whether the same call may succeed later."""
+    `retryable` says whether the same call may succeed later; `reason` is the agent's
+    ErrorDetails reason ("DataError", "StaleEpoch", ...; empty when it gave none)."""
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    def __init__(self, message: str, *, retryable: bool, reason: str = "") -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.reason = reason
 
 
 class Transport(Protocol):
@@ -55,12 +57,22 @@ class Transport(Protocol):
         self, address: str, request: vnode_pb2.CheckpointRequest, *, seconds: float
     ) -> vnode_pb2.CheckpointResponse: ...
 
+    async def describe_data(
+        self, address: str, request: vnode_pb2.DescribeDataRequest, *, seconds: float
+    ) -> vnode_pb2.DescribeDataResponse: ...
+
     async def close(self) -> None:
         """Release connections; the transport is not used again."""
 
 
 class SendFailed(Exception):
-    """A call to a VNode did not get through; the message says which and why."""
+    """A call to a VNode did not get through; the message says which and why. `reason` is
+    the agent's ErrorDetails reason when it refused the call for good (empty otherwise):
+    "DataError" means the data cannot be read, which no retry or rollback can fix."""
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class EpochMoved(SendFailed):
@@ -148,6 +160,27 @@ class VNodeClient:
             network, vnode, send, deadline=deadline, epoch=epoch, replica=replica
         )
 
+    async def describe_data(
+        self,
+        network: str,
+        vnode: str,
+        request: Callable[[view_mod.Endpoint], vnode_pb2.DescribeDataRequest],
+        *,
+        deadline: float,
+        replica: int = 0,
+    ) -> vnode_pb2.DescribeDataResponse:
+        """What a source's data holds, asked of whichever epoch of the slot is live
+        (`request` builds the message for the endpoint found)."""
+
+        def send(
+            found: view_mod.Endpoint, seconds: float
+        ) -> Awaitable[vnode_pb2.DescribeDataResponse]:
+            return self._transport.describe_data(found.address, request(found), seconds=seconds)
+
+        return await self._call(
+            network, vnode, send, deadline=deadline, epoch=None, replica=replica
+        )
+
     async def _call(
         self,
         network: str,
@@ -176,7 +209,9 @@ class VNodeClient:
                 except PeerError as exc:
                     last = str(exc)
                     if not exc.retryable:
-                        raise SendFailed(f"{where} at {found.address}: {last}") from None
+                        raise SendFailed(
+                            f"{where} at {found.address}: {last}", reason=exc.reason
+                        ) from None
             if self._clock.monotonic() + delay >= deadline:
                 raise SendFailed(f"{where}: gave up retrying; last: {last}")
             await self._clock.sleep(delay)

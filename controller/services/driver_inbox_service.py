@@ -74,6 +74,16 @@ class DriverInboxService(vnode_pb2_grpc.VNodeServiceServicer):
     ) -> vnode_pb2.RestoreResponse:
         raise _stateless(request.vnode)
 
+    @rpc.handler
+    async def DescribeData(
+        self, request: vnode_pb2.DescribeDataRequest, context: aio.ServicerContext[Any, Any]
+    ) -> vnode_pb2.DescribeDataResponse:
+        if request.vnode != driver_inbox.DRIVER:
+            raise driver_inbox.not_hosted(request.vnode)
+        raise faults.FieldInvalid(
+            "vnode", request.vnode, f"{driver_inbox.DRIVER} reads no data: it is no source"
+        )
+
 
 def _stateless(vnode: str) -> faults.ControllerError:
     if vnode != driver_inbox.DRIVER:

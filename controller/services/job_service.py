@@ -5,10 +5,11 @@ Train validates every field against `JobSpec` (zero means "the default", common.
 header.request_id and no name finds the job the first call created instead of starting a
 second run: the generated name is derived from the request id.
 
-Infer on a data reference reads the file (moving data, not computing) and gives each
-source the array of the file named by the source's `params.field`; a source whose field
-the file lacks gets an empty tensor (a loss target, which inference ignores). A .npy file
-holds one array, so it suits networks with a single source.
+Infer on a data reference does not read it here: the orchestrator never opens data. The
+agents hosting the sources do (controller.jobs.inference): each source gets the array of
+the data named by its `params.field`; a source whose field the data lacks gets an empty
+tensor (a loss target, which inference ignores). A .npy file holds one array, so it suits
+networks with a single source.
 
 Reads go to the store (a client that wrote through another replica must see its write).
 WatchJob follows this replica's own writes at once (controller.jobs.job_watch) and re-reads
@@ -32,7 +33,7 @@ from api.resources import job as job_model
 from api.resources import meta
 from api.resources import network as net_model
 from controller import errors as faults
-from controller.jobs import driver, driver_inbox, driver_plan, inference, job_data
+from controller.jobs import driver, driver_inbox, inference
 from controller.services import rpc
 from store import base, errors, retry
 
@@ -141,12 +142,17 @@ class JobService(job_pb2_grpc.JobServiceServicer):
         if net is None:
             net = await self._network(request.network)
         which = request.WhichOneof("input")
+        data = None
         if which == "tensors":
             inputs = dict(request.tensors.tensors)
             for name, tensor in inputs.items():
                 _check_tensor(f"tensors[{name!r}]", tensor, self._ctx.config.max_message_bytes)
         elif which == "data":
-            inputs = await _from_data(net, request.data.url)
+            try:
+                net_model.check_data_url(request.data.url)
+            except ValueError as exc:
+                raise faults.FieldInvalid("data.url", request.data.url, str(exc)) from None
+            inputs, data = {}, request.data
         else:
             raise faults.FieldInvalid(
                 "input", None, "give tensors (by source VNode) or a data reference"
@@ -155,7 +161,9 @@ class JobService(job_pb2_grpc.JobServiceServicer):
         remaining = context.time_remaining()
         if remaining is not None:
             seconds = min(seconds, remaining)
-        outputs = await inference.infer(self._ctx, request.network, inputs, seconds=seconds)
+        outputs = await inference.infer(
+            self._ctx, request.network, inputs, seconds=seconds, data=data
+        )
         return job_pb2.InferResponse(
             header=rpc.response_header(request.header, self._ctx.replica_id), outputs=outputs
         )
@@ -320,37 +328,6 @@ def _check_tensor(field: str, tensor: common_pb2.Tensor, max_bytes: int) -> None
     except tensors.TensorError as exc:
         kind = faults.DataLoss if exc.reason == "checksum" else faults.InvalidArgument
         raise kind(f"{field}: {exc}", reason="FieldInvalid") from None
-
-
-async def _from_data(net: net_model.Network, url: str) -> dict[str, common_pb2.Tensor]:
-    try:
-        net_model.check_data_url(url)
-        arrays = await job_data.arrays(url)
-    except ValueError as exc:  # DataError is one
-        raise faults.FieldInvalid("data.url", url, str(exc)) from None
-    sources, _ = driver_plan.topology(net)
-    if "" in arrays:  # a .npy: one array
-        if len(sources) != 1:
-            raise faults.FieldInvalid(
-                "data.url",
-                url,
-                f"a .npy holds one array but {net.name!r} has sources {', '.join(sources)}; "
-                "use a .npz with an array per source, named by its params.field",
-            )
-        return {sources[0]: tensors.encode(arrays[""])}
-    inputs = {}
-    for name in sources:
-        spec = net.vnode(name)
-        field = spec.params.get("field") if spec is not None else None
-        if isinstance(field, str) and field in arrays:
-            inputs[name] = tensors.encode(arrays[field])
-    if not inputs:
-        raise faults.FieldInvalid(
-            "data.url",
-            url,
-            f"holds {', '.join(sorted(arrays))}, none named by a source's params.field",
-        )
-    return inputs
 
 
 def _newer(latest: Job, sent: Job) -> bool:

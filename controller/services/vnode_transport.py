@@ -8,21 +8,26 @@ One insecure channel per agent address, kept until `close`. A failed call is rai
     DATA_LOSS            bytes corrupted in transit: sending again may get them through
     FAILED_PRECONDITION  the epoch addressed is stale: the client re-reads the endpoint
 
-Any other code is the agent refusing the message for good.
+Any other code is the agent refusing the message for good. The agent's ErrorDetails reason
+(trailing metadata `dcnr-error-details-bin`) rides along as `PeerError.reason`, so the
+driver can tell data that cannot be read ("DataError": the job fails) from a VNode not
+hosted yet (a rollback waits for it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+from google.protobuf import message
 from grpc import aio
 
-from api.dcnr.v1 import vnode_pb2, vnode_pb2_grpc
+from api.dcnr.v1 import common_pb2, vnode_pb2, vnode_pb2_grpc
 from controller.jobs import vnode_client
 
 T = TypeVar("T")
+DETAILS_KEY = "dcnr-error-details-bin"
 
 RETRYABLE = frozenset(
     {
@@ -62,6 +67,11 @@ class GrpcTransport:
     ) -> vnode_pb2.CheckpointResponse:
         return await _translated(self._stub(address).Checkpoint(request, timeout=seconds))
 
+    async def describe_data(
+        self, address: str, request: vnode_pb2.DescribeDataRequest, *, seconds: float
+    ) -> vnode_pb2.DescribeDataResponse:
+        return await _translated(self._stub(address).DescribeData(request, timeout=seconds))
+
     async def close(self) -> None:
         channels, self._channels = self._channels, {}
         for channel in channels.values():
@@ -74,5 +84,17 @@ async def _translated(call: Awaitable[T]) -> T:
     except aio.AioRpcError as exc:
         code = exc.code()
         raise vnode_client.PeerError(
-            f"{code.name}: {exc.details()}", retryable=code in RETRYABLE
+            f"{code.name}: {exc.details()}", retryable=code in RETRYABLE, reason=_reason(exc)
         ) from None
+
+
+def _reason(exc: aio.AioRpcError) -> str:
+    """The ErrorDetails reason the agent attached (common.proto rule 8), if it did."""
+    trailing: Any = exc.trailing_metadata() or ()
+    for key, value in trailing:
+        if key == DETAILS_KEY and isinstance(value, bytes):
+            try:
+                return common_pb2.ErrorDetails.FromString(value).reason
+            except message.DecodeError:
+                return ""
+    return ""

@@ -72,6 +72,9 @@ class Driver(vnode_pb2_grpc.VNodeServiceServicer, resolve_pb2_grpc.ResolutionSer
     async def Restore(self, request, context):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the driver holds no state")
 
+    async def DescribeData(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the driver reads no data")
+
     async def BatchResolve(self, request, context):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "agents resolve one VNode at a time")
 
@@ -364,3 +367,92 @@ async def test_hop_cost_is_reported(cluster, capsys):
     with capsys.disabled():
         print(f"\n[hop cost] {per_step * 1e3:.2f} ms per training step of 9 messages")
     assert c["plane"].instance(NET, "fc").step == 20
+
+
+# -- data: described here, a job's data read here ------------------------------------------
+
+
+def describe(c: dict[str, Any], vnode: str = "x", **over: Any) -> vnode_pb2.DescribeDataRequest:
+    fields: dict[str, Any] = {"network": NET, "vnode": vnode, "epoch": 3, **over}
+    return vnode_pb2.DescribeDataRequest(**fields)
+
+
+def reason(exc: pytest.ExceptionInfo[aio.AioRpcError]) -> str:
+    trailing: Any = exc.value.trailing_metadata() or ()
+    for key, value in trailing:
+        if key == dataplane.DETAILS_KEY:
+            return common_pb2.ErrorDetails.FromString(value).reason
+    return ""
+
+
+async def test_describe_data_answers_what_the_source_reads_as_this_agent_resolves_it(cluster):
+    c = cluster
+    own = await c["stub"].DescribeData(describe(c))
+    assert (own.has_field, list(own.shape), own.dtype) == (True, [8, 4], "float32")
+    assert list(own.fields) == ["x_train", "y_train"]
+    assert own.resolved_url == str(c["data"]), "relative to the agent's workdir"
+    np.savez(c["tmp"] / "other.npz", x_train=np.zeros((5, 4), np.float32))
+    other = await c["stub"].DescribeData(
+        describe(c, data=common_pb2.DataRef(url="file://other.npz"))
+    )
+    assert (other.has_field, list(other.shape)) == (True, [5, 4])
+    labels = await c["stub"].DescribeData(
+        describe(c, "y", data=common_pb2.DataRef(url="file://other.npz"))
+    )
+    assert (labels.has_field, list(labels.shape), list(labels.fields)) == (False, [], ["x_train"])
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "code", "words", "why"),
+    [
+        ({"data": common_pb2.DataRef(url="file://gone.npz")}, "INVALID_ARGUMENT",
+         ["no such file", "gone.npz", "resolve against"], "DataError"),
+        ({"data": common_pb2.DataRef(url="http://x/d.npz")}, "INVALID_ARGUMENT",
+         ["data.url", "http://x/d.npz"], "DataError"),
+        ({"vnode": "fc"}, "INVALID_ARGUMENT", ["no data ref"], "DataError"),
+        ({"epoch": 2}, "FAILED_PRECONDITION", ["epoch", "2", "3"], "StaleEpoch"),
+        ({"vnode": "nope"}, "NOT_FOUND", ["nope"], "NotHosted"),
+    ],
+)  # fmt: skip
+async def test_describe_data_refusals_say_whether_the_data_is_at_fault(
+    cluster, request_fields, code, words, why
+):
+    c = cluster
+    with pytest.raises(aio.AioRpcError) as exc:
+        await c["stub"].DescribeData(describe(c, **request_fields))
+    assert_refused(exc, getattr(grpc.StatusCode, code), *words)
+    assert reason(exc) == why
+
+
+async def test_a_job_s_data_named_in_restore_feeds_its_batches(cluster):
+    c = cluster
+    rng = np.random.default_rng(9)
+    np.savez(
+        c["tmp"] / "job.npz",
+        x_train=rng.normal(size=(12, 4)).astype(np.float32),
+        y_train=rng.integers(0, 3, size=12).astype(np.int64),
+    )
+    await restore_all(c, data=common_pb2.DataRef(url="file://job.npz"))
+    await run_step(c)
+    _, out = expected_after_one_step(c["tmp"] / "job.npz")
+    np.testing.assert_allclose(tensors.decode(c["driver"].forwards[0].tensor), out, rtol=1e-6)
+    # A later Restore without data returns the job to the VNode's own data ref.
+    await restore_all(c, attempt=2)
+    await run_step(c, attempt=2)
+    _, own = expected_after_one_step(c["data"])
+    np.testing.assert_allclose(tensors.decode(c["driver"].forwards[1].tensor), own, rtol=1e-6)
+
+
+async def test_an_inference_input_named_by_data_is_read_by_the_source(cluster):
+    c = cluster
+    await restore_all(c)
+    x = np.random.default_rng(3).normal(size=(3, 4)).astype(np.float32)
+    np.savez(c["tmp"] / "infer.npz", x_train=x)
+    ref = common_pb2.DataRef(url="file://infer.npz")
+    await c["stub"].Forward(forward("x", tensors.empty(), c, request_id="r1", data=ref))
+    await c["stub"].Forward(forward("y", tensors.empty(), c, request_id="r1"))
+    await c["driver"].wait(1, 0)
+    assert tensors.decode(c["driver"].forwards[0].tensor).shape == (3, 3)
+    with pytest.raises(aio.AioRpcError) as exc:
+        await c["stub"].Forward(forward("x", tensors.encode(BATCH), c, step=2, data=ref))
+    assert_refused(exc, grpc.StatusCode.INVALID_ARGUMENT, "data", "inference")

@@ -61,6 +61,31 @@ def test_unreadable_data_is_named(files: Path, url: str, field: str, message: st
         data.DataSource(url, workdir=files).array(field)
 
 
+def test_describe_says_what_the_driver_needs_without_it_opening_anything(files: Path) -> None:
+    found = data.DataSource("file://sets/d.npz", workdir=files).describe("x")
+    assert found == data.Description((3, 2), "float32", ("x", "y"), str(files / "sets/d.npz"))
+    absent = data.DataSource("file://sets/d.npz", workdir=files).describe("z")
+    assert (absent.shape, absent.fields) == (None, ("x", "y"))
+    one = data.DataSource("file://sets/x.npy", workdir=files).describe("ignored")
+    assert (one.shape, one.fields) == ((3, 2), ("",))
+    with pytest.raises(errors.DataError, match="no such file"):
+        data.DataSource("file://sets/none.npz", workdir=files).describe("x")
+    np.savez(files / "sets" / "scalar.npz", s=np.float32(1))
+    with pytest.raises(errors.DataError, match="scalar"):
+        data.DataSource("file://sets/scalar.npz", workdir=files).describe("s")
+
+
+def test_sources_share_one_read_and_map_declared_datasets(files: Path) -> None:
+    local = f"file://{files}/sets/d.npz"
+    sources = data.Sources(workdir=files, datasets={"digits": local}, limit=2)
+    first = sources.get("file://sets/d.npz")
+    assert sources.get("file://sets/d.npz") is first, "one source per data, shared"
+    mapped = sources.get("s3://far/away.npz", "digits")
+    assert mapped.url == local, "a declared data set reads the local copy"
+    assert sources.get("s3://far/away.npz", "unknown").url == "s3://far/away.npz"
+    assert sources.get("file://sets/d.npz") is not first, "the least recently used went out"
+
+
 @pytest.mark.parametrize("url", ["http://x/d.npz", "file://", "s3://", "s3://bucket", "s3:///key"])
 def test_bad_urls_are_refused(url: str) -> None:
     with pytest.raises(errors.DataError, match=r"data\.url: "):

@@ -46,7 +46,7 @@ EXPECTED_SERVICES = {
     },
     "JobService": {"Train", "Infer", "GetJob", "ListJobs", "WatchJob", "CancelJob"},
     "ValidationService": {"ReportResult"},
-    "VNodeService": {"Forward", "Backward", "Checkpoint", "Restore"},
+    "VNodeService": {"Forward", "Backward", "Checkpoint", "Restore", "DescribeData"},
 }
 SERVER_STREAMING = {"WatchAssignments", "WatchEndpoints", "WatchNetworks", "WatchJob"}
 

@@ -102,9 +102,11 @@ def orchestrator(
     listen: str = "127.0.0.1:0",
     log: Path | None = None,
     log_level: str = "info",
+    cwd: Path | None = None,
 ) -> Iterator[Served]:
     """A `dcnr-orchestrator serve` process, on a free loopback port unless told `listen`,
-    logging to `log` (default: a new temporary file)."""
+    logging to `log` (default: a new temporary file), started in `cwd` (default: this
+    process's working directory)."""
     if log is None:
         log = Path(tempfile.mkdtemp(prefix="dcnr-orchestrator-")) / "stderr.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +127,7 @@ def orchestrator(
             stderr=err,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            cwd=cwd,
         )
     try:
         try:

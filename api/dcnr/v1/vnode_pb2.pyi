@@ -30,7 +30,7 @@ DESCRIPTOR: _descriptor.FileDescriptor
 @_typing.final
 class ForwardRequest(_message.Message):
     """Forward and Backward requests have the same fields with the same numbers, kept separate
-    by rule 3 of common.proto.
+    by rule 3 of common.proto; only Forward has `data` (an inference input read by the agent).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -51,6 +51,7 @@ class ForwardRequest(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     ADAPTIVE_FIELD_NUMBER: _builtins.int
     DOUBLE_CHECK_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
     job: _builtins.str
     step: _builtins.int
     request_id: _builtins.str
@@ -86,6 +87,14 @@ class ForwardRequest(_message.Message):
     def tensor(self) -> _common_pb2.Tensor: ...
     @_builtins.property
     def double_check(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def data(self) -> _common_pb2.DataRef:
+        """Inference only, on a message from the driver to a source VNode: the source's input is
+        its array (params.field; a .npy's only array) of this data, read by the agent hosting
+        it (after its --dataset mapping, relative file:// URLs against its --workdir), and
+        `tensor` is ignored. Empty: the input is `tensor`.
+        """
+
     def __init__(
         self,
         *,
@@ -105,10 +114,11 @@ class ForwardRequest(_message.Message):
         attempt: _builtins.int = ...,
         adaptive: _builtins.bool = ...,
         double_check: _abc.Iterable[_builtins.str] | None = ...,
+        data: _common_pb2.DataRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "position", b"position", "request_id", b"request_id", "step", b"step", "tensor", b"tensor"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "position", b"position", "request_id", b"request_id", "step", b"step", "tensor", b"tensor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adaptive", b"adaptive", "attempt", b"attempt", "double_check", b"double_check", "header", b"header", "job", b"job", "network", b"network", "position", b"position", "reply_to", b"reply_to", "request_id", b"request_id", "sender_epoch", b"sender_epoch", "sender_replica", b"sender_replica", "sender_vnode", b"sender_vnode", "step", b"step", "target_epoch", b"target_epoch", "target_replica", b"target_replica", "target_vnode", b"target_vnode", "tensor", b"tensor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adaptive", b"adaptive", "attempt", b"attempt", "data", b"data", "double_check", b"double_check", "header", b"header", "job", b"job", "network", b"network", "position", b"position", "reply_to", b"reply_to", "request_id", b"request_id", "sender_epoch", b"sender_epoch", "sender_replica", b"sender_replica", "sender_vnode", b"sender_vnode", "step", b"step", "target_epoch", b"target_epoch", "target_replica", b"target_replica", "target_vnode", b"target_vnode", "tensor", b"tensor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_position: _TypeAlias = _typing.Literal["step", "request_id"]  # noqa: Y015
     _WhichOneofArgType_position: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
@@ -352,6 +362,7 @@ class RestoreRequest(_message.Message):
     OPTIMIZER_FIELD_NUMBER: _builtins.int
     LEARNING_RATE_FIELD_NUMBER: _builtins.int
     NEIGHBOUR_REPLICAS_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
     job: _builtins.str
     step: _builtins.int
     network: _builtins.str
@@ -381,6 +392,13 @@ class RestoreRequest(_message.Message):
         named count as their assignment's `neighbour_replicas`.
         """
 
+    @_builtins.property
+    def data(self) -> _common_pb2.DataRef:
+        """For a source VNode: the data this job reads (the job's spec.data, which overrides the
+        network's data ref). Every training batch of the job is cut from it until the job's next
+        Restore. Empty: the VNode's own data ref (its assignment's).
+        """
+
     def __init__(
         self,
         *,
@@ -397,10 +415,11 @@ class RestoreRequest(_message.Message):
         optimizer: _builtins.str = ...,
         learning_rate: _builtins.float = ...,
         neighbour_replicas: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        data: _common_pb2.DataRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["blob", b"blob", "header", b"header"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["blob", b"blob", "data", b"data", "header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "blob", b"blob", "epoch", b"epoch", "header", b"header", "job", b"job", "learning_rate", b"learning_rate", "neighbour_replicas", b"neighbour_replicas", "network", b"network", "optimizer", b"optimizer", "replica", b"replica", "seed", b"seed", "step", b"step", "vnode", b"vnode"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "blob", b"blob", "data", b"data", "epoch", b"epoch", "header", b"header", "job", b"job", "learning_rate", b"learning_rate", "neighbour_replicas", b"neighbour_replicas", "network", b"network", "optimizer", b"optimizer", "replica", b"replica", "seed", b"seed", "step", b"step", "vnode", b"vnode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -429,3 +448,93 @@ class RestoreResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RestoreResponse: _TypeAlias = RestoreResponse  # noqa: Y015
+
+@_typing.final
+class DescribeDataRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    VNODE_FIELD_NUMBER: _builtins.int
+    REPLICA_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    network: _builtins.str
+    vnode: _builtins.str
+    replica: _builtins.int
+    epoch: _builtins.int
+    """The epoch of the replica asked, as the caller resolved it; the agent refuses any other."""
+    @_builtins.property
+    def header(self) -> _common_pb2.RequestHeader: ...
+    @_builtins.property
+    def data(self) -> _common_pb2.DataRef:
+        """The data to describe: a job's (spec.data) when it has one, an inference request's data
+        reference. Empty: the VNode's own data ref (its assignment's).
+        """
+
+    def __init__(
+        self,
+        *,
+        header: _common_pb2.RequestHeader | None = ...,
+        network: _builtins.str = ...,
+        vnode: _builtins.str = ...,
+        replica: _builtins.int = ...,
+        epoch: _builtins.int = ...,
+        data: _common_pb2.DataRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "epoch", b"epoch", "header", b"header", "network", b"network", "replica", b"replica", "vnode", b"vnode"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DescribeDataRequest: _TypeAlias = DescribeDataRequest  # noqa: Y015
+
+@_typing.final
+class DescribeDataResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    HAS_FIELD_FIELD_NUMBER: _builtins.int
+    SHAPE_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    RESOLVED_URL_FIELD_NUMBER: _builtins.int
+    has_field: _builtins.bool
+    """Whether the data holds the array the VNode reads: its params.field (a .npy holds one
+    array, which is always the one). When false, `shape` and `dtype` are empty.
+    """
+    dtype: _builtins.str
+    resolved_url: _builtins.str
+    """Where the agent read the data: the URL after its --dataset mapping, a relative file://
+    URL resolved against its --workdir.
+    """
+    @_builtins.property
+    def header(self) -> _common_pb2.ResponseHeader: ...
+    @_builtins.property
+    def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """That array's shape (the first dimension is the number of samples) and numpy dtype name."""
+
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every array the data holds, by name ("" for a .npy's one array), so an error can say
+        what there is.
+        """
+
+    def __init__(
+        self,
+        *,
+        header: _common_pb2.ResponseHeader | None = ...,
+        has_field: _builtins.bool = ...,
+        shape: _abc.Iterable[_builtins.int] | None = ...,
+        dtype: _builtins.str = ...,
+        fields: _abc.Iterable[_builtins.str] | None = ...,
+        resolved_url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dtype", b"dtype", "fields", b"fields", "has_field", b"has_field", "header", b"header", "resolved_url", b"resolved_url", "shape", b"shape"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DescribeDataResponse: _TypeAlias = DescribeDataResponse  # noqa: Y015

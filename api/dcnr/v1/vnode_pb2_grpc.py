@@ -55,6 +55,11 @@ class VNodeServiceStub:
                 request_serializer=dcnr_dot_v1_dot_vnode__pb2.RestoreRequest.SerializeToString,
                 response_deserializer=dcnr_dot_v1_dot_vnode__pb2.RestoreResponse.FromString,
                 _registered_method=True)
+        self.DescribeData = channel.unary_unary(
+                '/dcnr.v1.VNodeService/DescribeData',
+                request_serializer=dcnr_dot_v1_dot_vnode__pb2.DescribeDataRequest.SerializeToString,
+                response_deserializer=dcnr_dot_v1_dot_vnode__pb2.DescribeDataResponse.FromString,
+                _registered_method=True)
 
 
 class VNodeServiceServicer:
@@ -89,6 +94,18 @@ class VNodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DescribeData(self, request, context):
+        """What a source VNode's data holds, as the agent hosting it reads it. The driver cuts
+        epochs into batches by the number of samples it learns here, so the orchestrator never
+        opens a data set: the agents hold the data, and placement's data locality decides which
+        agent reads it. Errors: NOT_FOUND (not hosted here), FAILED_PRECONDITION (stale epoch),
+        INVALID_ARGUMENT with ErrorDetails reason "DataError" when the data cannot be read (no
+        such file, not an .npz/.npy, S3 refused, no data ref at all): no retry can help.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VNodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +128,11 @@ def add_VNodeServiceServicer_to_server(servicer, server):
                     servicer.Restore,
                     request_deserializer=dcnr_dot_v1_dot_vnode__pb2.RestoreRequest.FromString,
                     response_serializer=dcnr_dot_v1_dot_vnode__pb2.RestoreResponse.SerializeToString,
+            ),
+            'DescribeData': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeData,
+                    request_deserializer=dcnr_dot_v1_dot_vnode__pb2.DescribeDataRequest.FromString,
+                    response_serializer=dcnr_dot_v1_dot_vnode__pb2.DescribeDataResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +244,33 @@ class VNodeService:
             '/dcnr.v1.VNodeService/Restore',
             dcnr_dot_v1_dot_vnode__pb2.RestoreRequest.SerializeToString,
             dcnr_dot_v1_dot_vnode__pb2.RestoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcnr.v1.VNodeService/DescribeData',
+            dcnr_dot_v1_dot_vnode__pb2.DescribeDataRequest.SerializeToString,
+            dcnr_dot_v1_dot_vnode__pb2.DescribeDataResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,14 @@ class VNodeServiceStub:
     """Writes the VNode's training state at a step to the checkpoint store."""
     Restore: _grpc.UnaryUnaryMultiCallable[_vnode_pb2.RestoreRequest, _vnode_pb2.RestoreResponse]
     """Loads the VNode's training state of a step, e.g. after the VNode was re-placed."""
+    DescribeData: _grpc.UnaryUnaryMultiCallable[_vnode_pb2.DescribeDataRequest, _vnode_pb2.DescribeDataResponse]
+    """What a source VNode's data holds, as the agent hosting it reads it. The driver cuts
+    epochs into batches by the number of samples it learns here, so the orchestrator never
+    opens a data set: the agents hold the data, and placement's data locality decides which
+    agent reads it. Errors: NOT_FOUND (not hosted here), FAILED_PRECONDITION (stale epoch),
+    INVALID_ARGUMENT with ErrorDetails reason "DataError" when the data cannot be read (no
+    such file, not an .npz/.npy, S3 refused, no data ref at all): no retry can help.
+    """
 
 @_typing.type_check_only
 class VNodeServiceAsyncStub(VNodeServiceStub):
@@ -63,6 +71,14 @@ class VNodeServiceAsyncStub(VNodeServiceStub):
     """Writes the VNode's training state at a step to the checkpoint store."""
     Restore: _aio.UnaryUnaryMultiCallable[_vnode_pb2.RestoreRequest, _vnode_pb2.RestoreResponse]  # type: ignore[assignment]
     """Loads the VNode's training state of a step, e.g. after the VNode was re-placed."""
+    DescribeData: _aio.UnaryUnaryMultiCallable[_vnode_pb2.DescribeDataRequest, _vnode_pb2.DescribeDataResponse]  # type: ignore[assignment]
+    """What a source VNode's data holds, as the agent hosting it reads it. The driver cuts
+    epochs into batches by the number of samples it learns here, so the orchestrator never
+    opens a data set: the agents hold the data, and placement's data locality decides which
+    agent reads it. Errors: NOT_FOUND (not hosted here), FAILED_PRECONDITION (stale epoch),
+    INVALID_ARGUMENT with ErrorDetails reason "DataError" when the data cannot be read (no
+    such file, not an .npz/.npy, S3 refused, no data ref at all): no retry can help.
+    """
 
 class VNodeServiceServicer(metaclass=_abc_1.ABCMeta):
     """The data plane, served by every agent."""
@@ -98,5 +114,19 @@ class VNodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_vnode_pb2.RestoreResponse, _abc.Awaitable[_vnode_pb2.RestoreResponse]]:
         """Loads the VNode's training state of a step, e.g. after the VNode was re-placed."""
+
+    @_abc_1.abstractmethod
+    def DescribeData(
+        self,
+        request: _vnode_pb2.DescribeDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vnode_pb2.DescribeDataResponse, _abc.Awaitable[_vnode_pb2.DescribeDataResponse]]:
+        """What a source VNode's data holds, as the agent hosting it reads it. The driver cuts
+        epochs into batches by the number of samples it learns here, so the orchestrator never
+        opens a data set: the agents hold the data, and placement's data locality decides which
+        agent reads it. Errors: NOT_FOUND (not hosted here), FAILED_PRECONDITION (stale epoch),
+        INVALID_ARGUMENT with ErrorDetails reason "DataError" when the data cannot be read (no
+        such file, not an .npz/.npy, S3 refused, no data ref at all): no retry can help.
+        """
 
 def add_VNodeServiceServicer_to_server(servicer: VNodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

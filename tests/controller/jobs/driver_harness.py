@@ -1,7 +1,9 @@
 """A fake agent and an orchestrator-side harness for the driver tests, over real gRPC.
 
 The fake agent hosts network "lin": `x` (a source reading rows of a data file) → `loss` (a
-sink with one parameter w: prediction w·x, loss mean((w·x - 3x)^2), trained by SGD). It
+sink with one parameter w: prediction w·x, loss mean((w·x - 3x)^2), trained by SGD). Like a
+real agent it holds the data: it answers DescribeData (its rows, or a named file's array
+"x"), and reads a job's data named in x's Restore, or an inference input named by data. It
 computes in numpy in the test process and answers the driver exactly as the data-plane
 design says: the sink Forwards [loss, accuracy] to `__driver__` at reply_to, the source
 then sends an empty Backward; Checkpoint writes w to the blob store; Restore loads it (or
@@ -109,6 +111,10 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
         self.forge_digest = False
         #: Every RestoreRequest received.
         self.restore_requests: list[vnode_pb2.RestoreRequest] = []
+        #: Where relative file:// urls resolve (an agent's --workdir).
+        self.workdir = Path.cwd()
+        #: Every DescribeDataRequest received.
+        self.describes: list[vnode_pb2.DescribeDataRequest] = []
         self.attempt = 0
         self.w: float | None = None
         self.lr = 0.0
@@ -126,6 +132,10 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self._tasks: set[asyncio.Task[None]] = set()
         self._channels: dict[str, aio.Channel] = {}
+
+    def path(self, url: str) -> Path:
+        """A file:// url as a real agent reads it: relative ones against its workdir."""
+        return self.workdir / url.removeprefix("file://")
 
     def saw(self, step: int, attempt: int) -> asyncio.Event:
         return self.seen_steps.setdefault((step, attempt), asyncio.Event())
@@ -171,6 +181,9 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
             request.target_replica,
         )
         data = tensors.decode(request.tensor)
+        if request.data.url:  # an inference input by data reference: x reads its array
+            with np.load(self.path(request.data.url)) as archive:
+                data = archive["x"]
         if request.WhichOneof("position") == "step":
             step, attempt = request.step, request.attempt
             self.batches.append((step, attempt, [int(i) for i in data]))
@@ -235,6 +248,32 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
             message = self._message(request, "loss", honest, replica)
             await stub.Forward(vnode_pb2.ForwardRequest(**message))
 
+    async def DescribeData(self, request: vnode_pb2.DescribeDataRequest, context: Any) -> Any:
+        """x's data: the request's file (a job's or an inference's data), else the rows this
+        agent was built with; an unreadable file is a DataError, as the real agent says."""
+        await self._check(context, request.vnode, request.epoch, None, request.replica)
+        self.describes.append(request)
+        if not request.data.url:
+            return vnode_pb2.DescribeDataResponse(
+                has_field=True, shape=list(self.xs.shape), dtype=self.xs.dtype.name, fields=["x"]
+            )
+        path = self.path(request.data.url)
+        try:
+            with np.load(path) as archive:
+                fields = list(archive.files)
+                x = archive["x"] if "x" in fields else None
+        except OSError as exc:
+            details = common_pb2.ErrorDetails(reason="DataError").SerializeToString()
+            context.set_trailing_metadata((("dcnr-error-details-bin", details),))
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"data.url: {exc}")
+        return vnode_pb2.DescribeDataResponse(
+            has_field=x is not None,
+            shape=list(x.shape) if x is not None else [],
+            dtype=x.dtype.name if x is not None else "",
+            fields=fields,
+            resolved_url=str(path),
+        )
+
     async def Backward(self, request: vnode_pb2.BackwardRequest, context: Any) -> Any:
         # Only the driver talks to this agent, and the driver never sends gradients.
         await self._refuse(context, grpc.StatusCode.UNIMPLEMENTED, "no backward into x")
@@ -246,6 +285,9 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
             return vnode_pb2.RestoreResponse(step=request.step)
         self.attempt = request.attempt
         self.restores.append((request.vnode, request.step, request.attempt, request.blob.url))
+        if request.vnode == "x" and request.data.url:  # the job's data: batches come from it
+            with np.load(self.path(request.data.url)) as archive:
+                self.xs = archive["x"]
         if request.vnode == "loss":
             self.lr = request.learning_rate
             if request.blob.url:
@@ -388,6 +430,8 @@ async def cluster_of(
     net.status.tiebreakers = list(tiebreakers)
     count = net.replicas_of("x")
     agents = [FakeAgent(xs, r) for r in range(count)]
+    for agent in agents:
+        agent.workdir = tmp
     clock = clocks.SystemClock()
     view = view_mod.View(store, clock, config=CONFIG)
     for r, agent in enumerate(agents):

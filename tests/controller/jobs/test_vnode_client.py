@@ -58,6 +58,11 @@ class FakeTransport:
     ):
         return await self._next("checkpoint", address, request, seconds)
 
+    async def describe_data(
+        self, address: str, request: vnode_pb2.DescribeDataRequest, *, seconds: float
+    ):
+        return await self._next("describe_data", address, request, seconds)
+
     async def close(self) -> None:
         self.closed = True
 
@@ -222,3 +227,27 @@ async def test_closing_the_client_closes_its_transport(clock, view) -> None:
     transport = FakeTransport()
     await client(transport, view, clock).close()
     assert transport.closed
+
+
+async def test_describe_data_asks_the_live_epoch_and_keeps_the_agent_s_reason(clock, view) -> None:
+    """A data error must reach the driver as such: it fails the job, where a VNode not
+    hosted yet only rolls back."""
+    refused = vnode_client.PeerError(
+        "INVALID_ARGUMENT: data.url: no such file", retryable=False, reason="DataError"
+    )
+    answer = vnode_pb2.DescribeDataResponse(has_field=True, shape=[10])
+    transport = FakeTransport(answer, refused)
+    asked = client(transport, view, clock)
+
+    def addressed(endpoint: view_mod.Endpoint) -> vnode_pb2.DescribeDataRequest:
+        return vnode_pb2.DescribeDataRequest(vnode="x", epoch=endpoint.epoch)
+
+    view.place("x", epoch=4)
+    assert await asked.describe_data("net", "x", addressed, deadline=clock.monotonic() + 5) == (
+        answer
+    )
+    assert transport.calls[0][2].epoch == 4
+    with pytest.raises(vnode_client.SendFailed) as failed:
+        await asked.describe_data("net", "x", addressed, deadline=clock.monotonic() + 5)
+    assert failed.value.reason == "DataError"
+    assert "no such file" in str(failed.value)

@@ -250,6 +250,22 @@ async def test_infer_on_a_data_file_feeds_each_source_its_field(world) -> None:
     assert unnamed.details().startswith("data.url: ")
 
 
+async def test_infer_on_data_only_the_agents_can_open_is_read_by_them(world) -> None:
+    """The orchestrator never opens the data: a url relative to the agent's workdir, which
+    means nothing where the orchestrator runs, works; what the agent cannot read is the
+    caller's mistake, in the agent's words."""
+    world.agent.w = 2.0
+    np.savez(world.tmp / "near-the-agent.npz", x=np.array([1.0, 4.0]))
+    relative = common_pb2.DataRef(url="file://near-the-agent.npz")
+    answer = await world.stub.Infer(job_pb2.InferRequest(network="lin", data=relative), timeout=10)
+    np.testing.assert_allclose(tensors.decode(answer.outputs["loss"]), [2.0, 8.0])
+    missing = common_pb2.DataRef(url="file://nowhere.npz")
+    gone = await failure(world.stub.Infer(job_pb2.InferRequest(network="lin", data=missing)))
+    assert gone.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert gone.details().startswith("data.url: ")
+    assert "nowhere.npz" in gone.details()
+
+
 async def test_infer_refuses_unknown_sources_corrupt_tensors_and_unready_networks(world) -> None:
     good = tensors.encode(np.array([1.0]))
     unknown = await failure(
