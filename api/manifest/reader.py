@@ -130,7 +130,24 @@ def _json_constant(name: str) -> None:
     raise _Refused(f"invalid JSON: {name} is not a number JSON allows")
 
 
+def read_json(data: bytes | str, *, max_bytes: int = MAX_DOCUMENT_BYTES) -> Any:
+    """The value of one JSON text, with the size and nesting limits of `read` checked before
+    anything recurses (a 100,000-deep array would otherwise exhaust Python's stack in
+    `json.loads`): for JSON received over the wire (gRPC Apply).
+
+    Raises ManifestError (one problem, without path or source) when it cannot be read.
+    """
+    try:
+        return _json_value(_decode(data, max_bytes))
+    except _Refused as exc:
+        raise errors.ManifestError([errors.FieldError("", str(exc))]) from None
+
+
 def _read_json(text: str) -> list[Document]:
+    return [normalize(_json_value(text))]
+
+
+def _json_value(text: str) -> Any:
     depth = 0
     for token in _JSON_TOKENS.finditer(text):
         char = token.group()
@@ -148,7 +165,7 @@ def _read_json(text: str) -> list[Document]:
         ) from None
     except (ValueError, RecursionError) as exc:
         raise _Refused(f"invalid JSON: {_conversion(exc)}") from None
-    return [normalize(value)]
+    return value
 
 
 # YAML ------------------------------------------------------------------------------------
