@@ -291,6 +291,11 @@ class Orchestrator:
                 on_tiebreak=self.metrics.tiebroken,
             ),
         )
+        self.metrics.expect(
+            heartbeat_results=pnode_service.HEARTBEAT_RESULTS,
+            report_refusals=validation_service.REFUSALS,
+            driver_refusals=driver_inbox.REFUSALS,
+        )
         self.service_names = catalog.register(self.server, implemented, health=self.health)
 
     # -- lifecycle --------------------------------------------------------------------------
