@@ -80,6 +80,8 @@ _CODES = {
     "Checksum": grpc.StatusCode.DATA_LOSS,
     "BlobStore": grpc.StatusCode.UNAVAILABLE,
 }
+#: Every reason a message or call is refused with (`agent.metrics` counts refusals by it).
+REFUSAL_REASONS = tuple(_CODES)
 
 
 class Sender(Protocol):
@@ -143,6 +145,9 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
         self._hosted: dict[Slot, _Hosted] = {}
         #: Set by the agent once registered; None: failed checks are refused, not reported.
         self.reporter: Reporter | None = None
+        #: `on_message(forward, refused_reason)`: each Forward/Backward message, handled
+        #: (reason None) or refused (for `agent.metrics`).
+        self.on_message: Callable[[bool, str | None], None] = lambda _forward, _reason: None
         self._reports: set[asyncio.Task[None]] = set()
         #: Assignments whose kind could not be built: (signature, why), reported as FAILED.
         self._failed: dict[Slot, tuple[tuple[Any, ...], str]] = {}
@@ -328,7 +333,9 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
                     finally:
                         hosted.in_thread = time.perf_counter() - started > SLOW_CALL
         except (_Refusal, vnode.Refused) as exc:
+            self.on_message(forward, exc.reason)
             await _abort(context, exc)
+        self.on_message(forward, None)
         for finding in received.findings:
             self._report(reports.quorum(hosted.instance, finding))
         for outgoing in received.outgoing:
