@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck layers pytest proto venv clean bench
+.PHONY: demo test lint typecheck layers buf api-compat api-release pytest proto venv clean bench
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "DCNR needs Python >= 3.11, found " + sys.version'
@@ -34,7 +34,7 @@ bench: $(BENCH_STAMP)
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
-test: lint typecheck layers pytest
+test: lint typecheck layers api-compat pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -51,5 +51,28 @@ pytest: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python -m api.codegen
 
+# The buf CLI, pinned, from npm into a project-local directory (no global install). No npm,
+# no registry: this fails, loudly; the compatibility check is never skipped.
+BUF_VERSION := 1.75.0
+BUF := .tools/node_modules/.bin/buf
+BUF_STAMP := .tools/.buf-$(BUF_VERSION)
+$(BUF_STAMP):
+	@command -v npm > /dev/null || { echo "make api-compat needs npm (to install @bufbuild/buf@$(BUF_VERSION))"; exit 1; }
+	npm install --prefix .tools --no-audit --no-fund --loglevel=error @bufbuild/buf@$(BUF_VERSION)
+	@$(BUF) --version
+	@touch $(BUF_STAMP)
+
+buf: $(BUF_STAMP)
+
+# api/proto against the last released contract (docs/api-versioning.md): a change that breaks
+# wire, JSON or generated-source compatibility with what was released fails here.
+RELEASED := api/released/dcnr-v1.binpb
+api-compat: $(BUF_STAMP)
+	$(BUF) breaking --against $(RELEASED)
+
+# At a release only: the contract just released becomes the baseline of api-compat.
+api-release: $(BUF_STAMP)
+	$(BUF) build -o $(RELEASED)
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -69,7 +69,14 @@ class Agent:
         *,
         orchestrators: peers.Orchestrators,
         data_plane: dataplane.DataPlane,
+        on_heartbeat: Callable[[str], None] | None = None,
+        on_register: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_heartbeat(result)`: each heartbeat, "ok", "fenced" or "failed";
+        `on_register(result)`: each Register attempt, "registered", "failed" or "refused"
+        (for `agent.metrics`)."""
+        self._on_heartbeat = on_heartbeat or (lambda _result: None)
+        self._on_register = on_register or (lambda _result: None)
         self._config = config
         self._orchestrators = orchestrators
         self._data_plane = data_plane
@@ -160,16 +167,19 @@ class Agent:
                         grpc.StatusCode.UNAUTHENTICATED,
                         grpc.StatusCode.INVALID_ARGUMENT,
                     ):
+                        self._on_register("refused")
                         raise RegistrationRefused(
                             f"orchestrator {self._orchestrators.address} refused to register "
                             f"{self.name or '(a generated name)'}: {exc.details()}"
                         ) from None
+                    self._on_register("failed")
                     log.warning("register at %s: %s", self._orchestrators.address, exc.code())
                     if exc.code() in _SWITCH:
                         await self._orchestrators.fail_over(channel)
                     await self._pause(delay)
                     delay = min(5.0, delay * 2)
                     continue
+                self._on_register("registered")
                 self.name = reply.pnode_id
                 self._credential = reply.credential
                 self.incarnation = reply.incarnation
@@ -251,12 +261,14 @@ class Agent:
                 request, metadata=self._metadata(), timeout=max(2.0, self.heartbeat_interval)
             )
         except aio.AioRpcError as exc:
+            self._on_heartbeat("failed")
             log.warning("heartbeat to %s: %s", self._orchestrators.address, exc.code())
             if exc.code() in _SWITCH:
                 await self._orchestrators.fail_over(channel)
             elif exc.code() == grpc.StatusCode.UNAUTHENTICATED:
                 await self._fence(incarnation)
         else:
+            self._on_heartbeat("fenced" if reply.lease_state == FENCED else "ok")
             if reply.lease_state == FENCED:
                 await self._fence(incarnation)
             elif reply.HasField("assignment_set"):

@@ -82,6 +82,8 @@ _CODES = {
     "BlobStore": grpc.StatusCode.UNAVAILABLE,
     "DataError": grpc.StatusCode.INVALID_ARGUMENT,
 }
+#: Every reason a message or call is refused with (`agent.metrics` counts refusals by it).
+REFUSAL_REASONS = tuple(_CODES)
 
 
 class Sender(Protocol):
@@ -148,6 +150,9 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
         self._hosted: dict[Slot, _Hosted] = {}
         #: Set by the agent once registered; None: failed checks are refused, not reported.
         self.reporter: Reporter | None = None
+        #: `on_message(forward, refused_reason)`: each Forward/Backward message, handled
+        #: (reason None) or refused (for `agent.metrics`).
+        self.on_message: Callable[[bool, str | None], None] = lambda _forward, _reason: None
         self._reports: set[asyncio.Task[None]] = set()
         #: Assignments whose kind could not be built: (signature, why), reported as FAILED.
         self._failed: dict[Slot, tuple[tuple[Any, ...], str]] = {}
@@ -412,7 +417,9 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
                     finally:
                         hosted.in_thread = time.perf_counter() - started > SLOW_CALL
         except (_Refusal, vnode.Refused) as exc:
+            self.on_message(forward, exc.reason)
             await _abort(context, exc)
+        self.on_message(forward, None)
         for finding in received.findings:
             self._report(reports.quorum(hosted.instance, finding))
         for outgoing in received.outgoing:

@@ -4,11 +4,13 @@
                [--advertise HOST:PORT] [--name NAME] [--cpu N] [--memory SIZE]
                [--accelerator TYPE:COUNT ...] [--label K=V ...] [--dataset NAME=URL ...]
                [--state-dir DIR] [--workdir DIR] [--max-message-bytes N]
+               [--metrics-listen HOST:PORT]
 
 Exit codes: 0 after a clean leave (SIGTERM/Ctrl-C: deregister, drain, exit), 1 runtime
 failure (port taken, name refused), 2 bad usage. Errors are one line on stderr naming the
 flag and value; no tracebacks for user mistakes. Once registered it prints one line,
-`dcnr-agent: NAME serving the data plane on HOST:PORT (orchestrator ...)`.
+`dcnr-agent: NAME serving the data plane on HOST:PORT (orchestrator ...)`, ending with
+`metrics on port N` when --metrics-listen is given (Prometheus /metrics, `agent.metrics`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from grpc import aio
 
 from agent import agent as agent_mod
 from agent import blobs, capacity, dataplane, peers
+from agent import metrics as metrics_mod
 from api import logs as api_logs
 from api import version
 from api.dcnr.v1 import vnode_pb2_grpc
@@ -85,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
         "--max-message-bytes", type=_positive_int, default=dataplane.DEFAULT_MAX_MESSAGE_BYTES
     )
     p.add_argument("--drain-deadline", type=float, default=30.0, metavar="SECONDS")
+    p.add_argument(
+        "--metrics-listen", type=_address, metavar="HOST:PORT", help="Prometheus /metrics; off"
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -107,6 +113,17 @@ async def _serve(args: argparse.Namespace, caps: capacity.Capabilities) -> int:
         ),
         max_message_bytes=args.max_message_bytes,
     )
+    metrics = metrics_mod.AgentMetrics(dataplane.REFUSAL_REASONS)
+    plane.on_message = lambda forward, refused: metrics.message(forward=forward, refused=refused)
+    metrics_note = ""
+    if args.metrics_listen:
+        metrics_host, _, metrics_port = args.metrics_listen.rpartition(":")
+        try:
+            bound = metrics.start_http(metrics_host, int(metrics_port))
+        except OSError as exc:
+            print(f"dcnr-agent: error: {exc}", file=sys.stderr)
+            return 1
+        metrics_note = f"; metrics on port {bound}"
     server = aio.server(options=peers.channel_options(args.max_message_bytes))
     vnode_pb2_grpc.add_VNodeServiceServicer_to_server(plane, server)
     try:
@@ -128,7 +145,10 @@ async def _serve(args: argparse.Namespace, caps: capacity.Capabilities) -> int:
         ),
         orchestrators=orchestrators,
         data_plane=plane,
+        on_heartbeat=metrics.heartbeat,
+        on_register=metrics.registered,
     )
+    metrics.watch_assignments(lambda: agent.assignment_count)
     plane.reporter = agent
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -137,7 +157,8 @@ async def _serve(args: argparse.Namespace, caps: capacity.Capabilities) -> int:
     def ready(a: agent_mod.Agent) -> None:
         print(
             f"dcnr-agent: {a.name} serving the data plane on {listen} (orchestrator "
-            f"{','.join(args.orchestrator)}, advertised as {advertise}); SIGTERM leaves",
+            f"{','.join(args.orchestrator)}, advertised as {advertise}); SIGTERM leaves"
+            f"{metrics_note}",
             flush=True,
         )
 

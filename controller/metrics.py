@@ -28,12 +28,17 @@ from prometheus_client import core, registry
 
 from controller.runtime import manager as manager_mod
 from controller.state import view as view_mod
+from reconcilers import network_plan
 
 log = logging.getLogger("dcnr.metrics")
 
 T = TypeVar("T")
 
 PNODE_PHASES = ("Ready", "NotReady", "Lost")
+#: Why an allocation is moved or re-issued: the reasons of the plan's migrate and reissue rules.
+REPLACEMENT_REASONS = tuple(
+    rule.reason for rule in network_plan.RULES if rule.verdict in ("migrate", "reissue")
+)
 #: Reconcile durations span a cheap no-op (sub-millisecond) to a big placement batch.
 RECONCILE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 RPC_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
@@ -65,7 +70,7 @@ class Metrics:
         )
         self.heartbeats = prometheus_client.Counter(
             "dcnr_heartbeats",
-            "Heartbeats answered, by result (renewed, fenced, unauthenticated, ...).",
+            "Heartbeats answered, by result (active, fenced).",
             ["result"],
             registry=r,
         )
@@ -119,8 +124,32 @@ class Metrics:
             ["role"],
             registry=r,
         )
+        # Every label value known now is exported as 0 before its first event, so alerts
+        # and rate() see a series from the first scrape (Prometheus practice); the
+        # services' values come with `expect`, the loops' with `watch_manager`.
+        for reason in REPLACEMENT_REASONS:
+            self.replacements.labels(reason)
+        for result in ("passed", "failed"):
+            self.validation_checks.labels(result)
+        for role in ("primary", "double_check"):
+            self.inference_results.labels(role)
         self._http: simple_server.WSGIServer | None = None
         self._http_thread: threading.Thread | None = None
+
+    def expect(
+        self,
+        *,
+        heartbeat_results: Iterable[str] = (),
+        report_refusals: Iterable[str] = (),
+        driver_refusals: Iterable[str] = (),
+    ) -> None:
+        """Label values the services will count, exported as 0 until they do."""
+        for result in heartbeat_results:
+            self.heartbeats.labels(result)
+        for reason in report_refusals:
+            self.validation_reports_refused.labels(reason)
+        for reason in driver_refusals:
+            self.driver_results_refused.labels(reason)
 
     # -- event hooks ------------------------------------------------------------------------
 
@@ -166,6 +195,8 @@ class Metrics:
     def watch_manager(self, manager: manager_mod.Manager) -> None:
         """Reconcile durations and errors from its events, queue depth at scrape time."""
         manager.observe(self.observe_reconcile)
+        for loop in manager.loop_names:
+            self.reconcile_errors.labels(loop)
         self.registry.register(_QueueCollector(manager))
 
     def watch_view(self, view: view_mod.View) -> None:

@@ -61,6 +61,7 @@ from controller.services import (
     network_service,
     pnode_service,
     resolution_service,
+    rpc_decode,
     rpc_timer,
     validation_service,
     vnode_transport,
@@ -150,9 +151,11 @@ class Orchestrator:
         # No SO_REUSEPORT: a second orchestrator on a taken port must fail, not share it.
         self.server = aio.server(
             options=[("grpc.so_reuseport", 0)],
-            # Metrics first, so refused calls are still timed with their status code.
+            # Metrics first, so refused calls (undecodable, unauthenticated) are still timed
+            # with their status code.
             interceptors=[
                 rpc_timer.RpcTimer(self.metrics),
+                rpc_decode.DecodeGuard(),
                 *([auth.AdminTokenInterceptor(config.admin_tokens)] if config.admin_tokens else []),
             ],
         )
@@ -287,6 +290,11 @@ class Orchestrator:
                 on_disagreed=self.metrics.disagreed,
                 on_tiebreak=self.metrics.tiebroken,
             ),
+        )
+        self.metrics.expect(
+            heartbeat_results=pnode_service.HEARTBEAT_RESULTS,
+            report_refusals=validation_service.REFUSALS,
+            driver_refusals=driver_inbox.REFUSALS,
         )
         self.service_names = catalog.register(self.server, implemented, health=self.health)
 

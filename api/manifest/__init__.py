@@ -6,6 +6,7 @@ resources or a ManifestError listing every problem by file, document and field p
 Pure parsing and validation; the only I/O is reading the files `load_path` is given.
 
     reader    text -> JSON-shaped documents, with the size, depth and alias limits
+              (read_json: one JSON text received over the wire, with the same limits)
     decode    documents -> resources: apiVersion, kind, models, then graph
     graph     Network checks that span VNodes (names, edges, cycles, sizes)
     errors    FieldError and ManifestError, and pydantic's errors translated into them
@@ -19,7 +20,7 @@ from api.manifest.decode import SYSTEM_KINDS, USER_KINDS
 from api.manifest.documents import load_file, load_path, parse_documents, parse_object
 from api.manifest.errors import MAX_REPORTED_ERRORS, FieldError, ManifestError
 from api.manifest.output import dump_json, dump_yaml, to_manifest
-from api.manifest.reader import MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_NODES
+from api.manifest.reader import MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_NODES, read_json
 
 __all__ = [
     "MAX_DEPTH",
@@ -36,5 +37,6 @@ __all__ = [
     "load_path",
     "parse_documents",
     "parse_object",
+    "read_json",
     "to_manifest",
 ]

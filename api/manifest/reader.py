@@ -43,6 +43,16 @@ MAX_NODES = 1 << 19
 #: 531 KB file alias one long string half a million times and grow to gigabytes once built;
 #: four times what a document may hold without aliases leaves honest anchors plenty.
 MAX_EXPANDED_CHARS = 4 * MAX_DOCUMENT_BYTES
+#: And relative to the text itself: aliases may make a document at most ALIAS_GROWTH times
+#: the characters of text, and nodes, that text of its length could hold without aliases
+#: (a node takes at least two characters: `1,`), counted from ALIAS_FLOOR characters up so
+#: small files keep their anchors. Without it a 2.7 KB manifest of nested aliases in params
+#: was accepted at 32,768 numbers, and 6 MB in memory; with it, no accepted input takes more
+#: than MEMORY_PER_BYTE times its size (or ALIAS_FLOOR) in memory while it is read.
+ALIAS_GROWTH = 4
+ALIAS_FLOOR = 4096
+#: Documented (README, Manifests), and checked by tests/api/test_manifest_fuzz.py.
+MEMORY_PER_BYTE = 1024
 
 _INT64 = 2**63
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -130,7 +140,24 @@ def _json_constant(name: str) -> None:
     raise _Refused(f"invalid JSON: {name} is not a number JSON allows")
 
 
+def read_json(data: bytes | str, *, max_bytes: int = MAX_DOCUMENT_BYTES) -> Any:
+    """The value of one JSON text, with the size and nesting limits of `read` checked before
+    anything recurses (a 100,000-deep array would otherwise exhaust Python's stack in
+    `json.loads`): for JSON received over the wire (gRPC Apply).
+
+    Raises ManifestError (one problem, without path or source) when it cannot be read.
+    """
+    try:
+        return _json_value(_decode(data, max_bytes))
+    except _Refused as exc:
+        raise errors.ManifestError([errors.FieldError("", str(exc))]) from None
+
+
 def _read_json(text: str) -> list[Document]:
+    return [normalize(_json_value(text))]
+
+
+def _json_value(text: str) -> Any:
     depth = 0
     for token in _JSON_TOKENS.finditer(text):
         char = token.group()
@@ -148,7 +175,7 @@ def _read_json(text: str) -> list[Document]:
         ) from None
     except (ValueError, RecursionError) as exc:
         raise _Refused(f"invalid JSON: {_conversion(exc)}") from None
-    return [normalize(value)]
+    return value
 
 
 # YAML ------------------------------------------------------------------------------------
@@ -232,6 +259,8 @@ def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
 
 def _scan(text: str) -> None:
     """Refuse deep nesting, recursive aliases and alias bombs, from events alone."""
+    room = ALIAS_GROWTH * max(len(text), ALIAS_FLOOR)
+    max_nodes, max_chars = min(MAX_NODES, room // 2), min(MAX_EXPANDED_CHARS, room)
     #: [anchor, expanded nodes, expanded characters] per open collection
     stack: list[list[Any]] = []
     sizes: dict[str, tuple[int, int]] = {}  # (nodes, characters) per finished anchored node
@@ -243,15 +272,17 @@ def _scan(text: str) -> None:
         if stack:
             stack[-1][1] += nodes
             stack[-1][2] += chars
-            if stack[-1][1] > MAX_NODES:
+            if stack[-1][1] > max_nodes:
                 raise _Refused(
                     f"invalid YAML{_where(mark)}: document {document} expands to more than "
-                    f"{MAX_NODES} nodes (aliases expanding too far?)"
+                    f"{max_nodes} nodes (aliases expanding too far? at most {ALIAS_GROWTH} "
+                    "times what the text holds)"
                 )
-            if stack[-1][2] > MAX_EXPANDED_CHARS:
+            if stack[-1][2] > max_chars:
                 raise _Refused(
                     f"invalid YAML{_where(mark)}: document {document} expands to more than "
-                    f"{MAX_EXPANDED_CHARS} characters of text (aliases expanding too far?)"
+                    f"{max_chars} characters of text (aliases expanding too far? at most "
+                    f"{ALIAS_GROWTH} times what the text holds)"
                 )
 
     for event in yaml.parse(text, Loader=_SafeLoader):

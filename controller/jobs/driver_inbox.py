@@ -50,6 +50,10 @@ from controller.trust import book as trust
 
 DRIVER = "__driver__"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
+#: The reasons a result is refused for the work it claims (`Receiver`): exported as 0 from the
+#: start by `dcnr_driver_results_refused_total`, so an alert sees a series before the first.
+#: Malformed messages are refused with their error class's own reason as well.
+REFUSALS = ("StaleEpoch", "StaleAttempt", "CheckFailed")
 
 Position = driver_mailbox.Position
 Key = tuple[str, int, Position]

@@ -1,7 +1,8 @@
 """Every dcnr.v1 service the contract declares, registered on one server.
 
 Services not implemented yet are registered from their generated base servicers, so they
-answer UNIMPLEMENTED rather than being absent; health checking and reflection list them all.
+answer UNIMPLEMENTED rather than being absent; health checking and reflection (both
+`grpc.reflection.v1` and `v1alpha`, see `reflection_v1`) list them all.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Any
 
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 import api.dcnr.v1
+from controller.services import reflection_v1
 
 #: add_*Servicer_to_server(servicer, server), as generated.
 Add = Callable[[Any, Any], None]
@@ -40,19 +41,14 @@ def register(
     server: aio.Server, implemented: Mapping[str, tuple[Add, Any]], *, health: Any
 ) -> list[str]:
     """Add every dcnr.v1 service to `server` (`implemented`: full name → (add, servicer)),
-    then `health` and reflection; returns the dcnr.v1 names, sorted."""
+    then `health` and reflection (v1 and v1alpha); returns the dcnr.v1 names, sorted."""
     names = []
     for name, add, servicer in generated():
         add_impl, impl = implemented.get(name, (add, servicer))
         add_impl(impl, server)
         names.append(name)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        [
-            *names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
+    reflection_v1.enable(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server
     )
     return names

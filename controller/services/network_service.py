@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -329,11 +328,11 @@ def _parse(doc: common_pb2.ResourceDocument) -> Network:
     """The Network of an Apply document, with every manifest check (ManifestError →
     INVALID_ARGUMENT naming each field)."""
     try:
-        body = json.loads(doc.json)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise faults.FieldInvalid(
-            "document.json", doc.json[:60], f"must be UTF-8 JSON ({exc})"
-        ) from None
+        # The manifest reader's limits (size, nesting) are checked before json.loads
+        # recurses: a 100,000-deep array must be a client error, not a RecursionError.
+        body = manifest.read_json(doc.json)
+    except manifest.ManifestError as exc:
+        raise faults.InvalidArgument(f"document.json: {exc}") from None
     if doc.kind and isinstance(body, dict) and body.get("kind") != doc.kind:
         raise faults.FieldInvalid(
             "document.kind", doc.kind, f"must equal the JSON's kind {body.get('kind')!r}"

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal, get_args
 
 from grpc import aio
 
@@ -52,6 +52,10 @@ from controller.state import view as view_mod
 from store import base
 
 log = logging.getLogger("dcnr.pnode_service")
+
+#: A heartbeat's result: the label values of `dcnr_heartbeats_total`, exported from the start.
+HeartbeatResult = Literal["active", "fenced"]
+HEARTBEAT_RESULTS: tuple[HeartbeatResult, ...] = get_args(HeartbeatResult)
 
 ACTIVE = pnode_pb2.LEASE_STATE_ACTIVE
 FENCED = pnode_pb2.LEASE_STATE_FENCED
@@ -73,7 +77,7 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         config: config_mod.ControlPlaneConfig,
         leases: leases_mod.LeaseKeeper,
         replica_id: str,
-        on_heartbeat: Callable[[str], None] | None = None,
+        on_heartbeat: Callable[[HeartbeatResult], None] | None = None,
         statuses: allocation_status.AllocationStatus | None = None,
     ) -> None:
         """`on_heartbeat(result)` counts each heartbeat: "active" or "fenced"; `statuses`

@@ -40,7 +40,7 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, get_args
 
 from grpc import aio
 
@@ -56,6 +56,11 @@ from controller.trust import tiebreak
 from store import base
 
 log = logging.getLogger("dcnr.validation")
+
+#: Why a report is refused: the label values of `dcnr_validation_reports_refused_total`,
+#: exported as 0 from the start so an alert on them sees a series before the first refusal.
+Refusal = Literal["unauthenticated", "fenced", "unknown-subject", "not-a-neighbour", "stale-epoch"]
+REFUSALS: tuple[Refusal, ...] = get_args(Refusal)
 
 QUORUM = "quorum"
 FAILED = validation_pb2.CHECK_RESULT_FAILED
@@ -293,7 +298,7 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
             reason="StaleEpoch",
         )
 
-    def _refused(self, reason: str) -> None:
+    def _refused(self, reason: Refusal) -> None:
         if self._on_refused is not None:
             self._on_refused(reason)
 

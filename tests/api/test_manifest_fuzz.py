@@ -4,12 +4,20 @@ Invariant 5 of DESIGN.md. The hand-written cases are the known ways to hurt a YA
 reader (bombs, depth, odd types); the hypothesis cases mutate a good manifest at random.
 Any other exception fails the test, and so does the reader's last-resort "internal error",
 which exists only so that production never crashes on a bug these tests would catch.
+
+Every error is at most MAX_REPORTED_ERRORS lines (and a count of the rest), each one line
+of at most `api.error_text.MAX_LINE_CHARS` characters, through the real `dcnctl` too; and no
+accepted input takes more than `reader.MEMORY_PER_BYTE` times its size in memory while it is
+read (aliases cannot buy more: they grow a document at most `reader.ALIAS_GROWTH` times).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import tracemalloc
+from pathlib import Path
 from typing import Any
 
 import hypothesis
@@ -18,7 +26,10 @@ import yaml
 from hypothesis import strategies as st
 
 from api import manifest
+from api import messages as error_text
+from api.manifest import reader
 from api.resources import meta
+from tests.support import procs
 
 SETTINGS = hypothesis.settings(
     max_examples=120,
@@ -77,6 +88,10 @@ def object_outcome(obj: Any) -> meta.Resource | manifest.ManifestError:
 def clean(exc: manifest.ManifestError) -> manifest.ManifestError:
     assert exc.errors, "a ManifestError must carry at least one error"
     assert "internal error" not in str(exc), str(exc)
+    lines = str(exc).split("\n")
+    assert len(lines) <= manifest.MAX_REPORTED_ERRORS + 1, len(lines)
+    for line in lines:
+        assert 0 < len(line) <= error_text.MAX_LINE_CHARS, line
     return exc
 
 
@@ -104,10 +119,12 @@ def long_string_laughs() -> str:
 
 
 HOSTILE = [
-    pytest.param(billion_laughs(), "expands to more than 524288 nodes", id="billion-laughs"),
+    pytest.param(
+        billion_laughs(), "expands to more than 16384 characters of text", id="billion-laughs"
+    ),
     pytest.param(
         long_string_laughs(),
-        "expands to more than 4194304 characters of text",
+        f"expands to more than {4 * len(long_string_laughs())} characters of text",
         id="long-string-laughs",
     ),
     pytest.param("a: &a [*a]\n", "refers to a node that contains it", id="recursive-alias"),
@@ -306,3 +323,122 @@ def test_the_unmutated_manifest_is_good() -> None:
     """Without this, every mutation test could pass on a base that never parses."""
     assert [r.KIND for r in manifest.parse_documents(as_yaml(GOOD))] == ["Network"]
     assert manifest.parse_object(GOOD).name == "mlp"
+
+
+# Memory ----------------------------------------------------------------------------------
+
+
+def peak_bytes(data: str) -> tuple[bool, int]:
+    """(accepted, peak bytes allocated while reading and checking `data`)."""
+    tracemalloc.start()
+    try:
+        accepted = not isinstance(outcome(data), manifest.ManifestError)
+        return accepted, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def within_multiple(data: str) -> None:
+    accepted, peak = peak_bytes(data)
+    if accepted:
+        size = max(len(data.encode("utf-8", "surrogatepass")), reader.ALIAS_FLOOR)
+        assert peak <= reader.MEMORY_PER_BYTE * size, (peak, size)
+
+
+def network(vnodes: str) -> str:
+    return (
+        "apiVersion: dcnr.io/v1\nkind: Network\nmetadata: {name: m}\nspec:\n  vnodes:\n"
+        "  - {name: in, kind: input, data: {url: 'file://d.npz'}}\n" + vnodes
+    )
+
+
+def aliased_params(anchor: str, count: int) -> str:
+    """VNode v0's params hold `&p anchor`; `count` more VNodes alias it."""
+    first = f"  - {{name: v0, kind: dense, inputs: [in], params: {{w: &p {anchor}}}}}\n"
+    rest = "".join(
+        f"  - {{name: v{i}, kind: dense, inputs: [in], params: {{w: *p}}}}\n"
+        for i in range(1, count + 1)
+    )
+    return network(first + rest)
+
+
+def nested_anchors(levels: int, count: int) -> str:
+    """8**levels numbers in 60 bytes a level, aliased by `count` VNodes: 2.7 KB that was
+    accepted as 6 MB in memory before aliases were bounded by the text's size."""
+    anchors = ["a0: &a0 [1,1,1,1,1,1,1,1]"] + [
+        f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 8)}]" for i in range(1, levels + 1)
+    ]
+    first = f"  - {{name: v0, kind: dense, inputs: [in], params: {{{', '.join(anchors)}}}}}\n"
+    rest = "".join(
+        f"  - {{name: v{i}, kind: dense, inputs: [in], params: {{w: *a{levels}}}}}\n"
+        for i in range(1, count + 1)
+    )
+    return network(first + rest)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(as_yaml(GOOD), id="good-yaml"),
+        pytest.param(json.dumps(GOOD), id="good-json"),
+        pytest.param(aliased_params("[" + ",".join(["1"] * 30000) + "]", 15), id="big-anchor"),
+        pytest.param(aliased_params("[" + ",".join(["1"] * 16) + "]", 119), id="small-anchor"),
+        pytest.param(nested_anchors(3, 39), id="nested-anchors"),
+    ],
+)
+def test_accepted_input_takes_at_most_its_documented_multiple_in_memory(data: str) -> None:
+    within_multiple(data)
+
+
+def test_aliases_grow_a_document_at_most_a_few_times_its_text() -> None:
+    assert "aliases expanding too far" in messages_of(nested_anchors(3, 39))
+    assert "aliases expanding too far" in messages_of(
+        aliased_params("[" + ",".join(["1"] * 30000) + "]", 15)
+    )
+    (found,) = manifest.parse_documents(aliased_params("[" + ",".join(["1"] * 16) + "]", 119))
+    assert len(found.to_dict()["spec"]["vnodes"]) == 121
+
+
+def messages_of(data: str) -> str:
+    return messages(data)
+
+
+@hypothesis.settings(SETTINGS, max_examples=40)
+@hypothesis.given(mutated())
+def test_mutated_manifests_stay_within_the_memory_multiple(doc: Any) -> None:
+    within_multiple(as_yaml(doc))
+    within_multiple(json.dumps(doc))
+
+
+# Through the real CLI ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_dcnctl_prints_each_manifest_error_on_one_bounded_line(tmp_path: Path) -> None:
+    """A few seeded bad manifests through `dcnctl apply` (parsed before any server is
+    asked): exit 1, no traceback, every stderr line at most MAX_LINE_CHARS."""
+    cases = {
+        "long-name": network("  - {name: '" + "x" * 10_000 + "', kind: dense, inputs: [in]}\n"),
+        "bomb": billion_laughs(),
+        "nested-anchors": nested_anchors(3, 39),
+        "many-errors": network(
+            "".join(f"  - {{name: v{i}, kind: dense, inputs: [nope{i}]}}\n" for i in range(200))
+        ),
+        "deep-json": '{"a":' * 100_000 + "1" + "}" * 100_000,
+        "binary": "\x00\x01 not yaml",
+    }
+    for name, text in cases.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text, encoding="utf-8", errors="surrogatepass")
+        done = subprocess.run(
+            [procs.script("dcnctl"), "apply", "-f", str(path), "--server", "127.0.0.1:1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1, (name, done.stderr)
+        assert "Traceback" not in done.stderr, (name, done.stderr[-2000:])
+        lines = done.stderr.splitlines()
+        assert 0 < len(lines) <= manifest.MAX_REPORTED_ERRORS + 1, (name, len(lines))
+        for line in lines:
+            assert len(line) <= error_text.MAX_LINE_CHARS, (name, len(line))

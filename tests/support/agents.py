@@ -54,6 +54,9 @@ class Agent:
         assert match, f"unexpected first line from dcnr-agent: {line!r}"
         self.name = match["name"]
         self.address = match["address"]
+        metrics = procs.METRICS_PORT.search(line)
+        #: With `--metrics-listen`: the port its /metrics is served on.
+        self.metrics_port = int(metrics["port"]) if metrics else None
 
     def log_tail(self, lines: int = 20) -> str:
         text = self.log.read_text(errors="replace").splitlines()

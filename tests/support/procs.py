@@ -82,7 +82,8 @@ def stop(proc: subprocess.Popen[str], *, timeout: float = 20.0) -> int:
 
 
 _SERVING = re.compile(r"serving dcnr\.v1 on (?P<host>[^ ]+):(?P<port>\d+)")
-_METRICS = re.compile(r"metrics on port (?P<port>\d+)")
+#: "metrics on port N", in the first line of `serve` and of `dcnr-agent --metrics-listen`.
+METRICS_PORT = _METRICS = re.compile(r"metrics on port (?P<port>\d+)")
 
 
 class Served(NamedTuple):

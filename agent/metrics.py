@@ -1,0 +1,100 @@
+"""Prometheus metrics of one agent (`dcnr-agent --metrics-listen HOST:PORT`).
+
+A registry of its own, never the global one, so tests running agents in one process keep
+their numbers apart. Every label value known in advance is exported at 0 from the start, so
+an alert on a refusal or a fence sees a series before the first one happens.
+
+The agent and its data plane count through the small hooks here (`registered`,
+`heartbeat`, `message`); the number of assignments is read at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import prometheus_client
+from prometheus_client import core, registry
+
+DIRECTIONS = ("forward", "backward")
+HEARTBEAT_RESULTS = ("ok", "fenced", "failed")
+REGISTRATION_RESULTS = ("registered", "failed", "refused")
+
+
+class AgentMetrics:
+    def __init__(self, refusal_reasons: Iterable[str]) -> None:
+        """`refusal_reasons`: the reasons the data plane refuses a message with."""
+        self.registry = registry.CollectorRegistry()
+        r = self.registry
+        self.messages = prometheus_client.Counter(
+            "dcnr_agent_messages",
+            "Forward and backward messages handled (duplicates included), by direction.",
+            ["direction"],
+            registry=r,
+        )
+        self.refused = prometheus_client.Counter(
+            "dcnr_agent_messages_refused",
+            "Forward and backward messages refused, by direction and reason.",
+            ["direction", "reason"],
+            registry=r,
+        )
+        self.heartbeats = prometheus_client.Counter(
+            "dcnr_agent_heartbeats",
+            "Heartbeats sent, by result: ok, fenced, failed (no answer or an error).",
+            ["result"],
+            registry=r,
+        )
+        self.registrations = prometheus_client.Counter(
+            "dcnr_agent_registrations",
+            "Register attempts, by result: registered, failed (retried), refused (final).",
+            ["result"],
+            registry=r,
+        )
+        for direction in DIRECTIONS:
+            self.messages.labels(direction)
+            for reason in refusal_reasons:
+                self.refused.labels(direction, reason)
+        for result in HEARTBEAT_RESULTS:
+            self.heartbeats.labels(result)
+        for result in REGISTRATION_RESULTS:
+            self.registrations.labels(result)
+
+    def watch_assignments(self, count: Callable[[], int]) -> None:
+        """`count()`: the VNode assignments hosted now, read at each scrape."""
+        self.registry.register(_Assignments(count))
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    def message(self, *, forward: bool, refused: str | None) -> None:
+        direction = DIRECTIONS[0] if forward else DIRECTIONS[1]
+        if refused is None:
+            self.messages.labels(direction).inc()
+        else:
+            self.refused.labels(direction, refused).inc()
+
+    def heartbeat(self, result: str) -> None:
+        self.heartbeats.labels(result).inc()
+
+    def registered(self, result: str) -> None:
+        self.registrations.labels(result).inc()
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    def start_http(self, host: str, port: int) -> int:
+        """Serve /metrics on a daemon thread; the bound port (useful with port 0)."""
+        try:
+            server, _thread = prometheus_client.start_http_server(
+                port, addr=host, registry=self.registry
+            )
+        except OSError as exc:
+            raise OSError(f"--metrics-listen {host}:{port}: cannot bind ({exc})") from None
+        return int(server.server_port)
+
+
+class _Assignments(registry.Collector):
+    def __init__(self, count: Callable[[], int]) -> None:
+        self._count = count
+
+    def collect(self) -> Iterable[core.Metric]:
+        yield core.GaugeMetricFamily(
+            "dcnr_agent_assignments", "VNode assignments hosted.", value=self._count()
+        )

@@ -1,0 +1,129 @@
+"""Requests that are not valid protobuf are refused as INVALID_ARGUMENT, like any bad field.
+
+grpc.aio decodes a request with the handler's `request_deserializer` before any handler
+(or interceptor's behaviour) runs, outside every `try` of ours: a deserializer that raises
+makes grpc.aio log an ERROR with a traceback ("Unexpected [DecodeError] raised by servicer
+method") and answer UNKNOWN, and the call is never timed. So garbage from anyone would
+flood the log and break the promise of `controller.services.rpc` (never UNKNOWN).
+
+The deserializer cannot abort the call (it has no context), so `DecodeGuard` makes it
+*return* the failure, as an `Undecodable`, and makes the behaviour refuse an `Undecodable`
+through `rpc.abort` like every other client error: one line naming the message type, no
+traceback, and the status code recorded by `rpc_timer.RpcTimer` (listed before this
+interceptor, it times the behaviour this one wraps).
+
+Only request-unary shapes are guarded: every dcnr.v1 method takes one request. The
+reflection service's request stream is grpc_reflection's own code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import grpc
+from grpc import aio
+
+from controller import errors as faults
+from controller.services import rpc
+
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the stubs
+
+if TYPE_CHECKING:
+    _Interceptor: TypeAlias = aio.ServerInterceptor[Any, Any]
+else:  # generic only in the stubs
+    _Interceptor = aio.ServerInterceptor
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Undecodable:
+    """What a guarded deserializer returns instead of raising: why the bytes are no request."""
+
+    problem: str
+
+
+def guarded_deserializer(
+    deserialize: Callable[[bytes], Any], type_name: str
+) -> Callable[[bytes], Any]:
+    """`deserialize`, returning an `Undecodable` instead of raising (DecodeError, or anything
+    else a decoder may raise on hostile bytes: nesting past protobuf's recursion limit,
+    invalid UTF-8 in a string field)."""
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except Exception as exc:
+            return Undecodable(
+                f"request is not a valid {type_name} ({len(raw)} bytes): "
+                f"{type(exc).__name__}: {exc}"
+            )
+
+    return decode
+
+
+def refusal(request: Undecodable) -> faults.InvalidArgument:
+    return faults.InvalidArgument(request.problem, reason="Undecodable")
+
+
+class DecodeGuard(_Interceptor):
+    """Rewraps every request-unary handler so an undecodable request becomes
+    INVALID_ARGUMENT with reason `Undecodable`."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        type_name = _request_type(handler.request_deserializer, handler_call_details.method)
+        decode = guarded_deserializer(handler.request_deserializer, type_name)
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _refusing_unary(handler.unary_unary),
+                request_deserializer=decode,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _refusing_stream(handler.unary_stream),
+                request_deserializer=decode,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # request streams: none in dcnr.v1
+
+
+def _request_type(deserializer: Callable[[bytes], Any], method: str) -> str:
+    """`dcnr.v1.ApplyRequest` from a generated `ApplyRequest.FromString`, for the message."""
+    owner = getattr(deserializer, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    full_name = getattr(descriptor, "full_name", None)
+    return full_name if isinstance(full_name, str) else f"request of {method}"
+
+
+def _refusing_unary(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    async def unary(request: Any, context: Any) -> Any:
+        if isinstance(request, Undecodable):
+            await rpc.abort(context, refusal(request))
+        return await behavior(request, context)
+
+    return unary
+
+
+def _refusing_stream(
+    behavior: Callable[[Any, Any], Any],
+) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+        if isinstance(request, Undecodable):
+            await rpc.abort(context, refusal(request))
+        result = behavior(request, context)
+        if hasattr(result, "__aiter__"):
+            async for message in result:
+                yield message
+            return
+        # A handler may also write through the context and return an awaitable.
+        await result
+
+    return stream

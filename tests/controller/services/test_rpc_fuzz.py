@@ -1,0 +1,268 @@
+"""Every dcnr.v1 method of a real `serve`, fed random requests: structured (random values in
+every field of the request type) and raw (random bytes, truncated and corrupted encodings,
+invalid UTF-8, nesting past protobuf's limit). Seeded, so a failure replays.
+
+Whatever comes in, the answer is never UNKNOWN or INTERNAL, its message is one line of at
+most `api.messages.MAX_LINE_CHARS`, the log holds no traceback and no ERROR, and every call
+is in `dcnr_rpc_duration_seconds` (undecodable ones under INVALID_ARGUMENT).
+
+Methods are enumerated from the descriptors at run time, so a new RPC is fuzzed too.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import descriptor, descriptor_pool, message_factory
+
+from api import messages
+from controller.services import catalog
+from tests.support import metrics, procs
+
+pytestmark = pytest.mark.slow
+
+SEED = 20261207
+STRUCTURED_PER_METHOD = 8
+RAW_PER_METHOD = 6
+UNCLEAR = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
+
+_FD = descriptor.FieldDescriptor
+_STRINGS = ["", "x", "digits", "digits\n", "a" * 300, "é中", "../../etc", "-1", "\x00", "%s%n"]
+_INTS = [0, 1, -1, 2**31 - 1, -(2**31), 2**63 - 1, -(2**63)]
+
+
+def methods() -> list[descriptor.MethodDescriptor]:
+    pool = descriptor_pool.Default()
+    return [
+        method
+        for full_name, _add, _servicer in catalog.generated()
+        for method in pool.FindServiceByName(full_name).methods
+    ]
+
+
+def _scalar(field: descriptor.FieldDescriptor, rng: random.Random) -> Any:
+    kind = field.type
+    if kind == _FD.TYPE_STRING:
+        return rng.choice(_STRINGS)
+    if kind == _FD.TYPE_BYTES:
+        return rng.randbytes(rng.choice([0, 1, 8, 100]))
+    if kind == _FD.TYPE_BOOL:
+        return rng.random() < 0.5
+    if kind in (_FD.TYPE_FLOAT, _FD.TYPE_DOUBLE):
+        return rng.choice([0.0, -1.0, 1e30, float("nan"), float("inf"), 0.5])
+    if kind == _FD.TYPE_ENUM:
+        assert field.enum_type is not None
+        return rng.choice([v.number for v in field.enum_type.values] + [99])
+    unsigned = kind in (_FD.TYPE_UINT32, _FD.TYPE_UINT64, _FD.TYPE_FIXED32, _FD.TYPE_FIXED64)
+    bits = 32 if kind in (_FD.TYPE_INT32, _FD.TYPE_SINT32, _FD.TYPE_SFIXED32) else 64
+    value = rng.choice(_INTS)
+    if unsigned:
+        return abs(value) % (2 ** (32 if kind in (_FD.TYPE_UINT32, _FD.TYPE_FIXED32) else 64))
+    return max(-(2 ** (bits - 1)), min(2 ** (bits - 1) - 1, value))
+
+
+def fill(msg: Any, rng: random.Random, depth: int = 0) -> None:
+    """Random values in a random subset of `msg`'s fields, recursively (bounded)."""
+    for field in msg.DESCRIPTOR.fields:
+        if rng.random() < 0.4 or (depth > 3 and field.type == _FD.TYPE_MESSAGE):
+            continue
+        is_map = field.message_type is not None and field.message_type.GetOptions().map_entry
+        if is_map:
+            entry = field.message_type.fields_by_name
+            key_f, value_f = entry["key"], entry["value"]
+            target = getattr(msg, field.name)
+            for _ in range(rng.randint(0, 3)):
+                key = _scalar(key_f, rng)
+                if value_f.type == _FD.TYPE_MESSAGE:
+                    fill(target[key], rng, depth + 1)
+                else:
+                    target[key] = _scalar(value_f, rng)
+        elif field.is_repeated:
+            target = getattr(msg, field.name)
+            for _ in range(rng.randint(0, 3)):
+                if field.type == _FD.TYPE_MESSAGE:
+                    fill(target.add(), rng, depth + 1)
+                else:
+                    target.append(_scalar(field, rng))
+        elif field.type == _FD.TYPE_MESSAGE:
+            fill(getattr(msg, field.name), rng, depth + 1)
+            getattr(msg, field.name).SetInParent()
+        else:
+            setattr(msg, field.name, _scalar(field, rng))
+
+
+def structured(method: descriptor.MethodDescriptor, rng: random.Random) -> bytes:
+    msg = message_factory.GetMessageClass(method.input_type)()
+    fill(msg, rng)
+    return bytes(msg.SerializeToString())
+
+
+def raw(method: descriptor.MethodDescriptor, rng: random.Random, case: int) -> bytes:
+    """Bytes that are no valid request: each case one way an encoding goes wrong."""
+    good = structured(method, rng) or b"\x0a\x00"
+    if case == 0:
+        return rng.randbytes(rng.randint(1, 64))
+    if case == 1:
+        return good[: max(1, len(good) // 2)] + b"\x0a\xff\xff"  # a length past the end
+    if case == 2:
+        return b"\x0a\x03\x0a\x01\xff"  # header.api_version, not UTF-8
+    if case == 3:
+        return b"\x0a\x7f" * 200  # 200 nested length-delimited fields, each too long
+    if case == 4:
+        nested = b""
+        for _ in range(200):  # past protobuf's recursion limit of 100
+            nested = b"\x0a" + _varint(len(nested)) + nested
+        return nested
+    return b"\xff" * rng.randint(1, 16)  # an invalid tag
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def call(
+    channel: grpc.Channel, method: descriptor.MethodDescriptor, body: bytes
+) -> grpc.StatusCode:
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    ident = {"request_serializer": lambda b: b, "response_deserializer": lambda b: b}
+    try:
+        if method.server_streaming:
+            stream: Any = channel.unary_stream(path, **ident)(body, timeout=10)
+            try:
+                next(iter(stream))  # the first answer tells; a watch would go on
+            except StopIteration:
+                pass
+            finally:
+                stream.cancel()
+            return grpc.StatusCode.OK
+        channel.unary_unary(path, **ident)(body, timeout=10)
+        return grpc.StatusCode.OK
+    except grpc.RpcError as exc:
+        code = exc.code()
+        if code == grpc.StatusCode.CANCELLED:
+            return grpc.StatusCode.OK  # our own cancel after the first message
+        details = exc.details() or ""
+        assert "\n" not in details, (path, details)
+        assert len(details) <= messages.MAX_LINE_CHARS, (path, len(details))
+        assert code not in UNCLEAR, (path, body[:40], code, details)
+        return code
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Iterator[procs.Served]:
+    tmp = tmp_path_factory.mktemp("fuzz")
+    with procs.orchestrator(
+        f"sqlite:///{tmp / 'state.db'}", extra=["--metrics-listen", "127.0.0.1:0"]
+    ) as served:
+        yield served
+
+
+def test_there_are_methods_to_fuzz() -> None:
+    assert len(methods()) >= 30
+
+
+def test_structured_and_raw_requests_get_clear_answers_and_a_clean_log(served) -> None:
+    rng = random.Random(SEED)
+    undecodable: dict[str, int] = {}
+    with grpc.insecure_channel(served.address) as channel:
+        for method in methods():
+            for _ in range(STRUCTURED_PER_METHOD):
+                call(channel, method, structured(method, rng))
+            for case in range(RAW_PER_METHOD):
+                code = call(channel, method, raw(method, rng, case))
+                if code == grpc.StatusCode.INVALID_ARGUMENT:
+                    name = f"/{method.containing_service.full_name}/{method.name}"
+                    undecodable[name] = undecodable.get(name, 0) + 1
+    log = served.log.read_text(errors="replace")
+    loud = [line for line in log.splitlines() if "ERROR" in line or "Traceback" in line]
+    assert not loud, "\n".join(loud[:5])
+    # Every method refused at least its undecodable inputs, and they were all timed.
+    assert len(undecodable) == len(methods())
+    assert served.metrics_port is not None
+    samples = metrics.scrape(served.metrics_port)
+    counts = {
+        dict(labels)["method"]: value
+        for (name, labels), value in samples.items()
+        if name == "dcnr_rpc_duration_seconds_count"
+        and dict(labels)["code"] == "INVALID_ARGUMENT"
+    }
+    for name, refused in undecodable.items():
+        assert counts.get(name, 0) >= refused, name
+    codes = {dict(labels)["code"] for (name, labels) in samples if name.startswith("dcnr_rpc_")}
+    assert not codes & {"UNKNOWN", "INTERNAL"}
+
+
+def test_an_undecodable_request_is_invalid_argument_naming_the_type(served) -> None:
+    with grpc.insecure_channel(served.address) as channel:
+        apply = channel.unary_unary(
+            "/dcnr.v1.NetworkService/Apply",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            apply(b"\xff\xff\xff", timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (caught.value.details() or "").startswith(
+        "request is not a valid dcnr.v1.ApplyRequest (3 bytes):"
+    )
+
+
+def test_a_100000_deep_json_document_is_invalid_argument_naming_the_limit(served) -> None:
+    from api.dcnr.v1 import common_pb2, network_pb2, network_pb2_grpc
+
+    deep = "[" * 100_000 + "]" * 100_000
+    request = network_pb2.ApplyRequest(
+        document=common_pb2.ResourceDocument(kind="Network", json=deep.encode())
+    )
+    with grpc.insecure_channel(served.address) as channel, pytest.raises(grpc.RpcError) as caught:
+        network_pb2_grpc.NetworkServiceStub(channel).Apply(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "nested more than 64 levels deep" in (caught.value.details() or "")
+
+
+def test_reflection_v1_lists_and_describes_the_services(served) -> None:
+    """What grpcurl-style tools ask first: grpc.reflection.v1, not v1alpha."""
+    from controller.services import reflection_v1
+
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(reflection_v1.file_descriptor())
+    request_type: Any = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionRequest")
+    )
+    response_type = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionResponse")
+    )
+    with grpc.insecure_channel(served.address) as channel:
+        info = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=response_type.FromString,
+        )
+        listed, described = info(
+            iter(
+                [
+                    request_type(list_services=""),
+                    request_type(file_containing_symbol="grpc.reflection.v1.ServerReflection"),
+                ]
+            ),
+            timeout=10,
+        )
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"dcnr.v1.NetworkService", "grpc.reflection.v1.ServerReflection"} <= names
+    assert "grpc.reflection.v1alpha.ServerReflection" in names
+    assert described.WhichOneof("message_response") == "file_descriptor_response"
+
+
+def test_fuzz_inputs_are_deterministic() -> None:
+    first = [structured(m, random.Random(SEED)) for m in methods()]
+    again = [structured(m, random.Random(SEED)) for m in methods()]
+    assert first == again
