@@ -44,7 +44,7 @@ EXPECTED_SERVICES = {
         "ListAllocations",
         "ExplainPlacement",
     },
-    "JobService": {"Train", "Infer", "GetJob", "ListJobs", "WatchJob", "CancelJob"},
+    "JobService": {"Train", "Infer", "GetJob", "ListJobs", "WatchJob", "CancelJob", "DeleteJob"},
     "ValidationService": {"ReportResult"},
     "VNodeService": {"Forward", "Backward", "Checkpoint", "Restore"},
 }

@@ -103,7 +103,9 @@ def one_of_each() -> list[meta.Resource]:
         allocation_record("mnist", "input", 0, "laptop-1"),
         job_record("train-1"),
         orchestrator_record("replica-a"),
-        job.TrainingLock(metadata=meta.ObjectMeta(name="mnist"), spec=job.TrainingLockSpec(job="a")),
+        job.TrainingLock(
+            metadata=meta.ObjectMeta(name="mnist"), spec=job.TrainingLockSpec(job="a")
+        ),
         event_record("mnist", last=datetime(2100, 1, 1, tzinfo=UTC)),
         lease.PNodeLease(
             metadata=meta.ObjectMeta(name="laptop-1"),
