@@ -95,10 +95,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("vnode")
     p.add_argument("--replica", type=int, default=0, help="replica slot (default: 0)")
 
-    p = command("delete", "Delete networks by name or by manifest.")
-    p.add_argument("names", nargs="*", metavar="TYPE NAME", help="e.g. network digits")
+    p = command("delete", "Delete networks by name or by manifest; cancel or delete jobs.")
+    p.add_argument("names", nargs="*", metavar="TYPE NAME",
+                   help="e.g. network digits; job NAME cancels a running job, "
+                        "and deletes one that ended")  # fmt: skip
     p.add_argument("-f", "--filename", action="append", metavar="FILE|DIR|-")
-    p.add_argument("--wait", action="store_true", help="wait until the network is gone")
+    p.add_argument("--wait", action="store_true",
+                   help="wait until the network is gone, or the job is Cancelled")  # fmt: skip
     p.add_argument("--timeout", default="60s", help="how long --wait waits (default: 60s)")
     p.add_argument("--ignore-not-found", action="store_true")
     p.add_argument("--dry-run", choices=["none", "server"], default="none")
