@@ -119,6 +119,13 @@ class Metrics:
             ["role"],
             registry=r,
         )
+        self.events = prometheus_client.Counter(
+            "dcnr_events",
+            "Events recorded (each occurrence, also those aggregated into one stored event), "
+            "by type (Normal, Warning) and reason.",
+            ["type", "reason"],
+            registry=r,
+        )
         self._http: simple_server.WSGIServer | None = None
         self._http_thread: threading.Thread | None = None
 
@@ -132,6 +139,10 @@ class Metrics:
 
     def replaced(self, reason: str, count: int = 1) -> None:
         self.replacements.labels(reason).inc(count)
+
+    def event(self, type: str, reason: str) -> None:
+        """A `controller.runtime.recorder.Recorder` sink."""
+        self.events.labels(type, reason).inc()
 
     def heartbeat(self, result: str) -> None:
         self.heartbeats.labels(result).inc()

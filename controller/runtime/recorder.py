@@ -102,11 +102,11 @@ class Recorder:
     def warning(self, kind: str, name: str, reason: str, message: str) -> None:
         self.record(kind, name, type="Warning", reason=reason, message=message)
 
-    def record(
-        self, kind: str, name: str, *, type: event_model.EventType, reason: str, message: str
-    ) -> None:
+    def record(self, kind: str, name: str, *, type: str, reason: str, message: str) -> None:
         """Note one occurrence; returns at once and never raises (a malformed event is
-        logged and dropped: recording must not fail what it records)."""
+        logged and dropped: recording must not fail what it records). `type` is "Normal"
+        or "Warning"; anything else is taken as Normal."""
+        kind_of: event_model.EventType = "Warning" if type == "Warning" else "Normal"
         text = messages.clip(message, event_model.MAX_MESSAGE_CHARS)
         try:
             if not _REASON.match(reason):
@@ -118,7 +118,7 @@ class Recorder:
             log.warning("event dropped: %s", messages.clip(str(exc)))
             return
         if self._on_recorded is not None:
-            self._on_recorded(type, reason)
+            self._on_recorded(kind_of, reason)
         now = self._clock.now()
         waiting = self._waiting.get(key)
         if waiting is not None:
@@ -128,7 +128,7 @@ class Recorder:
         if len(self._waiting) >= self._capacity:
             self.dropped += 1
             return
-        self._waiting[key] = _Waiting(involved, type, reason, text, 1, now, now)
+        self._waiting[key] = _Waiting(involved, kind_of, reason, text, 1, now, now)
 
     def waiting(self) -> int:
         """Distinct events not yet written."""

@@ -77,6 +77,10 @@ class JobService(job_pb2_grpc.JobServiceServicer):
         self._watch_poll = watch_poll
         self._on_changed = on_changed
 
+    def _tell(self, name: str, type_: str, reason: str, message: str) -> None:
+        if self._ctx.events is not None:
+            self._ctx.events.record("Job", name, type=type_, reason=reason, message=message)
+
     def _changed(self, job: Job) -> None:
         self._ctx.feed.published(job)
         if self._on_changed is not None:
@@ -125,6 +129,7 @@ class JobService(job_pb2_grpc.JobServiceServicer):
                 created = retried
             else:
                 self._changed(created)
+                self._tell(created.name, "Normal", "Created", f"training job on {net.name!r}")
         return job_pb2.TrainResponse(
             header=rpc.response_header(request.header, self._ctx.replica_id),
             job=document(created),
@@ -288,6 +293,7 @@ class JobService(job_pb2_grpc.JobServiceServicer):
             except errors.NotFound:
                 raise _not_found(request.name) from None
             self._changed(result)
+            self._tell(result.name, "Normal", "Cancelled", result.status.message)
             return result
 
         # A Conflict: the driver wrote progress meanwhile; read again. Exhausted answers

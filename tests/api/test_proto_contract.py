@@ -43,6 +43,7 @@ EXPECTED_SERVICES = {
         "WatchNetworks",
         "ListAllocations",
         "ExplainPlacement",
+        "ListEvents",
     },
     "JobService": {"Train", "Infer", "GetJob", "ListJobs", "WatchJob", "CancelJob", "DeleteJob"},
     "ValidationService": {"ReportResult"},
