@@ -76,10 +76,12 @@ def parser() -> argparse.ArgumentParser:
                         "write nothing")  # fmt: skip
 
     p = command("get", "Display one or many resources.")
-    p.add_argument("type", metavar="TYPE", help="networks|pnodes|vnodes|allocations|jobs "
-                                                "(or TYPE/NAME)")  # fmt: skip
+    p.add_argument("type", metavar="TYPE", help="networks|pnodes|vnodes|allocations|jobs|"
+                                                "events (or TYPE/NAME)")  # fmt: skip
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--network", help="only vnodes or jobs of this network")
+    p.add_argument("--for", dest="for_object", metavar="TYPE/NAME",
+                   help="get events: only those of this object, e.g. network/digits")  # fmt: skip
     p.add_argument("-l", "--selector", help="label selector, e.g. app=digits,tier!=gpu")
     p.add_argument("-o", "--output", choices=["wide", "yaml", "json", "name"])
     p.add_argument("-w", "--watch", action="store_true", help="after listing, watch changes")
