@@ -91,5 +91,5 @@ def test_placements_and_fencing_are_events(tmp_path: Path) -> None:
         assert by_reason["Fenced"] >= 1
 
 
-def wait_for(read, what: str, accept):  # type: ignore[no-untyped-def]
+def wait_for(read, what: str, accept):
     return wait.until_sync(read, within=30.0, what=what, accept=accept, every=0.2)

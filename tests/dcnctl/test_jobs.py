@@ -12,6 +12,7 @@ import pytest
 
 from tests.dcnctl import goldens
 from tests.dcnctl.conftest import REPO, Dcnctl
+from tests.support import wait
 
 pytestmark = pytest.mark.slow
 
@@ -43,10 +44,16 @@ def test_train_follows_the_job_to_the_end(digits: Dcnctl) -> None:
     volatile = {"AGE": goldens.whole("<AGE>"), "LOSS": goldens.whole("<LOSS>"),
                 "ACCURACY": goldens.whole("<ACC>")}  # fmt: skip
     goldens.check("jobs.txt", table, volatile)
-    described = digits("describe", "job", "cli-train").stdout
+    described = wait.until_sync(
+        lambda: digits("describe", "job", "cli-train").stdout,
+        within=30.0, what="the job's Succeeded event", every=0.2,
+        accept=lambda t: re.search(r"^  \S+ +Normal +Succeeded +trained 6 steps$", t, re.M),
+    )  # fmt: skip
     assert re.search(r"^  Phase: +Succeeded$", described, re.M), described
     assert "Optimizer:" in described
-    assert "Events:         <none>" in described
+    events = described[described.index("\nEvents:\n") :]
+    for reason in ("Created", "Started", "Succeeded"):
+        assert re.search(rf"^  \S+ +Normal +{reason} ", events, re.M), events
 
 
 def test_train_detach_prints_the_job_name(digits: Dcnctl) -> None:
