@@ -12,6 +12,11 @@ network), either a create of a lock that does not exist or an update of one, con
 the version read, whose job has ended or is gone. Of two racing Train calls one transaction
 fails its condition; that one re-reads, finds the winner's job running and is refused.
 
+A cancelled job is final at once, so the network is free at once; the cancelled run's
+driver stops at its next conditional write (at once on the replica that took the
+CancelJob, whose job loop is told), so a run started right after a cancel can overlap the
+old one by at most one step of a driver on another replica.
+
 Nothing releases a lock: a lock whose job is final or deleted is free, so no crash, cancel
 or forgotten cleanup can leave a network locked. Only training jobs take it; inference runs
 in the call and reads weights without writing them.
