@@ -38,6 +38,8 @@ class ControlPlaneConfig:
     resync_every: float = 30.0
     #: Retry placement of unschedulable slots this often (PNodes joining also trigger it).
     unschedulable_retry: float = 5.0
+    #: Events (`dcnctl get events`) are forgotten this long after their last occurrence.
+    event_ttl: float = 3600.0
     workers_per_loop: int = 4
 
     def __post_init__(self) -> None:

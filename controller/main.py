@@ -37,6 +37,7 @@ _TIMINGS = (
     "replica_lease",
     "resync_every",
     "unschedulable_retry",
+    "event_ttl",
 )
 
 

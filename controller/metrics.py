@@ -124,6 +124,13 @@ class Metrics:
             ["role"],
             registry=r,
         )
+        self.events = prometheus_client.Counter(
+            "dcnr_events",
+            "Events recorded (each occurrence, also those aggregated into one stored event), "
+            "by type (Normal, Warning) and reason.",
+            ["type", "reason"],
+            registry=r,
+        )
         # Every label value known now is exported as 0 before its first event, so alerts
         # and rate() see a series from the first scrape (Prometheus practice); the
         # services' values come with `expect`, the loops' with `watch_manager`.
@@ -161,6 +168,10 @@ class Metrics:
 
     def replaced(self, reason: str, count: int = 1) -> None:
         self.replacements.labels(reason).inc(count)
+
+    def event(self, type: str, reason: str) -> None:
+        """A `controller.runtime.recorder.Recorder` sink."""
+        self.events.labels(type, reason).inc()
 
     def heartbeat(self, result: str) -> None:
         self.heartbeats.labels(result).inc()

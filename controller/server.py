@@ -51,7 +51,7 @@ from controller.jobs import (
     vnode_client,
 )
 from controller.runtime import clock as clock_mod
-from controller.runtime import events, manager, replicas
+from controller.runtime import events, manager, recorder, replicas
 from controller.services import (
     addresses,
     auth,
@@ -68,6 +68,7 @@ from controller.services import (
 )
 from controller.state import allocation_status, leases, view
 from controller.trust import book as trust
+from reconcilers import base as reconcilers_base
 from reconcilers import network as network_loop
 from reconcilers import pnode as pnode_loop
 from store import base
@@ -107,11 +108,19 @@ class Orchestrator:
         self.view = view.View(store, self.clock, config=control)
         self.manager = manager.Manager(self.clock, rng=random.Random())
         self.leases = leases.LeaseKeeper(store, self.clock, view=self.view, config=control)
+        self.events = recorder.Recorder(
+            store=store,
+            clock=self.clock,
+            replica=self.replica_id,
+            ttl=control.event_ttl,
+            on_recorded=self.metrics.event,
+        )
         self.trust = trust.TrustBook(
             store=store,
             clock=self.clock,
             on_written=self.view.apply_written,
             on_bugged=self.metrics.bugged,
+            events=self.events,
         )
         self.client = vnode_client.VNodeClient(
             view=self.view,
@@ -137,6 +146,7 @@ class Orchestrator:
             tiebreakers=tiebreakers.Tiebreakers(store=store, view=self.view, metrics=self.metrics),
             reply_to=self.reply_to,
             feed=job_watch.JobFeed(self.clock),
+            events=self.events,
         )
         self.allocation_status = allocation_status.AllocationStatus(store, self.view)
         self.job_loop = job_loop.JobLoop(self.drivers)
@@ -177,6 +187,7 @@ class Orchestrator:
             on_written=written,
             on_deleted=self.view.apply_deleted,
             on_replaced=self.metrics.replaced,
+            on_event=self._on_event,
         )
         pnode_reconciler = pnode_loop.PNodeReconciler(
             self.store,
@@ -215,6 +226,15 @@ class Orchestrator:
         self.metrics.watch_view(self.view)
         self.view.subscribe(self._on_change)
 
+    def _on_event(self, occurred: reconcilers_base.Occurrence) -> None:
+        self.events.record(
+            occurred.kind,
+            occurred.name,
+            type=occurred.type,
+            reason=occurred.reason,
+            message=occurred.message,
+        )
+
     def _on_change(self, old: meta.Resource | None, new: meta.Resource | None) -> None:
         lookup = events.Lookup(self.view.networks_on, self.view.networks_not_ready)
         for loop, key in events.keys_for_change(old, new, lookup):
@@ -234,6 +254,7 @@ class Orchestrator:
                     replica_id=self.replica_id,
                     on_heartbeat=self.metrics.heartbeat,
                     statuses=self.allocation_status,
+                    events=self.events,
                 ),
             ),
             "dcnr.v1.ResolutionService": (
@@ -308,6 +329,7 @@ class Orchestrator:
         self.view.start()
         self.leases.start()
         self.trust.start()
+        self.events.start()
         self._add_services()
         try:
             self.port = self.server.add_insecure_port(self.config.listen)
@@ -337,6 +359,7 @@ class Orchestrator:
             self.allocation_status.stop,
             self.leases.stop,
             self.trust.stop,
+            self.events.stop,
             self.replicas.stop,
             self.view.stop,
         ):

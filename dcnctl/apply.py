@@ -1,4 +1,5 @@
-"""`apply -f` and `delete`: manifests to the server, one line per resource, kubectl's words.
+"""`apply -f` and `delete`: manifests to the server, one line per resource, kubectl's words;
+`delete job` cancels a running job and deletes one that ended.
 
 Every file is read and validated before anything is sent, so a typo in the third file
 changes nothing on the server. Documents then go one at a time; a server refusal of one
@@ -11,9 +12,11 @@ import argparse
 import sys
 import time
 
+import grpc
+
 from api import manifest
-from api.dcnr.v1 import common_pb2, network_pb2
-from api.resources import meta, network
+from api.dcnr.v1 import common_pb2, job_pb2, network_pb2
+from api.resources import job, meta, network
 from dcnctl import client as client_mod
 from dcnctl import errors, kinds
 
@@ -99,10 +102,14 @@ def delete(args: argparse.Namespace, c: Client) -> int:
             raise errors.local("give a resource type and name(s), e.g. 'delete network NAME', "
                                "or -f FILE")  # fmt: skip
         kind, names = _type_and_names(args.names)
+        if kind is kinds.JOB:
+            if not names:
+                raise errors.local("give the name of the job to delete")
+            return _delete_jobs(args, c, names)
         if kind is not kinds.NETWORK:
             raise errors.local(
-                f"{kind.plural} cannot be deleted with dcnctl: only networks can "
-                "(PNodes leave when their agent deregisters; jobs end on their own)"
+                f"{kind.plural} cannot be deleted with dcnctl: only networks and jobs can "
+                "(PNodes leave when their agent deregisters)"
             )
         if not names:
             raise errors.local("give the name of the network to delete")
@@ -131,6 +138,57 @@ def delete(args: argparse.Namespace, c: Client) -> int:
     if failed:
         raise errors.CliError("\n".join(str(e) for e in failed))
     return 0
+
+
+def _delete_jobs(args: argparse.Namespace, c: Client, names: list[str]) -> int:
+    """kubectl's habit on a Job, in two steps: a job that has not ended is cancelled (its
+    record stays, Cancelled, so describe still says how far it got and why it stopped);
+    a job that ended is deleted. So `delete job NAME` stops a run, and a second one removes
+    it. --wait waits until a cancelled job reads Cancelled."""
+    if args.dry_run == "server":
+        raise errors.local("--dry-run=server is not supported for jobs")
+    timeout = parse_seconds(args.timeout, "--timeout")
+    failed: list[errors.CliError] = []
+    for name in names:
+        try:
+            found = kinds.get(c, kinds.JOB, name)
+            phase = found.status.phase if isinstance(found, job.Job) else ""
+            if phase in _FINAL_JOB_PHASES:
+                c.call(c.jobs.DeleteJob, job_pb2.DeleteJobRequest(header=c.header(), name=name))
+                print(f'{kinds.JOB.singular}.{meta.GROUP} "{name}" deleted', flush=True)
+                continue
+            c.call(c.jobs.CancelJob, job_pb2.CancelJobRequest(
+                header=c.header(), name=name, reason="dcnctl delete"))  # fmt: skip
+            print(f'{kinds.JOB.singular}.{meta.GROUP} "{name}" cancelled (was {phase}; delete '
+                  "it again to remove the record)", flush=True)  # fmt: skip
+            if args.wait:
+                _wait_cancelled(c, name, timeout)
+        except errors.ServerError as exc:
+            if exc.reason == "NotFound" or exc.code == grpc.StatusCode.NOT_FOUND:
+                if not args.ignore_not_found:
+                    failed.append(kinds.JOB.not_found(name))
+                continue
+            failed.append(exc)
+    if failed:
+        raise errors.CliError("\n".join(str(e) for e in failed))
+    return 0
+
+
+_FINAL_JOB_PHASES = frozenset({"Succeeded", "Failed", "Cancelled"})
+
+
+def _wait_cancelled(c: Client, name: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = kinds.get(c, kinds.JOB, name)
+        if isinstance(found, job.Job) and found.status.phase == "Cancelled":
+            return
+        if time.monotonic() >= deadline:
+            raise errors.local(
+                f'timed out waiting for job.{meta.GROUP} "{name}" to be cancelled '
+                f"(--timeout {timeout:g}s)"
+            )
+        time.sleep(0.2)
 
 
 def _type_and_names(words: list[str]) -> tuple[kinds.Kind, list[str]]:

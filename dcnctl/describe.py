@@ -1,8 +1,8 @@
 """`describe network|pnode|job NAME`: kubectl's sections, for a human to read.
 
-There is no event store in DCNR yet, so "Events:" says `<none>` rather than inventing
-events; the reasons a user would look for there (why a VNode is unschedulable, why a job
-paused) are in the Conditions and the status message, which are shown in full.
+The last section, as in kubectl, is the object's Events (the server's ListEvents: placements,
+migrations, fencing, strikes, job attempts and rollbacks), `<none>` when it has none. A
+PNode without recorded events still shows the last validation outcomes its record keeps.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import argparse
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from api.resources import allocation, job, meta, network, pnode
+from api.resources import allocation, event, job, meta, network, pnode
 from dcnctl import client as client_mod
-from dcnctl import errors, get, kinds, render, tables
+from dcnctl import errors, events, get, kinds, render, tables
 
 Client = client_mod.Client
 INDENT = "  "
@@ -32,14 +32,15 @@ def describe(args: argparse.Namespace, c: Client) -> int:
     texts = []
     for name in names:
         found = kinds.get(c, kind, name)
+        seen = events.fetch(c, f"{kind.kind}/{name}")
         if isinstance(found, network.Network):
             held = kinds.list_all(c, kinds.ALLOCATION, network=name)
-            texts.append(network_text(found, _allocations(held), now))
+            texts.append(network_text(found, _allocations(held), now, seen))
         elif isinstance(found, pnode.PNode):
             held = kinds.list_all(c, kinds.ALLOCATION, pnode=name)
-            texts.append(pnode_text(found, _allocations(held), now))
+            texts.append(pnode_text(found, _allocations(held), now, seen))
         elif isinstance(found, job.Job):
-            texts.append(job_text(found, now))
+            texts.append(job_text(found, now, seen))
     print("\n\n".join(t.rstrip("\n") for t in texts))
     return 0
 
@@ -97,9 +98,12 @@ def _indented(text: str) -> str:
 
 
 EVENTS = f"{'Events:'.ljust(WIDTH)}{tables.NONE}\n"
+Seen = Sequence[event.Event]
 
 
-def network_text(net: network.Network, held: list[allocation.Allocation], now: datetime) -> str:
+def network_text(
+    net: network.Network, held: list[allocation.Allocation], now: datetime, seen: Seen = ()
+) -> str:
     st = net.status
     out = _fields([
         *_header(net, now),
@@ -143,7 +147,7 @@ def network_text(net: network.Network, held: list[allocation.Allocation], now: d
     unschedulable = [c for c in st.conditions if c.type == "Unschedulable" and c.status == "True"]
     for cond in unschedulable:
         out += f"{'Unschedulable:'.ljust(WIDTH)}{cond.message}\n"
-    return out + EVENTS
+    return out + events.section(seen, now, WIDTH)
 
 
 def _replicas(net: network.Network, v: network.VNodeSpec) -> str:
@@ -160,7 +164,9 @@ def _replicas(net: network.Network, v: network.VNodeSpec) -> str:
     return f"{running} (spec {v.replicas}; {', '.join(why)})"
 
 
-def pnode_text(node: pnode.PNode, held: list[allocation.Allocation], now: datetime) -> str:
+def pnode_text(
+    node: pnode.PNode, held: list[allocation.Allocation], now: datetime, seen: Seen = ()
+) -> str:
     spec, st = node.spec, node.status
     cap, used = spec.capacity, st.allocated
 
@@ -204,6 +210,8 @@ def pnode_text(node: pnode.PNode, held: list[allocation.Allocation], now: dateti
         )
     else:
         out += f"{'Allocations:'.ljust(WIDTH)}{tables.NONE}\n"
+    if seen:
+        return out + events.section(seen, now, WIDTH)
     return out + _validation_events(node, now)
 
 
@@ -223,7 +231,7 @@ def _validation_events(node: pnode.PNode, now: datetime) -> str:
     return "Events:\n" + _indented(tables.render(headers, rows))
 
 
-def job_text(found: job.Job, now: datetime) -> str:
+def job_text(found: job.Job, now: datetime, seen: Seen = ()) -> str:
     spec, st = found.spec, found.status
     out = _fields([*_header(found, now), ("Network", spec.network), ("Type", spec.type)])
     out += "Spec:\n" + fields([
@@ -248,4 +256,4 @@ def job_text(found: job.Job, now: datetime) -> str:
         ("Attempt", str(st.attempt)),
         ("Driver", st.driver or tables.NONE),
     ], INDENT)  # fmt: skip
-    return out + _conditions(st.conditions, now) + EVENTS
+    return out + _conditions(st.conditions, now) + events.section(seen, now, WIDTH)

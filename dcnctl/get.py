@@ -19,7 +19,7 @@ import grpc
 from api.dcnr.v1 import common_pb2, network_pb2
 from api.resources import allocation, meta
 from dcnctl import client as client_mod
-from dcnctl import errors, kinds, render, tables
+from dcnctl import errors, events, kinds, render, tables
 
 Client = client_mod.Client
 POLL_SECONDS = 1.0
@@ -30,6 +30,12 @@ def now() -> datetime:
 
 
 def get(args: argparse.Namespace, c: Client) -> int:
+    if args.type.lower() in events.WORDS:
+        if args.watch or args.selector or args.network:
+            raise errors.local("get events takes --for TYPE/NAME, -o and --no-headers only")
+        return events.get(args, c, now())
+    if args.for_object:
+        raise errors.local("--for applies to events only")
     kind, names = _type_and_names(args.type, args.names)
     if names and args.selector:
         raise errors.local("name cannot be provided when a selector is specified")

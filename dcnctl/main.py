@@ -76,10 +76,12 @@ def parser() -> argparse.ArgumentParser:
                         "write nothing")  # fmt: skip
 
     p = command("get", "Display one or many resources.")
-    p.add_argument("type", metavar="TYPE", help="networks|pnodes|vnodes|allocations|jobs "
-                                                "(or TYPE/NAME)")  # fmt: skip
+    p.add_argument("type", metavar="TYPE", help="networks|pnodes|vnodes|allocations|jobs|"
+                                                "events (or TYPE/NAME)")  # fmt: skip
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--network", help="only vnodes or jobs of this network")
+    p.add_argument("--for", dest="for_object", metavar="TYPE/NAME",
+                   help="get events: only those of this object, e.g. network/digits")  # fmt: skip
     p.add_argument("-l", "--selector", help="label selector, e.g. app=digits,tier!=gpu")
     p.add_argument("-o", "--output", choices=["wide", "yaml", "json", "name"])
     p.add_argument("-w", "--watch", action="store_true", help="after listing, watch changes")
@@ -95,10 +97,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("vnode")
     p.add_argument("--replica", type=int, default=0, help="replica slot (default: 0)")
 
-    p = command("delete", "Delete networks by name or by manifest.")
-    p.add_argument("names", nargs="*", metavar="TYPE NAME", help="e.g. network digits")
+    p = command("delete", "Delete networks by name or by manifest; cancel or delete jobs.")
+    p.add_argument("names", nargs="*", metavar="TYPE NAME",
+                   help="e.g. network digits; job NAME cancels a running job, "
+                        "and deletes one that ended")  # fmt: skip
     p.add_argument("-f", "--filename", action="append", metavar="FILE|DIR|-")
-    p.add_argument("--wait", action="store_true", help="wait until the network is gone")
+    p.add_argument("--wait", action="store_true",
+                   help="wait until the network is gone, or the job is Cancelled")  # fmt: skip
     p.add_argument("--timeout", default="60s", help="how long --wait waits (default: 60s)")
     p.add_argument("--ignore-not-found", action="store_true")
     p.add_argument("--dry-run", choices=["none", "server"], default="none")

@@ -48,3 +48,17 @@ class Reconciler(Protocol):
         ...
 
     async def reconcile(self, key: str) -> Result: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Occurrence:
+    """Something a loop did that people read as an event (`dcnctl get events`): the record
+    it concerns (kind as `Resource.KIND`, and name), Normal or Warning, a CamelCase reason
+    and a one-line message. Loops hand these to an `on_event` callback the controller wires
+    to its recorder (loops import no controller); the call must not block or raise."""
+
+    kind: str
+    name: str
+    type: str
+    reason: str
+    message: str

@@ -40,7 +40,15 @@ from typing import Protocol
 from api.resources import allocation as allocation_model
 from api.resources import network as network_model
 from api.resources import pnode as pnode_model
-from reconcilers import base, network_actions, network_apply, network_plan, slots
+from reconcilers import (
+    base,
+    network_actions,
+    network_apply,
+    network_events,
+    network_plan,
+    network_status,
+    slots,
+)
 from scheduler import config as scheduler_config
 from store import base as store_base
 from store import errors
@@ -83,9 +91,12 @@ class NetworkReconciler:
         on_written: network_apply.Written | None = None,
         on_deleted: network_apply.Deleted | None = None,
         on_replaced: Callable[[str], None] | None = None,
+        on_event: Callable[[base.Occurrence], None] | None = None,
     ) -> None:
         """`scheduler` defaults to the PlanConfig's when `config` is one, else the default.
-        `on_replaced(reason)` is told of every slot moved or re-issued, for metrics."""
+        `on_replaced(reason)` is told of every slot moved or re-issued, for metrics;
+        `on_event` of every action applied and of unschedulable slots, for people
+        (`reconcilers.network_events`)."""
         if scheduler is None:
             scheduler = scheduler_config.DEFAULT
             if isinstance(config, network_actions.PlanConfig):
@@ -98,6 +109,7 @@ class NetworkReconciler:
         self._on_written = on_written
         self._on_deleted = on_deleted
         self._on_replaced = on_replaced
+        self._on_event = on_event
 
     async def reconcile(self, key: str) -> base.Result:
         try:
@@ -132,6 +144,8 @@ class NetworkReconciler:
                 action, network_actions.Migrate | network_actions.Reissue
             ):
                 self._on_replaced(action.reason)
+            for single in _actions(action):
+                self._tell(network_events.for_action(key, single))
         assert applier.network is not None
         network = applier.network
         if network.metadata.deletion_timestamp is not None:
@@ -144,8 +158,15 @@ class NetworkReconciler:
             except (errors.Conflict, errors.NotFound):
                 return base.Result(requeue=True)
         if plan.unschedulable:
+            self._tell(
+                network_events.unschedulable(key, network_status.message(plan.unschedulable))
+            )
             return base.Result(requeue_after=self._config.unschedulable_retry)
         return base.Result()
+
+    def _tell(self, occurrence: base.Occurrence | None) -> None:
+        if occurrence is not None and self._on_event is not None:
+            self._on_event(occurrence)
 
     async def _terminate(
         self, network: Network, status: network_model.NetworkStatus
@@ -203,3 +224,8 @@ async def networks_on_pnode(store: store_base.Store, pnode: str) -> set[str]:
     """Networks with an allocation on `pnode`: the ones to reconcile when it changes."""
     found = await store_base.list_all(store, Allocation, index=("pnode", pnode))
     return {a.spec.network for a in found}
+
+
+def _actions(step: network_apply.Step) -> list[network_actions.Action]:
+    """The actions of one applied step (a run of placements is a tuple)."""
+    return list(step) if isinstance(step, tuple) else [step]

@@ -13,6 +13,11 @@ ALL rather than KEYS_ONLY + BatchGetItem: listing by index is what the reconcile
 the write to each GSI costs less than a second round trip (and its unprocessed-keys retries)
 on every list. Billing is PAY_PER_REQUEST. `init_tables` creates all of it idempotently.
 
+Expiry. A kind that `EXPIRES` (Event) has DynamoDB TTL on its `ttl` attribute (N, Unix
+seconds), which init-store turns on (UpdateTimeToLive). TTL deletes an item some time after
+it passed, not at once, so reads leave out expired items themselves and a create may
+replace one (`#ttl <= :now` in its condition).
+
 Reads. `get` is strongly consistent. Listing by index is a Query on the GSI: ordered by
 name, but eventually consistent (DynamoDB offers nothing else on a GSI), so a just-written
 record may be missing or stale there; loops re-read a record by key before writing it, and
@@ -251,7 +256,10 @@ class DynamoStore:
         response = await self._send("get_item", {**params, "ConsistentRead": True})
         if "Item" not in response:
             raise requests.not_found(kind.KIND, name)
-        return items.decode(kind, response["Item"])
+        found = items.decode(kind, response["Item"])
+        if requests.expired(found, self._clock()):  # TTL deletes it later, not at once
+            raise requests.not_found(kind.KIND, name)
+        return found
 
     async def list(
         self,
@@ -283,7 +291,12 @@ class DynamoStore:
             last = items.page_key(found[-1])
         elif "LastEvaluatedKey" in response:  # the 1 MB page limit cut in
             last = str(response["LastEvaluatedKey"]["name"]["S"])
-        records = sorted((items.decode(kind, item) for item in found), key=lambda r: r.name)
+        now = self._clock()
+        records = sorted(
+            (r for r in (items.decode(kind, item) for item in found)
+             if not requests.expired(r, now)),
+            key=lambda r: r.name,
+        )  # fmt: skip
         token = None if last is None else requests.encode_token(kind, index, last)
         return base.Page(items=records, continue_token=token)
 
@@ -414,6 +427,11 @@ class DynamoStore:
             await self._send("update_table", items.add_index_params(table, index))
             await self._wait_active(table)
             added.append(items.gsi_name(index))
+        if kind.EXPIRES:
+            ttl = await self._send("describe_time_to_live", {"TableName": table})
+            if not items.ttl_enabled(ttl):
+                await self._send("update_time_to_live", items.ttl_params(table))
+                added.append(f"TTL on {items.TTL_ATTR}")
         return f"{verb} {table}" + (f" (added {', '.join(added)})" if added else "")
 
     async def _wait_active(self, table: str) -> Item:

@@ -9,6 +9,7 @@ failed condition means) read in one place without the retry and thread-pool plum
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -24,6 +25,10 @@ MAX_ITEM_BYTES = 400 * 1024
 MAX_TRANSACTION_BYTES = 4 * 1024 * 1024
 #: DynamoDB's limit on a partition or sort key value.
 MAX_KEY_BYTES = 1024
+
+
+#: The item attribute DynamoDB's TTL reads: the record's `forget_after` in Unix seconds.
+TTL_ATTR = "ttl"
 
 
 def table_name(prefix: str, kind: type[meta.Resource]) -> str:
@@ -96,6 +101,9 @@ def record_item(obj: meta.Resource) -> tuple[Item, meta.Resource]:
         "created": s(_created(obj)),
         "data": s(data),
     }
+    expiry = requests.expiry_seconds(obj)
+    if expiry is not None:
+        item[TTL_ATTR] = n(expiry)
     values = obj.index_values()
     for index in obj.INDEXES:
         value = values.get(index)
@@ -125,12 +133,17 @@ def check_key(kind: str, what: str, value: str) -> None:
 
 def create_write(table: str, obj: meta.Resource, now: datetime) -> Write:
     item, result = record_item(requests.created(obj, now))
-    params = {
+    params: Item = {
         "TableName": table,
         "Item": item,
         "ConditionExpression": "attribute_not_exists(#name)",
         "ExpressionAttributeNames": {"#name": "name"},
     }
+    if type(obj).EXPIRES:
+        # An expired record's name is free, though DynamoDB's TTL may delete it only later.
+        params["ConditionExpression"] += " OR #ttl <= :now"
+        params["ExpressionAttributeNames"]["#ttl"] = TTL_ATTR
+        params["ExpressionAttributeValues"] = {":now": n(math.floor(now.timestamp()))}
     return Write("Put", params, type(obj), obj.name, base.Create(obj), result)
 
 
@@ -302,6 +315,23 @@ def add_index_params(table: str, index: str) -> Item:
         "AttributeDefinitions": [_attribute("name"), _attribute(index_attr(index))],
         "GlobalSecondaryIndexUpdates": [{"Create": gsi_spec(index)}],
     }
+
+
+def ttl_params(table: str) -> Item:
+    """UpdateTimeToLive making DynamoDB delete a kind's items once their `ttl` passed."""
+    return {
+        "TableName": table,
+        "TimeToLiveSpecification": {"Enabled": True, "AttributeName": TTL_ATTR},
+    }
+
+
+def ttl_enabled(description: Item) -> bool:
+    """From DescribeTimeToLive: TTL is on (or turning on) for our attribute."""
+    found = description.get("TimeToLiveDescription", {})
+    return bool(
+        found.get("TimeToLiveStatus") in ("ENABLED", "ENABLING")
+        and found.get("AttributeName") == TTL_ATTR
+    )
 
 
 def check_table(table: str, description: Item) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -150,6 +151,23 @@ def updated(obj: R, *, uid: str, creation_timestamp: datetime | None) -> R:
         resource_version=obj.metadata.resource_version + 1,
         creation_timestamp=creation_timestamp,
     )
+
+
+# -- records that expire ------------------------------------------------------------------
+
+
+def expiry_seconds(obj: meta.Resource) -> int | None:
+    """The record's expiry in whole Unix seconds (rounded up: never early), the unit of
+    DynamoDB's TTL attribute; every backend judges expiry by this same number."""
+    at = obj.forget_after()
+    return None if at is None else math.ceil(at.timestamp())
+
+
+def expired(obj: meta.Resource, now: datetime) -> bool:
+    """Whether a store must treat `obj` as gone: get is NotFound, list leaves it out, and
+    create may take its name."""
+    seconds = expiry_seconds(obj)
+    return seconds is not None and seconds <= now.timestamp()
 
 
 # -- what a failed condition says ---------------------------------------------------------

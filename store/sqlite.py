@@ -17,6 +17,9 @@ any condition is read: the check and the write see the same committed state, and
 writers never deadlock upgrading read locks. SQLite's busy_timeout waits for the lock
 first; past it we retry with jittered backoff, then raise Unavailable.
 
+Expiry. A record whose `forget_after` has passed (an Event's TTL) is gone for every call:
+get is NotFound, list leaves it out and deletes it, and create takes its name.
+
 Durability. WAL with synchronous=FULL fsyncs the log before COMMIT returns, so a write
 that returned survives a crash of the process and of the machine (NORMAL would only
 promise the former).
@@ -124,11 +127,14 @@ class SqliteStore:
     # -- reads -------------------------------------------------------------------------------
 
     async def get(self, kind: type[R], name: str) -> R:
+        now = self._clock()
+
         def run(conn: sqlite3.Connection) -> R:
             row = _row(conn, kind.KIND, name)
-            if row is None:
+            found = None if row is None else kind.model_validate_json(row[2])
+            if found is None or requests.expired(found, now):
                 raise requests.not_found(kind.KIND, name)
-            return kind.model_validate_json(row[2])
+            return found
 
         return await self._run(run, write=False)
 
@@ -143,7 +149,9 @@ class SqliteStore:
         requests.check_list_args(kind, index, limit)
         after = "" if continue_token is None else requests.decode_token(continue_token, kind, index)
 
-        def run(conn: sqlite3.Connection) -> base.Page[R]:
+        now = self._clock()
+
+        def run(conn: sqlite3.Connection) -> tuple[base.Page[R], list[tuple[str, int]]]:
             if index is None:
                 cursor = conn.execute(
                     "SELECT name, data FROM records WHERE kind = ? AND name > ?"
@@ -159,15 +167,26 @@ class SqliteStore:
                     (kind.KIND, index[0], index[1], after, limit + 1),
                 )
             rows = cursor.fetchall()
-            items = [kind.model_validate_json(data) for _, data in rows[:limit]]
+            found = [kind.model_validate_json(data) for _, data in rows[:limit]]
+            items = [r for r in found if not requests.expired(r, now)]
+            gone = [
+                (r.name, r.metadata.resource_version)
+                for r in found
+                if requests.expired(r, now)
+            ]
             token = (
                 requests.encode_token(kind, index, rows[limit - 1][0])
                 if len(rows) > limit
                 else None
             )
-            return base.Page(items=items, continue_token=token)
+            return base.Page(items=items, continue_token=token), gone
 
-        return await self._run(run, write=False)
+        page, gone = await self._run(run, write=False)
+        if gone:
+            # Expired records met on the way are deleted here, so they do not pile up; each
+            # only at the version read, so a record renewed meanwhile stays.
+            await self._run(lambda conn: _purge(conn, kind.KIND, gone), write=True)
+        return page
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -337,8 +356,11 @@ def _apply(conn: sqlite3.Connection, op: base.Op, now: datetime) -> meta.Resourc
 
 def _create(conn: sqlite3.Connection, obj: R, now: datetime) -> R:
     kind = obj.KIND
-    if _row(conn, kind, obj.name) is not None:
-        raise requests.already_exists(kind, obj.name)
+    row = _row(conn, kind, obj.name)
+    if row is not None:
+        if not requests.expired(type(obj).model_validate_json(row[2]), now):
+            raise requests.already_exists(kind, obj.name)
+        _purge(conn, kind, [(obj.name, row[0])])  # an expired record's name is free
     stored = requests.created(obj, now)
     data = stored.to_json()
     conn.execute(
@@ -370,6 +392,17 @@ def _delete(conn: sqlite3.Connection, op: base.Delete) -> None:
     _checked_row(conn, op.kind.KIND, op.name, op.resource_version, op.uid)
     conn.execute("DELETE FROM records WHERE kind = ? AND name = ?", (op.kind.KIND, op.name))
     conn.execute("DELETE FROM record_index WHERE kind = ? AND name = ?", (op.kind.KIND, op.name))
+
+
+def _purge(conn: sqlite3.Connection, kind: str, records: list[tuple[str, int]]) -> None:
+    """Delete expired records, each only if still at the resource_version seen expired."""
+    for name, version in records:
+        deleted = conn.execute(
+            "DELETE FROM records WHERE kind = ? AND name = ? AND resource_version = ?",
+            (kind, name, version),
+        ).rowcount
+        if deleted:
+            conn.execute("DELETE FROM record_index WHERE kind = ? AND name = ?", (kind, name))
 
 
 def _checked_row(

@@ -1,4 +1,5 @@
-"""Resource models: Network, PNode, PNodeLease, Allocation, Job, Orchestrator.
+"""Resource models: Network, PNode, PNodeLease, Allocation, Job, TrainingLock, Orchestrator,
+Event.
 
 Pure data and validation (pydantic v2); no I/O. The store persists these, the gRPC API
 carries them as JSON documents, and manifests parse into them. The facts every layer above
@@ -9,7 +10,8 @@ transition rule (`meta.condition`) and the VNode graph (`Network.neighbours`).
 from __future__ import annotations
 
 from api.resources.allocation import Allocation
-from api.resources.job import Job
+from api.resources.event import Event
+from api.resources.job import Job, TrainingLock
 from api.resources.lease import PNodeLease
 from api.resources.meta import Resource
 from api.resources.network import Network
@@ -18,16 +20,19 @@ from api.resources.pnode import PNode
 
 #: Every stored kind, by its `kind` string.
 KINDS: dict[str, type[Resource]] = {
-    cls.KIND: cls for cls in (Network, PNode, PNodeLease, Allocation, Job, Orchestrator)
+    cls.KIND: cls
+    for cls in (Network, PNode, PNodeLease, Allocation, Job, TrainingLock, Orchestrator, Event)
 }
 
 __all__ = [
     "KINDS",
     "Allocation",
+    "Event",
     "Job",
     "Network",
     "Orchestrator",
     "PNode",
     "PNodeLease",
     "Resource",
+    "TrainingLock",
 ]

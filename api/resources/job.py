@@ -62,3 +62,28 @@ class Job(Resource):
 
     def index_values(self) -> dict[str, str | None]:
         return {"network": self.spec.network}
+
+
+class TrainingLockSpec(Model):
+    #: The training Job that holds the network; free again once that job is final or gone.
+    job: DNSSubdomain
+
+
+class TrainingLock(Resource):
+    """Named like its network: which training Job may write the network's weights.
+
+    One training run per network, because two runs would interleave their updates to the
+    same VNodes' weights. Train creates a Job and this record's claim in one transaction
+    (a conditional create of the lock, or a conditional update of a lock whose job has
+    ended), so two Train calls racing on two orchestrator replicas cannot both succeed: the
+    store's condition decides, not a read each replica made. Nobody releases it: a lock
+    whose job is final or deleted is free, so a crashed writer never leaves a network
+    locked. A record of its own rather than a field of the Network, whose status the
+    network loop owns.
+    """
+
+    KIND: ClassVar[str] = "TrainingLock"
+    PLURAL: ClassVar[str] = "traininglocks"
+
+    kind: Literal["TrainingLock"] = "TrainingLock"
+    spec: TrainingLockSpec

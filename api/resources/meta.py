@@ -199,6 +199,8 @@ class Resource(Model):
     KIND: ClassVar[str]
     PLURAL: ClassVar[str]
     INDEXES: ClassVar[tuple[str, ...]] = ()
+    #: Whether records of this kind may have a `forget_after` time (DynamoDB: a TTL attribute).
+    EXPIRES: ClassVar[bool] = False
 
     api_version: Literal["dcnr.io/v1"] = Field(default=API_VERSION, alias="apiVersion")
     metadata: ObjectMeta
@@ -209,6 +211,11 @@ class Resource(Model):
 
     def index_values(self) -> dict[str, str | None]:
         return {}
+
+    def forget_after(self) -> datetime | None:
+        """When the store may forget this record (None: never). Stores neither return a
+        record past it nor keep it (`api.resources.event`: events have a TTL)."""
+        return None
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, exclude_none=True)

@@ -164,6 +164,7 @@ class TrainingRun:
                 return
             except JobFailed as failed:
                 await self._write(_final("Failed", str(failed)))
+                self._tell("Warning", "Failed", str(failed))
                 return
             except Rollback as why:
                 if isinstance(why, driver_calls.Disputed):
@@ -173,6 +174,10 @@ class TrainingRun:
                     "rolling back", extra={"fields": {"job": self.name, "reason": str(why)}}
                 )
                 await self._next_attempt(str(why))
+                self._tell(
+                    "Warning", "RolledBack",
+                    f"rolled back to step {self._job.status.checkpoint_step}: {why}",
+                )  # fmt: skip
                 if self._progressed:  # it worked for a while: not a failure loop
                     backoff, self._progressed = self.ctx.config.attempt_backoff, False
                 await self.ctx.clock.sleep(backoff)
@@ -192,6 +197,15 @@ class TrainingRun:
             raise Fenced("another driver claimed the job first") from None
         self.attempt = self._job.status.attempt
         self.ctx.feed.published(self._job)
+        self._tell(
+            "Normal", "Started",
+            f"attempt {self.attempt} driven by replica {self.ctx.replica_id}, from step"
+            f" {self._job.status.checkpoint_step}",
+        )  # fmt: skip
+
+    def _tell(self, type_: str, reason: str, message: str) -> None:
+        if self.ctx.events is not None:
+            self.ctx.events.record("Job", self.name, type=type_, reason=reason, message=message)
 
     async def _next_attempt(self, reason: str) -> None:
         nxt = self.attempt + 1
@@ -322,6 +336,7 @@ class TrainingRun:
                 continue
             window, last_write = _Window(now), now
         await self._write(_final("Succeeded", ""))
+        self._tell("Normal", "Succeeded", f"trained {plan.total} steps")
 
     async def _clear_tiebreakers(self, plan: Plan) -> None:
         net = self.ctx.view.networks.get(plan.network)

@@ -25,6 +25,7 @@ from controller.jobs import driver_inbox, job_watch, vnode_client
 from controller.jobs import suspects as suspects_mod
 from controller.jobs import tiebreakers as tiebreakers_mod
 from controller.runtime import clock as clock_mod
+from controller.runtime import recorder
 from controller.state import view as view_mod
 from controller.trust import book as trust
 from store import base
@@ -99,3 +100,5 @@ class DriverContext:
     tiebreakers: tiebreakers_mod.Tiebreakers
     reply_to: ReplyTo
     feed: job_watch.JobFeed
+    #: Hears of attempts, rollbacks and the end of runs, for people (`dcnctl get events`).
+    events: recorder.Recorder | None = None

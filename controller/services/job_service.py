@@ -1,9 +1,11 @@
 """JobService: Train creates a Job the job loop drives; Infer runs in the call.
 
-Train validates every field against `JobSpec` (zero means "the default", common.proto rule
-6) and answers INVALID_ARGUMENT naming the field. A retried Train with the same
-header.request_id and no name finds the job the first call created instead of starting a
-second run: the generated name is derived from the request id.
+Train refuses a second training job on a network whose job is not final (FAILED_PRECONDITION,
+reason NetworkBusy, naming the running job): controller.jobs.training_lock decides it in the
+store, safely across replicas. Train validates every field against `JobSpec` (zero means
+"the default", common.proto rule 6) and answers INVALID_ARGUMENT naming the field. A
+retried Train with the same header.request_id and no name finds the job the first call
+created instead of starting a second run: the generated name is derived from the request id.
 
 Infer on a data reference does not read it here: the orchestrator never opens data. The
 agents hosting the sources do (controller.jobs.inference): each source gets the array of
@@ -33,7 +35,7 @@ from api.resources import job as job_model
 from api.resources import meta
 from api.resources import network as net_model
 from controller import errors as faults
-from controller.jobs import driver, driver_inbox, inference
+from controller.jobs import driver, driver_inbox, inference, training_lock
 from controller.services import rpc
 from store import base, errors, retry
 
@@ -68,6 +70,10 @@ class JobService(job_pb2_grpc.JobServiceServicer):
         self._store = context.store
         self._watch_poll = watch_poll
         self._on_changed = on_changed
+
+    def _tell(self, name: str, type_: str, reason: str, message: str) -> None:
+        if self._ctx.events is not None:
+            self._ctx.events.record("Job", name, type=type_, reason=reason, message=message)
 
     def _changed(self, job: Job) -> None:
         self._ctx.feed.published(job)
@@ -104,21 +110,37 @@ class JobService(job_pb2_grpc.JobServiceServicer):
             metadata=meta.ObjectMeta(name=name, labels=job_labels, annotations=annotations),
             spec=spec,
         )
-        try:
-            created = await self._store.create(job)
-        except errors.AlreadyExists:
-            existing = await self._store.get(Job, name)
-            if not request_id or existing.metadata.annotations.get(REQUEST_ID_ANNOTATION) != (
-                request_id
-            ):
-                raise
-            created = existing  # the retry of a Train that already succeeded
+        retried = await self._retried(name, request_id)
+        if retried is not None:
+            created = retried  # the retry of a Train that already succeeded
         else:
-            self._changed(created)
+            try:
+                created = await training_lock.create(self._store, job)
+            except errors.AlreadyExists:
+                retried = await self._retried(name, request_id)
+                if retried is None:
+                    raise
+                created = retried
+            else:
+                self._changed(created)
+                self._tell(created.name, "Normal", "Created", f"training job on {net.name!r}")
         return job_pb2.TrainResponse(
             header=rpc.response_header(request.header, self._ctx.replica_id),
             job=document(created),
         )
+
+    async def _retried(self, name: str, request_id: str) -> Job | None:
+        """The job an earlier Train with this request id created under `name`, if any: its
+        retry answers that job, before the network's lock (which that job holds) refuses."""
+        if not request_id:
+            return None
+        try:
+            existing = await self._store.get(Job, name)
+        except errors.NotFound:
+            return None
+        if existing.metadata.annotations.get(REQUEST_ID_ANNOTATION) != request_id:
+            return None
+        return existing
 
     async def _network(self, name: str) -> net_model.Network:
         if not name:
@@ -272,6 +294,7 @@ class JobService(job_pb2_grpc.JobServiceServicer):
             except errors.NotFound:
                 raise _not_found(request.name) from None
             self._changed(result)
+            self._tell(result.name, "Normal", "Cancelled", result.status.message)
             return result
 
         # A Conflict: the driver wrote progress meanwhile; read again. Exhausted answers
@@ -279,6 +302,37 @@ class JobService(job_pb2_grpc.JobServiceServicer):
         result = await retry.retry_on_conflict(attempt, what=f"cancel job {request.name!r}")
         return job_pb2.CancelJobResponse(
             header=rpc.response_header(request.header, self._ctx.replica_id), job=document(result)
+        )
+
+    # -- DeleteJob --------------------------------------------------------------------------
+
+    @rpc.handler
+    async def DeleteJob(
+        self, request: job_pb2.DeleteJobRequest, context: aio.ServicerContext[Any, Any]
+    ) -> job_pb2.DeleteJobResponse:
+        async def attempt() -> None:
+            current = await self._get(request.name)
+            phase = current.status.phase
+            if phase not in FINAL_PHASES:
+                raise faults.FailedPrecondition(
+                    f"job {request.name!r} is {phase}; cancel it first"
+                    f" (dcnctl delete job {request.name} cancels a running job)",
+                    reason="Running",
+                )
+            try:
+                await self._store.delete(
+                    Job,
+                    request.name,
+                    resource_version=current.metadata.resource_version,
+                    uid=current.metadata.uid,
+                )
+            except errors.NotFound:
+                raise _not_found(request.name) from None
+
+        # Only a final job is deleted, so a Conflict is the last write of a stopping driver.
+        await retry.retry_on_conflict(attempt, what=f"delete job {request.name!r}")
+        return job_pb2.DeleteJobResponse(
+            header=rpc.response_header(request.header, self._ctx.replica_id)
         )
 
     async def _get(self, name: str) -> Job:

@@ -29,6 +29,7 @@ from grpc import aio
 from api import labels, manifest
 from api.dcnr.v1 import common_pb2, network_pb2, network_pb2_grpc
 from api.resources import allocation as allocation_model
+from api.resources import event as event_model
 from api.resources import meta
 from api.resources import network as net_model
 from controller import config as config_mod
@@ -310,6 +311,31 @@ class NetworkService(network_pb2_grpc.NetworkServiceServicer):
         response.header.CopyFrom(rpc.response_header(request.header, self._replica_id))
         return response
 
+    @rpc.handler
+    async def ListEvents(
+        self, request: network_pb2.ListEventsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> network_pb2.ListEventsResponse:
+        limit = _limit(request.limit)
+        index = None
+        if request.involved_object:
+            index = ("object", _involved(request.involved_object))
+        try:
+            page = await self._store.list(
+                event_model.Event,
+                index=index,
+                limit=limit,
+                continue_token=request.continue_token or None,
+            )
+        except errors.InvalidRequest:
+            raise faults.FieldInvalid(
+                "continue_token", request.continue_token[:40], "must be a previous page's"
+            ) from None
+        return network_pb2.ListEventsResponse(
+            header=rpc.response_header(request.header, self._replica_id),
+            items=[document(e) for e in page.items],
+            continue_token=page.continue_token or "",
+        )
+
     # -- shared -----------------------------------------------------------------------------
 
     async def _get(self, name: str) -> Network:
@@ -402,6 +428,17 @@ def _selector(text: str) -> labels.Selector:
         return labels.parse_selector(text)
     except labels.SelectorError as exc:
         raise faults.FieldInvalid("label_selector", text, str(exc)) from None
+
+
+def _involved(text: str) -> str:
+    """ "Kind/name" as the events' index holds it; FieldInvalid naming the form otherwise."""
+    kind, _, name = text.partition("/")
+    try:
+        return event_model.ObjectReference(kind=kind, name=name).key()
+    except ValueError:  # pydantic's ValidationError is one
+        raise faults.FieldInvalid(
+            "involved_object", text, 'must be "Kind/name", e.g. "Network/digits"'
+        ) from None
 
 
 def _limit(limit: int) -> int:

@@ -43,6 +43,7 @@ from api.resources import allocation, lease, pnode
 from controller import config as config_mod
 from controller import errors as faults
 from controller.runtime import clock as clock_mod
+from controller.runtime import recorder
 from controller.services import pnode_wire as wire
 from controller.services import rpc
 from controller.state import allocation_status, credentials
@@ -79,10 +80,13 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         replica_id: str,
         on_heartbeat: Callable[[HeartbeatResult], None] | None = None,
         statuses: allocation_status.AllocationStatus | None = None,
+        events: recorder.Recorder | None = None,
     ) -> None:
         """`on_heartbeat(result)` counts each heartbeat: "active" or "fenced"; `statuses`
-        turns the agent's reports into allocation status."""
+        turns the agent's reports into allocation status; `events` hears of registrations
+        and fenced heartbeats, for people."""
         self._statuses = statuses
+        self._events = events
         self._on_heartbeat = on_heartbeat or (lambda _result: None)
         self._store = store
         self._view = view
@@ -110,6 +114,11 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
             agent_version=request.agent_version,
             presented=rpc.bearer(context),
         )
+        if self._events is not None:
+            self._events.normal(
+                "PNode", name, "Registered",
+                f"agent registered, incarnation {node.status.incarnation}",
+            )  # fmt: skip
         log.info(
             "pnode %s registered, incarnation %d",
             name,
@@ -140,6 +149,12 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         fenced = self._fenced(name, node, request.incarnation, now)
         if node is None or fenced:
             log.info("pnode %s: heartbeat fenced (%s)", name, fenced or "unknown pnode")
+            if node is not None and self._events is not None:
+                self._events.warning(
+                    "PNode", name, "Fenced",
+                    f"heartbeat of incarnation {request.incarnation} refused: {fenced};"
+                    " the agent drops its VNodes and registers again",
+                )  # fmt: skip
             response.lease_state = FENCED
             self._on_heartbeat("fenced")
             return response

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 
 from api.resources import pnode
 from controller.runtime import clock as clock_mod
+from controller.runtime import recorder
 from store import base, errors, retry
 
 log = logging.getLogger("dcnr.trust")
@@ -153,7 +154,11 @@ class TrustBook:
         policy: TrustPolicy | None = None,
         on_written: Callable[[Sequence[pnode.PNode]], None] | None = None,
         on_bugged: Callable[[str], None] | None = None,
+        events: recorder.Recorder | None = None,
     ) -> None:
+        """`events` hears of strikes, Bugged and probation, for people (the PNode's own
+        `validation_events` keep the last few with their detail)."""
+        self._events = events
         self._store = store
         self._clock = clock
         self.policy = policy or TrustPolicy()
@@ -253,6 +258,9 @@ class TrustBook:
             written = await self._store.update(updated)
             if self._on_written is not None:
                 self._on_written([written])
+            if self._events is not None:
+                for found in result.events:
+                    self._tell(name, found)
             if result.became_bugged:
                 log.warning(
                     "pnode bugged",
@@ -262,3 +270,19 @@ class TrustBook:
                     self._on_bugged(name)
 
         await retry.retry_on_conflict(attempt, what=f"record the trust of pnode {name!r}")
+
+    def _tell(self, name: str, found: pnode.ValidationEvent) -> None:
+        assert self._events is not None
+        if found.verdict == "rejected":
+            where = " ".join(
+                f"{k} {v}" for k, v in (("job", found.job), ("vnode", found.vnode)) if v
+            )
+            self._events.warning(
+                "PNode", name, "Strike",
+                f"result rejected{' (' + where + ')' if where else ''}:"
+                f" {found.check or 'check'} failed",
+            )  # fmt: skip
+        elif found.verdict == "bugged":
+            self._events.warning("PNode", name, "Bugged", f"{found.message}; gets no new work")
+        elif found.verdict == "probation-cleared":
+            self._events.normal("PNode", name, "ProbationCleared", found.message)

@@ -43,8 +43,9 @@ EXPECTED_SERVICES = {
         "WatchNetworks",
         "ListAllocations",
         "ExplainPlacement",
+        "ListEvents",
     },
-    "JobService": {"Train", "Infer", "GetJob", "ListJobs", "WatchJob", "CancelJob"},
+    "JobService": {"Train", "Infer", "GetJob", "ListJobs", "WatchJob", "CancelJob", "DeleteJob"},
     "ValidationService": {"ReportResult"},
     "VNodeService": {"Forward", "Backward", "Checkpoint", "Restore", "DescribeData"},
 }

@@ -12,6 +12,7 @@ import pytest
 
 from tests.dcnctl import goldens
 from tests.dcnctl.conftest import REPO, Dcnctl
+from tests.support import wait
 
 pytestmark = pytest.mark.slow
 
@@ -43,10 +44,16 @@ def test_train_follows_the_job_to_the_end(digits: Dcnctl) -> None:
     volatile = {"AGE": goldens.whole("<AGE>"), "LOSS": goldens.whole("<LOSS>"),
                 "ACCURACY": goldens.whole("<ACC>")}  # fmt: skip
     goldens.check("jobs.txt", table, volatile)
-    described = digits("describe", "job", "cli-train").stdout
+    described = wait.until_sync(
+        lambda: digits("describe", "job", "cli-train").stdout,
+        within=30.0, what="the job's Succeeded event", every=0.2,
+        accept=lambda t: re.search(r"^  \S+ +Normal +Succeeded +trained 6 steps$", t, re.M),
+    )  # fmt: skip
     assert re.search(r"^  Phase: +Succeeded$", described, re.M), described
     assert "Optimizer:" in described
-    assert "Events:         <none>" in described
+    events = described[described.index("\nEvents:\n") :]
+    for reason in ("Created", "Started", "Succeeded"):
+        assert re.search(rf"^  \S+ +Normal +{reason} ", events, re.M), events
 
 
 def test_train_detach_prints_the_job_name(digits: Dcnctl) -> None:
@@ -57,6 +64,29 @@ def test_train_detach_prints_the_job_name(digits: Dcnctl) -> None:
     assert (job["spec"]["network"], job["spec"]["batchSize"]) == ("digits", 512)
     listed = digits("get", "jobs", "--network", "digits", "-o", "name").stdout.split()
     assert f"job.dcnr.io/{name.strip()}" in listed
+
+
+def test_delete_job_cancels_a_running_one_and_one_job_trains_a_network(digits: Dcnctl) -> None:
+    digits("train", "digits", "--detach", "--epochs", "100", "--batch-size", "8",
+           "--name", "long-run")  # fmt: skip
+    busy = digits.fails("train", "digits", "--detach", "--name", "second")
+    assert re.fullmatch(
+        r"Error from server \(BadRequest\): network 'digits' is busy: job 'long-run'"
+        r" is (Pending|Running|Paused); cancel it with dcnctl delete job long-run\n",
+        busy,
+    ), busy
+    out = digits("delete", "job", "long-run", "--wait").stdout
+    assert out.startswith('job.dcnr.io "long-run" cancelled (was '), out
+    assert digits.json("get", "job", "long-run")["status"]["phase"] == "Cancelled"
+    assert digits("get", "jobs", "-o", "name").stdout.count("second") == 0
+    # The network is free: the next run starts; the cancelled one's record is deleted.
+    digits("train", "digits", "--detach", "--epochs", "1", "--batch-size", "512",
+           "--name", "after")  # fmt: skip
+    assert digits("delete", "job", "long-run").stdout == 'job.dcnr.io "long-run" deleted\n'
+    err = digits.fails("get", "job", "long-run")
+    assert err == 'Error from server (NotFound): jobs.dcnr.io "long-run" not found\n'
+    digits.until("after done", lambda b: b["status"]["phase"] == "Succeeded",
+                 "get", "job", "after", within=60)  # fmt: skip
 
 
 def test_train_errors(digits: Dcnctl) -> None:

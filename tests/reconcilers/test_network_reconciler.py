@@ -368,3 +368,29 @@ async def test_delete_leaves_someone_elses_finalizer_to_them(store, clock) -> No
     before = net.metadata.resource_version
     assert await loop.reconcile("net") == reconcile_base.Result()
     assert (await store.get(Network, "net")).metadata.resource_version == before
+
+
+async def test_applied_actions_and_unschedulable_slots_are_told_as_events(store, clock) -> None:
+    told: list[reconcile_base.Occurrence] = []
+    await add_pnodes(store, 3, memory="2Gi")
+    await add_network(store, [helpers.vnode("a"), helpers.vnode("big", memory="4Gi")])
+    loop = reconciler(store, clock, on_event=told.append)
+    await loop.reconcile("net")
+    placed = await store.get(Allocation, "net.a.0")
+    assert told == [
+        reconcile_base.Occurrence(
+            "Network", "net", "Normal", "Placed", f"placed net.a.0 on pnode {placed.spec.pnode}"
+        ),
+        reconcile_base.Occurrence(
+            "Network", "net", "Warning", "FailedScheduling",
+            "0/3 pnodes available: 3 insufficient memory (slot net.big.0)",
+        ),
+    ]  # fmt: skip
+    told.clear()
+    await edit(store, PNode, placed.spec.pnode, lambda p: setattr(p.spec, "draining", True))
+    await loop.reconcile("net")
+    moved = await store.get(Allocation, "net.a.0")
+    assert told[0] == reconcile_base.Occurrence(
+        "Network", "net", "Warning", "Migrated",
+        f"moved net.a.0 from pnode {placed.spec.pnode} to {moved.spec.pnode}: pnode draining",
+    )  # fmt: skip

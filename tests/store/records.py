@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from api.resources import allocation, job, lease, meta, network, orchestrator, pnode
+from api.resources import allocation, event, job, lease, meta, network, orchestrator, pnode
 from store import base
 
 MILLICPU_PER_SLOT = 500
@@ -67,6 +67,28 @@ def job_record(name: str, network_name: str = "mnist") -> job.Job:
     return job.Job(metadata=meta.ObjectMeta(name=name), spec=job.JobSpec(network=network_name))
 
 
+def event_record(
+    object_name: str = "mnist",
+    *,
+    reason: str = "Placed",
+    message: str = "placed",
+    last: datetime = datetime(2030, 1, 2, tzinfo=UTC),
+    ttl: float = 3600.0,
+    kind: str = "Network",
+) -> event.Event:
+    involved = event.ObjectReference(kind=kind, name=object_name)
+    return event.Event(
+        metadata=meta.ObjectMeta(name=event.name_for(involved, reason, message)),
+        involved_object=involved,
+        reason=reason,
+        message=message,
+        first_timestamp=last,
+        last_timestamp=last,
+        reporting_replica="r1",
+        expire_time=last + timedelta(seconds=ttl),
+    )
+
+
 def orchestrator_record(name: str) -> orchestrator.Orchestrator:
     return orchestrator.Orchestrator(
         metadata=meta.ObjectMeta(name=name),
@@ -81,6 +103,10 @@ def one_of_each() -> list[meta.Resource]:
         allocation_record("mnist", "input", 0, "laptop-1"),
         job_record("train-1"),
         orchestrator_record("replica-a"),
+        job.TrainingLock(
+            metadata=meta.ObjectMeta(name="mnist"), spec=job.TrainingLockSpec(job="a")
+        ),
+        event_record("mnist", last=datetime(2100, 1, 1, tzinfo=UTC)),
         lease.PNodeLease(
             metadata=meta.ObjectMeta(name="laptop-1"),
             spec=lease.LeaseSpec(

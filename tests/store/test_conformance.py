@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from api.resources import allocation, job, meta, network, orchestrator, pnode
+from api.resources import allocation, event, job, meta, network, orchestrator, pnode
 from store import base, errors
 from tests.store import records
 from tests.store.conftest import FakeClock
@@ -357,3 +357,55 @@ async def test_indexes_follow_updates_and_deletes(store):
     await store.delete(alloc, "mnist.input.0")
     assert await records.names(store, alloc, index=("pnode", "p2")) == []
     assert await records.names(store, alloc, index=("network", "mnist")) == ["mnist.input.1"]
+
+
+# -- records that expire (events) -------------------------------------------------------------
+
+
+async def test_an_expired_event_is_gone_for_get_list_and_create(store, fake_clock):
+    live = records.event_record("mnist", last=fake_clock.now, ttl=60)
+    other = records.event_record("mnist", reason="Moved", last=fake_clock.now, ttl=600)
+    await store.create(live)
+    await store.create(other)
+    by_object = ("object", "Network/mnist")
+    assert await records.names(store, event.Event, index=by_object) == sorted(
+        [live.name, other.name]
+    )
+
+    fake_clock.advance(61)
+    with pytest.raises(errors.NotFound):
+        await store.get(event.Event, live.name)
+    assert await records.names(store, event.Event, index=by_object) == [other.name]
+    assert await records.names(store, event.Event) == [other.name]
+    # The name of an expired record is free again, though a TTL may delete it only later.
+    again = await store.create(records.event_record("mnist", last=fake_clock.now, ttl=60))
+    assert (await store.get(event.Event, live.name)).metadata.uid == again.metadata.uid
+
+
+async def test_a_repeated_event_is_one_record_whose_count_and_expiry_move(store, fake_clock):
+    first = await store.create(records.event_record("mnist", last=fake_clock.now, ttl=60))
+    fake_clock.advance(50)
+    bumped = first.model_copy(deep=True)
+    bumped.count += 1
+    bumped.last_timestamp = fake_clock.now
+    bumped.expire_time = fake_clock.now + timedelta(seconds=60)
+    await store.update(bumped)
+    fake_clock.advance(50)  # past the first expiry, within the renewed one
+    got = await store.get(event.Event, first.name)
+    assert (got.count, got.first_timestamp, got.last_timestamp) == (
+        2,
+        first.first_timestamp,
+        bumped.last_timestamp,
+    )
+    assert await records.names(store, event.Event, index=("object", "Network/mnist")) == [
+        first.name
+    ]
+
+
+async def test_events_are_listed_by_their_object(store, fake_clock):
+    await store.create(records.event_record("mnist", last=fake_clock.now))
+    now = fake_clock.now
+    await store.create(records.event_record("p1", kind="PNode", reason="Fenced", last=now))
+    await store.create(records.event_record("mnist", kind="Job", reason="Attempt", last=now))
+    found = await store.list(event.Event, index=("object", "PNode/p1"))
+    assert [(e.involved_object.kind, e.reason) for e in found.items] == [("PNode", "Fenced")]

@@ -65,6 +65,11 @@ class JobServiceStub:
                 request_serializer=dcnr_dot_v1_dot_job__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=dcnr_dot_v1_dot_job__pb2.CancelJobResponse.FromString,
                 _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/dcnr.v1.JobService/DeleteJob',
+                request_serializer=dcnr_dot_v1_dot_job__pb2.DeleteJobRequest.SerializeToString,
+                response_deserializer=dcnr_dot_v1_dot_job__pb2.DeleteJobResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -108,6 +113,14 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteJob(self, request, context):
+        """Remove the record of a job that ended (Succeeded, Failed or Cancelled). A job that has
+        not ended is refused with FAILED_PRECONDITION (reason "Running"): CancelJob it first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +153,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=dcnr_dot_v1_dot_job__pb2.CancelJobRequest.FromString,
                     response_serializer=dcnr_dot_v1_dot_job__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=dcnr_dot_v1_dot_job__pb2.DeleteJobRequest.FromString,
+                    response_serializer=dcnr_dot_v1_dot_job__pb2.DeleteJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,6 +323,33 @@ class JobService:
             '/dcnr.v1.JobService/CancelJob',
             dcnr_dot_v1_dot_job__pb2.CancelJobRequest.SerializeToString,
             dcnr_dot_v1_dot_job__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcnr.v1.JobService/DeleteJob',
+            dcnr_dot_v1_dot_job__pb2.DeleteJobRequest.SerializeToString,
+            dcnr_dot_v1_dot_job__pb2.DeleteJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

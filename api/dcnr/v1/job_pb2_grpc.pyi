@@ -45,6 +45,10 @@ class JobServiceStub:
     WatchJob: _grpc.UnaryStreamMultiCallable[_job_pb2.WatchJobRequest, _job_pb2.WatchJobResponse]
     """The Job document on every change: progress (step, loss), phase, conditions."""
     CancelJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.CancelJobRequest, _job_pb2.CancelJobResponse]
+    DeleteJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.DeleteJobRequest, _job_pb2.DeleteJobResponse]
+    """Remove the record of a job that ended (Succeeded, Failed or Cancelled). A job that has
+    not ended is refused with FAILED_PRECONDITION (reason "Running"): CancelJob it first.
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -58,6 +62,10 @@ class JobServiceAsyncStub(JobServiceStub):
     WatchJob: _aio.UnaryStreamMultiCallable[_job_pb2.WatchJobRequest, _job_pb2.WatchJobResponse]  # type: ignore[assignment]
     """The Job document on every change: progress (step, loss), phase, conditions."""
     CancelJob: _aio.UnaryUnaryMultiCallable[_job_pb2.CancelJobRequest, _job_pb2.CancelJobResponse]  # type: ignore[assignment]
+    DeleteJob: _aio.UnaryUnaryMultiCallable[_job_pb2.DeleteJobRequest, _job_pb2.DeleteJobResponse]  # type: ignore[assignment]
+    """Remove the record of a job that ended (Succeeded, Failed or Cancelled). A job that has
+    not ended is refused with FAILED_PRECONDITION (reason "Running"): CancelJob it first.
+    """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     """Training and inference runs."""
@@ -104,5 +112,15 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_pb2.CancelJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_pb2.CancelJobResponse, _abc.Awaitable[_job_pb2.CancelJobResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteJob(
+        self,
+        request: _job_pb2.DeleteJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.DeleteJobResponse, _abc.Awaitable[_job_pb2.DeleteJobResponse]]:
+        """Remove the record of a job that ended (Succeeded, Failed or Cancelled). A job that has
+        not ended is refused with FAILED_PRECONDITION (reason "Running"): CancelJob it first.
+        """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -626,3 +626,64 @@ class ScoreResult(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScoreResult: _TypeAlias = ScoreResult  # noqa: Y015
+
+@_typing.final
+class ListEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    INVOLVED_OBJECT_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    CONTINUE_TOKEN_FIELD_NUMBER: _builtins.int
+    involved_object: _builtins.str
+    """The object the events are about, as "Kind/name": "Network/digits", "PNode/laptop-1",
+    "Job/train-1". Empty: every event.
+    """
+    limit: _builtins.int
+    continue_token: _builtins.str
+    @_builtins.property
+    def header(self) -> _common_pb2.RequestHeader: ...
+    def __init__(
+        self,
+        *,
+        header: _common_pb2.RequestHeader | None = ...,
+        involved_object: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        continue_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["continue_token", b"continue_token", "header", b"header", "involved_object", b"involved_object", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventsRequest: _TypeAlias = ListEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    CONTINUE_TOKEN_FIELD_NUMBER: _builtins.int
+    continue_token: _builtins.str
+    @_builtins.property
+    def header(self) -> _common_pb2.ResponseHeader: ...
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ResourceDocument]:
+        """kind "Event", in the store's order (by name); clients sort by lastTimestamp."""
+
+    def __init__(
+        self,
+        *,
+        header: _common_pb2.ResponseHeader | None = ...,
+        items: _abc.Iterable[_common_pb2.ResourceDocument] | None = ...,
+        continue_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["continue_token", b"continue_token", "header", b"header", "items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventsResponse: _TypeAlias = ListEventsResponse  # noqa: Y015

@@ -70,6 +70,11 @@ class NetworkServiceStub:
                 request_serializer=dcnr_dot_v1_dot_network__pb2.ExplainPlacementRequest.SerializeToString,
                 response_deserializer=dcnr_dot_v1_dot_network__pb2.ExplainPlacementResponse.FromString,
                 _registered_method=True)
+        self.ListEvents = channel.unary_unary(
+                '/dcnr.v1.NetworkService/ListEvents',
+                request_serializer=dcnr_dot_v1_dot_network__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=dcnr_dot_v1_dot_network__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
 
 
 class NetworkServiceServicer:
@@ -121,6 +126,15 @@ class NetworkServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEvents(self, request, context):
+        """Events (kind "Event": placements, migrations, fencing, strikes, job attempts, ...) of
+        one object or of all, from the store; each lives a TTL after its last occurrence
+        (dcnctl get events, describe).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NetworkServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -158,6 +172,11 @@ def add_NetworkServiceServicer_to_server(servicer, server):
                     servicer.ExplainPlacement,
                     request_deserializer=dcnr_dot_v1_dot_network__pb2.ExplainPlacementRequest.FromString,
                     response_serializer=dcnr_dot_v1_dot_network__pb2.ExplainPlacementResponse.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=dcnr_dot_v1_dot_network__pb2.ListEventsRequest.FromString,
+                    response_serializer=dcnr_dot_v1_dot_network__pb2.ListEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -350,6 +369,33 @@ class NetworkService:
             '/dcnr.v1.NetworkService/ExplainPlacement',
             dcnr_dot_v1_dot_network__pb2.ExplainPlacementRequest.SerializeToString,
             dcnr_dot_v1_dot_network__pb2.ExplainPlacementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcnr.v1.NetworkService/ListEvents',
+            dcnr_dot_v1_dot_network__pb2.ListEventsRequest.SerializeToString,
+            dcnr_dot_v1_dot_network__pb2.ListEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

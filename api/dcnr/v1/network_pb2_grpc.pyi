@@ -48,6 +48,11 @@ class NetworkServiceStub:
     """Allocations by network or by PNode (dcnctl get allocations, describe)."""
     ExplainPlacement: _grpc.UnaryUnaryMultiCallable[_network_pb2.ExplainPlacementRequest, _network_pb2.ExplainPlacementResponse]
     """Why a VNode is (or cannot be) placed where it is: per-PNode filters and scores."""
+    ListEvents: _grpc.UnaryUnaryMultiCallable[_network_pb2.ListEventsRequest, _network_pb2.ListEventsResponse]
+    """Events (kind "Event": placements, migrations, fencing, strikes, job attempts, ...) of
+    one object or of all, from the store; each lives a TTL after its last occurrence
+    (dcnctl get events, describe).
+    """
 
 @_typing.type_check_only
 class NetworkServiceAsyncStub(NetworkServiceStub):
@@ -64,6 +69,11 @@ class NetworkServiceAsyncStub(NetworkServiceStub):
     """Allocations by network or by PNode (dcnctl get allocations, describe)."""
     ExplainPlacement: _aio.UnaryUnaryMultiCallable[_network_pb2.ExplainPlacementRequest, _network_pb2.ExplainPlacementResponse]  # type: ignore[assignment]
     """Why a VNode is (or cannot be) placed where it is: per-PNode filters and scores."""
+    ListEvents: _aio.UnaryUnaryMultiCallable[_network_pb2.ListEventsRequest, _network_pb2.ListEventsResponse]  # type: ignore[assignment]
+    """Events (kind "Event": placements, migrations, fencing, strikes, job attempts, ...) of
+    one object or of all, from the store; each lives a TTL after its last occurrence
+    (dcnctl get events, describe).
+    """
 
 class NetworkServiceServicer(metaclass=_abc_1.ABCMeta):
     """Networks (desired state), their allocations and placement explanations."""
@@ -119,5 +129,16 @@ class NetworkServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_network_pb2.ExplainPlacementResponse, _abc.Awaitable[_network_pb2.ExplainPlacementResponse]]:
         """Why a VNode is (or cannot be) placed where it is: per-PNode filters and scores."""
+
+    @_abc_1.abstractmethod
+    def ListEvents(
+        self,
+        request: _network_pb2.ListEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_network_pb2.ListEventsResponse, _abc.Awaitable[_network_pb2.ListEventsResponse]]:
+        """Events (kind "Event": placements, migrations, fencing, strikes, job attempts, ...) of
+        one object or of all, from the store; each lives a TTL after its last occurrence
+        (dcnctl get events, describe).
+        """
 
 def add_NetworkServiceServicer_to_server(servicer: NetworkServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -48,6 +48,7 @@ from controller.jobs import (
     vnode_client,
 )
 from controller.runtime import clock as clocks
+from controller.runtime import recorder
 from controller.services import driver_inbox_service, job_service, vnode_transport
 from controller.state import view as view_mod
 from controller.trust import book as trust
@@ -343,6 +344,8 @@ class Orchestrator:
             blob_store=f"file://{tmp}/blobs", advertise=f"127.0.0.1:{self.port}", **settings
         )
         self.metrics = metrics.Metrics()
+        #: Never started: a test flushes it to read what the runs told.
+        self.events = recorder.Recorder(store=store, clock=clock, replica=replica)
         inbox = driver_inbox.Inbox(clock=clock, book=book, on_disagreed=self.metrics.disagreed)
         self.ctx = driver_context.DriverContext(
             store=store,
@@ -361,6 +364,7 @@ class Orchestrator:
             tiebreakers=tiebreakers.Tiebreakers(store=store, view=view, metrics=self.metrics),
             reply_to=driver_context.ReplyTo(options.advertise),
             feed=job_watch.JobFeed(clock),
+            events=self.events,
         )
         self.inbox = driver_inbox_service.DriverInboxService(
             inbox=inbox,

@@ -21,8 +21,9 @@ import pytest
 
 from api import tensors
 from api.dcnr.v1 import common_pb2, vnode_pb2
-from api.resources import allocation, job, meta
+from api.resources import allocation, event, job, meta
 from controller.jobs import driver_calls, driver_plan
+from store import base
 from tests.controller.jobs import driver_harness as harness
 
 XS = np.arange(1, 11, dtype=np.float64) / 10  # 10 rows
@@ -179,6 +180,15 @@ async def test_a_step_that_times_out_rolls_back_and_the_run_still_matches(world)
     assert "x (backward)" in paused.status.message
     done = await orch.until("fit", succeeded)
     assert done.status.attempt == 2
+    await orch.events.flush()
+    told = await base.list_all(world.store, event.Event, index=("object", "Job/fit"))
+    assert sorted((e.reason, e.message) for e in told if e.reason != "RolledBack") == [
+        ("Started", "attempt 1 driven by replica r1, from step 0"),
+        ("Succeeded", "trained 6 steps"),
+    ]
+    rolled = next(e for e in told if e.reason == "RolledBack")
+    assert rolled.type == "Warning"
+    assert rolled.message.startswith("rolled back to step 2: step 3 timed out"), rolled.message
     assert sorted((v, s) for v, s, a, _ in world.agent.restores if a == 2) == [
         ("loss", 2),
         ("x", 2),

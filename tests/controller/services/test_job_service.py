@@ -3,6 +3,7 @@ inference through the driver to a fake agent (tests/controller/jobs/driver_harne
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from api import tensors
 from api.dcnr.v1 import common_pb2, job_pb2
 from api.resources import job, lease
+from store import base, errors
 from tests.controller.jobs import driver_harness as harness
 
 XS = np.arange(1, 11, dtype=np.float64) / 10
@@ -36,6 +38,9 @@ class World:
         assert answer.job.kind == "Job"
         body: dict[str, Any] = json.loads(answer.job.json)
         return body
+
+    async def cancel(self, name: str) -> None:
+        await self.stub.CancelJob(job_pb2.CancelJobRequest(name=name), timeout=10)
 
 
 @pytest.fixture
@@ -128,8 +133,10 @@ async def test_a_retried_train_with_the_same_request_id_finds_the_first_job(worl
     again = await world.train(header=header, epochs=3)
     assert first["metadata"]["name"] == again["metadata"]["name"]
     assert first["metadata"]["name"].startswith("lin-")
+    await world.cancel(first["metadata"]["name"])  # one training job per network
     other = await world.train(header=common_pb2.RequestHeader(request_id="req-2"))
     assert other["metadata"]["name"] != first["metadata"]["name"]
+    await world.cancel(other["metadata"]["name"])
     taken = await failure(world.train(name=first["metadata"]["name"]))
     assert taken.code() == grpc.StatusCode.ALREADY_EXISTS
 
@@ -140,6 +147,7 @@ async def test_a_retried_train_with_the_same_request_id_finds_the_first_job(worl
 async def test_get_and_list_filter_by_network_and_labels_in_pages(world) -> None:
     for i in range(5):
         await world.train(name=f"job-{i}", labels={"parity": "even" if i % 2 == 0 else "odd"})
+        await world.cancel(f"job-{i}")  # one training job per network at a time
     got = await world.stub.GetJob(job_pb2.GetJobRequest(name="job-3"))
     assert json.loads(got.job.json)["metadata"]["labels"] == {"parity": "odd"}
     missing = await failure(world.stub.GetJob(job_pb2.GetJobRequest(name="job-9")))
@@ -212,6 +220,65 @@ async def test_cancel_ends_the_job_and_is_idempotent(world) -> None:
     await world.store.update(stored)
     late = await failure(world.stub.CancelJob(job_pb2.CancelJobRequest(name="done")))
     assert late.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_delete_removes_an_ended_job_and_refuses_a_running_one(world) -> None:
+    await world.train(name="fit")
+    running = await failure(world.stub.DeleteJob(job_pb2.DeleteJobRequest(name="fit")))
+    assert running.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert running.details() == (
+        "job 'fit' is Pending; cancel it first (dcnctl delete job fit cancels a running job)"
+    )
+    await world.cancel("fit")
+    await world.stub.DeleteJob(job_pb2.DeleteJobRequest(name="fit"))
+    gone = await failure(world.stub.GetJob(job_pb2.GetJobRequest(name="fit")))
+    assert gone.code() == grpc.StatusCode.NOT_FOUND
+    again = await failure(world.stub.DeleteJob(job_pb2.DeleteJobRequest(name="fit")))
+    assert again.code() == grpc.StatusCode.NOT_FOUND
+
+
+# -- one training job per network ----------------------------------------------------------
+
+
+async def test_a_second_train_on_a_busy_network_is_refused_naming_the_running_job(world) -> None:
+    await world.train(name="train-1")
+    busy = await failure(world.train(name="train-2"))
+    assert busy.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert busy.details() == (
+        "network 'lin' is busy: job 'train-1' is Pending; cancel it with dcnctl delete job"
+        " train-1"
+    )
+    with pytest.raises(errors.NotFound):
+        await world.store.get(job.Job, "train-2")
+    await world.cancel("train-1")
+    second = await world.train(name="train-2")
+    assert second["status"]["phase"] == "Pending"
+    # A deleted holder frees the network as an ended one does.
+    await world.cancel("train-2")
+    await world.stub.DeleteJob(job_pb2.DeleteJobRequest(name="train-2"))
+    await world.train(name="train-3")
+
+
+async def test_two_trains_racing_on_two_replicas_start_one_job(world) -> None:
+    """Two JobServices (as on two replicas) on one store, their Trains interleaved at the
+    store: the lock's conditional write lets exactly one through."""
+    other = harness.Orchestrator(world.store, world.view, world.tmp, "r2")
+    await other.start()
+    try:
+        requests = [
+            stub.Train(job_pb2.TrainRequest(network=harness.NET, name=f"race-{i}"), timeout=10)
+            for i, stub in enumerate([world.stub, other.jobs] * 4)
+        ]
+        answers = await asyncio.gather(*requests, return_exceptions=True)
+    finally:
+        await other.close()
+    started = [a for a in answers if not isinstance(a, BaseException)]
+    refused = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
+    assert len(started) == 1
+    assert len(refused) == 7
+    assert {r.code() for r in refused} == {grpc.StatusCode.FAILED_PRECONDITION}
+    jobs = [j.name for j in await base.list_all(world.store, job.Job)]
+    assert jobs == [json.loads(started[0].job.json)["metadata"]["name"]]
 
 
 # -- Infer ---------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from controller.state import view as view_mod
 from reconcilers import network as network_loop
 from store import errors, retry, sqlite
 from tests.controller.state import test_view as records
+from tests.store import records as store_records
 
 Network = net_model.Network
 
@@ -531,3 +533,38 @@ async def test_an_error_is_one_bounded_line_whatever_the_input(served) -> None:
     assert len(details) <= messages.MAX_LINE_CHARS
     assert "characters left out" in details
     assert details.endswith("not found")
+
+
+# -- ListEvents ------------------------------------------------------------------------------
+
+
+async def test_list_events_by_object_or_all_in_pages_and_refuses_a_malformed_object(
+    served,
+) -> None:
+    now = datetime.now(UTC)  # the store's own clock judges expiry
+    for obj, kind, reason in [("digits", "Network", "Placed"), ("digits", "Network", "Stopped"),
+                              ("p1", "PNode", "Fenced"), ("digits", "Job", "Started")]:  # fmt: skip
+        await served.store.create(
+            store_records.event_record(obj, kind=kind, reason=reason, last=now)
+        )
+
+    async def reasons(involved: str = "", limit: int = 0, token: str = "") -> tuple[list[str], str]:
+        answer = await served.stub.ListEvents(
+            network_pb2.ListEventsRequest(
+                involved_object=involved, limit=limit, continue_token=token
+            )
+        )
+        return sorted(loaded(d)["reason"] for d in answer.items), answer.continue_token
+
+    assert await reasons("Network/digits") == (["Placed", "Stopped"], "")
+    assert await reasons("PNode/p1") == (["Fenced"], "")
+    first, token = await reasons(limit=3)
+    rest, end = await reasons(limit=3, token=token)
+    assert (len(first), sorted(first + rest), end) == (3, ["Fenced", "Placed", "Started",
+                                                          "Stopped"], "")  # fmt: skip
+    for bad in ("digits", "network digits", "Network/Bad_Name"):
+        refused = await failure(
+            served.stub.ListEvents(network_pb2.ListEventsRequest(involved_object=bad))
+        )
+        assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (refused.details() or "").startswith("involved_object: must be \"Kind/name\""), bad

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from api.resources import meta, pnode
+from api.resources import event, meta, pnode
 from controller.runtime import clock as clock_mod
+from controller.runtime import recorder
 from controller.trust import book as trust
-from store import sqlite
+from store import base, sqlite
 from tests.support import wait
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
@@ -139,12 +140,14 @@ async def test_book_coalesces_writes_and_bugs_promptly(tmp_path: Path) -> None:
     clock = clock_mod.FakeClock()
     written: list[str] = []
     bugged: list[str] = []
+    events = recorder.Recorder(store=store, clock=clock, replica="r1")
     book = trust.TrustBook(
         store=store,
         clock=clock,
         policy=trust.TrustPolicy(window=20, strike_limit=3, flush_every=1.0),
         on_written=lambda nodes: written.extend(n.name for n in nodes),
         on_bugged=bugged.append,
+        events=events,
     )
     try:
         for name in ("honest", "liar"):
@@ -180,6 +183,12 @@ async def test_book_coalesces_writes_and_bugs_promptly(tmp_path: Path) -> None:
             "bugged",
         ]
         assert written.count("liar") == 1
+        await events.flush()  # strikes and Bugged are events on the PNode, for people
+        told = await base.list_all(store, event.Event, index=("object", "PNode/liar"))
+        assert sorted((e.type, e.reason, e.count) for e in told) == [
+            ("Warning", "Bugged", 1),
+            ("Warning", "Strike", 3),
+        ]
         book.record("gone", BAD)  # a deleted PNode: dropped, not retried forever
 
         async def drained() -> bool:
