@@ -369,3 +369,66 @@ def check_vnode(kind: str, params: Mapping[str, Any], parents: int) -> list[Para
             wanted = exc.message.rsplit(", got", 1)[0]
             found.append(ParamsError(exc.field, f"{wanted}, got {given}"))
     return found
+
+
+# --- shapes through a graph ----------------------------------------------------------------
+
+
+class GraphShapeError(ValueError):
+    """Tensors of these shapes would be refused by VNode `vnode` (kind `kind`) of the graph:
+    `problem` is the kind's own words, as the agent hosting it would have logged them."""
+
+    def __init__(self, vnode: str, kind: str, problem: ShapeError) -> None:
+        super().__init__(f"vnode {vnode!r} ({kind}) would refuse it: {problem}")
+        self.vnode = vnode
+        self.kind = kind
+        self.problem = problem
+
+
+def inference_shapes(
+    vnodes: Sequence[tuple[str, str, Mapping[str, Any], Sequence[str]]],
+    given: Mapping[str, Shape | None],
+) -> dict[str, Shape | None]:
+    """The output shape of every VNode in inference, from the shapes of the tensors given to
+    the sources (None: unknown, e.g. nothing given). `vnodes` is (name, kind, params,
+    inputs) of an acyclic graph, as apply accepted it. A kind without a schema or shape
+    rule (a plugin) makes its output unknown; unknown shapes are never refused, so this only
+    refuses what an agent certainly would. Raises GraphShapeError."""
+    shapes: dict[str, Shape | None] = {}
+    pending = list(vnodes)
+    while pending:
+        later = []
+        for name, kind, params, inputs in pending:
+            if any(parent not in shapes for parent in inputs):
+                later.append((name, kind, params, inputs))
+                continue
+            shapes[name] = _output(name, kind, params, inputs, shapes, given)
+        if len(later) == len(pending):  # a cycle apply would have refused: nothing to say
+            break
+        pending = later
+    return shapes
+
+
+def _output(
+    name: str,
+    kind: str,
+    params: Mapping[str, Any],
+    inputs: Sequence[str],
+    shapes: Mapping[str, Shape | None],
+    given: Mapping[str, Shape | None],
+) -> Shape | None:
+    schema = BUILTIN.get(kind)
+    if schema is None or schema.output_shape is None:
+        return None
+    if not inputs:
+        received: list[Shape | None] = [given.get(name)]
+    else:
+        received = [shapes[parent] for parent in inputs]
+    if schema.is_loss and received[0] is None:
+        return None
+    try:
+        return schema.output_shape(params, received)
+    except (ShapeError, KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ShapeError):
+            raise GraphShapeError(name, kind, exc) from None
+        return None  # params apply would have refused: not this check's to report
