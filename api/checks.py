@@ -37,10 +37,10 @@ from typing import Any
 
 import numpy as np
 
+from api import kinds
+
 FLOATS = ("float32", "float64")
-BUILTIN = frozenset(
-    {"input", "dense", "relu", "tanh", "sigmoid", "add", "concat", "softmax_cross_entropy", "mse"}
-)
+BUILTIN = frozenset(kinds.BUILTIN)
 #: Row sums of softmax probabilities: float32 rounding of C values each ≤ 1 stays far below.
 PROBABILITY_TOLERANCE = 1e-4
 #: Range checks allow this much float32 rounding outside the mathematical range.

@@ -45,6 +45,8 @@ def infer(args: argparse.Namespace, c: Client) -> int:
         request.tensors.tensors[name].CopyFrom(tensor)
     timeout = c.timeout if c.timeout is None else max(c.timeout, TIMEOUT)
     reply = c.call(c.jobs.Infer, request, timeout=timeout)
+    for warning in reply.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     try:
         outputs = {name: tensors.decode(t) for name, t in sorted(reply.outputs.items())}
     except tensors.TensorError as exc:

@@ -24,10 +24,16 @@ finite-difference tests full precision); losses output float64 [mean loss, accur
 Input gradients come back in the dtype of the input they belong to; integer inputs (indices,
 labels) get None. Parameters and their gradients are float64.
 
+Params: a kind's `schema` (`api.kinds.KindSchema`, the contract's declaration, which
+manifest validation also checks at apply) says which params it takes, their types, bounds
+and defaults, and how many inputs; `values` holds them as the schema read them. A kind
+without a schema (an old plugin) falls back to `allowed_params` and `arity`.
+
 Plugins: a distribution may add kinds through the entry-point group "dcnr.vnode_kinds"
 (`name = "package.module:Class"`), Class a Kind subclass whose `name` equals the entry
-point's. Built-in names cannot be overridden: a VNode named "dense" means the same math on
-every PNode.
+point's; it needs a `schema` for manifests using it to pass apply (see `api.kinds`).
+Built-in names cannot be overridden: a VNode named "dense" means the same math on every
+PNode.
 """
 
 from __future__ import annotations
@@ -43,8 +49,9 @@ import numpy as np
 
 from agent.runtime import data as data_module
 from agent.runtime import errors
+from api import kinds as api_kinds
 
-ENTRY_POINT_GROUP = "dcnr.vnode_kinds"
+ENTRY_POINT_GROUP = api_kinds.ENTRY_POINT_GROUP
 _BUILTIN_MODULES = ("agent.runtime.layers", "agent.runtime.losses")
 
 KindError = errors.KindError
@@ -53,34 +60,42 @@ Grads = tuple[list[np.ndarray | None], dict[str, np.ndarray]]
 
 class Kind(abc.ABC):
     name: ClassVar[str]
+    #: The contract's declaration of this kind's params and inputs (module docstring).
+    schema: ClassVar[api_kinds.KindSchema | None] = None
     is_loss: ClassVar[bool] = False
-    #: How many inputs (parents) the kind takes: (minimum, maximum or None for no limit).
+    #: Without a schema: how many inputs the kind takes (minimum, maximum or None).
     arity: ClassVar[tuple[int, int | None]] = (1, 1)
-    #: Every param the kind understands; anything else is refused, so a typo is not ignored.
+    #: Without a schema: every param the kind understands; anything else is refused.
     allowed_params: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self, params: Mapping[str, Any], *, data: data_module.DataSource | None = None
     ) -> None:
-        unknown = sorted(set(params) - self.allowed_params)
-        if unknown:
-            valid = ", ".join(sorted(self.allowed_params)) or "none"
-            raise KindError(
-                f"params.{unknown[0]}: {params[unknown[0]]!r} is not a param of kind "
-                f"{self.name!r}; valid params: {valid}"
-            )
+        self.values: dict[str, api_kinds.ParamValue | None] = {}
+        if self.schema is not None:
+            try:
+                self.values = self.schema.read(params)
+            except api_kinds.ParamsError as exc:
+                where = "" if repr(self.name) in str(exc) else f" (kind {self.name!r})"
+                raise KindError(f"{exc}{where}") from None
+        else:
+            unknown = sorted(set(params) - self.allowed_params)
+            if unknown:
+                valid = ", ".join(sorted(self.allowed_params)) or "none"
+                raise KindError(
+                    f"params.{unknown[0]}: {params[unknown[0]]!r} is not a param of kind "
+                    f"{self.name!r}; valid params: {valid}"
+                )
         self.params = dict(params)
         self.data = data
 
     def check_input_count(self, count: int) -> None:
         """Refuse a VNode wired to the wrong number of parents, before any tensor arrives."""
-        low, high = self.arity
-        if count < low or (high is not None and count > high):
-            if high is None:
-                wanted = f"at least {low}"
-            else:
-                wanted = f"{low}" if low == high else f"{low} to {high}"
-            raise KindError(f"inputs: kind {self.name!r} takes {wanted} inputs, got {count}")
+        schema = self.schema or api_kinds.KindSchema(self.name, "", arity=self.arity)
+        try:
+            schema.check_input_count(count)
+        except api_kinds.ShapeError as exc:
+            raise KindError(str(exc)) from None
 
     def init_params(
         self, rng: np.random.Generator, input_shapes: Sequence[tuple[int, ...]]
@@ -153,37 +168,6 @@ def float_grad(grad_output: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
             f"output shape {list(shape)}"
         )
     return np.asarray(grad_output, dtype=np.float64)
-
-
-# --- params -----------------------------------------------------------------------------
-
-
-def int_param(
-    kind: Kind, name: str, *, minimum: int, default: int | None = None, required: bool = False
-) -> int | None:
-    value = kind.params.get(name, default)
-    if value is None:
-        if required:
-            raise KindError(
-                f"params.{name}: required by kind {kind.name!r} (an integer >= {minimum})"
-            )
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise KindError(
-            f"params.{name}: {value!r} is not valid for kind {kind.name!r}; "
-            f"must be an integer >= {minimum}"
-        )
-    return value
-
-
-def choice_param(kind: Kind, name: str, *, choices: Sequence[str], default: str) -> str:
-    value = kind.params.get(name, default)
-    if value not in choices:
-        raise KindError(
-            f"params.{name}: {value!r} is not valid for kind {kind.name!r}; "
-            f"must be one of {', '.join(choices)}"
-        )
-    return str(value)
 
 
 # --- the registry -----------------------------------------------------------------------

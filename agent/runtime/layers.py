@@ -6,12 +6,13 @@ See `kinds` for the contract and the dtype rules every kind here follows.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
 from agent.runtime import data as data_module
 from agent.runtime import kinds
+from api import kinds as api_kinds
 
 KindError = kinds.KindError
 
@@ -22,21 +23,19 @@ class Input(kinds.Kind):
     inference needs no data ref at all."""
 
     name = "input"
-    allowed_params = frozenset({"field"})
+    schema = api_kinds.BUILTIN[name]
 
     def __init__(
         self, params: Mapping[str, Any], *, data: data_module.DataSource | None = None
     ) -> None:
         super().__init__(params, data=data)
-        field = self.params.get("field")
-        if field is not None and (not isinstance(field, str) or not field):
-            raise KindError(f"params.field: {field!r} must be the name of an array (a string)")
+        field = self.values["field"]
         if field is None and data is not None and data_module.needs_field(data.url):
             raise KindError(
                 f"params.field: required by kind 'input' for data {data.url!r}: "
                 "the key of the array in the .npz (e.g. x_train)"
             )
-        self.field = field or ""
+        self.field = str(field or "")
 
     def forward(
         self, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray], *, training: bool
@@ -75,16 +74,16 @@ class Dense(kinds.Kind):
     through relu."""
 
     name = "dense"
-    allowed_params = frozenset({"units", "in_features", "init"})
-    INITS = ("glorot_uniform", "he_uniform")
+    schema = api_kinds.BUILTIN[name]
 
     def __init__(
         self, params: Mapping[str, Any], *, data: data_module.DataSource | None = None
     ) -> None:
         super().__init__(params, data=data)
-        self.units = kinds.int_param(self, "units", minimum=1, required=True) or 1
-        self.in_features = kinds.int_param(self, "in_features", minimum=1)
-        self.init = kinds.choice_param(self, "init", choices=self.INITS, default=self.INITS[0])
+        self.units = int(self.values["units"] or 1)
+        width = self.values["in_features"]
+        self.in_features = None if width is None else int(width)
+        self.init = str(self.values["init"])
 
     def init_params(
         self, rng: np.random.Generator, input_shapes: Sequence[tuple[int, ...]]
@@ -176,6 +175,7 @@ class Elementwise(kinds.Kind):
 
 class Relu(Elementwise):
     name = "relu"
+    schema = api_kinds.BUILTIN[name]
 
     @staticmethod
     def apply(x: np.ndarray) -> np.ndarray:
@@ -188,6 +188,7 @@ class Relu(Elementwise):
 
 class Tanh(Elementwise):
     name = "tanh"
+    schema = api_kinds.BUILTIN[name]
 
     @staticmethod
     def apply(x: np.ndarray) -> np.ndarray:
@@ -200,6 +201,7 @@ class Tanh(Elementwise):
 
 class Sigmoid(Elementwise):
     name = "sigmoid"
+    schema = api_kinds.BUILTIN[name]
 
     @staticmethod
     def apply(x: np.ndarray) -> np.ndarray:
@@ -216,7 +218,7 @@ class Add(kinds.Kind):
     """The sum of two or more parents of one shape (a residual join)."""
 
     name = "add"
-    arity: ClassVar[tuple[int, int | None]] = (2, None)
+    schema = api_kinds.BUILTIN[name]
 
     def forward(
         self, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray], *, training: bool
@@ -244,17 +246,13 @@ class Concat(kinds.Kind):
     """Two or more parents side by side along `axis` (default -1, the feature axis)."""
 
     name = "concat"
-    arity: ClassVar[tuple[int, int | None]] = (2, None)
-    allowed_params = frozenset({"axis"})
+    schema = api_kinds.BUILTIN[name]
 
     def __init__(
         self, params: Mapping[str, Any], *, data: data_module.DataSource | None = None
     ) -> None:
         super().__init__(params, data=data)
-        axis = self.params.get("axis", -1)
-        if isinstance(axis, bool) or not isinstance(axis, int):
-            raise KindError(f"params.axis: {axis!r} must be an integer axis (e.g. -1, the last)")
-        self.axis = axis
+        self.axis = int(self.values["axis"] or 0)
 
     def forward(
         self, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray], *, training: bool

@@ -12,11 +12,12 @@ no labels) and the output is the prediction — softmax probabilities, or the pr
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
 from agent.runtime import kinds
+from api import kinds as api_kinds
 
 KindError = kinds.KindError
 
@@ -36,18 +37,17 @@ class SoftmaxCrossEntropy(kinds.Kind):
     """inputs [logits (N, C), labels (N,) integers in [0, C)]."""
 
     name = "softmax_cross_entropy"
+    schema = api_kinds.BUILTIN[name]
     is_loss = True
-    arity: ClassVar[tuple[int, int | None]] = (2, 2)
 
     def forward(
         self, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray], *, training: bool
     ) -> tuple[np.ndarray, Any]:
         self.check_input_count(len(inputs))
         logits, labels = inputs
-        if logits.ndim != 2 or logits.shape[1] < 1:
-            raise KindError(
-                f"inputs[0]: logits must have shape [batch, classes], got {list(logits.shape)}"
-            )
+        problem = api_kinds.logits_problem(tuple(logits.shape))
+        if problem is not None:
+            raise KindError(f"inputs[0]: {problem}")
         z = kinds.as_float(logits, "inputs[0]")
         z = z - z.max(axis=1, keepdims=True)  # exp never overflows; the result is unchanged
         exp = np.exp(z)
@@ -89,8 +89,8 @@ class MeanSquaredError(kinds.Kind):
     """inputs [prediction, target] of one shape."""
 
     name = "mse"
+    schema = api_kinds.BUILTIN[name]
     is_loss = True
-    arity: ClassVar[tuple[int, int | None]] = (2, 2)
 
     def forward(
         self, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray], *, training: bool

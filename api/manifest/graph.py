@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from api import kinds
 from api.manifest import errors
 from api.resources import meta, network
 
@@ -27,6 +28,7 @@ def check_network(body: dict[str, Any]) -> list[errors.FieldError]:
     if not isinstance(vnodes, list) or len(vnodes) > network.MAX_VNODES:
         return problems  # the model reports the wrong type or the excess
     problems += _check_params(vnodes)
+    problems += _check_kinds(vnodes)
     names = _names(vnodes)
     problems += _check_unique(names)
     known = list(dict.fromkeys(name for _, name in names))
@@ -71,6 +73,30 @@ def _check_params(vnodes: list[Any]) -> list[errors.FieldError]:
                     f"params take {size} bytes as JSON, more than the limit of "
                     f"{network.MAX_PARAMS_BYTES}; keep large data in a data ref",
                 ))
+    return problems
+
+
+def _check_kinds(vnodes: list[Any]) -> list[errors.FieldError]:
+    """Each VNode's kind, params and number of inputs against the kind's schema
+    (`api.kinds`), so a VNode that could never start is refused here, not on an agent."""
+    problems = []
+    for i, vnode in enumerate(vnodes):
+        if not isinstance(vnode, dict) or not isinstance(vnode.get("kind"), str):
+            continue
+        try:
+            network.check_vnode_kind(vnode["kind"])
+        except ValueError:
+            continue  # the model reports it
+        params = vnode.get("params", {})
+        inputs = vnode.get("inputs", [])
+        if not isinstance(params, dict) or not isinstance(inputs, list):
+            continue  # the model reports it
+        if network.params_size(params) > network.MAX_PARAMS_BYTES:
+            continue  # reported above
+        for problem in kinds.check_vnode(vnode["kind"], params, len(inputs)):
+            head, _, key = problem.field.partition(".")
+            path = errors.join(f"spec.vnodes[{i}]", head, *([key] if key else []))
+            problems.append(errors.FieldError(path, problem.message))
     return problems
 
 

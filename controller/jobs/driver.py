@@ -27,8 +27,10 @@ the network's tiebreakers (removing a slot then rolls back once, to that checkpo
 
 A step that times out, a send that fails, or any slot's epoch moving (watched through the
 view's network signal) rolls back: a new attempt (1), Paused until Ready (2), every VNode
-restored to the same checkpoint (3), and on. VNodes refuse messages of older attempts, so
-nothing from the abandoned attempt interferes.
+restored to the same checkpoint (3), and on. A VNode that cannot start (its agent reports
+the allocation Failed, with the reason) rolls back too, but only `vnode_failed_attempts`
+times in a row: then the job ends Failed with that reason, since replaying cannot fix it.
+VNodes refuse messages of older attempts, so nothing from the abandoned attempt interferes.
 
 Stale-driver safety: every Job write is conditional. On a Conflict the record is re-read;
 if its attempt or driver is no longer ours, or it reached a final phase (CancelJob), the
@@ -40,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -107,6 +109,8 @@ class TrainingRun:
         self._orders: dict[int, np.ndarray[Any, Any]] = {}
         #: A step completed since the last rollback.
         self._progressed = False
+        #: Attempts in a row that found a VNode unable to start (DriverConfig).
+        self._failed_attempts = 0
 
     async def run(self) -> None:
         try:
@@ -136,7 +140,9 @@ class TrainingRun:
                 if net is None or net.metadata.deletion_timestamp is not None:
                     raise JobFailed(f"network {self._job.spec.network!r} was deleted")
                 data = driver_plan.source_data(self._job, net)
-                await self._wait_ready(net.name, driver_plan.slots(net))
+                slots = driver_plan.slots(net)
+                self._check_started(slots)
+                await self._wait_ready(net.name, slots)
                 answers = await driver_data.ask(
                     self.ctx.client,
                     self.ctx.clock,
@@ -180,6 +186,7 @@ class TrainingRun:
                 )  # fmt: skip
                 if self._progressed:  # it worked for a while: not a failure loop
                     backoff, self._progressed = self.ctx.config.attempt_backoff, False
+                    self._failed_attempts = 0
                 await self.ctx.clock.sleep(backoff)
                 backoff = min(backoff * 2, self.ctx.config.attempt_backoff_max)
 
@@ -252,6 +259,18 @@ class TrainingRun:
         if status.phase in FINAL_PHASES:
             raise Fenced(f"the job is {status.phase}")
         self.job = fresh
+
+    def _check_started(self, slots: tuple[str, ...]) -> None:
+        """Roll back while a VNode reports it cannot start; fail the job once that has
+        lasted `vnode_failed_attempts` attempts (module docstring)."""
+        failed = not_started(self.ctx.view, slots)
+        if not failed:
+            return
+        self._failed_attempts += 1
+        limit = self.ctx.config.vnode_failed_attempts
+        if self._failed_attempts >= limit:
+            raise JobFailed(f"{failed[0]} (after {self._failed_attempts} attempts)")
+        raise Rollback(f"{failed[0]} (attempt {self._failed_attempts} of {limit})")
 
     async def _wait_ready(self, network: str, slots: tuple[str, ...]) -> None:
         clock, view = self.ctx.clock, self.ctx.view
@@ -392,6 +411,20 @@ def _live(view: view_mod.View, slot: allocation.Allocation | None, now: Any) -> 
         and node.status.incarnation == slot.spec.pnode_incarnation
         and view.is_live(slot.spec.pnode, now)
     )
+
+
+def not_started(view: view_mod.View, slots: Iterable[str]) -> list[str]:
+    """Why each slot whose agent reported that its VNode cannot start (allocation Failed,
+    for the slot's current epoch: `controller.state.allocation_status`) is not running."""
+    found = []
+    for name in slots:
+        slot = view.allocations.get(name)
+        if slot is not None and slot.status.phase == "Failed":
+            found.append(
+                f"vnode {slot.spec.vnode!r} cannot start on pnode {slot.spec.pnode!r}: "
+                f"{slot.status.message or 'no reason given'}"
+            )
+    return found
 
 
 def _collect(box: driver_inbox.Mailbox, window: _Window) -> None:

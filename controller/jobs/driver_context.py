@@ -48,6 +48,10 @@ class DriverConfig:
     #: a network that keeps failing is not restored in a tight loop.
     attempt_backoff: float = 0.1
     attempt_backoff_max: float = 5.0
+    #: Attempts a run makes while a VNode of its network reports that it cannot start (its
+    #: allocation Failed, e.g. params its agent refuses) before the job ends Failed with
+    #: that reason. More than one: a VNode may fail on one PNode and be re-placed.
+    vnode_failed_attempts: int = 3
     max_message_bytes: int = driver_inbox.DEFAULT_MAX_MESSAGE_BYTES
 
 

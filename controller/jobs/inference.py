@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from api import kinds as api_kinds
 from api import tensors
 from api.dcnr.v1 import common_pb2, vnode_pb2
 from api.resources import allocation
@@ -111,6 +112,14 @@ async def infer(
                 name,
                 f"must name a source VNode of {network!r}: {', '.join(sources)}",
             )
+    _check_shapes(net, inputs)
+    failed = driver.not_started(
+        ctx.view,
+        [allocation.slot_name(network, v.name, r) for v in net.spec.vnodes
+         for r in range(net.replicas_of(v))],
+    )  # fmt: skip
+    if failed:
+        raise faults.FailedPrecondition(f"network {network!r} cannot answer: {failed[0]}")
     deadline = ctx.clock.monotonic() + seconds
     rng = random.Random(uuid.uuid4().int)
     refused: str | None = None
@@ -224,6 +233,24 @@ async def _data_sources(
             "params.field",
         )
     return reading
+
+
+def _check_shapes(net: net_model.Network, inputs: dict[str, common_pb2.Tensor]) -> None:
+    """Refuse at once tensors some VNode would certainly refuse (by its kind's declared
+    shapes, `api.kinds`): the agent's refusal would otherwise reach nobody but its log,
+    and the caller would wait out the deadline."""
+    given = {
+        name: None if tensors.is_empty(t) else tuple(int(d) for d in t.shape)
+        for name, t in inputs.items()
+    }
+    graph = [(v.name, v.kind, v.params, v.inputs) for v in net.spec.vnodes]
+    try:
+        api_kinds.inference_shapes(graph, given)
+    except api_kinds.GraphShapeError as exc:
+        shown = ", ".join(f"{n} {list(s) if s is not None else 'empty'}" for n, s in given.items())
+        raise faults.InvalidArgument(
+            f"tensors: {shown}: does not fit network {net.name!r}: {exc}"
+        ) from None
 
 
 async def _retire_tiebreakers(ctx: driver.DriverContext, network: str) -> None:

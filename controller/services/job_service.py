@@ -11,7 +11,10 @@ Infer on a data reference does not read it here: the orchestrator never opens da
 agents hosting the sources do (controller.jobs.inference): each source gets the array of
 the data named by its `params.field`; a source whose field the data lacks gets an empty
 tensor (a loss target, which inference ignores). A .npy file holds one array, so it suits
-networks with a single source.
+networks with a single source. An empty tensor map is refused
+at once (no source would get anything), tensors no VNode could take are refused before any
+is sent (`controller.jobs.inference`), and an answer from a network no training job has
+finished carries a warning: it comes from initial weights.
 
 Reads go to the store (a client that wrote through another replica must see its write).
 WatchJob follows this replica's own writes at once (controller.jobs.job_watch) and re-reads
@@ -35,7 +38,7 @@ from api.resources import job as job_model
 from api.resources import meta
 from api.resources import network as net_model
 from controller import errors as faults
-from controller.jobs import driver, driver_inbox, inference, training_lock
+from controller.jobs import driver, driver_inbox, driver_plan, inference, model_state, training_lock
 from controller.services import rpc
 from store import base, errors, retry
 
@@ -167,6 +170,12 @@ class JobService(job_pb2_grpc.JobServiceServicer):
         data = None
         if which == "tensors":
             inputs = dict(request.tensors.tensors)
+            if not inputs:  # every source would get "nothing given": no answer could come
+                sources, _ = driver_plan.topology(net)
+                raise faults.FieldInvalid(
+                    "tensors", {}, f"must hold a tensor for a source VNode of {net.name!r} "
+                    f"({', '.join(sources)})",
+                )  # fmt: skip
             for name, tensor in inputs.items():
                 _check_tensor(f"tensors[{name!r}]", tensor, self._ctx.config.max_message_bytes)
         elif which == "data":
@@ -186,8 +195,16 @@ class JobService(job_pb2_grpc.JobServiceServicer):
         outputs = await inference.infer(
             self._ctx, request.network, inputs, seconds=seconds, data=data
         )
+        warnings = []
+        if await model_state.latest_model(self._ctx.store, net.name) is None:
+            warnings.append(
+                f"network {net.name!r} has not been trained (no training job of it "
+                "succeeded); answers come from initial weights"
+            )
         return job_pb2.InferResponse(
-            header=rpc.response_header(request.header, self._ctx.replica_id), outputs=outputs
+            header=rpc.response_header(request.header, self._ctx.replica_id),
+            outputs=outputs,
+            warnings=warnings,
         )
 
     # -- reads ------------------------------------------------------------------------------

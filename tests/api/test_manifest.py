@@ -19,8 +19,9 @@ EXAMPLE = pathlib.Path(__file__).parents[2] / "examples" / "digits" / "network.y
 def vnodes() -> list[dict[str, Any]]:
     return [
         {"name": "in", "kind": "input", "data": {"url": "file://d.npz", "dataset": "digits"}},
-        {"name": "fc1", "kind": "dense", "inputs": ["in"], "params": {"out_features": 32}},
-        {"name": "fc2", "kind": "dense", "inputs": ["fc1"], "resources": {"cpu": "250m"}},
+        {"name": "fc1", "kind": "dense", "inputs": ["in"], "params": {"units": 32}},
+        {"name": "fc2", "kind": "dense", "inputs": ["fc1"], "params": {"units": 10},
+         "resources": {"cpu": "250m"}},
         {"name": "loss", "kind": "softmax_cross_entropy", "inputs": ["fc2", "in"]},
     ]
 
@@ -91,7 +92,7 @@ GOOD = [
     pytest.param(dump(net()).replace("\n", "\r\n"), ["Network"], id="crlf"),
     pytest.param(
         "apiVersion: dcnr.io/v1\nkind: Network\nmetadata: {name: m}\nspec:\n  vnodes:\n"
-        "  - &base {name: a, kind: dense, resources: {cpu: 2, memory: 1Gi}}\n"
+        "  - &base {name: a, kind: relu, resources: {cpu: 2, memory: 1Gi}}\n"
         "  - {<<: *base, name: b, inputs: [a]}\n",
         ["Network"],
         id="anchor-and-merge",
@@ -263,7 +264,7 @@ BAD = [
         id="vnode-string",
     ),
     pytest.param(
-        with_vnodes([*vnodes(), {"kind": "dense", "inputs": ["fc2"]}]),
+        with_vnodes([*vnodes(), {"kind": "relu", "inputs": ["fc2"]}]),
         "spec.vnodes[4].name",
         "required field is missing",
         id="vnode-name-missing",
@@ -446,7 +447,7 @@ BAD = [
         id="cycle-through-all",
     ),
     pytest.param(
-        with_vnodes([{"name": "a", "kind": "dense", "inputs": ["ghost"]}]),
+        with_vnodes([{"name": "a", "kind": "relu", "inputs": ["ghost"]}]),
         "spec.vnodes",
         "no source vnode: at least one vnode must have no inputs",
         id="no-source",
@@ -454,8 +455,8 @@ BAD = [
     pytest.param(
         with_vnodes(
             [
-                {"name": "a", "kind": "dense", "inputs": ["b"]},
-                {"name": "b", "kind": "dense", "inputs": ["a"]},
+                {"name": "a", "kind": "relu", "inputs": ["b"]},
+                {"name": "b", "kind": "relu", "inputs": ["a"]},
             ]
         ),
         "spec.vnodes",
@@ -538,7 +539,7 @@ def test_bad_manifests_name_the_field(doc: Any, path: str, fragment: str, form: 
 
 
 def test_vnodes_per_network_are_limited() -> None:
-    items = [{"name": f"v{i}", "kind": "dense"} for i in range(network.MAX_VNODES + 1)]
+    items = [{"name": f"v{i}", "kind": "relu"} for i in range(network.MAX_VNODES + 1)]
     (err,) = errors_of(json.dumps(with_vnodes(items)))
     assert (err.path, err.message) == ("spec.vnodes", "must have at most 10000 items, got 10001")
     assert manifest.parse_documents(json.dumps(with_vnodes(items[:-1])))
@@ -563,7 +564,7 @@ def test_every_problem_is_reported_at_once() -> None:
 
 
 def test_error_lines_name_file_document_and_path() -> None:
-    bad = with_vnodes([*vnodes()[:3], {"name": "out", "kind": "dense", "inputs": ["fc9"]}])
+    bad = with_vnodes([*vnodes()[:3], {"name": "out", "kind": "relu", "inputs": ["fc9"]}])
     bad["spec"]["vnodes"][3]["inputs"] = ["fc9"]
     text = dump(net()) + "---\n" + dump(bad)
     with pytest.raises(manifest.ManifestError) as info:
@@ -582,7 +583,7 @@ def test_a_single_document_file_omits_the_document_number() -> None:
 
 
 def test_too_many_errors_are_summarized() -> None:
-    items = [{"name": f"v{i}", "kind": "dense", "replicas": 0} for i in range(80)]
+    items = [{"name": f"v{i}", "kind": "relu", "replicas": 0} for i in range(80)]
     with pytest.raises(manifest.ManifestError) as info:
         manifest.parse_documents(json.dumps(with_vnodes(items)))
     assert len(info.value.errors) == 80
@@ -592,8 +593,8 @@ def test_too_many_errors_are_summarized() -> None:
 
 
 def test_unknown_vnode_lists_at_most_twenty_known_names() -> None:
-    items: list[dict[str, Any]] = [{"name": f"v{i}", "kind": "dense"} for i in range(30)]
-    items.append({"name": "out", "kind": "dense", "inputs": ["nope"]})
+    items: list[dict[str, Any]] = [{"name": f"v{i}", "kind": "relu"} for i in range(30)]
+    items.append({"name": "out", "kind": "relu", "inputs": ["nope"]})
     (err,) = errors_of(json.dumps(with_vnodes(items)))
     assert err.message.endswith("v18, v19, ... and 11 more)")
 

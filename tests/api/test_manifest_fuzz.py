@@ -56,7 +56,7 @@ GOOD: dict[str, Any] = {
                 "name": "fc1",
                 "kind": "dense",
                 "inputs": ["in"],
-                "params": {"w": [1, 2]},
+                "params": {"units": 10},
                 "resources": {"accelerator": {"type": "a100", "count": 1}},
                 "replicas": 2,
             },

@@ -123,6 +123,38 @@ def test_infer_from_npy_json_and_stdin(digits: Dcnctl, tmp_path: Path) -> None:
     assert err.startswith("error: network 'digits' has sources x, y: name the one")
 
 
+def test_infer_warns_on_an_untrained_network_and_refuses_bad_input_with_the_reason(
+    digits: Dcnctl, tmp_path: Path
+) -> None:
+    text = (DIGITS / "network.yaml").read_text().replace("name: digits\n", "name: fresh\n", 1)
+    digits("apply", "-f", "-", input=text)
+    try:
+        digits.until("fresh Ready", lambda b: b["status"].get("phase") == "Ready",
+                     "get", "network", "fresh")  # fmt: skip
+        x = np.load(DIGITS / "data.npz")["x_test"][:2].astype(np.float32)
+        np.save(tmp_path / "x.npy", x)
+        answered = digits("infer", "fresh", "-i", str(tmp_path / "x.npy"), "--source", "x")
+        assert answered.stdout.startswith("loss: shape (2, 10) float32\n")
+        assert answered.stderr == (
+            "warning: network 'fresh' has not been trained (no training job of it succeeded); "
+            "answers come from initial weights\n"
+        )
+        np.save(tmp_path / "flat.npy", x[0])  # one image without its batch axis
+        err = digits.fails("infer", "fresh", "-i", str(tmp_path / "flat.npy"), "--source", "x")
+        assert err == (
+            "Error from server (Invalid): tensors: x [64]: does not fit network 'fresh': vnode "
+            "'loss' (softmax_cross_entropy) would refuse it: inputs[0]: logits must have shape "
+            "[batch, classes], got [10]\n"
+        )
+        err = digits.fails("infer", "fresh", "-i", "-", input="{}")  # no tensor at all
+        assert err == (
+            "Error from server (Invalid): input: give tensors (by source VNode) or a data "
+            "reference, got None\n"
+        )
+    finally:
+        digits("delete", "network", "fresh", "--wait")
+
+
 def test_cordon_uncordon_drain(digits: Dcnctl) -> None:
     assert digits("cordon", "agent-0").stdout == "pnode.dcnr.io/agent-0 cordoned\n"
     assert digits("get", "pn", "agent-0", "--no-headers").stdout.split()[1] == (

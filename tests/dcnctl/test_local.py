@@ -24,7 +24,7 @@ metadata: {name: broken}
 spec:
   vnodes:
     - {name: x, kind: input}
-    - {name: fc, kind: dense, inputs: [x, fc9]}
+    - {name: fc, kind: add, inputs: [x, fc9]}
 """
 
 
@@ -67,6 +67,33 @@ def test_bad_manifest_names_file_and_field(offline: Dcnctl, tmp_path: Path) -> N
     assert from_stdin.startswith("error: <stdin>: spec.vnodes[1].inputs[1]: ")
     missing = offline.fails("apply", "-f", str(tmp_path / "nope.yaml"))
     assert missing.startswith(f"error: {tmp_path / 'nope.yaml'}: cannot read")
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "line"),
+    [
+        ("kind: dense", "kind: dens",
+         'spec.vnodes[2].kind: unknown kind "dens" (did you mean "dense"?; known: add, concat, '),
+        ("{units: 32}", "{unitz: 32}",
+         'spec.vnodes[2].params.unitz: unknown parameter (did you mean "units"?; known: '),
+        ("{units: 32}", "{units: 0}",
+         "spec.vnodes[2].params.units: must be an integer >= 1 and <= 65536, got 0"),
+        ("{units: 32}", "{units: 32.5}",
+         "spec.vnodes[2].params.units: must be an integer >= 1 and <= 65536, got 32.5"),
+        ("{units: 32}", "{units: 4611686018427387904}",
+         "spec.vnodes[2].params.units: must be an integer >= 1 and <= 65536, "
+         "got 4611686018427387904"),
+    ],
+)  # fmt: skip
+def test_a_wrong_kind_or_param_is_one_line_naming_the_field(
+    offline: Dcnctl, before: str, after: str, line: str
+) -> None:
+    text = Path(DIGITS).read_text()
+    assert text.count(before) >= 1
+    bad = text.replace(before, after, 1)
+    err = offline.fails("apply", "-f", "-", input=bad)
+    assert err.startswith(f"error: <stdin>: {line}")
+    assert len(err.splitlines()) == (2 if "unitz" in after else 1)  # and units is missing
 
 
 def test_applying_a_job_document_is_refused(offline: Dcnctl) -> None:

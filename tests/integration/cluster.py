@@ -36,6 +36,7 @@ def chain_network(name: str, count: int, *, replicated: int = 0) -> dict[str, An
         }
         if i:
             vnode["inputs"] = [f"v{i - 1}"]
+            vnode["params"] = {"units": 4}
         if i < replicated:
             vnode["replicas"] = 2
         vnodes.append(vnode)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from api.dcnr.v1 import common_pb2 as dcnr_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x64\x63nr/v1/job.proto\x12\x07\x64\x63nr.v1\x1a\x14\x64\x63nr/v1/common.proto\"\xd0\x02\n\x0cTrainRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07network\x18\x03 \x01(\t\x12\x1e\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x10.dcnr.v1.DataRef\x12\x0e\n\x06\x65pochs\x18\x05 \x01(\x03\x12\x12\n\nbatch_size\x18\x06 \x01(\x03\x12\x11\n\toptimizer\x18\x07 \x01(\t\x12\x15\n\rlearning_rate\x18\x08 \x01(\x01\x12\x1b\n\x13\x63heckpoint_interval\x18\t \x01(\x03\x12\x0c\n\x04seed\x18\n \x01(\x03\x12\x31\n\x06labels\x18\x0b \x03(\x0b\x32!.dcnr.v1.TrainRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"`\n\rTrainResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.dcnr.v1.ResponseHeader\x12&\n\x03job\x18\x02 \x01(\x0b\x32\x19.dcnr.v1.ResourceDocument\"\x84\x01\n\x0cNamedTensors\x12\x33\n\x07tensors\x18\x01 \x03(\x0b\x32\".dcnr.v1.NamedTensors.TensorsEntry\x1a?\n\x0cTensorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1e\n\x05value\x18\x02 \x01(\x0b\x32\x0f.dcnr.v1.Tensor:\x02\x38\x01\"\x9c\x01\n\x0cInferRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x0f\n\x07network\x18\x02 \x01(\t\x12(\n\x07tensors\x18\x03 \x01(\x0b\x32\x15.dcnr.v1.NamedTensorsH\x00\x12 \n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x10.dcnr.v1.DataRefH\x00\x42\x07\n\x05input\"\xaf\x01\n\rInferResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.dcnr.v1.ResponseHeader\x12\x34\n\x07outputs\x18\x02 \x03(\x0b\x32#.dcnr.v1.InferResponse.OutputsEntry\x1a?\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1e\n\x05value\x18\x02 \x01(\x0b\x32\x0f.dcnr.v1.Tensor:\x02\x38\x01\"E\n\rGetJobRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x0c\n\x04name\x18\x02 \x01(\t\"a\n\x0eGetJobResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.dcnr.v1.ResponseHeader\x12&\n\x03job\x18\x02 \x01(\x0b\x32\x19.dcnr.v1.ResourceDocument\"\x89\x01\n\x0fListJobsRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x0f\n\x07network\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x16\n\x0e\x63ontinue_token\x18\x05 \x01(\t\"}\n\x10ListJobsResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.dcnr.v1.ResponseHeader\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.dcnr.v1.ResourceDocument\x12\x16\n\x0e\x63ontinue_token\x18\x03 \x01(\t\"a\n\x0fWatchJobRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"6\n\x10WatchJobResponse\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.dcnr.v1.WatchEvent\"X\n\x10\x43\x61ncelJobRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"d\n\x11\x43\x61ncelJobResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.dcnr.v1.ResponseHeader\x12&\n\x03job\x18\x02 \x01(\x0b\x32\x19.dcnr.v1.ResourceDocument\"H\n\x10\x44\x65leteJobRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x0c\n\x04name\x18\x02 \x01(\t\"<\n\x11\x44\x65leteJobResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.dcnr.v1.ResponseHeader2\xc3\x03\n\nJobService\x12\x36\n\x05Train\x12\x15.dcnr.v1.TrainRequest\x1a\x16.dcnr.v1.TrainResponse\x12\x36\n\x05Infer\x12\x15.dcnr.v1.InferRequest\x1a\x16.dcnr.v1.InferResponse\x12\x39\n\x06GetJob\x12\x16.dcnr.v1.GetJobRequest\x1a\x17.dcnr.v1.GetJobResponse\x12?\n\x08ListJobs\x12\x18.dcnr.v1.ListJobsRequest\x1a\x19.dcnr.v1.ListJobsResponse\x12\x41\n\x08WatchJob\x12\x18.dcnr.v1.WatchJobRequest\x1a\x19.dcnr.v1.WatchJobResponse0\x01\x12\x42\n\tCancelJob\x12\x19.dcnr.v1.CancelJobRequest\x1a\x1a.dcnr.v1.CancelJobResponse\x12\x42\n\tDeleteJob\x12\x19.dcnr.v1.DeleteJobRequest\x1a\x1a.dcnr.v1.DeleteJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x64\x63nr/v1/job.proto\x12\x07\x64\x63nr.v1\x1a\x14\x64\x63nr/v1/common.proto\"\xd0\x02\n\x0cTrainRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07network\x18\x03 \x01(\t\x12\x1e\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x10.dcnr.v1.DataRef\x12\x0e\n\x06\x65pochs\x18\x05 \x01(\x03\x12\x12\n\nbatch_size\x18\x06 \x01(\x03\x12\x11\n\toptimizer\x18\x07 \x01(\t\x12\x15\n\rlearning_rate\x18\x08 \x01(\x01\x12\x1b\n\x13\x63heckpoint_interval\x18\t \x01(\x03\x12\x0c\n\x04seed\x18\n \x01(\x03\x12\x31\n\x06labels\x18\x0b \x03(\x0b\x32!.dcnr.v1.TrainRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"`\n\rTrainResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.dcnr.v1.ResponseHeader\x12&\n\x03job\x18\x02 \x01(\x0b\x32\x19.dcnr.v1.ResourceDocument\"\x84\x01\n\x0cNamedTensors\x12\x33\n\x07tensors\x18\x01 \x03(\x0b\x32\".dcnr.v1.NamedTensors.TensorsEntry\x1a?\n\x0cTensorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1e\n\x05value\x18\x02 \x01(\x0b\x32\x0f.dcnr.v1.Tensor:\x02\x38\x01\"\x9c\x01\n\x0cInferRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x0f\n\x07network\x18\x02 \x01(\t\x12(\n\x07tensors\x18\x03 \x01(\x0b\x32\x15.dcnr.v1.NamedTensorsH\x00\x12 \n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x10.dcnr.v1.DataRefH\x00\x42\x07\n\x05input\"\xc1\x01\n\rInferResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.dcnr.v1.ResponseHeader\x12\x34\n\x07outputs\x18\x02 \x03(\x0b\x32#.dcnr.v1.InferResponse.OutputsEntry\x12\x10\n\x08warnings\x18\x03 \x03(\t\x1a?\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1e\n\x05value\x18\x02 \x01(\x0b\x32\x0f.dcnr.v1.Tensor:\x02\x38\x01\"E\n\rGetJobRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x0c\n\x04name\x18\x02 \x01(\t\"a\n\x0eGetJobResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.dcnr.v1.ResponseHeader\x12&\n\x03job\x18\x02 \x01(\x0b\x32\x19.dcnr.v1.ResourceDocument\"\x89\x01\n\x0fListJobsRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x0f\n\x07network\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x16\n\x0e\x63ontinue_token\x18\x05 \x01(\t\"}\n\x10ListJobsResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.dcnr.v1.ResponseHeader\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.dcnr.v1.ResourceDocument\x12\x16\n\x0e\x63ontinue_token\x18\x03 \x01(\t\"a\n\x0fWatchJobRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"6\n\x10WatchJobResponse\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.dcnr.v1.WatchEvent\"X\n\x10\x43\x61ncelJobRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"d\n\x11\x43\x61ncelJobResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.dcnr.v1.ResponseHeader\x12&\n\x03job\x18\x02 \x01(\x0b\x32\x19.dcnr.v1.ResourceDocument\"H\n\x10\x44\x65leteJobRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x0c\n\x04name\x18\x02 \x01(\t\"<\n\x11\x44\x65leteJobResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.dcnr.v1.ResponseHeader2\xc3\x03\n\nJobService\x12\x36\n\x05Train\x12\x15.dcnr.v1.TrainRequest\x1a\x16.dcnr.v1.TrainResponse\x12\x36\n\x05Infer\x12\x15.dcnr.v1.InferRequest\x1a\x16.dcnr.v1.InferResponse\x12\x39\n\x06GetJob\x12\x16.dcnr.v1.GetJobRequest\x1a\x17.dcnr.v1.GetJobResponse\x12?\n\x08ListJobs\x12\x18.dcnr.v1.ListJobsRequest\x1a\x19.dcnr.v1.ListJobsResponse\x12\x41\n\x08WatchJob\x12\x18.dcnr.v1.WatchJobRequest\x1a\x19.dcnr.v1.WatchJobResponse0\x01\x12\x42\n\tCancelJob\x12\x19.dcnr.v1.CancelJobRequest\x1a\x1a.dcnr.v1.CancelJobResponse\x12\x42\n\tDeleteJob\x12\x19.dcnr.v1.DeleteJobRequest\x1a\x1a.dcnr.v1.DeleteJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,29 +51,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFERREQUEST']._serialized_start=625
   _globals['_INFERREQUEST']._serialized_end=781
   _globals['_INFERRESPONSE']._serialized_start=784
-  _globals['_INFERRESPONSE']._serialized_end=959
-  _globals['_INFERRESPONSE_OUTPUTSENTRY']._serialized_start=896
-  _globals['_INFERRESPONSE_OUTPUTSENTRY']._serialized_end=959
-  _globals['_GETJOBREQUEST']._serialized_start=961
-  _globals['_GETJOBREQUEST']._serialized_end=1030
-  _globals['_GETJOBRESPONSE']._serialized_start=1032
-  _globals['_GETJOBRESPONSE']._serialized_end=1129
-  _globals['_LISTJOBSREQUEST']._serialized_start=1132
-  _globals['_LISTJOBSREQUEST']._serialized_end=1269
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1271
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1396
-  _globals['_WATCHJOBREQUEST']._serialized_start=1398
-  _globals['_WATCHJOBREQUEST']._serialized_end=1495
-  _globals['_WATCHJOBRESPONSE']._serialized_start=1497
-  _globals['_WATCHJOBRESPONSE']._serialized_end=1551
-  _globals['_CANCELJOBREQUEST']._serialized_start=1553
-  _globals['_CANCELJOBREQUEST']._serialized_end=1641
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1643
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1743
-  _globals['_DELETEJOBREQUEST']._serialized_start=1745
-  _globals['_DELETEJOBREQUEST']._serialized_end=1817
-  _globals['_DELETEJOBRESPONSE']._serialized_start=1819
-  _globals['_DELETEJOBRESPONSE']._serialized_end=1879
-  _globals['_JOBSERVICE']._serialized_start=1882
-  _globals['_JOBSERVICE']._serialized_end=2333
+  _globals['_INFERRESPONSE']._serialized_end=977
+  _globals['_INFERRESPONSE_OUTPUTSENTRY']._serialized_start=914
+  _globals['_INFERRESPONSE_OUTPUTSENTRY']._serialized_end=977
+  _globals['_GETJOBREQUEST']._serialized_start=979
+  _globals['_GETJOBREQUEST']._serialized_end=1048
+  _globals['_GETJOBRESPONSE']._serialized_start=1050
+  _globals['_GETJOBRESPONSE']._serialized_end=1147
+  _globals['_LISTJOBSREQUEST']._serialized_start=1150
+  _globals['_LISTJOBSREQUEST']._serialized_end=1287
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1289
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1414
+  _globals['_WATCHJOBREQUEST']._serialized_start=1416
+  _globals['_WATCHJOBREQUEST']._serialized_end=1513
+  _globals['_WATCHJOBRESPONSE']._serialized_start=1515
+  _globals['_WATCHJOBRESPONSE']._serialized_end=1569
+  _globals['_CANCELJOBREQUEST']._serialized_start=1571
+  _globals['_CANCELJOBREQUEST']._serialized_end=1659
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1661
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1761
+  _globals['_DELETEJOBREQUEST']._serialized_start=1763
+  _globals['_DELETEJOBREQUEST']._serialized_end=1835
+  _globals['_DELETEJOBRESPONSE']._serialized_start=1837
+  _globals['_DELETEJOBRESPONSE']._serialized_end=1897
+  _globals['_JOBSERVICE']._serialized_start=1900
+  _globals['_JOBSERVICE']._serialized_end=2351
 # @@protoc_insertion_point(module_scope)

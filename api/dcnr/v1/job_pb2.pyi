@@ -241,21 +241,30 @@ class InferResponse(_message.Message):
 
     HEADER_FIELD_NUMBER: _builtins.int
     OUTPUTS_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def header(self) -> _common_pb2.ResponseHeader: ...
     @_builtins.property
     def outputs(self) -> _containers.MessageMap[_builtins.str, _common_pb2.Tensor]:
         """One tensor per sink VNode (a VNode no other VNode takes as input), keyed by its name."""
 
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the caller should know about these outputs, one line each; e.g. that the network
+        has never been trained, so they come from its initial weights. Clients show them (dcnctl
+        on stderr) and the answer stands.
+        """
+
     def __init__(
         self,
         *,
         header: _common_pb2.ResponseHeader | None = ...,
         outputs: _abc.Mapping[_builtins.str, _common_pb2.Tensor] | None = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "outputs", b"outputs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "outputs", b"outputs", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -266,6 +266,23 @@ async def test_a_source_without_data_fails_the_job_naming_it(world) -> None:
     assert "without data" in failed.status.message
 
 
+async def test_a_vnode_that_cannot_start_fails_the_job_with_its_reason(world) -> None:
+    orch = await world.orchestrator(attempt_backoff=0.01, vnode_failed_attempts=3)
+    broken = await world.store.get(allocation.Allocation, "lin.loss.0")
+    broken.status.phase = "Failed"  # as its agent's heartbeat reports it
+    broken.status.message = "params.units: must be an integer >= 1 and <= 65536, got 0"
+    world.view.apply_written([await world.store.update(broken)])
+    await world.job()
+    await orch.loop.reconcile("fit")
+    failed = await orch.until("fit", lambda j: j.status.phase == "Failed")
+    assert failed.status.message == (
+        "vnode 'loss' cannot start on pnode 'p1': params.units: must be an integer >= 1 and "
+        "<= 65536, got 0 (after 3 attempts)"
+    )
+    assert failed.status.attempt == 3
+    assert world.agent.restores == [], "nothing is restored while a VNode cannot start"
+
+
 async def test_cancel_stops_the_driver_and_the_phase_stays_cancelled(world) -> None:
     orch = await world.orchestrator()
     world.agent.hold = lambda step, attempt: step == 3

@@ -15,7 +15,7 @@ import pytest
 
 from api import tensors
 from api.dcnr.v1 import common_pb2, job_pb2
-from api.resources import job, lease
+from api.resources import allocation, job, lease, meta
 from store import base, errors
 from tests.controller.jobs import driver_harness as harness
 
@@ -365,3 +365,81 @@ async def test_infer_refuses_unknown_sources_corrupt_tensors_and_unready_network
     )
     assert unready.code() == grpc.StatusCode.UNAVAILABLE
     assert "not ready" in unready.details()
+
+
+async def test_infer_with_no_tensors_is_refused_at_once_naming_the_field(world) -> None:
+    empty = await failure(
+        world.stub.Infer(job_pb2.InferRequest(network="lin", tensors=job_pb2.NamedTensors()))
+    )
+    assert empty.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert empty.details() == (
+        "tensors: must hold a tensor for a source VNode of 'lin' (x), got {}"
+    )
+    assert world.agent.batches == [], "nothing was sent"
+
+
+async def test_tensors_a_vnode_would_refuse_are_refused_with_its_words(world) -> None:
+    net = await world.store.get(harness.Network, harness.NET)
+    net.spec.vnodes[1].kind = "softmax_cross_entropy"  # the fake agent computes as before
+    world.view.apply_written([await world.store.update(net)])
+    flat = await failure(
+        world.stub.Infer(
+            job_pb2.InferRequest(
+                network="lin",
+                tensors=job_pb2.NamedTensors(tensors={"x": tensors.encode(np.ones(10))}),
+            )
+        )
+    )
+    assert flat.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert flat.details() == (
+        "tensors: x [10]: does not fit network 'lin': vnode 'loss' (softmax_cross_entropy) "
+        "would refuse it: inputs[0]: logits must have shape [batch, classes], got [10]"
+    )
+
+
+async def test_infer_on_a_vnode_that_cannot_start_says_why_at_once(world) -> None:
+    broken = await world.store.get(allocation.Allocation, "lin.loss.0")
+    broken.status.phase, broken.status.message = "Failed", "kind: unknown kind 'fake_loss'"
+    world.view.apply_written([await world.store.update(broken)])
+    refused = await failure(
+        world.stub.Infer(
+            job_pb2.InferRequest(
+                network="lin",
+                tensors=job_pb2.NamedTensors(tensors={"x": tensors.encode(np.ones(2))}),
+            )
+        )
+    )
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.details() == (
+        "network 'lin' cannot answer: vnode 'loss' cannot start on pnode 'p1': kind: unknown "
+        "kind 'fake_loss'"
+    )
+
+
+async def test_an_answer_from_an_untrained_network_carries_a_warning(world) -> None:
+    world.agent.w = 2.0
+    given = tensors.encode(np.array([1.0]))
+    answer = await world.stub.Infer(
+        job_pb2.InferRequest(network="lin", tensors=job_pb2.NamedTensors(tensors={"x": given})),
+        timeout=10,
+    )
+    assert list(answer.warnings) == [
+        "network 'lin' has not been trained (no training job of it succeeded); answers come "
+        "from initial weights"
+    ]
+    trained = job.Job(
+        metadata=meta.ObjectMeta(name="fit"),
+        spec=job.JobSpec(network="lin"),
+        status=job.JobStatus(
+            phase="Succeeded",
+            checkpoint_step=1,
+            checkpoint_blobs={"lin.loss.0": "file:///nowhere/loss.npz"},
+            checkpoint_epochs={"lin.x.0": 1, "lin.loss.0": 1},  # nothing moved since
+        ),
+    )
+    await world.store.create(trained)
+    answer = await world.stub.Infer(
+        job_pb2.InferRequest(network="lin", tensors=job_pb2.NamedTensors(tensors={"x": given})),
+        timeout=10,
+    )
+    assert list(answer.warnings) == []

@@ -75,6 +75,7 @@ def manifest_of(
             "name": v,
             "kind": "dense",
             "inputs": [vnodes[i - 1]] if i else [],
+            "params": {"units": 4},
             "resources": {"cpu": cpu},
         }
         for i, v in enumerate(vnodes)
@@ -181,6 +182,28 @@ async def test_a_bad_manifest_is_refused_naming_the_field(served) -> None:
         error.details()
         == 'document: spec.vnodes[1].inputs[0]: unknown vnode "fc9" (known: input, out)'
     )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"kind": "dens"}, 'spec.vnodes[1].kind: unknown kind "dens" (did you mean "dense"?;'),
+        ({"params": {"unitz": 32}}, 'spec.vnodes[1].params.unitz: unknown parameter (did you'),
+        ({"params": {"units": 0}}, "spec.vnodes[1].params.units: must be an integer >= 1"),
+        ({"params": {"units": 32.5}}, "spec.vnodes[1].params.units: must be an integer >= 1"),
+        ({"params": {"units": 2**62}}, "spec.vnodes[1].params.units: must be an integer >= 1"),
+    ],
+)
+async def test_a_vnode_that_could_never_start_is_refused_at_apply(
+    served, change: dict[str, Any], message: str
+) -> None:
+    body = manifest_of(vnodes=("input", "out"))
+    body["spec"]["vnodes"][1].update(change)
+    error = await failure(served.apply(body))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (error.details() or "").startswith(f"document: {message}")
+    with pytest.raises(errors.NotFound):
+        await served.stored("mnist")
 
 
 async def test_apply_refuses_kinds_other_than_network(served) -> None:
