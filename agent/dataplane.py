@@ -5,9 +5,13 @@ Each message is refused as early as possible, in this order: tensor too large
 target not hosted here (NOT_FOUND); then, under the instance's lock, `agent.vnode` applies
 epoch, attempt and duplicate rules and computes. Refusals carry an ErrorDetails reason in
 trailing metadata (common.proto rule 8), which `agent.peers` reads to decide whether a
-retry can help. Sends happen after the lock is released, each on its own task with
-retries (`agent.peers`), so a handler answers once the message is recorded and computed on,
-never after the whole network has reacted to it.
+retry can help. A VNode whose kind fails to compute (`vnode.ComputeFailed`: an input width
+that differs from its trained weights, a plugin kind's error) is refused to its sender like
+that, and is also told to the job's driver at the message's reply_to (a message with
+`compute_failure` set, vnode.proto), once per position: the sender is usually another
+agent, which could only log it. Sends happen after the lock is released, each on its own
+task with retries (`agent.peers`), so a handler answers once the message is recorded and
+computed on, never after the whole network has reacted to it.
 
 Results are checked before anyone uses them (`api.checks`): a received activation against
 the kind of the VNode that sent it (the assignment names its neighbours' kinds), a gradient
@@ -35,6 +39,7 @@ at a time either way.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import json
 import logging
@@ -49,7 +54,7 @@ from grpc import aio
 
 from agent import blobs, reports, vnode
 from agent.runtime import data, kinds, state
-from api import checks, tensors
+from api import checks, messages, tensors
 from api.dcnr.v1 import (
     common_pb2,
     pnode_pb2,
@@ -65,6 +70,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 MAX_CHECKPOINT_BYTES = 4 << 30
 DETAILS_KEY = "dcnr-error-details-bin"
 SLOW_CALL = 0.002
+#: Compute failures remembered so each is told to the driver once.
+REMEMBERED_FAILURES = 1024
 Context = aio.ServicerContext[Any, Any]
 
 _CODES = {
@@ -156,6 +163,8 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
         self._reports: set[asyncio.Task[None]] = set()
         #: Assignments whose kind could not be built: (signature, why), reported as FAILED.
         self._failed: dict[Slot, tuple[tuple[Any, ...], str]] = {}
+        #: Compute failures already told to a driver (`_tell_driver`), oldest first.
+        self._told: collections.OrderedDict[tuple[Any, ...], None] = collections.OrderedDict()
 
     # -- hosting ----------------------------------------------------------------------------
 
@@ -408,14 +417,18 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
             await self._check_sender(hosted, request, forward=forward)
             self._check(hosted, request, message)
             async with hosted.lock:
-                if hosted.in_thread:
-                    received = await asyncio.to_thread(hosted.instance.receive, message)
-                else:
-                    started = time.perf_counter()
-                    try:
-                        received = hosted.instance.receive(message)
-                    finally:
-                        hosted.in_thread = time.perf_counter() - started > SLOW_CALL
+                try:
+                    if hosted.in_thread:
+                        received = await asyncio.to_thread(hosted.instance.receive, message)
+                    else:
+                        started = time.perf_counter()
+                        try:
+                            received = hosted.instance.receive(message)
+                        finally:
+                            hosted.in_thread = time.perf_counter() - started > SLOW_CALL
+                except vnode.ComputeFailed as failed:
+                    self._tell_driver(hosted, request, failed)
+                    raise
         except (_Refusal, vnode.Refused) as exc:
             self.on_message(forward, exc.reason)
             await _abort(context, exc)
@@ -545,6 +558,57 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
             f"target: {network}/{name} replica {replica} is not hosted here "
             f"(this agent hosts {len(self._hosted)} VNode replicas); resolve it again",
         )
+
+    def _tell_driver(
+        self,
+        hosted: _Hosted,
+        request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest,
+        failed: vnode.ComputeFailed,
+    ) -> None:
+        """Report a compute failure to the job's driver at the message's reply_to (the
+        refusal reaches only the sender, usually another agent), on a task of its own so the
+        refusal does not wait for it; best effort, once per (job, attempt, position) of this
+        replica, since every replica of every parent (and their retries) may provoke it."""
+        instance = hosted.instance
+        position = request.WhichOneof("position")
+        key = (
+            instance.network, instance.vnode, instance.replica, request.job, request.attempt,
+            str(position), str(getattr(request, position or "step")),
+        )  # fmt: skip
+        if not request.reply_to or key in self._told:
+            return
+        self._told[key] = None
+        while len(self._told) > REMEMBERED_FAILURES:
+            self._told.popitem(last=False)
+        fields: dict[str, Any] = {
+            "header": common_pb2.RequestHeader(api_version="dcnr.io/v1", client_name="dcnr-agent"),
+            "job": request.job,
+            "network": instance.network,
+            "sender_vnode": instance.vnode,
+            "sender_replica": instance.replica,
+            "sender_epoch": instance.epoch,
+            "target_vnode": vnode.DRIVER,
+            "tensor": tensors.empty(),
+            "reply_to": request.reply_to,
+            "attempt": request.attempt,
+            "compute_failure": messages.clip(str(failed)),
+        }
+        if position == "step":
+            fields["step"] = request.step
+        else:
+            fields["request_id"] = request.request_id
+        log.warning(
+            "%s/%s replica %d: could not compute (told the driver at %s): %s",
+            instance.network, instance.vnode, instance.replica, request.reply_to, failed,
+        )  # fmt: skip
+        sent = (
+            self._sender.send_forward(vnode_pb2.ForwardRequest(**fields))
+            if failed.forward
+            else self._sender.send_backward(vnode_pb2.BackwardRequest(**fields))
+        )
+        task = asyncio.get_running_loop().create_task(sent)
+        hosted.tasks.add(task)
+        task.add_done_callback(hosted.tasks.discard)
 
     def _spawn(self, hosted: _Hosted, outgoing: vnode.Outgoing) -> None:
         task = asyncio.create_task(self._send(hosted.instance, outgoing))

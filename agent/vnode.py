@@ -63,6 +63,18 @@ class Refused(Exception):
         self.reason = reason
 
 
+class ComputeFailed(Refused):
+    """The kind raised while computing the position (a forward pass, or `forward` False: a
+    backward pass). Refused "Invalid" to the sender as before, and unlike the other
+    refusals also told to the job's driver (`agent.dataplane`): it is the one error that
+    only the agent can find (an input width that differs from the trained weights, a
+    plugin kind's error), and the sender is usually another agent, which can only log it."""
+
+    def __init__(self, message: str, *, forward: bool) -> None:
+        super().__init__("Invalid", message)
+        self.forward = forward
+
+
 @dataclass(frozen=True)
 class Message:
     forward: bool
@@ -259,19 +271,27 @@ class Instance:
             output, cache = kind.forward(inputs, params, training=training)
         except (kinds.KindError, ValueError, FloatingPointError) as exc:
             pending.inputs.load(m.sender_vnode, saved)
-            raise Refused("Invalid", f"kind {kind.name!r} of {self.vnode!r}: {exc}") from None
-        pending.computed = True
-        pending.output_shape = tuple(output.shape)
+            raise ComputeFailed(
+                f"kind {kind.name!r} of {self.vnode!r}: {exc}", forward=True
+            ) from None
         out = [
             self._outgoing(pending, m, True, child, replica, output)
             for child in self.children or [DRIVER]
             for replica in self._targets(pending, m.job, child, forward=True)
         ]
-        if training:
+        if training and not self.children:  # a sink: backward starts here
+            pending.cache = cache
+            try:
+                out += self._backward(pending, None, m)
+            except ComputeFailed:
+                pending.cache = None
+                pending.inputs.load(m.sender_vnode, saved)
+                raise
+        elif training:
             pending.cache = cache
             pending.awaiting_backward = True
-            if not self.children:  # a sink: backward starts here
-                out += self._backward(pending, None, m)
+        pending.computed = True
+        pending.output_shape = tuple(output.shape)
         return out, found
 
     def _receive_gradient(
@@ -310,11 +330,22 @@ class Instance:
         except kinds.KindError as exc:
             pending.grads.load(m.sender_vnode, saved)
             raise Refused("Invalid", str(exc)) from None
-        return self._backward(pending, total, m), found
+        try:
+            return self._backward(pending, total, m), found
+        except ComputeFailed:
+            pending.grads.load(m.sender_vnode, saved)
+            raise
 
     def _backward(self, pending: _Pending, grad: np.ndarray | None, m: Message) -> list[Outgoing]:
+        """The backward pass; raises ComputeFailed, before any parameter changed."""
         assert self.params is not None
-        input_grads, param_grads = self.kind_of(m.job).backward(grad, pending.cache, self.params)
+        kind = self.kind_of(m.job)
+        try:
+            input_grads, param_grads = kind.backward(grad, pending.cache, self.params)
+        except (kinds.KindError, ValueError, FloatingPointError) as exc:
+            raise ComputeFailed(
+                f"kind {kind.name!r} of {self.vnode!r}, backward: {exc}", forward=False
+            ) from None
         if param_grads:
             if self.optimizer is None:
                 self.optimizer = optim.make_optimizer(*DEFAULT_OPTIMIZER)

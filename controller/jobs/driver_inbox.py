@@ -24,6 +24,13 @@ position: then it is one result that agrees with no other, and the comparison de
 Agents' reports of checks failed on what they received fail the position too
 (`controller.services.validation_service` calls `Inbox.fail`).
 
+A VNode of the network that cannot compute a position (its kind raised: an input width
+that differs from its trained weights, a plugin kind's error) says so with a message whose
+`compute_failure` is set (vnode.proto), from any VNode, sink or not. Its sender slot is
+checked like any other's, and it fails the position at once with the agent's message
+(`Mailbox.compute_failed`): a training step rolls back with that reason, an inference ends
+with it, instead of either waiting out its deadline.
+
 A message nobody waits for is answered by what it is: a repeat of one a finished step
 already took is a duplicate (the sender's retry after a lost response); anything else
 belongs to a run that is over, superseded or elsewhere, and is refused FailedPrecondition
@@ -38,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from api import checks, quorum, tensors
+from api import checks, messages, quorum, tensors
 from api.dcnr.v1 import vnode_pb2
 from api.resources import allocation
 from controller import errors as faults
@@ -234,6 +241,28 @@ class Inbox:
         box.changed.bump()
         return False
 
+    def compute_failed(
+        self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest, *, producer: str
+    ) -> bool:
+        """File a VNode's report that it could not compute the position (`producer`: the
+        PNode of its sender slot, checked current); True when the position had one already.
+        Raises `controller.errors` for a position nobody waits for, as `deliver` does."""
+        if request.WhichOneof("position") is None:
+            raise faults.FieldInvalid("position", None, "one of step or request_id must be set")
+        position = _position(request)
+        box = self._boxes.get((request.job, request.attempt, position))
+        if box is None:
+            return self._unexpected(request, position)
+        if request.network != box.network:
+            raise faults.FieldInvalid(
+                "network", request.network, f"job {box.job!r} runs {box.network!r}"
+            )
+        why = (
+            f"vnode {request.sender_vnode!r} replica {request.sender_replica} on pnode "
+            f"{producer!r}: {messages.clip(request.compute_failure)}"
+        )
+        return not box.compute_fail(why)
+
     def _file(self, box: Mailbox, sink: str, replica: int, result: Result) -> bool:
         """File a replica's output of a sink (False: one was there already), and decide
         once every replica's has arrived."""
@@ -342,6 +371,9 @@ class Receiver:
     ) -> bool:
         if request.target_vnode != DRIVER:
             raise not_hosted(request.target_vnode)
+        if request.compute_failure:  # no result: nothing to decode or check but the sender
+            current = self._sender_slot(request)
+            return self._inbox.compute_failed(request, producer=current.spec.pnode)
         size = len(request.tensor.data)
         if size > self._max_bytes:
             raise faults.ResourceExhausted(
@@ -353,6 +385,18 @@ class Receiver:
             if exc.reason == "checksum":
                 raise faults.DataLoss(f"tensor checksum mismatch: {exc}") from None
             raise faults.InvalidArgument(str(exc)) from None
+        current = self._sender_slot(request)
+        if isinstance(request, vnode_pb2.ForwardRequest):
+            self._check(request, array, current.spec.pnode)
+        return self._inbox.deliver(
+            request, forward=forward, producer=current.spec.pnode, array=array
+        )
+
+    def _sender_slot(
+        self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest
+    ) -> allocation.Allocation:
+        """The sender's allocation, if it holds the slot at the epoch it claims (only the
+        replica currently in a slot may speak for it)."""
         slot = allocation.slot_name(request.network, request.sender_vnode, request.sender_replica)
         current = self._view.allocations.get(slot)
         if current is None or current.spec.epoch != request.sender_epoch:
@@ -362,11 +406,7 @@ class Receiver:
                 f"{slot!r} ({held})",
                 reason="StaleEpoch",
             )
-        if isinstance(request, vnode_pb2.ForwardRequest):
-            self._check(request, array, current.spec.pnode)
-        return self._inbox.deliver(
-            request, forward=forward, producer=current.spec.pnode, array=array
-        )
+        return current
 
     def _check(self, request: vnode_pb2.ForwardRequest, array: Any, producer: str) -> None:
         """A sink's output must pass its kind's checks; a failure strikes its PNode."""

@@ -58,6 +58,9 @@ class Mailbox:
     disputed: str | None = None
     #: PNodes that produced a result outside its majority at this position.
     struck: set[str] = dataclasses.field(default_factory=set)
+    #: A VNode could not compute the position (an agent's `compute_failure`): which, where,
+    #: and the kind's error. Also `failed`; an inference ends with it instead of retrying.
+    compute_failed: str | None = None
     #: Bumped on every arrival; bounded waits on it time out on the inbox's clock.
     changed: signal_mod.Signal = dataclasses.field(kw_only=True)
 
@@ -86,6 +89,16 @@ class Mailbox:
             self.failed = why
             self.disputed = disputed
             self.changed.bump()
+
+    def compute_fail(self, why: str) -> bool:
+        """A VNode reported that it could not compute the position; False when one already
+        did (the first is the one reported to the caller)."""
+        if self.compute_failed is not None:
+            return False
+        self.compute_failed = why
+        self.fail(why)
+        self.changed.bump()
+        return True
 
     def decide(self, sink: str) -> quorum.Decision:
         """Compare the sink's replicas (all arrived) and record what was decided."""

@@ -20,7 +20,10 @@ PNode running the VNode's replica 0; a VNode with a tiebreaker is always checked
 others compute on replica 0 alone. A dispute (no majority) requests a tiebreaker replica,
 waits until it is live and restored, and retries under a new request id, within the
 caller's deadline. So does a result failing its checks (its PNode is struck, and moves
-once Bugged): nothing unchecked is ever returned. PNodes whose results were compared and
+once Bugged): nothing unchecked is ever returned. A VNode that could not compute the
+request (its agent's `compute_failure`, or a source refusing the input "Invalid") ends the
+call at once with INVALID_ARGUMENT and the agent's message: the same input would fail the
+same way, so there is nothing to retry or wait for. PNodes whose results were compared and
 agreed earn a valid result.
 """
 
@@ -391,6 +394,10 @@ async def _once(
     )
     try:
         while not (box.complete and sends.done()):
+            if box.compute_failed is not None:  # the same input would fail the same way
+                raise faults.InvalidArgument(
+                    f"inference on {network!r}: {box.compute_failed}", reason="ComputeFailed"
+                )
             if box.disputed is not None:
                 raise _Disputed(box.disputed)
             if box.failed is not None:
@@ -409,6 +416,10 @@ async def _once(
             await driver_inbox.first_of(clock, waits, seconds=remaining)
         sends.result()
     except vnode_client.SendFailed as exc:
+        if exc.reason == "Invalid":  # a source refused the input itself: no retry can help
+            raise faults.InvalidArgument(
+                f"inference on {network!r}: {exc}", reason="ComputeFailed"
+            ) from None
         raise faults.Unavailable(str(exc)) from None
     finally:
         if not sends.done():

@@ -150,6 +150,7 @@ async def cluster(tmp_path: Path, data_file: Path):
         "reply_to": f"127.0.0.1:{driver_port}",
         "tmp": tmp_path,
         "data": data_file,
+        "sender": sender,
     }
     await channel.close(None)
     await server.stop(None)
@@ -353,6 +354,68 @@ async def test_inference_passes_tensors_through_to_the_sinks(cluster):
     assert probabilities.shape == (2, 3)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
     assert c["driver"].backwards == []
+
+
+async def test_a_compute_failure_is_refused_to_the_sender_and_told_to_the_driver_once(
+    cluster, monkeypatch
+):
+    """fc's weights are 4 wide; a 5-wide input passes every declared shape but fails fc's
+    compute. x (the sender) is refused, as before; the driver at reply_to, whom the refusal
+    never reaches, gets a Forward from fc with the kind's error, once however often fc is
+    fed that position (every replica of a parent, a sender's retry)."""
+    c = cluster
+    told: list[vnode_pb2.ForwardRequest] = []
+    send_forward = c["sender"].send_forward
+
+    def spying(request: vnode_pb2.ForwardRequest):
+        if request.target_vnode == "__driver__" and request.compute_failure:
+            told.append(request)
+        return send_forward(request)
+
+    monkeypatch.setattr(c["sender"], "send_forward", spying)
+    x = np.ones((2, 4), np.float32)
+    await c["stub"].Forward(forward("x", tensors.encode(x), c, request_id="r1"))
+    await c["stub"].Forward(forward("y", tensors.empty(), c, request_id="r1"))
+    await c["driver"].wait(1, 0)  # fc has its 4-wide weights now
+    wide = tensors.encode(np.ones((2, 5), np.float32))
+    for _ in range(2):  # as x would send it to fc
+        with pytest.raises(aio.AioRpcError) as exc:
+            await c["stub"].Forward(
+                forward("fc", wide, c, request_id="r2", sender_vnode="x", sender_epoch=3)
+            )
+        assert_refused(exc, grpc.StatusCode.INVALID_ARGUMENT, "kind 'dense' of 'fc'", "[2, 5]")
+        assert reason(exc) == "Invalid"
+    await c["driver"].wait(2, 0)
+    report = c["driver"].forwards[1]
+    assert (report.job, report.request_id, report.attempt) == ("j", "r2", 1)
+    assert (report.sender_vnode, report.sender_replica, report.sender_epoch) == ("fc", 0, 3)
+    assert report.target_vnode == "__driver__"
+    assert tensors.is_empty(report.tensor)
+    assert report.compute_failure.startswith("kind 'dense' of 'fc': inputs[0]: shape [2, 5]")
+    assert told == [report]
+
+
+async def test_a_failed_backward_pass_is_told_to_the_driver_as_a_backward(cluster, monkeypatch):
+    c = cluster
+    await restore_all(c)
+    fc = c["plane"].instance(NET, "fc")
+    before = None
+
+    def failing(grad, cache, params):
+        nonlocal before
+        before = {k: v.copy() for k, v in params.items()}
+        raise FloatingPointError("overflow in matmul")
+
+    monkeypatch.setattr(fc.kind, "backward", failing)
+    for source in ("x", "y"):
+        await c["stub"].Forward(forward(source, tensors.encode(BATCH), c))
+    await c["driver"].wait(1, 2)  # loss's output, y's Backward, and fc's failure (no x's)
+    (told,) = [b for b in c["driver"].backwards if b.compute_failure]
+    assert (told.sender_vnode, told.step, told.attempt) == ("fc", 1, 1)
+    assert told.compute_failure == "kind 'dense' of 'fc', backward: overflow in matmul"
+    assert fc.step == 0, "no update from a failed backward pass"
+    for name, value in (before or {}).items():
+        np.testing.assert_array_equal(fc.params[name], value)
 
 
 async def test_hop_cost_is_reported(cluster, capsys):

@@ -123,6 +123,25 @@ def test_infer_from_npy_json_and_stdin(digits: Dcnctl, tmp_path: Path) -> None:
     assert err.startswith("error: network 'digits' has sources x, y: name the one")
 
 
+def test_infer_answers_with_the_agents_words_when_a_vnode_cannot_compute(
+    digits: Dcnctl, tmp_path: Path
+) -> None:
+    """A 50-wide input fits every shape the kinds declare (fc1 has no in_features), so only
+    fc1's agent can find that its weights are 64 wide: its words reach the caller at once,
+    not "got no answer within 10 s"."""
+    x = np.load(DIGITS / "data.npz")["x_test"][:2].astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    digits("infer", "digits", "-i", str(tmp_path / "x.npy"), "--source", "x")  # fc1 has weights
+    np.save(tmp_path / "narrow.npy", x[:, :50])
+    err = digits.fails("infer", "digits", "-i", str(tmp_path / "narrow.npy"), "--source", "x")
+    assert re.fullmatch(
+        r"Error from server \(Invalid\): inference on 'digits': vnode 'fc1' replica 0 on pnode "
+        r"'agent-\d': kind 'dense' of 'fc1': inputs\[0\]: shape \[2, 50\] must end in 64 \(the "
+        r"input width this dense layer was initialized with\)\n",
+        err,
+    ), err
+
+
 def test_infer_warns_on_an_untrained_network_and_refuses_bad_input_with_the_reason(
     digits: Dcnctl, tmp_path: Path
 ) -> None:

@@ -52,6 +52,7 @@ class ForwardRequest(_message.Message):
     ADAPTIVE_FIELD_NUMBER: _builtins.int
     DOUBLE_CHECK_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    COMPUTE_FAILURE_FIELD_NUMBER: _builtins.int
     job: _builtins.str
     step: _builtins.int
     request_id: _builtins.str
@@ -80,6 +81,14 @@ class ForwardRequest(_message.Message):
     compared; any other VNode runs on replica 0 alone. When false, every replica of every
     VNode computes and every result is compared. Set by the driver and copied by every
     VNode into the messages it sends for the same position.
+    """
+    compute_failure: _builtins.str
+    """Set (with an empty tensor) by a VNode that could not compute this position, on a
+    message to `__driver__` at reply_to: the kind's error (at most one line of bounded
+    length), so the job's driver learns why at once instead of waiting out its deadline.
+    sender_vnode, sender_replica and sender_epoch name the failing VNode, which need not
+    be a sink: any VNode of the network may fail. The VNode still refuses the message it
+    could not compute (INVALID_ARGUMENT, reason "Invalid") to whoever sent it.
     """
     @_builtins.property
     def header(self) -> _common_pb2.RequestHeader: ...
@@ -115,10 +124,11 @@ class ForwardRequest(_message.Message):
         adaptive: _builtins.bool = ...,
         double_check: _abc.Iterable[_builtins.str] | None = ...,
         data: _common_pb2.DataRef | None = ...,
+        compute_failure: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "position", b"position", "request_id", b"request_id", "step", b"step", "tensor", b"tensor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adaptive", b"adaptive", "attempt", b"attempt", "data", b"data", "double_check", b"double_check", "header", b"header", "job", b"job", "network", b"network", "position", b"position", "reply_to", b"reply_to", "request_id", b"request_id", "sender_epoch", b"sender_epoch", "sender_replica", b"sender_replica", "sender_vnode", b"sender_vnode", "step", b"step", "target_epoch", b"target_epoch", "target_replica", b"target_replica", "target_vnode", b"target_vnode", "tensor", b"tensor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adaptive", b"adaptive", "attempt", b"attempt", "compute_failure", b"compute_failure", "data", b"data", "double_check", b"double_check", "header", b"header", "job", b"job", "network", b"network", "position", b"position", "reply_to", b"reply_to", "request_id", b"request_id", "sender_epoch", b"sender_epoch", "sender_replica", b"sender_replica", "sender_vnode", b"sender_vnode", "step", b"step", "target_epoch", b"target_epoch", "target_replica", b"target_replica", "target_vnode", b"target_vnode", "tensor", b"tensor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_position: _TypeAlias = _typing.Literal["step", "request_id"]  # noqa: Y015
     _WhichOneofArgType_position: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
@@ -170,6 +180,7 @@ class BackwardRequest(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     ADAPTIVE_FIELD_NUMBER: _builtins.int
     DOUBLE_CHECK_FIELD_NUMBER: _builtins.int
+    COMPUTE_FAILURE_FIELD_NUMBER: _builtins.int
     job: _builtins.str
     step: _builtins.int
     request_id: _builtins.str
@@ -197,6 +208,11 @@ class BackwardRequest(_message.Message):
     VNode computes and every result is compared. Set by the driver and copied by every
     VNode into the messages it sends for the same position.
     """
+    compute_failure: _builtins.str
+    """As in ForwardRequest (number 17 is Forward's `data`): set on a Backward to
+    `__driver__` by a VNode whose backward pass of this training step failed, the kind's
+    error, so the step rolls back at once with that reason.
+    """
     @_builtins.property
     def header(self) -> _common_pb2.RequestHeader: ...
     @_builtins.property
@@ -222,10 +238,11 @@ class BackwardRequest(_message.Message):
         attempt: _builtins.int = ...,
         adaptive: _builtins.bool = ...,
         double_check: _abc.Iterable[_builtins.str] | None = ...,
+        compute_failure: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "position", b"position", "request_id", b"request_id", "step", b"step", "tensor", b"tensor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adaptive", b"adaptive", "attempt", b"attempt", "double_check", b"double_check", "header", b"header", "job", b"job", "network", b"network", "position", b"position", "reply_to", b"reply_to", "request_id", b"request_id", "sender_epoch", b"sender_epoch", "sender_replica", b"sender_replica", "sender_vnode", b"sender_vnode", "step", b"step", "target_epoch", b"target_epoch", "target_replica", b"target_replica", "target_vnode", b"target_vnode", "tensor", b"tensor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adaptive", b"adaptive", "attempt", b"attempt", "compute_failure", b"compute_failure", "double_check", b"double_check", "header", b"header", "job", b"job", "network", b"network", "position", b"position", "reply_to", b"reply_to", "request_id", b"request_id", "sender_epoch", b"sender_epoch", "sender_replica", b"sender_replica", "sender_vnode", b"sender_vnode", "step", b"step", "target_epoch", b"target_epoch", "target_replica", b"target_replica", "target_vnode", b"target_vnode", "tensor", b"tensor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_position: _TypeAlias = _typing.Literal["step", "request_id"]  # noqa: Y015
     _WhichOneofArgType_position: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015

@@ -127,6 +127,11 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
         #: Called with (step, attempt) when a batch arrives, before anything else.
         self.on_batch: Callable[[int, int], Awaitable[None]] | None = None
         self.seen_steps: dict[tuple[int, int], asyncio.Event] = {}
+        #: (position, attempt) → the kind's error when "loss" cannot compute it: the agent
+        #: tells the driver (compute_failure) instead of answering, as a real one does.
+        self.cannot_compute: Callable[[int | str, int], str | None] = lambda p, a: None
+        #: Refuse every inference input "Invalid" with this message (None: take it).
+        self.refuse_input: str | None = None
         self.refused: list[str] = []
         self.server = aio.server()
         vnode_pb2_grpc.add_VNodeServiceServicer_to_server(self, self.server)
@@ -181,6 +186,10 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
             request.attempt if request.WhichOneof("position") == "step" else None,
             request.target_replica,
         )
+        if self.refuse_input is not None and request.WhichOneof("position") == "request_id":
+            details = common_pb2.ErrorDetails(reason="Invalid").SerializeToString()
+            context.set_trailing_metadata((("dcnr-error-details-bin", details),))
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, self.refuse_input)
         data = tensors.decode(request.tensor)
         if request.data.url:  # an inference input by data reference: x reads its array
             with np.load(self.path(request.data.url)) as archive:
@@ -227,8 +236,23 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
         fields[which] = getattr(request, which)
         return fields
 
+    async def _failed(self, request: vnode_pb2.ForwardRequest) -> bool:
+        """Tell the driver that "loss" could not compute the position, if it cannot."""
+        which = request.WhichOneof("position")
+        assert which is not None
+        why = self.cannot_compute(getattr(request, which), request.attempt)
+        if why is None:
+            return False
+        fields = self._message(request, "loss", tensors.empty())
+        await self._driver(request.reply_to).Forward(
+            vnode_pb2.ForwardRequest(**fields, compute_failure=why)
+        )
+        return True
+
     async def _train(self, request: vnode_pb2.ForwardRequest, indices: np.ndarray) -> None:
         assert self.w is not None, "trained before any Restore"
+        if await self._failed(request):
+            return
         self.w, loss = _sgd(self.w, self.xs[indices], self.lr)
         stub = self._driver(request.reply_to)
         out = tensors.encode(np.array([loss + self.lie(request.step), math.nan]))
@@ -240,6 +264,8 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
         await stub.Backward(vnode_pb2.BackwardRequest(**self._message(request, "x", done)))
 
     async def _infer(self, request: vnode_pb2.ForwardRequest, xb: np.ndarray) -> None:
+        if await self._failed(request):
+            return
         value = (self.w or 0.0) * xb
         stub = self._driver(request.reply_to)
         lie = tensors.encode(np.asarray(value + self.lie(request.request_id), dtype=np.float64))
