@@ -26,6 +26,7 @@ from wsgiref import simple_server
 import prometheus_client
 from prometheus_client import core, registry
 
+from api.resources import event as event_model
 from controller.runtime import manager as manager_mod
 from controller.state import view as view_mod
 from reconcilers import network_plan
@@ -140,6 +141,8 @@ class Metrics:
             self.validation_checks.labels(result)
         for role in ("primary", "double_check"):
             self.inference_results.labels(role)
+        for reason, kind in event_model.REASONS.items():
+            self.events.labels(kind, reason)
         self._http: simple_server.WSGIServer | None = None
         self._http_thread: threading.Thread | None = None
 

@@ -22,6 +22,31 @@ from pydantic import Field
 from api.resources.meta import DNSSubdomain, Model, Resource
 
 EventType = Literal["Normal", "Warning"]
+
+#: Every reason the control plane records, with its type: one list, so the metrics export
+#: each (type, reason) at 0 from the start (an alert on a Warning sees a series before the
+#: first one), and a test holds every recording site to it.
+REASONS: dict[str, EventType] = {
+    # On a Network (the network loop).
+    "Placed": "Normal",
+    "Migrated": "Warning",
+    "Reissued": "Normal",
+    "Stopped": "Normal",
+    "FailedScheduling": "Warning",
+    # On a PNode (the PNode service, the trust book).
+    "Registered": "Normal",
+    "Fenced": "Warning",
+    "Strike": "Warning",
+    "Bugged": "Warning",
+    "ProbationCleared": "Normal",
+    # On a Job (the job service, the driver).
+    "Created": "Normal",
+    "Started": "Normal",
+    "RolledBack": "Warning",
+    "Failed": "Warning",
+    "Succeeded": "Normal",
+    "Cancelled": "Normal",
+}
 #: Longest message stored; a longer one is clipped by the recorder.
 MAX_MESSAGE_CHARS = 1024
 
