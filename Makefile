@@ -94,12 +94,16 @@ chart-test: $(HELM) $(STAMP)
 
 # The container image (Dockerfile), with whichever of docker or podman can build here.
 # A docker CLI without a daemon does not count: `docker info` must answer.
-IMAGE ?= dcnr:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= dcnr:$(IMAGE_VERSION)
+IMAGE_ARGS = --build-arg VERSION=$(IMAGE_VERSION) \
+  --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) \
+  --build-arg SOURCE_URL=$$(git remote get-url origin 2>/dev/null || echo unknown)
 image:
 	@if command -v docker > /dev/null && docker info > /dev/null 2>&1; then \
-	  docker build -t $(IMAGE) . ; \
+	  DOCKER_BUILDKIT=1 docker build $(IMAGE_ARGS) -t $(IMAGE) . ; \
 	elif command -v podman > /dev/null && podman info > /dev/null 2>&1; then \
-	  podman build -t $(IMAGE) . ; \
+	  podman build $(IMAGE_ARGS) -t $(IMAGE) . ; \
 	else \
 	  echo "make image: no working container engine here (need docker with a running daemon, or podman that can run containers); the image was NOT built" >&2; \
 	  exit 1; \

@@ -4,7 +4,6 @@ tour uses, and `python -m dcnr_examples DIR` writes them where the tour expects 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import dcnr_examples
+from tests.support import wheel as wheel_mod
 
 pytestmark = pytest.mark.slow
 
@@ -20,36 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "examples" / "digits"
 
 
-def _wheel(tmp_path: Path) -> Path:
-    """A wheel built from the files git would commit (not from this working tree's build
-    leftovers), with setuptools itself, as `pip install .` builds it."""
-    source = tmp_path / "source"
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, check=True,
-    ).stdout.decode().split("\0")  # fmt: skip
-    for name in filter(None, listed):
-        origin = REPO / name
-        if not origin.exists() and not origin.is_symlink():
-            continue  # deleted in the working tree, not yet committed
-        target = source / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if origin.is_symlink():
-            target.symlink_to(origin.readlink())
-        else:
-            shutil.copy2(origin, target)
-    out = tmp_path / "dist"
-    subprocess.run(
-        [sys.executable, "-c",
-         f"from setuptools import build_meta; build_meta.build_wheel({str(out)!r})"],
-        cwd=source, capture_output=True, check=True, timeout=300,
-    )  # fmt: skip
-    (wheel,) = out.glob("dcnr-*.whl")
-    return wheel
-
-
 def test_the_wheel_carries_the_digits_example(tmp_path: Path) -> None:
-    wheel = _wheel(tmp_path)
+    wheel = wheel_mod.build(tmp_path)
     installed = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         for name in dcnr_examples.EXAMPLES["digits"]:
