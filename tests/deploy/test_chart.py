@@ -366,3 +366,16 @@ def test_bad_values_fail_naming_the_value(
     out = _helm(helm, "template", "rel", str(CHART), values=values, tmp_path=tmp_path)
     assert out.returncode != 0
     assert named in out.stderr, out.stderr
+
+
+def test_notes_tell_how_to_reach_it_with_dcnctl(helm: Path, tmp_path: Path) -> None:
+    """NOTES.txt, rendered by a client-side dry run (no cluster)."""
+    out = _helm(
+        helm, "install", "rel", str(CHART), "--dry-run=client", "--namespace", "ml",
+        values=MATRIX["tls-on"], tmp_path=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    notes = out.stdout.split("NOTES:", 1)[1]
+    assert "kubectl --namespace ml port-forward service/rel-dcnr 7070:7070" in notes
+    assert 'dcnctl --server 127.0.0.1:7070 --token "$DCNR_TOKEN" get pnodes' in notes
+    assert "gRPC is served in plaintext" in notes
