@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint typecheck layers buf api-compat api-release pytest proto venv clean bench \
-        image chart-test
+        image chart-test promtool
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "DCNR needs Python >= 3.11, found " + sys.version'
@@ -108,6 +108,26 @@ image:
 	  echo "make image: no working container engine here (need docker with a running daemon, or podman that can run containers); the image was NOT built" >&2; \
 	  exit 1; \
 	fi
+
+# promtool (Prometheus' rule checker) for tests/deploy/test_monitoring.py, linked into
+# .tools/: the one on PATH if there is one; else, as root, Debian's `prometheus` package
+# (apt-get); else this fails with the hint. The alert rules are never left unchecked.
+.tools/promtool:
+	@mkdir -p .tools
+	@if command -v promtool > /dev/null; then \
+	  ln -sf "$$(command -v promtool)" $@; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+	  echo "installing promtool: apt-get install -y prometheus ..."; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } > .tools/promtool-install.log 2>&1 \
+	    || { tail -20 .tools/promtool-install.log; exit 1; }; \
+	  ln -sf "$$(command -v promtool)" $@; \
+	else \
+	  echo "promtool not found: install Prometheus' promtool (Debian/Ubuntu: sudo apt-get install prometheus; or a release from https://prometheus.io/download/) and put it on PATH"; \
+	  exit 1; \
+	fi
+	@$@ --version | head -1
+
+promtool: .tools/promtool
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .hypothesis
