@@ -49,7 +49,9 @@ def configure(settings: kopf.OperatorSettings) -> None:
     """Where kopf keeps its state: annotations under dcnr.io (the CRD's status schema is
     structural, so status would prune kopf's fields), our own finalizer, no peering (one
     replica, Recreate strategy), and only warnings as Events (a timer's success every
-    resync would flood them)."""
+    resync would flood them). No scanning: the CRDs are installed with the chart before the
+    operator starts, and the namespaces to watch are named, so the operator needs no
+    cluster-wide access to CRDs or namespaces (least privilege, docs/operator.md)."""
     settings.persistence.finalizer = handlers.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="dcnr.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -57,6 +59,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
     )
     settings.peering.standalone = True
     settings.posting.level = logging.WARNING
+    settings.scanning.disabled = True
 
 
 def target(args: argparse.Namespace) -> client_mod.Target:
@@ -76,6 +79,9 @@ async def operate(
     c = client_mod.Client(orchestrator)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, resync=args.resync_seconds)
+    # kopf's own login (in-cluster service account, or $KUBECONFIG), as `kopf run` does.
+    kopf.on.login(registry=registry)(kopf.login_with_service_account)
+    kopf.on.login(registry=registry)(kopf.login_with_kubeconfig)
     settings = kopf.OperatorSettings()
     configure(settings)
     options: dict[str, Any] = (
