@@ -260,6 +260,7 @@ async def _scenario(
                               what="the Job CR Succeeded",
                               accept=lambda j: j and j.get("status", {}).get("phase")
                               == "Succeeded")  # fmt: skip
+    assert cr_job is not None
     run = await orch.job("digits-train")
     assert run is not None
     assert run.status.accuracy is not None
