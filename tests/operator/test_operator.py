@@ -28,7 +28,9 @@ from dcnr_operator import client as client_mod
 from dcnr_operator import main as operator_main
 from tests.support import agents, procs, wait
 
-pytestmark = pytest.mark.slow
+# About 95 s on 2 shared cores (training, two restarts): above the default 120 s limit
+# under contention, so its own limit. Not yet "well under a minute": see the report.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 REPO = agents.REPO
 NS = "default"
