@@ -14,14 +14,22 @@ Optimizer = Literal["sgd", "momentum", "adam"]
 
 
 class JobSpec(Model):
+    #: The Network the job runs over (in the same namespace, for a Job CR).
     network: DNSSubdomain
+    #: train or infer.
     type: JobType = "train"
+    #: Training data; unset: the data refs of the network's VNodes.
     data: DataRef | None = None
+    #: Passes over the training data.
     epochs: int = Field(default=1, ge=1, le=100_000)
+    #: Samples per step.
     batch_size: int = Field(default=32, ge=1, le=1_000_000)
+    #: sgd, momentum or adam.
     optimizer: Optimizer = "sgd"
     learning_rate: float = Field(default=0.01, gt=0, le=10)
+    #: Checkpoint every this many steps.
     checkpoint_interval: int = Field(default=50, ge=1)
+    #: Seed of every random choice in the run (initialization, shuffling).
     seed: int = 0
 
 

@@ -66,13 +66,21 @@ class DataRef(Model):
 
 
 class VNodeSpec(Model):
+    #: The VNode's name in the graph, a DNS-1123 label unique in the network.
     name: DNSLabel
+    #: What the VNode computes: input, dense, relu, softmax_cross_entropy, ...
     kind: Annotated[str, AfterValidator(check_vnode_kind)]
+    #: The kind's parameters (e.g. `units` of a dense layer), checked against its schema.
     params: dict[str, JsonValue] = Field(default_factory=dict)
+    #: Names of the VNodes whose outputs this one takes, in order.
     inputs: list[str] = Field(default_factory=list, max_length=MAX_INPUTS)
+    #: What one replica needs of a PNode: cpu ("250m"), memory ("64Mi"), an accelerator.
     resources: ResourceRequest = Field(default_factory=ResourceRequest)
+    #: Copies that run at once (at least 2 under a validation policy).
     replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
+    #: Placed only on trusted PNodes.
     critical: bool = False
+    #: The data a source VNode reads.
     data: DataRef | None = None
 
 
@@ -80,7 +88,10 @@ ValidationPolicy = Literal["none", "replicas", "adaptive"]
 
 
 class NetworkSpec(Model):
+    #: The graph: one entry per VNode, edges given by each VNode's `inputs`.
     vnodes: list[VNodeSpec] = Field(min_length=1, max_length=MAX_VNODES)
+    #: How results of untrusted PNodes are checked: none, replicas (compare replicas'
+    #: results), adaptive (compare fewer as PNodes earn trust).
     validation: ValidationPolicy = "none"
 
 

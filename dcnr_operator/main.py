@@ -1,0 +1,117 @@
+"""`dcnr-operator`: runs the kopf operator for Network and Job CRs.
+
+Kubernetes credentials come the way kopf finds them (in-cluster service account, or
+$KUBECONFIG); the orchestrator's address and admin token from flags or the environment
+(DCNR_SERVER, DCNR_TOKEN_FILE), as the chart's operator Deployment sets them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from dcnr_operator import client as client_mod
+from dcnr_operator import handlers
+
+DEFAULT_RESYNC = 60.0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dcnr-operator", description=__doc__)
+    env = os.environ.get
+    p.add_argument("--server", default=env("DCNR_SERVER", "127.0.0.1:7070"),
+                   help="orchestrator gRPC address (env DCNR_SERVER)")  # fmt: skip
+    p.add_argument("--token-file", default=env("DCNR_TOKEN_FILE", ""),
+                   help="file holding the admin token (env DCNR_TOKEN_FILE)")  # fmt: skip
+    p.add_argument("--tls-ca", default=env("DCNR_TLS_CA", ""),
+                   help="CA bundle to verify the orchestrator's TLS certificate")  # fmt: skip
+    p.add_argument("--namespace", "-n", action="append", default=[],
+                   help="watch this namespace (repeatable); none: all namespaces")  # fmt: skip
+    p.add_argument("--resync-seconds", type=float,
+                   default=float(env("DCNR_RESYNC_SECONDS", DEFAULT_RESYNC)),
+                   help="how often every CR is compared with the orchestrator")  # fmt: skip
+    p.add_argument("--log-level", default=env("DCNR_LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error"])  # fmt: skip
+    p.add_argument("--liveness", default="",
+                   help="kopf's liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    return p
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """Where kopf keeps its state: annotations under dcnr.io (the CRD's status schema is
+    structural, so status would prune kopf's fields), our own finalizer, no peering (one
+    replica, Recreate strategy), and only warnings as Events (a timer's success every
+    resync would flood them). No scanning: the CRDs are installed with the chart before the
+    operator starts, and the namespaces to watch are named, so the operator needs no
+    cluster-wide access to CRDs or namespaces (least privilege, docs/operator.md)."""
+    settings.persistence.finalizer = handlers.FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="dcnr.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="dcnr.io", key="last-handled-configuration"
+    )
+    settings.peering.standalone = True
+    settings.posting.level = logging.WARNING
+    settings.scanning.disabled = True
+
+
+def target(args: argparse.Namespace) -> client_mod.Target:
+    token = Path(args.token_file).read_text().strip() if args.token_file else ""
+    return client_mod.Target(
+        server=args.server, token=token, tls_ca=Path(args.tls_ca) if args.tls_ca else None
+    )
+
+
+async def operate(
+    args: argparse.Namespace,
+    orchestrator: client_mod.Target,
+    *,
+    stop_flag: asyncio.Event | None = None,
+) -> None:
+    """The operator until `stop_flag` is set (or the task cancelled)."""
+    c = client_mod.Client(orchestrator)
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, resync=args.resync_seconds)
+    # kopf's own login (in-cluster service account, or $KUBECONFIG), as `kopf run` does.
+    kopf.on.login(registry=registry)(kopf.login_with_service_account)
+    kopf.on.login(registry=registry)(kopf.login_with_kubeconfig)
+    settings = kopf.OperatorSettings()
+    configure(settings)
+    options: dict[str, Any] = (
+        {"namespaces": args.namespace} if args.namespace else {"clusterwide": True}
+    )
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=settings,
+            standalone=True,
+            memo=kopf.Memo(client=c),
+            stop_flag=stop_flag,
+            liveness_endpoint=args.liveness or None,
+            **options,
+        )
+    finally:
+        await c.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(operate(args, target(args)))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
