@@ -379,3 +379,47 @@ def test_notes_tell_how_to_reach_it_with_dcnctl(helm: Path, tmp_path: Path) -> N
     assert "kubectl --namespace ml port-forward service/rel-dcnr 7070:7070" in notes
     assert 'dcnctl --server 127.0.0.1:7070 --token "$DCNR_TOKEN" get pnodes' in notes
     assert "gRPC is served in plaintext" in notes
+
+
+@pytest.mark.parametrize("namespaces", [[], ["ml", "vision"]])
+def test_operator_talks_to_the_service_with_least_privilege(
+    helm: Path, namespaces: list[str], tmp_path: Path
+) -> None:
+    values = {"operator": {"enabled": True, "watchNamespaces": namespaces}}
+    docs = _render(helm, values, tmp_path)
+    deployment = _one(docs, "Deployment", "rel-dcnr-operator")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert container["command"] == ["dcnr-operator"]
+    assert args[args.index("--server") + 1] == "rel-dcnr.ml.svc:7070"
+    assert args[args.index("--token-file") + 1] == "/etc/dcnr/admin-token/token"
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--namespace"] == namespaces
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "rel-dcnr-operator"
+    roles = [
+        d
+        for d in docs
+        if d["kind"] in {"Role", "ClusterRole"} and "operator" in d["metadata"]["name"]
+    ]
+    # Cluster-wide only when every namespace is watched; else one Role per namespace.
+    assert {d["kind"] for d in roles} == ({"Role"} if namespaces else {"ClusterRole"})
+    assert sorted(d["metadata"].get("namespace", "") for d in roles) == (namespaces or [""])
+    for role in roles:
+        granted = {
+            (group, resource, verb)
+            for rule in role["rules"]
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]
+        }
+        # What it does: watch and patch its CRs and their status, post Events; nothing else.
+        assert {g for g, _, _ in granted} <= {"dcnr.io", "", "events.k8s.io"}
+        assert {r for _, r, _ in granted} <= {
+            "networks",
+            "jobs",
+            "networks/status",
+            "jobs/status",
+            "events",
+        }
+        assert not {v for _, _, v in granted} & {"delete", "deletecollection", "*", "escalate"}
+    crds = {d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition"}
+    assert crds == {"networks.dcnr.io", "jobs.dcnr.io"}
