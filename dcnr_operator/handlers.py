@@ -86,6 +86,8 @@ async def on_network_change(
 async def resync_network(
     body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: kopf.Memo, **_: Any
 ) -> None:
+    if body.metadata.deletion_timestamp is not None:
+        return  # being deleted: the delete handler owns it now, never re-apply it
     c = _client(memo)
     name = body.metadata.name
     assert name is not None
@@ -185,6 +187,8 @@ async def on_job_create(
 async def resync_job(
     body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, memo: kopf.Memo, **_: Any
 ) -> None:
+    if body.metadata.deletion_timestamp is not None:
+        return  # being deleted: the delete handler owns it now, never re-apply it
     c = _client(memo)
     name = body.metadata.name
     assert name is not None
