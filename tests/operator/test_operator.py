@@ -97,8 +97,10 @@ class Operator:
 class Kube:
     """The Kubernetes side, as kubectl would see it."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, op: Operator) -> None:
         self.s = session
+        #: The operator serving this kmock (a scenario restarts it).
+        self.op = op
 
     async def create(self, plural: str, body: dict[str, Any]) -> None:
         # kmock keeps no resourceVersion of its own; kopf's finalizer patch tests for one.
@@ -169,6 +171,23 @@ def orchestrator_on(store: str, listen: str = "127.0.0.1:0") -> Iterator[procs.S
         yield served
 
 
+@contextlib.asynccontextmanager
+async def operating(
+    served: procs.Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Kube]:
+    """kmock, a client session on it, and the operator running against `served`."""
+    async with (
+        kubernetes(tmp_path, monkeypatch) as server,
+        aiohttp.ClientSession(base_url=str(server.url)) as session,
+    ):
+        op = Operator(served.address)
+        op.start()
+        try:
+            yield Kube(session, op)
+        finally:
+            await op.stop()
+
+
 def _example() -> dict[str, Any]:
     doc: dict[str, Any] = yaml.safe_load((REPO / "examples/digits/network.yaml").read_text())
     doc["metadata"]["namespace"] = NS
@@ -190,18 +209,11 @@ async def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scenario: Scenar
         orch = Orchestrator(served.address)
         await wait.until(orch.ready_pnodes, within=30, what="3 ready pnodes",
                          accept=lambda n: n == 3)  # fmt: skip
-        async with (
-            kubernetes(tmp_path, monkeypatch) as server,
-            aiohttp.ClientSession(base_url=str(server.url)) as session,
-        ):
-            kube = Kube(session)
-            op = Operator(served.address)
-            op.start()
-            try:
-                await scenario(kube, orch, op, stack, served, store)
-            finally:
-                await op.stop()
-                await orch.c.close()
+        try:
+            async with operating(served, tmp_path, monkeypatch) as kube:
+                await scenario(kube, orch, kube.op, stack, served, store)
+        finally:
+            await orch.c.close()
     finally:
         stack.close()
 
@@ -337,14 +349,8 @@ async def test_an_invalid_cr_gets_a_warning_event_naming_the_field(
     Event looked for must be the namespace's first. No agents: the refusal is Apply's."""
     with orchestrator_on(f"sqlite:///{tmp_path / 'state.db'}") as served:
         orch = Orchestrator(served.address)
-        async with (
-            kubernetes(tmp_path, monkeypatch) as server,
-            aiohttp.ClientSession(base_url=str(server.url)) as session,
-        ):
-            kube = Kube(session)
-            op = Operator(served.address)
-            op.start()
-            try:
+        try:
+            async with operating(served, tmp_path, monkeypatch) as kube:
                 bad = _example()
                 bad["metadata"]["name"] = "broken"
                 bad["spec"]["vnodes"][2]["params"] = {"units": "many"}
@@ -363,6 +369,5 @@ async def test_an_invalid_cr_gets_a_warning_event_naming_the_field(
                     accept=names_field,
                 )  # fmt: skip
                 assert await orch.network("broken") is None
-            finally:
-                await op.stop()
-                await orch.c.close()
+        finally:
+            await orch.c.close()
