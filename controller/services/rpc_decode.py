@@ -26,7 +26,7 @@ import grpc
 from grpc import aio
 
 from controller import errors as faults
-from controller.services import rpc
+from controller.services import rpc, rpc_timer
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the stubs
 
@@ -70,6 +70,9 @@ class DecodeGuard(_Interceptor):
     """Rewraps every request-unary handler so an undecodable request becomes
     INVALID_ARGUMENT with reason `Undecodable`."""
 
+    def __init__(self) -> None:
+        self._guarded = rpc_timer.Rewrapped(self._wrap)
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
@@ -78,7 +81,11 @@ class DecodeGuard(_Interceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        type_name = _request_type(handler.request_deserializer, handler_call_details.method)
+        return self._guarded(handler_call_details.method, handler)
+
+    def _wrap(self, method: str, handler: Handler) -> Handler:
+        assert handler.request_deserializer is not None
+        type_name = _request_type(handler.request_deserializer, method)
         decode = guarded_deserializer(handler.request_deserializer, type_name)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(

@@ -29,6 +29,25 @@ else:  # generic only in the stubs
     _Interceptor = aio.ServerInterceptor
 
 
+class Rewrapped:
+    """The wrapped handler of each method, built once: an interceptor that rewraps a
+    handler on every call would build closures and a handler per heartbeat and resolution.
+    Keyed by method and kept only while the inner handler is the same object, so it holds at
+    most one entry per served method (unknown methods have no handler and are not kept)."""
+
+    def __init__(self, wrap: Callable[[str, Handler], Handler]) -> None:
+        self._wrap = wrap
+        self._made: dict[str, tuple[Handler, Handler]] = {}
+
+    def __call__(self, method: str, handler: Handler) -> Handler:
+        made = self._made.get(method)
+        if made is not None and made[0] is handler:
+            return made[1]
+        wrapped = self._wrap(method, handler)
+        self._made[method] = (handler, wrapped)
+        return wrapped
+
+
 class RpcTimer(_Interceptor):
     """Times each call and labels it with the status it ended with.
 
@@ -39,6 +58,7 @@ class RpcTimer(_Interceptor):
 
     def __init__(self, metrics: metrics_mod.Metrics) -> None:
         self._metrics = metrics
+        self._timed = Rewrapped(self._wrap)
 
     async def intercept_service(
         self,
@@ -48,7 +68,9 @@ class RpcTimer(_Interceptor):
         handler = await continuation(handler_call_details)
         if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED itself
             return handler
-        method = handler_call_details.method
+        return self._timed(handler_call_details.method, handler)
+
+    def _wrap(self, method: str, handler: Handler) -> Handler:
         record = self._recorder(method)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
