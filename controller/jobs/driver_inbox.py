@@ -198,16 +198,9 @@ class Inbox:
     ) -> bool:
         """File a checked message (`array`: its decoded tensor; `producer`: the PNode of its
         sender's slot); True when it is a duplicate. Raises `controller.errors`."""
-        if request.WhichOneof("position") is None:
-            raise faults.FieldInvalid("position", None, "one of step or request_id must be set")
-        position = _position(request)
-        box = self._boxes.get((request.job, request.attempt, position))
+        position, box = self._box_of(request)
         if box is None:
             return self._unexpected(request, position)
-        if request.network != box.network:
-            raise faults.FieldInvalid(
-                "network", request.network, f"job {box.job!r} runs {box.network!r}"
-            )
         sender, replica = request.sender_vnode, request.sender_replica
         expected = box.sinks if forward else box.sources
         if sender not in expected:
@@ -241,22 +234,31 @@ class Inbox:
         box.changed.bump()
         return False
 
+    def _box_of(
+        self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest
+    ) -> tuple[Position, Mailbox | None]:
+        """The message's position and the mailbox open for it (None: nobody waits there);
+        raises `controller.errors` for a message that names no position or another
+        network than the run's."""
+        if request.WhichOneof("position") is None:
+            raise faults.FieldInvalid("position", None, "one of step or request_id must be set")
+        position = _position(request)
+        box = self._boxes.get((request.job, request.attempt, position))
+        if box is not None and request.network != box.network:
+            raise faults.FieldInvalid(
+                "network", request.network, f"job {box.job!r} runs {box.network!r}"
+            )
+        return position, box
+
     def compute_failed(
         self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest, *, producer: str
     ) -> bool:
         """File a VNode's report that it could not compute the position (`producer`: the
         PNode of its sender slot, checked current); True when the position had one already.
         Raises `controller.errors` for a position nobody waits for, as `deliver` does."""
-        if request.WhichOneof("position") is None:
-            raise faults.FieldInvalid("position", None, "one of step or request_id must be set")
-        position = _position(request)
-        box = self._boxes.get((request.job, request.attempt, position))
+        position, box = self._box_of(request)
         if box is None:
             return self._unexpected(request, position)
-        if request.network != box.network:
-            raise faults.FieldInvalid(
-                "network", request.network, f"job {box.job!r} runs {box.network!r}"
-            )
         why = (
             f"vnode {request.sender_vnode!r} replica {request.sender_replica} on pnode "
             f"{producer!r}: {messages.clip(request.compute_failure)}"
