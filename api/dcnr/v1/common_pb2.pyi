@@ -38,6 +38,14 @@ returned) on every PNodeService agent call, ValidationService call and re-Regist
 call metadata as `authorization: Bearer <credential>`. The credential never appears in a
 message (messages get logged, metadata of this key does not), while the PNode id does, in
 the request, so the server knows which stored credential hash to check it against.
+
+SIGNED REQUESTS. Every VNodeService request (the data plane, and messages to a job's
+driver) is signed by its sender: the serialized request, exactly the bytes sent, is signed
+with the sender's identity key (ECDSA P-256, SHA-256, DER signature) over
+"dcnr.v1 signed request\\n" + <full method, e.g. /dcnr.v1.VNodeService/Forward> + "\\n" +
+<bytes>. The signature travels in call metadata `dcnr-signature-bin` and the sender's
+identity certificate (DER, issued by the orchestrator's identity CA at Register and renewed
+through Heartbeat) in `dcnr-certificate-bin`. See SignedMessage and docs/security.md.
 """
 
 from collections import abc as _abc
@@ -481,3 +489,40 @@ class ErrorDetails(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ErrorDetails: _TypeAlias = ErrorDetails  # noqa: Y015
+
+@_typing.final
+class SignedMessage(_message.Message):
+    """A signed request exactly as its sender sent it: the evidence a receiver forwards when the
+    request fails a check, which the orchestrator verifies and checks again itself, so a
+    strike rests on the accused PNode's own signature and not on the accuser's word.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    """The full gRPC method of the request: "/dcnr.v1.VNodeService/Forward"."""
+    body: _builtins.bytes
+    """The serialized request, byte for byte as received."""
+    certificate: _builtins.bytes
+    """The sender's identity certificate (DER), as received in `dcnr-certificate-bin`."""
+    signature: _builtins.bytes
+    """The sender's signature, as received in `dcnr-signature-bin`."""
+    def __init__(
+        self,
+        *,
+        method: _builtins.str = ...,
+        body: _builtins.bytes = ...,
+        certificate: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "certificate", b"certificate", "method", b"method", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedMessage: _TypeAlias = SignedMessage  # noqa: Y015

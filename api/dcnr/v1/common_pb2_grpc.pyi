@@ -38,6 +38,14 @@ returned) on every PNodeService agent call, ValidationService call and re-Regist
 call metadata as `authorization: Bearer <credential>`. The credential never appears in a
 message (messages get logged, metadata of this key does not), while the PNode id does, in
 the request, so the server knows which stored credential hash to check it against.
+
+SIGNED REQUESTS. Every VNodeService request (the data plane, and messages to a job's
+driver) is signed by its sender: the serialized request, exactly the bytes sent, is signed
+with the sender's identity key (ECDSA P-256, SHA-256, DER signature) over
+"dcnr.v1 signed request\\n" + <full method, e.g. /dcnr.v1.VNodeService/Forward> + "\\n" +
+<bytes>. The signature travels in call metadata `dcnr-signature-bin` and the sender's
+identity certificate (DER, issued by the orchestrator's identity CA at Register and renewed
+through Heartbeat) in `dcnr-certificate-bin`. See SignedMessage and docs/security.md.
 """
 
 from collections import abc as _abc
