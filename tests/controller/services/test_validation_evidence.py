@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -43,8 +44,8 @@ def ids() -> signed_support.Identities:
 
 
 @pytest.fixture
-async def served(tmp_path: object, ids: signed_support.Identities) -> AsyncIterator[Served]:
-    async with serving(tmp_path, verifier=ids.verifier) as it:  # type: ignore[arg-type]
+async def served(tmp_path: Path, ids: signed_support.Identities) -> AsyncIterator[Served]:
+    async with serving(tmp_path, verifier=ids.verifier) as it:
         yield it
 
 
