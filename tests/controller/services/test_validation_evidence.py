@@ -127,6 +127,9 @@ async def test_an_unproven_accusation_costs_the_accuser(
         [(accuser, accused, detail)] = await accusations(served, name)
         assert (accuser, accused) == ("p2", "p0")
         assert reason in detail
+    page = await served.store.list(event.Event, index=("object", "PNode/p2"))
+    [strike] = [e.message for e in page.items if e.reason == "Strike"]
+    assert strike == "accusation against a refused: no proof"
 
 
 async def test_a_slot_that_moved_since_costs_nobody(

@@ -153,13 +153,14 @@ async def serving(
         )
     view = view_mod.View(store, clock, config=CONFIG)
     await view.refresh()
-    book = trust.TrustBook(store=store, clock=clock)  # not started: flushed by the tests
     inbox = driver_inbox.Inbox(clock=clock)
     box = inbox.open(
         job="train", network="net", attempt=1, position=STEP, sinks={"c": 2}, sources={"a": 2}
     )
     counters = metrics.Metrics()
-    events = recorder.Recorder(store=store, clock=clock, replica="r1")  # flushed by the tests
+    # Neither started: flushed by the tests.
+    events = recorder.Recorder(store=store, clock=clock, replica="r1")
+    book = trust.TrustBook(store=store, clock=clock, events=events)
     service = validation_service.ValidationService(
         store=store,
         view=view,
