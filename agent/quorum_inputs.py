@@ -20,6 +20,7 @@ from typing import cast
 import numpy as np
 
 from api import quorum
+from api.dcnr.v1 import common_pb2
 
 Position = tuple[str, int | str]  # ("step", 5) or ("request", "r-1")
 #: What an empty "no gradient" / "no input" tensor is compared as.
@@ -41,18 +42,24 @@ class Finding:
     subject_replica: int
     subject_epoch: int
     message: str
+    #: The signed results of the replicas compared, as received (those that carried one):
+    #: the proof the orchestrator checks (ReportResultRequest.evidence).
+    evidence: tuple[common_pb2.SignedMessage, ...] = ()
 
 
 @dataclasses.dataclass
 class _Neighbour:
     results: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
     epochs: dict[int, int] = dataclasses.field(default_factory=dict)
+    signed: dict[int, common_pb2.SignedMessage] = dataclasses.field(default_factory=dict)
     accepted: np.ndarray | None = None
     winners: tuple[int, ...] = ()
     disputed: bool = False
 
     def copy(self) -> _Neighbour:
-        return dataclasses.replace(self, results=dict(self.results), epochs=dict(self.epochs))
+        return dataclasses.replace(
+            self, results=dict(self.results), epochs=dict(self.epochs), signed=dict(self.signed)
+        )
 
 
 class Inputs:
@@ -65,13 +72,25 @@ class Inputs:
         self._by_name: dict[str, _Neighbour] = {}
 
     def add(
-        self, name: str, replica: int, epoch: int, array: np.ndarray, *, expected: int
+        self,
+        name: str,
+        replica: int,
+        epoch: int,
+        array: np.ndarray,
+        *,
+        expected: int,
+        evidence: common_pb2.SignedMessage | None = None,
     ) -> list[Finding]:
         """Record `name` replica `replica`'s result (out of `expected` replicas) and decide
-        again; returns what there is to report because of it."""
+        again; returns what there is to report because of it. `evidence`: the signed request
+        that carried it, for the reports."""
         n = self._by_name.setdefault(name, _Neighbour())
         n.results[replica] = array
         n.epochs[replica] = epoch
+        if evidence is not None:
+            n.signed[replica] = evidence
+        else:
+            n.signed.pop(replica, None)
         if n.accepted is not None:  # decided already: the late result is only compared
             if quorum.agree(n.accepted, array):
                 return []
@@ -102,6 +121,7 @@ class Inputs:
                         f"{_list(sorted(n.results))} disagree with no majority of {total}; "
                         "a tiebreaker replica must settle it"
                     ),
+                    evidence=_signed(n),
                 )
             ]
         return []
@@ -163,7 +183,14 @@ class Inputs:
             message=(
                 f"quorum: the {self._what()[:-1]} of {name!r} replica {replica} {how} {majority}"
             ),
+            evidence=_signed(n),
         )
+
+
+def _signed(n: _Neighbour) -> tuple[common_pb2.SignedMessage, ...]:
+    """Every replica's signed result, in replica order: the loser's and the majority's
+    both, since the orchestrator compares them itself."""
+    return tuple(n.signed[r] for r in sorted(n.signed))
 
 
 def _list(replicas: Iterable[int]) -> str:

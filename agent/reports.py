@@ -5,19 +5,30 @@ comparing the replicas of a neighbour found (`agent.quorum_inputs`): a loser (FA
 dispute without a majority (DISPUTED). Either way the reporter is the receiving VNode replica
 and the subject is the producer, so the orchestrator can tell whether the reporter is a
 neighbour of the subject at all before it strikes anyone.
+
+Each report carries its evidence: the received requests with their senders' signatures
+(`ReportResultRequest.evidence`), since the orchestrator strikes on nothing else — the one
+refused request for a failed check, every replica's compared result for a quorum finding.
 """
 
 from __future__ import annotations
 
 from agent import vnode
 from api import checks
-from api.dcnr.v1 import validation_pb2, vnode_pb2
+from api.dcnr.v1 import common_pb2, validation_pb2, vnode_pb2
+
+#: Most evidence one report carries (the server's cap, ReportResultRequest.evidence).
+MAX_EVIDENCE = 16
 
 
 def check_failed(
-    request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest, failed: checks.CheckFailed
+    request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest,
+    failed: checks.CheckFailed,
+    *,
+    evidence: common_pb2.SignedMessage | None = None,
 ) -> validation_pb2.ReportResultRequest:
-    """The report of a received result that failed `failed.check`."""
+    """The report of a received result that failed `failed.check`; `evidence`: `request`
+    as received, signed by its sender."""
     which = request.WhichOneof("position")
     return _report(
         reporter=(request.network, request.target_vnode, request.target_replica),
@@ -29,6 +40,7 @@ def check_failed(
             check=failed.check, result=validation_pb2.CHECK_RESULT_FAILED, message=failed.message
         ),
         subject=(request.sender_vnode, request.sender_replica, request.sender_epoch),
+        evidence=() if evidence is None else (evidence,),
     )
 
 
@@ -47,6 +59,7 @@ def quorum(instance: vnode.Instance, finding: vnode.Finding) -> validation_pb2.R
         forward=finding.forward,
         outcome=validation_pb2.CheckOutcome(check="quorum", result=result, message=finding.message),
         subject=(finding.subject_vnode, finding.subject_replica, finding.subject_epoch),
+        evidence=finding.evidence,
     )
 
 
@@ -59,6 +72,7 @@ def _report(
     forward: bool,
     outcome: validation_pb2.CheckOutcome,
     subject: tuple[str, int, int],
+    evidence: tuple[common_pb2.SignedMessage, ...] = (),
 ) -> validation_pb2.ReportResultRequest:
     """`reporter`: (network, vnode, replica) that received the result; `subject`: (vnode,
     replica, epoch) that produced it."""
@@ -79,6 +93,7 @@ def _report(
         subject_vnode=subject[0],
         subject_replica=subject[1],
         subject_epoch=subject[2],
+        evidence=evidence[:MAX_EVIDENCE],
     )
     kind, value = position
     if kind == "step":

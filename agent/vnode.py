@@ -43,6 +43,7 @@ import numpy as np
 
 from agent import quorum_inputs
 from agent.runtime import kinds, optim, state
+from api.dcnr.v1 import common_pb2
 
 DRIVER = "__driver__"
 DEFAULT_OPTIMIZER = ("sgd", 0.01)
@@ -91,6 +92,8 @@ class Message:
     sender_epoch: int = 0
     adaptive: bool = False
     double_check: tuple[str, ...] = ()
+    #: The request as received with its sender's signature: what a report of it carries.
+    evidence: common_pb2.SignedMessage | None = None
 
 
 @dataclass(frozen=True)
@@ -260,7 +263,12 @@ class Instance:
         saved = None if pending.computed else pending.inputs.save(m.sender_vnode)
         expected = self._expected(pending, m.job, m.sender_vnode)
         found = pending.inputs.add(
-            m.sender_vnode, m.sender_replica, m.sender_epoch, m.array, expected=expected
+            m.sender_vnode,
+            m.sender_replica,
+            m.sender_epoch,
+            m.array,
+            expected=expected,
+            evidence=m.evidence,
         )
         if pending.computed or not pending.inputs.complete(self._unique_parents):
             return [], found
@@ -312,6 +320,7 @@ class Instance:
             m.sender_epoch,
             quorum_inputs.EMPTY if grad is None else grad,
             expected=expected[m.sender_vnode],
+            evidence=m.evidence,
         )
         # Every replica of every child must have answered, not only a majority: a child
         # replica that got no forward (its input went astray while it moved) sends no

@@ -2,7 +2,9 @@
 
 The last section, as in kubectl, is the object's Events (the server's ListEvents: placements,
 migrations, fencing, strikes, job attempts and rollbacks), `<none>` when it has none. A
-PNode without recorded events still shows the last validation outcomes its record keeps.
+PNode without recorded events still shows the last validation outcomes its record keeps,
+and a PNode with refused accusations (AccusationRefused events: the orchestrator found no
+proof) lists them before its Events, those it made and those made against it.
 """
 
 from __future__ import annotations
@@ -210,9 +212,27 @@ def pnode_text(
         )
     else:
         out += f"{'Allocations:'.ljust(WIDTH)}{tables.NONE}\n"
+    out += _accusations(node.name, seen, now)
     if seen:
         return out + events.section(seen, now, WIDTH)
     return out + _validation_events(node, now)
+
+
+def _accusations(name: str, seen: Seen, now: datetime) -> str:
+    """Refused accusations by and against `name`, from its AccusationRefused events; empty
+    when there are none. ROLE "by": `name` accused PNODE; "against": PNODE accused `name`."""
+    rows = []
+    for e in seen:
+        parsed = event.parse_accusation(e.message) if e.reason == "AccusationRefused" else None
+        if parsed is None:
+            continue
+        accuser, accused, detail = parsed
+        role, other = ("by", accused) if accuser == name else ("against", accuser)
+        rows.append([tables.age(e.last_timestamp, now), role, other, str(e.count), detail])
+    if not rows:
+        return ""
+    headers = ["LAST SEEN", "ROLE", "PNODE", "COUNT", "DETAIL"]
+    return "Refused Accusations:\n" + _indented(tables.render(headers, rows))
 
 
 def _validation_events(node: pnode.PNode, now: datetime) -> str:

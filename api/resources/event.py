@@ -14,6 +14,7 @@ not state: nothing reads them to make a decision, and losing one costs nothing b
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime
 from typing import ClassVar, Literal
 
@@ -39,6 +40,8 @@ REASONS: dict[str, EventType] = {
     "Strike": "Warning",
     "Bugged": "Warning",
     "ProbationCleared": "Normal",
+    # On both PNodes of an accusation ValidationService refused (`accusation_refused`).
+    "AccusationRefused": "Warning",
     # On a Job (the job service, the driver).
     "Created": "Normal",
     "Started": "Normal",
@@ -49,6 +52,21 @@ REASONS: dict[str, EventType] = {
 }
 #: Longest message stored; a longer one is clipped by the recorder.
 MAX_MESSAGE_CHARS = 1024
+
+_ACCUSATION = re.compile(r"^accusation by (\S+) against (\S+) refused: (.*)$", re.DOTALL)
+
+
+def accusation_refused(accuser: str, accused: str, detail: str) -> str:
+    """The message of an AccusationRefused event, recorded on both PNodes: one format, so
+    `describe pnode` can tell accusations by the PNode from those against it. Keep `detail`
+    free of steps and times, so repeats aggregate into one event with a count."""
+    return f"accusation by {accuser} against {accused or '-'} refused: {detail}"
+
+
+def parse_accusation(message: str) -> tuple[str, str, str] | None:
+    """(accuser, accused, detail) of an `accusation_refused` message; None for another."""
+    found = _ACCUSATION.match(message)
+    return (found.group(1), found.group(2), found.group(3)) if found else None
 
 
 class ObjectReference(Model):

@@ -8,12 +8,25 @@ strike lands on the PNode that computed the result, never on the one that took o
 slot since. Anything else is refused and counted (`dcnr_validation_reports_refused`), so a
 flood of reports about work the reporter never saw costs it nothing but refusals.
 
-A malicious reporter can still accuse its real neighbours falsely. BOINC avoids this by
-validating on its own servers; our orchestrator never handles tensors, so we accept the
-risk and bound it: an accusation costs the accused one strike, the job a rollback, and the
-reporter nothing — a false accuser shows up as one PNode behind most strikes of its
-neighbours (visible in the events), and the operator cordons it. Where this matters more,
-checks also run in the driver inbox (sink outputs), which is trusted.
+Accusations need evidence (issue 11; docs/security.md "Evidence"). A neighbour's word is not
+enough: a report that accuses a PNode carries the accused's own signed requests
+(`ReportResultRequest.evidence`), and `controller.trust.evidence` decides what they prove —
+each signature and certificate verifies against the identity CA, the signer holds the
+accused slot at the body's epoch, the body names the report's job, position and subject and
+targets the reporter's slot; then the check is run again here on the signed tensor (with the
+kind and params of the stored network spec), or the signed replica results are compared
+here. The accused is struck only for what fails here. An accusation that proves nothing
+(no, forged or mismatched evidence, a check that passes again, no majority against the
+accused) is refused with PERMISSION_DENIED and costs the ACCUSER one strike (check
+"false-accusation", so it counts toward Suspect and Bugged like any lie: a false accusation
+is a lie about a neighbour, and a separate counter would let a liar spend its whole budget
+on both), an AccusationRefused event on both PNodes (`dcnctl describe pnode` lists them) and
+a count in `dcnr_validation_reports_refused` by reason. A slot that moved, or a certificate
+that expired, between receipt and report is refused as `stale-evidence` and costs nobody:
+an honest reporter can meet that race. Evidence is bounded (16 messages, each within the
+data plane's message bound) before any signature is verified. Without an identity CA
+(`verifier` None) reports are believed on the neighbour's word as before, and a warning at
+start says so. Checks also run in the driver inbox (sink outputs), which is trusted.
 
 Reports without a subject (a PNode reporting its own result) are recorded as nothing: a
 PNode vouching for itself earns no trust.
@@ -44,14 +57,19 @@ from typing import Any, Literal, get_args
 
 from grpc import aio
 
+from api import identity
 from api.dcnr.v1 import validation_pb2, validation_pb2_grpc
 from api.resources import allocation, pnode
+from api.resources import event as event_model
 from controller import errors as faults
 from controller.jobs import driver_inbox
+from controller.runtime import clock as clock_mod
+from controller.runtime import recorder
 from controller.services import rpc
 from controller.state import credentials
 from controller.state import view as view_mod
 from controller.trust import book as trust
+from controller.trust import evidence as evidence_mod
 from controller.trust import tiebreak
 from store import base
 
@@ -59,8 +77,11 @@ log = logging.getLogger("dcnr.validation")
 
 #: Why a report is refused: the label values of `dcnr_validation_reports_refused_total`,
 #: exported as 0 from the start so an alert on them sees a series before the first refusal.
+#: Then the evidence's refusals (`controller.trust.evidence.REFUSALS`).
 Refusal = Literal["unauthenticated", "fenced", "unknown-subject", "not-a-neighbour", "stale-epoch"]
-REFUSALS: tuple[Refusal, ...] = get_args(Refusal)
+REFUSALS: tuple[str, ...] = (*get_args(Refusal), *evidence_mod.REFUSALS)
+#: What a false accusation is recorded as, in the accuser's trust (a strike).
+FALSE_ACCUSATION = "false-accusation"
 
 QUORUM = "quorum"
 FAILED = validation_pb2.CHECK_RESULT_FAILED
@@ -89,9 +110,19 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
         on_refused: Callable[[str], None] | None = None,
         on_disagreed: Callable[[], None] | None = None,
         on_tiebreak: Callable[[], None] | None = None,
+        verifier: identity.Verifier | None = None,
+        clock: clock_mod.Clock | None = None,
+        events: recorder.Recorder | None = None,
+        max_evidence_bytes: int = driver_inbox.DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         """`on_disagreed`: a reported disagreement (a loser or a dispute), once per result;
-        `on_tiebreak`: a tiebreaker this service requested (not one already requested)."""
+        `on_tiebreak`: a tiebreaker this service requested (not one already requested).
+
+        `verifier`: checks the evidence of accusations against the identity CA (module
+        docstring). None: the server has no identity CA yet, and an accusation is taken on
+        the neighbour's word as before evidence existed; a warning says so at start.
+        `max_evidence_bytes`: the largest body of one piece of evidence (the data plane's
+        tensor message bound)."""
         self._store = store
         self._view = view
         self._book = book
@@ -102,6 +133,15 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
         self._on_disagreed = on_disagreed
         self._on_tiebreak = on_tiebreak
         self._seen: collections.OrderedDict[ReportKey, None] = collections.OrderedDict()
+        self._verifier = verifier
+        self._clock = clock or clock_mod.SystemClock()
+        self._events = events
+        self._max_evidence_bytes = max_evidence_bytes
+        if verifier is None:
+            log.warning(
+                "no identity CA: validation reports are believed without evidence, so a "
+                "lying neighbour can get an honest PNode struck"
+            )
 
     @rpc.handler
     async def ReportResult(
@@ -117,6 +157,7 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
     async def _report(
         self, request: validation_pb2.ReportResultRequest, presented: str | None
     ) -> validation_pb2.ValidationVerdict.ValueType:
+        self._bound(request)
         reporter = self._view.pnodes.get(request.pnode_id)
         if reporter is None or not credentials.matches(presented, reporter.spec.credential_hash):
             self._refused("unauthenticated")
@@ -137,7 +178,8 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
             (c for c in request.checks if c.check == QUORUM and c.result == DISPUTED), None
         )
         if disputed is not None:
-            self._admit(request, reporter, any_replica=True)
+            accused = self._admit(request, reporter, any_replica=True)
+            self._prove(request, accused, "dispute")
             return await self._disputed(request, disputed)
         producer = self._admit(request, reporter, any_replica=False)
         failed = [c for c in request.checks if c.result == FAILED]
@@ -146,6 +188,11 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
                 self._on_checked(True)
             return ACCEPTED
         check = failed[0]
+        proven = self._prove(request, producer, "quorum" if check.check == QUORUM else "check")
+        if proven is not None:  # what was found here, not what the reporter said
+            check = validation_pb2.CheckOutcome(
+                check=proven.check, result=FAILED, message=f"{proven.message} (checked again)"
+            )
         if not self._first(request, check.check):
             return REJECTED  # the same result, reported by another receiving replica
         if self._on_checked is not None:
@@ -223,6 +270,122 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
         )
         return DISPUTED_VERDICT
 
+    def _bound(self, request: validation_pb2.ReportResultRequest) -> None:
+        """The evidence caps, before any work (proto: ReportResultRequest.evidence)."""
+        if len(request.evidence) > evidence_mod.MAX_EVIDENCE:
+            raise faults.ResourceExhausted(
+                f"evidence: {len(request.evidence)} messages is over the limit of "
+                f"{evidence_mod.MAX_EVIDENCE}",
+                reason="TooMuchEvidence",
+            )
+        for i, found in enumerate(request.evidence):
+            if len(found.body) > self._max_evidence_bytes:
+                raise faults.FieldInvalid(
+                    f"evidence[{i}].body",
+                    f"{len(found.body)} bytes",
+                    f"at most {self._max_evidence_bytes} bytes, the data plane's message bound",
+                )
+
+    def _prove(
+        self,
+        request: validation_pb2.ReportResultRequest,
+        accused: str,
+        mode: evidence_mod.Mode,
+    ) -> evidence_mod.Proven | None:
+        """What the report's evidence proves (`controller.trust.evidence`); None without a
+        verifier (nothing to prove with) or for a proven dispute. A refusal costs the
+        reporter a strike unless it is blameless, and is an event on both PNodes."""
+        if self._verifier is None:
+            return None
+        net = self._view.networks.get(request.network)
+        subject = net.vnode(request.subject_vnode) if net is not None else None
+        assert net is not None
+        assert subject is not None
+        which = request.WhichOneof("position")
+        accusation = evidence_mod.Accusation(
+            network=request.network,
+            job=request.job,
+            position=request.step if which == "step" else request.request_id,
+            forward=request.phase != validation_pb2.COMPUTE_PHASE_BACKWARD,
+            reporter=request.pnode_id,
+            reporter_slot=(request.vnode, request.replica, request.epoch),
+            subject=(request.subject_vnode, request.subject_replica, request.subject_epoch),
+        )
+
+        def hosts(vnode: str, replica: int) -> tuple[str, int] | None:
+            held = self._view.allocations.get(allocation.slot_name(request.network, vnode, replica))
+            return None if held is None else (held.spec.pnode, held.spec.epoch)
+
+        try:
+            return evidence_mod.prove(
+                accusation,
+                request.evidence,
+                mode=mode,
+                verifier=self._verifier,
+                hosts=hosts,
+                now=self._clock.now(),
+                max_bytes=self._max_evidence_bytes,
+                kind=subject.kind,
+                params=subject.params,
+                replicas=net.replicas_of(subject),
+            )
+        except evidence_mod.Refused as refused:
+            raise self._refuse_accusation(request, accused, mode, refused) from None
+
+    def _refuse_accusation(
+        self,
+        request: validation_pb2.ReportResultRequest,
+        accused: str,
+        mode: evidence_mod.Mode,
+        refused: evidence_mod.Refused,
+    ) -> faults.ControllerError:
+        """Count, charge and record a refused accusation; the error to answer with."""
+        self._refused(refused.reason)
+        reporter = request.pnode_id
+        check = (
+            QUORUM
+            if mode != "check"
+            else next((c.check[:64] for c in request.checks if c.result == FAILED), "check")
+        )
+        detail = (
+            f"{refused.reason} ({request.subject_vnode} replica {request.subject_replica}, "
+            f"check {check})"
+        )
+        log.warning(
+            "accusation refused",
+            extra={
+                "fields": {
+                    "reporter": reporter,
+                    "accused": accused,
+                    "reason": refused.reason,
+                    "why": refused.message,
+                }
+            },
+        )
+        if refused.blameless:
+            return faults.FailedPrecondition(
+                f"{refused.message}; report again with evidence from the current epochs",
+                reason="StaleEvidence",
+            )
+        self._book.record(
+            reporter,
+            trust.Outcome(
+                valid=False,
+                job=request.job,
+                vnode=request.subject_vnode,
+                check=FALSE_ACCUSATION,
+                message=f"accused {accused} without proof: {refused.message}",
+            ),
+        )
+        if self._events is not None:
+            message = event_model.accusation_refused(reporter, accused, detail)
+            for name in dict.fromkeys((reporter, accused)):
+                self._events.warning("PNode", name, "AccusationRefused", message)
+        return faults.PermissionDenied(
+            f"{refused.message}: the accusation is refused and costs the reporter a strike",
+            reason="AccusationRefused",
+        )
+
     def _first(
         self, request: validation_pb2.ReportResultRequest, check: str, *, replica: bool = True
     ) -> bool:
@@ -298,7 +461,7 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
             reason="StaleEpoch",
         )
 
-    def _refused(self, reason: Refusal) -> None:
+    def _refused(self, reason: str) -> None:
         if self._on_refused is not None:
             self._on_refused(reason)
 

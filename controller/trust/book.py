@@ -273,7 +273,11 @@ class TrustBook:
 
     def _tell(self, name: str, found: pnode.ValidationEvent) -> None:
         assert self._events is not None
-        if found.verdict == "rejected":
+        if found.verdict == "rejected" and found.check == "false-accusation":
+            self._events.warning(
+                "PNode", name, "Strike", f"accusation against {found.vnode} refused: no proof"
+            )
+        elif found.verdict == "rejected":
             where = " ".join(
                 f"{k} {v}" for k, v in (("job", found.job), ("vnode", found.vnode)) if v
             )

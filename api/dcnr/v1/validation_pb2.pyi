@@ -154,6 +154,7 @@ class ReportResultRequest(_message.Message):
     SUBJECT_VNODE_FIELD_NUMBER: _builtins.int
     SUBJECT_REPLICA_FIELD_NUMBER: _builtins.int
     SUBJECT_EPOCH_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
     pnode_id: _builtins.str
     incarnation: _builtins.int
     job: _builtins.str
@@ -181,6 +182,27 @@ class ReportResultRequest(_message.Message):
     def header(self) -> _common_pb2.RequestHeader: ...
     @_builtins.property
     def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckOutcome]: ...
+    @_builtins.property
+    def evidence(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.SignedMessage]:
+        """The proof of an accusation (a report with `subject_vnode` and a FAILED or DISPUTED check):
+        requests exactly as the reporter received them, signed by their senders (see SIGNED
+        REQUESTS in common.proto). For a failed check ("finite", "shape", "invariant:...",
+        "dtype"): the one refused request, whose signer must be the PNode hosting the subject slot
+        at `subject_epoch` and whose target must be the reporter's slot; the orchestrator runs the
+        check on its tensor again itself. For check "quorum": the signed results of every replica
+        of `subject_vnode` the reporter compared; the orchestrator compares them itself and
+        strikes only a replica whose result loses to a verified majority (FAILED), or requests a
+        tiebreaker only if at least two verified results differ (DISPUTED). A checksum mismatch
+        is not evidence (the signature covers the corrupted bytes, not a computation).
+
+        An accusation without evidence, or whose evidence does not verify or does not convince
+        (the check passes when run again, the subject is no loser), is refused with
+        PERMISSION_DENIED (reason "AccusationRefused") and costs the REPORTER a strike; the
+        accused is not touched. Cap: at most 16 messages (RESOURCE_EXHAUSTED naming `evidence`
+        otherwise), each body within the server's tensor message bound (INVALID_ARGUMENT naming
+        `evidence[i].body`), checked before any signature is verified.
+        """
+
     def __init__(
         self,
         *,
@@ -200,10 +222,11 @@ class ReportResultRequest(_message.Message):
         subject_vnode: _builtins.str = ...,
         subject_replica: _builtins.int = ...,
         subject_epoch: _builtins.int = ...,
+        evidence: _abc.Iterable[_common_pb2.SignedMessage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "position", b"position", "request_id", b"request_id", "step", b"step"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks", "epoch", b"epoch", "header", b"header", "incarnation", b"incarnation", "job", b"job", "network", b"network", "phase", b"phase", "pnode_id", b"pnode_id", "position", b"position", "replica", b"replica", "request_id", b"request_id", "result_digest", b"result_digest", "step", b"step", "subject_epoch", b"subject_epoch", "subject_replica", b"subject_replica", "subject_vnode", b"subject_vnode", "vnode", b"vnode"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks", "epoch", b"epoch", "evidence", b"evidence", "header", b"header", "incarnation", b"incarnation", "job", b"job", "network", b"network", "phase", b"phase", "pnode_id", b"pnode_id", "position", b"position", "replica", b"replica", "request_id", b"request_id", "result_digest", b"result_digest", "step", b"step", "subject_epoch", b"subject_epoch", "subject_replica", b"subject_replica", "subject_vnode", b"subject_vnode", "vnode", b"vnode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_position: _TypeAlias = _typing.Literal["step", "request_id"]  # noqa: Y015
     _WhichOneofArgType_position: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015

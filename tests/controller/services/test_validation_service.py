@@ -5,20 +5,23 @@ work never assigned from costing anyone anything."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc import aio
 
-from api.dcnr.v1 import validation_pb2, validation_pb2_grpc
+from api import identity
+from api.dcnr.v1 import common_pb2, validation_pb2, validation_pb2_grpc
 from api.resources import allocation, meta, network, pnode
 from controller import config as config_mod
 from controller import metrics
 from controller.jobs import driver_inbox
 from controller.runtime import clock as clock_mod
+from controller.runtime import recorder
 from controller.services import validation_service
 from controller.state import credentials
 from controller.state import view as view_mod
@@ -51,6 +54,8 @@ class Served:
     metrics: metrics.Metrics
     stub: validation_pb2_grpc.ValidationServiceAsyncStub
     secrets: dict[str, str]
+    events: recorder.Recorder
+    clock: clock_mod.FakeClock
 
     async def report(
         self,
@@ -60,7 +65,10 @@ class Served:
         *,
         check: str = "quorum",
         step: int = STEP,
+        evidence: Sequence[common_pb2.SignedMessage] = (),
+        slot: tuple[int, int] = (0, 1),
     ) -> validation_pb2.ValidationVerdict.ValueType:
+        """`slot`: the (replica, epoch) of b that received the result."""
         vnode, replica, epoch = subject
         reply = await self.stub.ReportResult(
             validation_pb2.ReportResultRequest(
@@ -70,11 +78,14 @@ class Served:
                 step=step,
                 network="net",
                 vnode="b",
+                replica=slot[0],
+                epoch=slot[1],
                 phase=validation_pb2.COMPUTE_PHASE_FORWARD,
                 checks=[validation_pb2.CheckOutcome(check=check, result=result, message="x")],
                 subject_vnode=vnode,
                 subject_replica=replica,
                 subject_epoch=epoch,
+                evidence=evidence,
             ),
             metadata=(("authorization", f"Bearer {self.secrets[reporter]}"),),
         )
@@ -89,6 +100,15 @@ class Served:
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    async with serving(tmp_path) as it:
+        yield it
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    tmp_path: Path, *, verifier: identity.Verifier | None = None, max_evidence_bytes: int = 1 << 20
+) -> AsyncIterator[Served]:
+    """The service on a loopback port; `verifier`: accusations need evidence."""
     store = await sqlite.SqliteStore.open(tmp_path / "state.db")
     clock = clock_mod.FakeClock()
     secrets = {}
@@ -133,12 +153,14 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
         )
     view = view_mod.View(store, clock, config=CONFIG)
     await view.refresh()
-    book = trust.TrustBook(store=store, clock=clock)  # not started: flushed by the tests
     inbox = driver_inbox.Inbox(clock=clock)
     box = inbox.open(
         job="train", network="net", attempt=1, position=STEP, sinks={"c": 2}, sources={"a": 2}
     )
     counters = metrics.Metrics()
+    # Neither started: flushed by the tests.
+    events = recorder.Recorder(store=store, clock=clock, replica="r1")
+    book = trust.TrustBook(store=store, clock=clock, events=events)
     service = validation_service.ValidationService(
         store=store,
         view=view,
@@ -149,6 +171,10 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
         on_refused=counters.report_refused,
         on_disagreed=counters.disagreed,
         on_tiebreak=counters.tiebroken,
+        verifier=verifier,
+        clock=clock,
+        events=events,
+        max_evidence_bytes=max_evidence_bytes,
     )
     server = aio.server()
     validation_pb2_grpc.add_ValidationServiceServicer_to_server(service, server)
@@ -158,7 +184,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     stub: validation_pb2_grpc.ValidationServiceAsyncStub = (
         validation_pb2_grpc.ValidationServiceStub(channel)
     )
-    yield Served(store, view, book, box, counters, stub, secrets)
+    yield Served(store, view, book, box, counters, stub, secrets, events, clock)
     await channel.close(None)
     await server.stop(None)
     await store.close()
