@@ -16,6 +16,9 @@ import pytest
 import yaml
 
 from api.dcnr.v1 import common_pb2, pnode_pb2, pnode_pb2_grpc
+from dcnr_operator import client as operator_client
+from dcnr_operator import handlers as operator_handlers
+from dcnr_operator import main as operator_main
 from tests.support import agents, metrics, procs, wait
 from tests.support import tls as tls_support
 
@@ -218,3 +221,29 @@ def test_an_agent_needs_a_ca_or_insecure(tmp_path: Path) -> None:
     assert missing.returncode == 2
     assert f"--tls-ca {tmp_path / 'ca.pem'}: no such file" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+async def test_the_operator_reaches_a_tls_serve_with_its_ca(cluster: Cluster) -> None:
+    ca = cluster.pki.paths.ca
+    target = operator_client.Target(server=cluster.served.address, tls_ca=ca)
+    c = operator_client.Client(target)
+    try:
+        assert await operator_handlers.get_network(c, "absent") is None  # NOT_FOUND, over TLS
+    finally:
+        await c.close()
+    # Without the CA the handshake fails (a transport error kopf retries), not a refusal.
+    plain = operator_client.Client(operator_client.Target(server=cluster.served.address))
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await operator_handlers.get_network(plain, "absent")
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await plain.close()
+
+
+def test_the_operator_names_a_missing_tls_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "ca.pem"
+    assert operator_main.main(["--server", "127.0.0.1:1", "--tls-ca", str(missing)]) == 2
+    assert f"--tls-ca {missing}: no such file" in capsys.readouterr().err
