@@ -240,7 +240,8 @@ def describe_failure(code: grpc.StatusCode, details: str, *, tls: bool) -> str |
     gRPC reports all of these as UNAVAILABLE, with the handshake's words in the details: a
     TLS client at a plaintext server gets WRONG_VERSION_NUMBER, an untrusted certificate
     CERTIFICATE_VERIFY_FAILED, a wrong name "Hostname Verification"; a plaintext client at a
-    TLS server sees the server close the socket.
+    TLS server, and a TLS client without an acceptable certificate at a mutual TLS server,
+    see the server close the socket.
     """
     if code != grpc.StatusCode.UNAVAILABLE:
         return None
@@ -262,6 +263,13 @@ def describe_failure(code: grpc.StatusCode, details: str, *, tls: bool) -> str |
             return (
                 "the TLS handshake failed: the server may want a client certificate "
                 "(tls-cert and tls-key)"
+            )
+        if "socket closed" in text or "connection reset" in text:
+            # TLS 1.3: the server checks the client's certificate after the client thinks
+            # the handshake is done, and refuses by closing the connection.
+            return (
+                "the server closed the TLS connection: it may want a client certificate "
+                "signed by its client CA (tls-cert and tls-key)"
             )
         return None
     if "socket closed" in text or "connection reset" in text:

@@ -177,6 +177,7 @@ def test_mutual_tls_refuses_a_client_without_a_certificate(tmp_path: Path) -> No
             no_cert = dcnctl(only_ca, "get", "pnodes")
             assert no_cert.returncode == 1
             assert len(no_cert.stderr.strip().splitlines()) == 1, no_cert.stderr
+            assert "may want a client certificate" in no_cert.stderr
         finally:
             agent.stop()
 
