@@ -367,7 +367,12 @@ def test_without_tls_every_process_says_insecure(helm: Path, tmp_path: Path) -> 
 
 
 def test_tls_mounts_the_secret_and_passes_serve_its_files(helm: Path, tmp_path: Path) -> None:
-    docs = _render(helm, MATRIX["tls-on"], tmp_path)
+    docs = _render(helm, {**MATRIX["tls-on"], "agents": {"enabled": True}}, tmp_path)
+    # Agents check the Service's name also at a replica's job driver, dialled by pod IP.
+    agent = _one(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert _flag(agent, "--tls-server-name") == "rel-dcnr.ml.svc"
+    assert _flag(agent, "--tls-ca") == "/etc/dcnr/tls-ca/ca.crt"
+    assert _flag(agent, "--tls-cert") is None
     pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
     serve = pod["containers"][0]
     args = serve["args"]

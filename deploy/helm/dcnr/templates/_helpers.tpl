@@ -124,6 +124,12 @@ seccompProfile:
 {{- .Values.tls.ca.existingSecret | default .Values.tls.existingSecret }}
 {{- end }}
 
+{{/* The name clients expect in the orchestrator's certificate: tls.serverName, else the
+Service's DNS name. */}}
+{{- define "dcnr.tlsServerName" -}}
+{{- .Values.tls.serverName | default (index (splitList ":" (include "dcnr.grpcAddress" .)) 0) }}
+{{- end }}
+
 {{/* Whether the orchestrator wants client certificates (mutual TLS). */}}
 {{- define "dcnr.mutualTLS" -}}
 {{- if and .Values.tls.enabled .Values.tls.clientCA.existingSecret }}true{{ end }}
@@ -137,10 +143,9 @@ mutual TLS the client certificate; the files are the volumes of dcnr.tlsClientVo
 {{- if .Values.tls.enabled }}
 - --tls-ca
 - /etc/dcnr/tls-ca/{{ .Values.tls.ca.key }}
-{{- with .Values.tls.serverName }}
+{{- /* Always given: agents also dial each replica's job driver at its pod IP. */}}
 - --tls-server-name
-- {{ . | quote }}
-{{- end }}
+- {{ include "dcnr.tlsServerName" . | quote }}
 {{- if include "dcnr.mutualTLS" . }}
 {{- if not .Values.tls.clientCertificate.existingSecret }}
 {{- fail "tls.clientCertificate.existingSecret: the chart's agents and operator need a client certificate when tls.clientCA is set" }}
