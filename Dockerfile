@@ -31,5 +31,7 @@ USER 10001:10001
 WORKDIR /var/lib/dcnr
 EXPOSE 7070 9090 7100
 # Any of the three console scripts runs by name (`docker run IMAGE dcnctl get pnodes`);
-# the default is the control plane.
-CMD ["dcnr-orchestrator", "serve", "--listen", "0.0.0.0:7070", "--metrics-listen", "0.0.0.0:9090"]
+# the default is the control plane, over TLS from a kubernetes.io/tls Secret (or any
+# certificate and key) mounted at /etc/dcnr/tls; it says which file is missing otherwise.
+CMD ["dcnr-orchestrator", "serve", "--listen", "0.0.0.0:7070", "--metrics-listen", "0.0.0.0:9090", \
+     "--tls-cert", "/etc/dcnr/tls/tls.crt", "--tls-key", "/etc/dcnr/tls/tls.key"]

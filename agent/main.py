@@ -1,6 +1,8 @@
 """`dcnr-agent`: run a PNode — offer this machine to a DCNR cluster.
 
     dcnr-agent --orchestrator HOST:PORT[,HOST:PORT...] --listen HOST:PORT
+               (--tls-ca FILE [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME]
+                | --insecure)
                [--advertise HOST:PORT] [--name NAME] [--cpu N] [--memory SIZE]
                [--accelerator TYPE:COUNT ...] [--label K=V ...] [--dataset NAME=URL ...]
                [--state-dir DIR] [--workdir DIR] [--max-message-bytes N]
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -30,6 +33,7 @@ from agent import agent as agent_mod
 from agent import blobs, capacity, dataplane, peers
 from agent import metrics as metrics_mod
 from api import logs as api_logs
+from api import tls as api_tls
 from api import version
 from api.dcnr.v1 import vnode_pb2_grpc
 from api.resources import meta
@@ -92,7 +96,30 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-listen", type=_address, metavar="HOST:PORT", help="Prometheus /metrics; off"
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    tls = p.add_argument_group("to the orchestrator (--tls-ca or --insecure is required)")
+    tls.add_argument("--tls-ca", type=Path, metavar="FILE", help="CA bundle to verify it with")
+    tls.add_argument("--tls-cert", type=Path, metavar="FILE", help="mutual TLS: our certificate")
+    tls.add_argument("--tls-key", type=Path, metavar="FILE", help="mutual TLS: its key")
+    tls.add_argument("--tls-server-name", default="", metavar="NAME", help="name to expect in "
+                     "its certificate (default: the host of --orchestrator)")  # fmt: skip
+    tls.add_argument("--insecure", action="store_true", help="plaintext to the orchestrator")
     return p
+
+
+def _orchestrator_tls(args: argparse.Namespace) -> api_tls.ClientFiles | None:
+    given = [f"--{f.replace('_', '-')}" for f in ("tls_ca", "tls_cert", "tls_key",
+             "tls_server_name") if getattr(args, f)]  # fmt: skip
+    if args.insecure:
+        if given:
+            raise _Usage(f"--insecure and {given[0]} contradict each other: give one or the other")
+        return None
+    if args.tls_ca is None:
+        raise _Usage(
+            "--tls-ca FILE is required to verify the orchestrator (or --insecure for plaintext)"
+        )
+    return api_tls.ClientFiles(
+        ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, server_name=args.tls_server_name
+    )
 
 
 def _default_state_dir() -> Path:
@@ -100,8 +127,19 @@ def _default_state_dir() -> Path:
     return Path(base) / "dcnr-agent"
 
 
-async def _serve(args: argparse.Namespace, caps: capacity.Capabilities) -> int:
-    orchestrators = peers.Orchestrators(args.orchestrator)
+async def _serve(
+    args: argparse.Namespace, caps: capacity.Capabilities, tls: api_tls.ClientFiles | None
+) -> int:
+    try:
+        orchestrators = peers.Orchestrators(args.orchestrator, tls=tls)
+    except api_tls.TlsError as exc:
+        print(f"dcnr-agent: error: {exc}", file=sys.stderr)
+        return 2
+    if tls is None:
+        logging.getLogger("dcnr.agent").warning(
+            "--insecure: plaintext to the orchestrator; this PNode's credential crosses "
+            "the network readable"
+        )
     sender = peers.Peers(orchestrators, max_message_bytes=args.max_message_bytes)
     workdir = args.workdir.resolve()
     state_dir = (args.state_dir or _default_state_dir()).resolve()
@@ -187,12 +225,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if not args.drain_deadline >= 0:
             raise _Usage(f"--drain-deadline: {args.drain_deadline} must be >= 0")
+        tls = _orchestrator_tls(args)
     except (_Usage, capacity.FlagError) as exc:
         print(f"dcnr-agent: error: {exc}", file=sys.stderr)
         return 2
     api_logs.setup(args.log_level)
     try:
-        return asyncio.run(_serve(args, caps))
+        return asyncio.run(_serve(args, caps, tls))
     except KeyboardInterrupt:
         return 130
 

@@ -7,7 +7,8 @@ cached answer and resolve again, with bounded exponential backoff and jitter, un
 overall deadline. Refusals that a retry cannot cure (a stale attempt: the run was
 superseded; a malformed message; too large) end delivery at once.
 
-The driver ("__driver__") is not resolved: it listens at the message's `reply_to`.
+The driver ("__driver__") is not resolved: it listens at the message's `reply_to`, on the
+orchestrator's own listener, so it is dialled with the orchestrator's TLS settings.
 
 Receivers say why they refused in the ErrorDetails of trailing metadata
 `dcnr-error-details-bin` (common.proto rule 8): reason "StaleEpoch" is retried after
@@ -28,6 +29,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from api import tls as api_tls
 from api.dcnr.v1 import common_pb2, resolve_pb2, resolve_pb2_grpc, vnode_pb2, vnode_pb2_grpc
 
 log = logging.getLogger("dcnr.agent.peers")
@@ -75,13 +77,27 @@ def error_reason(exc: grpc.RpcError) -> str:
 
 class Orchestrators:
     """The orchestrator replicas an agent talks to, the first preferred; on UNAVAILABLE
-    the agent moves to the next, as behind a load balancer."""
+    the agent moves to the next, as behind a load balancer. With `tls`, every channel to
+    them verifies the orchestrator's certificate (and presents the agent's, for mutual
+    TLS); the files are read here, once, so bad ones fail at start (`TlsError`)."""
 
-    def __init__(self, addresses: Sequence[str]) -> None:
+    def __init__(
+        self, addresses: Sequence[str], *, tls: api_tls.ClientFiles | None = None
+    ) -> None:
         if not addresses:
             raise ValueError("at least one orchestrator address is needed")
         self.addresses = list(addresses)
         self._channel: aio.Channel | None = None
+        self._credentials = tls.credentials() if tls is not None else None
+        self._tls_options = tls.options() if tls is not None else []
+
+    def dial(self, address: str, options: Sequence[tuple[str, Any]] = ()) -> aio.Channel:
+        """A channel to an orchestrator's listener (its API, or its job driver's inbox)."""
+        if self._credentials is None:
+            return aio.insecure_channel(address, list(options))
+        return aio.secure_channel(
+            address, self._credentials, [*options, *self._tls_options]
+        )
 
     @property
     def address(self) -> str:
@@ -89,7 +105,7 @@ class Orchestrators:
 
     def channel(self) -> aio.Channel:
         if self._channel is None:
-            self._channel = aio.insecure_channel(self.address)
+            self._channel = self.dial(self.address)
         return self._channel
 
     async def fail_over(self, failed: aio.Channel | None = None) -> None:
@@ -171,10 +187,17 @@ class Peers:
                 self._cache[key] = cached
         return next((e for e in cached.endpoints if e.replica == replica), None)
 
-    def _stub(self, address: str) -> vnode_pb2_grpc.VNodeServiceAsyncStub:
-        channel = self._channels.get(address)
+    def _stub(
+        self, address: str, *, driver: bool = False
+    ) -> vnode_pb2_grpc.VNodeServiceAsyncStub:
+        key = f"driver {address}" if driver else address
+        channel = self._channels.get(key)
         if channel is None:
-            channel = self._channels[address] = aio.insecure_channel(address, self._options)
+            channel = self._channels[key] = (
+                self._orchestrators.dial(address, self._options)
+                if driver
+                else aio.insecure_channel(address, self._options)
+            )
         return vnode_pb2_grpc.VNodeServiceStub(channel)
 
     # -- delivery ---------------------------------------------------------------------------
@@ -210,7 +233,7 @@ class Peers:
             if address is None:
                 last = "no live replica (being placed)"
                 continue
-            stub = self._stub(address)
+            stub = self._stub(address, driver=request.target_vnode == DRIVER)
             timeout = max(0.1, retry.deadline - (time.monotonic() - started))
             try:
                 if isinstance(request, vnode_pb2.ForwardRequest):

@@ -1,7 +1,9 @@
 """`dcnr-orchestrator`: serve the control plane, or prepare its store.
 
-    dcnr-orchestrator serve [--store URL] [--listen HOST:PORT] [--metrics-listen HOST:PORT]
+    dcnr-orchestrator serve (--tls-cert FILE --tls-key FILE [--tls-client-ca FILE] | --insecure)
+                            [--store URL] [--listen HOST:PORT] [--metrics-listen HOST:PORT]
                             [--replica-id ID] [--heartbeat-interval S] [--lease-duration S] ...
+    dcnr-orchestrator up [--agents N] [--insecure] ...
     dcnr-orchestrator init-store [--store URL]
 
 Exit codes: 0 success, 1 runtime failure (store unreachable, port taken), 2 bad usage.
@@ -20,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from api import logs as api_logs
+from api import tls as api_tls
 from api import version
 from controller import config, server
 from controller.jobs import driver
@@ -96,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
         "--max-message-bytes", type=int, default=64 * 2**20, metavar="N",
         help="largest data-plane message the job driver accepts",
     )  # fmt: skip
+    _add_tls_flags(serve)
     defaults = config.ControlPlaneConfig()
     timings = serve.add_argument_group("timings (seconds)")
     for name in _TIMINGS:
@@ -126,10 +130,57 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--workdir", type=Path, default=Path.cwd(), help="agents resolve file:// data here"
     )
+    up.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext gRPC (default: TLS with a local CA kept in --state-dir/tls)",
+    )
 
     init = commands.add_parser("init-store", help="create the store's tables (idempotent)")
     init.add_argument("--store", default=None, help=f"store URL (default: {url.default_url()})")
     return parser
+
+
+def _add_tls_flags(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group(
+        "transport (one of --tls-cert/--tls-key or --insecure is required)"
+    )
+    group.add_argument("--tls-cert", type=Path, metavar="FILE", help="PEM certificate chain; "
+                       "re-read when the file changes, no restart needed")  # fmt: skip
+    group.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM private key")
+    group.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="FILE",
+        help="mutual TLS: every client must present a certificate signed by this CA bundle",
+    )
+    group.add_argument(
+        "--insecure", action="store_true", help="plaintext gRPC: credentials cross unencrypted"
+    )
+
+
+class _Usage(Exception):
+    pass
+
+
+def _server_tls(args: argparse.Namespace) -> api_tls.ServerFiles | None:
+    """serve's transport from its flags: TLS files, or None for an explicit --insecure."""
+    given = [f for f in ("tls_cert", "tls_key", "tls_client_ca") if getattr(args, f)]
+    if args.insecure:
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise _Usage(f"--insecure and {flag} contradict each other: give one or the other")
+        return None
+    if not given:
+        raise _Usage(
+            "serve needs --tls-cert FILE and --tls-key FILE (TLS), or --insecure for "
+            "plaintext gRPC"
+        )
+    if args.tls_cert is None:
+        raise _Usage(f"--{given[0].replace('_', '-')} needs --tls-cert FILE (and --tls-key FILE)")
+    if args.tls_key is None:
+        raise _Usage("--tls-cert needs --tls-key FILE (the certificate's private key)")
+    return api_tls.ServerFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -154,7 +205,11 @@ def _up(args: argparse.Namespace) -> int:
         driver=driver.DriverConfig(blob_store=f"file://{state_dir}/checkpoints/"),
     )
     config = up.UpConfig(
-        serve=serve_config, agents=args.agents, state_dir=state_dir, workdir=args.workdir.resolve()
+        serve=serve_config,
+        agents=args.agents,
+        state_dir=state_dir,
+        workdir=args.workdir.resolve(),
+        insecure=args.insecure,
     )
     try:
         asyncio.run(up.run(config))
@@ -231,6 +286,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(line)
             return 0
         try:
+            server_tls = _server_tls(args)
+            if server_tls is not None:
+                api_tls.ReloadingServerCredentials(server_tls)  # the files are usable, now
+        except (_Usage, api_tls.TlsError) as exc:
+            print(f"dcnr-orchestrator: error: {exc}", file=sys.stderr)
+            return 2
+        if server_tls is None:
+            log.warning(
+                "--insecure: gRPC is plaintext; PNode credentials, admin tokens and tensors "
+                "cross the network readable"
+            )
+        try:
             control = config.ControlPlaneConfig(**{n: getattr(args, n) for n in _TIMINGS})
         except ValueError as exc:
             print(f"dcnr-orchestrator: error: --{str(exc).replace('_', '-')}", file=sys.stderr)
@@ -266,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             replica_id=args.replica_id,
             control=control,
             admin_tokens=admin_tokens,
+            tls=server_tls,
             driver=driver.DriverConfig(
                 blob_store=blob_store if blob_store.endswith("/") else blob_store + "/",
                 advertise=args.advertise,
@@ -280,10 +348,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if orchestrator.metrics_port is not None
                 else ""
             )
+            transport = "TLS" if server_tls else "plaintext, --insecure"
             print(
                 f"dcnr-orchestrator: serving dcnr.v1 on {args.listen.rsplit(':', 1)[0]}:"
-                f"{orchestrator.port} (store {store_url}, replica {orchestrator.replica_id}"
-                f"{metrics}); Ctrl-C or SIGTERM stops it",
+                f"{orchestrator.port} ({transport}; store {store_url}, replica "
+                f"{orchestrator.replica_id}{metrics}); Ctrl-C or SIGTERM stops it",
                 flush=True,
             )
 

@@ -29,6 +29,7 @@ from typing import Any
 from grpc import aio
 from grpc_health.v1 import health, health_pb2
 
+from api import tls as api_tls
 from api.dcnr.v1 import (
     job_pb2_grpc,
     network_pb2_grpc,
@@ -87,6 +88,8 @@ class ServeConfig:
     driver: driver.DriverConfig = field(default_factory=driver.DriverConfig)
     #: Bearer tokens management calls must present; empty: no admin auth (local use).
     admin_tokens: frozenset[str] = frozenset()
+    #: The listener's certificate (reloaded when its files change); None: plaintext.
+    tls: api_tls.ServerFiles | None = None
 
 
 class Orchestrator:
@@ -172,6 +175,8 @@ class Orchestrator:
         # grpc_health ships no stub for its aio module.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.port = 0
+        #: With TLS: the credentials that follow the certificate files.
+        self.tls: api_tls.ReloadingServerCredentials | None = None
         self.metrics_port: int | None = None
         self.service_names: list[str] = []
 
@@ -337,8 +342,16 @@ class Orchestrator:
         self.trust.start()
         self.events.start()
         self._add_services()
+        if self.config.tls is not None:
+            # Reads and checks the files here (TlsError names the flag), before the port opens.
+            self.tls = api_tls.ReloadingServerCredentials(self.config.tls)
         try:
-            self.port = self.server.add_insecure_port(self.config.listen)
+            if self.tls is not None:
+                self.port = self.server.add_secure_port(
+                    self.config.listen, self.tls.credentials()
+                )
+            else:
+                self.port = self.server.add_insecure_port(self.config.listen)
         except RuntimeError as exc:
             raise OSError(f"--listen {self.config.listen}: cannot bind ({exc})") from None
         if self.port == 0:

@@ -11,6 +11,12 @@ the same name. An agent that exits on its own is a machine that crashed: `up` sa
 stdout and starts it again after a backoff (as a volunteer's machine comes back), so the
 cluster keeps its size; the orchestrator meanwhile sees the PNode's lease expire and
 re-places its VNodes, exactly as for a real machine.
+
+TLS by default, so the first path people try is the secure one: `up` keeps a throwaway CA
+and a certificate for this machine's loopback names in `STATE_DIR/tls/` (`local_ca`),
+serves with it, starts its agents with `--tls-ca`, and writes a dcnctl config
+(`STATE_DIR/dcnctl.config`, context "up", with `tls-ca`) for `export DCNR_CONFIG=...`.
+`up --insecure` serves plaintext instead, with a warning.
 """
 
 from __future__ import annotations
@@ -25,7 +31,10 @@ import sys
 import time
 from pathlib import Path
 
-from controller import server
+import yaml
+
+from api import tls as api_tls
+from controller import local_ca, server
 
 log = logging.getLogger("dcnr.up")
 
@@ -50,13 +59,55 @@ class UpConfig:
     agents: int
     state_dir: Path
     workdir: Path
+    #: Plaintext instead of TLS with the local CA.
+    insecure: bool = False
 
 
 def agent_name(index: int) -> str:
     return f"agent-{index}"
 
 
-def agent_command(config: UpConfig, orchestrator: str, index: int) -> list[str]:
+def dcnctl_config_path(config: UpConfig) -> Path:
+    return config.state_dir / "dcnctl.config"
+
+
+def _wildcard(host: str) -> bool:
+    return host.strip("[]") in ("", "0.0.0.0", "::")
+
+
+def dial_address(listen_host: str, port: int) -> str:
+    """Where clients on this machine reach a listener bound to `listen_host`."""
+    return f"{'127.0.0.1' if _wildcard(listen_host) else listen_host}:{port}"
+
+
+def certificate_hosts(listen_host: str) -> tuple[str, ...]:
+    host = listen_host.strip("[]")
+    if _wildcard(host) or host in local_ca.LOCAL_HOSTS:
+        return local_ca.LOCAL_HOSTS
+    return (*local_ca.LOCAL_HOSTS, host)
+
+
+def write_dcnctl_config(config: UpConfig, address: str, ca: Path | None) -> Path:
+    """A dcnctl config with one context, "up", for this cluster (readable by its owner)."""
+    context: dict[str, str] = {"name": "up", "server": address}
+    if ca is not None:
+        context["tls-ca"] = str(ca)
+    body = {
+        "apiVersion": "dcnr.io/v1",
+        "kind": "Config",
+        "current-context": "up",
+        "contexts": [context],
+    }
+    path = dcnctl_config_path(config)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(body, f, sort_keys=False)
+    return path
+
+
+def agent_command(
+    config: UpConfig, orchestrator: str, index: int, *, tls_ca: Path | None = None
+) -> list[str]:
     cpu, memory, labels = SHAPES[index % len(SHAPES)]
     name = agent_name(index)
     command = [
@@ -74,6 +125,7 @@ def agent_command(config: UpConfig, orchestrator: str, index: int) -> list[str]:
     ]  # fmt: skip
     for label in labels:
         command += ["--label", label]
+    command += ["--tls-ca", str(tls_ca)] if tls_ca is not None else ["--insecure"]
     return command
 
 
@@ -116,9 +168,12 @@ class _Agent:
     """One agent process and its restarts. `current` is the live process, if any; the
     supervising task is cancelled before the cluster stops it."""
 
-    def __init__(self, config: UpConfig, orchestrator: str, index: int) -> None:
+    def __init__(
+        self, config: UpConfig, orchestrator: str, index: int, *, tls_ca: Path | None
+    ) -> None:
         self._config = config
         self._orchestrator = orchestrator
+        self._tls_ca = tls_ca
         self.index = index
         self.name = agent_name(index)
         self.directory = config.state_dir / self.name
@@ -128,7 +183,7 @@ class _Agent:
         self.directory.mkdir(parents=True, exist_ok=True)
         with (self.directory / "agent.log").open("ab") as logfile:
             self.current = await asyncio.create_subprocess_exec(
-                *agent_command(self._config, self._orchestrator, self.index),
+                *agent_command(self._config, self._orchestrator, self.index, tls_ca=self._tls_ca),
                 stdout=logfile,
                 stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -167,8 +222,19 @@ async def run(config: UpConfig) -> None:
 
     # The cluster's state directory is up's own to create (serve refuses a missing one).
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    store = await url.open_store(config.serve.store_url)
-    orchestrator = server.Orchestrator(config.serve, store)
+    listen_host = config.serve.listen.rsplit(":", 1)[0]
+    serve = config.serve
+    ca: Path | None = None
+    if config.insecure:
+        log.warning("--insecure: gRPC is plaintext; credentials and tensors cross unencrypted")
+    else:
+        found = await asyncio.to_thread(
+            local_ca.ensure, config.state_dir, hosts=certificate_hosts(listen_host)
+        )
+        ca = found.ca
+        serve = dataclasses.replace(serve, tls=api_tls.ServerFiles(found.cert, found.key))
+    store = await url.open_store(serve.store_url)
+    orchestrator = server.Orchestrator(serve, store)
     agents: list[_Agent] = []
     supervisors: list[asyncio.Task[None]] = []
     stopping = asyncio.Event()
@@ -177,11 +243,11 @@ async def run(config: UpConfig) -> None:
         loop.add_signal_handler(sig, stopping.set)
     try:
         await orchestrator.start()
-        host = config.serve.listen.rsplit(":", 1)[0]
-        address = f"{host}:{orchestrator.port}"
+        address = dial_address(listen_host, orchestrator.port)
+        dcnctl_config = write_dcnctl_config(config, address, ca)
         started = []
         for index in range(config.agents):
-            agent = _Agent(config, address, index)
+            agent = _Agent(config, address, index, tls_ca=ca)
             agents.append(agent)
             started.append(await agent.start())
         metrics = (
@@ -190,11 +256,12 @@ async def run(config: UpConfig) -> None:
             if config.serve.metrics_listen and orchestrator.metrics_port is not None
             else ""
         )
+        transport = f"TLS, CA {ca}" if ca is not None else "plaintext, --insecure"
         _say(
             f"dcnr-orchestrator: local cluster up: orchestrator on {address} "
-            f"(store {config.serve.store_url}{metrics}), {config.agents} agents "
+            f"({transport}; store {config.serve.store_url}{metrics}), {config.agents} agents "
             f"(logs in {config.state_dir}/agent-*/agent.log)\n"
-            f"  point dcnctl at it:  export DCNR_SERVER={address}\n"
+            f"  point dcnctl at it:  export DCNR_CONFIG={dcnctl_config}\n"
             f"  then try:            dcnctl get pnodes"
         )
         for agent, proc in zip(agents, started, strict=True):

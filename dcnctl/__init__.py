@@ -20,3 +20,10 @@ third-party tool written against the .proto files would. It never reads the stor
     infer       `infer`: tensors in, outputs out
     completion  `completion bash|zsh`
 """
+
+import os
+
+# gRPC's C core logs a failed TLS handshake at INFO on stderr, above dcnctl's own one-line
+# error; a command line shows only errors unless the user asks for more (GRPC_VERBOSITY).
+# Set before anything imports grpc: the package runs before any of its modules.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")

@@ -7,12 +7,14 @@ Every failed call leaves through `errors.from_rpc`, so no grpc exception reaches
 
 from __future__ import annotations
 
+import pathlib
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
 
+from api import tls as api_tls
 from api import version
 from api.dcnr.v1 import (
     common_pb2,
@@ -38,13 +40,23 @@ class Client:
         )
         options = [("grpc.max_receive_message_length", 256 * 2**20),
                    ("grpc.max_send_message_length", 256 * 2**20)]  # fmt: skip
+        #: Whether this connection is TLS (for a hint when the server disagrees).
+        self.tls = ctx.tls
         if ctx.tls:
-            creds = grpc.ssl_channel_credentials(
-                root_certificates=_read(ctx.tls_ca, "tls-ca"),
-                private_key=_read(ctx.tls_key, "tls-key"),
-                certificate_chain=_read(ctx.tls_cert, "tls-cert"),
+            files = api_tls.ClientFiles(
+                ca=_path(ctx.tls_ca),
+                cert=_path(ctx.tls_cert),
+                key=_path(ctx.tls_key),
+                server_name=ctx.tls_server_name,
+                flags=api_tls.Flags(cert="tls-cert", key="tls-key", ca="tls-ca"),
             )
-            self.channel = grpc.secure_channel(ctx.server, creds, options=options)
+            try:
+                creds = files.credentials()
+            except api_tls.TlsError as exc:
+                raise errors.local(str(exc)) from None
+            self.channel = grpc.secure_channel(
+                ctx.server, creds, options=[*options, *files.options()]
+            )
         else:
             self.channel = grpc.insecure_channel(ctx.server, options=options)
         self.networks = network_pb2_grpc.NetworkServiceStub(self.channel)
@@ -71,7 +83,7 @@ class Client:
         try:
             return method(request, timeout=seconds, metadata=self._metadata)
         except grpc.RpcError as exc:
-            raise errors.from_rpc(exc, self.server) from None
+            raise errors.from_rpc(exc, self.server, tls=self.tls) from None
 
     def stream(
         self, method: grpc.UnaryStreamMultiCallable[Any, Resp], request: Any
@@ -81,11 +93,5 @@ class Client:
         return iter(method(request, metadata=self._metadata))
 
 
-def _read(path: str, what: str) -> bytes | None:
-    if not path:
-        return None
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise errors.local(f"{what} {path}: {exc.strerror or exc}") from None
+def _path(value: str) -> pathlib.Path | None:
+    return pathlib.Path(value).expanduser() if value else None

@@ -11,6 +11,7 @@ flattened, since DCNR has no separate users or clusters:
         server: dcnr.lab.example:7070
         token: s3cret
         tls-ca: /etc/dcnr/ca.pem
+        tls-server-name: dcnr.lab.example   # optional: the name its certificate carries
 
 Which server a command talks to: --server, else $DCNR_SERVER, else the chosen context
 (--context, else current-context), else 127.0.0.1:7070. The file may hold tokens, so it is
@@ -31,7 +32,7 @@ from dcnctl import errors
 DEFAULT_SERVER = "127.0.0.1:7070"
 SERVER_ENV = "DCNR_SERVER"
 CONFIG_ENV = "DCNR_CONFIG"
-_FIELDS = ("server", "token", "tls-ca", "tls-cert", "tls-key", "insecure")
+_FIELDS = ("server", "token", "tls-ca", "tls-cert", "tls-key", "tls-server-name", "insecure")
 
 
 @dataclasses.dataclass
@@ -42,6 +43,9 @@ class Context:
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    #: The name to expect in the server's certificate when `server` is an address it does
+    #: not name (an IP, a port-forward).
+    tls_server_name: str = ""
     #: Plaintext even when TLS files are set (a local cluster, a debugging session).
     insecure: bool = False
 
@@ -117,6 +121,7 @@ def load(path: pathlib.Path) -> ConfigFile:
             tls_ca=str(entry.get("tls-ca") or ""),
             tls_cert=str(entry.get("tls-cert") or ""),
             tls_key=str(entry.get("tls-key") or ""),
+            tls_server_name=str(entry.get("tls-server-name") or ""),
             insecure=bool(entry.get("insecure", False)),
         )
         found.contexts[ctx.name] = ctx

@@ -13,7 +13,7 @@ def run(args: argparse.Namespace) -> int:
     action = args.config_command
     if action == "set-context":
         ctx = file.contexts.get(args.name) or config.Context(name=args.name)
-        for flag in ("server", "token", "tls_ca", "tls_cert", "tls_key"):
+        for flag in ("server", "token", "tls_ca", "tls_cert", "tls_key", "tls_server_name"):
             value = getattr(args, flag)
             if value is not None:
                 setattr(ctx, flag, value)

@@ -3,6 +3,9 @@
     gRPC status from the server            Error from server (<Reason>): <message>
     UNAVAILABLE / DEADLINE_EXCEEDED with   error: unable to connect to the server at
       no dcnr error details (the network)    HOST:PORT: <what grpc said>
+    ... because the two ends disagree      error: unable to connect to the server at
+      about TLS, or its certificate is       HOST:PORT: <what to fix> (<what grpc said>)
+      not trusted
     local problems (flags, files)          error: <message>
 
 The server attaches `dcnr-error-details-bin` trailing metadata to every status it raises
@@ -15,6 +18,7 @@ from __future__ import annotations
 import grpc
 
 from api import messages
+from api import tls as api_tls
 
 ERROR_DETAILS_KEY = "dcnr-error-details-bin"
 
@@ -61,17 +65,19 @@ def local(message: str) -> CliError:
     return CliError(f"error: {message}")
 
 
-def from_rpc(exc: grpc.RpcError, server: str) -> CliError:
-    """The CliError for a failed call; `server` is the address the call went to."""
+def from_rpc(exc: grpc.RpcError, server: str, *, tls: bool | None = None) -> CliError:
+    """The CliError for a failed call; `server` is the address the call went to, `tls`
+    whether the call went over TLS (None: unknown, no hint)."""
     code: grpc.StatusCode = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-    detail = (exc.details() if isinstance(exc, grpc.Call) else None) or str(code.name).lower()
-    detail = messages.clip(detail)  # one bounded line, whatever the server put in it
+    raw = (exc.details() if isinstance(exc, grpc.Call) else None) or str(code.name).lower()
+    detail = messages.clip(raw)  # one bounded line, whatever the server put in it
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not (
         _from_server(exc)
     ):
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             detail = f"no answer before the deadline ({detail})"
-        return Unreachable(server, detail)
+        hint = api_tls.describe_failure(code, raw, tls=tls) if tls is not None else None
+        return Unreachable(server, f"{hint} ({detail})" if hint else detail)
     return ServerError(code, detail)
 
 

@@ -156,6 +156,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("name")
     for flag in ("--tls-ca", "--tls-cert", "--tls-key"):
         q.add_argument(flag, metavar="FILE")
+    q.add_argument("--tls-server-name", metavar="NAME",
+                   help="the name to expect in the server's certificate")  # fmt: skip
     q.add_argument("--insecure", action=argparse.BooleanOptionalAction, default=None,
                    help="plaintext even if TLS files are set")  # fmt: skip
     q = cfg.add_parser("use-context", help="make a context current", parents=[common])

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from api import tls as api_tls
 from api import version
 from api.dcnr.v1 import common_pb2, job_pb2_grpc, network_pb2_grpc
 from api.resources import meta
@@ -49,16 +50,33 @@ class Target:
 
     server: str
     token: str = ""
+    #: TLS when any of these is set: the CA bundle that signed the orchestrator's certificate
+    #: (None: the system's roots), and a client certificate and key for mutual TLS.
     tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: The name to expect in the orchestrator's certificate instead of `server`'s host.
+    tls_server_name: str = ""
+
+    @property
+    def tls(self) -> api_tls.ClientFiles | None:
+        if self.tls_ca is None and self.tls_cert is None and self.tls_key is None:
+            return None
+        return api_tls.ClientFiles(
+            ca=self.tls_ca, cert=self.tls_cert, key=self.tls_key, server_name=self.tls_server_name
+        )
 
 
 class Client:
     def __init__(self, target: Target) -> None:
         self.server = target.server
         self._metadata = (("authorization", f"Bearer {target.token}"),) if target.token else ()
-        if target.tls_ca is not None:
-            creds = grpc.ssl_channel_credentials(root_certificates=target.tls_ca.read_bytes())
-            self.channel = grpc.aio.secure_channel(target.server, creds)
+        tls = target.tls
+        if tls is not None:
+            # TlsError (naming the flag and path) for a missing or invalid file.
+            self.channel = grpc.aio.secure_channel(
+                target.server, tls.credentials(), options=tls.options()
+            )
         else:
             self.channel = grpc.aio.insecure_channel(target.server)
         self.networks = network_pb2_grpc.NetworkServiceStub(self.channel)

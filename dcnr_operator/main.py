@@ -2,7 +2,10 @@
 
 Kubernetes credentials come the way kopf finds them (in-cluster service account, or
 $KUBECONFIG); the orchestrator's address and admin token from flags or the environment
-(DCNR_SERVER, DCNR_TOKEN_FILE), as the chart's operator Deployment sets them.
+(DCNR_SERVER, DCNR_TOKEN_FILE), as the chart's operator Deployment sets them. TLS to the
+orchestrator when a CA bundle or client certificate is given (--tls-ca, --tls-cert/--tls-key,
+--tls-server-name; env DCNR_TLS_CA, DCNR_TLS_CERT, DCNR_TLS_KEY, DCNR_TLS_SERVER_NAME);
+plaintext otherwise, with a warning.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 import kopf
 
+from api import tls as api_tls
 from dcnr_operator import client as client_mod
 from dcnr_operator import handlers
 
@@ -33,6 +37,13 @@ def parser() -> argparse.ArgumentParser:
                    help="file holding the admin token (env DCNR_TOKEN_FILE)")  # fmt: skip
     p.add_argument("--tls-ca", default=env("DCNR_TLS_CA", ""),
                    help="CA bundle to verify the orchestrator's TLS certificate")  # fmt: skip
+    p.add_argument("--tls-cert", default=env("DCNR_TLS_CERT", ""),
+                   help="mutual TLS: the operator's certificate (env DCNR_TLS_CERT)")  # fmt: skip
+    p.add_argument("--tls-key", default=env("DCNR_TLS_KEY", ""),
+                   help="mutual TLS: its private key (env DCNR_TLS_KEY)")  # fmt: skip
+    p.add_argument("--tls-server-name", default=env("DCNR_TLS_SERVER_NAME", ""),
+                   help="name to expect in the orchestrator's certificate "
+                   "(env DCNR_TLS_SERVER_NAME; default: the host of --server)")  # fmt: skip
     p.add_argument("--namespace", "-n", action="append", default=[],
                    help="watch this namespace (repeatable); none: all namespaces")  # fmt: skip
     p.add_argument("--resync-seconds", type=float,
@@ -40,8 +51,9 @@ def parser() -> argparse.ArgumentParser:
                    help="how often every CR is compared with the orchestrator")  # fmt: skip
     p.add_argument("--log-level", default=env("DCNR_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"])  # fmt: skip
-    p.add_argument("--liveness", default="",
-                   help="kopf's liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    p.add_argument(
+        "--liveness", default="", help="kopf's liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
+    )
     return p
 
 
@@ -65,7 +77,12 @@ def configure(settings: kopf.OperatorSettings) -> None:
 def target(args: argparse.Namespace) -> client_mod.Target:
     token = Path(args.token_file).read_text().strip() if args.token_file else ""
     return client_mod.Target(
-        server=args.server, token=token, tls_ca=Path(args.tls_ca) if args.tls_ca else None
+        server=args.server,
+        token=token,
+        tls_ca=Path(args.tls_ca) if args.tls_ca else None,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+        tls_server_name=args.tls_server_name,
     )
 
 
@@ -106,8 +123,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    orchestrator = target(args)
+    tls = orchestrator.tls
+    if tls is None:
+        logging.getLogger("dcnr.operator").warning(
+            "no --tls-ca: plaintext gRPC to %s; the admin token crosses the network readable",
+            orchestrator.server,
+        )
+    else:
+        try:
+            tls.credentials()  # the files are usable now, not at the first reconcile
+        except api_tls.TlsError as exc:
+            print(f"dcnr-operator: error: {exc}", file=sys.stderr)
+            return 2
     try:
-        asyncio.run(operate(args, target(args)))
+        asyncio.run(operate(args, orchestrator))
     except KeyboardInterrupt:
         return 130
     return 0

@@ -105,6 +105,13 @@ class Cluster:
         if not match:
             raise SystemExit(f"demo: the cluster did not start: {self.banner!r}")
         self.address = match[1]
+        # `up` is TLS by default: its CA and a dcnctl config naming it are in the banner.
+        tls = re.search(r"\(TLS, CA (\S+);", self.banner[0])
+        self.ca = Path(tls[1]) if tls else None
+        config = re.search(r"export DCNR_CONFIG=(\S+)", "".join(self.banner))
+        if not config:
+            raise SystemExit(f"demo: the cluster's banner names no dcnctl config: {self.banner!r}")
+        self.config = Path(config[1])
         self.metrics = re.search(r"metrics on (\S+/metrics)", self.banner[0])
 
     def _read(self) -> None:
@@ -162,7 +169,8 @@ def main() -> int:
     cluster = Cluster(state, agents=3, extra=("--workdir", str(REPO)))
     try:
         print("".join(cluster.banner).rstrip(), flush=True)
-        os.environ["DCNR_SERVER"] = cluster.address
+        os.environ["DCNR_CONFIG"] = str(cluster.config)  # server and CA, context "up"
+        os.environ.pop("DCNR_SERVER", None)
         wait_for(
             "three Ready agents",
             lambda: sum(

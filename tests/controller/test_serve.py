@@ -122,8 +122,9 @@ def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         result = _run(
-            "serve", "--store", f"sqlite:///{tmp_path / 's.db'}", "--listen", f"127.0.0.1:{port}"
-        )
+            "serve", "--store", f"sqlite:///{tmp_path / 's.db'}", "--listen", f"127.0.0.1:{port}",
+            "--insecure",
+        )  # fmt: skip
     assert result.returncode == 1
     assert f"127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 
 from api.dcnr.v1 import common_pb2, pnode_pb2, pnode_pb2_grpc
 from controller import up
@@ -45,8 +46,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _ready_pnodes(address: str) -> dict[str, str]:
-    with grpc.insecure_channel(address) as channel:
+def _channel(address: str, ca: Path | None) -> grpc.Channel:
+    if ca is None:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, grpc.ssl_channel_credentials(ca.read_bytes()))
+
+
+def _ready_pnodes(address: str, ca: Path | None) -> dict[str, str]:
+    with _channel(address, ca) as channel:
         reply = pnode_pb2_grpc.PNodeServiceStub(channel).ListPNodes(
             pnode_pb2.ListPNodesRequest(header=common_pb2.RequestHeader()), timeout=10
         )
@@ -54,9 +61,9 @@ def _ready_pnodes(address: str) -> dict[str, str]:
     return {d["metadata"]["name"]: d["status"]["phase"] for d in docs}
 
 
-def _until_ready(address: str, names: list[str]) -> None:
+def _until_ready(address: str, names: list[str], ca: Path | None) -> None:
     wait.until_sync(
-        lambda: _ready_pnodes(address),
+        lambda: _ready_pnodes(address, ca),
         within=60,
         what=f"Ready agents {names}",
         accept=lambda phases: phases == dict.fromkeys(names, "Ready"),
@@ -86,6 +93,8 @@ def test_exits_are_described() -> None:
 
 @pytest.mark.slow
 def test_up_runs_agents_until_interrupted(tmp_path: Path) -> None:
+    """TLS by default: the banner names a dcnctl config whose context carries the local CA,
+    the agents `up` starts register over TLS, and a plaintext client is turned away."""
     state = tmp_path / "cluster"
     proc = subprocess.Popen(
         [procs.script("dcnr-orchestrator"), "up", "--agents", "2", "--listen", "127.0.0.1:0",
@@ -97,8 +106,16 @@ def test_up_runs_agents_until_interrupted(tmp_path: Path) -> None:
         match = re.search(r"orchestrator on (\S+) ", banner)
         assert match, banner
         address = match[1]
-        assert "export DCNR_SERVER=" in procs.read_line(proc)
+        exported = re.search(r"export DCNR_CONFIG=(\S+)$", procs.read_line(proc))
+        assert exported, "no dcnctl config in the banner"
         assert "dcnctl get pnodes" in procs.read_line(proc)
+        config = yaml.safe_load(Path(exported[1]).read_text())
+        (context,) = config["contexts"]
+        assert config["current-context"] == context["name"] == "up"
+        assert context["server"] == address
+        ca = Path(context["tls-ca"])
+        assert ca == state / "tls" / "ca.pem"
+        assert f"(TLS, CA {ca};" in banner
         pids = {}
         for name in ("agent-0", "agent-1"):
             line = procs.read_line(proc)
@@ -107,8 +124,18 @@ def test_up_runs_agents_until_interrupted(tmp_path: Path) -> None:
             assert announced[2] == str(state / name / "agent.log")
             pids[name] = int(announced[1])
         assert procs.read_line(proc).startswith("Ctrl-C stops everything")
-        _until_ready(address, ["agent-0", "agent-1"])
+        _until_ready(address, ["agent-0", "agent-1"], ca)
         assert all(_alive(pid) for pid in pids.values())
+        with pytest.raises(grpc.RpcError) as plaintext:
+            _ready_pnodes(address, None)
+        assert plaintext.value.code() == grpc.StatusCode.UNAVAILABLE
+        dcnctl = subprocess.run(
+            [procs.script("dcnctl"), "get", "pnodes"],
+            env={**os.environ, "DCNR_CONFIG": exported[1], "DCNR_SERVER": ""},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert dcnctl.returncode == 0, dcnctl.stderr
+        assert "agent-0" in dcnctl.stdout
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
         assert not [pid for pid in pids.values() if _alive(pid)], "agents left behind"
@@ -132,15 +159,15 @@ def test_two_clusters_on_one_machine_do_not_disturb_each_other(
     ours = demo.Cluster(tmp_path / "ours", agents=1)
     try:
         theirs = demo.Cluster(
-            tmp_path / "theirs", agents=1, extra=("--metrics-listen", "127.0.0.1:0")
+            tmp_path / "theirs", agents=1, extra=("--metrics-listen", "127.0.0.1:0", "--insecure")
         )
         try:
             assert ours.metrics is None
             assert theirs.metrics is not None, theirs.banner
             with urllib.request.urlopen(theirs.metrics[1], timeout=10) as reply:
                 assert "dcnr_workqueue_depth" in reply.read().decode()
-            _until_ready(ours.address, ["agent-0"])
-            _until_ready(theirs.address, ["agent-0"])
+            _until_ready(ours.address, ["agent-0"], ours.ca)
+            _until_ready(theirs.address, ["agent-0"], theirs.ca)
             their_agent = theirs.pids["agent-0"]
 
             killed = ours.kill_agent("agent-0")
@@ -152,11 +179,11 @@ def test_two_clusters_on_one_machine_do_not_disturb_each_other(
                 what="our agent-0 started again",
                 accept=lambda pid: pid != killed,
             )
-            _until_ready(ours.address, ["agent-0"])
+            _until_ready(ours.address, ["agent-0"], ours.ca)
             assert _alive(their_agent)
             assert theirs.pids == {"agent-0": their_agent}
             assert theirs.exited == set()
-            assert _ready_pnodes(theirs.address) == {"agent-0": "Ready"}
+            assert _ready_pnodes(theirs.address, theirs.ca) == {"agent-0": "Ready"}
 
             # A name this cluster never announced is refused, not looked for elsewhere.
             with pytest.raises(SystemExit, match="no running agent 'agent-7'"):

@@ -83,12 +83,18 @@ MATRIX: dict[str, Values] = {
         }
     },
     "operator-on": {"operator": {"enabled": True, "watchNamespaces": ["ml"]}},
-    "tls-on": {
+    "tls-on": {"tls": {"enabled": True, "existingSecret": "dcnr-tls"}},
+    "tls-mutual": {
         "tls": {
             "enabled": True,
             "existingSecret": "dcnr-tls",
+            "ca": {"existingSecret": "dcnr-ca", "key": "bundle.pem"},
+            "serverName": "dcnr.example.org",
             "clientCA": {"existingSecret": "dcnr-agents-ca"},
-        }
+            "clientCertificate": {"existingSecret": "dcnr-in-cluster-client"},
+        },
+        "agents": {"enabled": True},
+        "operator": {"enabled": True},
     },
     "existing-secrets": {
         "adminToken": {"existingSecret": "my-admin", "existingSecretKey": "tok"},
@@ -334,11 +340,89 @@ def test_existing_secrets_are_used_not_created(helm: Path, tmp_path: Path) -> No
     assert args[args.index("--admin-token-file") + 1] == "/etc/dcnr/admin-token/tok"
 
 
-def test_tls_values_are_not_passed_to_serve_yet(helm: Path, tmp_path: Path) -> None:
-    """serve has no TLS flags yet: the values are validated, and nothing serve would
-    reject is passed (NOTES.txt warns that gRPC is plaintext)."""
-    pod = _one(_render(helm, MATRIX["tls-on"], tmp_path), "Deployment")["spec"]["template"]
-    assert not any("tls" in str(a).lower() for a in pod["spec"]["containers"][0]["args"])
+def _flag(args: list[str], flag: str) -> str | None:
+    return args[args.index(flag) + 1] if flag in args else None
+
+
+def _mounted(pod: dict[str, Any], container: dict[str, Any], path: str) -> dict[str, Any]:
+    """The secret volume mounted at `path`'s directory in `container`."""
+    directory = path.rsplit("/", 1)[0]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == directory]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    secret: dict[str, Any] = volume["secret"]
+    assert path.rsplit("/", 1)[1] in [item["path"] for item in secret["items"]]
+    return secret
+
+
+def test_without_tls_every_process_says_insecure(helm: Path, tmp_path: Path) -> None:
+    docs = _render(helm, {"agents": {"enabled": True}, "operator": {"enabled": True}}, tmp_path)
+    for name in ("rel-dcnr", "rel-dcnr-operator"):
+        args = _one(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert not any(str(a).startswith("--tls") for a in args)
+    serve = _one(docs, "Deployment", "rel-dcnr")["spec"]["template"]["spec"]["containers"][0]
+    assert "--insecure" in serve["args"]
+    assert serve["readinessProbe"]["grpc"] == {"port": 7070}
+    agent = _one(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+    assert "--insecure" in agent["args"]
+
+
+def test_tls_mounts_the_secret_and_passes_serve_its_files(helm: Path, tmp_path: Path) -> None:
+    docs = _render(helm, {**MATRIX["tls-on"], "agents": {"enabled": True}}, tmp_path)
+    # Agents check the Service's name also at a replica's job driver, dialled by pod IP.
+    agent = _one(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert _flag(agent, "--tls-server-name") == "rel-dcnr.ml.svc"
+    assert _flag(agent, "--tls-ca") == "/etc/dcnr/tls-ca/ca.crt"
+    assert _flag(agent, "--tls-cert") is None
+    pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
+    serve = pod["containers"][0]
+    args = serve["args"]
+    assert "--insecure" not in args
+    assert _flag(args, "--tls-client-ca") is None
+    for flag in ("--tls-cert", "--tls-key"):
+        path = _flag(args, flag)
+        assert path is not None
+        assert _mounted(pod, serve, path)["secretName"] == "dcnr-tls"
+    # The kubelet's gRPC probe has no TLS: a TCP connect to the port instead.
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert serve[probe]["tcpSocket"] == {"port": "grpc"}
+        assert "grpc" not in serve[probe]
+
+
+def test_mutual_tls_reaches_serve_agents_and_operator(helm: Path, tmp_path: Path) -> None:
+    docs = _render(helm, MATRIX["tls-mutual"], tmp_path)
+    pod = _one(docs, "Deployment", "rel-dcnr")["spec"]["template"]["spec"]
+    serve = pod["containers"][0]
+    client_ca = _flag(serve["args"], "--tls-client-ca")
+    assert client_ca is not None
+    assert client_ca.endswith("/ca.crt")
+    assert _mounted(pod, serve, client_ca)["secretName"] == "dcnr-agents-ca"
+    clients = [_one(docs, "DaemonSet"), _one(docs, "Deployment", "rel-dcnr-operator")]
+    for workload in clients:
+        pod = workload["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        args = container["args"]
+        assert "--insecure" not in args
+        assert _flag(args, "--tls-server-name") == "dcnr.example.org"
+        ca = _flag(args, "--tls-ca")
+        assert ca is not None
+        assert ca.endswith("/bundle.pem")
+        assert _mounted(pod, container, ca)["secretName"] == "dcnr-ca"
+        for flag in ("--tls-cert", "--tls-key"):
+            path = _flag(args, flag)
+            assert path is not None
+            assert _mounted(pod, container, path)["secretName"] == "dcnr-in-cluster-client"
+
+
+def test_mutual_tls_without_a_client_certificate_for_agents_fails(
+    helm: Path, tmp_path: Path
+) -> None:
+    values = {
+        "tls": {"enabled": True, "existingSecret": "s", "clientCA": {"existingSecret": "c"}},
+        "agents": {"enabled": True},
+    }
+    out = _helm(helm, "template", "rel", str(CHART), values=values, tmp_path=tmp_path)
+    assert out.returncode != 0
+    assert "tls.clientCertificate.existingSecret" in out.stderr, out.stderr
 
 
 @pytest.mark.parametrize(
@@ -377,8 +461,10 @@ def test_notes_tell_how_to_reach_it_with_dcnctl(helm: Path, tmp_path: Path) -> N
     assert out.returncode == 0, out.stderr
     notes = out.stdout.split("NOTES:", 1)[1]
     assert "kubectl --namespace ml port-forward service/rel-dcnr 7070:7070" in notes
-    assert 'dcnctl --server 127.0.0.1:7070 --token "$DCNR_TOKEN" get pnodes' in notes
-    assert "gRPC is served in plaintext" in notes
+    assert "--tls-server-name rel-dcnr.ml.svc" in notes
+    assert "dcnctl --context rel get pnodes" in notes
+    assert "plaintext" not in notes
+    assert "--tls-ca dcnr-ca.pem" in notes
 
 
 @pytest.mark.parametrize("namespaces", [[], ["ml", "vision"]])

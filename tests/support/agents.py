@@ -32,7 +32,8 @@ class Agent:
         command: Sequence[str] = (),
     ) -> None:
         """`command`: what runs instead of `dcnr-agent` (e.g. the test-only liar), given the
-        same flags."""
+        same flags. Plaintext to the orchestrator (`--insecure`) unless `extra` gives
+        TLS flags."""
         state_dir.mkdir(parents=True, exist_ok=True)
         self.log = state_dir / "agent.log"
         with self.log.open("ab") as err:
@@ -41,7 +42,9 @@ class Agent:
                     *(command or [procs.script("dcnr-agent")]), "--orchestrator", orchestrator,
                     "--listen", "127.0.0.1:0", "--name", name, "--state-dir", str(state_dir),
                     "--workdir", str(REPO), "--cpu", cpu, "--memory", memory,
-                    "--log-level", "warning", *extra,
+                    "--log-level", "warning",
+                    *(() if any(a.startswith("--tls-") for a in extra) else ("--insecure",)),
+                    *extra,
                 ],
                 stdout=subprocess.PIPE, stderr=err, text=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -107,7 +107,7 @@ def orchestrator(
 ) -> Iterator[Served]:
     """A `dcnr-orchestrator serve` process, on a free loopback port unless told `listen`,
     logging to `log` (default: a new temporary file), started in `cwd` (default: this
-    process's working directory)."""
+    process's working directory). Plaintext (`--insecure`) unless `extra` gives TLS flags."""
     if log is None:
         log = Path(tempfile.mkdtemp(prefix="dcnr-orchestrator-")) / "stderr.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -122,6 +122,7 @@ def orchestrator(
                 store_url,
                 "--listen",
                 listen,
+                *(() if any(a.startswith("--tls-") for a in extra) else ("--insecure",)),
                 *extra,
             ],
             stdout=subprocess.PIPE,

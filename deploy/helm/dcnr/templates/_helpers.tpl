@@ -118,3 +118,76 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{/* The Secret holding the CA bundle clients verify the orchestrator with (tls.ca). */}}
+{{- define "dcnr.tlsCASecretName" -}}
+{{- .Values.tls.ca.existingSecret | default .Values.tls.existingSecret }}
+{{- end }}
+
+{{/* The name clients expect in the orchestrator's certificate: tls.serverName, else the
+Service's DNS name. */}}
+{{- define "dcnr.tlsServerName" -}}
+{{- .Values.tls.serverName | default (index (splitList ":" (include "dcnr.grpcAddress" .)) 0) }}
+{{- end }}
+
+{{/* Whether the orchestrator wants client certificates (mutual TLS). */}}
+{{- define "dcnr.mutualTLS" -}}
+{{- if and .Values.tls.enabled .Values.tls.clientCA.existingSecret }}true{{ end }}
+{{- end }}
+
+{{/*
+A client's flags to the orchestrator (agents, operator): the CA, the expected name, and with
+mutual TLS the client certificate; the files are the volumes of dcnr.tlsClientVolumes.
+*/}}
+{{- define "dcnr.tlsClientArgs" -}}
+{{- if .Values.tls.enabled }}
+- --tls-ca
+- /etc/dcnr/tls-ca/{{ .Values.tls.ca.key }}
+{{- /* Always given: agents also dial each replica's job driver at its pod IP. */}}
+- --tls-server-name
+- {{ include "dcnr.tlsServerName" . | quote }}
+{{- if include "dcnr.mutualTLS" . }}
+{{- if not .Values.tls.clientCertificate.existingSecret }}
+{{- fail "tls.clientCertificate.existingSecret: the chart's agents and operator need a client certificate when tls.clientCA is set" }}
+{{- end }}
+- --tls-cert
+- /etc/dcnr/tls-client/tls.crt
+- --tls-key
+- /etc/dcnr/tls-client/tls.key
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "dcnr.tlsClientVolumeMounts" -}}
+{{- if .Values.tls.enabled }}
+- name: tls-ca
+  mountPath: /etc/dcnr/tls-ca
+  readOnly: true
+{{- if include "dcnr.mutualTLS" . }}
+- name: tls-client
+  mountPath: /etc/dcnr/tls-client
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "dcnr.tlsClientVolumes" -}}
+{{- if .Values.tls.enabled }}
+- name: tls-ca
+  secret:
+    secretName: {{ include "dcnr.tlsCASecretName" . }}
+    items:
+      - key: {{ .Values.tls.ca.key }}
+        path: {{ .Values.tls.ca.key }}
+{{- if include "dcnr.mutualTLS" . }}
+- name: tls-client
+  secret:
+    secretName: {{ .Values.tls.clientCertificate.existingSecret }}
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+{{- end }}
+{{- end }}
+{{- end }}
