@@ -76,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
         "(default: no admin auth)",
     )
     serve.add_argument(
+        "--read-only-token-file",
+        metavar="FILE",
+        default=None,
+        help="tokens of the read-only role (Get*, List*, Watch*, ExplainPlacement, Resolve*), "
+        "same format as --admin-token-file, which it needs (default: none)",
+    )
+    serve.add_argument(
         "--blob-store",
         default=None,
         metavar="URL",
@@ -258,6 +265,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             print(f"dcnr-orchestrator: error: --admin-token-file: {exc}", file=sys.stderr)
             return 2
+        try:
+            read_only_tokens = (
+                frozenset(auth.load_tokens(args.read_only_token_file, "--read-only-token-file"))
+                if args.read_only_token_file
+                else frozenset()
+            )
+            auth.Tokens(admin_tokens, read_only_tokens)  # the roles' rules, checked up front
+        except (OSError, ValueError) as exc:
+            print(f"dcnr-orchestrator: error: --read-only-token-file: {exc}", file=sys.stderr)
+            return 2
         serve_config = server.ServeConfig(
             store_url=store_url,
             listen=args.listen,
@@ -266,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             replica_id=args.replica_id,
             control=control,
             admin_tokens=admin_tokens,
+            read_only_tokens=read_only_tokens,
             driver=driver.DriverConfig(
                 blob_store=blob_store if blob_store.endswith("/") else blob_store + "/",
                 advertise=args.advertise,

@@ -7,6 +7,12 @@ question: `View.endpoints` keeps only allocations whose PNode is Ready with a le
 holds *now* and whose epoch is the slot's current one (DESIGN.md invariant 3). So an
 expired lease drops its endpoints from the next answer without any store write, and
 `WatchEndpoints` wakes itself at the next lease expiry for the same reason.
+
+Who may ask (`controller.services.auth.ResolveGate`, when the server has tokens): admin and
+read-only tokens, and PNodes hosting a VNode of the network asked about. The gate runs
+after the fields are checked for being present and before any name is looked up, so a
+caller not entitled to a network gets the same answer whether or not it exists; only an
+entitled caller's NOT_FOUND lists the network's VNodes.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from api.dcnr.v1 import resolve_pb2, resolve_pb2_grpc
 from api.resources import network as net_model
 from controller import errors as faults
 from controller.runtime import clock as clock_mod
-from controller.services import rpc
+from controller.services import auth, rpc
 from controller.state import view as view_mod
 
 log = logging.getLogger("dcnr.resolution")
@@ -54,7 +60,11 @@ class ResolutionService(resolve_pb2_grpc.ResolutionServiceServicer):
         clock: clock_mod.Clock,
         replica_id: str,
         on_resolved: OnResolved | None = None,
+        gate: auth.ResolveGate | None = None,
     ) -> None:
+        """`gate`: who may resolve which network; None answers anyone (a server with no
+        tokens, where the whole management API is open too)."""
+        self._gate = gate
         self._view = view
         self._clock = clock
         self._replica_id = replica_id
@@ -67,7 +77,10 @@ class ResolutionService(resolve_pb2_grpc.ResolutionServiceServicer):
     async def Resolve(
         self, request: resolve_pb2.ResolveRequest, context: aio.ServicerContext[Any, Any]
     ) -> resolve_pb2.ResolveResponse:
-        self._check_ref(("network", "vnode"), request.network, request.vnode)
+        fields = ("network", "vnode")
+        _check_fields(fields, request.network, request.vnode)
+        self._authorize(context, "Resolve", (request.network,))
+        self._check_ref(fields, request.network, request.vnode)
         if request.min_epoch < 0:
             raise faults.FieldInvalid("min_epoch", request.min_epoch, "must be >= 0 (0: not given)")
         endpoints = self._view.endpoints(request.network, request.vnode, self._clock.now())
@@ -88,8 +101,12 @@ class ResolutionService(resolve_pb2_grpc.ResolutionServiceServicer):
             raise faults.FieldInvalid(
                 "vnodes", f"{len(request.vnodes)} entries", f"at most {MAX_BATCH} per call"
             )
-        for i, ref in enumerate(request.vnodes):
-            self._check_ref((f"vnodes[{i}].network", f"vnodes[{i}].vnode"), ref.network, ref.vnode)
+        names = [(f"vnodes[{i}].network", f"vnodes[{i}].vnode") for i in range(len(request.vnodes))]
+        for fields, ref in zip(names, request.vnodes, strict=True):
+            _check_fields(fields, ref.network, ref.vnode)
+        self._authorize(context, "BatchResolve", {ref.network for ref in request.vnodes})
+        for fields, ref in zip(names, request.vnodes, strict=True):
+            self._check_ref(fields, ref.network, ref.vnode)
         now = self._clock.now()
         answers = [self._resolve(ref.network, ref.vnode, now) for ref in request.vnodes]
         self._count(len(answers))
@@ -106,6 +123,9 @@ class ResolutionService(resolve_pb2_grpc.ResolutionServiceServicer):
             rpc.check_header(request.header)
             if not request.network:
                 raise faults.FieldInvalid("network", request.network, "must name a network")
+            for i, vnode in enumerate(request.vnodes):
+                _check_fields(("network", f"vnodes[{i}]"), request.network, vnode)
+            self._authorize(context, "WatchEndpoints", (request.network,))
             for i, vnode in enumerate(request.vnodes):
                 self._check_ref(("network", f"vnodes[{i}]"), request.network, vnode)
             if not request.vnodes:
@@ -161,14 +181,18 @@ class ResolutionService(resolve_pb2_grpc.ResolutionServiceServicer):
 
     # -- shared -----------------------------------------------------------------------------
 
+    def _authorize(
+        self, context: aio.ServicerContext[Any, Any], method: str, networks: Iterable[str]
+    ) -> None:
+        if self._gate is not None:
+            self._gate.check(
+                f"/dcnr.v1.ResolutionService/{method}", rpc.bearer(context), sorted(networks)
+            )
+
     def _check_ref(self, fields: tuple[str, str], network: str, vnode: str) -> None:
-        """INVALID_ARGUMENT for empty fields, NOT_FOUND for names the view does not know;
-        `fields` names the request's network and vnode fields in the message."""
-        network_field, vnode_field = fields
-        if not network:
-            raise faults.FieldInvalid(network_field, network, "must name a network")
-        if not vnode:
-            raise faults.FieldInvalid(vnode_field, vnode, "must name a vnode of the network")
+        """NOT_FOUND for names the view does not know (the fields were checked present by
+        `_check_fields`); `fields` names the request's network and vnode fields."""
+        _, vnode_field = fields
         net = self._network(network)
         if net.vnode(vnode) is None:
             raise faults.NotFound(
@@ -190,6 +214,15 @@ class ResolutionService(resolve_pb2_grpc.ResolutionServiceServicer):
             self._on_resolved(count)
         except Exception:
             log.exception("resolution counter failed")
+
+
+def _check_fields(fields: tuple[str, str], network: str, vnode: str) -> None:
+    """INVALID_ARGUMENT for empty fields; `fields` names them in the message."""
+    network_field, vnode_field = fields
+    if not network:
+        raise faults.FieldInvalid(network_field, network, "must name a network")
+    if not vnode:
+        raise faults.FieldInvalid(vnode_field, vnode, "must name a vnode of the network")
 
 
 def _message(

@@ -169,9 +169,9 @@ class Registry:
 
         async def attempt() -> bool:
             node = await self.get(pnode.PNode, name)
-            if node is None:  # already gone: nothing left to drain
-                return True
-            if not credentials.matches(presented, node.spec.credential_hash):
+            # Unknown and wrong credential answer alike: nothing tells a caller who has not
+            # proven the PNode's identity whether the name exists.
+            if node is None or not credentials.matches(presented, node.spec.credential_hash):
                 raise unauthenticated(name)
             if incarnation != node.status.incarnation:
                 raise faults.FailedPrecondition(

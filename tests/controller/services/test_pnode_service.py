@@ -292,10 +292,13 @@ async def test_a_stale_incarnation_is_fenced_and_not_renewed(plane) -> None:
     assert not reply.HasField("assignment_set")
 
 
-async def test_an_unknown_pnode_is_fenced(plane) -> None:
+async def test_an_unknown_pnode_is_unauthenticated(plane) -> None:
+    """As a wrong credential is: no answer tells a name that exists from one that does not
+    (the agent takes it as a fence and registers again)."""
     request = pnode_pb2.HeartbeatRequest(header=HEADER, pnode_id="nobody", incarnation=1)
-    reply = await plane.stub.Heartbeat(request, metadata=bearer("anything"))
-    assert reply.lease_state == pnode_pb2.LEASE_STATE_FENCED
+    code, details = await status_of(plane.stub.Heartbeat(request, metadata=bearer("anything")))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert "pnode 'nobody': missing or invalid credential" in details
 
 
 async def test_a_paused_pnode_is_fenced_on_resume_and_comes_back_by_registering(plane) -> None:
@@ -480,7 +483,8 @@ async def test_deregister_removes_an_idle_pnode_and_drains_a_busy_one(plane) -> 
     assert (await deregister(idle)).deregistered is True
     with pytest.raises(errors.NotFound):
         await plane.store.get(pnode.PNode, "idle")
-    assert (await idle.heartbeat_once()).lease_state == pnode_pb2.LEASE_STATE_FENCED
+    code, _ = await status_of(idle.heartbeat_once())  # gone: its credential proves nothing
+    assert code == grpc.StatusCode.UNAUTHENTICATED
 
     assert (await deregister(busy)).deregistered is False
     node = await plane.store.get(pnode.PNode, "busy")
