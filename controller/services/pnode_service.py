@@ -339,7 +339,7 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
             node = await self._reread(name) or node
         if node is None or not credentials.matches(presented, node.spec.credential_hash):
             self._on_refused(_METHOD + method, "Unauthenticated")
-            raise registry.unauthenticated(name)
+            raise registry.unauthenticated()
         return node
 
     async def _reread(self, name: str) -> pnode.PNode | None:
