@@ -16,7 +16,7 @@ import hashlib
 import json
 import statistics
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import TypeVar
 
 import grpc
@@ -303,7 +303,7 @@ async def test_an_unknown_pnode_is_unauthenticated(plane) -> None:
     assert details == registry.UNAUTHENTICATED_MESSAGE
 
 
-async def _refusal(call) -> tuple[grpc.StatusCode, str, object]:
+async def _refusal(call: Awaitable[object]) -> tuple[grpc.StatusCode, str | None, object]:
     """Everything a refused call tells its caller: code, message and trailing metadata."""
     with pytest.raises(aio.AioRpcError) as caught:
         await call
@@ -311,7 +311,7 @@ async def _refusal(call) -> tuple[grpc.StatusCode, str, object]:
     return error.code(), error.details(), error.trailing_metadata()
 
 
-async def _first_message(call):
+async def _first_message(call: AsyncIterator[T]) -> T | None:
     async for message in call:
         return message
     return None
@@ -326,7 +326,7 @@ async def test_no_answer_tells_an_existing_pnode_name_from_an_unknown_one(
     client = plane.pnode("known")
     await client.register()
 
-    def calls(name: str):
+    def calls(name: str) -> Iterator[Awaitable[object]]:
         yield plane.stub.Heartbeat(
             pnode_pb2.HeartbeatRequest(header=HEADER, pnode_id=name, incarnation=1),
             metadata=bearer(credential),
