@@ -107,6 +107,8 @@ class Orchestrator:
         control = config.control
         self.replica_id = config.replica_id or replicas.default_replica_id()
         self.metrics = metrics.Metrics()
+        for method, reason in auth.known_refusals():  # at 0 from the start
+            self.metrics.rpc_refused.labels(method, reason)
         self.view = view.View(store, self.clock, config=control)
         self.manager = manager.Manager(self.clock, rng=random.Random())
         self.leases = leases.LeaseKeeper(store, self.clock, view=self.view, config=control)

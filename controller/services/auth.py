@@ -30,7 +30,7 @@ from __future__ import annotations
 import enum
 import hmac
 import pathlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import grpc
@@ -97,6 +97,29 @@ def access(method: str) -> Access | None:
     if not method.startswith("/dcnr.v1."):
         return None
     return METHODS.get(method, Access.ADMIN)
+
+
+#: The reasons each kind of method is refused for, here or by the service that checks it.
+_REASONS: dict[Access, tuple[str, ...]] = {
+    Access.ADMIN: ("Unauthenticated", "Forbidden", "ReadOnly"),
+    Access.READ: ("Unauthenticated", "Forbidden"),
+    Access.RESOLVE: ("Unauthenticated", "NotHosting"),
+}
+_PNODE_REASONS: dict[str, tuple[str, ...]] = {
+    "/dcnr.v1.PNodeService/Register": ("NameTaken",),
+    "/dcnr.v1.PNodeService/Heartbeat": ("Unauthenticated",),
+    "/dcnr.v1.PNodeService/WatchAssignments": ("Unauthenticated",),
+    "/dcnr.v1.PNodeService/Deregister": ("Unauthenticated",),
+    "/dcnr.v1.ValidationService/ReportResult": ("Unauthenticated",),
+}
+
+
+def known_refusals() -> Iterator[tuple[str, str]]:
+    """Every (method, reason) `dcnr_rpc_refused_total` is counted with by this module and
+    the PNode services, exported at 0 from the start so an alert sees the series."""
+    for method, needs in METHODS.items():
+        for reason in _REASONS.get(needs, ()) + _PNODE_REASONS.get(method, ()):
+            yield method, reason
 
 
 def guarded(method: str) -> bool:
