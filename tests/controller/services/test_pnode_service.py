@@ -48,6 +48,8 @@ class Plane:
     clock: clock_mod.FakeClock
     stub: pnode_pb2_grpc.PNodeServiceAsyncStub
     clients: list[pnode_client.TestPNode]
+    #: (method, reason) of every call the service refused (`on_refused`).
+    refused: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def pnode(self, name: str = "", **kwargs) -> pnode_client.TestPNode:
         client = pnode_client.TestPNode(self.address, name, **kwargs)
@@ -64,8 +66,15 @@ async def plane(tmp_path):
     view.start()
     keeper = leases_mod.LeaseKeeper(store, clock, view=view, config=FAST)
     keeper.start()
+    refused: list[tuple[str, str]] = []
     service = pnode_service.PNodeService(
-        store=store, view=view, clock=clock, config=FAST, leases=keeper, replica_id="replica-t"
+        store=store,
+        view=view,
+        clock=clock,
+        config=FAST,
+        leases=keeper,
+        replica_id="replica-t",
+        on_refused=lambda method, reason: refused.append((method, reason)),
     )
     server = aio.server()
     pnode_pb2_grpc.add_PNodeServiceServicer_to_server(service, server)
@@ -74,7 +83,7 @@ async def plane(tmp_path):
     address = f"127.0.0.1:{port}"
     channel = aio.insecure_channel(address)
     stub = pnode_pb2_grpc.PNodeServiceStub(channel)
-    result = Plane(address, store, view, clock, stub, [])
+    result = Plane(address, store, view, clock, stub, [], refused)
     yield result
     for client in result.clients:
         await client.close()
@@ -230,6 +239,38 @@ async def test_re_registering_needs_the_current_credential(plane) -> None:
     code, _ = await status_of(plane.stub.Heartbeat(request, metadata=bearer(first.credential)))
     assert code == grpc.StatusCode.UNAUTHENTICATED  # the old credential died with it
     assert (await owner.heartbeat_once()).lease_state == pnode_pb2.LEASE_STATE_ACTIVE
+
+
+async def test_a_taken_name_reveals_only_that_and_every_refusal_is_counted(plane) -> None:
+    owner = plane.pnode("p1")
+    await owner.register()
+    squatter = plane.pnode("p1")
+    squatter.credential = "forged"
+    code, details = await status_of(squatter.register())
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert details == (
+        "pnode 'p1' is already registered; re-registering it needs its current credential "
+        "as 'authorization: Bearer' metadata (an agent that lost its credential registers "
+        "under a new name)"
+    )  # nothing of the PNode's state, address, capacity, incarnation or work
+    for name in ("p1", "nobody"):
+        await status_of(
+            plane.stub.Heartbeat(
+                pnode_pb2.HeartbeatRequest(header=HEADER, pnode_id=name, incarnation=1),
+                metadata=bearer("forged"),
+            )
+        )
+        await status_of(
+            plane.stub.Deregister(
+                pnode_pb2.DeregisterRequest(header=HEADER, pnode_id=name, incarnation=1),
+                metadata=bearer("forged"),
+            )
+        )
+    method = "/dcnr.v1.PNodeService/"
+    assert plane.refused == [
+        (method + "Register", "NameTaken"),
+        *[(method + m, "Unauthenticated") for m in ("Heartbeat", "Deregister") * 2],
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
