@@ -18,7 +18,15 @@ import grpc
 import pytest
 from grpc import aio
 
-from api.dcnr.v1 import network_pb2, pnode_pb2, pnode_pb2_grpc, resolve_pb2, resolve_pb2_grpc
+from api.dcnr.v1 import (
+    network_pb2,
+    pnode_pb2,
+    pnode_pb2_grpc,
+    resolve_pb2,
+    resolve_pb2_grpc,
+    validation_pb2,
+    validation_pb2_grpc,
+)
 from tests.integration import cluster
 from tests.support import metrics, pnode_client, procs
 
@@ -134,6 +142,20 @@ async def test_resolution_and_the_read_only_role_in_a_served_orchestrator(
             )
             assert await _resolve(channel, READ_ONLY, "alpha", "v0") == [alpha["v0"][0][0]]
 
+            # A report with a forged credential: refused alike for a PNode and a stranger.
+            validation = validation_pb2_grpc.ValidationServiceStub(channel)
+            reports = []
+            for name in ("pnode-0", "nobody"):
+                with pytest.raises(aio.AioRpcError) as caught:
+                    await validation.ReportResult(
+                        validation_pb2.ReportResultRequest(header=cluster.HEADER, pnode_id=name),
+                        metadata=(("authorization", "Bearer forged"),),
+                        timeout=10,
+                    )
+                reports.append((caught.value.code(), caught.value.details()))
+            assert reports[0] == reports[1]
+            assert reports[0][0] == grpc.StatusCode.UNAUTHENTICATED
+
             assert metrics_port is not None
             samples = await asyncio.to_thread(metrics.scrape, metrics_port)
             refused = {
@@ -145,6 +167,8 @@ async def test_resolution_and_the_read_only_role_in_a_served_orchestrator(
             assert refused[(RESOLVE, "NotHosting")] == 1
             assert refused[(RESOLVE, "Unauthenticated")] == 3
             assert refused[("/dcnr.v1.NetworkService/DeleteNetwork", "ReadOnly")] == 1
+            assert refused[("/dcnr.v1.ValidationService/ReportResult", "Unauthenticated")] == 2
+            assert refused[("/dcnr.v1.NetworkService/Apply", "ReadOnly")] == 0  # from the start
         finally:
             await channel.close(None)
             for node in nodes:
