@@ -12,7 +12,10 @@ Who may ask (`controller.services.auth.ResolveGate`, when the server has tokens)
 read-only tokens, and PNodes hosting a VNode of the network asked about. The gate runs
 after the fields are checked for being present and before any name is looked up, so a
 caller not entitled to a network gets the same answer whether or not it exists; only an
-entitled caller's NOT_FOUND lists the network's VNodes.
+entitled caller's NOT_FOUND lists the network's VNodes. A `WatchEndpoints` stream is checked
+again before each message it sends, so a PNode that no longer hosts part of the network (or
+registered again, with a new credential) gets PERMISSION_DENIED or UNAUTHENTICATED instead
+of the next change.
 """
 
 from __future__ import annotations
@@ -134,6 +137,11 @@ class ResolutionService(resolve_pb2_grpc.ResolutionServiceServicer):
             await rpc.abort(context, exc)
             return
         async for message in self._watch(request.network, tuple(request.vnodes)):
+            try:  # still entitled? a PNode whose last VNode of the network moved is not
+                self._authorize(context, "WatchEndpoints", (request.network,))
+            except Exception as exc:
+                await rpc.abort(context, exc)
+                return
             yield message
 
     async def _watch(

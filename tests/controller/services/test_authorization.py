@@ -177,9 +177,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize("method", sorted(auth.METHODS))
 async def test_each_method_by_the_table(guarded: Guarded, method: str) -> None:
-    got = tuple(
-        [await guarded.call(method, token) for token in (None, "wrong", READ_ONLY, ADMIN)]
-    )
+    got = tuple([await guarded.call(method, token) for token in (None, "wrong", READ_ONLY, ADMIN)])
     assert got == EXPECTED[auth.METHODS[method]], method
 
 
@@ -403,6 +401,29 @@ async def test_a_credential_stops_working_when_its_pnode_registers_again(
     code, _, _ = await refusal(resolving.resolve(old, "mnist", "out"))
     assert code == UNAUTH
     assert await resolving.resolve(new, "mnist", "out") == ["p1"]
+
+
+async def test_a_watch_ends_when_its_pnode_no_longer_hosts_part_of_the_network(
+    resolving: Resolving,
+) -> None:
+    call = resolving.stub.WatchEndpoints(
+        resolve_pb2.WatchEndpointsRequest(network="mnist"), metadata=resolving.who("p2")
+    )
+    try:
+        first = await call.read()
+        assert isinstance(first, resolve_pb2.WatchEndpointsResponse)
+        # p2's only VNode of mnist (input.0) moves to p1: the next change is not p2's to see.
+        moved = records.allocation_record("mnist", "input", 0, "p1", epoch=2)
+        current = await resolving.store.get(type(moved), moved.name)
+        moved.metadata.resource_version = current.metadata.resource_version
+        resolving.view.apply_written([await resolving.store.update(moved)])
+        with pytest.raises(aio.AioRpcError) as caught:
+            await call.read()
+    finally:
+        call.cancel()
+    assert caught.value.code() == DENIED
+    assert "pnode 'p2' hosts no VNode of network 'mnist'" in (caught.value.details() or "")
+    assert resolving.refused("WatchEndpoints", "NotHosting") == 1
 
 
 # -- identities -----------------------------------------------------------------------------
