@@ -182,6 +182,7 @@ class Agent:
                 self._on_register("registered")
                 self.name = reply.pnode_id
                 self._credential = reply.credential
+                self._orchestrators.credential = reply.credential  # peers resolve with it
                 self.incarnation = reply.incarnation
                 self.version = 0
                 self.heartbeat_interval = _seconds(reply.heartbeat_interval, 1.0)

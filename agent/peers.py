@@ -98,6 +98,12 @@ class Orchestrators:
         return aio.secure_channel(
             address, self._credentials, [*options, *self._tls_options]
         )
+        #: This PNode's credential once registered: resolution answers only PNodes hosting
+        #: part of the network asked about (and token holders).
+        self.credential = ""
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.credential}"),) if self.credential else ()
 
     @property
     def address(self) -> str:
@@ -174,7 +180,9 @@ class Peers:
                 header=header(), network=network, vnode=vnode, min_epoch=min_epoch
             )
             try:
-                reply = await stub.Resolve(request, timeout=5)
+                reply = await stub.Resolve(
+                    request, metadata=self._orchestrators.metadata(), timeout=5
+                )
             except grpc.RpcError as exc:
                 if isinstance(exc, aio.AioRpcError) and exc.code() in (
                     grpc.StatusCode.UNAVAILABLE,

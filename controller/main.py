@@ -79,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
         "(default: no admin auth)",
     )
     serve.add_argument(
+        "--read-only-token-file",
+        metavar="FILE",
+        default=None,
+        help="tokens of the read-only role (Get*, List*, Watch*, ExplainPlacement, Resolve*), "
+        "same format as --admin-token-file, which it needs (default: none)",
+    )
+    serve.add_argument(
         "--blob-store",
         default=None,
         metavar="URL",
@@ -325,6 +332,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             print(f"dcnr-orchestrator: error: --admin-token-file: {exc}", file=sys.stderr)
             return 2
+        try:
+            read_only_tokens = (
+                frozenset(auth.load_tokens(args.read_only_token_file, "--read-only-token-file"))
+                if args.read_only_token_file
+                else frozenset()
+            )
+            auth.Tokens(admin_tokens, read_only_tokens)  # the roles' rules, checked up front
+        except (OSError, ValueError) as exc:
+            print(f"dcnr-orchestrator: error: --read-only-token-file: {exc}", file=sys.stderr)
+            return 2
         serve_config = server.ServeConfig(
             store_url=store_url,
             listen=args.listen,
@@ -334,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             control=control,
             admin_tokens=admin_tokens,
             tls=server_tls,
+            read_only_tokens=read_only_tokens,
             driver=driver.DriverConfig(
                 blob_store=blob_store if blob_store.endswith("/") else blob_store + "/",
                 advertise=args.advertise,

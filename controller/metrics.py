@@ -125,6 +125,13 @@ class Metrics:
             ["role"],
             registry=r,
         )
+        self.rpc_refused = prometheus_client.Counter(
+            "dcnr_rpc_refused",
+            "Calls refused by authentication, authorization, admission or limits, by method "
+            "and reason.",
+            ["method", "reason"],
+            registry=r,
+        )
         self.events = prometheus_client.Counter(
             "dcnr_events",
             "Events recorded (each occurrence, also those aggregated into one stored event), "
@@ -199,6 +206,12 @@ class Metrics:
 
     def driver_refused(self, reason: str) -> None:
         self.driver_results_refused.labels(reason).inc()
+
+    def refused(self, method: str, reason: str) -> None:
+        """One call refused before it did anything: its full method name
+        ("/dcnr.v1.ResolutionService/Resolve") and why (Unauthenticated, Forbidden,
+        ReadOnly, NotHosting, or another refusing part's own word)."""
+        self.rpc_refused.labels(method, reason).inc()
 
     def inference_computed(self, *, primary: int, double_check: int) -> None:
         self.inference_results.labels("primary").inc(primary)

@@ -67,7 +67,7 @@ from controller.services import (
     validation_service,
     vnode_transport,
 )
-from controller.state import allocation_status, leases, view
+from controller.state import allocation_status, identities, leases, view
 from controller.trust import book as trust
 from reconcilers import base as reconcilers_base
 from reconcilers import network as network_loop
@@ -90,6 +90,8 @@ class ServeConfig:
     admin_tokens: frozenset[str] = frozenset()
     #: The listener's certificate (reloaded when its files change); None: plaintext.
     tls: api_tls.ServerFiles | None = None
+    #: Bearer tokens of the read-only role (Get*, List*, Watch*, Resolve*); needs admin_tokens.
+    read_only_tokens: frozenset[str] = frozenset()
 
 
 class Orchestrator:
@@ -108,6 +110,8 @@ class Orchestrator:
         control = config.control
         self.replica_id = config.replica_id or replicas.default_replica_id()
         self.metrics = metrics.Metrics()
+        for method, reason in auth.known_refusals():  # at 0 from the start
+            self.metrics.rpc_refused.labels(method, reason)
         self.view = view.View(store, self.clock, config=control)
         self.manager = manager.Manager(self.clock, rng=random.Random())
         self.leases = leases.LeaseKeeper(store, self.clock, view=self.view, config=control)
@@ -161,6 +165,7 @@ class Orchestrator:
             lease_seconds=control.replica_lease,
             on_membership_change=self.manager.membership_changed,
         )
+        self.tokens = auth.Tokens(config.admin_tokens, config.read_only_tokens)
         # No SO_REUSEPORT: a second orchestrator on a taken port must fail, not share it.
         self.server = aio.server(
             options=[("grpc.so_reuseport", 0)],
@@ -169,7 +174,11 @@ class Orchestrator:
             interceptors=[
                 rpc_timer.RpcTimer(self.metrics),
                 rpc_decode.DecodeGuard(),
-                *([auth.AdminTokenInterceptor(config.admin_tokens)] if config.admin_tokens else []),
+                *(
+                    [auth.AdminTokenInterceptor(self.tokens, on_refused=self.metrics.refused)]
+                    if self.tokens.configured
+                    else []
+                ),
             ],
         )
         # grpc_health ships no stub for its aio module.
@@ -258,6 +267,7 @@ class Orchestrator:
                     leases=self.leases,
                     replica_id=self.replica_id,
                     on_heartbeat=self.metrics.heartbeat,
+                    on_refused=self.metrics.refused,
                     statuses=self.allocation_status,
                     events=self.events,
                 ),
@@ -269,6 +279,7 @@ class Orchestrator:
                     clock=self.clock,
                     replica_id=self.replica_id,
                     on_resolved=self.metrics.resolved,
+                    gate=self._resolve_gate(),
                 ),
             ),
             "dcnr.v1.NetworkService": (
@@ -312,7 +323,7 @@ class Orchestrator:
                 inbox=self.inbox,
                 replica_id=self.replica_id,
                 on_checked=self.metrics.checked,
-                on_refused=self.metrics.report_refused,
+                on_refused=self._report_refused,
                 on_disagreed=self.metrics.disagreed,
                 on_tiebreak=self.metrics.tiebroken,
                 # TODO(issue 11, identity): pass the identity CA's `identity.Verifier` here;
@@ -329,6 +340,21 @@ class Orchestrator:
             driver_refusals=driver_inbox.REFUSALS,
         )
         self.service_names = catalog.register(self.server, implemented, health=self.health)
+
+    def _report_refused(self, reason: str) -> None:
+        self.metrics.report_refused(reason)
+        if reason == "unauthenticated":  # the others are judged after the caller proved itself
+            self.metrics.refused("/dcnr.v1.ValidationService/ReportResult", "Unauthenticated")
+
+    def _resolve_gate(self) -> auth.ResolveGate | None:
+        if not self.tokens.configured:
+            return None  # an open cluster: the management API answers anyone too
+        return auth.ResolveGate(
+            tokens=self.tokens,
+            identities=identities.Identities(self.view),
+            view=self.view,
+            on_refused=self.metrics.refused,
+        )
 
     # -- lifecycle --------------------------------------------------------------------------
 

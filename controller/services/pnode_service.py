@@ -7,10 +7,13 @@ consulted again from the store only when its answer would be "no" for a reason a
 view could cause (unknown name, newer incarnation, no lease), at most once per PNode per
 refresh interval, so forged credentials cannot turn into store load.
 
-Order of checks on an agent call: unknown PNode → FENCED (the proto's rule: register again;
-a garbage-collected PNode's agent must re-register, and saying "fenced" reveals no more than
-NOT_FOUND would); wrong or missing credential → UNAUTHENTICATED; stale incarnation, expired
-lease or Lost → FENCED without renewal.
+Order of checks on an agent call: unknown PNode, or wrong or missing credential →
+UNAUTHENTICATED, the same status, message and details for both, so that no answer tells a
+caller who has not proven a PNode's identity whether that name exists (a garbage-collected
+PNode's agent takes it as a fence and registers again); stale incarnation, expired lease or
+Lost → FENCED without renewal. Register of a taken name without its credential is the one
+deliberate exception (docs/security.md, "Authorization"). Refusals are counted
+(`on_refused(method, reason)`, `dcnr_rpc_refused_total`).
 
 Register and Deregister write the store (one transaction each) and the view, so the
 PNode's own next heartbeat on this replica already sees it.
@@ -64,6 +67,7 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 MAX_REASON = 1024
 _REREAD_TABLE_LIMIT = 10_000
+_METHOD = "/dcnr.v1.PNodeService/"
 
 Context = aio.ServicerContext[Any, Any]
 
@@ -81,11 +85,13 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         on_heartbeat: Callable[[HeartbeatResult], None] | None = None,
         statuses: allocation_status.AllocationStatus | None = None,
         events: recorder.Recorder | None = None,
+        on_refused: Callable[[str, str], None] | None = None,
     ) -> None:
         """`on_heartbeat(result)` counts each heartbeat: "active" or "fenced"; `statuses`
         turns the agent's reports into allocation status; `events` hears of registrations
         and fenced heartbeats, for people."""
         self._statuses = statuses
+        self._on_refused = on_refused or (lambda _method, _reason: None)
         self._events = events
         self._on_heartbeat = on_heartbeat or (lambda _result: None)
         self._store = store
@@ -107,13 +113,17 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         spec, node_labels = wire.registration(request)
         credential, hashed = credentials.issue()
         spec.credential_hash = hashed
-        node = await self._registry.register(
-            name,
-            spec,
-            node_labels,
-            agent_version=request.agent_version,
-            presented=rpc.bearer(context),
-        )
+        try:
+            node = await self._registry.register(
+                name,
+                spec,
+                node_labels,
+                agent_version=request.agent_version,
+                presented=rpc.bearer(context),
+            )
+        except faults.PermissionDenied:
+            self._on_refused(_METHOD + "Register", "NameTaken")
+            raise
         if self._events is not None:
             self._events.normal(
                 "PNode", name, "Registered",
@@ -139,7 +149,9 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         self, request: pnode_pb2.HeartbeatRequest, context: Context
     ) -> pnode_pb2.HeartbeatResponse:
         name = wire.check_name(request.pnode_id, "pnode_id")
-        node = await self._authenticate(name, rpc.bearer(context), request.incarnation)
+        node = await self._authenticate(
+            name, rpc.bearer(context), request.incarnation, method="Heartbeat"
+        )
         now = self._clock.now()
         response = pnode_pb2.HeartbeatResponse(
             header=rpc.response_header(request.header, self._replica_id),
@@ -147,9 +159,9 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
             heartbeat_interval=wire.duration(self._config.heartbeat_interval),
         )
         fenced = self._fenced(name, node, request.incarnation, now)
-        if node is None or fenced:
-            log.info("pnode %s: heartbeat fenced (%s)", name, fenced or "unknown pnode")
-            if node is not None and self._events is not None:
+        if fenced:
+            log.info("pnode %s: heartbeat fenced (%s)", name, fenced)
+            if self._events is not None:
                 self._events.warning(
                     "PNode", name, "Fenced",
                     f"heartbeat of incarnation {request.incarnation} refused: {fenced};"
@@ -182,7 +194,9 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         try:
             rpc.check_header(request.header)
             wire.check_name(name, "pnode_id")
-            await self._authenticate(name, rpc.bearer(context), request.incarnation)
+            await self._authenticate(
+                name, rpc.bearer(context), request.incarnation, method="WatchAssignments"
+            )
         except Exception as exc:
             await rpc.abort(context, exc)
             return
@@ -216,12 +230,16 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
             raise faults.FieldInvalid(
                 "reason", request.reason[:20] + "...", "at most 1024 characters"
             )
-        gone = await self._registry.deregister(
-            name,
-            incarnation=request.incarnation,
-            presented=rpc.bearer(context),
-            reason=request.reason,
-        )
+        try:
+            gone = await self._registry.deregister(
+                name,
+                incarnation=request.incarnation,
+                presented=rpc.bearer(context),
+                reason=request.reason,
+            )
+        except faults.Unauthenticated:
+            self._on_refused(_METHOD + "Deregister", "Unauthenticated")
+            raise
         return pnode_pb2.DeregisterResponse(
             header=rpc.response_header(request.header, self._replica_id), deregistered=gone
         )
@@ -307,9 +325,10 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
     # -- helpers ----------------------------------------------------------------------------
 
     async def _authenticate(
-        self, name: str, presented: str | None, incarnation: int
-    ) -> pnode.PNode | None:
-        """The PNode if `presented` is its credential; None if it does not exist."""
+        self, name: str, presented: str | None, incarnation: int, *, method: str
+    ) -> pnode.PNode:
+        """The PNode if `presented` is its credential; UNAUTHENTICATED otherwise, the same
+        answer whether or not a PNode of that name exists."""
         node = self._view.pnodes.get(name)
         if (
             node is None
@@ -318,10 +337,9 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
             or not credentials.matches(presented, node.spec.credential_hash)
         ):
             node = await self._reread(name) or node
-        if node is None:
-            return None
-        if not credentials.matches(presented, node.spec.credential_hash):
-            raise registry.unauthenticated(name)
+        if node is None or not credentials.matches(presented, node.spec.credential_hash):
+            self._on_refused(_METHOD + method, "Unauthenticated")
+            raise registry.unauthenticated()
         return node
 
     async def _reread(self, name: str) -> pnode.PNode | None:

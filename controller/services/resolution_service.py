@@ -7,6 +7,15 @@ question: `View.endpoints` keeps only allocations whose PNode is Ready with a le
 holds *now* and whose epoch is the slot's current one (DESIGN.md invariant 3). So an
 expired lease drops its endpoints from the next answer without any store write, and
 `WatchEndpoints` wakes itself at the next lease expiry for the same reason.
+
+Who may ask (`controller.services.auth.ResolveGate`, when the server has tokens): admin and
+read-only tokens, and PNodes hosting a VNode of the network asked about. The gate runs
+after the fields are checked for being present and before any name is looked up, so a
+caller not entitled to a network gets the same answer whether or not it exists; only an
+entitled caller's NOT_FOUND lists the network's VNodes. A `WatchEndpoints` stream is checked
+again before each message it sends, so a PNode that no longer hosts part of the network (or
+registered again, with a new credential) gets PERMISSION_DENIED or UNAUTHENTICATED instead
+of the next change.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from api.dcnr.v1 import resolve_pb2, resolve_pb2_grpc
 from api.resources import network as net_model
 from controller import errors as faults
 from controller.runtime import clock as clock_mod
-from controller.services import rpc
+from controller.services import auth, rpc
 from controller.state import view as view_mod
 
 log = logging.getLogger("dcnr.resolution")
@@ -54,7 +63,11 @@ class ResolutionService(resolve_pb2_grpc.ResolutionServiceServicer):
         clock: clock_mod.Clock,
         replica_id: str,
         on_resolved: OnResolved | None = None,
+        gate: auth.ResolveGate | None = None,
     ) -> None:
+        """`gate`: who may resolve which network; None answers anyone (a server with no
+        tokens, where the whole management API is open too)."""
+        self._gate = gate
         self._view = view
         self._clock = clock
         self._replica_id = replica_id
@@ -67,7 +80,10 @@ class ResolutionService(resolve_pb2_grpc.ResolutionServiceServicer):
     async def Resolve(
         self, request: resolve_pb2.ResolveRequest, context: aio.ServicerContext[Any, Any]
     ) -> resolve_pb2.ResolveResponse:
-        self._check_ref(("network", "vnode"), request.network, request.vnode)
+        fields = ("network", "vnode")
+        _check_fields(fields, request.network, request.vnode)
+        self._authorize(context, "Resolve", (request.network,))
+        self._check_ref(fields, request.network, request.vnode)
         if request.min_epoch < 0:
             raise faults.FieldInvalid("min_epoch", request.min_epoch, "must be >= 0 (0: not given)")
         endpoints = self._view.endpoints(request.network, request.vnode, self._clock.now())
@@ -88,8 +104,12 @@ class ResolutionService(resolve_pb2_grpc.ResolutionServiceServicer):
             raise faults.FieldInvalid(
                 "vnodes", f"{len(request.vnodes)} entries", f"at most {MAX_BATCH} per call"
             )
-        for i, ref in enumerate(request.vnodes):
-            self._check_ref((f"vnodes[{i}].network", f"vnodes[{i}].vnode"), ref.network, ref.vnode)
+        names = [(f"vnodes[{i}].network", f"vnodes[{i}].vnode") for i in range(len(request.vnodes))]
+        for fields, ref in zip(names, request.vnodes, strict=True):
+            _check_fields(fields, ref.network, ref.vnode)
+        self._authorize(context, "BatchResolve", {ref.network for ref in request.vnodes})
+        for fields, ref in zip(names, request.vnodes, strict=True):
+            self._check_ref(fields, ref.network, ref.vnode)
         now = self._clock.now()
         answers = [self._resolve(ref.network, ref.vnode, now) for ref in request.vnodes]
         self._count(len(answers))
@@ -107,6 +127,9 @@ class ResolutionService(resolve_pb2_grpc.ResolutionServiceServicer):
             if not request.network:
                 raise faults.FieldInvalid("network", request.network, "must name a network")
             for i, vnode in enumerate(request.vnodes):
+                _check_fields(("network", f"vnodes[{i}]"), request.network, vnode)
+            self._authorize(context, "WatchEndpoints", (request.network,))
+            for i, vnode in enumerate(request.vnodes):
                 self._check_ref(("network", f"vnodes[{i}]"), request.network, vnode)
             if not request.vnodes:
                 self._network(request.network)  # NOT_FOUND for an unknown network
@@ -114,6 +137,11 @@ class ResolutionService(resolve_pb2_grpc.ResolutionServiceServicer):
             await rpc.abort(context, exc)
             return
         async for message in self._watch(request.network, tuple(request.vnodes)):
+            try:  # still entitled? a PNode whose last VNode of the network moved is not
+                self._authorize(context, "WatchEndpoints", (request.network,))
+            except Exception as exc:
+                await rpc.abort(context, exc)
+                return
             yield message
 
     async def _watch(
@@ -161,14 +189,18 @@ class ResolutionService(resolve_pb2_grpc.ResolutionServiceServicer):
 
     # -- shared -----------------------------------------------------------------------------
 
+    def _authorize(
+        self, context: aio.ServicerContext[Any, Any], method: str, networks: Iterable[str]
+    ) -> None:
+        if self._gate is not None:
+            self._gate.check(
+                f"/dcnr.v1.ResolutionService/{method}", rpc.bearer(context), sorted(networks)
+            )
+
     def _check_ref(self, fields: tuple[str, str], network: str, vnode: str) -> None:
-        """INVALID_ARGUMENT for empty fields, NOT_FOUND for names the view does not know;
-        `fields` names the request's network and vnode fields in the message."""
-        network_field, vnode_field = fields
-        if not network:
-            raise faults.FieldInvalid(network_field, network, "must name a network")
-        if not vnode:
-            raise faults.FieldInvalid(vnode_field, vnode, "must name a vnode of the network")
+        """NOT_FOUND for names the view does not know (the fields were checked present by
+        `_check_fields`); `fields` names the request's network and vnode fields."""
+        _, vnode_field = fields
         net = self._network(network)
         if net.vnode(vnode) is None:
             raise faults.NotFound(
@@ -190,6 +222,15 @@ class ResolutionService(resolve_pb2_grpc.ResolutionServiceServicer):
             self._on_resolved(count)
         except Exception:
             log.exception("resolution counter failed")
+
+
+def _check_fields(fields: tuple[str, str], network: str, vnode: str) -> None:
+    """INVALID_ARGUMENT for empty fields; `fields` names them in the message."""
+    network_field, vnode_field = fields
+    if not network:
+        raise faults.FieldInvalid(network_field, network, "must name a network")
+    if not vnode:
+        raise faults.FieldInvalid(vnode_field, vnode, "must name a vnode of the network")
 
 
 def _message(

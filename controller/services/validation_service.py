@@ -67,6 +67,7 @@ from controller.runtime import clock as clock_mod
 from controller.runtime import recorder
 from controller.services import rpc
 from controller.state import credentials
+from controller.state import pnode_registry as registry
 from controller.state import view as view_mod
 from controller.trust import book as trust
 from controller.trust import evidence as evidence_mod
@@ -161,10 +162,8 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
         reporter = self._view.pnodes.get(request.pnode_id)
         if reporter is None or not credentials.matches(presented, reporter.spec.credential_hash):
             self._refused("unauthenticated")
-            raise faults.Unauthenticated(
-                f"pnode {request.pnode_id!r}: missing or invalid credential; send the "
-                "credential Register returned as 'authorization: Bearer <credential>'",
-            )
+            # One answer for an unknown reporter and a wrong credential: it names nothing.
+            raise registry.unauthenticated()
         if request.incarnation != reporter.status.incarnation:
             self._refused("fenced")
             raise faults.FailedPrecondition(

@@ -102,6 +102,13 @@ class Cache:
         """Networks with an allocation on the PNode."""
         return {self.allocations[a].spec.network for a in self._by_pnode.get(pnode_name, ())}
 
+    def hosts(self, pnode_name: str, network_name: str) -> bool:
+        """Whether the PNode holds an allocation of the network (resolution's authorization)."""
+        return any(
+            self.allocations[a].spec.network == network_name
+            for a in self._by_pnode.get(pnode_name, ())
+        )
+
     def pnodes_of(self, network_name: str) -> set[str]:
         """PNodes hosting an allocation of the network."""
         return {self.allocations[a].spec.pnode for a in self._by_network.get(network_name, ())}

@@ -39,11 +39,16 @@ def _bump_generation(old: pnode.PNode, new: pnode.PNode) -> None:
         new.metadata.generation = old.metadata.generation + 1
 
 
-def unauthenticated(name: str) -> faults.Unauthenticated:
-    return faults.Unauthenticated(
-        f"pnode {name!r}: missing or invalid credential; send the credential Register "
-        "returned as 'authorization: Bearer <credential>' metadata",
-    )
+#: The answer to a missing or wrong credential, and to a PNode name that does not exist: one
+#: text, naming nothing, so that no answer tells whether a name exists (docs/security.md).
+UNAUTHENTICATED_MESSAGE = (
+    "pnode_id: missing or invalid credential for this PNode; send the credential Register "
+    "returned as 'authorization: Bearer <credential>' metadata"
+)
+
+
+def unauthenticated() -> faults.Unauthenticated:
+    return faults.Unauthenticated(UNAUTHENTICATED_MESSAGE)
 
 
 class Registry:
@@ -169,10 +174,10 @@ class Registry:
 
         async def attempt() -> bool:
             node = await self.get(pnode.PNode, name)
-            if node is None:  # already gone: nothing left to drain
-                return True
-            if not credentials.matches(presented, node.spec.credential_hash):
-                raise unauthenticated(name)
+            # Unknown and wrong credential answer alike: nothing tells a caller who has not
+            # proven the PNode's identity whether the name exists.
+            if node is None or not credentials.matches(presented, node.spec.credential_hash):
+                raise unauthenticated()
             if incarnation != node.status.incarnation:
                 raise faults.FailedPrecondition(
                     f"pnode {name!r}: incarnation {incarnation} is fenced (current is "

@@ -235,6 +235,10 @@ class View:
         """Networks with an allocation on the PNode (event routing's lookup)."""
         return self.cache.networks_on(pnode_name)
 
+    def hosts(self, pnode_name: str, network_name: str) -> bool:
+        """Whether the PNode holds an allocation of the network, of any VNode and replica."""
+        return self.cache.hosts(pnode_name, network_name)
+
     def networks_not_ready(self) -> set[str]:
         """Networks not Ready: what a PNode that gained room may now let be placed."""
         return {n for n, net in self.cache.networks.items() if net.status.phase != "Ready"}

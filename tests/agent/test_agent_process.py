@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 import grpc
+import numpy as np
 import pytest
 from grpc import aio
 
 from api import tensors
-from api.dcnr.v1 import vnode_pb2, vnode_pb2_grpc
+from api.dcnr.v1 import job_pb2, job_pb2_grpc, vnode_pb2, vnode_pb2_grpc
 from tests.integration import cluster
 from tests.support import agents as agents_mod
 from tests.support import procs, wait
@@ -255,3 +256,44 @@ async def test_a_fenced_agent_registers_once(tmp_path):
             a.proc.send_signal(signal.SIGCONT)
         after = await _pnode(store_url, a.name, lambda p: p.status.phase == "Ready")
         assert after.status.incarnation == before.status.incarnation + 1
+
+
+async def test_agents_resolve_each_other_with_their_credential_when_the_server_has_tokens(
+    tmp_path: Path,
+) -> None:
+    """With tokens, ResolutionService answers only PNodes hosting part of the network: an
+    inference crossing from one agent to the other works because each agent resolves its
+    neighbour with the credential Register gave it (room for two of the three VNodes
+    each, so at least one hop crosses agents)."""
+    (tmp_path / "tokens").write_text("admin-token\n")
+    store_url = f"sqlite:///{tmp_path / 'state.db'}"
+    with (
+        procs.orchestrator(
+            store_url, extra=[*TIMINGS, "--admin-token-file", str(tmp_path / "tokens")]
+        ) as served,
+        agents_mod.agents(
+            served.address, tmp_path, 2, cpu="250m", extra=["--drain-deadline", "2"]
+        ) as started,
+    ):
+        api = cluster.Api(served.address, token="admin-token")
+        try:
+            await api.apply(MANIFEST)
+            endpoints = await wait_hosting(api, started)
+            assert len({eps[0][0] for eps in endpoints.values()}) == 2
+            stub = job_pb2_grpc.JobServiceStub(api.channel)
+            x = np.load(REPO / "examples" / "digits" / "data.npz")["x_test"][:3]
+            reply = await stub.Infer(
+                job_pb2.InferRequest(
+                    header=cluster.HEADER,
+                    network=NET,
+                    tensors=job_pb2.NamedTensors(tensors={"x": tensors.encode(x)}),
+                ),
+                metadata=api.metadata,
+                timeout=60,
+            )
+            assert tensors.decode(reply.outputs["act"]).shape == (3, 4)
+        finally:
+            await api.close()
+        for agent in started:
+            assert "UNAUTHENTICATED" not in agent.log.read_text()
+            assert "PERMISSION_DENIED" not in agent.log.read_text()

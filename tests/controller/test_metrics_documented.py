@@ -27,6 +27,7 @@ ZERO_FROM_THE_START = {
     "dcnr_inference_results": "role",
     "dcnr_driver_results_refused": "reason",
     "dcnr_heartbeats": "result",
+    "dcnr_rpc_refused": "reason",
 }
 
 

@@ -116,6 +116,29 @@ def test_bad_store_url_is_a_usage_error_naming_the_flag() -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("admin", "read_only", "said"),
+    [
+        (None, "viewer", "read-only tokens need admin tokens too"),
+        ("same", "same", "a token is both an admin and a read-only token"),
+        ("admin", "# no token\n", "--read-only-token-file"),
+    ],
+)
+def test_bad_read_only_tokens_are_a_usage_error_naming_the_flag(
+    tmp_path: Path, admin: str | None, read_only: str, said: str
+) -> None:
+    args = ["serve", "--insecure", "--store", f"sqlite:///{tmp_path / 's.db'}"]
+    if admin is not None:
+        (tmp_path / "admin").write_text(admin + "\n")
+        args += ["--admin-token-file", str(tmp_path / "admin")]
+    (tmp_path / "viewers").write_text(read_only + "\n")
+    result = _run(*args, "--read-only-token-file", str(tmp_path / "viewers"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("dcnr-orchestrator: error: --read-only-token-file: ")
+    assert said in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -57,12 +57,25 @@ async def test_missing_wrong_and_right_tokens(guarded: Dcnctl) -> None:
     assert right.stderr == "No resources found\n"
 
 
+MANIFEST = """\
+apiVersion: dcnr.io/v1
+kind: Network
+metadata: {name: tiny}
+spec:
+  vnodes:
+    - {name: x, kind: input}
+"""
+
+
 def test_a_served_orchestrator_refuses_wrong_tokens_and_agents_need_none(tmp_path: Path) -> None:
     """End to end: `serve --admin-token-file` guards management calls; dcnctl says why."""
     tokens = tmp_path / "tokens"
     tokens.write_text("right-token\n")
+    viewers = tmp_path / "viewers"
+    viewers.write_text("viewer-token\n")
     served = procs.orchestrator(
-        f"sqlite:///{tmp_path / 'state.db'}", extra=["--admin-token-file", str(tokens)]
+        f"sqlite:///{tmp_path / 'state.db'}",
+        extra=["--admin-token-file", str(tokens), "--read-only-token-file", str(viewers)],
     )
     with served as (_, address, _, _):
         ctl = Dcnctl(tmp_path / "config", address)
@@ -74,4 +87,17 @@ def test_a_served_orchestrator_refuses_wrong_tokens_and_agents_need_none(tmp_pat
         assert wrong.stderr.startswith("Error from server (Forbidden): ")
         right = ctl("--token", "right-token", "get", "networks")
         assert right.stderr == "No resources found\n"
+        # A read-only token is a token like any other to dcnctl: it reads, and changes nothing.
+        manifest = tmp_path / "net.yaml"
+        manifest.write_text(MANIFEST)
+        refused = ctl("--token", "viewer-token", "apply", "-f", str(manifest), check=False)
+        assert refused.returncode == 1
+        assert refused.stderr == (
+            "Error from server (Forbidden): role read-only may not call "
+            "/dcnr.v1.NetworkService/Apply: it changes state and needs the admin role\n"
+        )
+        assert ctl("--token", "viewer-token", "get", "networks", "-o", "name").stdout == ""
+        ctl("--token", "right-token", "apply", "-f", str(manifest))  # the admin may
+        named = ctl("--token", "viewer-token", "get", "networks", "-o", "name")
+        assert named.stdout == "network.dcnr.io/tiny\n"
         assert "Traceback" not in missing.stderr + wrong.stderr

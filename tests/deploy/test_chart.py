@@ -96,8 +96,14 @@ MATRIX: dict[str, Values] = {
         "agents": {"enabled": True},
         "operator": {"enabled": True},
     },
+    "read-only-token": {"readOnlyToken": {"enabled": True}},
     "existing-secrets": {
         "adminToken": {"existingSecret": "my-admin", "existingSecretKey": "tok"},
+        "readOnlyToken": {
+            "enabled": True,
+            "existingSecret": "my-viewer",
+            "existingSecretKey": "ro",
+        },
         "store": {"mode": "sqlite", "sqlite": {"persistence": {"existingClaim": "my-state"}}},
     },
     "everything-off": {
@@ -338,6 +344,33 @@ def test_existing_secrets_are_used_not_created(helm: Path, tmp_path: Path) -> No
     assert volumes["state"]["persistentVolumeClaim"]["claimName"] == "my-state"
     args = pod["containers"][0]["args"]
     assert args[args.index("--admin-token-file") + 1] == "/etc/dcnr/admin-token/tok"
+    assert volumes["read-only-token"]["secret"]["secretName"] == "my-viewer"
+    assert volumes["read-only-token"]["secret"]["items"] == [{"key": "ro", "path": "ro"}]
+    assert args[args.index("--read-only-token-file") + 1] == "/etc/dcnr/read-only-token/ro"
+
+
+def test_a_read_only_token_is_generated_mounted_and_passed_to_serve(
+    helm: Path, tmp_path: Path
+) -> None:
+    docs = _render(helm, MATRIX["read-only-token"], tmp_path)
+    secret = _one(docs, "Secret", "rel-dcnr-read-only-token")
+    assert len(secret["data"]["token"]) > 40
+    assert secret["data"]["token"] != _one(docs, "Secret", "rel-dcnr-admin-token")["data"]["token"]
+    pod = _one(docs, "Deployment", "rel-dcnr")["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--read-only-token-file") + 1] == "/etc/dcnr/read-only-token/token"
+    assert args[args.index("--admin-token-file") + 1] == "/etc/dcnr/admin-token/token"
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["read-only-token"] == {
+        "name": "read-only-token", "mountPath": "/etc/dcnr/read-only-token", "readOnly": True,
+    }  # fmt: skip
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["read-only-token"]["secret"]["secretName"] == "rel-dcnr-read-only-token"
+    defaults = _one(_render(helm, {}, tmp_path), "Deployment", "rel-dcnr")
+    assert (
+        "--read-only-token-file"
+        not in defaults["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
 
 
 def _flag(args: list[str], flag: str) -> str | None:
@@ -442,6 +475,11 @@ def test_mutual_tls_without_a_client_certificate_for_agents_fails(
         ),
         ({"operator": {"resyncSeconds": "1m"}}, "/operator/resyncSeconds"),
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+        (
+            {"readOnlyToken": {"enabled": True}, "adminToken": {"enabled": False}},
+            "readOnlyToken.enabled needs adminToken.enabled",
+        ),
+        ({"readOnlyToken": {"existingSecretKey": ""}}, "/readOnlyToken/existingSecretKey"),
     ],
 )
 def test_bad_values_fail_naming_the_value(

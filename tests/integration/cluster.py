@@ -51,7 +51,9 @@ def chain_network(name: str, count: int, *, replicated: int = 0) -> dict[str, An
 class Api:
     """The orchestrator's management and resolution API, as any client sees it."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, *, token: str = "") -> None:
+        #: Sent on every call when given (`serve --admin-token-file`/`--read-only-token-file`).
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.channel = aio.insecure_channel(address)
         self.networks = network_pb2_grpc.NetworkServiceStub(self.channel)
         self.resolution = resolve_pb2_grpc.ResolutionServiceStub(self.channel)
@@ -67,6 +69,7 @@ class Api:
                     kind="Network", json=json.dumps(manifest).encode()
                 ),
             ),
+            metadata=self.metadata,
             timeout=30,
         )
         return reply.outcome
@@ -78,6 +81,7 @@ class Api:
                 header=HEADER,
                 vnodes=[common_pb2.VNodeRef(network=net, vnode=v) for v in vnodes],
             ),
+            metadata=self.metadata,
             timeout=10,
         )
         return {

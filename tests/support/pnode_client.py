@@ -208,12 +208,17 @@ class TestPNode:
     async def _heartbeat_loop(self) -> None:
         while True:
             await self._running.wait()
+            incarnation = self.incarnation
             try:
                 await self.heartbeat_once()
             except grpc.RpcError as exc:  # the orchestrator may be down; keep trying
                 self.last_error = exc
                 if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     await self.fail_over()
+                elif exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    # As the agent does: the PNode is gone (or the credential is not its
+                    # current one), which the orchestrator does not tell apart.
+                    await self._fence(incarnation)
             await asyncio.sleep(self.interval_override or self.heartbeat_interval)
 
     # -- watching ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import hashlib
 import json
 import statistics
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import TypeVar
 
 import grpc
@@ -29,6 +29,7 @@ from controller import config as config_mod
 from controller.runtime import clock as clock_mod
 from controller.services import pnode_service
 from controller.state import leases as leases_mod
+from controller.state import pnode_registry as registry
 from controller.state import view as view_mod
 from store import base, errors, sqlite
 from tests.support import pnode_client
@@ -47,6 +48,8 @@ class Plane:
     clock: clock_mod.FakeClock
     stub: pnode_pb2_grpc.PNodeServiceAsyncStub
     clients: list[pnode_client.TestPNode]
+    #: (method, reason) of every call the service refused (`on_refused`).
+    refused: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def pnode(self, name: str = "", **kwargs) -> pnode_client.TestPNode:
         client = pnode_client.TestPNode(self.address, name, **kwargs)
@@ -63,8 +66,15 @@ async def plane(tmp_path):
     view.start()
     keeper = leases_mod.LeaseKeeper(store, clock, view=view, config=FAST)
     keeper.start()
+    refused: list[tuple[str, str]] = []
     service = pnode_service.PNodeService(
-        store=store, view=view, clock=clock, config=FAST, leases=keeper, replica_id="replica-t"
+        store=store,
+        view=view,
+        clock=clock,
+        config=FAST,
+        leases=keeper,
+        replica_id="replica-t",
+        on_refused=lambda method, reason: refused.append((method, reason)),
     )
     server = aio.server()
     pnode_pb2_grpc.add_PNodeServiceServicer_to_server(service, server)
@@ -73,7 +83,7 @@ async def plane(tmp_path):
     address = f"127.0.0.1:{port}"
     channel = aio.insecure_channel(address)
     stub = pnode_pb2_grpc.PNodeServiceStub(channel)
-    result = Plane(address, store, view, clock, stub, [])
+    result = Plane(address, store, view, clock, stub, [], refused)
     yield result
     for client in result.clients:
         await client.close()
@@ -195,7 +205,8 @@ async def test_a_missing_or_forged_credential_is_unauthenticated(plane, credenti
     request = pnode_pb2.HeartbeatRequest(header=HEADER, pnode_id="p1", incarnation=1)
     code, details = await status_of(plane.stub.Heartbeat(request, metadata=bearer(credential)))
     assert code == grpc.StatusCode.UNAUTHENTICATED
-    assert "p1" in details
+    assert "credential" in details
+    assert "p1" not in details  # the same text for any name: see the test below
 
 
 async def test_a_pnode_cannot_heartbeat_or_watch_for_another(plane) -> None:
@@ -228,6 +239,38 @@ async def test_re_registering_needs_the_current_credential(plane) -> None:
     code, _ = await status_of(plane.stub.Heartbeat(request, metadata=bearer(first.credential)))
     assert code == grpc.StatusCode.UNAUTHENTICATED  # the old credential died with it
     assert (await owner.heartbeat_once()).lease_state == pnode_pb2.LEASE_STATE_ACTIVE
+
+
+async def test_a_taken_name_reveals_only_that_and_every_refusal_is_counted(plane) -> None:
+    owner = plane.pnode("p1")
+    await owner.register()
+    squatter = plane.pnode("p1")
+    squatter.credential = "forged"
+    code, details = await status_of(squatter.register())
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert details == (
+        "pnode 'p1' is already registered; re-registering it needs its current credential "
+        "as 'authorization: Bearer' metadata (an agent that lost its credential registers "
+        "under a new name)"
+    )  # nothing of the PNode's state, address, capacity, incarnation or work
+    for name in ("p1", "nobody"):
+        await status_of(
+            plane.stub.Heartbeat(
+                pnode_pb2.HeartbeatRequest(header=HEADER, pnode_id=name, incarnation=1),
+                metadata=bearer("forged"),
+            )
+        )
+        await status_of(
+            plane.stub.Deregister(
+                pnode_pb2.DeregisterRequest(header=HEADER, pnode_id=name, incarnation=1),
+                metadata=bearer("forged"),
+            )
+        )
+    method = "/dcnr.v1.PNodeService/"
+    assert plane.refused == [
+        (method + "Register", "NameTaken"),
+        *[(method + m, "Unauthenticated") for m in ("Heartbeat", "Deregister") * 2],
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,10 +335,59 @@ async def test_a_stale_incarnation_is_fenced_and_not_renewed(plane) -> None:
     assert not reply.HasField("assignment_set")
 
 
-async def test_an_unknown_pnode_is_fenced(plane) -> None:
+async def test_an_unknown_pnode_is_unauthenticated(plane) -> None:
+    """As a wrong credential is: no answer tells a name that exists from one that does not
+    (the agent takes it as a fence and registers again)."""
     request = pnode_pb2.HeartbeatRequest(header=HEADER, pnode_id="nobody", incarnation=1)
-    reply = await plane.stub.Heartbeat(request, metadata=bearer("anything"))
-    assert reply.lease_state == pnode_pb2.LEASE_STATE_FENCED
+    code, details = await status_of(plane.stub.Heartbeat(request, metadata=bearer("anything")))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert details == registry.UNAUTHENTICATED_MESSAGE
+
+
+async def _refusal(call: Awaitable[object]) -> tuple[grpc.StatusCode, str | None, object]:
+    """Everything a refused call tells its caller: code, message and trailing metadata."""
+    with pytest.raises(aio.AioRpcError) as caught:
+        await call
+    error = caught.value
+    return error.code(), error.details(), error.trailing_metadata()
+
+
+async def _first_message(call: AsyncIterator[T]) -> T | None:
+    async for message in call:
+        return message
+    return None
+
+
+@pytest.mark.parametrize("credential", ["", "forged", "x" * 43])
+async def test_no_answer_tells_an_existing_pnode_name_from_an_unknown_one(
+    plane, credential
+) -> None:
+    """Heartbeat, WatchAssignments and Deregister with a missing or wrong credential answer
+    byte for byte the same for a registered PNode as for a name never registered."""
+    client = plane.pnode("known")
+    await client.register()
+
+    def calls(name: str) -> Iterator[Awaitable[object]]:
+        yield plane.stub.Heartbeat(
+            pnode_pb2.HeartbeatRequest(header=HEADER, pnode_id=name, incarnation=1),
+            metadata=bearer(credential),
+        )
+        yield _first_message(
+            plane.stub.WatchAssignments(
+                pnode_pb2.WatchAssignmentsRequest(header=HEADER, pnode_id=name, incarnation=1),
+                metadata=bearer(credential),
+            )
+        )
+        yield plane.stub.Deregister(
+            pnode_pb2.DeregisterRequest(header=HEADER, pnode_id=name, incarnation=1),
+            metadata=bearer(credential),
+        )
+
+    for known, unknown in zip(calls("known"), calls("never-registered"), strict=True):
+        answer = await _refusal(known)
+        assert answer == await _refusal(unknown)
+        assert answer[:2] == (grpc.StatusCode.UNAUTHENTICATED, registry.UNAUTHENTICATED_MESSAGE)
+    assert await plane.store.get(pnode.PNode, "known")  # the forged Deregister changed nothing
 
 
 async def test_a_paused_pnode_is_fenced_on_resume_and_comes_back_by_registering(plane) -> None:
@@ -480,7 +572,8 @@ async def test_deregister_removes_an_idle_pnode_and_drains_a_busy_one(plane) -> 
     assert (await deregister(idle)).deregistered is True
     with pytest.raises(errors.NotFound):
         await plane.store.get(pnode.PNode, "idle")
-    assert (await idle.heartbeat_once()).lease_state == pnode_pb2.LEASE_STATE_FENCED
+    code, _ = await status_of(idle.heartbeat_once())  # gone: its credential proves nothing
+    assert code == grpc.StatusCode.UNAUTHENTICATED
 
     assert (await deregister(busy)).deregistered is False
     node = await plane.store.get(pnode.PNode, "busy")

@@ -197,7 +197,11 @@ def test_structured_and_raw_requests_get_clear_answers_and_a_clean_log(served) -
     }
     for name, refused in undecodable.items():
         assert counts.get(name, 0) >= refused, name
-    codes = {dict(labels)["code"] for (name, labels) in samples if name.startswith("dcnr_rpc_")}
+    codes = {
+        dict(labels)["code"]
+        for (name, labels) in samples
+        if name.startswith("dcnr_rpc_duration")
+    }
     assert not codes & {"UNKNOWN", "INTERNAL"}
 
 

@@ -292,3 +292,21 @@ async def test_a_reporter_hosting_only_its_own_subject_is_not_a_neighbour(
     assert served.counted("dcnr_validation_reports_refused", reason="unauthenticated") == 1
     assert served.book.pending() == 0
     assert await served.tiebreakers() == []
+
+
+@pytest.mark.parametrize("secret", ["", "forged"])
+async def test_a_report_answers_an_unknown_reporter_as_a_wrong_credential(
+    served: Served, secret: str
+) -> None:
+    """Nothing in the answer tells a PNode name that exists from one that does not."""
+    answers = []
+    for reporter in ("p2", "never-registered"):
+        forged = dataclasses.replace(served, secrets={reporter: secret})
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await forged.report(reporter, ("a", 1, 2), DISPUTED)
+        error = caught.value
+        answers.append((error.code(), error.details(), error.trailing_metadata()))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == grpc.StatusCode.UNAUTHENTICATED
+    assert served.counted("dcnr_validation_reports_refused", reason="unauthenticated") == 2
+    assert served.book.pending() == 0

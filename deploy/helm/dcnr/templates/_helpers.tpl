@@ -81,6 +81,23 @@ token
 {{- end }}
 {{- end }}
 
+{{/* The Secret holding the read-only token (key: dcnr.readOnlyTokenSecretKey). */}}
+{{- define "dcnr.readOnlyTokenSecretName" -}}
+{{- if .Values.readOnlyToken.existingSecret }}
+{{- .Values.readOnlyToken.existingSecret }}
+{{- else }}
+{{- printf "%s-read-only-token" (include "dcnr.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "dcnr.readOnlyTokenSecretKey" -}}
+{{- if .Values.readOnlyToken.existingSecret }}
+{{- .Values.readOnlyToken.existingSecretKey }}
+{{- else -}}
+token
+{{- end }}
+{{- end }}
+
 {{/* The orchestrator's in-cluster gRPC address, HOST:PORT. */}}
 {{- define "dcnr.grpcAddress" -}}
 {{- printf "%s.%s.svc:%d" (include "dcnr.fullname" .) .Release.Namespace (int .Values.service.grpcPort) }}
