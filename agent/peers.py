@@ -90,6 +90,9 @@ class Orchestrators:
         self._channel: aio.Channel | None = None
         self._credentials = tls.credentials() if tls is not None else None
         self._tls_options = tls.options() if tls is not None else []
+        #: This PNode's credential once registered: resolution answers only PNodes hosting
+        #: part of the network asked about (and token holders).
+        self.credential = ""
 
     def dial(self, address: str, options: Sequence[tuple[str, Any]] = ()) -> aio.Channel:
         """A channel to an orchestrator's listener (its API, or its job driver's inbox)."""
@@ -98,9 +101,6 @@ class Orchestrators:
         return aio.secure_channel(
             address, self._credentials, [*options, *self._tls_options]
         )
-        #: This PNode's credential once registered: resolution answers only PNodes hosting
-        #: part of the network asked about (and token holders).
-        self.credential = ""
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.credential}"),) if self.credential else ()
