@@ -21,7 +21,7 @@ from pathlib import Path
 
 from api import logs as api_logs
 from api import version
-from controller import config, server
+from controller import admission_flags, config, server
 from controller.jobs import driver
 from controller.services import auth
 from store import errors, url
@@ -33,6 +33,7 @@ _TIMINGS = (
     "lease_duration",
     "lost_grace",
     "lost_retention",
+    "pending_retention",
     "view_refresh",
     "replica_lease",
     "resync_every",
@@ -96,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         "--max-message-bytes", type=int, default=64 * 2**20, metavar="N",
         help="largest data-plane message the job driver accepts",
     )  # fmt: skip
+    admission_flags.add(serve)
     defaults = config.ControlPlaneConfig()
     timings = serve.add_argument_group("timings (seconds)")
     for name in _TIMINGS:
@@ -231,7 +233,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(line)
             return 0
         try:
-            control = config.ControlPlaneConfig(**{n: getattr(args, n) for n in _TIMINGS})
+            admitting = admission_flags.read(args)
+        except ValueError as exc:
+            print(f"dcnr-orchestrator: error: {exc}", file=sys.stderr)
+            return 2
+        try:
+            control = config.ControlPlaneConfig(
+                **{n: getattr(args, n) for n in _TIMINGS},
+                max_pending_pnodes=admitting.max_pending_pnodes,
+            )
         except ValueError as exc:
             print(f"dcnr-orchestrator: error: --{str(exc).replace('_', '-')}", file=sys.stderr)
             return 2
@@ -266,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             replica_id=args.replica_id,
             control=control,
             admin_tokens=admin_tokens,
+            join_tokens=admitting.join_tokens,
+            admission=admitting.limits,
             driver=driver.DriverConfig(
                 blob_store=blob_store if blob_store.endswith("/") else blob_store + "/",
                 advertise=args.advertise,

@@ -117,6 +117,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.rpc_refused = prometheus_client.Counter(
+            "dcnr_rpc_refused",
+            "Calls refused by authentication, authorization, admission or limits, by method "
+            "and reason.",
+            ["method", "reason"],
+            registry=r,
+        )
         self.inference_results = prometheus_client.Counter(
             "dcnr_inference_results",
             "VNode results computed for inference requests, by role: primary (one per VNode "
@@ -199,6 +206,9 @@ class Metrics:
 
     def driver_refused(self, reason: str) -> None:
         self.driver_results_refused.labels(reason).inc()
+
+    def refused(self, method: str, reason: str) -> None:
+        self.rpc_refused.labels(method, reason).inc()
 
     def inference_computed(self, *, primary: int, double_check: int) -> None:
         self.inference_results.labels("primary").inc(primary)

@@ -54,12 +54,14 @@ from controller.runtime import clock as clock_mod
 from controller.runtime import events, manager, recorder, replicas
 from controller.services import (
     addresses,
+    admission,
     auth,
     catalog,
     driver_inbox_service,
     job_service,
     network_service,
     pnode_service,
+    registration_gate,
     resolution_service,
     rpc_decode,
     rpc_timer,
@@ -87,6 +89,10 @@ class ServeConfig:
     driver: driver.DriverConfig = field(default_factory=driver.DriverConfig)
     #: Bearer tokens management calls must present; empty: no admin auth (local use).
     admin_tokens: frozenset[str] = frozenset()
+    #: Join tokens a new PNode must present (`--join-token-file`); empty: open registration.
+    join_tokens: frozenset[str] = frozenset()
+    #: Rate limits on Register (per address) and the hot calls (per caller).
+    admission: admission.Limits = field(default_factory=admission.Limits)
 
 
 class Orchestrator:
@@ -165,7 +171,10 @@ class Orchestrator:
             # with their status code.
             interceptors=[
                 rpc_timer.RpcTimer(self.metrics),
-                rpc_decode.DecodeGuard(),
+                rpc_decode.DecodeGuard(on_refused=self.metrics.refused),
+                admission.AdmissionLimits(
+                    config.admission, self.clock, on_refused=self.metrics.refused
+                ),
                 *([auth.AdminTokenInterceptor(config.admin_tokens)] if config.admin_tokens else []),
             ],
         )
@@ -255,6 +264,13 @@ class Orchestrator:
                     on_heartbeat=self.metrics.heartbeat,
                     statuses=self.allocation_status,
                     events=self.events,
+                    gate=registration_gate.RegistrationGate(
+                        view=self.view,
+                        clock=self.clock,
+                        config=control,
+                        join_tokens=self.config.join_tokens,
+                        on_refused=self.metrics.refused,
+                    ),
                 ),
             ),
             "dcnr.v1.ResolutionService": (
@@ -370,4 +386,3 @@ class Orchestrator:
         if self.metrics_port is not None:
             await asyncio.to_thread(self.metrics.stop_http)
         await self.store.close()
-

@@ -45,7 +45,7 @@ from controller import errors as faults
 from controller.runtime import clock as clock_mod
 from controller.runtime import recorder
 from controller.services import pnode_wire as wire
-from controller.services import rpc
+from controller.services import registration_gate, rpc
 from controller.state import allocation_status, credentials
 from controller.state import leases as leases_mod
 from controller.state import pnode_registry as registry
@@ -63,6 +63,11 @@ FENCED = pnode_pb2.LEASE_STATE_FENCED
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 MAX_REASON = 1024
+#: Statuses a heartbeat may carry beyond the PNode's current assignments (slots being
+#: replaced, failures of slots just removed); an agent that has not applied the newest set
+#: yet may report its older one, up to MAX_STATUSES_LAGGING (docs/security.md, "Limits").
+STATUS_SLACK = 8
+MAX_STATUSES_LAGGING = 1024
 _REREAD_TABLE_LIMIT = 10_000
 
 Context = aio.ServicerContext[Any, Any]
@@ -81,10 +86,12 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         on_heartbeat: Callable[[HeartbeatResult], None] | None = None,
         statuses: allocation_status.AllocationStatus | None = None,
         events: recorder.Recorder | None = None,
+        gate: registration_gate.RegistrationGate | None = None,
     ) -> None:
         """`on_heartbeat(result)` counts each heartbeat: "active" or "fenced"; `statuses`
         turns the agent's reports into allocation status; `events` hears of registrations
-        and fenced heartbeats, for people."""
+        and fenced heartbeats, for people; `gate` admits new PNodes (default: open, with
+        the configured pending cap)."""
         self._statuses = statuses
         self._events = events
         self._on_heartbeat = on_heartbeat or (lambda _result: None)
@@ -96,6 +103,9 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         self._replica_id = replica_id
         self._reread_at: dict[str, float] = {}
         self._registry = registry.Registry(store=store, view=view, clock=clock, config=config)
+        self._gate = gate or registration_gate.RegistrationGate(
+            view=view, clock=clock, config=config
+        )
 
     # -- agent calls ------------------------------------------------------------------------
 
@@ -105,6 +115,13 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
     ) -> pnode_pb2.RegisterResponse:
         name = wire.check_name(request.name, "name") if request.name else wire.generated_name()
         spec, node_labels = wire.registration(request)
+        presented = rpc.bearer(context)
+        joined_by = await self._gate.admit(
+            request.name,
+            join_token=request.join_token,
+            presented=presented,
+            lookup=lambda n: self._registry.get(pnode.PNode, n),
+        )
         credential, hashed = credentials.issue()
         spec.credential_hash = hashed
         node = await self._registry.register(
@@ -112,7 +129,8 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
             spec,
             node_labels,
             agent_version=request.agent_version,
-            presented=rpc.bearer(context),
+            presented=presented,
+            joined_by=joined_by,
         )
         if self._events is not None:
             self._events.normal(
@@ -140,6 +158,8 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
     ) -> pnode_pb2.HeartbeatResponse:
         name = wire.check_name(request.pnode_id, "pnode_id")
         node = await self._authenticate(name, rpc.bearer(context), request.incarnation)
+        if node is not None:
+            self._check_statuses(name, request)
         now = self._clock.now()
         response = pnode_pb2.HeartbeatResponse(
             header=rpc.response_header(request.header, self._replica_id),
@@ -305,6 +325,20 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         )
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _check_statuses(self, name: str, request: pnode_pb2.HeartbeatRequest) -> None:
+        """Refuse, before any work, more statuses than the PNode can hold (issue 11)."""
+        aset = self._view.assignment_set(name)
+        cap = (len(aset.assignments) if aset is not None else 0) + STATUS_SLACK
+        if aset is None or request.known_assignment_set_version < aset.version:
+            cap = max(cap, MAX_STATUSES_LAGGING)  # it may still report an older set
+        if len(request.assignment_statuses) > cap:
+            self._gate.count_refusal("Heartbeat", "TooMany")
+            raise faults.ResourceExhausted(
+                f"assignment_statuses: {len(request.assignment_statuses)} entries; this PNode "
+                f"may report at most {cap} (its assignments plus {STATUS_SLACK})",
+                reason="TooMany",
+            )
 
     async def _authenticate(
         self, name: str, presented: str | None, incarnation: int
