@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--drain-deadline", type=float, default=30.0, metavar="SECONDS")
     p.add_argument(
-        "--join-token-file", type=_join_token, default="", metavar="FILE", dest="join_token",
+        "--join-token-file", type=_join_token, default=None, metavar="FILE", dest="join_token",
         help="a join token of the orchestrator's --join-token-file (its first token is used)",
     )  # fmt: skip
     p.add_argument(
@@ -158,7 +158,7 @@ async def _serve(args: argparse.Namespace, caps: capacity.Capabilities) -> int:
             capabilities=caps,
             state_dir=state_dir,
             drain_deadline=args.drain_deadline,
-            join_token=args.join_token,
+            join_token=args.join_token or "",
         ),
         orchestrators=orchestrators,
         data_plane=plane,
