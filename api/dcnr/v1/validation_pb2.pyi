@@ -180,7 +180,11 @@ class ReportResultRequest(_message.Message):
     @_builtins.property
     def header(self) -> _common_pb2.RequestHeader: ...
     @_builtins.property
-    def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckOutcome]: ...
+    def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckOutcome]:
+        """At most 64 (RESOURCE_EXHAUSTED naming `checks`); a serialized report over 64 KiB is
+        refused unread. Rate-limited per caller (docs/security.md, "Limits").
+        """
+
     def __init__(
         self,
         *,
