@@ -57,12 +57,14 @@ def read(args: argparse.Namespace) -> Admission:
         raise ValueError(f"--max-pending-pnodes {args.max_pending_pnodes}: must be at least 1")
     tokens: frozenset[str] = frozenset()
     if args.join_token_file:
+        path = args.join_token_file
         try:
-            tokens = frozenset(auth.load_tokens(args.join_token_file))
-        except (OSError, ValueError) as exc:
-            raise ValueError(
-                f"--join-token-file: {str(exc).replace('--admin-token-file', '')}"
-            ) from None
+            tokens = frozenset(auth.load_tokens(path))
+        except OSError as exc:
+            raise ValueError(f"--join-token-file {path}: {exc.strerror or exc}") from None
+        except ValueError as exc:  # auth's message names its own flag: keep only the why
+            why = str(exc).rpartition(": ")[2]
+            raise ValueError(f"--join-token-file {path}: {why}") from None
     return Admission(
         limits=admission.Limits(register=register, hot=hot),
         join_tokens=tokens,
