@@ -3,12 +3,19 @@
 Two kinds of token bucket (`controller.runtime.ratelimit`), both refusing with
 RESOURCE_EXHAUSTED (reason `RateLimited`) and a message naming the limit:
 
-    Register                      per source address (the peer's IP, IPv4 or IPv6, without
-                                  port): anonymous registration stays open but bounded.
+    Register                      per source address (the peer's IPv4 address, or the /64
+                                  of its IPv6 address: one host often holds a whole /64),
+                                  without port: anonymous registration stays open but
+                                  bounded.
     Heartbeat, Resolve,           per caller identity: the presented bearer credential (a
       BatchResolve, WatchEndpoints, PNode's credential or a token), else the source address.
       ReportResult                  One caller cannot starve the others; a caller cannot
                                   spend another's budget without holding its credential.
+                                  And per source address at ADDRESS_FACTOR times that
+                                  limit: the credential is not verified here, so a caller
+                                  inventing a new one per call gets a fresh bucket each
+                                  time, but never more than its address's budget; honest
+                                  PNodes sharing an address (a NAT) have ten times the room.
 
 The caller identity is a digest of the credential, so the table never holds secrets. Every
 table is bounded (`max_keys` buckets each, idle ones evicted), whatever callers do.
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -53,6 +61,8 @@ HOT_METHODS = frozenset(
     }
 )
 RATE_LIMITED = "RateLimited"
+#: The per-address limit on the hot calls, as a multiple of the per-caller one.
+ADDRESS_FACTOR = 10
 
 OnRefused = Callable[[str, str], None]
 
@@ -66,8 +76,8 @@ class Limits:
 
     register: ratelimit.Limit = dataclasses.field(default_factory=lambda: ratelimit.Limit(5.0, 20))
     hot: ratelimit.Limit = dataclasses.field(default_factory=lambda: ratelimit.Limit(100.0, 200))
-    #: Buckets kept per table (one table for Register, one for the hot calls): about
-    #: 200 bytes each, so 10,000 keys cost about 2 MB per table.
+    #: Buckets kept per table (three: Register per address, hot calls per caller and per
+    #: address): about 200 bytes each, so 10,000 keys cost about 2 MB per table.
     max_keys: int = 10_000
 
 
@@ -83,12 +93,26 @@ def peer_address(peer: str) -> str:
     return peer
 
 
+def rate_key(address: str) -> str:
+    """The key an address is limited by: an IPv4 address itself, an IPv6 address's /64
+    (an IPv4-mapped one as its IPv4 address); anything unparsable as is."""
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 def caller_identity(context: aio.ServicerContext[Any, Any]) -> str:
     """A digest of the presented bearer credential, or the source address without one."""
     presented = rpc.bearer(context)
     if presented is not None:
         return "cred:" + hashlib.sha256(presented.encode()).hexdigest()[:32]
-    return "addr:" + peer_address(context.peer() or "")
+    return "addr:" + rate_key(peer_address(context.peer() or ""))
 
 
 class AdmissionLimits(_Interceptor):
@@ -104,6 +128,15 @@ class AdmissionLimits(_Interceptor):
         self._on_refused = on_refused or (lambda _method, _reason: None)
         self.register_buckets = ratelimit.Buckets(limits.register, max_keys=limits.max_keys)
         self.hot_buckets = ratelimit.Buckets(limits.hot, max_keys=limits.max_keys)
+        hot = limits.hot
+        self.hot_address_limit = (
+            hot
+            if hot.unlimited
+            else ratelimit.Limit(hot.rate * ADDRESS_FACTOR, hot.burst * ADDRESS_FACTOR)
+        )
+        self.hot_address_buckets = ratelimit.Buckets(
+            self.hot_address_limit, max_keys=limits.max_keys
+        )
         self._limited = rpc_timer.Rewrapped(self._wrap)
 
     async def intercept_service(
@@ -120,15 +153,17 @@ class AdmissionLimits(_Interceptor):
     def refusal(self, method: str, context: aio.ServicerContext[Any, Any]) -> Exception | None:
         """The RESOURCE_EXHAUSTED to answer, or None when the call may go on."""
         now = self._clock.monotonic()
+        address = rate_key(peer_address(context.peer() or ""))
         if method == REGISTER:
-            address = peer_address(context.peer() or "")
             if self.register_buckets.take(address, now):
                 return None
             limit, per = self.limits.register, f"source address {address}"
-        else:
-            if self.hot_buckets.take(caller_identity(context), now):
-                return None
+        elif not self.hot_buckets.take(caller_identity(context), now):
             limit, per = self.limits.hot, "caller (credential, or source address without one)"
+        elif not self.hot_address_buckets.take(address, now):
+            limit, per = self.hot_address_limit, f"source address {address}"
+        else:
+            return None
         self._on_refused(method.rpartition("/")[2], RATE_LIMITED)
         return faults.ResourceExhausted(
             f"{method.rpartition('/')[2]}: rate limit of {limit.describe()} per {per} "

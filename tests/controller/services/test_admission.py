@@ -187,6 +187,21 @@ def test_the_source_address_is_the_peer_ip_without_the_port(peer: str, address: 
     assert admission.peer_address(peer) == address
 
 
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("10.0.0.7", "10.0.0.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64"),  # the same host's /64: one bucket
+        ("::ffff:10.0.0.7", "10.0.0.7"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("unix:/tmp/sock", "unix:/tmp/sock"),
+    ],
+)
+def test_addresses_are_limited_per_ipv4_address_and_per_ipv6_64(address: str, key: str) -> None:
+    assert admission.rate_key(address) == key
+
+
 # -- per-caller hot-call rate limit ----------------------------------------------------------
 
 
@@ -203,6 +218,27 @@ async def test_heartbeats_are_limited_per_credential(tmp_path) -> None:
         beat = await plane.heartbeat(other)
         assert beat.lease_state == pnode_pb2.LEASE_STATE_ACTIVE
         assert plane.refused == {("Heartbeat", "RateLimited"): 1}
+
+
+async def test_invented_credentials_do_not_escape_the_address_budget(tmp_path) -> None:
+    limits = admission.Limits(register=ratelimit.Limit(0, 1), hot=ratelimit.Limit(1.0, 2))
+    async with serving(tmp_path, limits=limits) as plane:
+        codes: Counter[grpc.StatusCode] = Counter()
+        for i in range(30):  # a new made-up credential every call: a fresh per-caller bucket
+            forged = pnode_pb2.RegisterResponse(pnode_id="nobody", incarnation=1)
+            forged.credential = f"made-up-{i}"
+            try:
+                await plane.heartbeat(forged)
+            except grpc.RpcError as exc:
+                codes[exc.code()] += 1
+            else:
+                codes[grpc.StatusCode.OK] += 1  # reached the service (which fences it)
+        # The address's burst (2 x ADDRESS_FACTOR) reaches the service; the rest is refused.
+        assert codes == {
+            grpc.StatusCode.OK: 2 * admission.ADDRESS_FACTOR,
+            grpc.StatusCode.RESOURCE_EXHAUSTED: 30 - 2 * admission.ADDRESS_FACTOR,
+        }
+        assert plane.refused == {("Heartbeat", "RateLimited"): 30 - 2 * admission.ADDRESS_FACTOR}
 
 
 # -- statuses per heartbeat ------------------------------------------------------------------
