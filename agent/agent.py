@@ -60,6 +60,9 @@ class AgentConfig:
     capabilities: capacity.Capabilities
     state_dir: Path
     drain_deadline: float = 30.0
+    #: Sent on every Register; the orchestrator needs it only when it has join tokens and
+    #: this is not a re-registration with the PNode's own credential.
+    join_token: str = ""
 
 
 class Agent:
@@ -158,6 +161,7 @@ class Agent:
                     labels=self._config.capabilities.labels,
                     datasets=sorted(self._config.capabilities.datasets),
                     agent_version=VERSION,
+                    join_token=self._config.join_token,
                 )
                 try:
                     reply = await stub.Register(request, metadata=self._metadata(), timeout=10)

@@ -74,6 +74,18 @@ def _name(value: str) -> str:
         ) from None
 
 
+def _join_token(path: str) -> str:
+    """The first token of the file (blank lines and # comments skipped)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{path}: {exc.strerror or exc}") from None
+    tokens = [t.strip() for t in lines if t.strip() and not t.lstrip().startswith("#")]
+    if not tokens or any(c.isspace() for c in tokens[0]):
+        raise argparse.ArgumentTypeError(f"{path}: holds no token (one per line, no spaces)")
+    return tokens[0]
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dcnr-agent", description="Run a DCNR PNode: host VNodes for a cluster.")
     p.add_argument("--version", action="version", version=f"%(prog)s {version.current()}")
@@ -92,6 +104,10 @@ def _parser() -> argparse.ArgumentParser:
         "--max-message-bytes", type=_positive_int, default=dataplane.DEFAULT_MAX_MESSAGE_BYTES
     )
     p.add_argument("--drain-deadline", type=float, default=30.0, metavar="SECONDS")
+    p.add_argument(
+        "--join-token-file", type=_join_token, default=None, metavar="FILE", dest="join_token",
+        help="a join token of the orchestrator's --join-token-file (its first token is used)",
+    )  # fmt: skip
     p.add_argument(
         "--metrics-listen", type=_address, metavar="HOST:PORT", help="Prometheus /metrics; off"
     )
@@ -180,6 +196,7 @@ async def _serve(
             capabilities=caps,
             state_dir=state_dir,
             drain_deadline=args.drain_deadline,
+            join_token=args.join_token or "",
         ),
         orchestrators=orchestrators,
         data_plane=plane,

@@ -17,7 +17,17 @@ import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from benchmarks import failover, harness, ingest, placement, report, scale, training, validation
+from benchmarks import (
+    admission,
+    failover,
+    harness,
+    ingest,
+    placement,
+    report,
+    scale,
+    training,
+    validation,
+)
 
 Scenario = Callable[[harness.Context], Awaitable[harness.Report]]
 SCENARIOS: dict[str, Scenario] = {
@@ -27,6 +37,7 @@ SCENARIOS: dict[str, Scenario] = {
     training.NAME: training.run,
     scale.NAME: scale.run,
     validation.NAME: validation.run,
+    admission.NAME: admission.run,
 }
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
 

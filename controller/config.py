@@ -30,6 +30,14 @@ class ControlPlaneConfig:
     lost_grace: float = 2.0
     #: Lost for this long (and holding no allocations) → the PNode record is deleted.
     lost_retention: float = 3600.0
+    #: A PNode that registered but never renewed its lease (no heartbeat ever reached the
+    #: orchestrator: "pending") is deleted this long after it became Lost, instead of
+    #: `lost_retention`: anonymous registrations that never come alive are gone within
+    #: minutes (lease + grace + this, about 126 s by default).
+    pending_retention: float = 120.0
+    #: New registrations are refused (RESOURCE_EXHAUSTED) while this many pending PNodes
+    #: exist; re-registrations of existing PNodes are never refused by it.
+    max_pending_pnodes: int = 1000
     #: The in-memory view re-reads the store this often (other replicas' writes).
     view_refresh: float = 0.25
     #: Replica membership lease.
@@ -44,12 +52,16 @@ class ControlPlaneConfig:
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
-            if field.name != "workers_per_loop":
+            if field.name not in ("workers_per_loop", "max_pending_pnodes"):
                 _positive(field.name, getattr(self, field.name))
         if self.heartbeat_interval >= self.lease_duration:
             raise ValueError(
                 f"heartbeat_interval ({self.heartbeat_interval}) must be shorter than "
                 f"lease_duration ({self.lease_duration}), or every PNode would expire"
+            )
+        if self.max_pending_pnodes < 1:
+            raise ValueError(
+                f"max_pending_pnodes: must be at least 1, got {self.max_pending_pnodes}"
             )
         if self.workers_per_loop < 1:
             raise ValueError(f"workers_per_loop: must be at least 1, got {self.workers_per_loop}")

@@ -24,7 +24,7 @@ from pathlib import Path
 from api import logs as api_logs
 from api import tls as api_tls
 from api import version
-from controller import config, server
+from controller import admission_flags, config, server
 from controller.jobs import driver
 from controller.services import auth
 from store import errors, url
@@ -36,6 +36,7 @@ _TIMINGS = (
     "lease_duration",
     "lost_grace",
     "lost_retention",
+    "pending_retention",
     "view_refresh",
     "replica_lease",
     "resync_every",
@@ -107,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
         help="largest data-plane message the job driver accepts",
     )  # fmt: skip
     _add_tls_flags(serve)
+    admission_flags.add(serve)
     defaults = config.ControlPlaneConfig()
     timings = serve.add_argument_group("timings (seconds)")
     for name in _TIMINGS:
@@ -296,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             server_tls = _server_tls(args)
             if server_tls is not None:
                 api_tls.ReloadingServerCredentials(server_tls)  # the files are usable, now
-        except (_Usage, api_tls.TlsError) as exc:
+            admitting = admission_flags.read(args)
+        except (_Usage, api_tls.TlsError, ValueError) as exc:
             print(f"dcnr-orchestrator: error: {exc}", file=sys.stderr)
             return 2
         if server_tls is None:
@@ -305,7 +308,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "cross the network readable"
             )
         try:
-            control = config.ControlPlaneConfig(**{n: getattr(args, n) for n in _TIMINGS})
+            control = config.ControlPlaneConfig(
+                **{n: getattr(args, n) for n in _TIMINGS},
+                max_pending_pnodes=admitting.max_pending_pnodes,
+            )
         except ValueError as exc:
             print(f"dcnr-orchestrator: error: --{str(exc).replace('_', '-')}", file=sys.stderr)
             return 2
@@ -352,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             admin_tokens=admin_tokens,
             tls=server_tls,
             read_only_tokens=read_only_tokens,
+            join_tokens=admitting.join_tokens,
+            admission=admitting.limits,
             driver=driver.DriverConfig(
                 blob_store=blob_store if blob_store.endswith("/") else blob_store + "/",
                 advertise=args.advertise,

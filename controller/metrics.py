@@ -117,19 +117,19 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.rpc_refused = prometheus_client.Counter(
+            "dcnr_rpc_refused",
+            "Calls refused by authentication, authorization, admission or limits, by method "
+            "and reason.",
+            ["method", "reason"],
+            registry=r,
+        )
         self.inference_results = prometheus_client.Counter(
             "dcnr_inference_results",
             "VNode results computed for inference requests, by role: primary (one per VNode "
             "and request) or double_check (each further replica computing it to compare). "
             "The extra compute of validation is double_check / primary.",
             ["role"],
-            registry=r,
-        )
-        self.rpc_refused = prometheus_client.Counter(
-            "dcnr_rpc_refused",
-            "Calls refused by authentication, authorization, admission or limits, by method "
-            "and reason.",
-            ["method", "reason"],
             registry=r,
         )
         self.events = prometheus_client.Counter(

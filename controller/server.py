@@ -55,12 +55,14 @@ from controller.runtime import clock as clock_mod
 from controller.runtime import events, manager, recorder, replicas
 from controller.services import (
     addresses,
+    admission,
     auth,
     catalog,
     driver_inbox_service,
     job_service,
     network_service,
     pnode_service,
+    registration_gate,
     resolution_service,
     rpc_decode,
     rpc_timer,
@@ -92,6 +94,10 @@ class ServeConfig:
     tls: api_tls.ServerFiles | None = None
     #: Bearer tokens of the read-only role (Get*, List*, Watch*, Resolve*); needs admin_tokens.
     read_only_tokens: frozenset[str] = frozenset()
+    #: Join tokens a new PNode must present (`--join-token-file`); empty: open registration.
+    join_tokens: frozenset[str] = frozenset()
+    #: Rate limits on Register (per address) and the hot calls (per caller).
+    admission: admission.Limits = field(default_factory=admission.Limits)
 
 
 class Orchestrator:
@@ -173,7 +179,10 @@ class Orchestrator:
             # with their status code.
             interceptors=[
                 rpc_timer.RpcTimer(self.metrics),
-                rpc_decode.DecodeGuard(),
+                rpc_decode.DecodeGuard(on_refused=self.metrics.refused),
+                admission.AdmissionLimits(
+                    config.admission, self.clock, on_refused=self.metrics.refused
+                ),
                 *(
                     [auth.AdminTokenInterceptor(self.tokens, on_refused=self.metrics.refused)]
                     if self.tokens.configured
@@ -270,6 +279,13 @@ class Orchestrator:
                     on_refused=self.metrics.refused,
                     statuses=self.allocation_status,
                     events=self.events,
+                    gate=registration_gate.RegistrationGate(
+                        view=self.view,
+                        clock=self.clock,
+                        config=control,
+                        join_tokens=self.config.join_tokens,
+                        on_refused=self.metrics.refused,
+                    ),
                 ),
             ),
             "dcnr.v1.ResolutionService": (
@@ -415,4 +431,3 @@ class Orchestrator:
         if self.metrics_port is not None:
             await asyncio.to_thread(self.metrics.stop_http)
         await self.store.close()
-

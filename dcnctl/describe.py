@@ -195,6 +195,7 @@ def pnode_text(
         ("Phase", render.pnode_status(node)),
         ("Since", f"{since.isoformat()} ({tables.age(since, now)} ago)" if since else "<unknown>"),
         ("Incarnation", str(st.incarnation)),
+        ("Joined By", st.joined_by or tables.NONE),
         ("Trust", f"{st.trust.consecutive_valid} consecutive valid results, "
                   f"{st.trust.strikes} strikes{', bugged' if st.trust.bugged else ''}"),
         ("Missed Heartbeats", str(st.missed_heartbeats)),

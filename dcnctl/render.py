@@ -20,7 +20,7 @@ OUTPUTS = ("wide", "yaml", "json", "name")
 HEADERS: dict[str, tuple[list[str], list[str]]] = {
     "Network": (["NAME", "READY", "PHASE", "AGE"], ["VNODES", "GENERATION"]),
     "PNode": (
-        ["NAME", "STATUS", "CPU", "MEMORY", "ALLOCATIONS", "TRUST", "STRIKES", "AGE"],
+        ["NAME", "STATUS", "CPU", "MEMORY", "ALLOCATIONS", "TRUST", "STRIKES", "JOINED", "AGE"],
         ["ADDRESS", "INCARNATION", "LABELS"],
     ),
     "Allocation": (["NAME", "NETWORK", "VNODE", "REPLICA", "PNODE", "EPOCH", "PHASE", "AGE"], []),
@@ -56,6 +56,7 @@ def row(
             str(held),
             str(resource.status.trust.consecutive_valid),
             str(resource.status.trust.strikes),
+            resource.status.joined_by or tables.NONE,
             age,
         ]
         extra = [

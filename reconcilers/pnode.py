@@ -4,6 +4,14 @@
     NotReady  ──renewed again (level-based)──────────────▶  Ready
     NotReady  ──lost_grace passed──────────────────────────▶  Lost       (evictions += allocations)
     Lost      ──lost_retention passed, no allocations────▶  deleted    (PNode and PNodeLease)
+    Lost      ──pending_retention passed, never renewed,──▶  deleted
+                no allocations
+
+A PNode is *pending* while its lease has not been renewed since it registered: no heartbeat
+of its current incarnation ever arrived. An anonymous flood of registrations is exactly such
+PNodes, so they are deleted `pending_retention` (default 120 s) after becoming Lost rather
+than after the hour of `lost_retention` (issue 11); `is_pending` is the one rule, which the
+registration cap (`controller.services.pnode_service`) counts with too.
     any       ──Deregistered and no allocations──────────▶  deleted
 
 A Lost PNode's allocations are moved away by the network loop (which treats Lost as
@@ -56,6 +64,9 @@ class Timings(Protocol):
     @property
     def lost_retention(self) -> float: ...
 
+    @property
+    def pending_retention(self) -> float: ...
+
 
 class WallClock(Protocol):
     def now(self) -> datetime: ...
@@ -73,6 +84,17 @@ class Transition:
     message: str = ""
     #: Seconds until the next transition could fall due; None if none can without an event.
     requeue_after: float | None = None
+
+
+def is_pending(node: pnode.PNode, expiry: datetime | None, duration: float) -> bool:
+    """True if the lease that expires at `expiry` (granted for `duration` seconds per
+    renewal) was last renewed no later than the current incarnation's registration."""
+    registered = node.status.registered_at
+    if registered is None:
+        return False  # registered before this was recorded: treated as established
+    if expiry is None:
+        return True
+    return expiry - timedelta(seconds=duration) <= registered
 
 
 def compute_transition(
@@ -98,6 +120,7 @@ def compute_transition(
     expiry = lease.expiry(
         stored, incarnation=status.incarnation, local_renewal=local_renewal, duration=duration
     )
+    pending = is_pending(node, expiry, duration)
     if expiry is None:
         # Register writes PNode and lease together; without one, the lease is counted from
         # when the phase began, so a PNode that never renews still expires.
@@ -125,7 +148,8 @@ def compute_transition(
             )
         return Transition(requeue_after=_min(_seconds(lost_at - now), held))
     # Lost: fenced for good (an expired lease is never renewed); only Register revives it.
-    gone_at = since + timedelta(seconds=config.lost_retention)
+    retention = config.pending_retention if pending else config.lost_retention
+    gone_at = since + timedelta(seconds=retention)
     if gone_at > now:
         return Transition(requeue_after=_min(_seconds(gone_at - now), held))
     if allocations:
@@ -133,7 +157,8 @@ def compute_transition(
     return Transition(
         delete=True,
         reason="GarbageCollected",
-        message=f"Lost for {config.lost_retention:g}s with no allocations",
+        message=f"Lost for {retention:g}s with no allocations"
+        + (" and never heartbeated" if pending else ""),
     )
 
 

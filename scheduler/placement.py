@@ -11,9 +11,13 @@ How one request is placed (Nomad's shape, kept sublinear in the number of PNodes
    signature), so identical PNodes are checked once per call.
 3. Only the feasible sample is scored; the best weighted score wins, ties going to the
    earliest drawn (random, since the draw order is), which spreads identical PNodes' load.
-4. A critical request is first tried on PNodes at or above the trust floor only. If none of
-   them is feasible, it falls back to every PNode and the explanation says so: trust is a
-   scheduling preference, never a correctness requirement (DESIGN.md).
+4. A critical request is first tried on PNodes at or above the trust floor only; if none of
+   them is feasible, on PNodes with any earned trust (at least one valid result, not
+   bugged); only then on every PNode, and the explanation says which tiers failed: trust is
+   a scheduling preference, never a correctness requirement (DESIGN.md). The middle tier is
+   why self-declared capacity earns nothing (issue 11): a fresh PNode claiming 64 cores
+   has trust 0, so it never takes a critical VNode from established PNodes that fit it,
+   however empty its claim makes it look to the least-allocated scorer.
 
 Unschedulable is only ever the verdict of a full scan, so a feasible request is never
 reported unschedulable, and the reason counts cover every PNode.
@@ -31,6 +35,10 @@ from scheduler import config as config_module
 from scheduler import explain, filters, model, scorers
 
 _UNSET = object()
+
+#: Trust above zero: the PNode has at least one valid result and is not bugged (any such
+#: PNode has trust >= 1 / (1 + TRUST_HALF) / (1 + strikes), far above this).
+EARNED_TRUST = 1e-9
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -221,25 +229,12 @@ class _Placer:
             _, scanned, scanned_notes = memo
             explanation = self._explain(request, scanned, [], scanned_notes)
             return explain.Unschedulable(reasons=dict(scanned.reasons), explanation=explanation)
-        snapshot, floor = self._snapshot, self._config.trust_floor
+        snapshot = self._snapshot
         notes: tuple[str, ...] = ()
         if request.critical:
-            trusted = snapshot.trusted_count(floor)
-            if trusted == 0:
-                notes = (f"critical: no pnode has trust >= floor {floor:g}; considered all pnodes",)
-            elif trusted < len(snapshot):
-                found = self._scan(request, snapshot.by_trust[:trusted], floor=floor)
-                if found.feasible:
-                    return self._pick(request, found, notes)
-                why = ", ".join(
-                    f"{n} {r}"
-                    for r, n in explain.sorted_reasons(found.reasons)
-                    if r != filters.BELOW_TRUST_FLOOR
-                )
-                notes = (
-                    f"critical: none of the {trusted} pnodes with trust >= floor {floor:g} "
-                    f"is feasible ({why}); considered all pnodes",
-                )
+            placed, notes = self._place_critical(request)
+            if placed is not None:
+                return placed
         found = self._scan(request, range(len(snapshot)), floor=None)
         if found.feasible:
             return self._pick(request, found, notes)
@@ -251,6 +246,43 @@ class _Placer:
             self._unschedulable[memo_key] = (self._version, found, notes)
         explanation = self._explain(request, found, [], notes)
         return explain.Unschedulable(reasons=dict(found.reasons), explanation=explanation)
+
+    def _place_critical(
+        self, request: model.Request
+    ) -> tuple[explain.Placed | None, tuple[str, ...]]:
+        """The request placed on the most trusted tier that fits it, or None and the notes
+        explaining why every tier failed (the caller then considers all pnodes)."""
+        snapshot, floor = self._snapshot, self._config.trust_floor
+        tiers = [(floor, f"trust >= floor {floor:g}")]
+        if floor > EARNED_TRUST:
+            tiers.append((EARNED_TRUST, "earned trust"))
+        notes: list[str] = []
+        scanned = 0
+        for tier_floor, label in tiers:
+            trusted = snapshot.trusted_count(tier_floor)
+            if 0 < trusted == len(snapshot):
+                break  # every pnode qualifies: the full scan is this tier
+            if trusted == scanned:  # nobody new in this tier
+                if not notes:
+                    notes.append(f"critical: no pnode has {label}")
+                continue
+            found = self._scan(request, snapshot.by_trust[:trusted], floor=tier_floor)
+            if found.feasible:
+                if notes:
+                    notes[-1] += f"; considered pnodes with {label}"
+                return self._pick(request, found, tuple(notes)), ()
+            why = ", ".join(
+                f"{n} {r}"
+                for r, n in explain.sorted_reasons(found.reasons)
+                if r != filters.BELOW_TRUST_FLOOR
+            )
+            notes.append(
+                f"critical: none of the {trusted} pnodes with {label} is feasible ({why})"
+            )
+            scanned = trusted
+        if notes:
+            notes[-1] += "; considered all pnodes"
+        return None, tuple(notes)
 
     def _candidates(self, request: model.Request, pool: Sequence[int]) -> Iterator[int]:
         """Each PNode at most once: the preferred ones first, then `pool` shuffled.

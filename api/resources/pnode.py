@@ -40,6 +40,9 @@ class PNodeSpec(Model):
 
 
 PNodePhase = Literal["Ready", "NotReady", "Lost"]
+#: How a PNode was admitted: `open` (permissionless registration) or `token` (it presented
+#: a join token of `serve --join-token-file`).
+JoinedBy = Literal["open", "token"]
 
 
 class Trust(Model):
@@ -75,6 +78,12 @@ class ValidationEvent(Model):
 
 class PNodeStatus(Model):
     phase: PNodePhase = "Ready"
+    #: How its first registration was admitted; re-registrations keep it. None: registered
+    #: before the orchestrator recorded it.
+    joined_by: JoinedBy | None = None
+    #: When the current incarnation registered. A PNode whose lease was never renewed since
+    #: is "pending" (no heartbeat ever arrived): it is capped and garbage-collected early.
+    registered_at: datetime | None = None
     #: When `phase` last changed: the start of the NotReady grace and of Lost retention.
     phase_since: datetime | None = None
     #: Sum of the resources of the allocations placed here, written in the same

@@ -48,7 +48,7 @@ from controller import errors as faults
 from controller.runtime import clock as clock_mod
 from controller.runtime import recorder
 from controller.services import pnode_wire as wire
-from controller.services import rpc
+from controller.services import registration_gate, rpc
 from controller.state import allocation_status, credentials
 from controller.state import leases as leases_mod
 from controller.state import pnode_registry as registry
@@ -66,6 +66,11 @@ FENCED = pnode_pb2.LEASE_STATE_FENCED
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 MAX_REASON = 1024
+#: Statuses a heartbeat may carry beyond the PNode's current assignments (slots being
+#: replaced, failures of slots just removed); an agent that has not applied the newest set
+#: yet may report its older one, up to MAX_STATUSES_LAGGING (docs/security.md, "Limits").
+STATUS_SLACK = 8
+MAX_STATUSES_LAGGING = 1024
 _REREAD_TABLE_LIMIT = 10_000
 _METHOD = "/dcnr.v1.PNodeService/"
 
@@ -86,10 +91,12 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         statuses: allocation_status.AllocationStatus | None = None,
         events: recorder.Recorder | None = None,
         on_refused: Callable[[str, str], None] | None = None,
+        gate: registration_gate.RegistrationGate | None = None,
     ) -> None:
         """`on_heartbeat(result)` counts each heartbeat: "active" or "fenced"; `statuses`
         turns the agent's reports into allocation status; `events` hears of registrations
-        and fenced heartbeats, for people."""
+        and fenced heartbeats, for people; `gate` admits new PNodes (default: open, with
+        the configured pending cap)."""
         self._statuses = statuses
         self._on_refused = on_refused or (lambda _method, _reason: None)
         self._events = events
@@ -102,6 +109,9 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         self._replica_id = replica_id
         self._reread_at: dict[str, float] = {}
         self._registry = registry.Registry(store=store, view=view, clock=clock, config=config)
+        self._gate = gate or registration_gate.RegistrationGate(
+            view=view, clock=clock, config=config
+        )
 
     # -- agent calls ------------------------------------------------------------------------
 
@@ -111,6 +121,13 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
     ) -> pnode_pb2.RegisterResponse:
         name = wire.check_name(request.name, "name") if request.name else wire.generated_name()
         spec, node_labels = wire.registration(request)
+        presented = rpc.bearer(context)
+        joined_by = await self._gate.admit(
+            request.name,
+            join_token=request.join_token,
+            presented=presented,
+            lookup=lambda n: self._registry.get(pnode.PNode, n),
+        )
         credential, hashed = credentials.issue()
         spec.credential_hash = hashed
         try:
@@ -119,7 +136,8 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
                 spec,
                 node_labels,
                 agent_version=request.agent_version,
-                presented=rpc.bearer(context),
+                presented=presented,
+                joined_by=joined_by,
             )
         except faults.PermissionDenied:
             self._on_refused(_METHOD + "Register", "NameTaken")
@@ -152,6 +170,7 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         node = await self._authenticate(
             name, rpc.bearer(context), request.incarnation, method="Heartbeat"
         )
+        self._check_statuses(name, request)
         now = self._clock.now()
         response = pnode_pb2.HeartbeatResponse(
             header=rpc.response_header(request.header, self._replica_id),
@@ -323,6 +342,20 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         )
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _check_statuses(self, name: str, request: pnode_pb2.HeartbeatRequest) -> None:
+        """Refuse, before any work, more statuses than the PNode can hold (issue 11)."""
+        aset = self._view.assignment_set(name)
+        cap = (len(aset.assignments) if aset is not None else 0) + STATUS_SLACK
+        if aset is None or request.known_assignment_set_version < aset.version:
+            cap = max(cap, MAX_STATUSES_LAGGING)  # it may still report an older set
+        if len(request.assignment_statuses) > cap:
+            self._gate.count_refusal("Heartbeat", "TooMany")
+            raise faults.ResourceExhausted(
+                f"assignment_statuses: {len(request.assignment_statuses)} entries; this PNode "
+                f"may report at most {cap} (its assignments plus {STATUS_SLACK})",
+                reason="TooMany",
+            )
 
     async def _authenticate(
         self, name: str, presented: str | None, incarnation: int, *, method: str

@@ -126,6 +126,11 @@ class ResolutionService(resolve_pb2_grpc.ResolutionServiceServicer):
             rpc.check_header(request.header)
             if not request.network:
                 raise faults.FieldInvalid("network", request.network, "must name a network")
+            if len(request.vnodes) > MAX_BATCH:
+                raise faults.ResourceExhausted(
+                    f"vnodes: {len(request.vnodes)} entries; at most {MAX_BATCH} per watch",
+                    reason="TooMany",
+                )
             for i, vnode in enumerate(request.vnodes):
                 _check_fields(("network", f"vnodes[{i}]"), request.network, vnode)
             self._authorize(context, "WatchEndpoints", (request.network,))

@@ -14,6 +14,13 @@ interceptor, it times the behaviour this one wraps).
 
 Only request-unary shapes are guarded: every dcnr.v1 method takes one request. The
 reflection service's request stream is grpc_reflection's own code.
+
+Size before parsing: the methods in `MAX_REQUEST_BYTES` refuse a request larger than their
+cap from its raw length, before protobuf decodes a byte of it, as RESOURCE_EXHAUSTED with
+reason `RequestTooLarge` naming the method and the cap. So a 3 MB heartbeat carrying
+100,000 statuses costs a length comparison, not a parse (issue 11). The caps are the
+"Limits" table of docs/security.md; other methods are bounded by the listener's gRPC
+maximum receive size only.
 """
 
 from __future__ import annotations
@@ -36,21 +43,51 @@ else:  # generic only in the stubs
     _Interceptor = aio.ServerInterceptor
 
 
+#: Largest request, in serialized bytes, each method accepts (docs/security.md, "Limits").
+#: Each is far above what the method's own field caps allow an honest caller to send.
+#: The text names the fields whose caps make the bound (said in the refusal).
+MAX_REQUEST_BYTES: dict[str, tuple[int, str]] = {
+    "/dcnr.v1.PNodeService/Register": (128 * 1024, "labels <= 64, datasets <= 256"),
+    "/dcnr.v1.PNodeService/Heartbeat": (
+        256 * 1024,
+        "assignment_statuses <= the PNode's assignments + 8",
+    ),
+    "/dcnr.v1.PNodeService/WatchAssignments": (4 * 1024, "no repeated fields"),
+    "/dcnr.v1.PNodeService/Deregister": (4 * 1024, "reason <= 1024 characters"),
+    "/dcnr.v1.ResolutionService/Resolve": (4 * 1024, "no repeated fields"),
+    "/dcnr.v1.ResolutionService/BatchResolve": (2 * 1024 * 1024, "vnodes <= 10000"),
+    "/dcnr.v1.ResolutionService/WatchEndpoints": (1024 * 1024, "vnodes <= 10000"),
+    "/dcnr.v1.ValidationService/ReportResult": (64 * 1024, "checks <= 64"),
+}
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Undecodable:
     """What a guarded deserializer returns instead of raising: why the bytes are no request."""
 
     problem: str
+    #: Refused for its size, unparsed: RESOURCE_EXHAUSTED rather than INVALID_ARGUMENT.
+    too_large: bool = False
 
 
 def guarded_deserializer(
-    deserialize: Callable[[bytes], Any], type_name: str
+    deserialize: Callable[[bytes], Any],
+    type_name: str,
+    *,
+    max_bytes: int | None = None,
+    fields: str = "",
 ) -> Callable[[bytes], Any]:
     """`deserialize`, returning an `Undecodable` instead of raising (DecodeError, or anything
     else a decoder may raise on hostile bytes: nesting past protobuf's recursion limit,
-    invalid UTF-8 in a string field)."""
+    invalid UTF-8 in a string field), or without decoding when `raw` exceeds `max_bytes`."""
 
     def decode(raw: bytes) -> Any:
+        if max_bytes is not None and len(raw) > max_bytes:
+            return Undecodable(
+                f"request of {len(raw)} bytes exceeds the limit of {max_bytes} bytes for a "
+                f"{type_name} ({fields}); nothing of it was read",
+                too_large=True,
+            )
         try:
             return deserialize(raw)
         except Exception as exc:
@@ -62,7 +99,9 @@ def guarded_deserializer(
     return decode
 
 
-def refusal(request: Undecodable) -> faults.InvalidArgument:
+def refusal(request: Undecodable) -> faults.ControllerError:
+    if request.too_large:
+        return faults.ResourceExhausted(request.problem, reason="RequestTooLarge")
     return faults.InvalidArgument(request.problem, reason="Undecodable")
 
 
@@ -70,7 +109,9 @@ class DecodeGuard(_Interceptor):
     """Rewraps every request-unary handler so an undecodable request becomes
     INVALID_ARGUMENT with reason `Undecodable`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, on_refused: Callable[[str, str], None] | None = None) -> None:
+        """`on_refused(method, reason)` counts requests refused for their size."""
+        self._on_refused = on_refused or (lambda _method, _reason: None)
         self._guarded = rpc_timer.Rewrapped(self._wrap)
 
     async def intercept_service(
@@ -86,16 +127,25 @@ class DecodeGuard(_Interceptor):
     def _wrap(self, method: str, handler: Handler) -> Handler:
         assert handler.request_deserializer is not None
         type_name = _request_type(handler.request_deserializer, method)
-        decode = guarded_deserializer(handler.request_deserializer, type_name)
+        max_bytes, fields = MAX_REQUEST_BYTES.get(method, (None, ""))
+        decode = guarded_deserializer(
+            handler.request_deserializer, type_name, max_bytes=max_bytes, fields=fields
+        )
+        short = method.rpartition("/")[2]
+
+        def count(request: Undecodable) -> None:
+            if request.too_large:
+                self._on_refused(short, "RequestTooLarge")
+
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _refusing_unary(handler.unary_unary),
+                _refusing_unary(handler.unary_unary, count),
                 request_deserializer=decode,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _refusing_stream(handler.unary_stream),
+                _refusing_stream(handler.unary_stream, count),
                 request_deserializer=decode,
                 response_serializer=handler.response_serializer,
             )
@@ -110,9 +160,12 @@ def _request_type(deserializer: Callable[[bytes], Any], method: str) -> str:
     return full_name if isinstance(full_name, str) else f"request of {method}"
 
 
-def _refusing_unary(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+def _refusing_unary(
+    behavior: Callable[[Any, Any], Any], count: Callable[[Undecodable], None]
+) -> Callable[[Any, Any], Any]:
     async def unary(request: Any, context: Any) -> Any:
         if isinstance(request, Undecodable):
+            count(request)
             await rpc.abort(context, refusal(request))
         return await behavior(request, context)
 
@@ -120,10 +173,11 @@ def _refusing_unary(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any],
 
 
 def _refusing_stream(
-    behavior: Callable[[Any, Any], Any],
+    behavior: Callable[[Any, Any], Any], count: Callable[[Undecodable], None]
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
         if isinstance(request, Undecodable):
+            count(request)
             await rpc.abort(context, refusal(request))
         result = behavior(request, context)
         if hasattr(result, "__aiter__"):

@@ -92,6 +92,8 @@ ACCEPTED = validation_pb2.VALIDATION_VERDICT_ACCEPTED
 DISPUTED_VERDICT = validation_pb2.VALIDATION_VERDICT_DISPUTED
 #: Reports remembered to count each reported result once (see the module docstring).
 MAX_REMEMBERED = 4096
+#: Check outcomes one report may carry (docs/security.md, "Limits"); a kind runs a handful.
+MAX_CHECKS = 64
 
 #: What makes two reports about the same thing: network, job, request id, step, phase,
 #: subject VNode, replica and epoch (-1 for a dispute: about all replicas), check.
@@ -158,6 +160,11 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
     async def _report(
         self, request: validation_pb2.ReportResultRequest, presented: str | None
     ) -> validation_pb2.ValidationVerdict.ValueType:
+        if len(request.checks) > MAX_CHECKS:
+            raise faults.ResourceExhausted(
+                f"checks: {len(request.checks)} entries; at most {MAX_CHECKS} per report",
+                reason="TooMany",
+            )
         self._bound(request)
         reporter = self._view.pnodes.get(request.pnode_id)
         if reporter is None or not credentials.matches(presented, reporter.spec.credential_hash):

@@ -81,13 +81,15 @@ class Registry:
         *,
         agent_version: str,
         presented: str | None,
+        joined_by: pnode.JoinedBy = "open",
     ) -> pnode.PNode:
         """Create the PNode (incarnation 1) or re-register it (incarnation + 1, which needs
-        the `presented` credential to be its current one), with its lease renewed now."""
+        the `presented` credential to be its current one), with its lease renewed now.
+        `joined_by` is recorded on creation only: a re-registration keeps how it joined."""
         # AlreadyExists: registered concurrently; the re-read finds it and checks the
         # credential like any re-registration.
         return await retry.retry_on_conflict(
-            lambda: self._register(name, spec, labels, agent_version, presented),
+            lambda: self._register(name, spec, labels, agent_version, presented, joined_by),
             what=f"register pnode {name!r}",
             also=(errors.AlreadyExists,),
         )
@@ -99,6 +101,7 @@ class Registry:
         labels: dict[str, str],
         agent_version: str,
         presented: str | None,
+        joined_by: pnode.JoinedBy,
     ) -> pnode.PNode:
         spec = spec.model_copy(deep=True)
         existing = await self.get(pnode.PNode, name)
@@ -113,6 +116,7 @@ class Registry:
             )
             node.status.incarnation = 1
             node.status.assignments_version = 1
+            node.status.joined_by = joined_by
             op = base.Create(node)
         else:
             if not credentials.matches(presented, existing.spec.credential_hash):
@@ -139,6 +143,7 @@ class Registry:
             op = base.Update(node)
         node.status.phase = "Ready"
         node.status.phase_since = now
+        node.status.registered_at = now
         node.status.conditions = meta.set_condition(
             node.status.conditions,
             type=lifecycle.READY,

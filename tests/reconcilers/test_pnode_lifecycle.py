@@ -335,3 +335,59 @@ async def test_a_concurrent_write_makes_the_loop_requeue_without_writing(
     # The next run re-reads and goes through: NotReady written, or the Lost PNode collected.
     assert await reconciler.reconcile("p1") == then
     assert len(recorder.written) + len(recorder.deleted) >= 1
+
+
+# -- pending PNodes: registered, never heartbeated (issue 11) ------------------------------
+
+
+async def _walk(node: pnode.PNode, stored: lease.PNodeLease, clock: clock_mod.FakeClock):
+    """Drive a silent PNode's transitions on their requeue timers; (phases seen, message)."""
+    seen: list[str] = []
+    for _ in range(10):
+        now = clock.now()
+        step = lifecycle.compute_transition(node, stored, now=now, config=CONFIG, allocations=0)
+        if step.delete:
+            seen.append("deleted")
+            return seen, step.message
+        if step.phase is not None:
+            node = lifecycle.apply_phase(node, step, now=now, allocations=0)
+            seen.append(node.status.phase)
+            continue
+        assert step.requeue_after is not None
+        await clock.advance(step.requeue_after)
+    raise AssertionError(f"not deleted: {seen}")
+
+
+async def test_a_pnode_that_never_heartbeated_is_collected_after_pending_retention() -> None:
+    clock = clock_mod.FakeClock()
+    start = clock.now()
+    node = make_node(start, since=0.0)
+    node.status.registered_at = start
+    stored = make_lease(start, renewed=0.0)  # Register writes the lease, renewed at start
+    assert lifecycle.is_pending(node, start + timedelta(seconds=CONFIG.lease_duration), 4.0)
+    seen, message = await _walk(node, stored, clock)
+    assert seen == ["NotReady", "Lost", "deleted"]
+    assert clock.now() - start == timedelta(seconds=4 + 2 + CONFIG.pending_retention)
+    assert CONFIG.pending_retention < CONFIG.lost_retention
+    assert "never heartbeated" in message
+
+
+async def test_one_heartbeat_earns_the_full_lost_retention() -> None:
+    clock = clock_mod.FakeClock()
+    start = clock.now()
+    node = make_node(start, since=0.0)
+    node.status.registered_at = start
+    stored = make_lease(start, renewed=0.5)  # renewed once after registering
+    seen, message = await _walk(node, stored, clock)
+    assert seen == ["NotReady", "Lost", "deleted"]
+    assert clock.now() - start == timedelta(seconds=0.5 + 4 + 2 + CONFIG.lost_retention)
+    assert "never heartbeated" not in message
+
+
+def test_a_pnode_registered_before_registered_at_existed_is_not_pending() -> None:
+    now = clock_mod.FakeClock().now()
+    node = make_node(now)
+    assert node.status.registered_at is None
+    assert not lifecycle.is_pending(node, None, CONFIG.lease_duration)
+    node.status.registered_at = now
+    assert lifecycle.is_pending(node, None, CONFIG.lease_duration)  # no lease at all

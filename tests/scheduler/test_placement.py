@@ -98,6 +98,47 @@ class TestTrustFloor:
             "critical: no pnode has trust >= floor 0.5; considered all pnodes",
         )
 
+    def test_a_fresh_64_core_claim_does_not_attract_a_critical_vnode(self) -> None:
+        # Issue 11: capacity is self-declared. Nobody has reached the floor yet, so the
+        # least-allocated scorer alone would pick the huge empty newcomer; earned trust
+        # (any valid result) goes first.
+        snap = model.Snapshot(
+            [
+                helpers.node("fresh", cpu_capacity=64_000, memory_capacity=256 * helpers.GiB),
+                helpers.node("old-a", trust=0.2, cpu_allocated=2000),
+                helpers.node("old-b", trust=0.1, cpu_allocated=3000),
+            ]
+        )
+        for seed in range(20):
+            decision = placed(
+                placement.place(helpers.request(critical=True), snap, seed=seed, config=self.cfg)
+            )
+            assert decision.pnode in {"old-a", "old-b"}
+            assert decision.explanation.notes == (
+                "critical: no pnode has trust >= floor 0.5; considered pnodes with earned trust",
+            )
+        # Within its claim it still gets ordinary work, and the emptiest node wins that.
+        assert placed(placement.place(helpers.request(), snap, seed=0, config=self.cfg)).pnode == (
+            "fresh"
+        )
+
+    def test_the_fresh_node_is_used_when_no_trusted_node_fits(self) -> None:
+        snap = model.Snapshot(
+            [
+                helpers.node("fresh", cpu_capacity=64_000),
+                helpers.node("old", trust=0.2, cpu_allocated=4000),
+            ]
+        )
+        decision = placed(
+            placement.place(helpers.request(critical=True), snap, seed=0, config=self.cfg)
+        )
+        assert decision.pnode == "fresh"
+        assert decision.explanation.notes == (
+            "critical: no pnode has trust >= floor 0.5",
+            "critical: none of the 1 pnodes with earned trust is feasible "
+            "(1 insufficient cpu); considered all pnodes",
+        )
+
     def test_untrusted_neighbour_is_passed_over_for_a_trusted_node(self) -> None:
         snap = model.Snapshot([helpers.node("near", trust=0.1), helpers.node("far", trust=0.7)])
         req = helpers.request(critical=True, near=frozenset({"near"}))

@@ -171,6 +171,9 @@ def test_every_decision_agrees_with_an_exhaustive_check(case) -> None:
         assert chosen in feasible
         if req.critical and any(n.trust >= FLOOR for n in feasible):
             assert chosen.trust >= FLOOR
+        elif req.critical and any(n.trust > 0 for n in feasible):
+            assert chosen.trust > 0, "earned trust goes before none (issue 11)"
+            assert decision.explanation.notes
         elif req.critical:
             assert decision.explanation.notes, "fallback below the floor must be explained"
         views[chosen.name] = chosen.with_allocation(req)
@@ -209,6 +212,15 @@ def test_trust_floor_falls_back_when_no_trusted_node_is_feasible(snapshot, shape
     feasible = [n for n in untrusted.nodes if filters.hard(req, n) is None]
     assert isinstance(decision, explain.Placed) == bool(feasible)
     if isinstance(decision, explain.Placed):
-        assert decision.explanation.notes == (
-            "critical: no pnode has trust >= floor 0.5; considered all pnodes",
+        chosen = untrusted.node(decision.pnode)
+        assert chosen is not None
+        if any(n.trust > 0 for n in feasible):
+            assert chosen.trust > 0
+            assert decision.explanation.notes[-1].endswith(
+                "; considered pnodes with earned trust"
+            ) or all(n.trust > 0 for n in untrusted.nodes)
+        else:
+            assert decision.explanation.notes[-1].endswith("; considered all pnodes")
+        assert decision.explanation.notes[0].startswith(
+            "critical: no pnode has trust >= floor 0.5"
         )

@@ -111,6 +111,7 @@ class RegisterRequest(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     DATASETS_FIELD_NUMBER: _builtins.int
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
+    JOIN_TOKEN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Desired PNode name (a DNS-1123 subdomain, e.g. the host name). Empty: the server
     generates one. The name becomes the pnode_id.
@@ -118,6 +119,20 @@ class RegisterRequest(_message.Message):
     data_plane_address: _builtins.str
     """host:port where this agent serves VNodeService."""
     agent_version: _builtins.str
+    """At most 128 characters."""
+    join_token: _builtins.str
+    """A join token of the orchestrator's `serve --join-token-file` (kubeadm bootstrap-token
+    style). When the orchestrator has join tokens, a Register that is not the PNode
+    re-registering with its own current credential needs one: missing → UNAUTHENTICATED,
+    not a valid token → PERMISSION_DENIED. Ignored when it has none (open registration).
+    The PNode's status records how it joined (`joinedBy`: open or token).
+
+    Limits on Register (docs/security.md, "Limits"): a serialized request over 128 KiB is
+    refused unread (RESOURCE_EXHAUSTED); each source address may register 5 times a second
+    in bursts of 20 (RESOURCE_EXHAUSTED, reason RateLimited); a new PNode is refused while
+    1000 PNodes are pending, i.e. registered and never heartbeated (RESOURCE_EXHAUSTED,
+    reason PendingCap). All three are `serve` flags.
+    """
     @_builtins.property
     def header(self) -> _common_pb2.RequestHeader: ...
     @_builtins.property
@@ -125,12 +140,15 @@ class RegisterRequest(_message.Message):
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Topology and other labels, Kubernetes-style: "topology.dcnr.io/region": "eu-west",
-        "topology.dcnr.io/zone": "eu-west-1a".
+        "topology.dcnr.io/zone": "eu-west-1a". At most 64 labels (INVALID_ARGUMENT naming
+        `labels` otherwise), each a Kubernetes label key and value.
         """
 
     @_builtins.property
     def datasets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Names of the data sets this machine holds locally (for data-locality scoring)."""
+        """Names of the data sets this machine holds locally (for data-locality scoring). At most
+        256, each a DNS-1123 label.
+        """
 
     def __init__(
         self,
@@ -142,10 +160,11 @@ class RegisterRequest(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         datasets: _abc.Iterable[_builtins.str] | None = ...,
         agent_version: _builtins.str = ...,
+        join_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "capacity", b"capacity", "data_plane_address", b"data_plane_address", "datasets", b"datasets", "header", b"header", "labels", b"labels", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "capacity", b"capacity", "data_plane_address", b"data_plane_address", "datasets", b"datasets", "header", b"header", "join_token", b"join_token", "labels", b"labels", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -221,7 +240,12 @@ class HeartbeatRequest(_message.Message):
 
     @_builtins.property
     def assignment_statuses(self) -> _containers.RepeatedCompositeFieldContainer[Global___AssignmentStatus]:
-        """Optional: the actual state of each assignment this agent holds."""
+        """Optional: the actual state of each assignment this agent holds. At most the PNode's
+        current assignments + 8 (up to 1024 while known_assignment_set_version is older than the
+        current set): more is RESOURCE_EXHAUSTED naming `assignment_statuses`, before any of it
+        is looked at. A serialized heartbeat over 256 KiB is refused unread. Heartbeats are
+        rate-limited per credential (100/s, bursts of 200, by default).
+        """
 
     def __init__(
         self,

@@ -150,7 +150,11 @@ class BatchResolveRequest(_message.Message):
     @_builtins.property
     def header(self) -> _common_pb2.RequestHeader: ...
     @_builtins.property
-    def vnodes(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.VNodeRef]: ...
+    def vnodes(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.VNodeRef]:
+        """At most 10,000 (INVALID_ARGUMENT naming `vnodes`); a serialized request over 2 MiB is
+        refused unread. Rate-limited per caller (docs/security.md, "Limits").
+        """
+
     def __init__(
         self,
         *,
@@ -203,7 +207,9 @@ class WatchEndpointsRequest(_message.Message):
     def header(self) -> _common_pb2.RequestHeader: ...
     @_builtins.property
     def vnodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Only these VNodes of the network; empty: all."""
+        """Only these VNodes of the network; empty: all. At most 10,000 (RESOURCE_EXHAUSTED naming
+        `vnodes`); a serialized request over 1 MiB is refused unread.
+        """
 
     def __init__(
         self,

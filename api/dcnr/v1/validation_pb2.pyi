@@ -181,7 +181,11 @@ class ReportResultRequest(_message.Message):
     @_builtins.property
     def header(self) -> _common_pb2.RequestHeader: ...
     @_builtins.property
-    def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckOutcome]: ...
+    def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckOutcome]:
+        """At most 64 (RESOURCE_EXHAUSTED naming `checks`); a serialized report over 64 KiB is
+        refused unread. Rate-limited per caller (docs/security.md, "Limits").
+        """
+
     @_builtins.property
     def evidence(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.SignedMessage]:
         """The proof of an accusation (a report with `subject_vnode` and a FAILED or DISPUTED check):
