@@ -302,11 +302,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (_Usage, api_tls.TlsError, ValueError) as exc:
             print(f"dcnr-orchestrator: error: {exc}", file=sys.stderr)
             return 2
-        if server_tls is None:
-            log.warning(
-                "--insecure: gRPC is plaintext; PNode credentials, admin tokens and tensors "
-                "cross the network readable"
-            )
         try:
             control = config.ControlPlaneConfig(
                 **{n: getattr(args, n) for n in _TIMINGS},
@@ -348,6 +343,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             print(f"dcnr-orchestrator: error: --read-only-token-file: {exc}", file=sys.stderr)
             return 2
+        if server_tls is None:
+            log.warning(
+                "--insecure: gRPC is plaintext; PNode credentials, admin tokens and tensors "
+                "cross the network readable"
+            )
         serve_config = server.ServeConfig(
             store_url=store_url,
             listen=args.listen,
