@@ -232,10 +232,11 @@ async def test_invented_credentials_do_not_escape_the_address_budget(tmp_path) -
             except grpc.RpcError as exc:
                 codes[exc.code()] += 1
             else:
-                codes[grpc.StatusCode.OK] += 1  # reached the service (which fences it)
-        # The address's burst (2 x ADDRESS_FACTOR) reaches the service; the rest is refused.
+                codes[grpc.StatusCode.OK] += 1
+        # The address's burst (2 x ADDRESS_FACTOR) reaches the service, which refuses the
+        # unknown name as it refuses a wrong credential; the limit refuses the rest unread.
         assert codes == {
-            grpc.StatusCode.OK: 2 * admission.ADDRESS_FACTOR,
+            grpc.StatusCode.UNAUTHENTICATED: 2 * admission.ADDRESS_FACTOR,
             grpc.StatusCode.RESOURCE_EXHAUSTED: 30 - 2 * admission.ADDRESS_FACTOR,
         }
         assert plane.refused == {("Heartbeat", "RateLimited"): 30 - 2 * admission.ADDRESS_FACTOR}
