@@ -11,13 +11,18 @@ from __future__ import annotations
 
 from agent import vnode
 from api import checks
-from api.dcnr.v1 import validation_pb2, vnode_pb2
+from api.dcnr.v1 import common_pb2, validation_pb2, vnode_pb2
 
 
 def check_failed(
-    request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest, failed: checks.CheckFailed
+    request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest,
+    failed: checks.CheckFailed,
+    *,
+    evidence: common_pb2.SignedMessage | None = None,
 ) -> validation_pb2.ReportResultRequest:
-    """The report of a received result that failed `failed.check`."""
+    """The report of a received result that failed `failed.check`. `evidence`: the result
+    as its producer signed it, for the orchestrator to verify and check again."""
+    del evidence  # carried once ReportResultRequest has a field for it (issue 11, part E)
     which = request.WhichOneof("position")
     return _report(
         reporter=(request.network, request.target_vnode, request.target_replica),

@@ -43,6 +43,7 @@ import numpy as np
 
 from agent import quorum_inputs
 from agent.runtime import kinds, optim, state
+from api.dcnr.v1 import common_pb2
 
 DRIVER = "__driver__"
 DEFAULT_OPTIMIZER = ("sgd", 0.01)
@@ -91,6 +92,9 @@ class Message:
     sender_epoch: int = 0
     adaptive: bool = False
     double_check: tuple[str, ...] = ()
+    #: The request exactly as its sender signed it (`agent.dataplane`): the evidence a
+    #: report of this result forwards to the orchestrator.
+    evidence: common_pb2.SignedMessage | None = None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from api import logs as api_logs
@@ -39,6 +40,41 @@ _TIMINGS = (
     "unschedulable_retry",
     "event_ttl",
 )
+
+
+_CA_HELP = (
+    "the identity CA's certificate and key, both or neither (e.g. from a Secret); default: "
+    "the store's, created once by init-store or the first serve (store access is CA access)"
+)
+
+
+def _identity_ca(args: argparse.Namespace) -> tuple[bytes, bytes] | None:
+    """The --identity-ca-cert/--identity-ca-key PEM files, checked to be a CA and its key."""
+    from api import identity
+
+    if (args.identity_ca_cert is None) != (args.identity_ca_key is None):
+        raise ValueError("--identity-ca-cert and --identity-ca-key go together")
+    if args.identity_ca_cert is None:
+        return None
+    pem = (args.identity_ca_cert.read_bytes(), args.identity_ca_key.read_bytes())
+    try:
+        identity.Authority.from_pem(*pem)
+    except ValueError as exc:
+        raise ValueError(
+            f"--identity-ca-cert {str(args.identity_ca_cert)!r} / --identity-ca-key: {exc}"
+        ) from None
+    return pem
+
+
+async def _init_identity_ca(store_url: str) -> str:
+    from controller.state import identity_ca
+
+    store = await url.open_store(store_url)
+    try:
+        await identity_ca.load_or_create(store, datetime.now(UTC))
+    finally:
+        await store.close()
+    return "identity CA ready (kept in the store: store access is CA access)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,6 +131,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-message-bytes", type=int, default=64 * 2**20, metavar="N",
         help="largest data-plane message the job driver accepts",
+    )  # fmt: skip
+    identity = serve.add_argument_group("identity CA (docs/security.md)")
+    identity.add_argument("--identity-ca-cert", type=Path, metavar="PEM", help=_CA_HELP)
+    identity.add_argument("--identity-ca-key", type=Path, metavar="PEM", help=_CA_HELP)
+    identity.add_argument(
+        "--identity-ttl", type=float, default=3600.0, metavar="S",
+        help="lifetime of the identity certificates of PNodes and replicas (default: %(default)s)",
     )  # fmt: skip
     defaults = config.ControlPlaneConfig()
     timings = serve.add_argument_group("timings (seconds)")
@@ -229,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "init-store":
             for line in asyncio.run(url.init_store(store_url)):
                 print(line)
+            print(asyncio.run(_init_identity_ca(store_url)))
             return 0
         try:
             control = config.ControlPlaneConfig(**{n: getattr(args, n) for n in _TIMINGS})
@@ -258,6 +302,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             print(f"dcnr-orchestrator: error: --admin-token-file: {exc}", file=sys.stderr)
             return 2
+        try:
+            identity_pem = _identity_ca(args)
+        except (OSError, ValueError) as exc:
+            print(f"dcnr-orchestrator: error: {exc}", file=sys.stderr)
+            return 2
+        if not args.identity_ttl > 0:
+            print(f"dcnr-orchestrator: error: --identity-ttl: {args.identity_ttl} must be > 0",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         serve_config = server.ServeConfig(
             store_url=store_url,
             listen=args.listen,
@@ -266,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             replica_id=args.replica_id,
             control=control,
             admin_tokens=admin_tokens,
+            identity_ca=identity_pem,
+            identity_ttl=args.identity_ttl,
             driver=driver.DriverConfig(
                 blob_store=blob_store if blob_store.endswith("/") else blob_store + "/",
                 advertise=args.advertise,

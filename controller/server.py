@@ -21,6 +21,7 @@ so they answer UNIMPLEMENTED rather than being absent (`controller.services.cata
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import random
 from dataclasses import dataclass, field
@@ -29,13 +30,13 @@ from typing import Any
 from grpc import aio
 from grpc_health.v1 import health, health_pb2
 
+from api import identity, signed
 from api.dcnr.v1 import (
     job_pb2_grpc,
     network_pb2_grpc,
     pnode_pb2_grpc,
     resolve_pb2_grpc,
     validation_pb2_grpc,
-    vnode_pb2_grpc,
 )
 from api.resources import meta
 from controller import config as config_mod
@@ -66,7 +67,7 @@ from controller.services import (
     validation_service,
     vnode_transport,
 )
-from controller.state import allocation_status, leases, view
+from controller.state import allocation_status, identity_ca, leases, view
 from controller.trust import book as trust
 from reconcilers import base as reconcilers_base
 from reconcilers import network as network_loop
@@ -87,6 +88,10 @@ class ServeConfig:
     driver: driver.DriverConfig = field(default_factory=driver.DriverConfig)
     #: Bearer tokens management calls must present; empty: no admin auth (local use).
     admin_tokens: frozenset[str] = frozenset()
+    #: PEM (certificate, key) of the identity CA; None: the store's, created if missing.
+    identity_ca: tuple[bytes, bytes] | None = None
+    #: Seconds the identity certificates of PNodes and of this replica are valid.
+    identity_ttl: float = 3600.0
 
 
 class Orchestrator:
@@ -122,11 +127,16 @@ class Orchestrator:
             on_bugged=self.metrics.bugged,
             events=self.events,
         )
+        #: This replica's orchestrator identity, which signs the driver's calls to agents;
+        #: the CA and its verifier are loaded at `start`.
+        self.signer = signed.Signer()
+        self.authority: identity.Authority | None = None
+        self._identity_task: asyncio.Task[None] | None = None
         self.client = vnode_client.VNodeClient(
             view=self.view,
             clock=self.clock,
             rpc_timeout=config.driver.rpc_timeout,
-            transport=vnode_transport.GrpcTransport(),
+            transport=vnode_transport.GrpcTransport(signer=self.signer),
         )
         self.inbox = driver_inbox.Inbox(
             clock=self.clock, book=self.trust, on_disagreed=self.metrics.disagreed
@@ -240,8 +250,32 @@ class Orchestrator:
         for loop, key in events.keys_for_change(old, new, lookup):
             self.manager.enqueue(loop, key)
 
+    async def _start_identity(self) -> identity.Authority:
+        """Load (or create) the identity CA, issue this replica its orchestrator identity,
+        and keep renewing it (`controller.state.identity_ca`)."""
+        if self.config.identity_ca is not None:
+            authority = identity.Authority.from_pem(*self.config.identity_ca)
+        else:
+            authority = await identity_ca.load_or_create(self.store, self.clock.now())
+        ttl = dt.timedelta(seconds=self.config.identity_ttl)
+        own = identity_ca.Own.issue(authority, self.clock.now(), ttl)
+        self.signer.update(own.key, own.certificate)
+
+        async def renew(own: identity_ca.Own) -> None:
+            while True:
+                wait = (own.renew_at() - self.clock.now()).total_seconds()
+                await self.clock.sleep(max(0.0, wait))
+                own = identity_ca.Own.issue(authority, self.clock.now(), ttl)
+                self.signer.update(own.key, own.certificate)
+                log.info("renewed this replica's orchestrator identity")
+
+        self._identity_task = asyncio.get_running_loop().create_task(renew(own))
+        return authority
+
     def _add_services(self) -> None:
         control = self.config.control
+        assert self.authority is not None  # loaded by start()
+        verifier = identity.Verifier(self.authority.certificate_pem)
         implemented: dict[str, tuple[catalog.Add, Any]] = {
             "dcnr.v1.PNodeService": (
                 pnode_pb2_grpc.add_PNodeServiceServicer_to_server,
@@ -253,6 +287,8 @@ class Orchestrator:
                     leases=self.leases,
                     replica_id=self.replica_id,
                     on_heartbeat=self.metrics.heartbeat,
+                    authority=self.authority,
+                    identity_ttl=self.config.identity_ttl,
                     statuses=self.allocation_status,
                     events=self.events,
                 ),
@@ -287,10 +323,12 @@ class Orchestrator:
         # The orchestrator hosts one VNode only: `__driver__`, where sinks send outputs and
         # sources report finished backward passes; agents serve every other VNode.
         implemented["dcnr.v1.VNodeService"] = (
-            vnode_pb2_grpc.add_VNodeServiceServicer_to_server,
+            driver_inbox_service.add_to_server,
             driver_inbox_service.DriverInboxService(
                 inbox=self.inbox,
                 view=self.view,
+                clock=self.clock,
+                verifier=verifier,
                 replica_id=self.replica_id,
                 max_message_bytes=self.config.driver.max_message_bytes,
                 book=self.trust,
@@ -323,6 +361,7 @@ class Orchestrator:
 
     async def start(self) -> None:
         await self.view.refresh()
+        self.authority = await self._start_identity()
         await self.replicas.start()
         self._register_loops()
         await self.manager.start()
@@ -355,6 +394,8 @@ class Orchestrator:
         await self.server.stop(grace)
         await self.manager.stop(grace)  # never started: nothing to wait for
         await self.client.close()
+        if self._identity_task is not None:
+            self._identity_task.cancel()
         for step in (
             self.allocation_status.stop,
             self.leases.stop,
@@ -370,4 +411,3 @@ class Orchestrator:
         if self.metrics_port is not None:
             await asyncio.to_thread(self.metrics.stop_http)
         await self.store.close()
-

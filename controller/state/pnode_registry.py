@@ -76,13 +76,16 @@ class Registry:
         *,
         agent_version: str,
         presented: str | None,
+        identity_expires_at: datetime | None = None,
     ) -> pnode.PNode:
         """Create the PNode (incarnation 1) or re-register it (incarnation + 1, which needs
         the `presented` credential to be its current one), with its lease renewed now."""
         # AlreadyExists: registered concurrently; the re-read finds it and checks the
         # credential like any re-registration.
         return await retry.retry_on_conflict(
-            lambda: self._register(name, spec, labels, agent_version, presented),
+            lambda: self._register(
+                name, spec, labels, agent_version, presented, identity_expires_at
+            ),
             what=f"register pnode {name!r}",
             also=(errors.AlreadyExists,),
         )
@@ -94,6 +97,7 @@ class Registry:
         labels: dict[str, str],
         agent_version: str,
         presented: str | None,
+        identity_expires_at: datetime | None,
     ) -> pnode.PNode:
         spec = spec.model_copy(deep=True)
         existing = await self.get(pnode.PNode, name)
@@ -132,6 +136,7 @@ class Registry:
                 node.status.conditions, lifecycle.DEREGISTERED
             )
             op = base.Update(node)
+        node.status.identity.expires_at = identity_expires_at
         node.status.phase = "Ready"
         node.status.phase_since = now
         node.status.conditions = meta.set_condition(
@@ -255,6 +260,14 @@ class Registry:
             node.status.trust.strikes = 0
             for kind in (CORDONED, DRAINING, lifecycle.DEREGISTERED):
                 node.status.conditions = meta.remove_condition(node.status.conditions, kind)
+
+        return await self._update(name, change)
+
+    async def identity_renewed(self, name: str, expires_at: datetime) -> pnode.PNode:
+        """Record when the PNode's renewed identity certificate expires."""
+
+        def change(node: pnode.PNode, now: datetime) -> None:
+            node.status.identity.expires_at = expires_at
 
         return await self._update(name, change)
 

@@ -31,7 +31,7 @@ from controller.services import pnode_service
 from controller.state import leases as leases_mod
 from controller.state import view as view_mod
 from store import base, errors, sqlite
-from tests.support import pnode_client
+from tests.support import identities, pnode_client
 
 FAST = config_mod.ControlPlaneConfig(
     heartbeat_interval=0.2, lease_duration=1.0, lost_grace=0.5, view_refresh=0.1
@@ -64,7 +64,8 @@ async def plane(tmp_path):
     keeper = leases_mod.LeaseKeeper(store, clock, view=view, config=FAST)
     keeper.start()
     service = pnode_service.PNodeService(
-        store=store, view=view, clock=clock, config=FAST, leases=keeper, replica_id="replica-t"
+        store=store, view=view, clock=clock, config=FAST, leases=keeper, replica_id="replica-t",
+        authority=identities.authority(),
     )
     server = aio.server()
     pnode_pb2_grpc.add_PNodeServiceServicer_to_server(service, server)
