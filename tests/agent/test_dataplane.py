@@ -154,6 +154,7 @@ async def cluster(tmp_path: Path, data_file: Path):
         "stub": identities.SignedVNodeStub(channel, identities.orchestrator_signer()),
         #: As the agent on PNode "p" (which hosts every VNode here) would send.
         "as_p": identities.SignedVNodeStub(channel, keeper.signer),
+        "plane_address": f"127.0.0.1:{port}",
         "reply_to": f"127.0.0.1:{driver_port}",
         "tmp": tmp_path,
         "data": data_file,

@@ -405,6 +405,7 @@ class Orchestrator:
             replica_id=replica,
             max_message_bytes=1 << 20,
             book=book,
+            on_refused=self.metrics.driver_refused,
         )
         driver_inbox_service.add_to_server(self.inbox, self.server)
         #: Jobs JobService told the server about (it wires this to enqueue the job loop).
