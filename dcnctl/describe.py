@@ -193,6 +193,7 @@ def pnode_text(
         ("Phase", render.pnode_status(node)),
         ("Since", f"{since.isoformat()} ({tables.age(since, now)} ago)" if since else "<unknown>"),
         ("Incarnation", str(st.incarnation)),
+        ("Identity", _identity(node, now)),
         ("Trust", f"{st.trust.consecutive_valid} consecutive valid results, "
                   f"{st.trust.strikes} strikes{', bugged' if st.trust.bugged else ''}"),
         ("Missed Heartbeats", str(st.missed_heartbeats)),
@@ -213,6 +214,16 @@ def pnode_text(
     if seen:
         return out + events.section(seen, now, WIDTH)
     return out + _validation_events(node, now)
+
+
+def _identity(node: pnode.PNode, now: datetime) -> str:
+    """When the PNode's identity certificate expires (docs/security.md)."""
+    left = render.identity_validity(node, now)
+    if left == tables.NONE:
+        return left
+    expires = node.status.identity.expires_at
+    assert expires is not None
+    return f"expires {expires.isoformat()} ({left if left == 'expired' else 'in ' + left})"
 
 
 def _validation_events(node: pnode.PNode, now: datetime) -> str:
