@@ -106,7 +106,8 @@ def test_pnode_identity_expiry_in_describe_and_the_wide_table() -> None:
     assert "  Identity:          expires 2030-01-01T12:42:00+00:00 (in 42m)\n" in (
         describe.pnode_text(node, [], NOW)
     )
-    wide = dict(zip(render.headers(kinds.PNODE, wide=True), render.row(node, NOW, wide=True)))
+    headers = render.headers(kinds.PNODE, wide=True)
+    wide = dict(zip(headers, render.row(node, NOW, wide=True), strict=True))
     assert wide["IDENTITY"] == "42m"
     later = NOW + timedelta(hours=1)
     assert "(expired)" in describe.pnode_text(node, [], later)
