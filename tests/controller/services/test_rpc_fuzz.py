@@ -138,7 +138,7 @@ def call(
 ) -> grpc.StatusCode:
     path = f"/{method.containing_service.full_name}/{method.name}"
     ident = {"request_serializer": lambda b: b, "response_deserializer": lambda b: b}
-    signature = ()
+    signature: tuple[tuple[str, bytes], ...] = ()
     if method.containing_service.full_name == "dcnr.v1.VNodeService":
         signature = _SIGNER.metadata(path, body)
     try:
