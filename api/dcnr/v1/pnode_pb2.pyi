@@ -183,12 +183,12 @@ class RegisterResponse(_message.Message):
     certificate: _builtins.bytes
     """PEM: the PNode's identity certificate for the key in `csr` (SPIFFE URI
     spiffe://dcnr/pnode/<pnode_id>, DNS name <pnode_id>.pnode.dcnr), signed by the
-    orchestrator's identity CA. The agent signs every VNodeService request with its key,
-    serves its data-plane TLS with it, and renews it through Heartbeat.csr.
+    orchestrator's identity CA. The agent signs every VNodeService request with its key
+    and renews it through Heartbeat.csr (docs/security.md, "Identity").
     """
     identity_ca: _builtins.bytes
-    """PEM: the identity CA bundle. Receivers verify peers' and drivers' certificates (and
-    data-plane TLS servers) against it.
+    """PEM: the identity CA bundle. Receivers verify the certificates of the peers and
+    drivers that sign VNodeService requests against it.
     """
     @_builtins.property
     def header(self) -> _common_pb2.ResponseHeader: ...
