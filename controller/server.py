@@ -21,6 +21,7 @@ so they answer UNIMPLEMENTED rather than being absent (`controller.services.cata
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import random
@@ -265,7 +266,12 @@ class Orchestrator:
             while True:
                 wait = (own.renew_at() - self.clock.now()).total_seconds()
                 await self.clock.sleep(max(0.0, wait))
-                own = identity_ca.Own.issue(authority, self.clock.now(), ttl)
+                try:
+                    own = identity_ca.Own.issue(authority, self.clock.now(), ttl)
+                except Exception:  # the current one is valid for 1/3 of its life: try again
+                    log.exception("could not renew this replica's orchestrator identity")
+                    await self.clock.sleep(ttl.total_seconds() / 30)
+                    continue
                 self.signer.update(own.key, own.certificate)
                 log.info("renewed this replica's orchestrator identity")
 
@@ -396,6 +402,8 @@ class Orchestrator:
         await self.client.close()
         if self._identity_task is not None:
             self._identity_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._identity_task
         for step in (
             self.allocation_status.stop,
             self.leases.stop,
