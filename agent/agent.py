@@ -11,6 +11,10 @@ kept credential. The credential lives in memory and in `<state-dir>/credential.j
 (mode 0600), so a restarted agent re-registers under its name instead of becoming a
 stranger; the name is kept there too when the orchestrator generated it.
 
+Identity (`agent.keys`): Register carries a CSR for the agent's in-memory key and its answer
+the PNode's certificate and the CA bundle; a heartbeat carries a CSR again once 2/3 of the
+certificate's lifetime has passed, and its answer the renewed certificate.
+
 On UNAVAILABLE the agent moves to the next orchestrator address (`peers.Orchestrators`).
 Leaving (SIGTERM): Deregister; the orchestrator drains us (places our VNodes elsewhere)
 while we keep heartbeating and serving the data plane; once our set is empty (or the
@@ -34,7 +38,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from agent import capacity, dataplane, peers
+from agent import capacity, dataplane, keys, peers
 from api import version
 from api.dcnr.v1 import pnode_pb2, pnode_pb2_grpc, validation_pb2, validation_pb2_grpc
 
@@ -72,6 +76,7 @@ class Agent:
         *,
         orchestrators: peers.Orchestrators,
         data_plane: dataplane.DataPlane,
+        keeper: keys.Keeper,
         on_heartbeat: Callable[[str], None] | None = None,
         on_register: Callable[[str], None] | None = None,
     ) -> None:
@@ -83,6 +88,7 @@ class Agent:
         self._config = config
         self._orchestrators = orchestrators
         self._data_plane = data_plane
+        self._keys = keeper
         self.name = config.name
         self._credential = ""
         self.incarnation = 0
@@ -162,6 +168,7 @@ class Agent:
                     datasets=sorted(self._config.capabilities.datasets),
                     agent_version=VERSION,
                     join_token=self._config.join_token,
+                    csr=self._keys.csr(self.name),
                 )
                 try:
                     reply = await stub.Register(request, metadata=self._metadata(), timeout=10)
@@ -184,6 +191,7 @@ class Agent:
                     delay = min(5.0, delay * 2)
                     continue
                 self._on_register("registered")
+                self._keys.accept(reply.certificate, reply.identity_ca)
                 self.name = reply.pnode_id
                 self._credential = reply.credential
                 self._orchestrators.credential = reply.credential  # peers resolve with it
@@ -260,6 +268,8 @@ class Agent:
             known_assignment_set_version=self.version,
             assignment_statuses=self._data_plane.statuses(),
         )
+        if self._keys.due():
+            request.csr = self._keys.csr(self.name)
         sent = time.monotonic()
         try:
             reply = await stub.Heartbeat(
@@ -274,6 +284,9 @@ class Agent:
                 await self._fence(incarnation)
         else:
             self._on_heartbeat("fenced" if reply.lease_state == FENCED else "ok")
+            if reply.certificate and incarnation == self.incarnation:
+                self._keys.accept(reply.certificate)
+                log.info("identity renewed, valid until %s", self._keys.expires_at)
             if reply.lease_state == FENCED:
                 await self._fence(incarnation)
             elif reply.HasField("assignment_set"):

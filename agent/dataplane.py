@@ -1,9 +1,20 @@
 """The agent's VNodeService: the hosted VNode instances and the gRPC face of their protocol.
 
-Each message is refused as early as possible, in this order: tensor too large
-(RESOURCE_EXHAUSTED), malformed tensor or fields (INVALID_ARGUMENT), checksum (DATA_LOSS),
-target not hosted here (NOT_FOUND); then, under the instance's lock, `agent.vnode` applies
-epoch, attempt and duplicate rules and computes. Refusals carry an ErrorDetails reason in
+Every request is signed by its sender (SIGNED REQUESTS in common.proto; `api.signed`), and
+the service is registered with a generic handler that hands over the raw bytes, so the
+signature and the certificate are verified against the identity CA before anything is
+parsed (`agent.keys`): none, a bad one, one the CA never issued or an expired one is
+UNAUTHENTICATED (counted by the verifier's reason). Restore, Checkpoint and DescribeData,
+and every message sent as `__driver__`, are accepted only from the orchestrator identity
+(the job's driver); a Forward or Backward from a VNode only from the PNode that hosts the
+sending slot at the epoch it claims, by resolution (`_check_sender`): PERMISSION_DENIED
+(NotDriver, NotSender) otherwise. Nothing refused here is checked, voted on or reported.
+
+Then each message is refused as early as possible, in this order: malformed fields
+(INVALID_ARGUMENT), target not hosted here (NOT_FOUND), the sender check above, tensor too
+large (RESOURCE_EXHAUSTED), malformed tensor (INVALID_ARGUMENT), checksum (DATA_LOSS);
+then, under the instance's lock, `agent.vnode` applies epoch, attempt and duplicate rules
+and computes. Refusals carry an ErrorDetails reason in
 trailing metadata (common.proto rule 8), which `agent.peers` reads to decide whether a
 retry can help. A VNode whose kind fails to compute (`vnode.ComputeFailed`: an input width
 that differs from its trained weights, a plugin kind's error) is refused to its sender like
@@ -41,27 +52,29 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import datetime as dt
+import functools
 import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
+from google.protobuf import message as pb_message
 from grpc import aio
 
-from agent import blobs, reports, vnode
+from agent import blobs, keys, reports, vnode
 from agent.runtime import data, kinds, state
-from api import checks, messages, tensors
+from api import checks, identity, messages, signed, tensors
 from api.dcnr.v1 import (
     common_pb2,
     pnode_pb2,
     resolve_pb2,
     validation_pb2,
     vnode_pb2,
-    vnode_pb2_grpc,
 )
 
 log = logging.getLogger("dcnr.agent.dataplane")
@@ -88,6 +101,13 @@ _CODES = {
     "Checksum": grpc.StatusCode.DATA_LOSS,
     "BlobStore": grpc.StatusCode.UNAVAILABLE,
     "DataError": grpc.StatusCode.INVALID_ARGUMENT,
+    **dict.fromkeys(identity.VERIFY_REASONS, grpc.StatusCode.UNAUTHENTICATED),
+    "NotSender": grpc.StatusCode.PERMISSION_DENIED,
+    "NotDriver": grpc.StatusCode.PERMISSION_DENIED,
+    #: No certificate yet (not registered): nothing to verify with; the sender retries.
+    "NoIdentity": grpc.StatusCode.UNAVAILABLE,
+    #: Resolution cannot say who hosts the sending slot at that epoch (yet): retried.
+    "SenderUnresolved": grpc.StatusCode.UNAVAILABLE,
 }
 #: Every reason a message or call is refused with (`agent.metrics` counts refusals by it).
 REFUSAL_REASONS = tuple(_CODES)
@@ -139,17 +159,23 @@ def signature(a: pnode_pb2.Assignment) -> tuple[Any, ...]:
     return (a.epoch, a.kind, a.params_json, tuple(a.inputs), tuple(a.outputs), a.data.url)
 
 
-class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
+class DataPlane:
     def __init__(
         self,
         *,
         sender: Sender,
+        keeper: keys.Keeper,
         blob_store: blobs.BlobStore,
         kind_factory: KindFactory,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         compute_in_thread: bool = False,
+        now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
+        """`keeper`: this PNode's identity, whose CA bundle verifies every request; `now`:
+        the clock certificates are checked against."""
         self._sender = sender
+        self._keys = keeper
+        self._now = now
         self._blobs = blob_store
         self._make_kind = kind_factory
         self._max_bytes = max_message_bytes
@@ -254,16 +280,72 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
 
     # -- VNodeService -----------------------------------------------------------------------
 
+    def add_to_server(self, server: aio.Server) -> None:
+        """Serve VNodeService on `server`, each behaviour given the request's raw bytes."""
+        behaviours = {name: functools.partial(self._raw, name) for name in signed.METHODS}
+        server.add_generic_rpc_handlers((signed.raw_handler(behaviours),))
+
+    async def _raw(self, name: str, body: bytes, context: Context) -> pb_message.Message:
+        """Verify who signed the bytes, then parse them; only then anything else."""
+        evidence = signed.received(signed.full_method(name), body, context)
+        message = name in ("Forward", "Backward")
+        try:
+            who = self._identify(evidence)
+            request = _parsed(body, signed.METHODS[name][0])
+            if not message and who.kind != "orchestrator":
+                raise _Refusal(
+                    "NotDriver",
+                    f"{name} is accepted only from the job's driver (the orchestrator "
+                    f"identity), not from {who.uri}",
+                )
+        except _Refusal as exc:
+            if message:
+                self.on_message(name == "Forward", exc.reason)
+            await _abort(context, exc)
+        if isinstance(request, vnode_pb2.ForwardRequest):
+            return await self.Forward(request, context, sender=who, evidence=evidence)
+        if isinstance(request, vnode_pb2.BackwardRequest):
+            return await self.Backward(request, context, sender=who, evidence=evidence)
+        if isinstance(request, vnode_pb2.CheckpointRequest):
+            return await self.Checkpoint(request, context)
+        if isinstance(request, vnode_pb2.RestoreRequest):
+            return await self.Restore(request, context)
+        assert isinstance(request, vnode_pb2.DescribeDataRequest)
+        return await self.DescribeData(request, context)
+
+    def _identify(self, evidence: common_pb2.SignedMessage) -> identity.Identity:
+        verifier = self._keys.verifier
+        if verifier is None:
+            raise _Refusal("NoIdentity", "this agent is not registered yet; retry shortly")
+        try:
+            return signed.verify(verifier, evidence, self._now())
+        except identity.IdentityError as exc:
+            raise _Refusal(
+                exc.reason,
+                f"{exc}; every VNodeService request must be signed by its sender's identity "
+                "(SIGNED REQUESTS in common.proto)",
+            ) from None
+
     async def Forward(
-        self, request: vnode_pb2.ForwardRequest, context: Context
+        self,
+        request: vnode_pb2.ForwardRequest,
+        context: Context,
+        *,
+        sender: identity.Identity,
+        evidence: common_pb2.SignedMessage,
     ) -> vnode_pb2.ForwardResponse:
-        duplicate = await self._message(request, context, forward=True)
+        duplicate = await self._message(request, context, sender, evidence, forward=True)
         return vnode_pb2.ForwardResponse(duplicate=duplicate)
 
     async def Backward(
-        self, request: vnode_pb2.BackwardRequest, context: Context
+        self,
+        request: vnode_pb2.BackwardRequest,
+        context: Context,
+        *,
+        sender: identity.Identity,
+        evidence: common_pb2.SignedMessage,
     ) -> vnode_pb2.BackwardResponse:
-        duplicate = await self._message(request, context, forward=False)
+        duplicate = await self._message(request, context, sender, evidence, forward=False)
         return vnode_pb2.BackwardResponse(duplicate=duplicate)
 
     async def Checkpoint(
@@ -407,14 +489,17 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
         self,
         request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest,
         context: Context,
+        sender: identity.Identity,
+        evidence: common_pb2.SignedMessage,
         *,
         forward: bool,
     ) -> bool:
         try:
-            message = self._decode(request, forward=forward)
+            _check_fields(request)
             hosted = self._lookup(request.network, request.target_vnode, request.target_replica)
+            await self._check_sender(hosted, request, sender, forward=forward)
+            message = self._decode(request, forward=forward, evidence=evidence)
             message = await self._read_input(hosted, request, message)
-            await self._check_sender(hosted, request, forward=forward)
             self._check(hosted, request, message)
             async with hosted.lock:
                 try:
@@ -443,40 +528,83 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
         self,
         hosted: _Hosted,
         request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest,
+        who: identity.Identity,
         *,
         forward: bool,
     ) -> None:
-        """Refuse a result from a replica whose slot has moved on (`SenderSuperseded`).
+        """Only the slot's own PNode may speak for it: refuse a message whose signer is not
+        the PNode that hosts the sending slot at the epoch it claims (`NotSender`), or, sent
+        as `__driver__`, not the orchestrator (`NotDriver`); and a result from a replica
+        whose slot has moved on (`SenderSuperseded`).
 
         A PNode keeps hosting a slot for a moment after it moved (until its assignment set
         arrives), and a sender with a stale cache may still feed it; its results would be
         votes of a replica that no longer exists, and since one vote per replica index is
-        kept, they could shut out the current replica's. So the sender's epoch is checked
-        against resolution (cached; asked again when the sender claims a newer epoch than
-        the cache knows). When resolution cannot answer, the result is taken: the checks
-        and the vote still stand between it and any consumer."""
-        name, replica = request.sender_vnode, request.sender_replica
+        kept, they could shut out the current replica's. So the sender's epoch and PNode are
+        checked against resolution (cached; asked again when the sender claims an epoch the
+        cache does not know). One epoch of a slot is one allocation on one PNode, so a
+        signer that differs at the cached epoch is refused without asking again. When
+        resolution cannot answer, the message is refused UNAVAILABLE and its sender retries:
+        a result nobody can attribute is never taken."""
+        name, replica, epoch = request.sender_vnode, request.sender_replica, request.sender_epoch
+        if name == vnode.DRIVER:
+            if who.kind != "orchestrator":
+                raise _Refusal(
+                    "NotDriver",
+                    f"sender_vnode: {vnode.DRIVER} messages are accepted only from the job's "
+                    f"driver (the orchestrator identity), not from {who.uri}",
+                )
+            return
         neighbours = hosted.instance.parents if forward else hosted.instance.children
-        if name == vnode.DRIVER or name not in neighbours:
-            return  # the driver is not resolved; a non-neighbour is refused by the instance
+        if name not in neighbours:
+            relation = "parent" if forward else "child"
+            raise _Refusal(
+                "Invalid",
+                f"sender_vnode: {name!r} is not a {relation} of {hosted.instance.vnode!r} "
+                f"({relation}s: {', '.join(dict.fromkeys(neighbours)) or 'none'})",
+            )
+        if who.kind != "pnode":
+            raise _Refusal("NotSender", f"{who.uri} sends only as {vnode.DRIVER}")
         try:
             current = await self._sender.resolve(request.network, name, replica)
-            if current is not None and request.sender_epoch > current.epoch:
+            if current is None or epoch > current.epoch:
                 current = await self._sender.resolve(
-                    request.network, name, replica, min_epoch=request.sender_epoch
+                    request.network, name, replica, min_epoch=epoch
                 )
-        except grpc.RpcError:
-            return
-        if current is not None and request.sender_epoch < current.epoch:
+        except grpc.RpcError as exc:
+            raise _Refusal(
+                "SenderUnresolved",
+                f"sender: cannot resolve {request.network}/{name} replica {replica} to check "
+                f"who hosts it ({exc.code() if isinstance(exc, aio.AioRpcError) else exc}); "
+                "retry",
+            ) from None
+        if current is None or epoch > current.epoch:
+            known = "no live replica" if current is None else f"epoch {current.epoch}"
+            raise _Refusal(
+                "SenderUnresolved",
+                f"sender_epoch: {epoch} of {request.network}/{name} replica {replica} is not "
+                f"known to resolution yet ({known}); retry",
+            )
+        if epoch < current.epoch:
             raise _Refusal(
                 "SenderSuperseded",
-                f"sender_epoch: {request.sender_epoch} of {request.network}/{name} replica "
+                f"sender_epoch: {epoch} of {request.network}/{name} replica "
                 f"{replica} is superseded by epoch {current.epoch}; the sender no longer holds "
                 "that slot",
             )
+        if current.pnode_id != who.name:
+            raise _Refusal(
+                "NotSender",
+                f"signer: {who.uri} does not host {request.network}/{name} replica {replica} "
+                f"at epoch {epoch}; only its PNode may send its results",
+            )
 
     def _decode(
-        self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest, *, forward: bool
+        self,
+        request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest,
+        *,
+        forward: bool,
+        evidence: common_pb2.SignedMessage | None = None,
     ) -> vnode.Message:
         size = len(request.tensor.data)
         if size > self._max_bytes:
@@ -489,11 +617,6 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
             reason = "Checksum" if exc.reason == "checksum" else "Invalid"
             raise _Refusal(reason, str(exc)) from None
         which = request.WhichOneof("position")
-        if which is None or (which == "request_id" and not request.request_id):
-            raise _Refusal("Invalid", "position: set step (training) or request_id (inference)")
-        for name in ("network", "target_vnode", "sender_vnode"):
-            if not getattr(request, name):
-                raise _Refusal("Invalid", f"{name}: required")
         position: vnode.Position = (
             ("step", request.step) if which == "step" else ("request", request.request_id)
         )
@@ -511,6 +634,7 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
             sender_epoch=request.sender_epoch,
             adaptive=request.adaptive,
             double_check=tuple(request.double_check),
+            evidence=evidence,
         )
 
     def _check(
@@ -530,7 +654,7 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
             else:
                 checks.check_gradient(message.array)
         except checks.CheckFailed as failed:
-            self._report(reports.check_failed(request, failed))
+            self._report(reports.check_failed(request, failed, evidence=message.evidence))
             raise _Refusal(
                 "CheckFailed",
                 f"tensor: result of {message.sender_vnode!r} replica {message.sender_replica} "
@@ -636,6 +760,27 @@ class DataPlane(vnode_pb2_grpc.VNodeServiceServicer):
         if o.forward:
             return await self._sender.send_forward(vnode_pb2.ForwardRequest(**fields))
         return await self._sender.send_backward(vnode_pb2.BackwardRequest(**fields))
+
+
+def _check_fields(request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest) -> None:
+    which = request.WhichOneof("position")
+    if which is None or (which == "request_id" and not request.request_id):
+        raise _Refusal("Invalid", "position: set step (training) or request_id (inference)")
+    for name in ("network", "target_vnode", "sender_vnode"):
+        if not getattr(request, name):
+            raise _Refusal("Invalid", f"{name}: required")
+
+
+M = TypeVar("M", bound=pb_message.Message)
+
+
+def _parsed(body: bytes, kind: type[M]) -> M:
+    try:
+        return kind.FromString(body)
+    except Exception as exc:  # DecodeError, recursion limits, bad UTF-8: hostile bytes
+        raise _Refusal(
+            "Invalid", f"request is not a valid {kind.DESCRIPTOR.full_name}: {exc}"
+        ) from None
 
 
 def _neighbours(a: pnode_pb2.Assignment) -> dict[str, tuple[str, dict[str, Any]]]:

@@ -30,12 +30,11 @@ from typing import NoReturn
 from grpc import aio
 
 from agent import agent as agent_mod
-from agent import blobs, capacity, dataplane, peers
+from agent import blobs, capacity, dataplane, keys, peers
 from agent import metrics as metrics_mod
 from api import logs as api_logs
 from api import tls as api_tls
 from api import version
-from api.dcnr.v1 import vnode_pb2_grpc
 from api.resources import meta
 
 
@@ -156,11 +155,15 @@ async def _serve(
             "--insecure: plaintext to the orchestrator; this PNode's credential crosses "
             "the network readable"
         )
-    sender = peers.Peers(orchestrators, max_message_bytes=args.max_message_bytes)
+    keeper = keys.Keeper()  # this PNode's identity: its key lives in memory only
+    sender = peers.Peers(
+        orchestrators, signer=keeper.signer, max_message_bytes=args.max_message_bytes
+    )
     workdir = args.workdir.resolve()
     state_dir = (args.state_dir or _default_state_dir()).resolve()
     plane = dataplane.DataPlane(
         sender=sender,
+        keeper=keeper,
         blob_store=blobs.BlobStore(workdir=workdir),
         kind_factory=dataplane.runtime_kinds(
             workdir=workdir, cache_dir=state_dir / "data-cache", datasets=caps.datasets
@@ -179,7 +182,7 @@ async def _serve(
             return 1
         metrics_note = f"; metrics on port {bound}"
     server = aio.server(options=peers.channel_options(args.max_message_bytes))
-    vnode_pb2_grpc.add_VNodeServiceServicer_to_server(plane, server)
+    plane.add_to_server(server)
     try:
         port = server.add_insecure_port(args.listen)
     except RuntimeError as exc:
@@ -200,6 +203,7 @@ async def _serve(
         ),
         orchestrators=orchestrators,
         data_plane=plane,
+        keeper=keeper,
         on_heartbeat=metrics.heartbeat,
         on_register=metrics.registered,
     )

@@ -10,6 +10,10 @@ superseded; a malformed message; too large) end delivery at once.
 The driver ("__driver__") is not resolved: it listens at the message's `reply_to`, on the
 orchestrator's own listener, so it is dialled with the orchestrator's TLS settings.
 
+Every message is signed with this PNode's identity (`api.signed`, `agent.keys`): serialized
+once per attempt (the target epoch may change between attempts), signed over those bytes
+and sent as them.
+
 Receivers say why they refused in the ErrorDetails of trailing metadata
 `dcnr-error-details-bin` (common.proto rule 8): reason "StaleEpoch" is retried after
 re-resolving, "StaleAttempt", "NoForward", "VNodeFailed" and "SenderSuperseded" (this
@@ -29,8 +33,9 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from api import signed
 from api import tls as api_tls
-from api.dcnr.v1 import common_pb2, resolve_pb2, resolve_pb2_grpc, vnode_pb2, vnode_pb2_grpc
+from api.dcnr.v1 import common_pb2, resolve_pb2, resolve_pb2_grpc, vnode_pb2
 
 log = logging.getLogger("dcnr.agent.peers")
 
@@ -146,11 +151,14 @@ class Peers:
         self,
         orchestrators: Orchestrators,
         *,
+        signer: signed.Signer,
         max_message_bytes: int,
         retry: Retry | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._orchestrators = orchestrators
+        self._signer = signer
+        self._stubs: dict[str, signed.SignedStub] = {}
         self._options = channel_options(max_message_bytes)
         self._retry = retry or Retry()
         self._rng = rng or random.Random()
@@ -159,6 +167,7 @@ class Peers:
 
     async def close(self) -> None:
         channels, self._channels = self._channels, {}
+        self._stubs = {}
         for channel in channels.values():
             await channel.close(None)
 
@@ -195,18 +204,19 @@ class Peers:
                 self._cache[key] = cached
         return next((e for e in cached.endpoints if e.replica == replica), None)
 
-    def _stub(
-        self, address: str, *, driver: bool = False
-    ) -> vnode_pb2_grpc.VNodeServiceAsyncStub:
+    def _stub(self, address: str, *, driver: bool = False) -> signed.SignedStub:
+        """A signing stub for `address`; the driver's inbox is the orchestrator's listener,
+        reached as the orchestrators are (TLS when they are)."""
         key = f"driver {address}" if driver else address
-        channel = self._channels.get(key)
-        if channel is None:
+        stub = self._stubs.get(key)
+        if stub is None:
             channel = self._channels[key] = (
                 self._orchestrators.dial(address, self._options)
                 if driver
                 else aio.insecure_channel(address, self._options)
             )
-        return vnode_pb2_grpc.VNodeServiceStub(channel)
+            stub = self._stubs[key] = signed.SignedStub(channel, self._signer)
+        return stub
 
     # -- delivery ---------------------------------------------------------------------------
 
@@ -244,10 +254,8 @@ class Peers:
             stub = self._stub(address, driver=request.target_vnode == DRIVER)
             timeout = max(0.1, retry.deadline - (time.monotonic() - started))
             try:
-                if isinstance(request, vnode_pb2.ForwardRequest):
-                    await stub.Forward(request, timeout=min(timeout, 10.0))
-                else:
-                    await stub.Backward(request, timeout=min(timeout, 10.0))
+                method = "Forward" if isinstance(request, vnode_pb2.ForwardRequest) else "Backward"
+                await stub.call(method, request, seconds=min(timeout, 10.0))
                 return True
             except aio.AioRpcError as exc:
                 reason = error_reason(exc)

@@ -50,6 +50,9 @@ MAX_SIGNATURE_BYTES = 128
 BACKDATE = dt.timedelta(minutes=1)
 
 _STATEMENT_PREFIX = b"dcnr.v1 signed request\n"
+#: Every `IdentityError.reason` that `Verifier.verify` raises: a message that proves no
+#: identity (receivers answer UNAUTHENTICATED and count it by this reason).
+VERIFY_REASONS = ("Unsigned", "BadSignature", "BadCertificate", "UnknownIssuer", "Expired")
 
 Kind = Literal["pnode", "orchestrator"]
 PrivateKey = ec.EllipticCurvePrivateKey

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import grpc
 from grpc import aio
 
+from api import identity
 from api.dcnr.v1 import common_pb2, pnode_pb2, pnode_pb2_grpc, resolve_pb2
 from benchmarks import harness, load
 from tests.integration import cluster
@@ -235,6 +236,9 @@ async def _register(address: str, count: int) -> tuple[list[str], list[load.Call
     async with aio.insecure_channel(address) as channel:
         stub = pnode_pb2_grpc.PNodeServiceStub(channel)
         gate = asyncio.Semaphore(32)
+        # One key for every simulated PNode: the CSR's subject is ignored, and what is
+        # measured is the orchestrator's work per registration, issuing included.
+        csr = identity.csr_pem(identity.generate_key(), "bench")
 
         async def one(i: int) -> tuple[str, load.Call]:
             async with gate:
@@ -243,7 +247,7 @@ async def _register(address: str, count: int) -> tuple[list[str], list[load.Call
                         header=_header(), name=f"sim-{i:05d}",
                         capacity=common_pb2.Capacity(cpu_millis=4000, memory_bytes=8 * 2**30),
                         data_plane_address=f"10.1.{i // 256}.{i % 256}:7100",
-                        agent_version="bench/0",
+                        agent_version="bench/0", csr=csr,
                     ),
                     timeout=60,
                 )  # fmt: skip

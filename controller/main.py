@@ -19,6 +19,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from api import logs as api_logs
@@ -43,6 +44,41 @@ _TIMINGS = (
     "unschedulable_retry",
     "event_ttl",
 )
+
+
+_CA_HELP = (
+    "the identity CA's certificate and key, both or neither (e.g. from a Secret); default: "
+    "the store's, created once by init-store or the first serve (store access is CA access)"
+)
+
+
+def _identity_ca(args: argparse.Namespace) -> tuple[bytes, bytes] | None:
+    """The --identity-ca-cert/--identity-ca-key PEM files, checked to be a CA and its key."""
+    from api import identity
+
+    if (args.identity_ca_cert is None) != (args.identity_ca_key is None):
+        raise ValueError("--identity-ca-cert and --identity-ca-key go together")
+    if args.identity_ca_cert is None:
+        return None
+    pem = (args.identity_ca_cert.read_bytes(), args.identity_ca_key.read_bytes())
+    try:
+        identity.Authority.from_pem(*pem)
+    except ValueError as exc:
+        raise ValueError(
+            f"--identity-ca-cert {str(args.identity_ca_cert)!r} / --identity-ca-key: {exc}"
+        ) from None
+    return pem
+
+
+async def _init_identity_ca(store_url: str) -> str:
+    from controller.state import identity_ca
+
+    store = await url.open_store(store_url)
+    try:
+        await identity_ca.load_or_create(store, datetime.now(UTC))
+    finally:
+        await store.close()
+    return "identity CA ready (kept in the store: store access is CA access)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,6 +145,13 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_tls_flags(serve)
     admission_flags.add(serve)
+    identity = serve.add_argument_group("identity CA (docs/security.md)")
+    identity.add_argument("--identity-ca-cert", type=Path, metavar="PEM", help=_CA_HELP)
+    identity.add_argument("--identity-ca-key", type=Path, metavar="PEM", help=_CA_HELP)
+    identity.add_argument(
+        "--identity-ttl", type=float, default=3600.0, metavar="S",
+        help="lifetime of the identity certificates of PNodes and replicas (default: %(default)s)",
+    )  # fmt: skip
     defaults = config.ControlPlaneConfig()
     timings = serve.add_argument_group("timings (seconds)")
     for name in _TIMINGS:
@@ -293,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "init-store":
             for line in asyncio.run(url.init_store(store_url)):
                 print(line)
+            print(asyncio.run(_init_identity_ca(store_url)))
             return 0
         try:
             server_tls = _server_tls(args)
@@ -343,6 +387,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             print(f"dcnr-orchestrator: error: --read-only-token-file: {exc}", file=sys.stderr)
             return 2
+        try:
+            identity_pem = _identity_ca(args)
+        except (OSError, ValueError) as exc:
+            print(f"dcnr-orchestrator: error: {exc}", file=sys.stderr)
+            return 2
+        if not args.identity_ttl > 0:
+            print(f"dcnr-orchestrator: error: --identity-ttl: {args.identity_ttl} must be > 0",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         if server_tls is None:
             log.warning(
                 "--insecure: gRPC is plaintext; PNode credentials, admin tokens and tensors "
@@ -360,6 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             read_only_tokens=read_only_tokens,
             join_tokens=admitting.join_tokens,
             admission=admitting.limits,
+            identity_ca=identity_pem,
+            identity_ttl=args.identity_ttl,
             driver=driver.DriverConfig(
                 blob_store=blob_store if blob_store.endswith("/") else blob_store + "/",
                 advertise=args.advertise,

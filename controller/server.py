@@ -21,6 +21,8 @@ so they answer UNIMPLEMENTED rather than being absent (`controller.services.cata
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import logging
 import random
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from typing import Any
 from grpc import aio
 from grpc_health.v1 import health, health_pb2
 
+from api import identity, signed
 from api import tls as api_tls
 from api.dcnr.v1 import (
     job_pb2_grpc,
@@ -36,7 +39,6 @@ from api.dcnr.v1 import (
     pnode_pb2_grpc,
     resolve_pb2_grpc,
     validation_pb2_grpc,
-    vnode_pb2_grpc,
 )
 from api.resources import meta
 from controller import config as config_mod
@@ -69,7 +71,7 @@ from controller.services import (
     validation_service,
     vnode_transport,
 )
-from controller.state import allocation_status, identities, leases, view
+from controller.state import allocation_status, identities, identity_ca, leases, view
 from controller.trust import book as trust
 from reconcilers import base as reconcilers_base
 from reconcilers import network as network_loop
@@ -98,6 +100,10 @@ class ServeConfig:
     join_tokens: frozenset[str] = frozenset()
     #: Rate limits on Register (per address) and the hot calls (per caller).
     admission: admission.Limits = field(default_factory=admission.Limits)
+    #: PEM (certificate, key) of the identity CA; None: the store's, created if missing.
+    identity_ca: tuple[bytes, bytes] | None = None
+    #: Seconds the identity certificates of PNodes and of this replica are valid.
+    identity_ttl: float = 3600.0
 
 
 class Orchestrator:
@@ -135,11 +141,16 @@ class Orchestrator:
             on_bugged=self.metrics.bugged,
             events=self.events,
         )
+        #: This replica's orchestrator identity, which signs the driver's calls to agents;
+        #: the CA and its verifier are loaded at `start`.
+        self.signer = signed.Signer()
+        self.authority: identity.Authority | None = None
+        self._identity_task: asyncio.Task[None] | None = None
         self.client = vnode_client.VNodeClient(
             view=self.view,
             clock=self.clock,
             rpc_timeout=config.driver.rpc_timeout,
-            transport=vnode_transport.GrpcTransport(),
+            transport=vnode_transport.GrpcTransport(signer=self.signer),
         )
         self.inbox = driver_inbox.Inbox(
             clock=self.clock, book=self.trust, on_disagreed=self.metrics.disagreed
@@ -263,8 +274,37 @@ class Orchestrator:
         for loop, key in events.keys_for_change(old, new, lookup):
             self.manager.enqueue(loop, key)
 
+    async def _start_identity(self) -> identity.Authority:
+        """Load (or create) the identity CA, issue this replica its orchestrator identity,
+        and keep renewing it (`controller.state.identity_ca`)."""
+        if self.config.identity_ca is not None:
+            authority = identity.Authority.from_pem(*self.config.identity_ca)
+        else:
+            authority = await identity_ca.load_or_create(self.store, self.clock.now())
+        ttl = dt.timedelta(seconds=self.config.identity_ttl)
+        own = identity_ca.Own.issue(authority, self.clock.now(), ttl)
+        self.signer.update(own.key, own.certificate)
+
+        async def renew(own: identity_ca.Own) -> None:
+            while True:
+                wait = (own.renew_at() - self.clock.now()).total_seconds()
+                await self.clock.sleep(max(0.0, wait))
+                try:
+                    own = identity_ca.Own.issue(authority, self.clock.now(), ttl)
+                except Exception:  # the current one is valid for 1/3 of its life: try again
+                    log.exception("could not renew this replica's orchestrator identity")
+                    await self.clock.sleep(ttl.total_seconds() / 30)
+                    continue
+                self.signer.update(own.key, own.certificate)
+                log.info("renewed this replica's orchestrator identity")
+
+        self._identity_task = asyncio.get_running_loop().create_task(renew(own))
+        return authority
+
     def _add_services(self) -> None:
         control = self.config.control
+        assert self.authority is not None  # loaded by start()
+        verifier = identity.Verifier(self.authority.certificate_pem)
         implemented: dict[str, tuple[catalog.Add, Any]] = {
             "dcnr.v1.PNodeService": (
                 pnode_pb2_grpc.add_PNodeServiceServicer_to_server,
@@ -277,6 +317,8 @@ class Orchestrator:
                     replica_id=self.replica_id,
                     on_heartbeat=self.metrics.heartbeat,
                     on_refused=self.metrics.refused,
+                    authority=self.authority,
+                    identity_ttl=self.config.identity_ttl,
                     statuses=self.allocation_status,
                     events=self.events,
                     gate=registration_gate.RegistrationGate(
@@ -319,10 +361,12 @@ class Orchestrator:
         # The orchestrator hosts one VNode only: `__driver__`, where sinks send outputs and
         # sources report finished backward passes; agents serve every other VNode.
         implemented["dcnr.v1.VNodeService"] = (
-            vnode_pb2_grpc.add_VNodeServiceServicer_to_server,
+            driver_inbox_service.add_to_server,
             driver_inbox_service.DriverInboxService(
                 inbox=self.inbox,
                 view=self.view,
+                clock=self.clock,
+                verifier=verifier,
                 replica_id=self.replica_id,
                 max_message_bytes=self.config.driver.max_message_bytes,
                 book=self.trust,
@@ -376,6 +420,7 @@ class Orchestrator:
 
     async def start(self) -> None:
         await self.view.refresh()
+        self.authority = await self._start_identity()
         await self.replicas.start()
         self._register_loops()
         await self.manager.start()
@@ -416,6 +461,10 @@ class Orchestrator:
         await self.server.stop(grace)
         await self.manager.stop(grace)  # never started: nothing to wait for
         await self.client.close()
+        if self._identity_task is not None:
+            self._identity_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._identity_task
         for step in (
             self.allocation_status.stop,
             self.leases.stop,

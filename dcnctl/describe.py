@@ -196,6 +196,7 @@ def pnode_text(
         ("Since", f"{since.isoformat()} ({tables.age(since, now)} ago)" if since else "<unknown>"),
         ("Incarnation", str(st.incarnation)),
         ("Joined By", st.joined_by or tables.NONE),
+        ("Identity", _identity(node, now)),
         ("Trust", f"{st.trust.consecutive_valid} consecutive valid results, "
                   f"{st.trust.strikes} strikes{', bugged' if st.trust.bugged else ''}"),
         ("Missed Heartbeats", str(st.missed_heartbeats)),
@@ -234,6 +235,16 @@ def _accusations(name: str, seen: Seen, now: datetime) -> str:
         return ""
     headers = ["LAST SEEN", "ROLE", "PNODE", "COUNT", "DETAIL"]
     return "Refused Accusations:\n" + _indented(tables.render(headers, rows))
+
+
+def _identity(node: pnode.PNode, now: datetime) -> str:
+    """When the PNode's identity certificate expires (docs/security.md)."""
+    left = render.identity_validity(node, now)
+    if left == tables.NONE:
+        return left
+    expires = node.status.identity.expires_at
+    assert expires is not None
+    return f"expires {expires.isoformat()} ({left if left == 'expired' else 'in ' + left})"
 
 
 def _validation_events(node: pnode.PNode, now: datetime) -> str:

@@ -21,7 +21,7 @@ HEADERS: dict[str, tuple[list[str], list[str]]] = {
     "Network": (["NAME", "READY", "PHASE", "AGE"], ["VNODES", "GENERATION"]),
     "PNode": (
         ["NAME", "STATUS", "CPU", "MEMORY", "ALLOCATIONS", "TRUST", "STRIKES", "JOINED", "AGE"],
-        ["ADDRESS", "INCARNATION", "LABELS"],
+        ["ADDRESS", "INCARNATION", "IDENTITY", "LABELS"],
     ),
     "Allocation": (["NAME", "NETWORK", "VNODE", "REPLICA", "PNODE", "EPOCH", "PHASE", "AGE"], []),
     "Job": (["NAME", "NETWORK", "PHASE", "STEP", "EPOCH", "LOSS", "ACCURACY", "AGE"], []),
@@ -62,6 +62,7 @@ def row(
         extra = [
             resource.spec.address,
             str(resource.status.incarnation),
+            identity_validity(resource, now),
             tables.label_list(resource.metadata.labels),
         ]
     elif isinstance(resource, allocation.Allocation):
@@ -85,6 +86,16 @@ def row(
     else:  # pragma: no cover - get accepts the four kinds above only
         raise TypeError(type(resource).__name__)
     return cells + extra if wide else cells
+
+
+def identity_validity(node: pnode.PNode, now: datetime) -> str:
+    """How long the PNode's identity certificate stays valid ("42m"), "expired", or <none>
+    before the first one (read through getattr: an older server's documents lack it)."""
+    found = getattr(node.status, "identity", None)
+    expires = getattr(found, "expires_at", None)
+    if expires is None:
+        return tables.NONE
+    return "expired" if expires <= now else tables.duration(expires - now)
 
 
 def pnode_status(node: pnode.PNode) -> str:

@@ -76,6 +76,14 @@ class ValidationEvent(Model):
     message: str = Field(default="", max_length=512)
 
 
+class PNodeIdentity(Model):
+    """The PNode's identity certificate (docs/security.md), written at Register and at each
+    renewal through Heartbeat."""
+
+    #: When the current certificate expires; None before the first one.
+    expires_at: datetime | None = None
+
+
 class PNodeStatus(Model):
     phase: PNodePhase = "Ready"
     #: How its first registration was admitted; re-registrations keep it. None: registered
@@ -100,6 +108,7 @@ class PNodeStatus(Model):
     validation_events: list[ValidationEvent] = Field(default_factory=list)
     missed_heartbeats: int = 0
     evictions: int = 0
+    identity: PNodeIdentity = Field(default_factory=PNodeIdentity)
     conditions: list[Condition] = Field(default_factory=list)
 
 

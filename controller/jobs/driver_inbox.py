@@ -4,10 +4,14 @@ The orchestrator replica that drives a run is, to the agents, one more VNode nam
 `__driver__` at the run's `reply_to` address: sinks Forward their outputs to it and sources
 send it an (empty) Backward once a step's backward pass has reached them. This module
 receives those messages (from `controller.services.driver_inbox_service`, the VNodeService
-that hosts only `__driver__`) and hands them to the run waiting for them, by (job,
-attempt, position). It checks every message as an agent would (tensor size and checksum,
-the sender's allocation epoch: `Receiver`), so a stale or corrupted delivery is refused
-here, never counted by the driver. Refusals are `controller.errors`.
+that hosts only `__driver__`, which has verified the sender's signature) and hands them to
+the run waiting for them, by (job, attempt, position). Before any decoding, check or strike
+(`Receiver`): the signer must be the PNode that hosts the sending slot at the epoch it
+claims (PERMISSION_DENIED, reason NotSender, otherwise), and a run must wait for the (job,
+attempt, position); so a stranger, or a PNode speaking for a slot it does not hold, can
+neither strike anyone nor cost more than a signature check. Then it checks every message as
+an agent would (tensor size and checksum), so a stale or corrupted delivery is refused here,
+never counted by the driver. Refusals are `controller.errors`.
 
 It waits for every replica of each sink (and, training, of each source). A sink's
 replicas' outputs are compared (`api.quorum`): the majority's is the sink's output, each
@@ -45,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from api import checks, messages, quorum, tensors
+from api import checks, identity, messages, quorum, tensors
 from api.dcnr.v1 import vnode_pb2
 from api.resources import allocation
 from controller import errors as faults
@@ -59,8 +63,10 @@ DRIVER = "__driver__"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
 #: The reasons a result is refused for the work it claims (`Receiver`): exported as 0 from the
 #: start by `dcnr_driver_results_refused_total`, so an alert sees a series before the first.
-#: Malformed messages are refused with their error class's own reason as well.
-REFUSALS = ("StaleEpoch", "StaleAttempt", "CheckFailed")
+#: Malformed messages are refused with their error class's own reason as well; messages that
+#: prove no identity with the verifier's (`api.identity.VERIFY_REASONS`), and those signed
+#: by another PNode than the sending slot's with NotSender.
+REFUSALS = ("StaleEpoch", "StaleAttempt", "CheckFailed", "NotSender", *identity.VERIFY_REASONS)
 
 Position = driver_mailbox.Position
 Key = tuple[str, int, Position]
@@ -234,6 +240,15 @@ class Inbox:
         box.changed.bump()
         return False
 
+    def expecting(self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest) -> bool:
+        """Whether a run waits for this message: True, or False for a late duplicate of one
+        a closed step took (answer it so, with no more work); raises `controller.errors` as
+        `deliver` would for a message nobody waits for. Cheap: no decoding."""
+        position, box = self._box_of(request)
+        if box is None:
+            return not self._unexpected(request, position)
+        return True
+
     def _box_of(
         self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest
     ) -> tuple[Position, Mailbox | None]:
@@ -358,23 +373,34 @@ class Receiver:
         self._on_checked = on_checked
 
     def receive(
-        self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest, *, forward: bool
+        self,
+        request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest,
+        *,
+        forward: bool,
+        sender: identity.Identity,
     ) -> bool:
-        """True when the message is a duplicate; raises `controller.errors` to refuse it."""
+        """True when the message is a duplicate; raises `controller.errors` to refuse it.
+        `sender`: the identity that signed it (verified by the service)."""
         try:
-            return self._receive_checked(request, forward=forward)
+            return self._receive_checked(request, forward=forward, sender=sender)
         except faults.ControllerError as refused:
             if self._on_refused is not None:
                 self._on_refused(refused.reason)
             raise
 
     def _receive_checked(
-        self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest, *, forward: bool
+        self,
+        request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest,
+        *,
+        forward: bool,
+        sender: identity.Identity,
     ) -> bool:
         if request.target_vnode != DRIVER:
             raise not_hosted(request.target_vnode)
-        if request.compute_failure:  # no result: nothing to decode or check but the sender
-            current = self._sender_slot(request)
+        current = self._sender_slot(request, sender)
+        if not self._inbox.expecting(request):
+            return True  # a late duplicate: nothing to check or file
+        if request.compute_failure:  # no result: nothing to decode or check
             return self._inbox.compute_failed(request, producer=current.spec.pnode)
         size = len(request.tensor.data)
         if size > self._max_bytes:
@@ -387,7 +413,6 @@ class Receiver:
             if exc.reason == "checksum":
                 raise faults.DataLoss(f"tensor checksum mismatch: {exc}") from None
             raise faults.InvalidArgument(str(exc)) from None
-        current = self._sender_slot(request)
         if isinstance(request, vnode_pb2.ForwardRequest):
             self._check(request, array, current.spec.pnode)
         return self._inbox.deliver(
@@ -395,10 +420,12 @@ class Receiver:
         )
 
     def _sender_slot(
-        self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest
+        self,
+        request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest,
+        sender: identity.Identity,
     ) -> allocation.Allocation:
         """The sender's allocation, if it holds the slot at the epoch it claims (only the
-        replica currently in a slot may speak for it)."""
+        replica currently in a slot may speak for it) and `sender` is its PNode."""
         slot = allocation.slot_name(request.network, request.sender_vnode, request.sender_replica)
         current = self._view.allocations.get(slot)
         if current is None or current.spec.epoch != request.sender_epoch:
@@ -407,6 +434,12 @@ class Receiver:
                 f"sender_epoch: {request.sender_epoch} is not the current epoch of slot "
                 f"{slot!r} ({held})",
                 reason="StaleEpoch",
+            )
+        if sender.kind != "pnode" or sender.name != current.spec.pnode:
+            raise faults.PermissionDenied(
+                f"signer: {sender.uri} does not host slot {slot!r} at epoch "
+                f"{request.sender_epoch}; only its PNode may send its results",
+                reason="NotSender",
             )
         return current
 

@@ -26,6 +26,13 @@ PNode before that (the agent changed its mind) clears the condition and the flag
 Deregister set. Uncordon clears cordon, drain, Deregistered and Bugged (trust.bugged and
 strikes: the admin's word clears it, as issue 7 asks).
 
+Identity (docs/security.md): Register must carry a CSR for the agent's key; the answer
+carries a certificate from the identity CA naming the registered PNode (whatever the CSR
+asked), the CA bundle, and the expiry, which is also written to `status.identity`. A
+heartbeat carrying a CSR (the agent sends one once 2/3 of its certificate's life has passed)
+is answered with a renewed certificate; issuing costs ~1 ms of CPU, so it happens only
+when asked, and the expiry is written to the store off the heartbeat's path.
+
 Admin calls (Cordon, Uncordon, Drain, GetPNode, ListPNodes) read the store, not the view:
 they are rare and must not act on a stale record. The credential hash never leaves the
 server: documents omit it.
@@ -33,6 +40,7 @@ server: documents omit it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
@@ -40,6 +48,7 @@ from typing import Any, Literal, get_args
 
 from grpc import aio
 
+from api import identity
 from api import labels as selectors
 from api.dcnr.v1 import pnode_pb2, pnode_pb2_grpc
 from api.resources import allocation, lease, pnode
@@ -88,6 +97,8 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         leases: leases_mod.LeaseKeeper,
         replica_id: str,
         on_heartbeat: Callable[[HeartbeatResult], None] | None = None,
+        authority: identity.Authority,
+        identity_ttl: float = 3600.0,
         statuses: allocation_status.AllocationStatus | None = None,
         events: recorder.Recorder | None = None,
         on_refused: Callable[[str, str], None] | None = None,
@@ -96,7 +107,11 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         """`on_heartbeat(result)` counts each heartbeat: "active" or "fenced"; `statuses`
         turns the agent's reports into allocation status; `events` hears of registrations
         and fenced heartbeats, for people; `gate` admits new PNodes (default: open, with
-        the configured pending cap)."""
+        the configured pending cap); `authority` issues PNode identities, valid for
+        `identity_ttl` seconds."""
+        self._authority = authority
+        self._identity_ttl = timedelta(seconds=identity_ttl)
+        self._identity_writes: set[asyncio.Task[None]] = set()
         self._statuses = statuses
         self._on_refused = on_refused or (lambda _method, _reason: None)
         self._events = events
@@ -121,6 +136,10 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
     ) -> pnode_pb2.RegisterResponse:
         name = wire.check_name(request.name, "name") if request.name else wire.generated_name()
         spec, node_labels = wire.registration(request)
+        if not request.csr:
+            raise faults.FieldInvalid(
+                "csr", "", "required: a PEM certificate signing request for the agent's key"
+            )
         presented = rpc.bearer(context)
         joined_by = await self._gate.admit(
             request.name,
@@ -128,6 +147,8 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
             presented=presented,
             lookup=lambda n: self._registry.get(pnode.PNode, n),
         )
+        now = self._clock.now()
+        certificate = self._issue(request.csr, name, now)
         credential, hashed = credentials.issue()
         spec.credential_hash = hashed
         try:
@@ -138,6 +159,7 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
                 agent_version=request.agent_version,
                 presented=presented,
                 joined_by=joined_by,
+                identity_expires_at=now + self._identity_ttl,
             )
         except faults.PermissionDenied:
             self._on_refused(_METHOD + "Register", "NameTaken")
@@ -160,7 +182,34 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
             heartbeat_interval=wire.duration(self._config.heartbeat_interval),
             lease_duration=wire.duration(self._config.lease_duration),
             incarnation=node.status.incarnation,
+            certificate=certificate,
+            identity_ca=self._authority.certificate_pem,
+            certificate_expires_at=wire.timestamp(now + self._identity_ttl),
         )
+
+    def _issue(self, csr: bytes, name: str, now: datetime) -> bytes:
+        try:
+            return self._authority.issue_pnode(csr, name, now, self._identity_ttl)
+        except identity.IdentityError as exc:
+            raise faults.FieldInvalid(
+                "csr", f"{len(csr)} bytes", f"a valid PEM CSR for an ECDSA P-256 key ({exc})"
+            ) from None
+
+    def _renew(self, name: str, csr: bytes, now: datetime, response: Any) -> None:
+        """Answer a heartbeat's CSR with a certificate, and record its expiry in the PNode's
+        status on a task of its own (a store write the heartbeat does not wait for)."""
+        response.certificate = self._issue(csr, name, now)
+        expires = now + self._identity_ttl
+        response.certificate_expires_at.CopyFrom(wire.timestamp(expires))
+        task = asyncio.get_running_loop().create_task(self._record_identity(name, expires))
+        self._identity_writes.add(task)
+        task.add_done_callback(self._identity_writes.discard)
+
+    async def _record_identity(self, name: str, expires: datetime) -> None:
+        try:
+            await self._registry.identity_renewed(name, expires)
+        except Exception as exc:  # the certificate is valid either way; status is for people
+            log.warning("pnode %s: identity expiry not recorded: %s", name, exc)
 
     @rpc.handler
     async def Heartbeat(
@@ -189,6 +238,8 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
             response.lease_state = FENCED
             self._on_heartbeat("fenced")
             return response
+        if request.csr:
+            self._renew(name, request.csr, now, response)
         self._leases.note(name, request.incarnation, now)  # the view's liveness reads it too
         response.lease_state = ACTIVE
         self._on_heartbeat("active")

@@ -1,6 +1,9 @@
 """The driver's wire to agents: `controller.jobs.vnode_client.Transport` over grpc.aio.
 
-One insecure channel per agent address, kept until `close`. A failed call is raised as a
+One insecure channel per agent address, kept until `close`. Every request is signed with
+this replica's orchestrator identity (`api.signed`: serialized once, signed over those
+bytes, sent as those bytes), which is how agents know a Restore, Checkpoint or driver input
+comes from the job's driver. A failed call is raised as a
 `PeerError` ("CODE: details"), retryable when the cause may pass:
 
     UNAVAILABLE          the agent is restarting, or the connection was reset
@@ -17,13 +20,14 @@ hosted yet (a rollback waits for it).
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import message
 from grpc import aio
 
-from api.dcnr.v1 import common_pb2, vnode_pb2, vnode_pb2_grpc
+from api import signed
+from api.dcnr.v1 import common_pb2, vnode_pb2
 from controller.jobs import vnode_client
 
 T = TypeVar("T")
@@ -38,42 +42,51 @@ RETRYABLE = frozenset(
     }
 )
 
-if TYPE_CHECKING:  # the async stub class exists for type checkers only
-    Stub = vnode_pb2_grpc.VNodeServiceAsyncStub
-
 
 class GrpcTransport:
-    def __init__(self) -> None:
+    def __init__(self, *, signer: signed.Signer) -> None:
+        self._signer = signer
         self._channels: dict[str, aio.Channel] = {}
+        self._stubs: dict[str, signed.SignedStub] = {}
 
-    def _stub(self, address: str) -> Stub:
-        channel = self._channels.get(address)
-        if channel is None:
+    def _stub(self, address: str) -> signed.SignedStub:
+        stub = self._stubs.get(address)
+        if stub is None:
             channel = self._channels[address] = aio.insecure_channel(address)
-        return vnode_pb2_grpc.VNodeServiceStub(channel)
+            stub = self._stubs[address] = signed.SignedStub(channel, self._signer)
+        return stub
 
     async def forward(
         self, address: str, request: vnode_pb2.ForwardRequest, *, seconds: float
     ) -> vnode_pb2.ForwardResponse:
-        return await _translated(self._stub(address).Forward(request, timeout=seconds))
+        call = self._stub(address).call("Forward", request, seconds=seconds)
+        reply: vnode_pb2.ForwardResponse = await _translated(call)
+        return reply
 
     async def restore(
         self, address: str, request: vnode_pb2.RestoreRequest, *, seconds: float
     ) -> vnode_pb2.RestoreResponse:
-        return await _translated(self._stub(address).Restore(request, timeout=seconds))
+        call = self._stub(address).call("Restore", request, seconds=seconds)
+        reply: vnode_pb2.RestoreResponse = await _translated(call)
+        return reply
 
     async def checkpoint(
         self, address: str, request: vnode_pb2.CheckpointRequest, *, seconds: float
     ) -> vnode_pb2.CheckpointResponse:
-        return await _translated(self._stub(address).Checkpoint(request, timeout=seconds))
+        call = self._stub(address).call("Checkpoint", request, seconds=seconds)
+        reply: vnode_pb2.CheckpointResponse = await _translated(call)
+        return reply
 
     async def describe_data(
         self, address: str, request: vnode_pb2.DescribeDataRequest, *, seconds: float
     ) -> vnode_pb2.DescribeDataResponse:
-        return await _translated(self._stub(address).DescribeData(request, timeout=seconds))
+        call = self._stub(address).call("DescribeData", request, seconds=seconds)
+        reply: vnode_pb2.DescribeDataResponse = await _translated(call)
+        return reply
 
     async def close(self) -> None:
         channels, self._channels = self._channels, {}
+        self._stubs = {}
         for channel in channels.values():
             await channel.close(None)
 

@@ -82,6 +82,7 @@ class Registry:
         agent_version: str,
         presented: str | None,
         joined_by: pnode.JoinedBy = "open",
+        identity_expires_at: datetime | None = None,
     ) -> pnode.PNode:
         """Create the PNode (incarnation 1) or re-register it (incarnation + 1, which needs
         the `presented` credential to be its current one), with its lease renewed now.
@@ -89,7 +90,9 @@ class Registry:
         # AlreadyExists: registered concurrently; the re-read finds it and checks the
         # credential like any re-registration.
         return await retry.retry_on_conflict(
-            lambda: self._register(name, spec, labels, agent_version, presented, joined_by),
+            lambda: self._register(
+                name, spec, labels, agent_version, presented, joined_by, identity_expires_at
+            ),
             what=f"register pnode {name!r}",
             also=(errors.AlreadyExists,),
         )
@@ -102,6 +105,7 @@ class Registry:
         agent_version: str,
         presented: str | None,
         joined_by: pnode.JoinedBy,
+        identity_expires_at: datetime | None,
     ) -> pnode.PNode:
         spec = spec.model_copy(deep=True)
         existing = await self.get(pnode.PNode, name)
@@ -141,6 +145,7 @@ class Registry:
                 node.status.conditions, lifecycle.DEREGISTERED
             )
             op = base.Update(node)
+        node.status.identity.expires_at = identity_expires_at
         node.status.phase = "Ready"
         node.status.phase_since = now
         node.status.registered_at = now
@@ -265,6 +270,14 @@ class Registry:
             node.status.trust.strikes = 0
             for kind in (CORDONED, DRAINING, lifecycle.DEREGISTERED):
                 node.status.conditions = meta.remove_condition(node.status.conditions, kind)
+
+        return await self._update(name, change)
+
+    async def identity_renewed(self, name: str, expires_at: datetime) -> pnode.PNode:
+        """Record when the PNode's renewed identity certificate expires."""
+
+        def change(node: pnode.PNode, now: datetime) -> None:
+            node.status.identity.expires_at = expires_at
 
         return await self._update(name, change)
 

@@ -40,7 +40,8 @@ async def test_a_real_agent_exports_documented_metrics(tmp_path: Path) -> None:
                     vnode_pb2.ForwardRequest(network="n", target_vnode="nobody", step=1),
                     timeout=10,
                 )
-        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # no tensor at all
+        # Unsigned (docs/security.md): refused before the missing tensor is even looked at.
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
         def counted() -> metrics.Samples:
             return metrics.scrape(port)
@@ -62,8 +63,8 @@ async def test_a_real_agent_exports_documented_metrics(tmp_path: Path) -> None:
         for (name, labels), value in after.items()
         if name == "dcnr_agent_messages_refused_total" and dict(labels)["direction"] == "forward"
     }
-    assert forward_refusals["Invalid"] == 1
-    assert forward_refusals["NotHosted"] == 0
+    assert forward_refusals["Unsigned"] == 1
+    assert forward_refusals["Invalid"] == forward_refusals["NotHosted"] == 0
 
     exported = {
         name.removesuffix("_created")

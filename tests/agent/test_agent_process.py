@@ -27,7 +27,7 @@ from api import tensors
 from api.dcnr.v1 import job_pb2, job_pb2_grpc, vnode_pb2, vnode_pb2_grpc
 from tests.integration import cluster
 from tests.support import agents as agents_mod
-from tests.support import procs, wait
+from tests.support import identities, procs, wait
 
 pytestmark = pytest.mark.slow
 
@@ -66,14 +66,15 @@ def AgentProc(orchestrator: str, name: str, state_dir: Path) -> agents_mod.Agent
 
 @pytest.fixture
 def orchestrator(tmp_path: Path) -> Iterator[str]:
-    with procs.orchestrator(f"sqlite:///{tmp_path}/state.db", extra=TIMINGS) as served:
+    flags = [*TIMINGS, *identities.ca_flags(tmp_path)]
+    with procs.orchestrator(f"sqlite:///{tmp_path}/state.db", extra=flags) as served:
         yield served.address
 
 
 async def hosted_epoch(address: str, vnode: str) -> int | None:
     """The epoch at which the agent at `address` hosts `vnode`, or None."""
     async with aio.insecure_channel(address) as channel:
-        stub = vnode_pb2_grpc.VNodeServiceStub(channel)
+        stub = identities.SignedVNodeStub(channel, identities.orchestrator_signer())
         probe = vnode_pb2.ForwardRequest(
             job="probe", step=1, network=NET, sender_vnode="__driver__", target_vnode=vnode,
             target_epoch=-1, tensor=tensors.empty(),
@@ -205,12 +206,13 @@ async def test_agents_survive_sigterm_of_the_orchestrator_and_follow_its_success
         probe.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{probe.getsockname()[1]}"  # both servers, one address
     quick = ["--drain-deadline", "2"]
+    flags = [*TIMINGS, *identities.ca_flags(tmp_path)]  # `hosted_epoch` signs as the driver
     with (
-        procs.orchestrator(store_url, listen=address, extra=TIMINGS) as first,
+        procs.orchestrator(store_url, listen=address, extra=flags) as first,
         agents_mod.agents(address, tmp_path, 2, extra=quick) as started,
     ):
         assert procs.stop(first.proc) == 0  # clean stop: their streams are cancelled
-        with procs.orchestrator(store_url, listen=address, extra=TIMINGS):
+        with procs.orchestrator(store_url, listen=address, extra=flags):
             api = cluster.Api(address)
             try:
                 # Work placed by the successor reaches the agents' data planes: they

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from grpc import aio
 
-from agent import blobs, dataplane, peers
+from agent import blobs, dataplane, keys, peers
 from agent.runtime import kinds, optim, state
 from api import tensors
 from api.dcnr.v1 import (
@@ -30,6 +30,7 @@ from api.dcnr.v1 import (
     vnode_pb2,
     vnode_pb2_grpc,
 )
+from tests.support import identities
 
 NET = "tiny"
 SEED = 7
@@ -120,15 +121,19 @@ async def cluster(tmp_path: Path, data_file: Path):
     driver_port = driver_server.add_insecure_port("127.0.0.1:0")
     await driver_server.start()
     orchestrators = peers.Orchestrators([f"127.0.0.1:{driver_port}"])
-    sender = peers.Peers(orchestrators, max_message_bytes=4096, retry=peers.Retry(deadline=5))
+    keeper = identity_of("p")
+    sender = peers.Peers(
+        orchestrators, signer=keeper.signer, max_message_bytes=4096, retry=peers.Retry(deadline=5)
+    )
     plane = dataplane.DataPlane(
         sender=sender,
+        keeper=keeper,
         blob_store=blobs.BlobStore(workdir=tmp_path),
         kind_factory=dataplane.runtime_kinds(workdir=tmp_path, cache_dir=None, datasets={}),
         max_message_bytes=4096,
     )
     server = aio.server()
-    vnode_pb2_grpc.add_VNodeServiceServicer_to_server(plane, server)
+    plane.add_to_server(server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     ref = common_pb2.DataRef(url=f"file://{data_file.name}")
@@ -146,7 +151,10 @@ async def cluster(tmp_path: Path, data_file: Path):
     yield {
         "plane": plane,
         "driver": driver,
-        "stub": vnode_pb2_grpc.VNodeServiceStub(channel),
+        "stub": identities.SignedVNodeStub(channel, identities.orchestrator_signer()),
+        #: As the agent on PNode "p" (which hosts every VNode here) would send.
+        "as_p": identities.SignedVNodeStub(channel, keeper.signer),
+        "plane_address": f"127.0.0.1:{port}",
         "reply_to": f"127.0.0.1:{driver_port}",
         "tmp": tmp_path,
         "data": data_file,
@@ -158,6 +166,17 @@ async def cluster(tmp_path: Path, data_file: Path):
     await sender.close()
     await orchestrators.close()
     await driver_server.stop(None)
+
+
+def identity_of(pnode: str) -> keys.Keeper:
+    """An agent's identity as Register leaves it: a certificate naming `pnode`, the CA."""
+    keeper = keys.Keeper()
+    ca = identities.authority()
+    keeper.accept(
+        ca.issue_pnode(keeper.csr(pnode), pnode, identities.now(), identities.HOUR),
+        ca.certificate_pem,
+    )
+    return keeper
 
 
 def forward(target: str, tensor: common_pb2.Tensor, c: dict[str, Any], **over: Any):
@@ -380,7 +399,7 @@ async def test_a_compute_failure_is_refused_to_the_sender_and_told_to_the_driver
     wide = tensors.encode(np.ones((2, 5), np.float32))
     for _ in range(2):  # as x would send it to fc
         with pytest.raises(aio.AioRpcError) as exc:
-            await c["stub"].Forward(
+            await c["as_p"].Forward(
                 forward("fc", wide, c, request_id="r2", sender_vnode="x", sender_epoch=3)
             )
         assert_refused(exc, grpc.StatusCode.INVALID_ARGUMENT, "kind 'dense' of 'fc'", "[2, 5]")

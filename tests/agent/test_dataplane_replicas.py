@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from grpc import aio
 
-from agent import blobs, dataplane, peers, vnode
+from agent import blobs, dataplane, keys, peers, vnode
 from api import tensors
 from api.dcnr.v1 import (
     common_pb2,
@@ -29,7 +29,7 @@ from api.dcnr.v1 import (
 )
 from tests.agent import test_dataplane as base
 from tests.agent.test_dataplane import data_file  # noqa: F401
-from tests.support import liar, wait
+from tests.support import identities, liar, wait
 
 NET = base.NET
 LIAR_EPOCH = 5
@@ -122,16 +122,29 @@ async def servers(tmp_path: Path, data_file: Path) -> AsyncIterator[dict[str, An
     closing: list[Any] = []
 
     async def start(kind_factory: dataplane.KindFactory) -> tuple[dataplane.DataPlane, str]:
-        sender = peers.Peers(orchestrators, max_message_bytes=4096, retry=peers.Retry(deadline=5))
+        keeper = keys.Keeper()
+        sender = peers.Peers(
+            orchestrators, signer=keeper.signer, max_message_bytes=4096,
+            retry=peers.Retry(deadline=5),
+        )  # fmt: skip
         plane = dataplane.DataPlane(
             sender=sender,
+            keeper=keeper,
             blob_store=blobs.BlobStore(workdir=tmp_path),
             kind_factory=kind_factory,
             max_message_bytes=4096,
         )
         server = aio.server()
-        vnode_pb2_grpc.add_VNodeServiceServicer_to_server(plane, server)
+        plane.add_to_server(server)
         port = server.add_insecure_port("127.0.0.1:0")
+        # Each PNode is named by its address here (`endpoint`), so is its identity.
+        ca = identities.authority()
+        keeper.accept(
+            ca.issue_pnode(
+                keeper.csr("p"), f"127.0.0.1:{port}", identities.now(), identities.HOUR
+            ),
+            ca.certificate_pem,
+        )
         await server.start()
         closing.append((server, plane, sender))
         return plane, f"127.0.0.1:{port}"
@@ -154,6 +167,10 @@ async def servers(tmp_path: Path, data_file: Path) -> AsyncIterator[dict[str, An
     await driver_server.stop(None)
 
 
+#: The job driver's identity, which Restore and the sources' inputs must carry.
+DRIVER_IDENTITY = identities.orchestrator_signer()
+
+
 def endpoint(address: str, replica: int, epoch: int) -> resolve_pb2.Endpoint:
     return resolve_pb2.Endpoint(pnode_id=address, address=address, replica=replica, epoch=epoch)
 
@@ -162,7 +179,7 @@ async def restore(
     address: str, vnode: str, replica: int, epoch: int, attempt: int, counts: dict[str, int]
 ) -> None:
     async with aio.insecure_channel(address) as channel:
-        await vnode_pb2_grpc.VNodeServiceStub(channel).Restore(
+        await identities.SignedVNodeStub(channel, DRIVER_IDENTITY).Restore(
             vnode_pb2.RestoreRequest(
                 job="j", step=0, network=NET, vnode=vnode, replica=replica, epoch=epoch,
                 seed=base.SEED, attempt=attempt, optimizer="sgd", learning_rate=base.LR,
@@ -174,7 +191,7 @@ async def restore(
 async def send_batch(c: dict[str, Any], attempt: int) -> None:
     honest = c["planes"]["honest"][1]
     async with aio.insecure_channel(honest) as channel:
-        stub = vnode_pb2_grpc.VNodeServiceStub(channel)
+        stub = identities.SignedVNodeStub(channel, DRIVER_IDENTITY)
         for source in ("x", "y"):
             request = base.forward(source, tensors.encode(base.BATCH), c, attempt=attempt)
             assert not (await stub.Forward(request)).duplicate

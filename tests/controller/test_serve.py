@@ -3,6 +3,8 @@ UNIMPLEMENTED for RPCs later issues fill in, graceful SIGTERM, clear startup err
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import signal
 import socket
 import subprocess
@@ -13,7 +15,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from api import identity
+from api.resources import identity_ca
+from store import sqlite
 from tests.support import procs
+
+NOW = dt.datetime.now(dt.UTC)
 
 
 @pytest.fixture
@@ -169,3 +176,40 @@ def test_init_store_dynamodb_is_idempotent(moto_endpoint: str) -> None:
     second = _run("init-store", "--store", store_url)
     assert second.returncode == 0, second.stderr
     assert "exists initcli-networks" in second.stdout
+
+
+def test_identity_ca_flags_go_together_and_the_key_must_be_the_cas(tmp_path: Path) -> None:
+    ca, other = identity.Authority.create(NOW), identity.Authority.create(NOW)
+    (tmp_path / "ca.pem").write_bytes(ca.certificate_pem)
+    (tmp_path / "other-key.pem").write_bytes(other.key_pem)
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    alone = _run("serve", "--store", store, "--identity-ca-cert", str(tmp_path / "ca.pem"))
+    assert alone.returncode == 2
+    assert "--identity-ca-cert and --identity-ca-key go together" in alone.stderr
+    mismatched = _run(
+        "serve", "--store", store, "--identity-ca-cert", str(tmp_path / "ca.pem"),
+        "--identity-ca-key", str(tmp_path / "other-key.pem"),
+    )  # fmt: skip
+    assert mismatched.returncode == 2
+    assert "--identity-ca-cert" in mismatched.stderr
+    assert "does not match its certificate" in mismatched.stderr
+    assert "Traceback" not in alone.stderr + mismatched.stderr
+
+
+def test_init_store_creates_the_identity_ca_once(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'state.db'}"
+    first = _run("init-store", "--store", store)
+    assert first.returncode == 0, first.stderr
+    assert "identity CA ready (kept in the store: store access is CA access)" in first.stdout
+
+    async def stored() -> str:
+        opened = await sqlite.SqliteStore.open(tmp_path / "state.db")
+        try:
+            record = await opened.get(identity_ca.IdentityAuthority, identity_ca.NAME)
+            return record.spec.certificate
+        finally:
+            await opened.close()
+
+    created = asyncio.run(stored())
+    assert _run("init-store", "--store", store).returncode == 0
+    assert asyncio.run(stored()) == created, "a second init-store keeps the CA"

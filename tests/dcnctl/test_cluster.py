@@ -93,6 +93,7 @@ def test_tables_match_golden_files(dcnctl: Dcnctl, golden_net: str) -> None:
         "MEMORY": goldens.allocated_part,
         "ALLOCATIONS": goldens.whole("<N>"),
         "ADDRESS": goldens.whole("<ADDRESS>"),
+        "IDENTITY": goldens.whole("<VALID-FOR>"),
     }
     goldens.check("pnodes.txt", dcnctl("get", "pnodes").stdout, pnode_masks)
     goldens.check("pnodes-wide.txt", dcnctl("get", "pn", "-o", "wide").stdout, pnode_masks)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from api.resources import allocation, meta, network, pnode
-from dcnctl import describe
+from dcnctl import describe, kinds, render
 from tests.dcnctl import goldens
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -93,3 +93,22 @@ def test_pnode_shows_trust_and_validation_events() -> None:
     events = text.split("Events:\n")[1].splitlines()
     assert events[1].split()[1] == "bugged"  # newest first
     assert events[2].split()[1:5] == ["rejected", "train", "b", "quorum"]
+
+
+def test_pnode_identity_expiry_in_describe_and_the_wide_table() -> None:
+    node = pnode.PNode.model_validate(
+        {
+            "metadata": {"name": "p1", "creationTimestamp": "2030-01-01T00:00:00Z"},
+            "spec": {"address": "p1.test:7070", "capacity": {"cpu": "2", "memory": "2Gi"}},
+            "status": {"identity": {"expiresAt": "2030-01-01T12:42:00Z"}},
+        }
+    )
+    assert "  Identity:          expires 2030-01-01T12:42:00+00:00 (in 42m)\n" in (
+        describe.pnode_text(node, [], NOW)
+    )
+    headers = render.headers(kinds.PNODE, wide=True)
+    wide = dict(zip(headers, render.row(node, NOW, wide=True), strict=True))
+    assert wide["IDENTITY"] == "42m"
+    later = NOW + timedelta(hours=1)
+    assert "(expired)" in describe.pnode_text(node, [], later)
+    assert render.row(node, later, wide=True)[-2] == "expired"

@@ -105,6 +105,7 @@ MATRIX: dict[str, Values] = {
             "existingSecretKey": "ro",
         },
         "store": {"mode": "sqlite", "sqlite": {"persistence": {"existingClaim": "my-state"}}},
+        "identity": {"caSecret": "my-identity-ca", "ttl": 900},
     },
     "everything-off": {
         "adminToken": {"enabled": False},
@@ -347,6 +348,22 @@ def test_existing_secrets_are_used_not_created(helm: Path, tmp_path: Path) -> No
     assert volumes["read-only-token"]["secret"]["secretName"] == "my-viewer"
     assert volumes["read-only-token"]["secret"]["items"] == [{"key": "ro", "path": "ro"}]
     assert args[args.index("--read-only-token-file") + 1] == "/etc/dcnr/read-only-token/ro"
+    # The identity CA from a Secret (docs/security.md): then the store never holds it.
+    assert volumes["identity-ca"]["secret"]["secretName"] == "my-identity-ca"
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["identity-ca"] == "/etc/dcnr/identity-ca"
+    assert args[args.index("--identity-ca-cert") + 1] == "/etc/dcnr/identity-ca/tls.crt"
+    assert args[args.index("--identity-ca-key") + 1] == "/etc/dcnr/identity-ca/tls.key"
+    assert args[args.index("--identity-ttl") + 1] == "900"
+
+
+def test_without_a_ca_secret_the_identity_ca_lives_in_the_store(helm: Path, tmp_path: Path) -> None:
+    pod = _one(_render(helm, {}, tmp_path), "Deployment")["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert "--identity-ca-cert" not in args
+    assert "--identity-ca-key" not in args
+    assert args[args.index("--identity-ttl") + 1] == "3600"
+    assert "identity-ca" not in {v["name"] for v in pod["volumes"]}
 
 
 def test_a_read_only_token_is_generated_mounted_and_passed_to_serve(

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from api.resources import allocation, event, job, lease, meta, network, orchestrator, pnode
+from api.resources import (
+    allocation,
+    event,
+    identity_ca,
+    job,
+    lease,
+    meta,
+    network,
+    orchestrator,
+    pnode,
+)
 from store import base
 
 MILLICPU_PER_SLOT = 500
@@ -107,6 +117,10 @@ def one_of_each() -> list[meta.Resource]:
             metadata=meta.ObjectMeta(name="mnist"), spec=job.TrainingLockSpec(job="a")
         ),
         event_record("mnist", last=datetime(2100, 1, 1, tzinfo=UTC)),
+        identity_ca.IdentityAuthority(
+            metadata=meta.ObjectMeta(name=identity_ca.NAME),
+            spec=identity_ca.IdentityAuthoritySpec(certificate="PEM", key="PEM"),
+        ),
         lease.PNodeLease(
             metadata=meta.ObjectMeta(name="laptop-1"),
             spec=lease.LeaseSpec(

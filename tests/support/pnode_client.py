@@ -2,9 +2,9 @@
 
 It registers, heartbeats on its own task, follows its assignment set (from heartbeats and,
 optionally, a WatchAssignments stream) and can die (`stop`) or be partitioned (`pause`,
-`resume`) on command. Like a third-party agent it imports only the contract (`api.dcnr.v1`)
-and grpc (and, for tests waiting on it, tests/support/wait.py), so whatever it can do, any
-agent can.
+`resume`) on command. Like a third-party agent it imports only the contract (`api.dcnr.v1`,
+and `api.identity` for the CSR of its identity key) and grpc (and, for tests waiting on it,
+tests/support/wait.py), so whatever it can do, any agent can.
 
 Its heartbeat cadence is the agent's own business, not a test waiting for time to pass, so
 the loop sleeps for real between heartbeats.
@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import grpc
 from grpc import aio
 
+from api import identity
 from api.dcnr.v1 import common_pb2, pnode_pb2, pnode_pb2_grpc
 from tests.support import wait
 
@@ -53,6 +54,9 @@ class TestPNode:
         self.addresses = [address] if isinstance(address, str) else list(address)
         self.address = self.addresses[0]
         self.name = name
+        #: The identity key Register asks a certificate for (docs/security.md).
+        self.key = identity.generate_key()
+        self.certificate = b""
         self.capacity = common_pb2.Capacity(
             cpu_millis=cpu_millis,
             memory_bytes=memory_bytes,
@@ -132,11 +136,13 @@ class TestPNode:
             labels=self.labels,
             datasets=self.datasets,
             agent_version="test-pnode/0",
+            csr=identity.csr_pem(self.key, self.name),
         )
         reply = await self.stub.Register(request, metadata=self.metadata(), timeout=10)
         self.name = reply.pnode_id
         self.credential = reply.credential
         self.incarnation = reply.incarnation
+        self.certificate = reply.certificate
         self.heartbeat_interval = reply.heartbeat_interval.ToTimedelta().total_seconds()
         self.fenced = False
         self.version = 0

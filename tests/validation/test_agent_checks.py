@@ -1,5 +1,7 @@
 """The receiving agent checks every result before using it, refuses a bad one naming the
-check, and reports the producer (a real DataPlane behind a real gRPC server)."""
+check, and reports the producer (a real DataPlane behind a real gRPC server). Results are
+sent as PNode "p", which hosts every VNode here (`as_p`): only its signature speaks for
+them (docs/security.md)."""
 
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ class Reports:
 
 async def _refused(c: dict[str, Any], **over: Any) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await c["stub"].Forward(forward("loss", **over, c=c))
+        await c["as_p"].Forward(forward("loss", **over, c=c))
     return raised.value
 
 
@@ -42,14 +44,14 @@ async def test_nan_activation_is_refused_and_reported(cluster: dict[str, Any]) -
     plane.reporter = reports
     bad = np.array([[1.0, np.nan, 0.0]], dtype=np.float32)
     error = await _refused(
-        c, tensor=tensors.encode(bad), sender_vnode="fc", sender_replica=0, sender_epoch=7
+        c, tensor=tensors.encode(bad), sender_vnode="fc", sender_replica=0, sender_epoch=EPOCH
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "check finite failed" in (error.details() or "")
     # The report is sent on a task of its own.
     await wait.until(lambda: reports.sent, within=5, what="a report of the NaN")
     (report,) = reports.sent
-    assert (report.subject_vnode, report.subject_replica, report.subject_epoch) == ("fc", 0, 7)
+    assert (report.subject_vnode, report.subject_replica, report.subject_epoch) == ("fc", 0, EPOCH)
     assert (report.vnode, report.step, report.job) == ("loss", 1, "j")
     assert [(x.check, x.result) for x in report.checks] == [
         ("finite", validation_pb2.CHECK_RESULT_FAILED)
@@ -77,7 +79,7 @@ async def test_kind_checks_use_the_neighbour_kinds(cluster: dict[str, Any]) -> N
     )
     assert "check shape failed" in (error.details() or "")
     labels = np.array([0, 1], dtype=np.int64)  # integers are fine from an input
-    reply = await c["stub"].Forward(
+    reply = await c["as_p"].Forward(
         forward("loss", tensors.encode(labels), c, sender_vnode="y", sender_epoch=EPOCH)
     )
     assert not reply.duplicate
@@ -90,7 +92,7 @@ async def test_non_finite_gradient_is_refused(cluster: dict[str, Any]) -> None: 
     backward = vnode_pb2.BackwardRequest()
     backward.ParseFromString(request.SerializeToString())
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await c["stub"].Backward(backward)
+        await c["as_p"].Backward(backward)
     assert "check finite failed" in (raised.value.details() or "")
 
 
@@ -104,12 +106,16 @@ async def test_a_superseded_sender_replica_gets_no_vote(cluster: dict[str, Any])
     assert stale.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert peers.error_reason(stale) == "SenderSuperseded"
     assert "superseded by epoch 3" in (stale.details() or "")
-    current = await c["stub"].Forward(
+    current = await c["as_p"].Forward(
         forward("loss", tensors.encode(fine), c, sender_vnode="fc", sender_epoch=EPOCH)
     )
     assert not current.duplicate
-    # A sender newer than resolution knows is taken (resolution lags a move by a moment).
-    newer = await c["stub"].Forward(
-        forward("loss", tensors.encode(fine), c, sender_vnode="fc", sender_epoch=9, step=2)
-    )
-    assert not newer.duplicate
+    # A sender newer than resolution knows cannot be attributed to its PNode yet: refused
+    # UNAVAILABLE (its sender retries), and taken once resolution knows the new epoch.
+    newer = forward("loss", tensors.encode(fine), c, sender_vnode="fc", sender_epoch=9, step=2)
+    with pytest.raises(grpc.aio.AioRpcError) as early:
+        await c["as_p"].Forward(newer)
+    assert early.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert peers.error_reason(early.value) == "SenderUnresolved"
+    c["driver"].endpoints["fc"].epoch = 9
+    assert not (await c["as_p"].Forward(newer)).duplicate

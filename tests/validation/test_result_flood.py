@@ -10,9 +10,9 @@ import numpy as np
 from grpc import aio
 
 from api import tensors
-from api.dcnr.v1 import vnode_pb2, vnode_pb2_grpc
+from api.dcnr.v1 import vnode_pb2
 from tests.integration import cluster
-from tests.support import metrics, procs
+from tests.support import identities, metrics, procs
 
 FLOOD = 50
 
@@ -20,7 +20,7 @@ FLOOD = 50
 async def test_results_from_slots_never_assigned_are_refused_and_counted(tmp_path: Path) -> None:
     with procs.orchestrator(
         f"sqlite:///{tmp_path / 'state.db'}",
-        extra=("--metrics-listen", "127.0.0.1:0"),
+        extra=("--metrics-listen", "127.0.0.1:0", *identities.ca_flags(tmp_path)),
         log=tmp_path / "orchestrator.log",
     ) as served:
         assert served.metrics_port is not None
@@ -28,7 +28,8 @@ async def test_results_from_slots_never_assigned_are_refused_and_counted(tmp_pat
         channel = aio.insecure_channel(served.address)
         try:
             await api.apply(cluster.chain_network("net", 2))
-            stub = vnode_pb2_grpc.VNodeServiceStub(channel)
+            # Signed by a PNode of this cluster that holds none of these slots.
+            stub = identities.SignedVNodeStub(channel, identities.pnode_signer("someone"))
             tensor = tensors.encode(np.ones((2, 2), np.float32))
             codes = []
             for i in range(FLOOD):

@@ -111,6 +111,7 @@ class RegisterRequest(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     DATASETS_FIELD_NUMBER: _builtins.int
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
+    CSR_FIELD_NUMBER: _builtins.int
     JOIN_TOKEN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Desired PNode name (a DNS-1123 subdomain, e.g. the host name). Empty: the server
@@ -120,6 +121,12 @@ class RegisterRequest(_message.Message):
     """host:port where this agent serves VNodeService."""
     agent_version: _builtins.str
     """At most 128 characters."""
+    csr: _builtins.bytes
+    """PEM certificate signing request for the agent's identity key (ECDSA P-256), which the
+    agent generates and never sends. Required: a Register without a valid one is refused
+    INVALID_ARGUMENT naming `csr`. The subject the CSR asks for is ignored: the certificate
+    names the PNode the orchestrator registered (see SIGNED REQUESTS in common.proto).
+    """
     join_token: _builtins.str
     """A join token of the orchestrator's `serve --join-token-file` (kubeadm bootstrap-token
     style). When the orchestrator has join tokens, a Register that is not the PNode
@@ -160,11 +167,12 @@ class RegisterRequest(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         datasets: _abc.Iterable[_builtins.str] | None = ...,
         agent_version: _builtins.str = ...,
+        csr: _builtins.bytes = ...,
         join_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "capacity", b"capacity", "data_plane_address", b"data_plane_address", "datasets", b"datasets", "header", b"header", "join_token", b"join_token", "labels", b"labels", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "capacity", b"capacity", "csr", b"csr", "data_plane_address", b"data_plane_address", "datasets", b"datasets", "header", b"header", "join_token", b"join_token", "labels", b"labels", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -180,6 +188,9 @@ class RegisterResponse(_message.Message):
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     LEASE_DURATION_FIELD_NUMBER: _builtins.int
     INCARNATION_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    IDENTITY_CA_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     pnode_id: _builtins.str
     """The PNode's name; every later call names it."""
     credential: _builtins.str
@@ -188,6 +199,16 @@ class RegisterResponse(_message.Message):
     """
     incarnation: _builtins.int
     """Present it on every later call."""
+    certificate: _builtins.bytes
+    """PEM: the PNode's identity certificate for the key in `csr` (SPIFFE URI
+    spiffe://dcnr/pnode/<pnode_id>, DNS name <pnode_id>.pnode.dcnr), signed by the
+    orchestrator's identity CA. The agent signs every VNodeService request with its key
+    and renews it through Heartbeat.csr (docs/security.md, "Identity").
+    """
+    identity_ca: _builtins.bytes
+    """PEM: the identity CA bundle. Receivers verify the certificates of the peers and
+    drivers that sign VNodeService requests against it.
+    """
     @_builtins.property
     def header(self) -> _common_pb2.ResponseHeader: ...
     @_builtins.property
@@ -198,6 +219,10 @@ class RegisterResponse(_message.Message):
     def lease_duration(self) -> _duration_pb2.Duration:
         """A lease not renewed for this long expires, and the PNode is fenced."""
 
+    @_builtins.property
+    def certificate_expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When `certificate` expires (by the orchestrator's clock)."""
+
     def __init__(
         self,
         *,
@@ -207,10 +232,13 @@ class RegisterResponse(_message.Message):
         heartbeat_interval: _duration_pb2.Duration | None = ...,
         lease_duration: _duration_pb2.Duration | None = ...,
         incarnation: _builtins.int = ...,
+        certificate: _builtins.bytes = ...,
+        identity_ca: _builtins.bytes = ...,
+        certificate_expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate_expires_at", b"certificate_expires_at", "header", b"header", "heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "header", b"header", "heartbeat_interval", b"heartbeat_interval", "incarnation", b"incarnation", "lease_duration", b"lease_duration", "pnode_id", b"pnode_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "certificate_expires_at", b"certificate_expires_at", "credential", b"credential", "header", b"header", "heartbeat_interval", b"heartbeat_interval", "identity_ca", b"identity_ca", "incarnation", b"incarnation", "lease_duration", b"lease_duration", "pnode_id", b"pnode_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -226,11 +254,17 @@ class HeartbeatRequest(_message.Message):
     KNOWN_ASSIGNMENT_SET_VERSION_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     ASSIGNMENT_STATUSES_FIELD_NUMBER: _builtins.int
+    CSR_FIELD_NUMBER: _builtins.int
     pnode_id: _builtins.str
     incarnation: _builtins.int
     known_assignment_set_version: _builtins.int
     """Version of the last assignment set the agent applied; 0 if none. The response carries
     the assignment set only when the desired one is newer.
+    """
+    csr: _builtins.bytes
+    """Optional: a PEM CSR to renew the identity certificate, sent once 2/3 of the current
+    certificate's lifetime has passed (it may be for a new key). Answered in
+    HeartbeatResponse.certificate; an invalid one is refused INVALID_ARGUMENT naming `csr`.
     """
     @_builtins.property
     def header(self) -> _common_pb2.RequestHeader: ...
@@ -256,10 +290,11 @@ class HeartbeatRequest(_message.Message):
         known_assignment_set_version: _builtins.int = ...,
         usage: Global___Usage | None = ...,
         assignment_statuses: _abc.Iterable[Global___AssignmentStatus] | None = ...,
+        csr: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment_statuses", b"assignment_statuses", "header", b"header", "incarnation", b"incarnation", "known_assignment_set_version", b"known_assignment_set_version", "pnode_id", b"pnode_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment_statuses", b"assignment_statuses", "csr", b"csr", "header", b"header", "incarnation", b"incarnation", "known_assignment_set_version", b"known_assignment_set_version", "pnode_id", b"pnode_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -341,12 +376,16 @@ class HeartbeatResponse(_message.Message):
     ASSIGNMENT_SET_FIELD_NUMBER: _builtins.int
     CORDONED_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     lease_state: Global___LeaseState.ValueType
     assignment_set_version: _builtins.int
     """Version of the desired assignment set."""
     cordoned: _builtins.bool
     """Admin state, for the agent's logs and status display."""
     draining: _builtins.bool
+    certificate: _builtins.bytes
+    """PEM: the renewed identity certificate, when the request carried a csr; empty otherwise."""
     @_builtins.property
     def header(self) -> _common_pb2.ResponseHeader: ...
     @_builtins.property
@@ -369,6 +408,10 @@ class HeartbeatResponse(_message.Message):
         the agent's is current or when FENCED.
         """
 
+    @_builtins.property
+    def certificate_expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When `certificate` expires; unset when no certificate was issued."""
+
     def __init__(
         self,
         *,
@@ -381,10 +424,12 @@ class HeartbeatResponse(_message.Message):
         assignment_set: Global___AssignmentSet | None = ...,
         cordoned: _builtins.bool = ...,
         draining: _builtins.bool = ...,
+        certificate: _builtins.bytes = ...,
+        certificate_expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment_set", b"assignment_set", "header", b"header", "heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration", "lease_expires_at", b"lease_expires_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment_set", b"assignment_set", "certificate_expires_at", b"certificate_expires_at", "header", b"header", "heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration", "lease_expires_at", b"lease_expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment_set", b"assignment_set", "assignment_set_version", b"assignment_set_version", "cordoned", b"cordoned", "draining", b"draining", "header", b"header", "heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration", "lease_expires_at", b"lease_expires_at", "lease_state", b"lease_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment_set", b"assignment_set", "assignment_set_version", b"assignment_set_version", "certificate", b"certificate", "certificate_expires_at", b"certificate_expires_at", "cordoned", b"cordoned", "draining", b"draining", "header", b"header", "heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration", "lease_expires_at", b"lease_expires_at", "lease_state", b"lease_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -31,7 +31,7 @@ import grpc
 import numpy as np
 from grpc import aio
 
-from api import tensors
+from api import identity, tensors
 from api.dcnr.v1 import common_pb2, job_pb2_grpc, vnode_pb2, vnode_pb2_grpc
 from api.resources import allocation, job, lease, meta, pnode
 from api.resources import network as net_model
@@ -53,6 +53,7 @@ from controller.services import driver_inbox_service, job_service, vnode_transpo
 from controller.state import view as view_mod
 from controller.trust import book as trust
 from store import sqlite
+from tests.support import identities
 
 Network = net_model.Network
 NET = "lin"
@@ -138,6 +139,7 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self._tasks: set[asyncio.Task[None]] = set()
         self._channels: dict[str, aio.Channel] = {}
+        self._signer = identities.pnode_signer(f"p{replica + 1}")
 
     def path(self, url: str) -> Path:
         """A file:// url as a real agent reads it: relative ones against its workdir."""
@@ -214,7 +216,8 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
     def _driver(self, address: str) -> Any:
         if address not in self._channels:
             self._channels[address] = aio.insecure_channel(address)
-        return vnode_pb2_grpc.VNodeServiceStub(self._channels[address])
+        # Replica r of every VNode lives on PNode p{r+1} (`cluster_of`): sign as that PNode.
+        return identities.SignedVNodeStub(self._channels[address], self._signer)
 
     def _message(
         self, request: vnode_pb2.ForwardRequest, sender: str, tensor: Any, replica: int = -1
@@ -383,7 +386,9 @@ class Orchestrator:
                 view=view,
                 clock=clock,
                 rpc_timeout=options.rpc_timeout,
-                transport=vnode_transport.GrpcTransport(),
+                transport=vnode_transport.GrpcTransport(
+                    signer=identities.orchestrator_signer()
+                ),
             ),
             results=driver_context.ResultSinks(inbox=inbox, book=book, metrics=self.metrics),
             suspects=suspects.Suspects(view=view, book=book),
@@ -395,11 +400,14 @@ class Orchestrator:
         self.inbox = driver_inbox_service.DriverInboxService(
             inbox=inbox,
             view=view,
+            clock=clock,
+            verifier=identity.Verifier(identities.authority().certificate_pem),
             replica_id=replica,
             max_message_bytes=1 << 20,
             book=book,
+            on_refused=self.metrics.driver_refused,
         )
-        vnode_pb2_grpc.add_VNodeServiceServicer_to_server(self.inbox, self.server)
+        driver_inbox_service.add_to_server(self.inbox, self.server)
         #: Jobs JobService told the server about (it wires this to enqueue the job loop).
         self.changed: list[str] = []
         self.service = job_service.JobService(
@@ -409,7 +417,8 @@ class Orchestrator:
         self.loop = job_loop.JobLoop(self.ctx)
         self.channel = aio.insecure_channel(f"127.0.0.1:{self.port}")
         self.jobs = job_pb2_grpc.JobServiceStub(self.channel)
-        self.vnodes = vnode_pb2_grpc.VNodeServiceStub(self.channel)
+        #: The inbox as PNode p1 (replica 0's host) sends to it.
+        self.vnodes = identities.SignedVNodeStub(self.channel, identities.pnode_signer("p1"))
 
     async def start(self) -> None:
         await self.server.start()

@@ -17,12 +17,14 @@ import json
 import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import grpc
 import pytest
 from grpc import aio
 
+from api import identity
 from api.dcnr.v1 import common_pb2, pnode_pb2, pnode_pb2_grpc
 from api.resources import allocation, meta, network, pnode
 from controller import config as config_mod
@@ -32,7 +34,7 @@ from controller.state import leases as leases_mod
 from controller.state import pnode_registry as registry
 from controller.state import view as view_mod
 from store import base, errors, sqlite
-from tests.support import pnode_client
+from tests.support import identities, pnode_client, wait
 
 FAST = config_mod.ControlPlaneConfig(
     heartbeat_interval=0.2, lease_duration=1.0, lost_grace=0.5, view_refresh=0.1
@@ -75,6 +77,7 @@ async def plane(tmp_path):
         leases=keeper,
         replica_id="replica-t",
         on_refused=lambda method, reason: refused.append((method, reason)),
+        authority=identities.authority(),
     )
     server = aio.server()
     pnode_pb2_grpc.add_PNodeServiceServicer_to_server(service, server)
@@ -589,3 +592,84 @@ async def test_deregister_removes_an_idle_pnode_and_drains_a_busy_one(plane) -> 
     node = await plane.store.get(pnode.PNode, "busy")
     assert (node.spec.draining, node.spec.unschedulable) == (False, False)
     assert all(c.type != "Deregistered" for c in node.status.conditions)
+
+
+# -- identity (docs/security.md) -------------------------------------------------------------
+
+
+def _who(certificate_pem: bytes, ca_pem: bytes, now) -> identity.Identity:
+    der = identity.certificate_der(certificate_pem)
+    return identity.Verifier(ca_pem).identify(der, now)
+
+
+async def test_register_issues_an_identity_naming_the_pnode_whatever_the_csr_asks(plane) -> None:
+    client = plane.pnode("p1")
+    request = pnode_pb2.RegisterRequest(
+        header=HEADER, name="p1", data_plane_address="10.0.0.1:7100", capacity=_capacity(),
+        csr=identity.csr_pem(client.key, "someone-else"),
+    )  # fmt: skip
+    reply = await plane.stub.Register(request)
+    now = plane.clock.now()
+    who = _who(reply.certificate, reply.identity_ca, now)
+    assert (who.kind, who.name) == ("pnode", "p1")
+    assert reply.identity_ca == identities.authority().certificate_pem
+    expires = reply.certificate_expires_at.ToDatetime(tzinfo=UTC)
+    assert expires == who.not_after.replace(microsecond=expires.microsecond)
+    assert expires == now + timedelta(hours=1)
+    record = await plane.store.get(pnode.PNode, "p1")
+    assert record.status.identity.expires_at == expires
+
+
+@pytest.mark.parametrize(
+    "csr",
+    [b"", b"not a csr", b"x" * (identity.MAX_CSR_BYTES + 1)],
+    ids=["missing", "garbage", "huge"],
+)
+async def test_register_without_a_valid_csr_names_the_field(plane, csr: bytes) -> None:
+    request = pnode_pb2.RegisterRequest(
+        header=HEADER, name="p1", data_plane_address="10.0.0.1:7100", capacity=_capacity(),
+        csr=csr,
+    )  # fmt: skip
+    code, details = await status_of(plane.stub.Register(request))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("csr:"), details
+    with pytest.raises(errors.NotFound):
+        await plane.store.get(pnode.PNode, "p1")
+
+
+async def test_a_heartbeat_carrying_a_csr_renews_the_identity(plane) -> None:
+    client = plane.pnode("p1")
+    first = await client.register()
+    plain = await client.heartbeat_once()
+    assert not plain.certificate, "issuing is CPU work: only when asked"
+    await plane.clock.advance(0.5)  # within the lease
+    request = pnode_pb2.HeartbeatRequest(
+        header=HEADER, pnode_id="p1", incarnation=client.incarnation,
+        known_assignment_set_version=client.version, csr=identity.csr_pem(client.key, "p1"),
+    )  # fmt: skip
+    reply = await plane.stub.Heartbeat(request, metadata=bearer(client.credential))
+    assert reply.lease_state == pnode_pb2.LEASE_STATE_ACTIVE
+    who = _who(reply.certificate, first.identity_ca, plane.clock.now())
+    assert (who.kind, who.name) == ("pnode", "p1")
+    renewed = reply.certificate_expires_at.ToDatetime(tzinfo=UTC)
+    assert renewed == plane.clock.now() + timedelta(hours=1)
+    assert renewed > first.certificate_expires_at.ToDatetime(tzinfo=UTC)
+
+    async def recorded() -> datetime | None:
+        record: pnode.PNode = await plane.store.get(pnode.PNode, "p1")
+        return record.status.identity.expires_at
+
+    await wait.until(recorded, within=5, what="the renewed expiry in status",
+                     accept=lambda at: at == renewed)  # fmt: skip
+
+
+async def test_a_fenced_heartbeat_gets_no_certificate(plane) -> None:
+    client = plane.pnode("p1")
+    await client.register()
+    await client.register()  # incarnation 2: incarnation 1 is fenced
+    request = pnode_pb2.HeartbeatRequest(
+        header=HEADER, pnode_id="p1", incarnation=1, csr=identity.csr_pem(client.key, "p1")
+    )
+    reply = await plane.stub.Heartbeat(request, metadata=bearer(client.credential))
+    assert reply.lease_state == pnode_pb2.LEASE_STATE_FENCED
+    assert not reply.certificate

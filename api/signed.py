@@ -1,0 +1,134 @@
+"""Signed VNodeService calls on the wire: send the bytes that were signed, receive the bytes
+that were sent.
+
+A signature covers the serialized request exactly as sent (`api.identity.statement`), and
+protobuf serialization is not canonical, so neither side may serialize twice: the sender
+serializes once, signs those bytes and hands them to gRPC untouched (a multicallable whose
+request serializer is the identity), and the receiver's handler gets the raw bytes (a
+generic handler whose request deserializer keeps them), verifies them and only then parses.
+
+`Signer` holds the sender's current key and certificate and is swapped on renewal, so a
+long-lived channel keeps signing with the newest identity.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+from google.protobuf import message as pb_message
+from grpc import aio
+
+from api import identity
+from api.dcnr.v1 import common_pb2, vnode_pb2
+
+SERVICE = "dcnr.v1.VNodeService"
+#: Method name → (request type, response type) of every VNodeService method.
+METHODS: dict[str, tuple[type[pb_message.Message], type[pb_message.Message]]] = {
+    "Forward": (vnode_pb2.ForwardRequest, vnode_pb2.ForwardResponse),
+    "Backward": (vnode_pb2.BackwardRequest, vnode_pb2.BackwardResponse),
+    "Checkpoint": (vnode_pb2.CheckpointRequest, vnode_pb2.CheckpointResponse),
+    "Restore": (vnode_pb2.RestoreRequest, vnode_pb2.RestoreResponse),
+    "DescribeData": (vnode_pb2.DescribeDataRequest, vnode_pb2.DescribeDataResponse),
+}
+
+
+def full_method(name: str) -> str:
+    return f"/{SERVICE}/{name}"
+
+
+def _raw(body: bytes) -> bytes:
+    return body
+
+
+class Signer:
+    """The sender's identity key and certificate (DER); `update` on every renewal."""
+
+    def __init__(self) -> None:
+        self._key: identity.PrivateKey | None = None
+        self._certificate = b""
+
+    @property
+    def ready(self) -> bool:
+        return self._key is not None and bool(self._certificate)
+
+    @property
+    def certificate(self) -> bytes:
+        return self._certificate
+
+    def update(self, key: identity.PrivateKey, certificate_pem: bytes) -> None:
+        self._key, self._certificate = key, identity.certificate_der(certificate_pem)
+
+    def metadata(self, method: str, body: bytes) -> tuple[tuple[str, bytes], ...]:
+        """The two metadata entries of a signed request; none before the first certificate
+        (the receiver then refuses the call as Unsigned)."""
+        if self._key is None or not self._certificate:
+            return ()
+        return (
+            (identity.SIGNATURE_METADATA, identity.sign(self._key, method, body)),
+            (identity.CERTIFICATE_METADATA, self._certificate),
+        )
+
+
+class SignedStub:
+    """VNodeService over one channel, every request signed by `signer`."""
+
+    def __init__(self, channel: aio.Channel, signer: Signer) -> None:
+        self._signer = signer
+        self._calls = {
+            name: channel.unary_unary(
+                full_method(name),
+                request_serializer=_raw,
+                response_deserializer=response.FromString,
+            )
+            for name, (_request, response) in METHODS.items()
+        }
+
+    async def call(self, name: str, request: pb_message.Message, *, seconds: float) -> Any:
+        """Serialize `request` once, sign those bytes, send them; the parsed response."""
+        body = request.SerializeToString()
+        metadata = self._signer.metadata(full_method(name), body)
+        return await self._calls[name](body, metadata=metadata, timeout=seconds)
+
+
+def received(
+    method: str, body: bytes, context: aio.ServicerContext[Any, Any]
+) -> common_pb2.SignedMessage:
+    """A received request with its signature and certificate, as evidence would carry it."""
+    signature = certificate = b""
+    for key, value in context.invocation_metadata() or ():
+        if key == identity.SIGNATURE_METADATA and isinstance(value, bytes):
+            signature = value
+        elif key == identity.CERTIFICATE_METADATA and isinstance(value, bytes):
+            certificate = value
+    return common_pb2.SignedMessage(
+        method=method, body=body, certificate=certificate, signature=signature
+    )
+
+
+def verify(
+    verifier: identity.Verifier, message: common_pb2.SignedMessage, now: dt.datetime
+) -> identity.Identity:
+    """The sender's identity; `identity.IdentityError` if the message does not prove one."""
+    return verifier.verify(
+        message.method, message.body, message.certificate, message.signature, now
+    )
+
+
+RawBehaviour = Callable[[bytes, aio.ServicerContext[Any, Any]], Awaitable[pb_message.Message]]
+
+
+def raw_handler(behaviours: Mapping[str, RawBehaviour]) -> grpc.GenericRpcHandler[Any, Any]:
+    """VNodeService whose behaviours take the request's raw bytes (verify, then parse);
+    `behaviours`: method name → behaviour, for every name in METHODS."""
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            behaviours[name],
+            request_deserializer=_raw,
+            response_serializer=response.SerializeToString,
+        )
+        for name, (_request, response) in METHODS.items()
+    }
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)

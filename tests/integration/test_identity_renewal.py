@@ -1,0 +1,78 @@
+"""Identities renewed in flight (docs/security.md, "Identity"): a real orchestrator issuing
+3-second certificates and two real agents training the digits example. Every agent renews
+through heartbeats (and the orchestrator renews its own) several times during the run,
+while every message stays signed and verified: the run keeps going at its first attempt
+(a refused message would cost a rollback) and no agent refuses anything for identity."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from api import identity
+from api.resources import network as network_model
+from tests.integration import cluster
+from tests.integration.test_training import MANIFEST, Jobs
+from tests.support import agents, metrics, procs, wait
+
+pytestmark = pytest.mark.slow
+
+TTL = 3.0
+#: Refusal reasons that mean a message's identity was not accepted.
+IDENTITY_REASONS = {*identity.VERIFY_REASONS, "NotSender", "NotDriver", "NoIdentity"}
+
+
+async def test_messages_keep_flowing_across_certificate_renewals(tmp_path: Path) -> None:
+    manifest = yaml.safe_load(MANIFEST.read_text())
+    network = network_model.Network.model_validate(manifest)
+    store_url = f"sqlite:///{tmp_path / 'state.db'}"
+    with (
+        procs.orchestrator(store_url, extra=["--identity-ttl", str(TTL)]) as served,
+        agents.agents(
+            served.address, tmp_path, 2, cpu="2", memory="2Gi",
+            extra=["--metrics-listen", "127.0.0.1:0"],
+        ) as fleet,
+    ):  # fmt: skip
+        api, jobs = cluster.Api(served.address), Jobs(served.address)
+        try:
+            await api.apply(manifest)
+            await api.wait_resolvable(
+                network.name, {v.name: 1 for v in network.spec.vnodes}, within=60
+            )
+            first = await expiries(store_url)
+            await jobs.train("long", network.name, epochs=1000)
+            started = await jobs.wait("long", phase="Running", within=60, step=1)
+
+            # Two renewals of every agent (each at 2/3 of 3 s) while the run goes on.
+            await wait.until(
+                lambda: expiries(store_url),
+                within=60,
+                what="every agent's identity renewed twice",
+                accept=lambda now: all(
+                    (now[n] - first[n]).total_seconds() >= 2 * TTL * 2 / 3 for n in first
+                ),
+                every=0.2,
+            )
+            past = started.status.step + 20
+            later = await jobs.wait("long", phase="Running", within=60, step=past)
+            assert later.status.attempt == 1, f"a rollback: {later.status.message}"
+            for agent in fleet:
+                assert agent.metrics_port is not None
+                refused = metrics.by_label(
+                    metrics.scrape(agent.metrics_port), "dcnr_agent_messages_refused_total",
+                    "reason",
+                )  # fmt: skip
+                assert {r: n for r, n in refused.items() if r in IDENTITY_REASONS and n} == {}
+        finally:
+            await jobs.channel.close(None)
+            await api.close()
+
+
+async def expiries(store_url: str) -> dict[str, datetime]:
+    pnodes, _, _ = await cluster.read_state(store_url)
+    found = {p.name: p.status.identity.expires_at for p in pnodes}
+    assert all(at is not None for at in found.values()), found
+    return {name: at for name, at in found.items() if at is not None}
