@@ -27,6 +27,7 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from api import identity
 from api.dcnr.v1 import common_pb2, pnode_pb2, pnode_pb2_grpc
 from benchmarks import harness
 from controller import config as config_mod
@@ -37,6 +38,8 @@ TARGET_P99 = 0.050
 IN_FLIGHT = 200
 PENDING_RETENTION = 10.0
 HEADER = common_pb2.RequestHeader(api_version="dcnr.io/v1", client_name="bench-flood")
+#: One key for every registration: the CSR's subject is ignored (Register needs a CSR).
+CSR = identity.csr_pem(identity.generate_key(), "flood")
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,7 @@ async def _flood(address: str, count: int) -> Counter[str]:
         header=HEADER,
         capacity=common_pb2.Capacity(cpu_millis=64_000, memory_bytes=2**36),
         data_plane_address="127.0.0.1:7100",
+        csr=CSR,
     )
     async with aio.insecure_channel(address) as channel:
         stub = pnode_pb2_grpc.PNodeServiceStub(channel)

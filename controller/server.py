@@ -386,9 +386,8 @@ class Orchestrator:
                 on_refused=self._report_refused,
                 on_disagreed=self.metrics.disagreed,
                 on_tiebreak=self.metrics.tiebroken,
-                # TODO(issue 11, identity): pass the identity CA's `identity.Verifier` here;
-                # until then accusations are taken on a neighbour's word (a warning says so).
-                verifier=None,
+                # Accusations are acted on only with the accused's signed results.
+                verifier=verifier,
                 clock=self.clock,
                 events=self.events,
                 max_evidence_bytes=self.config.driver.max_message_bytes,

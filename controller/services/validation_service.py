@@ -24,9 +24,9 @@ on both), an AccusationRefused event on both PNodes (`dcnctl describe pnode` lis
 a count in `dcnr_validation_reports_refused` by reason. A slot that moved, or a certificate
 that expired, between receipt and report is refused as `stale-evidence` and costs nobody:
 an honest reporter can meet that race. Evidence is bounded (16 messages, each within the
-data plane's message bound) before any signature is verified. Without an identity CA
-(`verifier` None) reports are believed on the neighbour's word as before, and a warning at
-start says so. Checks also run in the driver inbox (sink outputs), which is trusted.
+data plane's message bound) before any signature is verified. A served orchestrator always
+has its identity CA's verifier; built without one (`verifier` None, unit tests of the other
+rules) reports are believed on the neighbour's word, and a warning at start says so. Checks also run in the driver inbox (sink outputs), which is trusted.
 
 Reports without a subject (a PNode reporting its own result) are recorded as nothing: a
 PNode vouching for itself earns no trust.
@@ -122,8 +122,8 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
         `on_tiebreak`: a tiebreaker this service requested (not one already requested).
 
         `verifier`: checks the evidence of accusations against the identity CA (module
-        docstring). None: the server has no identity CA yet, and an accusation is taken on
-        the neighbour's word as before evidence existed; a warning says so at start.
+        docstring); `serve` always passes its identity CA's. None (tests of other rules
+        only): an accusation is taken on the neighbour's word, and a warning says so.
         `max_evidence_bytes`: the largest body of one piece of evidence (the data plane's
         tensor message bound)."""
         self._store = store

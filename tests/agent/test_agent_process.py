@@ -24,7 +24,7 @@ import pytest
 from grpc import aio
 
 from api import tensors
-from api.dcnr.v1 import job_pb2, job_pb2_grpc, vnode_pb2, vnode_pb2_grpc
+from api.dcnr.v1 import job_pb2, job_pb2_grpc, vnode_pb2
 from tests.integration import cluster
 from tests.support import agents as agents_mod
 from tests.support import identities, procs, wait

@@ -16,10 +16,13 @@ import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from api import identity
 from api.dcnr.v1 import common_pb2, pnode_pb2, pnode_pb2_grpc
 from tests.support import procs, wait
 
 HEADER = common_pb2.RequestHeader(api_version="dcnr.io/v1", client_name="flood")
+#: One key for every registration: the CSR's subject is ignored (Register needs a CSR).
+CSR = identity.csr_pem(identity.generate_key(), "flood")
 FLOOD = 2000
 BATCH = 200
 
@@ -29,6 +32,7 @@ def _register() -> pnode_pb2.RegisterRequest:
         header=HEADER,
         capacity=common_pb2.Capacity(cpu_millis=64_000, memory_bytes=2**36),
         data_plane_address="127.0.0.1:7100",
+        csr=CSR,
     )
 
 

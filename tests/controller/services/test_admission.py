@@ -19,6 +19,7 @@ import grpc
 import pytest
 from grpc import aio
 
+from api import identity
 from api.dcnr.v1 import common_pb2, pnode_pb2, pnode_pb2_grpc
 from api.resources import pnode
 from controller import config as config_mod
@@ -28,10 +29,13 @@ from controller.services import admission, pnode_service, registration_gate, rpc
 from controller.state import leases as leases_mod
 from controller.state import view as view_mod
 from store import base, sqlite
+from tests.support import identities
 
 HEADER = common_pb2.RequestHeader(api_version="dcnr.io/v1", client_name="test")
 CAPACITY = common_pb2.Capacity(cpu_millis=1000, memory_bytes=2**30)
 TOKEN = "abcdef.0123456789abcdef"
+#: One agent key for every registration here: the CSR's subject is ignored.
+CSR = identity.csr_pem(identity.generate_key(), "test")
 UNLIMITED = admission.Limits(register=ratelimit.Limit(0, 1), hot=ratelimit.Limit(0, 1))
 
 
@@ -51,6 +55,7 @@ class Plane:
             capacity=CAPACITY,
             data_plane_address="127.0.0.1:7100",
             join_token=join_token,
+            csr=CSR,
         )
         return await self.stub.Register(request, metadata=_bearer(credential), timeout=10)
 
@@ -110,6 +115,7 @@ async def serving(
         config=config,
         leases=keeper,
         replica_id="replica-t",
+        authority=identities.authority(),
         gate=gate,
     )
     server = aio.server(
