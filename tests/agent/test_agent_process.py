@@ -271,7 +271,13 @@ async def test_agents_resolve_each_other_with_their_credential_when_the_server_h
     store_url = f"sqlite:///{tmp_path / 'state.db'}"
     with (
         procs.orchestrator(
-            store_url, extra=[*TIMINGS, "--admin-token-file", str(tmp_path / "tokens")]
+            store_url,
+            extra=[
+                *TIMINGS,
+                *identities.ca_flags(tmp_path),
+                "--admin-token-file",
+                str(tmp_path / "tokens"),
+            ],
         ) as served,
         agents_mod.agents(
             served.address, tmp_path, 2, cpu="250m", extra=["--drain-deadline", "2"]

@@ -183,11 +183,13 @@ def test_identity_ca_flags_go_together_and_the_key_must_be_the_cas(tmp_path: Pat
     (tmp_path / "ca.pem").write_bytes(ca.certificate_pem)
     (tmp_path / "other-key.pem").write_bytes(other.key_pem)
     store = f"sqlite:///{tmp_path / 's.db'}"
-    alone = _run("serve", "--store", store, "--identity-ca-cert", str(tmp_path / "ca.pem"))
+    alone = _run(
+        "serve", "--insecure", "--store", store, "--identity-ca-cert", str(tmp_path / "ca.pem")
+    )
     assert alone.returncode == 2
     assert "--identity-ca-cert and --identity-ca-key go together" in alone.stderr
     mismatched = _run(
-        "serve", "--store", store, "--identity-ca-cert", str(tmp_path / "ca.pem"),
+        "serve", "--insecure", "--store", store, "--identity-ca-cert", str(tmp_path / "ca.pem"),
         "--identity-ca-key", str(tmp_path / "other-key.pem"),
     )  # fmt: skip
     assert mismatched.returncode == 2

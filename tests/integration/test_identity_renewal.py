@@ -1,5 +1,5 @@
 """Identities renewed in flight (docs/security.md, "Identity"): a real orchestrator issuing
-3-second certificates and two real agents training the digits example. Every agent renews
+6-second certificates and two real agents training the digits example. Every agent renews
 through heartbeats (and the orchestrator renews its own) several times during the run,
 while every message stays signed and verified: the run keeps going at its first attempt
 (a refused message would cost a rollback) and no agent refuses anything for identity."""
@@ -20,7 +20,7 @@ from tests.support import agents, metrics, procs, wait
 
 pytestmark = pytest.mark.slow
 
-TTL = 3.0
+TTL = 6.0
 #: Refusal reasons that mean a message's identity was not accepted.
 IDENTITY_REASONS = {*identity.VERIFY_REASONS, "NotSender", "NotDriver", "NoIdentity"}
 
@@ -46,7 +46,7 @@ async def test_messages_keep_flowing_across_certificate_renewals(tmp_path: Path)
             await jobs.train("long", network.name, epochs=1000)
             started = await jobs.wait("long", phase="Running", within=60, step=1)
 
-            # Two renewals of every agent (each at 2/3 of 3 s) while the run goes on.
+            # Two renewals of every agent (each at 2/3 of 6 s) while the run goes on.
             await wait.until(
                 lambda: expiries(store_url),
                 within=60,
