@@ -104,5 +104,10 @@ def agents(
             )
         yield started
     finally:
+        # All told to leave at once, then waited for: one drain deadline in all, not one
+        # each (each stop() re-sends SIGTERM, which a leaving agent ignores).
+        for agent in started:
+            if agent.proc.poll() is None:
+                agent.proc.send_signal(signal.SIGTERM)
         for agent in started:
             agent.stop()
