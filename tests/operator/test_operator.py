@@ -5,9 +5,9 @@ console script runs), logging into kmock through a kubeconfig as it would into a
 Two scenarios, each in the order a user lives it (each step starts from the state the
 previous one left): a Network CR created, edited, lost behind the operator's back, kept
 through a restart of the orchestrator and of the operator, deleted through the finalizer;
-and a Job CR training on a Network CR. An invalid CR is its own test. Each has its own
-kmock: see `_job_scenario` and the invalid-CR test for the emulator's limits that makes
-this necessary.
+and a Job CR training a network, compared with the same job trained by `dcnctl train` on a
+second, fresh cluster. An invalid CR is its own test. Each has its own kmock: see
+`_job_scenario` and the invalid-CR test for the emulator's limits that makes this necessary.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import grpc
@@ -28,6 +28,7 @@ from api.dcnr.v1 import job_pb2, network_pb2, pnode_pb2, pnode_pb2_grpc
 from api.resources import job, network
 from dcnr_operator import client as client_mod
 from dcnr_operator import main as operator_main
+from tests.dcnctl.conftest import Dcnctl
 from tests.integration import cluster
 from tests.support import agents, procs, wait
 
@@ -194,24 +195,33 @@ def _example() -> dict[str, Any]:
     return doc
 
 
+T = TypeVar("T")
 Scenario = Callable[
-    [Kube, Orchestrator, Operator, contextlib.ExitStack, procs.Served, str], Awaitable[None]
+    [Kube, Orchestrator, Operator, contextlib.ExitStack, procs.Served, str], Awaitable[T]
 ]
 
 
-async def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scenario: Scenario) -> None:
-    """A real serve, 3 real agents, kmock, the operator in-process; then `scenario`."""
+async def _run(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    scenario: Scenario[T],
+    agent_flags: tuple[str, ...] = (),
+) -> T:
+    """A real serve, 3 real agents (given `agent_flags`), kmock, the operator in-process; then
+    `scenario`, whose result this returns once all of them have stopped."""
+    await asyncio.to_thread(tmp_path.mkdir, parents=True, exist_ok=True)
     store = f"sqlite:///{tmp_path / 'state.db'}"
     stack = contextlib.ExitStack()
     served = stack.enter_context(orchestrator_on(store))
     try:
-        stack.enter_context(agents.agents(served.address, tmp_path, 3, cpu="2", memory="2Gi"))
+        stack.enter_context(agents.agents(served.address, tmp_path, 3, cpu="2", memory="2Gi",
+                                          extra=agent_flags))  # fmt: skip
         orch = Orchestrator(served.address)
         await wait.until(orch.ready_pnodes, within=30, what="3 ready pnodes",
                          accept=lambda n: n == 3)  # fmt: skip
         try:
             async with operating(served, tmp_path, monkeypatch) as kube:
-                await scenario(kube, orch, kube.op, stack, served, store)
+                return await scenario(kube, orch, kube.op, stack, served, store)
         finally:
             await orch.c.close()
     finally:
@@ -221,13 +231,36 @@ async def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scenario: Scenar
 async def test_a_network_cr_lives_its_life_through_the_operator(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await _run(tmp_path, monkeypatch, _network_scenario)
+    # The agents' own drain deadline (30 s), not the test default (agents.DRAIN_DEADLINE): the
+    # restart below stops them while they hold VNodes, and when they left within seconds the
+    # operator's restart hung ("Timer 'resync_network' did not exit in time", then no
+    # progress until pytest's timeout), seen twice; with the last agent killed after 20 s it
+    # passes. An operator bug to chase; until then this keeps the scenario as it was.
+    await _run(tmp_path, monkeypatch, _network_scenario, ("--drain-deadline", "30"))
 
 
-async def test_a_job_cr_trains_through_the_operator(
+#: One job, trained once from a Job CR and once by `dcnctl train`: 6 steps of 256 samples
+#: (the example's 1437 rows), seeded. A checkpoint at every step makes the reported loss and
+#: accuracy those of the last step alone: with the default interval they are the means over
+#: the steps since the last progress write, which a timer (0.5 s) decides, so two equal runs
+#: could report means over different steps.
+JOB = {"network": "digits", "epochs": 1, "batchSize": 256, "learningRate": 0.1,
+       "optimizer": "adam", "checkpointInterval": 1, "seed": 7}  # fmt: skip
+
+
+async def test_a_job_cr_trains_to_the_accuracy_of_dcnctl_train(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await _run(tmp_path, monkeypatch, _job_scenario)
+    """The same job, from scratch on two fresh clusters: through a Job CR and the operator
+    on one, through `dcnctl train` on the other. Training is deterministic (weights from
+    (network, vnode, seed), batches from (seed, epoch), one replica per VNode so no gradient
+    is summed in an order that varies): the two must agree exactly, not within a tolerance."""
+    by_cr = await _run(tmp_path / "operator", monkeypatch, _job_scenario)
+    by_cli = await asyncio.to_thread(_train_with_dcnctl, tmp_path / "dcnctl")
+    assert by_cli["phase"] == "Succeeded", by_cli
+    assert (by_cli["step"], by_cli["epoch"]) == (by_cr["step"], by_cr["epoch"]) == (6, 1)
+    assert by_cli["accuracy"] is not None
+    assert (by_cr["loss"], by_cr["accuracy"]) == (by_cli["loss"], by_cli["accuracy"])
 
 
 async def _cr_ready(kube: Kube, orch: Orchestrator, name: str) -> tuple[dict[str, Any], Any]:
@@ -309,10 +342,11 @@ async def _job_scenario(
     stack: contextlib.ExitStack,
     served: procs.Served,
     store: str,
-) -> None:
-    """A Job CR: the network it trains is applied to the orchestrator directly (as dcnctl
-    would), because kmock 0.8 confuses the two kinds' objects once both are stored (kopf was
-    seen patching networks/digits-train, and reading a Network's spec as a Job's)."""
+) -> dict[str, Any]:
+    """A Job CR trains `JOB` to Succeeded; returns the CR's status. The network it trains is
+    applied to the orchestrator directly (as dcnctl would), because kmock 0.8 confuses the
+    two kinds' objects once both are stored (kopf was seen patching networks/digits-train,
+    and reading a Network's spec as a Job's)."""
     api = cluster.Api(served.address)
     try:
         manifest = _example()
@@ -322,24 +356,48 @@ async def _job_scenario(
         await api.close()
     await wait.until(lambda: orch.network("digits"), within=30, what="digits Ready",
                      accept=lambda n: n is not None and n.status.phase == "Ready")  # fmt: skip
-    # A Job CR trains to success, its accuracy mirrored as dcnctl shows it.
     await kube.create("jobs", {
         "apiVersion": "dcnr.io/v1", "kind": "Job",
         "metadata": {"name": "digits-train", "namespace": NS},
-        "spec": {"network": "digits", "epochs": 1, "batchSize": 32, "learningRate": 0.1,
-                 "optimizer": "adam"},
+        "spec": dict(JOB),
     })  # fmt: skip
     cr_job = await wait.until(lambda: kube.get("jobs", "digits-train"), within=45,
                               what="the Job CR Succeeded",
                               accept=lambda j: j and j.get("status", {}).get("phase")
                               == "Succeeded")  # fmt: skip
     assert cr_job is not None
+    # The CR mirrors the orchestrator's job, as dcnctl shows it.
     run = await orch.job("digits-train")
     assert run is not None
     assert run.status.accuracy is not None
     assert cr_job["status"]["accuracy"] == run.status.accuracy
+    assert cr_job["status"]["loss"] == run.status.loss
     assert cr_job["status"]["epochs"] == "1/1"
+    assert cr_job["status"]["steps"] == "6/6"
+    status: dict[str, Any] = cr_job["status"]
+    return status
 
+
+def _train_with_dcnctl(root: Path) -> dict[str, Any]:
+    """`JOB` trained by `dcnctl train` on a fresh orchestrator and 3 agents of its own;
+    returns the job's status as `dcnctl get job -o json` shows it."""
+    root.mkdir(parents=True, exist_ok=True)
+    with (
+        procs.orchestrator(f"sqlite:///{root / 'state.db'}") as served,
+        agents.agents(served.address, root, 3, cpu="2", memory="2Gi"),
+    ):
+        cli = Dcnctl(root / "config", served.address)
+        cli("apply", "-f", str(REPO / "examples/digits/network.yaml"))
+        cli.until("digits Ready", lambda b: b["status"].get("phase") == "Ready",
+                  "get", "network", "digits")  # fmt: skip
+        out = cli("train", "digits", "--name", "digits-train", "--epochs", str(JOB["epochs"]),
+                  "--batch-size", str(JOB["batchSize"]), "--lr", str(JOB["learningRate"]),
+                  "--optimizer", str(JOB["optimizer"]),
+                  "--checkpoint-interval", str(JOB["checkpointInterval"]),
+                  "--seed", str(JOB["seed"])).stdout  # fmt: skip
+        assert "job.dcnr.io/digits-train succeeded" in out, out
+        status: dict[str, Any] = cli.json("get", "job", "digits-train")["status"]
+        return status
 
 
 async def test_an_invalid_cr_gets_a_warning_event_naming_the_field(
