@@ -69,6 +69,10 @@ class AgentConfig:
     join_token: str = ""
 
 
+#: Seconds between the end of a WatchAssignments stream and the next one.
+WATCH_PACING = 0.2
+
+
 class Agent:
     def __init__(
         self,
@@ -310,12 +314,12 @@ class Agent:
             async for message in stub.WatchAssignments(request, metadata=self._metadata()):
                 if message.lease_state == FENCED:
                     await self._fence(incarnation)
-                    return
+                    break  # and pace: a fence while leaving registers nothing new
                 self._apply(message.assignment_set, incarnation)
         except aio.AioRpcError as exc:
             if exc.code() in _SWITCH:
                 await self._orchestrators.fail_over(channel)
-        await asyncio.sleep(0.2)  # reconnect pacing; the heartbeat covers the gap
+        await self._pause_for(WATCH_PACING)  # reconnect pacing; the heartbeat covers the gap
 
     # -- running and leaving ----------------------------------------------------------------
 
