@@ -26,7 +26,8 @@ that expired, between receipt and report is refused as `stale-evidence` and cost
 an honest reporter can meet that race. Evidence is bounded (16 messages, each within the
 data plane's message bound) before any signature is verified. A served orchestrator always
 has its identity CA's verifier; built without one (`verifier` None, unit tests of the other
-rules) reports are believed on the neighbour's word, and a warning at start says so. Checks also run in the driver inbox (sink outputs), which is trusted.
+rules) reports are believed on the neighbour's word, and a warning at start says so.
+Checks also run in the driver inbox (sink outputs), which is trusted.
 
 Reports without a subject (a PNode reporting its own result) are recorded as nothing: a
 PNode vouching for itself earns no trust.

@@ -22,7 +22,7 @@ class AlwaysFenced(pnode_pb2_grpc.PNodeServiceServicer):
     def __init__(self) -> None:
         self.watches = 0
 
-    async def WatchAssignments(  # noqa: N802 (gRPC's method name)
+    async def WatchAssignments(
         self, request: pnode_pb2.WatchAssignmentsRequest, context: Any
     ) -> AsyncIterator[pnode_pb2.WatchAssignmentsResponse]:
         self.watches += 1
