@@ -19,6 +19,7 @@ from pathlib import Path
 
 from benchmarks import (
     admission,
+    auth,
     failover,
     harness,
     ingest,
@@ -38,6 +39,7 @@ SCENARIOS: dict[str, Scenario] = {
     scale.NAME: scale.run,
     validation.NAME: validation.run,
     admission.NAME: admission.run,
+    auth.NAME: auth.run,
 }
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -27,7 +27,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
-from grpc import aio
 
 from api import identity
 from api.dcnr.v1 import common_pb2, pnode_pb2, pnode_pb2_grpc, resolve_pb2
@@ -231,9 +230,12 @@ def _header() -> common_pb2.RequestHeader:
     return common_pb2.RequestHeader(api_version="dcnr.io/v1", client_name="bench-pnode")
 
 
-async def _register(address: str, count: int) -> tuple[list[str], list[load.Call]]:
-    """Register `count` PNodes (32 at a time): their names, a pre-serialized Heartbeat each."""
-    async with aio.insecure_channel(address) as channel:
+async def _register(
+    address: str, count: int, *, credentials: grpc.ChannelCredentials | None = None
+) -> tuple[list[str], list[load.Call]]:
+    """Register `count` PNodes (32 at a time): their names, a pre-serialized Heartbeat each.
+    `credentials`: TLS to the orchestrator (the `auth` scenario)."""
+    async with load.channel(address, credentials) as channel:
         stub = pnode_pb2_grpc.PNodeServiceStub(channel)
         gate = asyncio.Semaphore(32)
         # One key for every simulated PNode: the CSR's subject is ignored, and what is
@@ -262,9 +264,16 @@ async def _register(address: str, count: int) -> tuple[list[str], list[load.Call
         return [name for name, _ in pairs], [call for _, call in pairs]
 
 
-async def _network(address: str, vnodes: int) -> tuple[list[load.Call], set[str]]:
-    """Place a chain network: Resolve calls for its VNodes, and the PNodes hosting them."""
-    api = cluster.Api(address)
+async def _network(
+    address: str,
+    vnodes: int,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    token: str = "",
+) -> tuple[list[load.Call], set[str]]:
+    """Place a chain network: Resolve calls for its VNodes, and the PNodes hosting them.
+    `credentials`, `token`: TLS and the admin token (the `auth` scenario)."""
+    api = cluster.Api(address, token=token, credentials=credentials)
     try:
         await api.apply(cluster.chain_network("chain", vnodes))
         _, placed = await api.wait_resolvable(
@@ -284,10 +293,12 @@ async def _network(address: str, vnodes: int) -> tuple[list[load.Call], set[str]
     return calls, hosts
 
 
-async def _keep_alive(address: str, calls: list[load.Call]) -> None:
+async def _keep_alive(
+    address: str, calls: list[load.Call], *, credentials: grpc.ChannelCredentials | None = None
+) -> None:
     """Heartbeat the hosting PNodes once a second, as their agents would, so their VNodes
     stay resolvable however long the measurements take (a few calls/s of background)."""
-    async with aio.insecure_channel(address) as channel:
+    async with load.channel(address, credentials) as channel:
         beat = channel.unary_unary(HEARTBEAT, None, None)
         while True:
             for call in calls:

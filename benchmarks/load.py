@@ -13,11 +13,24 @@ import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc import aio
 
 Metadata = tuple[tuple[str, str], ...]
+
+
+def channel(
+    address: str,
+    credentials: grpc.ChannelCredentials | None,
+    *,
+    options: Sequence[tuple[str, Any]] = (),
+) -> aio.Channel:
+    """A TLS channel when given `credentials`, a plaintext one otherwise."""
+    if credentials is None:
+        return aio.insecure_channel(address, options=options)
+    return aio.secure_channel(address, credentials, options=options)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +56,18 @@ class Outcome:
 
 
 class Client:
-    def __init__(self, address: str, method: str, *, channels: int = 4) -> None:
+    def __init__(
+        self,
+        address: str,
+        method: str,
+        *,
+        channels: int = 4,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        """`credentials`: TLS (`grpc.ssl_channel_credentials`); plaintext without."""
         # Distinct channel arguments: otherwise grpc shares one subchannel between them.
         self._channels = [
-            aio.insecure_channel(address, options=[("bench.channel", i)]) for i in range(channels)
+            channel(address, credentials, options=[("bench.channel", i)]) for i in range(channels)
         ]
         self._calls = [ch.unary_unary(method, None, None) for ch in self._channels]
 

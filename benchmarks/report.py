@@ -137,7 +137,8 @@ def _scenario(d: dict[str, Any], images: list[Path], root: Path) -> list[str]:
         lines += ["", "Profile (target missed):", "", "```", *d["profile"], "```"]
     written = analysis.ANALYSIS.get(d["scenario"], [])
     if written and not d.get("smoke"):
-        lines += ["", f"Analysis (hand-written in benchmarks/analysis.py, from {analysis.RUN}):"]
+        run = analysis.RUNS.get(d["scenario"], analysis.RUN)
+        lines += ["", f"Analysis (hand-written in benchmarks/analysis.py, from {run}):"]
         lines += [""] + [f"- {text}" for text in written]
     for image in images:
         lines += ["", f"![{image.stem}]({image.relative_to(root).as_posix()})"]

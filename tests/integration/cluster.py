@@ -8,6 +8,7 @@ import time
 from collections import Counter, defaultdict
 from typing import Any, NamedTuple
 
+import grpc
 from grpc import aio
 
 from api.dcnr.v1 import common_pb2, network_pb2, network_pb2_grpc, resolve_pb2, resolve_pb2_grpc
@@ -51,10 +52,17 @@ def chain_network(name: str, count: int, *, replicated: int = 0) -> dict[str, An
 class Api:
     """The orchestrator's management and resolution API, as any client sees it."""
 
-    def __init__(self, address: str, *, token: str = "") -> None:
+    def __init__(
+        self, address: str, *, token: str = "", credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
+        """`credentials`: TLS (`grpc.ssl_channel_credentials`); plaintext without."""
         #: Sent on every call when given (`serve --admin-token-file`/`--read-only-token-file`).
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.channel = aio.insecure_channel(address)
+        self.channel = (
+            aio.secure_channel(address, credentials)
+            if credentials is not None
+            else aio.insecure_channel(address)
+        )
         self.networks = network_pb2_grpc.NetworkServiceStub(self.channel)
         self.resolution = resolve_pb2_grpc.ResolutionServiceStub(self.channel)
 

@@ -38,8 +38,9 @@ STEPS = EPOCHS * -(-len(DATA["y_train"]) // BATCH)
 
 
 class Jobs:
-    def __init__(self, address: str) -> None:
-        self.channel = aio.insecure_channel(address)
+    def __init__(self, address: str, *, channel: aio.Channel | None = None) -> None:
+        """`channel`: one already set up (TLS, call credentials); plaintext without."""
+        self.channel = channel or aio.insecure_channel(address)
         self.stub = job_pb2_grpc.JobServiceStub(self.channel)
 
     async def train(self, name: str, network: str, *, epochs: int = EPOCHS) -> None:

@@ -48,7 +48,10 @@ class TestPNode:
         data_plane_address: str = "127.0.0.1:7100",
         heartbeat_interval: float | None = None,
         reregister_when_fenced: bool = False,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        """`credentials`: TLS to the orchestrator (`grpc.ssl_channel_credentials`); plaintext
+        without."""
         #: Orchestrator replicas to talk to, the first preferred; an agent moves to the next
         #: when one is unreachable, as behind a load balancer.
         self.addresses = [address] if isinstance(address, str) else list(address)
@@ -69,6 +72,7 @@ class TestPNode:
         self.data_plane_address = data_plane_address
         self.interval_override = heartbeat_interval
         self.reregister_when_fenced = reregister_when_fenced
+        self.credentials = credentials
         self.credential = ""
         self.incarnation = 0
         self.heartbeat_interval = 1.0
@@ -94,7 +98,11 @@ class TestPNode:
     @property
     def stub(self) -> pnode_pb2_grpc.PNodeServiceAsyncStub:
         if self._stub is None:
-            self._channel = aio.insecure_channel(self.address)
+            self._channel = (
+                aio.secure_channel(self.address, self.credentials)
+                if self.credentials is not None
+                else aio.insecure_channel(self.address)
+            )
             self._stub = pnode_pb2_grpc.PNodeServiceStub(self._channel)
         return self._stub
 
