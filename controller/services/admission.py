@@ -164,7 +164,7 @@ class AdmissionLimits(_Interceptor):
             limit, per = self.hot_address_limit, f"source address {address}"
         else:
             return None
-        self._on_refused(method.rpartition("/")[2], RATE_LIMITED)
+        self._on_refused(method, RATE_LIMITED)
         return faults.ResourceExhausted(
             f"{method.rpartition('/')[2]}: rate limit of {limit.describe()} per {per} "
             "exceeded; retry with backoff",

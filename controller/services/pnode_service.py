@@ -401,7 +401,7 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         if aset is None or request.known_assignment_set_version < aset.version:
             cap = max(cap, MAX_STATUSES_LAGGING)  # it may still report an older set
         if len(request.assignment_statuses) > cap:
-            self._gate.count_refusal("Heartbeat", "TooMany")
+            self._gate.count_refusal(_METHOD + "Heartbeat", "TooMany")
             raise faults.ResourceExhausted(
                 f"assignment_statuses: {len(request.assignment_statuses)} entries; this PNode "
                 f"may report at most {cap} (its assignments plus {STATUS_SLACK})",

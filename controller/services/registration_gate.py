@@ -71,21 +71,21 @@ class RegistrationGate:
         joined: pnode.JoinedBy = "open"
         if self._tokens:
             if not join_token:
-                self.count_refusal("Register", "JoinTokenMissing")
+                self.count_refusal("/dcnr.v1.PNodeService/Register", "JoinTokenMissing")
                 raise faults.Unauthenticated(
                     "join_token: this orchestrator admits new PNodes only with a join token "
                     "(dcnr-agent --join-token-file)",
                     reason="JoinTokenMissing",
                 )
             if not self._valid(join_token):
-                self.count_refusal("Register", "JoinTokenInvalid")
+                self.count_refusal("/dcnr.v1.PNodeService/Register", "JoinTokenInvalid")
                 raise faults.PermissionDenied(
                     "join_token: not a join token of this orchestrator", reason="JoinTokenInvalid"
                 )
             joined = "token"
         pending = self.pending_count()
         if pending >= self._config.max_pending_pnodes:
-            self.count_refusal("Register", "PendingCap")
+            self.count_refusal("/dcnr.v1.PNodeService/Register", "PendingCap")
             raise faults.ResourceExhausted(
                 f"{pending} PNodes registered and never heartbeated (the cap is "
                 f"{self._config.max_pending_pnodes}, --max-pending-pnodes); they are removed "

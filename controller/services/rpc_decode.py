@@ -131,11 +131,9 @@ class DecodeGuard(_Interceptor):
         decode = guarded_deserializer(
             handler.request_deserializer, type_name, max_bytes=max_bytes, fields=fields
         )
-        short = method.rpartition("/")[2]
-
         def count(request: Undecodable) -> None:
             if request.too_large:
-                self._on_refused(short, "RequestTooLarge")
+                self._on_refused(method, "RequestTooLarge")
 
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(

@@ -172,7 +172,7 @@ async def test_a_flood_of_anonymous_registrations_from_one_address_is_mostly_ref
             "retry with backoff"
         }
         assert len((await plane.store.list(pnode.PNode)).items) == 20
-        assert plane.refused == {("Register", "RateLimited"): 1980}
+        assert plane.refused == {("/dcnr.v1.PNodeService/Register", "RateLimited"): 1980}
         await plane.clock.advance(1.0)  # five more tokens
         for _ in range(5):
             await plane.register()
@@ -223,7 +223,7 @@ async def test_heartbeats_are_limited_per_credential(tmp_path) -> None:
         # One caller's flood does not spend another's budget.
         beat = await plane.heartbeat(other)
         assert beat.lease_state == pnode_pb2.LEASE_STATE_ACTIVE
-        assert plane.refused == {("Heartbeat", "RateLimited"): 1}
+        assert plane.refused == {("/dcnr.v1.PNodeService/Heartbeat", "RateLimited"): 1}
 
 
 async def test_invented_credentials_do_not_escape_the_address_budget(tmp_path) -> None:
@@ -245,7 +245,9 @@ async def test_invented_credentials_do_not_escape_the_address_budget(tmp_path) -
             grpc.StatusCode.UNAUTHENTICATED: 2 * admission.ADDRESS_FACTOR,
             grpc.StatusCode.RESOURCE_EXHAUSTED: 30 - 2 * admission.ADDRESS_FACTOR,
         }
-        assert plane.refused == {("Heartbeat", "RateLimited"): 30 - 2 * admission.ADDRESS_FACTOR}
+        assert plane.refused == {
+            ("/dcnr.v1.PNodeService/Heartbeat", "RateLimited"): 30 - 2 * admission.ADDRESS_FACTOR
+        }
 
 
 # -- statuses per heartbeat ------------------------------------------------------------------
@@ -259,7 +261,7 @@ async def test_a_heartbeat_with_100000_statuses_is_refused_unparsed(tmp_path) ->
         assert "exceeds the limit of 262144 bytes for a dcnr.v1.HeartbeatRequest" in details
         assert "assignment_statuses" in details
         assert "nothing of it was read" in details
-        assert plane.refused == {("Heartbeat", "RequestTooLarge"): 1}
+        assert plane.refused == {("/dcnr.v1.PNodeService/Heartbeat", "RequestTooLarge"): 1}
         stored = await plane.store.get(pnode.PNode, "p1")
         assert stored.status.phase == "Ready"  # and the PNode itself is untouched
 
@@ -286,7 +288,7 @@ async def test_more_statuses_than_assignments_plus_slack_are_refused_naming_the_
         )
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert details.startswith("assignment_statuses: 9 entries; this PNode may report at most 8")
-        assert plane.refused == {("Heartbeat", "TooMany"): 1}
+        assert plane.refused == {("/dcnr.v1.PNodeService/Heartbeat", "TooMany"): 1}
         del request.assignment_statuses[-1]
         ok = await plane.stub.Heartbeat(request, metadata=_bearer(reply.credential))
         assert ok.lease_state == pnode_pb2.LEASE_STATE_ACTIVE
@@ -326,8 +328,8 @@ async def test_join_tokens_gate_new_pnodes_but_not_their_re_registration(tmp_pat
         assert code == grpc.StatusCode.UNAUTHENTICATED
         await plane.register("p2", join_token="second.token")
         assert plane.refused == {
-            ("Register", "JoinTokenMissing"): 2,
-            ("Register", "JoinTokenInvalid"): 1,
+            ("/dcnr.v1.PNodeService/Register", "JoinTokenMissing"): 2,
+            ("/dcnr.v1.PNodeService/Register", "JoinTokenInvalid"): 1,
         }
 
 
@@ -348,4 +350,4 @@ async def test_new_pnodes_are_refused_while_the_pending_cap_is_reached(tmp_path)
         assert "the cap is 3, --max-pending-pnodes" in details
         # Re-registering an existing PNode is never refused by the cap.
         await plane.register("p0", credential=replies[0].credential)
-        assert plane.refused == {("Register", "PendingCap"): 1}
+        assert plane.refused == {("/dcnr.v1.PNodeService/Register", "PendingCap"): 1}
