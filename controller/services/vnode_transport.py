@@ -33,8 +33,13 @@ from controller.jobs import vnode_client
 T = TypeVar("T")
 DETAILS_KEY = "dcnr-error-details-bin"
 
+#: Failures that may pass. NOT_FOUND among them: the view (and resolution) name a slot's
+#: PNode as soon as the placement is written, a moment before that PNode has heard of its
+#: assignment, and it answers NOT_FOUND until then. A slot that really moved changes the
+#: view's endpoint, which the retry reads again; one that is gone fails at the deadline.
 RETRYABLE = frozenset(
     {
+        grpc.StatusCode.NOT_FOUND,
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.DATA_LOSS,
