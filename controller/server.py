@@ -104,6 +104,9 @@ class ServeConfig:
     identity_ca: tuple[bytes, bytes] | None = None
     #: Seconds the identity certificates of PNodes and of this replica are valid.
     identity_ttl: float = 3600.0
+    #: The cluster's data plane is plaintext (`--data-plane-insecure`), told to agents at
+    #: Register; False: TLS with the PNodes' identity certificates.
+    data_plane_insecure: bool = False
 
 
 class Orchestrator:
@@ -319,6 +322,7 @@ class Orchestrator:
                     on_refused=self.metrics.refused,
                     authority=self.authority,
                     identity_ttl=self.config.identity_ttl,
+                    data_plane_plaintext=self.config.data_plane_insecure,
                     statuses=self.allocation_status,
                     events=self.events,
                     gate=registration_gate.RegistrationGate(
