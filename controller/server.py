@@ -153,7 +153,7 @@ class Orchestrator:
             view=self.view,
             clock=self.clock,
             rpc_timeout=config.driver.rpc_timeout,
-            transport=vnode_transport.GrpcTransport(signer=self.signer),
+            transport=vnode_transport.GrpcTransport(signer=self.signer, ca=self._data_plane_ca),
         )
         self.inbox = driver_inbox.Inbox(
             clock=self.clock, book=self.trust, on_disagreed=self.metrics.disagreed
@@ -303,6 +303,14 @@ class Orchestrator:
 
         self._identity_task = asyncio.get_running_loop().create_task(renew(own))
         return authority
+
+    def _data_plane_ca(self) -> bytes | None:
+        """What the driver verifies agents' listeners with; None: plaintext."""
+        if self.config.data_plane_insecure:
+            return None
+        if self.authority is None:
+            raise RuntimeError("the identity CA is loaded at start: no data-plane call before")
+        return self.authority.certificate_pem
 
     def _add_services(self) -> None:
         control = self.config.control
