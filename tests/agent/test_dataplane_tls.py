@@ -6,6 +6,8 @@ pair shows the explicit plaintext choice (`serve --data-plane-insecure`)."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -122,3 +124,21 @@ async def test_data_plane_insecure_is_plaintext_for_agents_too(tmp_path: Path) -
             assert await call(channel) == grpc.StatusCode.UNAVAILABLE
         assert "runs the data plane plaintext" in agent.log.read_text()
     assert "--data-plane-insecure: agents serve and dial" in served.log.read_text()
+
+
+def test_a_taken_listen_port_fails_before_register(tmp_path: Path) -> None:
+    # The listener opens only after Register, but its port is held from the start: a taken
+    # one is exit 1 naming --listen, without waiting for an orchestrator (none listens here).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        done = subprocess.run(
+            [
+                procs.script("dcnr-agent"), "--orchestrator", "127.0.0.1:1", "--insecure",
+                "--listen", listen, "--state-dir", str(tmp_path),
+            ],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert f"dcnr-agent: error: --listen: {listen!r}" in done.stderr
