@@ -220,7 +220,8 @@ class Peers:
         inbox, the orchestrator's listener, reached as the orchestrators are (TLS when they
         are)."""
         ca = None if pnode == DRIVER else self._client_ca()
-        if ca != self._ca:  # a replaced identity CA: no cached peer channel trusts it
+        if pnode != DRIVER and ca != self._ca:
+            # A replaced identity CA: no cached peer channel trusts it.
             stale = [k for k in self._channels if k[1] != DRIVER]
             for k in stale:
                 self._stubs.pop(k, None)
