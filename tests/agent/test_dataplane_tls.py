@@ -17,6 +17,7 @@ import pytest
 from cryptography import x509
 from grpc import aio
 
+from agent import peers
 from api import identity, tensors
 from api.dcnr.v1 import vnode_pb2
 from tests.support import agents as agents_mod
@@ -142,3 +143,22 @@ def test_a_taken_listen_port_fails_before_register(tmp_path: Path) -> None:
         )  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert f"dcnr-agent: error: --listen: {listen!r}" in done.stderr
+
+
+async def test_peer_channels_are_kept_across_driver_sends_and_dropped_on_a_new_ca() -> None:
+    bundle = [identities.authority().certificate_pem]
+    sender = peers.Peers(
+        peers.Orchestrators(["127.0.0.1:1"]),
+        signer=identities.pnode_signer("p"),
+        client_ca=lambda: bundle[0],
+        max_message_bytes=4096,
+    )
+    try:
+        first = await sender._stub("127.0.0.1:2", "q")
+        await sender._stub("127.0.0.1:3", peers.DRIVER)  # the driver is no CA change
+        assert await sender._stub("127.0.0.1:2", "q") is first
+        assert await sender._stub("127.0.0.1:2", "r") is not first, "one channel per PNode"
+        bundle[0] = identity.Authority.create(identities.now()).certificate_pem
+        assert await sender._stub("127.0.0.1:2", "q") is not first, "a new CA: a new channel"
+    finally:
+        await sender.close()
