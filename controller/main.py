@@ -2,7 +2,8 @@
 
     dcnr-orchestrator serve (--tls-cert FILE --tls-key FILE [--tls-client-ca FILE] | --insecure)
                             [--store URL] [--listen HOST:PORT] [--metrics-listen HOST:PORT]
-                            [--replica-id ID] [--heartbeat-interval S] [--lease-duration S] ...
+                            [--replica-id ID] [--heartbeat-interval S] [--lease-duration S]
+                            [--data-plane-insecure] ...
     dcnr-orchestrator up [--agents N] [--insecure] ...
     dcnr-orchestrator init-store [--store URL]
 
