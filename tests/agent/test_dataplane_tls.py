@@ -1,8 +1,9 @@
 """The data plane over TLS (docs/security.md, "Transport (TLS)"): a real agent process
 serves its VNodeService with its PNode identity certificate, follows renewals without a
-restart, and speaks to nobody who does not verify it. One orchestrator (2-second identity
-certificates, so the agent renews about every 1.3 s) and one agent for the module; a second
-pair shows the explicit plaintext choice (`serve --data-plane-insecure`)."""
+restart, and speaks to nobody who does not verify it. One orchestrator (3-second identity
+certificates, renewed by the agent's heartbeat, every 0.3 s, once 2 s have passed: never
+served expired) and one agent for the module; a second pair shows the explicit plaintext
+choice (`serve --data-plane-insecure`)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from tests.support import agents as agents_mod
 from tests.support import identities, procs, wait
 from tests.support import tls as tls_support
 
-TTL = 2.0
+TTL = 3.0
+HEARTBEAT = ["--heartbeat-interval", "0.3", "--lease-duration", "3"]
 
 
 class Cluster(NamedTuple):
@@ -35,7 +37,7 @@ class Cluster(NamedTuple):
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("dtls")
-    flags = [*identities.ca_flags(root), "--identity-ttl", str(TTL)]
+    flags = [*identities.ca_flags(root), "--identity-ttl", str(TTL), *HEARTBEAT]
     with (
         procs.orchestrator(f"sqlite:///{root}/state.db", extra=flags) as served,
         agents_mod.agents(served.address, root, 1) as (agent,),
