@@ -114,7 +114,6 @@ async def test_a_renewed_certificate_is_served_without_a_restart(cluster: Cluste
         assert await call(channel) == grpc.StatusCode.NOT_FOUND
 
 
-@pytest.mark.slow
 async def test_data_plane_insecure_is_plaintext_for_agents_too(tmp_path: Path) -> None:
     flags = [*identities.ca_flags(tmp_path), "--data-plane-insecure"]
     with (
