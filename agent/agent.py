@@ -194,7 +194,16 @@ class Agent:
                     await self._pause(delay)
                     delay = min(5.0, delay * 2)
                     continue
+                if self.incarnation and reply.data_plane_plaintext != self._keys.plaintext:
+                    # The listener's transport was chosen at the first Register; it cannot
+                    # change under open connections.
+                    raise RegistrationRefused(
+                        f"orchestrator {self._orchestrators.address} now runs the data plane "
+                        f"{'plaintext' if reply.data_plane_plaintext else 'over TLS'}, this "
+                        "agent started otherwise: restart it to follow"
+                    )
                 self._on_register("registered")
+                self._keys.plaintext = reply.data_plane_plaintext
                 self._keys.accept(reply.certificate, reply.identity_ca)
                 self.name = reply.pnode_id
                 self._credential = reply.credential
@@ -326,12 +335,18 @@ class Agent:
     def request_stop(self) -> None:
         self._stopping.set()
 
-    async def run(self, on_registered: Callable[[Agent], None] = lambda _a: None) -> None:
-        """Serve until `request_stop`, then drain and leave. Raises RegistrationRefused."""
+    async def run(
+        self, on_registered: Callable[[Agent], Awaitable[None] | None] = lambda _a: None
+    ) -> None:
+        """Serve until `request_stop`, then drain and leave. Raises RegistrationRefused.
+        `on_registered` runs once the first Register answered (the data-plane listener
+        starts there: its transport and certificate come from that answer)."""
         await self.register()
         if self._stopping.is_set():
             return
-        on_registered(self)
+        started = on_registered(self)
+        if started is not None:
+            await started
         loops = [
             asyncio.create_task(self.heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self.watch_loop(), name="watch"),

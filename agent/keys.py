@@ -10,14 +10,23 @@ wall clock does not make the agent renew late.
 
 `signer` signs every outgoing VNodeService request (`api.signed`); `verifier` checks every
 incoming one against the CA bundle. Both are shared objects, updated in place on renewal.
+
+The same certificate is the data-plane listener's TLS certificate (`server_credentials`):
+gRPC asks `fetch` before each new connection's handshake, and gets the certificate current
+at that moment, so a renewal is served without a restart. Clients verify listeners with
+`client_ca`, the identity CA bundle, or speak plaintext when the orchestrator said the
+cluster's data plane is plaintext (`RegisterResponse.data_plane_plaintext`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
+import grpc
 from cryptography import x509
 
 from api import identity, signed
@@ -36,6 +45,13 @@ class Keeper:
         #: When the current certificate expires (the orchestrator's clock), for logs.
         self.expires_at: dt.datetime | None = None
         self._renew_at = float("inf")
+        #: From Register: the cluster's data plane is plaintext (`serve --data-plane-insecure`).
+        self.plaintext = False
+        self._key_pem = identity.key_pem(self.key)
+        self._lock = threading.Lock()  # `fetch` runs on gRPC's threads
+        self._certificate_pem = b""
+        self._generation = 0  # bumped by each certificate accepted
+        self._served = 0  # the generation `fetch` last handed to gRPC
 
     def csr(self, name: str) -> bytes:
         return identity.csr_pem(self.key, name)
@@ -49,7 +65,42 @@ class Keeper:
         cert = x509.load_pem_x509_certificate(certificate_pem)
         lifetime = (cert.not_valid_after_utc - cert.not_valid_before_utc - identity.BACKDATE)
         self.signer.update(self.key, certificate_pem)
+        with self._lock:
+            self._certificate_pem = certificate_pem
+            self._generation += 1
         if ca_pem and (self.verifier is None or self.verifier.ca_pem != ca_pem):
             self.verifier = identity.Verifier(ca_pem)
         self.expires_at = cert.not_valid_after_utc
         self._renew_at = self._monotonic() + lifetime.total_seconds() * RENEW_AT
+
+    def client_ca(self) -> bytes | None:
+        """The CA bundle a client verifies data-plane listeners with; None: plaintext."""
+        if self.plaintext:
+            return None
+        if self.verifier is None:
+            raise RuntimeError("no identity CA yet: register first")
+        return self.verifier.ca_pem
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        """TLS credentials for the data-plane listener, following renewals. Call it once the
+        first certificate is accepted: there is nothing to serve before."""
+        initial = self._configuration()
+        if initial is None:
+            raise RuntimeError("no identity certificate yet: register first")
+        # The stub's fetcher type omits None, which grpc documents as "no change".
+        fetch: Any = self.fetch
+        return grpc.dynamic_ssl_server_credentials(
+            initial, fetch, require_client_authentication=False
+        )
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """The current certificate if it changed since gRPC last asked, else None (keep)."""
+        return self._configuration()
+
+    def _configuration(self) -> grpc.ServerCertificateConfiguration | None:
+        with self._lock:
+            if not self._certificate_pem or self._served == self._generation:
+                return None
+            self._served = self._generation
+            chain = self._certificate_pem
+        return grpc.ssl_server_certificate_configuration([(self._key_pem, chain)])

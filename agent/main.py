@@ -10,8 +10,11 @@
 
 Exit codes: 0 after a clean leave (SIGTERM/Ctrl-C: deregister, drain, exit), 1 runtime
 failure (port taken, name refused), 2 bad usage. Errors are one line on stderr naming the
-flag and value; no tracebacks for user mistakes. Once registered it prints one line,
-`dcnr-agent: NAME serving the data plane on HOST:PORT (orchestrator ...)`, ending with
+flag and value; no tracebacks for user mistakes. The data-plane listener opens once the
+first Register answered: it serves TLS with the PNode's identity certificate, or plaintext
+when the orchestrator says the cluster's data plane is (`serve --data-plane-insecure`);
+the port is held from the start, so it is known to Register. Once serving it prints one line,
+`dcnr-agent: NAME serving the data plane on HOST:PORT (TLS; orchestrator ...)`, ending with
 `metrics on port N` when --metrics-listen is given (Prometheus /metrics, `agent.metrics`).
 """
 
@@ -22,6 +25,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -142,6 +146,27 @@ def _default_state_dir() -> Path:
     return Path(base) / "dcnr-agent"
 
 
+def _hold_port(listen: str) -> tuple[socket.socket, str]:
+    """The data-plane address to advertise, known before the listener opens (it opens
+    after Register, which names the address). The port (picked now for port 0) is held by a
+    bound, non-listening socket with SO_REUSEPORT, as gRPC binds its own, until gRPC has
+    bound it; the caller closes the holder then. A port already taken fails here, before
+    Register."""
+    host, _, port = listen.rpartition(":")
+    infos = socket.getaddrinfo(
+        host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, kind, proto, _, address = infos[0]
+    holder = socket.socket(family, kind, proto)
+    try:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(address)
+    except OSError:
+        holder.close()
+        raise
+    return holder, f"{host}:{holder.getsockname()[1]}"
+
+
 async def _serve(
     args: argparse.Namespace, caps: capacity.Capabilities, tls: api_tls.ClientFiles | None
 ) -> int:
@@ -157,7 +182,10 @@ async def _serve(
         )
     keeper = keys.Keeper()  # this PNode's identity: its key lives in memory only
     sender = peers.Peers(
-        orchestrators, signer=keeper.signer, max_message_bytes=args.max_message_bytes
+        orchestrators,
+        signer=keeper.signer,
+        client_ca=keeper.client_ca,
+        max_message_bytes=args.max_message_bytes,
     )
     workdir = args.workdir.resolve()
     state_dir = (args.state_dir or _default_state_dir()).resolve()
@@ -184,14 +212,11 @@ async def _serve(
     server = aio.server(options=peers.channel_options(args.max_message_bytes))
     plane.add_to_server(server)
     try:
-        port = server.add_insecure_port(args.listen)
-    except RuntimeError as exc:
+        holder, listen = _hold_port(args.listen)
+    except OSError as exc:
         print(f"dcnr-agent: error: --listen: {args.listen!r}: {exc}", file=sys.stderr)
         return 1
-    host = args.listen.rpartition(":")[0]
-    listen = f"{host}:{port}"
     advertise = args.advertise or listen
-    await server.start()
     agent = agent_mod.Agent(
         agent_mod.AgentConfig(
             name=args.name or "",
@@ -213,11 +238,28 @@ async def _serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, agent.request_stop)
 
-    def ready(a: agent_mod.Agent) -> None:
+    async def ready(a: agent_mod.Agent) -> None:
+        # Register said how the cluster's data plane speaks and gave the certificate: only
+        # now can the listener open, and never plaintext unless the orchestrator said so.
+        try:
+            if keeper.plaintext:
+                logging.getLogger("dcnr.agent").warning(
+                    "the orchestrator runs the data plane plaintext (serve "
+                    "--data-plane-insecure): tensors cross the network readable"
+                )
+                server.add_insecure_port(listen)
+            else:
+                server.add_secure_port(listen, keeper.server_credentials())
+        except RuntimeError as exc:
+            raise agent_mod.RegistrationRefused(f"--listen: {listen!r}: {exc}") from None
+        finally:
+            holder.close()
+        await server.start()
+        transport = "plaintext" if keeper.plaintext else "TLS"
         print(
-            f"dcnr-agent: {a.name} serving the data plane on {listen} (orchestrator "
-            f"{','.join(args.orchestrator)}, advertised as {advertise}); SIGTERM leaves"
-            f"{metrics_note}",
+            f"dcnr-agent: {a.name} serving the data plane on {listen} ({transport}; "
+            f"orchestrator {','.join(args.orchestrator)}, advertised as {advertise}); "
+            f"SIGTERM leaves{metrics_note}",
             flush=True,
         )
 
@@ -227,6 +269,7 @@ async def _serve(
         print(f"dcnr-agent: error: {exc}", file=sys.stderr)
         return 1
     finally:
+        holder.close()
         await server.stop(grace=1.0)
         await plane.close()
         await sender.close()

@@ -10,6 +10,14 @@ superseded; a malformed message; too large) end delivery at once.
 The driver ("__driver__") is not resolved: it listens at the message's `reply_to`, on the
 orchestrator's own listener, so it is dialled with the orchestrator's TLS settings.
 
+Peers are dialled over TLS (docs/security.md, "Transport (TLS)"): the channel trusts only
+the identity CA bundle (`client_ca`, from Register) and expects the certificate of the PNode
+resolution named for the slot (`grpc.ssl_target_name_override` = <pnode>.pnode.dcnr), so a
+man in the middle, or a PNode answering at another's address, fails the handshake.
+Channels are cached per (address, PNode) and dropped when the CA bundle changes (only a
+replaced CA changes it). `client_ca` returning None means the orchestrator runs the
+cluster's data plane plaintext (`serve --data-plane-insecure`).
+
 Every message is signed with this PNode's identity (`api.signed`, `agent.keys`): serialized
 once per attempt (the target epoch may change between attempts), signed over those bytes
 and sent as them.
@@ -26,14 +34,14 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from grpc import aio
 
-from api import signed
+from api import identity, signed
 from api import tls as api_tls
 from api.dcnr.v1 import common_pb2, resolve_pb2, resolve_pb2_grpc, vnode_pb2
 
@@ -152,17 +160,20 @@ class Peers:
         orchestrators: Orchestrators,
         *,
         signer: signed.Signer,
+        client_ca: Callable[[], bytes | None],
         max_message_bytes: int,
         retry: Retry | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._orchestrators = orchestrators
         self._signer = signer
-        self._stubs: dict[str, signed.SignedStub] = {}
+        self._client_ca = client_ca
+        self._ca: bytes | None = None  # the bundle the cached peer channels trust
+        self._stubs: dict[tuple[str, str], signed.SignedStub] = {}
         self._options = channel_options(max_message_bytes)
         self._retry = retry or Retry()
         self._rng = rng or random.Random()
-        self._channels: dict[str, aio.Channel] = {}
+        self._channels: dict[tuple[str, str], aio.Channel] = {}
         self._cache: dict[tuple[str, str], resolve_pb2.VNodeEndpoints] = {}
 
     async def close(self) -> None:
@@ -204,17 +215,33 @@ class Peers:
                 self._cache[key] = cached
         return next((e for e in cached.endpoints if e.replica == replica), None)
 
-    def _stub(self, address: str, *, driver: bool = False) -> signed.SignedStub:
-        """A signing stub for `address`; the driver's inbox is the orchestrator's listener,
-        reached as the orchestrators are (TLS when they are)."""
-        key = f"driver {address}" if driver else address
+    async def _stub(self, address: str, pnode: str) -> signed.SignedStub:
+        """A signing stub for the PNode `pnode` at `address`; pnode DRIVER: the driver's
+        inbox, the orchestrator's listener, reached as the orchestrators are (TLS when they
+        are)."""
+        ca = None if pnode == DRIVER else self._client_ca()
+        if pnode != DRIVER and ca != self._ca:
+            # A replaced identity CA: no cached peer channel trusts it.
+            stale = [k for k in self._channels if k[1] != DRIVER]
+            for k in stale:
+                self._stubs.pop(k, None)
+                await self._channels.pop(k).close(None)
+            self._ca = ca
+        key = (address, pnode)
         stub = self._stubs.get(key)
         if stub is None:
-            channel = self._channels[key] = (
-                self._orchestrators.dial(address, self._options)
-                if driver
-                else aio.insecure_channel(address, self._options)
-            )
+            if pnode == DRIVER:
+                channel = self._orchestrators.dial(address, self._options)
+            elif ca is None:
+                channel = aio.insecure_channel(address, self._options)
+            else:
+                name = identity.dns_name("pnode", pnode)
+                channel = aio.secure_channel(
+                    address,
+                    grpc.ssl_channel_credentials(root_certificates=ca),
+                    [*self._options, (api_tls.TARGET_NAME_OVERRIDE, name)],
+                )
+            self._channels[key] = channel
             stub = self._stubs[key] = signed.SignedStub(channel, self._signer)
         return stub
 
@@ -244,14 +271,14 @@ class Peers:
                 await asyncio.sleep(min(remaining, delay * (0.5 + self._rng.random())))
                 delay = min(retry.max_delay, delay * 2)
             try:
-                address = await self._route(request, min_epoch)
+                route = await self._route(request, min_epoch)
             except grpc.RpcError as exc:
                 last = f"resolving: {exc}"
                 continue
-            if address is None:
+            if route is None:
                 last = "no live replica (being placed)"
                 continue
-            stub = self._stub(address, driver=request.target_vnode == DRIVER)
+            stub = await self._stub(*route)
             timeout = max(0.1, retry.deadline - (time.monotonic() - started))
             try:
                 method = "Forward" if isinstance(request, vnode_pb2.ForwardRequest) else "Backward"
@@ -272,14 +299,15 @@ class Peers:
 
     async def _route(
         self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest, min_epoch: int
-    ) -> str | None:
-        """The address to send to, after setting the request's target_epoch."""
+    ) -> tuple[str, str] | None:
+        """The (address, PNode) to send to (PNode DRIVER for the driver), after setting the
+        request's target_epoch."""
         if request.target_vnode == DRIVER:
-            return request.reply_to or None
+            return (request.reply_to, DRIVER) if request.reply_to else None
         endpoint = await self.resolve(
             request.network, request.target_vnode, request.target_replica, min_epoch=min_epoch
         )
         if endpoint is None:
             return None
         request.target_epoch = endpoint.epoch
-        return endpoint.address
+        return endpoint.address, endpoint.pnode_id

@@ -2,7 +2,8 @@
 
     dcnr-orchestrator serve (--tls-cert FILE --tls-key FILE [--tls-client-ca FILE] | --insecure)
                             [--store URL] [--listen HOST:PORT] [--metrics-listen HOST:PORT]
-                            [--replica-id ID] [--heartbeat-interval S] [--lease-duration S] ...
+                            [--replica-id ID] [--heartbeat-interval S] [--lease-duration S]
+                            [--data-plane-insecure] ...
     dcnr-orchestrator up [--agents N] [--insecure] ...
     dcnr-orchestrator init-store [--store URL]
 
@@ -209,6 +210,12 @@ def _add_tls_flags(serve: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--insecure", action="store_true", help="plaintext gRPC: credentials cross unencrypted"
     )
+    group.add_argument(
+        "--data-plane-insecure",
+        action="store_true",
+        help="plaintext data plane (agents' VNodeService listeners and their clients), told "
+        "to every agent at Register; default: TLS with the PNodes' identity certificates",
+    )
 
 
 class _Usage(Exception):
@@ -401,6 +408,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--insecure: gRPC is plaintext; PNode credentials, admin tokens and tensors "
                 "cross the network readable"
             )
+        if args.data_plane_insecure:
+            log.warning(
+                "--data-plane-insecure: agents serve and dial the data plane plaintext; "
+                "tensors cross the network readable and a listener is not authenticated "
+                "(requests stay signed)"
+            )
         serve_config = server.ServeConfig(
             store_url=store_url,
             listen=args.listen,
@@ -415,6 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             admission=admitting.limits,
             identity_ca=identity_pem,
             identity_ttl=args.identity_ttl,
+            data_plane_insecure=args.data_plane_insecure,
             driver=driver.DriverConfig(
                 blob_store=blob_store if blob_store.endswith("/") else blob_store + "/",
                 advertise=args.advertise,

@@ -104,6 +104,9 @@ class ServeConfig:
     identity_ca: tuple[bytes, bytes] | None = None
     #: Seconds the identity certificates of PNodes and of this replica are valid.
     identity_ttl: float = 3600.0
+    #: The cluster's data plane is plaintext (`--data-plane-insecure`), told to agents at
+    #: Register; False: TLS with the PNodes' identity certificates.
+    data_plane_insecure: bool = False
 
 
 class Orchestrator:
@@ -150,7 +153,7 @@ class Orchestrator:
             view=self.view,
             clock=self.clock,
             rpc_timeout=config.driver.rpc_timeout,
-            transport=vnode_transport.GrpcTransport(signer=self.signer),
+            transport=vnode_transport.GrpcTransport(signer=self.signer, ca=self._data_plane_ca),
         )
         self.inbox = driver_inbox.Inbox(
             clock=self.clock, book=self.trust, on_disagreed=self.metrics.disagreed
@@ -301,6 +304,14 @@ class Orchestrator:
         self._identity_task = asyncio.get_running_loop().create_task(renew(own))
         return authority
 
+    def _data_plane_ca(self) -> bytes | None:
+        """What the driver verifies agents' listeners with; None: plaintext."""
+        if self.config.data_plane_insecure:
+            return None
+        if self.authority is None:
+            raise RuntimeError("the identity CA is loaded at start: no data-plane call before")
+        return self.authority.certificate_pem
+
     def _add_services(self) -> None:
         control = self.config.control
         assert self.authority is not None  # loaded by start()
@@ -319,6 +330,7 @@ class Orchestrator:
                     on_refused=self.metrics.refused,
                     authority=self.authority,
                     identity_ttl=self.config.identity_ttl,
+                    data_plane_plaintext=self.config.data_plane_insecure,
                     statuses=self.allocation_status,
                     events=self.events,
                     gate=registration_gate.RegistrationGate(

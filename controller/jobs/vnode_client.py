@@ -43,22 +43,28 @@ class PeerError(Exception):
 
 class Transport(Protocol):
     """One call to the VNodeService at `address`, given up after `seconds`; raises
-    `PeerError` when it does not succeed."""
+    `PeerError` when it does not succeed. `pnode` is the PNode the view says serves there:
+    the name a TLS transport expects in the listener's certificate."""
 
     async def forward(
-        self, address: str, request: vnode_pb2.ForwardRequest, *, seconds: float
+        self, address: str, request: vnode_pb2.ForwardRequest, *, seconds: float, pnode: str = ""
     ) -> vnode_pb2.ForwardResponse: ...
 
     async def restore(
-        self, address: str, request: vnode_pb2.RestoreRequest, *, seconds: float
+        self, address: str, request: vnode_pb2.RestoreRequest, *, seconds: float, pnode: str = ""
     ) -> vnode_pb2.RestoreResponse: ...
 
     async def checkpoint(
-        self, address: str, request: vnode_pb2.CheckpointRequest, *, seconds: float
+        self, address: str, request: vnode_pb2.CheckpointRequest, *, seconds: float, pnode: str = ""
     ) -> vnode_pb2.CheckpointResponse: ...
 
     async def describe_data(
-        self, address: str, request: vnode_pb2.DescribeDataRequest, *, seconds: float
+        self,
+        address: str,
+        request: vnode_pb2.DescribeDataRequest,
+        *,
+        seconds: float,
+        pnode: str = "",
     ) -> vnode_pb2.DescribeDataResponse: ...
 
     async def close(self) -> None:
@@ -118,7 +124,7 @@ class VNodeClient:
 
         def send(found: view_mod.Endpoint, seconds: float) -> Awaitable[vnode_pb2.ForwardResponse]:
             built = request(found) if callable(request) else request
-            return self._transport.forward(found.address, built, seconds=seconds)
+            return self._transport.forward(found.address, built, seconds=seconds, pnode=found.pnode)
 
         return await self._call(
             network, vnode, send, deadline=deadline, epoch=epoch, replica=replica
@@ -135,7 +141,9 @@ class VNodeClient:
         replica: int = 0,
     ) -> vnode_pb2.RestoreResponse:
         def send(found: view_mod.Endpoint, seconds: float) -> Awaitable[vnode_pb2.RestoreResponse]:
-            return self._transport.restore(found.address, request, seconds=seconds)
+            return self._transport.restore(
+                found.address, request, seconds=seconds, pnode=found.pnode
+            )
 
         return await self._call(
             network, vnode, send, deadline=deadline, epoch=epoch, replica=replica
@@ -154,7 +162,9 @@ class VNodeClient:
         def send(
             found: view_mod.Endpoint, seconds: float
         ) -> Awaitable[vnode_pb2.CheckpointResponse]:
-            return self._transport.checkpoint(found.address, request, seconds=seconds)
+            return self._transport.checkpoint(
+                found.address, request, seconds=seconds, pnode=found.pnode
+            )
 
         return await self._call(
             network, vnode, send, deadline=deadline, epoch=epoch, replica=replica
@@ -175,7 +185,9 @@ class VNodeClient:
         def send(
             found: view_mod.Endpoint, seconds: float
         ) -> Awaitable[vnode_pb2.DescribeDataResponse]:
-            return self._transport.describe_data(found.address, request(found), seconds=seconds)
+            return self._transport.describe_data(
+                found.address, request(found), seconds=seconds, pnode=found.pnode
+            )
 
         return await self._call(
             network, vnode, send, deadline=deadline, epoch=None, replica=replica

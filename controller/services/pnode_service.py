@@ -99,6 +99,7 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         on_heartbeat: Callable[[HeartbeatResult], None] | None = None,
         authority: identity.Authority,
         identity_ttl: float = 3600.0,
+        data_plane_plaintext: bool = False,
         statuses: allocation_status.AllocationStatus | None = None,
         events: recorder.Recorder | None = None,
         on_refused: Callable[[str, str], None] | None = None,
@@ -111,6 +112,7 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         `identity_ttl` seconds."""
         self._authority = authority
         self._identity_ttl = timedelta(seconds=identity_ttl)
+        self._data_plane_plaintext = data_plane_plaintext
         self._identity_writes: set[asyncio.Task[None]] = set()
         self._statuses = statuses
         self._on_refused = on_refused or (lambda _method, _reason: None)
@@ -185,6 +187,7 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
             certificate=certificate,
             identity_ca=self._authority.certificate_pem,
             certificate_expires_at=wire.timestamp(now + self._identity_ttl),
+            data_plane_plaintext=self._data_plane_plaintext,
         )
 
     def _issue(self, csr: bytes, name: str, now: datetime) -> bytes:

@@ -1,6 +1,12 @@
 """The driver's wire to agents: `controller.jobs.vnode_client.Transport` over grpc.aio.
 
-One insecure channel per agent address, kept until `close`. Every request is signed with
+One channel per (agent address, PNode), kept until `close`. Over TLS (the default) it
+trusts only the identity CA and expects the certificate of the PNode the view says hosts the
+slot (`grpc.ssl_target_name_override` = <pnode>.pnode.dcnr): a man in the middle, or a PNode
+answering at another's address, fails the handshake (UNAVAILABLE, retried, then the run
+rolls back). `ca` returning None: `serve --data-plane-insecure`, plaintext. Channels are
+dropped when the CA bundle changes (it cannot while the replica runs: the CA is loaded once
+at start). Every request is signed with
 this replica's orchestrator identity (`api.signed`: serialized once, signed over those
 bytes, sent as those bytes), which is how agents know a Restore, Checkpoint or driver input
 comes from the job's driver. A failed call is raised as a
@@ -19,14 +25,15 @@ hosted yet (a rollback waits for it).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import message
 from grpc import aio
 
-from api import signed
+from api import identity, signed
+from api import tls as api_tls
 from api.dcnr.v1 import common_pb2, vnode_pb2
 from controller.jobs import vnode_client
 
@@ -49,43 +56,68 @@ RETRYABLE = frozenset(
 
 
 class GrpcTransport:
-    def __init__(self, *, signer: signed.Signer) -> None:
+    def __init__(self, *, signer: signed.Signer, ca: Callable[[], bytes | None]) -> None:
         self._signer = signer
-        self._channels: dict[str, aio.Channel] = {}
-        self._stubs: dict[str, signed.SignedStub] = {}
+        self._ca_source = ca
+        self._ca: bytes | None = None
+        self._channels: dict[tuple[str, str], aio.Channel] = {}
+        self._stubs: dict[tuple[str, str], signed.SignedStub] = {}
 
-    def _stub(self, address: str) -> signed.SignedStub:
-        stub = self._stubs.get(address)
+    async def _stub(self, address: str, pnode: str) -> signed.SignedStub:
+        ca = self._ca_source()
+        if ca != self._ca:
+            await self.close()
+            self._ca = ca
+        key = (address, pnode)
+        stub = self._stubs.get(key)
         if stub is None:
-            channel = self._channels[address] = aio.insecure_channel(address)
-            stub = self._stubs[address] = signed.SignedStub(channel, self._signer)
+            if ca is None:
+                channel = aio.insecure_channel(address)
+            else:
+                if not pnode:
+                    raise vnode_client.PeerError(
+                        f"no PNode named for {address}: cannot check its certificate",
+                        retryable=False,
+                    )
+                channel = aio.secure_channel(
+                    address,
+                    grpc.ssl_channel_credentials(root_certificates=ca),
+                    [(api_tls.TARGET_NAME_OVERRIDE, identity.dns_name("pnode", pnode))],
+                )
+            self._channels[key] = channel
+            stub = self._stubs[key] = signed.SignedStub(channel, self._signer)
         return stub
 
     async def forward(
-        self, address: str, request: vnode_pb2.ForwardRequest, *, seconds: float
+        self, address: str, request: vnode_pb2.ForwardRequest, *, seconds: float, pnode: str = ""
     ) -> vnode_pb2.ForwardResponse:
-        call = self._stub(address).call("Forward", request, seconds=seconds)
+        call = (await self._stub(address, pnode)).call("Forward", request, seconds=seconds)
         reply: vnode_pb2.ForwardResponse = await _translated(call)
         return reply
 
     async def restore(
-        self, address: str, request: vnode_pb2.RestoreRequest, *, seconds: float
+        self, address: str, request: vnode_pb2.RestoreRequest, *, seconds: float, pnode: str = ""
     ) -> vnode_pb2.RestoreResponse:
-        call = self._stub(address).call("Restore", request, seconds=seconds)
+        call = (await self._stub(address, pnode)).call("Restore", request, seconds=seconds)
         reply: vnode_pb2.RestoreResponse = await _translated(call)
         return reply
 
     async def checkpoint(
-        self, address: str, request: vnode_pb2.CheckpointRequest, *, seconds: float
+        self, address: str, request: vnode_pb2.CheckpointRequest, *, seconds: float, pnode: str = ""
     ) -> vnode_pb2.CheckpointResponse:
-        call = self._stub(address).call("Checkpoint", request, seconds=seconds)
+        call = (await self._stub(address, pnode)).call("Checkpoint", request, seconds=seconds)
         reply: vnode_pb2.CheckpointResponse = await _translated(call)
         return reply
 
     async def describe_data(
-        self, address: str, request: vnode_pb2.DescribeDataRequest, *, seconds: float
+        self,
+        address: str,
+        request: vnode_pb2.DescribeDataRequest,
+        *,
+        seconds: float,
+        pnode: str = "",
     ) -> vnode_pb2.DescribeDataResponse:
-        call = self._stub(address).call("DescribeData", request, seconds=seconds)
+        call = (await self._stub(address, pnode)).call("DescribeData", request, seconds=seconds)
         reply: vnode_pb2.DescribeDataResponse = await _translated(call)
         return reply
 

@@ -10,9 +10,11 @@ from pathlib import Path
 import grpc
 import pytest
 
+from api import identity
+from api import tls as api_tls
 from api.dcnr.v1 import vnode_pb2, vnode_pb2_grpc
 from tests.support import agents as agents_mod
-from tests.support import metrics, procs, wait
+from tests.support import identities, metrics, procs, wait
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +24,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 async def test_a_real_agent_exports_documented_metrics(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'state.db'}"
     with (
-        procs.orchestrator(store) as served,
+        procs.orchestrator(store, extra=identities.ca_flags(tmp_path)) as served,
         agents_mod.agents(
             served.address, tmp_path, 1, extra=["--metrics-listen", "127.0.0.1:0"]
         ) as (agent,),
@@ -33,7 +35,11 @@ async def test_a_real_agent_exports_documented_metrics(tmp_path: Path) -> None:
         refused = metrics.by_label(before, "dcnr_agent_messages_refused_total", "reason")
         assert refused.get("Invalid") == 0, refused
 
-        with grpc.insecure_channel(agent.address) as channel:
+        with grpc.secure_channel(
+            agent.address,
+            grpc.ssl_channel_credentials(identities.authority().certificate_pem),
+            [(api_tls.TARGET_NAME_OVERRIDE, identity.dns_name("pnode", agent.name))],
+        ) as channel:
             stub = vnode_pb2_grpc.VNodeServiceStub(channel)
             with pytest.raises(grpc.RpcError) as caught:
                 stub.Forward(

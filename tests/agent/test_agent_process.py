@@ -71,9 +71,9 @@ def orchestrator(tmp_path: Path) -> Iterator[str]:
         yield served.address
 
 
-async def hosted_epoch(address: str, vnode: str) -> int | None:
-    """The epoch at which the agent at `address` hosts `vnode`, or None."""
-    async with aio.insecure_channel(address) as channel:
+async def hosted_epoch(address: str, pnode: str, vnode: str) -> int | None:
+    """The epoch at which the agent `pnode` at `address` hosts `vnode`, or None."""
+    async with identities.data_plane_channel(address, pnode) as channel:
         stub = identities.SignedVNodeStub(channel, identities.orchestrator_signer())
         probe = vnode_pb2.ForwardRequest(
             job="probe", step=1, network=NET, sender_vnode="__driver__", target_vnode=vnode,
@@ -116,7 +116,9 @@ async def wait_hosting(
             for a in agents
             for v in VNODES
         }
-        got = {(a.name, v): await hosted_epoch(a.address, v) for a in agents for v in VNODES}
+        got = {
+            (a.name, v): await hosted_epoch(a.address, a.name, v) for a in agents for v in VNODES
+        }
         return Hosting(want, got, endpoints)
 
     hosting = await wait.until(

@@ -123,7 +123,11 @@ async def cluster(tmp_path: Path, data_file: Path):
     orchestrators = peers.Orchestrators([f"127.0.0.1:{driver_port}"])
     keeper = identity_of("p")
     sender = peers.Peers(
-        orchestrators, signer=keeper.signer, max_message_bytes=4096, retry=peers.Retry(deadline=5)
+        orchestrators,
+        signer=keeper.signer,
+        client_ca=lambda: None,  # in-process plaintext listeners; TLS: test_dataplane_tls
+        max_message_bytes=4096,
+        retry=peers.Retry(deadline=5),
     )
     plane = dataplane.DataPlane(
         sender=sender,

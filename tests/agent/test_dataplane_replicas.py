@@ -125,6 +125,7 @@ async def servers(tmp_path: Path, data_file: Path) -> AsyncIterator[dict[str, An
         keeper = keys.Keeper()
         sender = peers.Peers(
             orchestrators, signer=keeper.signer, max_message_bytes=4096,
+            client_ca=lambda: None,  # in-process plaintext listeners; TLS: test_dataplane_tls
             retry=peers.Retry(deadline=5),
         )  # fmt: skip
         plane = dataplane.DataPlane(

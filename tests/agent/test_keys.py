@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from agent import keys
 from api import identity
 from tests.support import identities
@@ -56,3 +58,21 @@ def test_what_it_signs_verifies_as_its_pnode_with_the_ca_bundle_it_keeps() -> No
         identities.now(),
     )
     assert (who.kind, who.name) == ("pnode", "p1")
+
+
+def test_the_listener_is_handed_each_certificate_once_and_the_client_ca_follows_the_mode() -> None:
+    keeper = keys.Keeper()
+    assert keeper.fetch() is None, "nothing to serve before the first certificate"
+    with pytest.raises(RuntimeError, match="register first"):
+        keeper.server_credentials()
+    with pytest.raises(RuntimeError, match="register first"):
+        keeper.client_ca()
+    keeper.accept(issued(keeper, identities.HOUR), identities.authority().certificate_pem)
+    assert keeper.client_ca() == identities.authority().certificate_pem
+    assert keeper.server_credentials() is not None  # takes the first certificate
+    assert keeper.fetch() is None, "unchanged: gRPC keeps what it has"
+    keeper.accept(issued(keeper, identities.HOUR))
+    assert keeper.fetch() is not None, "renewed: the next handshake shows the new one"
+    assert keeper.fetch() is None
+    keeper.plaintext = True  # RegisterResponse.data_plane_plaintext
+    assert keeper.client_ca() is None

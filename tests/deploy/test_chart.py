@@ -106,6 +106,7 @@ MATRIX: dict[str, Values] = {
         },
         "store": {"mode": "sqlite", "sqlite": {"persistence": {"existingClaim": "my-state"}}},
         "identity": {"caSecret": "my-identity-ca", "ttl": 900},
+        "dataPlane": {"insecure": True},
     },
     "everything-off": {
         "adminToken": {"enabled": False},
@@ -355,6 +356,7 @@ def test_existing_secrets_are_used_not_created(helm: Path, tmp_path: Path) -> No
     assert args[args.index("--identity-ca-cert") + 1] == "/etc/dcnr/identity-ca/tls.crt"
     assert args[args.index("--identity-ca-key") + 1] == "/etc/dcnr/identity-ca/tls.key"
     assert args[args.index("--identity-ttl") + 1] == "900"
+    assert "--data-plane-insecure" in args  # dataPlane.insecure: the explicit choice
 
 
 def test_without_a_ca_secret_the_identity_ca_lives_in_the_store(helm: Path, tmp_path: Path) -> None:
@@ -363,6 +365,7 @@ def test_without_a_ca_secret_the_identity_ca_lives_in_the_store(helm: Path, tmp_
     assert "--identity-ca-cert" not in args
     assert "--identity-ca-key" not in args
     assert args[args.index("--identity-ttl") + 1] == "3600"
+    assert "--data-plane-insecure" not in args, "the data plane is TLS by default"
     assert "identity-ca" not in {v["name"] for v in pod["volumes"]}
 
 

@@ -145,10 +145,11 @@ def _accuracy(probabilities: np.ndarray) -> float:
     return float(np.mean(np.argmax(probabilities, axis=1) == training.DATA["y_test"]))
 
 
-def _data_plane(address: str) -> aio.Channel:
-    """A channel to an agent's VNodeService. Plaintext while the data plane is (see
-    docs/security.md "Identity", "Not yet"); the one line to change for data-plane TLS."""
-    return aio.insecure_channel(address)
+def _data_plane(agent: agents.Agent) -> aio.Channel:
+    """A channel to an agent's VNodeService, over TLS as every data-plane client dials it
+    (docs/security.md, "The data plane"): the attacks are on what the agent accepts from a
+    caller that got through the handshake."""
+    return identities.data_plane_channel(agent.address, agent.name)
 
 
 @pytest.fixture(scope="module")
@@ -341,7 +342,7 @@ async def test_a_forged_nan_activation_to_an_agent_is_refused_unreported(world: 
         sender_epoch=fc1_epoch, target_vnode="act1", target_replica=0, target_epoch=act1_epoch,
         tensor=tensors.encode(np.full((4, 32), math.nan)), attempt=1,
     )  # fmt: skip
-    async with _data_plane(receiver.address) as channel:
+    async with _data_plane(receiver) as channel:
         unsigned = await _refused(vnode_pb2_grpc.VNodeServiceStub(channel).Forward(poisoned))
         assert unsigned.code() == grpc.StatusCode.UNAUTHENTICATED, unsigned
         stub = identities.SignedVNodeStub(channel, _stranger_signer(world))
@@ -380,7 +381,7 @@ async def test_restore_and_checkpoint_need_the_driver(world: Cluster, workdir: P
         header=HEADER, job="attack", step=0, network=NET, vnode="fc1", replica=0, epoch=epoch,
         destination=(workdir / "stolen").as_uri(), attempt=1,
     )  # fmt: skip
-    async with _data_plane(target.address) as channel:
+    async with _data_plane(target) as channel:
         plain = vnode_pb2_grpc.VNodeServiceStub(channel)
         for call in (plain.Restore(restore), plain.Checkpoint(checkpoint)):
             assert (await _refused(call)).code() == grpc.StatusCode.UNAUTHENTICATED

@@ -13,9 +13,11 @@ import functools
 from pathlib import Path
 from typing import Any
 
+import grpc
 from grpc import aio
 
 from api import identity, signed
+from api import tls as api_tls
 
 HOUR = dt.timedelta(hours=1)
 
@@ -74,3 +76,17 @@ def ca_flags(directory: Path, ca: identity.Authority | None = None) -> list[str]
     key.write_bytes(ca.key_pem)
     key.chmod(0o600)
     return ["--identity-ca-cert", str(cert), "--identity-ca-key", str(key)]
+
+
+def data_plane_channel(
+    address: str, pnode: str, ca: identity.Authority | None = None
+) -> aio.Channel:
+    """A channel to the data-plane listener of the agent `pnode` at `address`, as agents and
+    the driver dial it: TLS, trusting only `ca` (default: `authority()`), expecting the
+    PNode's name <pnode>.pnode.dcnr in its certificate."""
+    ca = ca or authority()
+    return aio.secure_channel(
+        address,
+        grpc.ssl_channel_credentials(root_certificates=ca.certificate_pem),
+        [(api_tls.TARGET_NAME_OVERRIDE, identity.dns_name("pnode", pnode))],
+    )

@@ -49,6 +49,12 @@ class Pki:
 
 def peer_serial(address: str, ca: Path, *, server_name: str = "localhost") -> int:
     """The serial of the certificate a new TLS connection to `address` is shown (blocking)."""
+    return int(peer_certificate(address, ca, server_name=server_name).serial_number)
+
+
+def peer_certificate(address: str, ca: Path, *, server_name: str) -> x509.Certificate:
+    """The certificate a new TLS connection to `address` is shown (blocking), verified
+    against `ca` and `server_name`."""
     host, port = address.rsplit(":", 1)
     context = ssl.create_default_context(cafile=str(ca))
     context.set_alpn_protocols(["h2"])
@@ -58,4 +64,4 @@ def peer_serial(address: str, ca: Path, *, server_name: str = "localhost") -> in
     ):
         der = wrapped.getpeercert(binary_form=True)
     assert der is not None
-    return int(x509.load_der_x509_certificate(der).serial_number)
+    return x509.load_der_x509_certificate(der)

@@ -191,6 +191,7 @@ class RegisterResponse(_message.Message):
     CERTIFICATE_FIELD_NUMBER: _builtins.int
     IDENTITY_CA_FIELD_NUMBER: _builtins.int
     CERTIFICATE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    DATA_PLANE_PLAINTEXT_FIELD_NUMBER: _builtins.int
     pnode_id: _builtins.str
     """The PNode's name; every later call names it."""
     credential: _builtins.str
@@ -208,6 +209,16 @@ class RegisterResponse(_message.Message):
     identity_ca: _builtins.bytes
     """PEM: the identity CA bundle. Receivers verify the certificates of the peers and
     drivers that sign VNodeService requests against it.
+    """
+    data_plane_plaintext: _builtins.bool
+    """The cluster's data-plane transport (docs/security.md, "Transport (TLS)"). false (the
+    default): every VNodeService listener serves TLS with its PNode's identity
+    `certificate`, and every client (agents, the job driver) verifies it against
+    `identity_ca` and the DNS name <pnode_id>.pnode.dcnr of the PNode that resolution says
+    hosts the slot. true: the orchestrator was started with `serve --data-plane-insecure`,
+    and listeners and clients speak plaintext. Requests are signed either way. An agent
+    follows the answer of its first Register; a later Register answering otherwise stops
+    it (restart it to follow).
     """
     @_builtins.property
     def header(self) -> _common_pb2.ResponseHeader: ...
@@ -235,10 +246,11 @@ class RegisterResponse(_message.Message):
         certificate: _builtins.bytes = ...,
         identity_ca: _builtins.bytes = ...,
         certificate_expires_at: _timestamp_pb2.Timestamp | None = ...,
+        data_plane_plaintext: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["certificate_expires_at", b"certificate_expires_at", "header", b"header", "heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "certificate_expires_at", b"certificate_expires_at", "credential", b"credential", "header", b"header", "heartbeat_interval", b"heartbeat_interval", "identity_ca", b"identity_ca", "incarnation", b"incarnation", "lease_duration", b"lease_duration", "pnode_id", b"pnode_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "certificate_expires_at", b"certificate_expires_at", "credential", b"credential", "data_plane_plaintext", b"data_plane_plaintext", "header", b"header", "heartbeat_interval", b"heartbeat_interval", "identity_ca", b"identity_ca", "incarnation", b"incarnation", "lease_duration", b"lease_duration", "pnode_id", b"pnode_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -387,7 +387,10 @@ class Orchestrator:
                 clock=clock,
                 rpc_timeout=options.rpc_timeout,
                 transport=vnode_transport.GrpcTransport(
-                    signer=identities.orchestrator_signer()
+                    # The harness's agents listen plaintext, in process; TLS is tested
+                    # against real agents (tests/agent/test_dataplane_tls.py).
+                    signer=identities.orchestrator_signer(),
+                    ca=lambda: None,
                 ),
             ),
             results=driver_context.ResultSinks(inbox=inbox, book=book, metrics=self.metrics),

@@ -47,19 +47,28 @@ class FakeTransport:
             raise outcome
         return outcome
 
-    async def forward(self, address: str, request: vnode_pb2.ForwardRequest, *, seconds: float):
+    async def forward(
+        self, address: str, request: vnode_pb2.ForwardRequest, *, seconds: float, pnode: str = ""
+    ):
         return await self._next("forward", address, request, seconds)
 
-    async def restore(self, address: str, request: vnode_pb2.RestoreRequest, *, seconds: float):
+    async def restore(
+        self, address: str, request: vnode_pb2.RestoreRequest, *, seconds: float, pnode: str = ""
+    ):
         return await self._next("restore", address, request, seconds)
 
     async def checkpoint(
-        self, address: str, request: vnode_pb2.CheckpointRequest, *, seconds: float
+        self, address: str, request: vnode_pb2.CheckpointRequest, *, seconds: float, pnode: str = ""
     ):
         return await self._next("checkpoint", address, request, seconds)
 
     async def describe_data(
-        self, address: str, request: vnode_pb2.DescribeDataRequest, *, seconds: float
+        self,
+        address: str,
+        request: vnode_pb2.DescribeDataRequest,
+        *,
+        seconds: float,
+        pnode: str = "",
     ):
         return await self._next("describe_data", address, request, seconds)
 

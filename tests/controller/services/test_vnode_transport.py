@@ -58,7 +58,10 @@ async def test_which_refusals_the_driver_retries(
 ) -> None:
     address, servicer = agent
     servicer.code = code
-    transport = vnode_transport.GrpcTransport(signer=identities.orchestrator_signer())
+    # The stand-in agent listens plaintext, in process (TLS: tests/agent/test_dataplane_tls).
+    transport = vnode_transport.GrpcTransport(
+        signer=identities.orchestrator_signer(), ca=lambda: None
+    )
     try:
         with pytest.raises(vnode_client.PeerError) as caught:
             await transport.forward(
