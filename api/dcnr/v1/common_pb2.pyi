@@ -46,6 +46,18 @@ with the sender's identity key (ECDSA P-256, SHA-256, DER signature) over
 <bytes>. The signature travels in call metadata `dcnr-signature-bin` and the sender's
 identity certificate (DER, issued by the orchestrator's identity CA at Register and renewed
 through Heartbeat) in `dcnr-certificate-bin`. See SignedMessage and docs/security.md.
+
+Identity certificates are issued directly by the identity CA (RegisterResponse.identity_ca;
+no intermediates) and name their holder in exactly one URI SAN: spiffe://dcnr/pnode/<id>
+for a PNode, spiffe://dcnr/orchestrator for every orchestrator replica, i.e. every job
+driver. A receiver takes the request's raw bytes (it must not serialize again: protobuf
+serialization is not canonical); checks that the certificate is issued by the identity CA
+and valid now, and the signature; only then parses, and checks the sender: messages whose
+sender_vnode is "__driver__", and every Checkpoint, Restore and DescribeData, only from the
+orchestrator identity; a VNode's messages only from the PNode that hosts (network,
+sender_vnode, sender_replica) at sender_epoch, by resolution. It refuses an unsigned
+request, a bad signature or a certificate it cannot verify with UNAUTHENTICATED, and a
+verified identity that may not send the request with PERMISSION_DENIED.
 """
 
 from collections import abc as _abc

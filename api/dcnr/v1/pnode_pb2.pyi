@@ -118,7 +118,10 @@ class RegisterRequest(_message.Message):
     generates one. The name becomes the pnode_id.
     """
     data_plane_address: _builtins.str
-    """host:port where this agent serves VNodeService."""
+    """host:port where this agent serves VNodeService. Its TLS listener needs the certificate
+    this Register returns, so it opens after Register (hold the port from before, so the
+    address stays yours); nothing is sent to it before the PNode has an assignment.
+    """
     agent_version: _builtins.str
     """At most 128 characters."""
     csr: _builtins.bytes

@@ -31,6 +31,15 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class ForwardRequest(_message.Message):
     """Forward and Backward requests have the same fields with the same numbers, kept separate
     by rule 3 of common.proto; only Forward has `data` (an inference input read by the agent).
+
+    DRIVER MESSAGES. The driver has no slot: its messages to a source VNode carry sender_vnode
+    "__driver__", sender_replica 0 and sender_epoch 0, and a VNode's messages to it carry
+    target_vnode "__driver__", target_replica 0 and target_epoch 0, with the VNode's own slot
+    and epoch in sender_vnode, sender_replica and sender_epoch (the driver accepts them only
+    from that slot's PNode, by its signature) and job, position, attempt, reply_to, adaptive
+    and double_check copied from the message the VNode computed them from. A VNode that is a
+    source and a sink at once (no inputs, no outputs) gets its input from the driver and sends
+    its output back to it.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -69,6 +78,9 @@ class ForwardRequest(_message.Message):
     """Where the job's driver (an orchestrator replica) listens: sinks send their outputs and
     sources their completed backward passes there, as to a VNode named "__driver__". Set by
     the driver and copied by every VNode into the messages it sends for the same position.
+    The driver is served on the orchestrator's own gRPC listener: dial reply_to as you dial
+    PNodeService (TLS verified with the orchestrator's CA bundle, not the identity CA, whatever
+    RegisterResponse.data_plane_plaintext says). See DRIVER MESSAGES above.
     """
     attempt: _builtins.int
     """The job's run attempt: bumped each time the job rolls back to a checkpoint or its
@@ -195,6 +207,9 @@ class BackwardRequest(_message.Message):
     """Where the job's driver (an orchestrator replica) listens: sinks send their outputs and
     sources their completed backward passes there, as to a VNode named "__driver__". Set by
     the driver and copied by every VNode into the messages it sends for the same position.
+    The driver is served on the orchestrator's own gRPC listener: dial reply_to as you dial
+    PNodeService (TLS verified with the orchestrator's CA bundle, not the identity CA, whatever
+    RegisterResponse.data_plane_plaintext says). See DRIVER MESSAGES above.
     """
     attempt: _builtins.int
     """The job's run attempt: bumped each time the job rolls back to a checkpoint or its
