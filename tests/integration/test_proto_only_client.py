@@ -99,8 +99,10 @@ def start_pnode(orchestrator: str, ca: Path, name: str, root: Path, *extra: str)
     return PNodeProcess(proc, name, words[-1], log)
 
 
-def apply_and_place(channel: grpc.Channel, network: str, pnode: str) -> None:
-    """Apply `network` and wait until its VNode resolves to `pnode`."""
+def apply_and_place(channel: grpc.Channel, network: str, pnode: PNodeProcess) -> None:
+    """Apply `network` and wait until its VNode resolves to `pnode` and `pnode` has the
+    assignment (resolution may answer a moment before the PNode hears of its work, and the
+    driver takes a PNode's NOT_FOUND as final)."""
     networks = network_pb2_grpc.NetworkServiceStub(channel)
     document = common_pb2.ResourceDocument(
         kind="Network", json=json.dumps(manifest(network)).encode()
@@ -119,8 +121,12 @@ def apply_and_place(channel: grpc.Channel, network: str, pnode: str) -> None:
         return [e.pnode_id for e in reply.endpoints.endpoints]
 
     wait.until_sync(
-        hosts, within=30, what=f"{network}/act on {pnode}", accept=lambda h: h == [pnode],
-        every=0.05,
+        hosts, within=30, what=f"{network}/act on {pnode.name}",
+        accept=lambda h: h == [pnode.name], every=0.05,
+    )  # fmt: skip
+    wait.until_sync(
+        pnode.log.read_text, within=30, what=f"{pnode.name} told to host {network}/act",
+        accept=lambda text: f" {network}/act@" in text, every=0.05,
     )  # fmt: skip
 
 
@@ -140,10 +146,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         )
         try:
             started.append(start_pnode(served.address, pki.paths.ca, "honest", root))
-            apply_and_place(channel, "solo", "honest")
+            apply_and_place(channel, "solo", started[0])
             # `honest` is full now, so the forger's network can only go to the forger.
             started.append(start_pnode(served.address, pki.paths.ca, "forger", root, "--forge"))
-            apply_and_place(channel, "forged", "forger")
+            apply_and_place(channel, "forged", started[1])
             yield Cluster(
                 served, store_url, pki.paths.ca, root / "identity-ca.pem", started[0], started[1]
             )
