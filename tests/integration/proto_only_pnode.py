@@ -62,7 +62,8 @@ DRIVER = "__driver__"
 ORCHESTRATOR_URI = "spiffe://dcnr/orchestrator"
 VNODE_SERVICE = "dcnr.v1.VNodeService"
 # common.proto, Tensor.dtype.
-DTYPES = {"float32", "float16", "int64", "int32", "uint8", "bool"}
+DTYPES = {"float64", "float32", "float16", "int64", "int32", "uint8", "bool"}
+MAX_DIMS = 8
 
 
 def header() -> common_pb2.RequestHeader:
@@ -174,7 +175,7 @@ def decode(tensor: common_pb2.Tensor) -> np.ndarray[Any, Any]:
         raise TensorRefused(grpc.StatusCode.INVALID_ARGUMENT, f"tensor.dtype: {tensor.dtype!r}")
     dtype = np.dtype(tensor.dtype).newbyteorder("<")
     shape = tuple(int(n) for n in tensor.shape)
-    if any(n < 0 for n in shape):
+    if len(shape) > MAX_DIMS or any(n < 0 for n in shape):
         raise TensorRefused(grpc.StatusCode.INVALID_ARGUMENT, f"tensor.shape: {list(shape)}")
     want = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
     if len(tensor.data) != want:

@@ -214,8 +214,9 @@ class Tensor(_message.Message):
     CRC32_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
     dtype: _builtins.str
-    """Element type as a numpy dtype name: "float32", "float16", "bfloat16", "int64", "int32",
-    "uint8", "bool".
+    """Element type as a numpy dtype name, one of "float64", "float32", "float16", "int64",
+    "int32", "uint8", "bool"; receivers refuse any other as INVALID_ARGUMENT ("bfloat16",
+    which numpy has no type for, is not carried yet).
     """
     data: _builtins.bytes
     """Elements in row-major (C) order, little-endian. Its length must be
@@ -229,7 +230,7 @@ class Tensor(_message.Message):
     """
     @_builtins.property
     def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Dimensions, outermost first; empty for a scalar."""
+        """Dimensions, outermost first; empty for a scalar. At most 8 (INVALID_ARGUMENT otherwise)."""
 
     def __init__(
         self,
