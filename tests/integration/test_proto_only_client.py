@@ -101,8 +101,9 @@ def start_pnode(orchestrator: str, ca: Path, name: str, root: Path, *extra: str)
 
 def apply_and_place(channel: grpc.Channel, network: str, pnode: PNodeProcess) -> None:
     """Apply `network` and wait until its VNode resolves to `pnode` and `pnode` has the
-    assignment (resolution may answer a moment before the PNode hears of its work, and the
-    driver takes a PNode's NOT_FOUND as final)."""
+    assignment (resolution may answer a moment before the PNode hears of its work; the
+    driver retries the PNode's NOT_FOUND until its deadline, but a placed PNode keeps each
+    Infer here to one attempt)."""
     networks = network_pb2_grpc.NetworkServiceStub(channel)
     document = common_pb2.ResourceDocument(
         kind="Network", json=json.dumps(manifest(network)).encode()

@@ -8,7 +8,10 @@ orchestrator never carries tensors.
 Safety comes from the messages, not the channel: every message names (job, step or
 request id, epoch) so retries are idempotent and deliveries to or from a superseded replica
 are refused (FAILED_PRECONDITION: the sender resolves again), and every Tensor carries a
-CRC-32 the receiver checks (DATA_LOSS on mismatch: the sender retries).
+CRC-32 the receiver checks (DATA_LOSS on mismatch: the sender retries). NOT_FOUND (the
+target slot is not hosted here) may pass too: resolution names a slot's PNode as soon as
+the placement is written, a moment before that PNode hears of its assignment, so senders
+retry it, resolving again, until their own deadline.
 """
 
 from collections import abc as _abc
