@@ -1,22 +1,28 @@
-"""Identities renewed in flight (docs/security.md, "Identity"): a real orchestrator issuing
-6-second certificates and two real agents training the digits example. Every agent renews
-through heartbeats (and the orchestrator renews its own) several times during the run,
-while every message stays signed and verified: the run keeps going at its first attempt
-(a refused message would cost a rollback) and no agent refuses anything for identity."""
+"""Certificates renewed in flight (docs/security.md, "Identity" and "Transport"): a real
+orchestrator serving TLS and issuing 6-second identities, and two real agents training the
+digits example. Every agent renews its identity (which is also its data-plane TLS
+certificate) through heartbeats, and the orchestrator renews its own, several times during
+the run; the orchestrator's own TLS certificate is rotated on disk mid-run too. Every
+message stays signed and verified and every connection TLS: the run keeps going at its
+first attempt (a refused message would cost a rollback) and no agent refuses anything for
+identity."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from pathlib import Path
 
+import grpc
 import pytest
 import yaml
+from grpc import aio
 
 from api import identity
 from api.resources import network as network_model
 from tests.integration import cluster
 from tests.integration.test_training import MANIFEST, Jobs
-from tests.support import agents, metrics, procs, wait
+from tests.support import agents, metrics, procs, tls, wait
 
 pytestmark = pytest.mark.slow
 
@@ -29,14 +35,18 @@ async def test_messages_keep_flowing_across_certificate_renewals(tmp_path: Path)
     manifest = yaml.safe_load(MANIFEST.read_text())
     network = network_model.Network.model_validate(manifest)
     store_url = f"sqlite:///{tmp_path / 'state.db'}"
+    pki = tls.Pki.create(tmp_path / "pki")
+    serve_tls = ["--tls-cert", str(pki.paths.cert), "--tls-key", str(pki.paths.key)]
     with (
-        procs.orchestrator(store_url, extra=["--identity-ttl", str(TTL)]) as served,
+        procs.orchestrator(store_url, extra=["--identity-ttl", str(TTL), *serve_tls]) as served,
         agents.agents(
             served.address, tmp_path, 2, cpu="2", memory="2Gi",
-            extra=["--metrics-listen", "127.0.0.1:0"],
+            extra=["--metrics-listen", "127.0.0.1:0", "--tls-ca", str(pki.paths.ca)],
         ) as fleet,
     ):  # fmt: skip
-        api, jobs = cluster.Api(served.address), Jobs(served.address)
+        credentials = grpc.ssl_channel_credentials(pki.paths.ca.read_bytes())
+        api = cluster.Api(served.address, credentials=credentials)
+        jobs = Jobs(served.address, channel=aio.secure_channel(served.address, credentials))
         try:
             await api.apply(manifest)
             await api.wait_resolvable(
@@ -45,6 +55,10 @@ async def test_messages_keep_flowing_across_certificate_renewals(tmp_path: Path)
             first = await expiries(store_url)
             await jobs.train("long", network.name, epochs=1000)
             started = await jobs.wait("long", phase="Running", within=60, step=1)
+            # The orchestrator's TLS certificate, replaced on disk: new connections see the
+            # new one without a restart, and the run's connections carry on.
+            rotated = pki.rotate_server()
+            assert await asyncio.to_thread(tls.peer_serial, served.address, pki.paths.ca) == rotated
 
             # Two renewals of every agent (each at 2/3 of 6 s) while the run goes on.
             await wait.until(
