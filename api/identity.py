@@ -141,6 +141,40 @@ def not_after(pem: bytes) -> dt.datetime:
 # -- the identity CA (the orchestrator's side) ---------------------------------------------
 
 
+def self_signed_ca(
+    key: PrivateKey, common_name: str, not_before: dt.datetime, not_after: dt.datetime
+) -> x509.Certificate:
+    """A CA certificate for `key`, signed by itself, that signs leaf certificates only (path
+    length 0): the identity CA's, and the local TLS CA of `dcnr-orchestrator up`."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+
+
 class Authority:
     """The identity CA: issues PNode and orchestrator certificates."""
 
@@ -151,33 +185,8 @@ class Authority:
     @classmethod
     def create(cls, now: dt.datetime, *, years: int = 10) -> Authority:
         key = generate_key()
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dcnr identity CA")])
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE)
-            .not_valid_after(now + dt.timedelta(days=365 * years))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(key, hashes.SHA256())
-        )
-        return cls(certificate, key)
+        lifetime = dt.timedelta(days=365 * years)
+        return cls(self_signed_ca(key, "dcnr identity CA", now - BACKDATE, now + lifetime), key)
 
     @classmethod
     def from_pem(cls, certificate: bytes, key: bytes) -> Authority:

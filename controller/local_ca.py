@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from api import identity
+
 LOCAL_HOSTS: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
 CA_DAYS = 3650
 LEAF_DAYS = 365
@@ -69,47 +71,18 @@ def _write(path: Path, data: bytes, *, private: bool) -> None:
     os.replace(temporary, path)
 
 
-def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
 def cert_pem(certificate: x509.Certificate) -> bytes:
     return certificate.public_bytes(serialization.Encoding.PEM)
 
 
-_CA_USAGE = x509.KeyUsage(
-    digital_signature=True,
-    key_cert_sign=True,
-    crl_sign=True,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=False,
-    encipher_only=False,
-    decipher_only=False,
-)
-
-
 def new_authority(common_name: str = "dcnr local CA", *, days: int = CA_DAYS) -> Authority:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    key = identity.generate_key()
     now = _now()
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_CA_USAGE, critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .sign(key, hashes.SHA256())
+    certificate = identity.self_signed_ca(
+        key,
+        common_name,
+        now - datetime.timedelta(minutes=5),
+        now + datetime.timedelta(days=days),
     )
     return Authority(certificate, key)
 
@@ -134,7 +107,7 @@ def issue(
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A new key and a certificate for it signed by `authority`: a server certificate for
     `hosts`, or a client certificate (`client=True`)."""
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = identity.generate_key()
     now = _now()
     usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
     builder = (
@@ -161,7 +134,7 @@ def write_pair(
 ) -> None:
     """Key first, then certificate: a server reloading in between sees a key that does not
     match its certificate and keeps the old pair until both are there."""
-    _write(key_path, key_pem(key), private=True)
+    _write(key_path, identity.key_pem(key), private=True)
     _write(cert_path, cert_pem(certificate), private=False)
 
 
