@@ -79,25 +79,30 @@ class DriverInboxService:
 
     async def Forward(self, body: bytes, context: Context) -> vnode_pb2.ForwardResponse:
         async def behave() -> vnode_pb2.ForwardResponse:
-            request, who = self._verified("Forward", body, context, vnode_pb2.ForwardRequest)
-            duplicate = self._receiver.receive(request, forward=True, sender=who)
-            return vnode_pb2.ForwardResponse(
-                header=rpc.response_header(request.header, self._replica_id),
-                duplicate=duplicate,
-            )
+            header, duplicate = self._receive("Forward", body, context, vnode_pb2.ForwardRequest)
+            return vnode_pb2.ForwardResponse(header=header, duplicate=duplicate)
 
         return await _translated(context, behave)
 
     async def Backward(self, body: bytes, context: Context) -> vnode_pb2.BackwardResponse:
         async def behave() -> vnode_pb2.BackwardResponse:
-            request, who = self._verified("Backward", body, context, vnode_pb2.BackwardRequest)
-            duplicate = self._receiver.receive(request, forward=False, sender=who)
-            return vnode_pb2.BackwardResponse(
-                header=rpc.response_header(request.header, self._replica_id),
-                duplicate=duplicate,
-            )
+            header, duplicate = self._receive("Backward", body, context, vnode_pb2.BackwardRequest)
+            return vnode_pb2.BackwardResponse(header=header, duplicate=duplicate)
 
         return await _translated(context, behave)
+
+    def _receive(
+        self,
+        method: str,
+        body: bytes,
+        context: Context,
+        kind: type[vnode_pb2.ForwardRequest] | type[vnode_pb2.BackwardRequest],
+    ) -> tuple[common_pb2.ResponseHeader, bool]:
+        """A verified result into the waiting run's mailbox: the answer's header and whether
+        it had arrived before."""
+        request, who = self._verified(method, body, context, kind)
+        duplicate = self._receiver.receive(request, forward=method == "Forward", sender=who)
+        return rpc.response_header(request.header, self._replica_id), duplicate
 
     async def Checkpoint(self, body: bytes, context: Context) -> vnode_pb2.CheckpointResponse:
         async def behave() -> vnode_pb2.CheckpointResponse:
