@@ -44,6 +44,13 @@ class ControlPlaneConfig:
     replica_lease: float = 5.0
     #: Full resync of every loop (the level-triggered safety net).
     resync_every: float = 30.0
+    #: A store call in flight for longer than this (or one that failed without an answer)
+    #: starts a period in which this replica could not observe the store; leases do not run
+    #: during it (`controller.state.store_watch`).
+    store_stall_after: float = 1.0
+    #: At most this much unobserved time is added to a lease or a grace: past it, a store
+    #: that stays unreachable no longer holds a dead PNode's lease open.
+    store_stall_max: float = 10.0
     #: Retry placement of unschedulable slots this often (PNodes joining also trigger it).
     unschedulable_retry: float = 5.0
     #: Events (`dcnctl get events`) are forgotten this long after their last occurrence.

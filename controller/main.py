@@ -42,6 +42,8 @@ _TIMINGS = (
     "view_refresh",
     "replica_lease",
     "resync_every",
+    "store_stall_after",
+    "store_stall_max",
     "unschedulable_retry",
     "event_ttl",
 )

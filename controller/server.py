@@ -71,7 +71,14 @@ from controller.services import (
     validation_service,
     vnode_transport,
 )
-from controller.state import allocation_status, identities, identity_ca, leases, view
+from controller.state import (
+    allocation_status,
+    identities,
+    identity_ca,
+    leases,
+    store_watch,
+    view,
+)
 from controller.trust import book as trust
 from reconcilers import base as reconcilers_base
 from reconcilers import network as network_loop
@@ -120,14 +127,21 @@ class Orchestrator:
         clock: clock_mod.Clock | None = None,
     ) -> None:
         self.config = config
-        self.store = store
         self.clock = clock or clock_mod.SystemClock()
         control = config.control
+        #: What this replica saw of the store: leases do not run while it could not see it.
+        self.store_watch = store_watch.StoreWatch(
+            self.clock, stall_after=control.store_stall_after
+        )
+        store = store_watch.Observed(store, self.store_watch)
+        self.store: base.Store = store
         self.replica_id = config.replica_id or replicas.default_replica_id()
         self.metrics = metrics.Metrics()
         for method, reason in auth.known_refusals():  # at 0 from the start
             self.metrics.rpc_refused.labels(method, reason)
-        self.view = view.View(store, self.clock, config=control)
+        self.view = view.View(
+            store, self.clock, config=control, unobserved=self.store_watch.unobserved
+        )
         self.manager = manager.Manager(self.clock, rng=random.Random())
         self.leases = leases.LeaseKeeper(store, self.clock, view=self.view, config=control)
         self.events = recorder.Recorder(
@@ -233,6 +247,7 @@ class Orchestrator:
             on_written=written,
             on_deleted=self.view.apply_deleted,
             local_renewal=self.leases.renewed_at,
+            unobserved=self.store_watch.unobserved,
         )
 
         async def network_keys() -> list[str]:
@@ -261,6 +276,7 @@ class Orchestrator:
         )
         self.metrics.watch_manager(self.manager)
         self.metrics.watch_view(self.view)
+        self.metrics.watch_store(self.store_watch)
         self.view.subscribe(self._on_change)
 
     def _on_event(self, occurred: reconcilers_base.Occurrence) -> None:
