@@ -44,6 +44,9 @@ class ControlPlaneConfig:
     replica_lease: float = 5.0
     #: Full resync of every loop (the level-triggered safety net).
     resync_every: float = 30.0
+    #: Jobs are listed this often, so one created through another replica reaches its
+    #: owner's job loop at once instead of at the next resync.
+    job_poll: float = 0.5
     #: A store call in flight for longer than this (or one that failed without an answer)
     #: starts a period in which this replica could not observe the store; leases do not run
     #: during it (`controller.state.store_watch`).

@@ -48,6 +48,7 @@ from controller.jobs import (
     driver_context,
     driver_inbox,
     job_loop,
+    job_poll,
     job_watch,
     suspects,
     tiebreakers,
@@ -191,6 +192,13 @@ class Orchestrator:
         )
         self.allocation_status = allocation_status.AllocationStatus(store, self.view)
         self.job_loop = job_loop.JobLoop(self.drivers)
+        self.job_poll = job_poll.JobPoll(
+            store,
+            self.clock,
+            every=control.job_poll,
+            running=self.job_loop.running,
+            enqueue=lambda name: self.manager.enqueue("job", name),
+        )
         self.replicas = replicas.Replicas(
             store,
             self.clock,
@@ -455,6 +463,7 @@ class Orchestrator:
         self.leases.start()
         self.trust.start()
         self.events.start()
+        self.job_poll.start()
         self._add_services()
         if self.config.tls is not None:
             # Reads and checks the files here (TlsError names the flag), before the port opens.
@@ -484,6 +493,7 @@ class Orchestrator:
         grace = self.config.grace_seconds
         await self.health.enter_graceful_shutdown()
         # Driver tasks stop first; their jobs stay Running for whichever replica owns them next.
+        await self.job_poll.stop()
         await self.job_loop.stop()
         await self.server.stop(grace)
         await self.manager.stop(grace)  # never started: nothing to wait for
