@@ -1,55 +1,65 @@
 """Issue 16 on the DynamoDB store, two `serve` replicas on a moto server process of this
-module's own (so it can be SIGSTOPped), sharing one cluster:
+module's own (so it can be SIGSTOPped), sharing one cluster, in this order:
 
 - prompt hand-offs: a network and a training job created through replica A whose keys
   replica B owns (the manager's rendezvous hash, computed here the same way) reach B
   within seconds, with every resync 300 s away, so only the hand-off paths can do it;
 - a 3 s stall of the store (SIGSTOP of the moto server) while PNodes heartbeat replica A
   marks no PNode NotReady, though half of them are judged by B, which sees only the
-  persisted leases that A could not write during the stall.
+  persisted leases that A could not write during the stall;
+- last, because it kills B: B, the owner of a network, is SIGKILLed at the moment one of
+  that network's PNodes dies (its `dcnr-agent` SIGKILLed too); the agents heartbeat A,
+  which must notice both deaths and move the allocations within lease + grace + 10 s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
+import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 from grpc import aio
 
 from api.dcnr.v1 import job_pb2, job_pb2_grpc
+from api.resources import allocation, lease, network, pnode
 from api.resources import job as job_model
-from api.resources import lease, network, pnode
 from controller.runtime import replicas
 from store import base, url
 from tests.integration import cluster
-from tests.support import metrics, moto, pnode_client, procs, wait
+from tests.support import agents, metrics, moto, pnode_client, procs, wait
 
 pytestmark = pytest.mark.slow
 
 A, B = "replica-a", "replica-b"
 MEMBERS = [A, B]
-LEASE = 1.5
+LEASE, GRACE = 1.5, 0.5
 #: Short PNode timings so a 3 s stall is two leases; every resync 300 s away.
 TIMINGS = [
     "--heartbeat-interval", "0.3",
     "--lease-duration", str(LEASE),
-    "--lost-grace", "0.5",
+    "--lost-grace", str(GRACE),
+    "--replica-lease", "2",
     "--view-refresh", "0.5",
     "--resync-every", "300",
     "--metrics-listen", "127.0.0.1:0",
+    "--grace", "1",
 ]  # fmt: skip
 #: How long the store is held stopped: the issue's chaos stalls.
 STALL = 3.0
 #: A hand-off must beat this by far: it is a tenth of the default resync and 1/60 of this
 #: module's.
 HANDOFF_WITHIN = 5.0
+#: The issue's bound: allocations on a dead PNode move within lease + grace + 10 s.
+MOVED_WITHIN = LEASE + GRACE + 10
 
 
 def owned_by(owner: str, prefix: str, count: int) -> list[str]:
@@ -234,3 +244,61 @@ async def test_a_store_stall_marks_no_pnode_notready(two: Cluster) -> None:
         for node in nodes:
             await node.close()
         await store.close()
+
+
+async def test_allocations_move_when_their_network_s_owner_and_their_pnode_die_together(
+    two: Cluster, tmp_path: Path
+) -> None:
+    net = owned_by(B, "orphan-net", 1)[0]
+    # Two agents whose PNodes B judges, so the PNode that dies is one whose judge dies too.
+    names = owned_by(B, "orphan-agent", 2)
+    store = await url.open_store(two.store_url)
+    api = cluster.Api(two.a.address)
+    started: list[agents.Agent] = []
+    try:
+
+        async def others_ready() -> list[str]:
+            found = await base.list_all(store, pnode.PNode)
+            return [p.name for p in found if p.status.phase == "Ready" and p.name not in names]
+
+        # The earlier tests' PNodes are gone (closed); nothing may be placed on them.
+        await wait.until(
+            others_ready, within=30, what="earlier PNodes not Ready", accept=lambda r: not r
+        )
+        # Started side by side: each takes seconds to import and register.
+        results = await asyncio.gather(
+            *(
+                asyncio.to_thread(agents.Agent, two.a.address, name, tmp_path / name, cpu="1")
+                for name in names
+            ),
+            return_exceptions=True,
+        )
+        started += [a for a in results if isinstance(a, agents.Agent)]
+        failed = [a for a in results if isinstance(a, BaseException)]
+        if failed:
+            raise failed[0]
+        await api.apply(cluster.chain_network(net, 4))
+        want = {f"v{i}": 1 for i in range(4)}
+        _, endpoints = await api.wait_resolvable(net, want, within=60)
+        victim_name = sorted({p for eps in endpoints.values() for p, _ in eps})[0]
+        victim = next(a for a in started if a.name == victim_name)
+
+        # Both at once: the network's owner, and a PNode of that network.
+        two.b.proc.send_signal(signal.SIGKILL)
+        victim.proc.send_signal(signal.SIGKILL)
+        two.b.proc.wait(timeout=30)
+        victim.proc.wait(timeout=30)
+
+        await api.wait_resolvable(net, want, within=MOVED_WITHIN, avoid=victim_name)
+        placed = await base.list_all(store, allocation.Allocation, index=("network", net))
+        assert sorted(a.spec.vnode for a in placed) == sorted(want)
+        assert victim_name not in {a.spec.pnode for a in placed}
+        await cluster.check_invariants(two.store_url)
+    finally:
+        await api.close()
+        await store.close()
+        for agent in started:
+            if agent.proc.poll() is None:
+                agent.proc.send_signal(signal.SIGTERM)
+        for agent in started:
+            agent.stop()
