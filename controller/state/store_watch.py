@@ -152,10 +152,6 @@ class Observed:
         self._store = store
         self._watch = watch
 
-    @property
-    def inner(self) -> base.Store:
-        return self._store
-
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         token = self._watch.started()
         try:
