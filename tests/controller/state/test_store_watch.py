@@ -244,3 +244,20 @@ def test_liveness_holds_a_lease_through_the_replica_s_stall_and_no_longer() -> N
     assert live.is_live("p1", now)
     assert live.lease_expiry("p1") == now + timedelta(seconds=2)
     assert not live.is_live("p1", now + timedelta(seconds=2))
+
+
+@pytest.mark.parametrize("value", [-1.0, float("inf"), float("nan")])
+def test_a_bad_store_stall_max_names_the_field_and_value(value: float) -> None:
+    with pytest.raises(ValueError, match=r"store_stall_max: must be 0 \(off\) or a positive"):
+        config_mod.ControlPlaneConfig(store_stall_max=value)
+
+
+def test_store_stall_max_zero_turns_the_rule_off() -> None:
+    off = config_mod.ControlPlaneConfig(
+        heartbeat_interval=1.0, lease_duration=4.0, lost_grace=2.0, store_stall_max=0.0
+    )
+    now = at(100)
+    node, stored = node_and_lease(now, renewed=-5.7)
+    stall = [lease.Unobserved(now - timedelta(seconds=3.7), now - timedelta(seconds=0.7))]
+    step = lifecycle.compute_transition(node, stored, now=now, config=off, unobserved=stall)
+    assert step.phase == "NotReady"
