@@ -206,6 +206,8 @@ class Orchestrator:
             address=config.listen,
             lease_seconds=control.replica_lease,
             on_membership_change=self.manager.membership_changed,
+            unobserved=self.store_watch.unobserved,
+            stall_max=control.store_stall_max,
         )
         self.tokens = auth.Tokens(config.admin_tokens, config.read_only_tokens)
         # No SO_REUSEPORT: a second orchestrator on a taken port must fail, not share it.
