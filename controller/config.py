@@ -44,6 +44,17 @@ class ControlPlaneConfig:
     replica_lease: float = 5.0
     #: Full resync of every loop (the level-triggered safety net).
     resync_every: float = 30.0
+    #: Jobs are listed this often, so one created through another replica reaches its
+    #: owner's job loop at once instead of at the next resync.
+    job_poll: float = 0.5
+    #: A store call in flight for longer than this (or one that failed without an answer)
+    #: starts a period in which this replica could not observe the store; leases do not run
+    #: during it (`controller.state.store_watch`).
+    store_stall_after: float = 1.0
+    #: At most this much unobserved time is added to a lease or a grace: past it, a store
+    #: that stays unreachable no longer holds a dead PNode's lease open. 0: off (leases
+    #: run through stalls, as before issue 16).
+    store_stall_max: float = 10.0
     #: Retry placement of unschedulable slots this often (PNodes joining also trigger it).
     unschedulable_retry: float = 5.0
     #: Events (`dcnctl get events`) are forgotten this long after their last occurrence.
@@ -52,8 +63,13 @@ class ControlPlaneConfig:
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
-            if field.name not in ("workers_per_loop", "max_pending_pnodes"):
+            if field.name not in ("workers_per_loop", "max_pending_pnodes", "store_stall_max"):
                 _positive(field.name, getattr(self, field.name))
+        if not (self.store_stall_max >= 0 and math.isfinite(self.store_stall_max)):
+            raise ValueError(
+                f"store_stall_max: must be 0 (off) or a positive number of seconds, "
+                f"got {self.store_stall_max!r}"
+            )
         if self.heartbeat_interval >= self.lease_duration:
             raise ValueError(
                 f"heartbeat_interval ({self.heartbeat_interval}) must be shorter than "

@@ -42,6 +42,9 @@ _TIMINGS = (
     "view_refresh",
     "replica_lease",
     "resync_every",
+    "job_poll",
+    "store_stall_after",
+    "store_stall_max",
     "unschedulable_retry",
     "event_ttl",
 )

@@ -28,6 +28,7 @@ from prometheus_client import core, registry
 
 from api.resources import event as event_model
 from controller.runtime import manager as manager_mod
+from controller.state import store_watch as store_watch_mod
 from controller.state import view as view_mod
 from reconcilers import network_plan
 
@@ -229,6 +230,10 @@ class Metrics:
     def watch_view(self, view: view_mod.View) -> None:
         self.registry.register(_ViewCollector(view))
 
+    def watch_store(self, watch: store_watch_mod.StoreWatch) -> None:
+        """How much of the store this replica could not observe, read at scrape time."""
+        self.registry.register(_StoreCollector(watch))
+
     # -- RPCs -------------------------------------------------------------------------------
 
     def rpc_finished(self, method: str, code: str, seconds: float) -> None:
@@ -292,6 +297,32 @@ class _ViewCollector(registry.Collector):
             "dcnr_allocations",
             "Allocations (placed VNode replica slots).",
             value=len(self._view.allocations),
+        )
+
+
+class _StoreCollector(registry.Collector):
+    def __init__(self, watch: store_watch_mod.StoreWatch) -> None:
+        self._watch = watch
+
+    def collect(self) -> Iterable[core.Metric]:
+        seen = self._watch.snapshot()
+        yield core.GaugeMetricFamily(
+            "dcnr_store_stalled_seconds",
+            "How long this replica has been unable to complete a store round trip (0: the "
+            "store answers); leases do not run meanwhile.",
+            value=seen.stalled_seconds,
+        )
+        yield core.CounterMetricFamily(
+            "dcnr_store_unobserved_seconds",
+            "Seconds in all this replica could not observe the store (stalled or failing "
+            "calls), which leases were held open for.",
+            value=seen.unobserved_seconds_total,
+        )
+        yield core.CounterMetricFamily(
+            "dcnr_store_failed_calls",
+            "Store calls that failed without an answer from the store (unreachable, timed "
+            "out after the backend's retries).",
+            value=seen.failed_calls_total,
         )
 
 

@@ -48,6 +48,7 @@ from controller.jobs import (
     driver_context,
     driver_inbox,
     job_loop,
+    job_poll,
     job_watch,
     suspects,
     tiebreakers,
@@ -71,7 +72,14 @@ from controller.services import (
     validation_service,
     vnode_transport,
 )
-from controller.state import allocation_status, identities, identity_ca, leases, view
+from controller.state import (
+    allocation_status,
+    identities,
+    identity_ca,
+    leases,
+    store_watch,
+    view,
+)
 from controller.trust import book as trust
 from reconcilers import base as reconcilers_base
 from reconcilers import network as network_loop
@@ -120,14 +128,21 @@ class Orchestrator:
         clock: clock_mod.Clock | None = None,
     ) -> None:
         self.config = config
-        self.store = store
         self.clock = clock or clock_mod.SystemClock()
         control = config.control
+        #: What this replica saw of the store: leases do not run while it could not see it.
+        self.store_watch = store_watch.StoreWatch(
+            self.clock, stall_after=control.store_stall_after
+        )
+        store = store_watch.Observed(store, self.store_watch)
+        self.store: base.Store = store
         self.replica_id = config.replica_id or replicas.default_replica_id()
         self.metrics = metrics.Metrics()
         for method, reason in auth.known_refusals():  # at 0 from the start
             self.metrics.rpc_refused.labels(method, reason)
-        self.view = view.View(store, self.clock, config=control)
+        self.view = view.View(
+            store, self.clock, config=control, unobserved=self.store_watch.unobserved
+        )
         self.manager = manager.Manager(self.clock, rng=random.Random())
         self.leases = leases.LeaseKeeper(store, self.clock, view=self.view, config=control)
         self.events = recorder.Recorder(
@@ -177,6 +192,13 @@ class Orchestrator:
         )
         self.allocation_status = allocation_status.AllocationStatus(store, self.view)
         self.job_loop = job_loop.JobLoop(self.drivers)
+        self.job_poll = job_poll.JobPoll(
+            store,
+            self.clock,
+            every=control.job_poll,
+            running=self.job_loop.running,
+            enqueue=lambda name: self.manager.enqueue("job", name),
+        )
         self.replicas = replicas.Replicas(
             store,
             self.clock,
@@ -184,6 +206,8 @@ class Orchestrator:
             address=config.listen,
             lease_seconds=control.replica_lease,
             on_membership_change=self.manager.membership_changed,
+            unobserved=self.store_watch.unobserved,
+            stall_max=control.store_stall_max,
         )
         self.tokens = auth.Tokens(config.admin_tokens, config.read_only_tokens)
         # No SO_REUSEPORT: a second orchestrator on a taken port must fail, not share it.
@@ -233,6 +257,7 @@ class Orchestrator:
             on_written=written,
             on_deleted=self.view.apply_deleted,
             local_renewal=self.leases.renewed_at,
+            unobserved=self.store_watch.unobserved,
         )
 
         async def network_keys() -> list[str]:
@@ -261,6 +286,7 @@ class Orchestrator:
         )
         self.metrics.watch_manager(self.manager)
         self.metrics.watch_view(self.view)
+        self.metrics.watch_store(self.store_watch)
         self.view.subscribe(self._on_change)
 
     def _on_event(self, occurred: reconcilers_base.Occurrence) -> None:
@@ -439,6 +465,7 @@ class Orchestrator:
         self.leases.start()
         self.trust.start()
         self.events.start()
+        self.job_poll.start()
         self._add_services()
         if self.config.tls is not None:
             # Reads and checks the files here (TlsError names the flag), before the port opens.
@@ -468,6 +495,7 @@ class Orchestrator:
         grace = self.config.grace_seconds
         await self.health.enter_graceful_shutdown()
         # Driver tasks stop first; their jobs stay Running for whichever replica owns them next.
+        await self.job_poll.stop()
         await self.job_loop.stop()
         await self.server.stop(grace)
         await self.manager.stop(grace)  # never started: nothing to wait for

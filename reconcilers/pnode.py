@@ -28,13 +28,21 @@ Liveness comes from the PNodeLease record, plus, when wired, the renewals this r
 accepted but not yet persisted (`local_renewal`): persisted renewals lag the real ones by up
 to half a lease by design (`controller.state.leases`), and the newer of the two is the truth.
 The expiry rule is `api.resources.lease.expiry`, the one the orchestrator's view uses.
+
+Store stalls are not PNode failures. A lease and the NotReady grace do not run through the
+periods in which this replica could not observe the store (`unobserved`, from the server's
+`controller.state.store_watch`; the rule is `api.resources.lease.held_through`): a renewal
+this replica could not read, or that the heartbeats' replica could not write, must not
+count against the PNode. Each replica judges from its own observations; at most
+`store_stall_max` seconds are added, so a PNode that really died is still NotReady within
+lease + that, and Lost within lease + grace + twice that.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -66,6 +74,9 @@ class Timings(Protocol):
 
     @property
     def pending_retention(self) -> float: ...
+
+    @property
+    def store_stall_max(self) -> float: ...
 
 
 class WallClock(Protocol):
@@ -105,9 +116,12 @@ def compute_transition(
     config: Timings,
     allocations: int = 0,
     local_renewal: datetime | None = None,
+    unobserved: Iterable[lease.Unobserved] = (),
 ) -> Transition:
     """Pure: the lifecycle transition of `node` at `now`, given its lease and how many
-    allocations still name it (`local_renewal` must belong to its current incarnation)."""
+    allocations still name it (`local_renewal` must belong to its current incarnation),
+    with the lease and the grace held through the `unobserved` periods."""
+    unobserved = list(unobserved)
     status = node.status
     if _deregistered(node) and allocations == 0:
         return Transition(delete=True, reason="Deregistered", message="drained after Deregister")
@@ -125,6 +139,12 @@ def compute_transition(
         # Register writes PNode and lease together; without one, the lease is counted from
         # when the phase began, so a PNode that never renews still expires.
         expiry = since + timedelta(seconds=config.lease_duration)
+    expiry = lease.held_through(
+        expiry,
+        since=expiry - timedelta(seconds=duration),
+        unobserved=unobserved,
+        most=config.store_stall_max,
+    )
     held = HELD_RECHECK_SECONDS if _deregistered(node) else None
     if status.phase == "Ready":
         if expiry <= now:
@@ -138,7 +158,12 @@ def compute_transition(
     if status.phase == "NotReady":
         if expiry > now:
             return Transition(phase="Ready", reason="NodeLeaseRenewed", message="lease renewed")
-        lost_at = since + timedelta(seconds=config.lost_grace)
+        lost_at = lease.held_through(
+            since + timedelta(seconds=config.lost_grace),
+            since=since,
+            unobserved=unobserved,
+            most=config.store_stall_max,
+        )
         if lost_at <= now:
             return Transition(
                 phase="Lost",
@@ -203,13 +228,15 @@ def apply_phase(
 Written = Callable[[Sequence[meta.Resource | None]], None]
 Deleted = Callable[[type[meta.Resource], str], None]
 LocalRenewal = Callable[[str, int], datetime | None]
+Unobserved = Callable[[], Iterable[lease.Unobserved]]
 
 
 class PNodeReconciler:
     """Applies `compute_transition` to one PNode with conditional writes.
 
     `on_written`/`on_deleted` receive what this loop wrote (the server wires the in-memory
-    view); `local_renewal(name, incarnation)` gives this replica's unpersisted renewal.
+    view); `local_renewal(name, incarnation)` gives this replica's unpersisted renewal;
+    `unobserved()` the periods this replica could not observe the store.
     """
 
     name = "pnode"
@@ -223,6 +250,7 @@ class PNodeReconciler:
         on_written: Written | None = None,
         on_deleted: Deleted | None = None,
         local_renewal: LocalRenewal | None = None,
+        unobserved: Unobserved | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -230,6 +258,7 @@ class PNodeReconciler:
         self._on_written = on_written
         self._on_deleted = on_deleted
         self._local_renewal = local_renewal
+        self._unobserved = unobserved
 
     async def reconcile(self, key: str) -> reconcile.Result:
         try:
@@ -246,7 +275,14 @@ class PNodeReconciler:
             local = self._local_renewal(key, node.status.incarnation)
         now = self._clock.now()
         transition = compute_transition(
-            node, stored, now=now, config=self._config, allocations=len(held), local_renewal=local
+            node,
+            stored,
+            now=now,
+            config=self._config,
+            allocations=len(held),
+            local_renewal=local,
+            # Read after the store calls above: a stall they sat through is counted.
+            unobserved=self._unobserved() if self._unobserved is not None else (),
         )
         try:
             if transition.delete:

@@ -6,11 +6,15 @@ they never conflict with the placements that update a PNode's capacity accountin
 one small item write instead of rewriting the whole PNode.
 
 `expiry` is the one rule for when a PNode's lease runs out; the view's liveness
-(`controller.state.liveness`) and the lifecycle loop (`reconcilers.pnode`) both use it.
+(`controller.state.liveness`) and the lifecycle loop (`reconcilers.pnode`) both use it,
+moved later by `held_through` for the time the judging replica could not observe the store
+(a stalled store is the orchestrator's problem, not the PNodes').
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import ClassVar, Literal
 
@@ -65,3 +69,41 @@ def expiry(
     if renewed is None:
         return None
     return renewed + timedelta(seconds=duration)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unobserved:
+    """A period in which one replica could not complete a store round trip: from its last
+    successful one (`start`) to the next (`end`; for a period still going on, now)."""
+
+    start: datetime
+    end: datetime
+
+
+def held_through(
+    deadline: datetime,
+    *,
+    since: datetime,
+    unobserved: Iterable[Unobserved],
+    most: float,
+) -> datetime:
+    """`deadline` (of a clock that started at `since`) moved later by the unobserved time
+    that began before it ran out, at most `most` seconds in all.
+
+    The clock stops while the judging replica was blind: renewals it could not read, and
+    renewals the heartbeats' replica could not write, must not count against the PNode. A
+    period that began after the (moved) deadline does not move it: the deadline was seen
+    to pass. Periods may overlap; time is counted once. `most` bounds what a store that
+    stays unreachable can hold open: past it, a lease runs out as if observed.
+    """
+    extra = timedelta(0)
+    counted_to = since
+    for period in sorted(unobserved, key=lambda p: p.start):
+        start = max(period.start, counted_to)
+        if period.end <= start:
+            continue
+        if start >= deadline + extra:
+            break
+        extra += period.end - start
+        counted_to = period.end
+    return deadline + min(extra, timedelta(seconds=max(0.0, most)))

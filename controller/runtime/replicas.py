@@ -10,6 +10,11 @@ The division is only an optimization: two replicas reconciling one key (while th
 of membership differ) is harmless, because every write is conditional. So a replica that
 cannot read membership takes every key rather than none.
 
+A replica's lease, like a PNode's, does not run through the time this replica could not
+observe the store (`unobserved`, the rule `api.resources.lease.held_through`): after a
+store stall the replicas that renewed on time are still members, instead of every replica
+briefly taking every key.
+
 Membership compares renewal times written by different machines: clock skew between
 replicas shortens or lengthens a lease by the skew; keep clocks in sync (NTP) and the lease
 well above it.
@@ -25,9 +30,10 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
+from api.resources import lease as lease_model
 from api.resources import meta, orchestrator
 from controller import config
 from controller.runtime import clock as clock_mod
@@ -65,13 +71,19 @@ class Replicas:
         address: str,
         lease_seconds: float,
         on_membership_change: Callable[[list[str]], None] | None = None,
+        unobserved: Callable[[], Iterable[lease_model.Unobserved]] | None = None,
+        stall_max: float = 0.0,
     ) -> None:
+        """`unobserved()`: the periods this replica could not observe the store; at most
+        `stall_max` seconds of them hold another replica's lease open."""
         self.replica_id = replica_id
         self._store = store
         self._clock = clock
         self._address = address
         self._lease = lease_seconds
         self._on_change = on_membership_change
+        self._unobserved = unobserved
+        self._stall_max = stall_max
         self._record: orchestrator.Orchestrator | None = None
         self.members: list[str] = []
         self._known = False
@@ -145,11 +157,20 @@ class Replicas:
 
     async def _refresh_members(self, now: datetime) -> None:
         records = await base.list_all(self._store, orchestrator.Orchestrator)
+        # Read after the listing: a stall it sat through is counted.
+        unobserved = list(self._unobserved()) if self._unobserved is not None else []
         live, dead = [], []
         for record in records:
             renewed = record.status.renewed_at
             lease = timedelta(seconds=record.spec.lease_duration_seconds)
-            if renewed is not None and renewed + lease > now:
+            held = (
+                None
+                if renewed is None
+                else lease_model.held_through(
+                    renewed + lease, since=renewed, unobserved=unobserved, most=self._stall_max
+                )
+            )
+            if held is not None and held > now:
                 live.append(record.name)
             elif renewed is None or renewed + lease * FORGET_AFTER_LEASES < now:
                 dead.append(record)

@@ -90,14 +90,21 @@ class View:
         clock: clock_mod.Clock,
         *,
         config: config_mod.ControlPlaneConfig,
+        unobserved: liveness_mod.Unobserved | None = None,
     ) -> None:
+        """`unobserved()`: the periods this replica could not observe the store
+        (`controller.state.store_watch`), which leases do not run through."""
         self._store = store
         self._clock = clock
         self._config = config
         self.cache = cache_mod.Cache(on_change=self._published)
         self.renewals = renewals_mod.Renewals()
         self.liveness = liveness_mod.Liveness(
-            self.cache, self.renewals, lease_duration=config.lease_duration
+            self.cache,
+            self.renewals,
+            lease_duration=config.lease_duration,
+            unobserved=unobserved,
+            stall_max=config.store_stall_max,
         )
         self.changes = changes_mod.Changes(self.cache, clock)
         #: Bumped on any change at all (watchers of everything, tests).

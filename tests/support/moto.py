@@ -133,9 +133,21 @@ class MotoServer:
             self._dir = None
             raise
 
+    def pause(self) -> None:
+        """SIGSTOP the server (its whole process group): the store stalls, connections stay
+        open and calls hang until `resume`, as a stalled store does."""
+        assert self._proc is not None, "MotoServer is not running"
+        os.killpg(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None, "MotoServer is not running"
+        os.killpg(self._proc.pid, signal.SIGCONT)
+
     def __exit__(self, *exc_info: object) -> None:
         try:
             if self._proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._proc.pid, signal.SIGCONT)  # a paused server cannot stop
                 _stop(self._proc)
         finally:
             self._proc = None
