@@ -223,7 +223,10 @@ class Agent:
                 problem = _describe(exc)
             failures += 1
             self._on_register("failed")
-            level = logging.WARNING if failures == 1 else logging.DEBUG
+            # Said once when the loop starts failing, and not at all when the link's own
+            # line ("lost orchestrator ...") already said why.
+            quiet = failures > 1 or self.link.state is not link.State.CONNECTED
+            level = logging.DEBUG if quiet else logging.WARNING
             log.log(level, "register at %s failed (%s); retrying", self._orchestrators.address,
                     problem)  # fmt: skip
 
@@ -363,7 +366,10 @@ class Agent:
             failures += 1
             cap = self.heartbeat_interval if what == "heartbeat" else None
             delay = backoff.delay(failures, cap=cap)
-            level = logging.WARNING if failures == 1 else logging.DEBUG
+            # Said once when the loop starts failing, and not at all when the link's own
+            # line ("lost orchestrator ...") already said why.
+            quiet = failures > 1 or self.link.state is not link.State.CONNECTED
+            level = logging.DEBUG if quiet else logging.WARNING
             log.log(level, "%s failed (%s); retrying with backoff up to %.2fs", what, problem,
                     backoff.ceiling(failures + 8, cap=cap))  # fmt: skip
             await self._sleep(delay)  # not `_pause`: a leaving agent still heartbeats

@@ -13,7 +13,8 @@ the same replica at the same moment do not all come back in step. Randomness is 
 
 One log line per transition: "lost" when the first call fails, "reconnecting to X" the
 first time each address is tried while disconnected (rotating back and forth over dead
-replicas says nothing new), "connected" when an answer comes back. Retries in between log
+replicas says nothing new), "connected" when an answer comes back. At start-up, before
+anything answered, the first failure says "not answering" instead of "lost". Retries in between log
 at debug level only.
 """
 
@@ -75,6 +76,7 @@ class Link:
         self._since = clock()
         self._tried: set[str] = {address}
         self.transitions = 0
+        self._said_unreachable = False
 
     def _move(self, state: State) -> None:
         self.state = state
@@ -97,6 +99,11 @@ class Link:
     def failed(self, what: str, cause: str) -> None:
         """A call got no answer (`what`: which, `cause`: the status code or error)."""
         if self.state is not State.CONNECTED:
+            if self.transitions == 0 and not self._said_unreachable:
+                self._said_unreachable = True  # at start-up: nothing was connected to lose
+                log.warning("orchestrator %s not answering: %s failed with %s", self.address,
+                            what, cause)  # fmt: skip
+                return
             log.debug("%s to orchestrator %s failed again: %s", what, self.address, cause)
             return
         self._since = self._clock()

@@ -186,10 +186,12 @@ class Running:
             on_link=self.states.append,
             rng=random.Random(16),
         )
-        self.delays: list[float] = []
+        #: (the task that waited: "heartbeat", "watch" or the caller's, seconds)
+        self.waits: list[tuple[str, float]] = []
 
         async def record(seconds: float) -> None:
-            self.delays.append(seconds)
+            task = asyncio.current_task()
+            self.waits.append((task.get_name() if task else "", seconds))
             await asyncio.sleep(0)
 
         self.agent._sleep = record  # type: ignore[method-assign]
@@ -199,9 +201,16 @@ class Running:
     async def start(self) -> None:
         await self.agent.register()
         self.loops = [
-            asyncio.create_task(self.agent.heartbeat_loop()),
-            asyncio.create_task(self.agent.watch_loop()),
+            asyncio.create_task(self.agent.heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self.agent.watch_loop(), name="watch"),
         ]
+
+    @property
+    def delays(self) -> list[float]:
+        return [seconds for _, seconds in self.waits]
+
+    def delays_of(self, loop: str) -> list[float]:
+        return [seconds for name, seconds in self.waits if name == loop]
 
     def alive(self) -> bool:
         for task in self.loops:
@@ -265,8 +274,9 @@ async def test_heartbeats_go_on_through_every_fault_and_back_off_within_the_inte
     await _beats(fake, running, 3)
     assert running.agent.incarnation == 1  # none of these is a fence
     assert running.agent.heartbeat_interval == INTERVAL  # a silly interval is not kept
-    assert running.delays, "failures were retried without backoff"
-    assert all(d <= INTERVAL for d in running.delays), running.delays
+    heartbeat = running.delays_of("heartbeat")
+    assert heartbeat, "failures were retried without backoff"
+    assert all(d <= INTERVAL for d in heartbeat), heartbeat
 
 
 @pytest.mark.parametrize("fault", ["reset", "garbage", "unavailable", "internal", "fenced"])
@@ -328,6 +338,23 @@ async def test_register_failures_are_retried_with_capped_jittered_backoff(
         assert started.agent.incarnation == 1
     finally:
         await started.stop()
+
+
+async def test_an_unanswering_first_address_at_start_up_is_said_once(
+    fake: FakeOrchestrator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = f"127.0.0.1:{_closed_port()}"
+    caplog.set_level(logging.DEBUG, logger="dcnr.agent")
+    started = Running([dead, fake.address], tmp_path)
+    await started.start()
+    await started.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [
+        f"orchestrator {dead} not answering: register failed with UNAVAILABLE",
+        f"reconnecting to orchestrator {fake.address}",
+    ]
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert f"connected to orchestrator {fake.address}" in infos
 
 
 async def test_a_refused_first_registration_is_final(tmp_path: Path) -> None:
@@ -448,7 +475,9 @@ async def test_backing_off_over_dead_replicas_says_so_once_per_address(
     assert len(reconnecting) > len(warned)
     # the replica it lost was named in the "lost" line; each other address once
     assert sorted(warned) == sorted(f"reconnecting to orchestrator {a}" for a in dead)
-    assert all(d <= INTERVAL for d in started.delays)
+    assert started.delays_of("heartbeat")
+    assert all(d <= INTERVAL for d in started.delays_of("heartbeat"))
+    assert all(d <= agent_mod.WATCH_BACKOFF_MAX for d in started.delays_of("watch"))
 
 
 def _closed_port() -> int:
