@@ -51,6 +51,9 @@ class FakeOrchestrator:
         self.incarnation = 0
         self.heartbeat_incarnations: list[int] = []
         self._fenced = asyncio.Event()
+        #: "hold": the heartbeat waits for `release` (set by the test), `holding` set meanwhile
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
         self.server = aio.server()
         handlers = {
             "Register": grpc.unary_unary_rpc_method_handler(
@@ -113,6 +116,9 @@ class FakeOrchestrator:
         self.seen["heartbeat"] += 1
         self.heartbeat_incarnations.append(request.incarnation)
         what = self.heartbeats.popleft() if self.heartbeats else ""
+        if what == "hold":
+            self.holding.set()
+            await self.release.wait()
         bad = await self._misbehave(what, context)
         if bad is not None:
             return bad
@@ -173,6 +179,7 @@ class Running:
         self.orchestrators = peers.Orchestrators(addresses)
         self.plane = NoVNodes()
         self.states: list[link.State] = []
+        self.heartbeat_results: list[str] = []
         self.agent = agent_mod.Agent(
             agent_mod.AgentConfig(
                 name="p",
@@ -184,6 +191,7 @@ class Running:
             data_plane=cast(dataplane.DataPlane, self.plane),
             keeper=keys.Keeper(),
             on_link=self.states.append,
+            on_heartbeat=self.heartbeat_results.append,
             rng=random.Random(16),
         )
         #: (the task that waited: "heartbeat", "watch" or the caller's, seconds)
@@ -296,6 +304,37 @@ async def test_the_watch_goes_on_through_resets_garbage_and_errors(
     # registration follows, and none ever comes from the watch loop
     assert fake.seen["register"] == 1
     assert running.agent.incarnation == 1
+
+
+async def test_a_fail_over_lets_a_call_in_flight_on_the_old_channel_finish(
+    fake: FakeOrchestrator, running: Running
+) -> None:
+    """Another loop moving to the next replica must not cancel this one's call."""
+    await _beats(fake, running, 2)
+    fake.heartbeats.append("hold")
+    await wait.until(fake.holding.is_set, within=30, what="a heartbeat held by the server")
+    await running.orchestrators.fail_over()  # as resolution or the watch would
+    answered = len(running.heartbeat_results)
+    fake.release.set()
+    await _beats(fake, running, 2)
+    assert running.heartbeat_results[answered] == "ok"  # the held one, answered
+    assert "failed" not in running.heartbeat_results
+
+
+async def test_a_stream_whose_channel_is_closed_under_it_is_watched_again(
+    fake: FakeOrchestrator, running: Running
+) -> None:
+    """The chaos run's crash: a channel closed under an open WatchAssignments raises
+    asyncio.CancelledError in the watch loop, which is not the loop being stopped."""
+    await wait.until(lambda: fake.seen["watch"] >= 1, within=30, what="a first watch")
+    old = running.orchestrators.channel()
+    running.orchestrators.on_fail_over = lambda _address: None  # the stream is not told
+    await running.orchestrators.fail_over()
+    await old.close(None)  # cancels the stream under the watch
+    await wait.until(
+        lambda: running.alive() and fake.seen["watch"] >= 2, within=30, what="a new watch"
+    )
+    await _beats(fake, running, 2)
 
 
 async def test_a_fence_seen_by_both_loops_registers_exactly_once(
