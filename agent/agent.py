@@ -439,7 +439,8 @@ class Agent:
             async for message in call:
                 self.link.answered()
                 if message.lease_state == FENCED:
-                    self._wake.set()  # the heartbeat loop re-registers
+                    if self._fenced != incarnation:
+                        self._wake.set()  # the heartbeat loop re-registers (once)
                     break  # and pace: a fence while leaving registers nothing new
                 self._apply(message.assignment_set, incarnation)
         except aio.AioRpcError as exc:
@@ -474,8 +475,8 @@ class Agent:
         bodies = {"heartbeat": self.heartbeat_loop, "watch": self.watch_loop}
         running = {what: asyncio.create_task(body(), name=what) for what, body in bodies.items()}
         loops = list(running.values())
+        stopping = asyncio.create_task(self._stopping.wait())
         try:
-            stopping = asyncio.create_task(self._stopping.wait())
             while not self._stopping.is_set():
                 await asyncio.wait([stopping, *running.values()],
                                    return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
@@ -483,12 +484,14 @@ class Agent:
                     if task.done() and not self._stopping.is_set():
                         # A loop only ends by a bug; an agent that exits for it would
                         # take its VNodes down with it, so the loop starts over.
+                        error = None if task.cancelled() else task.exception()
                         log.error("the %s loop ended; starting it again", what,
-                                  exc_info=task.exception())  # fmt: skip
+                                  exc_info=error)  # fmt: skip
                         running[what] = asyncio.create_task(bodies[what](), name=what)
                         loops.append(running[what])
             await self._leave()
         finally:
+            stopping.cancel()
             for task in loops:
                 task.cancel()
             for task in loops:

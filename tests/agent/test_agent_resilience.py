@@ -556,3 +556,34 @@ def test_a_heartbeat_interval_from_the_orchestrator_is_kept_within_bounds(
     duration = pnode_pb2.HeartbeatResponse().heartbeat_interval
     duration.seconds, duration.nanos = seconds, nanos
     assert agent_mod._interval(duration, 7.0) == expected
+
+
+async def test_a_loop_ended_by_a_bug_is_started_again_and_only_sigterm_ends_run(
+    fake: FakeOrchestrator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    started = Running([fake.address], tmp_path)
+    agent = started.agent
+    real_watch = agent.watch_loop
+    calls = 0
+
+    async def buggy_then_real() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug in the watch loop")
+        await real_watch()
+
+    agent.watch_loop = buggy_then_real  # type: ignore[method-assign]
+    run = asyncio.create_task(agent.run())
+    try:
+        await wait.until(
+            lambda: not run.done() and fake.seen["watch"] >= 1 and fake.seen["heartbeat"] >= 3,
+            within=30,
+            what="the watch loop started again while the agent runs",
+        )
+    finally:
+        agent.request_stop()  # SIGTERM's handler
+        await asyncio.wait_for(run, 30)  # drains (nothing assigned) and returns
+        await started.orchestrators.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == ["the watch loop ended; starting it again"]
