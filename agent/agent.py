@@ -7,15 +7,24 @@ newest version of the current incarnation wins, so applying both is harmless.
 
 Fencing (the orchestrator says our lease lapsed or our incarnation is old) means our
 VNodes were moved: drop every instance, then register again under the same name with the
-kept credential. The credential lives in memory and in `<state-dir>/credential.json`
-(mode 0600), so a restarted agent re-registers under its name instead of becoming a
-stranger; the name is kept there too when the orchestrator generated it.
+kept credential. The heartbeat loop alone re-registers (the watch stream, seeing a fence,
+wakes it), so one fence makes exactly one new incarnation. The credential lives in memory
+and in `<state-dir>/credential.json` (mode 0600), so a restarted agent re-registers under
+its name instead of becoming a stranger; the name is kept there too when the orchestrator
+generated it.
 
 Identity (`agent.keys`): Register carries a CSR for the agent's in-memory key and its answer
 the PNode's certificate and the CA bundle; a heartbeat carries a CSR again once 2/3 of the
 certificate's lifetime has passed, and its answer the renewed certificate.
 
-On UNAVAILABLE the agent moves to the next orchestrator address (`peers.Orchestrators`).
+Nothing the orchestrator side does ends a loop or the process (docs/operations.md, "When
+agents cannot reach the orchestrator"): a call without an answer (UNAVAILABLE,
+DEADLINE_EXCEEDED, CANCELLED) moves to the next orchestrator address
+(`peers.Orchestrators`; the calls other loops have in flight on the old channel finish
+there); every failure, a reset stream or a garbage answer included, is retried with
+capped, fully jittered backoff (`agent.link`), and the link's state is logged once per
+change. The process exits only after its own SIGTERM, or when the first Register is
+refused (a configuration error).
 Leaving (SIGTERM): Deregister; the orchestrator drains us (places our VNodes elsewhere)
 while we keep heartbeating and serving the data plane; once our set is empty (or the
 drain deadline passed) we Deregister again and return.
@@ -27,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -38,7 +48,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from agent import capacity, dataplane, keys, peers
+from agent import capacity, dataplane, keys, link, peers
 from api import version
 from api.dcnr.v1 import pnode_pb2, pnode_pb2_grpc, validation_pb2, validation_pb2_grpc
 
@@ -46,10 +56,26 @@ log = logging.getLogger("dcnr.agent")
 
 VERSION = f"dcnr-agent/{version.current()}"
 FENCED = pnode_pb2.LEASE_STATE_FENCED
-_SWITCH = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-#: Backoff of a control loop after an unexpected failure: from the first, doubling, capped.
-_BACKOFF_FIRST = 0.1
-_BACKOFF_MAX = 10.0
+#: No answer from this orchestrator: move to the next address.
+_SWITCH = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+)
+#: Register refusals only the operator can cure (a taken name, a lost credential).
+_REFUSED = (
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+)
+#: Longest waits between attempts (capped exponential backoff, full jitter: `link.Backoff`).
+#: Heartbeats are also never further apart than the heartbeat interval.
+REGISTER_BACKOFF_MAX = 5.0
+HEARTBEAT_BACKOFF_MAX = 5.0
+WATCH_BACKOFF_MAX = 5.0
+#: Bounds on the heartbeat interval an orchestrator may ask for.
+MIN_HEARTBEAT_INTERVAL = 0.05
+MAX_HEARTBEAT_INTERVAL = 60.0
 
 
 class RegistrationRefused(Exception):
@@ -83,10 +109,13 @@ class Agent:
         keeper: keys.Keeper,
         on_heartbeat: Callable[[str], None] | None = None,
         on_register: Callable[[str], None] | None = None,
+        on_link: Callable[[link.State], None] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         """`on_heartbeat(result)`: each heartbeat, "ok", "fenced" or "failed";
-        `on_register(result)`: each Register attempt, "registered", "failed" or "refused"
-        (for `agent.metrics`)."""
+        `on_register(result)`: each Register attempt, "registered", "failed" or "refused";
+        `on_link(state)`: each change of the link to the orchestrator (for
+        `agent.metrics`). `rng`: the jitter of the backoffs."""
         self._on_heartbeat = on_heartbeat or (lambda _result: None)
         self._on_register = on_register or (lambda _result: None)
         self._config = config
@@ -100,9 +129,22 @@ class Agent:
         self.assignment_count = 0
         self.heartbeat_interval = 1.0
         self._load_credential()
-        self._register_lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._stopping = asyncio.Event()
+        #: Set while the current incarnation stands; cleared while a fence re-registers.
+        self._registered = asyncio.Event()
+        #: Wakes the heartbeat loop before its next beat is due (the watch saw a fence).
+        self._wake = asyncio.Event()
+        self._watch_call: Any = None
+        self._fenced = 0  # the last incarnation we were told is fenced
+        rng = rng or random.Random()
+        self._backoff = {
+            "register": link.Backoff(first=0.1, cap=REGISTER_BACKOFF_MAX, rng=rng),
+            "heartbeat": link.Backoff(first=0.05, cap=HEARTBEAT_BACKOFF_MAX, rng=rng),
+            "watch": link.Backoff(first=0.1, cap=WATCH_BACKOFF_MAX, rng=rng),
+        }
+        self.link = link.Link(orchestrators.address, on_change=on_link)
+        orchestrators.on_fail_over = self._on_fail_over
 
     # -- credential -------------------------------------------------------------------------
 
@@ -148,92 +190,148 @@ class Agent:
             await stub.ReportResult(request, metadata=self._metadata(), timeout=5)
         except grpc.RpcError as exc:
             log.warning("validation report not delivered: %s", exc)
+        except asyncio.CancelledError:
+            if self._cancelled_by_us():
+                raise
+            log.warning("validation report not delivered: its channel was closed")
 
     # -- registration -----------------------------------------------------------------------
 
-    async def register(self, *, replacing: int | None = None) -> None:
+    async def register(self) -> None:
         """Register (again), retrying across orchestrators until it succeeds or we stop.
 
-        `replacing`: the incarnation a fence ended; if another loop has registered since,
-        there is nothing left to do (the heartbeat and the watch both see a fence, and two
-        registrations would skip an incarnation and drop the first one's assignments)."""
-        delay = 0.1
-        async with self._register_lock:
-            if replacing is not None and self.incarnation != replacing:
+        Only `run` (the first time) and `_fence` (the heartbeat loop, sole owner of
+        re-registration) call this, so a fence leads to exactly one new incarnation.
+        Raises RegistrationRefused when the orchestrator refuses our name or credential;
+        every other failure (no answer, a reset, a garbage reply) is retried with backoff."""
+        failures = 0
+        while not self._stopping.is_set():
+            if failures:
+                await self._pause(self._backoff["register"].delay(failures))
+                if self._stopping.is_set():
+                    return
+            try:
+                await self._register_once()
                 return
-            while not self._stopping.is_set():
-                channel, stub = self._stub()
-                request = pnode_pb2.RegisterRequest(
-                    header=peers.header(),
-                    name=self.name,
-                    capacity=self._config.capabilities.capacity(),
-                    data_plane_address=self._config.advertise,
-                    labels=self._config.capabilities.labels,
-                    datasets=sorted(self._config.capabilities.datasets),
-                    agent_version=VERSION,
-                    join_token=self._config.join_token,
-                    csr=self._keys.csr(self.name),
-                )
-                try:
-                    reply = await stub.Register(request, metadata=self._metadata(), timeout=10)
-                except aio.AioRpcError as exc:
-                    if exc.code() in (
-                        grpc.StatusCode.PERMISSION_DENIED,
-                        grpc.StatusCode.UNAUTHENTICATED,
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                    ):
-                        self._on_register("refused")
-                        raise RegistrationRefused(
-                            f"orchestrator {self._orchestrators.address} refused to register "
-                            f"{self.name or '(a generated name)'}: {exc.details()}"
-                        ) from None
-                    self._on_register("failed")
-                    log.warning("register at %s: %s", self._orchestrators.address, exc.code())
-                    if exc.code() in _SWITCH:
-                        await self._orchestrators.fail_over(channel)
-                    await self._pause(delay)
-                    delay = min(5.0, delay * 2)
-                    continue
-                if self.incarnation and reply.data_plane_plaintext != self._keys.plaintext:
-                    # The listener's transport was chosen at the first Register; it cannot
-                    # change under open connections.
-                    raise RegistrationRefused(
-                        f"orchestrator {self._orchestrators.address} now runs the data plane "
-                        f"{'plaintext' if reply.data_plane_plaintext else 'over TLS'}, this "
-                        "agent started otherwise: restart it to follow"
-                    )
-                self._on_register("registered")
-                self._keys.plaintext = reply.data_plane_plaintext
-                self._keys.accept(reply.certificate, reply.identity_ca)
-                self.name = reply.pnode_id
-                self._credential = reply.credential
-                self._orchestrators.credential = reply.credential  # peers resolve with it
-                self.incarnation = reply.incarnation
-                self.version = 0
-                self.heartbeat_interval = _seconds(reply.heartbeat_interval, 1.0)
-                self._save_credential()
-                log.info("registered as %s, incarnation %d", self.name, self.incarnation)
-                return
+            except RegistrationRefused:
+                raise
+            except asyncio.CancelledError:
+                if self._cancelled_by_us():
+                    raise
+                problem = "call cancelled under us (its channel was closed)"
+            except Exception as exc:
+                problem = _describe(exc)
+            failures += 1
+            self._on_register("failed")
+            # Said once when the loop starts failing, and not at all when the link's own
+            # line ("lost orchestrator ...") already said why.
+            quiet = failures > 1 or self.link.state is not link.State.CONNECTED
+            level = logging.DEBUG if quiet else logging.WARNING
+            log.log(level, "register at %s failed (%s); retrying", self._orchestrators.address,
+                    problem)  # fmt: skip
+
+    async def _register_once(self) -> None:
+        channel, stub = self._stub()
+        request = pnode_pb2.RegisterRequest(
+            header=peers.header(),
+            name=self.name,
+            capacity=self._config.capabilities.capacity(),
+            data_plane_address=self._config.advertise,
+            labels=self._config.capabilities.labels,
+            datasets=sorted(self._config.capabilities.datasets),
+            agent_version=VERSION,
+            join_token=self._config.join_token,
+            csr=self._keys.csr(self.name),
+        )
+        try:
+            reply = await stub.Register(request, metadata=self._metadata(), timeout=10)
+        except aio.AioRpcError as exc:
+            await self._call_failed("register", channel, exc)
+            if exc.code() in _REFUSED:
+                self._on_register("refused")
+                raise RegistrationRefused(
+                    f"orchestrator {self._orchestrators.address} refused to register "
+                    f"{self.name or '(a generated name)'}: {exc.details()}"
+                ) from None
+            raise
+        self.link.answered()
+        if not reply.pnode_id or reply.incarnation <= 0:
+            raise ValueError(
+                f"malformed RegisterResponse: pnode_id={reply.pnode_id!r}, "
+                f"incarnation={reply.incarnation}"
+            )
+        if self.incarnation and reply.data_plane_plaintext != self._keys.plaintext:
+            # The listener's transport was chosen at the first Register; it cannot
+            # change under open connections.
+            raise RegistrationRefused(
+                f"orchestrator {self._orchestrators.address} now runs the data plane "
+                f"{'plaintext' if reply.data_plane_plaintext else 'over TLS'}, this "
+                "agent started otherwise: restart it to follow"
+            )
+        self._keys.accept(reply.certificate, reply.identity_ca)  # garbage raises: retried
+        self._on_register("registered")
+        self._keys.plaintext = reply.data_plane_plaintext
+        self.name = reply.pnode_id
+        self._credential = reply.credential
+        self._orchestrators.credential = reply.credential  # peers resolve with it
+        self.incarnation = reply.incarnation
+        self.version = 0
+        self.heartbeat_interval = _interval(reply.heartbeat_interval, 1.0)
+        self._save_credential()
+        self._registered.set()
+        log.info("registered as %s, incarnation %d", self.name, self.incarnation)
 
     async def _fence(self, incarnation: int) -> None:
-        """Our VNodes were moved elsewhere: drop them all, then register again."""
+        """Our VNodes were moved elsewhere: drop them all, then register again. Called by
+        the heartbeat loop only; the watch loop, seeing a fence, wakes the heartbeat."""
         if incarnation != self.incarnation:
             return  # a fence of an incarnation already left behind
-        log.warning("fenced (incarnation %d): dropping every VNode, registering again", incarnation)
-        self._data_plane.drop_all()
-        self.version = 0
-        self.assignment_count = 0
-        self._changed.set()
+        if self._fenced != incarnation:  # said once, even if registering takes retries
+            self._fenced = incarnation
+            log.warning(
+                "fenced (incarnation %d): dropping every VNode, registering again", incarnation
+            )
+            self._data_plane.drop_all()
+            self.version = 0
+            self.assignment_count = 0
+            self._changed.set()
         if not self._stopping.is_set():
-            await self.register(replacing=incarnation)
+            self._registered.clear()
+            await self.register()
+            call, self._watch_call = self._watch_call, None
+            if call is not None:
+                call.cancel()  # a stream of the fenced incarnation: watch the new one
 
     def _apply(self, aset: pnode_pb2.AssignmentSet, incarnation: int) -> None:
         if incarnation != self.incarnation or aset.version <= self.version:
             return  # stale, or already applied: heartbeat and watch both deliver
+        self._data_plane.reconcile(aset.assignments)  # garbage raises: the set is retried
         self.version = aset.version
         self.assignment_count = len(aset.assignments)
-        self._data_plane.reconcile(aset.assignments)
         self._changed.set()
+
+    # -- talking to the orchestrator -----------------------------------------------------
+
+    def _cancelled_by_us(self) -> bool:
+        """Whether the CancelledError being handled is a cancel of our own task (shutdown),
+        rather than a call cancelled because its channel was closed under it."""
+        task = asyncio.current_task()
+        return task is None or task.cancelling() > 0
+
+    async def _call_failed(self, what: str, channel: aio.Channel, exc: aio.AioRpcError) -> None:
+        """Account for a failed call: an answer (a refusal) keeps us connected; no answer
+        marks the link lost and moves to the next orchestrator."""
+        if exc.code() in _SWITCH:
+            self.link.failed(what, exc.code().name)
+            await self._orchestrators.fail_over(channel)
+        else:
+            self.link.answered()
+
+    def _on_fail_over(self, address: str) -> None:
+        self.link.moved(address)
+        call, self._watch_call = self._watch_call, None
+        if call is not None:
+            call.cancel()  # the watch reconnects to `address` at once
 
     # -- loops ------------------------------------------------------------------------------
 
@@ -246,32 +344,40 @@ class Agent:
     async def _keep_running(self, what: str, once: Callable[[], Awaitable[None]]) -> None:
         """Run `once` for ever. Nothing the orchestrator side does ends the loop: a
         refused or failed call, a stream reset, garbage, or a call cancelled because its
-        channel was closed under it (a fail-over, the server shutting down) is logged and
-        retried with capped, jittered backoff. Only cancelling this task stops it."""
+        channel was closed under it (a fail-over, the server shutting down) is retried
+        with capped, fully jittered backoff (`link.Backoff`), logged once when the loop
+        starts failing and once when it works again. Only cancelling this task stops it."""
+        backoff = self._backoff[what]
         failures = 0
         while True:
             try:
                 await once()
             except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is None or task.cancelling():
+                if self._cancelled_by_us():
                     raise  # we are being stopped
                 problem = "call cancelled under us (its channel was closed)"
             except Exception as exc:
-                problem = f"{type(exc).__name__}: {exc}"
+                problem = _describe(exc)
             else:
                 if failures:
                     log.info("%s: working again after %d failures", what, failures)
                 failures = 0
                 continue
             failures += 1
-            delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** min(failures - 1, 16))
-            delay *= random.uniform(0.5, 1.0)
-            log.warning("%s failed (%s); retrying in %.2fs", what, problem, delay)
-            await self._pause(delay)
+            cap = self.heartbeat_interval if what == "heartbeat" else None
+            delay = backoff.delay(failures, cap=cap)
+            # Said once when the loop starts failing, and not at all when the link's own
+            # line ("lost orchestrator ...") already said why.
+            quiet = failures > 1 or self.link.state is not link.State.CONNECTED
+            level = logging.DEBUG if quiet else logging.WARNING
+            log.log(level, "%s failed (%s); retrying with backoff up to %.2fs", what, problem,
+                    backoff.ceiling(failures + 8, cap=cap))  # fmt: skip
+            await self._sleep(delay)  # not `_pause`: a leaving agent still heartbeats
 
     async def _heartbeat_once(self) -> None:
-        """One heartbeat, then the wait until the next is due."""
+        """One heartbeat, then the wait until the next is due (or the watch saw a fence).
+        A heartbeat that gets no answer raises, so the loop backs off (never longer than
+        the heartbeat interval: the lease depends on it)."""
         incarnation = self.incarnation
         channel, stub = self._stub()
         request = pnode_pb2.HeartbeatRequest(
@@ -284,33 +390,42 @@ class Agent:
         if self._keys.due():
             request.csr = self._keys.csr(self.name)
         sent = time.monotonic()
+        self._wake.clear()
         try:
             reply = await stub.Heartbeat(
                 request, metadata=self._metadata(), timeout=max(2.0, self.heartbeat_interval)
             )
         except aio.AioRpcError as exc:
             self._on_heartbeat("failed")
-            log.warning("heartbeat to %s: %s", self._orchestrators.address, exc.code())
-            if exc.code() in _SWITCH:
-                await self._orchestrators.fail_over(channel)
-            elif exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-                await self._fence(incarnation)
+            await self._call_failed("heartbeat", channel, exc)
+            if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                raise
+            await self._fence(incarnation)  # our credential is no longer ours
+        except asyncio.CancelledError:
+            if not self._cancelled_by_us():
+                self._on_heartbeat("failed")
+            raise
         else:
+            self.link.answered()
             self._on_heartbeat("fenced" if reply.lease_state == FENCED else "ok")
-            if reply.certificate and incarnation == self.incarnation:
-                self._keys.accept(reply.certificate)
-                log.info("identity renewed, valid until %s", self._keys.expires_at)
+            self.heartbeat_interval = _interval(reply.heartbeat_interval, self.heartbeat_interval)
             if reply.lease_state == FENCED:
                 await self._fence(incarnation)
-            elif reply.HasField("assignment_set"):
-                self._apply(reply.assignment_set, incarnation)
-            self.heartbeat_interval = _seconds(
-                reply.heartbeat_interval, self.heartbeat_interval
-            )
-        await asyncio.sleep(max(0.0, self.heartbeat_interval - (time.monotonic() - sent)))
+            else:
+                if reply.certificate and incarnation == self.incarnation:
+                    self._keys.accept(reply.certificate)
+                    log.info("identity renewed, valid until %s", self._keys.expires_at)
+                if reply.HasField("assignment_set"):
+                    self._apply(reply.assignment_set, incarnation)
+        wait = max(0.0, self.heartbeat_interval - (time.monotonic() - sent))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), wait)
 
     async def _watch_once(self) -> None:
-        """One WatchAssignments stream until it ends, then a short reconnect pause."""
+        """One WatchAssignments stream until it ends, then a short reconnect pause. A
+        fence seen here is the heartbeat loop's to handle: it is woken, and the watch
+        waits for the new incarnation."""
+        await self._registered.wait()
         incarnation = self.incarnation
         channel, stub = self._stub()
         request = pnode_pb2.WatchAssignmentsRequest(
@@ -319,15 +434,25 @@ class Agent:
             incarnation=incarnation,
             known_assignment_set_version=self.version,
         )
+        call = self._watch_call = stub.WatchAssignments(request, metadata=self._metadata())
         try:
-            async for message in stub.WatchAssignments(request, metadata=self._metadata()):
+            async for message in call:
+                self.link.answered()
                 if message.lease_state == FENCED:
-                    await self._fence(incarnation)
+                    if self._fenced != incarnation:
+                        self._wake.set()  # the heartbeat loop re-registers (once)
                     break  # and pace: a fence while leaving registers nothing new
                 self._apply(message.assignment_set, incarnation)
         except aio.AioRpcError as exc:
-            if exc.code() in _SWITCH:
-                await self._orchestrators.fail_over(channel)
+            await self._call_failed("watch", channel, exc)
+            raise
+        except asyncio.CancelledError:
+            if self._cancelled_by_us():
+                raise
+            # cancelled by a fail-over or the channel's close: reconnect at once
+        finally:
+            if self._watch_call is call:
+                self._watch_call = None
         await self._pause_for(WATCH_PACING)  # reconnect pacing; the heartbeat covers the gap
 
     # -- running and leaving ----------------------------------------------------------------
@@ -347,19 +472,26 @@ class Agent:
         started = on_registered(self)
         if started is not None:
             await started
-        loops = [
-            asyncio.create_task(self.heartbeat_loop(), name="heartbeat"),
-            asyncio.create_task(self.watch_loop(), name="watch"),
-        ]
+        bodies = {"heartbeat": self.heartbeat_loop, "watch": self.watch_loop}
+        running = {what: asyncio.create_task(body(), name=what) for what, body in bodies.items()}
+        loops = list(running.values())
+        stopping = asyncio.create_task(self._stopping.wait())
         try:
-            stopping = asyncio.create_task(self._stopping.wait())
-            done, _ = await asyncio.wait([stopping, *loops], return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is not stopping:
-                    task.result()  # a loop died: surface its error
-            stopping.cancel()
+            while not self._stopping.is_set():
+                await asyncio.wait([stopping, *running.values()],
+                                   return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                for what, task in list(running.items()):
+                    if task.done() and not self._stopping.is_set():
+                        # A loop only ends by a bug; an agent that exits for it would
+                        # take its VNodes down with it, so the loop starts over.
+                        error = None if task.cancelled() else task.exception()
+                        log.error("the %s loop ended; starting it again", what,
+                                  exc_info=error)  # fmt: skip
+                        running[what] = asyncio.create_task(bodies[what](), name=what)
+                        loops.append(running[what])
             await self._leave()
         finally:
+            stopping.cancel()
             for task in loops:
                 task.cancel()
             for task in loops:
@@ -397,6 +529,10 @@ class Agent:
         )
         try:
             reply = await stub.Deregister(request, metadata=self._metadata(), timeout=10)
+        except asyncio.CancelledError:
+            if self._cancelled_by_us():
+                raise
+            return False  # its channel was closed under it: ask again
         except aio.AioRpcError as exc:
             log.warning("deregister at %s: %s", self._orchestrators.address, exc.details())
             if exc.code() in _SWITCH:
@@ -414,7 +550,23 @@ class Agent:
     async def _pause_for(seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
 
+    async def _sleep(self, seconds: float) -> None:
+        """A loop's backoff (tests replace it to record the delays)."""
+        await asyncio.sleep(seconds)
 
-def _seconds(duration: Any, default: float) -> float:
-    seconds = float(duration.ToTimedelta().total_seconds()) if duration.ByteSize() else 0.0
-    return seconds if seconds > 0 else default
+
+def _interval(duration: Any, default: float) -> float:
+    """A heartbeat interval the orchestrator sent, within sane bounds (garbage: `default`)."""
+    try:
+        seconds = float(duration.seconds) + duration.nanos / 1e9 if duration.ByteSize() else 0.0
+    except (OverflowError, ValueError):
+        seconds = 0.0
+    if not math.isfinite(seconds) or seconds <= 0:
+        return default
+    return min(MAX_HEARTBEAT_INTERVAL, max(MIN_HEARTBEAT_INTERVAL, seconds))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return f"{type(exc).__name__}: {exc}"

@@ -231,6 +231,7 @@ async def _serve(
         keeper=keeper,
         on_heartbeat=metrics.heartbeat,
         on_register=metrics.registered,
+        on_link=lambda state: metrics.link(state.value),
     )
     metrics.watch_assignments(lambda: agent.assignment_count)
     plane.reporter = agent

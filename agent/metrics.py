@@ -5,7 +5,7 @@ their numbers apart. Every label value known in advance is exported at 0 from th
 an alert on a refusal or a fence sees a series before the first one happens.
 
 The agent and its data plane count through the small hooks here (`registered`,
-`heartbeat`, `message`); the number of assignments is read at scrape time.
+`heartbeat`, `link`, `message`); the number of assignments is read at scrape time.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from prometheus_client import core, registry
 DIRECTIONS = ("forward", "backward")
 HEARTBEAT_RESULTS = ("ok", "fenced", "failed")
 REGISTRATION_RESULTS = ("registered", "failed", "refused")
+#: The states of the agent's link to the orchestrator (`agent.link.State`).
+LINK_STATES = ("connected", "lost", "reconnecting")
 
 
 class AgentMetrics:
@@ -49,6 +51,21 @@ class AgentMetrics:
             ["result"],
             registry=r,
         )
+        self.connected = prometheus_client.Gauge(
+            "dcnr_agent_orchestrator_connected",
+            "1 while the orchestrator answers this agent's calls, 0 while it is lost or the "
+            "agent is reconnecting.",
+            registry=r,
+        )
+        self.link_changes = prometheus_client.Counter(
+            "dcnr_agent_orchestrator_link_changes",
+            "Changes of the link to the orchestrator, by the state entered: connected, lost, "
+            "reconnecting (a fail-over to the next --orchestrator address).",
+            ["state"],
+            registry=r,
+        )
+        for state in LINK_STATES:
+            self.link_changes.labels(state)
         for direction in DIRECTIONS:
             self.messages.labels(direction)
             for reason in refusal_reasons:
@@ -76,6 +93,11 @@ class AgentMetrics:
 
     def registered(self, result: str) -> None:
         self.registrations.labels(result).inc()
+
+    def link(self, state: str) -> None:
+        """The link to the orchestrator entered `state` (one of LINK_STATES)."""
+        self.link_changes.labels(state).inc()
+        self.connected.set(1 if state == "connected" else 0)
 
     # -- HTTP -------------------------------------------------------------------------------
 

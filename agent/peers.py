@@ -31,6 +31,7 @@ replica's slot has moved on) are final.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -88,11 +89,24 @@ def error_reason(exc: grpc.RpcError) -> str:
     return ""
 
 
+#: How long a channel left behind by a fail-over lets the calls on it finish (every unary
+#: call to the orchestrator has a shorter timeout) before it is closed.
+RETIRE_GRACE = 15.0
+
+
 class Orchestrators:
     """The orchestrator replicas an agent talks to, the first preferred; on UNAVAILABLE
     the agent moves to the next, as behind a load balancer. With `tls`, every channel to
     them verifies the orchestrator's certificate (and presents the agent's, for mutual
-    TLS); the files are read here, once, so bad ones fail at start (`TlsError`)."""
+    TLS); the files are read here, once, so bad ones fail at start (`TlsError`).
+
+    Every call takes the current channel from `channel()` when it starts, so after a
+    fail-over each loop's next call goes to the new replica. The channel left behind is
+    retired, not closed: closing it would cancel the calls other loops have in flight on
+    it (an asyncio.CancelledError out of an RPC, which a caller could mistake for its own
+    cancellation). It stops taking calls at once, and is closed after RETIRE_GRACE or when
+    its last call ends. Streams have no end of their own: `on_fail_over(address)` tells
+    their owners to cancel them and reconnect."""
 
     def __init__(
         self, addresses: Sequence[str], *, tls: api_tls.ClientFiles | None = None
@@ -101,6 +115,9 @@ class Orchestrators:
             raise ValueError("at least one orchestrator address is needed")
         self.addresses = list(addresses)
         self._channel: aio.Channel | None = None
+        self._retiring: dict[asyncio.Task[None], aio.Channel] = {}
+        #: Called with the new address after each fail-over.
+        self.on_fail_over: Callable[[str], None] = lambda _address: None
         self._credentials = tls.credentials() if tls is not None else None
         self._tls_options = tls.options() if tls is not None else []
         #: This PNode's credential once registered: resolution answers only PNodes hosting
@@ -133,13 +150,22 @@ class Orchestrators:
             return
         old, self._channel = self._channel, None
         self.addresses = [*self.addresses[1:], self.addresses[0]]
+        self.on_fail_over(self.address)
         if old is not None:
-            await old.close(None)
+            task = asyncio.create_task(old.close(RETIRE_GRACE), name="retire-channel")
+            self._retiring[task] = old
+            task.add_done_callback(lambda done: self._retiring.pop(done, None))
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close(None)
-            self._channel = None
+        """Close every channel, cancelling what is still in flight on them."""
+        retiring = dict(self._retiring)
+        channels = [*retiring.values(), *([self._channel] if self._channel is not None else [])]
+        self._channel = None
+        for channel in channels:
+            await channel.close(None)
+        for task in retiring:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 @dataclass(frozen=True)

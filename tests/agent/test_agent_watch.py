@@ -62,6 +62,7 @@ async def test_a_fenced_watch_while_leaving_waits_before_it_watches_again(
 
     agent._pause_for = pause_for  # type: ignore[method-assign]
     agent.incarnation = 1
+    agent._registered.set()  # as after Register
     agent.request_stop()  # leaving: a fence registers nothing new
     try:
         await agent._watch_once()
