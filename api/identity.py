@@ -291,6 +291,8 @@ class Verifier:
         self._ca = x509.load_pem_x509_certificate(ca_pem)
         self._cache: OrderedDict[bytes, tuple[Identity, x509.Certificate]] = OrderedDict()
         self._cache_size = cache_size
+        #: TLS peer certificates (PEM) → (identity, DER): `identify_peer`.
+        self._peers: OrderedDict[bytes, tuple[Identity, bytes]] = OrderedDict()
 
     @property
     def ca_pem(self) -> bytes:
@@ -299,6 +301,34 @@ class Verifier:
     def identify(self, certificate: bytes, now: dt.datetime) -> Identity:
         """The identity a certificate (DER) proves, if the CA issued it and it is valid now."""
         return self._certificate(certificate, now)[0]
+
+    def identify_peer(self, pem: bytes, now: dt.datetime) -> tuple[Identity, bytes]:
+        """The identity and DER bytes of a TLS peer's certificate (PEM, as gRPC's auth
+        context gives it). The handshake has checked it against the CA already; this
+        learns the name from it, once per certificate (cached by its PEM bytes), and checks
+        expiry on every use, since a connection may outlive its client's certificate."""
+        cached = self._peers.get(pem)
+        if cached is None:
+            try:
+                der = certificate_der(pem)
+            except ValueError as exc:
+                raise IdentityError(
+                    "BadCertificate", f"peer certificate: not PEM X.509 ({exc})"
+                ) from None
+            who = self.identify(der, now)
+            self._peers[pem] = cached = (who, der)
+            if len(self._peers) > self._cache_size:
+                self._peers.popitem(last=False)
+        else:
+            self._peers.move_to_end(pem)
+        who, der = cached
+        if not now <= who.not_after:
+            raise IdentityError(
+                "Expired",
+                f"{who.name}'s certificate expired at {who.not_after.isoformat()}, "
+                f"before {now.isoformat()}",
+            )
+        return cached
 
     def verify(
         self, method: str, body: bytes, certificate: bytes, signature: bytes, now: dt.datetime
