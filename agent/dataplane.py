@@ -1,9 +1,16 @@
 """The agent's VNodeService: the hosted VNode instances and the gRPC face of their protocol.
 
-Every request is signed by its sender (SIGNED REQUESTS in common.proto; `api.signed`), and
-the service is registered with a generic handler that hands over the raw bytes, so the
-signature and the certificate are verified against the identity CA before anything is
-parsed (`agent.keys`): none, a bad one, one the CA never issued or an expired one is
+The listener is mutual TLS (`agent.keys`): a client certificate from the identity CA says
+who sends, before anything is parsed. Every request is also signed by its sender (SIGNED
+REQUESTS in common.proto; `api.signed`), and the service is registered with a generic
+handler that hands over the raw bytes, kept with the signature and certificate as the
+evidence a report needs. The signature must be there, by the connection's certificate
+(`signed.sender`), and is verified only when the message is about to become evidence
+(`_prove`: a failed check, a quorum finding); one that fails then is refused and not
+reported, so this PNode never accuses on evidence the orchestrator would refuse. In
+plaintext (`serve --data-plane-insecure`) nothing else authenticates the sender, so the
+signature and certificate are verified against the identity CA on receipt. No
+certificate, a bad signature, one the CA never issued or an expired one is
 UNAUTHENTICATED (counted by the verifier's reason). Restore, Checkpoint and DescribeData,
 and every message sent as `__driver__`, are accepted only from the orchestrator identity
 (the job's driver); a Forward or Backward from a VNode only from the PNode that hosts the

@@ -9,8 +9,9 @@ for their job drivers. Anyone holding the CA certificate can then check who sent
 - every data-plane request is signed by its sender over the exact bytes it sends (see
   `statement`), and carries the signature and the sender's certificate in call metadata
   (`SIGNATURE_METADATA`, `CERTIFICATE_METADATA`);
-- a receiver verifies both (`Verifier.verify`) and learns the sender's `Identity`, which it
-  compares with the PNode its resolution data says hosts the sending slot;
+- a receiver learns the sender's `Identity` from the mutual-TLS client certificate
+  (`Verifier.identify_peer`), or, in plaintext, by verifying both (`Verifier.verify`), and
+  compares it with the PNode its resolution data says hosts the sending slot;
 - a message that fails a check is forwarded as it was received (`SignedMessage` in the API)
   to the orchestrator, which verifies the signature and re-runs the check itself: the
   accused PNode's own signature is the evidence, and a neighbour's word is not.
@@ -284,8 +285,9 @@ class Verifier:
     """Checks certificates against the identity CA and signatures against certificates.
 
     A certificate's chain is checked once and remembered by its fingerprint (a bounded LRU),
-    so a message costs one SHA-256 over the certificate and one ECDSA verification; expiry is
-    checked on every use."""
+    so a message costs one SHA-256 over the certificate and one ECDSA verification; a TLS
+    peer's certificate is remembered by its PEM bytes, so naming a peer costs a lookup.
+    Expiry is checked on every use."""
 
     def __init__(self, ca_pem: bytes, *, cache_size: int = 4096) -> None:
         self._ca = x509.load_pem_x509_certificate(ca_pem)
