@@ -39,7 +39,11 @@ a received request apart from the VNode's compute: parse it and decode its tenso
 
 The client sends the same requests to both, alternating rounds. The ratio is messages/s
 with over messages/s without, so it holds TLS record crypto on both ends, signing, and the
-peer check against gRPC's per-message cost and the tensor's decode.
+peer check against gRPC's per-message cost and the tensor's decode. On a shared machine
+wall-clock throughput moves with everyone else's work, so each round also records the CPU
+time the client and the server process spent per message (the server's from
+/proc/<pid>/stat of the subprocess this scenario started): without / with is the throughput
+ratio the two would have on an otherwise idle, CPU-bound machine.
 
     python -m benchmarks.auth serve [--mtls CA_PEM --cert PEM --key PEM --sender NAME]
 """
@@ -51,6 +55,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import itertools
+import os
 import signal
 import statistics
 import subprocess
@@ -320,13 +325,31 @@ def _messages(rows: int, count: int) -> dict[str, list[_Message]]:
 
 
 @dataclass(frozen=True, slots=True)
+class _Server:
+    """A benchmark VNodeService subprocess: where it listens, and its pid (for its CPU
+    time, read from /proc/<pid>/stat of this process we started)."""
+
+    address: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
 class _Client:
     """How the client reaches one server: with `signer` (and `ca`), mutual TLS presenting
     the signer's certificate and every request signed; without, plaintext and unsigned."""
 
-    address: str
+    server: _Server
     signer: signed.Signer | None = None
     ca: bytes = b""
+
+    @property
+    def address(self) -> str:
+        return self.server.address
 
     def channel(self, index: int) -> aio.Channel:
         options: list[tuple[str, Any]] = [("bench.channel", index)]
@@ -338,10 +361,19 @@ class _Client:
         )
 
 
-async def _closed_loop(client: _Client, messages: list[_Message], *, seconds: float) -> float:
-    """Messages/s over the run: callers send the next message as soon as the last was
-    answered; with a signer, each is signed first. Channels connect (the TLS handshake)
-    before the measured window."""
+@dataclass(frozen=True, slots=True)
+class _Run:
+    #: Messages/s (wall clock: what other work on the machine takes shows here).
+    rate: float
+    #: CPU seconds per message, client process and server process together: what the
+    #: messages cost whatever else runs, the steadier figure on a shared machine.
+    cpu_per_message: float
+
+
+async def _closed_loop(client: _Client, messages: list[_Message], *, seconds: float) -> _Run:
+    """Messages/s and CPU per message over the run: callers send the next message as soon as
+    the last was answered; with a signer, each is signed first. Channels connect (the TLS
+    handshake) before the measured window."""
     signer = client.signer
     channels = [client.channel(i) for i in range(2)]
     for channel in channels:
@@ -353,6 +385,7 @@ async def _closed_loop(client: _Client, messages: list[_Message], *, seconds: fl
     }
     source = itertools.cycle(messages)
     done = 0
+    cpu_before = time.process_time() + client.server.cpu_seconds()
     started = time.perf_counter()
     stop_at = started + seconds
 
@@ -366,10 +399,12 @@ async def _closed_loop(client: _Client, messages: list[_Message], *, seconds: fl
 
     try:
         await asyncio.gather(*(caller(i) for i in range(DATA_CONCURRENCY)))
+        elapsed = time.perf_counter() - started
+        cpu = time.process_time() + client.server.cpu_seconds() - cpu_before
     finally:
         for channel in channels:
             await channel.close(None)
-    return done / (time.perf_counter() - started)
+    return _Run(done / elapsed, cpu / max(done, 1))
 
 
 async def _data_plane(ctx: harness.Context, size: Size, report: harness.Report) -> None:
@@ -392,6 +427,7 @@ async def _data_plane(ctx: harness.Context, size: Size, report: harness.Report) 
     )
     key_file.write_bytes(identity.key_pem(server_key))
     mtls = ("--mtls", str(ca), "--cert", str(cert), "--key", str(key_file), "--sender", SENDER)
+    cpu: dict[str, dict[str, float]] = {}
     with _vnode_server(()) as plain, _vnode_server(mtls) as secure:
         bare = _Client(plain)
         authenticated = _Client(secure, signer, authority.certificate_pem)
@@ -403,34 +439,49 @@ async def _data_plane(ctx: harness.Context, size: Size, report: harness.Report) 
                 batch = messages[method]
                 for client in (bare, authenticated):  # warm-up
                     await _closed_loop(client, batch, seconds=0.3)
-                without: list[float] = []
-                with_auth: list[float] = []
+                without: list[_Run] = []
+                with_auth: list[_Run] = []
                 for round_ in range(size.rounds):
                     runs = [(bare, without), (authenticated, with_auth)]
                     for client, into in runs if round_ % 2 == 0 else runs[::-1]:
                         into.append(await _closed_loop(client, batch, seconds=size.seconds))
+                cpu_with = statistics.median(r.cpu_per_message for r in with_auth) * 1e6
+                cpu_without = statistics.median(r.cpu_per_message for r in without) * 1e6
+                cpu[f"{what}, {rows}x32 float64"] = {
+                    "with (us)": round(cpu_with, 1),
+                    "without (us)": round(cpu_without, 1),
+                    "throughput ratio it implies (without / with)": round(
+                        cpu_without / cpu_with, 2
+                    ),
+                }
                 ctx.log(
-                    f"{NAME}: {what} {rows} rows: {np.median(with_auth):,.0f} vs "
-                    f"{np.median(without):,.0f} messages/s"
+                    f"{NAME}: {what} {rows} rows: "
+                    f"{np.median([r.rate for r in with_auth]):,.0f} vs "
+                    f"{np.median([r.rate for r in without]):,.0f} messages/s; CPU per message "
+                    f"{cpu_with:,.0f} vs {cpu_without:,.0f} us"
                 )
                 _compare(
                     report,
                     ctx,
                     name=f"{what}, {rows}x32 float64, mutual TLS + signed + peer checked",
                     unit="messages/s",
-                    measured=with_auth,
-                    baseline=without,
+                    measured=[r.rate for r in with_auth],
+                    baseline=[r.rate for r in without],
                     baseline_name="the same server and client: plaintext, unsigned, unchecked",
                     detail=f"{len(batch[0].body):,} bytes per request",
                 )
+    report.extra["CPU per message, client + server processes, median of the rounds"] = cpu
     report.extra["per-message cost, one core (µs)"] = _micro(signer, authority, _messages(64, 1))
     report.notes.append(
         "Control plane: two serve processes side by side, measured alternately; data plane: "
         "two VNodeService processes (parse + tensor decode; one mutual TLS, checking the "
         "peer certificate and that each request carries the peer's signature), one client "
         "that signs for the TLS one. No signature is verified on the data plane's hot path "
-        "(only before a report, which needs evidence), so verification is listed below as a "
-        "per-message cost, not in the ratio."
+        "(only before a report, which needs evidence), so verification is listed in "
+        "results/auth.json as a per-message cost, not in the ratio. CPU per message "
+        "(client + server processes) is in results/auth.json (extra; quoted in the "
+        "analysis): on a machine shared with other work it moves less than wall-clock "
+        "throughput does."
     )
 
 
@@ -472,14 +523,14 @@ def _micro(
 
 
 @contextlib.contextmanager
-def _vnode_server(flags: tuple[str, ...]) -> Iterator[str]:
+def _vnode_server(flags: tuple[str, ...]) -> Iterator[_Server]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.auth", "serve", *flags],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=harness.REPO,
     )  # fmt: skip
     try:
         line = procs.read_line(proc)
-        yield line.rsplit(" ", 1)[1].strip()
+        yield _Server(line.rsplit(" ", 1)[1].strip(), proc.pid)
     finally:
         procs.stop(proc)
 
