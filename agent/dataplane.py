@@ -1,9 +1,16 @@
 """The agent's VNodeService: the hosted VNode instances and the gRPC face of their protocol.
 
-Every request is signed by its sender (SIGNED REQUESTS in common.proto; `api.signed`), and
-the service is registered with a generic handler that hands over the raw bytes, so the
-signature and the certificate are verified against the identity CA before anything is
-parsed (`agent.keys`): none, a bad one, one the CA never issued or an expired one is
+The listener is mutual TLS (`agent.keys`): a client certificate from the identity CA says
+who sends, before anything is parsed. Every request is also signed by its sender (SIGNED
+REQUESTS in common.proto; `api.signed`), and the service is registered with a generic
+handler that hands over the raw bytes, kept with the signature and certificate as the
+evidence a report needs. The signature must be there, by the connection's certificate
+(`signed.sender`), and is verified only when the message is about to become evidence
+(`_prove`: a failed check, a quorum finding); one that fails then is refused and not
+reported, so this PNode never accuses on evidence the orchestrator would refuse. In
+plaintext (`serve --data-plane-insecure`) nothing else authenticates the sender, so the
+signature and certificate are verified against the identity CA on receipt. No
+certificate, a bad signature, one the CA never issued or an expired one is
 UNAUTHENTICATED (counted by the verifier's reason). Restore, Checkpoint and DescribeData,
 and every message sent as `__driver__`, are accepted only from the orchestrator identity
 (the job's driver); a Forward or Backward from a VNode only from the PNode that hosts the
@@ -290,7 +297,7 @@ class DataPlane:
         evidence = signed.received(signed.full_method(name), body, context)
         message = name in ("Forward", "Backward")
         try:
-            who = self._identify(evidence)
+            who, proven = self._sender_of(evidence, context)
             request = _parsed(body, signed.METHODS[name][0])
             if not message and who.kind != "orchestrator":
                 raise _Refusal(
@@ -303,9 +310,13 @@ class DataPlane:
                 self.on_message(name == "Forward", exc.reason)
             await _abort(context, exc)
         if isinstance(request, vnode_pb2.ForwardRequest):
-            return await self.Forward(request, context, sender=who, evidence=evidence)
+            return await self.Forward(
+                request, context, sender=who, evidence=evidence, proven=proven
+            )
         if isinstance(request, vnode_pb2.BackwardRequest):
-            return await self.Backward(request, context, sender=who, evidence=evidence)
+            return await self.Backward(
+                request, context, sender=who, evidence=evidence, proven=proven
+            )
         if isinstance(request, vnode_pb2.CheckpointRequest):
             return await self.Checkpoint(request, context)
         if isinstance(request, vnode_pb2.RestoreRequest):
@@ -313,18 +324,62 @@ class DataPlane:
         assert isinstance(request, vnode_pb2.DescribeDataRequest)
         return await self.DescribeData(request, context)
 
-    def _identify(self, evidence: common_pb2.SignedMessage) -> identity.Identity:
+    def _sender_of(
+        self, evidence: common_pb2.SignedMessage, context: Context
+    ) -> tuple[identity.Identity, bool]:
+        """Who sent the request, and whether its signature is verified yet: over mutual TLS
+        the client certificate says who, and the signature is verified only once the
+        message is about to become evidence (`signed.sender`, `_prove`). Plaintext (`serve
+        --data-plane-insecure`): nothing else authenticates the sender, so every request's
+        signature is verified here."""
         verifier = self._keys.verifier
         if verifier is None:
             raise _Refusal("NoIdentity", "this agent is not registered yet; retry shortly")
         try:
-            return signed.verify(verifier, evidence, self._now())
+            if self._keys.plaintext:
+                return signed.verify(verifier, evidence, self._now()), True
+            return signed.sender(
+                verifier, evidence, signed.peer_certificate(context), self._now()
+            )
         except identity.IdentityError as exc:
             raise _Refusal(
                 exc.reason,
                 f"{exc}; every VNodeService request must be signed by its sender's identity "
                 "(SIGNED REQUESTS in common.proto)",
             ) from None
+
+    def _prove(self, evidence: common_pb2.SignedMessage | None) -> None:
+        """Before a message becomes evidence: its signature must verify (lazily, over mutual
+        TLS), or it is refused and NOT reported: a report whose evidence does not verify
+        would cost this PNode a false-accusation strike."""
+        verifier = self._keys.verifier
+        if evidence is None or verifier is None:
+            raise _Refusal("Unsigned", "the request's signature was not kept; not reported")
+        try:
+            signed.verify(verifier, evidence, self._now())
+        except identity.IdentityError as exc:
+            raise _Refusal(
+                exc.reason,
+                f"{exc}; the request failed a check but proves nothing, so it is refused "
+                "and not reported",
+            ) from None
+
+    def _provable(self, finding: vnode.Finding) -> bool:
+        """Whether every result a quorum finding carries verifies (`_prove`); a finding that
+        does not is logged and not reported."""
+        if self._keys.plaintext:
+            return True  # plaintext: every one was verified on receipt
+        try:
+            for evidence in finding.evidence:
+                self._prove(evidence)
+        except _Refusal as exc:
+            log.warning(
+                "%s/%s replica %d: quorum finding at %r not reported: %s",
+                finding.job, finding.subject_vnode, finding.subject_replica,
+                finding.position, exc,
+            )  # fmt: skip
+            return False
+        return True
 
     async def Forward(
         self,
@@ -333,8 +388,11 @@ class DataPlane:
         *,
         sender: identity.Identity,
         evidence: common_pb2.SignedMessage,
+        proven: bool = True,
     ) -> vnode_pb2.ForwardResponse:
-        duplicate = await self._message(request, context, sender, evidence, forward=True)
+        duplicate = await self._message(
+            request, context, sender, evidence, forward=True, proven=proven
+        )
         return vnode_pb2.ForwardResponse(duplicate=duplicate)
 
     async def Backward(
@@ -344,8 +402,11 @@ class DataPlane:
         *,
         sender: identity.Identity,
         evidence: common_pb2.SignedMessage,
+        proven: bool = True,
     ) -> vnode_pb2.BackwardResponse:
-        duplicate = await self._message(request, context, sender, evidence, forward=False)
+        duplicate = await self._message(
+            request, context, sender, evidence, forward=False, proven=proven
+        )
         return vnode_pb2.BackwardResponse(duplicate=duplicate)
 
     async def Checkpoint(
@@ -493,6 +554,7 @@ class DataPlane:
         evidence: common_pb2.SignedMessage,
         *,
         forward: bool,
+        proven: bool,
     ) -> bool:
         try:
             _check_fields(request)
@@ -500,7 +562,7 @@ class DataPlane:
             await self._check_sender(hosted, request, sender, forward=forward)
             message = self._decode(request, forward=forward, evidence=evidence)
             message = await self._read_input(hosted, request, message)
-            self._check(hosted, request, message)
+            self._check(hosted, request, message, proven=proven)
             async with hosted.lock:
                 try:
                     if hosted.in_thread:
@@ -519,7 +581,8 @@ class DataPlane:
             await _abort(context, exc)
         self.on_message(forward, None)
         for finding in received.findings:
-            self._report(reports.quorum(hosted.instance, finding))
+            if self._provable(finding):
+                self._report(reports.quorum(hosted.instance, finding))
         for outgoing in received.outgoing:
             self._spawn(hosted, outgoing)
         return received.duplicate
@@ -642,8 +705,11 @@ class DataPlane:
         hosted: _Hosted,
         request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest,
         message: vnode.Message,
+        *,
+        proven: bool,
     ) -> None:
-        """The result checks; a failure is refused and reported (module docstring)."""
+        """The result checks; a failure is refused and reported (module docstring), once its
+        signature verifies (`_prove`, unless `proven` already)."""
         if message.sender_vnode == vnode.DRIVER:
             return  # batch indices or the caller's tensor: not a VNode's result
         try:
@@ -654,6 +720,8 @@ class DataPlane:
             else:
                 checks.check_gradient(message.array)
         except checks.CheckFailed as failed:
+            if not proven:
+                self._prove(message.evidence)
             self._report(reports.check_failed(request, failed, evidence=message.evidence))
             raise _Refusal(
                 "CheckFailed",

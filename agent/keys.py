@@ -13,9 +13,13 @@ incoming one against the CA bundle. Both are shared objects, updated in place on
 
 The same certificate is the data-plane listener's TLS certificate (`server_credentials`):
 gRPC asks `fetch` before each new connection's handshake, and gets the certificate current
-at that moment, so a renewal is served without a restart. Clients verify listeners with
-`client_ca`, the identity CA bundle, or speak plaintext when the orchestrator said the
-cluster's data plane is plaintext (`RegisterResponse.data_plane_plaintext`).
+at that moment, so a renewal is served without a restart. The listener is mutual TLS: it
+requires a client certificate issued by the identity CA (other agents' PNode identities,
+the job drivers' orchestrator identity), so the receiver knows the sender from the
+handshake. Clients verify listeners with `client_ca`, the identity CA bundle, and present
+the signer's certificate (`signed.Signer.client_credentials`), or speak plaintext when the
+orchestrator said the cluster's data plane is plaintext
+(`RegisterResponse.data_plane_plaintext`).
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ class Keeper:
         self._key_pem = identity.key_pem(self.key)
         self._lock = threading.Lock()  # `fetch` runs on gRPC's threads
         self._certificate_pem = b""
+        #: The identity CA: the only issuer of client certificates the listener accepts.
+        self._ca_pem: bytes | None = None
         self._generation = 0  # bumped by each certificate accepted
         self._served = 0  # the generation `fetch` last handed to gRPC
 
@@ -65,11 +71,13 @@ class Keeper:
         cert = x509.load_pem_x509_certificate(certificate_pem)
         lifetime = (cert.not_valid_after_utc - cert.not_valid_before_utc - identity.BACKDATE)
         self.signer.update(self.key, certificate_pem)
-        with self._lock:
-            self._certificate_pem = certificate_pem
-            self._generation += 1
         if ca_pem and (self.verifier is None or self.verifier.ca_pem != ca_pem):
             self.verifier = identity.Verifier(ca_pem)
+        with self._lock:
+            self._certificate_pem = certificate_pem
+            if self.verifier is not None:
+                self._ca_pem = self.verifier.ca_pem
+            self._generation += 1
         self.expires_at = cert.not_valid_after_utc
         self._renew_at = self._monotonic() + lifetime.total_seconds() * RENEW_AT
 
@@ -90,7 +98,7 @@ class Keeper:
         # The stub's fetcher type omits None, which grpc documents as "no change".
         fetch: Any = self.fetch
         return grpc.dynamic_ssl_server_credentials(
-            initial, fetch, require_client_authentication=False
+            initial, fetch, require_client_authentication=True
         )
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
@@ -103,4 +111,7 @@ class Keeper:
                 return None
             self._served = self._generation
             chain = self._certificate_pem
-        return grpc.ssl_server_certificate_configuration([(self._key_pem, chain)])
+            ca = self._ca_pem
+        return grpc.ssl_server_certificate_configuration(
+            [(self._key_pem, chain)], root_certificates=ca
+        )

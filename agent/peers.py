@@ -10,13 +10,15 @@ superseded; a malformed message; too large) end delivery at once.
 The driver ("__driver__") is not resolved: it listens at the message's `reply_to`, on the
 orchestrator's own listener, so it is dialled with the orchestrator's TLS settings.
 
-Peers are dialled over TLS (docs/security.md, "Transport (TLS)"): the channel trusts only
-the identity CA bundle (`client_ca`, from Register) and expects the certificate of the PNode
-resolution named for the slot (`grpc.ssl_target_name_override` = <pnode>.pnode.dcnr), so a
-man in the middle, or a PNode answering at another's address, fails the handshake.
-Channels are cached per (address, PNode) and dropped when the CA bundle changes (only a
-replaced CA changes it). `client_ca` returning None means the orchestrator runs the
-cluster's data plane plaintext (`serve --data-plane-insecure`).
+Peers are dialled over mutual TLS (docs/security.md, "Transport (TLS)"): the channel
+trusts only the identity CA bundle (`client_ca`, from Register), expects the certificate of
+the PNode resolution named for the slot (`grpc.ssl_target_name_override` =
+<pnode>.pnode.dcnr), so a man in the middle, or a PNode answering at another's address,
+fails the handshake, and presents this PNode's identity certificate, which is how the
+receiver knows who sends. Channels are cached per (address, PNode) and rebuilt when the CA
+bundle changes (only a replaced CA changes it) or the certificate is renewed. `client_ca`
+returning None means the orchestrator runs the cluster's data plane plaintext (`serve
+--data-plane-insecure`).
 
 Every message is signed with this PNode's identity (`api.signed`, `agent.keys`): serialized
 once per attempt (the target epoch may change between attempts), signed over those bytes
@@ -195,6 +197,8 @@ class Peers:
         self._signer = signer
         self._client_ca = client_ca
         self._ca: bytes | None = None  # the bundle the cached peer channels trust
+        self._generation = -1  # the signer's certificate the cached peer channels present
+        self._retiring: set[asyncio.Task[None]] = set()
         self._stubs: dict[tuple[str, str], signed.SignedStub] = {}
         self._options = channel_options(max_message_bytes)
         self._retry = retry or Retry()
@@ -207,6 +211,15 @@ class Peers:
         self._stubs = {}
         for channel in channels.values():
             await channel.close(None)
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    def _retire(self, channel: aio.Channel) -> None:
+        """Close `channel` once its calls in flight are done (at most a delivery deadline)."""
+        task = asyncio.get_running_loop().create_task(channel.close(self._retry.deadline))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     # -- resolution -------------------------------------------------------------------------
 
@@ -246,13 +259,18 @@ class Peers:
         inbox, the orchestrator's listener, reached as the orchestrators are (TLS when they
         are)."""
         ca = None if pnode == DRIVER else self._client_ca()
-        if pnode != DRIVER and ca != self._ca:
-            # A replaced identity CA: no cached peer channel trusts it.
+        if pnode != DRIVER and (
+            ca != self._ca or (ca is not None and self._signer.generation != self._generation)
+        ):
+            # A replaced identity CA (no cached peer channel trusts it), or a renewed
+            # certificate (a channel presents the one it was built with, and would present
+            # an expired one at its next handshake): new channels; calls in flight on the
+            # old ones finish on them.
             stale = [k for k in self._channels if k[1] != DRIVER]
             for k in stale:
                 self._stubs.pop(k, None)
-                await self._channels.pop(k).close(None)
-            self._ca = ca
+                self._retire(self._channels.pop(k))
+            self._ca, self._generation = ca, self._signer.generation
         key = (address, pnode)
         stub = self._stubs.get(key)
         if stub is None:
@@ -264,7 +282,7 @@ class Peers:
                 name = identity.dns_name("pnode", pnode)
                 channel = aio.secure_channel(
                     address,
-                    grpc.ssl_channel_credentials(root_certificates=ca),
+                    self._signer.client_credentials(ca),
                     [*self._options, (api_tls.TARGET_NAME_OVERRIDE, name)],
                 )
             self._channels[key] = channel

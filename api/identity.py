@@ -9,8 +9,9 @@ for their job drivers. Anyone holding the CA certificate can then check who sent
 - every data-plane request is signed by its sender over the exact bytes it sends (see
   `statement`), and carries the signature and the sender's certificate in call metadata
   (`SIGNATURE_METADATA`, `CERTIFICATE_METADATA`);
-- a receiver verifies both (`Verifier.verify`) and learns the sender's `Identity`, which it
-  compares with the PNode its resolution data says hosts the sending slot;
+- a receiver learns the sender's `Identity` from the mutual-TLS client certificate
+  (`Verifier.identify_peer`), or, in plaintext, by verifying both (`Verifier.verify`), and
+  compares it with the PNode its resolution data says hosts the sending slot;
 - a message that fails a check is forwarded as it was received (`SignedMessage` in the API)
   to the orchestrator, which verifies the signature and re-runs the check itself: the
   accused PNode's own signature is the evidence, and a neighbour's word is not.
@@ -284,13 +285,16 @@ class Verifier:
     """Checks certificates against the identity CA and signatures against certificates.
 
     A certificate's chain is checked once and remembered by its fingerprint (a bounded LRU),
-    so a message costs one SHA-256 over the certificate and one ECDSA verification; expiry is
-    checked on every use."""
+    so a message costs one SHA-256 over the certificate and one ECDSA verification; a TLS
+    peer's certificate is remembered by its PEM bytes, so naming a peer costs a lookup.
+    Expiry is checked on every use."""
 
     def __init__(self, ca_pem: bytes, *, cache_size: int = 4096) -> None:
         self._ca = x509.load_pem_x509_certificate(ca_pem)
         self._cache: OrderedDict[bytes, tuple[Identity, x509.Certificate]] = OrderedDict()
         self._cache_size = cache_size
+        #: TLS peer certificates (PEM) → (identity, DER): `identify_peer`.
+        self._peers: OrderedDict[bytes, tuple[Identity, bytes]] = OrderedDict()
 
     @property
     def ca_pem(self) -> bytes:
@@ -299,6 +303,34 @@ class Verifier:
     def identify(self, certificate: bytes, now: dt.datetime) -> Identity:
         """The identity a certificate (DER) proves, if the CA issued it and it is valid now."""
         return self._certificate(certificate, now)[0]
+
+    def identify_peer(self, pem: bytes, now: dt.datetime) -> tuple[Identity, bytes]:
+        """The identity and DER bytes of a TLS peer's certificate (PEM, as gRPC's auth
+        context gives it). The handshake has checked it against the CA already; this
+        learns the name from it, once per certificate (cached by its PEM bytes), and checks
+        expiry on every use, since a connection may outlive its client's certificate."""
+        cached = self._peers.get(pem)
+        if cached is None:
+            try:
+                der = certificate_der(pem)
+            except ValueError as exc:
+                raise IdentityError(
+                    "BadCertificate", f"peer certificate: not PEM X.509 ({exc})"
+                ) from None
+            who = self.identify(der, now)
+            self._peers[pem] = cached = (who, der)
+            if len(self._peers) > self._cache_size:
+                self._peers.popitem(last=False)
+        else:
+            self._peers.move_to_end(pem)
+        who, der = cached
+        if not now <= who.not_after:
+            raise IdentityError(
+                "Expired",
+                f"{who.name}'s certificate expired at {who.not_after.isoformat()}, "
+                f"before {now.isoformat()}",
+            )
+        return cached
 
     def verify(
         self, method: str, body: bytes, certificate: bytes, signature: bytes, now: dt.datetime

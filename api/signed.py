@@ -44,11 +44,18 @@ def _raw(body: bytes) -> bytes:
 
 
 class Signer:
-    """The sender's identity key and certificate (DER); `update` on every renewal."""
+    """The sender's identity key and certificate (DER); `update` on every renewal.
+
+    The same key and certificate are the sender's TLS client certificate on the data plane
+    (mutual TLS, `client_credentials`); `generation` changes with every renewal, so a
+    client knows when to rebuild its channels (a channel's credentials are fixed)."""
 
     def __init__(self) -> None:
         self._key: identity.PrivateKey | None = None
         self._certificate = b""
+        self._key_pem = b""
+        self._certificate_pem = b""
+        self.generation = 0
 
     @property
     def ready(self) -> bool:
@@ -60,6 +67,19 @@ class Signer:
 
     def update(self, key: identity.PrivateKey, certificate_pem: bytes) -> None:
         self._key, self._certificate = key, identity.certificate_der(certificate_pem)
+        self._key_pem, self._certificate_pem = identity.key_pem(key), certificate_pem
+        self.generation += 1
+
+    def client_credentials(self, root_ca: bytes) -> grpc.ChannelCredentials:
+        """TLS channel credentials trusting `root_ca` and presenting this identity's
+        certificate (mutual TLS on the data plane); rebuild them when `generation` moves."""
+        if not self.ready:
+            raise RuntimeError("no identity certificate yet: nothing to present")
+        return grpc.ssl_channel_credentials(
+            root_certificates=root_ca,
+            private_key=self._key_pem,
+            certificate_chain=self._certificate_pem,
+        )
 
     def metadata(self, method: str, body: bytes) -> tuple[tuple[str, bytes], ...]:
         """The two metadata entries of a signed request; none before the first certificate
@@ -106,6 +126,48 @@ def received(
     return common_pb2.SignedMessage(
         method=method, body=body, certificate=certificate, signature=signature
     )
+
+
+def peer_certificate(context: aio.ServicerContext[Any, Any]) -> bytes:
+    """The PEM certificate the client presented in the TLS handshake (mutual TLS), or b""
+    (plaintext, or no client certificate)."""
+    found = (context.auth_context() or {}).get("x509_pem_cert") or ()
+    for pem in found:
+        if isinstance(pem, bytes):
+            return pem
+    return b""
+
+
+def sender(
+    verifier: identity.Verifier,
+    message: common_pb2.SignedMessage,
+    peer_pem: bytes,
+    now: dt.datetime,
+) -> tuple[identity.Identity, bool]:
+    """Who sent a request that arrived over mutual TLS, and whether its signature is
+    verified yet; `identity.IdentityError` if the request proves no sender.
+
+    The handshake proved the client's certificate (`peer_pem`, issued by the identity CA);
+    its name is read from it (cached by certificate). The signature is then needed only as
+    evidence: it must be there, by that same certificate, and is verified only when the
+    message is about to become evidence (`verify`). A request signed with another
+    certificate than the connection's (a renewal between the two) is verified now, and its
+    signer must be the peer (reason NotSender otherwise)."""
+    if not peer_pem:
+        raise identity.IdentityError("Unsigned", "the connection presented no client certificate")
+    who, der = verifier.identify_peer(peer_pem, now)
+    if not message.signature or not message.certificate:
+        raise identity.IdentityError(
+            "Unsigned", "the request carries no signature or no certificate"
+        )
+    if message.certificate == der:
+        return who, False
+    signer = verify(verifier, message, now)
+    if (signer.kind, signer.name) != (who.kind, who.name):
+        raise identity.IdentityError(
+            "NotSender", f"signer: {signer.uri} is not the connection's peer {who.uri}"
+        )
+    return who, True
 
 
 def verify(

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 RUN = "the full run of 2026-11-27 (2 cores, CPython 3.11)"
 #: Scenarios analysed from a later run than RUN.
-RUNS = {"auth": "the full run of 2026-12-07 (2 cores shared with other work, CPython 3.11)"}
+RUNS = {
+    "auth": "the full run of 2026-12-07 13:37 UTC (2 cores shared with six other engineers' "
+    "work, load average 15-55; CPython 3.11)"
+}
 
 ANALYSIS: dict[str, list[str]] = {
     "placement": [
@@ -125,26 +128,42 @@ ANALYSIS: dict[str, list[str]] = {
         "re-checking a PNode's recent unchecked results after it is caught.",
     ],
     "auth": [
-        "Control plane: no measurable cost. Heartbeat and Resolve over TLS with the credential "
-        "check run at 0.92x and 1.03x of the plaintext, unguarded server (per-round ratios "
-        "1.01 and 0.98): TLS record crypto and the in-memory credential lookup "
-        "(docs/security.md, Resolution) are small beside a call's gRPC and handler cost. "
-        "The machine's load average was 5-15 during the run (other engineers' tests), so "
-        "single rounds ranged widely; the per-round ratios are the steadier figure.",
-        "Data plane: signing and verifying cost 39-45 % of messages/s against a bare "
-        "VNodeService that only parses and decodes (goal <= 15 %: missed there). Per message "
-        "one ECDSA P-256 signature (~24 us) and one verification (~53 us) are added to a "
-        "handler whose own work is ~7 us; what is left is gRPC's per-message cost, so the "
-        "ratio says sign + verify is about as expensive as a gRPC round trip of 16-64 KiB.",
-        "What it costs in training is an estimate, not a measurement (there is no unsigned "
-        "mode to compare with): about a dozen messages lie on a digits step's critical path, "
-        "~0.9 ms of signing and verifying, against ~27 ms per step in the `training` "
-        "scenario's committed run, i.e. about 3 %; less for bigger layers, since the cost "
-        "is per message, not per byte.",
-        "What would cut it: authenticate the data-plane connection once (mutual TLS with the "
-        "identity certificates agents already hold, which the data-plane TLS work brings) and "
-        "check each message's sender against the peer certificate, keeping the per-message "
-        "signature (~24 us) only for evidence, verified by the orchestrator when a report "
-        "carries it; that removes the receiver's ~53 us per message.",
+        "This run's machine was not quiet: 2 cores shared with six other engineers' test "
+        "suites, load average 15-55 during the run (uptime). Single rounds ranged more than "
+        "2x (the 256-row plaintext baseline came out faster than the 64-row one), so neither "
+        "the medians nor the per-round ratios are steady; the CPU time per message (client "
+        "and server processes, extra figures) is the steadier figure, and it too is inflated "
+        "by contention (signing measured ~87 us here, ~24 us on a quiet core).",
+        "Control plane: unchanged by this work and, within the noise, no measurable cost "
+        "(per-round ratios 1.05 and 0.87 here; 1.01 and 0.98 in the quieter run of 11:52).",
+        "Data plane, now mutual TLS with the identity certificates: the receiver takes the "
+        "sender from the client certificate (a cached lookup, ~0.7 us) and verifies no "
+        "signature on the hot path (it verifies one only before a report: api.signed.sender, "
+        "agent.dataplane._prove). What remains per message is the sender's ECDSA signature "
+        "(SHA-256 over the 16-64 KiB body plus the P-256 sign) and TLS record crypto on both "
+        "ends. CPU per message says 0.71x (64 rows) and 0.54x (256 rows) of plaintext "
+        "unsigned: the goal (0.85) is NOT met. Three full runs today gave per-round "
+        "throughput ratios of 0.80/0.69/0.46, 0.72/0.79/0.87 and 0.66/0.47/0.32 (forward 64, "
+        "backward 64, forward 256), all but one below 0.85.",
+        "Where it goes (a check right after the run: same client and servers, alternating "
+        "rounds, CPU per message, same load): plaintext 265 us; plaintext + signing 360 us; "
+        "mutual TLS + signing + peer check 480 us at 64 rows, and 407 / 446 / 576 us at 256 "
+        "rows. So TLS (gRPC's record protection of 16-64 KiB both ways) costs about as much "
+        "as signing, or more, and the verification this work removed from the receiver "
+        "(~53 us quiet) was only part of the old cost.",
+        "Signing was measured before changing it: signing a SHA-256 digest computed "
+        "separately (Prehashed, or hashed incrementally without building the statement) "
+        "verifies exactly as today's and saves only the statement's concatenation (<1 us for "
+        "16-64 KiB); the cost is the hash over the body (~8 us per 16 KiB, ~40 us per 64 KiB "
+        "here) plus the ECDSA signature. No hash of the body is already computed (the "
+        "tensor's checksum is CRC32C, which a signature cannot stand on), so nothing was "
+        "changed. cryptography 51 releases the GIL during ECDSA sign and verify "
+        "(pyca/cryptography#14370), but moving the signature to a worker thread costs a "
+        "thread hop (~0.3 ms measured in agent/dataplane.py) larger than the signature.",
+        "What would cut it further, not done: signing fewer bytes (a sender could sign a "
+        "SHA-256 the tensor encoding already carries, if Tensor gained one, a wire change), "
+        "and, for TLS, larger but fewer messages (the cost per message is mostly fixed). "
+        "In training the effect is smaller than these ratios: they compare against a "
+        "VNodeService that does no compute at all.",
     ],
 }

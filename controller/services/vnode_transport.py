@@ -4,9 +4,10 @@ One channel per (agent address, PNode), kept until `close`. Over TLS (the defaul
 trusts only the identity CA and expects the certificate of the PNode the view says hosts the
 slot (`grpc.ssl_target_name_override` = <pnode>.pnode.dcnr): a man in the middle, or a PNode
 answering at another's address, fails the handshake (UNAVAILABLE, retried, then the run
-rolls back). `ca` returning None: `serve --data-plane-insecure`, plaintext. Channels are
-dropped when the CA bundle changes (it cannot while the replica runs: the CA is loaded once
-at start). Every request is signed with
+rolls back). It presents this replica's orchestrator identity certificate (agents' listeners
+are mutual TLS). `ca` returning None: `serve --data-plane-insecure`, plaintext. Channels are
+rebuilt when the CA bundle changes (it cannot while the replica runs: the CA is loaded once
+at start) and when the replica's certificate is renewed. Every request is signed with
 this replica's orchestrator identity (`api.signed`: serialized once, signed over those
 bytes, sent as those bytes), which is how agents know a Restore, Checkpoint or driver input
 comes from the job's driver. A failed call is raised as a
@@ -25,6 +26,7 @@ hosted yet (a rollback waits for it).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -39,6 +41,8 @@ from controller.jobs import vnode_client
 
 T = TypeVar("T")
 DETAILS_KEY = "dcnr-error-details-bin"
+#: Seconds a replaced channel (renewed certificate) keeps serving the calls in flight on it.
+RETIRE_GRACE = 60.0
 
 #: Failures that may pass. NOT_FOUND among them: the view (and resolution) name a slot's
 #: PNode as soon as the placement is written, a moment before that PNode has heard of its
@@ -60,14 +64,19 @@ class GrpcTransport:
         self._signer = signer
         self._ca_source = ca
         self._ca: bytes | None = None
+        self._generation = -1  # the signer's certificate the cached channels present
+        self._retiring: set[asyncio.Task[None]] = set()
         self._channels: dict[tuple[str, str], aio.Channel] = {}
         self._stubs: dict[tuple[str, str], signed.SignedStub] = {}
 
     async def _stub(self, address: str, pnode: str) -> signed.SignedStub:
         ca = self._ca_source()
-        if ca != self._ca:
-            await self.close()
-            self._ca = ca
+        if ca != self._ca or (ca is not None and self._signer.generation != self._generation):
+            # A new CA, or a renewed certificate: a channel presents the certificate it was
+            # built with (and would present an expired one at its next handshake). Calls in
+            # flight on the old channels finish on them.
+            self._retire_all()
+            self._ca, self._generation = ca, self._signer.generation
         key = (address, pnode)
         stub = self._stubs.get(key)
         if stub is None:
@@ -81,7 +90,7 @@ class GrpcTransport:
                     )
                 channel = aio.secure_channel(
                     address,
-                    grpc.ssl_channel_credentials(root_certificates=ca),
+                    self._signer.client_credentials(ca),
                     [(api_tls.TARGET_NAME_OVERRIDE, identity.dns_name("pnode", pnode))],
                 )
             self._channels[key] = channel
@@ -121,11 +130,23 @@ class GrpcTransport:
         reply: vnode_pb2.DescribeDataResponse = await _translated(call)
         return reply
 
+    def _retire_all(self) -> None:
+        """Drop every cached channel; each closes once its calls in flight are done."""
+        channels, self._channels = self._channels, {}
+        self._stubs = {}
+        for channel in channels.values():
+            task = asyncio.get_running_loop().create_task(channel.close(RETIRE_GRACE))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
     async def close(self) -> None:
         channels, self._channels = self._channels, {}
         self._stubs = {}
         for channel in channels.values():
             await channel.close(None)
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
 
 
 async def _translated(call: Awaitable[T]) -> T:

@@ -37,7 +37,7 @@ async def test_a_real_agent_exports_documented_metrics(tmp_path: Path) -> None:
 
         with grpc.secure_channel(
             agent.address,
-            grpc.ssl_channel_credentials(identities.authority().certificate_pem),
+            identities.driver().client_credentials(identities.authority().certificate_pem),
             [(api_tls.TARGET_NAME_OVERRIDE, identity.dns_name("pnode", agent.name))],
         ) as channel:
             stub = vnode_pb2_grpc.VNodeServiceStub(channel)

@@ -180,6 +180,9 @@ def identity_of(pnode: str) -> keys.Keeper:
         ca.issue_pnode(keeper.csr(pnode), pnode, identities.now(), identities.HOUR),
         ca.certificate_pem,
     )
+    # In-process plaintext listeners (as `serve --data-plane-insecure`): every request's
+    # signature is verified on receipt. Mutual TLS: test_dataplane_tls, test_attacks.
+    keeper.plaintext = True
     return keeper
 
 

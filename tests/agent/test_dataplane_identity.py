@@ -9,6 +9,7 @@ The cluster is tests/agent/test_dataplane.py's: PNode "p" hosts x, y, fc and los
 from __future__ import annotations
 
 import collections
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,14 +17,15 @@ import numpy as np
 import pytest
 from grpc import aio
 
-from agent import peers
+from agent import blobs, dataplane, peers, vnode
 from api import identity, signed, tensors
-from api.dcnr.v1 import vnode_pb2, vnode_pb2_grpc
+from api.dcnr.v1 import common_pb2, vnode_pb2, vnode_pb2_grpc
 from tests.agent.test_dataplane import (  # noqa: F401
     NET,
     cluster,
     data_file,
     forward,
+    identity_of,
     restore_all,
     run_step,
 )
@@ -145,3 +147,48 @@ async def test_only_the_driver_may_send_as_driver_or_restore(cluster, counted) -
     assert counted == {(True, "NotDriver"): 1}
     taken = await c["stub"].Forward(forward("x", batch, c, step=2))  # the driver's identity
     assert not taken.duplicate
+
+
+@pytest.mark.parametrize("forged", [False, True], ids=["signed", "signature-forged"])
+def test_over_mutual_tls_a_quorum_finding_is_reported_only_if_its_evidence_verifies(
+    forged: bool, tmp_path: Path
+) -> None:
+    # Over mutual TLS results are taken on the connection's word and their signatures kept
+    # unverified; before a quorum finding is reported, every result it carries is verified,
+    # and one that fails keeps the finding unreported (the orchestrator would refuse it and
+    # strike this PNode for a false accusation).
+    keeper = identity_of("r")
+    keeper.plaintext = False
+    plane = dataplane.DataPlane(
+        sender=peers.Peers(
+            peers.Orchestrators(["127.0.0.1:1"]),
+            signer=keeper.signer,
+            client_ca=keeper.client_ca,
+            max_message_bytes=4096,
+        ),
+        keeper=keeper,
+        blob_store=blobs.BlobStore(workdir=tmp_path),
+        kind_factory=dataplane.runtime_kinds(workdir=tmp_path, cache_dir=None, datasets={}),
+    )
+
+    def result(replica: int, signer: signed.Signer) -> common_pb2.SignedMessage:
+        body = vnode_pb2.ForwardRequest(
+            job="j", step=1, network=NET, sender_vnode="x", sender_replica=replica,
+            sender_epoch=3, target_vnode="fc", target_epoch=3, tensor=POISON,
+        ).SerializeToString()  # fmt: skip
+        method = signed.full_method("Forward")
+        metadata = dict(signer.metadata(method, body))
+        return common_pb2.SignedMessage(
+            method=method,
+            body=body,
+            certificate=metadata[identity.CERTIFICATE_METADATA],
+            signature=metadata[identity.SIGNATURE_METADATA],
+        )
+
+    honest = result(0, identities.pnode_signer("p"))
+    loser = result(1, stolen_certificate_signer("q") if forged else identities.pnode_signer("q"))
+    finding = vnode.Finding(
+        job="j", position=("step", 1), forward=True, disputed=False, subject_vnode="x",
+        subject_replica=1, subject_epoch=3, message="replica 1 lost", evidence=(honest, loser),
+    )  # fmt: skip
+    assert plane._provable(finding) is not forged

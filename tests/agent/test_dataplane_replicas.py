@@ -146,6 +146,7 @@ async def servers(tmp_path: Path, data_file: Path) -> AsyncIterator[dict[str, An
             ),
             ca.certificate_pem,
         )
+        keeper.plaintext = True  # plaintext listeners: signatures verified on receipt
         await server.start()
         closing.append((server, plane, sender))
         return plane, f"127.0.0.1:{port}"

@@ -1,6 +1,7 @@
-"""The data plane over TLS (docs/security.md, "Transport (TLS)"): a real agent process
-serves its VNodeService with its PNode identity certificate, follows renewals without a
-restart, and speaks to nobody who does not verify it. One orchestrator (3-second identity
+"""The data plane over mutual TLS (docs/security.md, "Transport (TLS)"): a real agent
+process serves its VNodeService with its PNode identity certificate, follows renewals
+without a restart, speaks to nobody who does not verify it, and to nobody who does not
+present an identity certificate of the cluster's CA. One orchestrator (3-second identity
 certificates, renewed by the agent's heartbeat, every 0.3 s, once 2 s have passed: never
 served expired) and one agent for the module; a second pair shows the explicit plaintext
 choice (`serve --data-plane-insecure`)."""
@@ -57,7 +58,7 @@ def probe() -> vnode_pb2.ForwardRequest:
 
 
 async def call(channel: aio.Channel) -> grpc.StatusCode:
-    stub = identities.SignedVNodeStub(channel, identities.orchestrator_signer())
+    stub = identities.SignedVNodeStub(channel, identities.driver())
     with pytest.raises(aio.AioRpcError) as caught:
         await stub.Forward(probe(), timeout=10)
     return caught.value.code()
@@ -71,6 +72,28 @@ async def test_a_client_verifying_the_pnode_completes_a_signed_call(cluster: Clu
 
 async def test_a_plaintext_client_is_refused_at_the_handshake(cluster: Cluster) -> None:
     async with aio.insecure_channel(cluster.agent.address) as channel:
+        assert await call(channel) == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_client_without_a_certificate_is_refused_at_the_handshake(
+    cluster: Cluster,
+) -> None:
+    # Mutual TLS: the listener asks every client for an identity certificate.
+    agent = cluster.agent
+    async with identities.data_plane_channel(agent.address, agent.name, present=False) as channel:
+        assert await call(channel) == grpc.StatusCode.UNAVAILABLE
+    async with identities.data_plane_channel(agent.address, agent.name) as channel:
+        assert await call(channel) == grpc.StatusCode.NOT_FOUND  # the same call, presented
+
+
+async def test_a_client_certificate_from_another_ca_is_refused_at_the_handshake(
+    cluster: Cluster,
+) -> None:
+    # The client verifies the agent as it should, but presents an identity of a CA this
+    # cluster never trusted.
+    agent = cluster.agent
+    other = identities.orchestrator_signer(identity.Authority.create(identities.now()))
+    async with identities.data_plane_channel(agent.address, agent.name, client=other) as channel:
         assert await call(channel) == grpc.StatusCode.UNAVAILABLE
 
 
@@ -148,11 +171,12 @@ def test_a_taken_listen_port_fails_before_register(tmp_path: Path) -> None:
     assert f"dcnr-agent: error: --listen: {listen!r}" in done.stderr
 
 
-async def test_peer_channels_are_kept_across_driver_sends_and_dropped_on_a_new_ca() -> None:
+async def test_peer_channels_are_kept_and_rebuilt_on_a_new_ca_or_certificate() -> None:
     bundle = [identities.authority().certificate_pem]
+    signer = identities.pnode_signer("p")
     sender = peers.Peers(
         peers.Orchestrators(["127.0.0.1:1"]),
-        signer=identities.pnode_signer("p"),
+        signer=signer,
         client_ca=lambda: bundle[0],
         max_message_bytes=4096,
     )
@@ -162,6 +186,18 @@ async def test_peer_channels_are_kept_across_driver_sends_and_dropped_on_a_new_c
         assert await sender._stub("127.0.0.1:2", "q") is first
         assert await sender._stub("127.0.0.1:2", "r") is not first, "one channel per PNode"
         bundle[0] = identity.Authority.create(identities.now()).certificate_pem
-        assert await sender._stub("127.0.0.1:2", "q") is not first, "a new CA: a new channel"
+        second = await sender._stub("127.0.0.1:2", "q")
+        assert second is not first, "a new CA: a new channel"
+        assert await sender._stub("127.0.0.1:2", "q") is second
+        key = identity.generate_key()
+        signer.update(
+            key,
+            identities.authority().issue_pnode(
+                identity.csr_pem(key, "p"), "p", identities.now(), identities.HOUR
+            ),
+        )
+        assert await sender._stub("127.0.0.1:2", "q") is not second, (
+            "a renewed client certificate: a new channel presenting it"
+        )
     finally:
         await sender.close()

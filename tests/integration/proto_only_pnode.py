@@ -358,7 +358,16 @@ class ProtoOnlyPNode:
         if self.plaintext:
             server.add_insecure_port(self.address)
         else:
-            credentials = grpc.ssl_server_credentials([(key_pem(self.key), self.certificate_pem)])
+            # Mutual TLS, as vnode.proto's listeners are: only holders of an identity
+            # certificate (here: the job driver's) get through the handshake.
+            bundle = b"".join(
+                c.public_bytes(serialization.Encoding.PEM) for c in self.identity_ca
+            )
+            credentials = grpc.ssl_server_credentials(
+                [(key_pem(self.key), self.certificate_pem)],
+                root_certificates=bundle,
+                require_client_auth=True,
+            )
             server.add_secure_port(self.address, credentials)
         await server.start()
         self.server = server

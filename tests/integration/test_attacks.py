@@ -39,6 +39,7 @@ import yaml
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from agent import peers
 from api import identity, signed, tensors
 from api.dcnr.v1 import (
     common_pb2,
@@ -145,11 +146,12 @@ def _accuracy(probabilities: np.ndarray) -> float:
     return float(np.mean(np.argmax(probabilities, axis=1) == training.DATA["y_test"]))
 
 
-def _data_plane(agent: agents.Agent) -> aio.Channel:
-    """A channel to an agent's VNodeService, over TLS as every data-plane client dials it
-    (docs/security.md, "The data plane"): the attacks are on what the agent accepts from a
-    caller that got through the handshake."""
-    return identities.data_plane_channel(agent.address, agent.name)
+def _data_plane(agent: agents.Agent, client: signed.Signer | None = None) -> aio.Channel:
+    """A channel to an agent's VNodeService, over mutual TLS as every data-plane client
+    dials it (docs/security.md, "The data plane"), presenting `client`'s identity certificate
+    (default: a job driver's): the attacks are on what the agent accepts from a caller that
+    got through the handshake."""
+    return identities.data_plane_channel(agent.address, agent.name, client=client)
 
 
 @pytest.fixture(scope="module")
@@ -342,7 +344,8 @@ async def test_a_forged_nan_activation_to_an_agent_is_refused_unreported(world: 
         sender_epoch=fc1_epoch, target_vnode="act1", target_replica=0, target_epoch=act1_epoch,
         tensor=tensors.encode(np.full((4, 32), math.nan)), attempt=1,
     )  # fmt: skip
-    async with _data_plane(receiver) as channel:
+    # The attacker connects with its own PNode identity (Register issued it), as it must.
+    async with _data_plane(receiver, _stranger_signer(world)) as channel:
         unsigned = await _refused(vnode_pb2_grpc.VNodeServiceStub(channel).Forward(poisoned))
         assert unsigned.code() == grpc.StatusCode.UNAUTHENTICATED, unsigned
         stub = identities.SignedVNodeStub(channel, _stranger_signer(world))
@@ -355,18 +358,52 @@ async def test_a_forged_nan_activation_to_an_agent_is_refused_unreported(world: 
         assert _counter(refused, name, **labels) - _counter(counted, name, **labels) == 1, reason
     # No report reached the orchestrator: nothing checked, no ReportResult call.
     after = await world.orchestrator_metrics()
-
-    def reports(samples: metrics.Samples) -> dict[Any, float]:
-        return {
-            key: value
-            for key, value in samples.items()
-            if key[0] == "dcnr_validation_checks_total"
-            or (key[0] == "dcnr_rpc_duration_seconds_count" and "ReportResult" in str(key[1]))
-        }
-
-    assert reports(after) == reports(orchestrator_before)
+    assert _reports(after) == _reports(orchestrator_before)
     assert await world.state() == before
     assert act1_host == receiver.name
+
+
+def _reports(samples: metrics.Samples) -> dict[Any, float]:
+    """What the orchestrator counts of ValidationService reports."""
+    return {
+        key: value
+        for key, value in samples.items()
+        if key[0] == "dcnr_validation_checks_total"
+        or (key[0] == "dcnr_rpc_duration_seconds_count" and "ReportResult" in str(key[1]))
+    }
+
+
+async def test_a_failed_check_whose_signature_fails_is_refused_unreported(
+    world: Cluster,
+) -> None:
+    # Over mutual TLS an agent verifies a signature only when the message is about to become
+    # evidence. Here the connection is the real sender's (fc1's PNode: the test holds the CA),
+    # the result fails act1's check, but its signature is by a key the certificate does not
+    # certify: reported, it would be refused as bad evidence and strike the reporter.
+    before = await world.state()
+    fc1_host, fc1_epoch = world.host("fc1")
+    _, act1_epoch = world.host("act1")
+    receiver = world.agent("act1")
+    assert receiver.metrics_port is not None
+    counted = await asyncio.to_thread(metrics.scrape, receiver.metrics_port)
+    orchestrator_before = await world.orchestrator_metrics()
+    poisoned = vnode_pb2.ForwardRequest(
+        job="before", step=1, network=NET, sender_vnode="fc1", sender_replica=0,
+        sender_epoch=fc1_epoch, target_vnode="act1", target_replica=0, target_epoch=act1_epoch,
+        tensor=tensors.encode(np.full((4, 32), math.nan)), attempt=1,
+    )  # fmt: skip
+    real = identities.pnode_signer(fc1_host)
+    forged = _signer(identity.generate_key(), identity.certificate_pem(real.certificate))
+    async with _data_plane(receiver, real) as channel:
+        error = await _refused(identities.SignedVNodeStub(channel, forged).Forward(poisoned))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error
+    assert peers.error_reason(error) == "BadSignature", error
+    refused = await asyncio.to_thread(metrics.scrape, receiver.metrics_port)
+    name = "dcnr_agent_messages_refused_total"
+    labels = {"direction": "forward", "reason": "BadSignature"}
+    assert _counter(refused, name, **labels) - _counter(counted, name, **labels) == 1
+    assert _reports(await world.orchestrator_metrics()) == _reports(orchestrator_before)
+    assert await world.state() == before, "no strike on the sender nor on the receiver"
 
 
 async def test_restore_and_checkpoint_need_the_driver(world: Cluster, workdir: Path) -> None:
@@ -381,7 +418,7 @@ async def test_restore_and_checkpoint_need_the_driver(world: Cluster, workdir: P
         header=HEADER, job="attack", step=0, network=NET, vnode="fc1", replica=0, epoch=epoch,
         destination=(workdir / "stolen").as_uri(), attempt=1,
     )  # fmt: skip
-    async with _data_plane(target) as channel:
+    async with _data_plane(target, _stranger_signer(world)) as channel:
         plain = vnode_pb2_grpc.VNodeServiceStub(channel)
         for call in (plain.Restore(restore), plain.Checkpoint(checkpoint)):
             assert (await _refused(call)).code() == grpc.StatusCode.UNAUTHENTICATED

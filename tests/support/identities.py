@@ -78,15 +78,32 @@ def ca_flags(directory: Path, ca: identity.Authority | None = None) -> list[str]
     return ["--identity-ca-cert", str(cert), "--identity-ca-key", str(key)]
 
 
+@functools.cache
+def driver() -> signed.Signer:
+    """One job driver's (orchestrator) identity of `authority()` for the test process."""
+    return orchestrator_signer()
+
+
 def data_plane_channel(
-    address: str, pnode: str, ca: identity.Authority | None = None
+    address: str,
+    pnode: str,
+    ca: identity.Authority | None = None,
+    *,
+    client: signed.Signer | None = None,
+    present: bool = True,
 ) -> aio.Channel:
     """A channel to the data-plane listener of the agent `pnode` at `address`, as agents and
-    the driver dial it: TLS, trusting only `ca` (default: `authority()`), expecting the
-    PNode's name <pnode>.pnode.dcnr in its certificate."""
+    the driver dial it: mutual TLS, trusting only `ca` (default: `authority()`), expecting
+    the PNode's name <pnode>.pnode.dcnr in its certificate, and presenting `client`'s
+    certificate (default: `driver()`; `present=False`: none)."""
     ca = ca or authority()
+    credentials = (
+        (client or driver()).client_credentials(ca.certificate_pem)
+        if present
+        else grpc.ssl_channel_credentials(root_certificates=ca.certificate_pem)
+    )
     return aio.secure_channel(
         address,
-        grpc.ssl_channel_credentials(root_certificates=ca.certificate_pem),
+        credentials,
         [(api_tls.TARGET_NAME_OVERRIDE, identity.dns_name("pnode", pnode))],
     )

@@ -50,12 +50,18 @@ through Heartbeat) in `dcnr-certificate-bin`. See SignedMessage and docs/securit
 Identity certificates are issued directly by the identity CA (RegisterResponse.identity_ca;
 no intermediates) and name their holder in exactly one URI SAN: spiffe://dcnr/pnode/<id>
 for a PNode, spiffe://dcnr/orchestrator for every orchestrator replica, i.e. every job
-driver. A receiver takes the request's raw bytes (it must not serialize again: protobuf
-serialization is not canonical); checks that the certificate is issued by the identity CA
-and valid now, and the signature; only then parses, and checks the sender: messages whose
-sender_vnode is "__driver__", and every Checkpoint, Restore and DescribeData, only from the
-orchestrator identity; a VNode's messages only from the PNode that hosts (network,
-sender_vnode, sender_replica) at sender_epoch, by resolution. It refuses an unsigned
+driver. They are also the TLS certificates of both ends of an agent's data-plane listener,
+which requires a client certificate from the identity CA (mutual TLS). A receiver takes
+the request's raw bytes (it must not serialize again: protobuf serialization is not
+canonical) and learns the sender: over mutual TLS from the client certificate (the
+request must still carry a signature and that same certificate; the signature is
+verified before the request is used as evidence, and a request whose signature fails
+then is refused, not reported); in plaintext, and at a job driver, by checking that the
+certificate is issued by the identity CA and valid now, and the signature. Only then it
+parses, and checks the sender: messages whose sender_vnode is "__driver__", and every
+Checkpoint, Restore and DescribeData, only from the orchestrator identity; a VNode's
+messages only from the PNode that hosts (network, sender_vnode, sender_replica) at
+sender_epoch, by resolution. It refuses an unsigned
 request, a bad signature or a certificate it cannot verify with UNAUTHENTICATED, and a
 verified identity that may not send the request with PERMISSION_DENIED.
 """
