@@ -265,7 +265,7 @@ class Orchestrator:
         )
 
         async def network_keys() -> list[str]:
-            return sorted(self.view.networks)
+            return self.view.network_keys()
 
         async def pnode_keys() -> list[str]:
             return sorted(self.view.pnodes)

@@ -258,6 +258,13 @@ class View:
         """Whether the PNode holds an allocation of the network, of any VNode and replica."""
         return self.cache.hosts(pnode_name, network_name)
 
+    def network_keys(self) -> list[str]:
+        """The network loop's keys at resync: every Network, and the network of every
+        allocation whose Network is gone (an orphan, which the loop stops when it finds the
+        record missing; until then its PNode's set is not shown, see `assignment_set`)."""
+        orphaned = {a.spec.network for a in list(self.cache.allocations.values())}
+        return sorted(set(self.cache.networks) | orphaned)
+
     def networks_not_ready(self) -> set[str]:
         """Networks not Ready: what a PNode that gained room may now let be placed."""
         return {n for n, net in self.cache.networks.items() if net.status.phase != "Ready"}
