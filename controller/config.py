@@ -59,6 +59,9 @@ class ControlPlaneConfig:
     unschedulable_retry: float = 5.0
     #: Events (`dcnctl get events`) are forgotten this long after their last occurrence.
     event_ttl: float = 3600.0
+    #: An allocation Pending this long on a Ready PNode whose lease holds gets the PNode's
+    #: assignment set published again (`controller.state.assignment_repair`).
+    pending_repair_after: float = 10.0
     workers_per_loop: int = 4
 
     def __post_init__(self) -> None:

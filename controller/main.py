@@ -47,6 +47,7 @@ _TIMINGS = (
     "store_stall_max",
     "unschedulable_retry",
     "event_ttl",
+    "pending_repair_after",
 )
 
 

@@ -234,6 +234,10 @@ class Metrics:
         """How much of the store this replica could not observe, read at scrape time."""
         self.registry.register(_StoreCollector(watch))
 
+    def watch_pending(self, oldest: Callable[[], float]) -> None:
+        """`dcnr_allocation_pending_oldest_seconds` from `oldest()` at scrape time."""
+        self.registry.register(_PendingCollector(oldest))
+
     # -- RPCs -------------------------------------------------------------------------------
 
     def rpc_finished(self, method: str, code: str, seconds: float) -> None:
@@ -323,6 +327,19 @@ class _StoreCollector(registry.Collector):
             "Store calls that failed without an answer from the store (unreachable, timed "
             "out after the backend's retries).",
             value=seen.failed_calls_total,
+        )
+
+
+class _PendingCollector(registry.Collector):
+    def __init__(self, oldest: Callable[[], float]) -> None:
+        self._oldest = oldest
+
+    def collect(self) -> Iterable[core.Metric]:
+        yield core.GaugeMetricFamily(
+            "dcnr_allocation_pending_oldest_seconds",
+            "How long the longest-waiting allocation has been Pending on a Ready PNode whose"
+            " lease holds, as this replica sees it (0: none).",
+            value=self._oldest(),
         )
 
 

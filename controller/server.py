@@ -74,6 +74,7 @@ from controller.services import (
 )
 from controller.state import (
     allocation_status,
+    assignment_repair,
     identities,
     identity_ca,
     leases,
@@ -191,6 +192,9 @@ class Orchestrator:
             events=self.events,
         )
         self.allocation_status = allocation_status.AllocationStatus(store, self.view)
+        self.assignment_repair = assignment_repair.AssignmentRepair(
+            store, self.view, self.clock, bound=control.pending_repair_after, events=self.events
+        )
         self.job_loop = job_loop.JobLoop(self.drivers)
         self.job_poll = job_poll.JobPoll(
             store,
@@ -261,7 +265,7 @@ class Orchestrator:
         )
 
         async def network_keys() -> list[str]:
-            return sorted(self.view.networks)
+            return self.view.network_keys()
 
         async def pnode_keys() -> list[str]:
             return sorted(self.view.pnodes)
@@ -287,6 +291,7 @@ class Orchestrator:
         self.metrics.watch_manager(self.manager)
         self.metrics.watch_view(self.view)
         self.metrics.watch_store(self.store_watch)
+        self.metrics.watch_pending(self.assignment_repair.oldest_pending)
         self.view.subscribe(self._on_change)
 
     def _on_event(self, occurred: reconcilers_base.Occurrence) -> None:
@@ -466,15 +471,14 @@ class Orchestrator:
         self.trust.start()
         self.events.start()
         self.job_poll.start()
+        self.assignment_repair.start()
         self._add_services()
         if self.config.tls is not None:
             # Reads and checks the files here (TlsError names the flag), before the port opens.
             self.tls = api_tls.ReloadingServerCredentials(self.config.tls)
         try:
             if self.tls is not None:
-                self.port = self.server.add_secure_port(
-                    self.config.listen, self.tls.credentials()
-                )
+                self.port = self.server.add_secure_port(self.config.listen, self.tls.credentials())
             else:
                 self.port = self.server.add_insecure_port(self.config.listen)
         except RuntimeError as exc:
@@ -505,6 +509,7 @@ class Orchestrator:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._identity_task
         for step in (
+            self.assignment_repair.stop,
             self.allocation_status.stop,
             self.leases.stop,
             self.trust.stop,

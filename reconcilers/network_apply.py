@@ -84,9 +84,10 @@ class Applier:
 
     async def _place(self, action: network_actions.Place) -> None:
         pnode = self._pnode(action.pnode)
+        record = action.record()
         ops: list[store_base.Op] = [
-            store_base.Create(action.record()),
-            store_base.Update(charged(pnode, add=action.resources)),
+            store_base.Create(record),
+            store_base.Update(charged(pnode, add=action.resources, gained=[record])),
         ]
         await self._commit([*ops, *self._network_check()])
 
@@ -95,10 +96,11 @@ class Applier:
         transaction, charged with everything placed on it there."""
         for chunk in _chunks(places, budget=store_base.MAX_TRANSACTION_OPS - 1):
             charged_now: dict[str, PNode] = {}
-            for place in chunk:
+            records = [place.record() for place in chunk]
+            for place, record in zip(chunk, records, strict=True):
                 pnode = charged_now.get(place.pnode) or self._pnode(place.pnode)
-                charged_now[place.pnode] = charged(pnode, add=place.resources)
-            ops: list[store_base.Op] = [store_base.Create(p.record()) for p in chunk]
+                charged_now[place.pnode] = charged(pnode, add=place.resources, gained=[record])
+            ops: list[store_base.Op] = [store_base.Create(record) for record in records]
             ops += [store_base.Update(record) for record in charged_now.values()]
             await self._commit([*ops, *self._network_check()])
 
@@ -106,23 +108,41 @@ class Applier:
         old_spec = action.allocation.spec
         target = self._pnode(action.to_pnode)
         old = self._pnodes.get(old_spec.pnode)
-        ops: list[store_base.Op] = [store_base.Update(action.record())]
+        record, was = action.record(), action.allocation
+        ops: list[store_base.Op] = [store_base.Update(record)]
         if old is not None and old.metadata.name == target.metadata.name:
             ops.append(
-                store_base.Update(charged(target, add=action.resources, remove=old_spec.resources))
+                store_base.Update(
+                    charged(
+                        target,
+                        add=action.resources,
+                        remove=old_spec.resources,
+                        gained=[record],
+                        lost=[was],
+                    )
+                )
             )
         else:
-            ops.append(store_base.Update(charged(target, add=action.resources)))
+            ops.append(store_base.Update(charged(target, add=action.resources, gained=[record])))
             if old is not None:
-                ops.append(store_base.Update(charged(old, remove=old_spec.resources)))
+                ops.append(store_base.Update(charged(old, remove=old_spec.resources, lost=[was])))
         await self._commit([*ops, *self._network_check()])
 
     async def _reissue(self, action: network_actions.Reissue) -> None:
         old_spec = action.allocation.spec
         pnode = self._pnode(old_spec.pnode)
+        record = action.record()
         ops: list[store_base.Op] = [
-            store_base.Update(action.record()),
-            store_base.Update(charged(pnode, add=action.resources, remove=old_spec.resources)),
+            store_base.Update(record),
+            store_base.Update(
+                charged(
+                    pnode,
+                    add=action.resources,
+                    remove=old_spec.resources,
+                    gained=[record],
+                    lost=[action.allocation],
+                )
+            ),
         ]
         await self._commit([*ops, *self._network_check()])
 
@@ -138,7 +158,7 @@ class Applier:
         ]
         pnode = self._pnodes.get(alloc.spec.pnode)
         if pnode is not None:
-            ops.append(store_base.Update(charged(pnode, remove=alloc.spec.resources)))
+            ops.append(store_base.Update(charged(pnode, remove=alloc.spec.resources, lost=[alloc])))
         if action.remember_epoch and self.network is not None:
             network = self.network.model_copy(deep=True)
             epochs = network.status.slot_epochs
@@ -203,10 +223,17 @@ def _chunks(
 
 
 def charged(
-    pnode: PNode, *, add: ResourceRequest | None = None, remove: ResourceRequest | None = None
+    pnode: PNode,
+    *,
+    add: ResourceRequest | None = None,
+    remove: ResourceRequest | None = None,
+    gained: Sequence[Allocation] = (),
+    lost: Sequence[Allocation] = (),
 ) -> PNode:
     """A copy of `pnode` with `add` charged and `remove` released (the one capacity
-    arithmetic, `api.resources.amounts`), its assignment set's version bumped. Raises
+    arithmetic, `api.resources.amounts`), its assignment set's version bumped and its
+    digest moved from the allocations `lost` (as they were read) to those `gained` (as
+    written), so the version and the set it stands for change in one write. Raises
     OverCommit if a resource the change increases ends up above capacity (a release alone
     never fails, even on an over-committed PNode)."""
     record = pnode.model_copy(deep=True)
@@ -230,4 +257,8 @@ def charged(
             for kind, number in after.accelerators
         ]
     record.status.assignments_version += 1
+    if record.status.assignments_digest is not None:
+        record.status.assignments_digest = allocation_model.folded(
+            record.status.assignments_digest, gained=gained, lost=lost
+        )
     return record

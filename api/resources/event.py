@@ -40,6 +40,9 @@ REASONS: dict[str, EventType] = {
     "Strike": "Warning",
     "Bugged": "Warning",
     "ProbationCleared": "Normal",
+    # An allocation stayed Pending on a Ready PNode past the bound: its set was sent again
+    # (`controller.state.assignment_repair`).
+    "AssignmentsRepublished": "Warning",
     # On both PNodes of an accusation ValidationService refused (`accusation_refused`).
     "AccusationRefused": "Warning",
     # On a Job (the job service, the driver).

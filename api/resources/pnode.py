@@ -103,6 +103,12 @@ class PNodeStatus(Model):
     #: Bumped in every transaction that changes an allocation placed here: the version of
     #: this PNode's assignment set, the same on every orchestrator replica.
     assignments_version: int = 0
+    #: The set `assignments_version` stands for, summed up: the XOR of a term per
+    #: allocation placed here (`api.resources.allocation.folded`), updated in the same
+    #: transactions. A replica's view publishes a version only while the allocations it
+    #: holds for this PNode have exactly this digest, so an agent is never told a version
+    #: with less than its set. None: written before the digest existed, not checked.
+    assignments_digest: str | None = None
     trust: Trust = Field(default_factory=Trust)
     #: The last `controller.trust.book.MAX_EVENTS` validation events, oldest first.
     validation_events: list[ValidationEvent] = Field(default_factory=list)

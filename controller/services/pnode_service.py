@@ -401,7 +401,7 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         """Refuse, before any work, more statuses than the PNode can hold (issue 11)."""
         aset = self._view.assignment_set(name)
         cap = (len(aset.assignments) if aset is not None else 0) + STATUS_SLACK
-        if aset is None or request.known_assignment_set_version < aset.version:
+        if aset is None or not aset.settled or request.known_assignment_set_version < aset.version:
             cap = max(cap, MAX_STATUSES_LAGGING)  # it may still report an older set
         if len(request.assignment_statuses) > cap:
             self._gate.count_refusal(_METHOD + "Heartbeat", "TooMany")

@@ -120,6 +120,7 @@ class Registry:
             )
             node.status.incarnation = 1
             node.status.assignments_version = 1
+            node.status.assignments_digest = allocation.EMPTY_DIGEST  # it holds nothing yet
             node.status.joined_by = joined_by
             op = base.Create(node)
         else:

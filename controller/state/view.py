@@ -17,9 +17,13 @@ This module keeps the cache fresh two ways:
 - write-through: this replica's own writes are applied the moment they succeed
   (`apply_written`), so an assignment it placed reaches its agent at once;
 - refresh: a full re-read of the store every `view_refresh` seconds picks up other
-  replicas' writes. PNodes and leases are read before allocations, so the allocations
-  are at least as new as the `assignments_version` read with them: an agent is never
-  told a version whose set it was not shown.
+  replicas' writes.
+
+Neither path keeps a PNode and its allocations in step: a PNode written through (or
+re-read) may already count another replica's placement whose allocation the next refresh
+brings, and a refresh may read allocations newer than the PNode read before them. So an
+assignment set is shown only when the allocations held match the PNode's digest of them
+(`assignment_set`): an agent is never told a version whose set it was not shown.
 """
 
 from __future__ import annotations
@@ -61,6 +65,14 @@ class Assignment:
 class AssignmentSet:
     version: int
     assignments: tuple[Assignment, ...]
+    #: False while this view holds another set of the PNode's allocations than its version
+    #: stands for (see `View.assignment_set`): then version is 0 and nothing is shown.
+    settled: bool = True
+
+
+#: What a view shows while it has not caught up with a PNode's set: nothing, at version 0,
+#: which no agent takes (it keeps what it runs) and no heartbeat answer carries.
+UNSETTLED = AssignmentSet(0, (), settled=False)
 
 
 #: The share of an assignment set's version left to the hosted networks' tiebreak generations.
@@ -246,22 +258,47 @@ class View:
         """Whether the PNode holds an allocation of the network, of any VNode and replica."""
         return self.cache.hosts(pnode_name, network_name)
 
+    def network_keys(self) -> list[str]:
+        """The network loop's keys at resync: every Network, and the network of every
+        allocation whose Network is gone (an orphan, which the loop stops when it finds the
+        record missing; until then its PNode's set is not shown, see `assignment_set`)."""
+        orphaned = {a.spec.network for a in list(self.cache.allocations.values())}
+        return sorted(set(self.cache.networks) | orphaned)
+
     def networks_not_ready(self) -> set[str]:
         """Networks not Ready: what a PNode that gained room may now let be placed."""
         return {n for n, net in self.cache.networks.items() if net.status.phase != "Ready"}
 
     def assignment_set(self, pnode_name: str) -> AssignmentSet | None:
-        """The PNode's desired assignments: its allocations for its current incarnation."""
+        """The PNode's desired assignments: its allocations for its current incarnation.
+
+        A version is published only together with the set it stands for. The PNode record
+        and its allocations reach this view by different paths (another replica's placement
+        arrives with a refresh; the PNode record it bumped may arrive first, with this
+        replica's own write of it or a re-read), so the view shows the set only while the
+        allocations it holds for the PNode have the digest the record carries
+        (`pnode.PNodeStatus.assignments_digest`) and every network they belong to is here.
+        Otherwise it is UNSETTLED: nothing new is shown, and once the view catches up the
+        agent is told the version with the whole set (its own version never moved past it).
+        """
         node = self.cache.pnodes.get(pnode_name)
         if node is None:
             return None
+        held = self.cache.allocations_on(pnode_name)
+        digest = node.status.assignments_digest
+        if digest is not None and allocation.digest_of(held) != digest:
+            return UNSETTLED
         entries = []
-        for alloc in self.cache.allocations_on(pnode_name):
+        for alloc in held:
             if alloc.spec.pnode_incarnation != node.status.incarnation:
                 continue  # placed for an incarnation the agent has dropped; being re-issued
             net = self.cache.networks.get(alloc.spec.network)
-            vnode = net.vnode(alloc.spec.vnode) if net is not None else None
-            if net is None or vnode is None:
-                continue  # being stopped
+            if net is None:
+                if digest is None:
+                    continue  # unchecked record: as before the digest, shown without it
+                return UNSETTLED  # the network's record has not reached this view yet
+            vnode = net.vnode(alloc.spec.vnode)
+            if vnode is None:
+                continue  # no longer in the spec: being stopped
             entries.append(Assignment(alloc, net, vnode))
         return AssignmentSet(set_version(node, entries), tuple(entries))

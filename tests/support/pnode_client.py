@@ -49,9 +49,16 @@ class TestPNode:
         heartbeat_interval: float | None = None,
         reregister_when_fenced: bool = False,
         credentials: grpc.ChannelCredentials | None = None,
+        report_running: bool = False,
     ) -> None:
         """`credentials`: TLS to the orchestrator (`grpc.ssl_channel_credentials`); plaintext
-        without."""
+        without. `report_running`: each heartbeat reports every assignment held as running,
+        as an agent does once its VNodes are built."""
+        self.report_running = report_running
+        #: While set, every heartbeat asks for a renewed identity certificate, which the
+        #: replica answering records in the PNode's status (a PNode write it makes for its
+        #: own reasons, as the trust book's are).
+        self.renew_identity = False
         #: Orchestrator replicas to talk to, the first preferred; an agent moves to the next
         #: when one is unreachable, as behind a load balancer.
         self.addresses = [address] if isinstance(address, str) else list(address)
@@ -165,6 +172,19 @@ class TestPNode:
             incarnation=incarnation,
             known_assignment_set_version=self.version,
         )
+        if self.renew_identity:
+            request.csr = identity.csr_pem(self.key, self.name)
+        if self.report_running:
+            request.assignment_statuses.extend(
+                pnode_pb2.AssignmentStatus(
+                    network=a.network,
+                    vnode=a.vnode,
+                    replica=a.replica,
+                    epoch=a.epoch,
+                    state=pnode_pb2.ASSIGNMENT_STATE_RUNNING,
+                )
+                for a in self.assignments.values()
+            )
         reply = await self.stub.Heartbeat(request, metadata=self.metadata(), timeout=10)
         self.heartbeats += 1
         self.lease_state = reply.lease_state

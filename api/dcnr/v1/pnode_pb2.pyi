@@ -395,7 +395,9 @@ class HeartbeatResponse(_message.Message):
     CERTIFICATE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     lease_state: Global___LeaseState.ValueType
     assignment_set_version: _builtins.int
-    """Version of the desired assignment set."""
+    """Version of the desired assignment set; 0 while the replica answering has not yet caught up
+    with the set its version stands for (keep what you run: the set follows, newer).
+    """
     cordoned: _builtins.bool
     """Admin state, for the agent's logs and status display."""
     draining: _builtins.bool
@@ -420,7 +422,7 @@ class HeartbeatResponse(_message.Message):
     @_builtins.property
     def assignment_set(self) -> Global___AssignmentSet:
         """The full desired assignment set when newer than known_assignment_set_version; unset when
-        the agent's is current or when FENCED.
+        the agent's is current, when FENCED, or while assignment_set_version is 0.
         """
 
     @_builtins.property

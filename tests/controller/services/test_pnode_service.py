@@ -33,6 +33,7 @@ from controller.services import pnode_service
 from controller.state import leases as leases_mod
 from controller.state import pnode_registry as registry
 from controller.state import view as view_mod
+from reconcilers import network_apply
 from store import base, errors, sqlite
 from tests.support import identities, pnode_client, wait
 
@@ -159,9 +160,7 @@ async def place(plane: Plane, pnode_name: str, vnode: str = "a", replica: int = 
             pnode_incarnation=node.status.incarnation,
         ),
     )
-    node.status.allocated.cpu += alloc.spec.resources.cpu
-    node.status.allocated.memory += alloc.spec.resources.memory
-    node.status.assignments_version += 1
+    node = network_apply.charged(node, add=alloc.spec.resources, gained=[alloc])  # as placed
     written = await plane.store.transact([base.Create(alloc), base.Update(node)])
     plane.view.apply_written(written)
     return written

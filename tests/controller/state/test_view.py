@@ -351,6 +351,42 @@ async def test_assignment_set_skips_stale_incarnations_and_missing_networks(
     assert view.assignment_set("nobody") is None
 
 
+async def test_a_set_is_shown_only_with_every_allocation_its_digest_counts(
+    store, view, clock
+) -> None:
+    first = allocation_record("mnist", "input", 0, "p1")
+    second = allocation_record("mnist", "out", 0, "p1")
+    node = pnode_record("p1")
+    node.status.assignments_version = 3
+    node.status.assignments_digest = allocation.digest_of([first, second])
+    await create_all(store, node, network_record("mnist"), first)
+    await view.refresh()
+    assert view.assignment_set("p1") == view_mod.UNSETTLED  # "out" has not arrived
+
+    await create_all(store, second)
+    await clock.advance(1.0)
+    await view.refresh()
+    found = view.assignment_set("p1")
+    assert found is not None
+    assert found.settled
+    assert found.version == 3 * view_mod.GENERATION_SPAN
+    assert [a.allocation.name for a in found.assignments] == ["mnist.input.0", "mnist.out.0"]
+
+
+async def test_an_allocation_of_a_missing_network_holds_the_set_back_and_is_a_key(
+    store, view
+) -> None:
+    kept = allocation_record("mnist", "input", 0, "p1")
+    orphan = allocation_record("gone", "input", 0, "p1")
+    node = pnode_record("p1")
+    node.status.assignments_digest = allocation.digest_of([kept, orphan])
+    await create_all(store, node, network_record("mnist"), kept, orphan)
+    await view.refresh()
+    assert view.assignment_set("p1") == view_mod.UNSETTLED
+    # The network loop's resync reaches the orphan, and stopping it settles the set.
+    assert view.network_keys() == ["gone", "mnist"]
+
+
 async def test_endpoints_are_the_live_current_ones_sorted_by_replica(store, view, clock) -> None:
     now = clock.now()
     await create_all(
