@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sim import report
 
-TEMPLATE = '''"""Regression: `python -m sim` seed {seed} broke {invariants} (found by the simulator).
+TEMPLATE = '''"""Regression: `python -m sim` seed {seed} broke {invariants}.
 
 First violation: {first}
 """
@@ -34,7 +34,8 @@ async def test_seed_{seed}_holds_every_invariant() -> None:
 
 def write(outcome: report.Outcome, directory: Path) -> Path:
     """Write the regression test for `outcome` (which has violations) into `directory`."""
-    assert outcome.violations and outcome.first_violation_pnode_hours is not None
+    assert outcome.violations
+    assert outcome.first_violation_pnode_hours is not None
     params = dataclasses.replace(
         outcome.params, pnode_hours=round(outcome.first_violation_pnode_hours + 1.0, 1)
     )

@@ -115,7 +115,7 @@ class Simulation:
         self.store = sqlite.SqliteStore.in_memory(
             clock=self.clock.wall,
             executor=inline.InlineExecutor(),
-            uids=lambda: "%032x" % uid_rng.getrandbits(128),
+            uids=lambda: f"{uid_rng.getrandbits(128):032x}",
         )
         self.authority = identity.Authority.create(self.clock.now())
         #: One CSR for every agent: the certificate names the PNode registered, whatever it
@@ -228,7 +228,10 @@ class Simulation:
         made.incarnation = next(self.replica_starts)
         await made.start()
         # Its background work, each first at a point of its own in its period.
-        for kind, every in (("persist", self.params.lease / 6), ("refresh", self.params.view_refresh)):
+        for kind, every in (
+            ("persist", self.params.lease / 6),
+            ("refresh", self.params.view_refresh),
+        ):
             self.after(self.rng.uniform(0.1, 1.0) * every, kind, rid, made.incarnation)
 
     def live_replicas(self) -> list[replica_mod.Replica]:
@@ -315,7 +318,9 @@ class Simulation:
         )
         self.counts["heartbeats"] += 1
         try:
-            answer = await rep.pnodes.Heartbeat(request, replica_mod.Call(agent.credential).context())
+            answer = await rep.pnodes.Heartbeat(
+                request, replica_mod.Call(agent.credential).context()
+            )
         except replica_mod.Refused as exc:
             if exc.code != grpc.StatusCode.UNAUTHENTICATED:
                 raise
@@ -364,7 +369,7 @@ class Simulation:
         agent.state = state
         agent.generation += 1
 
-    async def run_event(self, event: Event) -> None:  # noqa: C901 - one table of event kinds
+    async def run_event(self, event: Event) -> None:
         kind, args = event.kind, event.args
         if kind == "heartbeat":
             agent = self.agents.get(args[0])
@@ -420,7 +425,9 @@ class Simulation:
                 self.replicas[dying.id] = None  # its unpersisted renewals die with it
                 self.counts["replica-deaths"] += 1
                 self.trace(f"replica-death {dying.id}")
-                self.after(self.rng.uniform(0.2, 2.0) * self.params.lease, "replica-start", dying.id)
+                self.after(
+                    self.rng.uniform(0.2, 2.0) * self.params.lease, "replica-start", dying.id
+                )
             self.after(self.exp_hours(self.params.replica_death_every_hours), "replica-death")
         elif kind == "replica-start":
             await self.start_replica(args[0])

@@ -8,7 +8,9 @@ from sim import invariants
 from tests.controller.state.test_view import allocation_record, pnode_record
 
 
-def placed(vnode: str, replica: int, on: str, *, epoch: int = 1, cpu: int = 1000) -> allocation.Allocation:
+def placed(
+    vnode: str, replica: int, on: str, *, epoch: int = 1, cpu: int = 1000
+) -> allocation.Allocation:
     alloc = allocation_record("net", vnode, replica, on, epoch=epoch)
     alloc.spec.resources = network.ResourceRequest(cpu=f"{cpu}m", memory=2**30)
     return alloc
@@ -24,7 +26,8 @@ def test_capacity_catches_allocations_over_a_pnodes_capacity() -> None:
     assert invariants.capacity(fleet, sound) == []
     over = [*sound, placed("v3", 0, "a")]
     [found] = invariants.capacity(fleet, over)
-    assert "pnode a" in found and "cpu 3000m" in found
+    assert "pnode a" in found
+    assert "cpu 3000m" in found
 
 
 def test_capacity_catches_accounting_over_capacity() -> None:
@@ -45,7 +48,8 @@ def test_slot_history_catches_one_epoch_on_two_pnodes() -> None:
     assert history.observe([placed("v0", 0, "a", epoch=1)]) == []
     assert history.observe([placed("v0", 0, "b", epoch=2)]) == []  # moved, new epoch: fine
     [(name, detail)] = history.observe([placed("v0", 0, "c", epoch=2)])
-    assert name == "one-pnode-per-slot-epoch" and "earlier on b" in detail
+    assert name == "one-pnode-per-slot-epoch"
+    assert "earlier on b" in detail
 
 
 def test_slot_history_catches_an_epoch_going_backwards() -> None:
@@ -59,14 +63,20 @@ def test_resolution_catches_expired_unknown_and_superseded_endpoints() -> None:
     slot = allocation.slot_name("net", "v0", 0)
     epochs = {slot: 2}
     sound = [invariants.Resolved(slot, "a", 2)]
-    assert invariants.resolution(sound, lease_expiry={"a": 11.0}, slot_epochs=epochs, now=10.0) == []
+    assert (
+        invariants.resolution(sound, lease_expiry={"a": 11.0}, slot_epochs=epochs, now=10.0) == []
+    )
     expired = invariants.resolution(sound, lease_expiry={"a": 10.0}, slot_epochs=epochs, now=10.0)
     assert [name for name, _ in expired] == ["resolution-live"]
     unknown = invariants.resolution(sound, lease_expiry={}, slot_epochs=epochs, now=10.0)
     assert "never held" in unknown[0][1]
     stale = [invariants.Resolved(slot, "a", 1)]
-    superseded = invariants.resolution(stale, lease_expiry={"a": 11.0}, slot_epochs=epochs, now=10.0)
-    assert superseded == [("resolution-current", f"slot {slot} resolved at epoch 1, the store's is 2")]
+    superseded = invariants.resolution(
+        stale, lease_expiry={"a": 11.0}, slot_epochs=epochs, now=10.0
+    )
+    assert superseded == [
+        ("resolution-current", f"slot {slot} resolved at epoch 1, the store's is 2")
+    ]
 
 
 def test_fencing_catches_a_heartbeat_accepted_after_expiry() -> None:
