@@ -124,7 +124,9 @@ class SqliteStore:
         that runs them inline and draws uids from its seed, so a run is single-threaded
         and reproducible (placement seeds derive from a network's uid)."""
         path = Path(MEMORY)
-        return cls(path=path, clock=clock, executor=executor, conn=_connect(path, 0.0), uids=uids)
+        # Made on the executor's thread, the one that will use it (sqlite3 checks).
+        conn = executor.submit(_connect, path, 0.0).result()
+        return cls(path=path, clock=clock, executor=executor, conn=conn, uids=uids)
 
     @property
     def path(self) -> Path:
