@@ -26,7 +26,7 @@ from typing import Any, cast
 from api import identity
 from api.resources import meta
 from controller import config as config_mod
-from controller.runtime import events, replicas
+from controller.runtime import events, replicas, workqueue
 from controller.services import pnode_service, resolution_service
 from controller.state import allocation_status, leases, view
 from reconcilers import base as reconcilers_base
@@ -144,6 +144,9 @@ class Replica:
         }
         self.queued: dict[str, set[str]] = {loop: set() for loop in LOOPS}
         self.attempts: dict[tuple[str, str], int] = {}
+        scale = config.lease_duration / config_mod.ControlPlaneConfig().lease_duration
+        default = workqueue.DEFAULT_BACKOFF
+        self.backoff = workqueue.Backoff(base=default.base * scale, cap=default.cap * scale)
         self.passes = 0
         self.errors = 0
         #: Which start of this replica id it is (the simulator's timers name it).
@@ -213,11 +216,11 @@ class Replica:
                 self._schedule(Timer(at, self.id, loop, key))
 
     def _retry(self, loop: str, key: str, why: str) -> None:
-        """The manager's per-key backoff, its jitter drawn from the run's seed."""
-        attempt = self.attempts.get((loop, key), 0) + 1
-        self.attempts[(loop, key)] = attempt
-        delay = min(self.config.heartbeat_interval * 2 ** min(attempt, 6), self.config.resync_every)
-        delay *= 0.5 + self.rng.random() / 2
+        """The manager's per-key backoff (`controller.runtime.workqueue.Backoff`), scaled
+        from the server's 4 s lease to the simulated one, its jitter drawn from the seed."""
+        failures = self.attempts.get((loop, key), 0)
+        self.attempts[(loop, key)] = failures + 1
+        delay = self.backoff.delay(failures, self.rng)
         self._schedule(Timer(self.clock.monotonic() + delay, self.id, loop, key))
 
     async def persist(self) -> None:

@@ -49,10 +49,10 @@ class Params:
     networks: int = 6
     vnodes_per_network: int = 6
     #: Timings, simulated seconds: the grain of the simulation (docs/simulator.md).
-    lease: float = 21600.0
-    heartbeat: float = 7200.0
-    view_refresh: float = 10800.0
-    lost_grace: float = 7200.0
+    lease: float = 43200.0
+    heartbeat: float = 14400.0
+    view_refresh: float = 21600.0
+    lost_grace: float = 14400.0
     #: Churn, in simulated hours: mean time to each kind of fault.
     mean_life_hours: float = 400.0
     pause_every_hours: float = 400.0
@@ -61,7 +61,7 @@ class Params:
     slow_fraction: float = 0.2
     slow_factor: float = 1.6
     #: State invariants are checked at this interval (fencing and resolution at every call).
-    check_every: float = 14400.0
+    check_every: float = 28800.0
 
     def control(self) -> config_mod.ControlPlaneConfig:
         return config_mod.ControlPlaneConfig(

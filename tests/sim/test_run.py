@@ -18,6 +18,13 @@ SHORT = world.Params(
     replicas=3,
     networks=3,
     vnodes_per_network=4,
+    # A one-hour lease, so the run spans ~19 leases and the time-bound invariants (Pending
+    # and convergence, bounded in leases) can break within it.
+    lease=3600.0,
+    heartbeat=1200.0,
+    view_refresh=1800.0,
+    lost_grace=1200.0,
+    check_every=1200.0,
     mean_life_hours=40.0,
     pause_every_hours=30.0,
     replica_death_every_hours=4.0,
