@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from sim import invariants, regression, report, world
 
 #: A few hundred PNode-hours with churn turned up, so every fault kind occurs.
@@ -95,3 +97,12 @@ async def test_a_broken_seed_is_saved_as_a_test_replaying_it(tmp_path) -> None:
     assert "'seed': 7" in text
     assert "capacity" in text
     compile(text, str(path), "exec")
+
+
+def test_bad_arguments_name_the_flag_and_value(capsys) -> None:
+    from sim import __main__ as cli
+
+    with pytest.raises(SystemExit) as exited:
+        cli.parse(["--pnode-hours", "0"])
+    assert exited.value.code == 2
+    assert "--pnode-hours 0.0: must be at least 1.0" in capsys.readouterr().err
