@@ -3,6 +3,7 @@ the churn it claims to simulate actually happening."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import subprocess
@@ -33,8 +34,16 @@ SHORT = world.Params(
 )
 
 
-async def test_the_same_seed_gives_the_same_trace_and_another_seed_does_not() -> None:
-    first = await report.simulate(SHORT)
+@pytest.fixture(scope="module")
+def short() -> report.Outcome:
+    """One SHORT run, shared by the tests that only read its outcome."""
+    return asyncio.run(report.simulate(SHORT))
+
+
+async def test_the_same_seed_gives_the_same_trace_and_another_seed_does_not(
+    short: report.Outcome,
+) -> None:
+    first = short
     again = await report.simulate(SHORT)
     assert first.digest == again.digest
     assert first.events == again.events > 100
@@ -62,8 +71,8 @@ def test_the_digest_does_not_depend_on_string_hashing() -> None:
     assert digests[0] == digests[1]
 
 
-async def test_a_short_run_with_every_fault_holds_every_invariant() -> None:
-    outcome = await report.simulate(SHORT)
+def test_a_short_run_with_every_fault_holds_every_invariant(short: report.Outcome) -> None:
+    outcome = short
     assert [v.line() for v in outcome.violations] == []
     assert outcome.pnode_hours >= SHORT.pnode_hours
     for kind in ("joins", "deaths", "pauses", "fenced", "replica-deaths", "heartbeats"):
