@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from api.resources import allocation, pnode
 
@@ -201,22 +201,29 @@ def pending_on_live(
 
 
 def unplaced(
-    desired: Mapping[str, int],
+    desired: Mapping[str, Sequence[str]],
     allocations: Iterable[allocation.Allocation],
     pnodes: Mapping[str, pnode.PNode],
     live: Iterable[str],
-) -> dict[str, int]:
-    """Per network, how many of its desired slots (`desired`: network → slot count) have no
-    allocation on a live, Ready PNode at its current incarnation."""
+) -> list[str]:
+    """Desired slots (`desired`: network → slot names) with no allocation on a live, Ready
+    PNode at its current incarnation, each as `slot@epoch` (epoch 0: no allocation). The
+    epoch is part of the key so that a slot the loop re-placed starts a new episode: the
+    `convergence` bound is on how long the product takes to react to a fault, and a new
+    host failing in turn is a new fault."""
     alive = set(live)
-    placed: dict[str, int] = defaultdict(int)
-    for a in allocations:
-        node = pnodes.get(a.spec.pnode)
-        if (
-            node is not None
-            and a.spec.pnode in alive
-            and node.status.phase == "Ready"
-            and a.spec.pnode_incarnation == node.status.incarnation
-        ):
-            placed[a.spec.network] += 1
-    return {n: want - placed[n] for n, want in sorted(desired.items()) if want > placed[n]}
+    current = {a.name: a for a in allocations}
+    found = []
+    for net in sorted(desired):
+        for slot in desired[net]:
+            a = current.get(slot)
+            node = pnodes.get(a.spec.pnode) if a is not None else None
+            if (
+                a is None
+                or node is None
+                or a.spec.pnode not in alive
+                or node.status.phase != "Ready"
+                or a.spec.pnode_incarnation != node.status.incarnation
+            ):
+                found.append(f"{slot}@{0 if a is None else a.spec.epoch}")
+    return found

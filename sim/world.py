@@ -143,7 +143,8 @@ class Simulation:
         self.unplaced = invariants.Since(bound_converge)
         self.pnode_hours = 0.0
         self.first_violation_pnode_hours: float | None = None
-        self.desired: dict[str, int] = {}
+        #: network → the names of its desired slots.
+        self.desired: dict[str, list[str]] = {}
         self.keep: list[str] = []  # full trace, when asked for
         self.keep_trace = False
 
@@ -207,7 +208,9 @@ class Simulation:
                     replicas=self.rng.choice((1, 1, 2)),
                 )
             )
-        self.desired[name] = sum(v.replicas for v in vnodes)
+        self.desired[name] = [
+            allocation.slot_name(name, v.name, r) for v in vnodes for r in range(v.replicas)
+        ]
         return network.Network(
             metadata=meta.ObjectMeta(name=name, finalizers=["dcnr.io/allocations"]),
             spec=network.NetworkSpec(vnodes=vnodes),
@@ -461,12 +464,12 @@ class Simulation:
         for key in self.pending.observe(invariants.pending_on_live(allocs, nodes, live), now):
             self.violated("stranded-pending", f"{key} Pending past {self.pending.bound:.0f}s")
         short = invariants.unplaced(self.desired, allocs, nodes, live)
-        feasible = [n for n in short if self.room_for(nodes, allocs, live) >= sum(short.values())]
+        feasible = short if self.room_for(nodes, allocs, live) >= len(short) else []
         for key in self.unplaced.observe(feasible, now):
             self.violated(
                 "convergence",
-                f"network {key}: {short.get(key, 0)} slots unplaced past"
-                f" {self.unplaced.bound:.0f}s with room on live pnodes",
+                f"slot {key} not on a live Ready pnode for {self.unplaced.bound:.0f}s"
+                " with room on live pnodes, and not re-placed meanwhile",
             )
         await self.check_resolution(allocs, now)
         for name in ("capacity", "replicas-apart", "one-pnode-per-slot-epoch", "epochs-forward",

@@ -102,13 +102,27 @@ def test_stranded_pending_is_reported_once_past_its_bound() -> None:
     assert since.observe(held, now=20.0) == []  # a new episode
 
 
-def test_unplaced_counts_slots_without_a_live_ready_pnode() -> None:
+def test_unplaced_names_slots_without_a_live_ready_pnode_and_their_epoch() -> None:
     fleet = nodes("a", "b", "c")
     fleet["c"].status.phase = "NotReady"
-    allocs = [placed("v0", 0, "a"), placed("v1", 0, "b"), placed("v2", 0, "c")]
-    assert invariants.unplaced({"net": 3}, allocs, fleet, live=["a", "b", "c"]) == {"net": 1}
-    assert invariants.unplaced({"net": 3}, allocs, fleet, live=["a"]) == {"net": 2}
-    assert invariants.unplaced({"net": 2}, allocs, fleet, live=["a", "b"]) == {}
+    allocs = [placed("v0", 0, "a"), placed("v1", 0, "b"), placed("v2", 0, "c", epoch=4)]
+    desired = {"net": ["net.v0.0", "net.v1.0", "net.v2.0", "net.v3.0"]}
+    everyone = ["a", "b", "c"]
+    assert invariants.unplaced(desired, allocs, fleet, everyone) == ["net.v2.0@4", "net.v3.0@0"]
+    assert invariants.unplaced(desired, allocs, fleet, ["a"]) == [
+        "net.v1.0@1",
+        "net.v2.0@4",
+        "net.v3.0@0",
+    ]
+    assert invariants.unplaced({"net": ["net.v0.0"]}, allocs, fleet, everyone) == []
+
+
+def test_convergence_restarts_when_a_slot_is_re_placed() -> None:
+    since = invariants.Since(bound=10.0)
+    assert since.observe(["net.v0.0@1"], now=0.0) == []
+    assert since.observe(["net.v0.0@2"], now=8.0) == []  # re-placed, its new host failed
+    assert since.observe(["net.v0.0@2"], now=16.0) == []
+    assert since.observe(["net.v0.0@2"], now=19.0) == ["net.v0.0@2"]
 
 
 def test_every_invariant_named_has_a_case_here() -> None:
