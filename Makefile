@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint typecheck layers buf api-compat api-release pytest proto venv clean bench \
-        image chart-test promtool
+        image chart-test promtool sim
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "DCNR needs Python >= 3.11, found " + sys.version'
@@ -34,6 +34,13 @@ bench: $(BENCH_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
+
+# Not part of make test: 1,000,000 simulated PNode-hours (docs/simulator.md). A seed that
+# breaks an invariant is saved as tests/sim/test_regression_seed_<seed>.py.
+SIM_SEED ?= 1
+sim: $(STAMP)
+	$(BIN)/python -m sim --seed $(SIM_SEED) --pnode-hours 1000000 --regressions tests/sim \
+	  --report benchmarks/results/simulator.md
 
 test: lint typecheck layers api-compat pytest
 

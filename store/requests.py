@@ -129,12 +129,17 @@ def with_meta(obj: R, **fields: Any) -> R:
     return obj.model_copy(update={"metadata": obj.metadata.model_copy(update=fields)})
 
 
-def created(obj: R, now: datetime) -> R:
-    """obj as create stores it: a fresh uid, resource_version 1, generation and creation
-    time defaulted when the caller left them unset."""
+def new_uid() -> str:
+    """A fresh, random record uid (the default of every backend)."""
+    return str(uuid.uuid4())
+
+
+def created(obj: R, now: datetime, *, uid: str | None = None) -> R:
+    """obj as create stores it: a fresh uid (`uid`, else a random one), resource_version 1,
+    generation and creation time defaulted when the caller left them unset."""
     return with_meta(
         obj,
-        uid=str(uuid.uuid4()),
+        uid=uid or new_uid(),
         resource_version=1,
         generation=obj.metadata.generation or 1,
         creation_timestamp=obj.metadata.creation_timestamp or now,

@@ -34,7 +34,7 @@ import random
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
@@ -51,6 +51,9 @@ SCHEMA_VERSION = 1
 _LOCK_ATTEMPTS = 4
 _BACKOFF_FIRST = 0.01
 _BACKOFF_MAX = 0.5
+
+#: The path SQLite takes for a private in-memory database (`SqliteStore.in_memory`).
+MEMORY = ":memory:"
 
 #: Per op, the written record (None for Delete and Check); named here because inside the
 #: class `list` is the method.
@@ -84,10 +87,13 @@ class SqliteStore:
         *,
         path: Path,
         clock: base.Clock,
-        executor: ThreadPoolExecutor,
+        executor: Executor,
         conn: sqlite3.Connection,
+        uids: Callable[[], str] = requests.new_uid,
     ) -> None:
+        """`uids` makes each created record's uid (random by default)."""
         self._path = path
+        self._uids = uids
         self._clock = clock
         self._executor = executor
         self._conn = conn
@@ -108,6 +114,19 @@ class SqliteStore:
             executor.shutdown(wait=False)
             raise
         return cls(path=db_path, clock=clock, executor=executor, conn=conn)
+
+    @classmethod
+    def in_memory(
+        cls, *, clock: base.Clock, executor: Executor, uids: Callable[[], str]
+    ) -> SqliteStore:
+        """A private database in this process's memory, gone when closed: not durable, not
+        shared with other processes. The simulator (`sim`) runs its calls on an executor
+        that runs them inline and draws uids from its seed, so a run is single-threaded
+        and reproducible (placement seeds derive from a network's uid)."""
+        path = Path(MEMORY)
+        # Made on the executor's thread, the one that will use it (sqlite3 checks).
+        conn = executor.submit(_connect, path, 0.0).result()
+        return cls(path=path, clock=clock, executor=executor, conn=conn, uids=uids)
 
     @property
     def path(self) -> Path:
@@ -192,7 +211,7 @@ class SqliteStore:
 
     async def create(self, obj: R) -> R:
         now = self._clock()
-        return await self._run(lambda conn: _create(conn, obj, now), write=True)
+        return await self._run(lambda conn: _create(conn, obj, now, self._uids), write=True)
 
     async def update(self, obj: R) -> R:
         return await self._run(lambda conn: _update(conn, obj), write=True)
@@ -218,7 +237,7 @@ class SqliteStore:
             results: Written = []
             for position, op in enumerate(ops):
                 try:
-                    results.append(_apply(conn, op, now))
+                    results.append(_apply(conn, op, now, self._uids))
                 except errors.StoreError as exc:
                     exc.op_index = position
                     raise
@@ -268,7 +287,8 @@ def _retry_while_locked(path: Path, jitter: random.Random, fn: Callable[[], T]) 
 
 def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if str(path) != MEMORY:
+            path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), timeout=busy_timeout, isolation_level=None)
     except (OSError, sqlite3.Error) as exc:
         raise errors.Unavailable(f"sqlite store {path}: cannot open: {exc}") from exc
@@ -282,8 +302,10 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
 
 
 def _init_schema(conn: sqlite3.Connection, path: Path) -> None:
+    in_memory = str(path) == MEMORY
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if str(mode).lower() != "wal":
+    # An in-memory database has no file to log to; SQLite keeps its journal in memory.
+    if str(mode).lower() != ("memory" if in_memory else "wal"):
         raise errors.Unavailable(
             f"sqlite store {path}: journal_mode is {mode!r}, need 'wal'"
             " (is the file on a network filesystem?)"
@@ -342,9 +364,11 @@ def _row(conn: sqlite3.Connection, kind: str, name: str) -> tuple[int, str, str]
     return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
 
 
-def _apply(conn: sqlite3.Connection, op: base.Op, now: datetime) -> meta.Resource | None:
+def _apply(
+    conn: sqlite3.Connection, op: base.Op, now: datetime, uids: Callable[[], str]
+) -> meta.Resource | None:
     if isinstance(op, base.Create):
-        return _create(conn, op.obj, now)
+        return _create(conn, op.obj, now, uids)
     if isinstance(op, base.Update):
         return _update(conn, op.obj)
     if isinstance(op, base.Delete):
@@ -354,14 +378,14 @@ def _apply(conn: sqlite3.Connection, op: base.Op, now: datetime) -> meta.Resourc
     return None
 
 
-def _create(conn: sqlite3.Connection, obj: R, now: datetime) -> R:
+def _create(conn: sqlite3.Connection, obj: R, now: datetime, uids: Callable[[], str]) -> R:
     kind = obj.KIND
     row = _row(conn, kind, obj.name)
     if row is not None:
         if not requests.expired(type(obj).model_validate_json(row[2]), now):
             raise requests.already_exists(kind, obj.name)
         _purge(conn, kind, [(obj.name, row[0])])  # an expired record's name is free
-    stored = requests.created(obj, now)
+    stored = requests.created(obj, now, uid=uids())
     data = stored.to_json()
     conn.execute(
         "INSERT INTO records (kind, name, resource_version, uid, data) VALUES (?, ?, ?, ?, ?)",
