@@ -236,7 +236,8 @@ class Instance:
     # -- messages ---------------------------------------------------------------------------
 
     def receive(self, m: Message) -> Received:
-        """What to send and report because of `m`. Raises Refused, changing nothing."""
+        """What to send and report because of `m`. Raises Refused, changing nothing (but
+        the expiry of held gradients, which depends only on the clock)."""
         self._check(m.job, m.target_epoch, m.attempt, "target_epoch")
         self._expire_held()
         training = m.position[0] == "step"
@@ -348,6 +349,8 @@ class Instance:
             pending.held = [h for h in pending.held if h[0] > deadline]
             if not pending.held:
                 del self._holding[key]
+                if not pending.seen:  # nothing but the expired gradients was ever here
+                    del self._pending[key]
 
     def _forward(
         self, pending: _Pending, m: Message, training: bool

@@ -4,6 +4,8 @@ after it; bounded in count, bytes and time; never carried into another attempt."
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -44,10 +46,10 @@ def grad() -> np.ndarray:
     return np.ones_like(output) / 3
 
 
-def gradient(replica: int, array: np.ndarray | None = None, **over: object) -> vnode.Message:
-    return msg(
-        "b", replica, grad() if array is None else array, forward=False, position=STEP, **over
-    )
+def gradient(replica: int, array: np.ndarray | None = None, **over: Any) -> vnode.Message:
+    """Child b replica `replica`'s gradient of STEP (unless `over` says otherwise)."""
+    fields: dict[str, Any] = {"position": STEP, **over}
+    return msg("b", replica, grad() if array is None else array, forward=False, **fields)
 
 
 def in_order() -> vnode.Instance:
@@ -135,6 +137,15 @@ def test_a_held_gradient_expires_and_a_later_delivery_is_held_anew() -> None:
     done = h.receive(gradient(0))  # not a duplicate: its sender retried
     assert [o.target for o in done.outgoing] == ["a"]
     assert h.step == 1
+
+
+def test_an_expired_position_that_held_nothing_else_is_forgotten() -> None:
+    clock = FakeClock()
+    h = make(clock)
+    h.receive(gradient(0, position=("step", 5)))
+    clock.now += vnode.HOLD_SECONDS + 1
+    h.receive(gradient(0))  # any message expires what is due
+    assert ("j", ("step", 5)) not in h._pending
 
 
 def test_a_newer_attempt_drops_what_an_older_one_held() -> None:
