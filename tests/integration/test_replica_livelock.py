@@ -1,20 +1,23 @@
 """No livelock with extra replicas (issue 16): a gradient that reaches a replica before that
 replica computed the step's forward pass is held until it has, so training with three
 replicas of a VNode runs at the DEFAULT checkpoint interval (50, longer than the whole run
-here: one rollback would replay everything) with real agent processes on the digits
-network, and ends with exactly the single-process reference's weights:
+here: one rollback replays everything) with real agent processes on the digits network,
+and ends with exactly the single-process reference's weights:
 
-- `replicas: 3` on fc2, honest agents, no faults: one attempt, no rollback;
-- `replicas: 3` on every VNode, likewise;
-- `replicas: 3` on fc2 with the agent of one fc2 replica slowed by SIGSTOP/SIGCONT bursts
-  (driven by the test: stopped until the loss has taken the other two replicas' outputs and
-  sent its gradient to all three, i.e. the original race every time);
+- `replicas: 3` on fc2, and on every VNode, honest agents, no faults: one attempt;
+- `replicas: 3` on fc2 with one fc2 replica's agent running `tests.support.late_forward`,
+  which takes each Forward only after that step's gradient: the ordering that livelocked,
+  made certain rather than left to timing (with the agent from before the fix this run sat
+  at checkpoint step 0 after 12 attempts, each timing out at step 1);
+- `replicas: 3` on fc2 with one fc2 replica's agent slowed by SIGSTOP/SIGCONT bursts, each
+  held until the loss has taken the other two replicas' outputs and so sent the stopped
+  replica its gradient;
 - one always-lying agent under `validation: replicas`: its disputes add tiebreaker
-  replicas (three results of a VNode), which used to stall every attempt.
+  replicas (three results of a VNode), which the issue saw stall every attempt.
 
 One orchestrator and four honest agents serve every test of the module (each its own
-network); the liar test adds the liar for its own duration. One epoch (23 steps) is enough:
-before the fix, the first run (fc2, no faults) already never finished.
+network; the fc2-only tests add three agents with room for one fc2 replica and nothing
+else); the liar test has a cluster of its own (see there). One epoch (23 steps) is enough.
 """
 
 from __future__ import annotations
