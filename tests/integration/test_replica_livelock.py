@@ -50,6 +50,7 @@ HONEST = ("--dataset", "digits=file://examples/digits/data.npz", "--metrics-list
 LIAR_COMMAND = (sys.executable, "-m", "tests.support.liar", "--lie-fraction", "1")
 #: Agents with room for one fc2 replica of `_dedicated_fc2` and nothing else.
 FC2_HOST = ("--memory", "3Gi")
+FINAL = ("Succeeded", "Failed", "Cancelled")
 LATE_COMMAND = (sys.executable, "-m", "tests.support.late_forward", "--late-vnode", "fc2")
 
 
@@ -269,7 +270,7 @@ async def _slow_down(
     port = loss_host.metrics_port
     async with _clients(served.address) as (_, jobs):
         raced = 0
-        while raced < 5 and (await jobs.get(name)).status.phase != "Succeeded":
+        while raced < 5 and (await jobs.get(name)).status.phase not in FINAL:
             before = _forwards(port)
             victim.proc.send_signal(signal.SIGSTOP)
             try:
@@ -279,7 +280,12 @@ async def _slow_down(
                 victim.proc.send_signal(signal.SIGCONT)
             raced += seen
             resumed = _forwards(port)
-            await _poll(lambda r=resumed: _forwards(port) > r + 3, within=15)
+
+            async def moved_on(r: float = resumed) -> bool:
+                """The next step reached the loss, or there is none."""
+                return _forwards(port) > r + 3 or (await jobs.get(name)).status.phase in FINAL
+
+            await _poll(moved_on, within=15)
         job = await jobs.wait(name, phase="Succeeded", within=150)
     print(f"\nslowed: {raced} bursts stopped the replica while the loss sent it a gradient, "
           f"attempts {job.status.attempt}")  # fmt: skip
