@@ -27,8 +27,9 @@ Gradients ahead of their forward pass: with three replicas of a VNode, a child a
 step's input once two agree, computes, and sends its gradient to all three, so the third
 may get the gradient before it has computed that step itself (its input is on the way, or
 it is slow). Such a gradient is held in the position's bookkeeping and applied the moment
-the forward pass completes, exactly as if it had come after it. It was authenticated and
-checked on arrival like any other (`agent.dataplane` does that before `receive`); the
+the forward pass completes, exactly as if it had come after it. It was authenticated,
+attributed and checked on arrival like any other (`agent.dataplane` does that before
+`receive`; its signature, as any, is verified when a finding makes it evidence); the
 checks that need the forward pass (the gradient's shape against the output) run when it
 is applied, and a held gradient that fails them is dropped and returned in
 `Received.dropped`, since its sender has long had its answer. Holding is bounded per
