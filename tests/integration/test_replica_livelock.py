@@ -51,7 +51,8 @@ FLEET = 4
 HONEST = ("--dataset", "digits=file://examples/digits/data.npz", "--metrics-listen", "127.0.0.1:0")
 LIAR_COMMAND = (sys.executable, "-m", "tests.support.liar", "--lie-fraction", "1")
 #: Agents with room for one fc2 replica of `_dedicated_fc2` and nothing else.
-FC2_HOST = ("--memory", "3Gi")
+#: Per test (killed hosts look Ready until their lease ends: the next test's must differ).
+FC2_HOST_MEMORY = {"fc2-late": "3Gi", "fc2-slowed": "5Gi"}
 FINAL = ("Succeeded", "Failed", "Cancelled")
 LATE_COMMAND = (sys.executable, "-m", "tests.support.late_forward", "--late-vnode", "fc2")
 
@@ -73,7 +74,19 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             orchestrator.address, root, FLEET, prefix="honest", cpu="4", memory="2Gi", extra=HONEST
         ) as fleet,
     ):
-        yield Cluster(orchestrator.address, store_url, fleet, root)
+        try:
+            yield Cluster(orchestrator.address, store_url, fleet, root)
+        finally:
+            _kill(fleet)
+
+
+def _kill(fleet: list[agents.Agent]) -> None:
+    """Teardown by SIGKILL, as test_liars does: a graceful leave is not what these tests
+    are about, and a leaving agent the orchestrator fences meanwhile re-registers instead
+    of leaving (seen on main after agent-resilience) and waits out `procs.stop`'s 20 s."""
+    for agent in fleet:
+        if agent.proc.poll() is None:
+            agent.kill()
 
 
 _EXPECTED: dict[str, dict[str, dict[str, np.ndarray]]] = {}
@@ -182,18 +195,18 @@ def _forwards(port: int) -> float:
     )
 
 
-def _dedicated_fc2(name: str) -> dict[str, Any]:
-    """Digits with 3 replicas of fc2, whose memory request fills a FC2_HOST agent: so each
+def _dedicated_fc2(name: str, memory: str) -> dict[str, Any]:
+    """Digits with 3 replicas of fc2, whose memory request fills a fc2 host: so each
     replica sits alone on one of those, and stopping or delaying it touches nothing else."""
     manifest = _manifest(name, replicas={"fc2": 3})
     for vnode in manifest["spec"]["vnodes"]:
         if vnode["name"] == "fc2":
-            vnode["resources"]["memory"] = "3Gi"
+            vnode["resources"]["memory"] = memory
     return manifest
 
 
 async def _delete(address: str, network: str) -> None:
-    """Delete `network`, so its fc2 replicas do not wait for the next test's FC2_HOST
+    """Delete `network`, so its fc2 replicas do not wait for the next test's fc2 host
     agents (and take their room) once this test's have left."""
     async with _clients(address) as (api, _):
         await api.networks.DeleteNetwork(
@@ -205,19 +218,24 @@ async def _delete(address: str, network: str) -> None:
 def _fc2_hosts(
     served: Cluster, prefix: str, *, late_log: Path | None = None
 ) -> Iterator[list[agents.Agent]]:
-    """Three FC2_HOST agents; with `late_log`, the first runs `tests.support.late_forward`
-    (its Forwards to fc2 wait for the step's Backward)."""
+    """Three agents with room for one fc2 replica of `_dedicated_fc2(..., memory)` and
+    nothing else (`FC2_HOST_MEMORY[prefix]`); with `late_log`, the first runs
+    `tests.support.late_forward` (its Forwards to fc2 wait for the step's Backward)."""
     late = () if late_log is None else (*LATE_COMMAND, "--late-log", str(late_log))
+    extra = (*HONEST, "--memory", FC2_HOST_MEMORY[prefix])
     with (
         agents.agents(
             served.address, served.root, 1, prefix=f"{prefix}-late" if late else f"{prefix}-first",
-            cpu="1", extra=(*HONEST, *FC2_HOST), command=late,
+            cpu="1", extra=extra, command=late,
         ) as first,
         agents.agents(
-            served.address, served.root, 2, prefix=prefix, cpu="1", extra=(*HONEST, *FC2_HOST)
+            served.address, served.root, 2, prefix=prefix, cpu="1", extra=extra
         ) as others,
     ):  # fmt: skip
-        yield [*first, *others]
+        try:
+            yield [*first, *others]
+        finally:
+            _kill([*first, *others])
 
 
 @pytest.mark.timeout(240)
@@ -227,7 +245,9 @@ async def test_a_forward_that_comes_after_its_gradient_is_still_applied(served: 
     log = served.root / "late.log"
     with _fc2_hosts(served, "fc2-late", late_log=log) as hosts:
         placed, name = await _train(
-            served.address, _dedicated_fc2("digits-late"), _counts({"fc2": 3})
+            served.address,
+            _dedicated_fc2("digits-late", FC2_HOST_MEMORY["fc2-late"]),
+            _counts({"fc2": 3}),
         )
         try:
             assert {p for p, _ in placed["fc2"]} == {a.name for a in hosts}, placed
@@ -250,7 +270,9 @@ async def test_a_replica_slowed_by_sigstop_bursts_does_not_stall_training(
     replicas' outputs (and so sent the gradient to all three), then continued."""
     with _fc2_hosts(served, "fc2-slowed") as hosts:
         placed, name = await _train(
-            served.address, _dedicated_fc2("digits-slowed"), _counts({"fc2": 3})
+            served.address,
+            _dedicated_fc2("digits-slowed", FC2_HOST_MEMORY["fc2-slowed"]),
+            _counts({"fc2": 3}),
         )
         try:
             job = await _slow_down(served, hosts, placed, name)
@@ -316,7 +338,7 @@ async def test_a_liar_under_validation_replicas_trains_to_the_reference_weights(
     manifest = _manifest("digits-liar", replicas={}, validation="replicas")
     with (
         procs.orchestrator(f"sqlite:///{tmp_path / 'state.db'}") as orchestrator,
-        agents.agents(orchestrator.address, tmp_path, 3, prefix="honest", extra=HONEST),
+        agents.agents(orchestrator.address, tmp_path, 3, prefix="honest", extra=HONEST) as honest,
         agents.agents(
             orchestrator.address, lies.parent.parent, 1, prefix="liar", cpu="8", memory="8Gi",
             command=command, extra=HONEST,
@@ -328,8 +350,7 @@ async def test_a_liar_under_validation_replicas_trains_to_the_reference_weights(
             assert held, f"the liar holds no VNode with float outputs: {placed}"
             job = await _finish(orchestrator.address, name, within=240)
         finally:
-            liar[0].kill()
-            await _delete(orchestrator.address, name)  # nothing for the leavers to drain
+            _kill([*liar, *honest])
     told = liar_mod.lies_told(lies)
     print(f"\nliar: attempts {job.status.attempt}, {told} lies told, held {held}")
     assert told, "the liar never lied"
