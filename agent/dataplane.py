@@ -580,6 +580,8 @@ class DataPlane:
             self.on_message(forward, exc.reason)
             await _abort(context, exc)
         self.on_message(forward, None)
+        for why in received.dropped:  # held gradients this message released, unusable
+            log.warning("%s/%s replica %d: %s", *_slot(hosted.instance), why)
         for finding in received.findings:
             if self._provable(finding):
                 self._report(reports.quorum(hosted.instance, finding))
@@ -828,6 +830,10 @@ class DataPlane:
         if o.forward:
             return await self._sender.send_forward(vnode_pb2.ForwardRequest(**fields))
         return await self._sender.send_backward(vnode_pb2.BackwardRequest(**fields))
+
+
+def _slot(instance: vnode.Instance) -> Slot:
+    return (instance.network, instance.vnode, instance.replica)
 
 
 def _check_fields(request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest) -> None:

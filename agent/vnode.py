@@ -23,6 +23,21 @@ sent to, and expected from, replica 0 only. A position is forgotten once every e
 replica has answered (a result after the majority decided is still compared), or when
 `REMEMBERED_REQUESTS` newer ones (or disputed ones) are waiting likewise.
 
+Gradients ahead of their forward pass: with three replicas of a VNode, a child accepts a
+step's input once two agree, computes, and sends its gradient to all three, so the third
+may get the gradient before it has computed that step itself (its input is on the way, or
+it is slow). Such a gradient is held in the position's bookkeeping and applied the moment
+the forward pass completes, exactly as if it had come after it. It was authenticated,
+attributed and checked on arrival like any other (`agent.dataplane` does that before
+`receive`; its signature, as any, is verified when a finding makes it evidence); the
+checks that need the forward pass (the gradient's shape against the output) run when it
+is applied, and a held gradient that fails them is dropped and returned in
+`Received.dropped`, since its sender has long had its answer. Holding is bounded per
+instance: at most `MAX_HELD` messages and `MAX_HELD_BYTES` of tensors at once (past
+either, the gradient is refused "NoForward" as before, and the step times out into a
+rollback), each for at most `HOLD_SECONDS`, and never across attempts (a newer attempt or a
+Restore drops them with everything else in flight).
+
 Attempts are tracked per job: the attempt of job A says nothing about job B (an inference
 request under another job id must not be refused because a training run is at attempt 7).
 
@@ -35,7 +50,8 @@ the last Restore's (0 if none); without a Restore the optimizer is sgd at 0.01.
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -50,6 +66,11 @@ DEFAULT_OPTIMIZER = ("sgd", 0.01)
 #: Finished inference requests remembered to recognise duplicates (training steps need no
 #: list: a step at or before the state's step is old by definition).
 REMEMBERED_REQUESTS = 1024
+#: Gradients held for a forward pass still to come (module docstring), per instance: at
+#: most this many messages, this many bytes of tensors, each for at most this long.
+MAX_HELD = 64
+MAX_HELD_BYTES = 32 * 1024 * 1024
+HOLD_SECONDS = 60.0
 
 Position = quorum_inputs.Position  # ("step", 5) or ("request", "r-1")
 Finding = quorum_inputs.Finding
@@ -116,6 +137,8 @@ class Received(NamedTuple):
     outgoing: list[Outgoing]
     #: What comparing the replicas' results found, to report (losers, disputes).
     findings: list[Finding]
+    #: Why held gradients applied because of this message were dropped instead (to log).
+    dropped: tuple[str, ...] = ()
 
 
 @dataclass
@@ -130,6 +153,8 @@ class _Pending:
     cache: Any = None
     output_shape: tuple[int, ...] = ()
     awaiting_backward: bool = False
+    #: Gradients that came before the forward pass, with when they came (module docstring).
+    held: list[tuple[float, Message]] = field(default_factory=list)
 
 
 @dataclass
@@ -151,7 +176,9 @@ class Instance:
         parents: list[str],
         children: list[str],
         neighbour_replicas: Mapping[str, int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`clock`: monotonic seconds, how long a held gradient has waited."""
         self.network = network
         self.vnode = vnode
         self.replica = replica
@@ -182,6 +209,11 @@ class Instance:
         self._lingering: collections.OrderedDict[tuple[str, Position], None] = (
             collections.OrderedDict()
         )
+        self._clock = clock
+        #: Positions holding gradients for their forward pass, oldest first.
+        self._holding: collections.OrderedDict[tuple[str, Position], None] = (
+            collections.OrderedDict()
+        )
 
     def replicas_of(self, job: str, name: str) -> int:
         """How many replicas of neighbour `name` take part in `job`."""
@@ -205,8 +237,10 @@ class Instance:
     # -- messages ---------------------------------------------------------------------------
 
     def receive(self, m: Message) -> Received:
-        """What to send and report because of `m`. Raises Refused, changing nothing."""
+        """What to send and report because of `m`. Raises Refused, changing nothing (but
+        the expiry of held gradients, which depends only on the clock)."""
         self._check(m.job, m.target_epoch, m.attempt, "target_epoch")
+        self._expire_held()
         training = m.position[0] == "step"
         key = (m.job, m.position)
         pending = self._pending.get(key)
@@ -233,6 +267,7 @@ class Instance:
                     double_check=m.double_check,
                 )
             out, found = self._forward(pending, m, training)
+            dropped = self._release(pending, out, found) if pending.computed else ()
         else:
             if not training:
                 raise Refused("Invalid", "position: inference (request_id) has no backward pass")
@@ -243,18 +278,80 @@ class Instance:
                     f"(children: {', '.join(self.children) or 'none'})",
                 )
             if pending is None or not pending.computed:
-                raise Refused(
-                    "NoForward",
-                    f"step {m.position[1]}: {self.vnode!r} has no forward pass of that step "
-                    "(re-placed or restored since); the driver will roll back",
-                )
+                self._hold(key, pending, m)
+                return Received(False, [], [])
             out, found = self._receive_gradient(pending, m)
+            dropped = ()
         pending.seen.add(seen)
         if pending.computed and not pending.awaiting_backward:
             self._settle(key, pending, training)
         elif any(f.disputed for f in found):  # may never settle: the driver retries anew
             self._linger(key)
-        return Received(False, out, found)
+        return Received(False, out, found, dropped)
+
+    # -- gradients ahead of their forward pass ---------------------------------------------
+
+    def _hold(self, key: tuple[str, Position], pending: _Pending | None, m: Message) -> None:
+        """Keep `m` until the position's forward pass (module docstring), within the caps;
+        refused "NoForward" past them."""
+        held = [h for k in self._holding for _, h in self._pending[k].held]
+        size = sum(h.array.nbytes for h in held) + m.array.nbytes
+        if len(held) >= MAX_HELD or size > MAX_HELD_BYTES:
+            raise Refused(
+                "NoForward",
+                f"step {m.position[1]}: {self.vnode!r} has not computed the forward pass of "
+                f"that step and already holds {len(held)} early gradients "
+                f"(limits: {MAX_HELD} messages, {MAX_HELD_BYTES} bytes); the driver will "
+                "roll back",
+            )
+        if pending is None:
+            pending = self._pending[key] = _Pending(
+                reply_to=m.reply_to,
+                inputs=quorum_inputs.Inputs(m.job, m.position, forward=True),
+                grads=quorum_inputs.Inputs(m.job, m.position, forward=False),
+            )
+        pending.held.append((self._clock(), m))
+        pending.seen.add((m.forward, m.sender_vnode, m.sender_replica))
+        self._holding[key] = None
+
+    def _release(
+        self, pending: _Pending, out: list[Outgoing], found: list[Finding]
+    ) -> tuple[str, ...]:
+        """Apply the gradients held for the forward pass just computed, in arrival order,
+        adding what they cause to `out` and `found`; returns why any was dropped."""
+        if not pending.held:
+            return ()
+        held, pending.held = pending.held, []
+        self._holding.pop((held[0][1].job, held[0][1].position), None)
+        dropped = []
+        for _, m in held:
+            try:
+                more, seen = self._receive_gradient(pending, m)
+            except Refused as exc:
+                dropped.append(
+                    f"held gradient of {m.sender_vnode!r} replica {m.sender_replica} for step "
+                    f"{m.position[1]} dropped: {exc}"
+                )
+                continue
+            out += more
+            found += seen
+        return tuple(dropped)
+
+    def _expire_held(self) -> None:
+        """Drop gradients held longer than HOLD_SECONDS: their forward pass is not coming
+        (the step has long timed out), and a retry of them may be held again."""
+        if not self._holding:
+            return
+        deadline = self._clock() - HOLD_SECONDS
+        for key in list(self._holding):
+            pending = self._pending[key]
+            for _, m in [h for h in pending.held if h[0] <= deadline]:
+                pending.seen.discard((m.forward, m.sender_vnode, m.sender_replica))
+            pending.held = [h for h in pending.held if h[0] > deadline]
+            if not pending.held:
+                del self._holding[key]
+                if not pending.seen:  # nothing but the expired gradients was ever here
+                    del self._pending[key]
 
     def _forward(
         self, pending: _Pending, m: Message, training: bool
@@ -416,6 +513,7 @@ class Instance:
         """Forget a finished position; keep its key where duplicates must still be known."""
         self._pending.pop(key, None)
         self._lingering.pop(key, None)
+        self._holding.pop(key, None)
         if not training:
             self._finished_requests[key] = None
             while len(self._finished_requests) > REMEMBERED_REQUESTS:
@@ -450,6 +548,7 @@ class Instance:
         for key in [k for k in self._pending if job is None or k[0] == job]:
             del self._pending[key]
             self._lingering.pop(key, None)
+            self._holding.pop(key, None)
 
     # -- checkpoint and restore ---------------------------------------------------------------
 

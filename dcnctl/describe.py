@@ -285,7 +285,10 @@ def job_text(found: job.Job, now: datetime, seen: Seen = ()) -> str:
         ("Accuracy", tables.NONE if st.accuracy is None else f"{st.accuracy:.3f}"),
         ("Samples/s", tables.NONE if speed is None else f"{speed:.1f}"),
         ("Checkpoint", f"step {st.checkpoint_step} ({len(st.checkpoint_blobs)} blobs)"),
-        ("Attempt", str(st.attempt)),
+        ("Attempt", f"{st.attempt}" + (
+            f" ({st.attempts_without_progress} in a row without a new checkpoint)"
+            if st.attempts_without_progress else ""
+        )),
         ("Driver", st.driver or tables.NONE),
     ], INDENT)  # fmt: skip
     return out + _conditions(st.conditions, now) + events.section(seen, now, WIDTH)

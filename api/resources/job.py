@@ -52,6 +52,9 @@ class JobStatus(Model):
     #: Bumped whenever the run restarts from a checkpoint or its driver moves; VNodes refuse
     #: messages of older attempts.
     attempt: int = 0
+    #: Attempts in a row that rolled back without recording a checkpoint (0 once one is):
+    #: a run that keeps replaying the same steps. Its reason is the Progressing condition's.
+    attempts_without_progress: int = 0
     #: The orchestrator replica driving the run.
     driver: str = ""
     samples_per_second: float | None = None

@@ -27,10 +27,17 @@ the network's tiebreakers (removing a slot then rolls back once, to that checkpo
 
 A step that times out, a send that fails, or any slot's epoch moving (watched through the
 view's network signal) rolls back: a new attempt (1), Paused until Ready (2), every VNode
-restored to the same checkpoint (3), and on. A VNode that cannot start (its agent reports
-the allocation Failed, with the reason) rolls back too, but only `vnode_failed_attempts`
-times in a row: then the job ends Failed with that reason, since replaying cannot fix it.
-VNodes refuse messages of older attempts, so nothing from the abandoned attempt interferes.
+restored to the same checkpoint (3), and on. Progress is a recorded checkpoint, not a
+completed step (those are replayed after a rollback): attempts that roll back without one
+wait a capped exponential backoff (`attempt_backoff` doubling up to `attempt_backoff_max`)
+and are counted in `status.attempts_without_progress`, with the last reason in the
+condition Progressing=False (reason RollingBack) and each RolledBack event; the next
+checkpoint sets Progressing=True (reason Checkpointed) and the count back to 0.
+
+A VNode that cannot start (its agent reports the allocation Failed, with the reason) rolls
+back too, but only `vnode_failed_attempts` times in a row: then the job ends Failed with that
+reason, since replaying cannot fix it. VNodes refuse messages of older attempts, so nothing
+from the abandoned attempt interferes.
 
 Stale-driver safety: every Job write is conditional. On a Conflict the record is re-read;
 if its attempt or driver is no longer ours, or it reached a final phase (CancelJob), the
@@ -40,6 +47,7 @@ run stops (`Fenced`). Two drivers of one job can overlap only until the older on
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -47,8 +55,8 @@ from typing import Any
 
 import numpy as np
 
-from api import tensors
-from api.resources import allocation
+from api import messages, tensors
+from api.resources import allocation, meta
 from api.resources import job as job_model
 from controller.jobs import (
     driver_calls,
@@ -66,6 +74,8 @@ log = logging.getLogger("dcnr.driver")
 
 Job = job_model.Job
 FINAL_PHASES = job_watch.FINAL_PHASES
+#: The Job condition that says whether the run records checkpoints (module docstring).
+PROGRESSING = "Progressing"
 
 
 DriverConfig = driver_context.DriverConfig
@@ -107,8 +117,10 @@ class TrainingRun:
         self.job: Job | None = None
         self.attempt = 0
         self._orders: dict[int, np.ndarray[Any, Any]] = {}
-        #: A step completed since the last rollback.
+        #: A checkpoint was recorded since the last rollback (module docstring).
         self._progressed = False
+        #: Attempts in a row that rolled back without recording a checkpoint.
+        self._stalled = 0
         #: Attempts in a row that found a VNode unable to start (DriverConfig).
         self._failed_attempts = 0
 
@@ -176,17 +188,26 @@ class TrainingRun:
                 if isinstance(why, driver_calls.Disputed):
                     self._strike_forged(why.forged)
                     await self.ctx.tiebreakers.request(self._job.spec.network, why.vnode)
-                log.warning(
-                    "rolling back", extra={"fields": {"job": self.name, "reason": str(why)}}
-                )
-                await self._next_attempt(str(why))
-                self._tell(
-                    "Warning", "RolledBack",
-                    f"rolled back to step {self._job.status.checkpoint_step}: {why}",
-                )  # fmt: skip
                 if self._progressed:  # it worked for a while: not a failure loop
                     backoff, self._progressed = self.ctx.config.attempt_backoff, False
-                    self._failed_attempts = 0
+                    self._failed_attempts = self._stalled = 0
+                self._stalled += 1
+                log.warning(
+                    "rolling back",
+                    extra={
+                        "fields": {
+                            "job": self.name, "reason": str(why),
+                            "attempts_without_progress": self._stalled, "backoff": backoff,
+                        }
+                    },
+                )  # fmt: skip
+                await self._next_attempt(str(why), stalled=self._stalled, backoff=backoff)
+                self._tell(
+                    "Warning", "RolledBack",
+                    f"rolled back to step {self._job.status.checkpoint_step}: {why}"
+                    f" ({_attempts(self._stalled)} in a row without a new checkpoint;"
+                    f" next attempt in {backoff:g} s)",
+                )  # fmt: skip
                 await self.ctx.clock.sleep(backoff)
                 backoff = min(backoff * 2, self.ctx.config.attempt_backoff_max)
 
@@ -214,13 +235,27 @@ class TrainingRun:
         if self.ctx.events is not None:
             self.ctx.events.record("Job", self.name, type=type_, reason=reason, message=message)
 
-    async def _next_attempt(self, reason: str) -> None:
+    async def _next_attempt(self, reason: str, *, stalled: int, backoff: float) -> None:
         nxt = self.attempt + 1
+        now = self.ctx.clock.now()
 
         def change(status: job_model.JobStatus) -> None:
             status.attempt = nxt
             status.phase = "Paused"
             status.message = f"rolling back to step {status.checkpoint_step}: {reason}"
+            status.attempts_without_progress = stalled
+            status.conditions = meta.set_condition(
+                status.conditions,
+                type=PROGRESSING,
+                status="False",
+                reason="RollingBack",
+                message=messages.clip(
+                    f"{_attempts(stalled)} in a row rolled back to step "
+                    f"{status.checkpoint_step} without recording a checkpoint; next attempt "
+                    f"in {backoff:g} s; last reason: {reason}"
+                ),
+                now=now,
+            )
 
         await self._write(change)
         self.attempt = nxt
@@ -326,7 +361,6 @@ class TrainingRun:
                 await calls.step(box, step, indices)
             finally:
                 ctx.results.inbox.close(box)
-            self._progressed = True
             self._credit(plan, box.struck)
             window.samples += len(indices)
             _collect(box, window)
@@ -337,9 +371,11 @@ class TrainingRun:
                 written = await calls.checkpoint(step)
                 await self._write(
                     _progress(
-                        step, done_epoch, window, now, blobs=written.blobs, epochs=calls.epochs
+                        step, done_epoch, window, now, blobs=written.blobs, epochs=calls.epochs,
+                        checkpointed_at=ctx.clock.now(),
                     )
-                )
+                )  # fmt: skip
+                self._progressed = True
                 self._strike_forged(written.forged)
                 if written.outliers:
                     ctx.results.inbox.disagreed(self.name, len(written.outliers))
@@ -439,6 +475,10 @@ def _collect(box: driver_inbox.Mailbox, window: _Window) -> None:
             window.accuracies.append(accuracy)
 
 
+def _attempts(count: int) -> str:
+    return f"{count} attempt{'' if count == 1 else 's'}"
+
+
 def _running(plan: Plan) -> Callable[[job_model.JobStatus], None]:
     def change(status: job_model.JobStatus) -> None:
         status.phase = "Running"
@@ -473,7 +513,11 @@ def _progress(
     *,
     blobs: dict[str, str] | None = None,
     epochs: dict[str, int] | None = None,
+    checkpointed_at: datetime.datetime | None = None,
 ) -> Callable[[job_model.JobStatus], None]:
+    """`blobs`, `epochs`, `checkpointed_at` (wall clock): a checkpoint recorded, which is
+    progress (module docstring)."""
+
     def change(status: job_model.JobStatus) -> None:
         status.step = step
         status.epoch = epoch
@@ -482,5 +526,15 @@ def _progress(
             status.checkpoint_step = step
             status.checkpoint_blobs = dict(blobs)
             status.checkpoint_epochs = dict(epochs or {})
+        if checkpointed_at is not None:
+            status.attempts_without_progress = 0
+            status.conditions = meta.set_condition(
+                status.conditions,
+                type=PROGRESSING,
+                status="True",
+                reason="Checkpointed",
+                message=f"checkpoint recorded at step {step}",
+                now=checkpointed_at,
+            )
 
     return change

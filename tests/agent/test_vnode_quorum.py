@@ -83,7 +83,7 @@ def targets(received: vnode.Received) -> list[tuple[str, int]]:
 def test_two_agreeing_replicas_compute_once_and_feed_every_child_replica() -> None:
     h = make({"a": 2, "b": 3})
     first = h.receive(msg("a", 0, X))
-    assert first == (False, [], [])
+    assert first == vnode.Received(False, [], [])
     noise = X + np.float32(1e-7)  # another CPU's rounding: agrees
     second = h.receive(msg("a", 1, noise))
     assert (second.duplicate, second.findings) == (False, [])
@@ -110,7 +110,7 @@ def test_a_1_1_split_is_disputed_once_then_a_tiebreaker_settles_it_2_1(
     assert (finding.job, finding.position) == ("j", REQUEST)
     assert "tiebreaker" in finding.message
     again = h.receive(msg("a", 1, results[1]))  # a retried delivery of the same replica
-    assert again == (True, [], [])
+    assert again == vnode.Received(True, [], [])
     settled = h.receive(msg("a", 2, results[tiebreaker_sides_with].copy()))
     loser = 1 - tiebreaker_sides_with
     (finding,) = settled.findings
@@ -146,7 +146,7 @@ def test_a_late_agreeing_result_is_silent() -> None:
     h = make({"a": 3})
     h.receive(msg("a", 0, X))
     h.receive(msg("a", 1, X))
-    assert h.receive(msg("a", 2, X.copy())) == (False, [], [])
+    assert h.receive(msg("a", 2, X.copy())) == vnode.Received(False, [], [])
 
 
 def test_backward_decides_per_child_and_applies_only_the_accepted_gradient() -> None:
@@ -159,7 +159,7 @@ def test_backward_decides_per_child_and_applies_only_the_accepted_gradient() -> 
     assert h.receive(msg("b", 0, grad, forward=False, position=STEP)).outgoing == []
     assert h.receive(msg("c", 0, None, forward=False, position=STEP)).outgoing == []
     lie = h.receive(msg("b", 2, grad * 2, forward=False, position=STEP))
-    assert lie == (False, [], [])  # 1-1 of 3 expected: pending, nobody blamed yet
+    assert lie == vnode.Received(False, [], [])  # 1-1 of 3 expected: pending, nobody blamed yet
     done = h.receive(msg("b", 1, grad.copy(), forward=False, position=STEP))
     (finding,) = done.findings
     assert (finding.forward, finding.disputed, finding.subject_vnode) == (False, False, "b")
@@ -256,7 +256,7 @@ def test_a_restore_overrides_the_assignment_counts_for_its_job_until_the_next_re
 def test_duplicates_are_per_sender_replica() -> None:
     h = make({"a": 2})
     assert not h.receive(msg("a", 0, X)).duplicate
-    assert h.receive(msg("a", 0, X + 1)) == (True, [], [])  # not a second opinion
+    assert h.receive(msg("a", 0, X + 1)) == vnode.Received(True, [], [])  # not a second opinion
     assert targets(h.receive(msg("a", 1, X))) == [("b", 0)]
 
 
@@ -292,7 +292,7 @@ def test_positions_waiting_only_for_late_replicas_are_bounded(
         h.receive(msg("a", 0, X, position=("request", request)))
         assert h.receive(msg("a", 1, X, position=("request", request))).outgoing
     # r1 was let go to keep two lingering: its late result is a duplicate, not compared.
-    assert h.receive(msg("a", 2, X + 1, position=("request", "r1"))) == (True, [], [])
+    assert h.receive(msg("a", 2, X + 1, position=("request", "r1"))) == vnode.Received(True, [], [])
     (finding,) = h.receive(msg("a", 2, X + 1, position=("request", "r2"))).findings
     assert finding.subject_replica == 2
 
@@ -319,7 +319,7 @@ def test_backward_waits_for_every_child_replica_not_only_a_majority() -> None:
     grad = np.ones_like(output) / 3
     assert h.receive(msg("b", 0, grad, forward=False, position=STEP)).outgoing == []
     majority = h.receive(msg("b", 1, grad.copy(), forward=False, position=STEP))
-    assert majority == (False, [], [])
+    assert majority == vnode.Received(False, [], [])
     assert h.step == 0
     last = h.receive(msg("b", 2, grad.copy(), forward=False, position=STEP))
     assert [(o.target, o.target_replica) for o in last.outgoing] == [("a", 0)]

@@ -196,6 +196,43 @@ async def test_a_step_that_times_out_rolls_back_and_the_run_still_matches(world)
     assert world.agent.w == pytest.approx(world.reference(checkpoint_interval=2), rel=1e-12)
 
 
+async def test_rollbacks_without_a_checkpoint_are_counted_reported_and_backed_off(
+    world,
+) -> None:
+    """Steps replayed after a rollback are not progress; a recorded checkpoint is. Each
+    attempt that rolls back without one waits twice as long as the last, up to the cap,
+    and the job says how many there were and why (condition Progressing, events)."""
+    orch = await world.orchestrator(
+        step_timeout=0.3, attempt_backoff=0.01, attempt_backoff_max=0.02
+    )
+    # Steps 1 and 2 complete every time; step 3 hangs in attempts 1-3, before the first
+    # checkpoint (step 4): three attempts that replay the same steps.
+    world.agent.hold = lambda step, attempt: step == 3 and attempt <= 3
+    await world.job()
+    await orch.loop.reconcile("fit")
+    stalled = await orch.until("fit", lambda j: j.status.attempts_without_progress == 3)
+    (cond,) = [c for c in stalled.status.conditions if c.type == "Progressing"]
+    assert (cond.status, cond.reason) == ("False", "RollingBack")
+    assert cond.message.startswith("3 attempts in a row rolled back to step 0 without")
+    assert "step 3 timed out" in cond.message
+    done = await orch.until("fit", succeeded)
+    assert done.status.attempt == 4
+    assert done.status.attempts_without_progress == 0
+    (cond,) = [c for c in done.status.conditions if c.type == "Progressing"]
+    assert (cond.status, cond.reason) == ("True", "Checkpointed")
+    await orch.events.flush()
+    told = await base.list_all(world.store, event.Event, index=("object", "Job/fit"))
+    rolled = [e.message for e in told if e.reason == "RolledBack"]
+    assert [m.split(": step 3 timed out", 1)[0] for m in rolled] == ["rolled back to step 0"] * 3
+    tails = sorted(m.rsplit("(", 1)[1] for m in rolled)
+    assert tails == [
+        "1 attempt in a row without a new checkpoint; next attempt in 0.01 s)",
+        "2 attempts in a row without a new checkpoint; next attempt in 0.02 s)",
+        "3 attempts in a row without a new checkpoint; next attempt in 0.02 s)",
+    ]
+    assert world.agent.w == pytest.approx(world.reference(), rel=1e-12)
+
+
 async def test_a_restarted_orchestrator_resumes_from_stored_progress(world) -> None:
     first = await world.orchestrator("r1")
     world.agent.hold = lambda step, attempt: attempt == 1 and step == 5

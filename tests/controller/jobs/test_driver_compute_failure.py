@@ -103,6 +103,7 @@ async def test_a_step_that_could_not_be_computed_rolls_back_with_the_agents_word
     rolled = next(e for e in told if e.reason == "RolledBack")
     assert rolled.message == (
         f"rolled back to step 1: step 2: vnode 'loss' replica 0 on pnode 'p1': {BOOM}"
+        " (1 attempt in a row without a new checkpoint; next attempt in 0.1 s)"
     ), rolled.message
 
 
