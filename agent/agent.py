@@ -359,6 +359,8 @@ class Agent:
             except Exception as exc:
                 problem = _describe(exc)
             else:
+                if self._cancelled_by_us():
+                    raise asyncio.CancelledError  # a cancel something below swallowed
                 if failures:
                     log.info("%s: working again after %d failures", what, failures)
                 failures = 0
@@ -418,8 +420,7 @@ class Agent:
                 if reply.HasField("assignment_set"):
                     self._apply(reply.assignment_set, incarnation)
         wait = max(0.0, self.heartbeat_interval - (time.monotonic() - sent))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), wait)
+        await _wait(self._wake, wait)
 
     async def _watch_once(self) -> None:
         """One WatchAssignments stream until it ends, then a short reconnect pause. A
@@ -506,8 +507,7 @@ class Agent:
                 return
             self._changed.clear()
             while self.assignment_count and time.monotonic() < deadline:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), deadline - time.monotonic())
+                await _wait(self._changed, deadline - time.monotonic())
                 self._changed.clear()
             if self.assignment_count:
                 break
@@ -543,8 +543,7 @@ class Agent:
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake at once when asked to stop."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        await _wait(self._stopping, seconds)
 
     @staticmethod
     async def _pause_for(seconds: float) -> None:
@@ -553,6 +552,16 @@ class Agent:
     async def _sleep(self, seconds: float) -> None:
         """A loop's backoff (tests replace it to record the delays)."""
         await asyncio.sleep(seconds)
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Wait until `event` is set or `seconds` have passed. Not `asyncio.wait_for`: on
+    Python 3.11 it swallows a cancel that arrives as the event is set (the task then runs
+    on, cancelled in name only: an agent that kept heartbeating after SIGTERM, until it
+    was killed); `asyncio.timeout` lets the cancel through."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, seconds)):
+            await event.wait()
 
 
 def _interval(duration: Any, default: float) -> float:

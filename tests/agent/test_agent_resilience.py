@@ -587,3 +587,23 @@ async def test_a_loop_ended_by_a_bug_is_started_again_and_only_sigterm_ends_run(
         await started.orchestrators.close()
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == ["the watch loop ended; starting it again"]
+
+
+async def test_a_stop_that_arrives_as_a_loop_wakes_is_not_swallowed() -> None:
+    """The agent's waits let a cancel through even when the event they wait on is set in
+    the same turn of the loop (asyncio.wait_for on 3.11 returned normally then, and a
+    SIGTERMed agent fenced at that moment heartbeated on until it was killed)."""
+    event = asyncio.Event()
+    waiting = asyncio.create_task(agent_mod._wait(event, 10.0))
+    await asyncio.sleep(0)  # the task now waits on the event
+    event.set()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+
+async def test_a_wait_ends_at_its_timeout_or_its_event() -> None:
+    event = asyncio.Event()
+    await agent_mod._wait(event, 0.0)  # times out at once, quietly
+    event.set()
+    await agent_mod._wait(event, 10.0)  # set: returns at once
