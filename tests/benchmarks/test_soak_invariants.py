@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from benchmarks import soak, soak_schedule
+from benchmarks import report, soak, soak_schedule
 from benchmarks import soak_invariants as inv
 
 DESIRED = {"net": {"a": 2, "b": 1}}
@@ -207,3 +207,17 @@ def test_durations(text: str, seconds: float) -> None:
 def test_a_bad_duration_names_the_flag_and_value() -> None:
     with pytest.raises(ValueError, match=r"--duration '15 minutes'"):
         soak.parse_duration("15 minutes")
+
+
+def test_the_benchmarks_readme_lists_each_soak_report_with_what_failed(tmp_path) -> None:
+    (tmp_path / "soak-seed1-15m.md").write_text(
+        "# Chaos soak\n\n| invariant | verdict | evidence |\n|---|---|---|\n"
+        "| capacity never over-committed | holds | 10 checks |\n"
+        "| no process exits unless killed | **FAILS** | 3 exited |\n"
+        "| re-convergence after each fault | not evaluated | 0 faults |\n"
+    )
+    assert report.soak_section(tmp_path)[-1] == (
+        "- [soak-seed1-15m.md](results/soak-seed1-15m.md): 1 of 3 invariants hold;"
+        " **fails**: no process exits unless killed"
+    )
+    assert report.soak_section(tmp_path / "none") == []
