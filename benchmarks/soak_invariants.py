@@ -11,8 +11,11 @@ What is checked, and why it can be judged from the outside:
   within its declared capacity (DESIGN.md invariant 1).
 - one PNode per (slot, epoch): every (network, vnode, replica, epoch) seen, in the store or
   in a resolution, on exactly one PNode (invariant 2).
-- monotonic epochs: a slot's epoch never lower than one seen by a poll that had ended
-  before this one started (invariant 3: no superseded epoch).
+- monotonic epochs: a slot's epoch in one replica's answers never lower than that replica
+  showed in a poll that had ended before this one started, and never lower in a resolution
+  than any earlier answer showed (invariant 3: no superseded epoch). ListAllocations is
+  served from each replica's view, so one replica's list may trail another's by its
+  refresh: that is counted as evidence, not failed.
 - no expired endpoint: resolution never names a PNode whose process the soak had stopped or
   killed more than a lease (+ margin for a heartbeat in flight) before the poll started,
   and still had down when it ended (invariant 3). The soak knows when a lease must have run
@@ -31,6 +34,7 @@ import dataclasses
 import statistics
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 #: (network, vnode, replica)
 Slot = tuple[str, str, int]
@@ -125,6 +129,28 @@ def _fmt(seconds: float) -> str:
     return f"{seconds:.1f} s"
 
 
+def _behind(
+    highest: dict[Any, tuple[int, float, str]],
+    key: Any,
+    slot: Slot,
+    epoch: int,
+    r: Round,
+    source: str,
+) -> str | None:
+    """Evidence when `epoch` of `slot` is below one that a poll which ended before `r`
+    started showed under `key`; records `epoch` as the highest under `key` when it is."""
+    best = highest.get(key)
+    found = None
+    if best is not None and epoch < best[0] and r.started > best[1]:
+        found = (
+            f"t={_fmt(r.ended)} {'/'.join(map(str, slot))}: epoch {epoch} from {source}"
+            f" after epoch {best[0]} from {best[2]} (poll ended t={_fmt(best[1])})"
+        )
+    if best is None or epoch > best[0]:
+        highest[key] = (epoch, r.ended, source)
+    return found
+
+
 class Checker:
     def __init__(
         self,
@@ -155,8 +181,11 @@ class Checker:
         self._slot_epoch_pnodes: dict[tuple[Slot, int], set[str]] = defaultdict(set)
         # monotonic epochs: slot → (max epoch, when the poll that showed it ended, source)
         self.epoch_observations = 0
-        self._max_epoch: dict[Slot, tuple[int, float, str]] = {}
+        self._max_epoch: dict[Any, tuple[int, float, str]] = {}
+        self._max_by_replica: dict[Any, tuple[int, float, str]] = {}
         self.epoch_violations: list[str] = []
+        #: ListAllocations answers behind another replica's earlier answer (cache lag).
+        self.list_lag: list[str] = []
         # expired endpoints
         self.endpoints_checked = 0
         self._down: dict[str, list[list[float | None]]] = defaultdict(list)
@@ -208,11 +237,10 @@ class Checker:
         if r.pnodes is not None:
             self._capacity(r)
         if r.allocations is not None:
-            self._slots(r, [(a.slot, a.epoch, a.pnode) for a in r.allocations], "store")
+            self._slots(r, [(a.slot, a.epoch, a.pnode) for a in r.allocations], resolution=False)
             self._last_allocations = r.allocations
         if r.endpoints is not None:
-            self._slots(r, [(e.slot, e.epoch, e.pnode) for e in r.endpoints],
-                        f"resolution via {r.replica}")  # fmt: skip
+            self._slots(r, [(e.slot, e.epoch, e.pnode) for e in r.endpoints], resolution=True)
             self._expired(r)
         if r.pnodes is not None and r.allocations is not None:
             self._pending(r)
@@ -241,19 +269,23 @@ class Checker:
                         f"t={_fmt(r.ended)} {p.name}: {what} {used} > capacity {cap}"
                     )
 
-    def _slots(self, r: Round, seen: list[tuple[Slot, int, str]], source: str) -> None:
+    def _slots(self, r: Round, seen: list[tuple[Slot, int, str]], *, resolution: bool) -> None:
+        source = f"{'resolution' if resolution else 'ListAllocations'} via {r.replica}"
         for slot, epoch, pnode in seen:
             self.slot_epoch_observations += 1
             self._slot_epoch_pnodes[(slot, epoch)].add(pnode)
             self.epoch_observations += 1
-            best = self._max_epoch.get(slot)
-            if best is not None and epoch < best[0] and r.started > best[1]:
-                self.epoch_violations.append(
-                    f"t={_fmt(r.ended)} {'/'.join(map(str, slot))}: epoch {epoch} from {source}"
-                    f" after epoch {best[0]} from {best[2]} (poll ended t={_fmt(best[1])})"
-                )
-            if best is None or epoch > best[0]:
-                self._max_epoch[slot] = (epoch, r.ended, source)
+            # One replica's answers (its view) never go backwards, and resolution never names
+            # an epoch older than one any answer showed before: that one is superseded. A
+            # list from one replica's cache may trail another's by its refresh: counted.
+            own = _behind(self._max_by_replica, (r.replica, slot), slot, epoch, r, source)
+            anywhere = _behind(self._max_epoch, slot, slot, epoch, r, source)
+            if own is not None:
+                self.epoch_violations.append(f"{own} (the same replica's view went back)")
+            elif anywhere is not None and resolution:
+                self.epoch_violations.append(f"{anywhere} (a superseded epoch resolved)")
+            elif anywhere is not None:
+                self.list_lag.append(anywhere)
 
     def _expired(self, r: Round) -> None:
         assert r.endpoints is not None
@@ -375,11 +407,19 @@ class Checker:
     def _epoch_verdict(self) -> Verdict:
         v = self.epoch_violations
         highest = max((e for e, _, _ in self._max_epoch.values()), default=0)
+        lag = self.list_lag
+        evidence = v[:10]
+        if lag:
+            evidence.append(
+                f"not counted: {len(lag)} ListAllocations answers from one replica's cache"
+                f" behind an earlier answer of another (refresh lag), e.g. {lag[0]}"
+            )
         return Verdict(
             "epochs never go backwards", not v if self.epoch_observations else None,
             f"{self.epoch_observations:,} observations of {len(self._max_epoch)} slots (highest"
-            f" epoch {highest}); {len(v)} went backwards",
-            v[:10],
+            f" epoch {highest}); {len(v)} went backwards in one replica's answers or in a"
+            " resolution",
+            evidence,
         )  # fmt: skip
 
     def _expired_verdict(self) -> Verdict:

@@ -105,7 +105,36 @@ def test_an_epoch_going_backwards_is_caught_but_not_within_overlapping_polls() -
     ck.observe(round_at(1.0))
     v = verdict(ck, "epochs")
     assert v.holds is False
-    assert "net/b/0: epoch 1 from store after epoch 2 from store" in v.evidence[0]
+    assert v.evidence[0] == (
+        "t=1.1 s net/b/0: epoch 1 from ListAllocations via replica-0 after epoch 2 from"
+        " ListAllocations via replica-0 (poll ended t=0.1 s) (the same replica's view went back)"
+    )
+
+
+def on(replica: str, t: float, **parts: object) -> inv.Round:
+    r = round_at(t, **parts)  # type: ignore[arg-type]
+    return inv.Round(r.started, r.ended, replica, r.pnodes, r.allocations, r.endpoints, AGENTS)
+
+
+def test_a_superseded_epoch_resolved_by_another_replica_fails() -> None:
+    ck = checker()
+    ck.observe(on("replica-0", 0.0, allocations=[*CALM_ALLOCS[:2], alloc("b", 0, "p2", 2)]))
+    ck.observe(on("replica-1", 1.0, allocations=[*CALM_ALLOCS[:2], alloc("b", 0, "p2", 2)]))
+    v = verdict(ck, "epochs")
+    assert v.holds is False
+    assert v.evidence[0].endswith("(a superseded epoch resolved)")
+    assert "epoch 1 from resolution via replica-1 after epoch 2" in v.evidence[0]
+
+
+def test_another_replicas_list_trailing_by_its_refresh_is_counted_not_failed() -> None:
+    ck = checker()
+    ck.observe(on("replica-0", 0.0, allocations=[*CALM_ALLOCS[:2], alloc("b", 0, "p2", 2)],
+                  endpoints=CALM_ENDPOINTS[:2]))  # fmt: skip
+    ck.observe(on("replica-1", 1.0, endpoints=CALM_ENDPOINTS[:2]))
+    v = verdict(ck, "epochs")
+    assert v.holds is True
+    assert len(ck.list_lag) == 1
+    assert v.evidence[-1].startswith("not counted: 1 ListAllocations answers")
 
 
 @pytest.mark.parametrize(

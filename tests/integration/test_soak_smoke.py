@@ -2,7 +2,7 @@
 process, with a fixed seed whose first faults are a store stall, an agent SIGKILL, a
 replica SIGKILL and a replica SIGSTOP (seed 15 on 2 replicas and 3 agents), against a moto
 server, 2 `serve` replicas, 3 agents and the digits network trained for one epoch, once
-undisturbed and once under the faults. Every invariant the soak judges must hold, each
+undisturbed and then run after run under the faults. Every invariant the soak judges must hold, each
 assertion naming the evidence the report gave."""
 
 from __future__ import annotations
