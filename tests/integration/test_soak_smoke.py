@@ -26,7 +26,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     report, verdicts = root / "report.md", root / "verdicts.json"
     run = subprocess.run(
         [
-            sys.executable, "-m", "benchmarks.soak", "--seed", str(SEED), "--duration", "40s",
+            sys.executable, "-m", "benchmarks.soak", "--seed", str(SEED), "--duration", "45s",
             "--replicas", "2", "--agents", "3", "--networks", "1", "--epochs", "1",
             "--training-timeout", "90s", "--report", str(report), "--json", str(verdicts),
             "--workdir", str(root / "work"),
