@@ -68,7 +68,8 @@ def render(s: Soak, verdicts: list[inv.Verdict], *, failure: str) -> str:
         f" {ck.grace:g} s), {len(c.agents)} `dcnr-agent`s (1 cpu, 1Gi each),"
         " TLS on both planes, admin token; networks "
         + ", ".join(f"`{n}`" for n in ck.desired)
-        + f"; the digits job trained {o.epochs} epochs undisturbed, then again under faults.",
+        + f"; the digits job trained {o.epochs} epochs undisturbed, then again and again, one"
+        " run after the other, for as long as the faults ran.",
         "",
     ]
     if failure:
