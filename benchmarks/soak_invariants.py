@@ -23,6 +23,8 @@ What is checked, and why it can be judged from the outside:
 - nothing stranded: no allocation Pending on a Ready PNode longer than `pending_bound`; the
   slots of a killed (or long-stopped) agent Running elsewhere, at a higher epoch and
   resolvable, within lease + grace + `move_slack` of the fault.
+- running agents stay Ready: a PNode whose agent has run untouched for longer than lease +
+  grace (+ 1 s) is Ready; if not, its lease ran out for time the orchestrator lost.
 - re-convergence: after each fault heals, every VNode resolvable with all its replicas,
   every allocation Running on a Ready PNode and every running agent's PNode Ready, within
   lease + grace + `move_slack`.
@@ -194,6 +196,9 @@ class Checker:
         self._pending_since: dict[tuple[Slot, int], float] = {}
         self.pending_worst: tuple[float, str] = (0.0, "")
         self.pending_violations: dict[tuple[Slot, int], float] = {}
+        # PNodes not Ready although their agent ran the whole time: pnode → [first, last seen]
+        self.ready_checks = 0
+        self._not_ready: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
         # moves and re-convergence
         self.moves: list[_Move] = []
         self.healings: list[_Healing] = []
@@ -236,6 +241,7 @@ class Checker:
                 self.poll_errors[part] += 1
         if r.pnodes is not None:
             self._capacity(r)
+            self._healthy_ready(r)
         if r.allocations is not None:
             self._slots(r, [(a.slot, a.epoch, a.pnode) for a in r.allocations], resolution=False)
             self._last_allocations = r.allocations
@@ -268,6 +274,27 @@ class Checker:
                     self.capacity_violations.append(
                         f"t={_fmt(r.ended)} {p.name}: {what} {used} > capacity {cap}"
                     )
+
+    def _healthy_ready(self, r: Round) -> None:
+        """An agent that has run, neither stopped nor killed, for longer than lease + grace
+        (+ 1 s) must be Ready: its lease can only run out for time the orchestrator or the
+        store lost, which is not the PNode's failure (issue 16, items 1 and 5)."""
+        assert r.pnodes is not None
+        settle = self.lease + self.grace + 1.0
+        for p in r.pnodes:
+            if p.name not in r.agents_up:
+                continue
+            ends = [end for _, end in self._down.get(p.name, ()) if end is not None]
+            if max(ends, default=0.0) + settle > r.started:
+                continue
+            self.ready_checks += 1
+            if p.phase == "Ready":
+                continue
+            episodes = self._not_ready[p.name]
+            if episodes and episodes[-1][2] == p.phase and r.started - episodes[-1][1] < 2.0:
+                episodes[-1] = (episodes[-1][0], r.ended, p.phase)
+            else:
+                episodes.append((r.started, r.ended, p.phase))
 
     def _slots(self, r: Round, seen: list[tuple[Slot, int, str]], *, resolution: bool) -> None:
         source = f"{'resolution' if resolution else 'ListAllocations'} via {r.replica}"
@@ -377,6 +404,7 @@ class Checker:
             self._pending_verdict(),
             self._moves_verdict(),
             self._convergence_verdict(),
+            self._ready_verdict(),
             self._exits_verdict(),
         ]
         if accuracy is not None:
@@ -487,6 +515,33 @@ class Checker:
             "re-convergence after each fault", not late if self.healings else None, summary,
             evidence,
         )  # fmt: skip
+
+    def _ready_verdict(self) -> Verdict:
+        episodes = sorted(
+            (start, end, name, phase)
+            for name, seen in self._not_ready.items()
+            for start, end, phase in seen
+        )
+        evidence = [
+            f"t={_fmt(start)}-{_fmt(end)} {name} {phase}, its agent running"
+            + self._during(start)
+            for start, end, name, phase in episodes[:20]
+        ]
+        return Verdict(
+            "running agents stay Ready", not episodes if self.ready_checks else None,
+            f"{self.ready_checks:,} checks of PNodes whose agent ran for > lease + grace + 1 s;"
+            f" {len(episodes)} times one was seen not Ready"
+            f" ({len({e[2] for e in episodes})} PNodes)",
+            evidence,
+        )  # fmt: skip
+
+    def _during(self, at: float) -> str:
+        """Which fault was last begun before `at`, for evidence."""
+        before = [h for h in self.healings if h.began <= at]
+        if not before:
+            return ""
+        last = max(before, key=lambda h: h.began)
+        return f" (last fault: {last.fault}, {last.what}, began t={_fmt(last.began)})"
 
     def _exits_verdict(self) -> Verdict:
         return Verdict(

@@ -70,6 +70,7 @@ def test_a_calm_cluster_holds_every_invariant() -> None:
         # Nothing died and nothing was healed: nothing to judge.
         "allocations on dead PNodes move within lease + grace + 10 s": None,
         "re-convergence after each fault": None,
+        "running agents stay Ready": True,
         "no process exits unless killed": True,
     }
 
@@ -204,6 +205,28 @@ def test_re_convergence_waits_for_every_running_agent_to_be_ready() -> None:
     assert (fault, what, held) == (3, "SIGSTOP the store", 3.0)
     assert took == pytest.approx(2.1)
     assert verdict(ck, "re-convergence").holds is True
+
+
+def test_a_running_agents_pnode_not_ready_fails_once_per_episode() -> None:
+    ck = checker()
+    # p3's agent came back at t=10: its PNode may be NotReady until lease + grace + 1 s.
+    ck.agent_down("p3", 5.0)
+    ck.agent_up("p3", 10.0)
+    ck.healed(4, "SIGSTOP the store", began=12.0, at=15.0)
+    late = [pnode("p1"), pnode("p2"), pnode("p3", phase="NotReady")]
+    for t in (12.0, 16.0):
+        ck.observe(round_at(t, pnodes=late))
+    assert verdict(ck, "running agents stay Ready").holds is True
+    # p2's agent ran all along: NotReady for two polls in a row is one episode.
+    stalled = [pnode("p1"), pnode("p2", phase="NotReady"), pnode("p3")]
+    for t in (18.0, 18.5):
+        ck.observe(round_at(t, pnodes=stalled))
+    v = verdict(ck, "running agents stay Ready")
+    assert v.holds is False
+    assert v.evidence == [
+        "t=18.0 s-18.6 s p2 NotReady, its agent running (last fault: 4, SIGSTOP the store,"
+        " began t=12.0 s)"
+    ]
 
 
 def test_an_unexpected_exit_fails_with_its_last_log_line() -> None:

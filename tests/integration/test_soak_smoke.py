@@ -68,6 +68,7 @@ def test_the_soak_ran_its_faults_and_wrote_a_report(outcome: dict[str, object]) 
         "no allocation Pending on a Ready PNode",
         "allocations on dead PNodes move",
         "re-convergence after each fault",
+        "running agents stay Ready",
         "no process exits unless killed",
         "training accuracy within 1 point",
     ],
