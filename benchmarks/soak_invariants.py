@@ -9,7 +9,7 @@ per invariant, each with its evidence. Times are seconds since the soak started.
 What is checked, and why it can be judged from the outside:
 - capacity: each PNode's accounted allocation, and the sum of the allocations listed on it,
   within its declared capacity (DESIGN.md invariant 1).
-- one PNode per (slot, epoch): every (network, vnode, replica, epoch) seen, in the store or
+- one PNode per (slot, epoch): every (network, vnode, replica, epoch) seen, in a list or
   in a resolution, on exactly one PNode (invariant 2).
 - monotonic epochs: a slot's epoch in one replica's answers never lower than that replica
   showed in a poll that had ended before this one started, and never lower in a resolution
