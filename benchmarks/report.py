@@ -31,8 +31,37 @@ def regenerate(results: Path, readme: Path, *, plots: Path | None = None, smoke:
         lines += _scenario(document, drawn.get(document["scenario"], []), readme.parent)
     if skipped:
         lines += ["", f"_Plots skipped: {skipped}_"]
+    lines += soak_section(results)
     readme.parent.mkdir(parents=True, exist_ok=True)
     readme.write_text("\n".join(lines).rstrip() + "\n")
+
+
+def soak_section(results: Path) -> list[str]:
+    """The chaos soak's reports in `results` (markdown, written by `make soak`, never by
+    this module), each with its verdicts in one line."""
+    reports = sorted(results.glob("soak-*.md"))
+    if not reports:
+        return []
+    lines = [
+        "",
+        "## Chaos soak (`make soak`)",
+        "",
+        "Not a measurement beside a baseline but a verdict per invariant: `benchmarks/soak.py`"
+        " breaks a cluster of real processes (3 replicas on DynamoDB via moto, 6 agents, 3"
+        " networks, a training job) on a seeded schedule and checks the invariants of the"
+        " design from the outside (docs/operations.md, \"Chaos soak\"). Each report holds the"
+        " evidence, the fault log and the re-convergence times.",
+        "",
+    ]
+    for path in reports:
+        rows = [r for r in path.read_text().splitlines() if r.startswith("| ") and " | " in r]
+        verdicts = [r.split(" | ") for r in rows if r.split(" | ")[1:2] in (
+            ["holds"], ["**FAILS**"], ["not evaluated"])]  # fmt: skip
+        failed = [v[0].removeprefix("| ") for v in verdicts if v[1] == "**FAILS**"]
+        held = sum(1 for v in verdicts if v[1] == "holds")
+        line = f"- [{path.name}](results/{path.name}): {held} of {len(verdicts)} invariants hold"
+        lines.append(line + (f"; **fails**: {'; '.join(failed)}" if failed else ""))
+    return lines
 
 
 def _header(documents: list[dict[str, Any]]) -> list[str]:

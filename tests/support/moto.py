@@ -112,6 +112,12 @@ class MotoServer:
         self.endpoint = ""
 
     @property
+    def pid(self) -> int:
+        """The server's process id, for a caller that stalls it (SIGSTOP/SIGCONT)."""
+        assert self._proc is not None, "MotoServer is not running"
+        return self._proc.pid
+
+    @property
     def log(self) -> Path:
         assert self._dir is not None, "MotoServer is not running"
         return Path(self._dir.name) / "moto_server.log"
