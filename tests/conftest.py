@@ -35,6 +35,7 @@ SLOWEST_FIRST: tuple[str, ...] = (
     "tests/store/test_races.py",  # 25 s
     "tests/validation/test_result_flood.py",  # 23 s
     "tests/dcnctl/test_completion.py",  # 23 s
+    "tests/integration/test_admission_flood.py",  # 23 s, mostly waiting for the GC
     "tests/store/test_sqlite_crash.py",  # 18 s
     "tests/integration/test_data_on_agents.py",  # 18 s
     "tests/deploy/test_chart.py",  # 17 s
