@@ -62,8 +62,13 @@ typecheck: $(STAMP)
 layers: $(STAMP)
 	$(BIN)/lint-imports
 
+# The suite on PYTEST_WORKERS processes (pytest-xdist), whole test files at a time
+# (loadfile: a module-scoped cluster is started once, in one worker), in the order
+# tests/conftest.py gives them (the slowest files first, so none is left running alone at
+# the end); README "Development" says what a test must do to be safe beside another.
+PYTEST_WORKERS ?= 2
 pytest: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 proto: $(STAMP)
 	$(BIN)/python -m api.codegen

@@ -4,6 +4,7 @@ seconds. Tests that change the cluster's shared state (cordon, drain) undo it.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -62,10 +63,9 @@ class Dcnctl:
         )
 
 
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextlib.contextmanager
+def started_cluster(root: Path) -> Iterator[str]:
     """An orchestrator and three agents (2 cpu, 2Gi each); yields the server address."""
-    root = tmp_path_factory.mktemp("dcnctl-cluster")
     with (
         procs.orchestrator(f"sqlite:///{root / 'state.db'}") as served,
         agents.agents(served.address, root, 3, cpu="2", memory="2Gi"),
@@ -77,6 +77,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "get", "pnodes",
         )  # fmt: skip
         yield served.address
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The cluster the session's dcnctl tests share. Under xdist each worker has its own,
+    and which other files ran on it before a test depends on how files were dealt out: a
+    test that needs a cluster nobody has trained on yet starts its own (`started_cluster`)."""
+    with started_cluster(tmp_path_factory.mktemp("dcnctl-cluster")) as address:
+        yield address
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,21 @@ import pytest
 import yaml
 
 from tests.dcnctl import goldens
-from tests.dcnctl.conftest import REPO, Dcnctl
+from tests.dcnctl.conftest import REPO, Dcnctl, started_cluster
 from tests.support import procs, wait
 
 pytestmark = pytest.mark.slow
 
 AGE = {"AGE": goldens.whole("<AGE>")}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """This file's own cluster, not the session's: its golden tables show agents nothing
+    has trained on yet (TRUST 0), and under xdist the session's cluster may already have
+    served tests/dcnctl/test_jobs.py, whose training earns the agents trust."""
+    with started_cluster(tmp_path_factory.mktemp("dcnctl-golden-cluster")) as address:
+        yield address
 
 
 def chain(name: str, label: str, *, cpu: str = "100m") -> dict[str, Any]:
