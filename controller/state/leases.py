@@ -12,6 +12,14 @@ least `lease_duration / 3` newer than its persisted `renew_time`. So:
   which is what other replicas (and the lifecycle loop) see: a PNode heartbeating well
   within its lease never looks expired to them.
 
+A renewal that arrives when the stored lease is already half a lease old or more does not
+wait for the round: it wakes the keeper at once. In steady state that never happens (the lag
+stays under lease/2); it happens when a PNode's heartbeats move to this replica from one that
+stopped answering before persisting them (a replica SIGSTOPped, starved or killed), when the
+agent has already spent up to its heartbeat timeout noticing. Waiting another lease/6 then
+could let the stored lease run out while the PNode is heartbeating: healthy PNodes went
+NotReady for a second in the chaos soak (benchmarks/results/soak-seed1-15m.md).
+
 Rules that keep this safe: a renewal is never written for an incarnation older than the
 PNode's current one (the agent was fenced, and a re-registered PNode's lease is written by
 Register itself); `renew_time` never moves backwards; a batch that hits a Conflict (another
@@ -53,10 +61,17 @@ class LeaseKeeper:
         self._renewals = view.renewals
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        #: Set by a renewal whose stored lease is at least half a lease old: flush now.
+        self._urgent = asyncio.Event()
 
     def note(self, pnode: str, incarnation: int, at: datetime) -> None:
         """A renewal the service accepted; the newest per PNode (and incarnation) is kept."""
         self._renewals.note(pnode, incarnation, at)
+        stored = self._view.leases.get(pnode)
+        if stored is not None and urgent(
+            stored.spec.renew_time, at, lease_duration=self._config.lease_duration
+        ):
+            self._urgent.set()
 
     def renewed_at(self, pnode: str, incarnation: int) -> datetime | None:
         """The newest renewal of that incarnation not yet persisted, if any."""
@@ -158,16 +173,32 @@ class LeaseKeeper:
     # -- running ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Flush every lease/6 until cancelled; a failed round is logged and retried."""
+        """Flush every lease/6, or at once for an urgent renewal, until cancelled; a failed
+        round is logged and retried."""
         interval = self._config.lease_duration / 6
         while True:
-            await self._clock.sleep(interval)
+            await self._wait_round(interval)
+            self._urgent.clear()
             try:
                 await self.flush()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("persisting lease renewals failed; retrying next round")
+
+    async def _wait_round(self, interval: float) -> None:
+        """Until the next round is due (`interval` on the clock) or a renewal is urgent."""
+        if self._urgent.is_set():
+            await asyncio.sleep(0)
+            return
+        sleeping = asyncio.ensure_future(self._clock.sleep(interval))
+        woken = asyncio.ensure_future(self._urgent.wait())
+        try:
+            await asyncio.wait([sleeping, woken], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (sleeping, woken):
+                waiter.cancel()
+            await asyncio.gather(sleeping, woken, return_exceptions=True)
 
     def start(self) -> None:
         if self._task is None:
@@ -185,3 +216,10 @@ class LeaseKeeper:
             await self.flush(force=True)
         except errors.StoreError:
             log.warning("final lease flush failed", exc_info=True)
+
+
+def urgent(stored_renew_time: datetime, renewal: datetime, *, lease_duration: float) -> bool:
+    """Whether a renewal at `renewal` must be persisted now rather than at the next round:
+    the stored lease it would replace is half a lease old or more (it never is while this
+    replica's own rounds keep it, whose lag stays under lease/2)."""
+    return renewal - stored_renew_time >= timedelta(seconds=lease_duration / 2)

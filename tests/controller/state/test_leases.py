@@ -231,3 +231,38 @@ async def test_a_renewal_noted_while_a_flush_writes_is_kept(env) -> None:
     assert (await store.get(lease.PNodeLease, "p1")).spec.renew_time == written_at
     assert view.renewals.at("p1", 1) == later, "a newer renewal was dropped with the old one"
     assert view.lease_expiry("p1") == later + timedelta(seconds=CONFIG.lease_duration)
+
+
+# -- urgent renewals -------------------------------------------------------------------------
+
+
+def test_only_a_renewal_half_a_lease_past_the_stored_one_is_urgent() -> None:
+    stored = clock_mod.FakeClock().now()
+    half = timedelta(seconds=CONFIG.lease_duration / 2)
+    assert leases_mod.urgent(stored, stored + half, lease_duration=CONFIG.lease_duration)
+    assert not leases_mod.urgent(
+        stored, stored + half - timedelta(milliseconds=1), lease_duration=CONFIG.lease_duration
+    )
+
+
+async def test_a_renewal_taken_over_from_a_silent_replica_is_written_without_waiting(env) -> None:
+    """A PNode whose heartbeats come here after another replica stopped answering, its stored
+    lease already half a lease old: written at once, not at the next round, so the stored
+    lease does not run out while the PNode heartbeats (the soak's NotReady blips)."""
+    store, clock, view, keeper = env
+    await register(store, view, clock, ["p1", "p2"])
+    keeper.start()
+    await asyncio.sleep(0)  # the loop now waits for its round
+    # Between two rounds (every lease/6): the next is lease/12 away and the clock stays here.
+    await clock.advance(CONFIG.lease_duration / 2 + CONFIG.lease_duration / 12)
+    for _ in range(20):
+        await asyncio.sleep(0)  # the round the advance passed has run (nothing was due)
+    keeper.note("p1", 1, clock.now())  # half a lease past the stored renewal: written now
+    await wait.until(
+        lambda: store.get(lease.PNodeLease, "p1"),
+        within=10,
+        what="the urgent renewal to be persisted",
+        accept=lambda stored: stored.spec.renew_time == clock.now(),
+    )
+    keeper.note("p2", 1, clock.now() - timedelta(seconds=CONFIG.lease_duration / 2 - 0.01))
+    assert not keeper._urgent.is_set()  # under half a lease: waits for its round
