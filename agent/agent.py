@@ -128,6 +128,9 @@ class Agent:
         self.version = 0
         self.assignment_count = 0
         self.heartbeat_interval = 1.0
+        #: As the orchestrator last said (clamped like the interval); only paces the heartbeat
+        #: timeout. Until it has said, 8 s: the timeout stays the old 2 s.
+        self.lease_duration = 8.0
         self._load_credential()
         self._changed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -277,6 +280,7 @@ class Agent:
         self.incarnation = reply.incarnation
         self.version = 0
         self.heartbeat_interval = _interval(reply.heartbeat_interval, 1.0)
+        self.lease_duration = _interval(reply.lease_duration, self.lease_duration)
         self._save_credential()
         self._registered.set()
         log.info("registered as %s, incarnation %d", self.name, self.incarnation)
@@ -395,7 +399,7 @@ class Agent:
         self._wake.clear()
         try:
             reply = await stub.Heartbeat(
-                request, metadata=self._metadata(), timeout=max(2.0, self.heartbeat_interval)
+                request, metadata=self._metadata(), timeout=self._heartbeat_timeout()
             )
         except aio.AioRpcError as exc:
             self._on_heartbeat("failed")
@@ -411,6 +415,7 @@ class Agent:
             self.link.answered()
             self._on_heartbeat("fenced" if reply.lease_state == FENCED else "ok")
             self.heartbeat_interval = _interval(reply.heartbeat_interval, self.heartbeat_interval)
+            self.lease_duration = _interval(reply.lease_duration, self.lease_duration)
             if reply.lease_state == FENCED:
                 await self._fence(incarnation)
             else:
@@ -421,6 +426,14 @@ class Agent:
                     self._apply(reply.assignment_set, incarnation)
         wait = max(0.0, self.heartbeat_interval - (time.monotonic() - sent))
         await _wait(self._wake, wait)
+
+    def _heartbeat_timeout(self) -> float:
+        """How long a heartbeat waits for its answer before the agent moves on (and fails
+        over): never shorter than the interval, 2 s unless a quarter of the lease is less. A
+        replica that stopped answering may not have persisted this PNode's last renewals
+        (they lag by up to half a lease), so with the default 4 s lease a 2 s wait plus the
+        move could let the stored lease run out while the agent is alive."""
+        return max(self.heartbeat_interval, min(2.0, self.lease_duration / 4))
 
     async def _watch_once(self) -> None:
         """One WatchAssignments stream until it ends, then a short reconnect pause. A

@@ -607,3 +607,14 @@ async def test_a_wait_ends_at_its_timeout_or_its_event() -> None:
     await agent_mod._wait(event, 0.0)  # times out at once, quietly
     event.set()
     await agent_mod._wait(event, 10.0)  # set: returns at once
+
+
+def test_the_heartbeat_timeout_leaves_room_in_a_short_lease() -> None:
+    """A quarter of the lease when that is under 2 s, never under the interval."""
+    a = agent_mod.Agent.__new__(agent_mod.Agent)  # only the two numbers matter here
+    a.heartbeat_interval, a.lease_duration = 1.0, 4.0
+    assert a._heartbeat_timeout() == 1.0
+    a.heartbeat_interval, a.lease_duration = 1.0, 30.0
+    assert a._heartbeat_timeout() == 2.0
+    a.heartbeat_interval, a.lease_duration = 10.0, 30.0
+    assert a._heartbeat_timeout() == 10.0
