@@ -138,6 +138,10 @@ class Simulation:
         self.params = params
         self.config = params.control()
         self.rng = random.Random(params.seed)
+        #: The data plane's draws (who lies, which results, which lie): from the seed too,
+        #: but a stream of their own, so that liars and results leave the churn's draws as
+        #: they are (a run with `liars` 0 meets the same faults at the same times).
+        self.plane = random.Random(params.seed ^ 0x11A5)
         self.clock = sim_clock.SimClock()
         uid_rng = random.Random(params.seed ^ 0x5EED)
         self.store = sqlite.SqliteStore.in_memory(
@@ -215,6 +219,9 @@ class Simulation:
     def exp_hours(self, mean_hours: float) -> float:
         return self.rng.expovariate(1.0 / (mean_hours * 3600.0))
 
+    def plane_hours(self, mean_hours: float) -> float:
+        return self.plane.expovariate(1.0 / (mean_hours * 3600.0))
+
     # -- setup ------------------------------------------------------------------------------
 
     async def setup(self) -> None:
@@ -230,7 +237,7 @@ class Simulation:
         self.after(p.check_every, "check")
         self.after(self.exp_hours(p.mean_life_hours / p.pnodes), "join")
         self.after(self.exp_hours(p.replica_death_every_hours), "replica-death")
-        self.after(self.exp_hours(p.results_every_hours / p.networks), "result")
+        self.after(self.plane_hours(p.results_every_hours / p.networks), "result")
 
     def network(self, name: str) -> network.Network:
         vnodes = []
@@ -296,7 +303,7 @@ class Simulation:
             memory=memory,
             slow=self.rng.random() < self.params.slow_fraction,
             replica=self.rng.choice(self.live_replicas()).id,
-            liar=self.rng.random() < self.params.liars,
+            liar=self.plane.random() < self.params.liars,
             key=identity.generate_key(),
         )
         assert agent.key is not None
@@ -488,7 +495,7 @@ class Simulation:
         elif kind == "result":
             await self.result()
             every = self.params.results_every_hours / self.params.networks
-            self.after(self.exp_hours(every), "result")
+            self.after(self.plane_hours(every), "result")
         elif kind == "replica-start":
             await self.start_replica(args[0])
             self.trace(f"replica-start {args[0]}")
@@ -519,19 +526,19 @@ class Simulation:
         receives an honest result accuses its sender, at `false_accusations`, without proof
         (no evidence, or the honest signed result, which passes when checked again)."""
         p = self.params
-        net = self.rng.choice(sorted(self.desired))
-        child = self.rng.randrange(1, p.vnodes_per_network)
+        net = self.plane.choice(sorted(self.desired))
+        child = self.plane.randrange(1, p.vnodes_per_network)
         held = self.holders(net)
         senders = [s for s in self.desired[net] if s.startswith(f"{net}.v{child - 1}.")]
         targets = [s for s in self.desired[net] if s.startswith(f"{net}.v{child}.")]
-        sender_slot, target_slot = self.rng.choice(senders), self.rng.choice(targets)
+        sender_slot, target_slot = self.plane.choice(senders), self.plane.choice(targets)
         if sender_slot not in held or target_slot not in held:
             return
         (producer, sender_epoch), (receiver, target_epoch) = held[sender_slot], held[target_slot]
         if producer is receiver:
             return
         self.counts["results"] += 1
-        lie = producer.liar and self.rng.random() < p.lie_share
+        lie = producer.liar and self.plane.random() < p.lie_share
         sender = producer.held[sender_slot]
         target = receiver.held[target_slot]
         request = vnode_pb2.ForwardRequest(
@@ -544,7 +551,7 @@ class Simulation:
             target_vnode=target[1],
             target_replica=target[2],
             target_epoch=target_epoch,
-            tensor=tensors.encode(self.rng.choice(LIES) if lie else HONEST),
+            tensor=tensors.encode(self.plane.choice(LIES) if lie else HONEST),
             attempt=1,
         )
         if lie:
@@ -553,9 +560,9 @@ class Simulation:
                 self.counts["lies-unreported"] += 1  # liars do not report each other
                 return
             await self.report(receiver, producer, request, [self.sign(producer, request)], True)
-        elif receiver.liar and self.rng.random() < p.false_accusations:
+        elif receiver.liar and self.plane.random() < p.false_accusations:
             self.counts["false-accusations"] += 1
-            proof = [self.sign(producer, request)] if self.rng.random() < 0.5 else []
+            proof = [self.sign(producer, request)] if self.plane.random() < 0.5 else []
             await self.report(receiver, producer, request, proof, False)
 
     def sign(self, agent: Agent, request: vnode_pb2.ForwardRequest) -> common_pb2.SignedMessage:
