@@ -2,10 +2,12 @@
 
 Single-threaded and discrete-event: a heap of (time, sequence, event); the clock jumps to
 each event, the event runs to completion (its store calls inline, see `sim.inline`), then
-every live replica dispatches the reconciles it queued. Every random choice comes from one
-`random.Random(seed)`, keys are processed in sorted order, and each event appends one line
-to the trace, whose SHA-256 is the run's digest: the same seed gives the same digest,
-whatever PYTHONHASHSEED is.
+every live replica dispatches the reconciles it queued. Every random choice comes from the
+seed (the churn's `random.Random(seed)`, and streams of their own for the data plane and
+for record uids), keys are processed in sorted order, and each event appends one line to
+the trace, whose SHA-256 is the run's digest: the same seed gives the same digest, whatever
+PYTHONHASHSEED is. Identity keys, certificates and ECDSA signatures are random, and never
+enter the trace or any decision but whether they verify.
 
 What is simulated, and at what grain, is in docs/simulator.md.
 """
