@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from pathlib import Path
 
@@ -22,6 +23,12 @@ def parse(argv: list[str]) -> tuple[world.Params, argparse.Namespace]:
     parser.add_argument("--pnodes", type=int, default=defaults.pnodes)
     parser.add_argument("--replicas", type=int, default=defaults.replicas)
     parser.add_argument("--networks", type=int, default=defaults.networks)
+    parser.add_argument(
+        "--liars",
+        type=float,
+        default=defaults.liars,
+        help="share of joining PNodes that lie on some of their results (0 to 1)",
+    )
     parser.add_argument("--report", type=Path, help="write the report (markdown) here")
     parser.add_argument("--trace", type=Path, help="write the whole event trace here")
     parser.add_argument(
@@ -38,18 +45,25 @@ def parse(argv: list[str]) -> tuple[world.Params, argparse.Namespace]:
     ):
         if value < low:
             parser.error(f"{flag} {value}: must be at least {low}")
+    if not 0.0 <= args.liars <= 1.0:
+        parser.error(f"--liars {args.liars}: must be a share between 0 and 1")
     params = world.Params(
         seed=args.seed,
         pnode_hours=args.pnode_hours,
         pnodes=args.pnodes,
         replicas=args.replicas,
         networks=args.networks,
+        liars=args.liars,
     )
     return params, args
 
 
 def main(argv: list[str] | None = None) -> int:
     params, args = parse(sys.argv[1:] if argv is None else argv)
+    # Simulated liars fail checks and get Bugged by design: the servers' warnings about each
+    # would drown the report.
+    for name in ("dcnr.validation", "dcnr.trust"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     outcome = asyncio.run(report.simulate(params, keep_trace=args.trace is not None))
     text = report.markdown(outcome)
     print(text)

@@ -25,6 +25,9 @@ NAMES = (
     "fencing",
     "stranded-pending",
     "convergence",
+    "liars-bugged",
+    "honest-not-bugged",
+    "no-placement-on-bugged",
     "no-crash",
 )
 
@@ -152,6 +155,39 @@ def resolution(
     return found
 
 
+def superseded_by_migration(
+    answered: Iterable[Resolved],
+    *,
+    slot_epochs: Mapping[str, int],
+    placed_at: Mapping[tuple[str, int], float],
+    bugged: Iterable[str],
+    refreshed_at: float,
+) -> tuple[list[Resolved], list[Resolved]]:
+    """Split endpoints into those `resolution` judges and those it must not: an endpoint at
+    a superseded epoch on a Bugged PNode, whose slot's current epoch was placed
+    (`placed_at`: (slot, epoch) → when the network loop wrote it) after the answering
+    replica's view last read the store (`refreshed_at`). The slot migrated off a PNode that
+    is still alive (its lease holds, so nothing else tells the view), written by another
+    replica's loop, and the view cannot know before its next refresh (the server's view
+    lags by its refresh, 0.25 s; the simulator's by up to `view_refresh`)."""
+    judged, tolerated = [], []
+    flagged = set(bugged)
+    for item in answered:
+        current = slot_epochs.get(item.slot)
+        at = placed_at.get((item.slot, current)) if current is not None else None
+        if (
+            item.pnode in flagged
+            and current is not None
+            and current > item.epoch
+            and at is not None
+            and at > refreshed_at
+        ):
+            tolerated.append(item)
+        else:
+            judged.append(item)
+    return judged, tolerated
+
+
 def fencing(*, accepted: bool, lease_expiry: float | None, now: float, pnode: str) -> str | None:
     """A heartbeat after the lease expired is refused (invariant 3): the agent must register
     again. `lease_expiry` is the ground truth for the incarnation the heartbeat presented."""
@@ -227,3 +263,90 @@ def unplaced(
             ):
                 found.append(f"{slot}@{0 if a is None else a.spec.epoch}")
     return found
+
+
+@dataclasses.dataclass(slots=True)
+class Lies:
+    """A liar's judged lies against one PNode record (its uid: a record deleted and made
+    again starts with fresh trust): results that failed a check and were reported with
+    evidence, and accusations of its own that were refused (each costs one strike), and
+    when the count reached the trust book's strike limit."""
+
+    count: int = 0
+    reached: float | None = None
+
+    def add(self, now: float, limit: int) -> None:
+        self.count += 1
+        if self.count >= limit and self.reached is None:
+            self.reached = now
+
+
+def liars_bugged(
+    lies: Mapping[tuple[str, str], Lies],
+    pnodes: Mapping[str, pnode.PNode],
+    *,
+    now: float,
+    bound: float,
+) -> list[str]:
+    """A liar whose record took `strike_limit` judged lies is Bugged within `bound` of the
+    last of them, for as long as that record exists (`lies`: (pnode, record uid) → Lies)."""
+    found = []
+    for (name, uid), seen in sorted(lies.items()):
+        node = pnodes.get(name)
+        if seen.reached is None or node is None or node.metadata.uid != uid:
+            continue
+        if now - seen.reached > bound and not node.status.trust.bugged:
+            found.append(
+                f"pnode {name}: {seen.count} judged lies, the limit reached at"
+                f" t={seen.reached:.0f}, not Bugged {now - seen.reached:.0f}s later"
+                f" (strikes {node.status.trust.strikes})"
+            )
+    return found
+
+
+def honest_not_bugged(pnodes: Mapping[str, pnode.PNode], liars: Iterable[str]) -> list[str]:
+    """No honest PNode is ever Bugged: every strike must be earned by the one struck."""
+    lying = set(liars)
+    return [
+        f"pnode {name} is Bugged but never lied (strikes {node.status.trust.strikes}: "
+        f"{'; '.join(e.message for e in node.status.validation_events[-3:])})"
+        for name, node in sorted(pnodes.items())
+        if node.status.trust.bugged and name not in lying
+    ]
+
+
+class BuggedPlacements:
+    """Bugged PNodes get no new placements (the scheduler's filter): a slot that moved onto
+    a PNode since the previous observation must not be on one that was already Bugged
+    `settle` seconds before that observation (`settle`: how long a replica's view may take
+    to learn of it). A slot re-issued at a new epoch on the PNode it was on is not a new
+    placement (a Bugged PNode with nowhere to migrate to keeps its work)."""
+
+    def __init__(self, settle: float) -> None:
+        self.settle = settle
+        self.seen: set[tuple[str, str]] = set()
+        self.previous: float | None = None
+
+    def observe(
+        self,
+        allocations: Iterable[allocation.Allocation],
+        bugged_since: Mapping[str, float],
+        now: float,
+    ) -> list[str]:
+        """`bugged_since`: Bugged PNodes → when they became Bugged (simulated seconds)."""
+        found = []
+        current = set()
+        for alloc in sorted(allocations, key=lambda a: a.name):
+            key = (alloc.name, alloc.spec.pnode)
+            current.add(key)
+            if key in self.seen or self.previous is None:
+                continue
+            since = bugged_since.get(alloc.spec.pnode)
+            if since is not None and since + self.settle <= self.previous:
+                found.append(
+                    f"slot {alloc.name} epoch {alloc.spec.epoch} placed on pnode "
+                    f"{alloc.spec.pnode}, Bugged since t={since:.0f}"
+                )
+        self.seen = current
+        self.previous = now
+        return found

@@ -1,10 +1,12 @@
 """One orchestrator replica in the simulator: the real parts below the gRPC boundary.
 
 A `Replica` holds what `controller.server.Orchestrator` wires for the control plane (the
-view, the lease keeper, allocation status, replica membership, the PNode and resolution
-servicers, the network and PNode loops), built the same way, on the shared store. What it
-leaves out: the grpc.aio server and interceptors (calls arrive in-process, see `Call`), the
-job loop and driver, the trust book, the event recorder, metrics.
+view, the lease keeper, allocation status, replica membership, the PNode, resolution and
+validation servicers, the trust book, the network and PNode loops), built the same way, on
+the shared store. What it leaves out: the grpc.aio server and interceptors (calls arrive
+in-process, see `Call`), the job loop and driver (the validation servicer gets an empty
+driver inbox: no job runs here), the event recorder, metrics. The trust book is flushed at
+the start of every dispatch, as the server's writes strikes within `strike_flush`.
 
 The manager (`controller.runtime.manager`) is replaced by `Loops`, a single-threaded
 dispatcher with the same contract: keys come only from the routing table
@@ -20,15 +22,17 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from api import identity
-from api.resources import meta
+from api.resources import allocation, meta
 from controller import config as config_mod
+from controller.jobs import driver_inbox
 from controller.runtime import events, replicas, workqueue
-from controller.services import pnode_service, resolution_service
+from controller.services import pnode_service, resolution_service, validation_service
 from controller.state import allocation_status, leases, view
+from controller.trust import book as trust
 from reconcilers import base as reconcilers_base
 from reconcilers import network as network_loop
 from reconcilers import pnode as pnode_loop
@@ -90,10 +94,15 @@ class Replica:
         clock: sim_clock.SimClock,
         config: config_mod.ControlPlaneConfig,
         authority: identity.Authority,
+        verifier: identity.Verifier,
+        identity_ttl: float,
         rng: random.Random,
         schedule: Callable[[Timer], None],
         trace: Callable[[str], None],
+        placed: Callable[[allocation.Allocation], None] | None = None,
     ) -> None:
+        """`placed`: told of every allocation the network loop writes (the simulator notes
+        when each slot's epoch first appeared)."""
         self.id = replica_id
         self.store = store
         self.clock = clock
@@ -101,6 +110,7 @@ class Replica:
         self.rng = rng
         self._schedule = schedule
         self._trace = trace
+        self._placed = placed
         self.view = view.View(store, clock, config=config)
         self.leases = leases.LeaseKeeper(store, clock, view=self.view, config=config)
         self.statuses = allocation_status.AllocationStatus(store, self.view)
@@ -121,6 +131,20 @@ class Replica:
             authority=authority,
             data_plane_plaintext=True,
             statuses=self.statuses,
+            identity_ttl=identity_ttl,
+        )
+        self.trust = trust.TrustBook(store=store, clock=clock, on_written=self.view.apply_written)
+        #: The evidence refusal reasons of the report being handled (`on_refused`).
+        self.refusals: list[str] = []
+        self.validation = validation_service.ValidationService(
+            store=store,
+            view=self.view,
+            book=self.trust,
+            inbox=driver_inbox.Inbox(clock=clock, book=self.trust),
+            replica_id=replica_id,
+            verifier=verifier,
+            clock=clock,
+            on_refused=self.refusals.append,
         )
         self.resolver = resolution_service.ResolutionService(
             view=self.view, clock=clock, replica_id=replica_id
@@ -130,7 +154,7 @@ class Replica:
                 store,
                 clock,
                 config=config,
-                on_written=self.view.apply_written,
+                on_written=self._network_wrote,
                 on_deleted=self.view.apply_deleted,
             ),
             "pnode": pnode_loop.PNodeReconciler(
@@ -151,13 +175,23 @@ class Replica:
         self.errors = 0
         #: Which start of this replica id it is (the simulator's timers name it).
         self.incarnation = 0
+        #: When the view last read the whole store (start, then every `view_refresh`).
+        self.refreshed_at = 0.0
         self.view.subscribe(self._changed)
 
     async def start(self) -> None:
         """As the server starts: fill the view, join membership, queue every key."""
         await self.view.refresh()
+        self.refreshed_at = self.clock.monotonic()
         await self.membership.renew()
         self.resync()
+
+    def _network_wrote(self, written: Sequence[meta.Resource]) -> None:
+        if self._placed is not None:
+            for found in written:
+                if isinstance(found, allocation.Allocation):
+                    self._placed(found)
+        self.view.apply_written(written)
 
     def _changed(self, old: meta.Resource | None, new: meta.Resource | None) -> None:
         lookup = events.Lookup(self.view.networks_on, self.view.networks_not_ready)
@@ -178,6 +212,8 @@ class Replica:
         """Reconcile every queued key, in name order, loop by loop, until none is queued.
         Returns the passes run; raises `Storm` past MAX_PASSES."""
         passes = 0
+        if self.trust.pending():
+            await self.trust.flush()
         if self.statuses.pending:
             await self.statuses.drain()
         while any(self.queued.values()):
@@ -232,6 +268,7 @@ class Replica:
     async def refresh(self) -> None:
         """The view's periodic re-read of the store (every `view_refresh`)."""
         await self.view.refresh()
+        self.refreshed_at = self.clock.monotonic()
 
 
 class Storm(Exception):

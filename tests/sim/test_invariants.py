@@ -125,10 +125,84 @@ def test_convergence_restarts_when_a_slot_is_re_placed() -> None:
     assert since.observe(["net.v0.0@2"], now=19.0) == ["net.v0.0@2"]
 
 
+def bugged(fleet: dict[str, pnode.PNode], name: str) -> None:
+    fleet[name].status.trust.bugged = True
+    fleet[name].status.trust.strikes = 3
+
+
+def test_liars_bugged_catches_a_liar_past_the_limit_and_not_bugged_past_the_bound() -> None:
+    fleet = nodes("liar", "other")
+    fleet["liar"].metadata.uid = "u1"
+    lies = {("liar", "u1"): invariants.Lies()}
+    for t in (10.0, 20.0):
+        lies[("liar", "u1")].add(t, limit=3)
+    assert invariants.liars_bugged(lies, fleet, now=1000.0, bound=50.0) == []  # under the limit
+    lies[("liar", "u1")].add(30.0, limit=3)
+    assert lies[("liar", "u1")].reached == 30.0
+    assert invariants.liars_bugged(lies, fleet, now=80.0, bound=50.0) == []  # within the bound
+    [found] = invariants.liars_bugged(lies, fleet, now=81.0, bound=50.0)
+    assert "pnode liar: 3 judged lies" in found
+    bugged(fleet, "liar")
+    assert invariants.liars_bugged(lies, fleet, now=81.0, bound=50.0) == []
+    # A record made again (another uid) starts with fresh trust: the old lies are not its.
+    fresh = nodes("liar")
+    fresh["liar"].metadata.uid = "u2"
+    assert invariants.liars_bugged(lies, fresh, now=81.0, bound=50.0) == []
+    assert invariants.liars_bugged(lies, {}, now=81.0, bound=50.0) == []
+
+
+def test_honest_not_bugged_catches_a_bugged_pnode_that_never_lied() -> None:
+    fleet = nodes("liar", "honest")
+    bugged(fleet, "liar")
+    assert invariants.honest_not_bugged(fleet, {"liar"}) == []
+    bugged(fleet, "honest")
+    [found] = invariants.honest_not_bugged(fleet, {"liar"})
+    assert found.startswith("pnode honest is Bugged but never lied")
+
+
+def test_bugged_placements_catches_a_slot_moved_onto_a_long_bugged_pnode() -> None:
+    watch = invariants.BuggedPlacements(settle=10.0)
+    assert watch.observe([placed("v0", 0, "b")], {"b": 0.0}, now=100.0) == []  # first look
+    # Kept where it was, re-issued at a new epoch: not a placement.
+    assert watch.observe([placed("v0", 0, "b", epoch=2)], {"b": 0.0}, now=200.0) == []
+    # Bugged only 5 s before the previous look: the views may not have known.
+    assert watch.observe([placed("v1", 0, "c")], {"c": 195.0}, now=300.0) == []
+    [found] = watch.observe(
+        [placed("v1", 0, "c"), placed("v2", 0, "d")], {"c": 195.0, "d": 250.0}, now=400.0
+    )
+    assert found == "slot net.v2.0 epoch 1 placed on pnode d, Bugged since t=250"
+
+
+def test_superseded_by_migration_spares_only_a_fresh_migration_off_a_bugged_pnode() -> None:
+    stale = invariants.Resolved("net.v0.0", "b", 1)
+    epochs = {"net.v0.0": 2}
+
+    def split(**changes: object) -> tuple[int, int]:
+        kwargs: dict[str, object] = {
+            "slot_epochs": epochs,
+            "placed_at": {("net.v0.0", 2): 50.0},
+            "bugged": {"b"},
+            "refreshed_at": 40.0,
+        } | changes
+        judged, spared = invariants.superseded_by_migration([stale], **kwargs)  # type: ignore[arg-type]
+        return len(judged), len(spared)
+
+    assert split() == (0, 1)
+    assert split(refreshed_at=60.0) == (1, 0)  # the view had read the new epoch
+    assert split(bugged=set()) == (1, 0)  # superseded on a healthy PNode: judged
+    assert split(placed_at={}) == (1, 0)
+    current = invariants.Resolved("net.v0.0", "b", 2)
+    judged, spared = invariants.superseded_by_migration(
+        [current], slot_epochs=epochs, placed_at={}, bugged={"b"}, refreshed_at=0.0
+    )
+    assert (judged, spared) == ([current], [])
+
+
 def test_every_invariant_named_has_a_case_here() -> None:
     covered = {
         "capacity", "one-pnode-per-slot-epoch", "replicas-apart", "epochs-forward",
         "resolution-live", "resolution-current", "fencing", "stranded-pending", "convergence",
+        "liars-bugged", "honest-not-bugged", "no-placement-on-bugged",
         "no-crash",  # the run loop's: tests/sim/test_run.py
     }  # fmt: skip
     assert set(invariants.NAMES) == covered

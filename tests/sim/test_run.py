@@ -13,7 +13,8 @@ import pytest
 
 from sim import invariants, regression, report, world
 
-#: A few hundred PNode-hours with churn turned up, so every fault kind occurs.
+#: A few hundred PNode-hours with churn turned up, so every fault kind occurs, liars
+#: included: many, lying often, on a busy data plane.
 SHORT = world.Params(
     seed=7,
     pnode_hours=300.0,
@@ -31,6 +32,10 @@ SHORT = world.Params(
     mean_life_hours=40.0,
     pause_every_hours=30.0,
     replica_death_every_hours=4.0,
+    liars=0.3,
+    lie_share=0.7,
+    false_accusations=0.5,
+    results_every_hours=0.05,
 )
 
 
@@ -54,7 +59,7 @@ async def test_the_same_seed_gives_the_same_trace_and_another_seed_does_not(
 def test_the_digest_does_not_depend_on_string_hashing() -> None:
     """A subprocess with another PYTHONHASHSEED: set and dict order of strings differ."""
     args = [sys.executable, "-m", "sim", "--seed", "5", "--pnode-hours", "150", "--pnodes", "12",
-            "--networks", "2"]  # fmt: skip
+            "--networks", "2", "--liars", "0.5"]  # fmt: skip
     digests = []
     for hash_seed in ("1", "2"):
         done = subprocess.run(
@@ -78,6 +83,12 @@ def test_a_short_run_with_every_fault_holds_every_invariant(short: report.Outcom
     for kind in ("joins", "deaths", "pauses", "fenced", "replica-deaths", "heartbeats"):
         assert outcome.counts.get(kind, 0) > 0, (kind, outcome.counts)
     assert outcome.counts["endpoints-resolved"] > 0, "nothing was ever placed and resolved"
+    # Liars lied and were struck on real evidence, and accused falsely and paid for it.
+    for kind in ("lies", "accused-struck", "false-accusations", "accusers-charged"):
+        assert outcome.counts.get(kind, 0) > 0, (kind, outcome.counts)
+    assert outcome.counts["pnodes-bugged"] > 0, outcome.counts
+    assert outcome.counts.get("honest-accused-struck", 0) == 0
+    assert outcome.counts.get("honest-accusers-charged", 0) == 0
     for name in invariants.NAMES:
         assert outcome.checked.get(name, 0) > 0, f"{name} was never checked"
 
@@ -115,3 +126,7 @@ def test_bad_arguments_name_the_flag_and_value(capsys) -> None:
         cli.parse(["--pnode-hours", "0"])
     assert exited.value.code == 2
     assert "--pnode-hours 0.0: must be at least 1.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        cli.parse(["--liars", "1.5"])
+    assert exited.value.code == 2
+    assert "--liars 1.5: must be a share between 0 and 1" in capsys.readouterr().err
