@@ -59,7 +59,7 @@ def ready(name: str) -> Any:
 @pytest.fixture(scope="module")
 def golden_net(cluster: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("golden")
-    cli = Dcnctl(root / "config", cluster)
+    cli = Dcnctl(root / "config", cluster, insecure=True)
     cli("apply", "-f", write(root / "golden.yaml", chain("golden", "golden")))
     cli.until("golden Ready", ready("golden"), "get", "network", "golden")
     cli.until(

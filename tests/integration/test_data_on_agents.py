@@ -36,7 +36,7 @@ SUBSET = 300
 
 def dcnctl(server: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [procs.script("dcnctl"), "--server", server, *args],
+        [procs.script("dcnctl"), "--server", server, "--insecure", *args],  # serve --insecure
         capture_output=True, text=True, timeout=240, check=False,
     )  # fmt: skip
 
