@@ -200,7 +200,8 @@ def test_describe_and_explain_say_why(dcnctl: Dcnctl, golden_net: str, tmp_path:
 
 def test_watch_prints_changes_until_interrupted(dcnctl: Dcnctl, tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dcnctl", "get", "networks", "-l", "suite=watched", "-w"],
+        [sys.executable, "-m", "dcnctl", "--insecure", "get", "networks", "-l", "suite=watched",
+         "-w"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dcnctl.env(), cwd=REPO,
     )  # fmt: skip
     try:
@@ -216,6 +217,7 @@ def test_watch_prints_changes_until_interrupted(dcnctl: Dcnctl, tmp_path: Path) 
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert "Traceback" not in err
+    assert err.count("warning: --insecure: plaintext gRPC") == 1  # once, reconnects or not
     dcnctl("delete", "network", "watched")
 
 
