@@ -204,8 +204,9 @@ class ReloadingServerCredentials:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ClientFiles:
-    """What a client trusts (the CA bundle; None: the system's roots) and, for mutual TLS,
-    the certificate it proves itself with."""
+    """What a client trusts (the CA bundle; None: gRPC's default roots, which are the file
+    $GRPC_DEFAULT_SSL_ROOTS_FILE_PATH names when set, else the Mozilla bundle grpcio ships)
+    and, for mutual TLS, the certificate it proves itself with."""
 
     ca: Path | None = None
     cert: Path | None = None
@@ -233,9 +234,12 @@ class ClientFiles:
         return [(TARGET_NAME_OVERRIDE, self.server_name)] if self.server_name else []
 
 
-def describe_failure(code: grpc.StatusCode, details: str, *, tls: bool) -> str | None:
+def describe_failure(
+    code: grpc.StatusCode, details: str, *, tls: bool, ca_given: bool = True
+) -> str | None:
     """A one-line hint when a call failed because the two ends disagree about TLS or the
     server's certificate is not trusted; None when the failure looks like something else.
+    `ca_given`: the client named a CA bundle (False: it trusts gRPC's default roots).
 
     gRPC reports all of these as UNAVAILABLE, with the handshake's words in the details: a
     TLS client at a plaintext server gets WRONG_VERSION_NUMBER, an untrusted certificate
@@ -248,8 +252,17 @@ def describe_failure(code: grpc.StatusCode, details: str, *, tls: bool) -> str |
     text = details.lower()
     if tls:
         if "wrong_version_number" in text:
-            return "the server does not speak TLS (serve --insecure?): drop the tls-* settings"
+            return (
+                "the server does not speak TLS (serve --insecure?): to talk plaintext anyway, "
+                "give --insecure (a dcnctl context: insecure: true)"
+            )
         if "certificate_verify_failed" in text:
+            if not ca_given:
+                return (
+                    "the server's certificate is not signed by a CA trusted by default "
+                    "(gRPC's bundled roots, or $GRPC_DEFAULT_SSL_ROOTS_FILE_PATH): "
+                    "give the CA bundle that signed it in tls-ca"
+                )
             return (
                 "the server's certificate is not signed by the CA in tls-ca: "
                 "give the CA bundle that signed it"
@@ -273,5 +286,8 @@ def describe_failure(code: grpc.StatusCode, details: str, *, tls: bool) -> str |
             )
         return None
     if "socket closed" in text or "connection reset" in text:
-        return "the server closed the connection: it may require TLS (set tls-ca)"
+        return (
+            "the server closed the connection: it may require TLS "
+            "(drop --insecure; give tls-ca if its CA is private)"
+        )
     return None

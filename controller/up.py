@@ -89,9 +89,11 @@ def certificate_hosts(listen_host: str) -> tuple[str, ...]:
 
 def write_dcnctl_config(config: UpConfig, address: str, ca: Path | None) -> Path:
     """A dcnctl config with one context, "up", for this cluster (readable by its owner)."""
-    context: dict[str, str] = {"name": "up", "server": address}
+    context: dict[str, str | bool] = {"name": "up", "server": address}
     if ca is not None:
         context["tls-ca"] = str(ca)
+    else:  # `up --insecure`: dcnctl dials TLS unless the context says plaintext
+        context["insecure"] = True
     body = {
         "apiVersion": "dcnr.io/v1",
         "kind": "Config",

@@ -40,8 +40,10 @@ class Client:
         )
         options = [("grpc.max_receive_message_length", 256 * 2**20),
                    ("grpc.max_send_message_length", 256 * 2**20)]  # fmt: skip
-        #: Whether this connection is TLS (for a hint when the server disagrees).
+        #: Whether this connection is TLS, and against a CA of the context's or gRPC's
+        #: default roots (for a hint when the server disagrees).
         self.tls = ctx.tls
+        self.ca_given = bool(ctx.tls_ca)
         if ctx.tls:
             files = api_tls.ClientFiles(
                 ca=_path(ctx.tls_ca),
@@ -83,7 +85,7 @@ class Client:
         try:
             return method(request, timeout=seconds, metadata=self._metadata)
         except grpc.RpcError as exc:
-            raise errors.from_rpc(exc, self.server, tls=self.tls) from None
+            raise errors.from_rpc(exc, self.server, tls=self.tls, ca_given=self.ca_given) from None
 
     def stream(
         self, method: grpc.UnaryStreamMultiCallable[Any, Resp], request: Any

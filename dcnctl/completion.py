@@ -5,9 +5,9 @@ What it completes, as kubectl's does: subcommands and flags; a flag's values whe
 flag has choices (`-o wide|yaml|json|name`, `--dry-run`, `--optimizer`), files where it
 takes any other value; resource types after `get`, `describe` and `delete` (every name
 `kinds` accepts, short names included); and resource names, asked of the server when TAB
-is pressed (`dcnctl get TYPE -o name`, with the --server/--context/--config/--token given
-on the line), as kubectl's `__kubectl_get_resource` does. A server that does not answer
-within a few seconds completes nothing rather than hanging the shell.
+is pressed (`dcnctl get TYPE -o name`, with the --server/--context/--config/--token and
+--insecure given on the line), as kubectl's `__kubectl_get_resource` does. A server that
+does not answer within a few seconds completes nothing rather than hanging the shell.
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ _dcnctl_names() {{
         case "${{COMP_WORDS[i]}}" in
             --server|-s|--context|--config|--token)
                 flags+=("${{COMP_WORDS[i]}}" "${{COMP_WORDS[i+1]}}") ;;
+            --insecure|--no-insecure)
+                flags+=("${{COMP_WORDS[i]}}") ;;
         esac
     done
     dcnctl "${{flags[@]}}" --request-timeout 5s get "$1" -o name 2>/dev/null | sed 's|^.*/||'

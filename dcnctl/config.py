@@ -12,6 +12,14 @@ flattened, since DCNR has no separate users or clusters:
         token: s3cret
         tls-ca: /etc/dcnr/ca.pem
         tls-server-name: dcnr.lab.example   # optional: the name its certificate carries
+      - name: local
+        server: 127.0.0.1:7070
+        insecure: true                      # plaintext: `serve --insecure` only
+
+TLS unless told otherwise, as kubectl: a context without tls-ca verifies the server against
+gRPC's default roots (the file $GRPC_DEFAULT_SSL_ROOTS_FILE_PATH names, else the Mozilla
+bundle grpcio ships). Plaintext only with `insecure: true` or the --insecure flag, and then
+dcnctl warns on stderr that the token crosses the network readable.
 
 Which server a command talks to: --server, else $DCNR_SERVER, else the chosen context
 (--context, else current-context), else 127.0.0.1:7070. The file may hold tokens, so it is
@@ -46,12 +54,13 @@ class Context:
     #: The name to expect in the server's certificate when `server` is an address it does
     #: not name (an IP, a port-forward).
     tls_server_name: str = ""
-    #: Plaintext even when TLS files are set (a local cluster, a debugging session).
+    #: Plaintext, even when TLS files are set (a local cluster, a debugging session); the
+    #: only way to plaintext: without it, TLS against tls-ca or the default roots.
     insecure: bool = False
 
     @property
     def tls(self) -> bool:
-        return not self.insecure and bool(self.tls_ca or self.tls_cert)
+        return not self.insecure
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"name": self.name}
@@ -129,9 +138,16 @@ def load(path: pathlib.Path) -> ConfigFile:
 
 
 def resolve(
-    file: ConfigFile, *, server: str | None, context: str | None, token: str | None
+    file: ConfigFile,
+    *,
+    server: str | None,
+    context: str | None,
+    token: str | None,
+    insecure: bool | None = None,
 ) -> Context:
-    """The effective connection settings, by the precedence in the module docstring."""
+    """The effective connection settings, by the precedence in the module docstring;
+    `insecure` (the --insecure/--no-insecure flag; None: not given) overrides the
+    context's."""
     name = context or file.current
     if name and name not in file.contexts:
         if context:
@@ -147,8 +163,10 @@ def resolve(
         raise errors.local(
             f"server {chosen.server!r}: give HOST:PORT without a scheme,"
             f" e.g. {rest or DEFAULT_SERVER}"
-            " (dcnr.v1 is gRPC; TLS is chosen by the context's tls-* settings, not by a scheme)"
+            " (dcnr.v1 is gRPC over TLS unless --insecure, not chosen by a scheme)"
         )
     if token is not None:
         chosen.token = token
+    if insecure is not None:
+        chosen.insecure = insecure
     return chosen

@@ -65,9 +65,12 @@ def local(message: str) -> CliError:
     return CliError(f"error: {message}")
 
 
-def from_rpc(exc: grpc.RpcError, server: str, *, tls: bool | None = None) -> CliError:
+def from_rpc(
+    exc: grpc.RpcError, server: str, *, tls: bool | None = None, ca_given: bool = True
+) -> CliError:
     """The CliError for a failed call; `server` is the address the call went to, `tls`
-    whether the call went over TLS (None: unknown, no hint)."""
+    whether the call went over TLS (None: unknown, no hint), `ca_given` whether it trusted
+    the context's tls-ca rather than gRPC's default roots."""
     code: grpc.StatusCode = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
     raw = (exc.details() if isinstance(exc, grpc.Call) else None) or str(code.name).lower()
     detail = messages.clip(raw)  # one bounded line, whatever the server put in it
@@ -76,7 +79,11 @@ def from_rpc(exc: grpc.RpcError, server: str, *, tls: bool | None = None) -> Cli
     ):
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             detail = f"no answer before the deadline ({detail})"
-        hint = api_tls.describe_failure(code, raw, tls=tls) if tls is not None else None
+        hint = (
+            api_tls.describe_failure(code, raw, tls=tls, ca_given=ca_given)
+            if tls is not None
+            else None
+        )
         return Unreachable(server, f"{hint} ({detail})" if hint else detail)
     return ServerError(code, detail)
 

@@ -103,7 +103,7 @@ def follow(c: Client, found: job_model.Job, progress: Progress) -> job_model.Job
                     progress.update(found)
                 backoff, outage = 0.5, False
         except grpc.RpcError as exc:
-            failure = errors.from_rpc(exc, c.server, tls=c.tls)
+            failure = errors.from_rpc(exc, c.server, tls=c.tls, ca_given=c.ca_given)
             if isinstance(failure, errors.ServerError) and failure.code in _TERMINAL:
                 progress.clear()
                 if failure.code == grpc.StatusCode.NOT_FOUND:

@@ -170,7 +170,7 @@ def _watch_networks(args: argparse.Namespace, c: Client, names: list[str]) -> in
             else:
                 rows.print(c, [resource], first=False)
     except grpc.RpcError as exc:
-        raise errors.from_rpc(exc, c.server, tls=c.tls) from None
+        raise errors.from_rpc(exc, c.server, tls=c.tls, ca_given=c.ca_given) from None
     return 0
 
 

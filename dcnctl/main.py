@@ -2,8 +2,10 @@
 
 Exit codes: 0 success, 1 any error (one `error: ...` or `Error from server (...)` line per
 problem on stderr, never a traceback), 2 bad usage (argparse), 130 interrupted.
-Connection flags (--server, --context, --token, --config, --request-timeout) are accepted
-before or after the subcommand, as kubectl's global flags are.
+Connection flags (--server, --context, --token, --insecure, --config, --request-timeout) are
+accepted before or after the subcommand, as kubectl's global flags are. TLS unless
+--insecure (or the context's insecure: true) asks for plaintext; then one warning line goes
+to stderr, never to stdout, where output may be read by a program.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ def _globals(*, suppress: bool) -> argparse.ArgumentParser:
                         f"context, or {config.DEFAULT_SERVER})")  # fmt: skip
     g.add_argument("--context", default=default, help="use this context of the config file")
     g.add_argument("--token", default=default, help="bearer token for management calls")
+    g.add_argument("--insecure", action=argparse.BooleanOptionalAction, default=default,
+                   help="plaintext gRPC, even if TLS files are set (default: the context's "
+                        "insecure, else TLS); the token crosses the network readable")  # fmt: skip
     g.add_argument(
         "--config",
         default=default,
@@ -158,8 +163,6 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument(flag, metavar="FILE")
     q.add_argument("--tls-server-name", metavar="NAME",
                    help="the name to expect in the server's certificate")  # fmt: skip
-    q.add_argument("--insecure", action=argparse.BooleanOptionalAction, default=None,
-                   help="plaintext even if TLS files are set")  # fmt: skip
     q = cfg.add_parser("use-context", help="make a context current", parents=[common])
     q.add_argument("name")
     q = cfg.add_parser("delete-context", help="remove a context", parents=[common])
@@ -186,9 +189,17 @@ HANDLERS: dict[str, Handler] = {
 
 def _connect(args: argparse.Namespace) -> client_mod.Client:
     file = config.load(config.path_of(args.config))
-    ctx = config.resolve(file, server=args.server, context=args.context, token=args.token)
+    ctx = config.resolve(
+        file, server=args.server, context=args.context, token=args.token, insecure=args.insecure
+    )
     timeout = apply.parse_seconds(args.request_timeout, "--request-timeout")
-    return client_mod.Client(ctx, timeout=timeout)
+    c = client_mod.Client(ctx, timeout=timeout)
+    if not ctx.tls:  # one connection per invocation, so one warning
+        _stderr(
+            f"warning: --insecure: plaintext gRPC to {ctx.server}; the token and everything "
+            "else cross the network readable"
+        )
+    return c
 
 
 def run(args: argparse.Namespace, top: argparse.ArgumentParser) -> int:

@@ -1,7 +1,9 @@
 """One asynchronous gRPC connection to an orchestrator, with its credentials.
 
 Failures leave as `Refused` (the orchestrator answered with an error: e.g. INVALID_ARGUMENT
-naming the field) or as grpc's own error for transport trouble, which kopf retries.
+naming the field), as `Unreachable` when the two ends disagree about TLS (its message names
+the likely cause and the flag), or as grpc's own error for other transport trouble; kopf
+retries all but the first.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ ANSWERS = frozenset({
 })  # fmt: skip
 
 
+class Unreachable(Exception):
+    """The orchestrator could not be reached, for a reason a flag would fix (plaintext at
+    one end, TLS at the other; an untrusted certificate): the message says which."""
+
+
 class Refused(Exception):
     """The orchestrator refused a call; `code` and its message (which names the field)."""
 
@@ -50,8 +57,10 @@ class Target:
 
     server: str
     token: str = ""
-    #: TLS when any of these is set: the CA bundle that signed the orchestrator's certificate
-    #: (None: the system's roots), and a client certificate and key for mutual TLS.
+    #: Plaintext (--insecure); otherwise TLS, always.
+    insecure: bool = False
+    #: The CA bundle that signed the orchestrator's certificate (None: gRPC's default roots),
+    #: and a client certificate and key for mutual TLS.
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -60,7 +69,8 @@ class Target:
 
     @property
     def tls(self) -> api_tls.ClientFiles | None:
-        if self.tls_ca is None and self.tls_cert is None and self.tls_key is None:
+        """The TLS files, or None for plaintext (only with `insecure`)."""
+        if self.insecure:
             return None
         return api_tls.ClientFiles(
             ca=self.tls_ca, cert=self.tls_cert, key=self.tls_key, server_name=self.tls_server_name
@@ -70,6 +80,8 @@ class Target:
 class Client:
     def __init__(self, target: Target) -> None:
         self.server = target.server
+        self._tls = not target.insecure
+        self._ca_given = target.tls_ca is not None
         self._metadata = (("authorization", f"Bearer {target.token}"),) if target.token else ()
         tls = target.tls
         if tls is not None:
@@ -99,4 +111,10 @@ class Client:
         except grpc.aio.AioRpcError as exc:
             if exc.code() in ANSWERS:
                 raise Refused(exc.code(), exc.details() or exc.code().name) from None
+            details = exc.details() or exc.code().name
+            hint = api_tls.describe_failure(
+                exc.code(), details, tls=self._tls, ca_given=self._ca_given
+            )
+            if hint is not None:
+                raise Unreachable(f"orchestrator {self.server}: {hint} ({details})") from None
             raise

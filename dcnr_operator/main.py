@@ -3,9 +3,11 @@
 Kubernetes credentials come the way kopf finds them (in-cluster service account, or
 $KUBECONFIG); the orchestrator's address and admin token from flags or the environment
 (DCNR_SERVER, DCNR_TOKEN_FILE), as the chart's operator Deployment sets them. TLS to the
-orchestrator when a CA bundle or client certificate is given (--tls-ca, --tls-cert/--tls-key,
---tls-server-name; env DCNR_TLS_CA, DCNR_TLS_CERT, DCNR_TLS_KEY, DCNR_TLS_SERVER_NAME);
-plaintext otherwise, with a warning.
+orchestrator always, verified with --tls-ca (else gRPC's default roots: the file
+$GRPC_DEFAULT_SSL_ROOTS_FILE_PATH names, or the bundle grpcio ships), with --tls-cert and
+--tls-key for mutual TLS and --tls-server-name for the name its certificate carries (env
+DCNR_TLS_CA, DCNR_TLS_CERT, DCNR_TLS_KEY, DCNR_TLS_SERVER_NAME). Plaintext only with
+--insecure, which contradicts the TLS flags, and then with a warning.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", default=env("DCNR_TOKEN_FILE", ""),
                    help="file holding the admin token (env DCNR_TOKEN_FILE)")  # fmt: skip
     p.add_argument("--tls-ca", default=env("DCNR_TLS_CA", ""),
-                   help="CA bundle to verify the orchestrator's TLS certificate")  # fmt: skip
+                   help="CA bundle to verify the orchestrator's TLS certificate (env "
+                        "DCNR_TLS_CA; default: gRPC's default roots)")  # fmt: skip
     p.add_argument("--tls-cert", default=env("DCNR_TLS_CERT", ""),
                    help="mutual TLS: the operator's certificate (env DCNR_TLS_CERT)")  # fmt: skip
     p.add_argument("--tls-key", default=env("DCNR_TLS_KEY", ""),
@@ -44,6 +47,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-server-name", default=env("DCNR_TLS_SERVER_NAME", ""),
                    help="name to expect in the orchestrator's certificate "
                    "(env DCNR_TLS_SERVER_NAME; default: the host of --server)")  # fmt: skip
+    p.add_argument("--insecure", action="store_true",
+                   help="plaintext gRPC to the orchestrator: the admin token crosses the "
+                        "network readable (default: TLS)")  # fmt: skip
     p.add_argument("--namespace", "-n", action="append", default=[],
                    help="watch this namespace (repeatable); none: all namespaces")  # fmt: skip
     p.add_argument("--resync-seconds", type=float,
@@ -74,11 +80,24 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.scanning.disabled = True
 
 
+class Usage(ValueError):
+    """Flags that contradict each other; the message names them."""
+
+
 def target(args: argparse.Namespace) -> client_mod.Target:
+    if args.insecure:
+        given = [f"--{f.replace('_', '-')}" for f in ("tls_ca", "tls_cert", "tls_key",
+                 "tls_server_name") if getattr(args, f)]  # fmt: skip
+        if given:
+            raise Usage(
+                f"--insecure and {given[0]} (or its DCNR_ environment variable) contradict "
+                "each other: give one or the other"
+            )
     token = Path(args.token_file).read_text().strip() if args.token_file else ""
     return client_mod.Target(
         server=args.server,
         token=token,
+        insecure=args.insecure,
         tls_ca=Path(args.tls_ca) if args.tls_ca else None,
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
@@ -123,11 +142,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    orchestrator = target(args)
+    try:
+        orchestrator = target(args)
+    except Usage as exc:
+        print(f"dcnr-operator: error: {exc}", file=sys.stderr)
+        return 2
     tls = orchestrator.tls
     if tls is None:
         logging.getLogger("dcnr.operator").warning(
-            "no --tls-ca: plaintext gRPC to %s; the admin token crosses the network readable",
+            "--insecure: plaintext gRPC to %s; the admin token crosses the network readable",
             orchestrator.server,
         )
     else:

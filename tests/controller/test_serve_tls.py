@@ -50,8 +50,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             agent.stop()
 
 
-def dcnctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"DCNR_CONFIG": str(config), "PATH": "/usr/bin:/bin"}
+def dcnctl(
+    config: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {"DCNR_CONFIG": str(config), "PATH": "/usr/bin:/bin", **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "dcnctl", *args],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=60, check=False,
@@ -60,7 +62,7 @@ def dcnctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def context(path: Path, server: str, **settings: str) -> Path:
+def context(path: Path, server: str, **settings: str | bool) -> Path:
     body = {
         "apiVersion": "dcnr.io/v1",
         "kind": "Config",
@@ -94,11 +96,29 @@ def test_dcnctl_with_the_ca_gets_pnodes_and_without_it_is_told_to_use_tls(
     assert misnamed.returncode == 1
     assert "set tls-server-name to a name it carries" in misnamed.stderr
 
-    plain = dcnctl(context(tmp_path / "plain", cluster.served.address), "get", "pnodes")
-    assert plain.returncode == 1
-    (line,) = plain.stderr.strip().splitlines()
+    # No tls-ca is still TLS, verified against gRPC's default roots: a private CA is not
+    # among them, and the hint says where to give it ...
+    bare = context(tmp_path / "bare", cluster.served.address)
+    untrusted = dcnctl(bare, "get", "pnodes")
+    assert untrusted.returncode == 1
+    (line,) = untrusted.stderr.strip().splitlines()
     assert line.startswith(f"error: unable to connect to the server at {cluster.served.address}")
-    assert "it may require TLS (set tls-ca)" in line
+    assert "not signed by a CA trusted by default" in line, line
+    assert "tls-ca" in line
+    # ... unless the default roots are made to hold it, as gRPC's environment variable does.
+    roots = {"GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": ca, "GRPC_VERBOSITY": "ERROR"}
+    trusted = dcnctl(bare, "get", "pnodes", env=roots)
+    assert trusted.returncode == 0, trusted.stderr
+    assert "agent-tls" in trusted.stdout
+    assert trusted.stderr == ""  # TLS: no plaintext warning
+
+    plain = dcnctl(context(tmp_path / "plain", cluster.served.address, insecure=True),
+                   "get", "pnodes")  # fmt: skip
+    assert plain.returncode == 1
+    warning, line = plain.stderr.strip().splitlines()
+    assert warning.startswith("warning: --insecure: plaintext gRPC to ")
+    assert line.startswith(f"error: unable to connect to the server at {cluster.served.address}")
+    assert "it may require TLS (drop --insecure" in line
 
 
 def test_dcnctl_with_tls_at_a_plaintext_server_is_told_so(cluster: Cluster, tmp_path: Path) -> None:
@@ -232,14 +252,60 @@ async def test_the_operator_reaches_a_tls_serve_with_its_ca(cluster: Cluster) ->
         assert await operator_handlers.get_network(c, "absent") is None  # NOT_FOUND, over TLS
     finally:
         await c.close()
-    # Without the CA the handshake fails (a transport error kopf retries), not a refusal.
-    plain = operator_client.Client(operator_client.Target(server=cluster.served.address))
+    # Without the CA it is TLS against gRPC's default roots, which lack the test CA; with
+    # --insecure it is plaintext, which a TLS serve closes. Either way a transport error
+    # kopf retries, not a refusal, naming the cause.
+    for target, says in (
+        (operator_client.Target(server=cluster.served.address), "not signed by a CA trusted"),
+        (operator_client.Target(server=cluster.served.address, insecure=True), "require TLS"),
+    ):
+        refused = operator_client.Client(target)
+        try:
+            with pytest.raises(operator_client.Unreachable, match=says):
+                await operator_handlers.get_network(refused, "absent")
+        finally:
+            await refused.close()
+
+
+async def test_the_operator_dials_tls_unless_insecure() -> None:
+    """No silent plaintext: with no TLS flag at all the operator still dials TLS, so a
+    plaintext orchestrator fails at once with the flag to give; --insecure connects."""
+    server = grpc.aio.server()  # plaintext, and no services: any call is UNIMPLEMENTED
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    address = f"127.0.0.1:{port}"
     try:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await operator_handlers.get_network(plain, "absent")
-        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        args = operator_main.parser().parse_args(["--server", address])
+        c = operator_client.Client(operator_main.target(args))
+        try:
+            with pytest.raises(operator_client.Unreachable) as caught:
+                await operator_handlers.get_network(c, "absent")
+        finally:
+            await c.close()
+        assert "does not speak TLS" in str(caught.value)
+        assert "--insecure" in str(caught.value)
+        assert address in str(caught.value)
+        args = operator_main.parser().parse_args(["--server", address, "--insecure"])
+        plain = operator_client.Client(operator_main.target(args))
+        try:
+            # Plaintext reaches it: the answer is the server's (no NetworkService here).
+            with pytest.raises(grpc.aio.AioRpcError) as answered:
+                await operator_handlers.get_network(plain, "absent")
+            assert answered.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        finally:
+            await plain.close()
     finally:
-        await plain.close()
+        await server.stop(None)
+
+
+@pytest.mark.parametrize("flag", ["--tls-ca", "--tls-server-name"])
+def test_the_operator_refuses_insecure_with_a_tls_flag(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert operator_main.main(["--server", "127.0.0.1:1", "--insecure", flag, "x"]) == 2
+    err = capsys.readouterr().err
+    assert f"--insecure and {flag}" in err, err
+    assert "contradict" in err
 
 
 def test_the_operator_names_a_missing_tls_file(

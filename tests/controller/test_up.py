@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from api.dcnr.v1 import common_pb2, pnode_pb2, pnode_pb2_grpc
-from controller import up
+from controller import server, up
 from tests.support import procs, wait
 
 REPO = Path(__file__).resolve().parents[2]
@@ -208,3 +208,20 @@ def test_up_refuses_a_negative_agent_count() -> None:
     assert result.returncode == 2
     assert "--agents" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("insecure", [False, True])
+def test_ups_dcnctl_context_says_how_to_reach_it(tmp_path: Path, insecure: bool) -> None:
+    """dcnctl dials TLS unless told: `up --insecure` must write insecure: true, and TLS `up`
+    its CA, or the context it hands out could not reach it."""
+    from dcnctl import config as dcnctl_config  # the test reads it as dcnctl would
+
+    cfg = up.UpConfig(
+        serve=server.ServeConfig(store_url="sqlite:///x.db"), agents=0, state_dir=tmp_path,
+        workdir=tmp_path, insecure=insecure,
+    )  # fmt: skip
+    ca = None if insecure else tmp_path / "ca.pem"
+    path = up.write_dcnctl_config(cfg, "127.0.0.1:7070", ca)
+    ctx = dcnctl_config.load(path).contexts["up"]
+    assert ctx.tls is not insecure
+    assert ctx.tls_ca == ("" if insecure else str(ca))

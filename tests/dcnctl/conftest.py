@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,12 +21,23 @@ from tests.support import agents, procs, wait
 REPO = agents.REPO
 
 
-class Dcnctl:
-    """Runs dcnctl with its own config file and, by default, the cluster's server."""
+#: dcnctl's one stderr line when it dials plaintext (--insecure), before anything else.
+INSECURE_WARNING = re.compile(
+    r"warning: --insecure: plaintext gRPC to \S+; the token and everything else cross the "
+    r"network readable\n"
+)
 
-    def __init__(self, config: Path, server: str | None) -> None:
+
+class Dcnctl:
+    """Runs dcnctl with its own config file and, by default, the cluster's server.
+    `insecure`: the server is plaintext (`serve --insecure`), so every command that connects
+    says --insecure, as a user must; its warning is checked to come once, first, and is
+    taken out of the stderr returned, so tests compare the rest exactly."""
+
+    def __init__(self, config: Path, server: str | None, *, insecure: bool) -> None:
         self.config = config
         self.server = server
+        self.insecure = insecure
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DCNR_")}
@@ -37,12 +49,20 @@ class Dcnctl:
     def __call__(
         self, *args: str, input: str | bytes | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
+        connects = self.insecure and args[:1] not in (("config",), ("completion",))
+        flags = ("--insecure",) if connects else ()
         proc = subprocess.run(
-            [sys.executable, "-m", "dcnctl", *args],
+            [sys.executable, "-m", "dcnctl", *flags, *args],
             input=input.decode() if isinstance(input, bytes) else input,
             capture_output=True, text=True, env=self.env(), cwd=REPO, timeout=120,
         )  # fmt: skip
         assert "Traceback" not in proc.stderr, proc.stderr
+        warned = INSECURE_WARNING.findall(proc.stderr)
+        assert len(warned) <= 1, proc.stderr
+        if warned:
+            assert proc.stderr.startswith(warned[0]), proc.stderr
+            proc.stderr = proc.stderr[len(warned[0]) :]
+        assert "warning: --insecure" not in proc.stdout, proc.stdout
         if check:
             assert proc.returncode == 0, f"dcnctl {' '.join(args)}: {proc.stderr}"
         return proc
@@ -70,7 +90,7 @@ def started_cluster(root: Path) -> Iterator[str]:
         procs.orchestrator(f"sqlite:///{root / 'state.db'}") as served,
         agents.agents(served.address, root, 3, cpu="2", memory="2Gi"),
     ):
-        cli = Dcnctl(root / "config", served.address)
+        cli = Dcnctl(root / "config", served.address, insecure=True)
         cli.until(
             "3 ready pnodes",
             lambda body: [p["status"]["phase"] for p in body["items"]] == ["Ready"] * 3,
@@ -90,10 +110,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def dcnctl(cluster: str, tmp_path: Path) -> Dcnctl:
-    return Dcnctl(tmp_path / "config", cluster)
+    return Dcnctl(tmp_path / "config", cluster, insecure=True)
 
 
 @pytest.fixture
 def offline(tmp_path: Path) -> Dcnctl:
-    """dcnctl with no server configured at all."""
-    return Dcnctl(tmp_path / "config", None)
+    """dcnctl with no server configured at all (and so TLS, the default)."""
+    return Dcnctl(tmp_path / "config", None, insecure=False)

@@ -59,7 +59,7 @@ def ready(name: str) -> Any:
 @pytest.fixture(scope="module")
 def golden_net(cluster: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("golden")
-    cli = Dcnctl(root / "config", cluster)
+    cli = Dcnctl(root / "config", cluster, insecure=True)
     cli("apply", "-f", write(root / "golden.yaml", chain("golden", "golden")))
     cli.until("golden Ready", ready("golden"), "get", "network", "golden")
     cli.until(
@@ -200,7 +200,8 @@ def test_describe_and_explain_say_why(dcnctl: Dcnctl, golden_net: str, tmp_path:
 
 def test_watch_prints_changes_until_interrupted(dcnctl: Dcnctl, tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dcnctl", "get", "networks", "-l", "suite=watched", "-w"],
+        [sys.executable, "-m", "dcnctl", "--insecure", "get", "networks", "-l", "suite=watched",
+         "-w"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dcnctl.env(), cwd=REPO,
     )  # fmt: skip
     try:
@@ -216,6 +217,7 @@ def test_watch_prints_changes_until_interrupted(dcnctl: Dcnctl, tmp_path: Path) 
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert "Traceback" not in err
+    assert err.count("warning: --insecure: plaintext gRPC") == 1  # once, reconnects or not
     dcnctl("delete", "network", "watched")
 
 

@@ -22,6 +22,8 @@ def complete(cli: Dcnctl, *words: str, shell: str = "bash") -> list[str]:
     script = cli("completion", shell).stdout
     if shell == "zsh":  # bashcompinit is zsh's; under bash the rest is the same script
         script = script.split("\n", 1)[1]
+    if cli.insecure:  # a plaintext server: the user's line says so, and names pass it on
+        words = ("--insecure", *words)
     quoted = " ".join("'" + w.replace("'", "'\\''") + "'" for w in ("dcnctl", *words))
     program = (
         f"{script}\nCOMP_WORDS=({quoted}); COMP_CWORD={len(words)}; _dcnctl; "
@@ -49,7 +51,8 @@ def test_resource_types_and_output_formats(offline: Dcnctl, shell: str) -> None:
 
 def test_commands_flags_and_files(offline: Dcnctl) -> None:
     assert "cordon" in complete(offline, "")
-    assert complete(offline, "get", "pnodes", "--n") == ["--network", "--no-headers"]
+    assert complete(offline, "get", "pnodes", "--n") == [
+        "--network", "--no-headers", "--no-insecure"]  # fmt: skip
     assert complete(offline, "train", "digits", "--optimizer", "") == ["adam", "momentum", "sgd"]
     assert complete(offline, "apply", "--dry-run", "s") == ["server"]
     assert complete(offline, "config", "u") == ["use-context"]

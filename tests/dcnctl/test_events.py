@@ -43,7 +43,7 @@ def test_placements_and_fencing_are_events(tmp_path: Path) -> None:
         procs.orchestrator(f"sqlite:///{tmp_path / 'state.db'}", extra=TIMINGS) as served,
         agents.agents(served.address, tmp_path, 1, extra=["--drain-deadline", "2"]) as (agent,),
     ):
-        cli = Dcnctl(tmp_path / "config", served.address)
+        cli = Dcnctl(tmp_path / "config", served.address, insecure=True)
         manifest = tmp_path / "seen.yaml"
         manifest.write_text(yaml.safe_dump(NET))
         cli("apply", "-f", str(manifest))

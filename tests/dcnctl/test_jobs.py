@@ -22,7 +22,7 @@ BAR = re.compile(r"^\[[#.]{20}\] step \d+/6 epoch [01]/1( loss \S+)?( acc \S+)? 
 
 @pytest.fixture(scope="module")
 def digits(cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Dcnctl:
-    cli = Dcnctl(tmp_path_factory.mktemp("digits") / "config", cluster)
+    cli = Dcnctl(tmp_path_factory.mktemp("digits") / "config", cluster, insecure=True)
     cli("apply", "-f", str(DIGITS / "network.yaml"))
     cli.until("digits Ready", lambda b: b["status"].get("phase") == "Ready",
               "get", "network", "digits")  # fmt: skip

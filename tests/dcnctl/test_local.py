@@ -119,8 +119,8 @@ def test_contexts(offline: Dcnctl) -> None:
     assert offline("config", "current-context").stdout == "lab\n"  # the first one set
     table = offline("config", "get-contexts").stdout.splitlines()
     assert table[0].split() == ["CURRENT", "NAME", "SERVER", "AUTH", "TRANSPORT"]
-    assert table[1].split() == ["*", "lab", "127.0.0.1:2", "token", "plaintext"]
-    assert table[2].split() == ["other", "127.0.0.1:3", "<none>", "plaintext"]
+    assert table[1].split() == ["*", "lab", "127.0.0.1:2", "token", "tls"]  # TLS by default
+    assert table[2].split() == ["other", "127.0.0.1:3", "<none>", "tls"]
     assert offline.config.stat().st_mode & 0o077 == 0, "the config holds tokens"
     body = yaml.safe_load(offline.config.read_text())
     assert body["contexts"][0] == {"name": "lab", "server": "127.0.0.1:2", "token": "t0k"}

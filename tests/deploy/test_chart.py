@@ -417,6 +417,9 @@ def test_without_tls_every_process_says_insecure(helm: Path, tmp_path: Path) -> 
     assert serve["readinessProbe"]["grpc"] == {"port": 7070}
     agent = _one(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
     assert "--insecure" in agent["args"]
+    # Clients dial TLS unless told: with serve plaintext, the operator must say --insecure.
+    operator = _one(docs, "Deployment", "rel-dcnr-operator")["spec"]["template"]["spec"]
+    assert "--insecure" in operator["containers"][0]["args"]
 
 
 def test_tls_mounts_the_secret_and_passes_serve_its_files(helm: Path, tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ class Operator:
 
     def __init__(self, server: str) -> None:
         self.args = operator_main.parser().parse_args(
-            ["--server", server, "--resync-seconds", "1", "--namespace", NS]
+            ["--server", server, "--insecure", "--resync-seconds", "1", "--namespace", NS]
         )
         self.task: asyncio.Task[None] | None = None
         self.stop_flag = asyncio.Event()
@@ -137,7 +137,7 @@ class Orchestrator:
     """The orchestrator side, as dcnctl would see it."""
 
     def __init__(self, address: str) -> None:
-        self.c = client_mod.Client(client_mod.Target(server=address))
+        self.c = client_mod.Client(client_mod.Target(server=address, insecure=True))
         self.pnodes = pnode_pb2_grpc.PNodeServiceStub(self.c.channel)
 
     async def network(self, name: str) -> network.Network | None:
@@ -386,7 +386,7 @@ def _train_with_dcnctl(root: Path) -> dict[str, Any]:
         procs.orchestrator(f"sqlite:///{root / 'state.db'}") as served,
         agents.agents(served.address, root, 3, cpu="2", memory="2Gi"),
     ):
-        cli = Dcnctl(root / "config", served.address)
+        cli = Dcnctl(root / "config", served.address, insecure=True)
         cli("apply", "-f", str(REPO / "examples/digits/network.yaml"))
         cli.until("digits Ready", lambda b: b["status"].get("phase") == "Ready",
                   "get", "network", "digits")  # fmt: skip
