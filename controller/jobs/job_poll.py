@@ -19,11 +19,11 @@ refresh, which lists four kinds every `view_refresh` seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 from api.resources import job as job_model
+from controller.runtime import background
 from controller.runtime import clock as clock_mod
 from store import base
 
@@ -53,7 +53,7 @@ class JobPoll:
         self._every = every
         self._running = running
         self._enqueue = enqueue
-        self._task: asyncio.Task[None] | None = None
+        self._background = background.Background("job-poll")
 
     async def poll_once(self) -> list[str]:
         """Enqueue every unclaimed job without a driver here; returns their names."""
@@ -74,12 +74,7 @@ class JobPoll:
                 log.warning("listing jobs failed; trying again next poll", exc_info=True)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self.run(), name="job-poll")
+        self._background.start(self.run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._background.stop()

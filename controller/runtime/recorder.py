@@ -34,8 +34,8 @@ import pydantic
 from api import messages
 from api.resources import event as event_model
 from api.resources import meta
+from controller.runtime import background, signal
 from controller.runtime import clock as clock_mod
-from controller.runtime import signal
 from store import base, errors, retry
 
 log = logging.getLogger("dcnr.events")
@@ -87,7 +87,7 @@ class Recorder:
         self._flush_every = flush_every
         self._on_recorded = on_recorded
         self._waiting: dict[str, _Waiting] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._background = background.Background("events")
         #: Distinct events dropped because the buffer was full, and writes that failed.
         self.dropped = 0
         self.failed = 0
@@ -137,14 +137,10 @@ class Recorder:
     # -- writing: a background task --------------------------------------------------------
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="events")
+        self._background.start(self._run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._background.stop()
         await self.flush()
 
     async def _run(self) -> None:

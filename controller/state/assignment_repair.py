@@ -22,12 +22,11 @@ looks again. Records written before the digest existed get one here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from api.resources import allocation, pnode
+from controller.runtime import background, recorder
 from controller.runtime import clock as clock_mod
-from controller.runtime import recorder
 from controller.state import stranded
 from controller.state import view as view_mod
 from store import base, errors
@@ -57,7 +56,7 @@ class AssignmentRepair:
         self._since: dict[stranded.Stranded, float] = {}
         #: PNode → monotonic time of its last repair.
         self._repaired: dict[str, float] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._background = background.Background("assignment-repair")
 
     def oldest_pending(self) -> float:
         """Seconds the longest-stranded allocation has waited, as of the last pass and now
@@ -137,12 +136,7 @@ class AssignmentRepair:
             await self._clock.sleep(self.period)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self.run(), name="assignment-repair")
+        self._background.start(self.run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._background.stop()

@@ -30,12 +30,12 @@ a lease that conflicts again waits for the next round.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import datetime, timedelta
 
 from api.resources import lease as lease_model
 from controller import config as config_mod
+from controller.runtime import background
 from controller.runtime import clock as clock_mod
 from controller.state import renewals as renewals_mod
 from controller.state import view as view_mod
@@ -60,7 +60,7 @@ class LeaseKeeper:
         #: The one renewal store, shared with the view's liveness.
         self._renewals = view.renewals
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._background = background.Background("lease-keeper")
         #: Set by a renewal whose stored lease is at least half a lease old: flush now.
         self._urgent = asyncio.Event()
 
@@ -201,17 +201,12 @@ class LeaseKeeper:
             await asyncio.gather(sleeping, woken, return_exceptions=True)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self.run(), name="lease-keeper")
+        self._background.start(self.run)
 
     async def stop(self) -> None:
         """Stop the loop, then persist every renewal still pending, so a graceful shutdown
         does not make healthy PNodes look late to the other replicas."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._background.stop()
         try:
             await self.flush(force=True)
         except errors.StoreError:

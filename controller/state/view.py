@@ -29,7 +29,6 @@ assignment set is shown only when the allocations held match the PNode's digest 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
@@ -38,6 +37,7 @@ from datetime import datetime
 from api.resources import allocation, lease, meta, pnode
 from api.resources import network as net_model
 from controller import config as config_mod
+from controller.runtime import background
 from controller.runtime import clock as clock_mod
 from controller.runtime import signal as signal_mod
 from controller.state import cache as cache_mod
@@ -124,7 +124,7 @@ class View:
         #: (kind, name) → monotonic time of this replica's last write or delete of it.
         self._local: dict[tuple[str, str], float] = {}
         self.refreshed_at: datetime | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._background = background.Background("view-refresh")
 
     def _published(self, old: meta.Resource | None, new: meta.Resource | None) -> None:
         self.changes.publish(old, new)
@@ -200,15 +200,10 @@ class View:
             await self._clock.sleep(self._config.view_refresh)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self.run(), name="view-refresh")
+        self._background.start(self.run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._background.stop()
 
     def apply_written(self, records: Iterable[meta.Resource | None]) -> None:
         """Write-through of records this replica has just written (None entries skipped)."""

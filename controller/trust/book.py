@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 from api.resources import pnode
+from controller.runtime import background, recorder
 from controller.runtime import clock as clock_mod
-from controller.runtime import recorder
 from store import base, errors, retry
 
 log = logging.getLogger("dcnr.trust")
@@ -169,7 +169,7 @@ class TrustBook:
         self._inflight: dict[str, list[Outcome]] = {}
         self._wake = asyncio.Event()
         self._urgent = False
-        self._task: asyncio.Task[None] | None = None
+        self._background = background.Background("trust-book")
 
     def record(self, pnode_name: str, outcome: Outcome) -> None:
         self._pending.setdefault(pnode_name, []).append(outcome)
@@ -199,14 +199,10 @@ class TrustBook:
         return self.strikes(pnode_name, written) >= self.policy.strike_limit
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._background.start(self._run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._background.stop()
         await self.flush()
 
     async def _run(self) -> None:
