@@ -21,7 +21,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -33,6 +33,7 @@ from controller.state import view as view_mod
 from reconcilers import network as network_loop
 from store import base, sqlite
 from tests.reconcilers import helpers
+from tests.support import hooked_store
 
 CONFIG = config_mod.ControlPlaneConfig()
 PNODES = ("p1", "p2", "p3")
@@ -43,33 +44,15 @@ SEEDS = range(40)
 Slot = tuple[str, int]
 
 
-class RecordingStore:
+class RecordingStore(hooked_store.HookedStore):
     """The real store; after each write, the set of every PNode at its new version is
     recorded (the truth a shown version is checked against), and a test may run a write
     right after a listing of one kind, as a request landing mid-refresh would."""
 
     def __init__(self, inner: base.Store) -> None:
-        self.inner = inner
-        self.after_list: dict[str, Callable[[], Awaitable[None]]] = {}
+        super().__init__(inner)
         #: (pnode, assignments_version) → the slots it stands for.
         self.history: dict[tuple[str, int], frozenset[Slot]] = {}
-
-    async def get(self, kind: type[base.R], name: str) -> base.R:
-        return await self.inner.get(kind, name)
-
-    async def list(
-        self,
-        kind: type[base.R],
-        *,
-        index: tuple[str, str] | None = None,
-        limit: int = base.DEFAULT_PAGE_SIZE,
-        continue_token: str | None = None,
-    ) -> base.Page[base.R]:
-        page = await self.inner.list(kind, index=index, limit=limit, continue_token=continue_token)
-        hook = self.after_list.pop(kind.KIND, None)
-        if hook is not None:
-            await hook()
-        return page
 
     async def create(self, obj: base.R) -> base.R:
         written = await self.inner.create(obj)
@@ -105,9 +88,6 @@ class RecordingStore:
             key = (node.name, node.status.assignments_version)
             assert self.history.get(key, slots) == slots, f"{key} stood for two sets"
             self.history[key] = slots
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 @dataclasses.dataclass

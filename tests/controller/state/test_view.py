@@ -5,8 +5,7 @@ The record builders at the top are shared by the service tests of this package."
 
 from __future__ import annotations
 
-import builtins
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from controller import config as config_mod
 from controller.runtime import clock as clocks
 from controller.state import view as view_mod
 from store import base, sqlite
+from tests.support import hooked_store
 
 CONFIG = config_mod.ControlPlaneConfig()
 
@@ -88,58 +88,10 @@ async def create_all(store: base.Store, *records: meta.Resource) -> list[meta.Re
 # -- fixtures ------------------------------------------------------------------------------
 
 
-class HookedStore:
-    """The real store, with a hook run right after a listing of one kind completes: lets a
-    test write while a refresh is between its reads, as a concurrent request would."""
-
-    def __init__(self, inner: base.Store) -> None:
-        self.inner = inner
-        self.after_list: dict[str, Callable[[], Awaitable[None]]] = {}
-
-    async def get(self, kind: type[base.R], name: str) -> base.R:
-        return await self.inner.get(kind, name)
-
-    async def list(
-        self,
-        kind: type[base.R],
-        *,
-        index: tuple[str, str] | None = None,
-        limit: int = base.DEFAULT_PAGE_SIZE,
-        continue_token: str | None = None,
-    ) -> base.Page[base.R]:
-        page = await self.inner.list(kind, index=index, limit=limit, continue_token=continue_token)
-        hook = self.after_list.pop(kind.KIND, None)
-        if hook is not None:
-            await hook()
-        return page
-
-    async def create(self, obj: base.R) -> base.R:
-        return await self.inner.create(obj)
-
-    async def update(self, obj: base.R) -> base.R:
-        return await self.inner.update(obj)
-
-    async def delete(
-        self,
-        kind: type[base.R],
-        name: str,
-        *,
-        resource_version: int | None = None,
-        uid: str | None = None,
-    ) -> None:
-        await self.inner.delete(kind, name, resource_version=resource_version, uid=uid)
-
-    async def transact(self, ops: Sequence[base.Op]) -> builtins.list[meta.Resource | None]:
-        return await self.inner.transact(ops)
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[HookedStore]:
+async def store(tmp_path: Path) -> AsyncIterator[hooked_store.HookedStore]:
     inner = await sqlite.SqliteStore.open(tmp_path / "state.db")
-    hooked = HookedStore(inner)
+    hooked = hooked_store.HookedStore(inner)
     yield hooked
     await hooked.close()
 
@@ -150,7 +102,7 @@ def clock() -> clocks.FakeClock:
 
 
 @pytest.fixture
-def view(store: HookedStore, clock: clocks.FakeClock) -> view_mod.View:
+def view(store: hooked_store.HookedStore, clock: clocks.FakeClock) -> view_mod.View:
     return view_mod.View(store, clock, config=CONFIG)
 
 

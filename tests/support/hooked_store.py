@@ -1,0 +1,58 @@
+"""A real store with a hook run right after a listing of one kind completes, so a test can
+write while a view's refresh is between its reads, as a concurrent request would."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Awaitable, Callable, Sequence
+
+from api.resources import meta
+from store import base
+
+
+class HookedStore:
+    """The real store, with a hook run right after a listing of one kind completes: lets a
+    test write while a refresh is between its reads, as a concurrent request would."""
+
+    def __init__(self, inner: base.Store) -> None:
+        self.inner = inner
+        self.after_list: dict[str, Callable[[], Awaitable[None]]] = {}
+
+    async def get(self, kind: type[base.R], name: str) -> base.R:
+        return await self.inner.get(kind, name)
+
+    async def list(
+        self,
+        kind: type[base.R],
+        *,
+        index: tuple[str, str] | None = None,
+        limit: int = base.DEFAULT_PAGE_SIZE,
+        continue_token: str | None = None,
+    ) -> base.Page[base.R]:
+        page = await self.inner.list(kind, index=index, limit=limit, continue_token=continue_token)
+        hook = self.after_list.pop(kind.KIND, None)
+        if hook is not None:
+            await hook()
+        return page
+
+    async def create(self, obj: base.R) -> base.R:
+        return await self.inner.create(obj)
+
+    async def update(self, obj: base.R) -> base.R:
+        return await self.inner.update(obj)
+
+    async def delete(
+        self,
+        kind: type[base.R],
+        name: str,
+        *,
+        resource_version: int | None = None,
+        uid: str | None = None,
+    ) -> None:
+        await self.inner.delete(kind, name, resource_version=resource_version, uid=uid)
+
+    async def transact(self, ops: Sequence[base.Op]) -> builtins.list[meta.Resource | None]:
+        return await self.inner.transact(ops)
+
+    async def close(self) -> None:
+        await self.inner.close()
