@@ -133,6 +133,13 @@ class Metrics:
             ["role"],
             registry=r,
         )
+        self.inference_moved_total = prometheus_client.Counter(
+            "dcnr_inference_moved",
+            "Inference answers thrown away and asked again because a trained VNode moved "
+            "while the request travelled (it may have reached a fresh, never-restored "
+            "instance).",
+            registry=r,
+        )
         self.events = prometheus_client.Counter(
             "dcnr_events",
             "Events recorded (each occurrence, also those aggregated into one stored event), "
@@ -217,6 +224,9 @@ class Metrics:
     def inference_computed(self, *, primary: int, double_check: int) -> None:
         self.inference_results.labels("primary").inc(primary)
         self.inference_results.labels("double_check").inc(double_check)
+
+    def inference_moved(self) -> None:
+        self.inference_moved_total.inc()
 
     # -- state read at scrape time ----------------------------------------------------------
 

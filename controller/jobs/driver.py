@@ -65,6 +65,7 @@ from controller.jobs import (
     driver_inbox,
     driver_plan,
     job_watch,
+    model_state,
 )
 from controller.state import view as view_mod
 from controller.trust import book as trust
@@ -369,6 +370,12 @@ class TrainingRun:
             now = ctx.clock.monotonic()
             if checkpoint:
                 written = await calls.checkpoint(step)
+                # The view may lag the store: a slot already re-placed there may have taken
+                # part of this interval at a fresh instance (agents resolve the current
+                # epoch), so the state just written is recorded only if none moved.
+                moved = await model_state.moved(ctx.store, calls.epochs)
+                if moved:
+                    raise Rollback(f"checkpoint of step {step}: moved {', '.join(moved)}")
                 await self._write(
                     _progress(
                         step, done_epoch, window, now, blobs=written.blobs, epochs=calls.epochs,

@@ -25,6 +25,12 @@ request (its agent's `compute_failure`, or a source refusing the input "Invalid"
 call at once with INVALID_ARGUMENT and the agent's message: the same input would fail the
 same way, so there is nothing to retry or wait for. PNodes whose results were compared and
 agreed earn a valid result.
+
+Trained weights. Before each try, every re-placed replica of a trained network is restored
+(`model_state.ensure_restored`), and once the answer is in, the epochs it vouched for are
+checked against the store: a slot that moved meanwhile may have been reached at its fresh,
+never-restored instance, so the answer is thrown away (nothing credited) and the request
+is asked again once the view has caught up, within the caller's deadline.
 """
 
 from __future__ import annotations
@@ -94,6 +100,11 @@ class _Refused(Exception):
     """A result failed its checks (its PNode is struck): retry, nothing unchecked returns."""
 
 
+class _Moved(Exception):
+    """A trained slot moved while the request travelled: the answer may come from a fresh
+    instance holding initial weights, so it is not returned."""
+
+
 async def infer(
     ctx: driver.DriverContext,
     network: str,
@@ -161,7 +172,7 @@ async def infer(
             await _changed(ctx, network, deadline, seen)
             continue
         try:
-            await model_state.ensure_restored(
+            vouched = await model_state.ensure_restored(
                 network, store=ctx.store, view=ctx.view, client=ctx.client, deadline=deadline
             )
         except vnode_client.SendFailed as exc:
@@ -173,9 +184,17 @@ async def infer(
             reading = await _data_sources(ctx, net, data, deadline=deadline)
         fed = _Fed(inputs, data, reading or frozenset())
         try:
-            answer = await _once(ctx, net, fed, chosen, deadline=deadline, seconds=seconds)
+            answer = await _once(
+                ctx, net, fed, chosen, deadline=deadline, seconds=seconds, vouched=vouched
+            )
             await _retire_tiebreakers(ctx, network)
             return answer
+        except _Moved as why:
+            if ctx.clock.monotonic() >= deadline:
+                raise faults.Unavailable(
+                    f"inference on {network!r}: trained VNodes kept moving ({why}); retry",
+                ) from None
+            await _changed(ctx, network, deadline, seen)
         except _Disputed as dispute:
             await ctx.tiebreakers.request(network, dispute.vnode)
             await _wait_for_replicas(ctx, network, dispute.vnode, deadline, seconds)
@@ -346,8 +365,10 @@ async def _once(
     *,
     deadline: float,
     seconds: float,
+    vouched: dict[str, int],
 ) -> dict[str, common_pb2.Tensor]:
-    """One request: raises _Disputed when a VNode's replicas had no majority."""
+    """One request: raises _Disputed when a VNode's replicas had no majority, _Moved when a
+    slot of `vouched` (slot → the epoch restored with the trained state) moved meanwhile."""
     network = net.name
     sources, sinks = driver_plan.topology(net)
     request_id = uuid.uuid4().hex
@@ -426,6 +447,11 @@ async def _once(
             sends.cancel()
         await asyncio.gather(sends, return_exceptions=True)
         ctx.results.inbox.forget(job)
+    moved = await model_state.moved(ctx.store, vouched)
+    if moved:
+        if ctx.results.metrics is not None:
+            ctx.results.metrics.inference_moved()
+        raise _Moved(", ".join(moved))
     _credit(ctx, network, chosen, box, job)
     return dict(box.outputs)
 

@@ -7,12 +7,23 @@ inference, every slot whose current epoch differs from the epoch that holds the 
 latest finished training state is restored from that run's final checkpoint, and the new
 epoch is recorded so the next inference restores nothing. Every replica counts: one placed
 since (a tiebreaker, a raised `replicas`) is restored from its VNode's one checkpoint too.
+
+Restoring is judged from the view at one moment, but the request travels afterwards, and
+its inner hops go agent to agent, each resolving the child's *current* epoch: a slot that
+moves in between is reached at a fresh instance that never loaded the checkpoint, and
+computes with its initial weights (a run under chaos once answered at 11 % accuracy
+against 88 %). So `ensure_restored` returns the epochs it vouches for, and `moved` checks
+them against the store (consistent reads) once the answer is in: an epoch is written to the
+store before any agent can resolve it, so an answer that reached a newer instance shows as
+a slot whose stored epoch differs, and the caller throws the answer away and asks again.
+The training driver applies the same check to each checkpoint before recording it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from api.dcnr.v1 import vnode_pb2
@@ -43,15 +54,17 @@ async def ensure_restored(
     view: view_mod.View,
     client: vnode_client.VNodeClient,
     deadline: float,
-) -> int:
+) -> dict[str, int]:
     """Restore every moved or new replica of each stateful VNode of `network` (a tiebreaker
-    included) from the VNode's checkpoint; returns how many were restored."""
+    included) from the VNode's checkpoint; returns slot → the epoch at which it holds the
+    trained state, for every stateful slot (empty: no trained model)."""
     model = await latest_model(store, network)
     net = view.networks.get(network)
     if model is None or net is None:
-        return 0
+        return {}
     status = model.status
     counts = driver_plan.replica_counts(net)
+    vouched: dict[str, int] = {}
     stale: dict[str, tuple[str, int, int]] = {}  # slot → (vnode, replica, current epoch)
     for v in net.spec.vnodes:
         text = status.checkpoint_blobs.get(allocation.slot_name(network, v.name, 0))
@@ -60,10 +73,13 @@ async def ensure_restored(
         for replica in range(counts[v.name]):
             slot = allocation.slot_name(network, v.name, replica)
             current = view.allocations.get(slot)
-            if current is not None and status.checkpoint_epochs.get(slot) != current.spec.epoch:
+            if current is None:
+                continue  # not placed: the caller finds it not ready
+            vouched[slot] = current.spec.epoch
+            if status.checkpoint_epochs.get(slot) != current.spec.epoch:
                 stale[slot] = (v.name, replica, current.spec.epoch)
     if not stale:
-        return 0
+        return vouched
     around = net.neighbours()
 
     async def one(vnode: str, replica: int, epoch: int) -> None:
@@ -97,7 +113,28 @@ async def ensure_restored(
 
     await asyncio.gather(*(one(v, r, e) for v, r, e in stale.values()))
     await _record(store, model, {slot: e for slot, (_, _, e) in stale.items()})
-    return len(stale)
+    return vouched
+
+
+async def moved(store: base.Store, epochs: Mapping[str, int]) -> list[str]:
+    """The slots of `epochs` (slot → epoch) whose stored allocation is gone or at another
+    epoch, as "slot: epoch e → now"; consistent reads, one per slot, concurrently."""
+    if not epochs:
+        return []
+    slots = sorted(epochs)
+
+    async def stored(slot: str) -> int | None:
+        try:
+            return (await store.get(allocation.Allocation, slot)).spec.epoch
+        except errors.NotFound:
+            return None
+
+    now = await asyncio.gather(*(stored(s) for s in slots))
+    return [
+        f"{slot}: epoch {epochs[slot]} → {'removed' if e is None else f'epoch {e}'}"
+        for slot, e in zip(slots, now, strict=True)
+        if e != epochs[slot]
+    ]
 
 
 async def _record(store: base.Store, model: job.Job, epochs: dict[str, int]) -> None:

@@ -127,6 +127,8 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
         self.hold: Callable[[int, int], bool] = lambda step, attempt: False
         #: Called with (step, attempt) when a batch arrives, before anything else.
         self.on_batch: Callable[[int, int], Awaitable[None]] | None = None
+        #: Called when an inference request reaches "loss", before it computes.
+        self.on_infer: Callable[[], Awaitable[None]] | None = None
         self.seen_steps: dict[tuple[int, int], asyncio.Event] = {}
         #: (position, attempt) → the kind's error when "loss" cannot compute it: the agent
         #: tells the driver (compute_failure) instead of answering, as a real one does.
@@ -269,6 +271,8 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
     async def _infer(self, request: vnode_pb2.ForwardRequest, xb: np.ndarray) -> None:
         if await self._failed(request):
             return
+        if self.on_infer is not None:
+            await self.on_infer()
         value = (self.w or 0.0) * xb
         stub = self._driver(request.reply_to)
         lie = tensors.encode(np.asarray(value + self.lie(request.request_id), dtype=np.float64))

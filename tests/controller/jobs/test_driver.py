@@ -169,6 +169,35 @@ async def test_an_epoch_change_rolls_every_vnode_back_to_the_checkpoint(world) -
     assert world.agent.w == pytest.approx(world.reference(), rel=1e-12)
 
 
+async def test_a_checkpoint_is_not_recorded_once_the_store_shows_a_slot_moved(world) -> None:
+    # The view lags the store: loss was re-placed (epoch 2 stored) while the old instance
+    # still answers at epoch 1, so nothing the driver sees has moved. Peers resolve the
+    # stored epoch, so part of the interval may have run at the fresh instance: the state
+    # written at step 4 must not become the run's checkpoint.
+    orch = await world.orchestrator()
+    moved: list[int] = []
+
+    async def move_in_the_store_only(step: int, attempt: int) -> None:
+        if (step, attempt) == (4, 1):
+            record = await world.store.get(allocation.Allocation, "lin.loss.0")
+            record.spec.epoch += 1
+            moved.append((await world.store.update(record)).spec.epoch)
+
+    world.agent.on_batch = move_in_the_store_only
+    await world.job()
+    await orch.loop.reconcile("fit")
+    rolled = await orch.until("fit", lambda j: "lin.loss.0: epoch 1 → epoch 2" in j.status.message)
+    assert moved == [2]
+    assert "checkpoint of step 4: moved" in rolled.status.message
+    assert rolled.status.checkpoint_step == 0, "the step-4 state was not recorded"
+    # The view catches up and the agent serves the new instance: the run completes.
+    world.agent.epochs["loss"] = 2
+    await world.view.refresh()
+    done = await orch.until("fit", succeeded, seconds=60)
+    assert done.status.checkpoint_epochs["lin.loss.0"] == 2
+    assert world.agent.w == pytest.approx(world.reference(), rel=1e-12)
+
+
 async def test_a_step_that_times_out_rolls_back_and_the_run_still_matches(world) -> None:
     orch = await world.orchestrator(step_timeout=0.5)
     world.agent.hold = lambda step, attempt: (step, attempt) == (3, 1)

@@ -354,6 +354,36 @@ async def test_inference_retries_past_a_result_refused_by_its_checks(world: Worl
     assert (await world.trust_of("p1")).strikes_total == 1
 
 
+async def test_an_answer_that_may_come_from_a_moved_fresh_instance_is_asked_again(
+    world: World,
+) -> None:
+    # The request is on its way when loss is re-placed (here on the same PNode, epoch+1):
+    # the agent's new instance never loaded the trained state and answers with w = 0. Agents
+    # resolve the current epoch hop by hop, so nothing stops the request reaching it; the
+    # answer must not be returned.
+    orch = await world.start()
+    await world.train()
+    await orch.until("fit", succeeded)
+    w = world.reference()
+    agent = world.agents[0]
+    moves: list[int] = []
+
+    async def replace_loss_once() -> None:
+        if not moves:
+            agent.epochs["loss"] += 1
+            agent.w = None
+            moves.append(await harness.move_slot(world.store, world.view, "loss"))
+
+    agent.on_infer = replace_loss_once
+    xb = np.array([1.0, 2.0])
+    out = await inference.infer(orch.ctx, harness.NET, {"x": tensors.encode(xb)}, seconds=30)
+    assert moves == [2]
+    assert tensors.decode(out["loss"]) == pytest.approx(w * xb, rel=1e-12)
+    assert counter(orch, "dcnr_inference_moved_total") == 1
+    restored = [(q.job, q.step) for q in agent.restore_requests if q.epoch == 2]
+    assert restored == [("fit", TOTAL)], "the new instance was restored, then asked"
+
+
 # -- adaptive selection (pure) -------------------------------------------------------------
 
 
