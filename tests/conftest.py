@@ -20,7 +20,7 @@ SLOWEST_FIRST: tuple[str, ...] = (
     "tests/integration/test_replica_livelock.py",  # ~30-80 s
     "tests/integration/test_store_stall.py",  # ~50 s
     "tests/integration/test_no_lost_assignments.py",  # ~20 s
-    "tests/agent/test_agent_outlives_orchestrator.py",  # ~20 s
+    "tests/agent/test_agent_outlives_orchestrator.py",  # ~40 s
     "tests/sim/test_run.py",  # ~10 s
     "tests/dcnctl/test_local.py",  # 169 s
     "tests/integration/test_liars.py",  # 93 s

@@ -1,15 +1,19 @@
-"""A real `dcnr-agent` outlives what happens to the orchestrator replicas it talks to: the
-only live replica SIGSTOPped for 10 s (the chaos run's finding: every agent attached to it
-exited), then its replica SIGKILLed while another is up. What the agent thinks of its link
-is read from its /metrics (`dcnr_agent_orchestrator_connected`); what the orchestrator
-thinks of the PNode from the store."""
+"""A real `dcnr-agent` outlives what happens to the orchestrator replicas it talks to and to
+their store: the only live replica SIGSTOPped for 10 s (the chaos run's finding: every
+agent attached to it exited), the store (a moto server of the test's own) SIGSTOPped for
+3 s, then its replica SIGKILLed while another is up. What the agent thinks of its link is
+read from its /metrics (`dcnr_agent_orchestrator_connected`); what the orchestrator thinks
+of the PNode from the store."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import socket
+import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +21,7 @@ import pytest
 
 from tests.integration import cluster
 from tests.support import agents as agents_mod
-from tests.support import metrics, procs, wait
+from tests.support import metrics, moto, procs, wait
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +33,8 @@ TIMINGS = [
     "--replica-lease", "2",
 ]  # fmt: skip
 STOPPED_FOR = 10.0
+#: How long the store is held stopped: the chaos run's stalls.
+STALL = 3.0
 
 
 def _link(agent: agents_mod.Agent) -> tuple[float, float, float]:
@@ -70,19 +76,36 @@ def _free_address() -> str:
         return f"127.0.0.1:{probe.getsockname()[1]}"
 
 
-async def test_an_agent_outlives_a_sigstop_of_its_only_live_replica_then_the_kill_of_it(
-    tmp_path: Path,
+def _stalled_seconds(port: int) -> float:
+    return metrics.scrape(port).get(("dcnr_store_stalled_seconds", ()), 0.0)
+
+
+async def test_an_agent_outlives_a_sigstop_of_its_replica_a_store_stall_and_a_kill(
+    tmp_path: Path, aws_test_env: None
 ) -> None:
-    """One agent, told of two replicas: `a`, and `b` not started yet. (1) `a`, the only
-    one up, is SIGSTOPped for 10 s: the agent reports it lost, rotates over both addresses
-    without exiting, and once `a` resumes the PNode is Ready again within a lease. (2) `b`
-    starts and `a` is SIGKILLed: the agent moves to `b` and stays up. One agent and two
-    replicas started in all: the two faults share them, to keep the suite fast."""
-    store_url = f"sqlite:///{tmp_path / 'state.db'}"
+    """One agent, told of two replicas: `a`, and `b` not started yet, on a DynamoDB store
+    (moto). (1) `a`, the only one up, is SIGSTOPped for 10 s: the agent reports it lost,
+    rotates over both addresses without exiting, and once `a` resumes the PNode is Ready
+    again within a lease. (2) The store is SIGSTOPped for 3 s: the agent stays up and the
+    PNode Ready within a lease of the resume. (3) `b` starts and `a` is SIGKILLed: the agent
+    moves to `b` and stays up. One agent and two replicas started in all: the faults share
+    them, to keep the suite fast."""
     b_address = _free_address()
     with contextlib.ExitStack() as stack:
+        server = moto.MotoServer()
+        endpoint = stack.enter_context(server)
+        store_url = f"dynamodb://outlive-{uuid.uuid4().hex[:8]}?endpoint={endpoint}"
+        init = await asyncio.to_thread(
+            subprocess.run,
+            [procs.script("dcnr-orchestrator"), "init-store", "--store", store_url],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert init.returncode == 0, init.stderr
         a = stack.enter_context(
-            procs.orchestrator(store_url, extra=[*TIMINGS, "--replica-id", "replica-a"])
+            procs.orchestrator(
+                store_url,
+                extra=[*TIMINGS, "--replica-id", "replica-a", "--metrics-listen", "127.0.0.1:0"],
+            )
         )
         agent = stack.enter_context(_agent(f"{a.address},{b_address}", tmp_path / "agent"))
         await wait.until(
@@ -118,7 +141,36 @@ async def test_an_agent_outlives_a_sigstop_of_its_only_live_replica_then_the_kil
         log = agent.log.read_text()
         assert f"lost orchestrator {a.address}" in log, agent.log_tail()
 
-        # (2) b comes up; a is killed.
+        # (2) The store stalls for 3 s, held until the replica itself reports no store
+        # round trip for that long.
+        port = a.metrics_port
+        assert port is not None
+        server.pause()
+        try:
+            await wait.until(
+                lambda: _stalled_seconds(port),
+                accept=lambda seconds: seconds >= STALL,
+                within=STALL + 30,
+                what=f"replica a observes the store stalled for {STALL} s",
+                every=0.1,
+            )
+            assert agent.proc.poll() is None, f"the agent exited:\n{agent.log_tail()}"
+        finally:
+            server.resume()
+        _, ok_at_heal, _ = _link(agent)
+
+        async def ready_after_stall() -> bool:
+            connected, ok, _ = _link(agent)
+            return connected == 1 and ok > ok_at_heal and await _ready(store_url, agent.name)
+
+        await wait.until(
+            ready_after_stall,
+            within=LEASE,
+            what="the PNode Ready within a lease of the store's resume",
+            every=0.1,
+        )
+
+        # (3) b comes up; a is killed.
         b = stack.enter_context(
             procs.orchestrator(
                 store_url, listen=b_address, extra=[*TIMINGS, "--replica-id", "replica-b"]
