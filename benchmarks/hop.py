@@ -54,11 +54,17 @@ class _Resolution:
     """What the receiver's data plane needs of `agent.peers.Peers`: fc1 is hosted by
     SENDER at epoch 1; sends (act1's output to fc2) are dropped."""
 
-    async def send_forward(self, request: vnode_pb2.ForwardRequest) -> bool:
+    async def send_forward(
+        self, request: vnode_pb2.ForwardRequest, array: np.ndarray | None = None
+    ) -> bool:
+        if not request.HasField("tensor"):  # what Peers does before a remote send
+            request.tensor.CopyFrom(tensors.empty() if array is None else tensors.encode(array))
         return True
 
-    async def send_backward(self, request: vnode_pb2.BackwardRequest) -> bool:
-        return True
+    async def send_backward(
+        self, request: vnode_pb2.BackwardRequest, array: np.ndarray | None = None
+    ) -> bool:
+        return await self.send_forward(vnode_pb2.ForwardRequest(), array)
 
     async def resolve(
         self, network: str, vnode: str, replica: int, *, min_epoch: int = 0

@@ -393,10 +393,10 @@ async def test_a_compute_failure_is_refused_to_the_sender_and_told_to_the_driver
     told: list[vnode_pb2.ForwardRequest] = []
     send_forward = c["sender"].send_forward
 
-    def spying(request: vnode_pb2.ForwardRequest):
+    def spying(request: vnode_pb2.ForwardRequest, array: np.ndarray | None = None):
         if request.target_vnode == "__driver__" and request.compute_failure:
             told.append(request)
-        return send_forward(request)
+        return send_forward(request, array)
 
     monkeypatch.setattr(c["sender"], "send_forward", spying)
     x = np.ones((2, 4), np.float32)
