@@ -14,6 +14,9 @@ A baseline that cannot be flattered (issue 17):
   start with, and `OPENBLAS_CORETYPE` is passed through unchanged to both (it may be set on
   these machines and slows a current numpy; whatever it is, both run under it, and the
   report records it).
+- In-process delivery made measurable: a second cluster of three agents started with
+  `--no-in-process-delivery` is up beside the first, and takes its turn in every round;
+  the report gives both, and how many of the network's edges placement co-located.
 - A spread check: a reference whose per-epoch rates spread more than SPREAD_BOUND (p90 /
   p10; a quiet 2-core machine stays under 1.3) was measured under contention. Such a run
   is flagged in its notes, and its targets are reported as not evaluable (None), not as met
@@ -59,6 +62,9 @@ TARGET_SHARE = 0.15
 TARGET_RATE = 6 * 14_198
 #: Above this p90/p10 of the reference's per-epoch rates, the run was contended (above).
 SPREAD_BOUND = 1.5
+#: The two clusters the run takes turns with: agents delivering to co-located VNodes in
+#: process (the default), and agents started with --no-in-process-delivery.
+IN_PROCESS, ALL_GRPC = "in process", "all gRPC"
 PINNED_THREADS = {
     name: "1"
     for name in (
@@ -109,6 +115,9 @@ def pinned_environment() -> Iterator[dict[str, str]]:
 
 async def run(ctx: harness.Context) -> harness.Report:
     size = SMOKE if ctx.smoke else FULL
+    network = network_model.Network.model_validate(
+        yaml.safe_load(training_e2e.MANIFEST.read_text())
+    )
     rows = len(training_e2e.DATA["y_train"])
     steps = size.epochs_per_round * -(-rows // BATCH)
     with pinned_environment() as settings:
@@ -117,7 +126,7 @@ async def run(ctx: harness.Context) -> harness.Report:
             "Training data plane: digits across three agents vs one process without gRPC",
             {
                 "network": "examples/digits/network.yaml (6 VNodes: x, y, fc1, act1, fc2, loss)",
-                "agents": 3,
+                "agents": "3 per cluster, two clusters (in-process delivery on / off)",
                 "batch_size": BATCH,
                 "rounds": size.rounds,
                 "epochs_per_round": size.epochs_per_round,
@@ -129,10 +138,13 @@ async def run(ctx: harness.Context) -> harness.Report:
                 "reference spread bound (p90/p10)": SPREAD_BOUND,
             },
         )
-        windows, single, walls, job = await _interleaved(ctx, size, steps)
+        sides, single = await _interleaved(ctx, size, steps)
         ctx.log("training: per-hop figure")
         per_hop = await hop.measure(ctx, rounds=size.hop_rounds, calls=size.hop_calls)
-    measured = harness.Stats.of(windows)
+    side, grpc_only = sides[IN_PROCESS], sides[ALL_GRPC]
+    walls, job = side.walls, side.job
+    assert job is not None
+    measured = harness.Stats.of(side.windows)
     baseline = harness.Stats.of(single)
     share = measured.p50 / baseline.p50
     contended = spread(single) > SPREAD_BOUND
@@ -159,6 +171,21 @@ async def run(ctx: harness.Context) -> harness.Report:
             f"Train->Succeeded wall per job {min(walls):.2f}-{max(walls):.2f}s for {steps} "
             f"steps (including restore and the final checkpoint); last job's final loss "
             f"{job.status.loss}, accuracy {job.status.accuracy}",
+        )
+    )
+    edges = sum(len(set(v.inputs)) for v in network.spec.vnodes)
+    without = harness.Stats.of(grpc_only.windows)
+    report.compare(
+        harness.Comparison(
+            name="training samples/s, in-process delivery on vs off",
+            unit="samples/s",
+            measured=measured,
+            baseline_name="the same, agents started with --no-in-process-delivery (every hop "
+            "over gRPC), a second cluster taking turns with the first",
+            baseline=without,
+            note=f"{_co_located(network, side.placement)} of the {edges} edges co-located in "
+            f"the measured cluster ({_co_located(network, grpc_only.placement)} in the other); "
+            f"placement {side.placement}",
         )
     )
     report.compare(per_hop)
@@ -208,40 +235,73 @@ def reference_rates(first_epoch: int, epochs: int) -> list[float]:
     return rates
 
 
-async def _interleaved(
-    ctx: harness.Context, size: Size, steps: int
-) -> tuple[list[float], list[float], list[float], job_model.Job]:
-    """(job windows' samples/s, reference epochs' samples/s, job walls, the last job)."""
+def _kill(fleet: list[agents.Agent]) -> None:
+    """Teardown is not measured; a graceful stop would drain."""
+    for agent in fleet:
+        agent.kill()
+
+
+def _co_located(network: network_model.Network, placement: dict[str, str]) -> int:
+    """How many edges join two VNodes placed on the same PNode."""
+    return sum(
+        placement.get(parent) == placement.get(v.name)
+        for v in network.spec.vnodes
+        for parent in dict.fromkeys(v.inputs)
+    )
+
+
+@dataclass
+class _Side:
+    """One cluster's measurements."""
+
+    windows: list[float]
+    walls: list[float]
+    placement: dict[str, str]
+    job: job_model.Job | None = None
+
+
+async def _interleaved(ctx: harness.Context, size: Size, steps: int) -> tuple[
+    dict[str, _Side], list[float]
+]:  # fmt: skip
+    """Per cluster (IN_PROCESS, ALL_GRPC) its measurements, and the reference epochs'
+    samples/s; the two clusters are up together and take turns with the reference."""
     manifest = yaml.safe_load(training_e2e.MANIFEST.read_text())
     network = network_model.Network.model_validate(manifest)
-    root = ctx.workdir / "training"
-    windows: list[float] = []
     single: list[float] = []
-    walls: list[float] = []
-    with (
-        procs.orchestrator(
-            f"sqlite:///{root / 'state.db'}", log=root / "orchestrator.log", log_level="warning"
-        ) as served,
-        agents.agents(served.address, root, 3, cpu="2", memory="2Gi") as fleet,
-    ):
-        api, jobs = cluster.Api(served.address), training_e2e.Jobs(served.address)
+    sides: dict[str, _Side] = {}
+    with contextlib.ExitStack() as stack:
+        clients = []
+        for label, extra in ((IN_PROCESS, ()), (ALL_GRPC, ("--no-in-process-delivery",))):
+            root = ctx.workdir / label.replace(" ", "-")
+            url = f"sqlite:///{root / 'state.db'}"
+            log = root / "orchestrator.log"
+            served = stack.enter_context(procs.orchestrator(url, log=log, log_level="warning"))
+            fleet = stack.enter_context(
+                agents.agents(served.address, root, 3, cpu="2", memory="2Gi", extra=extra)
+            )
+            stack.callback(_kill, fleet)
+            clients.append((label, cluster.Api(served.address), training_e2e.Jobs(served.address)))
         try:
-            await api.apply(manifest)
-            every = {v.name: 1 for v in network.spec.vnodes}
-            await api.wait_resolvable(network.name, every, within=60)
+            for label, api, _jobs in clients:
+                await api.apply(manifest)
+                every = {v.name: 1 for v in network.spec.vnodes}
+                await api.wait_resolvable(network.name, every, within=60)
+                where = await api.endpoints(network.name, list(every))
+                sides[label] = _Side([], [], {v: e[0][0] for v, e in where.items()})
             for r in range(size.rounds):
                 ctx.log(f"training: round {r + 1}/{size.rounds}: reference")
                 single += await asyncio.to_thread(_reference, r, size.epochs_per_round)
-                ctx.log(f"training: round {r + 1}/{size.rounds}: three agents")
-                found, wall, job = await _job(jobs, network.name, f"bench-{r}", size, steps)
-                windows += found
-                walls.append(wall)
+                for label, _api, jobs in clients:
+                    ctx.log(f"training: round {r + 1}/{size.rounds}: three agents, {label}")
+                    found, wall, job = await _job(jobs, network.name, f"bench-{r}", size, steps)
+                    sides[label].windows += found
+                    sides[label].walls.append(wall)
+                    sides[label].job = job
         finally:
-            await api.close()
-            await jobs.channel.close(None)
-            for agent in fleet:  # teardown is not measured; a graceful stop would drain
-                agent.kill()
-    return windows, single, walls, job
+            for _label, api, jobs in clients:
+                await api.close()
+                await jobs.channel.close(None)
+    return sides, single
 
 
 async def _job(
