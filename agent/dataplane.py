@@ -817,7 +817,7 @@ class DataPlane:
                 "TooLarge", f"tensor.data: {size} bytes exceeds the limit of {self._max_bytes}"
             )
         try:
-            array = tensors.decode(request.tensor, max_bytes=self._max_bytes)
+            array = tensors.decode(request.tensor, max_bytes=self._max_bytes, view=True)
         except tensors.TensorError as exc:
             reason = "Checksum" if exc.reason == "checksum" else "Invalid"
             raise _Refusal(reason, str(exc)) from None
