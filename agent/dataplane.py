@@ -48,10 +48,14 @@ test_dataplane.py, 9 messages per training step on loopback) a step took ~6.8 ms
 on the event loop and ~9.6 ms with every call in a worker thread — the thread hop costs
 ~0.3 ms a message, more than the math of a small layer. So compute runs on the loop, except
 for instances that may block or are slow: VNodes with a data source (the first batch may
-download a data set) always use a thread, and any instance whose call once took more than
-`SLOW_CALL` seconds uses one from then on, so the loop keeps answering other VNodes and the
-heartbeat. `compute_in_thread=True` forces threads. The per-instance lock keeps one call
-at a time either way.
+download a data set) always use a thread, and an instance whose last call took more than
+`SLOW_CALL` seconds of CPU uses one for the next, so the loop keeps answering other VNodes
+and the heartbeat. CPU time of the computing thread, not wall time: on a shared machine a
+call on the loop is often descheduled for milliseconds, and with wall time one such pause
+sent a 30-microsecond relu to a thread for good (the profile of issue 17: 3-4 % of every
+agent's loop in thread hand-offs). An instance in a thread comes back to the loop once a
+call takes under half of SLOW_CALL. `compute_in_thread=True` forces threads. The
+per-instance lock keeps one call at a time either way.
 """
 
 from __future__ import annotations
@@ -154,7 +158,8 @@ class _Hosted:
     assignment: pnode_pb2.Assignment
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     tasks: set[asyncio.Task[bool]] = field(default_factory=set)
-    #: Compute in a worker thread (see the module docstring).
+    #: Compute in a worker thread (see the module docstring): always, or for the next call.
+    pinned_thread: bool = False
     in_thread: bool = False
     #: Neighbour VNode → (kind, params) from the assignment, for the result checks.
     neighbours: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
@@ -244,6 +249,7 @@ class DataPlane:
                 instance,
                 sig,
                 a,
+                pinned_thread=self._in_thread or kind.data is not None,
                 in_thread=self._in_thread or kind.data is not None,
                 neighbours=_neighbours(a),
             )
@@ -446,7 +452,8 @@ class DataPlane:
             hosted = self._lookup(request.network, request.vnode, request.replica)
             job_kind = self._kind_reading(hosted, request.data) if request.data.url else None
             if job_kind is not None and job_kind.data is not None:
-                hosted.in_thread = True  # the first batch may read (or download) the data
+                # The first batch may read (or download) the data.
+                hosted.pinned_thread = hosted.in_thread = True
             loaded = None
             if request.HasField("blob") and request.blob.url:
                 content = await self._blobs.get(request.blob, max_bytes=MAX_CHECKPOINT_BYTES)
@@ -709,13 +716,12 @@ class DataPlane:
         async with hosted.lock:
             try:
                 if hosted.in_thread:
-                    received = await asyncio.to_thread(hosted.instance.receive, message)
+                    received, cpu = await asyncio.to_thread(_timed, hosted.instance, message)
                 else:
-                    started = time.perf_counter()
-                    try:
-                        received = hosted.instance.receive(message)
-                    finally:
-                        hosted.in_thread = time.perf_counter() - started > SLOW_CALL
+                    received, cpu = _timed(hosted.instance, message)
+                hosted.in_thread = in_thread_next(
+                    pinned=hosted.pinned_thread, in_thread=hosted.in_thread, cpu=cpu
+                )
             except vnode.ComputeFailed as failed:
                 self._tell_driver(hosted, request, failed)
                 raise
@@ -974,6 +980,20 @@ class DataPlane:
         if o.forward:
             return await self._sender.send_forward(vnode_pb2.ForwardRequest(**fields), o.array)
         return await self._sender.send_backward(vnode_pb2.BackwardRequest(**fields), o.array)
+
+
+def in_thread_next(*, pinned: bool, in_thread: bool, cpu: float) -> bool:
+    """Whether an instance's next call computes in a worker thread, after a call that took
+    `cpu` seconds of CPU (module docstring): pinned ones always; past SLOW_CALL to a thread;
+    back to the loop only under half of it, so a borderline VNode does not flap."""
+    return pinned or cpu > (SLOW_CALL / 2 if in_thread else SLOW_CALL)
+
+
+def _timed(instance: vnode.Instance, message: vnode.Message) -> tuple[vnode.Received, float]:
+    """`instance.receive(message)` and the CPU seconds the calling thread spent on it."""
+    started = time.thread_time()
+    received = instance.receive(message)
+    return received, time.thread_time() - started
 
 
 #: The empty marker an in-process message carries for "no gradient" / "no input".

@@ -545,3 +545,23 @@ async def test_an_inference_input_named_by_data_is_read_by_the_source(cluster):
     with pytest.raises(aio.AioRpcError) as exc:
         await c["stub"].Forward(forward("x", tensors.encode(BATCH), c, step=2, data=ref))
     assert_refused(exc, grpc.StatusCode.INVALID_ARGUMENT, "data", "inference")
+
+
+# -- where compute runs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pinned", "in_thread", "cpu", "expected"),
+    [
+        (False, False, 0.00003, False),  # a small layer stays on the loop
+        (False, False, dataplane.SLOW_CALL * 1.5, True),  # a slow one goes to a thread
+        (False, True, dataplane.SLOW_CALL * 0.75, True),  # and stays while borderline
+        (False, True, dataplane.SLOW_CALL * 0.25, False),  # back once clearly fast
+        (True, True, 0.00003, True),  # a data source never leaves its thread
+        (True, False, 0.00003, True),
+    ],
+)
+def test_compute_moves_to_a_thread_by_cpu_time_with_hysteresis(
+    pinned: bool, in_thread: bool, cpu: float, expected: bool
+) -> None:
+    assert dataplane.in_thread_next(pinned=pinned, in_thread=in_thread, cpu=cpu) is expected
