@@ -38,8 +38,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import yaml
@@ -138,7 +139,7 @@ async def run(ctx: harness.Context) -> harness.Report:
                 "reference spread bound (p90/p10)": SPREAD_BOUND,
             },
         )
-        sides, single = await _interleaved(ctx, size, steps)
+        sides, single = await interleaved(ctx, size, steps, training_e2e.MANIFEST)
         ctx.log("training: per-hop figure")
         per_hop = await hop.measure(ctx, rounds=size.hop_rounds, calls=size.hop_calls)
     side, grpc_only = sides[IN_PROCESS], sides[ALL_GRPC]
@@ -202,9 +203,9 @@ async def run(ctx: harness.Context) -> harness.Report:
     return report
 
 
-def _reference(rounds_done: int, epochs: int) -> list[float]:
+def _reference(manifest: Path, rounds_done: int, epochs: int) -> list[float]:
     """Samples/s of each epoch of a fresh reference subprocess (the environment as is)."""
-    argv = [sys.executable, "-m", "benchmarks.training", "reference",
+    argv = [sys.executable, "-m", "benchmarks.training", "reference", "--manifest", str(manifest),
             "--first-epoch", str(rounds_done * epochs), "--epochs", str(epochs)]  # fmt: skip
     out = subprocess.run(
         argv, capture_output=True, text=True, cwd=harness.REPO, timeout=600, check=True
@@ -215,15 +216,18 @@ def _reference(rounds_done: int, epochs: int) -> list[float]:
     return [float(r) for r in rates]
 
 
-def reference_rates(first_epoch: int, epochs: int) -> list[float]:
-    network = network_model.Network.model_validate(
-        yaml.safe_load(training_e2e.MANIFEST.read_text())
-    )
-    rows = len(training_e2e.DATA["y_train"])
+def reference_rates(manifest: Path, first_epoch: int, epochs: int) -> list[float]:
+    """Samples/s of each of `epochs` epochs of the reference on the network in `manifest`
+    (relative data URLs resolve against the repository, as the agents' --workdir)."""
+    network = network_model.Network.model_validate(yaml.safe_load(manifest.read_text()))
     single = reference.Reference(
         network, seed=SEED, optimizer=OPTIMIZER, learning_rate=LEARNING_RATE,
         workdir=agents.REPO,
     )  # fmt: skip
+    source = next(single.kinds[v.name] for v in network.spec.vnodes if v.data is not None)
+    if source.data is None:
+        raise AssertionError("the network's data source has no data")
+    rows = len(source.data.array(str(source.params.get("field", ""))))
     single.train_step(np.arange(BATCH))  # parameters initialized, data read: not measured
     single.init()
     rates = []
@@ -251,7 +255,7 @@ def _co_located(network: network_model.Network, placement: dict[str, str]) -> in
 
 
 @dataclass
-class _Side:
+class Side:
     """One cluster's measurements."""
 
     windows: list[float]
@@ -260,19 +264,24 @@ class _Side:
     job: job_model.Job | None = None
 
 
-async def _interleaved(ctx: harness.Context, size: Size, steps: int) -> tuple[
-    dict[str, _Side], list[float]
-]:  # fmt: skip
+async def interleaved(
+    ctx: harness.Context,
+    size: Size,
+    steps: int,
+    manifest_file: Path,
+    clusters: Sequence[str] = (IN_PROCESS, ALL_GRPC),
+) -> tuple[dict[str, Side], list[float]]:
     """Per cluster (IN_PROCESS, ALL_GRPC) its measurements, and the reference epochs'
-    samples/s; the two clusters are up together and take turns with the reference."""
-    manifest = yaml.safe_load(training_e2e.MANIFEST.read_text())
+    samples/s; the clusters are up together and take turns with the reference."""
+    manifest = yaml.safe_load(await asyncio.to_thread(manifest_file.read_text))
     network = network_model.Network.model_validate(manifest)
     single: list[float] = []
-    sides: dict[str, _Side] = {}
+    sides: dict[str, Side] = {}
     with contextlib.ExitStack() as stack:
         clients = []
-        for label, extra in ((IN_PROCESS, ()), (ALL_GRPC, ("--no-in-process-delivery",))):
-            root = ctx.workdir / label.replace(" ", "-")
+        for label in clusters:
+            extra = ("--no-in-process-delivery",) if label == ALL_GRPC else ()
+            root = ctx.workdir / network.name / label.replace(" ", "-")
             url = f"sqlite:///{root / 'state.db'}"
             log = root / "orchestrator.log"
             served = stack.enter_context(procs.orchestrator(url, log=log, log_level="warning"))
@@ -287,10 +296,12 @@ async def _interleaved(ctx: harness.Context, size: Size, steps: int) -> tuple[
                 every = {v.name: 1 for v in network.spec.vnodes}
                 await api.wait_resolvable(network.name, every, within=60)
                 where = await api.endpoints(network.name, list(every))
-                sides[label] = _Side([], [], {v: e[0][0] for v, e in where.items()})
+                sides[label] = Side([], [], {v: e[0][0] for v, e in where.items()})
             for r in range(size.rounds):
                 ctx.log(f"training: round {r + 1}/{size.rounds}: reference")
-                single += await asyncio.to_thread(_reference, r, size.epochs_per_round)
+                single += await asyncio.to_thread(
+                    _reference, manifest_file, r, size.epochs_per_round
+                )
                 for label, _api, jobs in clients:
                     ctx.log(f"training: round {r + 1}/{size.rounds}: three agents, {label}")
                     found, wall, job = await _job(jobs, network.name, f"bench-{r}", size, steps)
@@ -334,10 +345,11 @@ async def _job(
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.training")
     parser.add_argument("command", choices=["reference"])
+    parser.add_argument("--manifest", type=Path, default=training_e2e.MANIFEST)
     parser.add_argument("--first-epoch", type=int, default=0)
     parser.add_argument("--epochs", type=int, required=True)
     args = parser.parse_args()
-    print(json.dumps(reference_rates(args.first_epoch, args.epochs)))
+    print(json.dumps(reference_rates(args.manifest, args.first_epoch, args.epochs)))
 
 
 if __name__ == "__main__":
