@@ -149,8 +149,27 @@ async def _round_trips(call: Any, bodies: list[bytes], signer: signed.Signer | N
     return statistics.median(times)
 
 
+async def _stream_trips(channel: aio.Channel, bodies: list[bytes]) -> float:
+    """Median seconds of one message and its answer on one bidirectional stream."""
+    open_stream: Any = channel.stream_stream("/bench.Echo/ForwardStream", None, None)
+    call = open_stream()  # without requests: written one by one
+    times = []
+    try:
+        for body in bodies:
+            started = time.perf_counter()
+            await call.write(body)
+            await call.read()
+            times.append(time.perf_counter() - started)
+        await call.done_writing()
+    finally:
+        call.cancel()
+    return statistics.median(times)
+
+
 async def measure(ctx: harness.Context, *, rounds: int, calls: int) -> harness.Comparison:
-    """The per-hop comparison: `rounds` alternating rounds of `calls` sequential calls."""
+    """The per-hop comparison: `rounds` alternating rounds of `calls` sequential calls. The
+    note adds what the same echo costs per message on one bidirectional stream (what a
+    stream per edge, instead of a unary call per message, would start from)."""
     directory = ctx.workdir / "hop"
     directory.mkdir(parents=True, exist_ok=True)
     tensor = tensors.encode(
@@ -181,10 +200,12 @@ async def measure(ctx: harness.Context, *, rounds: int, calls: int) -> harness.C
             await _round_trips(echo, warm, None)
             delivery: list[float] = []
             baseline: list[float] = []
+            streamed: list[float] = []
             for r in range(rounds):
                 bodies = [_request(r * calls + i, tensor) for i in range(calls)]
                 delivery.append(await _round_trips(hop, bodies, signer) * 1e6)
                 baseline.append(await _round_trips(echo, bodies, None) * 1e6)
+                streamed.append(await _stream_trips(echo_channel, bodies) * 1e6)
         finally:
             await hop_channel.close(None)
             await echo_channel.close(None)
@@ -208,7 +229,8 @@ async def measure(ctx: harness.Context, *, rounds: int, calls: int) -> harness.C
         note=f"{rounds} alternating rounds of {calls} sequential calls; median of the per-round "
         f"ratios {paired:.2f}; {len(_request(0, tensor)):,} bytes per request; the delivery "
         "is mutual TLS + signed + attributed + checked + computed (relu) by a real "
-        "agent.dataplane.DataPlane in its own process",
+        f"agent.dataplane.DataPlane in its own process; the same echo on one bidirectional "
+        f"stream: {statistics.median(streamed):,.0f} µs per message (median of the rounds)",
     )
 
 
