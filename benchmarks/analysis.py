@@ -10,10 +10,10 @@ from __future__ import annotations
 RUN = "the full run of 2026-11-27 (2 cores, CPython 3.11)"
 #: Scenarios analysed from a later run than RUN.
 RUNS = {
-    "training": "the full run of 2026-12-07 16:25 UTC (2 cores shared with four other "
-    "engineers' work, load average 12-21; CPython 3.11)",
-    "training-wide": "the full run of 2026-12-07 16:26 UTC (2 cores shared with four other "
-    "engineers' work, load average 12-21; CPython 3.11)",
+    "training": "the full run of 2026-12-07 16:33 UTC (2 cores shared with four other "
+    "engineers' work, load average 7-13; CPython 3.11)",
+    "training-wide": "the full run of 2026-12-07 16:33 UTC (2 cores shared with four other "
+    "engineers' work, load average 7-13; CPython 3.11)",
     "auth": "the full run of 2026-12-07 13:37 UTC (2 cores shared with six other engineers' "
     "work, load average 15-55; CPython 3.11)"
 }
@@ -74,10 +74,11 @@ ANALYSIS: dict[str, list[str]] = {
         "The baseline is now interleaved (the reference in a fresh subprocess between the "
         "agents' jobs, six rounds), with BLAS threads pinned to 1 and OPENBLAS_CORETYPE "
         "(Haswell here) identical for the agents and the reference. This run's reference "
-        "spread 4.7x (p90/p10), so it is flagged CONTENDED and its targets are not judged: "
-        "10,964 against 660,446 samples/s at the medians (0.017x; the issue's quiet-machine "
-        "run: 0.025x). The committed 0.18x of the earlier README was such a contended "
-        "reference.",
+        "spread 1.66x (p90/p10; 4.7x in a busier run half an hour earlier), so it is flagged "
+        "CONTENDED and its targets are not judged: 13,999 against 803,114 samples/s at the "
+        "medians (0.017x; the issue's quiet-machine run: 0.025x). Neither target is met "
+        "(0.15x of the reference; 6x 14,198 = 85,188 samples/s). The committed 0.18x of the "
+        "earlier README was such a contended reference.",
         "Where a step goes (py-spy, 250 Hz, 6 s of a digits run on three agents and the "
         "orchestrator, after this issue's changes): the event loop of each process is 21-29 % "
         "idle; 33-40 % is grpc's C core completing calls (py-spy sees it as asyncio's "
@@ -85,39 +86,44 @@ ANALYSIS: dict[str, list[str]] = {
         "signature per message, about 40 us for 32 KiB), 3-6 % VNode bookkeeping, 4-6 % the "
         "VNode math itself (on the agents hosting fc1/fc2), 2-4 % tensor encode, decode and "
         "CRC, 1-4 % result checks; in the orchestrator the job driver takes 19 % and the eager "
-        "signature verification of every message to its inbox 7 %. So a step (about 23 ms, "
-        "against 0.39 ms of numpy in the reference) is a dozen round trips on its critical "
+        "signature verification of every message to its inbox 7 %. So a step (about 18 ms, "
+        "against 0.32 ms of numpy in the reference) is a dozen round trips on its critical "
         "path through four processes on two shared cores, not computation.",
         "Per message, in one process on this machine (256 x 32 float32, 32 KiB): CRC-32 10 us, "
         "encode 11 us, decode 10 us, serialize or parse under 1 us, sign 42 us, verify 258 us. "
         "A cheaper checksum than CRC-32 would save about 1 % of a 740 us hop: not done.",
         "Fixed within issue 17: (1) VNodes on the same agent are delivered in process (no "
-        "gRPC, no encode, no copy; the same checks): 1.22x the same run's all-gRPC cluster "
-        "although placement co-located only 1 of the 5 edges; (2) received tensors are "
-        "read-only views of the message bytes, not copies; (3) compute moves to a worker "
+        "gRPC, no encode, no copy; the same checks): 1.25x the same run's all-gRPC cluster "
+        "(1.22x in the earlier run), with placement co-locating only 2 of the 5 edges; "
+        "(2) received tensors are read-only views of the message bytes, not copies; "
+        "(3) compute moves to a worker "
         "thread by CPU time with hysteresis: before, one descheduled 30-us relu sent its "
         "VNode through a ~0.3 ms thread hand-off on every later message (3-4 % of each "
         "agent's loop in the first profile).",
         "Per hop: a real delivery (fc1 -> act1 over mutual TLS, signed, attributed, checked "
-        "and computed by an agent's data plane) took 743 us against 412 us for a bare "
-        "grpc.aio echo of the same bytes: 1.80x, target 1.5x missed. The difference is "
-        "mutual TLS both ways, the signature, the handler's Python (parse, attribution, "
-        "decode, check, lock, relu, encode of the output).",
+        "and computed by an agent's data plane) took 645 us against 398 us for a bare "
+        "grpc.aio echo of the same bytes: 1.62x (1.80x in the earlier run), target 1.5x "
+        "missed. The difference is mutual TLS both ways, the signature, the handler's Python "
+        "(parse, attribution, decode, check, lock, relu, encode of the output). The same echo "
+        "on one bidirectional stream took 153 us per message: a unary call's own set-up is "
+        "most of a round trip, so a stream per edge is the largest saving measured here.",
         "Not done, and what it would take: GPipe micro-batches (several positions in flight "
         "per step, gradients accumulated and applied once; the driver and `agent.vnode` "
         "would key positions by (step, micro-batch)); one stream per edge instead of a unary "
-        "call per message; the driver inbox verifying lazily as the agents do (7 % of the "
-        "orchestrator's loop; in controller/jobs); placement weighing graph affinity so that "
+        "call per message (a new VNodeService RPC whose messages carry their signature and "
+        "answer with the refusal's code and reason, the per-message semantics unchanged); "
+        "the driver inbox verifying lazily as the agents do (7 % of the orchestrator's "
+        "loop; in controller/jobs); placement weighing graph affinity so that "
         "a small network lands on as few agents as fit it.",
     ],
     "training-wide": [
-        "Compute-bound: a step of 4 x 1,024 dense layers at batch 256 is about 0.27 s of "
+        "Compute-bound: a step of 4 x 1,024 dense layers at batch 256 is about 0.17 s of "
         "single-threaded numpy here, so the data plane's per-message cost (1 MiB tensors: "
-        "encode, CRC, signature, TLS) is a small share. Measured 702 against 946 samples/s "
-        "(0.74x, target 0.8x), but the reference spread 1.8x (p90/p10) in this run, so it is "
-        "flagged CONTENDED and not judged. Three agents on two cores can overlap one "
-        "layer's update with the next layer's backward pass, which the single process "
-        "cannot.",
+        "encode, CRC, signature, TLS) is a small share. Measured 1,134 against 1,497 samples/s "
+        "(0.76x, target 0.8x; 0.74x in a busier run), but the reference spread 1.59x "
+        "(p90/p10) in this run, so it is flagged CONTENDED and not judged. Three agents on "
+        "two cores can overlap one layer's update with the next layer's backward pass, "
+        "which the single process cannot.",
     ],
     "scale": [
         "Measured to 10,000 PNodes / 100,000 VNodes (full placement 225 s, peak RSS 576 MiB, "
