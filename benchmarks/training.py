@@ -15,8 +15,9 @@ A baseline that cannot be flattered (issue 17):
   these machines and slows a current numpy; whatever it is, both run under it, and the
   report records it).
 - In-process delivery made measurable: a second cluster of three agents started with
-  `--no-in-process-delivery` is up beside the first, and takes its turn in every round;
-  the report gives both, and how many of the network's edges placement co-located.
+  `--no-in-process-delivery`, and a third of one agent hosting everything, are up beside
+  the first and take their turns in every round; the report gives all three, and how many
+  of the network's edges placement co-located.
 - A spread check: a reference whose per-epoch rates spread more than SPREAD_BOUND (p90 /
   p10; a quiet 2-core machine stays under 1.3) was measured under contention. Such a run
   is flagged in its notes, and its targets are reported as not evaluable (None), not as met
@@ -63,9 +64,10 @@ TARGET_SHARE = 0.15
 TARGET_RATE = 6 * 14_198
 #: Above this p90/p10 of the reference's per-epoch rates, the run was contended (above).
 SPREAD_BOUND = 1.5
-#: The two clusters the run takes turns with: agents delivering to co-located VNodes in
-#: process (the default), and agents started with --no-in-process-delivery.
-IN_PROCESS, ALL_GRPC = "in process", "all gRPC"
+#: The clusters the run takes turns with: three agents delivering to co-located VNodes in
+#: process (the default), three started with --no-in-process-delivery, and one agent
+#: hosting the whole network (every edge in process: the most co-location can give).
+IN_PROCESS, ALL_GRPC, ONE_AGENT = "in process", "all gRPC", "one agent"
 PINNED_THREADS = {
     name: "1"
     for name in (
@@ -127,7 +129,8 @@ async def run(ctx: harness.Context) -> harness.Report:
             "Training data plane: digits across three agents vs one process without gRPC",
             {
                 "network": "examples/digits/network.yaml (6 VNodes: x, y, fc1, act1, fc2, loss)",
-                "agents": "3 per cluster, two clusters (in-process delivery on / off)",
+                "agents": "3 per cluster, two clusters (in-process delivery on / off), and a "
+                "third cluster of one agent",
                 "batch_size": BATCH,
                 "rounds": size.rounds,
                 "epochs_per_round": size.epochs_per_round,
@@ -187,6 +190,19 @@ async def run(ctx: harness.Context) -> harness.Report:
             note=f"{_co_located(network, side.placement)} of the {edges} edges co-located in "
             f"the measured cluster ({_co_located(network, grpc_only.placement)} in the other); "
             f"placement {side.placement}",
+        )
+    )
+    alone = harness.Stats.of(sides[ONE_AGENT].windows)
+    report.compare(
+        harness.Comparison(
+            name="training samples/s, one agent (every edge in process) vs three all gRPC",
+            unit="samples/s",
+            measured=alone,
+            baseline_name="three agents started with --no-in-process-delivery, taking turns",
+            baseline=without,
+            note="the most co-location can give: only the driver's messages (to the sources, "
+            "from the loss and the sources) cross gRPC; "
+            f"{alone.p50 / baseline.p50:.3f}x of the reference",
         )
     )
     report.compare(per_hop)
@@ -269,7 +285,7 @@ async def interleaved(
     size: Size,
     steps: int,
     manifest_file: Path,
-    clusters: Sequence[str] = (IN_PROCESS, ALL_GRPC),
+    clusters: Sequence[str] = (IN_PROCESS, ALL_GRPC, ONE_AGENT),
 ) -> tuple[dict[str, Side], list[float]]:
     """Per cluster (IN_PROCESS, ALL_GRPC) its measurements, and the reference epochs'
     samples/s; the clusters are up together and take turns with the reference."""
@@ -285,8 +301,9 @@ async def interleaved(
             url = f"sqlite:///{root / 'state.db'}"
             log = root / "orchestrator.log"
             served = stack.enter_context(procs.orchestrator(url, log=log, log_level="warning"))
+            count = 1 if label == ONE_AGENT else 3
             fleet = stack.enter_context(
-                agents.agents(served.address, root, 3, cpu="2", memory="2Gi", extra=extra)
+                agents.agents(served.address, root, count, cpu="2", memory="2Gi", extra=extra)
             )
             stack.callback(_kill, fleet)
             clients.append((label, cluster.Api(served.address), training_e2e.Jobs(served.address)))
