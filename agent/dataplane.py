@@ -634,6 +634,13 @@ class DataPlane:
             self.on_message(forward, exc.reason)
             code = _CODES.get(exc.reason, grpc.StatusCode.INVALID_ARGUMENT)
             raise peers.LocalRefused(code, exc.reason, str(exc)) from None
+        except Exception as exc:  # what gRPC answers a handler's bug with: UNKNOWN
+            log.exception(
+                "%s/%s: in-process delivery failed", request.network, request.target_vnode
+            )
+            raise peers.LocalRefused(
+                grpc.StatusCode.UNKNOWN, "", f"Unexpected {type(exc).__name__}: {exc}"
+            ) from None
 
     def _local_message(
         self,

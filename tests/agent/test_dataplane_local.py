@@ -165,3 +165,23 @@ async def test_a_training_step_between_co_located_vnodes_does_exactly_the_runtim
         assert array.base is not None
         assert not array.flags.writeable
     assert len(BATCH) == 4
+
+
+async def test_a_receiver_s_bug_is_unknown_to_a_co_located_sender_as_to_a_remote_one(
+    cluster: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a refusal with a reason: what gRPC answers a handler that raised, and the
+    sender gives up on it either way (UNKNOWN is not retried)."""
+    c = cluster
+    await restore_all(c)
+    fc = c["plane"].instance(NET, "fc")
+
+    def broken(message: Any) -> Any:
+        raise TypeError("a plugin kind's bug")
+
+    monkeypatch.setattr(fc, "receive", broken)
+    assert await remote(c, from_x(c, step=1), ROWS) == (grpc.StatusCode.UNKNOWN, "")
+    assert await local(c, from_x(c, step=2), ROWS) == (grpc.StatusCode.UNKNOWN, "")
+    c["sender"].local = c["plane"]
+    request = from_x(c, step=3)
+    assert await c["sender"].send_forward(request, ROWS) is False
