@@ -185,3 +185,32 @@ async def test_a_receiver_s_bug_is_unknown_to_a_co_located_sender_as_to_a_remote
     c["sender"].local = c["plane"]
     request = from_x(c, step=3)
     assert await c["sender"].send_forward(request, ROWS) is False
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+async def test_a_co_located_result_of_a_replicated_vnode_carries_its_evidence_at_once(
+    cluster: dict[str, Any], replicas: int
+) -> None:
+    """With several replicas of the sender, results are compared, and a quorum finding
+    carries every replica's signed result: a co-located one is signed on arrival, exactly as
+    it would have been sent. With one, nothing is signed until a check fails."""
+    c = cluster
+    plane = c["plane"]
+    hosted = plane._hosted[(NET, "fc", 0)]
+    hosted.instance.neighbour_replicas = {"x": replicas}
+    request = from_x(c, step=1)
+    message = plane._local_message(hosted, request, ROWS, forward=True)
+    if replicas == 1:
+        assert message.evidence is None
+        assert not request.HasField("tensor")
+        return
+    evidence = message.evidence
+    assert evidence is not None
+    who = identity.Verifier(identities.authority().certificate_pem).verify(
+        evidence.method, evidence.body, evidence.certificate, evidence.signature,
+        dt.datetime.now(dt.UTC),
+    )  # fmt: skip
+    assert (who.name, evidence.method) == ("p", "/dcnr.v1.VNodeService/Forward")
+    sent = vnode_pb2.ForwardRequest.FromString(evidence.body)
+    assert (sent.sender_vnode, sent.target_vnode, sent.step) == ("x", "fc", 1)
+    np.testing.assert_array_equal(tensors.decode(sent.tensor), ROWS)
