@@ -48,10 +48,14 @@ test_dataplane.py, 9 messages per training step on loopback) a step took ~6.8 ms
 on the event loop and ~9.6 ms with every call in a worker thread — the thread hop costs
 ~0.3 ms a message, more than the math of a small layer. So compute runs on the loop, except
 for instances that may block or are slow: VNodes with a data source (the first batch may
-download a data set) always use a thread, and any instance whose call once took more than
-`SLOW_CALL` seconds uses one from then on, so the loop keeps answering other VNodes and the
-heartbeat. `compute_in_thread=True` forces threads. The per-instance lock keeps one call
-at a time either way.
+download a data set) always use a thread, and an instance whose last call took more than
+`SLOW_CALL` seconds of CPU uses one for the next, so the loop keeps answering other VNodes
+and the heartbeat. CPU time of the computing thread, not wall time: on a shared machine a
+call on the loop is often descheduled for milliseconds, and with wall time one such pause
+sent a 30-microsecond relu to a thread for good (the profile of issue 17: 3-4 % of every
+agent's loop in thread hand-offs). An instance in a thread comes back to the loop once a
+call takes under half of SLOW_CALL. `compute_in_thread=True` forces threads. The
+per-instance lock keeps one call at a time either way.
 """
 
 from __future__ import annotations
@@ -70,10 +74,11 @@ from pathlib import Path
 from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
+import numpy as np
 from google.protobuf import message as pb_message
 from grpc import aio
 
-from agent import blobs, keys, reports, vnode
+from agent import blobs, keys, peers, reports, vnode
 from agent.runtime import data, kinds, state
 from api import checks, identity, messages, signed, tensors
 from api.dcnr.v1 import (
@@ -123,8 +128,12 @@ REFUSAL_REASONS = tuple(_CODES)
 class Sender(Protocol):
     """What the data plane needs of `agent.peers.Peers`."""
 
-    async def send_forward(self, request: vnode_pb2.ForwardRequest) -> bool: ...
-    async def send_backward(self, request: vnode_pb2.BackwardRequest) -> bool: ...
+    async def send_forward(
+        self, request: vnode_pb2.ForwardRequest, array: np.ndarray | None = None
+    ) -> bool: ...
+    async def send_backward(
+        self, request: vnode_pb2.BackwardRequest, array: np.ndarray | None = None
+    ) -> bool: ...
     async def resolve(
         self, network: str, vnode: str, replica: int, *, min_epoch: int = 0
     ) -> resolve_pb2.Endpoint | None: ...
@@ -149,7 +158,8 @@ class _Hosted:
     assignment: pnode_pb2.Assignment
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     tasks: set[asyncio.Task[bool]] = field(default_factory=set)
-    #: Compute in a worker thread (see the module docstring).
+    #: Compute in a worker thread (see the module docstring): always, or for the next call.
+    pinned_thread: bool = False
     in_thread: bool = False
     #: Neighbour VNode → (kind, params) from the assignment, for the result checks.
     neighbours: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
@@ -239,6 +249,7 @@ class DataPlane:
                 instance,
                 sig,
                 a,
+                pinned_thread=self._in_thread or kind.data is not None,
                 in_thread=self._in_thread or kind.data is not None,
                 neighbours=_neighbours(a),
             )
@@ -441,7 +452,8 @@ class DataPlane:
             hosted = self._lookup(request.network, request.vnode, request.replica)
             job_kind = self._kind_reading(hosted, request.data) if request.data.url else None
             if job_kind is not None and job_kind.data is not None:
-                hosted.in_thread = True  # the first batch may read (or download) the data
+                # The first batch may read (or download) the data.
+                hosted.pinned_thread = hosted.in_thread = True
             loaded = None
             if request.HasField("blob") and request.blob.url:
                 content = await self._blobs.get(request.blob, max_bytes=MAX_CHECKPOINT_BYTES)
@@ -563,22 +575,163 @@ class DataPlane:
             message = self._decode(request, forward=forward, evidence=evidence)
             message = await self._read_input(hosted, request, message)
             self._check(hosted, request, message, proven=proven)
-            async with hosted.lock:
-                try:
-                    if hosted.in_thread:
-                        received = await asyncio.to_thread(hosted.instance.receive, message)
-                    else:
-                        started = time.perf_counter()
-                        try:
-                            received = hosted.instance.receive(message)
-                        finally:
-                            hosted.in_thread = time.perf_counter() - started > SLOW_CALL
-                except vnode.ComputeFailed as failed:
-                    self._tell_driver(hosted, request, failed)
-                    raise
+            return await self._apply(hosted, request, message, forward=forward)
         except (_Refusal, vnode.Refused) as exc:
             self.on_message(forward, exc.reason)
             await _abort(context, exc)
+
+    # -- in-process delivery ----------------------------------------------------------------
+
+    def is_self(self, pnode: str) -> bool:
+        """Whether `pnode` is this agent's PNode (by its current identity certificate)."""
+        me = self._me()
+        return me is not None and me.name == pnode
+
+    def _me(self) -> identity.Identity | None:
+        verifier, signer = self._keys.verifier, self._keys.signer
+        if verifier is None or not signer.ready:
+            return None
+        try:
+            return verifier.identify(signer.certificate, self._now())
+        except identity.IdentityError:
+            return None  # expired: remote receivers would refuse it too; so will we
+
+    async def deliver_local(
+        self,
+        request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest,
+        array: np.ndarray | None,
+        *,
+        forward: bool,
+    ) -> bool:
+        """A message from a VNode hosted here to another hosted here (`agent.peers`, "in
+        process"): `request` without its tensor, and the sender's `array` (None: the empty
+        marker), handed over without gRPC, encoding or copy. The receiver gets a read-only
+        view of it, as it gets a read-only view of a remote tensor's bytes, so neither side
+        can change what the other holds.
+
+        Everything else is what `_raw` and `_message` do to a remote message, in the same
+        order and with the same refusals (`peers.LocalRefused` carries the status code and
+        reason a remote receiver would have answered): the sender is this PNode's identity,
+        as its certificate proves it (NoIdentity until registered, Expired once it
+        expires); the fields, the target, the sender's attribution by resolution, the size,
+        the dtype, the result checks, then epoch, attempt and duplicates under the
+        instance's lock. Evidence is built only when it may be needed (the request encoded
+        and signed by this PNode, exactly as it would have been sent): at once when the
+        sending VNode has several replicas (their results are compared, and a finding
+        carries every replica's signed result), else only when the result fails a check
+        and is about to be reported. Returns whether the message was a duplicate."""
+        try:
+            who = self._me()
+            if who is None:
+                raise _Refusal("NoIdentity", "this agent has no valid identity; retry shortly")
+            _check_fields(request)
+            hosted = self._lookup(request.network, request.target_vnode, request.target_replica)
+            await self._check_sender(hosted, request, who, forward=forward)
+            message = self._local_message(hosted, request, array, forward=forward)
+            self._check(hosted, request, message, proven=False, sign=self._signed)
+            return await self._apply(hosted, request, message, forward=forward)
+        except (_Refusal, vnode.Refused) as exc:
+            self.on_message(forward, exc.reason)
+            code = _CODES.get(exc.reason, grpc.StatusCode.INVALID_ARGUMENT)
+            raise peers.LocalRefused(code, exc.reason, str(exc)) from None
+        except Exception as exc:  # what gRPC answers a handler's bug with: UNKNOWN
+            log.exception(
+                "%s/%s: in-process delivery failed", request.network, request.target_vnode
+            )
+            raise peers.LocalRefused(
+                grpc.StatusCode.UNKNOWN, "", f"Unexpected {type(exc).__name__}: {exc}"
+            ) from None
+
+    def _local_message(
+        self,
+        hosted: _Hosted,
+        request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest,
+        array: np.ndarray | None,
+        *,
+        forward: bool,
+    ) -> vnode.Message:
+        empty = array is None
+        if array is None:
+            array = _EMPTY
+        elif array.dtype.name not in tensors.DTYPES:
+            raise _Refusal(
+                "Invalid", f"tensor.dtype: {array.dtype.name!r} is not one of "
+                f"{', '.join(tensors.DTYPES)}",
+            )  # fmt: skip
+        if array.nbytes > self._max_bytes:
+            raise _Refusal(
+                "TooLarge",
+                f"tensor.data: {array.nbytes} bytes exceeds the limit of {self._max_bytes}",
+            )
+        view = np.ascontiguousarray(array).view()  # a copy only if not contiguous already
+        view.flags.writeable = False
+        which = request.WhichOneof("position")
+        position: vnode.Position = (
+            ("step", request.step) if which == "step" else ("request", request.request_id)
+        )
+        sender = request.sender_vnode
+        several = hosted.instance.replicas_of(request.job, sender) > 1
+        return vnode.Message(
+            forward=forward,
+            job=request.job,
+            position=position,
+            sender_vnode=sender,
+            sender_replica=request.sender_replica,
+            target_epoch=request.target_epoch,
+            attempt=request.attempt,
+            reply_to=request.reply_to,
+            array=view,
+            empty=empty,
+            sender_epoch=request.sender_epoch,
+            adaptive=request.adaptive,
+            double_check=tuple(request.double_check),
+            evidence=self._signed(request, view, empty, forward=forward) if several else None,
+        )
+
+    def _signed(
+        self,
+        request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest,
+        array: np.ndarray,
+        empty: bool,
+        *,
+        forward: bool,
+    ) -> common_pb2.SignedMessage:
+        """The request as this PNode would have sent it, signed: evidence like a remote
+        one's. Sets the request's tensor (the same bytes any later remote attempt sends)."""
+        if not request.HasField("tensor"):
+            request.tensor.CopyFrom(tensors.empty() if empty else tensors.encode(array))
+        method = signed.full_method("Forward" if forward else "Backward")
+        body = request.SerializeToString()
+        metadata = dict(self._keys.signer.metadata(method, body))
+        return common_pb2.SignedMessage(
+            method=method,
+            body=body,
+            certificate=metadata.get(identity.CERTIFICATE_METADATA, b""),
+            signature=metadata.get(identity.SIGNATURE_METADATA, b""),
+        )
+
+    async def _apply(
+        self,
+        hosted: _Hosted,
+        request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest,
+        message: vnode.Message,
+        *,
+        forward: bool,
+    ) -> bool:
+        """Epoch, attempt and duplicate rules and the compute, under the instance's lock;
+        then what they found reported and what they produced sent. Whether a duplicate."""
+        async with hosted.lock:
+            try:
+                if hosted.in_thread:
+                    received, cpu = await asyncio.to_thread(_timed, hosted.instance, message)
+                else:
+                    received, cpu = _timed(hosted.instance, message)
+                hosted.in_thread = in_thread_next(
+                    pinned=hosted.pinned_thread, in_thread=hosted.in_thread, cpu=cpu
+                )
+            except vnode.ComputeFailed as failed:
+                self._tell_driver(hosted, request, failed)
+                raise
         self.on_message(forward, None)
         for why in received.dropped:  # held gradients this message released, unusable
             log.warning("%s/%s replica %d: %s", *_slot(hosted.instance), why)
@@ -677,7 +830,7 @@ class DataPlane:
                 "TooLarge", f"tensor.data: {size} bytes exceeds the limit of {self._max_bytes}"
             )
         try:
-            array = tensors.decode(request.tensor, max_bytes=self._max_bytes)
+            array = tensors.decode(request.tensor, max_bytes=self._max_bytes, view=True)
         except tensors.TensorError as exc:
             reason = "Checksum" if exc.reason == "checksum" else "Invalid"
             raise _Refusal(reason, str(exc)) from None
@@ -709,9 +862,11 @@ class DataPlane:
         message: vnode.Message,
         *,
         proven: bool,
+        sign: Callable[..., common_pb2.SignedMessage] | None = None,
     ) -> None:
         """The result checks; a failure is refused and reported (module docstring), once its
-        signature verifies (`_prove`, unless `proven` already)."""
+        signature verifies (`_prove`, unless `proven` already). `sign`: how an in-process
+        message without evidence gets it (`_signed`), made only now that it is needed."""
         if message.sender_vnode == vnode.DRIVER:
             return  # batch indices or the caller's tensor: not a VNode's result
         try:
@@ -722,9 +877,12 @@ class DataPlane:
             else:
                 checks.check_gradient(message.array)
         except checks.CheckFailed as failed:
+            evidence = message.evidence
+            if evidence is None and sign is not None:
+                evidence = sign(request, message.array, message.empty, forward=message.forward)
             if not proven:
-                self._prove(message.evidence)
-            self._report(reports.check_failed(request, failed, evidence=message.evidence))
+                self._prove(evidence)
+            self._report(reports.check_failed(request, failed, evidence=evidence))
             raise _Refusal(
                 "CheckFailed",
                 f"tensor: result of {message.sender_vnode!r} replica {message.sender_replica} "
@@ -810,7 +968,6 @@ class DataPlane:
         task.add_done_callback(hosted.tasks.discard)
 
     async def _send(self, instance: vnode.Instance, o: vnode.Outgoing) -> bool:
-        tensor = tensors.empty() if o.array is None else tensors.encode(o.array)
         fields: dict[str, Any] = {
             "header": common_pb2.RequestHeader(api_version="dcnr.io/v1", client_name="dcnr-agent"),
             "job": o.job,
@@ -820,16 +977,35 @@ class DataPlane:
             "sender_epoch": instance.epoch,
             "target_vnode": o.target,
             "target_replica": o.target_replica,
-            "tensor": tensor,
             "reply_to": o.reply_to,
             "attempt": o.attempt,
             "adaptive": o.adaptive,
             "double_check": o.double_check,
         }
         fields["step" if o.position[0] == "step" else "request_id"] = o.position[1]
+        # The tensor is left to the sender: encoded only if it leaves this process.
         if o.forward:
-            return await self._sender.send_forward(vnode_pb2.ForwardRequest(**fields))
-        return await self._sender.send_backward(vnode_pb2.BackwardRequest(**fields))
+            return await self._sender.send_forward(vnode_pb2.ForwardRequest(**fields), o.array)
+        return await self._sender.send_backward(vnode_pb2.BackwardRequest(**fields), o.array)
+
+
+def in_thread_next(*, pinned: bool, in_thread: bool, cpu: float) -> bool:
+    """Whether an instance's next call computes in a worker thread, after a call that took
+    `cpu` seconds of CPU (module docstring): pinned ones always; past SLOW_CALL to a thread;
+    back to the loop only under half of it, so a borderline VNode does not flap."""
+    return pinned or cpu > (SLOW_CALL / 2 if in_thread else SLOW_CALL)
+
+
+def _timed(instance: vnode.Instance, message: vnode.Message) -> tuple[vnode.Received, float]:
+    """`instance.receive(message)` and the CPU seconds the calling thread spent on it."""
+    started = time.thread_time()
+    received = instance.receive(message)
+    return received, time.thread_time() - started
+
+
+#: The empty marker an in-process message carries for "no gradient" / "no input".
+_EMPTY = np.zeros((0,), dtype=np.float32)
+_EMPTY.flags.writeable = False
 
 
 def _slot(instance: vnode.Instance) -> Slot:

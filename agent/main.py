@@ -6,7 +6,7 @@
                [--advertise HOST:PORT] [--name NAME] [--cpu N] [--memory SIZE]
                [--accelerator TYPE:COUNT ...] [--label K=V ...] [--dataset NAME=URL ...]
                [--state-dir DIR] [--workdir DIR] [--max-message-bytes N]
-               [--metrics-listen HOST:PORT]
+               [--metrics-listen HOST:PORT] [--no-in-process-delivery]
 
 Exit codes: 0 after a clean leave (SIGTERM/Ctrl-C: deregister, drain, exit), 1 runtime
 failure (port taken, name refused), 2 bad usage. Errors are one line on stderr naming the
@@ -114,6 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-listen", type=_address, metavar="HOST:PORT", help="Prometheus /metrics; off"
     )
+    p.add_argument(
+        "--no-in-process-delivery", dest="in_process", action="store_false",
+        help="send to VNodes hosted here over gRPC too (default: in process, same checks)",
+    )  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     tls = p.add_argument_group("to the orchestrator (--tls-ca or --insecure is required)")
     tls.add_argument("--tls-ca", type=Path, metavar="FILE", help="CA bundle to verify it with")
@@ -198,6 +202,8 @@ async def _serve(
         ),
         max_message_bytes=args.max_message_bytes,
     )
+    if args.in_process:
+        sender.local = plane  # VNodes hosted here get their messages in process
     metrics = metrics_mod.AgentMetrics(dataplane.REFUSAL_REASONS)
     plane.on_message = lambda forward, refused: metrics.message(forward=forward, refused=refused)
     metrics_note = ""

@@ -24,6 +24,15 @@ Every message is signed with this PNode's identity (`api.signed`, `agent.keys`):
 once per attempt (the target epoch may change between attempts), signed over those bytes
 and sent as them.
 
+VNodes hosted by this same agent are delivered in process (`local`, set by the agent to its
+`agent.dataplane.DataPlane`): the route is resolved exactly as for a remote target (the
+target epoch comes from resolution, and a StaleEpoch refusal re-resolves), and when it names
+this PNode the message is handed to the data plane with its array, neither encoded, signed,
+serialized nor sent. The data plane applies every check a remote delivery gets (see
+`DataPlane.deliver_local`) and refuses with the same reasons, which drive the same retries.
+A message whose route names another PNode has its tensor encoded once, on its first remote
+attempt.
+
 Receivers say why they refused in the ErrorDetails of trailing metadata
 `dcnr-error-details-bin` (common.proto rule 8): reason "StaleEpoch" is retried after
 re-resolving, "StaleAttempt", "NoForward", "VNodeFailed" and "SenderSuperseded" (this
@@ -39,12 +48,13 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
+import numpy as np
 from grpc import aio
 
-from api import identity, signed
+from api import identity, signed, tensors
 from api import tls as api_tls
 from api.dcnr.v1 import common_pb2, resolve_pb2, resolve_pb2_grpc, vnode_pb2
 
@@ -75,6 +85,13 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
         ("grpc.max_send_message_length", limit),
         ("grpc.max_receive_message_length", limit),
     ]
+
+
+def _refusal(exc: aio.AioRpcError | LocalRefused) -> tuple[grpc.StatusCode, str, str]:
+    """(code, ErrorDetails reason, details) of a refusal, remote or in process."""
+    if isinstance(exc, LocalRefused):
+        return exc.code, exc.reason, str(exc)
+    return exc.code(), error_reason(exc), exc.details() or ""
 
 
 def error_reason(exc: grpc.RpcError) -> str:
@@ -182,6 +199,29 @@ class DeliveryFailed(Exception):
     pass
 
 
+class LocalRefused(Exception):
+    """An in-process delivery refused, with the status code and ErrorDetails reason a
+    remote receiver would have answered."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+
+
+Request = vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest
+
+
+class Local(Protocol):
+    """What in-process delivery needs of the agent's data plane."""
+
+    def is_self(self, pnode: str) -> bool: ...
+
+    async def deliver_local(
+        self, request: Request, array: np.ndarray | None, *, forward: bool
+    ) -> bool: ...
+
+
 class Peers:
     def __init__(
         self,
@@ -205,6 +245,9 @@ class Peers:
         self._rng = rng or random.Random()
         self._channels: dict[tuple[str, str], aio.Channel] = {}
         self._cache: dict[tuple[str, str], resolve_pb2.VNodeEndpoints] = {}
+        #: The data plane of this agent, for VNodes hosted here (module docstring); None:
+        #: every delivery goes over gRPC.
+        self.local: Local | None = None
 
     async def close(self) -> None:
         channels, self._channels = self._channels, {}
@@ -291,16 +334,20 @@ class Peers:
 
     # -- delivery ---------------------------------------------------------------------------
 
-    async def send_forward(self, request: vnode_pb2.ForwardRequest) -> bool:
-        """Deliver; True if delivered (or already there), False if given up."""
-        return await self._deliver(request, forward=True)
-
-    async def send_backward(self, request: vnode_pb2.BackwardRequest) -> bool:
-        return await self._deliver(request, forward=False)
-
-    async def _deliver(
-        self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest, *, forward: bool
+    async def send_forward(
+        self, request: vnode_pb2.ForwardRequest, array: np.ndarray | None = None
     ) -> bool:
+        """Deliver; True if delivered (or already there), False if given up. `array`: the
+        tensor, when `request.tensor` is left unset (encoded only if sent over gRPC); None
+        with the tensor unset: the empty marker."""
+        return await self._deliver(request, array, forward=True)
+
+    async def send_backward(
+        self, request: vnode_pb2.BackwardRequest, array: np.ndarray | None = None
+    ) -> bool:
+        return await self._deliver(request, array, forward=False)
+
+    async def _deliver(self, request: Request, array: np.ndarray | None, *, forward: bool) -> bool:
         retry = self._retry
         started = time.monotonic()
         delay = retry.first_delay
@@ -322,16 +369,13 @@ class Peers:
             if route is None:
                 last = "no live replica (being placed)"
                 continue
-            stub = await self._stub(*route)
-            timeout = max(0.1, retry.deadline - (time.monotonic() - started))
             try:
-                method = "Forward" if isinstance(request, vnode_pb2.ForwardRequest) else "Backward"
-                await stub.call(method, request, seconds=min(timeout, 10.0))
+                await self._call(request, array, route, forward=forward, started=started)
                 return True
-            except aio.AioRpcError as exc:
-                reason = error_reason(exc)
-                last = f"{exc.code().name}: {exc.details()}"
-                if exc.code() not in _RETRIED or reason in FINAL_REASONS:
+            except (aio.AioRpcError, LocalRefused) as exc:
+                code, reason, details = _refusal(exc)
+                last = f"{code.name}: {details}"
+                if code not in _RETRIED or reason in FINAL_REASONS:
                     log.warning("%s: given up: %s", what, last)
                     return False
                 if request.target_vnode != DRIVER:
@@ -340,6 +384,27 @@ class Peers:
                         min_epoch = request.target_epoch
         log.warning("%s: given up after retries: %s", what, last)
         return False
+
+    async def _call(
+        self,
+        request: Request,
+        array: np.ndarray | None,
+        route: tuple[str, str],
+        *,
+        forward: bool,
+        started: float,
+    ) -> None:
+        """One attempt: in process when the route names this PNode, else over gRPC."""
+        local = self.local
+        if local is not None and request.target_vnode != DRIVER and local.is_self(route[1]):
+            await local.deliver_local(request, array, forward=forward)
+            return
+        if not request.HasField("tensor"):
+            request.tensor.CopyFrom(tensors.empty() if array is None else tensors.encode(array))
+        stub = await self._stub(*route)
+        timeout = max(0.1, self._retry.deadline - (time.monotonic() - started))
+        method = "Forward" if forward else "Backward"
+        await stub.call(method, request, seconds=min(timeout, 10.0))
 
     async def _route(
         self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest, min_epoch: int

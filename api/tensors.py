@@ -52,8 +52,13 @@ def is_empty(tensor: common_pb2.Tensor) -> bool:
     return len(tensor.shape) == 1 and tensor.shape[0] == 0
 
 
-def decode(tensor: common_pb2.Tensor, *, max_bytes: int | None = None) -> np.ndarray:
-    """The array a Tensor holds, after checking dtype, shape, size and checksums."""
+def decode(
+    tensor: common_pb2.Tensor, *, max_bytes: int | None = None, view: bool = False
+) -> np.ndarray:
+    """The array a Tensor holds, after checking dtype, shape, size and checksums. `view`: a
+    read-only array over the message's bytes instead of a copy of them (little-endian
+    machines; a big-endian one still converts), for a receiver that never writes into what
+    it received (the agent's data plane: its co-located messages are read-only too)."""
     if tensor.dtype not in DTYPES:
         raise TensorError(f"tensor.dtype: {tensor.dtype!r} is not one of {', '.join(DTYPES)}")
     shape = list(tensor.shape)
@@ -77,4 +82,6 @@ def decode(tensor: common_pb2.Tensor, *, max_bytes: int | None = None) -> np.nda
     if tensor.sha256 and hashlib.sha256(tensor.data).digest() != tensor.sha256:
         raise TensorError("tensor.sha256: digest mismatch", reason="checksum")
     array = np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    if view and dtype.isnative:
+        return array  # frombuffer over bytes: read-only already
     return array.astype(dtype.newbyteorder("="), copy=True)

@@ -28,6 +28,7 @@ from benchmarks import (
     scale,
     training,
     validation,
+    wide,
 )
 
 Scenario = Callable[[harness.Context], Awaitable[harness.Report]]
@@ -36,6 +37,7 @@ SCENARIOS: dict[str, Scenario] = {
     failover.NAME: failover.run,
     ingest.NAME: ingest.run,
     training.NAME: training.run,
+    wide.NAME: wide.run,
     scale.NAME: scale.run,
     validation.NAME: validation.run,
     admission.NAME: admission.run,

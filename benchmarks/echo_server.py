@@ -2,7 +2,9 @@
 fixed payload of the size the orchestrator's real answer has, doing nothing else.
 
 `python -m benchmarks.echo_server --reply METHOD=BYTES ...` prints
-`echo serving on HOST:PORT` and serves until SIGTERM. Handlers take and return raw bytes
+`echo serving on HOST:PORT` and serves until SIGTERM; each METHOD is also served as
+METHODStream, one bidirectional stream answering every message (what a stream per edge
+would cost). Handlers take and return raw bytes
 (no message classes), so the server's own cost is the floor of what grpc.aio can do.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -26,9 +29,24 @@ def _handler(reply: bytes) -> grpc.RpcMethodHandler[bytes, bytes]:
     return grpc.unary_unary_rpc_method_handler(answer)
 
 
+def _stream_handler(reply: bytes) -> grpc.RpcMethodHandler[bytes, bytes]:
+    """METHOD + "Stream": one bidirectional stream answering each message as it comes."""
+
+    async def answer(
+        requests: AsyncIterator[bytes], context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes]:
+        async for _request in requests:
+            yield reply
+
+    return grpc.stream_stream_rpc_method_handler(answer)
+
+
 async def serve(replies: dict[str, int]) -> None:
     server = aio.server()
     handlers = {method: _handler(b"\x00" * size) for method, size in replies.items()}
+    handlers.update(
+        {f"{method}Stream": _stream_handler(b"\x00" * size) for method, size in replies.items()}
+    )
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

@@ -393,10 +393,10 @@ async def test_a_compute_failure_is_refused_to_the_sender_and_told_to_the_driver
     told: list[vnode_pb2.ForwardRequest] = []
     send_forward = c["sender"].send_forward
 
-    def spying(request: vnode_pb2.ForwardRequest):
+    def spying(request: vnode_pb2.ForwardRequest, array: np.ndarray | None = None):
         if request.target_vnode == "__driver__" and request.compute_failure:
             told.append(request)
-        return send_forward(request)
+        return send_forward(request, array)
 
     monkeypatch.setattr(c["sender"], "send_forward", spying)
     x = np.ones((2, 4), np.float32)
@@ -545,3 +545,23 @@ async def test_an_inference_input_named_by_data_is_read_by_the_source(cluster):
     with pytest.raises(aio.AioRpcError) as exc:
         await c["stub"].Forward(forward("x", tensors.encode(BATCH), c, step=2, data=ref))
     assert_refused(exc, grpc.StatusCode.INVALID_ARGUMENT, "data", "inference")
+
+
+# -- where compute runs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pinned", "in_thread", "cpu", "expected"),
+    [
+        (False, False, 0.00003, False),  # a small layer stays on the loop
+        (False, False, dataplane.SLOW_CALL * 1.5, True),  # a slow one goes to a thread
+        (False, True, dataplane.SLOW_CALL * 0.75, True),  # and stays while borderline
+        (False, True, dataplane.SLOW_CALL * 0.25, False),  # back once clearly fast
+        (True, True, 0.00003, True),  # a data source never leaves its thread
+        (True, False, 0.00003, True),
+    ],
+)
+def test_compute_moves_to_a_thread_by_cpu_time_with_hysteresis(
+    pinned: bool, in_thread: bool, cpu: float, expected: bool
+) -> None:
+    assert dataplane.in_thread_next(pinned=pinned, in_thread=in_thread, cpu=cpu) is expected

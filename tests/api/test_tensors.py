@@ -30,6 +30,14 @@ def test_round_trip(array: np.ndarray) -> None:
     np.testing.assert_array_equal(back, array)
     back_writable = tensors.decode(tensors.encode(array))
     assert back_writable.flags.writeable
+    # A view (the agent's data plane): the same values over the message's own bytes, which
+    # nobody can write into.
+    message = tensors.encode(array)
+    viewed = tensors.decode(message, view=True)
+    assert (viewed.dtype, viewed.shape) == (array.dtype, array.shape)
+    np.testing.assert_array_equal(viewed, array)
+    assert not viewed.flags.writeable
+    assert viewed.base is not None
 
 
 def test_empty_marker() -> None:
