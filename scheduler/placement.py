@@ -288,7 +288,9 @@ class _Placer:
                 for r, n in explain.sorted_reasons(found.reasons)
                 if r != filters.BELOW_TRUST_FLOOR
             )
-            notes.append(f"critical: none of the {trusted} pnodes with {label} is feasible ({why})")
+            notes.append(
+                f"critical: none of the {trusted} pnodes with {label} is feasible ({why})"
+            )
             scanned = trusted
         if notes:
             notes[-1] += "; considered all pnodes"
