@@ -46,6 +46,7 @@ from controller import errors as faults
 from controller.jobs import driver, driver_inbox, driver_plan, model_state, vnode_client
 from controller.state import view as view_mod
 from controller.trust import book as trust
+from controller.trust import exposure as exposure_mod
 from controller.trust import sampling
 
 
@@ -89,19 +90,14 @@ def select(
         v.name
         for v in net.spec.vnodes
         if counts[v.name] > 1
-        and (
-            v.name in net.status.tiebreakers
-            or _sampled(standing(v.name), policy, rng)
-        )
+        and (v.name in net.status.tiebreakers or _sampled(standing(v.name), policy, rng))
     )
     computing = {name: (n if name in chosen else 1) for name, n in counts.items()}
     return Selection(True, chosen, computing)
 
 
 def _sampled(found: Standing, policy: sampling.SamplingPolicy, rng: random.Random) -> bool:
-    return sampling.should_check(
-        found.trust, policy, rng, struck_unwritten=found.struck
-    )
+    return sampling.should_check(found.trust, policy, rng, struck_unwritten=found.struck)
 
 
 class _Disputed(Exception):
@@ -451,7 +447,25 @@ async def _once(
         await asyncio.gather(sends, return_exceptions=True)
         ctx.results.inbox.forget(job)
     _credit(ctx, network, chosen, box, job)
+    _expose(ctx, network, chosen, request_id)
     return dict(box.outputs)
+
+
+def _expose(ctx: driver.DriverContext, network: str, chosen: Selection, request_id: str) -> None:
+    """Remember, per PNode, the answer it computed a VNode of alone: should it be caught
+    lying later, this answer may hold a lie (`controller.trust.exposure`)."""
+    exposure = ctx.results.exposure
+    if exposure is None:
+        return
+    now = ctx.clock.now()
+    for vnode, n in chosen.computing.items():
+        if n != 1:
+            continue
+        slot = ctx.view.allocations.get(allocation.slot_name(network, vnode, 0))
+        if slot is not None:
+            exposure.returned(
+                slot.spec.pnode, exposure_mod.Unchecked(network, request_id, vnode, now)
+            )
 
 
 def _credit(

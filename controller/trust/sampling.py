@@ -57,9 +57,7 @@ class SamplingPolicy:
         if not 0.0 < self.floor <= 1.0:
             raise ValueError(f"sampling policy: floor: {self.floor!r} must be in (0, 1]")
         if not 0 <= self.warmup <= 1_000_000:
-            raise ValueError(
-                f"sampling policy: warmup: {self.warmup!r} must be in [0, 1000000]"
-            )
+            raise ValueError(f"sampling policy: warmup: {self.warmup!r} must be in [0, 1000000]")
         if not 1 <= self.memory <= 1000:
             raise ValueError(f"sampling policy: memory: {self.memory!r} must be in [1, 1000]")
 

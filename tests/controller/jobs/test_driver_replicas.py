@@ -297,6 +297,30 @@ async def test_inference_compares_every_replica_and_counts_the_extra_compute(
         assert (await world.trust_of(name)).valid_total == 2, "x and loss compared and agreed"
 
 
+async def test_answers_computed_unchecked_are_remembered_by_pnode(world: World) -> None:
+    """One replica each (`validation: none`): both VNodes are computed by p1 alone, so the
+    answer is exposed if p1 is caught; under `replicas` nothing is."""
+    orch = await world.start()
+    xb = np.array([1.0, 2.0])
+    await inference.infer(orch.ctx, harness.NET, {"x": tensors.encode(xb)}, seconds=30)
+    await inference.infer(orch.ctx, harness.NET, {"x": tensors.encode(xb)}, seconds=30)
+    found = orch.exposure.take("p1")
+    assert found is not None
+    assert found.total == 4
+    assert sorted({a.vnode for a in found.answers}) == ["loss", "x"]
+    assert len({a.request_id for a in found.answers}) == 2
+    assert {a.network for a in found.answers} == {harness.NET}
+    assert orch.exposure.take("p1") is None, "taken once"
+
+
+async def test_compared_answers_are_not_exposed(world: World) -> None:
+    orch = await world.start(validation="replicas")
+    xb = np.array([1.0, 2.0])
+    await inference.infer(orch.ctx, harness.NET, {"x": tensors.encode(xb)}, seconds=30)
+    assert orch.exposure.take("p1") is None
+    assert orch.exposure.take("p2") is None
+
+
 async def test_an_inference_dispute_waits_for_the_restored_tiebreaker_and_retries(
     world: World,
 ) -> None:

@@ -90,4 +90,3 @@ def test_draws_are_seeded_and_at_the_rate() -> None:
 def test_bad_policies_are_refused_by_field(field: str, value: float, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         sampling.SamplingPolicy(**{field: value})  # type: ignore[arg-type]
-
