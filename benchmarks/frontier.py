@@ -227,19 +227,22 @@ def report(
         "BOINC's rule interpolated to the same extra compute (same run, same seeds).",
         "",
         "| liars (2 of 10) | ours: floor | extra compute | wrong answers | BOINC at the same "
-        "compute (its better sweep) | ours / BOINC | ≤ 1/10 and ≤ 1 %, intervals apart |",
-        "|---|---|---|---|---|---|---|",
+        "compute (its better sweep) | ours / BOINC | ≤ 1/10 and ≤ 1 %, intervals apart | "
+        "BOINC's own rule (min_valid 10): extra / wrong |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, points in results.items():
         v = headline(points)
+        own = next(p for p in points if (p.scheme, p.setting) == ("boinc", 10))
+        own_cell = f"{own.extra} / {own.wrong}"
         if v is None:
-            lines.append(f"| {name} | - | no floor within budget | - | - | - | - |")
+            lines.append(f"| {name} | - | no floor within budget | - | - | - | - | {own_cell} |")
             continue
         boinc = f"{v.boinc} ({v.sweep})" if v.boinc is not None else "out of BOINC's range"
         ratio = f"{v.ratio:.2f}" if v.ratio is not None else "-"
         lines.append(
             f"| {name} | {v.ours.setting:g} | {v.ours.extra} | {v.ours.wrong} | {boinc} | "
-            f"{ratio} | {'met' if v.met else 'not met'} |"
+            f"{ratio} | {'met' if v.met else 'not met'} | {own_cell} |"
         )
     lines += [
         "",
@@ -281,6 +284,7 @@ def draw(results: dict[str, list[Point]], path: Path) -> None:
     matplotlib = importlib.import_module("matplotlib")  # bench-only dependency
     matplotlib.use("Agg")
     pyplot = importlib.import_module("matplotlib.pyplot")
+    ticker = importlib.import_module("matplotlib.ticker")
     names = [m.name for m in (MODELS[0], MODELS[1], MODELS[2], MODELS[4], MODELS[7], MODELS[9])]
     figure, grid = pyplot.subplots(2, 3, figsize=(15, 8.5))
     for axes, name in zip(grid.flat, names, strict=False):
@@ -292,7 +296,11 @@ def draw(results: dict[str, list[Point]], path: Path) -> None:
                 [100 * p.extra.mean for p in pts],
                 [100 * p.wrong.mean for p in pts],
                 xerr=[100 * p.extra.half for p in pts],
-                yerr=[100 * p.wrong.half for p in pts],
+                # A share is never negative: the interval is cut at 0.
+                yerr=[
+                    [100 * min(p.wrong.half, p.wrong.mean) for p in pts],
+                    [100 * p.wrong.half for p in pts],
+                ],
                 marker=marker, capsize=3, label=label,
             )  # fmt: skip
         axes.axvline(100 * BUDGET, color="grey", linestyle="--", linewidth=0.8)
@@ -300,7 +308,11 @@ def draw(results: dict[str, list[Point]], path: Path) -> None:
         axes.set_xlabel("extra compute (%)")
         axes.set_ylabel("wrong answers (%)")
         axes.set_xscale("log")
+        axes.set_xticks([2, 5, 10, 15, 20, 50])
+        axes.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        axes.xaxis.set_minor_formatter(ticker.NullFormatter())
         axes.set_yscale("symlog", linthresh=0.01)
+        axes.set_ylim(bottom=0)
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
     figure.tight_layout()
