@@ -213,11 +213,13 @@ def report(
         "by two of them is struck). See docs/security.md for what the scheduler knows of "
         "operators.",
         "- What it cannot do: a rule that sees only a PNode's own history cannot tell a "
-        "patient liar from an honest PNode before its first caught lie. At the same extra "
-        "compute both schemes check it at about the same rate then, so against BOINC swept "
-        "to the same compute the gain is bounded (the table says by how much); a tenfold gain "
-        "at equal compute needs checks cheaper than a replica (issue 18's spot checks, not "
-        "built).",
+        "patient liar from an honest PNode before its first caught lie, so at the same extra "
+        "compute both schemes check it at about the same rate until then. Against BOINC's "
+        "rule swept to the same compute (a longer warm-up, or a factor on 1/CV) the gain in "
+        "a run of this length is small or none (the table says how much); it is against "
+        "BOINC's own setting, whose rate keeps falling as the fleet ages, that the floor "
+        "pays. Checks cheaper than a replica (issue 18's spot checks, not built) would lower "
+        "both curves alike.",
         "",
     ]
     if plot:
