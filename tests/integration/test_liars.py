@@ -106,8 +106,8 @@ async def _cluster(
     network = network_model.Network.model_validate(manifest)
     store_url = f"sqlite:///{tmp_path / 'state.db'}"
     lies = tmp_path / "liar" / "lies.log"
-    command = (*LIAR_COMMAND, "--lie-fraction", f"{fraction:g}", "--lie-mode", mode)
-    command = (*command, "--lie-log", str(lies))
+    lie = ("--lie-fraction", f"{fraction:g}", "--lie-mode", mode, "--lie-log", str(lies))
+    command = (*LIAR_COMMAND, *lie)
     with (
         procs.orchestrator(store_url, log=tmp_path / "orchestrator.log") as served,
         agents.agents(
