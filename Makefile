@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint typecheck layers buf api-compat api-release pytest proto venv clean bench soak \
-        image chart-test promtool sim
+        image chart-test promtool sim frontier
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "DCNR needs Python >= 3.11, found " + sys.version'
@@ -43,6 +43,14 @@ soak: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
+
+# Not part of make test (about 10 minutes on a shared machine): the validation frontier of
+# issue 18, a model-level simulation; benchmarks/README.md is regenerated with it.
+FRONTIER_SEEDS ?= 30
+frontier: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.frontier --seeds $(FRONTIER_SEEDS) \
+	  --report benchmarks/results/frontier.md --plot benchmarks/plots/frontier.png \
+	  --readme benchmarks/README.md
 
 # Not part of make test: 1,000,000 simulated PNode-hours (docs/simulator.md). A seed that
 # breaks an invariant is saved as tests/sim/test_regression_seed_<seed>.py.

@@ -31,9 +31,19 @@ def regenerate(results: Path, readme: Path, *, plots: Path | None = None, smoke:
         lines += _scenario(document, drawn.get(document["scenario"], []), readme.parent)
     if skipped:
         lines += ["", f"_Plots skipped: {skipped}_"]
+    lines += frontier_section(results)
     lines += soak_section(results)
     readme.parent.mkdir(parents=True, exist_ok=True)
     readme.write_text("\n".join(lines).rstrip() + "\n")
+
+
+def frontier_section(results: Path) -> list[str]:
+    """The validation frontier's report (markdown, written by `make frontier`, never by this
+    module), as it is."""
+    path = results / "frontier.md"
+    if not path.exists():
+        return []
+    return ["", *path.read_text().rstrip().splitlines()]
 
 
 def soak_section(results: Path) -> list[str]:
@@ -49,7 +59,7 @@ def soak_section(results: Path) -> list[str]:
         "Not a measurement beside a baseline but a verdict per invariant: `benchmarks/soak.py`"
         " breaks a cluster of real processes (3 replicas on DynamoDB via moto, 6 agents, 3"
         " networks, a training job) on a seeded schedule and checks the invariants of the"
-        " design from the outside (docs/operations.md, \"Chaos soak\"). Each report holds the"
+        ' design from the outside (docs/operations.md, "Chaos soak"). Each report holds the'
         " evidence, the fault log and the re-convergence times.",
         "",
     ]

@@ -4,8 +4,9 @@ The digits network under `validation: adaptive` (every VNode placed on two PNode
 real agents, two of which run through the test-only fault injector and lie on 10 % of
 their results (`slight`: values * 1.01, which passes every check, so only a comparison
 catches it). Inference requests of 16 rows each, one after another: a warm-up while trust
-is established (a PNode with fewer than 10 consecutive valid results is always
-double-checked), then the measured requests.
+is established (a PNode with fewer than 30 valid results, or a strike among its last 50,
+is always double-checked: `controller.trust.sampling`), then the measured requests. The
+model-level frontier against BOINC's rule is `benchmarks/frontier.py`.
 
 Measured, over the measured requests only:
 - extra compute: the orchestrator's `dcnr_inference_results{role="double_check"}` over

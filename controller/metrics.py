@@ -125,6 +125,14 @@ class Metrics:
             ["method", "reason"],
             registry=r,
         )
+        self.inference_answers_exposed = prometheus_client.Counter(
+            "dcnr_inference_answers_exposed",
+            "Inference answers this replica returned with a VNode computed by one PNode "
+            "alone (unchecked, under validation: adaptive or a single replica) whose PNode "
+            "was later Bugged: each may hold one of its lies. The event UncheckedAnswers on "
+            "the PNode names their request ids.",
+            registry=r,
+        )
         self.inference_results = prometheus_client.Counter(
             "dcnr_inference_results",
             "VNode results computed for inference requests, by role: primary (one per VNode "
@@ -220,6 +228,9 @@ class Metrics:
         ("/dcnr.v1.ResolutionService/Resolve") and why (Unauthenticated, Forbidden,
         ReadOnly, NotHosting, or another refusing part's own word)."""
         self.rpc_refused.labels(method, reason).inc()
+
+    def answers_exposed(self, count: int) -> None:
+        self.inference_answers_exposed.inc(count)
 
     def inference_computed(self, *, primary: int, double_check: int) -> None:
         self.inference_results.labels("primary").inc(primary)

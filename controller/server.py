@@ -82,6 +82,7 @@ from controller.state import (
     view,
 )
 from controller.trust import book as trust
+from controller.trust import exposure
 from reconcilers import base as reconcilers_base
 from reconcilers import network as network_loop
 from reconcilers import pnode as pnode_loop
@@ -132,9 +133,7 @@ class Orchestrator:
         self.clock = clock or clock_mod.SystemClock()
         control = config.control
         #: What this replica saw of the store: leases do not run while it could not see it.
-        self.store_watch = store_watch.StoreWatch(
-            self.clock, stall_after=control.store_stall_after
-        )
+        self.store_watch = store_watch.StoreWatch(self.clock, stall_after=control.store_stall_after)
         store = store_watch.Observed(store, self.store_watch)
         self.store: base.Store = store
         self.replica_id = config.replica_id or replicas.default_replica_id()
@@ -157,9 +156,10 @@ class Orchestrator:
             store=store,
             clock=self.clock,
             on_written=self.view.apply_written,
-            on_bugged=self.metrics.bugged,
+            on_bugged=self._bugged,
             events=self.events,
         )
+        self.exposure = exposure.Exposure()
         #: This replica's orchestrator identity, which signs the driver's calls to agents;
         #: the CA and its verifier are loaded at `start`.
         self.signer = signed.Signer()
@@ -183,7 +183,7 @@ class Orchestrator:
             replica_id=self.replica_id,
             client=self.client,
             results=driver_context.ResultSinks(
-                inbox=self.inbox, book=self.trust, metrics=self.metrics
+                inbox=self.inbox, book=self.trust, metrics=self.metrics, exposure=self.exposure
             ),
             suspects=suspects.Suspects(view=self.view, book=self.trust),
             tiebreakers=tiebreakers.Tiebreakers(store=store, view=self.view, metrics=self.metrics),
@@ -442,6 +442,15 @@ class Orchestrator:
             driver_refusals=driver_inbox.REFUSALS,
         )
         self.service_names = catalog.register(self.server, implemented, health=self.health)
+
+    def _bugged(self, pnode_name: str) -> None:
+        """A PNode became Bugged: count it, and name the inference answers this replica
+        returned with its results unchecked (`controller.trust.exposure`)."""
+        self.metrics.bugged(pnode_name)
+        found = self.exposure.take(pnode_name)
+        if found is not None:
+            self.metrics.answers_exposed(found.total)
+            self.events.warning("PNode", pnode_name, "UncheckedAnswers", found.message())
 
     def _report_refused(self, reason: str) -> None:
         self.metrics.report_refused(reason)

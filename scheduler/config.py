@@ -22,7 +22,9 @@ class Weights:
 
     A weight of 0 switches a scorer off entirely (it is not even computed). Defaults favour
     spreading load, then keeping data and neighbours close; trust is a tie-breaker here
-    because critical VNodes already get the trust floor.
+    because critical VNodes already get the trust floor. Spreading replicas over operators
+    outweighs every other preference: two replicas on one operator's PNodes can agree on a
+    lie, and validation then accepts it.
     """
 
     least_allocated: float = 1.0
@@ -30,6 +32,7 @@ class Weights:
     trust: float = 0.5
     data_locality: float = 1.0
     graph_affinity: float = 1.0
+    operator_spread: float = 5.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import TypeAlias
 
@@ -63,6 +64,8 @@ class NodeView:
     evictions: int = 0
     datasets: frozenset[str] = frozenset()
     labels: tuple[tuple[str, str], ...] = ()
+    #: Hints of who runs it (`operator_hints`): PNodes sharing any may be one operator.
+    operators: frozenset[str] = frozenset()
     #: Everything the capability filters read (flags, capacity, allocated), so PNodes that
     #: look alike are checked once. A string because str caches its hash: the signature is
     #: looked up once per evaluated PNode, and hashing a nested tuple each time costs more
@@ -123,6 +126,10 @@ class Request:
     dataset: str | None = None
     avoid: frozenset[str] = frozenset()
     near: frozenset[str] = frozenset()
+    #: Operator hints of the PNodes in `avoid` (filled in by placement from its snapshot):
+    #: a replica preferably goes to a PNode sharing none, so that two PNodes of one
+    #: operator never hold both replicas a comparison relies on.
+    avoid_operators: frozenset[str] = frozenset()
 
     @property
     def key(self) -> str:
@@ -209,7 +216,40 @@ def node_view(pnode: pnode_model.PNode) -> NodeView:
         evictions=status.evictions,
         datasets=frozenset(spec.datasets),
         labels=tuple(sorted(pnode.metadata.labels.items())),
+        operators=operator_hints(spec.address, pnode.metadata.labels),
     )
+
+
+#: Labels naming who runs a PNode, or where: PNodes sharing a value may be one operator.
+OPERATOR_LABELS = ("dcnr.io/operator", "topology.kubernetes.io/zone")
+
+
+def operator_hints(address: str, labels: Mapping[str, str]) -> frozenset[str]:
+    """What may tie PNodes to one operator: the values of `OPERATOR_LABELS` it carries, and
+    the network its data-plane address is in (an IPv4 /24 or an IPv6 /48; a host name is
+    taken as is). Loopback addresses give no hint: every PNode of a test shares them."""
+    hints = {f"label:{key}={labels[key]}" for key in OPERATOR_LABELS if labels.get(key)}
+    host = _host(address)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if host and host != "localhost":
+            hints.add(f"host:{host.lower()}")
+        return frozenset(hints)
+    if ip.is_loopback or ip.is_unspecified:
+        return frozenset(hints)
+    prefix = 24 if ip.version == 4 else 48
+    hints.add(f"net:{ipaddress.ip_network(f'{ip}/{prefix}', strict=False)}")
+    return frozenset(hints)
+
+
+def _host(address: str) -> str:
+    """The host of "host:port", "[v6]:port", or a bare host."""
+    if address.startswith("[") and "]" in address:
+        return address[1 : address.index("]")]
+    if address.count(":") == 1:
+        return address.split(":")[0]
+    return address
 
 
 def snapshot_of(pnodes: Iterable[pnode_model.PNode]) -> Snapshot:

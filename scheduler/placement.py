@@ -223,6 +223,7 @@ class _Placer:
         self._views[position] = self._views[position].with_allocation(request)
 
     def place(self, request: model.Request) -> explain.Decision:
+        request = self._with_operators(request)
         memo_key = (request.shape, request.critical)
         memo = self._unschedulable.get(memo_key)
         if memo is not None and memo[0] == self._version:
@@ -246,6 +247,17 @@ class _Placer:
             self._unschedulable[memo_key] = (self._version, found, notes)
         explanation = self._explain(request, found, [], notes)
         return explain.Unschedulable(reasons=dict(found.reasons), explanation=explanation)
+
+    def _with_operators(self, request: model.Request) -> model.Request:
+        """`request` with the operator hints of the PNodes it avoids (its other replicas)."""
+        hints: set[str] = set()
+        for name in request.avoid:
+            node = self._snapshot.node(name)
+            if node is not None:
+                hints |= node.operators
+        if not hints or hints <= request.avoid_operators:
+            return request
+        return dataclasses.replace(request, avoid_operators=request.avoid_operators | hints)
 
     def _place_critical(
         self, request: model.Request

@@ -66,6 +66,13 @@ def graph_affinity(request: model.Request, node: model.NodeView) -> float:
     return 1.0 if node.name in request.near else 0.0
 
 
+def operator_spread(request: model.Request, node: model.NodeView) -> float:
+    """1 if the PNode shares no operator hint with the PNodes holding the VNode's other
+    replicas: replicas compared against each other should not be one operator's, who could
+    make them tell the same lie (`model.operator_hints`)."""
+    return 0.0 if node.operators & request.avoid_operators else 1.0
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Named:
     #: The scorer's weight in `config.Weights` and its column in explanations.
@@ -82,6 +89,7 @@ ALL: tuple[Named, ...] = (
     Named("least_allocated", least_allocated),
     Named("data_locality", data_locality),
     Named("graph_affinity", graph_affinity),
+    Named("operator_spread", operator_spread),
     Named("reliability", reliability, node_only=True),
     Named("trust", trust, node_only=True),
 )

@@ -28,6 +28,7 @@ from controller.runtime import clock as clock_mod
 from controller.runtime import recorder
 from controller.state import view as view_mod
 from controller.trust import book as trust
+from controller.trust import exposure as exposure_mod
 from store import base
 
 
@@ -66,6 +67,8 @@ class ResultSinks:
     book: trust.TrustBook | None = None
     #: Where disagreements, tiebreaks and inference results are counted (None: not counted).
     metrics: metrics_mod.Metrics | None = None
+    #: Answers returned with a VNode computed unchecked, by PNode (None: not remembered).
+    exposure: exposure_mod.Exposure | None = None
 
 
 class ReplyTo:

@@ -15,15 +15,16 @@ data.url).
 Redundancy. Under network `validation: none`/`replicas`, every replica of every VNode
 computes the request and every result is compared (by the agents that receive them, and
 here for the sinks). Under `validation: adaptive` the driver picks the VNodes to
-double-check for this request (`select`: BOINC's adaptive replication, by the trust of the
-PNode running the VNode's replica 0; a VNode with a tiebreaker is always checked); the
-others compute on replica 0 alone. A dispute (no majority) requests a tiebreaker replica,
-waits until it is live and restored, and retries under a new request id, within the
-caller's deadline. So does a result failing its checks (its PNode is struck, and moves
-once Bugged): nothing unchecked is ever returned. A VNode that could not compute the
-request (its agent's `compute_failure`, or a source refusing the input "Invalid") ends the
-call at once with INVALID_ARGUMENT and the agent's message: the same input would fail the
-same way, so there is nothing to retry or wait for. PNodes whose results were compared and
+double-check for this request (`select`: each at the rate `controller.trust.sampling` sets
+for the PNode running the VNode's replica 0, from that PNode's own history, with a floor;
+a VNode with a tiebreaker is always checked); the others compute on replica 0 alone. A
+dispute (no majority) requests a tiebreaker replica, waits until it is live and restored,
+and retries under a new request id, within the caller's deadline. So does a result failing
+its checks (its PNode is struck, and moves once Bugged): nothing that failed a check is
+ever returned. A VNode that could not compute the request (its agent's `compute_failure`,
+or a source refusing the input "Invalid") ends the call at once with INVALID_ARGUMENT and
+the agent's message: the same input would fail the same way, so there is nothing to retry
+or wait for. PNodes whose results were compared and
 agreed earn a valid result.
 
 Trained weights. Before each try, every re-placed replica of a trained network is restored
@@ -45,13 +46,14 @@ from typing import Any
 from api import kinds as api_kinds
 from api import tensors
 from api.dcnr.v1 import common_pb2, vnode_pb2
-from api.resources import allocation
+from api.resources import allocation, pnode
 from api.resources import network as net_model
 from controller import errors as faults
 from controller.jobs import driver, driver_inbox, driver_plan, model_state, vnode_client
 from controller.state import view as view_mod
-from controller.trust import adaptive as validation
 from controller.trust import book as trust
+from controller.trust import exposure as exposure_mod
+from controller.trust import sampling
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -69,11 +71,24 @@ class Selection:
         return sum(n - 1 for n in self.computing.values())
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Standing:
+    """What sampling knows of the PNode running a VNode's replica 0."""
+
+    trust: pnode.Trust
+    #: It has a strike in its window, counting those this replica holds unwritten.
+    struck: bool = False
+
+
 def select(
-    net: net_model.Network, consecutive_valid: Callable[[str], int], rng: random.Random
+    net: net_model.Network,
+    standing: Callable[[str], Standing],
+    rng: random.Random,
+    *,
+    policy: sampling.SamplingPolicy = sampling.DEFAULT,
 ) -> Selection:
-    """The replicas that compute a request. `consecutive_valid(vnode)`: the trust of the
-    PNode running the VNode's replica 0."""
+    """The replicas that compute a request. `standing(vnode)`: the PNode running the
+    VNode's replica 0, whose rate (`sampling.rate`) decides whether it is double-checked."""
     counts = driver_plan.replica_counts(net)
     if net.spec.validation != "adaptive":
         return Selection(False, (), counts)
@@ -81,13 +96,14 @@ def select(
         v.name
         for v in net.spec.vnodes
         if counts[v.name] > 1
-        and (
-            v.name in net.status.tiebreakers
-            or validation.should_double_check(consecutive_valid(v.name), rng)
-        )
+        and (v.name in net.status.tiebreakers or _sampled(standing(v.name), policy, rng))
     )
     computing = {name: (n if name in chosen else 1) for name, n in counts.items()}
     return Selection(True, chosen, computing)
+
+
+def _sampled(found: Standing, policy: sampling.SamplingPolicy, rng: random.Random) -> bool:
+    return sampling.should_check(found.trust, policy, rng, struck_unwritten=found.struck)
 
 
 class _Disputed(Exception):
@@ -145,7 +161,7 @@ async def infer(
     while True:
         seen = signal.value  # read before the state, so no change slips between
         net = ctx.view.networks.get(network) or net
-        chosen = select(net, lambda vnode: _trust_of(ctx.view, network, vnode), rng)
+        chosen = select(net, lambda vnode: _standing(ctx, network, vnode), rng)
         missing = _not_ready(ctx, net, chosen)
         held = _on_suspects(ctx, net, chosen)
         if refused is not None and ctx.clock.monotonic() >= deadline:
@@ -296,10 +312,14 @@ async def _retire_tiebreakers(ctx: driver.DriverContext, network: str) -> None:
     await ctx.tiebreakers.clear(network)
 
 
-def _trust_of(view: view_mod.View, network: str, vnode: str) -> int:
-    slot = view.allocations.get(allocation.slot_name(network, vnode, 0))
-    node = view.pnodes.get(slot.spec.pnode) if slot is not None else None
-    return node.status.trust.consecutive_valid if node is not None else 0
+def _standing(ctx: driver.DriverContext, network: str, vnode: str) -> Standing:
+    """The trust of the PNode running `vnode`'s replica 0; none known (no slot, no PNode):
+    a new PNode's, so it is checked."""
+    slot = ctx.view.allocations.get(allocation.slot_name(network, vnode, 0))
+    node = ctx.view.pnodes.get(slot.spec.pnode) if slot is not None else None
+    if node is None:
+        return Standing(pnode.Trust())
+    return Standing(node.status.trust, struck=ctx.suspects.struck(node.name))
 
 
 def _not_ready(ctx: driver.DriverContext, net: net_model.Network, chosen: Selection) -> list[str]:
@@ -453,7 +473,25 @@ async def _once(
             ctx.results.metrics.inference_moved()
         raise _Moved(", ".join(moved))
     _credit(ctx, network, chosen, box, job)
+    _expose(ctx, network, chosen, request_id)
     return dict(box.outputs)
+
+
+def _expose(ctx: driver.DriverContext, network: str, chosen: Selection, request_id: str) -> None:
+    """Remember, per PNode, the answer it computed a VNode of alone: should it be caught
+    lying later, this answer may hold a lie (`controller.trust.exposure`)."""
+    exposure = ctx.results.exposure
+    if exposure is None:
+        return
+    now = ctx.clock.now()
+    for vnode, n in chosen.computing.items():
+        if n != 1:
+            continue
+        slot = ctx.view.allocations.get(allocation.slot_name(network, vnode, 0))
+        if slot is not None:
+            exposure.returned(
+                slot.spec.pnode, exposure_mod.Unchecked(network, request_id, vnode, now)
+            )
 
 
 def _credit(

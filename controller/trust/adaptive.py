@@ -1,6 +1,8 @@
 """Adaptive replication (BOINC's, per VNode result rather than per work unit): a result
 from a PNode with CV consecutive valid results is double-checked with probability 1/CV once
-CV >= ADAPTIVE_MIN_VALID, always before that. Comparison and quorum are `api.quorum`
+CV >= ADAPTIVE_MIN_VALID, always before that. No longer what the driver uses (that is
+`controller.trust.sampling`): kept as the baseline of the frontier benchmark
+(`benchmarks/frontier.py`). Comparison and quorum are `api.quorum`
 (agents decide too, and they import only `api`).
 """
 
@@ -12,10 +14,12 @@ from collections.abc import Sequence
 ADAPTIVE_MIN_VALID = 10
 
 
-def double_check_probability(consecutive_valid: int) -> float:
-    """BOINC adaptive replication: always check a PNode with fewer than
-    ADAPTIVE_MIN_VALID consecutive valid results, then with probability 1/CV."""
-    if consecutive_valid < ADAPTIVE_MIN_VALID:
+def double_check_probability(
+    consecutive_valid: int, *, min_valid: int = ADAPTIVE_MIN_VALID
+) -> float:
+    """BOINC adaptive replication: always check a PNode with fewer than `min_valid`
+    consecutive valid results, then with probability 1/CV."""
+    if consecutive_valid < max(1, min_valid):
         return 1.0
     return 1.0 / consecutive_valid
 

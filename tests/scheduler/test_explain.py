@@ -61,6 +61,7 @@ def test_placed_explanation_lists_scores_by_scorer() -> None:
         "least_allocated",
         "data_locality",
         "graph_affinity",
+        "operator_spread",
         "reliability",
         "trust",
     )

@@ -64,6 +64,7 @@ def test_node_view_reads_every_field() -> None:
         evictions=1,
         datasets=frozenset({"mnist", "cifar"}),
         labels=(("arch", "arm64"), ("zone", "eu")),
+        operators=frozenset({"net:10.0.0.0/24"}),
     )
 
 

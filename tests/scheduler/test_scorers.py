@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler import config, model, scorers
+from scheduler import config, explain, model, placement, scorers
 from tests.scheduler import helpers
 
 
@@ -104,8 +104,8 @@ def test_graph_affinity(near: set[str], expected: float) -> None:
 def test_zero_weight_switches_a_scorer_off() -> None:
     weights = config.Weights(trust=0.0, data_locality=0.0)
     names = [named.name for named, _ in scorers.active(weights)]
-    assert names == ["least_allocated", "graph_affinity", "reliability"]
-    assert scorers.active(config.Weights(0, 0, 0, 0, 0)) == ()
+    assert names == ["least_allocated", "graph_affinity", "operator_spread", "reliability"]
+    assert scorers.active(config.Weights(0, 0, 0, 0, 0, 0)) == ()
 
 
 def test_every_weight_names_a_scorer() -> None:
@@ -143,3 +143,57 @@ def test_every_scorer_stays_in_unit_interval(cpu, memory, accelerators, history,
     )
     for named in scorers.ALL:
         assert 0.0 <= named.score(req, node) <= 1.0, named.name
+
+
+# -- operators: replicas compared against each other on different operators ----------------
+
+
+@pytest.mark.parametrize(
+    ("address", "labels", "hints"),
+    [
+        ("203.0.113.7:7000", {}, {"net:203.0.113.0/24"}),
+        ("[2001:db8:1:2::9]:7000", {}, {"net:2001:db8:1::/48"}),
+        ("agent-3.example.org:7000", {}, {"host:agent-3.example.org"}),
+        ("127.0.0.1:7000", {}, set()),
+        ("[::1]:7000", {}, set()),
+        ("localhost:7000", {}, set()),
+        (
+            "127.0.0.1:7000",
+            {"dcnr.io/operator": "acme", "topology.kubernetes.io/zone": "eu-1", "x": "y"},
+            {"label:dcnr.io/operator=acme", "label:topology.kubernetes.io/zone=eu-1"},
+        ),
+    ],
+)
+def test_operator_hints(address: str, labels: dict[str, str], hints: set[str]) -> None:
+    assert model.operator_hints(address, labels) == hints
+
+
+def test_operator_spread_scores_a_shared_hint_zero() -> None:
+    req = helpers.request(avoid_operators=frozenset({"net:203.0.113.0/24"}))
+    same = helpers.node("p1", operators=frozenset({"net:203.0.113.0/24", "label:z=a"}))
+    other = helpers.node("p2", operators=frozenset({"net:198.51.100.0/24"}))
+    unknown = helpers.node("p3")
+    assert scorers.operator_spread(req, same) == 0.0
+    assert scorers.operator_spread(req, other) == 1.0
+    assert scorers.operator_spread(req, unknown) == 1.0
+
+
+def test_a_replica_goes_to_another_operator_when_one_fits() -> None:
+    """p1 holds replica 0; p2 shares its /24 and is otherwise the best choice (idle, holds
+    the data, neighbour); p3 is another operator's, busier: replica 1 goes to p3."""
+    acme, other = frozenset({"net:203.0.113.0/24"}), frozenset({"net:198.51.100.0/24"})
+    snapshot = model.Snapshot(
+        [
+            helpers.node("p1", operators=acme),
+            helpers.node("p2", operators=acme, datasets=frozenset({"d"})),
+            helpers.node("p3", operators=other, cpu_allocated=3000),
+        ]
+    )
+    req = helpers.request(replica=1, avoid=frozenset({"p1"}), near=frozenset({"p2"}), dataset="d")
+    decision = placement.place(req, snapshot, seed=1)
+    assert isinstance(decision, explain.Placed)
+    assert decision.pnode == "p3"
+    alone = model.Snapshot([helpers.node(n, operators=acme) for n in ("p1", "p2")])
+    fallback = placement.place(req, alone, seed=1)
+    assert isinstance(fallback, explain.Placed)
+    assert fallback.pnode == "p2", "soft: never refused for want of another operator"

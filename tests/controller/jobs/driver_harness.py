@@ -52,6 +52,7 @@ from controller.runtime import recorder
 from controller.services import driver_inbox_service, job_service, vnode_transport
 from controller.state import view as view_mod
 from controller.trust import book as trust
+from controller.trust import exposure
 from store import sqlite
 from tests.support import identities
 
@@ -377,6 +378,7 @@ class Orchestrator:
             blob_store=f"file://{tmp}/blobs", advertise=f"127.0.0.1:{self.port}", **settings
         )
         self.metrics = metrics.Metrics()
+        self.exposure = exposure.Exposure()
         #: Never started: a test flushes it to read what the runs told.
         self.events = recorder.Recorder(store=store, clock=clock, replica=replica)
         inbox = driver_inbox.Inbox(clock=clock, book=book, on_disagreed=self.metrics.disagreed)
@@ -397,7 +399,9 @@ class Orchestrator:
                     ca=lambda: None,
                 ),
             ),
-            results=driver_context.ResultSinks(inbox=inbox, book=book, metrics=self.metrics),
+            results=driver_context.ResultSinks(
+                inbox=inbox, book=book, metrics=self.metrics, exposure=self.exposure
+            ),
             suspects=suspects.Suspects(view=view, book=book),
             tiebreakers=tiebreakers.Tiebreakers(store=store, view=view, metrics=self.metrics),
             reply_to=driver_context.ReplyTo(options.advertise),

@@ -297,6 +297,30 @@ async def test_inference_compares_every_replica_and_counts_the_extra_compute(
         assert (await world.trust_of(name)).valid_total == 2, "x and loss compared and agreed"
 
 
+async def test_answers_computed_unchecked_are_remembered_by_pnode(world: World) -> None:
+    """One replica each (`validation: none`): both VNodes are computed by p1 alone, so the
+    answer is exposed if p1 is caught; under `replicas` nothing is."""
+    orch = await world.start()
+    xb = np.array([1.0, 2.0])
+    await inference.infer(orch.ctx, harness.NET, {"x": tensors.encode(xb)}, seconds=30)
+    await inference.infer(orch.ctx, harness.NET, {"x": tensors.encode(xb)}, seconds=30)
+    found = orch.exposure.take("p1")
+    assert found is not None
+    assert found.total == 4
+    assert sorted({a.vnode for a in found.answers}) == ["loss", "x"]
+    assert len({a.request_id for a in found.answers}) == 2
+    assert {a.network for a in found.answers} == {harness.NET}
+    assert orch.exposure.take("p1") is None, "taken once"
+
+
+async def test_compared_answers_are_not_exposed(world: World) -> None:
+    orch = await world.start(validation="replicas")
+    xb = np.array([1.0, 2.0])
+    await inference.infer(orch.ctx, harness.NET, {"x": tensors.encode(xb)}, seconds=30)
+    assert orch.exposure.take("p1") is None
+    assert orch.exposure.take("p2") is None
+
+
 async def test_an_inference_dispute_waits_for_the_restored_tiebreaker_and_retries(
     world: World,
 ) -> None:
@@ -393,29 +417,41 @@ def adaptive(tiebreakers: tuple[str, ...] = ()) -> net_model.Network:
     return net
 
 
-def test_adaptive_selection_follows_the_trust_of_replica_zero() -> None:
+def standing(valid: int, window: str = "", *, struck: bool = False) -> inference.Standing:
+    strikes = window.count("S")
+    trust_ = pnode.Trust(valid_total=valid, consecutive_valid=valid, window=window, strikes=strikes)
+    return inference.Standing(trust_, struck=struck)
+
+
+def test_adaptive_selection_follows_the_history_of_replica_zero() -> None:
     rng = random.Random(7)
-    new = [inference.select(adaptive(), lambda v: 0, rng) for _ in range(200)]
+    new = [inference.select(adaptive(), lambda v: standing(0), rng) for _ in range(200)]
     assert all(s.double_check == ("x", "loss") for s in new), "untrusted: always checked"
     assert all(s.adaptive and s.computing == {"x": 2, "loss": 2} for s in new)
-    young = [inference.select(adaptive(), lambda v: 9, rng) for _ in range(200)]
+    young = [inference.select(adaptive(), lambda v: standing(9), rng) for _ in range(200)]
     assert all(s.double_check == ("x", "loss") for s in young)
 
-    trusted = [inference.select(adaptive(), lambda v: 1000, rng) for _ in range(4000)]
+    trusted = [inference.select(adaptive(), lambda v: standing(1000), rng) for _ in range(4000)]
     checked = sum(len(s.double_check) for s in trusted)
-    assert 0 < checked < 30, f"about 8 of 8000 VNode results expected, got {checked}"
+    assert 700 < checked < 900, f"the floor: about 800 of 8000 VNode results, got {checked}"
     plain = [s for s in trusted if not s.double_check]
     assert plain[0].computing == {"x": 1, "loss": 1}
     assert plain[0].double_checks == 0
 
-    settling = inference.select(adaptive(("loss",)), lambda v: 1000, random.Random(7))
+    caught = standing(1000, "V" * 30 + "S" + "V" * 19)
+    suspects = [inference.select(adaptive(), lambda v: caught, rng) for _ in range(200)]
+    assert all(s.double_check == ("x", "loss") for s in suspects), "a strike: always checked"
+    unwritten = standing(1000, struck=True)
+    assert inference.select(adaptive(), lambda v: unwritten, rng).double_check == ("x", "loss")
+
+    settling = inference.select(adaptive(("loss",)), lambda v: standing(1000), random.Random(7))
     assert "loss" in settling.double_check, "a VNode with a tiebreaker is always checked"
     assert settling.computing["loss"] == 3
 
 
 def test_without_adaptive_every_replica_computes() -> None:
     net = harness.network_record("file:///d.npz", replicas=3)
-    chosen = inference.select(net, lambda v: 1000, random.Random(1))
+    chosen = inference.select(net, lambda v: standing(1000), random.Random(1))
     assert (chosen.adaptive, chosen.double_check) == (False, ())
     assert chosen.computing == {"x": 3, "loss": 3}
     assert chosen.double_checks == 4
