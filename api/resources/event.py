@@ -40,6 +40,9 @@ REASONS: dict[str, EventType] = {
     "Strike": "Warning",
     "Bugged": "Warning",
     "ProbationCleared": "Normal",
+    # A Bugged PNode computed answers alone that were already returned (issue 18's
+    # retroactive report: `controller.trust.exposure` names their request ids).
+    "UncheckedAnswers": "Warning",
     # An allocation stayed Pending on a Ready PNode past the bound: its set was sent again
     # (`controller.state.assignment_repair`).
     "AssignmentsRepublished": "Warning",
