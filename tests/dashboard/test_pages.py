@@ -12,8 +12,11 @@ Chromium missing is a failure with the command that installs it, never a skip.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import shutil
+import subprocess
 import tempfile
 import urllib.error
 import urllib.request
@@ -343,3 +346,30 @@ def test_json_endpoints_answer_the_same_data(dashboard_cluster: Cluster) -> None
     assert document["network"]["name"] == "chain"
     assert len(document["nodes"]) == CHAIN_SLOTS
     assert {e["source"] for e in document["edges"]} <= {n["id"] for n in document["nodes"]}
+
+
+def test_dcnctl_draws_the_network_as_dot(dashboard_cluster: Cluster) -> None:
+    """`dcnctl get network chain -o dot` against the same cluster: one Graphviz node per
+    replica slot, on the PNode the store says, with the read-only token."""
+    drawn = subprocess.run(
+        [procs.script("dcnctl"), "--server", dashboard_cluster.served.address, "--insecure",
+         "--token", READ_ONLY, "get", "network", "chain", "-o", "dot"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "DCNR_CONFIG": os.devnull},
+    )  # fmt: skip
+    assert drawn.returncode == 0, drawn.stderr
+    assert drawn.stdout.startswith('digraph "chain" {')
+    _, allocations, _ = asyncio.run(cluster.read_state(dashboard_cluster.store_url))
+    chain = [a for a in allocations if a.spec.network == "chain"]
+    assert len(chain) == CHAIN_SLOTS
+    for a in chain:
+        slot = f"{a.spec.vnode}#{a.spec.replica}"
+        assert f'"{slot}" [label="{slot}\\n{a.spec.pnode}\\nepoch {a.spec.epoch}"' in drawn.stdout
+    refused = subprocess.run(
+        [procs.script("dcnctl"), "--server", dashboard_cluster.served.address, "--insecure",
+         "--token", READ_ONLY, "get", "pnodes", "-o", "dot"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "DCNR_CONFIG": os.devnull},
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "-o dot draws one network" in refused.stderr
