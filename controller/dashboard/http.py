@@ -205,6 +205,11 @@ class Server:
             await self._requests(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, ssl.SSLError):
             pass
+        except asyncio.CancelledError:
+            # Only `stop` cancels a connection. End the task normally: Python 3.11's
+            # start_server callback asks a finished handler task for its exception(),
+            # which raises (and is logged as an error) when the task ended cancelled.
+            pass
         except Exception:
             log.exception("dashboard connection failed")
         finally:

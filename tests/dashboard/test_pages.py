@@ -15,9 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -28,12 +26,12 @@ import pytest
 import yaml
 from grpc import aio
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 
 from api.dcnr.v1 import job_pb2, job_pb2_grpc
 from api.resources import allocation
 from tests.integration import cluster
 from tests.support import agents, procs, wait
+from tests.support import browser as chromium
 
 pytestmark = pytest.mark.slow
 
@@ -45,11 +43,6 @@ CHAIN = cluster.chain_network("chain", 4, replicated=2)
 CHAIN_SLOTS = 6
 #: Short leases, so the killed agent's VNodes move within seconds.
 TIMINGS = ("--heartbeat-interval", "0.5", "--lease-duration", "3", "--lost-grace", "1")
-CHROMIUM_FLAGS = (
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-    "--disable-dev-shm-usage", "--window-size=1400,1000",
-)  # fmt: skip
 
 
 class Cluster:
@@ -81,32 +74,10 @@ def dashboard_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clus
         yield Cluster(served, fleet, root)
 
 
-def _chromium() -> tuple[str, str]:
-    browser = shutil.which("chromium")
-    driver = shutil.which("chromedriver")
-    if browser is None or driver is None:
-        raise AssertionError(
-            "the dashboard tests need Debian's chromium and chromium-driver: "
-            "apt-get install -y --no-install-recommends chromium chromium-driver "
-            "(.ci/run installs them)"
-        )
-    return browser, driver
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[webdriver.Chrome]:
-    binary, driver_path = _chromium()
-    profile = tempfile.mkdtemp(prefix="dcnr-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    chrome = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
-    try:
+    with chromium.chromium() as chrome:
         yield chrome
-    finally:
-        chrome.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -308,7 +308,10 @@ function start() {
     }
     state.updates += 1;
     document.body.dataset.updates = String(state.updates);
-    document.body.dataset.ready = "1";
+    if (!document.body.dataset.ready) { // milliseconds from navigation to the first drawing
+      document.body.dataset.readyMs = performance.now().toFixed(1);
+      document.body.dataset.ready = "1";
+    }
   };
 }
 
