@@ -319,7 +319,10 @@ class Dashboard:
         quiet = 0.0
         while True:
             seen = self._view.changed.value
-            job_seen = self._feed.signal(name).value if page == "jobs" and name else 0
+            # This replica's writes of the job wake the page at once; a job it never wrote
+            # gets no signal (one per name asked for would grow without bound).
+            mine = page == "jobs" and name is not None and self._feed.latest(name) is not None
+            job_seen = self._feed.signal(name).value if mine and name else -1
             document = await self.document(page, name)
             text = json.dumps(
                 document if document is not None else {"error": f"{page[:-1]} {name!r} not found"},
@@ -339,7 +342,7 @@ class Dashboard:
 
     async def _wake(self, seen: int, page: str, name: str | None, job_seen: int) -> None:
         waits: list[Awaitable[Any]] = [self._view.changed.wait_past(seen, within=self._poll)]
-        if page == "jobs" and name:
+        if job_seen >= 0 and name:
             waits.append(self._feed.signal(name).wait_past(job_seen, within=self._poll))
         tasks = [asyncio.ensure_future(w) for w in waits]
         try:
