@@ -37,7 +37,7 @@ const when = (iso) => (iso ? new Date(iso).toLocaleTimeString() : "–");
 function table(id, headers, rows) {
   return el("div", { class: "scroll" },
     el("table", { id },
-      el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))),
+      headers.some(Boolean) ? el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))) : null,
       el("tbody", {}, rows)));
 }
 
