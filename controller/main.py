@@ -28,7 +28,7 @@ from api import tls as api_tls
 from api import version
 from controller import admission_flags, config, server
 from controller.jobs import driver
-from controller.services import auth
+from controller.services import addresses, auth
 from store import errors, url
 
 log = logging.getLogger("dcnr.server")
@@ -419,6 +419,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             print(f"dcnr-orchestrator: error: {exc}", file=sys.stderr)
             return 2
+        if args.ui_listen is not None:
+            try:
+                addresses.split(args.ui_listen, "--ui-listen")
+            except OSError as exc:
+                print(f"dcnr-orchestrator: error: {exc}", file=sys.stderr)
+                return 2
         if not args.identity_ttl > 0:
             print(f"dcnr-orchestrator: error: --identity-ttl: {args.identity_ttl} must be > 0",
                   file=sys.stderr)  # fmt: skip
