@@ -496,7 +496,6 @@ class Orchestrator:
         if self.config.metrics_listen:
             host, port = addresses.split(self.config.metrics_listen, "--metrics-listen")
             self.metrics_port = self.metrics.start_http(host, port)
-        await self.server.start()
         if self.config.ui_listen:
             host, port = addresses.split(self.config.ui_listen, "--ui-listen")
             self.dashboard = dashboard.Dashboard(
@@ -511,6 +510,7 @@ class Orchestrator:
                 await self.dashboard.start(host, port)
             except OSError as exc:
                 raise OSError(f"--ui-listen {self.config.ui_listen}: cannot bind ({exc})") from None
+        await self.server.start()
         for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
