@@ -31,6 +31,7 @@ import html
 import importlib.resources
 import json
 import logging
+import os
 import re
 import ssl
 import urllib.parse
@@ -70,13 +71,55 @@ def _asset(name: str) -> bytes:
     return importlib.resources.files("controller.dashboard").joinpath("web", name).read_bytes()
 
 
-def ssl_context(files: api_tls.ServerFiles) -> ssl.SSLContext:
-    """TLS with the gRPC listener's certificate. Browsers present no client certificate,
-    so `--tls-client-ca` (mutual TLS for gRPC) does not apply here: the token guards it."""
+def _stamp(files: api_tls.ServerFiles) -> tuple[tuple[int, int, int], ...]:
+    stamps = []
+    for path in (files.cert, files.key):
+        try:
+            st = os.stat(path)
+        except OSError:
+            stamps.append((-1, -1, -1))
+        else:
+            stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(stamps)
+
+
+def _context(files: api_tls.ServerFiles) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(files.cert, files.key)
     return context
+
+
+class ReloadingContext:
+    """TLS with the gRPC listener's certificate, following its files as gRPC's does: each
+    handshake looks at the files' stamps (from the server-name callback, which OpenSSL
+    calls for every ClientHello, with or without a name) and, when they changed and load,
+    hands the connection the new context. Files that do not load keep the previous one.
+
+    Browsers present no client certificate, so `--tls-client-ca` (mutual TLS for gRPC)
+    does not apply here: the token guards the dashboard."""
+
+    def __init__(self, files: api_tls.ServerFiles) -> None:
+        self._files = files
+        self._stamp = _stamp(files)
+        self._current = _context(files)
+        self.context = _context(files)  # the listener's; it only dispatches to _current
+        self.context.sni_callback = self._hello
+        self.reloads = 0
+
+    def _hello(self, connection: Any, server_name: str | None, _: ssl.SSLContext) -> None:
+        stamp = _stamp(self._files)
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                self._current = _context(self._files)
+            except (OSError, ssl.SSLError) as exc:
+                log.warning("dashboard: TLS files changed but cannot be used; keeping the "
+                            "previous certificate: %s", exc)  # fmt: skip
+            else:
+                self.reloads += 1
+                log.info("dashboard: TLS certificate reloaded from %s", self._files.cert)
+        connection.context = self._current
 
 
 class _Reads:
@@ -124,7 +167,8 @@ class Dashboard:
         self._reads = _Reads(store, clock, poll)
         self.curves = curves_mod.Curves()
         self._assets: dict[str, bytes] = {}
-        self._http = http.Server(self.handle, ssl_context=ssl_context(tls) if tls else None)
+        self.tls = ReloadingContext(tls) if tls is not None else None
+        self._http = http.Server(self.handle, ssl_context=self.tls.context if self.tls else None)
         feed.subscribe(self._job_written)
         self.port = 0
 

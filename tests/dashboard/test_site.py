@@ -300,3 +300,14 @@ async def test_tls_with_the_grpc_certificate(tmp_path: Path) -> None:
         assert "; Secure" in headers["set-cookie"]
         status, _, _ = await s.get("/api/overview", _bearer(ADMIN))
         assert status == 200
+        # The certificate follows its files, as gRPC's does: the next handshake shows it.
+        address = f"127.0.0.1:{s.dashboard.port}"
+        before = await asyncio.to_thread(tls.peer_serial, address, pki.paths.ca)
+        rotated = pki.rotate_server()
+        assert rotated != before
+        assert await asyncio.to_thread(tls.peer_serial, address, pki.paths.ca) == rotated
+        assert s.dashboard.tls is not None
+        assert s.dashboard.tls.reloads == 1
+        pki.paths.key.write_text("not a key")  # unusable files: the last good one stays
+        assert await asyncio.to_thread(tls.peer_serial, address, pki.paths.ca) == rotated
+        assert (await s.get("/api/overview", _bearer(ADMIN)))[0] == 200
