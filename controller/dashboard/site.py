@@ -65,6 +65,8 @@ _STATIC = {
 KEEPALIVE = 15.0
 #: A watched page is recomputed at most this often, however fast the view changes.
 MIN_PUSH_INTERVAL = 0.2
+#: Pages whose pushed JSON is kept for other watchers (cleared when full).
+MAX_CACHED_PAGES = 256
 
 
 def _asset(name: str) -> bytes:
@@ -129,21 +131,21 @@ class _Reads:
         self._store = store
         self._clock = clock
         self._poll = poll
-        self._at = -float("inf")
+        self.at = -float("inf")
         self._lock = asyncio.Lock()
         self.jobs: list[job_model.Job] = []
         self.events: list[event_model.Event] = []
 
     async def fresh(self) -> None:
         async with self._lock:
-            if self._clock.monotonic() - self._at < self._poll:
+            if self._clock.monotonic() - self.at < self._poll:
                 return
             try:
                 self.jobs = await base.list_all(self._store, job_model.Job)
                 self.events = await base.list_all(self._store, event_model.Event)
             except errors.StoreError:
                 log.warning("dashboard: could not re-read jobs and events; showing the last read")
-            self._at = self._clock.monotonic()
+            self.at = self._clock.monotonic()
 
 
 class Dashboard:
@@ -167,6 +169,8 @@ class Dashboard:
         self._reads = _Reads(store, clock, poll)
         self.curves = curves_mod.Curves()
         self._assets: dict[str, bytes] = {}
+        #: (page, name) → (what it was computed from, its JSON): shared by watchers.
+        self._texts: dict[tuple[str, str | None], tuple[tuple[Any, ...], str]] = {}
         self.tls = ReloadingContext(tls) if tls is not None else None
         self._http = http.Server(self.handle, ssl_context=self.tls.context if self.tls else None)
         feed.subscribe(self._job_written)
@@ -367,12 +371,7 @@ class Dashboard:
             # gets no signal (one per name asked for would grow without bound).
             mine = page == "jobs" and name is not None and self._feed.latest(name) is not None
             job_seen = self._feed.signal(name).value if mine and name else -1
-            document = await self.document(page, name)
-            text = json.dumps(
-                document if document is not None else {"error": f"{page[:-1]} {name!r} not found"},
-                separators=(",", ":"),
-                allow_nan=False,
-            )
+            text = await self._text(page, name)
             if text != last:
                 await send(f"data: {text}\n\n".encode())
                 last, quiet = text, 0.0
@@ -383,6 +382,32 @@ class Dashboard:
             started = self._clock.monotonic()
             await self._wake(seen, page, name, job_seen)
             quiet += MIN_PUSH_INTERVAL + self._clock.monotonic() - started
+
+    async def _text(self, page: str, name: str | None) -> str:
+        """The page's JSON as pushed, computed once for every watcher of the same page
+        while nothing it is made of can have changed: the view's change counter, the
+        job feed's, the store re-read, and the `poll` period liveness is judged in."""
+        await self._reads.fresh()
+        mine = page == "jobs" and name is not None and self._feed.latest(name) is not None
+        key = (
+            self._view.changed.value,
+            self._feed.signal(name).value if mine and name else 0,
+            self._reads.at,
+            int(self._clock.monotonic() // self._poll),
+        )
+        held = self._texts.get((page, name))
+        if held is not None and held[0] == key:
+            return held[1]
+        document = await self.document(page, name)
+        text = json.dumps(
+            document if document is not None else {"error": f"{page[:-1]} {name!r} not found"},
+            separators=(",", ":"),
+            allow_nan=False,
+        )
+        if len(self._texts) >= MAX_CACHED_PAGES:
+            self._texts.clear()
+        self._texts[(page, name)] = (key, text)
+        return text
 
     async def _wake(self, seen: int, page: str, name: str | None, job_seen: int) -> None:
         waits: list[Awaitable[Any]] = [self._view.changed.wait_past(seen, within=self._poll)]

@@ -102,6 +102,7 @@ async def _site(
     tokens: auth.Tokens,
     tls_files: api_tls.ServerFiles | None = None,
     context: ssl.SSLContext | None = None,
+    poll: float = 0.2,
 ) -> AsyncIterator[Site]:
     store = await sqlite.SqliteStore.open(tmp_path / "state.db")
     clock = clocks.SystemClock()
@@ -113,7 +114,7 @@ async def _site(
     await view.refresh()
     dashboard = site.Dashboard(
         view=view, store=store, clock=clock, tokens=tokens, feed=job_watch.JobFeed(clock),
-        tls=tls_files, poll=0.2,
+        tls=tls_files, poll=poll,
     )  # fmt: skip
     await dashboard.start("127.0.0.1", 0)
     try:
@@ -311,3 +312,41 @@ async def test_tls_with_the_grpc_certificate(tmp_path: Path) -> None:
         pki.paths.key.write_text("not a key")  # unusable files: the last good one stays
         assert await asyncio.to_thread(tls.peer_serial, address, pki.paths.ca) == rotated
         assert (await s.get("/api/overview", _bearer(ADMIN)))[0] == 200
+
+
+@pytest.fixture
+async def quiet_site(tmp_path: Path) -> AsyncIterator[Site]:
+    """A long poll period: no store re-read and no period edge during a test."""
+    async for s in _site(tmp_path, tokens=auth.Tokens(), poll=600):
+        yield s
+
+
+async def test_watchers_of_one_page_share_its_computation(
+    quiet_site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing moves while three pages open (no re-read, no period edge, no change of the
+    view), so the overview is computed once for all three."""
+    computed: list[str] = []
+    real = quiet_site.dashboard.document
+
+    async def counting(page: str, name: str | None) -> dict[str, Any] | None:
+        computed.append(page)
+        return await real(page, name)
+
+    monkeypatch.setattr(quiet_site.dashboard, "document", counting)
+    clients = [await quiet_site.connect() for _ in range(3)]
+    try:
+        firsts = []
+        for client in clients:
+            await client.send(b"GET /api/watch/overview HTTP/1.1\r\n\r\n")
+            status, _, _ = await client.response()
+            assert status == 200
+            line = b""
+            while not line.startswith(b"data: "):
+                line = await asyncio.wait_for(client.reader.readline(), 10)
+            firsts.append(line)
+        assert firsts[0] == firsts[1] == firsts[2]
+        assert computed == ["overview"]
+    finally:
+        for client in clients:
+            await client.close()
