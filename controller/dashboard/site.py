@@ -325,6 +325,8 @@ class Dashboard:
         if (page == "overview") != (name is None):
             return http.Response.error(404, f"no such page: {path[:200]!r}")
         if path.startswith("/api/watch/"):
+            if request.method == "HEAD":
+                return http.Response(200, b"", "text/event-stream")
             return http.Stream(lambda send: self._watch(page, name, send))
         document = await self.document(page, name)
         if document is None:

@@ -168,7 +168,6 @@ async def test_overview_lists_the_pnodes(
         ),
         within=30, what="both networks listed", accept=lambda seen: seen == ["chain", "digits"],
     )  # fmt: skip
-    _screenshot(browser, "overview")
 
 
 async def test_network_page_draws_one_node_per_replica_on_its_pnode(
@@ -305,6 +304,18 @@ async def test_network_page_shows_vnodes_moving_after_an_agent_is_killed(
     )
     assert all(rows[s] != victim_name for s in moving)
     _screenshot(browser, "network-failover")
+    # The overview's screenshot last, when it has the most to show: the killed PNode no
+    # longer Ready, the job, the placements and migrations among the events.
+    _open(browser, f"{dashboard_cluster.ui}/")
+    wait.until_sync(
+        lambda: browser.execute_script(
+            "return document.querySelector(`#pnodes tr[data-name='${arguments[0]}']`)"
+            "?.dataset.phase", victim_name,
+        ),
+        within=30, what=f"{victim_name} no longer Ready on the overview",
+        accept=lambda phase: phase in ("NotReady", "Lost"),
+    )  # fmt: skip
+    _screenshot(browser, "overview")
 
 
 def test_json_endpoints_answer_the_same_data(dashboard_cluster: Cluster) -> None:
