@@ -28,7 +28,15 @@ from grpc import aio
 from selenium import webdriver
 
 from api.dcnr.v1 import job_pb2, job_pb2_grpc
-from api.resources import allocation
+from api.resources import allocation, meta
+from api.resources import job as job_model
+from controller import config as config_mod
+from controller.dashboard import site
+from controller.jobs import job_watch
+from controller.runtime import clock as clocks
+from controller.services import auth
+from controller.state import view as view_mod
+from store import sqlite
 from tests.integration import cluster
 from tests.support import agents, procs, wait
 from tests.support import browser as chromium
@@ -355,3 +363,49 @@ def test_dcnctl_draws_the_network_as_dot(dashboard_cluster: Cluster) -> None:
     )  # fmt: skip
     assert refused.returncode != 0
     assert "-o dot draws one network" in refused.stderr
+
+
+async def test_job_page_marks_attempts_and_rollbacks(
+    browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    """A curve with a rollback (attempt 2 restarts from the step-40 checkpoint after reaching
+    step 55), served in-process: the page marks both on the time axis and lists them."""
+    store = await sqlite.SqliteStore.open(tmp_path / "state.db")
+    clock = clocks.SystemClock()
+    view = view_mod.View(store, clock, config=config_mod.ControlPlaneConfig())
+    history = [(1, s) for s in range(0, 60, 5)] + [(2, s) for s in range(40, 80, 5)]
+
+    def at(attempt: int, step: int) -> job_model.Job:
+        status = job_model.JobStatus(
+            phase="Running", attempt=attempt, step=step, loss=2.0 / (1 + step)
+        )
+        return job_model.Job(
+            metadata=meta.ObjectMeta(name="rolled"), spec=job_model.JobSpec(network="n"),
+            status=status,
+        )  # fmt: skip
+
+    stored = await store.create(at(*history[-1]))  # the store holds the latest progress
+    dashboard = site.Dashboard(
+        view=view, store=store, clock=clock, tokens=auth.Tokens(), feed=job_watch.JobFeed(clock)
+    )
+    for t, (attempt, step) in enumerate(history):
+        point = at(attempt, step)
+        point.metadata = stored.metadata
+        dashboard.curves.observe(point, 1_000_000.0 + t)
+    await dashboard.start("127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{dashboard.port}/jobs/rolled"
+        await asyncio.to_thread(_open, browser, url)
+        marks = await asyncio.to_thread(
+            browser.execute_script,
+            "return [...document.querySelectorAll('#marks li')].map(li => li.textContent)",
+        )
+        drawn = await asyncio.to_thread(
+            browser.execute_script, "return window.dcnr.chart.data[0].length"
+        )
+    finally:
+        await dashboard.stop()
+        await store.close()
+    # Both at the first point of attempt 2: a new attempt, and a step below the last one.
+    assert [m.split(": ", 1)[1] for m in marks] == ["attempt 2", "rollback to step 40"]
+    assert drawn == len(history)
