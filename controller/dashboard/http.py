@@ -155,7 +155,10 @@ async def _read_request(reader: asyncio.StreamReader) -> Request | None:
     body = await reader.readexactly(length) if length else b""
     parsed = urllib.parse.urlsplit(target)
     query = dict(urllib.parse.parse_qsl(parsed.query, max_num_fields=20))
-    return Request(method.upper(), urllib.parse.unquote(parsed.path), query, headers, body)
+    path = urllib.parse.unquote(parsed.path)
+    if any(ord(c) < 0x20 or c == "\x7f" for c in path):
+        raise BadRequest(400, "the path holds a control character")
+    return Request(method.upper(), path, query, headers, body)
 
 
 class Server:

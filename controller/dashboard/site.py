@@ -53,8 +53,11 @@ log = logging.getLogger("dcnr.dashboard")
 
 COOKIE = "dcnr_token"
 #: Page routes: all served by index.html, which reads its route from the address.
-_PAGE = re.compile(r"^/(?:(?:networks|pnodes|jobs)/[^/]+)?$")
-_API = re.compile(r"^/api/(?:watch/)?(overview|networks|pnodes|jobs)(?:/([^/]+))?$")
+#: Names as the records' (DNS subdomains, and a little more): nothing that could end a
+#: header line or leave the site when a path is sent back in a Location.
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}"
+_PAGE = re.compile(rf"^/(?:(?:networks|pnodes|jobs)/{_NAME})?\Z")
+_API = re.compile(rf"^/api/(?:watch/)?(overview|networks|pnodes|jobs)(?:/({_NAME}))?\Z")
 _STATIC = {
     "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
@@ -303,8 +306,10 @@ class Dashboard:
                 if self._tokens.role(given) is None:
                     return self._refused(request, "the token given is not valid for this server")
                 # The token leaves the address (history, screenshots): the cookie holds it.
+                # Back to the same page, if it is one of ours; never off the site.
+                back = path if _PAGE.match(path) or _API.match(path) else "/"
                 return http.Response(
-                    303, headers=[("Location", path), ("Set-Cookie", self._cookie(given))]
+                    303, headers=[("Location", back), ("Set-Cookie", self._cookie(given))]
                 )
             presented = self._presented(request)
             if presented is None:

@@ -172,6 +172,12 @@ async def test_token_in_the_url_becomes_a_cookie_and_leaves_the_address(guarded:
     status, _, body = await guarded.get("/api/networks/net", {"Cookie": f"other=1; {value}"})
     assert status == 200, body
     assert (await guarded.get("/?token=wrong"))[0] == 401
+    # Never a redirect off the site, nor a header of the client's making.
+    status, headers, _ = await guarded.get(f"//elsewhere.example/?token={quoted}")
+    assert (status, headers["location"]) == (303, "/")
+    status, headers, _ = await guarded.get(f"/networks/a%0d%0aSet-Cookie:%20x=1?token={quoted}")
+    assert status == 400
+    assert "set-cookie" not in headers
 
 
 async def test_login_form(guarded: Site) -> None:
@@ -192,6 +198,8 @@ async def test_login_form(guarded: Site) -> None:
     assert headers["set-cookie"].startswith(f"{site.COOKIE}={ADMIN};")
     status, headers, _ = await post(f"token={ADMIN}&next=//elsewhere.example/")
     assert headers["location"] == "/"  # never a redirect off the site
+    status, headers, _ = await post(f"token={ADMIN}&next=/jobs/a%0d%0aSet-Cookie:%20x=1")
+    assert headers["location"] == "/"  # nor a header of the form's making
     status, headers, body = await post("token=wrong&next=/")
     assert status == 401
     assert "set-cookie" not in headers
