@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint typecheck layers buf api-compat api-release pytest proto venv clean bench soak \
-        image chart-test promtool sim frontier
+        image chart-test promtool sim frontier ui ui-check
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "DCNR needs Python >= 3.11, found " + sys.version'
@@ -59,7 +59,7 @@ sim: $(STAMP)
 	$(BIN)/python -m sim --seed $(SIM_SEED) --pnode-hours 1000000 --regressions tests/sim \
 	  --report benchmarks/results/simulator.md
 
-test: lint typecheck layers api-compat pytest
+test: lint typecheck layers api-compat ui-check pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -99,6 +99,22 @@ buf: $(BUF_STAMP)
 RELEASED := api/released/dcnr-v1.binpb
 api-compat: $(BUF_STAMP)
 	$(BUF) breaking --against $(RELEASED)
+
+# The dashboard's third-party libraries (ui/package.json), pinned by ui/package-lock.json,
+# installed from npm into ui/node_modules and joined into controller/dashboard/web/vendor.js
+# and vendor.css by ui/build.py. The bundle is committed (the package works offline);
+# ui-check fails when it differs from what the pinned packages build. No npm: this fails.
+UI_STAMP := ui/node_modules/.package-lock.json
+$(UI_STAMP): ui/package-lock.json
+	@command -v npm > /dev/null || { echo "make ui needs npm (to install ui/package-lock.json)"; exit 1; }
+	npm ci --prefix ui --no-audit --no-fund --loglevel=error
+	@touch $(UI_STAMP)
+
+ui: $(UI_STAMP)
+	$(PYTHON) ui/build.py
+
+ui-check: $(UI_STAMP)
+	$(PYTHON) ui/build.py --check
 
 # At a release only: the contract just released becomes the baseline of api-compat.
 api-release: $(BUF_STAMP)

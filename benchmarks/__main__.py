@@ -20,6 +20,7 @@ from pathlib import Path
 from benchmarks import (
     admission,
     auth,
+    dashboard,
     failover,
     harness,
     ingest,
@@ -42,6 +43,7 @@ SCENARIOS: dict[str, Scenario] = {
     validation.NAME: validation.run,
     admission.NAME: admission.run,
     auth.NAME: auth.run,
+    dashboard.NAME: dashboard.run,
 }
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
 

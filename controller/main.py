@@ -28,7 +28,7 @@ from api import tls as api_tls
 from api import version
 from controller import admission_flags, config, server
 from controller.jobs import driver
-from controller.services import auth
+from controller.services import addresses, auth
 from store import errors, url
 
 log = logging.getLogger("dcnr.server")
@@ -108,6 +108,13 @@ def _parser() -> argparse.ArgumentParser:
         help="serve Prometheus /metrics on HOST:PORT (port 0: any free port; default: off)",
     )
     serve.add_argument(
+        "--ui-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve the read-only web dashboard on HOST:PORT (port 0: any free port), with "
+        "the gRPC listener's TLS certificate and the admin or read-only token (default: off)",
+    )
+    serve.add_argument(
         "--replica-id", default="", help="this replica's name (default: host-pid-random)"
     )
     serve.add_argument(
@@ -182,6 +189,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve the orchestrator's Prometheus /metrics on HOST:PORT (port 0: any free "
         "port, printed in the banner; default: off)",
+    )
+    up.add_argument(
+        "--ui-listen",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="the web dashboard's address, printed in the banner (default: %(default)s, any "
+        "free port; 'off' turns it off)",
     )
     up.add_argument("--state-dir", type=Path, default=None, help="default: $XDG_STATE_HOME/dcnr/up")
     up.add_argument(
@@ -265,6 +279,7 @@ def _up(args: argparse.Namespace) -> int:
         store_url=store_url,
         listen=args.listen,
         metrics_listen=args.metrics_listen,
+        ui_listen=None if args.ui_listen == "off" else args.ui_listen,
         driver=driver.DriverConfig(blob_store=f"file://{state_dir}/checkpoints/"),
     )
     config = up.UpConfig(
@@ -320,6 +335,7 @@ async def _serve(
                 "listen": config.listen,
                 "port": orchestrator.port,
                 "metrics_port": orchestrator.metrics_port,
+                "ui_url": orchestrator.ui_url,
                 "store": config.store_url,
                 "replica": orchestrator.replica_id,
             }
@@ -403,6 +419,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             print(f"dcnr-orchestrator: error: {exc}", file=sys.stderr)
             return 2
+        if args.ui_listen is not None:
+            try:
+                addresses.split(args.ui_listen, "--ui-listen")
+            except OSError as exc:
+                print(f"dcnr-orchestrator: error: {exc}", file=sys.stderr)
+                return 2
         if not args.identity_ttl > 0:
             print(f"dcnr-orchestrator: error: --identity-ttl: {args.identity_ttl} must be > 0",
                   file=sys.stderr)  # fmt: skip
@@ -422,6 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             store_url=store_url,
             listen=args.listen,
             metrics_listen=args.metrics_listen,
+            ui_listen=args.ui_listen,
             grace_seconds=args.grace,
             replica_id=args.replica_id,
             control=control,
@@ -448,10 +471,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else ""
             )
             transport = "TLS" if server_tls else "plaintext, --insecure"
+            ui = f", dashboard on {orchestrator.ui_url}" if orchestrator.ui_url else ""
             print(
                 f"dcnr-orchestrator: serving dcnr.v1 on {args.listen.rsplit(':', 1)[0]}:"
                 f"{orchestrator.port} ({transport}; store {store_url}, replica "
-                f"{orchestrator.replica_id}{metrics}); Ctrl-C or SIGTERM stops it",
+                f"{orchestrator.replica_id}{metrics}{ui}); Ctrl-C or SIGTERM stops it",
                 flush=True,
             )
 

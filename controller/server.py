@@ -43,6 +43,7 @@ from api.dcnr.v1 import (
 from api.resources import meta
 from controller import config as config_mod
 from controller import metrics
+from controller.dashboard import site as dashboard
 from controller.jobs import (
     driver,
     driver_context,
@@ -117,6 +118,9 @@ class ServeConfig:
     #: The cluster's data plane is plaintext (`--data-plane-insecure`), told to agents at
     #: Register; False: TLS with the PNodes' identity certificates.
     data_plane_insecure: bool = False
+    #: Where the web dashboard listens (`--ui-listen`, docs/operations.md "Dashboard");
+    #: None: off. Same TLS certificate as gRPC, and the admin or read-only token.
+    ui_listen: str | None = None
 
 
 class Orchestrator:
@@ -239,6 +243,7 @@ class Orchestrator:
         self.tls: api_tls.ReloadingServerCredentials | None = None
         self.metrics_port: int | None = None
         self.service_names: list[str] = []
+        self.dashboard: dashboard.Dashboard | None = None
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -500,13 +505,39 @@ class Orchestrator:
         if self.config.metrics_listen:
             host, port = addresses.split(self.config.metrics_listen, "--metrics-listen")
             self.metrics_port = self.metrics.start_http(host, port)
+        if self.config.ui_listen:
+            host, port = addresses.split(self.config.ui_listen, "--ui-listen")
+            self.dashboard = dashboard.Dashboard(
+                view=self.view,
+                store=self.store,
+                clock=self.clock,
+                tokens=self.tokens,
+                feed=self.drivers.feed,
+                tls=self.config.tls,
+            )
+            try:
+                await self.dashboard.start(host, port)
+            except OSError as exc:
+                raise OSError(f"--ui-listen {self.config.ui_listen}: cannot bind ({exc})") from None
         await self.server.start()
         for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
+    @property
+    def ui_url(self) -> str | None:
+        """The dashboard's address for a browser on this machine; None when it is off."""
+        if self.dashboard is None or not self.config.ui_listen:
+            return None
+        host = self.config.ui_listen.rsplit(":", 1)[0]
+        if host.strip("[]") in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"{self.dashboard.scheme}://{host}:{self.dashboard.port}/"
+
     async def stop(self) -> None:
         grace = self.config.grace_seconds
         await self.health.enter_graceful_shutdown()
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         # Driver tasks stop first; their jobs stay Running for whichever replica owns them next.
         await self.job_poll.stop()
         await self.job_loop.stop()

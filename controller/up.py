@@ -265,6 +265,7 @@ async def run(config: UpConfig) -> None:
             f"(logs in {config.state_dir}/agent-*/agent.log)\n"
             f"  point dcnctl at it:  export DCNR_CONFIG={dcnctl_config}\n"
             f"  then try:            dcnctl get pnodes"
+            + (f"\n  dashboard:           {orchestrator.ui_url}" if orchestrator.ui_url else "")
         )
         for agent, proc in zip(agents, started, strict=True):
             agent.announce(proc)

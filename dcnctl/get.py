@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 import grpc
 
 from api.dcnr.v1 import common_pb2, network_pb2
-from api.resources import allocation, meta
+from api.resources import allocation, meta, network
 from dcnctl import client as client_mod
-from dcnctl import errors, events, kinds, render, tables
+from dcnctl import dot, errors, events, kinds, render, tables
 
 Client = client_mod.Client
 POLL_SECONDS = 1.0
@@ -41,6 +41,8 @@ def get(args: argparse.Namespace, c: Client) -> int:
         raise errors.local("name cannot be provided when a selector is specified")
     if args.network and kind not in (kinds.ALLOCATION, kinds.JOB):
         raise errors.local(f"--network applies to vnodes and jobs, not {kind.plural}")
+    if args.output == "dot":
+        return _dot(args, c, kind, names)
     if args.watch:
         if kind is kinds.NETWORK:
             return _watch_networks(args, c, names)
@@ -53,6 +55,20 @@ def get(args: argparse.Namespace, c: Client) -> int:
             print("No resources found", file=sys.stderr)
         return 0
     sys.stdout.write(_format(args, c, kind, found, single=len(names) == 1))
+    return 0
+
+
+def _dot(args: argparse.Namespace, c: Client, kind: kinds.Kind, names: list[str]) -> int:
+    if kind is not kinds.NETWORK or len(names) != 1:
+        raise errors.local("-o dot draws one network: dcnctl get network NAME -o dot")
+    if args.watch or args.selector or args.network:
+        raise errors.local("-o dot takes one network name and no -w, -l or --network")
+    net = kinds.get(c, kind, names[0])
+    assert isinstance(net, network.Network)
+    held = kinds.list_all(c, kinds.ALLOCATION, network=net.name)
+    sys.stdout.write(
+        dot.network(net, [a for a in held if isinstance(a, allocation.Allocation)])
+    )
     return 0
 
 

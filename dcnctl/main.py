@@ -88,7 +88,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--for", dest="for_object", metavar="TYPE/NAME",
                    help="get events: only those of this object, e.g. network/digits")  # fmt: skip
     p.add_argument("-l", "--selector", help="label selector, e.g. app=digits,tier!=gpu")
-    p.add_argument("-o", "--output", choices=["wide", "yaml", "json", "name"])
+    p.add_argument("-o", "--output", choices=["wide", "yaml", "json", "name", "dot"],
+                   help="dot: one network's VNode graph as Graphviz text")  # fmt: skip
     p.add_argument("-w", "--watch", action="store_true", help="after listing, watch changes")
     p.add_argument("--no-headers", action="store_true", help="omit table headers")
 

@@ -29,6 +29,7 @@ SLOWEST_FIRST: tuple[str, ...] = (
     "tests/dcnctl/test_jobs.py",  # 77 s
     "tests/store/test_conformance.py",  # 74 s
     "tests/integration/test_training.py",  # 72 s
+    "tests/dashboard/test_pages.py",  # ~35 s (chromium, four agents, a training run)
     "tests/store/test_uid_precondition.py",  # 60 s
     "tests/agent/test_agent_process.py",  # 50 s
     "tests/benchmarks/test_smoke.py",  # 49 s

@@ -9,6 +9,7 @@ version; writes by other replicas reach it through a periodic re-read of the sto
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from functools import partial
 
 from api.resources import job as job_model
@@ -24,6 +25,12 @@ class JobFeed:
         self._signals: defaultdict[str, view_mod.Signal] = defaultdict(
             partial(view_mod.Signal, clock)
         )
+        self._subscribers: list[Callable[[job_model.Job], None]] = []
+
+    def subscribe(self, callback: Callable[[job_model.Job], None]) -> None:
+        """Call `callback(job)` with every newer version published (the dashboard's
+        curves: each of the driver's progress writes is a point)."""
+        self._subscribers.append(callback)
 
     def published(self, job: job_model.Job) -> None:
         old = self._latest.get(job.name)
@@ -35,6 +42,8 @@ class JobFeed:
             return
         self._latest[job.name] = job
         self._signals[job.name].bump()
+        for callback in self._subscribers:
+            callback(job)
 
     def latest(self, name: str) -> job_model.Job | None:
         return self._latest.get(name)

@@ -160,6 +160,22 @@ def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_bad_ui_listen_is_a_usage_error_and_a_taken_port_a_one_line_error(tmp_path: Path) -> None:
+    base = ("serve", "--store", f"sqlite:///{tmp_path / 's.db'}", "--insecure")
+    result = _run(*base, "--ui-listen", "dashboard")
+    assert result.returncode == 2
+    assert result.stderr.startswith("dcnr-orchestrator: error: --ui-listen dashboard: ")
+    assert "HOST:PORT" in result.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run(*base, "--listen", "127.0.0.1:0", "--ui-listen", f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    assert f"--ui-listen 127.0.0.1:{port}: cannot bind" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_init_store_sqlite_creates_the_database(tmp_path: Path) -> None:
     db = tmp_path / "nested" / "state.db"
     result = _run("init-store", "--store", f"sqlite:///{db}")

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import types
@@ -109,6 +110,8 @@ def test_up_runs_agents_until_interrupted(tmp_path: Path) -> None:
         exported = re.search(r"export DCNR_CONFIG=(\S+)$", procs.read_line(proc))
         assert exported, "no dcnctl config in the banner"
         assert "dcnctl get pnodes" in procs.read_line(proc)
+        dashboard = re.search(r"dashboard: +(https://127\.0\.0\.1:\d+/)$", procs.read_line(proc))
+        assert dashboard, "no dashboard URL in the banner"
         config = yaml.safe_load(Path(exported[1]).read_text())
         (context,) = config["contexts"]
         assert config["current-context"] == context["name"] == "up"
@@ -126,6 +129,13 @@ def test_up_runs_agents_until_interrupted(tmp_path: Path) -> None:
         assert procs.read_line(proc).startswith("Ctrl-C stops everything")
         _until_ready(address, ["agent-0", "agent-1"], ca)
         assert all(_alive(pid) for pid in pids.values())
+        # The dashboard, on the same local CA (up configures no token: open, as its gRPC is).
+        trusted = ssl.create_default_context(cafile=str(ca))
+        with urllib.request.urlopen(
+            f"{dashboard[1]}api/overview", context=trusted, timeout=10
+        ) as reply:
+            shown = {p["name"] for p in json.load(reply)["pnodes"]}
+        assert shown == {"agent-0", "agent-1"}
         with pytest.raises(grpc.RpcError) as plaintext:
             _ready_pnodes(address, None)
         assert plaintext.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -44,7 +44,7 @@ def test_resource_types_and_output_formats(offline: Dcnctl, shell: str) -> None:
     assert complete(offline, "describe", "p", shell=shell) == ["pn", "pnode", "pnodes"]
     assert complete(offline, "delete", "j", shell=shell) == ["job", "jobs"]
     assert complete(offline, "get", "pnodes", "-o", "", shell=shell) == [
-        "json", "name", "wide", "yaml"]  # fmt: skip
+        "dot", "json", "name", "wide", "yaml"]  # fmt: skip
     assert complete(offline, "get", "--output", "y", shell=shell) == ["yaml"]
     assert complete(offline, "version", "-o", "", shell=shell) == ["json", "yaml"]
 

@@ -4,6 +4,7 @@ with a deadline, and always stop them (SIGTERM, then SIGKILL)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import re
@@ -84,6 +85,22 @@ def stop(proc: subprocess.Popen[str], *, timeout: float = 20.0) -> int:
 _SERVING = re.compile(r"serving dcnr\.v1 on (?P<host>[^ ]+):(?P<port>\d+)")
 #: "metrics on port N", in the first line of `serve` and of `dcnr-agent --metrics-listen`.
 METRICS_PORT = _METRICS = re.compile(r"metrics on port (?P<port>\d+)")
+
+
+def dashboard_url(served: Served) -> str:
+    """The URL `serve --ui-listen` printed its dashboard at ("dashboard on URL", first line)."""
+    record = next(
+        (
+            json.loads(line)
+            for line in served.log.read_text(errors="replace").splitlines()
+            if '"serving dcnr.v1"' in line
+        ),
+        None,
+    )
+    assert record is not None, f"no 'serving dcnr.v1' record in {served.log}"
+    url = record.get("ui_url")
+    assert url, f"the orchestrator serves no dashboard (--ui-listen missing?): {record}"
+    return str(url)
 
 
 class Served(NamedTuple):
