@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint typecheck layers buf api-compat api-release pytest proto venv clean bench soak \
-        image chart-test promtool sim frontier ui ui-check
+        image chart-test promtool sim frontier ui ui-check screenshots
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "DCNR needs Python >= 3.11, found " + sys.version'
@@ -115,6 +115,11 @@ ui: $(UI_STAMP)
 
 ui-check: $(UI_STAMP)
 	$(PYTHON) ui/build.py --check
+
+# Not part of make test: the dashboard's browser tests, saving their screenshots into
+# docs/screenshots/ (the README's) instead of a temporary directory.
+screenshots: $(STAMP)
+	DCNR_SCREENSHOTS=docs/screenshots $(BIN)/pytest -p no:xdist -q tests/dashboard/test_pages.py
 
 # At a release only: the contract just released becomes the baseline of api-compat.
 api-release: $(BUF_STAMP)

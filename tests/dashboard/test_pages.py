@@ -4,8 +4,9 @@ real `dcnr-orchestrator serve --ui-listen` with admin and read-only tokens and f
 
 One cluster and one browser for the whole module (the tests run in order: the job's curve
 before the agent is killed). The browser signs in once with the read-only token in the
-URL; every page after that rides on the cookie. Each page is saved as a screenshot under
-docs/screenshots/ (shown in the README).
+URL; every page after that rides on the cookie. Each page is saved as a screenshot, in a
+temporary directory unless DCNR_SCREENSHOTS names one (`make screenshots` refreshes
+docs/screenshots/, shown in the README).
 
 Chromium missing is a failure with the command that installs it, never a skip.
 """
@@ -16,6 +17,7 @@ import asyncio
 import json
 import os
 import subprocess
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -44,7 +46,12 @@ from tests.support import browser as chromium
 pytestmark = pytest.mark.slow
 
 ADMIN, READ_ONLY = "dashboard-admin-token", "dashboard-read-only-token"
-SCREENSHOTS = agents.REPO / "docs" / "screenshots"
+#: Where the screenshots go: a temporary directory, unless DCNR_SCREENSHOTS names one
+#: (`make screenshots` sets it to docs/screenshots, the README's): a test run leaves the
+#: source tree as it found it.
+SCREENSHOTS = Path(
+    os.environ.get("DCNR_SCREENSHOTS") or tempfile.mkdtemp(prefix="dcnr-screenshots-")
+)
 DIGITS = yaml.safe_load((agents.REPO / "examples" / "digits" / "network.yaml").read_text())
 #: A chain whose first two VNodes run two replicas each: six slots.
 CHAIN = cluster.chain_network("chain", 4, replicated=2)
