@@ -204,5 +204,11 @@ class Observed:
     async def transact(self, ops: Sequence[base.Op]) -> builtins.list[Resource | None]:
         return await self._call(lambda: self._store.transact(ops))
 
+    async def feed_head(self, kinds: Sequence[type[Resource]]) -> str:
+        return await self._call(lambda: self._store.feed_head(kinds))
+
+    async def changes(self, cursor: str, *, limit: int = base.DEFAULT_PAGE_SIZE) -> base.ChangePage:
+        return await self._call(lambda: self._store.changes(cursor, limit=limit))
+
     async def close(self) -> None:
         await self._store.close()
