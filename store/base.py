@@ -47,8 +47,8 @@ re-reading it, Kubernetes' list-then-watch:
   partition range), and always do in commit order on SQLite.
 - A change written after step 1 may also be present in the listing of step 2, so a
   consumer applies a change only when its resource_version is newer than what it holds
-  (a tombstone removes the name when its resource_version is at least the one held; a
-  record deleted and created again restarts at 1, which its new uid tells apart).
+  (a tombstone removes the name when it has the held record's uid and a resource_version
+  at least the one held; a record deleted and created again restarts at 1 under a new uid).
 - `page.cursor` is after every change in the page: a consumer that saves it together with
   the effect of applying the page, and resumes from it after a crash, neither misses nor
   applies twice. A page may be empty; `page.more` says whether another is ready now.
@@ -129,11 +129,12 @@ class Page(Generic[T]):
 @dataclass(frozen=True, slots=True)
 class Change:
     """One committed write from the change feed: `record` as written, or None when the
-    record was deleted (then `resource_version` is the deleted record's last)."""
+    record was deleted (then `resource_version` and `uid` are the deleted record's)."""
 
     kind: str
     name: str
     resource_version: int
+    uid: str
     record: Resource | None
 
 

@@ -79,9 +79,9 @@ def change_of(kind: type[meta.Resource], record: Item) -> base.Change:
     body = record["dynamodb"]
     if record.get("eventName") == "REMOVE":
         old = body["OldImage"]
-        return feed.tombstone(kind.KIND, str(old["name"]["S"]), int(old["rv"]["N"]))
-    obj = items.decode(kind, body["NewImage"])
-    return base.Change(kind.KIND, obj.name, obj.metadata.resource_version, obj)
+        name, uid = str(old["name"]["S"]), str(old["uid"]["S"])
+        return feed.tombstone(kind.KIND, name, int(old["rv"]["N"]), uid)
+    return feed.written(items.decode(kind, body["NewImage"]))
 
 
 class StreamFeed:

@@ -77,5 +77,10 @@ def gone(cursor: str, why: str) -> errors.Gone:
     )
 
 
-def tombstone(kind: str, name: str, resource_version: int) -> base.Change:
-    return base.Change(kind=kind, name=name, resource_version=resource_version, record=None)
+def tombstone(kind: str, name: str, resource_version: int, uid: str) -> base.Change:
+    return base.Change(kind, name, resource_version, uid, None)
+
+
+def written(record: meta.Resource) -> base.Change:
+    meta_ = record.metadata
+    return base.Change(record.KIND, record.name, meta_.resource_version, meta_.uid, record)

@@ -17,8 +17,8 @@ any condition is read: the check and the write see the same committed state, and
 writers never deadlock upgrading read locks. SQLite's busy_timeout waits for the lock
 first; past it we retry with jittered backoff, then raise Unavailable.
 
-Change feed. Every write also appends to `changes(seq, kind, name, resource_version, data)`
-in the same transaction (data NULL for a delete), so a change is committed exactly when its
+Change feed. Every write also appends to `changes(seq, kind, name, resource_version, uid,
+data)` in the same transaction (data NULL for a delete), so a change is committed exactly when its
 record is. `seq` is AUTOINCREMENT: writers hold the write lock in turn, so sequence numbers
 commit in order and a reader never sees seq N+1 without N, and a number is never reused
 after compaction. A cursor is a seq. The feed keeps the newest `feed_retention` changes:
@@ -96,6 +96,7 @@ _SCHEMA = (
         kind TEXT NOT NULL,
         name TEXT NOT NULL,
         resource_version INTEGER NOT NULL,
+        uid TEXT NOT NULL,
         data TEXT
     )""",
     """CREATE TABLE IF NOT EXISTS feed_state (
@@ -104,8 +105,8 @@ _SCHEMA = (
     ) WITHOUT ROWID""",
 )
 _BACKEND = "sqlite"
-#: seq, kind, name, resource_version, data (None: deleted)
-_ChangeRow = tuple[int, str, str, int, str | None]
+#: seq, kind, name, resource_version, uid, data (None: deleted)
+_ChangeRow = tuple[int, str, str, int, str, str | None]
 
 
 class SqliteStore:
@@ -280,7 +281,7 @@ class SqliteStore:
             newest = _newest_seq(conn)
             marks = ",".join("?" * len(kinds))
             rows = conn.execute(
-                "SELECT seq, kind, name, resource_version, data FROM changes"
+                "SELECT seq, kind, name, resource_version, uid, data FROM changes"
                 f" WHERE seq > ? AND seq <= ? AND kind IN ({marks}) ORDER BY seq LIMIT ?",
                 (after, newest, *kinds, limit),
             ).fetchall()
@@ -292,10 +293,10 @@ class SqliteStore:
         if after > newest:
             raise feed.gone(cursor, f"seq {after} is beyond this file's newest, {newest}")
         changes = [
-            base.Change(kind, name, version, None)
+            feed.tombstone(kind, name, version, uid)
             if data is None
-            else base.Change(kind, name, version, feed.kind_of(kind).model_validate_json(data))
-            for _, kind, name, version, data in rows
+            else feed.written(feed.kind_of(kind).model_validate_json(data))
+            for _, kind, name, version, uid, data in rows
         ]
         more = len(rows) == limit
         position = rows[-1][0] if more else newest
@@ -495,7 +496,7 @@ def _create(conn: sqlite3.Connection, obj: R, now: datetime, uids: Callable[[], 
         (kind, obj.name, 1, stored.metadata.uid, data),
     )
     _write_index(conn, stored)
-    _log(conn, kind, obj.name, 1, data)
+    _log(conn, kind, obj.name, 1, stored.metadata.uid, data)
     return type(obj).model_validate_json(data)
 
 
@@ -513,13 +514,13 @@ def _update(conn: sqlite3.Connection, obj: R) -> R:
     )
     conn.execute("DELETE FROM record_index WHERE kind = ? AND name = ?", (kind, obj.name))
     _write_index(conn, stored)
-    _log(conn, kind, obj.name, version + 1, data)
+    _log(conn, kind, obj.name, version + 1, uid, data)
     return type(obj).model_validate_json(data)
 
 
 def _delete(conn: sqlite3.Connection, op: base.Delete) -> None:
-    version = _checked_row(conn, op.kind.KIND, op.name, op.resource_version, op.uid)[0]
-    _log(conn, op.kind.KIND, op.name, version, None)
+    version, uid, _ = _checked_row(conn, op.kind.KIND, op.name, op.resource_version, op.uid)
+    _log(conn, op.kind.KIND, op.name, version, uid, None)
     conn.execute("DELETE FROM records WHERE kind = ? AND name = ?", (op.kind.KIND, op.name))
     conn.execute("DELETE FROM record_index WHERE kind = ? AND name = ?", (op.kind.KIND, op.name))
 
@@ -527,13 +528,14 @@ def _delete(conn: sqlite3.Connection, op: base.Delete) -> None:
 def _purge(conn: sqlite3.Connection, kind: str, records: list[tuple[str, int]]) -> None:
     """Delete expired records, each only if still at the resource_version seen expired."""
     for name, version in records:
+        row = _row(conn, kind, name)
         deleted = conn.execute(
             "DELETE FROM records WHERE kind = ? AND name = ? AND resource_version = ?",
             (kind, name, version),
         ).rowcount
         if deleted:
             conn.execute("DELETE FROM record_index WHERE kind = ? AND name = ?", (kind, name))
-            _log(conn, kind, name, version, None)
+            _log(conn, kind, name, version, "" if row is None else row[1], None)
 
 
 def _checked_row(
@@ -571,10 +573,12 @@ def _write_index(conn: sqlite3.Connection, obj: meta.Resource) -> None:
 # -- the change feed, on the worker thread ----------------------------------------------------
 
 
-def _log(conn: sqlite3.Connection, kind: str, name: str, version: int, data: str | None) -> None:
+def _log(
+    conn: sqlite3.Connection, kind: str, name: str, version: int, uid: str, data: str | None
+) -> None:
     conn.execute(
-        "INSERT INTO changes (kind, name, resource_version, data) VALUES (?, ?, ?, ?)",
-        (kind, name, version, data),
+        "INSERT INTO changes (kind, name, resource_version, uid, data) VALUES (?, ?, ?, ?, ?)",
+        (kind, name, version, uid, data),
     )
 
 

@@ -69,6 +69,7 @@ async def test_every_write_after_the_head_comes_once_with_its_record_or_a_tombst
         "c": [(1, False)],
     }
     assert len(page.changes) == 6  # nothing else: not "before", nothing twice
+    assert {c.uid for c in page.changes if c.name == "a"} == {a.metadata.uid}  # tombstone too
     records_of_a = [c.record for c in page.changes if c.name == "a" and c.record is not None]
     assert [r.model_dump() for r in records_of_a] == [a.model_dump(), a2.model_dump()]
     assert {c.kind for c in page.changes} == {job.Job.KIND}
