@@ -19,7 +19,7 @@ ends. The rule:
   for longer than `stall_after`).
 
 Measured from the last success, not from the first failure, because that is the last moment
-this replica knows the store answered; the view's refresh makes a round trip every
+this replica knows the store answered; the view reads the change feed (a round trip) every
 `view_refresh` seconds, so an idle gap adds at most that much. The newest `KEEP` periods are
 kept; `held_through` caps what they can add to a lease anyway.
 
