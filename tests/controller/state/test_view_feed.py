@@ -5,6 +5,7 @@ slow resync kept as the safety net."""
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from api.resources import allocation, pnode
 from api.resources import network as net_model
 from controller.runtime import clock as clocks
 from controller.state import view as view_mod
-from store import base, errors, sqlite
+from store import base, dynamodb, errors, sqlite
 from tests.controller.state.test_view import (
     CONFIG,
     allocation_record,
@@ -178,3 +179,34 @@ async def test_run_follows_the_feed_every_view_refresh(store, clock) -> None:
         assert view.feed_changes == 1
     finally:
         await view.stop()
+
+
+async def test_on_dynamodb_another_replicas_writes_reach_the_view_through_the_streams(
+    moto_endpoint, clock
+) -> None:
+    """The same informer over DynamoDB Streams (moto over HTTP): one replica's view follows
+    what another client writes, deletes included, with no full read after the first."""
+    prefix = f"v{uuid.uuid4().hex[:12]}"
+    mine = await dynamodb.DynamoStore.open(
+        prefix=prefix, region="us-east-1", endpoint=moto_endpoint
+    )
+    other = await dynamodb.DynamoStore.open(
+        prefix=prefix, region="us-east-1", endpoint=moto_endpoint
+    )
+    try:
+        await mine.init_tables()
+        await create_all(other, pnode_record("p1"))
+        view = view_mod.View(mine, clock, config=CONFIG)
+        await view.catch_up()
+        assert sorted(view.pnodes) == ["p1"]
+        await create_all(other, pnode_record("p2"), network_record())
+        await create_all(other, allocation_record("mnist", "input", 0, "p2"))
+        await other.delete(pnode.PNode, "p1")
+        await view.catch_up()
+        assert sorted(view.pnodes) == ["p2"]
+        assert [a.spec.pnode for a in view.allocations_of("mnist")] == ["p2"]
+        assert view.full_reads == 1
+        assert view.feed_changes == 4
+    finally:
+        await mine.close()
+        await other.close()
