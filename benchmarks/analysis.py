@@ -12,8 +12,8 @@ RUN = "the full run of 2026-11-27 (2 cores, CPython 3.11)"
 RUNS = {
     "auth": "the full run of 2026-12-07 13:37 UTC (2 cores shared with six other engineers' "
     "work, load average 15-55; CPython 3.11)",
-    "ingest": "the runs of 2026-12-07 16:42 and 16:45 UTC (2 cores shared with four other "
-    "engineers' work; CPython 3.11)",
+    "ingest": "the runs of 2026-12-07 16:42, 16:45 and 16:53 UTC (2 cores shared with four "
+    "other engineers' work; CPython 3.11)",
     "idle": "the run of 2026-12-07 16:34 UTC (2 cores shared with four other engineers' work, "
     "load average 7-11; CPython 3.11)",
 }
@@ -59,10 +59,13 @@ ANALYSIS: dict[str, list[str]] = {
         "half saturation p50 1.8 ms vs 130 ms, p99 83 ms vs 1.17 s. The echo baseline moved "
         "between those two runs (Resolve 6,361 vs 2,809 calls/s), so the ratios to echo "
         "(0.44x and 0.20x here) are noisier than the absolute gain.",
-        "Still missed: >= 60 % of echo and p99 <= 5 ms. Not yet known how much of the echo "
-        "figure is the client: this scenario drives both servers from one asyncio process on "
-        "the same 2 cores (the issue asks for several client processes; not done). The "
-        "remaining periodic costs in the orchestrator are the loops' 30 s resync (see the "
+        "The figures above are a third run (16:53 UTC), which also measured the client: its "
+        "one process used 63 % of a core driving the echo server and 36-41 % driving the "
+        "orchestrator (process CPU time over each closed loop), so by the issue's test (less "
+        "than a core) the echo baseline is not client-bound; on 2 shared cores, though, the "
+        "client and the server compete for the same CPUs. Several client processes: not done.",
+        "Still missed: >= 60 % of echo (0.44x, 0.47x) and p99 <= 5 ms (172 ms; p50 2.2 ms). "
+        "The remaining periodic costs in the orchestrator are the loops' 30 s resync (see the "
         "idle scenario) and the assignment repair's republishing for this scenario's "
         "agentless PNodes, which never report their VNodes running.",
     ],

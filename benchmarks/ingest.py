@@ -178,7 +178,9 @@ async def _measure(
                     ),
                 ),
                 note=f"overall {real.rate:,.0f} vs {base.rate:,.0f} calls/s; "
-                f"latency p50 {_ms(real.latencies, 50)} vs {_ms(base.latencies, 50)}",
+                f"latency p50 {_ms(real.latencies, 50)} vs {_ms(base.latencies, 50)}; the"
+                f" client (one process) used {real.client_share:.0%} vs"
+                f" {base.client_share:.0%} of a core",
             )
         )
     if half is not None:
