@@ -10,7 +10,7 @@ Every store call goes through `Observed`, which tells `StoreWatch` when it start
 ends. The rule:
 
 - a call that returns, or fails with an answer from the store (NotFound, AlreadyExists,
-  Conflict, InvalidRequest), is a successful round trip;
+  Conflict, InvalidRequest, Gone), is a successful round trip;
 - a call that fails otherwise (Unavailable after the backend's retries, a lost connection)
   marks the store *troubled* until the next successful round trip;
 - an unobserved period runs from the last successful round trip to the next one, when in
@@ -53,6 +53,7 @@ ANSWERS: tuple[type[errors.StoreError], ...] = (
     errors.AlreadyExists,
     errors.Conflict,
     errors.InvalidRequest,
+    errors.Gone,  # the change feed's answer that a cursor is too old
 )
 
 
