@@ -49,10 +49,18 @@ class Outcome:
     latencies: list[float]
     sample: bytes
     first_error: str = ""
+    #: CPU seconds this (client) process used meanwhile, all its threads: near `seconds`
+    #: means the client had a whole core busy and may be what limits the rate.
+    client_cpu: float = 0.0
 
     @property
     def rate(self) -> float:
         return self.completed / self.seconds if self.seconds else 0.0
+
+    @property
+    def client_share(self) -> float:
+        """The client's CPU as a share of one core over the run."""
+        return self.client_cpu / self.seconds if self.seconds else 0.0
 
 
 class Client:
@@ -86,7 +94,7 @@ class Client:
         failed = 0
         errors: list[str] = []
         sample = b""
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
 
         async def caller(index: int) -> None:
             nonlocal failed, sample
@@ -112,6 +120,7 @@ class Client:
             completed=len(latencies), failed=failed, seconds=elapsed,
             per_second=full or [len(latencies) / elapsed], latencies=latencies,
             sample=sample, first_error=errors[0] if errors else "",
+            client_cpu=time.process_time() - cpu_started,
         )  # fmt: skip
 
     async def open_loop(self, calls: Sequence[Call], *, rate: float, seconds: float) -> Outcome:

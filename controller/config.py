@@ -38,8 +38,11 @@ class ControlPlaneConfig:
     #: New registrations are refused (RESOURCE_EXHAUSTED) while this many pending PNodes
     #: exist; re-registrations of existing PNodes are never refused by it.
     max_pending_pnodes: int = 1000
-    #: The in-memory view re-reads the store this often (other replicas' writes).
+    #: The in-memory view follows the store's change feed this often (other replicas'
+    #: writes reach it within this).
     view_refresh: float = 0.25
+    #: ... and re-reads the whole store this often anyway: the safety net under the feed.
+    view_resync: float = 60.0
     #: Replica membership lease.
     replica_lease: float = 5.0
     #: Full resync of every loop (the level-triggered safety net).

@@ -40,6 +40,7 @@ _TIMINGS = (
     "lost_retention",
     "pending_retention",
     "view_refresh",
+    "view_resync",
     "replica_lease",
     "resync_every",
     "job_poll",

@@ -323,6 +323,22 @@ class _ViewCollector(registry.Collector):
             "Allocations (placed VNode replica slots).",
             value=len(self._view.allocations),
         )
+        yield core.CounterMetricFamily(
+            "dcnr_view_full_reads",
+            "Full reads of the store by the in-memory view: start, every --view-resync, and"
+            " after the change feed answered Gone.",
+            value=self._view.full_reads,
+        )
+        yield core.CounterMetricFamily(
+            "dcnr_view_relists",
+            "Full reads because the change feed no longer served the view's cursor (Gone).",
+            value=self._view.relists_after_gone,
+        )
+        yield core.CounterMetricFamily(
+            "dcnr_view_feed_changes",
+            "Record changes the in-memory view read from the store's change feed.",
+            value=self._view.feed_changes,
+        )
 
 
 class _StoreCollector(registry.Collector):

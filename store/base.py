@@ -30,6 +30,32 @@ Semantics every backend shares (the conformance suite checks them):
 - `transact` applies up to MAX_TRANSACTION_OPS operations atomically, each with its own
   condition; if any condition fails nothing is written. One record may appear once.
 - Every returned record is a fresh object; mutating it never changes the store.
+
+The change feed (`feed_head`, `changes`) is how a reader follows the store without
+re-reading it, Kubernetes' list-then-watch:
+
+    cursor = await store.feed_head([PNode, Allocation])   # 1. where the feed ends now
+    ...list each kind...                                   # 2. the initial state
+    page = await store.changes(cursor)                     # 3. everything written since 1
+    ...apply page.changes...; cursor = page.cursor         #    and so on, from page.cursor
+
+- Every committed write of a record of a kind the cursor follows (create, update, delete,
+  an expired record removed) appears exactly once, as a `Change`: the record as written,
+  or a tombstone (record None) carrying the deleted record's last resource_version. The
+  changes of one record come in the order they were committed; changes of different
+  records may interleave differently from commit order on DynamoDB (one stream shard per
+  partition range), and always do in commit order on SQLite.
+- A change written after step 1 may also be present in the listing of step 2, so a
+  consumer applies a change only when its resource_version is newer than what it holds
+  (a tombstone removes the name when it has the held record's uid and a resource_version
+  at least the one held; a record deleted and created again restarts at 1 under a new uid).
+- `page.cursor` is after every change in the page: a consumer that saves it together with
+  the effect of applying the page, and resumes from it after a crash, neither misses nor
+  applies twice. A page may be empty; `page.more` says whether another is ready now.
+- A cursor the feed can no longer serve raises `errors.Gone`: go back to step 1. SQLite
+  keeps the newest `feed_retention` changes (a cursor older than them is Gone); DynamoDB
+  Streams keep 24 hours, and a cursor naming a replaced stream is Gone. A cursor is
+  opaque and belongs to the store (database file, table prefix) that made it.
 """
 
 from __future__ import annotations
@@ -100,6 +126,27 @@ class Page(Generic[T]):
     continue_token: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One committed write from the change feed: `record` as written, or None when the
+    record was deleted (then `resource_version` and `uid` are the deleted record's)."""
+
+    kind: str
+    name: str
+    resource_version: int
+    uid: str
+    record: Resource | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePage:
+    changes: list[Change]
+    #: After every change in `changes`: resume here.
+    cursor: str
+    #: Another page is ready now (this one hit its limit).
+    more: bool = False
+
+
 class Store(Protocol):
     async def get(self, kind: type[R], name: str) -> R: ...
 
@@ -127,6 +174,15 @@ class Store(Protocol):
 
     async def transact(self, ops: Sequence[Op]) -> builtins.list[Resource | None]:
         """Apply ops atomically; returns, per op, the written record (None for Delete/Check)."""
+        ...
+
+    async def feed_head(self, kinds: Sequence[type[Resource]]) -> str:
+        """A change-feed cursor at the end of the feed now, following `kinds`."""
+        ...
+
+    async def changes(self, cursor: str, *, limit: int = DEFAULT_PAGE_SIZE) -> ChangePage:
+        """The changes after `cursor`, oldest first, at most `limit`; Gone if the feed no
+        longer holds them, InvalidRequest if `cursor` is not one of this store's."""
         ...
 
     async def close(self) -> None: ...

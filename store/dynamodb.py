@@ -13,6 +13,9 @@ ALL rather than KEYS_ONLY + BatchGetItem: listing by index is what the reconcile
 the write to each GSI costs less than a second round trip (and its unprocessed-keys retries)
 on every list. Billing is PAY_PER_REQUEST. `init_tables` creates all of it idempotently.
 
+Change feed. Every table has a stream (NEW_AND_OLD_IMAGES), which CreateTable asks for and
+init-store turns on for tables made before it; `store.dynamodb_feed` reads it.
+
 Expiry. A kind that `EXPIRES` (Event) has DynamoDB TTL on its `ttl` attribute (N, Unix
 seconds), which init-store turns on (UpdateTimeToLive). TTL deletes an item some time after
 it passed, not at once, so reads leave out expired items themselves and a create may
@@ -67,7 +70,7 @@ import botocore.exceptions
 
 from api import resources
 from api.resources import meta
-from store import base, errors, requests
+from store import base, dynamodb_feed, errors, requests
 from store import dynamodb_items as items
 
 if TYPE_CHECKING:
@@ -172,7 +175,9 @@ class DynamoStore:
         clock: base.Clock,
         options: ClientOptions,
         endpoint: str | None = None,
+        streams: Any = None,
     ) -> None:
+        """`streams` is a boto3 dynamodbstreams client, for the change feed."""
         self._prefix = prefix
         #: The endpoint the URL named, if any: hints must name it too, or a pasted command
         #: would target real AWS instead of the DynamoDB Local or moto the user runs.
@@ -183,6 +188,10 @@ class DynamoStore:
         self._options = options
         self._jitter = random.Random()
         self._closed = False
+        self._streams = streams
+        self._feed = dynamodb_feed.StreamFeed(
+            send=self._send_streams, describe_table=self._describe_table, table=self.table
+        )
 
     @classmethod
     async def open(
@@ -213,13 +222,16 @@ class DynamoStore:
             max_workers=options.max_pool_connections, thread_name_prefix="dynamodb-store"
         )
 
-        def connect() -> DynamoDBClient:
+        def connect() -> tuple[DynamoDBClient, Any]:
             # A session of our own: boto3's default session is not safe to share.
             session = boto3.session.Session(region_name=region)
-            return session.client("dynamodb", endpoint_url=endpoint, config=config)
+            return (
+                session.client("dynamodb", endpoint_url=endpoint, config=config),
+                session.client("dynamodbstreams", endpoint_url=endpoint, config=config),
+            )
 
         try:
-            client = await asyncio.get_running_loop().run_in_executor(executor, connect)
+            client, streams = await asyncio.get_running_loop().run_in_executor(executor, connect)
         except BaseException:
             executor.shutdown(wait=False)
             raise
@@ -230,6 +242,7 @@ class DynamoStore:
             clock=clock,
             options=options,
             endpoint=endpoint,
+            streams=streams,
         )
 
     @property
@@ -247,6 +260,8 @@ class DynamoStore:
         # Calls already running finish first; then the connections go.
         await asyncio.to_thread(self._executor.shutdown, wait=True)
         self._client.close()
+        if self._streams is not None:
+            self._streams.close()
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -299,6 +314,25 @@ class DynamoStore:
         )  # fmt: skip
         token = None if last is None else requests.encode_token(kind, index, last)
         return base.Page(items=records, continue_token=token)
+
+    # -- the change feed (store.dynamodb_feed) ---------------------------------------------
+
+    async def feed_head(self, kinds: Sequence[type[meta.Resource]]) -> str:
+        return await self._feed.head(kinds)
+
+    async def changes(self, cursor: str, *, limit: int = base.DEFAULT_PAGE_SIZE) -> base.ChangePage:
+        return await self._feed.changes(cursor, limit)
+
+    async def _send_streams(self, operation: str, params: Item, expect: frozenset[str]) -> Item:
+        if self._streams is None:
+            raise errors.InvalidRequest(
+                f"dynamodb store {self._prefix!r} was made without a streams client"
+            )
+        return await self._send(operation, params, expect=expect, client=self._streams)
+
+    async def _describe_table(self, table: str) -> Item:
+        answer = await self._send("describe_table", {"TableName": table})
+        return cast(Item, answer["Table"])
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -427,6 +461,10 @@ class DynamoStore:
             await self._send("update_table", items.add_index_params(table, index))
             await self._wait_active(table)
             added.append(items.gsi_name(index))
+        if not dynamodb_feed.stream_state(table, description):
+            await self._send("update_table", dynamodb_feed.stream_params(table))
+            await self._wait_active(table)
+            added.append(f"stream {dynamodb_feed.VIEW}")
         if kind.EXPIRES:
             ttl = await self._send("describe_time_to_live", {"TableName": table})
             if not items.ttl_enabled(ttl):
@@ -458,6 +496,7 @@ class DynamoStore:
         tries: _Tries | None = None,
         *,
         expect: frozenset[str] | set[str] = frozenset(),
+        client: Any = None,
     ) -> Item:
         """Call the client off the event loop, retrying what may pass with jittered backoff.
 
@@ -466,7 +505,7 @@ class DynamoStore:
         if self._closed:
             raise errors.InvalidRequest(f"dynamodb store {self._prefix!r} is closed")
         tries = tries or _Tries()
-        call: Callable[..., Any] = getattr(self._client, operation)
+        call: Callable[..., Any] = getattr(client or self._client, operation)
         loop = asyncio.get_running_loop()
         delay, failure = self._options.backoff_first, ""
         for attempt in range(self._options.attempts):

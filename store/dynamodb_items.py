@@ -279,6 +279,9 @@ def page_key(item: Item) -> str:
 
 # -- tables ---------------------------------------------------------------------------------
 
+#: Streams carry both images: a delete's tombstone needs the old record's name and version.
+STREAM_VIEW = "NEW_AND_OLD_IMAGES"
+
 
 def gsi_spec(index: str) -> Item:
     return {
@@ -302,10 +305,16 @@ def create_table_params(table: str, kind: type[meta.Resource]) -> Item:
         "AttributeDefinitions": [_attribute("name")]
         + [_attribute(index_attr(index)) for index in kind.INDEXES],
         "BillingMode": "PAY_PER_REQUEST",
+        "StreamSpecification": stream_spec(),
     }
     if kind.INDEXES:
         params["GlobalSecondaryIndexes"] = [gsi_spec(index) for index in kind.INDEXES]
     return params
+
+
+def stream_spec() -> Item:
+    """The table's stream, which the change feed reads (store.dynamodb_feed)."""
+    return {"StreamEnabled": True, "StreamViewType": STREAM_VIEW}
 
 
 def add_index_params(table: str, index: str) -> Item:

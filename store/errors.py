@@ -6,7 +6,10 @@
     ├── Conflict        resource_version differs from the one the write was conditioned on
     ├── Unavailable     retryable: throttling, timeouts, a locked database (after the
     │                   backend's own jittered retries)
-    └── InvalidRequest  the call itself is wrong (too many ops in a transaction, unknown index)
+    ├── InvalidRequest  the call itself is wrong (too many ops in a transaction, unknown index)
+    └── Gone            a change-feed cursor the feed no longer serves (compacted, trimmed,
+                        the stream replaced, or a process-local position from elsewhere):
+                        list again and take a new cursor, as Kubernetes' 410 Gone
 
 A failed transaction raises the error of the first operation whose condition failed and
 sets `op_index` to its position, so callers can tell which record moved under them.
@@ -42,4 +45,8 @@ class Unavailable(StoreError):
 
 
 class InvalidRequest(StoreError):
+    pass
+
+
+class Gone(StoreError):
     pass

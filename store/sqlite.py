@@ -17,6 +17,17 @@ any condition is read: the check and the write see the same committed state, and
 writers never deadlock upgrading read locks. SQLite's busy_timeout waits for the lock
 first; past it we retry with jittered backoff, then raise Unavailable.
 
+Change feed. Every write also appends to `changes(seq, kind, name, resource_version, uid,
+data)` in the same transaction (data NULL for a delete), so a change is committed exactly when its
+record is. `seq` is AUTOINCREMENT: writers hold the write lock in turn, so sequence numbers
+commit in order and a reader never sees seq N+1 without N, and a number is never reused
+after compaction. A cursor is a seq. The feed keeps the newest `feed_retention` changes:
+a write transaction that leaves more than a tenth beyond them deletes the oldest and moves
+`feed_floor` (in `feed_state`) up; a cursor below the floor, or beyond the newest seq (a
+different or restored file), is Gone. A cursor is read as: the newest seq, then the rows
+after the cursor up to it, then the floor, so a compaction racing the read cannot hide a
+row (the floor only grows).
+
 Expiry. A record whose `forget_after` has passed (an Event's TTL) is gone for every call:
 get is NotFound, list leaves it out and deletes it, and create takes its name.
 
@@ -40,13 +51,17 @@ from pathlib import Path
 from typing import TypeVar
 
 from api.resources import meta
-from store import base, errors, requests
+from store import base, errors, feed, requests
 
 R = TypeVar("R", bound=meta.Resource)
 T = TypeVar("T")
 
 #: Bump when the layout changes; a database written by a newer layout is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Changes the feed keeps by default; a consumer further behind than this re-lists.
+DEFAULT_FEED_RETENTION = 50_000
+#: The in-memory database (the simulator) keeps fewer: memory, not disk, holds them.
+MEMORY_FEED_RETENTION = 10_000
 #: Attempts after SQLite's own busy_timeout gave up, with full-jitter backoff between.
 _LOCK_ATTEMPTS = 4
 _BACKOFF_FIRST = 0.01
@@ -76,7 +91,22 @@ _SCHEMA = (
         PRIMARY KEY (kind, index_name, value, name)
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS record_index_by_record ON record_index (kind, name)",
+    """CREATE TABLE IF NOT EXISTS changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        resource_version INTEGER NOT NULL,
+        uid TEXT NOT NULL,
+        data TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS feed_state (
+        key TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID""",
 )
+_BACKEND = "sqlite"
+#: seq, kind, name, resource_version, uid, data (None: deleted)
+_ChangeRow = tuple[int, str, str, int, str, str | None]
 
 
 class SqliteStore:
@@ -90,8 +120,19 @@ class SqliteStore:
         executor: Executor,
         conn: sqlite3.Connection,
         uids: Callable[[], str] = requests.new_uid,
+        feed_retention: int = DEFAULT_FEED_RETENTION,
     ) -> None:
-        """`uids` makes each created record's uid (random by default)."""
+        """`uids` makes each created record's uid (random by default); the change feed keeps
+        at least the newest `feed_retention` changes."""
+        if (
+            isinstance(feed_retention, bool)
+            or not isinstance(feed_retention, int)
+            or (feed_retention < 1)
+        ):
+            raise errors.InvalidRequest(
+                f"sqlite store {path}: feed_retention {feed_retention!r} must be an integer >= 1"
+            )
+        self._feed_retention = feed_retention
         self._path = path
         self._uids = uids
         self._clock = clock
@@ -102,7 +143,12 @@ class SqliteStore:
 
     @classmethod
     async def open(
-        cls, path: str | Path, *, clock: base.Clock = base.utc_now, busy_timeout: float = 5.0
+        cls,
+        path: str | Path,
+        *,
+        clock: base.Clock = base.utc_now,
+        busy_timeout: float = 5.0,
+        feed_retention: int = DEFAULT_FEED_RETENTION,
     ) -> SqliteStore:
         """Open (creating file and schema if needed); `busy_timeout` is seconds per lock wait."""
         db_path = Path(path)
@@ -113,7 +159,13 @@ class SqliteStore:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(path=db_path, clock=clock, executor=executor, conn=conn)
+        return cls(
+            path=db_path,
+            clock=clock,
+            executor=executor,
+            conn=conn,
+            feed_retention=feed_retention,
+        )
 
     @classmethod
     def in_memory(
@@ -126,7 +178,14 @@ class SqliteStore:
         path = Path(MEMORY)
         # Made on the executor's thread, the one that will use it (sqlite3 checks).
         conn = executor.submit(_connect, path, 0.0).result()
-        return cls(path=path, clock=clock, executor=executor, conn=conn, uids=uids)
+        return cls(
+            path=path,
+            clock=clock,
+            executor=executor,
+            conn=conn,
+            uids=uids,
+            feed_retention=MEMORY_FEED_RETENTION,
+        )
 
     @property
     def path(self) -> Path:
@@ -189,9 +248,7 @@ class SqliteStore:
             found = [kind.model_validate_json(data) for _, data in rows[:limit]]
             items = [r for r in found if not requests.expired(r, now)]
             gone = [
-                (r.name, r.metadata.resource_version)
-                for r in found
-                if requests.expired(r, now)
+                (r.name, r.metadata.resource_version) for r in found if requests.expired(r, now)
             ]
             token = (
                 requests.encode_token(kind, index, rows[limit - 1][0])
@@ -206,6 +263,44 @@ class SqliteStore:
             # only at the version read, so a record renewed meanwhile stays.
             await self._run(lambda conn: _purge(conn, kind.KIND, gone), write=True)
         return page
+
+    # -- the change feed ---------------------------------------------------------------------
+
+    async def feed_head(self, kinds: Sequence[type[meta.Resource]]) -> str:
+        names = feed.check_kinds(kinds)
+        head = await self._run(_newest_seq, write=False)
+        return feed.encode(_BACKEND, names, head)
+
+    async def changes(self, cursor: str, *, limit: int = base.DEFAULT_PAGE_SIZE) -> base.ChangePage:
+        feed.check_limit(limit)
+        kinds, after = feed.decode(cursor, _BACKEND)
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise errors.InvalidRequest(f"changes: cursor {cursor[:40]!r} is malformed")
+
+        def run(conn: sqlite3.Connection) -> tuple[list[_ChangeRow], int, int]:
+            newest = _newest_seq(conn)
+            marks = ",".join("?" * len(kinds))
+            rows = conn.execute(
+                "SELECT seq, kind, name, resource_version, uid, data FROM changes"
+                f" WHERE seq > ? AND seq <= ? AND kind IN ({marks}) ORDER BY seq LIMIT ?",
+                (after, newest, *kinds, limit),
+            ).fetchall()
+            return rows, newest, _feed_floor(conn)
+
+        rows, newest, floor = await self._run(run, write=False)
+        if after < floor:
+            raise feed.gone(cursor, f"seq {after} is older than the oldest kept, {floor + 1}")
+        if after > newest:
+            raise feed.gone(cursor, f"seq {after} is beyond this file's newest, {newest}")
+        changes = [
+            feed.tombstone(kind, name, version, uid)
+            if data is None
+            else feed.written(feed.kind_of(kind).model_validate_json(data))
+            for _, kind, name, version, uid, data in rows
+        ]
+        more = len(rows) == limit
+        position = rows[-1][0] if more else newest
+        return base.ChangePage(changes, feed.encode(_BACKEND, kinds, position), more)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -259,7 +354,16 @@ class SqliteStore:
         """Run `fn`, in a write transaction if `write`; on the worker thread."""
         conn = self._conn
         if write:
-            return _retry_while_locked(self._path, self._jitter, lambda: _in_transaction(conn, fn))
+            retention = self._feed_retention
+
+            def then_compact(c: sqlite3.Connection) -> T:
+                result = fn(c)
+                _compact(c, retention)
+                return result
+
+            return _retry_while_locked(
+                self._path, self._jitter, lambda: _in_transaction(conn, then_compact)
+            )
         return _retry_while_locked(self._path, self._jitter, lambda: fn(conn))
 
 
@@ -392,6 +496,7 @@ def _create(conn: sqlite3.Connection, obj: R, now: datetime, uids: Callable[[], 
         (kind, obj.name, 1, stored.metadata.uid, data),
     )
     _write_index(conn, stored)
+    _log(conn, kind, obj.name, 1, stored.metadata.uid, data)
     return type(obj).model_validate_json(data)
 
 
@@ -409,11 +514,13 @@ def _update(conn: sqlite3.Connection, obj: R) -> R:
     )
     conn.execute("DELETE FROM record_index WHERE kind = ? AND name = ?", (kind, obj.name))
     _write_index(conn, stored)
+    _log(conn, kind, obj.name, version + 1, uid, data)
     return type(obj).model_validate_json(data)
 
 
 def _delete(conn: sqlite3.Connection, op: base.Delete) -> None:
-    _checked_row(conn, op.kind.KIND, op.name, op.resource_version, op.uid)
+    version, uid, _ = _checked_row(conn, op.kind.KIND, op.name, op.resource_version, op.uid)
+    _log(conn, op.kind.KIND, op.name, version, uid, None)
     conn.execute("DELETE FROM records WHERE kind = ? AND name = ?", (op.kind.KIND, op.name))
     conn.execute("DELETE FROM record_index WHERE kind = ? AND name = ?", (op.kind.KIND, op.name))
 
@@ -421,12 +528,14 @@ def _delete(conn: sqlite3.Connection, op: base.Delete) -> None:
 def _purge(conn: sqlite3.Connection, kind: str, records: list[tuple[str, int]]) -> None:
     """Delete expired records, each only if still at the resource_version seen expired."""
     for name, version in records:
+        row = _row(conn, kind, name)
         deleted = conn.execute(
             "DELETE FROM records WHERE kind = ? AND name = ? AND resource_version = ?",
             (kind, name, version),
         ).rowcount
         if deleted:
             conn.execute("DELETE FROM record_index WHERE kind = ? AND name = ?", (kind, name))
+            _log(conn, kind, name, version, "" if row is None else row[1], None)
 
 
 def _checked_row(
@@ -458,4 +567,41 @@ def _write_index(conn: sqlite3.Connection, obj: meta.Resource) -> None:
     ]
     conn.executemany(
         "INSERT INTO record_index (kind, index_name, value, name) VALUES (?, ?, ?, ?)", rows
+    )
+
+
+# -- the change feed, on the worker thread ----------------------------------------------------
+
+
+def _log(
+    conn: sqlite3.Connection, kind: str, name: str, version: int, uid: str, data: str | None
+) -> None:
+    conn.execute(
+        "INSERT INTO changes (kind, name, resource_version, uid, data) VALUES (?, ?, ?, ?, ?)",
+        (kind, name, version, uid, data),
+    )
+
+
+def _newest_seq(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _feed_floor(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM feed_state WHERE key = 'floor'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _compact(conn: sqlite3.Connection, retention: int) -> None:
+    """Drop the oldest changes once more than a tenth beyond `retention` piled up (so the
+    delete runs once per retention/10 writes, not on each)."""
+    newest, floor = _newest_seq(conn), _feed_floor(conn)
+    if newest - floor <= retention + max(1, retention // 10):
+        return
+    floor = newest - retention
+    conn.execute("DELETE FROM changes WHERE seq <= ?", (floor,))
+    conn.execute(
+        "INSERT INTO feed_state (key, value) VALUES ('floor', ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (floor,),
     )

@@ -1,4 +1,5 @@
-"""Store URLs: `sqlite:///path/state.db` and `dynamodb://PREFIX?region=R&endpoint=URL`."""
+"""Store URLs: `sqlite:///path/state.db[?feed_retention=N]` and
+`dynamodb://PREFIX?region=R&endpoint=URL`."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ DEFAULT_REGION = "us-east-1"
 @dataclass(frozen=True, slots=True)
 class SqliteURL:
     path: Path
+    #: Changes the change feed keeps (None: `sqlite.DEFAULT_FEED_RETENTION`).
+    feed_retention: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +52,22 @@ def parse(url: str) -> SqliteURL | DynamoURL:
             raise errors.InvalidRequest(
                 f"store url {url!r}: missing database path (sqlite:///path/state.db)"
             )
-        return SqliteURL(path=Path(path))
+        query = parse_qs(parts.query, keep_blank_values=True)
+        unknown = sorted(set(query) - {"feed_retention"})
+        if unknown:
+            raise errors.InvalidRequest(
+                f"store url {url!r}: unknown parameter {unknown[0]!r} (known: feed_retention)"
+            )
+        retention = None
+        if "feed_retention" in query:
+            value = query["feed_retention"][-1]
+            if not value.isdigit() or int(value) < 1:
+                raise errors.InvalidRequest(
+                    f"store url {url!r}: feed_retention {value!r} must be a whole number >= 1"
+                    " (changes the change feed keeps)"
+                )
+            retention = int(value)
+        return SqliteURL(path=Path(path), feed_retention=retention)
     if parts.scheme == "dynamodb":
         prefix = parts.netloc
         if not prefix or not all(c.isalnum() or c in "-_." for c in prefix) or len(prefix) > 200:
@@ -91,7 +109,11 @@ async def open_store(url: str, *, clock: base.Clock = base.utc_now) -> base.Stor
         from store import sqlite
 
         _check_directory(url, parsed.path)
-        return await sqlite.SqliteStore.open(parsed.path, clock=clock)
+        if parsed.feed_retention is None:
+            return await sqlite.SqliteStore.open(parsed.path, clock=clock)
+        return await sqlite.SqliteStore.open(
+            parsed.path, clock=clock, feed_retention=parsed.feed_retention
+        )
     from store import dynamodb
 
     return await dynamodb.DynamoStore.open(

@@ -37,6 +37,7 @@ SLOWEST_FIRST: tuple[str, ...] = (
     "tests/store/test_transactions.py",  # 39 s
     "tests/integration/test_orchestrator_restart.py",  # 35 s
     "tests/integration/test_two_replicas.py",  # 35 s
+    "tests/store/test_feed.py",  # ~30 s (moto's streams; consumer child processes)
     "tests/store/test_dynamodb_specific.py",  # 33 s
     "tests/dcnctl/test_cluster.py",  # 29 s
     "tests/store/test_races.py",  # 25 s

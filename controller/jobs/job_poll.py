@@ -12,8 +12,8 @@ Only Pending jobs: a job a driver has claimed is Running or Paused, and its driv
 `job_recheck` and the resync look after it; enqueueing those too would let two replicas
 that briefly disagree about membership take it from each other every poll.
 
-One list per poll, of the Job records only (one page per 500 jobs): cheap beside the view's
-refresh, which lists four kinds every `view_refresh` seconds.
+One list per poll, of the Job records only (one page per 500 jobs). (The view follows
+the store's change feed instead of listing; moving this poll onto the feed too is open.)
 """
 
 from __future__ import annotations

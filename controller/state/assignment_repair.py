@@ -75,8 +75,12 @@ class AssignmentRepair:
         """One pass: what is stranded now, and the repairs due, performed."""
         now, wall = self._clock.monotonic(), self._clock.now()
         pnodes = self._view.pnodes
-        live = {name for name in pnodes if self._view.is_live(name, wall)}
-        found = stranded.stranded(pnodes, list(self._view.allocations.values()), live)
+        allocations = list(self._view.allocations.values())
+        # Liveness only of PNodes holding a Pending allocation: judging all of them every
+        # pass was most of an idle orchestrator's CPU at 10,000 PNodes (benchmarks, idle).
+        hosts = {a.spec.pnode for a in allocations if a.status.phase == "Pending"}
+        live = {name for name in hosts if name in pnodes and self._view.is_live(name, wall)}
+        found = stranded.stranded(pnodes, allocations, live)
         self._since = stranded.observed(self._since, found, now)
         self._repaired = {p: at for p, at in self._repaired.items() if now - at < self._bound}
         repairs = stranded.decide(self._since, now, bound=self._bound, repaired=self._repaired)

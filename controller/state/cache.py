@@ -27,6 +27,7 @@ KINDS: tuple[type[meta.Resource], ...] = (
     allocation.Allocation,
     net_model.Network,
 )
+KIND_BY_NAME: dict[str, type[meta.Resource]] = {kind.KIND: kind for kind in KINDS}
 
 
 class Cache:

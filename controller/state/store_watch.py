@@ -10,7 +10,7 @@ Every store call goes through `Observed`, which tells `StoreWatch` when it start
 ends. The rule:
 
 - a call that returns, or fails with an answer from the store (NotFound, AlreadyExists,
-  Conflict, InvalidRequest), is a successful round trip;
+  Conflict, InvalidRequest, Gone), is a successful round trip;
 - a call that fails otherwise (Unavailable after the backend's retries, a lost connection)
   marks the store *troubled* until the next successful round trip;
 - an unobserved period runs from the last successful round trip to the next one, when in
@@ -19,7 +19,7 @@ ends. The rule:
   for longer than `stall_after`).
 
 Measured from the last success, not from the first failure, because that is the last moment
-this replica knows the store answered; the view's refresh makes a round trip every
+this replica knows the store answered; the view reads the change feed (a round trip) every
 `view_refresh` seconds, so an idle gap adds at most that much. The newest `KEEP` periods are
 kept; `held_through` caps what they can add to a lease anyway.
 
@@ -53,6 +53,7 @@ ANSWERS: tuple[type[errors.StoreError], ...] = (
     errors.AlreadyExists,
     errors.Conflict,
     errors.InvalidRequest,
+    errors.Gone,  # the change feed's answer that a cursor is too old
 )
 
 
@@ -203,6 +204,12 @@ class Observed:
 
     async def transact(self, ops: Sequence[base.Op]) -> builtins.list[Resource | None]:
         return await self._call(lambda: self._store.transact(ops))
+
+    async def feed_head(self, kinds: Sequence[type[Resource]]) -> str:
+        return await self._call(lambda: self._store.feed_head(kinds))
+
+    async def changes(self, cursor: str, *, limit: int = base.DEFAULT_PAGE_SIZE) -> base.ChangePage:
+        return await self._call(lambda: self._store.changes(cursor, limit=limit))
 
     async def close(self) -> None:
         await self._store.close()

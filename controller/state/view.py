@@ -12,12 +12,16 @@ against a store that does hundreds). The view puts together, each in its own mod
   (`controller.runtime.signal`, timing out on the view's clock) and subscribers;
 - assignment sets, what an agent is shown (here).
 
-This module keeps the cache fresh two ways:
+This module keeps the cache fresh three ways:
 
 - write-through: this replica's own writes are applied the moment they succeed
   (`apply_written`), so an assignment it placed reaches its agent at once;
-- refresh: a full re-read of the store every `view_refresh` seconds picks up other
-  replicas' writes.
+- the store's change feed (an informer per kind, Kubernetes' list-then-watch): one full
+  read (`refresh`) after taking a cursor, then every `view_refresh` seconds the changes
+  written since (`follow`), each applied only when newer than what the cache holds; a
+  cursor the feed no longer serves (`errors.Gone`) is answered by a full read;
+- resync: a full re-read every `view_resync` seconds anyway, the level-triggered safety
+  net under the feed (a record the feed somehow missed is set right within it).
 
 Neither path keeps a PNode and its allocations in step: a PNode written through (or
 re-read) may already count another replica's placement whose allocation the next refresh
@@ -44,7 +48,7 @@ from controller.state import cache as cache_mod
 from controller.state import changes as changes_mod
 from controller.state import liveness as liveness_mod
 from controller.state import renewals as renewals_mod
-from store import base
+from store import base, errors
 
 log = logging.getLogger("dcnr.view")
 
@@ -123,7 +127,15 @@ class View:
         self.changed = self.changes.changed
         #: (kind, name) → monotonic time of this replica's last write or delete of it.
         self._local: dict[tuple[str, str], float] = {}
+        #: When the view last caught up with the store (a full read or the feed).
         self.refreshed_at: datetime | None = None
+        #: Where the feed goes on from; None until the first full read.
+        self._cursor: str | None = None
+        self._resynced_at = float("-inf")
+        #: Counters for /metrics: full reads (initial, resync, after Gone) and feed changes.
+        self.full_reads = 0
+        self.relists_after_gone = 0
+        self.feed_changes = 0
         self._background = background.Background("view-refresh")
 
     def _published(self, old: meta.Resource | None, new: meta.Resource | None) -> None:
@@ -155,12 +167,15 @@ class View:
     # -- keeping fresh ----------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        """Re-read everything from the store; records deleted elsewhere disappear.
+        """Re-read everything from the store; records deleted elsewhere disappear. The feed
+        goes on from a cursor taken just before the reads, so nothing written during them
+        is missed (what they already saw comes again, and is not newer).
 
         A record this replica wrote or deleted after the re-read began is left as written:
         the re-read may predate it, and must not undo it until the next one.
         """
         started = self._clock.monotonic()
+        cursor = await self._store.feed_head(cache_mod.KINDS)
         pnodes = await base.list_all(self._store, pnode.PNode)
         leases = await base.list_all(self._store, lease.PNodeLease)
         allocations = await base.list_all(self._store, allocation.Allocation)
@@ -174,6 +189,53 @@ class View:
             self._replace(kind, fresh, started)
         self._local = {key: at for key, at in self._local.items() if at >= started}
         self.refreshed_at = self._clock.now()
+        self._cursor = cursor
+        self._resynced_at = started
+        self.full_reads += 1
+
+    async def follow(self) -> None:
+        """Apply what the change feed holds since the last call (or full read); a cursor
+        the feed no longer serves is answered by a full read."""
+        if self._cursor is None:
+            await self.refresh()
+            return
+        while True:
+            try:
+                page = await self._store.changes(self._cursor)
+            except errors.Gone as exc:
+                log.warning("view: %s; reading the store again", exc)
+                self.relists_after_gone += 1
+                await self.refresh()
+                return
+            for change in page.changes:
+                self._apply_change(change)
+            self.feed_changes += len(page.changes)
+            self._cursor = page.cursor
+            if not page.more:
+                break
+        self.refreshed_at = self._clock.now()
+
+    def _apply_change(self, change: base.Change) -> None:
+        if change.record is not None:
+            self.cache.put(change.record)  # only if newer (or another uid's record)
+            return
+        table = self.cache.table(cache_mod.KIND_BY_NAME[change.kind])
+        held = None if table is None else table.get(change.name)
+        if (
+            held is not None
+            and held.metadata.uid == change.uid
+            and held.metadata.resource_version <= change.resource_version
+        ):
+            self.cache.forget(held)
+
+    async def catch_up(self) -> None:
+        """One step of `run`: a full read when due (none yet, or `view_resync` since the
+        last), else the feed."""
+        due = self._clock.monotonic() - self._resynced_at >= self._config.view_resync
+        if self._cursor is None or due:
+            await self.refresh()
+        else:
+            await self.follow()
 
     def _replace(
         self, kind: type[meta.Resource], fresh: Sequence[meta.Resource], started: float
@@ -189,10 +251,10 @@ class View:
                 self.cache.put(record)
 
     async def run(self) -> None:
-        """Refresh every `view_refresh` seconds until cancelled; failures are logged."""
+        """Catch up every `view_refresh` seconds until cancelled; failures are logged."""
         while True:
             try:
-                await self.refresh()
+                await self.catch_up()
             except asyncio.CancelledError:
                 raise
             except Exception:

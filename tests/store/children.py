@@ -1,4 +1,5 @@
-"""Parent side of crash_writer.py: start a child, read its lines with a deadline, kill it.
+"""Parent side of crash_writer.py (or another child script): start a child, read its lines
+with a deadline, kill it.
 
 A reader thread drains stdout into a queue, so a line is seen as soon as it is written and
 a child that dies or stalls fails the test with what it printed instead of hanging it.
@@ -18,9 +19,9 @@ SCRIPT = Path(__file__).with_name("crash_writer.py")
 
 
 class Child:
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, script: Path = SCRIPT) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(SCRIPT), *args],
+            [sys.executable, str(script), *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -125,6 +125,11 @@ async def test_tables_have_the_documented_schema(dyn, kind):
             {"AttributeName": "name", "KeyType": "RANGE"},
         ]
         assert gsi["Projection"]["ProjectionType"] == "ALL"
+    assert table["StreamSpecification"] == {
+        "StreamEnabled": True,
+        "StreamViewType": "NEW_AND_OLD_IMAGES",
+    }
+    assert table["LatestStreamArn"]
     ttl = dyn.client.describe_time_to_live(TableName=dyn.table(kind))["TimeToLiveDescription"]
     if kind.EXPIRES:
         assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "ttl")
@@ -145,6 +150,38 @@ async def test_init_tables_adds_an_index_missing_from_an_older_table(moto_endpoi
         await store.create(records.job_record("train-1", "mnist"))
         listed = await store.list(job.Job, index=("network", "mnist"))
         assert [j.name for j in listed.items] == ["train-1"]
+    finally:
+        await store.close()
+
+
+async def test_init_tables_turns_on_the_stream_of_a_table_made_before_the_feed(moto_endpoint):
+    prefix = _prefix()
+    store = await _open(moto_endpoint, prefix)
+    try:
+        older = items.create_table_params(store.table(job.Job), job.Job)
+        del older["StreamSpecification"]
+        store.client.create_table(**older)
+        with pytest.raises(errors.Unavailable, match=r"no stream.*init-store"):
+            await store.feed_head([job.Job])
+        lines = await store.init_tables()
+        assert f"exists {prefix}-jobs (added stream NEW_AND_OLD_IMAGES)" in lines
+        cursor = await store.feed_head([job.Job])
+        await store.create(records.job_record("train-1", "mnist"))
+        page = await store.changes(cursor)
+        assert [(c.name, c.resource_version) for c in page.changes] == [("train-1", 1)]
+    finally:
+        await store.close()
+
+
+async def test_a_stream_with_another_view_is_refused_and_says_what_to_do(moto_endpoint):
+    prefix = _prefix()
+    store = await _open(moto_endpoint, prefix)
+    try:
+        older = items.create_table_params(store.table(job.Job), job.Job)
+        older["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": "KEYS_ONLY"}
+        store.client.create_table(**older)
+        with pytest.raises(errors.InvalidRequest, match=r"KEYS_ONLY.*NEW_AND_OLD_IMAGES"):
+            await store.init_tables()
     finally:
         await store.close()
 

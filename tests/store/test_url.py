@@ -15,6 +15,7 @@ from store import errors, url
         ("sqlite:///state.db", url.SqliteURL(Path("state.db"))),
         ("sqlite:///var/dcnr/state.db", url.SqliteURL(Path("var/dcnr/state.db"))),
         ("sqlite:////var/lib/dcnr/state.db", url.SqliteURL(Path("/var/lib/dcnr/state.db"))),
+        ("sqlite:///state.db?feed_retention=500", url.SqliteURL(Path("state.db"), 500)),
         ("dynamodb://dcnr?region=eu-west-1", url.DynamoURL("dcnr", "eu-west-1", None)),
         (
             "dynamodb://prod-dcnr?region=us-east-2&endpoint=http://127.0.0.1:5000",
@@ -44,6 +45,9 @@ def test_dynamodb_region_defaults_from_environment(monkeypatch: pytest.MonkeyPat
         ("dynamodb://?region=x", "table prefix ''"),
         ("dynamodb://bad!prefix", "table prefix 'bad!prefix'"),
         ("dynamodb://dcnr?regoin=x", "unknown parameter 'regoin' (known: region, endpoint)"),
+        ("sqlite:///s.db?retention=5", "unknown parameter 'retention' (known: feed_retention)"),
+        ("sqlite:///s.db?feed_retention=0", "feed_retention '0' must be a whole number >= 1"),
+        ("sqlite:///s.db?feed_retention=lots", "feed_retention 'lots' must be a whole number"),
     ],
 )
 def test_invalid_urls_name_the_problem(text: str, fragment: str) -> None:
@@ -80,3 +84,19 @@ async def test_the_default_state_directory_is_created(
     store = await url.open_store(url.default_url())
     await store.close()
     assert (tmp_path / "state" / "dcnr" / "state.db").is_file()
+
+
+async def test_feed_retention_in_a_sqlite_url_bounds_the_change_feed(tmp_path: Path) -> None:
+    from api.resources import job, meta
+
+    opened = await url.open_store(f"sqlite:///{tmp_path / 'state.db'}?feed_retention=1")
+    try:
+        cursor = await opened.feed_head([job.Job])
+        for name in ("a", "b", "c"):
+            await opened.create(
+                job.Job(metadata=meta.ObjectMeta(name=name), spec=job.JobSpec(network="n"))
+            )
+        with pytest.raises(errors.Gone, match="too old"):
+            await opened.changes(cursor)
+    finally:
+        await opened.close()

@@ -54,5 +54,11 @@ class HookedStore:
     async def transact(self, ops: Sequence[base.Op]) -> builtins.list[meta.Resource | None]:
         return await self.inner.transact(ops)
 
+    async def feed_head(self, kinds: Sequence[type[meta.Resource]]) -> str:
+        return await self.inner.feed_head(kinds)
+
+    async def changes(self, cursor: str, *, limit: int = base.DEFAULT_PAGE_SIZE) -> base.ChangePage:
+        return await self.inner.changes(cursor, limit=limit)
+
     async def close(self) -> None:
         await self.inner.close()

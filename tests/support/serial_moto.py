@@ -8,6 +8,13 @@ Real DynamoDB applies each request atomically, so serializing requests in the se
 moto behave like the service our races and multi-replica tests are about, while clients
 still talk HTTP over real sockets with keep-alive and concurrency on their side.
 
+A failed TransactWriteItems has a second flaw there: moto puts back its copy of each table,
+whose stream shard is a copy too, so the live shard keeps the records of the writes it
+undid and every shard iterator already handed out keeps reading that discarded shard,
+missing all later writes. `streams_follow_rollbacks` keeps the live shard with the restored
+table and cuts the undone records off it, so, as in DynamoDB, a stream carries only
+committed writes and iterators keep working.
+
 Run as a script: `python serial_moto.py -H 127.0.0.1 -p PORT`.
 """
 
@@ -20,6 +27,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from moto.dynamodb.models import DynamoDBBackend
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
@@ -39,12 +47,36 @@ def serialized(app: Callable[..., Iterable[bytes]]) -> Callable[..., list[bytes]
     return handle
 
 
+def streams_follow_rollbacks() -> None:
+    original = DynamoDBBackend.transact_write_items
+
+    def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
+        touched = {op.get("TableName") for item in transact_items for op in item.values()}
+        shards = {
+            name: (table.stream_shard, len(table.stream_shard.items))
+            for name in touched
+            if (table := self.tables.get(name)) is not None and table.stream_shard is not None
+        }
+        try:
+            original(self, transact_items)
+        except Exception:
+            for name, (shard, length) in shards.items():
+                restored = self.tables.get(name)
+                if restored is not None and restored.stream_shard is not shard:
+                    del shard.items[length:]
+                    restored.stream_shard = shard
+            raise
+
+    DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, required=True)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    streams_follow_rollbacks()
     app = DomainDispatcherApplication(create_backend_app)
     run_simple(
         args.host,

@@ -171,6 +171,30 @@ async def test_the_store_s_own_answers_are_round_trips(tmp_path) -> None:
         await store.close()
 
 
+async def test_the_change_feed_s_calls_and_its_gone_are_round_trips(tmp_path) -> None:
+    """The view's feed reads are its round trips while idle; a too-old cursor is the
+    store's answer, not a sign it cannot be reached."""
+    clock = clock_mod.FakeClock()
+    watch = watch_at(clock)
+    inner = await sqlite.SqliteStore.open(tmp_path / "s.db", feed_retention=1)
+    store = store_watch.Observed(inner, watch)
+    try:
+        cursor = await store.feed_head([pnode.PNode])
+        for name in ("p1", "p2", "p3"):
+            await store.create(
+                pnode.PNode(
+                    metadata=meta.ObjectMeta(name=name), spec=pnode.PNodeSpec(address="a:1")
+                )
+            )
+        with pytest.raises(errors.Gone):
+            await store.changes(cursor)
+        page = await store.changes(await store.feed_head([pnode.PNode]))
+        assert page.changes == []
+        assert watch.snapshot() == store_watch.Snapshot(0.0, 0.0, 0)
+    finally:
+        await store.close()
+
+
 # -- the lifecycle loop and liveness judge by it ----------------------------------------------
 
 
