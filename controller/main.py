@@ -285,11 +285,14 @@ def _up(args: argparse.Namespace) -> int:
     except errors.InvalidRequest as exc:
         print(f"dcnr-orchestrator: error: --store: {exc}", file=sys.stderr)
         return 2
+    host = args.listen.rsplit(":", 1)[0]
     serve_config = server.ServeConfig(
         store_url=store_url,
         listen=args.listen,
         metrics_listen=args.metrics_listen,
         ui_listen=None if args.ui_listen == "off" else args.ui_listen,
+        # The driver's inbox on its own mutual-TLS listener, verifying lazily.
+        driver_listen=f"{host}:0",
         driver=driver.DriverConfig(blob_store=f"file://{state_dir}/checkpoints/"),
     )
     config = up.UpConfig(
