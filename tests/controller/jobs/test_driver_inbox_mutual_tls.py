@@ -22,8 +22,14 @@ from controller import server as server_mod
 from controller.runtime import clock as clocks
 from controller.services import driver_inbox_service
 from controller.state import identity_ca
+from controller.trust import book as trust
 from tests.controller.jobs import driver_harness as harness
-from tests.controller.jobs.test_driver_inbox_identity import World, poisoned_loss, refused
+from tests.controller.jobs.test_driver_inbox_identity import (
+    XS,
+    World,
+    poisoned_loss,
+    refused,
+)
 from tests.support import identities
 
 ORCHESTRATOR_NAME = identity.dns_name("orchestrator", identity.ORCHESTRATOR)
@@ -32,8 +38,18 @@ ORCHESTRATOR_NAME = identity.dns_name("orchestrator", identity.ORCHESTRATOR)
 class MutualWorld(World):
     """The World of the identity tests plus the inbox's mutual-TLS listener."""
 
+    replicas = 1
+
     async def start(self) -> None:
-        await super().start()
+        if self.replicas == 1:
+            await super().start()
+        else:  # replica r of each VNode on PNode p{r+1}
+            self.store, self.view, self.agents = await harness.cluster_of(
+                self.tmp, XS, replicas=self.replicas, validation="replicas"
+            )
+            self.book = trust.TrustBook(store=self.store, clock=clocks.SystemClock())
+            self.orch = harness.Orchestrator(self.store, self.view, self.tmp, "r1", book=self.book)
+            await self.orch.start()
         self.server = aio.server()
         driver_inbox_service.add_to_server(
             driver_inbox_service.DriverInboxService(
@@ -76,8 +92,9 @@ class MutualWorld(World):
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[MutualWorld]:
+async def world(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[MutualWorld]:
     it = MutualWorld(tmp_path)
+    it.replicas = getattr(request, "param", 1)
     await it.start()
     try:
         yield it
@@ -176,3 +193,24 @@ async def test_a_client_without_an_identity_certificate_fails_the_handshake(
         stub = identities.SignedVNodeStub(channel, identities.pnode_signer("p1"))
         assert await refused(stub.Forward(poisoned_loss())) == grpc.StatusCode.UNAVAILABLE
     assert await world.strikes("p1") == 0
+
+
+@pytest.mark.parametrize("world", [2], indirect=True)
+async def test_a_result_that_will_be_compared_is_verified_on_arrival(world: MutualWorld) -> None:
+    """Replicas of a sink are compared, and a loser is struck on its own signed words: so
+    over mutual TLS a replicated sink's output is verified before it is filed. One whose
+    signature fails is refused (BadSignature) and not filed; the same, properly signed, is."""
+    box = world.orch.ctx.results.inbox.open(
+        job="fit", network=harness.NET, attempt=1, position=1, sinks={"loss": 2},
+        sources={"x": 2},
+    )  # fmt: skip
+    p1 = identities.pnode_signer("p1")
+    async with world.channel(p1) as channel:
+        with pytest.raises(aio.AioRpcError) as caught:
+            await forward_with_signature(channel, p1, loss(0.5), b"not a signature")
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert box.results == {}, "nothing filed for the comparison"
+        answer = await identities.SignedVNodeStub(channel, p1).Forward(loss(0.5))
+    assert not answer.duplicate
+    assert set(box.results.get("loss", {})) == {0}
+    assert world.refused("BadSignature") == 1
