@@ -241,8 +241,8 @@ def _add_tls_flags(serve: argparse.ArgumentParser) -> None:
         help="serve the job driver's inbox (__driver__) on a second listener over mutual TLS "
         "with this replica's identity certificate, told to agents at Register, so results' "
         "signatures are verified only when they may become evidence; runs' reply_to names "
-        "it (--advertise overrides). Default: the inbox is on --listen and verifies every "
-        "result's signature on receipt",
+        "it (with --advertise, give this listener's reachable address). Default: the "
+        "inbox is on --listen and verifies every result's signature on receipt",
     )
 
 
