@@ -274,6 +274,7 @@ class Agent:
         self._keys.accept(reply.certificate, reply.identity_ca)  # garbage raises: retried
         self._on_register("registered")
         self._keys.plaintext = reply.data_plane_plaintext
+        self._keys.driver_mutual_tls = reply.driver_mutual_tls
         self.name = reply.pnode_id
         self._credential = reply.credential
         self._orchestrators.credential = reply.credential  # peers resolve with it

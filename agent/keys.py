@@ -51,6 +51,8 @@ class Keeper:
         self._renew_at = float("inf")
         #: From Register: the cluster's data plane is plaintext (`serve --data-plane-insecure`).
         self.plaintext = False
+        #: From Register: the drivers' inboxes serve mutual TLS (`serve --driver-listen`).
+        self.driver_mutual_tls = False
         self._key_pem = identity.key_pem(self.key)
         self._lock = threading.Lock()  # `fetch` runs on gRPC's threads
         self._certificate_pem = b""

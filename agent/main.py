@@ -189,6 +189,7 @@ async def _serve(
         orchestrators,
         signer=keeper.signer,
         client_ca=keeper.client_ca,
+        driver_mutual_tls=lambda: keeper.driver_mutual_tls,
         max_message_bytes=args.max_message_bytes,
     )
     workdir = args.workdir.resolve()

@@ -8,7 +8,9 @@ overall deadline. Refusals that a retry cannot cure (a stale attempt: the run wa
 superseded; a malformed message; too large) end delivery at once.
 
 The driver ("__driver__") is not resolved: it listens at the message's `reply_to`, on the
-orchestrator's own listener, so it is dialled with the orchestrator's TLS settings.
+orchestrator's own listener, so it is dialled with the orchestrator's TLS settings; or, when
+Register said so (`RegisterResponse.driver_mutual_tls`, `serve --driver-listen`), on a
+mutual-TLS listener dialled like a peer's, expecting the name orchestrator.dcnr.
 
 Peers are dialled over mutual TLS (docs/security.md, "Transport (TLS)"): the channel
 trusts only the identity CA bundle (`client_ca`, from Register), expects the certificate of
@@ -230,20 +232,23 @@ class Peers:
         signer: signed.Signer,
         client_ca: Callable[[], bytes | None],
         max_message_bytes: int,
+        driver_mutual_tls: Callable[[], bool] = lambda: False,
         retry: Retry | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._orchestrators = orchestrators
         self._signer = signer
         self._client_ca = client_ca
+        self._driver_mutual_tls = driver_mutual_tls
         self._ca: bytes | None = None  # the bundle the cached peer channels trust
         self._generation = -1  # the signer's certificate the cached peer channels present
         self._retiring: set[asyncio.Task[None]] = set()
-        self._stubs: dict[tuple[str, str], signed.SignedStub] = {}
+        #: By (address, PNode, mutual TLS with identity certificates).
+        self._stubs: dict[tuple[str, str, bool], signed.SignedStub] = {}
         self._options = channel_options(max_message_bytes)
         self._retry = retry or Retry()
         self._rng = rng or random.Random()
-        self._channels: dict[tuple[str, str], aio.Channel] = {}
+        self._channels: dict[tuple[str, str, bool], aio.Channel] = {}
         self._cache: dict[tuple[str, str], resolve_pb2.VNodeEndpoints] = {}
         #: The data plane of this agent, for VNodes hosted here (module docstring); None:
         #: every delivery goes over gRPC.
@@ -299,30 +304,36 @@ class Peers:
 
     async def _stub(self, address: str, pnode: str) -> signed.SignedStub:
         """A signing stub for the PNode `pnode` at `address`; pnode DRIVER: the driver's
-        inbox, the orchestrator's listener, reached as the orchestrators are (TLS when they
-        are)."""
-        ca = None if pnode == DRIVER else self._client_ca()
-        if pnode != DRIVER and (
+        inbox, reached as the orchestrators are (TLS when they are), or, when Register said
+        the drivers' inboxes serve mutual TLS (`driver_mutual_tls`), like a peer: presenting
+        this PNode's identity and expecting the orchestrator identity's name."""
+        mutual = pnode != DRIVER or self._driver_mutual_tls()
+        ca = self._client_ca() if mutual else None
+        if mutual and (
             ca != self._ca or (ca is not None and self._signer.generation != self._generation)
         ):
             # A replaced identity CA (no cached peer channel trusts it), or a renewed
             # certificate (a channel presents the one it was built with, and would present
             # an expired one at its next handshake): new channels; calls in flight on the
             # old ones finish on them.
-            stale = [k for k in self._channels if k[1] != DRIVER]
+            stale = [k for k in self._channels if k[2]]
             for k in stale:
                 self._stubs.pop(k, None)
                 self._retire(self._channels.pop(k))
             self._ca, self._generation = ca, self._signer.generation
-        key = (address, pnode)
+        key = (address, pnode, mutual)
         stub = self._stubs.get(key)
         if stub is None:
-            if pnode == DRIVER:
+            if not mutual:
                 channel = self._orchestrators.dial(address, self._options)
             elif ca is None:
                 channel = aio.insecure_channel(address, self._options)
             else:
-                name = identity.dns_name("pnode", pnode)
+                name = (
+                    identity.dns_name("orchestrator", identity.ORCHESTRATOR)
+                    if pnode == DRIVER
+                    else identity.dns_name("pnode", pnode)
+                )
                 channel = aio.secure_channel(
                     address,
                     self._signer.client_credentials(ca),

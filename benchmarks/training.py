@@ -66,8 +66,13 @@ TARGET_RATE = 6 * 14_198
 SPREAD_BOUND = 1.5
 #: The clusters the run takes turns with: three agents delivering to co-located VNodes in
 #: process (the default), three started with --no-in-process-delivery, and one agent
-#: hosting the whole network (every edge in process: the most co-location can give).
+#: hosting the whole network (every edge in process: the most co-location can give); each
+#: orchestrator with `serve --driver-listen` (the driver's inbox over mutual TLS, verifying
+#: signatures lazily), and a fourth cluster like the first whose orchestrator has no
+#: --driver-listen (its inbox verifies every result's signature on receipt).
 IN_PROCESS, ALL_GRPC, ONE_AGENT = "in process", "all gRPC", "one agent"
+EAGER_INBOX = "in process, inbox verifying every signature"
+DRIVER_LISTEN = ("--driver-listen", "127.0.0.1:0")
 PINNED_THREADS = {
     name: "1"
     for name in (
@@ -129,8 +134,9 @@ async def run(ctx: harness.Context) -> harness.Report:
             "Training data plane: digits across three agents vs one process without gRPC",
             {
                 "network": "examples/digits/network.yaml (6 VNodes: x, y, fc1, act1, fc2, loss)",
-                "agents": "3 per cluster, two clusters (in-process delivery on / off), and a "
-                "third cluster of one agent",
+                "agents": "3 per cluster, two clusters (in-process delivery on / off), a "
+                "third cluster of one agent, and a fourth like the first whose orchestrator "
+                "has no --driver-listen (the others have it)",
                 "batch_size": BATCH,
                 "rounds": size.rounds,
                 "epochs_per_round": size.epochs_per_round,
@@ -203,6 +209,19 @@ async def run(ctx: harness.Context) -> harness.Report:
             note="the most co-location can give: only the driver's messages (to the sources, "
             "from the loss and the sources) cross gRPC; "
             f"{alone.p50 / baseline.p50:.3f}x of the reference",
+        )
+    )
+    eager = harness.Stats.of(sides[EAGER_INBOX].windows)
+    report.compare(
+        harness.Comparison(
+            name="training samples/s, driver inbox verifying lazily vs every signature",
+            unit="samples/s",
+            measured=measured,
+            baseline_name="the same, its orchestrator without --driver-listen (the inbox on "
+            "the API listener verifies each result's signature on receipt), taking turns",
+            baseline=eager,
+            note=f"{_co_located(network, sides[EAGER_INBOX].placement)} of the {edges} edges "
+            "co-located in the baseline cluster",
         )
     )
     report.compare(per_hop)
@@ -285,7 +304,7 @@ async def interleaved(
     size: Size,
     steps: int,
     manifest_file: Path,
-    clusters: Sequence[str] = (IN_PROCESS, ALL_GRPC, ONE_AGENT),
+    clusters: Sequence[str] = (IN_PROCESS, ALL_GRPC, ONE_AGENT, EAGER_INBOX),
 ) -> tuple[dict[str, Side], list[float]]:
     """Per cluster (IN_PROCESS, ALL_GRPC) its measurements, and the reference epochs'
     samples/s; the clusters are up together and take turns with the reference."""
@@ -300,7 +319,10 @@ async def interleaved(
             root = ctx.workdir / network.name / label.replace(" ", "-")
             url = f"sqlite:///{root / 'state.db'}"
             log = root / "orchestrator.log"
-            served = stack.enter_context(procs.orchestrator(url, log=log, log_level="warning"))
+            serve = () if label == EAGER_INBOX else DRIVER_LISTEN
+            served = stack.enter_context(
+                procs.orchestrator(url, extra=serve, log=log, log_level="warning")
+            )
             count = 1 if label == ONE_AGENT else 3
             fleet = stack.enter_context(
                 agents.agents(served.address, root, count, cpu="2", memory="2Gi", extra=extra)

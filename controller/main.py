@@ -235,6 +235,15 @@ def _add_tls_flags(serve: argparse.ArgumentParser) -> None:
         help="plaintext data plane (agents' VNodeService listeners and their clients), told "
         "to every agent at Register; default: TLS with the PNodes' identity certificates",
     )
+    group.add_argument(
+        "--driver-listen",
+        metavar="HOST:PORT",
+        help="serve the job driver's inbox (__driver__) on a second listener over mutual TLS "
+        "with this replica's identity certificate, told to agents at Register, so results' "
+        "signatures are verified only when they may become evidence; runs' reply_to names "
+        "it (with --advertise, give this listener's reachable address). Default: the "
+        "inbox is on --listen and verifies every result's signature on receipt",
+    )
 
 
 class _Usage(Exception):
@@ -276,11 +285,14 @@ def _up(args: argparse.Namespace) -> int:
     except errors.InvalidRequest as exc:
         print(f"dcnr-orchestrator: error: --store: {exc}", file=sys.stderr)
         return 2
+    host = args.listen.rsplit(":", 1)[0]
     serve_config = server.ServeConfig(
         store_url=store_url,
         listen=args.listen,
         metrics_listen=args.metrics_listen,
         ui_listen=None if args.ui_listen == "off" else args.ui_listen,
+        # The driver's inbox on its own mutual-TLS listener, verifying lazily.
+        driver_listen=f"{host}:0",
         driver=driver.DriverConfig(blob_store=f"file://{state_dir}/checkpoints/"),
     )
     config = up.UpConfig(
@@ -435,6 +447,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--insecure: gRPC is plaintext; PNode credentials, admin tokens and tensors "
                 "cross the network readable"
             )
+        if args.driver_listen and args.data_plane_insecure:
+            print("dcnr-orchestrator: error: --driver-listen serves mutual TLS and "
+                  "--data-plane-insecure makes the data plane plaintext: give one or the other",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         if args.data_plane_insecure:
             log.warning(
                 "--data-plane-insecure: agents serve and dial the data plane plaintext; "
@@ -457,6 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             identity_ca=identity_pem,
             identity_ttl=args.identity_ttl,
             data_plane_insecure=args.data_plane_insecure,
+            driver_listen=args.driver_listen or None,
             driver=driver.DriverConfig(
                 blob_store=blob_store if blob_store.endswith("/") else blob_store + "/",
                 advertise=args.advertise,

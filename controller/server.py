@@ -25,9 +25,11 @@ import contextlib
 import datetime as dt
 import logging
 import random
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2
 
@@ -121,6 +123,11 @@ class ServeConfig:
     #: Where the web dashboard listens (`--ui-listen`, docs/operations.md "Dashboard");
     #: None: off. Same TLS certificate as gRPC, and the admin or read-only token.
     ui_listen: str | None = None
+    #: `--driver-listen`: a second listener serving only the driver's inbox, over mutual
+    #: TLS with this replica's orchestrator identity (agents present theirs), where
+    #: signatures are verified lazily; runs' reply_to names it. None: the inbox is on
+    #: `listen` and verifies every signature on receipt.
+    driver_listen: str | None = None
 
 
 class Orchestrator:
@@ -244,6 +251,10 @@ class Orchestrator:
         self.metrics_port: int | None = None
         self.service_names: list[str] = []
         self.dashboard: dashboard.Dashboard | None = None
+        #: With `driver_listen`: the mutual-TLS server of the driver's inbox, and its port.
+        self.driver_server: aio.Server | None = None
+        self.driver_port = 0
+        self._inbox_identity = InboxIdentity()
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -323,6 +334,7 @@ class Orchestrator:
         ttl = dt.timedelta(seconds=self.config.identity_ttl)
         own = identity_ca.Own.issue(authority, self.clock.now(), ttl)
         self.signer.update(own.key, own.certificate)
+        self._inbox_identity.update(own, authority.certificate_pem)
 
         async def renew(own: identity_ca.Own) -> None:
             while True:
@@ -335,6 +347,7 @@ class Orchestrator:
                     await self.clock.sleep(ttl.total_seconds() / 30)
                     continue
                 self.signer.update(own.key, own.certificate)
+                self._inbox_identity.update(own, authority.certificate_pem)
                 log.info("renewed this replica's orchestrator identity")
 
         self._identity_task = asyncio.get_running_loop().create_task(renew(own))
@@ -367,6 +380,7 @@ class Orchestrator:
                     authority=self.authority,
                     identity_ttl=self.config.identity_ttl,
                     data_plane_plaintext=self.config.data_plane_insecure,
+                    driver_mutual_tls=self.config.driver_listen is not None,
                     statuses=self.allocation_status,
                     events=self.events,
                     gate=registration_gate.RegistrationGate(
@@ -408,9 +422,8 @@ class Orchestrator:
         )
         # The orchestrator hosts one VNode only: `__driver__`, where sinks send outputs and
         # sources report finished backward passes; agents serve every other VNode.
-        implemented["dcnr.v1.VNodeService"] = (
-            driver_inbox_service.add_to_server,
-            driver_inbox_service.DriverInboxService(
+        def inbox_service(mutual_tls: bool) -> driver_inbox_service.DriverInboxService:
+            return driver_inbox_service.DriverInboxService(
                 inbox=self.inbox,
                 view=self.view,
                 clock=self.clock,
@@ -420,8 +433,15 @@ class Orchestrator:
                 book=self.trust,
                 on_checked=self.metrics.checked,
                 on_refused=self.metrics.driver_refused,
-            ),
+                mutual_tls=mutual_tls,
+            )
+
+        implemented["dcnr.v1.VNodeService"] = (
+            driver_inbox_service.add_to_server,
+            inbox_service(mutual_tls=False),
         )
+        if self.driver_server is not None:
+            driver_inbox_service.add_to_server(inbox_service(mutual_tls=True), self.driver_server)
         implemented["dcnr.v1.ValidationService"] = (
             validation_pb2_grpc.add_ValidationServiceServicer_to_server,
             validation_service.ValidationService(
@@ -486,6 +506,14 @@ class Orchestrator:
         self.events.start()
         self.job_poll.start()
         self.assignment_repair.start()
+        if self.config.driver_listen is not None:
+            self.driver_server = aio.server(
+                options=[("grpc.so_reuseport", 0)],
+                interceptors=[
+                    rpc_timer.RpcTimer(self.metrics),
+                    rpc_decode.DecodeGuard(on_refused=self.metrics.refused),
+                ],
+            )
         self._add_services()
         if self.config.tls is not None:
             # Reads and checks the files here (TlsError names the flag), before the port opens.
@@ -499,9 +527,25 @@ class Orchestrator:
             raise OSError(f"--listen {self.config.listen}: cannot bind ({exc})") from None
         if self.port == 0:
             raise OSError(f"--listen {self.config.listen}: cannot bind")
-        self.reply_to.bound(
-            self.config.driver.advertise or addresses.advertised(self.config.listen, self.port)
-        )
+        if self.driver_server is not None and self.config.driver_listen is not None:
+            listen = self.config.driver_listen
+            try:
+                self.driver_port = self.driver_server.add_secure_port(
+                    listen, self._inbox_identity.server_credentials()
+                )
+            except RuntimeError as exc:
+                raise OSError(f"--driver-listen {listen}: cannot bind ({exc})") from None
+            if self.driver_port == 0:
+                raise OSError(f"--driver-listen {listen}: cannot bind")
+            self.reply_to.bound(
+                self.config.driver.advertise or addresses.advertised(listen, self.driver_port)
+            )
+            await self.driver_server.start()
+        else:
+            self.reply_to.bound(
+                self.config.driver.advertise
+                or addresses.advertised(self.config.listen, self.port)
+            )
         if self.config.metrics_listen:
             host, port = addresses.split(self.config.metrics_listen, "--metrics-listen")
             self.metrics_port = self.metrics.start_http(host, port)
@@ -542,6 +586,8 @@ class Orchestrator:
         await self.job_poll.stop()
         await self.job_loop.stop()
         await self.server.stop(grace)
+        if self.driver_server is not None:
+            await self.driver_server.stop(grace)
         await self.manager.stop(grace)  # never started: nothing to wait for
         await self.client.close()
         if self._identity_task is not None:
@@ -564,3 +610,40 @@ class Orchestrator:
         if self.metrics_port is not None:
             await asyncio.to_thread(self.metrics.stop_http)
         await self.store.close()
+
+
+class InboxIdentity:
+    """This replica's orchestrator identity as the TLS certificate of the driver's mutual-TLS
+    inbox listener (`--driver-listen`), following renewals: agents present their identity
+    certificates, so the listener requires a client certificate of the identity CA."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pair: tuple[bytes, bytes, bytes] | None = None  # key, certificate, CA (PEM)
+        self._generation = 0
+        self._served = 0
+
+    def update(self, own: identity_ca.Own, ca_pem: bytes) -> None:
+        with self._lock:
+            self._pair = (identity.key_pem(own.key), own.certificate, ca_pem)
+            self._generation += 1
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        initial = self.fetch()
+        if initial is None:
+            raise RuntimeError("no orchestrator identity yet: it is issued at start")
+        fetch: Any = self.fetch  # grpc's stub omits None ("no change")
+        return grpc.dynamic_ssl_server_credentials(
+            initial, fetch, require_client_authentication=True
+        )
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """The current certificate if it changed since gRPC last asked, else None (keep)."""
+        with self._lock:
+            if self._pair is None or self._served == self._generation:
+                return None
+            self._served = self._generation
+            key, certificate, ca = self._pair
+        return grpc.ssl_server_certificate_configuration(
+            [(key, certificate)], root_certificates=ca
+        )

@@ -346,7 +346,9 @@ def _slot_request(
     for neighbour in near_of.get(vnode.name, ()):
         near |= hosting.get(neighbour, set())
     avoid = hosting.get(vnode.name, set()) - {own or ""}
-    return model.request_for(network, vnode, replica, avoid=avoid, near=near)
+    return model.request_for(
+        network, vnode, replica, avoid=avoid, near=near, neighbours=near_of.get(vnode.name, ())
+    )
 
 
 def _decide(

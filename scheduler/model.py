@@ -112,7 +112,9 @@ class Request:
 
     `avoid`: PNodes hosting other replicas of the same VNode (hard anti-affinity, so one
     PNode's death never takes out every replica). `near`: PNodes hosting the VNode's graph
-    neighbours (soft affinity, so tensors cross fewer machines).
+    neighbours (soft affinity, so tensors cross fewer machines). `neighbours`: the names of
+    those neighbours in the same network, so a batch (`placement.place_all`) adds to `near`
+    the PNodes it placed them on earlier in the same plan.
     """
 
     network: str
@@ -130,6 +132,7 @@ class Request:
     #: a replica preferably goes to a PNode sharing none, so that two PNodes of one
     #: operator never hold both replicas a comparison relies on.
     avoid_operators: frozenset[str] = frozenset()
+    neighbours: frozenset[str] = frozenset()
 
     @property
     def key(self) -> str:
@@ -263,6 +266,7 @@ def request_for(
     *,
     avoid: Iterable[str] = (),
     near: Iterable[str] = (),
+    neighbours: Iterable[str] = (),
 ) -> Request:
     resources = vnode.resources
     accelerator = resources.accelerator
@@ -278,6 +282,7 @@ def request_for(
         dataset=None if vnode.data is None else vnode.data.dataset,
         avoid=frozenset(avoid),
         near=frozenset(near),
+        neighbours=frozenset(neighbours),
     )
 
 

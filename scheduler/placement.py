@@ -26,6 +26,7 @@ reported unschedulable, and the reason counts cover every PNode.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import itertools
 import operator
 import random
@@ -99,6 +100,41 @@ def placement_order(request: model.Request) -> tuple[object, ...]:
     )
 
 
+def connected_order(requests: Iterable[model.Request]) -> list[model.Request]:
+    """`placement_order`, except that once a VNode is placed its graph neighbours in the
+    batch (`Request.neighbours`) come next, smallest `placement_order` first, before
+    unrelated requests: so a new network is placed along its graph and each VNode after
+    the first finds a neighbour to be near (`graph_affinity`), where in plain size order two
+    VNodes that are not neighbours could each start a PNode of their own. Critical requests
+    still all come first (a neighbour across that boundary waits for its group). Total,
+    deterministic, O(n log n)."""
+    ordered = sorted(requests, key=placement_order)
+    by_vnode: dict[tuple[str, str], list[int]] = {}
+    for i, request in enumerate(ordered):
+        by_vnode.setdefault((request.network, request.vnode), []).append(i)
+    done = [False] * len(ordered)
+    out: list[model.Request] = []
+    ready: list[int] = []  # a heap of positions in `ordered`: smallest placement_order first
+    cursor = 0
+    while len(out) < len(ordered):
+        while ready and done[ready[0]]:
+            heapq.heappop(ready)
+        if ready:
+            i = heapq.heappop(ready)
+        else:
+            while done[cursor]:
+                cursor += 1
+            i = cursor
+        done[i] = True
+        request = ordered[i]
+        out.append(request)
+        for name in request.neighbours:
+            for j in by_vnode.get((request.network, name), ()):
+                if not done[j] and ordered[j].critical == request.critical:
+                    heapq.heappush(ready, j)
+    return out
+
+
 def place(
     request: model.Request,
     snapshot: model.Snapshot,
@@ -120,10 +156,12 @@ def place_all(
 
     Each placement is charged to its PNode before the next request is placed, so a batch
     never over-commits a PNode, and replicas of one VNode placed in the batch avoid each
-    other's PNodes, as they would avoid already-allocated replicas. One rng, seeded once,
+    other's PNodes, as they would avoid already-allocated replicas; a request is also near
+    (`graph_affinity`) the PNodes its graph neighbours were placed on earlier in the batch,
+    so a new network's VNodes gather as they would once placed. One rng, seeded once,
     serves the whole batch in that fixed order: same requests, snapshot and seed, same plan.
     """
-    ordered = sorted(requests, key=placement_order)
+    ordered = connected_order(requests)
     seen: set[str] = set()
     for request in ordered:
         if request.key in seen:
@@ -137,9 +175,14 @@ def place_all(
     entries = []
     for request in ordered:
         siblings = placed_on.get((request.network, request.vnode))
+        near = frozenset().union(
+            *(placed_on.get((request.network, n), ()) for n in request.neighbours)
+        )
         effective = request
-        if siblings:
-            effective = dataclasses.replace(request, avoid=request.avoid | siblings)
+        if siblings or not near <= request.near:
+            effective = dataclasses.replace(
+                request, avoid=request.avoid | (siblings or set()), near=request.near | near
+            )
         decision = placer.place(effective)
         if isinstance(decision, explain.Placed):
             placer.charge(decision.pnode, request)

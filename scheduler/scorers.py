@@ -62,8 +62,15 @@ def data_locality(request: model.Request, node: model.NodeView) -> float:
 
 
 def graph_affinity(request: model.Request, node: model.NodeView) -> float:
-    """1 if the PNode hosts a graph neighbour: their tensors then never cross the network."""
-    return 1.0 if node.name in request.near else 0.0
+    """For a PNode hosting a graph neighbour (their tensors then never cross the network,
+    and an agent hands them over in process): its free fraction after placing the request
+    (`least_allocated`); 0 for any other PNode.
+
+    Scaled by what stays free so that co-location pays while it is cheap and stops short of
+    packing: with equal weights, a neighbour's PNode beats an empty one only while it stays
+    more than half free, so a small network gathers on one PNode and a large one still
+    spreads, leaving every PNode headroom for a dead peer's VNodes."""
+    return least_allocated(request, node) if node.name in request.near else 0.0
 
 
 def operator_spread(request: model.Request, node: model.NodeView) -> float:

@@ -4,7 +4,8 @@ The orchestrator replica that drives a run is, to the agents, one more VNode nam
 `__driver__` at the run's `reply_to` address: sinks Forward their outputs to it and sources
 send it an (empty) Backward once a step's backward pass has reached them. This module
 receives those messages (from `controller.services.driver_inbox_service`, the VNodeService
-that hosts only `__driver__`, which has verified the sender's signature) and hands them to
+that hosts only `__driver__`, which has verified the sender's signature, or over mutual TLS
+its client certificate, leaving the signature to `prove`) and hands them to
 the run waiting for them, by (job, attempt, position). Before any decoding, check or strike
 (`Receiver`): the signer must be the PNode that hosts the sending slot at the epoch it
 claims (PERMISSION_DENIED, reason NotSender, otherwise), and a run must wait for the (job,
@@ -240,6 +241,11 @@ class Inbox:
         box.changed.bump()
         return False
 
+    def replicated(self, request: vnode_pb2.ForwardRequest) -> bool:
+        """Whether the run waiting for this sink output compares it with other replicas'."""
+        _position, box = self._box_of(request)
+        return box is not None and box.sinks.get(request.sender_vnode, 0) > 1
+
     def expecting(self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest) -> bool:
         """Whether a run waits for this message: True, or False for a late duplicate of one
         a closed step took (answer it so, with no more work); raises `controller.errors` as
@@ -378,11 +384,15 @@ class Receiver:
         *,
         forward: bool,
         sender: identity.Identity,
+        prove: Callable[[], None] | None = None,
     ) -> bool:
         """True when the message is a duplicate; raises `controller.errors` to refuse it.
-        `sender`: the identity that signed it (verified by the service)."""
+        `sender`: the identity that sent it (its signature verified by the service, or its
+        client certificate proven by mutual TLS). `prove`: verifies the signature not
+        verified yet (None: it was), raising `controller.errors.Unauthenticated`; called
+        before the message can become evidence (a strike, a comparison of replicas)."""
         try:
-            return self._receive_checked(request, forward=forward, sender=sender)
+            return self._receive_checked(request, forward=forward, sender=sender, prove=prove)
         except faults.ControllerError as refused:
             if self._on_refused is not None:
                 self._on_refused(refused.reason)
@@ -394,6 +404,7 @@ class Receiver:
         *,
         forward: bool,
         sender: identity.Identity,
+        prove: Callable[[], None] | None,
     ) -> bool:
         if request.target_vnode != DRIVER:
             raise not_hosted(request.target_vnode)
@@ -414,7 +425,9 @@ class Receiver:
                 raise faults.DataLoss(f"tensor checksum mismatch: {exc}") from None
             raise faults.InvalidArgument(str(exc)) from None
         if isinstance(request, vnode_pb2.ForwardRequest):
-            self._check(request, array, current.spec.pnode)
+            if prove is not None and self._inbox.replicated(request):
+                prove()  # it will be compared: a loser is struck on its own signed words
+            self._check(request, array, current.spec.pnode, prove)
         return self._inbox.deliver(
             request, forward=forward, producer=current.spec.pnode, array=array
         )
@@ -443,8 +456,15 @@ class Receiver:
             )
         return current
 
-    def _check(self, request: vnode_pb2.ForwardRequest, array: Any, producer: str) -> None:
-        """A sink's output must pass its kind's checks; a failure strikes its PNode."""
+    def _check(
+        self,
+        request: vnode_pb2.ForwardRequest,
+        array: Any,
+        producer: str,
+        prove: Callable[[], None] | None = None,
+    ) -> None:
+        """A sink's output must pass its kind's checks; a failure strikes its PNode, once
+        its signature verifies (`prove`: refused Unauthenticated otherwise, no strike)."""
         net = self._view.networks.get(request.network)
         spec = net.vnode(request.sender_vnode) if net is not None else None
         if spec is None:
@@ -453,6 +473,8 @@ class Receiver:
         try:
             checks.check_forward(spec.kind, spec.params, array, training=training)
         except checks.CheckFailed as failed:
+            if prove is not None:
+                prove()
             if self._on_checked is not None:
                 self._on_checked(False)
             why = f"{request.sender_vnode} on {producer}: {failed}"

@@ -7,12 +7,22 @@ verifies the signature and the certificate against the identity CA before anythi
 verifier's reason), and only then parses the request and hands it, with the sender's
 identity, to `controller.jobs.driver_inbox.Receiver`, which checks that identity hosts the
 sending slot at its epoch and that a run waits for the message before any decoding, check
-or strike. Every refusal is counted by reason (`on_refused`) and becomes a status code in
-`rpc`. Checkpoint and Restore are refused: the driver holds no training state.
+or strike.
+
+On the mutual-TLS inbox listener (`serve --driver-listen`, `mutual_tls=True`) the handshake
+has proven the sender's identity certificate, so the sender is read from it (`api.signed
+.sender`, as an agent does) and the signature, still required and kept, is verified only
+when the message may become evidence: a sink output that fails its check, before its PNode
+is struck, and a result of a replicated sink, before it is compared. One that does not
+verify then is refused with the verifier's reason and strikes nobody.
+
+Every refusal is counted by reason (`on_refused`) and becomes a status code in `rpc`.
+Checkpoint and Restore are refused: the driver holds no training state.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -51,9 +61,12 @@ class DriverInboxService:
         book: trust.TrustBook | None = None,
         on_checked: Callable[[bool], None] | None = None,
         on_refused: Callable[[str], None] | None = None,
+        mutual_tls: bool = False,
     ) -> None:
         """`on_refused(reason)`: every message refused (see `driver_inbox.Receiver`), those
-        that prove no identity too (`api.identity.VERIFY_REASONS`)."""
+        that prove no identity too (`api.identity.VERIFY_REASONS`). `mutual_tls`: served on
+        a listener that requires a client certificate of the identity CA, so the sender is
+        the certificate's and signatures are verified lazily (module docstring)."""
         self._receiver = driver_inbox.Receiver(
             inbox=inbox,
             view=view,
@@ -66,6 +79,7 @@ class DriverInboxService:
         self._verifier = verifier
         self._on_refused = on_refused or (lambda _reason: None)
         self._replica_id = replica_id
+        self._mutual_tls = mutual_tls
 
     def handler(self) -> Any:
         behaviours: dict[str, signed.RawBehaviour] = {
@@ -100,8 +114,10 @@ class DriverInboxService:
     ) -> tuple[common_pb2.ResponseHeader, bool]:
         """A verified result into the waiting run's mailbox: the answer's header and whether
         it had arrived before."""
-        request, who = self._verified(method, body, context, kind)
-        duplicate = self._receiver.receive(request, forward=method == "Forward", sender=who)
+        request, who, prove = self._verified(method, body, context, kind)
+        duplicate = self._receiver.receive(
+            request, forward=method == "Forward", sender=who, prove=prove
+        )
         return rpc.response_header(request.header, self._replica_id), duplicate
 
     async def Checkpoint(self, body: bytes, context: Context) -> vnode_pb2.CheckpointResponse:
@@ -129,21 +145,44 @@ class DriverInboxService:
 
     def _verified(
         self, name: str, body: bytes, context: Context, kind: type[M]
-    ) -> tuple[M, identity.Identity]:
-        """The sender's identity (before anything else), then the parsed request."""
+    ) -> tuple[M, identity.Identity, Callable[[], None] | None]:
+        """The sender's identity (before anything else), then the parsed request, and what
+        verifies its signature before it becomes evidence (None: verified already)."""
         received = signed.received(signed.full_method(name), body, context)
         try:
-            who = signed.verify(self._verifier, received, self._clock.now())
+            if self._mutual_tls:
+                who, proven = signed.sender(
+                    self._verifier, received, signed.peer_certificate(context), self._clock.now()
+                )
+            else:
+                who, proven = signed.verify(self._verifier, received, self._clock.now()), True
         except identity.IdentityError as exc:
             self._on_refused(exc.reason)
-            raise faults.Unauthenticated(
-                f"{exc}; every VNodeService request must be signed by its sender's identity "
-                "(SIGNED REQUESTS in common.proto)",
-                reason=exc.reason,
-            ) from None
+            raise _unauthenticated(exc) from None
         request = _parsed(body, kind)
         rpc.check_header(getattr(request, "header", common_pb2.RequestHeader()))
-        return request, who
+        return request, who, None if proven else functools.partial(self._prove, received)
+
+    def _prove(self, received: common_pb2.SignedMessage) -> None:
+        """Verify a lazily accepted message's signature now that it may become evidence;
+        `controller.errors.Unauthenticated` (the verifier's reason) if it does not."""
+        try:
+            signed.verify(self._verifier, received, self._clock.now())
+        except identity.IdentityError as exc:
+            raise _unauthenticated(exc) from None
+
+
+def _unauthenticated(exc: identity.IdentityError) -> faults.ControllerError:
+    if exc.reason == "NotSender":  # a valid identity, not the connection's (docs/security.md)
+        return faults.PermissionDenied(
+            f"{exc}; a PNode sends only as the identity its connection proved",
+            reason=exc.reason,
+        )
+    return faults.Unauthenticated(
+        f"{exc}; every VNodeService request must be signed by its sender's identity "
+        "(SIGNED REQUESTS in common.proto)",
+        reason=exc.reason,
+    )
 
 
 def _parsed(body: bytes, kind: type[M]) -> M:

@@ -100,6 +100,7 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         authority: identity.Authority,
         identity_ttl: float = 3600.0,
         data_plane_plaintext: bool = False,
+        driver_mutual_tls: bool = False,
         statuses: allocation_status.AllocationStatus | None = None,
         events: recorder.Recorder | None = None,
         on_refused: Callable[[str, str], None] | None = None,
@@ -113,6 +114,7 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
         self._authority = authority
         self._identity_ttl = timedelta(seconds=identity_ttl)
         self._data_plane_plaintext = data_plane_plaintext
+        self._driver_mutual_tls = driver_mutual_tls
         self._identity_writes: set[asyncio.Task[None]] = set()
         self._statuses = statuses
         self._on_refused = on_refused or (lambda _method, _reason: None)
@@ -188,6 +190,7 @@ class PNodeService(pnode_pb2_grpc.PNodeServiceServicer):
             identity_ca=self._authority.certificate_pem,
             certificate_expires_at=wire.timestamp(now + self._identity_ttl),
             data_plane_plaintext=self._data_plane_plaintext,
+            driver_mutual_tls=self._driver_mutual_tls,
         )
 
     def _issue(self, csr: bytes, name: str, now: datetime) -> bytes:

@@ -176,6 +176,31 @@ def test_bad_ui_listen_is_a_usage_error_and_a_taken_port_a_one_line_error(tmp_pa
     assert "Traceback" not in result.stderr
 
 
+def test_driver_listen_and_a_plaintext_data_plane_are_a_usage_error(tmp_path: Path) -> None:
+    result = _run(
+        "serve", "--insecure", "--store", f"sqlite:///{tmp_path / 's.db'}",
+        "--data-plane-insecure", "--driver-listen", "127.0.0.1:0",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--driver-listen" in result.stderr
+    assert "--data-plane-insecure" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_driver_listen_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run(
+            "serve", "--store", f"sqlite:///{tmp_path / 's.db'}", "--insecure",
+            "--driver-listen", f"127.0.0.1:{port}",
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert f"--driver-listen 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_init_store_sqlite_creates_the_database(tmp_path: Path) -> None:
     db = tmp_path / "nested" / "state.db"
     result = _run("init-store", "--store", f"sqlite:///{db}")

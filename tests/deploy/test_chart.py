@@ -228,7 +228,10 @@ def test_defaults_are_replicated_dynamodb(helm: Path, tmp_path: Path) -> None:
     (serve,) = pod["containers"]
     args = serve["args"]
     assert args[:3] == ["serve", "--store", "dynamodb://dcnr"]
-    assert args[args.index("--advertise") + 1] == "$(POD_IP):7070"
+    # The job driver's inbox on its own mutual-TLS listener, which reply_to names.
+    assert args[args.index("--driver-listen") + 1] == "0.0.0.0:7071"
+    assert args[args.index("--advertise") + 1] == "$(POD_IP):7071"
+    assert ("driver-inbox", 7071) in {(p["name"], p["containerPort"]) for p in serve["ports"]}
     assert args[args.index("--admin-token-file") + 1] == "/etc/dcnr/admin-token/token"
     assert serve["readinessProbe"]["grpc"] == {"port": 7070}
     assert serve["livenessProbe"]["grpc"] == {"port": 7070}
@@ -248,7 +251,11 @@ def test_defaults_are_replicated_dynamodb(helm: Path, tmp_path: Path) -> None:
         ("metrics", 9090),
     }
     assert _one(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
-    assert _one(docs, "NetworkPolicy")["spec"]["policyTypes"] == ["Ingress"]
+    policy = _one(docs, "NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress"]
+    assert [p["port"] for rule in policy["ingress"] for p in rule["ports"]] == [
+        "grpc", "driver-inbox", "metrics",
+    ]  # fmt: skip
     secret = _one(docs, "Secret", "rel-dcnr-admin-token")
     assert len(secret["data"]["token"]) > 40
 
@@ -264,6 +271,18 @@ def test_defaults_are_replicated_dynamodb(helm: Path, tmp_path: Path) -> None:
     assert init_sa["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
     assert "PersistentVolumeClaim" not in _kinds(docs)
     assert "DaemonSet" not in _kinds(docs)
+
+
+def test_a_plaintext_data_plane_keeps_the_driver_inbox_on_the_api_port(
+    helm: Path, tmp_path: Path
+) -> None:
+    docs = _render(helm, {"dataPlane": {"insecure": True}}, tmp_path)
+    (serve,) = _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    args = serve["args"]
+    assert "--data-plane-insecure" in args
+    assert "--driver-listen" not in args
+    assert args[args.index("--advertise") + 1] == "$(POD_IP):7070"
+    assert "driver-inbox" not in {p["name"] for p in serve["ports"]}
 
 
 def test_embedded_mode_is_one_replica_on_a_volume(helm: Path, tmp_path: Path) -> None:

@@ -90,3 +90,56 @@ async def expiries(store_url: str) -> dict[str, datetime]:
     found = {p.name: p.status.identity.expires_at for p in pnodes}
     assert all(at is not None for at in found.values()), found
     return {name: at for name, at in found.items() if at is not None}
+
+
+async def test_results_reach_a_mutual_tls_driver_inbox_across_its_renewals(
+    tmp_path: Path,
+) -> None:
+    """`serve --driver-listen`: the driver's inbox on its own mutual-TLS listener, whose
+    certificate is the orchestrator identity renewed every 4 s here. Agents, told at
+    Register, dial it with their identity certificates; every step's results arrive (a
+    refused or undeliverable one would cost a rollback) across renewals of both ends."""
+    manifest = yaml.safe_load(MANIFEST.read_text())
+    network = network_model.Network.model_validate(manifest)
+    store_url = f"sqlite:///{tmp_path / 'state.db'}"
+    extra = ["--identity-ttl", str(TTL), "--driver-listen", "127.0.0.1:0"]
+    with (
+        procs.orchestrator(store_url, extra=extra) as served,
+        agents.agents(
+            served.address, tmp_path, 2, cpu="2", memory="2Gi",
+            extra=["--metrics-listen", "127.0.0.1:0"],
+        ) as fleet,
+    ):  # fmt: skip
+        api = cluster.Api(served.address)
+        jobs = Jobs(served.address)
+        try:
+            await api.apply(manifest)
+            await api.wait_resolvable(
+                network.name, {v.name: 1 for v in network.spec.vnodes}, within=60
+            )
+            first = await expiries(store_url)
+            await jobs.train("long", network.name, epochs=1000)
+            started = await jobs.wait("long", phase="Running", within=60, step=1)
+            # Every agent renewed once (at 2/3 of 6 s), and so did the orchestrator.
+            await wait.until(
+                lambda: expiries(store_url),
+                within=60,
+                what="every agent's identity renewed",
+                accept=lambda now: all(
+                    (now[n] - first[n]).total_seconds() >= TTL * 2 / 3 for n in first
+                ),
+                every=0.2,
+            )
+            past = started.status.step + 20
+            later = await jobs.wait("long", phase="Running", within=60, step=past)
+            assert later.status.attempt == 1, f"a rollback: {later.status.message}"
+            for agent in fleet:
+                assert agent.metrics_port is not None
+                refused = metrics.by_label(
+                    metrics.scrape(agent.metrics_port), "dcnr_agent_messages_refused_total",
+                    "reason",
+                )  # fmt: skip
+                assert {r: n for r, n in refused.items() if r in IDENTITY_REASONS and n} == {}
+        finally:
+            await jobs.channel.close(None)
+            await api.close()

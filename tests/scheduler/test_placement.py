@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import subprocess
@@ -334,3 +335,84 @@ def test_plan_does_not_depend_on_the_process_hash_seed() -> None:
         for hash_seed in (1, 2, 3)
     }
     assert len(digests) == 1
+
+
+# -- co-location along the graph (graph_affinity within a batch, connected_order) ----------
+
+
+def chain(count: int, *, cpu: int, memory: int, replicas: dict[int, int] | None = None) -> list[
+    model.Request
+]:
+    """A chain network v00 - v01 - ... as the reconciler asks for it: each slot knows its
+    graph neighbours' names, nothing is placed yet (no `near`)."""
+    names = [f"v{i:02d}" for i in range(count)]
+    requests = []
+    for i, name in enumerate(names):
+        neighbours = frozenset(names[j] for j in (i - 1, i + 1) if 0 <= j < count)
+        for r in range((replicas or {}).get(i, 1)):
+            requests.append(
+                helpers.request(name, r, cpu=cpu, memory=memory, neighbours=neighbours)
+            )
+    return requests
+
+
+def hosts(plan: placement.Plan) -> dict[str, str]:
+    return {e.request.key: placed(e.decision).pnode for e in plan.entries}
+
+
+def test_a_small_network_gathers_on_one_pnode() -> None:
+    """Six VNodes taking a third of one PNode: placed along the graph, each near the last,
+    all on one PNode (so every edge is delivered in process), whatever the seed."""
+    snap = model.Snapshot([helpers.node(f"p{i}") for i in range(3)])
+    for seed in range(5):
+        placed_on = hosts(
+            placement.place_all(chain(6, cpu=200, memory=128 * helpers.MiB), snap, seed=seed)
+        )
+        assert len(set(placed_on.values())) == 1, placed_on
+
+
+def test_sizes_do_not_scatter_a_small_network() -> None:
+    """Plain size order would place v00 and v02 (the big ones, not neighbours) first, each
+    on an empty PNode; along the graph, v01 follows v00 and v02 follows v01."""
+    requests = chain(3, cpu=100, memory=64 * helpers.MiB)
+    requests[0] = dataclasses.replace(requests[0], cpu=250)
+    requests[2] = dataclasses.replace(requests[2], cpu=250)
+    order = [r.vnode for r in placement.connected_order(requests)]
+    assert order == ["v00", "v01", "v02"]
+    snap = model.Snapshot([helpers.node(f"p{i}") for i in range(3)])
+    assert len(set(hosts(placement.place_all(requests, snap, seed=0)).values())) == 1
+
+
+def test_replicas_of_one_vnode_stay_apart_while_neighbours_gather() -> None:
+    """The invariant: anti-affinity is hard, affinity only a preference."""
+    snap = model.Snapshot([helpers.node(f"p{i}") for i in range(3)])
+    requests = chain(4, cpu=200, memory=128 * helpers.MiB, replicas={1: 3, 2: 2})
+    placed_on = hosts(placement.place_all(requests, snap, seed=0))
+    assert len({placed_on[f"net.v01.{r}"] for r in range(3)}) == 3
+    assert len({placed_on[f"net.v02.{r}"] for r in range(2)}) == 2
+    # ...and the single-replica ends still sit beside a replica of their neighbour.
+    assert placed_on["net.v00.0"] in {placed_on[f"net.v01.{r}"] for r in range(3)}
+    assert placed_on["net.v03.0"] in {placed_on[f"net.v02.{r}"] for r in range(2)}
+
+
+def test_a_large_network_still_spreads() -> None:
+    """Forty VNodes, 40 % of the cluster: affinity stops paying once a PNode would be half
+    full, so none is filled past that (plus one request) and every PNode takes a share,
+    leaving each headroom for a dead peer's VNodes."""
+    nodes = [helpers.node(f"p{i}") for i in range(4)]
+    snap = model.Snapshot(nodes)
+    requests = chain(40, cpu=160, memory=320 * helpers.MiB)
+    plan = placement.place_all(requests, snap, seed=0)
+    load: dict[str, int] = {}
+    for pnode in hosts(plan).values():
+        load[pnode] = load.get(pnode, 0) + 160
+    assert set(load) == {n.name for n in nodes}
+    assert max(load.values()) <= 4000 // 2 + 160, load
+
+
+def test_a_network_that_needs_every_pnode_still_fits() -> None:
+    """Gathering never costs a fit: 90 % of the cluster, every VNode placed."""
+    snap = model.Snapshot([helpers.node(f"p{i}") for i in range(4)])
+    requests = chain(36, cpu=400, memory=512 * helpers.MiB)
+    plan = placement.place_all(requests, snap, seed=0)
+    assert all(isinstance(e.decision, explain.Placed) for e in plan.entries)

@@ -94,11 +94,22 @@ def test_data_locality(dataset: str | None, held: set[str], expected: float) -> 
 
 
 @pytest.mark.parametrize(
-    ("near", "expected"), [({"p1"}, 1.0), ({"p1", "p2"}, 1.0), ({"p2"}, 0.0), (set(), 0.0)]
+    ("near", "hosts_a_neighbour"),
+    [({"p1"}, True), ({"p1", "p2"}, True), ({"p2"}, False), (set(), False)],
 )
-def test_graph_affinity(near: set[str], expected: float) -> None:
+def test_graph_affinity(near: set[str], hosts_a_neighbour: bool) -> None:
+    """A neighbour's PNode scores what it keeps free (cpu 3500/4000, memory 7.5/8 GiB after
+    the request); any other PNode 0."""
     req = helpers.request(near=frozenset(near))
-    assert scorers.graph_affinity(req, helpers.node("p1")) == expected
+    expected = (3500 / 4000 + 7.5 / 8) / 2 if hosts_a_neighbour else 0.0
+    assert scorers.graph_affinity(req, helpers.node("p1")) == pytest.approx(expected)
+
+
+def test_graph_affinity_is_worth_less_as_a_neighbours_pnode_fills() -> None:
+    req = helpers.request(near=frozenset({"p1"}))
+    roomy = scorers.graph_affinity(req, helpers.node("p1"))
+    full = scorers.graph_affinity(req, helpers.node("p1", cpu_allocated=3000))
+    assert 0 < full < roomy
 
 
 def test_zero_weight_switches_a_scorer_off() -> None:

@@ -195,6 +195,7 @@ class RegisterResponse(_message.Message):
     IDENTITY_CA_FIELD_NUMBER: _builtins.int
     CERTIFICATE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     DATA_PLANE_PLAINTEXT_FIELD_NUMBER: _builtins.int
+    DRIVER_MUTUAL_TLS_FIELD_NUMBER: _builtins.int
     pnode_id: _builtins.str
     """The PNode's name; every later call names it."""
     credential: _builtins.str
@@ -223,6 +224,13 @@ class RegisterResponse(_message.Message):
     follows the answer of its first Register; a later Register answering otherwise stops
     it (restart it to follow).
     """
+    driver_mutual_tls: _builtins.bool
+    """The job drivers' inboxes (`__driver__`, at a message's `reply_to`) serve mutual TLS
+    like an agent's listener (`serve --driver-listen`): dial them presenting this PNode's
+    identity `certificate`, trusting only `identity_ca`, expecting the DNS name
+    orchestrator.dcnr. false (the default): `reply_to` is the orchestrator's own listener,
+    dialled with its TLS settings, and every message's signature is verified on receipt.
+    """
     @_builtins.property
     def header(self) -> _common_pb2.ResponseHeader: ...
     @_builtins.property
@@ -250,10 +258,11 @@ class RegisterResponse(_message.Message):
         identity_ca: _builtins.bytes = ...,
         certificate_expires_at: _timestamp_pb2.Timestamp | None = ...,
         data_plane_plaintext: _builtins.bool = ...,
+        driver_mutual_tls: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["certificate_expires_at", b"certificate_expires_at", "header", b"header", "heartbeat_interval", b"heartbeat_interval", "lease_duration", b"lease_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "certificate_expires_at", b"certificate_expires_at", "credential", b"credential", "data_plane_plaintext", b"data_plane_plaintext", "header", b"header", "heartbeat_interval", b"heartbeat_interval", "identity_ca", b"identity_ca", "incarnation", b"incarnation", "lease_duration", b"lease_duration", "pnode_id", b"pnode_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "certificate_expires_at", b"certificate_expires_at", "credential", b"credential", "data_plane_plaintext", b"data_plane_plaintext", "driver_mutual_tls", b"driver_mutual_tls", "header", b"header", "heartbeat_interval", b"heartbeat_interval", "identity_ca", b"identity_ca", "incarnation", b"incarnation", "lease_duration", b"lease_duration", "pnode_id", b"pnode_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

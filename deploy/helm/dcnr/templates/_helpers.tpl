@@ -148,6 +148,14 @@ Service's DNS name. */}}
 {{- end }}
 
 {{/* Whether the orchestrator wants client certificates (mutual TLS). */}}
+{{/*
+The job driver's inbox on its own mutual-TLS listener (serve --driver-listen), unless the
+data plane is plaintext.
+*/}}
+{{- define "dcnr.driverInbox" -}}
+{{- if and .Values.dataPlane.driverInbox (not .Values.dataPlane.insecure) }}true{{ end }}
+{{- end }}
+
 {{- define "dcnr.mutualTLS" -}}
 {{- if and .Values.tls.enabled .Values.tls.clientCA.existingSecret }}true{{ end }}
 {{- end }}
