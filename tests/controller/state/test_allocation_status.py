@@ -56,6 +56,10 @@ async def test_running_and_failed_reports_are_written(setup) -> None:
     writer.observe("p1", [_report(2, pnode_pb2.ASSIGNMENT_STATE_RUNNING)])
     await _phase(store, becomes="Running")
     assert view.allocations["net.a.0"].status.phase == "Running"  # written through
+    # The write counts as in flight until its task's done-callback runs, a moment after the
+    # store shows it; a report meanwhile is skipped by design (the next heartbeat repeats
+    # it), so the test waits for the writer itself, not only for the store.
+    await writer.drain()
     writer.observe("p1", [_report(2, pnode_pb2.ASSIGNMENT_STATE_FAILED, "kind 'dense': bad")])
     failed = await _phase(store, becomes="Failed")
     assert failed.status.message == "kind 'dense': bad"
