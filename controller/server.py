@@ -269,6 +269,7 @@ class Orchestrator:
             on_deleted=self.view.apply_deleted,
             on_replaced=self.metrics.replaced,
             on_event=self._on_event,
+            pnodes=lambda: self.view.pnodes,
         )
         pnode_reconciler = pnode_loop.PNodeReconciler(
             self.store,

@@ -168,7 +168,7 @@ async def test_an_unchanged_ready_pnode_is_requeued_for_its_lease_expiry_without
     assert counting.reads > 0
     assert await _phase(store) == "NotReady"
     assert reconciler.settled == 0
-    assert [r.status.phase for r in recorder.written] == ["NotReady"]  # type: ignore[attr-defined]
+    assert [r.status.phase for r in recorder.written] == ["NotReady"]
 
 
 async def test_a_deregistration_whose_event_was_missed_is_acted_on_at_the_next_resync(
