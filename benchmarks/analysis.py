@@ -41,6 +41,11 @@ ANALYSIS: dict[str, list[str]] = {
         "VNodes/s; one 1,000-VNode pass at 10,000 PNodes under cProfile took 1.95 s there "
         "(0.61 s converting every PNode, 0.21 s deep copies, 1.3 s waiting on the store's "
         "thread, mostly the PNode list) against 0.55 s here.",
+        "A re-run at 17:49 UTC, after a placement's record stopped deep-copying its "
+        "resources, found a busier machine (load average ~5; the raw rate fell to 450 "
+        "transactions/s during the informer's 10,000-PNode run, from 1,131 during the "
+        "listing's): 1,076 against 458 VNodes/s overall at 10,000 PNodes (2.3x), 1,492 "
+        "against 1,413 at 1,000. The README keeps the 17:25 run, the steadier of the two.",
         "Earlier in this issue: consecutive Place actions share transactions of up to "
         "MAX_TRANSACTION_OPS ops (reconcilers/network_apply.py `grouped`/`_place_group`), so a "
         "network is placed in tens of durable commits instead of one per VNode.",
