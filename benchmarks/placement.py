@@ -7,6 +7,11 @@ wall time, from the first reconcile to the last. Baseline: the same store commit
 transaction a placement needs (Create the allocation + Update the PNode's accounting) one
 after another, as fast as it can. Both include the store's durable commit (SQLite: WAL with
 synchronous=FULL; DynamoDB: a TransactWriteItems round trip to moto).
+
+The loop plans against an informer's PNodes as the server wires it (the controller's view,
+filled once, written through by the loop). On SQLite each size is also run, on a fresh
+store in the same run, with the loop listing every PNode from the store each pass (the way
+it planned before the informer, issue 13): the second comparison is informer vs that.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from dataclasses import dataclass
 
 from api.resources import allocation, meta, network, pnode
 from benchmarks import fleet, harness, profiling
+from controller import config as config_mod
 from controller.runtime import clock as clock_mod
+from controller.state import view as view_mod
 from reconcilers import network as network_loop
 from reconcilers import network_apply
 from store import base, sqlite, url
@@ -77,10 +84,24 @@ async def run(ctx: harness.Context) -> harness.Report:
     )
     for size in sizes:
         if size.backend == "sqlite":
+            listed = await sqlite.SqliteStore.open(
+                ctx.workdir / f"placement-{size.pnodes}-listed.db"
+            )
+            listing = await _measure(ctx, report, listed, size, informer=False)
             store: base.Store = await sqlite.SqliteStore.open(
                 ctx.workdir / f"placement-{size.pnodes}.db"
             )
-            await _measure(ctx, report, store, size)
+            informed = await _measure(ctx, report, store, size)
+            report.compare(
+                harness.Comparison(
+                    name=f"placement, {size.label}, informer vs a PNode list per pass",
+                    unit="VNodes/s",
+                    measured=informed,
+                    baseline_name="the same loop listing every PNode from the store each pass",
+                    baseline=listing,
+                    note="per-network passes, each size on a fresh store, same run",
+                )
+            )
         else:
             os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
             os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -98,8 +119,15 @@ async def run(ctx: harness.Context) -> harness.Report:
 
 
 async def _measure(
-    ctx: harness.Context, report: harness.Report, store: base.Store, size: Size
-) -> None:
+    ctx: harness.Context,
+    report: harness.Report,
+    store: base.Store,
+    size: Size,
+    *,
+    informer: bool = True,
+) -> harness.Stats:
+    """Place `size` on `store`; reported as a comparison against the raw rate unless the
+    loop lists PNodes (`informer=False`, only the per-pass rates are returned)."""
     try:
         clock = clock_mod.SystemClock()
         ctx.log(f"placement: {size.label}: creating the cluster")
@@ -112,8 +140,20 @@ async def _measure(
             [fleet.network_record(n, size.per_network, rng) for n in names],
             per_transaction=1,
         )
-        loop = network_loop.NetworkReconciler(store, clock)
-        ctx.log(f"placement: {size.label}: reconciling")
+        if informer:
+            view = view_mod.View(store, clock, config=config_mod.ControlPlaneConfig())
+            await view.refresh()
+            loop = network_loop.NetworkReconciler(
+                store,
+                clock,
+                on_written=view.apply_written,
+                on_deleted=view.apply_deleted,
+                pnodes=lambda: view.pnodes,
+            )
+        else:
+            loop = network_loop.NetworkReconciler(store, clock)
+        how = "informer" if informer else "a PNode list per pass"
+        ctx.log(f"placement: {size.label}, {how}: reconciling")
         per_pass: list[float] = []
         passes = requeues = 0
         pending = list(names)
@@ -133,7 +173,14 @@ async def _measure(
         elapsed = time.perf_counter() - started
         placed = await _count_placed(store, names)
         rate = placed / elapsed
-        ctx.log(f"placement: {size.label}: {rate:.0f} VNodes/s, raw {min(raw_rates):.0f}..")
+        ctx.log(f"placement: {size.label}, {how}: {rate:.0f} VNodes/s, raw {min(raw_rates):.0f}..")
+        if not informer:
+            report.extra[f"{size.backend}-{size.pnodes}-listed"] = {
+                "overall_vnodes_per_second": rate,
+                "placed": placed,
+                "seconds": elapsed,
+            }
+            return harness.Stats.of(per_pass)
         targets = [harness.Target(f">= {TARGET_SHARE:.0%} of raw", None)]
         if not ctx.smoke and size.backend == "sqlite":
             share = rate / harness.Stats.of(raw_rates).p50
@@ -166,6 +213,7 @@ async def _measure(
         }
         if any(t.met is False for t in targets) and not report.profile:
             await _profile(ctx, report, store, loop, size, rng)
+        return comparison.measured
     finally:
         await store.close()
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Protocol
 
@@ -50,6 +50,7 @@ from reconcilers import (
     slots,
 )
 from scheduler import config as scheduler_config
+from scheduler import model as scheduler_model
 from store import base as store_base
 from store import errors
 
@@ -62,6 +63,8 @@ FINALIZER = "dcnr.io/allocations"
 Allocation = allocation_model.Allocation
 Network = network_model.Network
 PNode = pnode_model.PNode
+#: The informer's PNodes by name (the server passes its view's table).
+PNodeSource = Callable[[], Mapping[str, PNode]]
 
 
 class Settings(Protocol):
@@ -92,11 +95,15 @@ class NetworkReconciler:
         on_deleted: network_apply.Deleted | None = None,
         on_replaced: Callable[[str], None] | None = None,
         on_event: Callable[[base.Occurrence], None] | None = None,
+        pnodes: PNodeSource | None = None,
     ) -> None:
         """`scheduler` defaults to the PlanConfig's when `config` is one, else the default.
         `on_replaced(reason)` is told of every slot moved or re-issued, for metrics;
         `on_event` of every action applied and of unschedulable slots, for people
-        (`reconcilers.network_events`)."""
+        (`reconcilers.network_events`). `pnodes()`: the informer's PNodes, planned against
+        instead of listing every PNode from the store each pass (they may lag the store;
+        every write is conditioned on the version planned from, so a stale one only
+        conflicts and the pass is planned again)."""
         if scheduler is None:
             scheduler = scheduler_config.DEFAULT
             if isinstance(config, network_actions.PlanConfig):
@@ -110,6 +117,9 @@ class NetworkReconciler:
         self._on_deleted = on_deleted
         self._on_replaced = on_replaced
         self._on_event = on_event
+        self._pnodes = pnodes
+        #: Scheduler views of the PNodes, converted once per record version (issue 13).
+        self._views = scheduler_model.ViewCache()
 
     async def reconcile(self, key: str) -> base.Result:
         try:
@@ -117,9 +127,13 @@ class NetworkReconciler:
         except errors.NotFound:
             return await self._stop_orphans(key)
         allocations = await store_base.list_all(self._store, Allocation, index=("network", key))
-        # Every PNode, every pass: fine while clusters are small. The scale fix is a snapshot
-        # shared by all networks' reconciles (the controller's view), not a list per pass.
-        pnodes = await store_base.list_all(self._store, PNode)
+        pnodes: dict[str, PNode]
+        if self._pnodes is not None:
+            pnodes = dict(self._pnodes())  # this pass's: the informer moves on meanwhile
+            await self._held_pnodes(allocations, pnodes)
+        else:  # no informer (tools, some tests): every PNode from the store, every pass
+            listed = await store_base.list_all(self._store, PNode)
+            pnodes = {p.metadata.name: p for p in listed}
         plan = network_plan.compute_plan(
             network,
             allocations,
@@ -127,6 +141,7 @@ class NetworkReconciler:
             seed=slots.seed_for(network),
             config=self._config,
             now=self._clock.now(),
+            views=self._views.views(pnodes),
         )
         applier = network_apply.Applier(
             self._store, network, pnodes, self._on_written, self._on_deleted
@@ -163,6 +178,14 @@ class NetworkReconciler:
             )
             return base.Result(requeue_after=self._config.unschedulable_retry)
         return base.Result()
+
+    async def _held_pnodes(self, allocations: list[Allocation], pnodes: dict[str, PNode]) -> None:
+        """Read from the store the PNodes holding `allocations` that the informer has not
+        brought yet (one registered a moment ago and placed on by another replica): the plan
+        must not take them for gone ("pnode-gone" migrates, and would release nothing)."""
+        for name in sorted({a.spec.pnode for a in allocations} - pnodes.keys()):
+            with contextlib.suppress(errors.NotFound):
+                pnodes[name] = await self._store.get(PNode, name)
 
     def _tell(self, occurrence: base.Occurrence | None) -> None:
         if occurrence is not None and self._on_event is not None:

@@ -50,6 +50,9 @@ class Place:
     reason: str = "slot has no allocation"
 
     def record(self) -> Allocation:
+        """The allocation to create. Its resources are a shallow copy of the spec's: the
+        record only goes to the store, which writes a new one from it (a deep copy per
+        placement was a tenth of a pass, issue 13)."""
         return Allocation(
             metadata=meta.ObjectMeta(name=self.slot),
             spec=allocation_model.AllocationSpec(
@@ -60,7 +63,7 @@ class Place:
                 epoch=self.epoch,
                 pnode_incarnation=self.pnode_incarnation,
                 vnode_hash=self.vnode_hash,
-                resources=self.resources.model_copy(deep=True),
+                resources=self.resources.model_copy(),
             ),
             status=allocation_model.AllocationStatus(phase="Pending", reason=self.reason),
         )

@@ -16,7 +16,7 @@ was read, the whole group lands or none of it does, and a failure requeues the p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from api.resources import allocation as allocation_model
 from api.resources import amounts, meta
@@ -50,14 +50,20 @@ class Applier:
         self,
         store: store_base.Store,
         network: Network | None,
-        pnodes: Iterable[PNode],
+        pnodes: Mapping[str, PNode] | Iterable[PNode],
         on_written: Written | None,
         on_deleted: Deleted | None,
     ) -> None:
+        """`pnodes`: the records the plan was computed from, by name or as a list; a
+        mapping is copied (the informer's goes on changing while this applies)."""
         self._store = store
         #: The freshest copy of the Network (None: stopping orphans of a deleted one).
         self.network = network
-        self._pnodes = {p.metadata.name: p for p in pnodes}
+        self._pnodes: dict[str, PNode] = (
+            dict(pnodes)
+            if isinstance(pnodes, Mapping)
+            else {p.metadata.name: p for p in pnodes}
+        )
         self._on_written = on_written
         self._on_deleted = on_deleted
 
@@ -95,13 +101,23 @@ class Applier:
         """Placements in as few transactions as fit; each PNode updated once per
         transaction, charged with everything placed on it there."""
         for chunk in _chunks(places, budget=store_base.MAX_TRANSACTION_OPS - 1):
-            charged_now: dict[str, PNode] = {}
             records = [place.record() for place in chunk]
+            # One copy of each PNode per transaction, charged with all it gains there.
+            gains: dict[str, list[tuple[network_actions.Place, Allocation]]] = {}
             for place, record in zip(chunk, records, strict=True):
-                pnode = charged_now.get(place.pnode) or self._pnode(place.pnode)
-                charged_now[place.pnode] = charged(pnode, add=place.resources, gained=[record])
+                gains.setdefault(place.pnode, []).append((place, record))
             ops: list[store_base.Op] = [store_base.Create(record) for record in records]
-            ops += [store_base.Update(record) for record in charged_now.values()]
+            for name, gained in gains.items():
+                ops.append(
+                    store_base.Update(
+                        charged(
+                            self._pnode(name),
+                            add=[place.resources for place, _ in gained],
+                            gained=[record for _, record in gained],
+                            bumps=len(gained),
+                        )
+                    )
+                )
             await self._commit([*ops, *self._network_check()])
 
     async def _migrate(self, action: network_actions.Migrate) -> None:
@@ -225,24 +241,34 @@ def _chunks(
 def charged(
     pnode: PNode,
     *,
-    add: ResourceRequest | None = None,
+    add: ResourceRequest | Sequence[ResourceRequest] | None = None,
     remove: ResourceRequest | None = None,
     gained: Sequence[Allocation] = (),
     lost: Sequence[Allocation] = (),
+    bumps: int = 1,
 ) -> PNode:
-    """A copy of `pnode` with `add` charged and `remove` released (the one capacity
-    arithmetic, `api.resources.amounts`), its assignment set's version bumped and its
-    digest moved from the allocations `lost` (as they were read) to those `gained` (as
-    written), so the version and the set it stands for change in one write. Raises
-    OverCommit if a resource the change increases ends up above capacity (a release alone
-    never fails, even on an over-committed PNode)."""
-    record = pnode.model_copy(deep=True)
-    allocated = record.status.allocated
+    """A copy of `pnode` with `add` charged (one request or several) and `remove` released
+    (the one capacity arithmetic, `api.resources.amounts`), its assignment set's version
+    bumped (`bumps` times: once per placement it stands for) and its digest moved from the
+    allocations `lost` (as they were read) to those `gained` (as written), so the version
+    and the set it stands for change in one write. Raises OverCommit if a resource the
+    change increases ends up above capacity (a release alone never fails, even on an
+    over-committed PNode).
+
+    The copy is shallow except for what it changes (the status and its `allocated`): the
+    spec, metadata, conditions and history are shared with `pnode`, which may be the
+    informer's record, so neither is ever changed in place (the store writes a new record
+    from it). A deep copy per placement cost more than the placement (issue 13)."""
+    record = pnode.model_copy()
+    record.status = pnode.status.model_copy()
+    allocated = record.status.allocated = pnode.status.allocated.model_copy()
     before = amounts.of_capacity(allocated)
     after = before
-    for request, sign in ((add, +1), (remove, -1)):
-        if request is not None:
-            after = amounts.charged(after, amounts.of_request(request), sign)
+    adding = [add] if isinstance(add, ResourceRequest) else list(add or ())
+    for request in adding:
+        after = amounts.charged(after, amounts.of_request(request), +1)
+    if remove is not None:
+        after = amounts.charged(after, amounts.of_request(remove), -1)
     was, limits = before.named(), amounts.of_capacity(record.spec.capacity).named()
     for what, amount in after.named().items():
         if amount > was.get(what, 0) and amount > limits.get(what, 0):
@@ -256,7 +282,7 @@ def charged(
             pnode_model.Accelerator.model_construct(type=kind, count=number, memory=0)
             for kind, number in after.accelerators
         ]
-    record.status.assignments_version += 1
+    record.status.assignments_version += bumps
     if record.status.assignments_digest is not None:
         record.status.assignments_digest = allocation_model.folded(
             record.status.assignments_digest, gained=gained, lost=lost

@@ -44,7 +44,7 @@ Pure: no I/O, no clock (`now` is passed in), randomness only from `seed`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Literal
 
@@ -163,19 +163,32 @@ class _Sorted:
     resizing: list[_Moving] = dataclasses.field(default_factory=list)
 
 
+Pnodes = Mapping[str, pnode_model.PNode] | Iterable[pnode_model.PNode]
+
+
+def by_name(pnodes: Pnodes) -> Mapping[str, pnode_model.PNode]:
+    """PNodes by name: a mapping (the informer's) as is, a list indexed."""
+    if isinstance(pnodes, Mapping):
+        return pnodes
+    return {p.metadata.name: p for p in pnodes}
+
+
 def compute_plan(
     network: network_model.Network,
     allocations: list[Allocation],
-    pnodes: list[pnode_model.PNode],
+    pnodes: Pnodes,
     *,
     seed: int,
     config: network_actions.PlanConfig = network_actions.DEFAULT_CONFIG,
     now: datetime,
+    views: Mapping[str, model.NodeView] | None = None,
 ) -> network_actions.NetworkPlan:
-    by_pnode = {p.metadata.name: p for p in pnodes}
+    """`pnodes` by name or as a list; `views`, if given, must be `model.node_view` of each
+    of them (a `model.ViewCache`'s, which spares converting every PNode each pass)."""
+    by_pnode = by_name(pnodes)
     specs = {v.name: v for v in network.spec.vnodes}  # network.vnode() is a linear search
     hashes = slots.vnode_hashes(network)
-    current, found, views = _sorted(network, specs, allocations, by_pnode, hashes)
+    current, found, views = _sorted(network, specs, allocations, by_pnode, hashes, views)
     requests = _requests(network, current, found)
     decided = placement.place_all(
         requests, model.Snapshot(views.values()), seed=seed, config=config.scheduler
@@ -209,13 +222,13 @@ def slot_request(
     replica: int,
     *,
     allocations: list[Allocation],
-    pnodes: list[pnode_model.PNode],
+    pnodes: Pnodes,
 ) -> model.Request:
     """The request `compute_plan` makes to place (or migrate) this slot, from the same
     allocations and PNodes, by the same code: what `dcnctl explain placement` re-derives.
     A slot the plan keeps in place gets the request it would get if it were placed now (its
     own PNode is no sibling to avoid, as for a migration)."""
-    by_pnode = {p.metadata.name: p for p in pnodes}
+    by_pnode = by_name(pnodes)
     specs = {v.name: v for v in network.spec.vnodes}
     current, found, _ = _sorted(network, specs, allocations, by_pnode, slots.vnode_hashes(network))
     slot = allocation_model.slot_name(network.metadata.name, vnode.name, replica)
@@ -227,8 +240,9 @@ def _sorted(
     network: network_model.Network,
     specs: dict[str, network_model.VNodeSpec],
     allocations: list[Allocation],
-    by_pnode: dict[str, pnode_model.PNode],
+    by_pnode: Mapping[str, pnode_model.PNode],
     hashes: dict[str, str],
+    cached: Mapping[str, model.NodeView] | None = None,
 ) -> tuple[list[Allocation], _Sorted, dict[str, model.NodeView]]:
     """The network's allocations (by slot), sorted by the rules with re-issues resized, and
     the PNodes as placement will see them (stops released, re-issues resized)."""
@@ -237,7 +251,10 @@ def _sorted(
         key=lambda a: a.metadata.name,
     )
     found = _sort(network, specs, current, by_pnode, hashes)
-    views = {p.metadata.name: model.node_view(p) for p in by_pnode.values()}
+    if cached is None:
+        views = {name: model.node_view(p) for name, p in by_pnode.items()}
+    else:
+        views = dict(cached)  # this pass's working copy: the views themselves are immutable
     for stop in found.stops:  # released before anything is placed: applied first
         _adjust(views, stop.allocation.spec.pnode, stop.allocation.spec.resources, -1)
     _resize(network, specs, found, views, by_pnode, hashes)
@@ -248,7 +265,7 @@ def _sort(
     network: network_model.Network,
     specs: dict[str, network_model.VNodeSpec],
     current: list[Allocation],
-    by_pnode: dict[str, pnode_model.PNode],
+    by_pnode: Mapping[str, pnode_model.PNode],
     hashes: dict[str, str],
 ) -> _Sorted:
     found = _Sorted()
@@ -274,7 +291,7 @@ def _resize(
     specs: dict[str, network_model.VNodeSpec],
     found: _Sorted,
     views: dict[str, model.NodeView],
-    by_pnode: dict[str, pnode_model.PNode],
+    by_pnode: Mapping[str, pnode_model.PNode],
     hashes: dict[str, str],
 ) -> None:
     """Re-issue in place what still fits there (in slot order, the order they are applied
@@ -356,7 +373,7 @@ def _decide(
     specs: dict[str, network_model.VNodeSpec],
     decided: placement.Plan,
     found: _Sorted,
-    by_pnode: dict[str, pnode_model.PNode],
+    by_pnode: Mapping[str, pnode_model.PNode],
     hashes: dict[str, str],
 ) -> tuple[
     list[network_actions.Migrate],

@@ -36,6 +36,29 @@ this replica could not read, or that the heartbeats' replica could not write, mu
 count against the PNode. Each replica judges from its own observations; at most
 `store_stall_max` seconds are added, so a PNode that really died is still NotReady within
 lease + that, and Lost within lease + grace + twice that.
+
+Resyncs are cheap (issue 13). The manager enqueues every PNode each `--resync-every`; with
+10,000 PNodes, reading each one's PNode, lease and allocations from the store cost ~2 s of
+CPU per resync, most of an idle orchestrator's. So, when wired with `cached(name)` (the
+PNode and lease in the informer cache), a reconcile first looks there:
+
+- settled: the loop remembers, for each PNode it left alone, the resource versions it
+  decided from and when its next transition could fall due (`Settled`). Both records still
+  at those versions before that moment: nothing it decides from has changed, and it
+  requeues for that moment without computing anything (`settled_for`);
+- decided from the cache: a Ready PNode whose records moved (a persisted renewal) is
+  decided from the cached records; if that says "no write", it is settled again;
+- otherwise (a write is due, or the PNode is not a plain Ready one) it reads the store as
+  before, and every write is decided from what it read there.
+
+The cache never runs ahead of the store, so a cached decision errs only towards reading
+the store. What the fingerprint leaves out can only make the deadline later (a local
+renewal, an unobserved period: both extend the lease), so a remembered deadline is never
+late. A missed event is still repaired within a resync: its change shows in the cache's
+versions (and the cache's own resync repairs a change the feed missed). Only a Ready PNode
+that is not deregistering, or a Lost one holding nothing, is remembered: a NotReady PNode
+turns Ready on a renewal the fingerprint does not carry, and one that must shed its
+allocations waits on them.
 """
 
 from __future__ import annotations
@@ -95,6 +118,43 @@ class Transition:
     message: str = ""
     #: Seconds until the next transition could fall due; None if none can without an event.
     requeue_after: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settled:
+    """What one PNode's last full reconcile decided from, and when to look again."""
+
+    pnode_version: int
+    #: 0: no lease record (resource versions start at 1).
+    lease_version: int
+    due: datetime
+
+
+def settled_for(
+    settled: Settled | None, versions: tuple[int, int] | None, now: datetime
+) -> float | None:
+    """Pure: seconds to requeue without reading anything, or None when the PNode must be
+    read and decided again (never settled, its records moved, or its deadline is due)."""
+    if settled is None or versions is None:
+        return None
+    if versions != (settled.pnode_version, settled.lease_version) or settled.due <= now:
+        return None
+    return _seconds(settled.due - now)
+
+
+def _versions(node: pnode.PNode, stored: lease.PNodeLease | None) -> tuple[int, int]:
+    return node.metadata.resource_version, (
+        stored.metadata.resource_version if stored is not None else 0
+    )
+
+
+def may_settle(node: pnode.PNode, transition: Transition, *, allocations: int) -> bool:
+    """Pure: whether a reconcile that wrote nothing may be remembered (see the module doc)."""
+    if transition.phase is not None or transition.delete or transition.requeue_after is None:
+        return False
+    if node.status.phase == "Ready":
+        return not _deregistered(node)
+    return node.status.phase == "Lost" and allocations == 0
 
 
 def is_pending(node: pnode.PNode, expiry: datetime | None, duration: float) -> bool:
@@ -229,6 +289,9 @@ Written = Callable[[Sequence[meta.Resource | None]], None]
 Deleted = Callable[[type[meta.Resource], str], None]
 LocalRenewal = Callable[[str, int], datetime | None]
 Unobserved = Callable[[], Iterable[lease.Unobserved]]
+#: name -> the PNode and its lease (None: no lease) in the informer cache; None if the
+#: cache holds no such PNode. The records are shared: read them, never change them.
+Cached = Callable[[str], tuple[pnode.PNode, lease.PNodeLease | None] | None]
 
 
 class PNodeReconciler:
@@ -236,7 +299,8 @@ class PNodeReconciler:
 
     `on_written`/`on_deleted` receive what this loop wrote (the server wires the in-memory
     view); `local_renewal(name, incarnation)` gives this replica's unpersisted renewal;
-    `unobserved()` the periods this replica could not observe the store.
+    `unobserved()` the periods this replica could not observe the store; `cached(name)`
+    the informer cache's records, which spare a reconcile that writes nothing the store.
     """
 
     name = "pnode"
@@ -251,6 +315,7 @@ class PNodeReconciler:
         on_deleted: Deleted | None = None,
         local_renewal: LocalRenewal | None = None,
         unobserved: Unobserved | None = None,
+        cached: Cached | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -259,8 +324,20 @@ class PNodeReconciler:
         self._on_deleted = on_deleted
         self._local_renewal = local_renewal
         self._unobserved = unobserved
+        self._cached = cached
+        self._settled: dict[str, Settled] = {}
+
+    @property
+    def settled(self) -> int:
+        """How many PNodes are remembered as settled."""
+        return len(self._settled)
 
     async def reconcile(self, key: str) -> reconcile.Result:
+        if self._cached is not None:
+            wait = self._from_cache(key)
+            if wait is not None:
+                return reconcile.Result(requeue_after=wait)
+        self._settled.pop(key, None)
         try:
             node = await self._store.get(pnode.PNode, key)
         except errors.NotFound:
@@ -305,7 +382,51 @@ class PNodeReconciler:
             return reconcile.Result(requeue=True)  # it moved under us: re-read and recompute
         except errors.NotFound:
             return reconcile.Result()
+        if may_settle(node, transition, allocations=len(held)):
+            self._settle(node, stored, transition, now)
         return reconcile.Result(requeue_after=transition.requeue_after)
+
+    def _from_cache(self, key: str) -> float | None:
+        """Seconds to requeue if the cache shows nothing to write; None: read the store."""
+        assert self._cached is not None
+        entry = self._cached(key)
+        if entry is None:
+            return None
+        node, stored = entry
+        now = self._clock.now()
+        wait = settled_for(self._settled.get(key), _versions(node, stored), now)
+        if wait is not None or node.status.phase != "Ready" or _deregistered(node):
+            return wait
+        local = None
+        if self._local_renewal is not None:
+            local = self._local_renewal(key, node.status.incarnation)
+        transition = compute_transition(
+            node,
+            stored,
+            now=now,
+            config=self._config,
+            local_renewal=local,
+            unobserved=self._unobserved() if self._unobserved is not None else (),
+        )
+        if not may_settle(node, transition, allocations=0):
+            return None
+        self._settle(node, stored, transition, now)
+        return transition.requeue_after
+
+    def _settle(
+        self,
+        node: pnode.PNode,
+        stored: lease.PNodeLease | None,
+        transition: Transition,
+        now: datetime,
+    ) -> None:
+        assert transition.requeue_after is not None
+        pnode_version, lease_version = _versions(node, stored)
+        self._settled[node.name] = Settled(
+            pnode_version=pnode_version,
+            lease_version=lease_version,
+            due=now + timedelta(seconds=transition.requeue_after),
+        )
 
     async def _delete(
         self, node: pnode.PNode, stored: lease.PNodeLease | None, transition: Transition

@@ -233,3 +233,42 @@ def test_config_errors_name_field_value_and_valid_range(build, message: str) -> 
     with pytest.raises(ValueError, match="scheduler config: ") as caught:
         build()
     assert message in str(caught.value)
+
+
+# -- the view cache (issue 13): a view per record version ----------------------------------
+
+
+def stored(name: str, *, version: int, uid: str = "u", cpu: int = 0) -> pnode.PNode:
+    node = make_pnode(name)
+    node.metadata.uid, node.metadata.resource_version = f"{uid}-{name}", version
+    node.status.allocated.cpu = cpu
+    return node
+
+
+def test_view_cache_converts_a_record_once_per_version() -> None:
+    cache = model.ViewCache()
+    first = cache.views({"a": stored("a", version=1), "b": stored("b", version=1)})
+    assert first == {"a": model.node_view(stored("a", version=1)), "b": first["b"]}
+    # Equal records at the same version: the very same view objects come back.
+    again = cache.views({"a": stored("a", version=1), "b": stored("b", version=1)})
+    assert again["a"] is first["a"]
+    assert again["b"] is first["b"]
+    # A write (new version) is converted again; so is a re-created PNode (new uid).
+    moved = cache.views(
+        {"a": stored("a", version=2, cpu=500), "b": stored("b", version=1, uid="new")}
+    )
+    assert moved["a"].cpu_allocated == 500
+    assert moved["b"] is not first["b"]
+    assert moved["b"] == first["b"]  # the same content, converted anew
+
+
+def test_view_cache_forgets_pnodes_that_are_gone_and_never_keeps_unstored_ones() -> None:
+    cache = model.ViewCache()
+    cache.views({"a": stored("a", version=1), "b": stored("b", version=1)})
+    assert len(cache) == 2
+    cache.views({"a": stored("a", version=1)})
+    assert len(cache) == 1
+    # Version 0: a record that was never stored; two such are not the same record.
+    unstored = cache.views({"c": stored("c", version=0, cpu=1)})
+    changed = cache.views({"c": stored("c", version=0, cpu=2)})
+    assert (unstored["c"].cpu_allocated, changed["c"].cpu_allocated) == (1, 2)
