@@ -149,9 +149,12 @@ def structured(resources: Sequence[meta.Resource], output: str, *, single: bool)
 
 def _document(resource: meta.Resource) -> dict[str, Any]:
     body = manifest.to_manifest(resource)
-    if isinstance(resource, pnode.PNode) and not resource.spec.credential_hash:
-        # The server never sends the hash; the model's empty default is not information.
-        body["spec"].pop("credentialHash", None)
+    if isinstance(resource, pnode.PNode):
+        # The server never sends the hashes; the model's empty defaults are not information.
+        if not resource.spec.credential_hash:
+            body["spec"].pop("credentialHash", None)
+        if not resource.spec.previous_credential_hash:
+            body["spec"].pop("previousCredentialHash", None)
     return body
 
 

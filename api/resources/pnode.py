@@ -37,6 +37,11 @@ class PNodeSpec(Model):
     draining: bool = False
     #: sha256 of the agent's credential; the credential itself is never stored.
     credential_hash: str = ""
+    #: sha256 of the credential the agent proved at its last registration. Register (and
+    #: nothing else) accepts it once more, so an agent whose Register reply was lost (the
+    #: orchestrator rotated the credential, the agent never saw the new one) can repeat it
+    #: instead of being locked out of its own name. Never sent, like `credential_hash`.
+    previous_credential_hash: str = ""
 
 
 PNodePhase = Literal["Ready", "NotReady", "Lost"]

@@ -207,6 +207,7 @@ def document(node: pnode.PNode) -> common_pb2.ResourceDocument:
     the orchestrator (it would let anyone with the document try credentials offline)."""
     body = node.to_dict()
     body.get("spec", {}).pop("credentialHash", None)
+    body.get("spec", {}).pop("previousCredentialHash", None)
     return common_pb2.ResourceDocument(
         kind=pnode.PNode.KIND, json=json.dumps(body, separators=(",", ":")).encode()
     )

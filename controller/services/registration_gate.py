@@ -2,7 +2,8 @@
 
 Registration is permissionless by default (`joined_by: open`). With join tokens configured
 (`serve --join-token-file`, like kubeadm's bootstrap tokens), a Register that is not the
-PNode re-registering with its own current credential must carry `join_token`: missing →
+PNode re-registering with its own credential (current, or the one proven at its last
+registration: `pnode_registry.proven_credential`) must carry `join_token`: missing →
 UNAUTHENTICATED (reason `JoinTokenMissing`), not one of the configured tokens →
 PERMISSION_DENIED (`JoinTokenInvalid`); it then joins as `token`. Tokens are compared in
 constant time against every configured token.
@@ -27,7 +28,7 @@ from api.resources import pnode
 from controller import config as config_mod
 from controller import errors as faults
 from controller.runtime import clock as clock_mod
-from controller.state import credentials
+from controller.state import pnode_registry as registry
 from controller.state import view as view_mod
 from reconcilers import pnode as lifecycle
 
@@ -109,9 +110,9 @@ class RegistrationGate:
 
     async def _own_credential(self, name: str, presented: str, lookup: Lookup) -> bool:
         node = self._view.pnodes.get(name)
-        if node is None or not credentials.matches(presented, node.spec.credential_hash):
+        if node is None or registry.proven_credential(node, presented) is None:
             node = await lookup(name)  # the view may lag a registration on another replica
-        return node is not None and credentials.matches(presented, node.spec.credential_hash)
+        return node is not None and registry.proven_credential(node, presented) is not None
 
     def _valid(self, token: str) -> bool:
         given = token.encode()[:MAX_JOIN_TOKEN]

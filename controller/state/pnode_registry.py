@@ -47,6 +47,16 @@ UNAUTHENTICATED_MESSAGE = (
 )
 
 
+def proven_credential(node: pnode.PNode, presented: str | None) -> str | None:
+    """The hash `presented` matches for a re-registration of `node`: its current credential,
+    or the one proven at its last registration (whose reply may have been lost); None when
+    it matches neither."""
+    for hashed in (node.spec.credential_hash, node.spec.previous_credential_hash):
+        if hashed and credentials.matches(presented, hashed):
+            return hashed
+    return None
+
+
 def unauthenticated() -> faults.Unauthenticated:
     return faults.Unauthenticated(UNAUTHENTICATED_MESSAGE)
 
@@ -124,7 +134,8 @@ class Registry:
             node.status.joined_by = joined_by
             op = base.Create(node)
         else:
-            if not credentials.matches(presented, existing.spec.credential_hash):
+            proven = proven_credential(existing, presented)
+            if proven is None:
                 raise faults.PermissionDenied(
                     f"pnode {name!r} is already registered; re-registering it needs its "
                     "current credential as 'authorization: Bearer' metadata (an agent that "
@@ -136,6 +147,9 @@ class Registry:
             leaving = lifecycle.DEREGISTERED in {c.type for c in node.status.conditions}
             spec.unschedulable = existing.spec.unschedulable and not leaving
             spec.draining = existing.spec.draining and not leaving
+            # The credential just proven stays good for one more Register: should this
+            # reply be lost, the agent repeats it with what it still holds.
+            spec.previous_credential_hash = proven
             node.spec = spec
             _bump_generation(existing, node)
             node.metadata.labels = labels

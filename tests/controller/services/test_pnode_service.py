@@ -243,6 +243,39 @@ async def test_re_registering_needs_the_current_credential(plane) -> None:
     assert (await owner.heartbeat_once()).lease_state == pnode_pb2.LEASE_STATE_ACTIVE
 
 
+async def test_a_register_whose_reply_was_lost_can_be_repeated_with_the_old_credential(
+    plane,
+) -> None:
+    # The soak found it: a Register timed out at the agent after the orchestrator had
+    # rotated the credential, and the agent, holding only the old one, was refused its own
+    # name for good and exited.
+    owner = plane.pnode("p1")
+    await owner.register()
+    held = owner.credential
+    lost = await owner.register()  # the orchestrator answered; the agent never saw it
+    assert lost.incarnation == 2
+    owner.credential = held
+    again = await owner.register()
+    assert again.incarnation == 3
+    assert again.credential not in (held, lost.credential)
+    assert (await owner.heartbeat_once()).lease_state == pnode_pb2.LEASE_STATE_ACTIVE
+    # Only the credential the agent last proved stays good, and only for Register: the one
+    # of the lost reply (never proven) is refused, and heartbeats need the current one.
+    squatter = plane.pnode("p1")
+    squatter.credential = lost.credential
+    code, _ = await status_of(squatter.register())
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    request = pnode_pb2.HeartbeatRequest(header=HEADER, pnode_id="p1", incarnation=3)
+    code, _ = await status_of(plane.stub.Heartbeat(request, metadata=bearer(held)))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    # Once the agent registers with its current credential, the old one is gone for good.
+    newest = await owner.register()
+    assert newest.incarnation == 4
+    squatter.credential = held
+    code, _ = await status_of(squatter.register())
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+
+
 async def test_a_taken_name_reveals_only_that_and_every_refusal_is_counted(plane) -> None:
     owner = plane.pnode("p1")
     await owner.register()
@@ -490,15 +523,20 @@ async def test_watch_assignments_ends_with_fenced(plane, ending) -> None:
 
 
 async def test_documents_never_carry_the_credential_hash(plane) -> None:
-    for i, zone in enumerate(["a", "a", "b"]):
-        await plane.pnode(f"p{i}", labels={"zone": zone}).register()
+    nodes = [plane.pnode(f"p{i}", labels={"zone": z}) for i, z in enumerate(["a", "a", "b"])]
+    for node in nodes:
+        await node.register()
+    await nodes[0].register()  # again: the credential it proved is kept, as a hash, too
     reply = await plane.stub.GetPNode(pnode_pb2.GetPNodeRequest(header=HEADER, name="p0"))
     body = json.loads(reply.pnode.json)
     assert reply.pnode.kind == "PNode"
     assert body["metadata"]["name"] == "p0"
     assert "credentialHash" not in body["spec"]
-    stored_hash = (await plane.store.get(pnode.PNode, "p0")).spec.credential_hash
-    assert stored_hash.encode() not in reply.pnode.json
+    assert "previousCredentialHash" not in body["spec"]
+    stored = (await plane.store.get(pnode.PNode, "p0")).spec
+    assert stored.previous_credential_hash
+    for hashed in (stored.credential_hash, stored.previous_credential_hash):
+        assert hashed.encode() not in reply.pnode.json
 
     names, token = [], ""
     for _ in range(5):
