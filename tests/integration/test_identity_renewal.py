@@ -61,28 +61,39 @@ async def test_messages_keep_flowing_across_certificate_renewals(tmp_path: Path)
             assert await asyncio.to_thread(tls.peer_serial, served.address, pki.paths.ca) == rotated
 
             # Two renewals of every agent (each at 2/3 of 6 s) while the run goes on.
-            await wait.until(
-                lambda: expiries(store_url),
-                within=60,
-                what="every agent's identity renewed twice",
-                accept=lambda now: all(
-                    (now[n] - first[n]).total_seconds() >= 2 * TTL * 2 / 3 for n in first
-                ),
-                every=0.2,
-            )
-            past = started.status.step + 20
-            later = await jobs.wait("long", phase="Running", within=60, step=past)
-            assert later.status.attempt == 1, f"a rollback: {later.status.message}"
-            for agent in fleet:
-                assert agent.metrics_port is not None
-                refused = metrics.by_label(
-                    metrics.scrape(agent.metrics_port), "dcnr_agent_messages_refused_total",
-                    "reason",
-                )  # fmt: skip
-                assert {r: n for r, n in refused.items() if r in IDENTITY_REASONS and n} == {}
+            await _renewed_and_nothing_lost(store_url, first, 2, jobs, started.status.step, fleet)
         finally:
             await jobs.channel.close(None)
             await api.close()
+
+
+async def _renewed_and_nothing_lost(
+    store_url: str,
+    first: dict[str, datetime],
+    renewals: int,
+    jobs: Jobs,
+    step: int,
+    fleet: list[agents.Agent],
+) -> None:
+    """Every agent's identity renewed `renewals` times (each at 2/3 of TTL) while job "long"
+    runs 20 more steps at its first attempt, and no agent refused a message for identity."""
+    await wait.until(
+        lambda: expiries(store_url),
+        within=60,
+        what=f"every agent's identity renewed {renewals}x",
+        accept=lambda now: all(
+            (now[n] - first[n]).total_seconds() >= renewals * TTL * 2 / 3 for n in first
+        ),
+        every=0.2,
+    )
+    later = await jobs.wait("long", phase="Running", within=60, step=step + 20)
+    assert later.status.attempt == 1, f"a rollback: {later.status.message}"
+    for agent in fleet:
+        assert agent.metrics_port is not None
+        refused = metrics.by_label(
+            metrics.scrape(agent.metrics_port), "dcnr_agent_messages_refused_total", "reason"
+        )
+        assert {r: n for r, n in refused.items() if r in IDENTITY_REASONS and n} == {}
 
 
 async def expiries(store_url: str) -> dict[str, datetime]:
@@ -121,25 +132,7 @@ async def test_results_reach_a_mutual_tls_driver_inbox_across_its_renewals(
             await jobs.train("long", network.name, epochs=1000)
             started = await jobs.wait("long", phase="Running", within=60, step=1)
             # Every agent renewed once (at 2/3 of 6 s), and so did the orchestrator.
-            await wait.until(
-                lambda: expiries(store_url),
-                within=60,
-                what="every agent's identity renewed",
-                accept=lambda now: all(
-                    (now[n] - first[n]).total_seconds() >= TTL * 2 / 3 for n in first
-                ),
-                every=0.2,
-            )
-            past = started.status.step + 20
-            later = await jobs.wait("long", phase="Running", within=60, step=past)
-            assert later.status.attempt == 1, f"a rollback: {later.status.message}"
-            for agent in fleet:
-                assert agent.metrics_port is not None
-                refused = metrics.by_label(
-                    metrics.scrape(agent.metrics_port), "dcnr_agent_messages_refused_total",
-                    "reason",
-                )  # fmt: skip
-                assert {r: n for r, n in refused.items() if r in IDENTITY_REASONS and n} == {}
+            await _renewed_and_nothing_lost(store_url, first, 1, jobs, started.status.step, fleet)
         finally:
             await jobs.channel.close(None)
             await api.close()
