@@ -63,7 +63,6 @@ import contextlib
 import datetime as dt
 import itertools
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -81,7 +80,7 @@ from grpc import aio
 from api import identity, signed, tensors
 from api import tls as api_tls
 from api.dcnr.v1 import common_pb2, pnode_pb2, resolve_pb2, vnode_pb2
-from benchmarks import harness, ingest, load
+from benchmarks import echo_server, harness, ingest, load
 from controller import local_ca
 from tests.support import procs
 
@@ -642,14 +641,7 @@ async def _serve(tls: _Tls | None, sender: str, *, check: bool) -> None:
             [(tls.key, tls.certificate)], root_certificates=tls.ca, require_client_auth=True
         )
         port = server.add_secure_port("127.0.0.1:0", credentials)
-    await server.start()
-    print(f"vnode service serving on 127.0.0.1:{port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop(1)
+    await echo_server.serve_until_signalled(server, f"vnode service serving on 127.0.0.1:{port}")
 
 
 def main() -> None:

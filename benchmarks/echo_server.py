@@ -49,14 +49,7 @@ async def serve(replies: dict[str, int]) -> None:
     )
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
     port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(f"echo serving on 127.0.0.1:{port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop(1)
+    await serve_until_signalled(server, f"echo serving on 127.0.0.1:{port}")
 
 
 def _reply(text: str) -> tuple[str, int]:
@@ -64,6 +57,19 @@ def _reply(text: str) -> tuple[str, int]:
     if not method or not size.isdigit():
         raise argparse.ArgumentTypeError(f"--reply {text!r}: expected METHOD=BYTES, e.g. Ping=64")
     return method, int(size)
+
+
+async def serve_until_signalled(server: aio.Server, banner: str) -> None:
+    """Start `server`, print `banner` (the parent reads the port from it), and serve until
+    SIGTERM or SIGINT: the benchmark servers' shared main loop."""
+    await server.start()
+    print(banner, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(1)
 
 
 def main() -> None:

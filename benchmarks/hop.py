@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from agent import blobs, dataplane, keys
 from api import identity, signed, tensors
 from api import tls as api_tls
 from api.dcnr.v1 import common_pb2, pnode_pb2, resolve_pb2, vnode_pb2
-from benchmarks import harness
+from benchmarks import echo_server, harness
 from tests.support import procs
 
 SENDER, RECEIVER = "sender", "receiver"
@@ -107,14 +106,7 @@ async def _serve(directory: Path) -> None:
     server = aio.server()
     plane.add_to_server(server)
     port = server.add_secure_port("127.0.0.1:0", keeper.server_credentials())
-    await server.start()
-    print(f"hop serving on 127.0.0.1:{port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop(1)
+    await echo_server.serve_until_signalled(server, f"hop serving on 127.0.0.1:{port}")
     await plane.close()
 
 
