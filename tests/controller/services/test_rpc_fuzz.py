@@ -23,7 +23,7 @@ from google.protobuf import descriptor, descriptor_pool, message_factory
 
 from api import messages
 from controller.services import catalog
-from tests.support import identities, metrics, procs
+from tests.support import identities, metrics, procs, wait
 
 pytestmark = pytest.mark.slow
 
@@ -198,15 +198,26 @@ def test_structured_and_raw_requests_get_clear_answers_and_a_clean_log(served) -
     # Every method refused at least its undecodable inputs, and they were all timed.
     assert len(undecodable) == len(methods())
     assert served.metrics_port is not None
-    samples = metrics.scrape(served.metrics_port)
-    counts = {
-        dict(labels)["method"]: value
-        for (name, labels), value in samples.items()
-        if name == "dcnr_rpc_duration_seconds_count"
-        and dict(labels)["code"] == "INVALID_ARGUMENT"
-    }
-    for name, refused in undecodable.items():
-        assert counts.get(name, 0) >= refused, name
+    port = served.metrics_port
+
+    def refused_counts() -> dict[str, float]:
+        return {
+            dict(labels)["method"]: value
+            for (name, labels), value in metrics.scrape(port).items()
+            if name == "dcnr_rpc_duration_seconds_count"
+            and dict(labels)["code"] == "INVALID_ARGUMENT"
+        }
+
+    # grpc.aio's abort sends the status before the timer's `finally` records it, so the
+    # last refusal can reach us a moment before its sample does: wait for the counts.
+    wait.until_sync(
+        refused_counts,
+        within=10,
+        what="every undecodable request timed under INVALID_ARGUMENT",
+        accept=lambda counts: all(counts.get(n, 0) >= r for n, r in undecodable.items()),
+        every=0.05,
+    )
+    samples = metrics.scrape(port)
     codes = {
         dict(labels)["code"]
         for (name, labels) in samples
