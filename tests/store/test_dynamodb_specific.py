@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import botocore.exceptions
@@ -369,3 +372,38 @@ async def test_a_closed_store_refuses_calls(moto_endpoint):
 async def test_a_bad_table_prefix_is_invalid_and_names_what_is_allowed():
     with pytest.raises(errors.InvalidRequest, match=r"'dcnr/x'.*A-Z"):
         await dynamodb.DynamoStore.open(prefix="dcnr/x", region="us-east-1", endpoint=None)
+
+
+_BACKUP_PROBE = """
+import copy
+from moto import mock_aws
+import boto3
+from tests.support import serial_moto
+serial_moto.streams_follow_rollbacks()
+with mock_aws():
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    client.create_table(
+        TableName="t",
+        KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    )
+    client.put_item(TableName="t", Item={"k": {"S": "a"}})
+    from moto.dynamodb.models import dynamodb_backends
+    table = dynamodb_backends["123456789012"]["us-east-1"].tables["t"]
+    backup = copy.deepcopy(table)
+    print(backup is not table, backup.stream_shard is table.stream_shard)
+"""
+
+
+def test_the_moto_server_backs_up_a_table_without_copying_its_stream() -> None:
+    """moto backs up every table a transaction touches with a deep copy; a copied stream
+    shard made each transaction cost O(every record ever streamed), and a 15-minute soak
+    slowed into store stalls (tests/support/serial_moto.py). The backup shares the shard."""
+    root = Path(__file__).resolve().parents[2]
+    probe = subprocess.run(
+        [sys.executable, "-c", _BACKUP_PROBE], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.split() == ["True", "True"]
