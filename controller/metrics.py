@@ -337,8 +337,8 @@ class _ViewCollector(registry.Collector):
         )
         yield core.CounterMetricFamily(
             "dcnr_view_resync_reads",
-            "Records the view's resyncs read because the change feed had not brought them:"
-            " a few per resync (the last --view-refresh's writes); more means missed writes.",
+            "Records the view's resyncs read because the change feed had not brought them"
+            " (flat but for writes during a resync's listing; growth means missed writes).",
             value=self._view.resync_reads,
         )
         yield core.CounterMetricFamily(

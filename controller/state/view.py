@@ -22,9 +22,9 @@ This module keeps the cache fresh three ways:
   cursor the feed no longer serves (`errors.Gone`) is answered by a full read;
 - resync (`resync`): every `view_resync` seconds anyway, the level-triggered safety net
   under the feed (a record the feed somehow missed is set right within it), at the cost of
-  what changed: it lists only every record's uid and resource_version (`Store.versions`),
-  reads the records the cache lacks or holds older, and forgets those the store no longer
-  has, the same outcome as a full read without parsing every record.
+  what changed: after following the feed it lists every record's uid and resource_version
+  (`Store.versions`), reads the records the cache lacks or holds older, and forgets those
+  the store no longer has, the same outcome as a full read without parsing every record.
 
 Neither path keeps a PNode and its allocations in step: a PNode written through (or
 re-read) may already count another replica's placement whose allocation the next refresh
@@ -248,7 +248,14 @@ class View:
         changed between the listing and its get comes at the newer version; one deleted
         meanwhile is forgotten. This replica's own writes after the resync began are left
         as written, and the feed goes on from a cursor taken before it, as after `refresh`.
+
+        The feed is followed first, so what the resync reads is what the feed missed (and
+        what was written during its listing), not what the feed would have brought next.
         """
+        full_reads = self.full_reads
+        await self.follow()
+        if self.full_reads != full_reads:
+            return  # no cursor yet, or the feed answered Gone: a full read was just done
         started = self._clock.monotonic()
         cursor = await self._store.feed_head(cache_mod.KINDS)
         for kind in cache_mod.KINDS:

@@ -105,6 +105,21 @@ async def test_writes_the_feed_missed_are_read_and_nothing_else(store, view, clo
     assert view.resync_reads == 3
 
 
+async def test_what_the_feed_holds_at_the_resync_comes_from_the_feed_not_a_read(
+    store, view, clock
+) -> None:
+    await create_all(store, pnode_record("p1"), pnode_record("p2"))
+    await view.catch_up()
+    bumped_p1 = await bumped(store, pnode.PNode, "p1")  # not yet followed when the resync
+    await store.delete(pnode.PNode, "p2")  # falls due
+    store.gets.clear()
+    await resync_due(view, clock)
+    assert view.pnodes["p1"].metadata.resource_version == bumped_p1.metadata.resource_version
+    assert "p2" not in view.pnodes
+    assert store.gets == []
+    assert (view.feed_changes, view.resync_reads, view.resyncs) == (2, 0, 1)
+
+
 async def test_records_deleted_behind_the_feed_are_forgotten_with_their_indexes(
     store, view, clock
 ) -> None:
