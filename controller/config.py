@@ -41,7 +41,8 @@ class ControlPlaneConfig:
     #: The in-memory view follows the store's change feed this often (other replicas'
     #: writes reach it within this).
     view_refresh: float = 0.25
-    #: ... and re-reads the whole store this often anyway: the safety net under the feed.
+    #: ... and resyncs with the store this often anyway (every record's version listed, the
+    #: changed ones read): the safety net under the feed.
     view_resync: float = 60.0
     #: Replica membership lease.
     replica_lease: float = 5.0

@@ -325,9 +325,21 @@ class _ViewCollector(registry.Collector):
         )
         yield core.CounterMetricFamily(
             "dcnr_view_full_reads",
-            "Full reads of the store by the in-memory view: start, every --view-resync, and"
-            " after the change feed answered Gone.",
+            "Full reads of the store by the in-memory view: at start, and after the change"
+            " feed answered Gone.",
             value=self._view.full_reads,
+        )
+        yield core.CounterMetricFamily(
+            "dcnr_view_resyncs",
+            "Resyncs of the in-memory view (every --view-resync): a listing of every"
+            " record's uid and version, then a read of those that changed.",
+            value=self._view.resyncs,
+        )
+        yield core.CounterMetricFamily(
+            "dcnr_view_resync_reads",
+            "Records the view's resyncs read because the change feed had not brought them"
+            " (flat but for writes during a resync's listing; growth means missed writes).",
+            value=self._view.resync_reads,
         )
         yield core.CounterMetricFamily(
             "dcnr_view_relists",

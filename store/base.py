@@ -27,6 +27,14 @@ Semantics every backend shares (the conformance suite checks them):
   once across its pages, each page sorted by name, but promises no order across pages
   (DynamoDB scans in hash order; SQLite happens to give full name order). A record created
   or deleted during a listing may or may not appear.
+- `versions` is a listing of a whole kind that returns, per record, only its name, uid and
+  resource_version (`Version`): what a reader needs to tell which records it holds are
+  stale, at the cost of reading keys, not parsing records. Paged and ordered as `list` of
+  a whole kind (its continue tokens are such a list's; at most `MAX_VERSIONS_PAGE_SIZE` a
+  page), and an expired record is left out as `list` leaves it out (though not deleted on
+  the way).
+  DynamoDB still reads, and charges read capacity for, every whole item it scans: cheap
+  in CPU and bytes sent, not in capacity.
 - `transact` applies up to MAX_TRANSACTION_OPS operations atomically, each with its own
   condition; if any condition fails nothing is written. One record may appear once.
 - Every returned record is a fresh object; mutating it never changes the store.
@@ -75,6 +83,9 @@ T = TypeVar("T")
 #: works on the other.
 MAX_TRANSACTION_OPS = 100
 DEFAULT_PAGE_SIZE = 500
+#: A page of `versions` holds a few dozen bytes a record, so its pages are larger.
+DEFAULT_VERSIONS_PAGE_SIZE = 5000
+MAX_VERSIONS_PAGE_SIZE = 10_000
 
 Clock = Callable[[], datetime]
 
@@ -127,6 +138,15 @@ class Page(Generic[T]):
 
 
 @dataclass(frozen=True, slots=True)
+class Version:
+    """A record's identity and version, as `versions` lists them."""
+
+    name: str
+    uid: str
+    resource_version: int
+
+
+@dataclass(frozen=True, slots=True)
 class Change:
     """One committed write from the change feed: `record` as written, or None when the
     record was deleted (then `resource_version` and `uid` are the deleted record's)."""
@@ -158,6 +178,16 @@ class Store(Protocol):
         limit: int = DEFAULT_PAGE_SIZE,
         continue_token: str | None = None,
     ) -> Page[R]: ...
+
+    async def versions(
+        self,
+        kind: type[Resource],
+        *,
+        limit: int = DEFAULT_VERSIONS_PAGE_SIZE,
+        continue_token: str | None = None,
+    ) -> Page[Version]:
+        """The name, uid and resource_version of every record of a kind, a page at a time."""
+        ...
 
     async def create(self, obj: R) -> R: ...
 
@@ -208,3 +238,15 @@ async def iterate(
 
 async def list_all(store: Store, kind: type[R], *, index: tuple[str, str] | None = None) -> list[R]:
     return [item async for item in iterate(store, kind, index=index)]
+
+
+async def all_versions(store: Store, kind: type[Resource]) -> dict[str, Version]:
+    """Name → `Version` of every record of a kind, following pages."""
+    found: dict[str, Version] = {}
+    token: str | None = None
+    while True:
+        page = await store.versions(kind, continue_token=token)
+        found.update((v.name, v) for v in page.items)
+        if page.continue_token is None:
+            return found
+        token = page.continue_token

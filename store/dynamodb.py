@@ -27,7 +27,9 @@ record may be missing or stale there; loops re-read a record by key before writi
 the conditional write is the guarantee. Listing a whole kind is a consistent Scan, for
 admin and resync, never a hot path: DynamoDB scans in hash order, so each page is sorted by
 name but pages are not in name order; every record present throughout the listing comes
-exactly once. Continue tokens are base64url JSON of the kind, index and last key.
+exactly once. `versions` is the same Scan projected to `name`, `uid`, `rv` and `ttl`: no
+`data` is sent or parsed, though DynamoDB reads (and bills) whole items. Continue tokens
+are base64url JSON of the kind, index and last key.
 
 Writes. create = PutItem if the name is absent; update = PutItem if `rv`, `uid` and
 `created` match, writing rv+1; delete = DeleteItem if `rv` and `uid` match where given (or
@@ -314,6 +316,33 @@ class DynamoStore:
         )  # fmt: skip
         token = None if last is None else requests.encode_token(kind, index, last)
         return base.Page(items=records, continue_token=token)
+
+    async def versions(
+        self,
+        kind: type[meta.Resource],
+        *,
+        limit: int = base.DEFAULT_VERSIONS_PAGE_SIZE,
+        continue_token: str | None = None,
+    ) -> base.Page[base.Version]:
+        requests.check_versions_args(kind, limit)
+        params = items.versions_scan(self.table(kind), limit + 1)
+        if continue_token is not None:
+            params["ExclusiveStartKey"] = items.start_key(continue_token, kind, None)
+        response = await self._send("scan", params)
+        found: Items = response.get("Items", [])
+        last: str | None = None
+        if len(found) > limit:
+            found = found[:limit]
+            last = items.page_key(found[-1])
+        elif "LastEvaluatedKey" in response:  # the 1 MB page limit cut in (before projection)
+            last = str(response["LastEvaluatedKey"]["name"]["S"])
+        now = self._clock()
+        versions = sorted(
+            (v for v in (items.decode_version(kind, item, now) for item in found) if v is not None),
+            key=lambda v: v.name,
+        )
+        token = None if last is None else requests.encode_token(kind, None, last)
+        return base.Page(items=versions, continue_token=token)
 
     # -- the change feed (store.dynamodb_feed) ---------------------------------------------
 

@@ -85,6 +85,34 @@ def decode(kind: type[R], item: Item) -> R:
         ) from exc
 
 
+def versions_scan(table: str, limit: int) -> Item:
+    """A consistent Scan of a kind's table that returns only what `decode_version` reads."""
+    return {
+        "TableName": table,
+        "Limit": limit,
+        "ConsistentRead": True,
+        # All four are attribute names DynamoDB reserves or may: always through placeholders.
+        "ProjectionExpression": "#name, #uid, #rv, #ttl",
+        "ExpressionAttributeNames": {"#name": "name", "#uid": "uid", "#rv": "rv", "#ttl": TTL_ATTR},
+    }
+
+
+def decode_version(kind: type[meta.Resource], item: Item, now: datetime) -> base.Version | None:
+    """The `Version` of a projected item; None if its record has expired (TTL deletes it
+    some time later, not at once)."""
+    try:
+        name = str(item["name"]["S"])
+        found = base.Version(name, str(item["uid"]["S"]), int(item["rv"]["N"]))
+        expiry = int(item[TTL_ATTR]["N"]) if TTL_ATTR in item else None
+    except (KeyError, ValueError) as exc:
+        raise errors.StoreError(
+            f"{kind.KIND}: stored item {item!r} lacks a name, uid or rv: {exc}", kind=kind.KIND
+        ) from exc
+    if expiry is not None and expiry <= now.timestamp():
+        return None
+    return found
+
+
 def _created(obj: meta.Resource) -> str:
     stamp = obj.metadata.model_dump(mode="json", by_alias=True).get("creationTimestamp")
     return "" if stamp is None else str(stamp)

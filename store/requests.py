@@ -42,6 +42,15 @@ def check_list_args(kind: type[meta.Resource], index: tuple[str, str] | None, li
         )
 
 
+def check_versions_args(kind: type[meta.Resource], limit: int) -> None:
+    most = base.MAX_VERSIONS_PAGE_SIZE
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= most:
+        raise errors.InvalidRequest(
+            f"versions {kind.KIND}: limit {limit!r} is out of range; must be 1..{most}",
+            kind=kind.KIND,
+        )
+
+
 def op_key(position: int, op: base.Op) -> tuple[str, str]:
     """The (kind, name) an op touches; InvalidRequest if it is not an op at all."""
     if isinstance(op, base.Create | base.Update):

@@ -264,6 +264,37 @@ class SqliteStore:
             await self._run(lambda conn: _purge(conn, kind.KIND, gone), write=True)
         return page
 
+    async def versions(
+        self,
+        kind: type[meta.Resource],
+        *,
+        limit: int = base.DEFAULT_VERSIONS_PAGE_SIZE,
+        continue_token: str | None = None,
+    ) -> base.Page[base.Version]:
+        requests.check_versions_args(kind, limit)
+        after = "" if continue_token is None else requests.decode_token(continue_token, kind, None)
+        now = self._clock()
+        # The columns only, off the primary key's order: no record is parsed, except for a
+        # kind that expires, whose expiry is inside the JSON.
+        data = ", data" if kind.EXPIRES else ""
+
+        def run(conn: sqlite3.Connection) -> list[tuple[str, str, int, str]]:
+            cursor = conn.execute(
+                f"SELECT name, uid, resource_version{data} FROM records"
+                " WHERE kind = ? AND name > ? ORDER BY name LIMIT ?",
+                (kind.KIND, after, limit + 1),
+            )
+            return cursor.fetchall()
+
+        rows = await self._run(run, write=False)
+        found = [
+            base.Version(name=row[0], uid=row[1], resource_version=int(row[2]))
+            for row in rows[:limit]
+            if not (kind.EXPIRES and requests.expired(kind.model_validate_json(row[3]), now))
+        ]
+        token = requests.encode_token(kind, None, rows[limit - 1][0]) if len(rows) > limit else None
+        return base.Page(items=found, continue_token=token)
+
     # -- the change feed ---------------------------------------------------------------------
 
     async def feed_head(self, kinds: Sequence[type[meta.Resource]]) -> str:

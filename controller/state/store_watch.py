@@ -184,6 +184,17 @@ class Observed:
             lambda: self._store.list(kind, index=index, limit=limit, continue_token=continue_token)
         )
 
+    async def versions(
+        self,
+        kind: type[Resource],
+        *,
+        limit: int = base.DEFAULT_VERSIONS_PAGE_SIZE,
+        continue_token: str | None = None,
+    ) -> base.Page[base.Version]:
+        return await self._call(
+            lambda: self._store.versions(kind, limit=limit, continue_token=continue_token)
+        )
+
     async def create(self, obj: R) -> R:
         return await self._call(lambda: self._store.create(obj))
 

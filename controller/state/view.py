@@ -20,8 +20,11 @@ This module keeps the cache fresh three ways:
   read (`refresh`) after taking a cursor, then every `view_refresh` seconds the changes
   written since (`follow`), each applied only when newer than what the cache holds; a
   cursor the feed no longer serves (`errors.Gone`) is answered by a full read;
-- resync: a full re-read every `view_resync` seconds anyway, the level-triggered safety
-  net under the feed (a record the feed somehow missed is set right within it).
+- resync (`resync`): every `view_resync` seconds anyway, the level-triggered safety net
+  under the feed (a record the feed somehow missed is set right within it), at the cost of
+  what changed: after following the feed it lists every record's uid and resource_version
+  (`Store.versions`), reads the records the cache lacks or holds older, and forgets those
+  the store no longer has, the same outcome as a full read without parsing every record.
 
 Neither path keeps a PNode and its allocations in step: a PNode written through (or
 re-read) may already count another replica's placement whose allocation the next refresh
@@ -79,6 +82,11 @@ class AssignmentSet:
 UNSETTLED = AssignmentSet(0, (), settled=False)
 
 
+#: A resync that finds more than this many of a kind's records stale, and more than a
+#: quarter of them, lists the kind in full rather than reading them one at a time.
+RESYNC_GETS_MIN = 64
+
+
 #: The share of an assignment set's version left to the hosted networks' tiebreak generations.
 GENERATION_SPAN = 1 << 20
 
@@ -132,10 +140,13 @@ class View:
         #: Where the feed goes on from; None until the first full read.
         self._cursor: str | None = None
         self._resynced_at = float("-inf")
-        #: Counters for /metrics: full reads (initial, resync, after Gone) and feed changes.
+        #: Counters for /metrics: full reads (initial, after Gone), feed changes, resyncs and
+        #: the records they read.
         self.full_reads = 0
         self.relists_after_gone = 0
         self.feed_changes = 0
+        self.resyncs = 0
+        self.resync_reads = 0
         self._background = background.Background("view-refresh")
 
     def _published(self, old: meta.Resource | None, new: meta.Resource | None) -> None:
@@ -228,27 +239,88 @@ class View:
         ):
             self.cache.forget(held)
 
+    async def resync(self) -> None:
+        """What `refresh` does, reading only what changed: per kind, the uid and
+        resource_version of every record (`Store.versions`), then a consistent get of each
+        record the cache lacks, holds at an older version or of another uid; a name the
+        store no longer has is forgotten. A record held at a newer version than listed (a
+        write the listing predates) is left, as `Cache.put` would leave it; one that
+        changed between the listing and its get comes at the newer version; one deleted
+        meanwhile is forgotten. This replica's own writes after the resync began are left
+        as written, and the feed goes on from a cursor taken before it, as after `refresh`.
+
+        The feed is followed first, so what the resync reads is what the feed missed (and
+        what was written during its listing), not what the feed would have brought next.
+        """
+        full_reads = self.full_reads
+        await self.follow()
+        if self.full_reads != full_reads:
+            return  # no cursor yet, or the feed answered Gone: a full read was just done
+        started = self._clock.monotonic()
+        cursor = await self._store.feed_head(cache_mod.KINDS)
+        for kind in cache_mod.KINDS:
+            await self._resync_kind(kind, started)
+        self._local = {key: at for key, at in self._local.items() if at >= started}
+        self.refreshed_at = self._clock.now()
+        self._cursor = cursor
+        self._resynced_at = started
+        self.resyncs += 1
+
+    async def _resync_kind(self, kind: type[meta.Resource], started: float) -> None:
+        table = self.cache.table(kind)
+        assert table is not None
+        listed = await base.all_versions(self._store, kind)
+        stale = [name for name, version in listed.items() if _behind(table.get(name), version)]
+        if len(stale) > max(RESYNC_GETS_MIN, len(listed) // 4):
+            fresh = await base.list_all(self._store, kind)  # cheaper than a get each
+            self.resync_reads += len(fresh)
+            self._replace(kind, fresh, started)
+            return
+        self._forget_missing(kind, set(listed), started)
+        for name in stale:
+            try:
+                record = await self._store.get(kind, name)
+            except errors.NotFound:  # deleted since the listing
+                self._forget_missing(kind, set(), started, names=[name])
+                continue
+            self.resync_reads += 1
+            if self._local.get((kind.KIND, name), -1.0) < started:
+                self.cache.put(record)
+
     async def catch_up(self) -> None:
-        """One step of `run`: a full read when due (none yet, or `view_resync` since the
-        last), else the feed."""
-        due = self._clock.monotonic() - self._resynced_at >= self._config.view_resync
-        if self._cursor is None or due:
+        """One step of `run`: the first full read (none yet), a resync when due
+        (`view_resync` since the last), else the feed."""
+        if self._cursor is None:
             await self.refresh()
+        elif self._clock.monotonic() - self._resynced_at >= self._config.view_resync:
+            await self.resync()
         else:
             await self.follow()
 
     def _replace(
         self, kind: type[meta.Resource], fresh: Sequence[meta.Resource], started: float
     ) -> None:
-        table = self.cache.table(kind)
-        assert table is not None
-        seen = {record.name for record in fresh}
-        for name in [n for n in table if n not in seen]:
-            if self._local.get((kind.KIND, name), -1.0) < started:
-                self.cache.forget(table[name])
+        self._forget_missing(kind, {record.name for record in fresh}, started)
         for record in fresh:
             if self._local.get((kind.KIND, record.name), -1.0) < started:
                 self.cache.put(record)
+
+    def _forget_missing(
+        self,
+        kind: type[meta.Resource],
+        present: set[str],
+        started: float,
+        *,
+        names: Iterable[str] | None = None,
+    ) -> None:
+        """Forget the held records of `names` (default: all held) not in `present`, unless
+        this replica wrote or deleted them after `started`."""
+        table = self.cache.table(kind)
+        assert table is not None
+        held = list(table) if names is None else [n for n in names if n in table]
+        for name in [n for n in held if n not in present]:
+            if self._local.get((kind.KIND, name), -1.0) < started:
+                self.cache.forget(table[name])
 
     async def run(self) -> None:
         """Catch up every `view_refresh` seconds until cancelled; failures are logged."""
@@ -359,3 +431,13 @@ class View:
                 continue  # no longer in the spec: being stopped
             entries.append(Assignment(alloc, net, vnode))
         return AssignmentSet(set_version(node, entries), tuple(entries))
+
+
+def _behind(held: meta.Resource | None, listed: base.Version) -> bool:
+    """Whether the store's record (as `versions` listed it) is one the cache must read:
+    absent from the cache, another life of the name, or newer."""
+    return (
+        held is None
+        or held.metadata.uid != listed.uid
+        or held.metadata.resource_version < listed.resource_version
+    )

@@ -359,6 +359,70 @@ async def test_indexes_follow_updates_and_deletes(store):
     assert await records.names(store, alloc, index=("network", "mnist")) == ["mnist.input.1"]
 
 
+# -- versions: identity and version only ------------------------------------------------------
+
+
+async def test_versions_lists_every_record_s_uid_and_version_and_nothing_deleted(store):
+    made = {}
+    for name in ("a", "b", "c", "d", "e"):
+        made[name] = await store.create(records.pnode_record(name))
+    bumped = made["b"].model_copy(deep=True)
+    bumped.status.assignments_version += 1
+    made["b"] = await store.update(bumped)
+    await store.delete(pnode.PNode, "c")
+    await store.create(records.network_record("a"))  # another kind's "a" is not listed
+    found = await base.all_versions(store, pnode.PNode)
+    assert found == {
+        name: base.Version(name, obj.metadata.uid, obj.metadata.resource_version)
+        for name, obj in made.items()
+        if name != "c"
+    }
+    assert found["b"].resource_version == 2
+
+
+async def test_versions_pages_come_sorted_and_every_record_exactly_once(store):
+    names = [f"j-{i:02d}" for i in range(7)]
+    for name in names:
+        await store.create(records.job_record(name))
+    seen: list[str] = []
+    token: str | None = None
+    for _ in range(20):
+        page = await store.versions(job.Job, limit=3, continue_token=token)
+        assert len(page.items) <= 3
+        got = [v.name for v in page.items]
+        assert got == sorted(got)
+        seen += got
+        token = page.continue_token
+        if token is None:
+            break
+    assert token is None
+    assert sorted(seen) == names  # so none twice
+
+
+async def test_versions_leaves_out_an_expired_record(store, fake_clock):
+    live = await store.create(records.event_record("mnist", last=fake_clock.now, ttl=60))
+    other = await store.create(
+        records.event_record("mnist", reason="Moved", last=fake_clock.now, ttl=600)
+    )
+    assert set(await base.all_versions(store, event.Event)) == {live.name, other.name}
+    fake_clock.advance(61)
+    assert set(await base.all_versions(store, event.Event)) == {other.name}
+
+
+@pytest.mark.parametrize("limit", [0, -1, base.MAX_VERSIONS_PAGE_SIZE + 1, True])
+async def test_versions_limit_out_of_range_is_invalid_naming_it(store, limit):
+    with pytest.raises(errors.InvalidRequest, match=f"versions Job: limit {limit!r}"):
+        await store.versions(job.Job, limit=limit)
+
+
+async def test_versions_refuses_another_listing_s_continue_token(store):
+    await store.create(records.job_record("j-1"))
+    doc = {"k": "PNode", "i": None, "a": "j-1"}
+    token = base64.urlsafe_b64encode(json.dumps(doc).encode()).decode()
+    with pytest.raises(errors.InvalidRequest, match="continue_token"):
+        await store.versions(job.Job, continue_token=token)
+
+
 # -- records that expire (events) -------------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
 """A real store with a hook run right after a listing of one kind completes, so a test can
-write while a view's refresh is between its reads, as a concurrent request would."""
+write while a view's refresh is between its reads, as a concurrent request would; it also
+records the gets made through it and can hide chosen records' changes from the feed."""
 
 from __future__ import annotations
 
@@ -16,10 +17,29 @@ class HookedStore:
 
     def __init__(self, inner: base.Store) -> None:
         self.inner = inner
+        #: Kind → a hook run once, after the next `list` or `versions` page of that kind.
         self.after_list: dict[str, Callable[[], Awaitable[None]]] = {}
+        #: (kind, name) of every get, in order.
+        self.gets: builtins.list[tuple[str, str]] = []
+        #: (kind, name) whose changes `changes` leaves out: a feed that missed them.
+        self.hidden: set[tuple[str, str]] = set()
 
     async def get(self, kind: type[base.R], name: str) -> base.R:
+        self.gets.append((kind.KIND, name))
         return await self.inner.get(kind, name)
+
+    async def versions(
+        self,
+        kind: type[meta.Resource],
+        *,
+        limit: int = base.DEFAULT_VERSIONS_PAGE_SIZE,
+        continue_token: str | None = None,
+    ) -> base.Page[base.Version]:
+        page = await self.inner.versions(kind, limit=limit, continue_token=continue_token)
+        hook = self.after_list.pop(kind.KIND, None)
+        if hook is not None:
+            await hook()
+        return page
 
     async def list(
         self,
@@ -58,7 +78,11 @@ class HookedStore:
         return await self.inner.feed_head(kinds)
 
     async def changes(self, cursor: str, *, limit: int = base.DEFAULT_PAGE_SIZE) -> base.ChangePage:
-        return await self.inner.changes(cursor, limit=limit)
+        page = await self.inner.changes(cursor, limit=limit)
+        if not self.hidden:
+            return page
+        kept = [c for c in page.changes if (c.kind, c.name) not in self.hidden]
+        return base.ChangePage(kept, page.cursor, page.more)
 
     async def close(self) -> None:
         await self.inner.close()

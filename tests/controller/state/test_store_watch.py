@@ -166,6 +166,8 @@ async def test_the_store_s_own_answers_are_round_trips(tmp_path) -> None:
         await store.update(node)
         with pytest.raises(errors.Conflict):
             await store.update(stale)
+        listed = await store.versions(pnode.PNode)  # the view's resync's listing
+        assert [(v.name, v.resource_version) for v in listed.items] == [("p1", 2)]
         assert watch.snapshot() == store_watch.Snapshot(0.0, 0.0, 0)
     finally:
         await store.close()

@@ -1,6 +1,6 @@
 """The view as an informer over a real SQLite store's change feed, on a fake clock: one full
 read, then deltas applied only when newer; a too-old cursor answered by a full read; the
-slow resync kept as the safety net."""
+slow resync kept as the safety net (its workings: test_view_resync.py)."""
 
 from __future__ import annotations
 
@@ -145,17 +145,20 @@ async def test_a_cursor_the_feed_no_longer_serves_is_answered_by_a_full_read(
         await small.close()
 
 
-async def test_the_full_resync_runs_every_view_resync_and_not_between(store, clock) -> None:
+async def test_the_resync_runs_every_view_resync_and_not_between(store, clock) -> None:
     config = dataclasses.replace(CONFIG, view_resync=60.0)
     view = view_mod.View(store, clock, config=config)
     await view.catch_up()
-    assert view.full_reads == 1
+    assert (view.full_reads, view.resyncs) == (1, 0)
     await clock.advance(59.0)
     await view.catch_up()
-    assert view.full_reads == 1
+    assert (view.full_reads, view.resyncs) == (1, 0)
     await clock.advance(1.0)
     await view.catch_up()
-    assert view.full_reads == 2
+    assert (view.full_reads, view.resyncs) == (1, 1)  # the resync, not a full read
+    await clock.advance(60.0)
+    await view.catch_up()
+    assert (view.full_reads, view.resyncs) == (1, 2)
 
 
 async def test_run_follows_the_feed_every_view_refresh(store, clock) -> None:
