@@ -2,7 +2,8 @@
 
 The plan is computed by `reconcilers.network_plan` (pure; the rule table is documented
 there). This module is the small I/O half: it applies each action as ONE store transaction
-(a run of placements: as many as fit in one, see `reconcilers.network_apply`) that writes
+(a run of placements or of migrations: as many as fit in one, see
+`reconcilers.network_apply`) that writes
 the allocation together with the capacity accounting of every PNode it touches
 (`status.allocated` adjusted, `status.assignments_version` bumped), each op conditioned on
 the resource_version and uid that were read, so that no interleaving of replicas can
@@ -155,11 +156,11 @@ class NetworkReconciler:
             except network_apply.OverCommit as exc:
                 log.error("network %s: %s; replanning", key, exc)
                 return base.Result(requeue=True)
-            if self._on_replaced is not None and isinstance(
-                action, network_actions.Migrate | network_actions.Reissue
-            ):
-                self._on_replaced(action.reason)
             for single in _actions(action):
+                if self._on_replaced is not None and isinstance(
+                    single, network_actions.Migrate | network_actions.Reissue
+                ):
+                    self._on_replaced(single.reason)
                 self._tell(network_events.for_action(key, single))
         assert applier.network is not None
         network = applier.network
@@ -250,5 +251,5 @@ async def networks_on_pnode(store: store_base.Store, pnode: str) -> set[str]:
 
 
 def _actions(step: network_apply.Step) -> list[network_actions.Action]:
-    """The actions of one applied step (a run of placements is a tuple)."""
+    """The actions of one applied step (a run of placements or migrations is a tuple)."""
     return list(step) if isinstance(step, tuple) else [step]

@@ -5,18 +5,26 @@ records it has written (the store returns them), so a later action of the same p
 touches the same PNode or Network is conditioned on our own write, not on the stale read:
 without that, the second placement on a PNode would always conflict with the first.
 
-Placements are the exception to "one transaction per action": consecutive Place actions
-(`grouped`) are written together, as many as fit in one transaction (`MAX_TRANSACTION_OPS`:
-one Create each, one Update per distinct PNode carrying the sum of its charges, one Check of
-the network). A transaction costs a durable commit (an fsync on SQLite, a round trip on
+Placements and migrations are the exceptions to "one transaction per action": consecutive
+Place actions, and consecutive Migrate actions (`grouped`), are written together, as many as
+fit in one transaction (`MAX_TRANSACTION_OPS`: a Create or Update of each allocation, one
+Update per distinct PNode carrying the sum of its charges and releases, one Check of the
+network). A transaction costs a durable commit (an fsync on SQLite, a round trip on
 DynamoDB) whatever it holds, so a network of a thousand VNodes is placed in tens of commits
-instead of a thousand. The guarantees are unchanged: every op is still conditioned on what
-was read, the whole group lands or none of it does, and a failure requeues the pass.
+instead of a thousand, and the work of a lost PNode moves in one or two commits per network
+instead of one per VNode (issue 13: each commit was also a write-through into the view and
+an assignment update to the agents). A migration touches two PNodes (it charges its target
+and releases its source), so a group counts the distinct PNodes of both sides. The
+guarantees are unchanged: every op is still conditioned on what was read, the whole group
+lands or none of it does (capacity is checked on each PNode's net change, which is what
+the transaction commits), and a failure requeues the pass.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 from api.resources import allocation as allocation_model
 from api.resources import amounts, meta
@@ -27,8 +35,11 @@ from store import base as store_base
 from store import errors
 
 Written = Callable[[list[meta.Resource]], None]
-#: What the Applier applies: one action, or a run of placements written together.
-Step = network_actions.Action | tuple[network_actions.Place, ...]
+#: What the Applier applies: one action, or a run of placements or of migrations written
+#: together.
+Step = (
+    network_actions.Action | tuple[network_actions.Place, ...] | tuple[network_actions.Migrate, ...]
+)
 Deleted = Callable[[type[meta.Resource], str], None]
 
 Allocation = allocation_model.Allocation
@@ -69,7 +80,14 @@ class Applier:
 
     async def apply(self, action: Step) -> None:
         if isinstance(action, tuple):
-            await self._place_group(action)
+            places = [a for a in action if isinstance(a, network_actions.Place)]
+            migrations = [a for a in action if isinstance(a, network_actions.Migrate)]
+            if places and migrations:
+                raise TypeError("a group holds placements or migrations, not both")
+            if places:
+                await self._place_group(places)
+            elif migrations:
+                await self._migrate_group(migrations)
         elif isinstance(action, network_actions.Place):
             await self._place(action)
         elif isinstance(action, network_actions.Migrate):
@@ -100,7 +118,7 @@ class Applier:
     async def _place_group(self, places: Sequence[network_actions.Place]) -> None:
         """Placements in as few transactions as fit; each PNode updated once per
         transaction, charged with everything placed on it there."""
-        for chunk in _chunks(places, budget=store_base.MAX_TRANSACTION_OPS - 1):
+        for chunk in _chunks(places, budget=store_base.MAX_TRANSACTION_OPS - 1, pnodes=_targets):
             records = [place.record() for place in chunk]
             # One copy of each PNode per transaction, charged with all it gains there.
             gains: dict[str, list[tuple[network_actions.Place, Allocation]]] = {}
@@ -143,6 +161,43 @@ class Applier:
             if old is not None:
                 ops.append(store_base.Update(charged(old, remove=old_spec.resources, lost=[was])))
         await self._commit([*ops, *self._network_check()])
+
+    async def _migrate_group(self, migrations: Sequence[network_actions.Migrate]) -> None:
+        """Migrations in as few transactions as fit; each PNode updated once per
+        transaction, charged with every allocation moving onto it there and released of
+        every one moving off it (the same arithmetic as one `_migrate` after another)."""
+        for chunk in _chunks(migrations, budget=store_base.MAX_TRANSACTION_OPS - 1, pnodes=_ends):
+            records = [migration.record() for migration in chunk]
+            ops: list[store_base.Op] = [store_base.Update(record) for record in records]
+            changes: dict[str, _Change] = {}
+            for migration, record in zip(chunk, records, strict=True):
+                was = migration.allocation
+                target = changes.setdefault(migration.to_pnode, _Change())
+                target.add.append(migration.resources)
+                target.gained.append(record)
+                target.moves += 1
+                source_name = was.spec.pnode
+                if source_name not in self._pnodes:
+                    continue  # gone: nothing left to release (as in `_migrate`)
+                source = changes.setdefault(source_name, _Change())
+                source.remove.append(was.spec.resources)
+                source.lost.append(was)
+                if source_name != migration.to_pnode:
+                    source.moves += 1
+            for name, change in changes.items():
+                ops.append(
+                    store_base.Update(
+                        charged(
+                            self._pnode(name),
+                            add=change.add,
+                            remove=change.remove,
+                            gained=change.gained,
+                            lost=change.lost,
+                            bumps=change.moves,
+                        )
+                    )
+                )
+            await self._commit([*ops, *self._network_check()])
 
     async def _reissue(self, action: network_actions.Reissue) -> None:
         old_spec = action.allocation.spec
@@ -202,37 +257,76 @@ class Applier:
 
 
 def grouped(actions: Iterable[network_actions.Action]) -> list[Step]:
-    """The actions in order, each run of consecutive Place actions as one tuple."""
+    """The actions in order, each run of consecutive Place actions as one tuple, and each
+    run of consecutive Migrate actions as another."""
     steps: list[Step] = []
-    run: list[network_actions.Place] = []
+    places: list[network_actions.Place] = []
+    migrations: list[network_actions.Migrate] = []
+
+    def flush() -> None:
+        if places:
+            steps.append(tuple(places))
+            places.clear()
+        if migrations:
+            steps.append(tuple(migrations))
+            migrations.clear()
+
     for action in actions:
         if isinstance(action, network_actions.Place):
-            run.append(action)
-            continue
-        if run:
-            steps.append(tuple(run))
-            run = []
-        steps.append(action)
-    if run:
-        steps.append(tuple(run))
+            if migrations:
+                flush()
+            places.append(action)
+        elif isinstance(action, network_actions.Migrate):
+            if places:
+                flush()
+            migrations.append(action)
+        else:
+            flush()
+            steps.append(action)
+    flush()
     return steps
 
 
+@dataclasses.dataclass(slots=True)
+class _Change:
+    """What one transaction of migrations does to one PNode."""
+
+    add: list[ResourceRequest] = dataclasses.field(default_factory=list)
+    remove: list[ResourceRequest] = dataclasses.field(default_factory=list)
+    gained: list[Allocation] = dataclasses.field(default_factory=list)
+    lost: list[Allocation] = dataclasses.field(default_factory=list)
+    #: Migrations touching the PNode: its assignments version is bumped once for each.
+    moves: int = 0
+
+
+def _targets(place: network_actions.Place) -> tuple[str, ...]:
+    return (place.pnode,)
+
+
+def _ends(migration: network_actions.Migrate) -> tuple[str, ...]:
+    """The PNodes a migration's transaction updates: its target, and its source."""
+    return (migration.to_pnode, migration.allocation.spec.pnode)
+
+
+_A = TypeVar("_A", network_actions.Place, network_actions.Migrate)
+
+
 def _chunks(
-    places: Sequence[network_actions.Place], *, budget: int
-) -> list[list[network_actions.Place]]:
-    """Split into runs whose ops (a Create each plus an Update per distinct PNode) fit in
-    `budget`; a run never splits one PNode's placements across two of them needlessly."""
-    chunks: list[list[network_actions.Place]] = []
-    current: list[network_actions.Place] = []
-    pnodes: set[str] = set()
-    for place in places:
-        extra = 1 + (place.pnode not in pnodes)
-        if current and len(current) + len(pnodes) + extra > budget:
+    actions: Sequence[_A], *, budget: int, pnodes: Callable[[_A], tuple[str, ...]]
+) -> list[list[_A]]:
+    """Split into runs whose ops (one per allocation plus an Update per distinct PNode
+    `pnodes` names) fit in `budget`; a run is cut only when the next action would not fit."""
+    chunks: list[list[_A]] = []
+    current: list[_A] = []
+    touched: set[str] = set()
+    for action in actions:
+        names = set(pnodes(action))
+        extra = 1 + len(names - touched)
+        if current and len(current) + len(touched) + extra > budget:
             chunks.append(current)
-            current, pnodes = [], set()
-        current.append(place)
-        pnodes.add(place.pnode)
+            current, touched = [], set()
+        current.append(action)
+        touched |= names
     if current:
         chunks.append(current)
     return chunks
@@ -242,13 +336,13 @@ def charged(
     pnode: PNode,
     *,
     add: ResourceRequest | Sequence[ResourceRequest] | None = None,
-    remove: ResourceRequest | None = None,
+    remove: ResourceRequest | Sequence[ResourceRequest] | None = None,
     gained: Sequence[Allocation] = (),
     lost: Sequence[Allocation] = (),
     bumps: int = 1,
 ) -> PNode:
-    """A copy of `pnode` with `add` charged (one request or several) and `remove` released
-    (the one capacity arithmetic, `api.resources.amounts`), its assignment set's version
+    """A copy of `pnode` with `add` charged and `remove` released (each one request or
+    several; the one capacity arithmetic, `api.resources.amounts`), its assignment set's version
     bumped (`bumps` times: once per placement it stands for) and its digest moved from the
     allocations `lost` (as they were read) to those `gained` (as written), so the version
     and the set it stands for change in one write. Raises OverCommit if a resource the
@@ -267,8 +361,9 @@ def charged(
     adding = [add] if isinstance(add, ResourceRequest) else list(add or ())
     for request in adding:
         after = amounts.charged(after, amounts.of_request(request), +1)
-    if remove is not None:
-        after = amounts.charged(after, amounts.of_request(remove), -1)
+    removing = [remove] if isinstance(remove, ResourceRequest) else list(remove or ())
+    for request in removing:
+        after = amounts.charged(after, amounts.of_request(request), -1)
     was, limits = before.named(), amounts.of_capacity(record.spec.capacity).named()
     for what, amount in after.named().items():
         if amount > was.get(what, 0) and amount > limits.get(what, 0):

@@ -55,6 +55,7 @@ SLOWEST_FIRST: tuple[str, ...] = (
     "tests/integration/test_control_plane.py",  # 13 s
     "tests/controller/test_up.py",  # 11 s
     "tests/controller/test_serve.py",  # 10 s
+    "tests/reconcilers/test_network_apply_groups.py",  # ~10 s (migrations on moto: ~7 s)
 )
 
 
