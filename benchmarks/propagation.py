@@ -92,8 +92,8 @@ async def run(ctx: harness.Context) -> harness.Report:
             higher_is_better=False,
             targets=(harness.Target(f"p99 <= view_refresh + {SLACK:g} s = {bound:g} s", met),),
             note=(
-                f"{len(lags)} lags from {size.trials} trials; the first to answer was the "
-                f"writer's own view: {_owners(owners)}"
+                f"{len(lags)} lags from {size.trials} trials; the first to answer (the "
+                f"replica that placed the network): {_owners(owners)}"
             ),
         )
     )
