@@ -212,6 +212,14 @@ def test_with_allocation_charges_the_request() -> None:
             "sample_size = 2.5 is invalid; must be an integer",
         ),
         (
+            lambda: config.Config(ordinary_sample_size=0),
+            "ordinary_sample_size = 0 is invalid; must be >= 1",
+        ),
+        (
+            lambda: config.Config(ordinary_sample_size=True),
+            "ordinary_sample_size = True is invalid; must be an integer",
+        ),
+        (
             lambda: config.Config(trust_floor=1.5),
             "trust_floor = 1.5 is invalid; must be between 0.0 and 1.0",
         ),
