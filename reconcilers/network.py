@@ -166,8 +166,9 @@ class NetworkReconciler:
         if network.metadata.deletion_timestamp is not None:
             return await self._terminate(network, plan.status)
         if plan.status != network.status:
-            network = network.model_copy(deep=True)
-            network.status = plan.status
+            # Shallow: the store writes a new record from it and never changes its input;
+            # a deep copy of a 1,000-VNode spec was a sixth of a pass (issue 13).
+            network = network.model_copy(update={"status": plan.status})
             try:
                 applier.written([await self._store.update(network)])
             except (errors.Conflict, errors.NotFound):
