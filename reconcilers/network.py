@@ -142,6 +142,7 @@ class NetworkReconciler:
             config=self._config,
             now=self._clock.now(),
             views=self._views.views(pnodes),
+            snapshots=self._views,
         )
         applier = network_apply.Applier(
             self._store, network, pnodes, self._on_written, self._on_deleted
