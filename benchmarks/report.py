@@ -256,6 +256,9 @@ def _draw(axes: Any, curve: dict[str, Any]) -> None:
     if kind == "scale":
         axes.set_xscale("log")
         axes.set_yscale("log")
+    if kind == "per-size":  # sizes a decade apart; a flat line must look flat
+        axes.set_xscale("log")
+        axes.set_ylim(bottom=0)
     axes.legend()
 
 
