@@ -42,11 +42,12 @@ class Weights:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Config:
     weights: Weights = Weights()
-    #: Feasible PNodes scored per request. Bounds the work per placement in big clusters
-    #: (Nomad's idea: a random sample of feasible nodes finds a near-best one cheaply; even
-    #: two random choices spread load exponentially better than one). 32 keeps placement
-    #: around 5,000/s on 10,000 PNodes in one process, leaving the reconciler most of a
-    #: 2,000/s budget; 64 measured about 3,000/s (tests/scheduler/bench_placement.py).
+    #: Feasible PNodes scored per critical request (see `ordinary_sample_size` for the
+    #: rest). Bounds the work per placement in big clusters (Nomad's idea: a random sample
+    #: of feasible nodes finds a near-best one cheaply; even two random choices spread load
+    #: exponentially better than one). 32 for every request kept placement around 5,000/s
+    #: on 10,000 PNodes in one process; 64 measured about 3,000/s
+    #: (tests/scheduler/bench_placement.py).
     sample_size: int = 32
     #: Feasible PNodes scored for a request that is not critical (capped by `sample_size`).
     #: Nomad's LimitIterator does the same: it stops ranking after a few feasible nodes
