@@ -19,6 +19,7 @@ of PNodes, which the issue wants flat from 1,000 to 100,000.
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import time
@@ -28,6 +29,7 @@ from api.resources import allocation, meta, network, pnode
 from benchmarks import fleet, harness, profiling
 from controller import config as config_mod
 from controller.runtime import clock as clock_mod
+from controller.runtime import collector
 from controller.state import view as view_mod
 from reconcilers import network as network_loop
 from reconcilers import network_apply
@@ -151,7 +153,10 @@ async def _measure(
     informer: bool = True,
 ) -> harness.Stats:
     """Place `size` on `store`; reported as a comparison against the raw rate unless the
-    loop lists PNodes (`informer=False`, only the per-pass rates are returned)."""
+    loop lists PNodes (`informer=False`, only the per-pass rates are returned). Everything
+    here, the raw rate too, runs with the collector thresholds `dcnr-orchestrator serve`
+    sets (`controller.runtime.collector`), restored after."""
+    previous_gc = collector.tune()
     try:
         clock = clock_mod.SystemClock()
         ctx.log(f"placement: {size.label}: creating the cluster")
@@ -239,6 +244,7 @@ async def _measure(
             await _profile(ctx, report, store, loop, size, rng)
         return comparison.measured
     finally:
+        gc.set_threshold(*previous_gc)
         await store.close()
 
 
