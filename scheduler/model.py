@@ -267,7 +267,7 @@ def operator_hints(address: str, labels: Mapping[str, str]) -> frozenset[str]:
     if ip.is_loopback or ip.is_unspecified:
         return frozenset(hints)
     prefix = 24 if ip.version == 4 else 48
-    hints.add(f"net:{ipaddress.ip_network(f'{ip}/{prefix}', strict=False)}")
+    hints.add(f"net:{ipaddress.ip_network((ip, prefix), strict=False)}")  # no re-parse
     return frozenset(hints)
 
 
@@ -296,52 +296,49 @@ class ViewCache:
     Pure: no I/O; a plain memo owned by one loop (not shared across threads).
     """
 
-    __slots__ = ("_snapshot", "_views")
+    __slots__ = ("_records", "_snapshot", "_views")
 
     def __init__(self) -> None:
-        #: name -> (the record last seen, its view).
-        self._views: dict[str, tuple[pnode_model.PNode, NodeView]] = {}
+        #: name -> the record last seen, and its view.
+        self._records: dict[str, pnode_model.PNode] = {}
+        self._views: dict[str, NodeView] = {}
         self._snapshot: Snapshot | None = None
 
     def __len__(self) -> int:
         return len(self._views)
 
     def views(self, pnodes: Mapping[str, pnode_model.PNode]) -> dict[str, NodeView]:
-        """name -> view of every PNode in `pnodes`; forgets PNodes no longer there."""
-        cached = self._views
-        out: dict[str, NodeView] = {}
-        for name, record in pnodes.items():
-            hit = cached.get(name)
-            if hit is None or hit[0] is not record or not record.metadata.resource_version:
-                if hit is None or not _same_record(hit[0], record):
-                    hit = (record, node_view(record))
-                else:
-                    hit = (record, hit[1])
-                cached[name] = hit
-            out[name] = hit[1]
-        if len(cached) != len(out):
-            for name in [name for name in cached if name not in out]:
-                del cached[name]
-        return out
+        """name -> view of every PNode in `pnodes`; forgets PNodes no longer there.
+
+        Records are immutable by contract (every write makes a new one), so the very same
+        object needs no look at its version; one tight comprehension finds the others."""
+        records, views = self._records, self._views
+        seen = records.get
+        for name in [name for name, record in pnodes.items() if seen(name) is not record]:
+            record, old = pnodes[name], seen(name)
+            if old is None or not _same_record(old, record):
+                views[name] = node_view(record)
+            records[name] = record
+        if len(records) != len(pnodes):
+            for name in records.keys() - pnodes.keys():
+                del records[name], views[name]
+        return dict(views)
 
     def snapshot(self, views: Mapping[str, NodeView]) -> Snapshot:
         """`Snapshot(views.values())`, derived from the last one this cache built when the
         same PNodes are in it (only the views that are not the very same objects are
         replaced; see `Snapshot.replaced`)."""
         last = self._snapshot
-        built: Snapshot | None = None
-        if last is not None and len(last) == len(views):
-            changed: dict[int, NodeView] = {}
-            get = views.get
-            for position, old in enumerate(last.nodes):
-                view = get(old.name)
-                if view is None:
-                    break  # another set of PNodes: build afresh
-                if view is not old:
-                    changed[position] = view
-            else:
-                built = last.replaced(changed) if changed else last
-        if built is None:
+        if last is not None and views.keys() == last.by_name.keys():
+            # by_name iterates in position order; one tight pass, no per-node calls.
+            current = map(views.__getitem__, last.by_name)
+            changed = {
+                position: view
+                for position, (view, old) in enumerate(zip(current, last.nodes, strict=True))
+                if view is not old
+            }
+            built = last.replaced(changed) if changed else last
+        else:
             built = Snapshot(views.values())
         self._snapshot = built
         return built
