@@ -12,10 +12,14 @@ The loop plans against an informer's PNodes as the server wires it (the controll
 filled once, written through by the loop). On SQLite each size is also run, on a fresh
 store in the same run, with the loop listing every PNode from the store each pass (the way
 it planned before the informer, issue 13): the second comparison is informer vs that.
+The 100,000-PNode size runs the informer only (listing 100,000 PNodes a pass would take
+minutes); the plot `placement-pass-time` shows a pass's time per VNode against the number
+of PNodes, which the issue wants flat from 1,000 to 100,000.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import time
@@ -25,6 +29,7 @@ from api.resources import allocation, meta, network, pnode
 from benchmarks import fleet, harness, profiling
 from controller import config as config_mod
 from controller.runtime import clock as clock_mod
+from controller.runtime import collector
 from controller.state import view as view_mod
 from reconcilers import network as network_loop
 from reconcilers import network_apply
@@ -32,6 +37,10 @@ from store import base, sqlite, url
 from tests.support import moto
 
 NAME = "placement"
+_INFORMED = "informer (the loop as served), wall"
+_INFORMED_CPU = "informer, CPU (process time)"
+_LISTED = "listing every PNode each pass, wall"
+_LISTED_CPU = "listing, CPU (process time)"
 TARGET_RATE = 2000.0
 TARGET_SHARE = 0.5
 
@@ -43,6 +52,8 @@ class Size:
     networks: int
     per_network: int
     raw: int
+    #: Also run with the loop listing every PNode each pass (the pre-informer baseline).
+    listed: bool = True
 
     @property
     def vnodes(self) -> int:
@@ -56,6 +67,7 @@ class Size:
 FULL = (
     Size("sqlite", 1_000, 20, 1_000, 2_000),
     Size("sqlite", 10_000, 20, 1_000, 2_000),
+    Size("sqlite", 100_000, 20, 1_000, 2_000, listed=False),
     Size("dynamodb", 50, 4, 50, 60),
 )
 SMOKE = (Size("sqlite", 40, 2, 20, 40), Size("dynamodb", 8, 1, 8, 6))
@@ -82,16 +94,28 @@ async def run(ctx: harness.Context) -> harness.Report:
             "max_transaction_ops": base.MAX_TRANSACTION_OPS,
         },
     )
+    #: Series -> (PNodes, ms per VNode: p50 of the passes), for the plot.
+    per_vnode: dict[str, list[tuple[int, float]]] = {}
     for size in sizes:
         if size.backend == "sqlite":
-            listed = await sqlite.SqliteStore.open(
-                ctx.workdir / f"placement-{size.pnodes}-listed.db"
-            )
-            listing = await _measure(ctx, report, listed, size, informer=False)
+            listing: harness.Stats | None = None
+            if size.listed:
+                listed = await sqlite.SqliteStore.open(
+                    ctx.workdir / f"placement-{size.pnodes}-listed.db"
+                )
+                listing = await _measure(ctx, report, listed, size, informer=False)
+                per_vnode.setdefault(_LISTED, []).append((size.pnodes, 1e3 / listing.p50))
+                cpu = report.extra[f"sqlite-{size.pnodes}-listed"]["cpu_ms_per_vnode_p50"]
+                per_vnode.setdefault(_LISTED_CPU, []).append((size.pnodes, cpu))
             store: base.Store = await sqlite.SqliteStore.open(
                 ctx.workdir / f"placement-{size.pnodes}.db"
             )
             informed = await _measure(ctx, report, store, size)
+            per_vnode.setdefault(_INFORMED, []).append((size.pnodes, 1e3 / informed.p50))
+            cpu = report.extra[f"sqlite-{size.pnodes}"]["cpu_ms_per_vnode_p50"]
+            per_vnode.setdefault(_INFORMED_CPU, []).append((size.pnodes, cpu))
+            if listing is None:
+                continue
             report.compare(
                 harness.Comparison(
                     name=f"placement, {size.label}, informer vs a PNode list per pass",
@@ -110,6 +134,14 @@ async def run(ctx: harness.Context) -> harness.Report:
                 await url.init_store(store_url)
                 store = await url.open_store(store_url)
                 await _measure(ctx, report, store, size)
+    if per_vnode:
+        report.curves["placement-pass-time"] = {
+            "kind": "per-size",
+            "title": "placement: a pass's wall and CPU time per VNode (sqlite, p50 of passes)",
+            "xlabel": "PNodes",
+            "ylabel": "ms per VNode",
+            "series": per_vnode,
+        }
     report.notes.append(
         "Placements are written in groups (reconcilers/network_apply.py: consecutive Place "
         "actions share a transaction, up to MAX_TRANSACTION_OPS ops), which is why the loop "
@@ -127,7 +159,10 @@ async def _measure(
     informer: bool = True,
 ) -> harness.Stats:
     """Place `size` on `store`; reported as a comparison against the raw rate unless the
-    loop lists PNodes (`informer=False`, only the per-pass rates are returned)."""
+    loop lists PNodes (`informer=False`, only the per-pass rates are returned). Everything
+    here, the raw rate too, runs with the collector thresholds `dcnr-orchestrator serve`
+    sets (`controller.runtime.collector`), restored after."""
+    previous_gc = collector.tune()
     try:
         clock = clock_mod.SystemClock()
         ctx.log(f"placement: {size.label}: creating the cluster")
@@ -155,13 +190,16 @@ async def _measure(
         how = "informer" if informer else "a PNode list per pass"
         ctx.log(f"placement: {size.label}, {how}: reconciling")
         per_pass: list[float] = []
+        #: The process's CPU (the loop's thread and the store's) per VNode, per pass: less
+        #: disturbed than wall time by other work on a shared machine.
+        cpu_per_vnode: list[float] = []
         passes = requeues = 0
         pending = list(names)
         started = time.perf_counter()
         while pending:
             again = []
             for name in pending:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 result = await loop.reconcile(name)
                 passes += 1
                 if result.requeue:
@@ -169,6 +207,7 @@ async def _measure(
                     again.append(name)
                 else:
                     per_pass.append(size.per_network / (time.perf_counter() - t0))
+                    cpu_per_vnode.append((time.process_time() - c0) * 1e3 / size.per_network)
             pending = again
         elapsed = time.perf_counter() - started
         placed = await _count_placed(store, names)
@@ -179,6 +218,7 @@ async def _measure(
                 "overall_vnodes_per_second": rate,
                 "placed": placed,
                 "seconds": elapsed,
+                "cpu_ms_per_vnode_p50": harness.Stats.of(cpu_per_vnode).p50,
             }
             return harness.Stats.of(per_pass)
         targets = [harness.Target(f">= {TARGET_SHARE:.0%} of raw", None)]
@@ -210,11 +250,13 @@ async def _measure(
             "placed": placed,
             "seconds": elapsed,
             "ratio_overall_to_raw_p50": rate / comparison.baseline.p50,
+            "cpu_ms_per_vnode_p50": harness.Stats.of(cpu_per_vnode).p50,
         }
         if any(t.met is False for t in targets) and not report.profile:
             await _profile(ctx, report, store, loop, size, rng)
         return comparison.measured
     finally:
+        gc.set_threshold(*previous_gc)
         await store.close()
 
 

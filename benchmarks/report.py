@@ -226,7 +226,8 @@ def _plots(
     for scenario, name, curve in wanted:
         figure, axes = pyplot.subplots(figsize=(6.4, 4.0))
         _draw(axes, curve)
-        axes.set_title(curve.get("title", name))
+        title = curve.get("title", name)
+        axes.set_title(title, fontsize="small" if len(title) > 60 else None)  # fits the width
         axes.set_xlabel(curve.get("xlabel", ""))
         axes.set_ylabel(curve.get("ylabel", ""))
         axes.grid(alpha=0.3)
@@ -256,6 +257,11 @@ def _draw(axes: Any, curve: dict[str, Any]) -> None:
     if kind == "scale":
         axes.set_xscale("log")
         axes.set_yscale("log")
+    if kind == "per-size":  # sizes a decade apart; a flat line must look flat
+        axes.set_xscale("log")
+        axes.set_ylim(bottom=0)
+        axes.legend(fontsize="x-small")
+        return
     axes.legend()
 
 

@@ -28,6 +28,7 @@ from api import tls as api_tls
 from api import version
 from controller import admission_flags, config, server
 from controller.jobs import driver
+from controller.runtime import collector
 from controller.services import addresses, auth
 from store import errors, url
 
@@ -370,6 +371,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except errors.InvalidRequest as exc:
         print(f"dcnr-orchestrator: error: --store: {exc}", file=sys.stderr)
         return 2
+    if args.command in ("up", "serve"):
+        # The process's collector, tuned for holding every record (issue 13): only here,
+        # where the process is ours, never in a library or a test process.
+        collector.tune()
     if args.command == "up":
         return _up(args)
     try:

@@ -143,6 +143,7 @@ class NetworkReconciler:
             config=self._config,
             now=self._clock.now(),
             views=self._views.views(pnodes),
+            snapshots=self._views,
         )
         applier = network_apply.Applier(
             self._store, network, pnodes, self._on_written, self._on_deleted
@@ -167,8 +168,9 @@ class NetworkReconciler:
         if network.metadata.deletion_timestamp is not None:
             return await self._terminate(network, plan.status)
         if plan.status != network.status:
-            network = network.model_copy(deep=True)
-            network.status = plan.status
+            # Shallow: the store writes a new record from it and never changes its input;
+            # a deep copy of a 1,000-VNode spec was a sixth of a pass (issue 13).
+            network = network.model_copy(update={"status": plan.status})
             try:
                 applier.written([await self._store.update(network)])
             except (errors.Conflict, errors.NotFound):

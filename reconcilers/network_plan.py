@@ -182,17 +182,18 @@ def compute_plan(
     config: network_actions.PlanConfig = network_actions.DEFAULT_CONFIG,
     now: datetime,
     views: Mapping[str, model.NodeView] | None = None,
+    snapshots: model.ViewCache | None = None,
 ) -> network_actions.NetworkPlan:
     """`pnodes` by name or as a list; `views`, if given, must be `model.node_view` of each
-    of them (a `model.ViewCache`'s, which spares converting every PNode each pass)."""
+    of them (a `model.ViewCache`'s, which spares converting every PNode each pass), and
+    `snapshots` the cache that derives this pass's snapshot from the last one's."""
     by_pnode = by_name(pnodes)
     specs = {v.name: v for v in network.spec.vnodes}  # network.vnode() is a linear search
     hashes = slots.vnode_hashes(network)
     current, found, views = _sorted(network, specs, allocations, by_pnode, hashes, views)
     requests = _requests(network, current, found)
-    decided = placement.place_all(
-        requests, model.Snapshot(views.values()), seed=seed, config=config.scheduler
-    )
+    snapshot = model.Snapshot(views.values()) if snapshots is None else snapshots.snapshot(views)
+    decided = placement.place_all(requests, snapshot, seed=seed, config=config.scheduler)
     migrations, places, unschedulable = _decide(network, specs, decided, found, by_pnode, hashes)
 
     actions: tuple[network_actions.Action, ...] = (

@@ -188,6 +188,31 @@ class Snapshot:
     def __len__(self) -> int:
         return len(self.nodes)
 
+    def replaced(self, changed: Mapping[int, NodeView]) -> Snapshot:
+        """This snapshot with the nodes at some positions replaced by views of the same
+        PNodes: the name order and, when no trust and no dataset changed, every index is
+        reused, so the result equals `Snapshot(...)` of the same views in O(len + changes)
+        instead of two sorts of every PNode (issue 13: at 100,000 PNodes those sorts were a
+        quarter of a 1,000-VNode pass)."""
+        nodes = list(self.nodes)
+        indexes_hold = True
+        for position, view in changed.items():
+            old = nodes[position]
+            if view.name != old.name:
+                raise ValueError(
+                    f"snapshot: position {position} holds pnode {old.name!r}, not {view.name!r}"
+                )
+            if view.trust != old.trust or view.datasets != old.datasets:
+                indexes_hold = False
+            nodes[position] = view
+        if not indexes_hold:
+            return Snapshot(nodes)
+        out = object.__new__(Snapshot)
+        object.__setattr__(out, "nodes", tuple(nodes))
+        for field in ("by_name", "by_trust", "_negated_trust", "holders"):
+            object.__setattr__(out, field, getattr(self, field))
+        return out
+
     def node(self, name: str) -> NodeView | None:
         position = self.by_name.get(name)
         return None if position is None else self.nodes[position]
@@ -242,7 +267,7 @@ def operator_hints(address: str, labels: Mapping[str, str]) -> frozenset[str]:
     if ip.is_loopback or ip.is_unspecified:
         return frozenset(hints)
     prefix = 24 if ip.version == 4 else 48
-    hints.add(f"net:{ipaddress.ip_network(f'{ip}/{prefix}', strict=False)}")
+    hints.add(f"net:{ipaddress.ip_network((ip, prefix), strict=False)}")  # no re-parse
     return frozenset(hints)
 
 
@@ -256,7 +281,8 @@ def _host(address: str) -> str:
 
 
 class ViewCache:
-    """Each PNode's `NodeView`, kept while its record's resource_version stays the same.
+    """Each PNode's `NodeView`, kept while its record's resource_version stays the same;
+    and the last snapshot built, from which the next is derived (`snapshot`).
 
     A network pass plans against every PNode; converting 10,000 records each pass cost more
     than placing a thousand VNodes (issue 13). A record with the same resource_version is
@@ -264,31 +290,68 @@ class ViewCache:
     it replaced), so its view is reused: a pass converts only the
     PNodes written since the last one, typically those the previous pass charged. Views are
     immutable; a pass charges its own working copy (`placement.place_all`), never these.
+    The informer hands the same record objects pass after pass, so identity is checked
+    before versions: at 100,000 PNodes, building a version tuple per PNode per pass cost
+    more than placing a few hundred VNodes.
     Pure: no I/O; a plain memo owned by one loop (not shared across threads).
     """
 
-    __slots__ = ("_views",)
+    __slots__ = ("_records", "_snapshot", "_views")
 
     def __init__(self) -> None:
-        self._views: dict[str, tuple[tuple[str, int], NodeView]] = {}
+        #: name -> the record last seen, and its view.
+        self._records: dict[str, pnode_model.PNode] = {}
+        self._views: dict[str, NodeView] = {}
+        self._snapshot: Snapshot | None = None
 
     def __len__(self) -> int:
         return len(self._views)
 
     def views(self, pnodes: Mapping[str, pnode_model.PNode]) -> dict[str, NodeView]:
-        """name -> view of every PNode in `pnodes`; forgets PNodes no longer there."""
-        cached = self._views
-        fresh: dict[str, tuple[tuple[str, int], NodeView]] = {}
-        out: dict[str, NodeView] = {}
-        for name, record in pnodes.items():
-            version = (record.metadata.uid, record.metadata.resource_version)
-            hit = cached.get(name)
-            if hit is None or hit[0] != version or not version[1]:  # 0: never stored
-                hit = (version, node_view(record))
-            fresh[name] = hit
-            out[name] = hit[1]
-        self._views = fresh
-        return out
+        """name -> view of every PNode in `pnodes`; forgets PNodes no longer there.
+
+        Records are immutable by contract (every write makes a new one), so the very same
+        object needs no look at its version; one tight comprehension finds the others."""
+        records, views = self._records, self._views
+        seen = records.get
+        for name in [name for name, record in pnodes.items() if seen(name) is not record]:
+            record, old = pnodes[name], seen(name)
+            if old is None or not _same_record(old, record):
+                views[name] = node_view(record)
+            records[name] = record
+        if len(records) != len(pnodes):
+            for name in records.keys() - pnodes.keys():
+                del records[name], views[name]
+        return dict(views)
+
+    def snapshot(self, views: Mapping[str, NodeView]) -> Snapshot:
+        """`Snapshot(views.values())`, derived from the last one this cache built when the
+        same PNodes are in it (only the views that are not the very same objects are
+        replaced; see `Snapshot.replaced`)."""
+        last = self._snapshot
+        if last is not None and views.keys() == last.by_name.keys():
+            # by_name iterates in position order; one tight pass, no per-node calls.
+            current = map(views.__getitem__, last.by_name)
+            changed = {
+                position: view
+                for position, (view, old) in enumerate(zip(current, last.nodes, strict=True))
+                if view is not old
+            }
+            built = last.replaced(changed) if changed else last
+        else:
+            built = Snapshot(views.values())
+        self._snapshot = built
+        return built
+
+
+def _same_record(seen: pnode_model.PNode, record: pnode_model.PNode) -> bool:
+    """The same stored version of one PNode (every write bumps resource_version; the uid
+    tells a re-created PNode from the one it replaced). Version 0 was never stored, so two
+    such records are never taken for the same."""
+    version = record.metadata.resource_version
+    return bool(version) and (
+        seen.metadata.resource_version == version and seen.metadata.uid == record.metadata.uid
+    )
 
 
 def snapshot_of(pnodes: Iterable[pnode_model.PNode]) -> Snapshot:

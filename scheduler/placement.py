@@ -5,12 +5,19 @@ How one request is placed (Nomad's shape, kept sublinear in the number of PNodes
 1. Candidates are drawn lazily: first the PNodes the request would like (hosting a graph
    neighbour, then a sample of those holding its dataset), then every PNode in a seeded
    random order. A lazy Fisher-Yates shuffle draws each next candidate in O(1), so a
-   request that finds `config.sample_size` feasible PNodes early never touches the rest
-   of a big cluster.
-2. Each candidate is filtered; the capability checks are cached per (request shape, node
-   signature), so identical PNodes are checked once per call.
+   request that finds its sample of feasible PNodes early never touches the rest of a big
+   cluster.
+2. Each candidate is filtered until a sample is feasible: `config.sample_size` PNodes for
+   a critical request, `config.ordinary_sample_size` (fewer) for any other, whose
+   preferred PNodes are drawn first anyway (Nomad's LimitIterator). The capability checks
+   are cached per (request shape, node signature), so identical PNodes are checked once
+   per call.
 3. Only the feasible sample is scored; the best weighted score wins, ties going to the
    earliest drawn (random, since the draw order is), which spreads identical PNodes' load.
+   A scorer that gives every PNode the same value for this request (`Named.uniform`: no
+   dataset, no neighbour placed, no replica to spread from) is not called per PNode.
+   Because the draw is lazy, a smaller sample is a prefix of a larger one with the same
+   seed: limiting the sample can only change a choice whose winner was drawn late.
 4. A critical request is first tried on PNodes at or above the trust floor only; if none of
    them is feasible, on PNodes with any earned trust (at least one valid result, not
    bugged); only then on every PNode, and the explanation says which tiers failed: trust is
@@ -228,6 +235,7 @@ class _Placer:
         "_config",
         "_names",
         "_node_only",
+        "_ordinary",
         "_rng",
         "_snapshot",
         "_static",
@@ -249,7 +257,8 @@ class _Placer:
         self._names = tuple(named.name for named, _ in active)
         #: Normalized so the weighted sum is already the weighted mean, in [0, 1].
         self._weights = tuple(weight / total for _, weight in active) if total else ()
-        self._by_request = tuple(n.score for n, _ in active if not n.node_only)
+        self._by_request = tuple((n.score, n.uniform) for n, _ in active if not n.node_only)
+        self._ordinary = min(config.ordinary_sample_size, config.sample_size)
         self._node_only = tuple(n.score for n, _ in active if n.node_only)
         #: Node position -> its node-only scores (history does not change within a call).
         self._static: dict[int, tuple[float, ...]] = {}
@@ -279,7 +288,8 @@ class _Placer:
             placed, notes = self._place_critical(request)
             if placed is not None:
                 return placed
-        found = self._scan(request, range(len(snapshot)), floor=None)
+        limit = self._config.sample_size if request.critical else self._ordinary
+        found = self._scan(request, range(len(snapshot)), floor=None, limit=limit)
         if found.feasible:
             return self._pick(request, found, notes)
         if filters.ANTI_AFFINITY not in found.reasons:
@@ -321,7 +331,12 @@ class _Placer:
                 if not notes:
                     notes.append(f"critical: no pnode has {label}")
                 continue
-            found = self._scan(request, snapshot.by_trust[:trusted], floor=tier_floor)
+            found = self._scan(
+                request,
+                snapshot.by_trust[:trusted],
+                floor=tier_floor,
+                limit=self._config.sample_size,
+            )
             if found.feasible:
                 if notes:
                     notes[-1] += f"; considered pnodes with {label}"
@@ -331,9 +346,7 @@ class _Placer:
                 for r, n in explain.sorted_reasons(found.reasons)
                 if r != filters.BELOW_TRUST_FLOOR
             )
-            notes.append(
-                f"critical: none of the {trusted} pnodes with {label} is feasible ({why})"
-            )
+            notes.append(f"critical: none of the {trusted} pnodes with {label} is feasible ({why})")
             scanned = trusted
         if notes:
             notes[-1] += "; considered all pnodes"
@@ -356,6 +369,8 @@ class _Placer:
         if request.dataset is not None:
             # At most a sample's worth: when thousands of PNodes hold a popular dataset but
             # few of them fit, scanning them all first would cost O(cluster) per request.
+            # The full sample's worth even for an ordinary request (`limit` stops the scan
+            # anyway), so its candidates are a prefix of a critical one's for the same seed.
             holders = snapshot.holders.get(request.dataset, ())
             for position in itertools.islice(
                 _shuffled(holders, self._rng), self._config.sample_size
@@ -370,15 +385,17 @@ class _Placer:
             if position not in offered:
                 yield position
 
-    def _scan(self, request: model.Request, pool: Sequence[int], *, floor: float | None) -> _Pass:
-        """Filter candidates until `sample_size` are feasible or the candidates run out.
+    def _scan(
+        self, request: model.Request, pool: Sequence[int], *, floor: float | None, limit: int
+    ) -> _Pass:
+        """Filter candidates until `limit` are feasible or the candidates run out.
 
         With `floor`, only PNodes at or above it may pass (and `pool` should be exactly
         those); the preferred candidates may still include others, rejected as such.
         """
         found = _Pass()
         feasible, reasons, rejected = found.feasible, found.reasons, found.rejected
-        views, sample_size = self._views, self._config.sample_size
+        views = self._views
         listed = self._config.max_explained_rejections
         verdicts = self._cache.setdefault(request.shape, {})
         evaluated = 0
@@ -394,7 +411,7 @@ class _Placer:
                 reason = filters.below_trust_floor(node, floor)
             if reason is None:
                 feasible.append(position)
-                if len(feasible) >= sample_size:
+                if len(feasible) >= limit:
                     break
                 continue
             assert isinstance(reason, str)
@@ -407,14 +424,22 @@ class _Placer:
     def _pick(self, request: model.Request, found: _Pass, notes: tuple[str, ...]) -> explain.Placed:
         """The best-scoring feasible PNode; ties go to the one drawn first."""
         views, static, weights = self._views, self._static, self._weights
-        by_request, node_only = self._by_request, self._node_only
+        node_only = self._node_only
+        # Per request, not per PNode: each by-request scorer, or the value it would give
+        # every PNode (then it is not called).
+        columns = [
+            (score, None if uniform is None else uniform(request))
+            for score, uniform in self._by_request
+        ]
         scored: list[tuple[float, int, int, tuple[float, ...]]] = []
         for order, position in enumerate(found.feasible):
             node = views[position]
             history = static.get(position)
             if history is None:
                 history = static[position] = tuple([f(request, node) for f in node_only])
-            scores = tuple([f(request, node) for f in by_request]) + history
+            scores = (
+                tuple([f(request, node) if same is None else same for f, same in columns]) + history
+            )
             total = sum(map(operator.mul, weights, scores))
             scored.append((total, order, position, scores))
         # Best total first; among equals, the earliest drawn (the sort is stable).

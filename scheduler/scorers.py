@@ -13,6 +13,9 @@ from collections.abc import Callable
 from scheduler import config, model
 
 Scorer = Callable[[model.Request, model.NodeView], float]
+#: The score a scorer gives every PNode for this request, when the request alone decides
+#: it (None: it depends on the PNode).
+Uniform = Callable[[model.Request], float | None]
 
 #: An eviction costs a restart from checkpoint; a missed heartbeat usually costs nothing.
 EVICTION_PENALTY = 2
@@ -73,6 +76,18 @@ def graph_affinity(request: model.Request, node: model.NodeView) -> float:
     return least_allocated(request, node) if node.name in request.near else 0.0
 
 
+def _no_dataset(request: model.Request) -> float | None:
+    return 0.0 if request.dataset is None else None
+
+
+def _no_neighbour_placed(request: model.Request) -> float | None:
+    return 0.0 if not request.near else None
+
+
+def _no_operator_to_avoid(request: model.Request) -> float | None:
+    return 1.0 if not request.avoid_operators else None
+
+
 def operator_spread(request: model.Request, node: model.NodeView) -> float:
     """1 if the PNode shares no operator hint with the PNodes holding the VNode's other
     replicas: replicas compared against each other should not be one operator's, who could
@@ -88,15 +103,18 @@ class Named:
     #: Reads only the node's history, never the request nor allocations, so placement may
     #: compute it once per PNode per call instead of once per request.
     node_only: bool = False
+    #: For a request it returns a value for, the scorer gives every PNode that value, so
+    #: placement skips calling it per PNode (the explanation still shows the value).
+    uniform: Uniform | None = None
 
 
 #: Every scorer: those that read the request first, then the node-only ones (the order of
 #: explanation columns).
 ALL: tuple[Named, ...] = (
     Named("least_allocated", least_allocated),
-    Named("data_locality", data_locality),
-    Named("graph_affinity", graph_affinity),
-    Named("operator_spread", operator_spread),
+    Named("data_locality", data_locality, uniform=_no_dataset),
+    Named("graph_affinity", graph_affinity, uniform=_no_neighbour_placed),
+    Named("operator_spread", operator_spread, uniform=_no_operator_to_avoid),
     Named("reliability", reliability, node_only=True),
     Named("trust", trust, node_only=True),
 )

@@ -61,14 +61,17 @@ def requests(count: int, rng: random.Random) -> list[model.Request]:
     return out
 
 
-def measure(snapshot: model.Snapshot, batch: list[model.Request], sample_size: int) -> None:
-    cfg = config.Config(sample_size=sample_size)
+def measure(
+    snapshot: model.Snapshot, batch: list[model.Request], sample_size: int, ordinary: int
+) -> None:
+    cfg = config.Config(sample_size=sample_size, ordinary_sample_size=ordinary)
     started, cpu_started = time.perf_counter(), time.process_time()
     plan = placement.place_all(batch, snapshot, seed=7, config=cfg)
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
     print(
-        f"{len(snapshot):>6} pnodes, {len(batch):>6} requests, sample {sample_size:>3}: "
+        f"{len(snapshot):>6} pnodes, {len(batch):>6} requests, sample {sample_size:>3} "
+        f"(ordinary {ordinary:>2}): "
         f"{len(batch) / elapsed:>6.0f} placements/s wall, "
         f"{len(batch) / cpu:>6.0f} per cpu-second "
         f"({len(plan.placements)} placed, {len(plan.unschedulable)} unschedulable)"
@@ -81,12 +84,17 @@ def main(argv: list[str]) -> None:
         rng = random.Random(size)
         snapshot = cluster(size, rng)
         batch = requests(2 * size, rng)
-        for sample_size in (64, 32, 16):
-            measure(snapshot, batch, sample_size)
+        for ordinary in (32, 16, 8, 4):  # 32: every request scores the critical sample
+            measure(snapshot, batch, config.DEFAULT.sample_size, ordinary)
     # Overfull: eight times what fits, so most requests are unschedulable (full scans).
     rng = random.Random(0)
     snapshot = cluster(1000, rng)
-    measure(snapshot, requests(16_000, rng), config.DEFAULT.sample_size)
+    measure(
+        snapshot,
+        requests(16_000, rng),
+        config.DEFAULT.sample_size,
+        config.DEFAULT.ordinary_sample_size,
+    )
 
 
 if __name__ == "__main__":

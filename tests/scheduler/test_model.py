@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from api.resources import allocation, meta, network, pnode
 from scheduler import config, model
@@ -212,6 +216,14 @@ def test_with_allocation_charges_the_request() -> None:
             "sample_size = 2.5 is invalid; must be an integer",
         ),
         (
+            lambda: config.Config(ordinary_sample_size=0),
+            "ordinary_sample_size = 0 is invalid; must be >= 1",
+        ),
+        (
+            lambda: config.Config(ordinary_sample_size=True),
+            "ordinary_sample_size = True is invalid; must be an integer",
+        ),
+        (
             lambda: config.Config(trust_floor=1.5),
             "trust_floor = 1.5 is invalid; must be between 0.0 and 1.0",
         ),
@@ -272,3 +284,98 @@ def test_view_cache_forgets_pnodes_that_are_gone_and_never_keeps_unstored_ones()
     unstored = cache.views({"c": stored("c", version=0, cpu=1)})
     changed = cache.views({"c": stored("c", version=0, cpu=2)})
     assert (unstored["c"].cpu_allocated, changed["c"].cpu_allocated) == (1, 2)
+
+
+def test_view_cache_reuses_a_view_for_the_very_same_record_object() -> None:
+    """The informer hands the same objects pass after pass: no conversion, no version
+    tuple; a new object at the same version still gets the cached view."""
+    cache = model.ViewCache()
+    record = stored("a", version=3)
+    first = cache.views({"a": record})["a"]
+    assert cache.views({"a": record})["a"] is first
+    assert cache.views({"a": stored("a", version=3)})["a"] is first
+
+
+# -- snapshots derived from the last one (issue 13) ----------------------------------------
+
+
+def snapshot_facts(snap: model.Snapshot) -> tuple[object, ...]:
+    """Everything placement reads of a snapshot, to compare a derived one to a fresh one."""
+    floors = (0.0, 1e-9, 0.3, 0.5, 0.9)
+    return (
+        snap.nodes,
+        dict(snap.by_name),
+        snap.by_trust,
+        dict(snap.holders),
+        tuple(snap.trusted_count(f) for f in floors),
+    )
+
+
+def test_replaced_refuses_a_view_of_another_pnode() -> None:
+    snap = model.Snapshot([helpers.node("a"), helpers.node("b")])
+    with pytest.raises(ValueError, match="position 0 holds pnode 'a', not 'b'"):
+        snap.replaced({0: helpers.node("b")})
+
+
+#: One step of a pass: a PNode charged, its trust or datasets changed, one added or gone.
+STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(["charge", "trust", "dataset", "add", "remove", "nothing"]),
+        st.integers(0, 11),
+        st.sampled_from([0.0, 0.3, 0.6, 0.9]),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=150, derandomize=True, deadline=None)
+@given(size=st.integers(0, 8), passes=st.lists(STEPS, min_size=1, max_size=5))
+def test_a_derived_snapshot_equals_one_built_afresh(
+    size: int, passes: list[list[tuple[str, int, float]]]
+) -> None:
+    """Pass after pass, whatever changed (allocations, trust, datasets, the set of PNodes),
+    the cache's snapshot is exactly `Snapshot(views)`: same nodes, same indexes. That is
+    what keeps placement a pure function of its inputs."""
+    views = {f"p{i:02d}": helpers.node(f"p{i:02d}", trust=0.3) for i in range(size)}
+    cache = model.ViewCache()
+    derived = 0
+    for steps in passes:
+        last = cache.snapshot(dict(views)) if views else None
+        for action, index, trust in steps:
+            name = f"p{index:02d}"
+            if action == "add" and name not in views:
+                views[name] = helpers.node(name, trust=trust)
+            elif action == "remove":
+                views.pop(name, None)
+            elif name in views and action == "charge":
+                views[name] = dataclasses.replace(
+                    views[name], cpu_allocated=views[name].cpu_allocated + 100
+                )
+            elif name in views and action == "trust":
+                views[name] = dataclasses.replace(views[name], trust=trust)
+            elif name in views and action == "dataset":
+                views[name] = dataclasses.replace(views[name], datasets=frozenset({"mnist"}))
+        snap = cache.snapshot(dict(views))
+        assert snapshot_facts(snap) == snapshot_facts(model.Snapshot(views.values()))
+        if last is not None and snap.by_name is last.by_name:
+            derived += 1
+    if size and all(a in ("charge", "nothing") for steps in passes for a, _, _ in steps):
+        assert derived == len(passes), "same PNodes, only charges: always derived"
+
+
+def test_a_snapshot_of_the_same_pnodes_is_derived_not_sorted_again() -> None:
+    """Not vacuous: the derived path is taken (the indexes are the last snapshot's), and
+    unchanged views leave the very same snapshot."""
+    views = {n: helpers.node(n, trust=0.5) for n in ("c", "a", "b")}
+    cache = model.ViewCache()
+    first = cache.snapshot(views)
+    assert cache.snapshot(dict(views)) is first
+    views["b"] = dataclasses.replace(views["b"], cpu_allocated=500)
+    second = cache.snapshot(views)
+    assert second.by_name is first.by_name
+    assert second.by_trust is first.by_trust
+    assert second.node("b") is views["b"]
+    views["a"] = dataclasses.replace(views["a"], trust=0.9)
+    third = cache.snapshot(views)
+    assert third.by_trust is not first.by_trust
+    assert third.by_trust[0] == third.by_name["a"]

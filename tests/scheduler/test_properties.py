@@ -221,6 +221,31 @@ def test_trust_floor_falls_back_when_no_trusted_node_is_feasible(snapshot, shape
             ) or all(n.trust > 0 for n in untrusted.nodes)
         else:
             assert decision.explanation.notes[-1].endswith("; considered all pnodes")
-        assert decision.explanation.notes[0].startswith(
-            "critical: no pnode has trust >= floor 0.5"
-        )
+        assert decision.explanation.notes[0].startswith("critical: no pnode has trust >= floor 0.5")
+
+
+@PROPERTY
+@given(snapshots(max_size=30), shapes(), st.integers(0, 2**32), st.integers(1, 4), st.data())
+def test_a_smaller_ordinary_sample_is_a_prefix_of_the_full_one(
+    snapshot, shape, seed, limit, data
+) -> None:
+    """Issue 13's limit on an ordinary request's sample may only cost quality when the full
+    sample's winner was drawn late: the limited draw is a prefix of the full one (same
+    seed), so it picks the same PNode whenever it drew that PNode, and never scores higher.
+    """
+    names = sorted(n.name for n in snapshot.nodes)
+    near = data.draw(st.frozensets(st.sampled_from(names), max_size=2)) if names else frozenset()
+    req = model.Request(network="net", vnode="v", near=near, **{**shape, "critical": False})
+    full = config.Config(sample_size=8, ordinary_sample_size=8)
+    limited = config.Config(sample_size=8, ordinary_sample_size=limit)
+    best = placement.place(req, snapshot, seed=seed, config=full)
+    chosen = placement.place(req, snapshot, seed=seed, config=limited)
+    assert type(best) is type(chosen)  # a limit never makes a feasible request unschedulable
+    if not isinstance(best, explain.Placed):
+        return
+    assert isinstance(chosen, explain.Placed)
+    sample = [v.pnode for v in chosen.explanation.verdicts if v.reason is None]
+    assert len(sample) == min(limit, best.explanation.feasible)
+    assert chosen.score <= best.score
+    if best.pnode in sample:
+        assert chosen.pnode == best.pnode

@@ -156,6 +156,50 @@ def test_every_scorer_stays_in_unit_interval(cpu, memory, accelerators, history,
         assert 0.0 <= named.score(req, node) <= 1.0, named.name
 
 
+@settings(max_examples=150, derandomize=True, deadline=None)
+@given(
+    node_datasets=st.sampled_from([frozenset(), frozenset({"mnist"})]),
+    node_operators=st.sampled_from([frozenset(), frozenset({"net:a"}), frozenset({"net:b"})]),
+    name=st.sampled_from(["p1", "p2"]),
+    cpu_allocated=st.integers(0, 4000),
+    dataset=st.sampled_from([None, "mnist", "imagenet"]),
+    near=st.sampled_from([frozenset(), frozenset({"p1"}), frozenset({"p3"})]),
+    avoid_operators=st.sampled_from([frozenset(), frozenset({"net:a"})]),
+)
+def test_a_uniform_score_is_what_the_scorer_gives_every_node(
+    node_datasets, node_operators, name, cpu_allocated, dataset, near, avoid_operators
+) -> None:
+    """Placement skips a scorer for a request its `uniform` answers (issue 13): that answer
+    must be exactly what the scorer would have given the node, whatever the node."""
+    node = helpers.node(
+        name,
+        cpu_allocated=cpu_allocated,
+        datasets=node_datasets,
+        operators=node_operators,
+    )
+    req = helpers.request(dataset=dataset, near=near, avoid_operators=avoid_operators)
+    for named in scorers.ALL:
+        if named.uniform is not None and (same := named.uniform(req)) is not None:
+            assert named.score(req, node) == same, named.name
+
+
+def test_uniform_answers_for_the_requests_that_skip_a_scorer() -> None:
+    """Not vacuous: a plain request (no dataset, nothing near, no replica placed) skips
+    every scorer that has a `uniform`, and a request with all three skips none."""
+    plain = helpers.request()
+    rich = helpers.request(
+        dataset="mnist", near=frozenset({"p1"}), avoid_operators=frozenset({"net:a"})
+    )
+    with_uniform = [named for named in scorers.ALL if named.uniform is not None]
+    assert {named.name for named in with_uniform} == {
+        "data_locality",
+        "graph_affinity",
+        "operator_spread",
+    }
+    assert all(named.uniform(plain) is not None for named in with_uniform)  # type: ignore[misc]
+    assert all(named.uniform(rich) is None for named in with_uniform)  # type: ignore[misc]
+
+
 # -- operators: replicas compared against each other on different operators ----------------
 
 
