@@ -1,9 +1,20 @@
-"""Scenario 5: scale, in process. The real scheduler, NetworkReconciler, PNodeReconciler and
-SqliteStore (a file in a temp dir), a FakeClock, and simulated agents that write their
-PNode and PNodeLease records directly and renew leases by writing the lease records.
+"""Scenario 5: scale, in process. The real scheduler, NetworkReconciler, PNodeReconciler,
+controller view (the informer) and SqliteStore (a file in a temp dir), a FakeClock, and
+simulated agents that write their PNode and PNodeLease records directly and renew leases by
+writing the lease records.
+
+The loops are wired as `controller.server` wires them (issue 13): the network loop plans
+against the view's PNodes (`pnodes=`, with the scheduler views cached per record version)
+and writes through to the view; the lifecycle loop decides live PNodes from the view's
+records (`cached=`) and writes through to it. The view is filled once after setup and
+follows the store's change feed after the agents' renewals, as its refresh task would.
+(Before issue 13's informer the network loop listed every PNode each pass; that variant is
+measured against this one in the placement scenario, not here.)
 
 Each size runs in its own process (`python -m benchmarks.scale --pnodes N --vnodes M`), so
-its peak RSS is its own. Steps:
+its peak RSS is its own. `make bench-scale` runs the full size, 100,000 PNodes and 1,000,000
+VNodes, as the scenario `scale-full` (results/scale-full.json), judged on that measurement
+with no extrapolation; `make bench` runs the smaller points as `scale`. Steps:
 
 1. N Ready PNodes with leases, M VNodes in networks of 1,000 (all created at once); then the
    network loop reconciles every network until none asks to be requeued: time to full
@@ -13,7 +24,9 @@ its peak RSS is its own. Steps:
    loop runs for the dead (their lease timers: Ready -> NotReady), the clock moves past the
    grace, the lifecycle loop runs again (-> Lost), and the network loop reconciles every
    network with an allocation on a dead PNode until all are placed again. Re-convergence =
-   the configured floor (lease + grace, simulated time) + the wall time of that processing.
+   the configured floor (lease + grace, simulated time) + the wall time of that processing
+   (the view following the feed after the renewals is timed apart: the server's view does
+   it every `view_refresh` in the background, spread over the lease).
 3. The lifecycle loop's sustainable rate on live PNodes (a sample of 1,000 reconciles):
    every live PNode's lease timer fires once per lease, so N / lease_duration is the rate
    it has to sustain.
@@ -40,6 +53,7 @@ from api.resources import allocation, lease, pnode
 from benchmarks import fleet, harness, profiling
 from controller import config as config_mod
 from controller.runtime import clock as clock_mod
+from controller.state import view as view_mod
 from reconcilers import base as reconcile_base
 from reconcilers import network as network_loop
 from reconcilers import pnode as pnode_loop
@@ -52,6 +66,7 @@ TARGET_PLACEMENT_S = 600.0
 TARGET_RSS = 4 * 2**30
 TARGET_RECONVERGE_S = 60.0
 FULL_POINTS = ((2_000, 20_000), (5_000, 50_000), (10_000, 100_000))
+TARGET_POINTS = ((TARGET["pnodes"], TARGET["vnodes"]),)
 SMOKE_POINTS = ((100, 500),)
 
 
@@ -72,9 +87,32 @@ async def simulate(pnodes: int, vnodes: int, per_network: int, workdir: Path) ->
         names = [f"net-{i:04d}" for i in range(count)]
         for name in names:
             await store.create(fleet.network_record(name, vnodes // count, rng))
+        rss_records = harness.peak_rss_bytes()
+        view = view_mod.View(store, clock, config=config)
+        await view.refresh()
         setup = time.perf_counter() - t0
-        networks = network_loop.NetworkReconciler(store, clock, config=config)
-        lifecycle = pnode_loop.PNodeReconciler(store, clock, config=config)
+        rss_view = harness.peak_rss_bytes()
+
+        def cached(name: str) -> tuple[pnode.PNode, lease.PNodeLease | None] | None:
+            node = view.pnodes.get(name)
+            return None if node is None else (node, view.leases.get(name))
+
+        networks = network_loop.NetworkReconciler(
+            store,
+            clock,
+            config=config,
+            on_written=view.apply_written,
+            on_deleted=view.apply_deleted,
+            pnodes=lambda: view.pnodes,
+        )
+        lifecycle = pnode_loop.PNodeReconciler(
+            store,
+            clock,
+            config=config,
+            on_written=view.apply_written,
+            on_deleted=view.apply_deleted,
+            cached=cached,
+        )
 
         t0 = time.perf_counter()
         passes = await _converge(networks, names)
@@ -88,18 +126,21 @@ async def simulate(pnodes: int, vnodes: int, per_network: int, workdir: Path) ->
         alive = [n.name for n in nodes if n.name not in set(dead)]
         await clock.advance(config.lease_duration + 0.1)
         renew = await _renew(store, alive, clock)
+        follow = await _follow(view)
         t0 = time.perf_counter()
         for name in dead:
             await lifecycle.reconcile(name)
         detect = time.perf_counter() - t0
         await clock.advance(config.lost_grace + 0.1)
         renew += await _renew(store, alive, clock)
+        follow += await _follow(view)
         t0 = time.perf_counter()
         for name in dead:
             await lifecycle.reconcile(name)
+        # The view's routing: the networks with an allocation on each Lost PNode.
         affected: set[str] = set()
         for name in dead:
-            affected |= await network_loop.networks_on_pnode(store, name)
+            affected |= view.networks_on(name)
         lost = time.perf_counter() - t0
         t0 = time.perf_counter()
         ordered = sorted(affected)
@@ -119,6 +160,7 @@ async def simulate(pnodes: int, vnodes: int, per_network: int, workdir: Path) ->
         return {
             "pnodes": pnodes,
             "vnodes": vnodes,
+            "path": "informer (controller view; cached scheduler views; lifecycle cached)",
             "networks": count,
             "setup_seconds": setup,
             "placement_seconds": placement,
@@ -134,12 +176,15 @@ async def simulate(pnodes: int, vnodes: int, per_network: int, workdir: Path) ->
             "reconverge_processing_seconds": detect + lost + replace,
             "reconverge_floor_seconds": config.lease_duration + config.lost_grace,
             "renewal_write_seconds": renew,
+            "view_follow_seconds": follow,
             "allocations_after": len(after),
             "allocations_left_on_dead": on_dead,
             "dead_phases": phases,
             "lifecycle_reconciles_per_second": lifecycle_rate,
             "lifecycle_needed_per_second": pnodes / config.lease_duration,
             "peak_rss_bytes": harness.peak_rss_bytes(),
+            "peak_rss_bytes_after_records": rss_records,
+            "peak_rss_bytes_after_view": rss_view,
             "replace_profile": profile,
         }
     finally:
@@ -175,6 +220,13 @@ async def _renew(store: base.Store, names: list[str], clock: clock_mod.FakeClock
             record.spec.renew_time = now
             ops.append(base.Update(record))
         await store.transact(ops)
+    return time.perf_counter() - t0
+
+
+async def _follow(view: view_mod.View) -> float:
+    """The view following the store's change feed (the agents' renewals); the seconds."""
+    t0 = time.perf_counter()
+    await view.follow()
     return time.perf_counter() - t0
 
 
