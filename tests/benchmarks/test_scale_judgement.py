@@ -57,3 +57,14 @@ def test_smaller_sizes_are_judged_on_a_labelled_extrapolation(tmp_path: Path) ->
     assert placement.targets[0].met is False
     assert "judged on the EXTRAPOLATION" in placement.targets[0].text
     assert "10,000 PNodes, 100,000 VNodes" in placement.name
+
+
+def test_a_falling_fit_is_not_extrapolated_below_the_largest_point(tmp_path: Path) -> None:
+    # Noise on a shared machine: the larger point happened to be cheaper per VNode.
+    points = [
+        point(1_000, 10_000, placement=20.0, processing=10.0, rss=10**8),
+        point(10_000, 100_000, placement=100.0, processing=50.0, rss=10**9),
+    ]
+    extrapolated = judge(points, tmp_path).extra["extrapolation"]
+    assert abs(extrapolated["placement_seconds"] - 1_000_000 * 100.0 / 100_000) < 1e-6
+    assert abs(extrapolated["reconverge_seconds"] - (1_000_000 * 50.0 / 100_000 + 6.0)) < 1e-6
