@@ -49,13 +49,18 @@ SCENARIOS: dict[str, Scenario] = {
     auth.NAME: auth.run,
     dashboard.NAME: dashboard.run,
 }
+#: Run only when named (`--scenario`), never by default: `make bench-scale` (about 15-20
+#: minutes on its own, outside `make bench`'s budget).
+OPT_IN: dict[str, Scenario] = {
+    scale.NAME_FULL: scale.run_full,
+}
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument(
-        "--scenario", action="append", choices=sorted(SCENARIOS), default=None,
+        "--scenario", action="append", choices=sorted({*SCENARIOS, *OPT_IN}), default=None,
         help="run only this scenario (repeatable; default: all)",
     )  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: seconds per scenario")
@@ -71,7 +76,7 @@ async def _run(names: list[str], *, smoke: bool, results: Path) -> list[str]:
             started, t0 = harness.now(), time.perf_counter()
             ctx.log(f"{name}: start{' (smoke)' if smoke else ''}")
             try:
-                outcome = await SCENARIOS[name](ctx)
+                outcome = await {**SCENARIOS, **OPT_IN}[name](ctx)
             except Exception:
                 traceback.print_exc()
                 failed.append(name)

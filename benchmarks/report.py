@@ -16,7 +16,7 @@ from typing import Any
 
 from benchmarks import analysis, harness
 
-ORDER = ("placement", "failover", "ingest", "idle", "training", "scale")
+ORDER = ("placement", "failover", "ingest", "idle", "training", "scale", "scale-full")
 
 
 def regenerate(results: Path, readme: Path, *, plots: Path | None = None, smoke: bool) -> None:
