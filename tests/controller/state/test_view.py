@@ -5,19 +5,15 @@ The record builders at the top are shared by the service tests of this package."
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from api.resources import allocation, lease, meta, pnode
 from api.resources import network as net_model
 from controller import config as config_mod
-from controller.runtime import clock as clocks
 from controller.state import view as view_mod
-from store import base, sqlite
-from tests.support import hooked_store
+from store import base
 
 CONFIG = config_mod.ControlPlaneConfig()
 
@@ -85,25 +81,7 @@ async def create_all(store: base.Store, *records: meta.Resource) -> list[meta.Re
     return [await store.create(r) for r in records]
 
 
-# -- fixtures ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[hooked_store.HookedStore]:
-    inner = await sqlite.SqliteStore.open(tmp_path / "state.db")
-    hooked = hooked_store.HookedStore(inner)
-    yield hooked
-    await hooked.close()
-
-
-@pytest.fixture
-def clock() -> clocks.FakeClock:
-    return clocks.FakeClock()
-
-
-@pytest.fixture
-def view(store: hooked_store.HookedStore, clock: clocks.FakeClock) -> view_mod.View:
-    return view_mod.View(store, clock, config=CONFIG)
+# Fixtures (store, clock, view): tests/controller/state/conftest.py.
 
 
 # -- freshness -----------------------------------------------------------------------------

@@ -6,16 +6,12 @@ store no longer has, and leaves alone what has not moved and what is newer in th
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 
 from api.resources import allocation, meta, pnode
 from api.resources import network as net_model
 from controller.runtime import clock as clocks
 from controller.state import view as view_mod
-from store import base, dynamodb, sqlite
+from store import base, dynamodb
 from tests.controller.state.test_view import (
     CONFIG,
     allocation_record,
@@ -26,23 +22,6 @@ from tests.controller.state.test_view import (
 from tests.support import hooked_store
 
 Seen = list[tuple[str, int | None, int | None]]
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[hooked_store.HookedStore]:
-    hooked = hooked_store.HookedStore(await sqlite.SqliteStore.open(tmp_path / "state.db"))
-    yield hooked
-    await hooked.close()
-
-
-@pytest.fixture
-def clock() -> clocks.FakeClock:
-    return clocks.FakeClock()
-
-
-@pytest.fixture
-def view(store: hooked_store.HookedStore, clock: clocks.FakeClock) -> view_mod.View:
-    return view_mod.View(store, clock, config=CONFIG)
 
 
 def recorded(view: view_mod.View) -> Seen:
