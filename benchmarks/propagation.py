@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
 import time
 import uuid
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from grpc import aio
 
 from api.dcnr.v1 import common_pb2, resolve_pb2, resolve_pb2_grpc
 from benchmarks import harness, ingest
+from store import url
 from tests.integration import cluster
 from tests.support import moto, procs
 
@@ -122,13 +122,7 @@ async def _trials(ctx: harness.Context, size: Size) -> tuple[list[float], dict[s
     )  # fmt: skip
     with moto.MotoServer() as endpoint, contextlib.ExitStack() as stack:
         store_url = f"dynamodb://prop-{uuid.uuid4().hex[:8]}?endpoint={endpoint}"
-        init = await asyncio.to_thread(
-            subprocess.run,
-            [procs.script("dcnr-orchestrator"), "init-store", "--store", store_url],
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
-        if init.returncode != 0:
-            raise RuntimeError(f"init-store failed: {init.stderr.strip()}")
+        await url.init_store(store_url)
         served = [
             stack.enter_context(
                 procs.orchestrator(

@@ -94,10 +94,6 @@ async def simulate(pnodes: int, vnodes: int, per_network: int, workdir: Path) ->
         setup = time.perf_counter() - t0
         rss_view = harness.peak_rss_bytes()
 
-        def cached(name: str) -> tuple[pnode.PNode, lease.PNodeLease | None] | None:
-            node = view.pnodes.get(name)
-            return None if node is None else (node, view.leases.get(name))
-
         networks = network_loop.NetworkReconciler(
             store,
             clock,
@@ -112,7 +108,7 @@ async def simulate(pnodes: int, vnodes: int, per_network: int, workdir: Path) ->
             config=config,
             on_written=view.apply_written,
             on_deleted=view.apply_deleted,
-            cached=cached,
+            cached=view.pnode_and_lease,
         )
 
         t0 = time.perf_counter()

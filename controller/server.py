@@ -42,7 +42,7 @@ from api.dcnr.v1 import (
     resolve_pb2_grpc,
     validation_pb2_grpc,
 )
-from api.resources import lease, meta, pnode
+from api.resources import meta
 from controller import config as config_mod
 from controller import metrics
 from controller.dashboard import site as dashboard
@@ -279,7 +279,7 @@ class Orchestrator:
             on_deleted=self.view.apply_deleted,
             local_renewal=self.leases.renewed_at,
             unobserved=self.store_watch.unobserved,
-            cached=self._cached_pnode,
+            cached=self.view.pnode_and_lease,
         )
 
         async def network_keys() -> list[str]:
@@ -311,14 +311,6 @@ class Orchestrator:
         self.metrics.watch_store(self.store_watch)
         self.metrics.watch_pending(self.assignment_repair.oldest_pending)
         self.view.subscribe(self._on_change)
-
-    def _cached_pnode(self, name: str) -> tuple[pnode.PNode, lease.PNodeLease | None] | None:
-        """The informer cache's PNode and lease: the lifecycle loop's resync reads these
-        instead of the store while they show nothing to write (`reconcilers.pnode`)."""
-        node = self.view.pnodes.get(name)
-        if node is None:
-            return None
-        return node, self.view.leases.get(name)
 
     def _on_event(self, occurred: reconcilers_base.Occurrence) -> None:
         self.events.record(

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from api import identity
-from api.resources import allocation, lease, meta, pnode
+from api.resources import allocation, meta
 from controller import config as config_mod
 from controller.jobs import driver_inbox
 from controller.runtime import events, replicas, workqueue
@@ -165,7 +165,7 @@ class Replica:
                 on_written=self.view.apply_written,
                 on_deleted=self.view.apply_deleted,
                 local_renewal=self.leases.renewed_at,
-                cached=self._cached_pnode,
+                cached=self.view.pnode_and_lease,
             ),
         }
         self.queued: dict[str, set[str]] = {loop: set() for loop in LOOPS}
@@ -187,11 +187,6 @@ class Replica:
         self.refreshed_at = self.clock.monotonic()
         await self.membership.renew()
         self.resync()
-
-    def _cached_pnode(self, name: str) -> tuple[pnode.PNode, lease.PNodeLease | None] | None:
-        """As the server wires it: the view's PNode and lease (`reconcilers.pnode`)."""
-        node = self.view.pnodes.get(name)
-        return None if node is None else (node, self.view.leases.get(name))
 
     def _network_wrote(self, written: Sequence[meta.Resource]) -> None:
         if self._placed is not None:

@@ -352,6 +352,13 @@ class View:
         if table is not None and name in table:
             self.cache.forget(table[name])
 
+    def pnode_and_lease(self, name: str) -> tuple[pnode.PNode, lease.PNodeLease | None] | None:
+        """The cached PNode and its lease (None: no lease); None if the PNode is not cached.
+        The lifecycle loop's resync reads these instead of the store while they show nothing
+        to write (`reconcilers.pnode`, its `cached`)."""
+        node = self.cache.pnodes.get(name)
+        return None if node is None else (node, self.cache.leases.get(name))
+
     # -- liveness ---------------------------------------------------------------------------
 
     def lease_expiry(self, name: str) -> datetime | None:
