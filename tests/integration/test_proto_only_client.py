@@ -186,9 +186,14 @@ async def test_infer_returns_relu_computed_by_the_proto_only_pnode(cluster: Clus
     out = tensors.decode(reply.outputs["act"])
     assert out.dtype == np.float32
     assert np.array_equal(out, np.maximum(x, 0)), out
-    log = cluster.honest.log.read_text()
-    assert "result of infer-" in log, log
-    assert "accepted by the driver" in log, log
+    # The PNode logs the driver's acceptance once its Forward returns, which can be after
+    # the driver has already answered Infer: poll the log rather than read it once.
+    await wait.until(
+        cluster.honest.log.read_text,
+        within=10,
+        what="honest told its result was accepted",
+        accept=lambda text: "result of infer-" in text and "accepted by the driver" in text,
+    )
     # It served the driver over TLS with the identity certificate Register gave it.
     shown = await asyncio.to_thread(
         tls_support.peer_certificate, cluster.honest.address, cluster.identity_ca,
