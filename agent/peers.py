@@ -43,7 +43,9 @@ and reason that call would have ended with, so everything below (retries, final 
 re-resolution) is the same for both. A peer that answers UNIMPLEMENTED (an agent older than
 Deliver) gets unary calls for as long as its channel lives; the driver always does (it
 serves no Deliver). Each message still has its own deadline: the time left of its delivery,
-at most 10 s. `streams=False` (`dcnr-agent --no-stream-delivery`): unary calls only.
+at most 10 s. A stream left idle for STREAM_IDLE seconds is closed when the next one opens
+(edges come and go with placement). `streams=False` (`dcnr-agent --no-stream-delivery`):
+unary calls only.
 
 Receivers say why they refused in the ErrorDetails of trailing metadata
 `dcnr-error-details-bin` (common.proto rule 8): reason "StaleEpoch" is retried after
@@ -121,6 +123,8 @@ def error_reason(exc: grpc.RpcError) -> str:
     return ""
 
 
+#: Seconds after which a Deliver stream nobody sent on is closed (when another opens).
+STREAM_IDLE = 60.0
 #: How long a channel left behind by a fail-over lets the calls on it finish (every unary
 #: call to the orchestrator has a shorter timeout) before it is closed.
 RETIRE_GRACE = 15.0
@@ -482,6 +486,7 @@ class Peers:
         if stream is None or stream.failed is not None or stream.channel is not channel:
             if stream is not None:
                 await stream.close()
+            await self._close_idle_streams()
             stream = self._streams[key] = streams_mod.Stream(
                 channel, header=header(), limit=self._stream_limit
             )
@@ -495,6 +500,15 @@ class Peers:
             await stream.close()
             raise
         _answered(answer)
+
+    async def _close_idle_streams(self) -> None:
+        idle_since = time.monotonic() - STREAM_IDLE
+        for key, stream in list(self._streams.items()):
+            if stream.failed is not None or (
+                stream.unanswered == 0 and stream.last_used < idle_since
+            ):
+                del self._streams[key]
+                await stream.close()
 
     async def _route(
         self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest, min_epoch: int

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from typing import Any
 
 import grpc
@@ -69,6 +70,8 @@ class Stream:
             collections.deque()
         )
         self._sequence = 0
+        #: When the last message was sent (`time.monotonic`), for idle streams' closing.
+        self.last_used = time.monotonic()
         self.failed: StreamFailed | None = None
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
@@ -86,6 +89,7 @@ class Stream:
         failed for every message on it)."""
         if self.failed is not None:
             raise self.failed
+        self.last_used = time.monotonic()
         try:
             async with asyncio.timeout(seconds):
                 async with self._slots:

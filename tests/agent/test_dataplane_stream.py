@@ -265,3 +265,22 @@ async def test_messages_on_a_peer_sigkilled_mid_stream_reach_its_successor(
             assert first.wait(timeout=HANG) == -signal.SIGKILL
             assert stream.failed is not None
             assert stream.failed.code == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_idle_streams_are_closed_and_the_next_message_opens_a_new_one(
+    cluster,  # noqa: F811
+) -> None:
+    c = cluster
+    sender = c["sender"]
+    await restore_all(c)
+    await run_step(c)
+    opened = dict(sender._streams)
+    assert opened, "the step's messages went on streams"
+    for stream in opened.values():
+        stream.last_used -= peers.STREAM_IDLE + 1  # as if a minute passed with no message
+    await sender._close_idle_streams()
+    assert sender._streams == {}
+    assert all(s.failed is not None for s in opened.values())
+    await run_step(c, step=2)
+    assert set(sender._streams) == set(opened), "the same edges, on new streams"
+    assert not set(sender._streams.values()) & set(opened.values())
