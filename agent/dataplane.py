@@ -349,7 +349,9 @@ class DataPlane:
         try:
             if self._keys.plaintext:
                 return signed.verify(verifier, evidence, self._now()), True
-            return signed.sender(verifier, evidence, signed.peer_certificate(context), self._now())
+            return signed.sender(
+                verifier, evidence, signed.peer_certificate(context), self._now()
+            )
         except identity.IdentityError as exc:
             raise _Refusal(
                 exc.reason,

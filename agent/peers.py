@@ -144,7 +144,9 @@ class Orchestrators:
     its last call ends. Streams have no end of their own: `on_fail_over(address)` tells
     their owners to cancel them and reconnect."""
 
-    def __init__(self, addresses: Sequence[str], *, tls: api_tls.ClientFiles | None = None) -> None:
+    def __init__(
+        self, addresses: Sequence[str], *, tls: api_tls.ClientFiles | None = None
+    ) -> None:
         if not addresses:
             raise ValueError("at least one orchestrator address is needed")
         self.addresses = list(addresses)
@@ -162,7 +164,9 @@ class Orchestrators:
         """A channel to an orchestrator's listener (its API, or its job driver's inbox)."""
         if self._credentials is None:
             return aio.insecure_channel(address, list(options))
-        return aio.secure_channel(address, self._credentials, [*options, *self._tls_options])
+        return aio.secure_channel(
+            address, self._credentials, [*options, *self._tls_options]
+        )
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.credential}"),) if self.credential else ()
