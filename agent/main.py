@@ -214,6 +214,7 @@ async def _serve(
         sender.local = plane  # VNodes hosted here get their messages in process
     metrics = metrics_mod.AgentMetrics(dataplane.REFUSAL_REASONS)
     plane.on_message = lambda forward, refused: metrics.message(forward=forward, refused=refused)
+    sender.on_stream = metrics.stream
     metrics_note = ""
     if args.metrics_listen:
         metrics_host, _, metrics_port = args.metrics_listen.rpartition(":")

@@ -125,6 +125,10 @@ def error_reason(exc: grpc.RpcError) -> str:
 
 #: Seconds after which a Deliver stream nobody sent on is closed (when another opens).
 STREAM_IDLE = 60.0
+#: What happens to Deliver streams (`Peers.on_stream`): opened; failed (the connection
+#: lost, a message's deadline passed); unimplemented (the peer serves no Deliver: unary
+#: calls to it); closed (idle for STREAM_IDLE, or its channel replaced on a renewal).
+STREAM_EVENTS = ("opened", "failed", "unimplemented", "closed")
 #: How long a channel left behind by a fail-over lets the calls on it finish (every unary
 #: call to the orchestrator has a shorter timeout) before it is closed.
 RETIRE_GRACE = 15.0
@@ -295,6 +299,8 @@ class Peers:
         self._streams: dict[tuple[str, str, str, str, int, str, int], streams_mod.Stream] = {}
         #: Channels whose peer does not serve Deliver: unary calls to them.
         self._unary_only: set[aio.Channel] = set()
+        #: Each stream opened, and how each ended (STREAM_EVENTS), for `agent.metrics`.
+        self.on_stream: Callable[[str], None] = lambda _event: None
 
     async def close(self) -> None:
         open_streams, self._streams = list(self._streams.values()), {}
@@ -489,21 +495,32 @@ class Peers:
         stream = self._streams.get(key)
         if stream is None or stream.failed is not None or stream.channel is not channel:
             if stream is not None:
-                await stream.close()
+                await self._drop_stream(key, stream)
             await self._close_idle_streams()
             stream = self._streams[key] = streams_mod.Stream(
                 channel, header=header(), limit=self._stream_limit
             )
+            self.on_stream("opened")
         try:
             answer = await stream.send(
                 self._signer, method, request.SerializeToString(), seconds=seconds
             )
         except streams_mod.StreamFailed:
-            if self._streams.get(key) is stream:
-                del self._streams[key]
-            await stream.close()
+            await self._drop_stream(key, stream)
             raise
         _answered(answer)
+
+    async def _drop_stream(self, key: Any, stream: streams_mod.Stream) -> None:
+        """Close `stream` and, if it is still the edge's, forget it, counting how it ended."""
+        if self._streams.get(key) is stream:
+            del self._streams[key]
+            if stream.failed is None:
+                self.on_stream("closed")
+            elif stream.failed.code == grpc.StatusCode.UNIMPLEMENTED:
+                self.on_stream("unimplemented")
+            else:
+                self.on_stream("failed")
+        await stream.close()
 
     async def _close_idle_streams(self) -> None:
         idle_since = time.monotonic() - STREAM_IDLE
@@ -511,8 +528,7 @@ class Peers:
             if stream.failed is not None or (
                 stream.unanswered == 0 and stream.last_used < idle_since
             ):
-                del self._streams[key]
-                await stream.close()
+                await self._drop_stream(key, stream)
 
     async def _route(
         self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest, min_epoch: int
