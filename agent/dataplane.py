@@ -68,7 +68,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, Protocol, TypeVar
@@ -301,33 +301,33 @@ class DataPlane:
     def add_to_server(self, server: aio.Server) -> None:
         """Serve VNodeService on `server`, each behaviour given the request's raw bytes."""
         behaviours = {name: functools.partial(self._raw, name) for name in signed.METHODS}
-        server.add_generic_rpc_handlers((signed.raw_handler(behaviours),))
+        server.add_generic_rpc_handlers(
+            (signed.raw_handler(behaviours, deliver=self._deliver_stream),)
+        )
 
     async def _raw(self, name: str, body: bytes, context: Context) -> pb_message.Message:
         """Verify who signed the bytes, then parse them; only then anything else."""
         evidence = signed.received(signed.full_method(name), body, context)
-        message = name in ("Forward", "Backward")
+        if name in ("Forward", "Backward"):
+            forward = name == "Forward"
+            try:
+                duplicate = await self._received(evidence, context, forward=forward)
+            except (_Refusal, vnode.Refused) as exc:
+                await _abort(context, exc)
+            if forward:
+                return vnode_pb2.ForwardResponse(duplicate=duplicate)
+            return vnode_pb2.BackwardResponse(duplicate=duplicate)
         try:
-            who, proven = self._sender_of(evidence, context)
+            who, _proven = self._sender_of(evidence, context)
             request = _parsed(body, signed.METHODS[name][0])
-            if not message and who.kind != "orchestrator":
+            if who.kind != "orchestrator":
                 raise _Refusal(
                     "NotDriver",
                     f"{name} is accepted only from the job's driver (the orchestrator "
                     f"identity), not from {who.uri}",
                 )
         except _Refusal as exc:
-            if message:
-                self.on_message(name == "Forward", exc.reason)
             await _abort(context, exc)
-        if isinstance(request, vnode_pb2.ForwardRequest):
-            return await self.Forward(
-                request, context, sender=who, evidence=evidence, proven=proven
-            )
-        if isinstance(request, vnode_pb2.BackwardRequest):
-            return await self.Backward(
-                request, context, sender=who, evidence=evidence, proven=proven
-            )
         if isinstance(request, vnode_pb2.CheckpointRequest):
             return await self.Checkpoint(request, context)
         if isinstance(request, vnode_pb2.RestoreRequest):
@@ -392,33 +392,40 @@ class DataPlane:
             return False
         return True
 
-    async def Forward(
-        self,
-        request: vnode_pb2.ForwardRequest,
-        context: Context,
-        *,
-        sender: identity.Identity,
-        evidence: common_pb2.SignedMessage,
-        proven: bool = True,
-    ) -> vnode_pb2.ForwardResponse:
-        duplicate = await self._message(
-            request, context, sender, evidence, forward=True, proven=proven
-        )
-        return vnode_pb2.ForwardResponse(duplicate=duplicate)
+    async def _deliver_stream(
+        self, requests: AsyncIterator[bytes], context: Context
+    ) -> AsyncIterator[vnode_pb2.DeliverResponse]:
+        """Deliver (STREAMED DELIVERY in vnode.proto): each message handled as its unary
+        call (`_received`), one at a time, and answered in order with that call's code and
+        reason; a refusal ends the message, never the stream."""
+        async for raw in requests:
+            yield await self._answer(raw, context)
 
-    async def Backward(
-        self,
-        request: vnode_pb2.BackwardRequest,
-        context: Context,
-        *,
-        sender: identity.Identity,
-        evidence: common_pb2.SignedMessage,
-        proven: bool = True,
-    ) -> vnode_pb2.BackwardResponse:
-        duplicate = await self._message(
-            request, context, sender, evidence, forward=False, proven=proven
-        )
-        return vnode_pb2.BackwardResponse(duplicate=duplicate)
+    async def _answer(self, raw: bytes, context: Context) -> vnode_pb2.DeliverResponse:
+        sequence = 0
+        try:
+            request = _parsed(raw, vnode_pb2.DeliverRequest)
+            sequence = request.sequence
+            found = signed.streamed(request)
+            if found is None:
+                raise _Refusal("Invalid", "body: set forward or backward (a serialized request)")
+            name, evidence = found
+            duplicate = await self._received(evidence, context, forward=name == "Forward")
+        except (_Refusal, vnode.Refused) as exc:
+            return vnode_pb2.DeliverResponse(
+                sequence=sequence,
+                code=_code(exc.reason).value[0],
+                details=common_pb2.ErrorDetails(reason=exc.reason),
+                message=str(exc),
+            )
+        except Exception as exc:  # what a unary call's handler bug is answered with: UNKNOWN
+            log.exception("Deliver: message %d failed", sequence)
+            return vnode_pb2.DeliverResponse(
+                sequence=sequence,
+                code=grpc.StatusCode.UNKNOWN.value[0],
+                message=f"Unexpected {type(exc).__name__}: {exc}",
+            )
+        return vnode_pb2.DeliverResponse(sequence=sequence, duplicate=duplicate)
 
     async def Checkpoint(
         self, request: vnode_pb2.CheckpointRequest, context: Context
@@ -558,27 +565,45 @@ class DataPlane:
 
     # -- messages ---------------------------------------------------------------------------
 
+    async def _received(
+        self, evidence: common_pb2.SignedMessage, context: Context, *, forward: bool
+    ) -> bool:
+        """A Forward or Backward, from a unary call or a Deliver stream alike: who signed
+        the bytes (`_sender_of`, against the connection's certificate: per message), then
+        parse them, then every check in the module docstring's order, then `_apply`.
+        Whether a duplicate; a refusal (`_Refusal`, `vnode.Refused`) is counted and raised
+        for the caller to answer as its RPC answers."""
+        try:
+            sender, proven = self._sender_of(evidence, context)
+            request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest = (
+                _parsed(evidence.body, vnode_pb2.ForwardRequest)
+                if forward
+                else _parsed(evidence.body, vnode_pb2.BackwardRequest)
+            )
+            return await self._message(
+                request, sender, evidence, forward=forward, proven=proven
+            )
+        except (_Refusal, vnode.Refused) as exc:
+            self.on_message(forward, exc.reason)
+            raise
+
     async def _message(
         self,
         request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest,
-        context: Context,
         sender: identity.Identity,
         evidence: common_pb2.SignedMessage,
         *,
         forward: bool,
         proven: bool,
     ) -> bool:
-        try:
-            _check_fields(request)
-            hosted = self._lookup(request.network, request.target_vnode, request.target_replica)
-            await self._check_sender(hosted, request, sender, forward=forward)
-            message = self._decode(request, forward=forward, evidence=evidence)
-            message = await self._read_input(hosted, request, message)
-            self._check(hosted, request, message, proven=proven)
-            return await self._apply(hosted, request, message, forward=forward)
-        except (_Refusal, vnode.Refused) as exc:
-            self.on_message(forward, exc.reason)
-            await _abort(context, exc)
+        """A parsed message from `sender`: the checks, then `_apply`; raises refusals."""
+        _check_fields(request)
+        hosted = self._lookup(request.network, request.target_vnode, request.target_replica)
+        await self._check_sender(hosted, request, sender, forward=forward)
+        message = self._decode(request, forward=forward, evidence=evidence)
+        message = await self._read_input(hosted, request, message)
+        self._check(hosted, request, message, proven=proven)
+        return await self._apply(hosted, request, message, forward=forward)
 
     # -- in-process delivery ----------------------------------------------------------------
 
@@ -632,8 +657,7 @@ class DataPlane:
             return await self._apply(hosted, request, message, forward=forward)
         except (_Refusal, vnode.Refused) as exc:
             self.on_message(forward, exc.reason)
-            code = _CODES.get(exc.reason, grpc.StatusCode.INVALID_ARGUMENT)
-            raise peers.LocalRefused(code, exc.reason, str(exc)) from None
+            raise peers.LocalRefused(_code(exc.reason), exc.reason, str(exc)) from None
         except Exception as exc:  # what gRPC answers a handler's bug with: UNKNOWN
             log.exception(
                 "%s/%s: in-process delivery failed", request.network, request.target_vnode
@@ -1051,8 +1075,13 @@ async def _abort(context: Context, exc: Exception) -> NoReturn:
         reason = getattr(exc, "reason", "Invalid")
     details = common_pb2.ErrorDetails(reason=reason).SerializeToString()
     context.set_trailing_metadata(((DETAILS_KEY, details),))
-    await context.abort(_CODES.get(reason, grpc.StatusCode.INVALID_ARGUMENT), str(exc))
+    await context.abort(_code(reason), str(exc))
     raise AssertionError("unreachable: abort raises")
+
+
+def _code(reason: str) -> grpc.StatusCode:
+    """The status code a refusal of `reason` is answered with, unary or streamed."""
+    return _CODES.get(reason, grpc.StatusCode.INVALID_ARGUMENT)
 
 
 def _field(kind: kinds.Kind) -> str:

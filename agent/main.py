@@ -7,6 +7,7 @@
                [--accelerator TYPE:COUNT ...] [--label K=V ...] [--dataset NAME=URL ...]
                [--state-dir DIR] [--workdir DIR] [--max-message-bytes N]
                [--metrics-listen HOST:PORT] [--no-in-process-delivery]
+               [--no-stream-delivery]
 
 Exit codes: 0 after a clean leave (SIGTERM/Ctrl-C: deregister, drain, exit), 1 runtime
 failure (port taken, name refused), 2 bad usage. Errors are one line on stderr naming the
@@ -118,6 +119,11 @@ def _parser() -> argparse.ArgumentParser:
         "--no-in-process-delivery", dest="in_process", action="store_false",
         help="send to VNodes hosted here over gRPC too (default: in process, same checks)",
     )  # fmt: skip
+    p.add_argument(
+        "--no-stream-delivery", dest="streams", action="store_false",
+        help="a unary Forward/Backward call per message to other agents (default: one "
+        "Deliver stream per target VNode, same checks)",
+    )  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     tls = p.add_argument_group("to the orchestrator (--tls-ca or --insecure is required)")
     tls.add_argument("--tls-ca", type=Path, metavar="FILE", help="CA bundle to verify it with")
@@ -191,6 +197,7 @@ async def _serve(
         client_ca=keeper.client_ca,
         driver_mutual_tls=lambda: keeper.driver_mutual_tls,
         max_message_bytes=args.max_message_bytes,
+        streams=args.streams,
     )
     workdir = args.workdir.resolve()
     state_dir = (args.state_dir or _default_state_dir()).resolve()
@@ -207,6 +214,7 @@ async def _serve(
         sender.local = plane  # VNodes hosted here get their messages in process
     metrics = metrics_mod.AgentMetrics(dataplane.REFUSAL_REASONS)
     plane.on_message = lambda forward, refused: metrics.message(forward=forward, refused=refused)
+    sender.on_stream = metrics.stream
     metrics_note = ""
     if args.metrics_listen:
         metrics_host, _, metrics_port = args.metrics_listen.rpartition(":")

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 import prometheus_client
 from prometheus_client import core, registry
 
+from agent import peers
+
 DIRECTIONS = ("forward", "backward")
 HEARTBEAT_RESULTS = ("ok", "fenced", "failed")
 REGISTRATION_RESULTS = ("registered", "failed", "refused")
@@ -64,6 +66,16 @@ class AgentMetrics:
             ["state"],
             registry=r,
         )
+        self.streams = prometheus_client.Counter(
+            "dcnr_agent_delivery_streams",
+            "Deliver streams to other agents, by event: opened, failed (connection lost, a "
+            "message's deadline passed), unimplemented (the peer serves no Deliver: unary "
+            "calls), closed (idle, or its channel replaced).",
+            ["event"],
+            registry=r,
+        )
+        for event in peers.STREAM_EVENTS:
+            self.streams.labels(event)
         for state in LINK_STATES:
             self.link_changes.labels(state)
         for direction in DIRECTIONS:
@@ -87,6 +99,10 @@ class AgentMetrics:
             self.messages.labels(direction).inc()
         else:
             self.refused.labels(direction, refused).inc()
+
+    def stream(self, event: str) -> None:
+        """A Deliver stream event (one of `agent.peers.STREAM_EVENTS`)."""
+        self.streams.labels(event).inc()
 
     def heartbeat(self, result: str) -> None:
         self.heartbeats.labels(result).inc()

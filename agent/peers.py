@@ -35,6 +35,18 @@ serialized nor sent. The data plane applies every check a remote delivery gets (
 A message whose route names another PNode has its tensor encoded once, on its first remote
 attempt.
 
+Messages to peers travel on Deliver streams (STREAMED DELIVERY in vnode.proto,
+`agent.streams`): one per edge (peer channel, sending slot, target slot), so a message never
+waits behind another edge's, opened on the edge's first message and opened again after it
+fails, each message signed exactly as its unary call would be and answered with the code
+and reason that call would have ended with, so everything below (retries, final reasons,
+re-resolution) is the same for both. A peer that answers UNIMPLEMENTED (an agent older than
+Deliver) gets unary calls for as long as its channel lives; the driver always does (it
+serves no Deliver). Each message still has its own deadline: the time left of its delivery,
+at most 10 s. A stream left idle for STREAM_IDLE seconds is closed when the next one opens
+(edges come and go with placement). `streams=False` (`dcnr-agent --no-stream-delivery`):
+unary calls only.
+
 Receivers say why they refused in the ErrorDetails of trailing metadata
 `dcnr-error-details-bin` (common.proto rule 8): reason "StaleEpoch" is retried after
 re-resolving, "StaleAttempt", "NoForward", "VNodeFailed" and "SenderSuperseded" (this
@@ -56,6 +68,7 @@ import grpc
 import numpy as np
 from grpc import aio
 
+from agent import streams as streams_mod
 from api import identity, signed, tensors
 from api import tls as api_tls
 from api.dcnr.v1 import common_pb2, resolve_pb2, resolve_pb2_grpc, vnode_pb2
@@ -89,9 +102,9 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     ]
 
 
-def _refusal(exc: aio.AioRpcError | LocalRefused) -> tuple[grpc.StatusCode, str, str]:
+def _refusal(exc: aio.AioRpcError | Refused) -> tuple[grpc.StatusCode, str, str]:
     """(code, ErrorDetails reason, details) of a refusal, remote or in process."""
-    if isinstance(exc, LocalRefused):
+    if isinstance(exc, Refused):
         return exc.code, exc.reason, str(exc)
     return exc.code(), error_reason(exc), exc.details() or ""
 
@@ -110,6 +123,12 @@ def error_reason(exc: grpc.RpcError) -> str:
     return ""
 
 
+#: Seconds after which a Deliver stream nobody sent on is closed (when another opens).
+STREAM_IDLE = 60.0
+#: What happens to Deliver streams (`Peers.on_stream`): opened; failed (the connection
+#: lost, a message's deadline passed); unimplemented (the peer serves no Deliver: unary
+#: calls to it); closed (idle for STREAM_IDLE, or its channel replaced on a renewal).
+STREAM_EVENTS = ("opened", "failed", "unimplemented", "closed")
 #: How long a channel left behind by a fail-over lets the calls on it finish (every unary
 #: call to the orchestrator has a shorter timeout) before it is closed.
 RETIRE_GRACE = 15.0
@@ -201,14 +220,30 @@ class DeliveryFailed(Exception):
     pass
 
 
-class LocalRefused(Exception):
-    """An in-process delivery refused, with the status code and ErrorDetails reason a
-    remote receiver would have answered."""
+class Refused(Exception):
+    """A delivery refused (or not answered) other than by a unary call's status: the status
+    code and ErrorDetails reason a unary call would have ended with."""
 
     def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
+
+
+class LocalRefused(Refused):
+    """An in-process delivery refused, with the status code and ErrorDetails reason a
+    remote receiver would have answered."""
+
+
+_STATUS = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _answered(answer: vnode_pb2.DeliverResponse) -> None:
+    """Raise the refusal a Deliver stream's answer carries (as its unary call would have)."""
+    if answer.code == grpc.StatusCode.OK.value[0]:
+        return
+    code = _STATUS.get(answer.code, grpc.StatusCode.UNKNOWN)
+    raise Refused(code, answer.details.reason, answer.message)
 
 
 Request = vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest
@@ -235,7 +270,11 @@ class Peers:
         driver_mutual_tls: Callable[[], bool] = lambda: False,
         retry: Retry | None = None,
         rng: random.Random | None = None,
+        streams: bool = True,
+        stream_limit: int = streams_mod.DEFAULT_LIMIT,
     ) -> None:
+        """`streams`: deliver to peers on Deliver streams (module docstring), at most
+        `stream_limit` messages unanswered on each; False: a unary call per message."""
         self._orchestrators = orchestrators
         self._signer = signer
         self._client_ca = client_ca
@@ -253,8 +292,21 @@ class Peers:
         #: The data plane of this agent, for VNodes hosted here (module docstring); None:
         #: every delivery goes over gRPC.
         self.local: Local | None = None
+        self._streaming = streams
+        self._stream_limit = stream_limit
+        #: By edge: (address, PNode, network, sender VNode and replica, target VNode and
+        #: replica).
+        self._streams: dict[tuple[str, str, str, str, int, str, int], streams_mod.Stream] = {}
+        #: Channels whose peer does not serve Deliver: unary calls to them.
+        self._unary_only: set[aio.Channel] = set()
+        #: Each stream opened, and how each ended (STREAM_EVENTS), for `agent.metrics`.
+        self.on_stream: Callable[[str], None] = lambda _event: None
 
     async def close(self) -> None:
+        open_streams, self._streams = list(self._streams.values()), {}
+        for stream in open_streams:
+            await stream.close()
+        self._unary_only.clear()
         channels, self._channels = self._channels, {}
         self._stubs = {}
         for channel in channels.values():
@@ -265,6 +317,7 @@ class Peers:
 
     def _retire(self, channel: aio.Channel) -> None:
         """Close `channel` once its calls in flight are done (at most a delivery deadline)."""
+        self._unary_only.discard(channel)
         task = asyncio.get_running_loop().create_task(channel.close(self._retry.deadline))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
@@ -383,7 +436,7 @@ class Peers:
             try:
                 await self._call(request, array, route, forward=forward, started=started)
                 return True
-            except (aio.AioRpcError, LocalRefused) as exc:
+            except (aio.AioRpcError, Refused) as exc:
                 code, reason, details = _refusal(exc)
                 last = f"{code.name}: {details}"
                 if code not in _RETRIED or reason in FINAL_REASONS:
@@ -413,9 +466,69 @@ class Peers:
         if not request.HasField("tensor"):
             request.tensor.CopyFrom(tensors.empty() if array is None else tensors.encode(array))
         stub = await self._stub(*route)
-        timeout = max(0.1, self._retry.deadline - (time.monotonic() - started))
+        timeout = min(10.0, max(0.1, self._retry.deadline - (time.monotonic() - started)))
         method = "Forward" if forward else "Backward"
-        await stub.call(method, request, seconds=min(timeout, 10.0))
+        if self._streaming and route[1] != DRIVER and stub.channel not in self._unary_only:
+            try:
+                await self._stream_call(stub.channel, route, request, method, seconds=timeout)
+                return
+            except streams_mod.StreamFailed as exc:
+                if exc.code != grpc.StatusCode.UNIMPLEMENTED:
+                    raise Refused(exc.code, "", str(exc)) from None
+                log.info("%s at %s serves no Deliver stream: unary calls to it", *route[::-1])
+                self._unary_only.add(stub.channel)
+        await stub.call(method, request, seconds=timeout)
+
+    async def _stream_call(
+        self,
+        channel: aio.Channel,
+        route: tuple[str, str],
+        request: Request,
+        method: str,
+        *,
+        seconds: float,
+    ) -> None:
+        """One attempt on the edge's Deliver stream, opened (again) if there is none open
+        on `channel`; `Refused` with the answer's code and reason if refused."""
+        key = (*route, request.network, request.sender_vnode, request.sender_replica,
+               request.target_vnode, request.target_replica)  # fmt: skip
+        stream = self._streams.get(key)
+        if stream is None or stream.failed is not None or stream.channel is not channel:
+            if stream is not None:
+                await self._drop_stream(key, stream)
+            await self._close_idle_streams()
+            stream = self._streams[key] = streams_mod.Stream(
+                channel, header=header(), limit=self._stream_limit
+            )
+            self.on_stream("opened")
+        try:
+            answer = await stream.send(
+                self._signer, method, request.SerializeToString(), seconds=seconds
+            )
+        except streams_mod.StreamFailed:
+            await self._drop_stream(key, stream)
+            raise
+        _answered(answer)
+
+    async def _drop_stream(self, key: Any, stream: streams_mod.Stream) -> None:
+        """Close `stream` and, if it is still the edge's, forget it, counting how it ended."""
+        if self._streams.get(key) is stream:
+            del self._streams[key]
+            if stream.failed is None:
+                self.on_stream("closed")
+            elif stream.failed.code == grpc.StatusCode.UNIMPLEMENTED:
+                self.on_stream("unimplemented")
+            else:
+                self.on_stream("failed")
+        await stream.close()
+
+    async def _close_idle_streams(self) -> None:
+        idle_since = time.monotonic() - STREAM_IDLE
+        for key, stream in list(self._streams.items()):
+            if stream.failed is not None or (
+                stream.unanswered == 0 and stream.last_used < idle_since
+            ):
+                await self._drop_stream(key, stream)
 
     async def _route(
         self, request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest, min_epoch: int

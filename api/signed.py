@@ -9,12 +9,17 @@ generic handler whose request deserializer keeps them), verifies them and only t
 
 `Signer` holds the sender's current key and certificate and is swapped on renewal, so a
 long-lived channel keeps signing with the newest identity.
+
+A Deliver stream (STREAMED DELIVERY in vnode.proto) carries the same signed bytes, with the
+signature and certificate in each DeliverRequest instead of call metadata, signed over the
+Forward or Backward method's statement: `deliver_request` builds one, `streamed` turns one
+back into the SignedMessage a unary call of that method would have been.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -33,6 +38,12 @@ METHODS: dict[str, tuple[type[pb_message.Message], type[pb_message.Message]]] = 
     "Restore": (vnode_pb2.RestoreRequest, vnode_pb2.RestoreResponse),
     "DescribeData": (vnode_pb2.DescribeDataRequest, vnode_pb2.DescribeDataResponse),
 }
+
+
+#: The streamed delivery RPC (not in METHODS: its messages are Forward and Backward).
+DELIVER = "Deliver"
+#: The methods a Deliver stream carries, by the DeliverRequest body field that holds them.
+STREAMED = {"forward": "Forward", "backward": "Backward"}
 
 
 def full_method(name: str) -> str:
@@ -92,10 +103,44 @@ class Signer:
         )
 
 
+def deliver_request(
+    signer: Signer, name: str, body: bytes, sequence: int
+) -> vnode_pb2.DeliverRequest:
+    """A Deliver stream's message carrying `body`, a serialized request of method `name`
+    ("Forward" or "Backward"), signed as the unary call of that method signs it."""
+    request = vnode_pb2.DeliverRequest(sequence=sequence)
+    if name == "Forward":
+        request.forward = body
+    else:
+        request.backward = body
+    for key, value in signer.metadata(full_method(name), body):
+        if key == identity.SIGNATURE_METADATA:
+            request.signature = value
+        elif key == identity.CERTIFICATE_METADATA:
+            request.certificate = value
+    return request
+
+
+def streamed(request: vnode_pb2.DeliverRequest) -> tuple[str, common_pb2.SignedMessage] | None:
+    """(method name, the message as evidence) of a Deliver stream's message: what the unary
+    call of that method would have been; None when it carries no body."""
+    which = request.WhichOneof("body")
+    if which is None:
+        return None
+    name = STREAMED[which]
+    return name, common_pb2.SignedMessage(
+        method=full_method(name),
+        body=getattr(request, which),
+        certificate=request.certificate,
+        signature=request.signature,
+    )
+
+
 class SignedStub:
     """VNodeService over one channel, every request signed by `signer`."""
 
     def __init__(self, channel: aio.Channel, signer: Signer) -> None:
+        self.channel = channel
         self._signer = signer
         self._calls = {
             name: channel.unary_unary(
@@ -180,12 +225,21 @@ def verify(
 
 
 RawBehaviour = Callable[[bytes, aio.ServicerContext[Any, Any]], Awaitable[pb_message.Message]]
+#: Deliver: the stream's raw DeliverRequest bytes in, DeliverResponses out.
+StreamBehaviour = Callable[
+    [AsyncIterator[bytes], aio.ServicerContext[Any, Any]],
+    AsyncIterator[vnode_pb2.DeliverResponse],
+]
 
 
-def raw_handler(behaviours: Mapping[str, RawBehaviour]) -> grpc.GenericRpcHandler[Any, Any]:
+def raw_handler(
+    behaviours: Mapping[str, RawBehaviour], *, deliver: StreamBehaviour | None = None
+) -> grpc.GenericRpcHandler[Any, Any]:
     """VNodeService whose behaviours take the request's raw bytes (verify, then parse);
-    `behaviours`: method name → behaviour, for every name in METHODS."""
-    handlers = {
+    `behaviours`: method name → behaviour, for every name in METHODS; `deliver`: the Deliver
+    stream's, given each DeliverRequest's raw bytes (None: Deliver is UNIMPLEMENTED, as at
+    a job's driver)."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         name: grpc.unary_unary_rpc_method_handler(
             behaviours[name],
             request_deserializer=_raw,
@@ -193,4 +247,10 @@ def raw_handler(behaviours: Mapping[str, RawBehaviour]) -> grpc.GenericRpcHandle
         )
         for name, (_request, response) in METHODS.items()
     }
+    if deliver is not None:
+        handlers[DELIVER] = grpc.stream_stream_rpc_method_handler(
+            deliver,
+            request_deserializer=_raw,
+            response_serializer=vnode_pb2.DeliverResponse.SerializeToString,
+        )
     return grpc.method_handlers_generic_handler(SERVICE, handlers)

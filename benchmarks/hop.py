@@ -12,8 +12,15 @@ cache answers it), parse, tensor decode and CRC, the result check, the VNode's l
 relu, and the encode of its output for fc2 (whose send is dropped: the hop ends at act1).
 Inference positions are used, so nothing waits for a backward pass.
 
-The baseline is `benchmarks.echo_server` (plaintext, raw bytes, no parsing) answering the
-same request bytes, with a reply of the ForwardResponse's size. The serve subprocess makes
+The delivery is measured both ways an agent sends: on a Deliver stream (STREAMED DELIVERY in
+vnode.proto; `agent.streams.Stream`, as `agent.peers` sends by default: one message, then its
+answer, on one open stream) and as a unary Forward call (`dcnr-agent --no-stream-delivery`,
+and how agents sent before Deliver). Each message has a request id of its own, so none is a
+duplicate the receiver could answer without computing.
+
+The baselines are `benchmarks.echo_server` (plaintext, raw bytes, no parsing) answering the
+same request bytes, with a reply of the ForwardResponse's size: as a unary call (the issue's
+"echo round trip") and on one bidirectional stream. The serve subprocess makes
 its own identity CA and writes the CA, and the sender's certificate and key, into DIR; it
 prints `hop serving on HOST:PORT`.
 """
@@ -35,7 +42,7 @@ from typing import Any
 import numpy as np
 from grpc import aio
 
-from agent import blobs, dataplane, keys
+from agent import blobs, dataplane, keys, peers, streams
 from api import identity, signed, tensors
 from api import tls as api_tls
 from api.dcnr.v1 import common_pb2, pnode_pb2, resolve_pb2, vnode_pb2
@@ -122,9 +129,9 @@ def _process(argv: list[str], cwd: Path) -> Iterator[str]:
         procs.stop(proc)
 
 
-def _request(index: int, tensor: common_pb2.Tensor) -> bytes:
+def _request(index: int, tensor: common_pb2.Tensor, prefix: str = "r") -> bytes:
     return vnode_pb2.ForwardRequest(
-        job="hop", request_id=f"r-{index}", network=NETWORK, sender_vnode="fc1",
+        job="hop", request_id=f"{prefix}-{index}", network=NETWORK, sender_vnode="fc1",
         sender_replica=0, sender_epoch=1, target_vnode="act1", target_replica=0,
         target_epoch=1, tensor=tensor, attempt=1,
     ).SerializeToString()  # fmt: skip
@@ -158,10 +165,26 @@ async def _stream_trips(channel: aio.Channel, bodies: list[bytes]) -> float:
     return statistics.median(times)
 
 
-async def measure(ctx: harness.Context, *, rounds: int, calls: int) -> harness.Comparison:
-    """The per-hop comparison: `rounds` alternating rounds of `calls` sequential calls. The
-    note adds what the same echo costs per message on one bidirectional stream (what a
-    stream per edge, instead of a unary call per message, would start from)."""
+async def _delivery_stream_trips(
+    stream: streams.Stream, signer: signed.Signer, bodies: list[bytes]
+) -> float:
+    """Median seconds of one delivery and its answer on an open Deliver stream."""
+    times = []
+    for body in bodies:
+        started = time.perf_counter()
+        answer = await stream.send(signer, "Forward", body, seconds=10)
+        times.append(time.perf_counter() - started)
+        if answer.code:  # a refused hop measures nothing
+            raise AssertionError(f"the hop was refused: {answer}")
+    return statistics.median(times)
+
+
+async def measure(
+    ctx: harness.Context, *, rounds: int, calls: int
+) -> list[harness.Comparison]:
+    """The per-hop comparisons: `rounds` alternating rounds of `calls` sequential calls of
+    each of the four: delivery on a Deliver stream, delivery as a unary call, echo as a
+    unary call, echo on a stream."""
     directory = ctx.workdir / "hop"
     directory.mkdir(parents=True, exist_ok=True)
     tensor = tensors.encode(
@@ -187,43 +210,87 @@ async def measure(ctx: harness.Context, *, rounds: int, calls: int) -> harness.C
         try:
             hop = hop_channel.unary_unary(FORWARD, None, vnode_pb2.ForwardResponse.FromString)
             echo = echo_channel.unary_unary("/bench.Echo/Forward", None, None)
+            deliver = streams.Stream(hop_channel, header=peers.header())
             warm = [_request(-i - 1, tensor) for i in range(50)]
             await _round_trips(hop, warm, signer)
+            await _delivery_stream_trips(deliver, signer, [
+                _request(-i - 1, tensor, "s") for i in range(50)
+            ])  # fmt: skip
             await _round_trips(echo, warm, None)
-            delivery: list[float] = []
+            await _stream_trips(echo_channel, warm)
+            on_stream: list[float] = []
+            unary: list[float] = []
             baseline: list[float] = []
-            streamed: list[float] = []
+            echo_streamed: list[float] = []
             for r in range(rounds):
                 bodies = [_request(r * calls + i, tensor) for i in range(calls)]
-                delivery.append(await _round_trips(hop, bodies, signer) * 1e6)
+                stream_bodies = [_request(r * calls + i, tensor, "s") for i in range(calls)]
+                on_stream.append(
+                    await _delivery_stream_trips(deliver, signer, stream_bodies) * 1e6
+                )
+                unary.append(await _round_trips(hop, bodies, signer) * 1e6)
                 baseline.append(await _round_trips(echo, bodies, None) * 1e6)
-                streamed.append(await _stream_trips(echo_channel, bodies) * 1e6)
+                echo_streamed.append(await _stream_trips(echo_channel, bodies) * 1e6)
+            await deliver.close()
         finally:
             await hop_channel.close(None)
             await echo_channel.close(None)
-    measured, base = harness.Stats.of(delivery), harness.Stats.of(baseline)
+    measured, base = harness.Stats.of(on_stream), harness.Stats.of(baseline)
+    echo_stream = harness.Stats.of(echo_streamed)
     ratio = measured.p50 / base.p50
-    paired = statistics.median(d / b for d, b in zip(delivery, baseline, strict=True))
-    return harness.Comparison(
-        name=f"one VNode-to-VNode delivery (fc1 -> act1 Forward, {ROWS}x{UNITS} float32)",
-        unit="µs per call (median of each round)",
-        measured=measured,
-        baseline_name="one bare grpc.aio echo round trip (benchmarks.echo_server, plaintext), "
-        "same request bytes",
-        baseline=base,
-        higher_is_better=False,
-        targets=(
-            harness.Target(
-                f"<= {TARGET_RATIO}x an echo round trip",
-                None if ctx.smoke else ratio <= TARGET_RATIO,
-            ),
-        ),
-        note=f"{rounds} alternating rounds of {calls} sequential calls; median of the per-round "
-        f"ratios {paired:.2f}; {len(_request(0, tensor)):,} bytes per request; the delivery "
-        "is mutual TLS + signed + attributed + checked + computed (relu) by a real "
-        f"agent.dataplane.DataPlane in its own process; the same echo on one bidirectional "
-        f"stream: {statistics.median(streamed):,.0f} µs per message (median of the rounds)",
+
+    def paired(a: list[float], b: list[float]) -> float:
+        return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+    what = f"{ROWS}x{UNITS} float32, {len(_request(0, tensor)):,} bytes per request"
+    how = (
+        f"{rounds} alternating rounds of {calls} sequential messages of each of four (delivery "
+        "on a Deliver stream, delivery as a unary call, unary echo, echo on a stream); the "
+        "delivery is mutual TLS + signed + attributed + checked + computed (relu) by a real "
+        "agent.dataplane.DataPlane in its own process"
     )
+    echo_name = (
+        "one bare grpc.aio echo round trip (benchmarks.echo_server, plaintext), same request "
+        "bytes"
+    )
+    return [
+        harness.Comparison(
+            name=f"one VNode-to-VNode delivery on a Deliver stream (fc1 -> act1, {what})",
+            unit="µs per message (median of each round)",
+            measured=measured,
+            baseline_name=echo_name,
+            baseline=base,
+            higher_is_better=False,
+            targets=(
+                harness.Target(
+                    f"<= {TARGET_RATIO}x an echo round trip",
+                    None if ctx.smoke else ratio <= TARGET_RATIO,
+                ),
+            ),
+            note=f"{how}; median of the per-round ratios {paired(on_stream, baseline):.2f}",
+        ),
+        harness.Comparison(
+            name="one VNode-to-VNode delivery on a Deliver stream vs echo on a stream",
+            unit="µs per message (median of each round)",
+            measured=measured,
+            baseline_name="the same echo on one bidirectional stream (benchmarks.echo_server "
+            "METHODStream): what a stream itself costs, without TLS, signature or handler",
+            baseline=echo_stream,
+            higher_is_better=False,
+            note=f"median of the per-round ratios {paired(on_stream, echo_streamed):.2f}",
+        ),
+        harness.Comparison(
+            name="one VNode-to-VNode delivery as a unary Forward call (--no-stream-delivery)",
+            unit="µs per call (median of each round)",
+            measured=harness.Stats.of(unary),
+            baseline_name=echo_name,
+            baseline=base,
+            higher_is_better=False,
+            note=f"the figure before Deliver; median of the per-round ratios "
+            f"{paired(unary, baseline):.2f}; the stream path is "
+            f"{paired(on_stream, unary):.2f}x of it (median of the per-round ratios)",
+        ),
+    ]
 
 
 def main() -> None:

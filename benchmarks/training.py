@@ -18,6 +18,8 @@ A baseline that cannot be flattered (issue 17):
   `--no-in-process-delivery`, and a third of one agent hosting everything, are up beside
   the first and take their turns in every round; the report gives all three, and how many
   of the network's edges placement co-located.
+- Deliver streams made measurable: a fifth cluster like the second whose agents also have
+  `--no-stream-delivery` (a unary call per message, as before Deliver) takes its turns too.
 - A spread check: a reference whose per-epoch rates spread more than SPREAD_BOUND (p90 /
   p10; a quiet 2-core machine stays under 1.3) was measured under contention. Such a run
   is flagged in its notes, and its targets are reported as not evaluable (None), not as met
@@ -72,6 +74,13 @@ SPREAD_BOUND = 1.5
 #: --driver-listen (its inbox verifies every result's signature on receipt).
 IN_PROCESS, ALL_GRPC, ONE_AGENT = "in process", "all gRPC", "one agent"
 EAGER_INBOX = "in process, inbox verifying every signature"
+#: Like ALL_GRPC (whose agents deliver on Deliver streams, the default), with unary calls.
+ALL_GRPC_UNARY = "all gRPC, unary calls"
+#: The agent flags of each cluster (the others: none).
+AGENT_FLAGS = {
+    ALL_GRPC: ("--no-in-process-delivery",),
+    ALL_GRPC_UNARY: ("--no-in-process-delivery", "--no-stream-delivery"),
+}
 DRIVER_LISTEN = ("--driver-listen", "127.0.0.1:0")
 PINNED_THREADS = {
     name: "1"
@@ -136,7 +145,9 @@ async def run(ctx: harness.Context) -> harness.Report:
                 "network": "examples/digits/network.yaml (6 VNodes: x, y, fc1, act1, fc2, loss)",
                 "agents": "3 per cluster, two clusters (in-process delivery on / off), a "
                 "third cluster of one agent, and a fourth like the first whose orchestrator "
-                "has no --driver-listen (the others have it)",
+                "has no --driver-listen (the others have it), and a fifth like the second "
+                "whose agents send unary calls (--no-stream-delivery; the others: Deliver "
+                "streams)",
                 "batch_size": BATCH,
                 "rounds": size.rounds,
                 "epochs_per_round": size.epochs_per_round,
@@ -211,6 +222,22 @@ async def run(ctx: harness.Context) -> harness.Report:
             f"{alone.p50 / baseline.p50:.3f}x of the reference",
         )
     )
+    unary = harness.Stats.of(sides[ALL_GRPC_UNARY].windows)
+    report.compare(
+        harness.Comparison(
+            name="training samples/s, all gRPC: Deliver streams vs unary calls",
+            unit="samples/s",
+            measured=without,
+            baseline_name="the same, agents also started with --no-stream-delivery (a unary "
+            "Forward/Backward call per message), a fifth cluster taking turns",
+            baseline=unary,
+            note=f"{_co_located(network, sides[ALL_GRPC_UNARY].placement)} of the {edges} edges "
+            "co-located in the baseline cluster; in both every hop between VNodes crosses "
+            "gRPC (--no-in-process-delivery), as it does between agents; the measured "
+            f"cluster is {without.p50 / baseline.p50:.3f}x of the reference, the baseline "
+            f"{unary.p50 / baseline.p50:.3f}x",
+        )
+    )
     eager = harness.Stats.of(sides[EAGER_INBOX].windows)
     report.compare(
         harness.Comparison(
@@ -224,7 +251,8 @@ async def run(ctx: harness.Context) -> harness.Report:
             "co-located in the baseline cluster",
         )
     )
-    report.compare(per_hop)
+    for figure in per_hop:
+        report.compare(figure)
     if contended:
         report.notes.append(
             f"CONTENDED: the reference's per-epoch rates spread {spread(single):.2f}x "
@@ -304,7 +332,7 @@ async def interleaved(
     size: Size,
     steps: int,
     manifest_file: Path,
-    clusters: Sequence[str] = (IN_PROCESS, ALL_GRPC, ONE_AGENT, EAGER_INBOX),
+    clusters: Sequence[str] = (IN_PROCESS, ALL_GRPC, ONE_AGENT, EAGER_INBOX, ALL_GRPC_UNARY),
 ) -> tuple[dict[str, Side], list[float]]:
     """Per cluster (IN_PROCESS, ALL_GRPC) its measurements, and the reference epochs'
     samples/s; the clusters are up together and take turns with the reference."""
@@ -315,7 +343,7 @@ async def interleaved(
     with contextlib.ExitStack() as stack:
         clients = []
         for label in clusters:
-            extra = ("--no-in-process-delivery",) if label == ALL_GRPC else ()
+            extra = AGENT_FLAGS.get(label, ())
             root = ctx.workdir / network.name / label.replace(" ", "-")
             url = f"sqlite:///{root / 'state.db'}"
             log = root / "orchestrator.log"

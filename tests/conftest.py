@@ -54,6 +54,7 @@ SLOWEST_FIRST: tuple[str, ...] = (
     "tests/dcnctl/test_credentials.py",  # 13 s
     "tests/integration/test_control_plane.py",  # 13 s
     "tests/controller/test_up.py",  # 11 s
+    "tests/agent/test_dataplane_stream.py",  # ~11 s (peer processes; a 2 s delivery deadline)
     "tests/controller/test_serve.py",  # 10 s
     "tests/reconcilers/test_network_apply_groups.py",  # ~10 s (migrations on moto: ~7 s)
 )

@@ -76,7 +76,14 @@ METHODS: dict[str, Access] = {
     **_rows("ResolutionService", Access.RESOLVE, "Resolve", "BatchResolve", "WatchEndpoints"),
     **_rows("ValidationService", Access.PNODE, "ReportResult"),
     **_rows(
-        "VNodeService", Access.PNODE, "Forward", "Backward", "Checkpoint", "Restore", "DescribeData"
+        "VNodeService",
+        Access.PNODE,
+        "Forward",
+        "Backward",
+        "Checkpoint",
+        "Restore",
+        "DescribeData",
+        "Deliver",
     ),
 }
 

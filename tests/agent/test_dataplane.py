@@ -76,6 +76,10 @@ class Driver(vnode_pb2_grpc.VNodeServiceServicer, resolve_pb2_grpc.ResolutionSer
     async def DescribeData(self, request, context):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the driver reads no data")
 
+    async def Deliver(self, request_iterator, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the driver takes unary calls")
+        yield vnode_pb2.DeliverResponse()
+
     async def BatchResolve(self, request, context):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "agents resolve one VNode at a time")
 

@@ -47,9 +47,11 @@ EXPECTED_SERVICES = {
     },
     "JobService": {"Train", "Infer", "GetJob", "ListJobs", "WatchJob", "CancelJob", "DeleteJob"},
     "ValidationService": {"ReportResult"},
-    "VNodeService": {"Forward", "Backward", "Checkpoint", "Restore", "DescribeData"},
+    "VNodeService": {"Forward", "Backward", "Checkpoint", "Restore", "DescribeData", "Deliver"},
 }
-SERVER_STREAMING = {"WatchAssignments", "WatchEndpoints", "WatchNetworks", "WatchJob"}
+SERVER_STREAMING = {"WatchAssignments", "WatchEndpoints", "WatchNetworks", "WatchJob", "Deliver"}
+#: Streams requests too: STREAMED DELIVERY in vnode.proto (bidirectional).
+CLIENT_STREAMING = {"Deliver"}
 
 
 def _modules(suffix: str) -> list[ModuleType]:
@@ -173,9 +175,9 @@ def test_every_service_has_the_expected_rpcs():
     assert not missing, f"services or RPCs missing: {missing}"
 
 
-def test_watch_rpcs_stream_responses_and_no_rpc_streams_requests():
+def test_watch_rpcs_stream_responses_and_only_deliver_streams_requests():
     for method in _methods():
-        assert not method.client_streaming, method.full_name
+        assert method.client_streaming == (method.name in CLIENT_STREAMING), method.full_name
         assert method.server_streaming == (method.name in SERVER_STREAMING), method.full_name
 
 
@@ -253,7 +255,10 @@ async def channel() -> AsyncIterator[grpc.aio.Channel]:
 async def _status_of(call_rpc, method: descriptor.MethodDescriptor) -> grpc.StatusCode | None:
     request = message_factory.GetMessageClass(method.input_type)()
     try:
-        if method.server_streaming:
+        if method.client_streaming:
+            async for _ in call_rpc(iter([request]), timeout=10):
+                pass
+        elif method.server_streaming:
             async for _ in call_rpc(request, timeout=10):
                 pass
         else:

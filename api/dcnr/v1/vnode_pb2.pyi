@@ -573,3 +573,108 @@ class DescribeDataResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DescribeDataResponse: _TypeAlias = DescribeDataResponse  # noqa: Y015
+
+@_typing.final
+class DeliverRequest(_message.Message):
+    """STREAMED DELIVERY. A Deliver stream carries Forward and Backward messages, each the bytes
+    of a ForwardRequest or BackwardRequest signed exactly as the unary call of that name signs
+    them (SIGNED REQUESTS in common.proto: the statement names /dcnr.v1.VNodeService/Forward
+    or /dcnr.v1.VNodeService/Backward, never Deliver), with the signature and certificate in
+    the message instead of call metadata. So a streamed message is the same evidence a unary
+    call would be (a SignedMessage of method, body, certificate, signature), and the receiver
+    authenticates and attributes every message on its own, exactly as a unary call: over
+    mutual TLS the stream's client certificate must be the message's signer, per message;
+    in plaintext each message's signature is verified. One message's refusal does not end
+    the stream: it is answered with the status code and ErrorDetails reason the unary call
+    would have failed with (the same codes, the same reasons, the same retries), and the
+    next message is read. The receiver handles one stream's messages one at a time, in the
+    order sent, and answers each before reading the next; a sender that wants several in
+    flight writes ahead and matches answers to messages by order (and `sequence`). A stream
+    that fails as a whole (the connection lost, a deadline) leaves its unanswered messages
+    undecided, like a unary call that failed: the sender retries them, and duplicates are
+    answered as duplicates.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    FORWARD_FIELD_NUMBER: _builtins.int
+    BACKWARD_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    forward: _builtins.bytes
+    backward: _builtins.bytes
+    signature: _builtins.bytes
+    """The sender's signature over the body, as `dcnr-signature-bin` of the unary call."""
+    certificate: _builtins.bytes
+    """The sender's identity certificate (DER), as `dcnr-certificate-bin` of the unary call."""
+    sequence: _builtins.int
+    """The sender's number for the message, echoed in its answer; increasing on a stream."""
+    @_builtins.property
+    def header(self) -> _common_pb2.RequestHeader:
+        """The stream's sender; read from the first message only (later ones may leave it unset)."""
+
+    def __init__(
+        self,
+        *,
+        header: _common_pb2.RequestHeader | None = ...,
+        forward: _builtins.bytes = ...,
+        backward: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        certificate: _builtins.bytes = ...,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backward", b"backward", "body", b"body", "forward", b"forward", "header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backward", b"backward", "body", b"body", "certificate", b"certificate", "forward", b"forward", "header", b"header", "sequence", b"sequence", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["forward", "backward"]  # noqa: Y015
+    _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
+
+Global___DeliverRequest: _TypeAlias = DeliverRequest  # noqa: Y015
+
+@_typing.final
+class DeliverResponse(_message.Message):
+    """The answer to one DeliverRequest, in the order they were sent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The answered message's `sequence`."""
+    code: _builtins.int
+    """The gRPC status code the unary call would have ended with (google.rpc.Code numbers):
+    0, OK, the message was taken; otherwise it was refused, e.g. NOT_FOUND (5: not hosted
+    here), FAILED_PRECONDITION (9: a stale epoch or attempt), UNAUTHENTICATED (16),
+    PERMISSION_DENIED (7), INVALID_ARGUMENT (3), DATA_LOSS (15), UNAVAILABLE (14).
+    """
+    message: _builtins.str
+    """The refusal's text, naming the field and value, as the unary call's status details."""
+    duplicate: _builtins.bool
+    """As ForwardResponse.duplicate: the receiver already had this message; nothing changed."""
+    @_builtins.property
+    def details(self) -> _common_pb2.ErrorDetails:
+        """Why it was refused, as the unary call's trailing `dcnr-error-details-bin`."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        code: _builtins.int = ...,
+        details: _common_pb2.ErrorDetails | None = ...,
+        message: _builtins.str = ...,
+        duplicate: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "details", b"details", "duplicate", b"duplicate", "message", b"message", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverResponse: _TypeAlias = DeliverResponse  # noqa: Y015

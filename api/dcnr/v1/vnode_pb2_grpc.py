@@ -60,6 +60,11 @@ class VNodeServiceStub:
                 request_serializer=dcnr_dot_v1_dot_vnode__pb2.DescribeDataRequest.SerializeToString,
                 response_deserializer=dcnr_dot_v1_dot_vnode__pb2.DescribeDataResponse.FromString,
                 _registered_method=True)
+        self.Deliver = channel.stream_stream(
+                '/dcnr.v1.VNodeService/Deliver',
+                request_serializer=dcnr_dot_v1_dot_vnode__pb2.DeliverRequest.SerializeToString,
+                response_deserializer=dcnr_dot_v1_dot_vnode__pb2.DeliverResponse.FromString,
+                _registered_method=True)
 
 
 class VNodeServiceServicer:
@@ -106,6 +111,17 @@ class VNodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Deliver(self, request_iterator, context):
+        """Forward and Backward messages from one sender on one stream (STREAMED DELIVERY below):
+        each message is handled exactly as the unary call of the same name would be, and
+        answered, in order, with what that call would have answered, without the set-up of a
+        call per message. Agents serve it; a job's driver does not (UNIMPLEMENTED: send it
+        unary calls), nor do agents older than it, so a sender falls back to the unary calls.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VNodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -133,6 +149,11 @@ def add_VNodeServiceServicer_to_server(servicer, server):
                     servicer.DescribeData,
                     request_deserializer=dcnr_dot_v1_dot_vnode__pb2.DescribeDataRequest.FromString,
                     response_serializer=dcnr_dot_v1_dot_vnode__pb2.DescribeDataResponse.SerializeToString,
+            ),
+            'Deliver': grpc.stream_stream_rpc_method_handler(
+                    servicer.Deliver,
+                    request_deserializer=dcnr_dot_v1_dot_vnode__pb2.DeliverRequest.FromString,
+                    response_serializer=dcnr_dot_v1_dot_vnode__pb2.DeliverResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -271,6 +292,33 @@ class VNodeService:
             '/dcnr.v1.VNodeService/DescribeData',
             dcnr_dot_v1_dot_vnode__pb2.DescribeDataRequest.SerializeToString,
             dcnr_dot_v1_dot_vnode__pb2.DescribeDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Deliver(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/dcnr.v1.VNodeService/Deliver',
+            dcnr_dot_v1_dot_vnode__pb2.DeliverRequest.SerializeToString,
+            dcnr_dot_v1_dot_vnode__pb2.DeliverResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,13 @@ class VNodeServiceStub:
     INVALID_ARGUMENT with ErrorDetails reason "DataError" when the data cannot be read (no
     such file, not an .npz/.npy, S3 refused, no data ref at all): no retry can help.
     """
+    Deliver: _grpc.StreamStreamMultiCallable[_vnode_pb2.DeliverRequest, _vnode_pb2.DeliverResponse]
+    """Forward and Backward messages from one sender on one stream (STREAMED DELIVERY below):
+    each message is handled exactly as the unary call of the same name would be, and
+    answered, in order, with what that call would have answered, without the set-up of a
+    call per message. Agents serve it; a job's driver does not (UNIMPLEMENTED: send it
+    unary calls), nor do agents older than it, so a sender falls back to the unary calls.
+    """
 
 @_typing.type_check_only
 class VNodeServiceAsyncStub(VNodeServiceStub):
@@ -81,6 +88,13 @@ class VNodeServiceAsyncStub(VNodeServiceStub):
     agent reads it. Errors: NOT_FOUND (not hosted here), FAILED_PRECONDITION (stale epoch),
     INVALID_ARGUMENT with ErrorDetails reason "DataError" when the data cannot be read (no
     such file, not an .npz/.npy, S3 refused, no data ref at all): no retry can help.
+    """
+    Deliver: _aio.StreamStreamMultiCallable[_vnode_pb2.DeliverRequest, _vnode_pb2.DeliverResponse]  # type: ignore[assignment]
+    """Forward and Backward messages from one sender on one stream (STREAMED DELIVERY below):
+    each message is handled exactly as the unary call of the same name would be, and
+    answered, in order, with what that call would have answered, without the set-up of a
+    call per message. Agents serve it; a job's driver does not (UNIMPLEMENTED: send it
+    unary calls), nor do agents older than it, so a sender falls back to the unary calls.
     """
 
 class VNodeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -130,6 +144,19 @@ class VNodeServiceServicer(metaclass=_abc_1.ABCMeta):
         agent reads it. Errors: NOT_FOUND (not hosted here), FAILED_PRECONDITION (stale epoch),
         INVALID_ARGUMENT with ErrorDetails reason "DataError" when the data cannot be read (no
         such file, not an .npz/.npy, S3 refused, no data ref at all): no retry can help.
+        """
+
+    @_abc_1.abstractmethod
+    def Deliver(
+        self,
+        request_iterator: _MaybeAsyncIterator[_vnode_pb2.DeliverRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_vnode_pb2.DeliverResponse], _abc.AsyncIterator[_vnode_pb2.DeliverResponse]]:
+        """Forward and Backward messages from one sender on one stream (STREAMED DELIVERY below):
+        each message is handled exactly as the unary call of the same name would be, and
+        answered, in order, with what that call would have answered, without the set-up of a
+        call per message. Agents serve it; a job's driver does not (UNIMPLEMENTED: send it
+        unary calls), nor do agents older than it, so a sender falls back to the unary calls.
         """
 
 def add_VNodeServiceServicer_to_server(servicer: VNodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

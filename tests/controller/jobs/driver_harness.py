@@ -283,6 +283,11 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
             message = self._message(request, "loss", honest, replica)
             await stub.Forward(vnode_pb2.ForwardRequest(**message))
 
+    async def Deliver(self, request_iterator: Any, context: Any) -> Any:
+        """Not served: the driver sends unary calls (its own agents' streams are not here)."""
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this fake agent takes unary calls")
+        yield vnode_pb2.DeliverResponse()
+
     async def DescribeData(self, request: vnode_pb2.DescribeDataRequest, context: Any) -> Any:
         """x's data: the request's file (a job's or an inference's data), else the rows this
         agent was built with; an unreadable file is a DataError, as the real agent says."""
