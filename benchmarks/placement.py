@@ -178,12 +178,15 @@ async def _measure(
         if informer:
             view = view_mod.View(store, clock, config=config_mod.ControlPlaneConfig())
             await view.refresh()
+            pnode_changes = network_loop.ChangedPNodes()
+            view.subscribe(pnode_changes.note)
             loop = network_loop.NetworkReconciler(
                 store,
                 clock,
                 on_written=view.apply_written,
                 on_deleted=view.apply_deleted,
                 pnodes=lambda: view.pnodes,
+                pnode_changes=pnode_changes,
             )
         else:
             loop = network_loop.NetworkReconciler(store, clock)

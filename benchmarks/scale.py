@@ -94,6 +94,8 @@ async def simulate(pnodes: int, vnodes: int, per_network: int, workdir: Path) ->
         setup = time.perf_counter() - t0
         rss_view = harness.peak_rss_bytes()
 
+        pnode_changes = network_loop.ChangedPNodes()
+        view.subscribe(pnode_changes.note)
         networks = network_loop.NetworkReconciler(
             store,
             clock,
@@ -101,6 +103,7 @@ async def simulate(pnodes: int, vnodes: int, per_network: int, workdir: Path) ->
             on_written=view.apply_written,
             on_deleted=view.apply_deleted,
             pnodes=lambda: view.pnodes,
+            pnode_changes=pnode_changes,
         )
         lifecycle = pnode_loop.PNodeReconciler(
             store,

@@ -261,6 +261,8 @@ class Orchestrator:
     def _register_loops(self) -> None:
         control = self.config.control
         written = self.view.apply_written
+        pnode_changes = network_loop.ChangedPNodes()
+        self.view.subscribe(pnode_changes.note)
         network_reconciler = network_loop.NetworkReconciler(
             self.store,
             self.clock,
@@ -270,6 +272,7 @@ class Orchestrator:
             on_replaced=self.metrics.replaced,
             on_event=self._on_event,
             pnodes=lambda: self.view.pnodes,
+            pnode_changes=pnode_changes,
         )
         pnode_reconciler = pnode_loop.PNodeReconciler(
             self.store,

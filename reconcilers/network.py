@@ -39,6 +39,7 @@ from datetime import datetime
 from typing import Protocol
 
 from api.resources import allocation as allocation_model
+from api.resources import meta
 from api.resources import network as network_model
 from api.resources import pnode as pnode_model
 from reconcilers import (
@@ -66,6 +67,26 @@ Network = network_model.Network
 PNode = pnode_model.PNode
 #: The informer's PNodes by name (the server passes its view's table).
 PNodeSource = Callable[[], Mapping[str, PNode]]
+
+
+class ChangedPNodes:
+    """The names of the PNodes the informer changed since the network loop last asked.
+
+    `note` is the informer's change callback (`View.subscribe`); `take` hands the names
+    over and starts afresh. Until the first `take` nothing is known of what came before, so
+    the first answer is None: look at every PNode. At most one name per PNode is held."""
+
+    def __init__(self) -> None:
+        self._names: set[str] | None = None
+
+    def note(self, old: meta.Resource | None, new: meta.Resource | None) -> None:
+        record = new if new is not None else old
+        if isinstance(record, PNode) and self._names is not None:
+            self._names.add(record.metadata.name)
+
+    def take(self) -> set[str] | None:
+        names, self._names = self._names, set()
+        return names
 
 
 class Settings(Protocol):
@@ -97,6 +118,7 @@ class NetworkReconciler:
         on_replaced: Callable[[str], None] | None = None,
         on_event: Callable[[base.Occurrence], None] | None = None,
         pnodes: PNodeSource | None = None,
+        pnode_changes: ChangedPNodes | None = None,
     ) -> None:
         """`scheduler` defaults to the PlanConfig's when `config` is one, else the default.
         `on_replaced(reason)` is told of every slot moved or re-issued, for metrics;
@@ -104,7 +126,9 @@ class NetworkReconciler:
         (`reconcilers.network_events`). `pnodes()`: the informer's PNodes, planned against
         instead of listing every PNode from the store each pass (they may lag the store;
         every write is conditioned on the version planned from, so a stale one only
-        conflicts and the pass is planned again)."""
+        conflicts and the pass is planned again). `pnode_changes`: told by the informer of
+        every PNode change, so a pass looks only at the PNodes changed since the last one
+        (without it, every pass walks every PNode)."""
         if scheduler is None:
             scheduler = scheduler_config.DEFAULT
             if isinstance(config, network_actions.PlanConfig):
@@ -119,6 +143,7 @@ class NetworkReconciler:
         self._on_replaced = on_replaced
         self._on_event = on_event
         self._pnodes = pnodes
+        self._changes = pnode_changes
         #: Scheduler views of the PNodes, converted once per record version (issue 13).
         self._views = scheduler_model.ViewCache()
 
@@ -130,11 +155,20 @@ class NetworkReconciler:
         allocations = await store_base.list_all(self._store, Allocation, index=("network", key))
         pnodes: dict[str, PNode]
         if self._pnodes is not None:
-            pnodes = dict(self._pnodes())  # this pass's: the informer moves on meanwhile
-            await self._held_pnodes(allocations, pnodes)
+            held = await self._held_pnodes(allocations, self._pnodes())
+            # From here to the plan nothing awaits: what changed, the informer's table and
+            # the views are of one moment. Taken before the copy, a change made later is
+            # still there for the next pass.
+            changed = None if self._changes is None else self._changes.take()
+            live = self._pnodes()
+            pnodes = dict(live)  # this pass's: the informer moves on meanwhile
+            for name, record in held.items():
+                pnodes.setdefault(name, record)
+            views = self._views.views(live, changed=changed, extra=held)
         else:  # no informer (tools, some tests): every PNode from the store, every pass
             listed = await store_base.list_all(self._store, PNode)
             pnodes = {p.metadata.name: p for p in listed}
+            views = self._views.views(pnodes)
         plan = network_plan.compute_plan(
             network,
             allocations,
@@ -142,7 +176,7 @@ class NetworkReconciler:
             seed=slots.seed_for(network),
             config=self._config,
             now=self._clock.now(),
-            views=self._views.views(pnodes),
+            views=views,
             snapshots=self._views,
         )
         applier = network_apply.Applier(
@@ -182,13 +216,19 @@ class NetworkReconciler:
             return base.Result(requeue_after=self._config.unschedulable_retry)
         return base.Result()
 
-    async def _held_pnodes(self, allocations: list[Allocation], pnodes: dict[str, PNode]) -> None:
+    async def _held_pnodes(
+        self, allocations: list[Allocation], pnodes: Mapping[str, PNode]
+    ) -> dict[str, PNode]:
         """Read from the store the PNodes holding `allocations` that the informer has not
         brought yet (one registered a moment ago and placed on by another replica): the plan
         must not take them for gone ("pnode-gone" migrates, and would release nothing)."""
-        for name in sorted({a.spec.pnode for a in allocations} - pnodes.keys()):
+        held: dict[str, PNode] = {}
+        # Not `set - pnodes.keys()`: that copies every key of the table (issue 13).
+        missing = {a.spec.pnode for a in allocations if a.spec.pnode not in pnodes}
+        for name in sorted(missing):
             with contextlib.suppress(errors.NotFound):
-                pnodes[name] = await self._store.get(PNode, name)
+                held[name] = await self._store.get(PNode, name)
+        return held
 
     def _tell(self, occurrence: base.Occurrence | None) -> None:
         if occurrence is not None and self._on_event is not None:

@@ -43,10 +43,11 @@ Pure: no I/O, no clock (`now` is passed in), randomness only from `seed`.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from datetime import datetime
-from typing import Literal
+from typing import Literal, TypeAlias, cast
 
 from api.resources import allocation as allocation_model
 from api.resources import amounts
@@ -164,6 +165,8 @@ class _Sorted:
 
 
 Pnodes = Mapping[str, pnode_model.PNode] | Iterable[pnode_model.PNode]
+#: A pass's views of the PNodes: its own changes (first map) over the cached views.
+Views: TypeAlias = "collections.ChainMap[str, model.NodeView]"
 
 
 def by_name(pnodes: Pnodes) -> Mapping[str, pnode_model.PNode]:
@@ -186,13 +189,17 @@ def compute_plan(
 ) -> network_actions.NetworkPlan:
     """`pnodes` by name or as a list; `views`, if given, must be `model.node_view` of each
     of them (a `model.ViewCache`'s, which spares converting every PNode each pass), and
-    `snapshots` the cache that derives this pass's snapshot from the last one's."""
+    `snapshots`, if given, the cache `views` came from (`ViewCache.views`): it keeps this
+    pass's snapshot up to date from the PNodes that changed instead of building it."""
     by_pnode = by_name(pnodes)
     specs = {v.name: v for v in network.spec.vnodes}  # network.vnode() is a linear search
     hashes = slots.vnode_hashes(network)
-    current, found, views = _sorted(network, specs, allocations, by_pnode, hashes, views)
+    current, found, working = _sorted(network, specs, allocations, by_pnode, hashes, views)
     requests = _requests(network, current, found)
-    snapshot = model.Snapshot(views.values()) if snapshots is None else snapshots.snapshot(views)
+    if snapshots is None:
+        snapshot = model.Snapshot(working.values())
+    else:  # the pass's own charges on top of the cache's views
+        snapshot = snapshots.snapshot(working.maps[0])
     decided = placement.place_all(requests, snapshot, seed=seed, config=config.scheduler)
     migrations, places, unschedulable = _decide(network, specs, decided, found, by_pnode, hashes)
 
@@ -244,18 +251,20 @@ def _sorted(
     by_pnode: Mapping[str, pnode_model.PNode],
     hashes: dict[str, str],
     cached: Mapping[str, model.NodeView] | None = None,
-) -> tuple[list[Allocation], _Sorted, dict[str, model.NodeView]]:
+) -> tuple[list[Allocation], _Sorted, Views]:
     """The network's allocations (by slot), sorted by the rules with re-issues resized, and
-    the PNodes as placement will see them (stops released, re-issues resized)."""
+    the PNodes as placement will see them (stops released, re-issues resized): this pass's
+    changes in the first map, over `cached` (never written) or views converted here."""
     current = sorted(
         (a for a in allocations if a.spec.network == network.metadata.name),
         key=lambda a: a.metadata.name,
     )
     found = _sort(network, specs, current, by_pnode, hashes)
     if cached is None:
-        views = {name: model.node_view(p) for name, p in by_pnode.items()}
-    else:
-        views = dict(cached)  # this pass's working copy: the views themselves are immutable
+        cached = {name: model.node_view(p) for name, p in by_pnode.items()}
+    # Not a copy of every view: at 100,000 PNodes that was a walk per pass (issue 13).
+    # A ChainMap writes only to its first map, so `cached` is never written.
+    views: Views = collections.ChainMap({}, cast("MutableMapping[str, model.NodeView]", cached))
     for stop in found.stops:  # released before anything is placed: applied first
         _adjust(views, stop.allocation.spec.pnode, stop.allocation.spec.resources, -1)
     _resize(network, specs, found, views, by_pnode, hashes)
@@ -291,7 +300,7 @@ def _resize(
     network: network_model.Network,
     specs: dict[str, network_model.VNodeSpec],
     found: _Sorted,
-    views: dict[str, model.NodeView],
+    views: Views,
     by_pnode: Mapping[str, pnode_model.PNode],
     hashes: dict[str, str],
 ) -> None:
@@ -445,7 +454,7 @@ def _after(action: network_actions.Action) -> tuple[str, str | None]:
 
 
 def _fits_in_place(
-    views: dict[str, model.NodeView], alloc: Allocation, resources: network_model.ResourceRequest
+    views: Views, alloc: Allocation, resources: network_model.ResourceRequest
 ) -> bool:
     """Whether `resources` fit on the allocation's PNode once its current charge is released."""
     node = views.get(alloc.spec.pnode)
@@ -470,7 +479,7 @@ def _request(resources: network_model.ResourceRequest) -> model.Request:
 
 
 def _adjust(
-    views: dict[str, model.NodeView],
+    views: Views,
     pnode: str,
     resources: network_model.ResourceRequest,
     sign: int,

@@ -149,6 +149,8 @@ class Replica:
         self.resolver = resolution_service.ResolutionService(
             view=self.view, clock=clock, replica_id=replica_id
         )
+        pnode_changes = network_loop.ChangedPNodes()
+        self.view.subscribe(pnode_changes.note)
         self.loops: dict[str, Any] = {
             "network": network_loop.NetworkReconciler(
                 store,
@@ -157,6 +159,7 @@ class Replica:
                 on_written=self._network_wrote,
                 on_deleted=self.view.apply_deleted,
                 pnodes=lambda: self.view.pnodes,
+                pnode_changes=pnode_changes,
             ),
             "pnode": pnode_loop.PNodeReconciler(
                 store,

@@ -29,18 +29,26 @@ CONFIG = network_actions.PlanConfig(unschedulable_retry=5.0)
 
 
 class Informer:
-    """PNodes by name: written through by the loop, re-read from the store on `sync`."""
+    """PNodes by name: written through by the loop, re-read from the store on `sync`; tells
+    `changes` of every PNode it changes, as the server's view tells the loop."""
 
     def __init__(self, store: base.Store) -> None:
         self.store = store
         self.pnodes: dict[str, PNode] = {}
+        self.changes = network_loop.ChangedPNodes()
 
     async def sync(self) -> None:
-        self.pnodes = {p.metadata.name: p for p in await base.list_all(self.store, PNode)}
+        listed = {p.metadata.name: p for p in await base.list_all(self.store, PNode)}
+        for name in self.pnodes.keys() | listed.keys():
+            old, new = self.pnodes.get(name), listed.get(name)
+            if old is None or new is None or old.metadata != new.metadata:
+                self.changes.note(old, new)
+        self.pnodes = listed
 
     def written(self, records: list[meta.Resource]) -> None:
         for record in records:
             if isinstance(record, PNode):
+                self.changes.note(self.pnodes.get(record.metadata.name), record)
                 self.pnodes[record.metadata.name] = record
 
 
@@ -86,6 +94,7 @@ def informed(store: base.Store, informer: Informer) -> network_loop.NetworkRecon
         config=CONFIG,
         on_written=informer.written,
         pnodes=lambda: informer.pnodes,
+        pnode_changes=informer.changes,
     )
 
 

@@ -250,16 +250,26 @@ def test_config_errors_name_field_value_and_valid_range(build, message: str) -> 
 # -- the view cache (issue 13): a view per record version ----------------------------------
 
 
-def stored(name: str, *, version: int, uid: str = "u", cpu: int = 0) -> pnode.PNode:
+def stored(
+    name: str,
+    *,
+    version: int,
+    uid: str = "u",
+    cpu: int = 0,
+    valid: int = 0,
+    datasets: tuple[str, ...] = ("mnist", "cifar"),
+) -> pnode.PNode:
     node = make_pnode(name)
     node.metadata.uid, node.metadata.resource_version = f"{uid}-{name}", version
     node.status.allocated.cpu = cpu
+    node.status.trust.consecutive_valid = valid
+    node.spec.datasets = list(datasets)
     return node
 
 
 def test_view_cache_converts_a_record_once_per_version() -> None:
     cache = model.ViewCache()
-    first = cache.views({"a": stored("a", version=1), "b": stored("b", version=1)})
+    first = dict(cache.views({"a": stored("a", version=1), "b": stored("b", version=1)}))
     assert first == {"a": model.node_view(stored("a", version=1)), "b": first["b"]}
     # Equal records at the same version: the very same view objects come back.
     again = cache.views({"a": stored("a", version=1), "b": stored("b", version=1)})
@@ -281,9 +291,9 @@ def test_view_cache_forgets_pnodes_that_are_gone_and_never_keeps_unstored_ones()
     cache.views({"a": stored("a", version=1)})
     assert len(cache) == 1
     # Version 0: a record that was never stored; two such are not the same record.
-    unstored = cache.views({"c": stored("c", version=0, cpu=1)})
-    changed = cache.views({"c": stored("c", version=0, cpu=2)})
-    assert (unstored["c"].cpu_allocated, changed["c"].cpu_allocated) == (1, 2)
+    unstored = cache.views({"c": stored("c", version=0, cpu=1)})["c"]
+    changed = cache.views({"c": stored("c", version=0, cpu=2)})["c"]
+    assert (unstored.cpu_allocated, changed.cpu_allocated) == (1, 2)
 
 
 def test_view_cache_reuses_a_view_for_the_very_same_record_object() -> None:
@@ -296,7 +306,50 @@ def test_view_cache_reuses_a_view_for_the_very_same_record_object() -> None:
     assert cache.views({"a": stored("a", version=3)})["a"] is first
 
 
-# -- snapshots derived from the last one (issue 13) ----------------------------------------
+def test_told_what_changed_the_cache_looks_at_nothing_else() -> None:
+    """Not vacuous: with `changed`, a PNode whose record changed but was not named keeps
+    its old view (that is the saving), and a named one is converted."""
+    cache = model.ViewCache()
+    pnodes = {n: stored(n, version=1) for n in ("a", "b")}
+    cache.views(pnodes)
+    pnodes["a"], pnodes["b"] = stored("a", version=2, cpu=7), stored("b", version=2, cpu=9)
+    views = cache.views(pnodes, changed={"b"})
+    assert (views["a"].cpu_allocated, views["b"].cpu_allocated) == (0, 9)
+    assert cache.views(pnodes)["a"].cpu_allocated == 7  # untold: every record looked at
+
+
+def test_a_pnode_come_or_gone_untold_is_found_by_the_count() -> None:
+    cache = model.ViewCache()
+    pnodes = {n: stored(n, version=1) for n in ("a", "b")}
+    cache.views(pnodes)
+    pnodes["c"] = stored("c", version=1)
+    assert set(cache.views(pnodes, changed=set())) == {"a", "b", "c"}
+    del pnodes["a"]
+    assert set(cache.views(pnodes, changed=set())) == {"b", "c"}
+
+
+def test_extra_pnodes_are_viewed_until_neither_source_has_them() -> None:
+    """A PNode read from the store that the informer has not brought yet (`extra`) gets a
+    view; the informer's record wins once it has one; gone from both, it is forgotten
+    without anyone naming it."""
+    cache = model.ViewCache()
+    informer = {"a": stored("a", version=1)}
+    assert set(cache.views(informer, changed=None, extra={"x": stored("x", version=4)})) == {
+        "a",
+        "x",
+    }
+    informer["x"] = stored("x", version=5, cpu=3)
+    views = cache.views(informer, changed={"x"}, extra={"x": stored("x", version=4)})
+    assert views["x"].cpu_allocated == 3
+    del informer["x"]
+    assert set(cache.views(informer, changed={"x"}, extra={"x": stored("x", version=6)})) == {
+        "a",
+        "x",
+    }
+    assert set(cache.views(informer, changed=set())) == {"a"}
+
+
+# -- snapshots kept up to date from the changes (issue 13) ---------------------------------
 
 
 def snapshot_facts(snap: model.Snapshot) -> tuple[object, ...]:
@@ -317,12 +370,13 @@ def test_replaced_refuses_a_view_of_another_pnode() -> None:
         snap.replaced({0: helpers.node("b")})
 
 
-#: One step of a pass: a PNode charged, its trust or datasets changed, one added or gone.
+#: One step between passes: a PNode charged, its trust or datasets changed, one added or
+#: gone; or this pass charging a PNode in its own overlay.
 STEPS = st.lists(
     st.tuples(
-        st.sampled_from(["charge", "trust", "dataset", "add", "remove", "nothing"]),
+        st.sampled_from(["charge", "trust", "dataset", "add", "remove", "overlay", "nothing"]),
         st.integers(0, 11),
-        st.sampled_from([0.0, 0.3, 0.6, 0.9]),
+        st.integers(0, 400),
     ),
     max_size=25,
 )
@@ -330,52 +384,73 @@ STEPS = st.lists(
 
 @settings(max_examples=150, derandomize=True, deadline=None)
 @given(size=st.integers(0, 8), passes=st.lists(STEPS, min_size=1, max_size=5))
-def test_a_derived_snapshot_equals_one_built_afresh(
-    size: int, passes: list[list[tuple[str, int, float]]]
+def test_a_kept_snapshot_equals_one_built_afresh(
+    size: int, passes: list[list[tuple[str, int, int]]]
 ) -> None:
-    """Pass after pass, whatever changed (allocations, trust, datasets, the set of PNodes),
-    the cache's snapshot is exactly `Snapshot(views)`: same nodes, same indexes. That is
-    what keeps placement a pure function of its inputs."""
-    views = {f"p{i:02d}": helpers.node(f"p{i:02d}", trust=0.3) for i in range(size)}
+    """Pass after pass, whatever changed (allocations, trust, datasets, the set of PNodes)
+    and whatever a pass charges in its overlay, the cache's snapshot told only the changed
+    names is exactly `Snapshot` of every record's view with the overlay on top: same nodes,
+    same indexes. That is what keeps placement a pure function of its inputs."""
+    pnodes = {f"p{i:02d}": stored(f"p{i:02d}", version=1) for i in range(size)}
     cache = model.ViewCache()
-    derived = 0
+    cache.views(pnodes)
+    kept = 0
     for steps in passes:
-        last = cache.snapshot(dict(views)) if views else None
-        for action, index, trust in steps:
+        last = cache.snapshot()
+        changed: set[str] = set()
+        overlay: dict[str, model.NodeView] = {}
+        for action, index, amount in steps:
             name = f"p{index:02d}"
-            if action == "add" and name not in views:
-                views[name] = helpers.node(name, trust=trust)
-            elif action == "remove":
-                views.pop(name, None)
-            elif name in views and action == "charge":
-                views[name] = dataclasses.replace(
-                    views[name], cpu_allocated=views[name].cpu_allocated + 100
-                )
-            elif name in views and action == "trust":
-                views[name] = dataclasses.replace(views[name], trust=trust)
-            elif name in views and action == "dataset":
-                views[name] = dataclasses.replace(views[name], datasets=frozenset({"mnist"}))
-        snap = cache.snapshot(dict(views))
-        assert snapshot_facts(snap) == snapshot_facts(model.Snapshot(views.values()))
-        if last is not None and snap.by_name is last.by_name:
-            derived += 1
-    if size and all(a in ("charge", "nothing") for steps in passes for a, _, _ in steps):
-        assert derived == len(passes), "same PNodes, only charges: always derived"
+            old = pnodes.get(name)
+            version = 1 if old is None else old.metadata.resource_version + 1
+            if action == "add" and old is None:  # a re-created PNode: another uid
+                pnodes[name] = stored(name, version=1, valid=amount, uid=f"u{amount}-{index}")
+            elif action == "remove" and old is not None:
+                del pnodes[name]
+            elif old is not None and action == "charge":
+                pnodes[name] = stored(name, version=version, cpu=amount)
+            elif old is not None and action == "trust":
+                pnodes[name] = stored(name, version=version, valid=amount)
+            elif old is not None and action == "dataset":
+                pnodes[name] = stored(name, version=version, datasets=("imagenet",))
+            elif old is not None and action == "overlay":
+                overlay[name] = dataclasses.replace(model.node_view(old), cpu_allocated=amount)
+                continue
+            changed.add(name)
+        views = cache.views(pnodes, changed=changed)
+        overlay = {n: v for n, v in overlay.items() if n in pnodes}
+        snap = cache.snapshot(overlay)
+        fresh = model.Snapshot(
+            {**{n: model.node_view(p) for n, p in pnodes.items()}, **overlay}.values()
+        )
+        assert snapshot_facts(snap) == snapshot_facts(fresh)
+        assert set(views) == set(pnodes)
+        if snap.by_name is last.by_name:
+            kept += 1
+    if size and all(a in ("charge", "overlay", "nothing") for s in passes for a, _, _ in s):
+        assert kept == len(passes), "same PNodes, only charges: the indexes are kept"
 
 
-def test_a_snapshot_of_the_same_pnodes_is_derived_not_sorted_again() -> None:
-    """Not vacuous: the derived path is taken (the indexes are the last snapshot's), and
-    unchanged views leave the very same snapshot."""
-    views = {n: helpers.node(n, trust=0.5) for n in ("c", "a", "b")}
+def test_a_snapshot_of_the_same_pnodes_is_patched_not_sorted_again() -> None:
+    """Not vacuous: the patched path is taken (the indexes are the last snapshot's),
+    unchanged views leave the very same snapshot, and an overlay never stays in it."""
+    pnodes = {n: stored(n, version=1, valid=50) for n in ("c", "a", "b")}
     cache = model.ViewCache()
-    first = cache.snapshot(views)
-    assert cache.snapshot(dict(views)) is first
-    views["b"] = dataclasses.replace(views["b"], cpu_allocated=500)
-    second = cache.snapshot(views)
+    cache.views(pnodes)
+    first = cache.snapshot()
+    cache.views(pnodes, changed=set())
+    assert cache.snapshot() is first
+    pnodes["b"] = stored("b", version=2, cpu=500, valid=50)
+    views = cache.views(pnodes, changed={"b"})
+    second = cache.snapshot()
     assert second.by_name is first.by_name
     assert second.by_trust is first.by_trust
     assert second.node("b") is views["b"]
-    views["a"] = dataclasses.replace(views["a"], trust=0.9)
-    third = cache.snapshot(views)
+    charged = dataclasses.replace(views["c"], cpu_allocated=900)
+    assert cache.snapshot({"c": charged}).node("c") is charged
+    assert cache.snapshot().node("c") is views["c"]
+    pnodes["a"] = stored("a", version=2, valid=500)
+    third = cache.snapshot() if cache.views(pnodes, changed={"a"}) else None
+    assert third is not None
     assert third.by_trust is not first.by_trust
     assert third.by_trust[0] == third.by_name["a"]
