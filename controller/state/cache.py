@@ -63,6 +63,7 @@ class Cache:
             and old.metadata.resource_version >= record.metadata.resource_version
         ):
             return  # never move a record backwards
+        meta.share_fields_sets(record)  # held as long as it is current: keep it small
         table[record.name] = record
         self._changed(old, record)
 
