@@ -128,6 +128,10 @@ class KindSchema:
     is_loss: bool = False
     source_only: bool = False
     output_shape: OutputShape | None = None
+    #: The cheaper proof than recomputation a replica can check this kind's result with
+    #: (adaptive validation's spot check, ForwardRequest.spot_check); "": none, a sampled
+    #: result of this kind is recomputed by a replica.
+    spot_check: str = ""
 
     @property
     def param_names(self) -> list[str]:
@@ -269,6 +273,7 @@ BUILTIN: dict[str, KindSchema] = {
         KindSchema(
             "dense", "y = x @ W + b over the last axis", params=(_UNITS, _IN_FEATURES, _INIT),
             inputs_doc="1, [..., features]", output_shape=_dense,
+            spot_check="freivalds: y @ r == x @ (W @ r) + b @ r for random r",
         ),
         KindSchema("relu", "max(x, 0)", output_shape=_same),
         KindSchema("tanh", "tanh(x)", output_shape=_same),
@@ -332,6 +337,13 @@ def refresh_plugins() -> None:
 
 def known_kinds() -> list[str]:
     return sorted({*BUILTIN, *_plugin_points()})
+
+
+def spot_checkable(name: str) -> bool:
+    """Whether a built-in kind's result has a cheaper proof than recomputation (its
+    schema's `spot_check`); plugin kinds have none: a replica recomputes them."""
+    builtin = BUILTIN.get(name)
+    return builtin is not None and bool(builtin.spot_check)
 
 
 def schema_of(name: str) -> KindSchema:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from agent.runtime import data as data_module
-from agent.runtime import kinds
+from agent.runtime import kinds, spot
 from api import kinds as api_kinds
 
 KindError = kinds.KindError
@@ -130,6 +130,20 @@ class Dense(kinds.Kind):
         x64 = kinds.as_float(x, "inputs[0]")
         y = (x64 @ w + b).astype(kinds.out_dtype([x]))
         return y, (x, x64) if training else None
+
+    def spot_check(
+        self,
+        inputs: Sequence[np.ndarray],
+        params: Mapping[str, np.ndarray],
+        claimed: np.ndarray,
+        rng: np.random.Generator,
+    ) -> spot.Verdict:
+        self.check_input_count(len(inputs))
+        w, b = self._weights(params)
+        x = inputs[0]
+        if claimed.dtype != kinds.out_dtype([x]):
+            return spot.Verdict(False, float("inf"))
+        return spot.dense(x, w, b, claimed, rng)
 
     def backward(
         self, grad_output: np.ndarray | None, cache: Any, params: Mapping[str, np.ndarray]
