@@ -203,6 +203,8 @@ class DataPlane:
         #: `on_message(forward, refused_reason)`: each Forward/Backward message, handled
         #: (reason None) or refused (for `agent.metrics`).
         self.on_message: Callable[[bool, str | None], None] = lambda _forward, _reason: None
+        #: `on_spot(result)`: each spot check this agent ran as a checker (`agent.metrics`).
+        self.on_spot: Callable[[str], None] = lambda _result: None
         self._reports: set[asyncio.Task[None]] = set()
         #: Assignments whose kind could not be built: (signature, why), reported as FAILED.
         self._failed: dict[Slot, tuple[tuple[Any, ...], str]] = {}
@@ -685,6 +687,7 @@ class DataPlane:
             sender_epoch=request.sender_epoch,
             adaptive=request.adaptive,
             double_check=tuple(request.double_check),
+            spot_check=_spot_check(request),
             evidence=self._signed(request, view, empty, forward=forward) if several else None,
         )
 
@@ -733,6 +736,14 @@ class DataPlane:
                 self._tell_driver(hosted, request, failed)
                 raise
         self.on_message(forward, None)
+        if received.spot:
+            self.on_spot(received.spot)
+            if received.spot == "failed":
+                log.warning(
+                    "%s/%s replica %d: spot check of replica 0's output at %s %s failed; "
+                    "sent this replica's own result for the children to compare",
+                    *_slot(hosted.instance), *message.position,
+                )  # fmt: skip
         for why in received.dropped:  # held gradients this message released, unusable
             log.warning("%s/%s replica %d: %s", *_slot(hosted.instance), why)
         for finding in received.findings:
@@ -774,6 +785,8 @@ class DataPlane:
                 )
             return
         neighbours = hosted.instance.parents if forward else hosted.instance.children
+        if forward and name == hosted.instance.vnode and name in _spot_check(request):
+            neighbours = [name]  # replica 0's output to its checker (`vnode.Instance`)
         if name not in neighbours:
             relation = "parent" if forward else "child"
             raise _Refusal(
@@ -852,6 +865,7 @@ class DataPlane:
             sender_epoch=request.sender_epoch,
             adaptive=request.adaptive,
             double_check=tuple(request.double_check),
+            spot_check=_spot_check(request),
             evidence=evidence,
         )
 
@@ -982,6 +996,8 @@ class DataPlane:
             "adaptive": o.adaptive,
             "double_check": o.double_check,
         }
+        if o.forward:
+            fields["spot_check"] = o.spot_check
         fields["step" if o.position[0] == "step" else "request_id"] = o.position[1]
         # The tensor is left to the sender: encoded only if it leaves this process.
         if o.forward:
@@ -1006,6 +1022,11 @@ def _timed(instance: vnode.Instance, message: vnode.Message) -> tuple[vnode.Rece
 #: The empty marker an in-process message carries for "no gradient" / "no input".
 _EMPTY = np.zeros((0,), dtype=np.float32)
 _EMPTY.flags.writeable = False
+
+
+def _spot_check(request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest) -> tuple[str, ...]:
+    """The VNodes spot-checked at this position (a Forward's; a Backward names none)."""
+    return tuple(request.spot_check) if isinstance(request, vnode_pb2.ForwardRequest) else ()
 
 
 def _slot(instance: vnode.Instance) -> Slot:
@@ -1041,6 +1062,12 @@ def _neighbours(a: pnode_pb2.Assignment) -> dict[str, tuple[str, dict[str, Any]]
         except ValueError:
             params = {}
         found[name] = (kind, params if isinstance(params, dict) else {})
+    if a.vnode not in found:  # a spot check's claim is checked as this VNode's own result
+        try:
+            own = json.loads(a.params_json or b"{}")
+        except ValueError:
+            own = {}
+        found[a.vnode] = (a.kind, own if isinstance(own, dict) else {})
     return found
 
 

@@ -207,6 +207,7 @@ async def _serve(
         sender.local = plane  # VNodes hosted here get their messages in process
     metrics = metrics_mod.AgentMetrics(dataplane.REFUSAL_REASONS)
     plane.on_message = lambda forward, refused: metrics.message(forward=forward, refused=refused)
+    plane.on_spot = metrics.spot_checked
     metrics_note = ""
     if args.metrics_listen:
         metrics_host, _, metrics_port = args.metrics_listen.rpartition(":")

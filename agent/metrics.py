@@ -20,6 +20,8 @@ HEARTBEAT_RESULTS = ("ok", "fenced", "failed")
 REGISTRATION_RESULTS = ("registered", "failed", "refused")
 #: The states of the agent's link to the orchestrator (`agent.link.State`).
 LINK_STATES = ("connected", "lost", "reconnecting")
+#: What a spot check this agent ran as a checker found (`agent.vnode.Received.spot`).
+SPOT_RESULTS = ("passed", "failed", "recomputed")
 
 
 class AgentMetrics:
@@ -64,6 +66,17 @@ class AgentMetrics:
             ["state"],
             registry=r,
         )
+        self.spot_checks = prometheus_client.Counter(
+            "dcnr_agent_spot_checks",
+            "Spot checks this agent ran as a checker replica (adaptive validation), by "
+            "result: passed (the producer's output sent on), failed (its own recomputation "
+            "sent instead; the children's comparison settles it), recomputed (the kind has "
+            "no cheaper proof).",
+            ["result"],
+            registry=r,
+        )
+        for result in SPOT_RESULTS:
+            self.spot_checks.labels(result)
         for state in LINK_STATES:
             self.link_changes.labels(state)
         for direction in DIRECTIONS:
@@ -87,6 +100,9 @@ class AgentMetrics:
             self.messages.labels(direction).inc()
         else:
             self.refused.labels(direction, refused).inc()
+
+    def spot_checked(self, result: str) -> None:
+        self.spot_checks.labels(result).inc()
 
     def heartbeat(self, result: str) -> None:
         self.heartbeats.labels(result).inc()

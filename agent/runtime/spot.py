@@ -30,6 +30,7 @@ replica comparison (`api.quorum`, rtol 1e-4) would call a disagreement anyway.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class Verdict:
     worst: float
 
 
-def unit_roundoff(dtype: np.dtype[np.generic]) -> float:
+def unit_roundoff(dtype: np.dtype[Any]) -> float:
     """Half the gap between 1 and the next float of `dtype` (the rounding of one value)."""
     return float(np.finfo(dtype).eps) / 2 if np.issubdtype(dtype, np.floating) else 0.0
 

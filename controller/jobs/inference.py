@@ -15,9 +15,14 @@ data.url).
 Redundancy. Under network `validation: none`/`replicas`, every replica of every VNode
 computes the request and every result is compared (by the agents that receive them, and
 here for the sinks). Under `validation: adaptive` the driver picks the VNodes to
-double-check for this request (`select`: each at the rate `controller.trust.sampling` sets
+check for this request (`select`: each at the rate `controller.trust.sampling` sets
 for the PNode running the VNode's replica 0, from that PNode's own history, with a floor;
 a VNode with a tiebreaker is always checked); the others compute on replica 0 alone. A
+sampled VNode whose kind has a cheaper proof than recomputation (`api.kinds.spot_checkable`:
+dense) and no tiebreaker is spot-checked (ForwardRequest.spot_check: replica 1 proves
+replica 0's output and passes it on, `agent.vnode`); any other is double-checked (every
+replica computes), and so is every VNode with a tiebreaker, whose dispute a spot check
+cannot settle. A
 dispute (no majority) requests a tiebreaker replica, waits until it is live and restored,
 and retries under a new request id, within the caller's deadline. So does a result failing
 its checks (its PNode is struck, and moves once Bugged): nothing that failed a check is
@@ -62,13 +67,21 @@ class Selection:
 
     adaptive: bool
     double_check: tuple[str, ...]
-    #: vnode → replicas computing it (1: replica 0 alone, its result only checked).
+    #: vnode → replicas taking part in it (1: replica 0 alone, its result only checked;
+    #: a spot-checked VNode's checker counts, though it does not recompute).
     computing: dict[str, int]
+    #: Sampled VNodes checked by a cheaper proof than a replica's recomputation.
+    spot_check: tuple[str, ...] = ()
 
     @property
     def double_checks(self) -> int:
-        """Results computed beyond one per VNode: the extra compute of validation."""
-        return sum(n - 1 for n in self.computing.values())
+        """Results recomputed beyond one per VNode: validation's extra full computations."""
+        return sum(n - 1 for name, n in self.computing.items() if name not in self.spot_check)
+
+    @property
+    def spot_checks(self) -> int:
+        """Results proven by a spot check instead of recomputed."""
+        return sum(self.computing[name] - 1 for name in self.spot_check)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -92,14 +105,22 @@ def select(
     counts = driver_plan.replica_counts(net)
     if net.spec.validation != "adaptive":
         return Selection(False, (), counts)
-    chosen = tuple(
-        v.name
+    sampled = [
+        v
         for v in net.spec.vnodes
         if counts[v.name] > 1
         and (v.name in net.status.tiebreakers or _sampled(standing(v.name), policy, rng))
+    ]
+    spot = tuple(
+        v.name
+        for v in sampled
+        if counts[v.name] == 2
+        and v.name not in net.status.tiebreakers
+        and api_kinds.spot_checkable(v.kind)
     )
-    computing = {name: (n if name in chosen else 1) for name, n in counts.items()}
-    return Selection(True, chosen, computing)
+    full = tuple(v.name for v in sampled if v.name not in spot)
+    computing = {name: (n if name in (*full, *spot) else 1) for name, n in counts.items()}
+    return Selection(True, full, computing, spot)
 
 
 def _sampled(found: Standing, policy: sampling.SamplingPolicy, rng: random.Random) -> bool:
@@ -404,7 +425,9 @@ async def _once(
     )
     if ctx.results.metrics is not None:
         ctx.results.metrics.inference_computed(
-            primary=len(chosen.computing), double_check=chosen.double_checks
+            primary=len(chosen.computing),
+            double_check=chosen.double_checks,
+            spot_check=chosen.spot_checks,
         )
 
     async def one(source: str, replica: int) -> None:
@@ -425,6 +448,7 @@ async def _once(
                 attempt=0,
                 adaptive=chosen.adaptive,
                 double_check=chosen.double_check,
+                spot_check=chosen.spot_check,
                 data=data,
             )
 
