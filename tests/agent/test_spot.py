@@ -85,4 +85,3 @@ def test_kinds_without_a_cheaper_proof_have_none() -> None:
     relu = kinds.kind_class("relu")({})
     x = np.ones((2, 3), dtype=np.float32)
     assert relu.spot_check([x], {}, x, np.random.default_rng(0)) is None
-
