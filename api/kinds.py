@@ -346,6 +346,27 @@ def spot_checkable(name: str) -> bool:
     return builtin is not None and bool(builtin.spot_check)
 
 
+#: A dense spot check pays (`spot_pays`) when the product it replaces, b n m multiply-adds,
+#: is at least this many times the b n + n m + b m values the check passes over. Measured
+#: (benchmarks/README.md, "Validation frontier": CPU seconds per VNode, BLAS on one thread):
+#: the check costs 2.8x the product at digits' 64x64x32 (numpy's per-call overhead), 1.4x at
+#: 256x1024x10, 0.5x at 256x256x1024 and 0.13-0.18x at 256x1024x1024; the product is 16, 9,
+#: 114 and 171 times the passes there.
+SPOT_MIN_RATIO = 64
+
+
+def spot_pays(kind: str, input_shape: Shape | None, output_shape: Shape | None) -> bool:
+    """Whether a spot check of a `kind` result with these shapes costs less than
+    recomputing it (SPOT_MIN_RATIO); unknown shapes: no (a replica recomputes)."""
+    if not spot_checkable(kind) or not input_shape or not output_shape:
+        return False
+    n, m = input_shape[-1], output_shape[-1]
+    b = 1
+    for d in input_shape[:-1]:
+        b *= d
+    return b * n * m >= SPOT_MIN_RATIO * (b * n + n * m + b * m)
+
+
 def schema_of(name: str) -> KindSchema:
     """The schema of kind `name`; ParamsError("kind", …) naming the known kinds if none."""
     builtin = BUILTIN.get(name)

@@ -16,8 +16,11 @@ float64), and each float64 dot product of length L carries at most L * 2^-53 rel
 the sum of the absolute products (Higham's gamma_L). Per row i and round c:
 
     |y @ R - x @ (W @ R) - b @ R|[i, c] <= 2 u_out * (|y| @ |R|)[i, c]
-        + SLACK * (n + m + 2) * 2^-53 * ((|x| @ (|W| @ |R|))[i, c] + (|b| @ |R|)[c]
+        + SLACK * (n + m + 2) * 2^-53 * ((|x| @ rowsum|W|)[i] * max|R[:, c]| + (|b| @ |R|)[c]
                                           + (|y| @ |R|)[i, c])
+
+(rowsum|W| * max|r| bounds |W| @ |r| from above; the dense kind keeps rowsum|W| per weights,
+so a check reads W once.)
 
 with SLACK = 4 covering both sides' float64 sums and the bound's own rounding, and the
 factor 2 on u_out the case where one output column carries the whole sum (m = 1: the
@@ -55,6 +58,13 @@ def unit_roundoff(dtype: np.dtype[Any]) -> float:
     return float(np.finfo(dtype).eps) / 2 if np.issubdtype(dtype, np.floating) else 0.0
 
 
+def row_sums(w: np.ndarray) -> np.ndarray:
+    """Sum over each row of |W|: what `dense` bounds |W| @ |r| with (times max |r|). A
+    pass over W, which a caller holding the same weights may keep (`Dense.spot_check`)."""
+    rows: np.ndarray = np.abs(w).sum(axis=1)
+    return rows
+
+
 def dense(
     x: np.ndarray,
     w: np.ndarray,
@@ -63,10 +73,12 @@ def dense(
     rng: np.random.Generator,
     *,
     rounds: int = ROUNDS,
+    w_rows: np.ndarray | None = None,
 ) -> Verdict:
     """Whether `y` is x @ w + b (over the last axis, as the dense kind computes it), by
     Freivalds' check with `rounds` normal vectors. Shapes must already agree (the caller
-    has checked x against W; `y` was checked by the result checks): a mismatch fails."""
+    has checked x against W; `y` was checked by the result checks): a mismatch fails.
+    `w_rows`: `row_sums(w)`, if the caller keeps it (else computed here)."""
     n, m = w.shape
     if x.shape[-1:] != (n,) or y.shape != (*x.shape[:-1], m) or b.shape != (m,):
         return Verdict(False, float("inf"))
@@ -78,7 +90,9 @@ def dense(
     residual = y64 @ r - x64 @ (w @ r) - b @ r
     r_abs = np.abs(r)
     y_scale = np.abs(y64) @ r_abs
-    x_scale = np.abs(x64) @ (np.abs(w) @ r_abs) + np.abs(b) @ r_abs
+    # (|W| @ |r|)[l] <= row_sums(W)[l] * max |r|: looser than the product, one pass fewer.
+    rows = row_sums(w) if w_rows is None else w_rows
+    x_scale = (np.abs(x64) @ rows)[:, None] * r_abs.max(axis=0) + np.abs(b) @ r_abs
     tolerance = 2 * unit_roundoff(y.dtype) * y_scale + SLACK * (n + m + 2) * _U64 * (
         x_scale + y_scale
     )

@@ -20,9 +20,11 @@ for the PNode running the VNode's replica 0, from that PNode's own history, with
 a VNode with a tiebreaker is always checked); the others compute on replica 0 alone. A
 sampled VNode whose kind has a cheaper proof than recomputation (`api.kinds.spot_checkable`:
 dense) and no tiebreaker is spot-checked (ForwardRequest.spot_check: replica 1 proves
-replica 0's output and passes it on, `agent.vnode`); any other is double-checked (every
-replica computes), and so is every VNode with a tiebreaker, whose dispute a spot check
-cannot settle. A
+replica 0's output and passes it on, `agent.vnode`) as the network's `spotCheck` says:
+`always`, `never`, or `auto` (the default) where the proof costs less than recomputing at
+this request's shapes (`api.kinds.spot_pays`; shapes unknown, as for a data reference: a
+replica). Any other is double-checked (every replica computes), and so is every VNode with
+a tiebreaker, whose dispute a spot check cannot settle. A
 dispute (no majority) requests a tiebreaker replica, waits until it is live and restored,
 and retries under a new request id, within the caller's deadline. So does a result failing
 its checks (its PNode is struck, and moves once Bugged): nothing that failed a check is
@@ -45,7 +47,7 @@ import asyncio
 import dataclasses
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from api import kinds as api_kinds
@@ -99,9 +101,12 @@ def select(
     rng: random.Random,
     *,
     policy: sampling.SamplingPolicy = sampling.DEFAULT,
+    shapes: Mapping[str, api_kinds.Shape | None] | None = None,
 ) -> Selection:
     """The replicas that compute a request. `standing(vnode)`: the PNode running the
-    VNode's replica 0, whose rate (`sampling.rate`) decides whether it is double-checked."""
+    VNode's replica 0, whose rate (`sampling.rate`) decides whether it is checked;
+    `shapes`: each VNode's output shape in this request (`api.kinds.inference_shapes`),
+    for whether a spot check pays (module docstring)."""
     counts = driver_plan.replica_counts(net)
     if net.spec.validation != "adaptive":
         return Selection(False, (), counts)
@@ -116,11 +121,24 @@ def select(
         for v in sampled
         if counts[v.name] == 2
         and v.name not in net.status.tiebreakers
-        and api_kinds.spot_checkable(v.kind)
+        and _spot(net.spec.spot_check, v, shapes or {})
     )
     full = tuple(v.name for v in sampled if v.name not in spot)
     computing = {name: (n if name in (*full, *spot) else 1) for name, n in counts.items()}
     return Selection(True, full, computing, spot)
+
+
+def _spot(
+    policy: net_model.SpotCheckPolicy,
+    v: net_model.VNodeSpec,
+    shapes: Mapping[str, api_kinds.Shape | None],
+) -> bool:
+    if policy == "never" or not api_kinds.spot_checkable(v.kind):
+        return False
+    if policy == "always":
+        return True
+    parent = shapes.get(v.inputs[0]) if len(v.inputs) == 1 else None
+    return api_kinds.spot_pays(v.kind, parent, shapes.get(v.name))
 
 
 def _sampled(found: Standing, policy: sampling.SamplingPolicy, rng: random.Random) -> bool:
@@ -163,7 +181,7 @@ async def infer(
                 name,
                 f"must name a source VNode of {network!r}: {', '.join(sources)}",
             )
-    _check_shapes(net, inputs)
+    shapes = _check_shapes(net, inputs)
     failed = driver.not_started(
         ctx.view,
         [allocation.slot_name(network, v.name, r) for v in net.spec.vnodes
@@ -182,7 +200,9 @@ async def infer(
     while True:
         seen = signal.value  # read before the state, so no change slips between
         net = ctx.view.networks.get(network) or net
-        chosen = select(net, lambda vnode: _standing(ctx, network, vnode), rng)
+        chosen = select(
+            net, lambda vnode: _standing(ctx, network, vnode), rng, shapes=shapes
+        )
         missing = _not_ready(ctx, net, chosen)
         held = _on_suspects(ctx, net, chosen)
         if refused is not None and ctx.clock.monotonic() >= deadline:
@@ -294,17 +314,20 @@ async def _data_sources(
     return reading
 
 
-def _check_shapes(net: net_model.Network, inputs: dict[str, common_pb2.Tensor]) -> None:
+def _check_shapes(
+    net: net_model.Network, inputs: dict[str, common_pb2.Tensor]
+) -> dict[str, api_kinds.Shape | None]:
     """Refuse at once tensors some VNode would certainly refuse (by its kind's declared
     shapes, `api.kinds`): the agent's refusal would otherwise reach nobody but its log,
-    and the caller would wait out the deadline."""
+    and the caller would wait out the deadline. Returns every VNode's output shape (None:
+    unknown)."""
     given = {
         name: None if tensors.is_empty(t) else tuple(int(d) for d in t.shape)
         for name, t in inputs.items()
     }
     graph = [(v.name, v.kind, v.params, v.inputs) for v in net.spec.vnodes]
     try:
-        api_kinds.inference_shapes(graph, given)
+        return api_kinds.inference_shapes(graph, given)
     except api_kinds.GraphShapeError as exc:
         shown = ", ".join(f"{n} {list(s) if s is not None else 'empty'}" for n, s in given.items())
         raise faults.InvalidArgument(

@@ -223,6 +223,9 @@ async def test_training_with_a_liar_matches_the_reference(
 
 async def test_spot_checks_catch_a_liar_lying_slightly_in_dense_outputs(tmp_path: Path) -> None:
     manifest = _manifest(validation="adaptive")
+    # Digits' layers are too small for the proof to cost less than recomputing (`auto`
+    # would recompute them: benchmarks/README.md), so the test asks for it.
+    manifest["spec"]["spotCheck"] = "always"
     network = network_model.Network.model_validate(manifest)
     fleets: list[list[agents.Agent]] = []
     async with _cluster(tmp_path, manifest, "slight", lie_kinds="dense", fleets=fleets) as (

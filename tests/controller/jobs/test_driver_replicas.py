@@ -449,13 +449,36 @@ def test_adaptive_selection_follows_the_history_of_replica_zero() -> None:
     assert settling.computing["loss"] == 3
 
 
-def _with_dense(tiebreakers: tuple[str, ...] = ()) -> net_model.Network:
+def _with_dense(
+    tiebreakers: tuple[str, ...] = (), spot: net_model.SpotCheckPolicy = "always"
+) -> net_model.Network:
     """The adaptive network with a dense VNode `fc` between x and the loss."""
     net = adaptive(tiebreakers)
     fc = net_model.VNodeSpec(name="fc", kind="dense", params={"units": 1}, inputs=["x"])
     loss = net.spec.vnodes[1].model_copy(update={"inputs": ["fc"]})
-    net.spec = net.spec.model_copy(update={"vnodes": [net.spec.vnodes[0], fc, loss]})
+    net.spec = net.spec.model_copy(
+        update={"vnodes": [net.spec.vnodes[0], fc, loss], "spot_check": spot}
+    )
     return net
+
+
+@pytest.mark.parametrize(
+    ("policy", "shapes", "spot"),
+    [
+        ("always", {}, True),
+        ("never", {"x": (256, 1024), "fc": (256, 1024)}, False),
+        ("auto", {}, False),  # shapes unknown (a data reference): a replica
+        ("auto", {"x": (64, 64), "fc": (64, 32)}, False),  # digits' fc1: the check costs more
+        ("auto", {"x": (256, 1024), "fc": (256, 1024)}, True),  # wide: a seventh of it
+    ],
+)
+def test_spot_check_policy(
+    policy: net_model.SpotCheckPolicy, shapes: dict[str, tuple[int, ...]], spot: bool
+) -> None:
+    net = _with_dense(spot=policy)
+    chosen = inference.select(net, lambda v: standing(0), random.Random(1), shapes=shapes)
+    assert chosen.spot_check == (("fc",) if spot else ())
+    assert ("fc" in chosen.double_check) is not spot
 
 
 def test_a_sampled_dense_vnode_is_spot_checked_and_others_double_checked() -> None:
