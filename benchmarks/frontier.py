@@ -5,12 +5,16 @@ For each liar model and each setting of each scheme, the mean over `--seeds` see
 `benchmarks.frontier_model.simulate` (its docstring states the model) of two figures with
 their 95 % confidence intervals (mean ± 1.96 standard errors):
 
-- extra compute: results computed beyond one per VNode result (double checks, tiebreakers,
-  recomputations) over the primary results;
+- extra compute: CPU seconds spent checking (spot checks, double checks, tiebreakers,
+  recomputations) over the CPU seconds of the primary results, each VNode's costs measured
+  first (`benchmarks.spot_cost`: its forward pass and its spot check, BLAS on one thread)
+  for `--network digits` or `wide`; `--network count` counts results (each costs 1);
 - wrong answers: the share of answers that reached the caller holding a lie.
 
 The schemes, in the same harness on the same seeds: this project's per-PNode sampling
-(`controller.trust.sampling`, swept by its floor) and BOINC's 1/CV rule
+(`controller.trust.sampling`, swept by its floor) with spot checks where they pay (as
+`spotCheck: auto` picks them), the same without spot checks (every check a replica), and
+BOINC's 1/CV rule
 (`controller.trust.adaptive`, swept by the consecutive valid results below which every
 result is checked; 10 is BOINC's). At the headline point (the largest floor whose extra
 compute is at most 15 %) our wrong-answer share is compared with BOINC's interpolated at the
@@ -36,20 +40,25 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks import frontier_model as model
+from benchmarks import spot_cost
 from controller.trust import sampling
 
-FLOORS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.4)
+FLOORS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.4, 0.6)
 MIN_VALIDS = (5, 10, 40, 100, 300, 1000)
 SCALES = (2.0, 4.0, 8.0, 16.0, 32.0)
 #: (scheme, label, settings): ours by floor; BOINC by min_valid, or by a factor on 1/CV.
 SCHEMES: tuple[tuple[str, str, tuple[float, ...]], ...] = (
-    ("ours", "ours (per-PNode, floor)", FLOORS),
+    ("ours", "ours (per-PNode, floor, spot checks)", FLOORS),
+    ("ours-replicas", "ours, replicas only", FLOORS),
     ("boinc", "BOINC 1/CV, min_valid swept", tuple(float(m) for m in MIN_VALIDS)),
     ("boinc-scaled", "BOINC c/CV, c swept", SCALES),
 )
 BUDGET = 0.15
 DEFAULT_FLOOR = 0.1
 WORLD = model.World()
+#: Requests per run with a network's costs: about the 8,000 results of the count world.
+RESULTS_PER_RUN = 8000
+BOINC_SWEEPS = ("boinc", "boinc-scaled")
 PATIENCE = 300
 
 MODELS: tuple[model.Liars, ...] = (
@@ -96,16 +105,33 @@ class Point:
     lies_unbugged: tuple[int, ...]
 
 
+def world_of(network: str) -> model.World:
+    """The world of `--network`: counted results, or a network's measured CPU costs (a
+    replica where its spot check does not pay, as `spotCheck: auto` decides)."""
+    if network == "count":
+        return WORLD
+    costs = tuple(
+        model.VNodeCost(c.name, c.compute, c.check if c.pays else c.compute)
+        for c in spot_cost.measured(network)
+    )
+    return model.World(costs=costs, requests=RESULTS_PER_RUN // len(costs))
+
+
 def measure(liars: model.Liars, seeds: int, world: model.World = WORLD) -> list[Point]:
     points = []
     for scheme, _, settings in SCHEMES:
+        if scheme == "ours-replicas" and not world.costs:
+            continue  # counted results: nothing is cheaper than a replica
         for setting in settings:
             rule = (
-                model.ours(setting) if scheme == "ours"
+                model.ours(setting) if scheme.startswith("ours")
                 else model.boinc(int(setting)) if scheme == "boinc"
                 else model.boinc(scale=setting)
             )  # fmt: skip
-            runs = [model.simulate(rule, liars, world, seed) for seed in range(seeds)]
+            spot = scheme == "ours"
+            runs = [
+                model.simulate(rule, liars, world, seed, spot=spot) for seed in range(seeds)
+            ]
             points.append(
                 Point(
                     scheme,
@@ -156,7 +182,7 @@ def headline(points: Sequence[Point]) -> Verdict | None:
     ours = max(within, key=lambda p: p.setting)
     found = [
         (e, scheme)
-        for scheme, _, _ in SCHEMES[1:]
+        for scheme in BOINC_SWEEPS
         if (e := interpolate([p for p in points if p.scheme == scheme], ours.extra.mean))
     ]
     if not found:
@@ -177,15 +203,30 @@ def _lies(values: Sequence[int]) -> str:
 
 
 def report(
-    results: dict[str, list[Point]], *, seeds: int, seconds: float, plot: str | None
+    results: dict[str, list[Point]],
+    *,
+    seeds: int,
+    seconds: float,
+    plot: str | None,
+    world: model.World = WORLD,
+    network: str = "count",
 ) -> list[str]:
-    w = WORLD
+    w = world
+    vnodes = w.results()
+    if w.costs:
+        what = (
+            f"the `{network}` network's {len(vnodes)} computing VNodes ("
+            + ", ".join(v.name for v in vnodes)
+            + "), extra compute in measured CPU seconds (table below)"
+        )
+    else:
+        what = f"{len(vnodes)} VNode results, extra compute counted in results"
     lines = [
         "## Validation frontier (`make frontier`)",
         "",
         f"Model-level simulation (`benchmarks/frontier_model.py`), {seeds} seeded runs per "
         f"point, {seconds:.0f} s on a shared 2-core machine. Each run: {w.pnodes} PNodes of "
-        f"which {w.liars} lie, {w.requests} requests of {w.results_per_request} VNode results "
+        f"which {w.liars} lie, {w.requests} requests of {what}, "
         "each placed on PNodes drawn at random, a new fleet (no trust at the start), Bugged "
         "liars do not come back (one model lets them rejoin under new identities). The check "
         "rate is the real `controller.trust.sampling` (ours, swept by `floor`, warm-up "
@@ -218,10 +259,32 @@ def report(
         "rule swept to the same compute (a longer warm-up, or a factor on 1/CV) the gain in "
         "a run of this length is small or none (the table says how much); it is against "
         "BOINC's own setting, whose rate keeps falling as the fleet ages, that the floor "
-        "pays. Checks cheaper than a replica (issue 18's spot checks, not built) would lower "
-        "both curves alike.",
+        "pays.",
+        "- Spot checks. Where a VNode's kind has a proof cheaper than recomputation (dense: "
+        "Freivalds' check, `agent/runtime/spot.py`) and it pays at the layer's size, ours "
+        "checks with it; BOINC's rule keeps full replicas, as BOINC does. A check that pays "
+        "lets ours check more results for the same compute; kinds without one pay a replica.",
         "",
     ]
+    if w.costs:
+        lines += [
+            "CPU per result, measured before the run (`benchmarks/spot_cost.py`, median of 7 "
+            "rounds, BLAS on one thread, same machine and load): computing a VNode's result, "
+            "and what ours spends checking it (its spot check where that pays, else a "
+            "replica's recomputation).",
+            "",
+            "| VNode | compute (µs) | ours' check (µs) | check / compute |",
+            "|---|---|---|---|",
+            *(
+                f"| {v.name} | {1e6 * v.compute:.1f} | {1e6 * v.check:.1f} | "
+                f"{v.check / v.compute:.3f} |"
+                for v in vnodes
+            ),
+            f"| all | {1e6 * sum(v.compute for v in vnodes):.1f} | "
+            f"{1e6 * sum(v.check for v in vnodes):.1f} | "
+            f"{sum(v.check for v in vnodes) / sum(v.compute for v in vnodes):.3f} |",
+            "",
+        ]
     if plot:
         lines += [f"![validation frontier]({plot})", ""]
     lines += [
@@ -290,10 +353,12 @@ def draw(results: dict[str, list[Point]], path: Path) -> None:
     names = [m.name for m in (MODELS[0], MODELS[1], MODELS[2], MODELS[4], MODELS[7], MODELS[9])]
     figure, grid = pyplot.subplots(2, 3, figsize=(15, 8.5))
     for axes, name in zip(grid.flat, names, strict=False):
-        for (scheme, label, _), marker in zip(SCHEMES, "os^", strict=True):
+        for (scheme, label, _), marker in zip(SCHEMES, "oDs^", strict=True):
             pts = sorted(
                 (p for p in results[name] if p.scheme == scheme), key=lambda p: p.extra.mean
             )
+            if not pts:
+                continue
             axes.errorbar(
                 [100 * p.extra.mean for p in pts],
                 [100 * p.wrong.mean for p in pts],
@@ -343,6 +408,10 @@ def splice(readme: Path, lines: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.frontier", description=__doc__)
     parser.add_argument("--seeds", type=int, default=40, help="seeded runs per point")
+    parser.add_argument(
+        "--network", choices=("count", "digits", "wide"), default="count",
+        help="whose measured CPU costs (count: every result costs 1)",
+    )  # fmt: skip
     parser.add_argument("--report", type=Path, default=None, help="markdown report to write")
     parser.add_argument("--plot", type=Path, default=None, help="PNG plot to write")
     parser.add_argument(
@@ -353,16 +422,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 2:
         parser.error(f"--seeds: {args.seeds} must be at least 2 (an interval needs two runs)")
     t0 = time.perf_counter()
+    world = world_of(args.network)
     results: dict[str, list[Point]] = {}
     for liars in MODELS:
-        results[liars.name] = measure(liars, args.seeds)
+        results[liars.name] = measure(liars, args.seeds, world)
         print(f"{liars.name}: done at {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     seconds = time.perf_counter() - t0
     plot_ref: str | None = None
     if args.plot is not None:
         draw(results, args.plot)
         plot_ref = f"plots/{args.plot.name}"
-    lines = report(results, seeds=args.seeds, seconds=seconds, plot=plot_ref)
+    lines = report(
+        results,
+        seeds=args.seeds,
+        seconds=seconds,
+        plot=plot_ref,
+        world=world,
+        network=args.network,
+    )
     text = "\n".join(lines) + "\n"
     if args.report is not None:
         args.report.parent.mkdir(parents=True, exist_ok=True)

@@ -97,3 +97,23 @@ def test_report_and_readme_splice(tmp_path: Path) -> None:
     assert text.index("## Validation frontier") < text.index("## Chaos soak")
     assert text.startswith("# Benchmarks\n\nfigures\n")
     assert text.endswith("verdicts\n")
+
+
+def test_spot_checks_cost_less_and_change_no_outcome() -> None:
+    """A spot check that pays is cheaper than a replica and decides the same votes: on the
+    same seed the same answers are wrong, for less compute; a VNode whose check does not
+    pay (check == compute) costs a replica either way."""
+    costs = (model.VNodeCost("fc", 10.0, 1.0), model.VNodeCost("act", 1.0, 1.0))
+    world = model.World(requests=300, costs=costs)
+    liars = model.Liars("10% slight", 0.10)
+    for seed in range(3):
+        spot = model.simulate(model.ours(0.5), liars, world, seed, spot=True)
+        full = model.simulate(model.ours(0.5), liars, world, seed)
+        assert (spot.wrong, spot.lies, spot.honest_strikes) == (
+            full.wrong, full.lies, full.honest_strikes,
+        )  # fmt: skip
+        assert spot.extra < full.extra
+    pays_not = model.World(requests=300, costs=(model.VNodeCost("act", 1.0, 1.0),) * 2)
+    assert model.simulate(model.ours(0.5), liars, pays_not, 1, spot=True) == model.simulate(
+        model.ours(0.5), liars, pays_not, 1
+    )
