@@ -59,6 +59,7 @@ FRONTIER_NETWORK ?= wide
 frontier: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.frontier --seeds $(FRONTIER_SEEDS) --network $(FRONTIER_NETWORK) \
 	  --report benchmarks/results/frontier.md --plot benchmarks/plots/frontier.png \
+	  --json benchmarks/results/frontier.json \
 	  --readme benchmarks/README.md
 
 # Not part of make test: 1,000,000 simulated PNode-hours (docs/simulator.md). A seed that

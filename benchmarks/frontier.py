@@ -30,14 +30,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import importlib
 import itertools
+import json
 import math
 import statistics
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from benchmarks import frontier_model as model
 from benchmarks import spot_cost
@@ -129,9 +132,7 @@ def measure(liars: model.Liars, seeds: int, world: model.World = WORLD) -> list[
                 else model.boinc(scale=setting)
             )  # fmt: skip
             spot = scheme == "ours"
-            runs = [
-                model.simulate(rule, liars, world, seed, spot=spot) for seed in range(seeds)
-            ]
+            runs = [model.simulate(rule, liars, world, seed, spot=spot) for seed in range(seeds)]
             points.append(
                 Point(
                     scheme,
@@ -192,6 +193,88 @@ def headline(points: Sequence[Point]) -> Verdict | None:
     separated = boinc.mean - ours.wrong.mean > ours.wrong.half + boinc.half
     met = ours.wrong.mean <= 0.01 and ours.wrong.mean * 10 <= boinc.mean and separated
     return Verdict(ours, boinc, sweep, ratio, separated, met)
+
+
+def verdict(results: dict[str, list[Point]]) -> list[str]:
+    """Issue 18's headline criterion, said plainly for each headline liar model: against
+    BOINC at the same compute (its better sweep, as `headline` defines it) and against
+    BOINC's own setting, and what spot checks bought (ours with replicas only, same floor)."""
+    lines = ["Verdict on the criterion (two of ten agents lying on 10 % of their results):", ""]
+    for name in HEADLINE:
+        points = results.get(name)
+        if points is None:
+            continue
+        v = headline(points)
+        own = next(p for p in points if (p.scheme, p.setting) == ("boinc", 10))
+        if v is None:
+            lines.append(f"- {name}: no floor of ours within {BUDGET:.0%}: not met.")
+            continue
+        plain = next(
+            (p for p in points if (p.scheme, p.setting) == ("ours-replicas", v.ours.setting)),
+            None,
+        )
+        vs_boinc = (
+            f"BOINC at the same compute ({v.sweep}) {v.boinc}"
+            if v.boinc is not None
+            else "BOINC's sweeps do not reach that compute"
+        )
+        absolute = "within" if v.ours.wrong.mean <= 0.01 else "above"
+        tenth = (
+            "at most a tenth of it with the intervals apart"
+            if v.met
+            else "not a tenth of it (or the intervals overlap)"
+        )
+        line = (
+            f"- {name}: **{'met' if v.met else 'not met'}**. Ours at floor {v.ours.setting:g}: "
+            f"{v.ours.wrong} wrong answers ({absolute} 1 %) for {v.ours.extra} extra compute; "
+            f"{vs_boinc}: {tenth}. Against BOINC's own rule (min_valid 10: {own.extra} extra, "
+            f"{own.wrong} wrong) "
+        )
+        if own.wrong.mean > 0:
+            ratio = v.ours.wrong.mean / own.wrong.mean
+            apart = own.wrong.mean - v.ours.wrong.mean > own.wrong.half + v.ours.wrong.half
+            line += f"ours is {ratio:.2f} of it, intervals {'apart' if apart else 'overlapping'}"
+        else:
+            line += "both are at zero"
+        if plain is not None:
+            line += (
+                f"; without spot checks the same floor costs {plain.extra} extra compute "
+                f"(wrong {plain.wrong})."
+            )
+        else:
+            line += "."
+        lines.append(line)
+    return lines
+
+
+def save(path: Path, results: dict[str, list[Point]], meta: dict[str, object]) -> None:
+    """The run's figures as JSON, so the report can be rendered again without a re-run."""
+    data = {
+        **meta,
+        "results": {n: [dataclasses.asdict(p) for p in ps] for n, ps in results.items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def load(path: Path) -> tuple[dict[str, list[Point]], dict[str, Any]]:
+    data = json.loads(path.read_text())
+    results = {
+        name: [
+            Point(
+                p["scheme"],
+                p["setting"],
+                Estimate(**p["extra"]),
+                Estimate(**p["wrong"]),
+                p["honest_strikes"],
+                tuple(p["lies_before_bugged"]),
+                tuple(p["lies_unbugged"]),
+            )
+            for p in points
+        ]
+        for name, points in data.pop("results").items()
+    }
+    return results, data
 
 
 def _lies(values: Sequence[int]) -> str:
@@ -309,6 +392,7 @@ def report(
             f"| {name} | {v.ours.setting:g} | {v.ours.extra} | {v.ours.wrong} | {boinc} | "
             f"{ratio} | {'met' if v.met else 'not met'} | {own_cell} |"
         )
+    lines += ["", *verdict(results), ""]
     lines += [
         "",
         f"Liars Bugged, at our default floor ({DEFAULT_FLOOR:g}) and at BOINC's own rule "
@@ -418,16 +502,45 @@ def main(argv: list[str] | None = None) -> int:
         "--readme", type=Path, default=None,
         help="README whose frontier section to replace (the rest is left as it is)",
     )  # fmt: skip
+    parser.add_argument(
+        "--json", type=Path, default=None,
+        help="where to write the run's figures (with --render: where to read them from)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--render", action="store_true",
+        help="no run: render the report, plot and README section again from --json",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.seeds < 2:
         parser.error(f"--seeds: {args.seeds} must be at least 2 (an interval needs two runs)")
-    t0 = time.perf_counter()
-    world = world_of(args.network)
-    results: dict[str, list[Point]] = {}
-    for liars in MODELS:
-        results[liars.name] = measure(liars, args.seeds, world)
-        print(f"{liars.name}: done at {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    seconds = time.perf_counter() - t0
+    if args.render:
+        if args.json is None:
+            parser.error("--render: needs --json, the figures of an earlier run")
+        results, meta = load(args.json)
+        world = model.World(
+            **{
+                **meta["world"],
+                "costs": tuple(model.VNodeCost(**c) for c in meta["world"]["costs"]),
+            }
+        )
+        args.seeds, args.network, seconds = meta["seeds"], meta["network"], meta["seconds"]
+    else:
+        t0 = time.perf_counter()
+        world = world_of(args.network)
+        results = {}
+        for liars in MODELS:
+            results[liars.name] = measure(liars, args.seeds, world)
+            print(f"{liars.name}: done at {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        seconds = time.perf_counter() - t0
+        if args.json is not None:
+            meta_out: dict[str, object] = {
+                "seeds": args.seeds,
+                "network": args.network,
+                "seconds": seconds,
+                "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "world": dataclasses.asdict(world),
+            }
+            save(args.json, results, meta_out)
     plot_ref: str | None = None
     if args.plot is not None:
         draw(results, args.plot)

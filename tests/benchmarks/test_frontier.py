@@ -117,3 +117,19 @@ def test_spot_checks_cost_less_and_change_no_outcome() -> None:
     assert model.simulate(model.ours(0.5), liars, pays_not, 1, spot=True) == model.simulate(
         model.ours(0.5), liars, pays_not, 1
     )
+
+
+def test_saved_figures_render_the_same_report(tmp_path: Path) -> None:
+    costs = (model.VNodeCost("fc", 10.0, 1.0), model.VNodeCost("act", 1.0, 1.0))
+    world = model.World(requests=20, costs=costs)
+    results = {m.name: frontier.measure(m, 2, world) for m in frontier.MODELS[:2]}
+    path = tmp_path / "frontier.json"
+    frontier.save(path, results, {"seeds": 2})
+    loaded, meta = frontier.load(path)
+    assert loaded == results
+    assert meta == {"seeds": 2}
+    lines = frontier.report(loaded, seeds=2, seconds=1.0, plot=None, world=world)
+    text = "\n".join(lines)
+    assert "| fc | 10000000.0 | 1000000.0 | 0.100 |" in text, "the costs table"
+    assert "Verdict on the criterion" in text
+    assert all(f"- {name}: " in text for name in frontier.HEADLINE)
