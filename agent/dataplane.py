@@ -883,6 +883,12 @@ class DataPlane:
         message without evidence gets it (`_signed`), made only now that it is needed."""
         if message.sender_vnode == vnode.DRIVER:
             return  # batch indices or the caller's tensor: not a VNode's result
+        if message.sender_vnode == hosted.instance.vnode:
+            # A spot check's claim (`vnode.Instance`): the check itself judges it (a claim
+            # failing the result checks fails it too, and the checker recomputes); this
+            # replica is no neighbour of its own VNode, so a report from it would prove
+            # nothing. Replica 0's children check and report the same result themselves.
+            return
         try:
             if message.forward:
                 kind, params = hosted.neighbours.get(message.sender_vnode, ("", {}))
@@ -1062,12 +1068,6 @@ def _neighbours(a: pnode_pb2.Assignment) -> dict[str, tuple[str, dict[str, Any]]
         except ValueError:
             params = {}
         found[name] = (kind, params if isinstance(params, dict) else {})
-    if a.vnode not in found:  # a spot check's claim is checked as this VNode's own result
-        try:
-            own = json.loads(a.params_json or b"{}")
-        except ValueError:
-            own = {}
-        found[a.vnode] = (a.kind, own if isinstance(own, dict) else {})
     return found
 
 

@@ -64,6 +64,25 @@ def test_a_slight_lie_fails_and_the_checker_sends_its_own_result() -> None:
     np.testing.assert_allclose(o.array, honest, rtol=1e-6)
 
 
+@pytest.mark.parametrize("bad", ["nan", "shape"])
+def test_a_claim_failing_the_result_checks_fails_the_spot_check(bad: str) -> None:
+    """The agent does not run the result checks on a claim (its checker is no neighbour to
+    report to): the spot check refuses it as it refuses any wrong result."""
+    checker = make({"a": 1, "b": 1}, replica=vnode.CHECKER)
+    _, honest, _ = dense_reference(X)
+    claim = honest.copy()
+    if bad == "nan":
+        claim[0, 0] = np.nan
+    else:
+        claim = claim[:, :1].copy()
+    checker.receive(_claim(claim))
+    done = checker.receive(msg("a", 0, X, **SPOT))
+    assert done.spot == "failed"
+    (o,) = done.outgoing
+    assert o.array is not None
+    np.testing.assert_allclose(o.array, honest, rtol=1e-6)
+
+
 def test_a_kind_without_a_cheaper_proof_is_recomputed() -> None:
     checker = make({"a": 1, "b": 1}, kind="relu", replica=vnode.CHECKER)
     checker.receive(_claim(X))
