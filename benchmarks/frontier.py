@@ -360,7 +360,11 @@ def report(
         "- Spot checks. Where a VNode's kind has a proof cheaper than recomputation (dense: "
         "Freivalds' check, `agent/runtime/spot.py`) and it pays at the layer's size, ours "
         "checks with it; BOINC's rule keeps full replicas, as BOINC does. A check that pays "
-        "lets ours check more results for the same compute; kinds without one pay a replica.",
+        "lets ours check more results for the same compute; kinds without one pay a replica. "
+        "On small layers the check costs more than recomputing (numpy's per-call overhead: "
+        "2.8x digits' 64x64x32 product), so `spotCheck: auto` leaves them to replicas: the "
+        "digits network's frontier is the replicas-only one "
+        "(`make frontier FRONTIER_NETWORK=digits`, benchmarks/results/frontier-digits.md).",
         "",
     ]
     if w.costs:
