@@ -114,7 +114,9 @@ def world_of(network: str) -> model.World:
     if network == "count":
         return WORLD
     costs = tuple(
-        model.VNodeCost(c.name, c.compute, c.check if c.pays else c.compute)
+        model.VNodeCost(
+            c.name, c.compute, c.check if c.pays else c.compute, c.check if c.spot else 0.0
+        )
         for c in spot_cost.measured(network)
     )
     return model.World(costs=costs, requests=RESULTS_PER_RUN // len(costs))
@@ -370,18 +372,20 @@ def report(
     if w.costs:
         lines += [
             "CPU per result, measured before the run (`benchmarks/spot_cost.py`, median of 7 "
-            "rounds, BLAS on one thread, same machine and load): computing a VNode's result, "
-            "and what ours spends checking it (its spot check where that pays, else a "
-            "replica's recomputation).",
+            "rounds, BLAS on one thread, same machine and load): computing a VNode's result "
+            "(what a replica's recomputation costs), its kind's spot check where it has one, "
+            "and what ours spends checking it (the spot check where it pays, "
+            "`api.kinds.spot_pays`, else a replica's recomputation).",
             "",
-            "| VNode | compute (µs) | ours' check (µs) | check / compute |",
-            "|---|---|---|---|",
+            "| VNode | compute (µs) | spot check (µs) | ours' check (µs) | check / compute |",
+            "|---|---|---|---|---|",
             *(
-                f"| {v.name} | {1e6 * v.compute:.1f} | {1e6 * v.check:.1f} | "
-                f"{v.check / v.compute:.3f} |"
+                f"| {v.name} | {1e6 * v.compute:.1f} | "
+                f"{f'{1e6 * v.spot_check:.1f}' if v.spot_check else '-'} | "
+                f"{1e6 * v.check:.1f} | {v.check / v.compute:.3f} |"
                 for v in vnodes
             ),
-            f"| all | {1e6 * sum(v.compute for v in vnodes):.1f} | "
+            f"| all | {1e6 * sum(v.compute for v in vnodes):.1f} | | "
             f"{1e6 * sum(v.check for v in vnodes):.1f} | "
             f"{sum(v.check for v in vnodes) / sum(v.compute for v in vnodes):.3f} |",
             "",

@@ -98,6 +98,8 @@ class VNodeCost:
     name: str
     compute: float
     check: float
+    #: The measured spot check of its kind, whether or not it pays (0: the kind has none).
+    spot_check: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

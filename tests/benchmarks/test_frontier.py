@@ -130,6 +130,6 @@ def test_saved_figures_render_the_same_report(tmp_path: Path) -> None:
     assert meta == {"seeds": 2}
     lines = frontier.report(loaded, seeds=2, seconds=1.0, plot=None, world=world)
     text = "\n".join(lines)
-    assert "| fc | 10000000.0 | 1000000.0 | 0.100 |" in text, "the costs table"
+    assert "| fc | 10000000.0 | - | 1000000.0 | 0.100 |" in text, "the costs table"
     assert "Verdict on the criterion" in text
     assert all(f"- {name}: " in text for name in frontier.HEADLINE)
