@@ -29,6 +29,7 @@ plot. Seconds per hundred runs; no processes, no sockets: the real system's cost
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import datetime as dt
 import importlib
@@ -258,13 +259,22 @@ def verdict(results: dict[str, list[Point]]) -> list[str]:
 
 
 def save(path: Path, results: dict[str, list[Point]], meta: dict[str, object]) -> None:
-    """The run's figures as JSON, so the report can be rendered again without a re-run."""
-    data = {
-        **meta,
-        "results": {n: [dataclasses.asdict(p) for p in ps] for n, ps in results.items()},
-    }
+    """The run's figures as JSON, so the report can be rendered again without a re-run: one
+    line per point, the lies per liar as a histogram ([lies, liars] pairs)."""
+
+    def point(p: Point) -> str:
+        found = dataclasses.asdict(p)
+        for key in ("lies_before_bugged", "lies_unbugged"):
+            found[key] = sorted(collections.Counter(found[key]).items())
+        return json.dumps(found, separators=(",", ":"))
+
+    head = json.dumps(meta, separators=(",", ":"))
+    body = ",\n".join(
+        f"{json.dumps(name)}:[\n" + ",\n".join(point(p) for p in points) + "]"
+        for name, points in results.items()
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1) + "\n")
+    path.write_text(head[:-1] + ("," if meta else "") + '\n"results":{\n' + body + "}}\n")
 
 
 def load(path: Path) -> tuple[dict[str, list[Point]], dict[str, Any]]:
@@ -277,8 +287,8 @@ def load(path: Path) -> tuple[dict[str, list[Point]], dict[str, Any]]:
                 Estimate(**p["extra"]),
                 Estimate(**p["wrong"]),
                 p["honest_strikes"],
-                tuple(p["lies_before_bugged"]),
-                tuple(p["lies_unbugged"]),
+                tuple(v for v, n in p["lies_before_bugged"] for _ in range(n)),
+                tuple(v for v, n in p["lies_unbugged"] for _ in range(n)),
             )
             for p in points
         ]
