@@ -203,6 +203,8 @@ class DataPlane:
         #: `on_message(forward, refused_reason)`: each Forward/Backward message, handled
         #: (reason None) or refused (for `agent.metrics`).
         self.on_message: Callable[[bool, str | None], None] = lambda _forward, _reason: None
+        #: `on_spot(result)`: each spot check this agent ran as a checker (`agent.metrics`).
+        self.on_spot: Callable[[str], None] = lambda _result: None
         self._reports: set[asyncio.Task[None]] = set()
         #: Assignments whose kind could not be built: (signature, why), reported as FAILED.
         self._failed: dict[Slot, tuple[tuple[Any, ...], str]] = {}
@@ -709,6 +711,7 @@ class DataPlane:
             sender_epoch=request.sender_epoch,
             adaptive=request.adaptive,
             double_check=tuple(request.double_check),
+            spot_check=_spot_check(request),
             evidence=self._signed(request, view, empty, forward=forward) if several else None,
         )
 
@@ -757,6 +760,14 @@ class DataPlane:
                 self._tell_driver(hosted, request, failed)
                 raise
         self.on_message(forward, None)
+        if received.spot:
+            self.on_spot(received.spot)
+            if received.spot == "failed":
+                log.warning(
+                    "%s/%s replica %d: spot check of replica 0's output at %s %s failed; "
+                    "sent this replica's own result for the children to compare",
+                    *_slot(hosted.instance), *message.position,
+                )  # fmt: skip
         for why in received.dropped:  # held gradients this message released, unusable
             log.warning("%s/%s replica %d: %s", *_slot(hosted.instance), why)
         for finding in received.findings:
@@ -798,6 +809,8 @@ class DataPlane:
                 )
             return
         neighbours = hosted.instance.parents if forward else hosted.instance.children
+        if forward and name == hosted.instance.vnode and name in _spot_check(request):
+            neighbours = [name]  # replica 0's output to its checker (`vnode.Instance`)
         if name not in neighbours:
             relation = "parent" if forward else "child"
             raise _Refusal(
@@ -876,6 +889,7 @@ class DataPlane:
             sender_epoch=request.sender_epoch,
             adaptive=request.adaptive,
             double_check=tuple(request.double_check),
+            spot_check=_spot_check(request),
             evidence=evidence,
         )
 
@@ -893,6 +907,12 @@ class DataPlane:
         message without evidence gets it (`_signed`), made only now that it is needed."""
         if message.sender_vnode == vnode.DRIVER:
             return  # batch indices or the caller's tensor: not a VNode's result
+        if message.sender_vnode == hosted.instance.vnode:
+            # A spot check's claim (`vnode.Instance`): the check itself judges it (a claim
+            # failing the result checks fails it too, and the checker recomputes); this
+            # replica is no neighbour of its own VNode, so a report from it would prove
+            # nothing. Replica 0's children check and report the same result themselves.
+            return
         try:
             if message.forward:
                 kind, params = hosted.neighbours.get(message.sender_vnode, ("", {}))
@@ -1006,6 +1026,8 @@ class DataPlane:
             "adaptive": o.adaptive,
             "double_check": o.double_check,
         }
+        if o.forward:
+            fields["spot_check"] = o.spot_check
         fields["step" if o.position[0] == "step" else "request_id"] = o.position[1]
         # The tensor is left to the sender: encoded only if it leaves this process.
         if o.forward:
@@ -1030,6 +1052,11 @@ def _timed(instance: vnode.Instance, message: vnode.Message) -> tuple[vnode.Rece
 #: The empty marker an in-process message carries for "no gradient" / "no input".
 _EMPTY = np.zeros((0,), dtype=np.float32)
 _EMPTY.flags.writeable = False
+
+
+def _spot_check(request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest) -> tuple[str, ...]:
+    """The VNodes spot-checked at this position (a Forward's; a Backward names none)."""
+    return tuple(request.spot_check) if isinstance(request, vnode_pb2.ForwardRequest) else ()
 
 
 def _slot(instance: vnode.Instance) -> Slot:

@@ -215,6 +215,7 @@ async def _serve(
     metrics = metrics_mod.AgentMetrics(dataplane.REFUSAL_REASONS)
     plane.on_message = lambda forward, refused: metrics.message(forward=forward, refused=refused)
     sender.on_stream = metrics.stream
+    plane.on_spot = metrics.spot_checked
     metrics_note = ""
     if args.metrics_listen:
         metrics_host, _, metrics_port = args.metrics_listen.rpartition(":")

@@ -22,6 +22,8 @@ HEARTBEAT_RESULTS = ("ok", "fenced", "failed")
 REGISTRATION_RESULTS = ("registered", "failed", "refused")
 #: The states of the agent's link to the orchestrator (`agent.link.State`).
 LINK_STATES = ("connected", "lost", "reconnecting")
+#: What a spot check this agent ran as a checker found (`agent.vnode.Received.spot`).
+SPOT_RESULTS = ("passed", "failed", "recomputed")
 
 
 class AgentMetrics:
@@ -76,6 +78,17 @@ class AgentMetrics:
         )
         for event in peers.STREAM_EVENTS:
             self.streams.labels(event)
+        self.spot_checks = prometheus_client.Counter(
+            "dcnr_agent_spot_checks",
+            "Spot checks this agent ran as a checker replica (adaptive validation), by "
+            "result: passed (the producer's output sent on), failed (its own recomputation "
+            "sent instead; the children's comparison settles it), recomputed (the kind has "
+            "no cheaper proof).",
+            ["result"],
+            registry=r,
+        )
+        for result in SPOT_RESULTS:
+            self.spot_checks.labels(result)
         for state in LINK_STATES:
             self.link_changes.labels(state)
         for direction in DIRECTIONS:
@@ -103,6 +116,9 @@ class AgentMetrics:
     def stream(self, event: str) -> None:
         """A Deliver stream event (one of `agent.peers.STREAM_EVENTS`)."""
         self.streams.labels(event).inc()
+
+    def spot_checked(self, result: str) -> None:
+        self.spot_checks.labels(result).inc()
 
     def heartbeat(self, result: str) -> None:
         self.heartbeats.labels(result).inc()

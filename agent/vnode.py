@@ -19,7 +19,13 @@ Outputs go to every replica of each child, gradients to every replica of each pa
 driver counts as one VNode with one replica). The counts come from the assignment
 (`neighbour_replicas`), overridden per job by its last Restore. Under adaptive validation
 (inference) a VNode not named in the message's double_check runs on replica 0 alone: it is
-sent to, and expected from, replica 0 only. A position is forgotten once every expected
+sent to, and expected from, replica 0 only. A VNode named in its spot_check is sent to and
+expected from every replica too, but only replica 0 computes: it also sends its output to
+replica 1, the checker, which proves it against the inputs it received by the kind's
+cheaper proof (`Kind.spot_check`, dense: Freivalds') and sends it on as its own result; if
+the proof fails, or the kind has none, it sends its own full recomputation instead, so the
+children's comparison finds the lie as it would a double check's (a dispute, settled by a
+tiebreaker). A position is forgotten once every expected
 replica has answered (a result after the majority decided is still compared), or when
 `REMEMBERED_REQUESTS` newer ones (or disputed ones) are waiting likewise.
 
@@ -50,6 +56,7 @@ the last Restore's (0 if none); without a Restore the optimizer is sgd at 0.01.
 from __future__ import annotations
 
 import collections
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -66,6 +73,8 @@ DEFAULT_OPTIMIZER = ("sgd", 0.01)
 #: Finished inference requests remembered to recognise duplicates (training steps need no
 #: list: a step at or before the state's step is old by definition).
 REMEMBERED_REQUESTS = 1024
+#: The replica that checks replica 0's output of a spot-checked VNode (module docstring).
+CHECKER = 1
 #: Gradients held for a forward pass still to come (module docstring), per instance: at
 #: most this many messages, this many bytes of tensors, each for at most this long.
 MAX_HELD = 64
@@ -113,6 +122,7 @@ class Message:
     sender_epoch: int = 0
     adaptive: bool = False
     double_check: tuple[str, ...] = ()
+    spot_check: tuple[str, ...] = ()
     #: The request as received with its sender's signature: what a report of it carries.
     evidence: common_pb2.SignedMessage | None = None
 
@@ -130,6 +140,7 @@ class Outgoing:
     target_replica: int = 0
     adaptive: bool = False
     double_check: tuple[str, ...] = ()
+    spot_check: tuple[str, ...] = ()
 
 
 class Received(NamedTuple):
@@ -139,6 +150,9 @@ class Received(NamedTuple):
     findings: list[Finding]
     #: Why held gradients applied because of this message were dropped instead (to log).
     dropped: tuple[str, ...] = ()
+    #: The checker's spot check this message completed: "passed", "failed" (its own
+    #: recomputation was sent instead), "recomputed" (the kind has no cheaper proof); "".
+    spot: str = ""
 
 
 @dataclass
@@ -148,8 +162,12 @@ class _Pending:
     grads: quorum_inputs.Inputs
     adaptive: bool = False
     double_check: tuple[str, ...] = ()
+    spot_check: tuple[str, ...] = ()
     seen: set[tuple[bool, str, int]] = field(default_factory=set)
     computed: bool = False
+    #: A spot-checked VNode's checker: replica 0's output, to prove (module docstring).
+    claim: np.ndarray | None = None
+    spot: str = ""
     cache: Any = None
     output_shape: tuple[int, ...] = ()
     awaiting_backward: bool = False
@@ -177,8 +195,11 @@ class Instance:
         children: list[str],
         neighbour_replicas: Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        spot_rng: Callable[[], np.random.Generator] | None = None,
     ) -> None:
-        """`clock`: monotonic seconds, how long a held gradient has waited."""
+        """`clock`: monotonic seconds, how long a held gradient has waited. `spot_rng`: the
+        random vectors of a spot check, drawn when the claim is checked (default: fresh OS
+        entropy each time, so a producer cannot predict them)."""
         self.network = network
         self.vnode = vnode
         self.replica = replica
@@ -210,6 +231,7 @@ class Instance:
             collections.OrderedDict()
         )
         self._clock = clock
+        self._spot_rng = spot_rng or (lambda: np.random.default_rng(secrets.randbits(128)))
         #: Positions holding gradients for their forward pass, oldest first.
         self._holding: collections.OrderedDict[tuple[str, Position], None] = (
             collections.OrderedDict()
@@ -226,7 +248,7 @@ class Instance:
         return self._job_kinds.get(job, self.kind)
 
     def _expected(self, pending: _Pending, job: str, name: str) -> int:
-        if pending.adaptive and name not in pending.double_check:
+        if pending.adaptive and name not in (*pending.double_check, *pending.spot_check):
             return 1
         return self.replicas_of(job, name)
 
@@ -251,6 +273,8 @@ class Instance:
             (training and int(m.position[1]) <= self.step) or key in self._finished_requests
         ):
             return Received(True, [], [])  # an old position, finished (or rolled back) long ago
+        if m.forward and m.sender_vnode == self.vnode:
+            return self._claimed(key, pending, m)
         if m.forward:
             if m.sender_vnode not in self._unique_parents:
                 raise Refused(
@@ -265,6 +289,7 @@ class Instance:
                     grads=quorum_inputs.Inputs(m.job, m.position, forward=False),
                     adaptive=m.adaptive,
                     double_check=m.double_check,
+                    spot_check=m.spot_check,
                 )
             out, found = self._forward(pending, m, training)
             dropped = self._release(pending, out, found) if pending.computed else ()
@@ -287,7 +312,46 @@ class Instance:
             self._settle(key, pending, training)
         elif any(f.disputed for f in found):  # may never settle: the driver retries anew
             self._linger(key)
-        return Received(False, out, found, dropped)
+        return Received(False, out, found, dropped, spot=pending.spot if out else "")
+
+    def _checking(self, pending: _Pending) -> bool:
+        """Whether this replica checks replica 0's output at this position instead of
+        computing its own (module docstring)."""
+        return self.replica == CHECKER and self.vnode in pending.spot_check
+
+    def _claimed(self, key: tuple[str, Position], pending: _Pending | None, m: Message) -> Received:
+        """Replica 0's output of a spot-checked request, sent to this checker: proven (and
+        passed on) once the inputs are here too."""
+        if self.vnode not in m.spot_check or m.sender_replica != 0 or self.replica != CHECKER:
+            raise Refused(
+                "Invalid",
+                f"sender_vnode: {m.sender_vnode!r} is {self.vnode!r} itself; a VNode sends its "
+                f"own output only from replica 0 to its checker, replica {CHECKER}, of a "
+                "request naming it in spot_check",
+            )
+        if m.position[0] != "request":
+            raise Refused("Invalid", "position: spot checks are for inference requests only")
+        if pending is None:
+            pending = self._pending[key] = _Pending(
+                reply_to=m.reply_to,
+                inputs=quorum_inputs.Inputs(m.job, m.position, forward=True),
+                grads=quorum_inputs.Inputs(m.job, m.position, forward=False),
+                adaptive=m.adaptive,
+                double_check=m.double_check,
+                spot_check=m.spot_check,
+            )
+        pending.claim = m.array
+        out: list[Outgoing] = []
+        if not pending.computed and pending.inputs.complete(self._unique_parents):
+            try:
+                out = self._compute(pending, m, training=False)
+            except ComputeFailed:
+                pending.claim = None
+                raise
+        pending.seen.add((m.forward, m.sender_vnode, m.sender_replica))
+        if pending.computed:
+            self._settle(key, pending, False)
+        return Received(False, out, [], spot=pending.spot if out else "")
 
     # -- gradients ahead of their forward pass ---------------------------------------------
 
@@ -369,13 +433,38 @@ class Instance:
         )
         if pending.computed or not pending.inputs.complete(self._unique_parents):
             return [], found
+        if self._checking(pending) and pending.claim is None:
+            return [], found  # replica 0's output is still on its way
+        try:
+            return self._compute(pending, m, training=training), found
+        except ComputeFailed:
+            pending.inputs.load(m.sender_vnode, saved)
+            raise
+
+    def _compute(
+        self,
+        pending: _Pending,
+        m: Message,
+        *,
+        training: bool,
+    ) -> list[Outgoing]:
+        """The forward pass of a position whose inputs are all here (a checker's: the spot
+        check of the claim), and what it sends; raises ComputeFailed, having changed no
+        parameter (the caller puts back the inputs it added)."""
         inputs = pending.inputs.arrays(self.parents)
         kind = self.kind_of(m.job)
         try:
             params = self._params(kind, [x.shape for x in inputs])
-            output, cache = kind.forward(inputs, params, training=training)
+            output = None
+            if self._checking(pending) and pending.claim is not None:
+                verdict = kind.spot_check(inputs, params, pending.claim, self._spot_rng())
+                passed = verdict is not None and verdict.passed
+                pending.spot = "passed" if passed else "recomputed" if verdict is None else "failed"
+                output = pending.claim if passed else None
+            cache = None
+            if output is None:
+                output, cache = kind.forward(inputs, params, training=training)
         except (kinds.KindError, ValueError, FloatingPointError) as exc:
-            pending.inputs.load(m.sender_vnode, saved)
             raise ComputeFailed(
                 f"kind {kind.name!r} of {self.vnode!r}: {exc}", forward=True
             ) from None
@@ -384,20 +473,21 @@ class Instance:
             for child in self.children or [DRIVER]
             for replica in self._targets(pending, m.job, child, forward=True)
         ]
+        if pending.adaptive and self.replica == 0 and self.vnode in pending.spot_check:
+            out.append(self._outgoing(pending, m, True, self.vnode, CHECKER, output))
         if training and not self.children:  # a sink: backward starts here
             pending.cache = cache
             try:
                 out += self._backward(pending, None, m)
             except ComputeFailed:
                 pending.cache = None
-                pending.inputs.load(m.sender_vnode, saved)
                 raise
         elif training:
             pending.cache = cache
             pending.awaiting_backward = True
         pending.computed = True
         pending.output_shape = tuple(output.shape)
-        return out, found
+        return out
 
     def _receive_gradient(
         self, pending: _Pending, m: Message
@@ -490,6 +580,7 @@ class Instance:
             target_replica=replica,
             adaptive=pending.adaptive,
             double_check=pending.double_check,
+            spot_check=pending.spot_check,
         )
 
     def _settle(self, key: tuple[str, Position], pending: _Pending, training: bool) -> None:

@@ -128,6 +128,10 @@ class KindSchema:
     is_loss: bool = False
     source_only: bool = False
     output_shape: OutputShape | None = None
+    #: The cheaper proof than recomputation a replica can check this kind's result with
+    #: (adaptive validation's spot check, ForwardRequest.spot_check); "": none, a sampled
+    #: result of this kind is recomputed by a replica.
+    spot_check: str = ""
 
     @property
     def param_names(self) -> list[str]:
@@ -269,6 +273,7 @@ BUILTIN: dict[str, KindSchema] = {
         KindSchema(
             "dense", "y = x @ W + b over the last axis", params=(_UNITS, _IN_FEATURES, _INIT),
             inputs_doc="1, [..., features]", output_shape=_dense,
+            spot_check="freivalds: y @ r == x @ (W @ r) + b @ r for random r",
         ),
         KindSchema("relu", "max(x, 0)", output_shape=_same),
         KindSchema("tanh", "tanh(x)", output_shape=_same),
@@ -332,6 +337,34 @@ def refresh_plugins() -> None:
 
 def known_kinds() -> list[str]:
     return sorted({*BUILTIN, *_plugin_points()})
+
+
+def spot_checkable(name: str) -> bool:
+    """Whether a built-in kind's result has a cheaper proof than recomputation (its
+    schema's `spot_check`); plugin kinds have none: a replica recomputes them."""
+    builtin = BUILTIN.get(name)
+    return builtin is not None and bool(builtin.spot_check)
+
+
+#: A dense spot check pays (`spot_pays`) when the product it replaces, b n m multiply-adds,
+#: is at least this many times the b n + n m + b m values the check passes over. Measured
+#: (benchmarks/README.md, "Validation frontier": CPU seconds per VNode, BLAS on one thread):
+#: the check costs 2.8x the product at digits' 64x64x32 (numpy's per-call overhead), 1.4x at
+#: 256x1024x10, 0.5x at 256x256x1024 and 0.13-0.18x at 256x1024x1024; the product is 16, 9,
+#: 114 and 171 times the passes there.
+SPOT_MIN_RATIO = 64
+
+
+def spot_pays(kind: str, input_shape: Shape | None, output_shape: Shape | None) -> bool:
+    """Whether a spot check of a `kind` result with these shapes costs less than
+    recomputing it (SPOT_MIN_RATIO); unknown shapes: no (a replica recomputes)."""
+    if not spot_checkable(kind) or not input_shape or not output_shape:
+        return False
+    n, m = input_shape[-1], output_shape[-1]
+    b = 1
+    for d in input_shape[:-1]:
+        b *= d
+    return b * n * m >= SPOT_MIN_RATIO * (b * n + n * m + b * m)
 
 
 def schema_of(name: str) -> KindSchema:

@@ -5,12 +5,16 @@ For each liar model and each setting of each scheme, the mean over `--seeds` see
 `benchmarks.frontier_model.simulate` (its docstring states the model) of two figures with
 their 95 % confidence intervals (mean ± 1.96 standard errors):
 
-- extra compute: results computed beyond one per VNode result (double checks, tiebreakers,
-  recomputations) over the primary results;
+- extra compute: CPU seconds spent checking (spot checks, double checks, tiebreakers,
+  recomputations) over the CPU seconds of the primary results, each VNode's costs measured
+  first (`benchmarks.spot_cost`: its forward pass and its spot check, BLAS on one thread)
+  for `--network digits` or `wide`; `--network count` counts results (each costs 1);
 - wrong answers: the share of answers that reached the caller holding a lie.
 
 The schemes, in the same harness on the same seeds: this project's per-PNode sampling
-(`controller.trust.sampling`, swept by its floor) and BOINC's 1/CV rule
+(`controller.trust.sampling`, swept by its floor) with spot checks where they pay (as
+`spotCheck: auto` picks them), the same without spot checks (every check a replica), and
+BOINC's 1/CV rule
 (`controller.trust.adaptive`, swept by the consecutive valid results below which every
 result is checked; 10 is BOINC's). At the headline point (the largest floor whose extra
 compute is at most 15 %) our wrong-answer share is compared with BOINC's interpolated at the
@@ -25,31 +29,40 @@ plot. Seconds per hundred runs; no processes, no sockets: the real system's cost
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
+import datetime as dt
 import importlib
 import itertools
+import json
 import math
 import statistics
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from benchmarks import frontier_model as model
+from benchmarks import spot_cost
 from controller.trust import sampling
 
-FLOORS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.4)
+FLOORS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.4, 0.6)
 MIN_VALIDS = (5, 10, 40, 100, 300, 1000)
 SCALES = (2.0, 4.0, 8.0, 16.0, 32.0)
 #: (scheme, label, settings): ours by floor; BOINC by min_valid, or by a factor on 1/CV.
 SCHEMES: tuple[tuple[str, str, tuple[float, ...]], ...] = (
-    ("ours", "ours (per-PNode, floor)", FLOORS),
+    ("ours", "ours (per-PNode, floor, spot checks)", FLOORS),
+    ("ours-replicas", "ours, replicas only", FLOORS),
     ("boinc", "BOINC 1/CV, min_valid swept", tuple(float(m) for m in MIN_VALIDS)),
     ("boinc-scaled", "BOINC c/CV, c swept", SCALES),
 )
 BUDGET = 0.15
 DEFAULT_FLOOR = 0.1
 WORLD = model.World()
+#: Requests per run with a network's costs: about the 8,000 results of the count world.
+RESULTS_PER_RUN = 8000
+BOINC_SWEEPS = ("boinc", "boinc-scaled")
 PATIENCE = 300
 
 MODELS: tuple[model.Liars, ...] = (
@@ -96,16 +109,33 @@ class Point:
     lies_unbugged: tuple[int, ...]
 
 
+def world_of(network: str) -> model.World:
+    """The world of `--network`: counted results, or a network's measured CPU costs (a
+    replica where its spot check does not pay, as `spotCheck: auto` decides)."""
+    if network == "count":
+        return WORLD
+    costs = tuple(
+        model.VNodeCost(
+            c.name, c.compute, c.check if c.pays else c.compute, c.check if c.spot else 0.0
+        )
+        for c in spot_cost.measured(network)
+    )
+    return model.World(costs=costs, requests=RESULTS_PER_RUN // len(costs))
+
+
 def measure(liars: model.Liars, seeds: int, world: model.World = WORLD) -> list[Point]:
     points = []
     for scheme, _, settings in SCHEMES:
+        if scheme == "ours-replicas" and not world.costs:
+            continue  # counted results: nothing is cheaper than a replica
         for setting in settings:
             rule = (
-                model.ours(setting) if scheme == "ours"
+                model.ours(setting) if scheme.startswith("ours")
                 else model.boinc(int(setting)) if scheme == "boinc"
                 else model.boinc(scale=setting)
             )  # fmt: skip
-            runs = [model.simulate(rule, liars, world, seed) for seed in range(seeds)]
+            spot = scheme == "ours"
+            runs = [model.simulate(rule, liars, world, seed, spot=spot) for seed in range(seeds)]
             points.append(
                 Point(
                     scheme,
@@ -156,7 +186,7 @@ def headline(points: Sequence[Point]) -> Verdict | None:
     ours = max(within, key=lambda p: p.setting)
     found = [
         (e, scheme)
-        for scheme, _, _ in SCHEMES[1:]
+        for scheme in BOINC_SWEEPS
         if (e := interpolate([p for p in points if p.scheme == scheme], ours.extra.mean))
     ]
     if not found:
@@ -168,6 +198,105 @@ def headline(points: Sequence[Point]) -> Verdict | None:
     return Verdict(ours, boinc, sweep, ratio, separated, met)
 
 
+def verdict(results: dict[str, list[Point]]) -> list[str]:
+    """Issue 18's headline criterion, said plainly for each headline liar model: against
+    BOINC at the same compute (its better sweep, as `headline` defines it) and against
+    BOINC's own setting, and what spot checks bought (ours with replicas only, same floor)."""
+    lines = ["Verdict on the criterion (two of ten agents lying on 10 % of their results):", ""]
+    for name in HEADLINE:
+        points = results.get(name)
+        if points is None:
+            continue
+        v = headline(points)
+        own = next(p for p in points if (p.scheme, p.setting) == ("boinc", 10))
+        if v is None:
+            lines.append(f"- {name}: no floor of ours within {BUDGET:.0%}: not met.")
+            continue
+        plain = next(
+            (p for p in points if (p.scheme, p.setting) == ("ours-replicas", v.ours.setting)),
+            None,
+        )
+        vs_boinc = (
+            f"BOINC at the same compute ({v.sweep}) {v.boinc}"
+            if v.boinc is not None
+            else "BOINC's sweeps do not reach that compute"
+        )
+        absolute = "within" if v.ours.wrong.mean <= 0.01 else "above"
+        apart_boinc = "intervals apart" if v.separated else "intervals overlapping"
+        tenth = (
+            f"ours is {v.ratio:.2f} of it, {apart_boinc}: "
+            + ("at most the tenth asked" if v.met else "not the tenth asked")
+            if v.ratio is not None
+            else "not the tenth asked"
+        )
+        if v.boinc is not None and v.boinc.mean == 0 and not v.met:
+            tenth = (
+                "BOINC lets none through there (its longer warm-up checks every result of "
+                "a new fleet until the liars are Bugged, within this run's length), and a "
+                "tenth of zero cannot be met"
+            )
+        line = (
+            f"- {name}: **{'met' if v.met else 'not met'}**. Ours at floor {v.ours.setting:g}: "
+            f"{v.ours.wrong} wrong answers ({absolute} 1 %) for {v.ours.extra} extra compute; "
+            f"{vs_boinc}: {tenth}. Against BOINC's own rule (min_valid 10: {own.extra} extra, "
+            f"{own.wrong} wrong) "
+        )
+        if own.wrong.mean > 0:
+            ratio = v.ours.wrong.mean / own.wrong.mean
+            apart = own.wrong.mean - v.ours.wrong.mean > own.wrong.half + v.ours.wrong.half
+            line += f"ours is {ratio:.2f} of it, intervals {'apart' if apart else 'overlapping'}"
+        else:
+            line += "both are at zero"
+        if plain is not None:
+            line += (
+                f"; without spot checks the same floor costs {plain.extra} extra compute "
+                f"(wrong {plain.wrong})."
+            )
+        else:
+            line += "."
+        lines.append(line)
+    return lines
+
+
+def save(path: Path, results: dict[str, list[Point]], meta: dict[str, object]) -> None:
+    """The run's figures as JSON, so the report can be rendered again without a re-run: one
+    line per point, the lies per liar as a histogram ([lies, liars] pairs)."""
+
+    def point(p: Point) -> str:
+        found = dataclasses.asdict(p)
+        for key in ("lies_before_bugged", "lies_unbugged"):
+            found[key] = sorted(collections.Counter(found[key]).items())
+        return json.dumps(found, separators=(",", ":"))
+
+    head = json.dumps(meta, separators=(",", ":"))
+    body = ",\n".join(
+        f"{json.dumps(name)}:[\n" + ",\n".join(point(p) for p in points) + "]"
+        for name, points in results.items()
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(head[:-1] + ("," if meta else "") + '\n"results":{\n' + body + "}}\n")
+
+
+def load(path: Path) -> tuple[dict[str, list[Point]], dict[str, Any]]:
+    data = json.loads(path.read_text())
+    results = {
+        name: [
+            Point(
+                p["scheme"],
+                p["setting"],
+                Estimate(**p["extra"]),
+                Estimate(**p["wrong"]),
+                p["honest_strikes"],
+                tuple(v for v, n in p["lies_before_bugged"] for _ in range(n)),
+                tuple(v for v, n in p["lies_unbugged"] for _ in range(n)),
+            )
+            for p in points
+        ]
+        for name, points in data.pop("results").items()
+    }
+    return results, data
+
+
 def _lies(values: Sequence[int]) -> str:
     if not values:
         return "-"
@@ -177,15 +306,36 @@ def _lies(values: Sequence[int]) -> str:
 
 
 def report(
-    results: dict[str, list[Point]], *, seeds: int, seconds: float, plot: str | None
+    results: dict[str, list[Point]],
+    *,
+    seeds: int,
+    seconds: float,
+    plot: str | None,
+    world: model.World = WORLD,
+    network: str = "count",
+    finished: str = "",
 ) -> list[str]:
-    w = WORLD
+    """`finished`: when the run ended (UTC), said in the text."""
+    w = world
+    vnodes = w.results()
+    if w.costs:
+        what = (
+            f"the `{network}` network's {len(vnodes)} computing VNodes ("
+            + ", ".join(v.name for v in vnodes)
+            + "), extra compute in measured CPU seconds (table below)"
+        )
+    else:
+        what = f"{len(vnodes)} VNode results, extra compute counted in results"
     lines = [
         "## Validation frontier (`make frontier`)",
         "",
         f"Model-level simulation (`benchmarks/frontier_model.py`), {seeds} seeded runs per "
-        f"point, {seconds:.0f} s on a shared 2-core machine. Each run: {w.pnodes} PNodes of "
-        f"which {w.liars} lie, {w.requests} requests of {w.results_per_request} VNode results "
+        f"point, {seconds:.0f} s on a 2-core machine shared with other engineers' tests "
+        f"and benchmarks{f', finished {finished}' if finished else ''} (the simulation is "
+        "seeded, so load changes only its duration and the measured CPU costs, whose check "
+        "and compute rounds are interleaved so load falls on both). Each run: "
+        f"{w.pnodes} PNodes of "
+        f"which {w.liars} lie, {w.requests} requests of {what}, "
         "each placed on PNodes drawn at random, a new fleet (no trust at the start), Bugged "
         "liars do not come back (one model lets them rejoin under new identities). The check "
         "rate is the real `controller.trust.sampling` (ours, swept by `floor`, warm-up "
@@ -218,10 +368,38 @@ def report(
         "rule swept to the same compute (a longer warm-up, or a factor on 1/CV) the gain in "
         "a run of this length is small or none (the table says how much); it is against "
         "BOINC's own setting, whose rate keeps falling as the fleet ages, that the floor "
-        "pays. Checks cheaper than a replica (issue 18's spot checks, not built) would lower "
-        "both curves alike.",
+        "pays.",
+        "- Spot checks. Where a VNode's kind has a proof cheaper than recomputation (dense: "
+        "Freivalds' check, `agent/runtime/spot.py`) and it pays at the layer's size, ours "
+        "checks with it; BOINC's rule keeps full replicas, as BOINC does. A check that pays "
+        "lets ours check more results for the same compute; kinds without one pay a replica. "
+        "On small layers the check costs more than recomputing (numpy's per-call overhead: "
+        "2.8x digits' 64x64x32 product), so `spotCheck: auto` leaves them to replicas: the "
+        "digits network's frontier is the replicas-only one "
+        "(`make frontier FRONTIER_NETWORK=digits`, benchmarks/results/frontier-digits.md).",
         "",
     ]
+    if w.costs:
+        lines += [
+            "CPU per result, measured before the run (`benchmarks/spot_cost.py`, median of 7 "
+            "rounds, BLAS on one thread, same machine and load): computing a VNode's result "
+            "(what a replica's recomputation costs), its kind's spot check where it has one, "
+            "and what ours spends checking it (the spot check where it pays, "
+            "`api.kinds.spot_pays`, else a replica's recomputation).",
+            "",
+            "| VNode | compute (µs) | spot check (µs) | ours' check (µs) | check / compute |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {v.name} | {1e6 * v.compute:.1f} | "
+                f"{f'{1e6 * v.spot_check:.1f}' if v.spot_check else '-'} | "
+                f"{1e6 * v.check:.1f} | {v.check / v.compute:.3f} |"
+                for v in vnodes
+            ),
+            f"| all | {1e6 * sum(v.compute for v in vnodes):.1f} | | "
+            f"{1e6 * sum(v.check for v in vnodes):.1f} | "
+            f"{sum(v.check for v in vnodes) / sum(v.compute for v in vnodes):.3f} |",
+            "",
+        ]
     if plot:
         lines += [f"![validation frontier]({plot})", ""]
     lines += [
@@ -246,6 +424,7 @@ def report(
             f"| {name} | {v.ours.setting:g} | {v.ours.extra} | {v.ours.wrong} | {boinc} | "
             f"{ratio} | {'met' if v.met else 'not met'} | {own_cell} |"
         )
+    lines += ["", *verdict(results), ""]
     lines += [
         "",
         f"Liars Bugged, at our default floor ({DEFAULT_FLOOR:g}) and at BOINC's own rule "
@@ -290,10 +469,12 @@ def draw(results: dict[str, list[Point]], path: Path) -> None:
     names = [m.name for m in (MODELS[0], MODELS[1], MODELS[2], MODELS[4], MODELS[7], MODELS[9])]
     figure, grid = pyplot.subplots(2, 3, figsize=(15, 8.5))
     for axes, name in zip(grid.flat, names, strict=False):
-        for (scheme, label, _), marker in zip(SCHEMES, "os^", strict=True):
+        for (scheme, label, _), marker in zip(SCHEMES, "oDs^", strict=True):
             pts = sorted(
                 (p for p in results[name] if p.scheme == scheme), key=lambda p: p.extra.mean
             )
+            if not pts:
+                continue
             axes.errorbar(
                 [100 * p.extra.mean for p in pts],
                 [100 * p.wrong.mean for p in pts],
@@ -343,26 +524,70 @@ def splice(readme: Path, lines: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.frontier", description=__doc__)
     parser.add_argument("--seeds", type=int, default=40, help="seeded runs per point")
+    parser.add_argument(
+        "--network", choices=("count", "digits", "wide"), default="count",
+        help="whose measured CPU costs (count: every result costs 1)",
+    )  # fmt: skip
     parser.add_argument("--report", type=Path, default=None, help="markdown report to write")
     parser.add_argument("--plot", type=Path, default=None, help="PNG plot to write")
     parser.add_argument(
         "--readme", type=Path, default=None,
         help="README whose frontier section to replace (the rest is left as it is)",
     )  # fmt: skip
+    parser.add_argument(
+        "--json", type=Path, default=None,
+        help="where to write the run's figures (with --render: where to read them from)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--render", action="store_true",
+        help="no run: render the report, plot and README section again from --json",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.seeds < 2:
         parser.error(f"--seeds: {args.seeds} must be at least 2 (an interval needs two runs)")
-    t0 = time.perf_counter()
-    results: dict[str, list[Point]] = {}
-    for liars in MODELS:
-        results[liars.name] = measure(liars, args.seeds)
-        print(f"{liars.name}: done at {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    seconds = time.perf_counter() - t0
+    if args.render:
+        if args.json is None:
+            parser.error("--render: needs --json, the figures of an earlier run")
+        results, meta = load(args.json)
+        world = model.World(
+            **{
+                **meta["world"],
+                "costs": tuple(model.VNodeCost(**c) for c in meta["world"]["costs"]),
+            }
+        )
+        args.seeds, args.network, seconds = meta["seeds"], meta["network"], meta["seconds"]
+        finished = str(meta.get("finished", ""))
+    else:
+        t0 = time.perf_counter()
+        world = world_of(args.network)
+        results = {}
+        for liars in MODELS:
+            results[liars.name] = measure(liars, args.seeds, world)
+            print(f"{liars.name}: done at {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        seconds = time.perf_counter() - t0
+        finished = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        if args.json is not None:
+            meta_out: dict[str, object] = {
+                "seeds": args.seeds,
+                "network": args.network,
+                "seconds": seconds,
+                "finished": finished,
+                "world": dataclasses.asdict(world),
+            }
+            save(args.json, results, meta_out)
     plot_ref: str | None = None
     if args.plot is not None:
         draw(results, args.plot)
         plot_ref = f"plots/{args.plot.name}"
-    lines = report(results, seeds=args.seeds, seconds=seconds, plot=plot_ref)
+    lines = report(
+        results,
+        seeds=args.seeds,
+        seconds=seconds,
+        plot=plot_ref,
+        world=world,
+        network=args.network,
+        finished=finished,
+    )
     text = "\n".join(lines) + "\n"
     if args.report is not None:
         args.report.parent.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,15 @@ validation outcome goes through `controller.trust.book.apply` with the default
 - `Liars.rejoin`: a Bugged liar comes back at once as a new PNode with a fresh identity (no
   history), as a volunteer with a free identity can; so the share of liars stays constant
   and the wrong-answer rate is a steady rate rather than a count that shrinks with the run.
+- Compute (`World.costs`): a request is one result of each VNode of a network, each with
+  its own CPU cost (`benchmarks.spot_cost`, measured); extra compute is the CPU spent on
+  checking over the CPU of the primary results. Without costs every result costs 1 (a
+  count). A replica (a double check, a tiebreaker, a recomputation after an invariant
+  check) costs the VNode's compute. With `spot` (ours only: BOINC keeps full replicas, as
+  BOINC does), the first check of a VNode whose spot check pays (`VNodeCost.check` below
+  its compute) costs that check instead; if the result it checks is a lie, the check fails
+  and the checker also recomputes (compute), so the lie ends in the same vote as with a
+  replica. A liar as checker votes as it would as a replica (it may relay or invent a lie).
 """
 
 from __future__ import annotations
@@ -82,6 +91,18 @@ class Liars:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class VNodeCost:
+    """One VNode's CPU per result: computing it, and the checker's share of a spot check
+    (equal to `compute` where a replica recomputes instead)."""
+
+    name: str
+    compute: float
+    check: float
+    #: The measured spot check of its kind, whether or not it pays (0: the kind has none).
+    spot_check: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class World:
     pnodes: int = 10
     liars: int = 2
@@ -89,6 +110,14 @@ class World:
     results_per_request: int = 4
     #: Valid results each honest PNode has at the start (0: a new fleet).
     honest_history: int = 0
+    #: The network's VNodes, one result each per request (then `results_per_request` is
+    #: their number); empty: `results_per_request` results costing 1 each.
+    costs: tuple[VNodeCost, ...] = ()
+
+    def results(self) -> tuple[VNodeCost, ...]:
+        if self.costs:
+            return self.costs
+        return tuple(VNodeCost(f"r{i}", 1.0, 1.0) for i in range(self.results_per_request))
 
 
 @dataclasses.dataclass(slots=True)
@@ -113,8 +142,13 @@ class Run:
     lies_unbugged: tuple[int, ...]
 
 
-def simulate(scheme: Scheme, liars: Liars, world: World, seed: int) -> Run:
+def simulate(
+    scheme: Scheme, liars: Liars, world: World, seed: int, *, spot: bool = False
+) -> Run:
+    """One seeded run; `spot`: a VNode's first check is its spot check where that costs
+    less than its compute (module docstring)."""
     rng = random.Random(seed)
+    results = world.results()
     nodes: list[_Node] = []
     for i in range(world.pnodes):
         liar = i < world.liars
@@ -124,16 +158,17 @@ def simulate(scheme: Scheme, liars: Liars, world: World, seed: int) -> Run:
             h = world.honest_history
             node.trust = pnode.Trust(consecutive_valid=h, valid_total=h, window="V" * 50)
         nodes.append(node)
-    primary_results = extra = wrong_answers = lies = honest_strikes = 0
+    primary_cost = extra = 0.0
+    wrong_answers = lies = honest_strikes = 0
     bugged_after: list[int] = []
     next_lie = 0  # lie values: distinct ints; 0 is the truth
     for _ in range(world.requests):
         outcomes: dict[int, list[book.Outcome]] = {}
         wrong = False
-        for _ in range(world.results_per_request):
+        for result in results:
             active = [i for i, n in enumerate(nodes) if not n.bugged]
             p = rng.choice(active)
-            primary_results += 1
+            primary_cost += result.compute
             shared = rng.random() < liars.lie_rate  # the colluders' shared rule
             value, next_lie = _value(nodes[p], liars, rng, shared, next_lie)
             if value:
@@ -141,7 +176,7 @@ def simulate(scheme: Scheme, liars: Liars, world: World, seed: int) -> Run:
                 nodes[p].lies += 1
                 if rng.random() < liars.detect:
                     outcomes.setdefault(p, []).append(book.Outcome(False, check="invariant"))
-                    extra += 1  # recomputed elsewhere
+                    extra += result.compute  # recomputed elsewhere
                     continue
             if rng.random() >= scheme(nodes[p].trust):
                 wrong |= value != 0
@@ -152,7 +187,11 @@ def simulate(scheme: Scheme, liars: Liars, world: World, seed: int) -> Run:
                 if q is None:  # nowhere left to compare: returned as is
                     wrong |= value != 0
                     break
-                extra += 1
+                if spot and len(votes) == 1 and result.check < result.compute:
+                    # The checker's proof, and its recomputation when the proof fails.
+                    extra += result.check + (result.compute if value else 0.0)
+                else:
+                    extra += result.compute
                 votes[q], next_lie = _value(nodes[q], liars, rng, shared, next_lie)
                 if votes[q]:
                     lies += 1
@@ -178,7 +217,7 @@ def simulate(scheme: Scheme, liars: Liars, world: World, seed: int) -> Run:
                     if liars.rejoin:
                         nodes.append(_Node(operator=node.operator, liar=True))
     return Run(
-        extra=extra / primary_results,
+        extra=extra / primary_cost,
         wrong=wrong_answers / world.requests,
         lies=lies,
         honest_strikes=honest_strikes,

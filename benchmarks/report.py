@@ -22,7 +22,11 @@ ORDER = ("placement", "failover", "ingest", "idle", "training", "scale", "scale-
 def regenerate(results: Path, readme: Path, *, plots: Path | None = None, smoke: bool) -> None:
     documents = []
     for path in sorted(results.glob("*.json")):
-        documents.append(json.loads(path.read_text()))
+        document = json.loads(path.read_text())
+        # A scenario's report; other figures kept here (the frontier's, which
+        # `benchmarks.frontier --render` turns into its own markdown) are not one.
+        if isinstance(document, dict) and "scenario" in document:
+            documents.append(document)
     documents.sort(key=lambda d: ORDER.index(d["scenario"]) if d["scenario"] in ORDER else 99)
     plots = plots if plots is not None else readme.parent / "plots"
     drawn, skipped = _plots(documents, plots, smoke=smoke)

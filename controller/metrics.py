@@ -136,8 +136,11 @@ class Metrics:
         self.inference_results = prometheus_client.Counter(
             "dcnr_inference_results",
             "VNode results computed for inference requests, by role: primary (one per VNode "
-            "and request) or double_check (each further replica computing it to compare). "
-            "The extra compute of validation is double_check / primary.",
+            "and request), double_check (each further replica computing it to compare) or "
+            "spot_check (a replica checking replica 0's result by a cheaper proof than "
+            "recomputing it, dense: Freivalds'). Validation's extra compute is double_check "
+            "/ primary plus spot_check / primary times a spot check's relative cost "
+            "(benchmarks/README.md, Validation frontier).",
             ["role"],
             registry=r,
         )
@@ -162,7 +165,7 @@ class Metrics:
             self.replacements.labels(reason)
         for result in ("passed", "failed"):
             self.validation_checks.labels(result)
-        for role in ("primary", "double_check"):
+        for role in ("primary", "double_check", "spot_check"):
             self.inference_results.labels(role)
         for reason, kind in event_model.REASONS.items():
             self.events.labels(kind, reason)
@@ -232,9 +235,10 @@ class Metrics:
     def answers_exposed(self, count: int) -> None:
         self.inference_answers_exposed.inc(count)
 
-    def inference_computed(self, *, primary: int, double_check: int) -> None:
+    def inference_computed(self, *, primary: int, double_check: int, spot_check: int = 0) -> None:
         self.inference_results.labels("primary").inc(primary)
         self.inference_results.labels("double_check").inc(double_check)
+        self.inference_results.labels("spot_check").inc(spot_check)
 
     def inference_moved(self) -> None:
         self.inference_moved_total.inc()

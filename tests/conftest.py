@@ -23,7 +23,7 @@ SLOWEST_FIRST: tuple[str, ...] = (
     "tests/agent/test_agent_outlives_orchestrator.py",  # ~40 s
     "tests/sim/test_run.py",  # ~10 s
     "tests/dcnctl/test_local.py",  # 169 s
-    "tests/integration/test_liars.py",  # ~120 s (93 s before the adaptive training case)
+    "tests/integration/test_liars.py",  # ~130 s (the spot-check case adds ~10 s)
     "tests/integration/test_readme_tour.py",  # 92 s
     "tests/operator/test_operator.py",  # 79 s
     "tests/dcnctl/test_jobs.py",  # 77 s

@@ -48,7 +48,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from agent.runtime import data as data_module
-from agent.runtime import errors
+from agent.runtime import errors, spot
 from api import kinds as api_kinds
 
 ENTRY_POINT_GROUP = api_kinds.ENTRY_POINT_GROUP
@@ -108,6 +108,18 @@ class Kind(abc.ABC):
         self, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray], *, training: bool
     ) -> tuple[np.ndarray, Any]:
         """(output, cache for backward); inputs in the order of the VNode's spec `inputs`."""
+
+    def spot_check(
+        self,
+        inputs: Sequence[np.ndarray],
+        params: Mapping[str, np.ndarray],
+        claimed: np.ndarray,
+        rng: np.random.Generator,
+    ) -> spot.Verdict | None:
+        """Whether `claimed` is this kind's inference output for `inputs`, by a proof
+        cheaper than `forward` (`agent.runtime.spot`); None: the kind has none, and a
+        checker recomputes. Declared in the schema's `spot_check` for the driver."""
+        return None
 
     @abc.abstractmethod
     def backward(

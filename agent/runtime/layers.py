@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from agent.runtime import data as data_module
-from agent.runtime import kinds
+from agent.runtime import kinds, spot
 from api import kinds as api_kinds
 
 KindError = kinds.KindError
@@ -84,6 +84,7 @@ class Dense(kinds.Kind):
         width = self.values["in_features"]
         self.in_features = None if width is None else int(width)
         self.init = str(self.values["init"])
+        self._w_rows: tuple[np.ndarray, np.ndarray] | None = None
 
     def init_params(
         self, rng: np.random.Generator, input_shapes: Sequence[tuple[int, ...]]
@@ -130,6 +131,26 @@ class Dense(kinds.Kind):
         x64 = kinds.as_float(x, "inputs[0]")
         y = (x64 @ w + b).astype(kinds.out_dtype([x]))
         return y, (x, x64) if training else None
+
+    def spot_check(
+        self,
+        inputs: Sequence[np.ndarray],
+        params: Mapping[str, np.ndarray],
+        claimed: np.ndarray,
+        rng: np.random.Generator,
+    ) -> spot.Verdict:
+        self.check_input_count(len(inputs))
+        w, b = self._weights(params)
+        x = inputs[0]
+        if claimed.dtype != kinds.out_dtype([x]):
+            return spot.Verdict(False, float("inf"))
+        # |W|'s row sums, kept for the weights they were taken of: inference does not change
+        # W, and a change in place (training beside it) only moves the float-error bound,
+        # which a failed check's recomputation and comparison absorb (`agent.vnode`).
+        kept = self._w_rows
+        if kept is None or kept[0] is not w:
+            kept = self._w_rows = (w, spot.row_sums(w))
+        return spot.dense(x, w, b, claimed, rng, w_rows=kept[1])
 
     def backward(
         self, grad_output: np.ndarray | None, cache: Any, params: Mapping[str, np.ndarray]

@@ -85,6 +85,11 @@ class VNodeSpec(Model):
 
 
 ValidationPolicy = Literal["none", "replicas", "adaptive"]
+#: Under adaptive validation, how a sampled VNode whose kind has a cheaper proof than
+#: recomputation (`api.kinds.spot_checkable`: dense) is checked: `auto` by that proof where
+#: it costs less (`api.kinds.spot_pays`: a large enough product, else a replica recomputes),
+#: `always` by that proof, `never` by a replica's recomputation.
+SpotCheckPolicy = Literal["auto", "always", "never"]
 
 
 class NetworkSpec(Model):
@@ -93,6 +98,9 @@ class NetworkSpec(Model):
     #: How results of untrusted PNodes are checked: none, replicas (compare replicas'
     #: results), adaptive (compare fewer as PNodes earn trust).
     validation: ValidationPolicy = "none"
+    #: Adaptive validation only: check sampled dense results by Freivalds' spot check
+    #: instead of a replica's recomputation (SpotCheckPolicy).
+    spot_check: SpotCheckPolicy = "auto"
 
 
 NetworkPhase = Literal["Pending", "Allocating", "Ready", "Degraded", "Terminating"]

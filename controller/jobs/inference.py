@@ -15,9 +15,16 @@ data.url).
 Redundancy. Under network `validation: none`/`replicas`, every replica of every VNode
 computes the request and every result is compared (by the agents that receive them, and
 here for the sinks). Under `validation: adaptive` the driver picks the VNodes to
-double-check for this request (`select`: each at the rate `controller.trust.sampling` sets
+check for this request (`select`: each at the rate `controller.trust.sampling` sets
 for the PNode running the VNode's replica 0, from that PNode's own history, with a floor;
 a VNode with a tiebreaker is always checked); the others compute on replica 0 alone. A
+sampled VNode whose kind has a cheaper proof than recomputation (`api.kinds.spot_checkable`:
+dense) and no tiebreaker is spot-checked (ForwardRequest.spot_check: replica 1 proves
+replica 0's output and passes it on, `agent.vnode`) as the network's `spotCheck` says:
+`always`, `never`, or `auto` (the default) where the proof costs less than recomputing at
+this request's shapes (`api.kinds.spot_pays`; shapes unknown, as for a data reference: a
+replica). Any other is double-checked (every replica computes), and so is every VNode with
+a tiebreaker, whose dispute a spot check cannot settle. A
 dispute (no majority) requests a tiebreaker replica, waits until it is live and restored,
 and retries under a new request id, within the caller's deadline. So does a result failing
 its checks (its PNode is struck, and moves once Bugged): nothing that failed a check is
@@ -40,7 +47,7 @@ import asyncio
 import dataclasses
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from api import kinds as api_kinds
@@ -62,13 +69,21 @@ class Selection:
 
     adaptive: bool
     double_check: tuple[str, ...]
-    #: vnode → replicas computing it (1: replica 0 alone, its result only checked).
+    #: vnode → replicas taking part in it (1: replica 0 alone, its result only checked;
+    #: a spot-checked VNode's checker counts, though it does not recompute).
     computing: dict[str, int]
+    #: Sampled VNodes checked by a cheaper proof than a replica's recomputation.
+    spot_check: tuple[str, ...] = ()
 
     @property
     def double_checks(self) -> int:
-        """Results computed beyond one per VNode: the extra compute of validation."""
-        return sum(n - 1 for n in self.computing.values())
+        """Results recomputed beyond one per VNode: validation's extra full computations."""
+        return sum(n - 1 for name, n in self.computing.items() if name not in self.spot_check)
+
+    @property
+    def spot_checks(self) -> int:
+        """Results proven by a spot check instead of recomputed."""
+        return sum(self.computing[name] - 1 for name in self.spot_check)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -86,20 +101,44 @@ def select(
     rng: random.Random,
     *,
     policy: sampling.SamplingPolicy = sampling.DEFAULT,
+    shapes: Mapping[str, api_kinds.Shape | None] | None = None,
 ) -> Selection:
     """The replicas that compute a request. `standing(vnode)`: the PNode running the
-    VNode's replica 0, whose rate (`sampling.rate`) decides whether it is double-checked."""
+    VNode's replica 0, whose rate (`sampling.rate`) decides whether it is checked;
+    `shapes`: each VNode's output shape in this request (`api.kinds.inference_shapes`),
+    for whether a spot check pays (module docstring)."""
     counts = driver_plan.replica_counts(net)
     if net.spec.validation != "adaptive":
         return Selection(False, (), counts)
-    chosen = tuple(
-        v.name
+    sampled = [
+        v
         for v in net.spec.vnodes
         if counts[v.name] > 1
         and (v.name in net.status.tiebreakers or _sampled(standing(v.name), policy, rng))
+    ]
+    spot = tuple(
+        v.name
+        for v in sampled
+        if counts[v.name] == 2
+        and v.name not in net.status.tiebreakers
+        and _spot(net.spec.spot_check, v, shapes or {})
     )
-    computing = {name: (n if name in chosen else 1) for name, n in counts.items()}
-    return Selection(True, chosen, computing)
+    full = tuple(v.name for v in sampled if v.name not in spot)
+    computing = {name: (n if name in (*full, *spot) else 1) for name, n in counts.items()}
+    return Selection(True, full, computing, spot)
+
+
+def _spot(
+    policy: net_model.SpotCheckPolicy,
+    v: net_model.VNodeSpec,
+    shapes: Mapping[str, api_kinds.Shape | None],
+) -> bool:
+    if policy == "never" or not api_kinds.spot_checkable(v.kind):
+        return False
+    if policy == "always":
+        return True
+    parent = shapes.get(v.inputs[0]) if len(v.inputs) == 1 else None
+    return api_kinds.spot_pays(v.kind, parent, shapes.get(v.name))
 
 
 def _sampled(found: Standing, policy: sampling.SamplingPolicy, rng: random.Random) -> bool:
@@ -142,7 +181,7 @@ async def infer(
                 name,
                 f"must name a source VNode of {network!r}: {', '.join(sources)}",
             )
-    _check_shapes(net, inputs)
+    shapes = _check_shapes(net, inputs)
     failed = driver.not_started(
         ctx.view,
         [allocation.slot_name(network, v.name, r) for v in net.spec.vnodes
@@ -161,7 +200,9 @@ async def infer(
     while True:
         seen = signal.value  # read before the state, so no change slips between
         net = ctx.view.networks.get(network) or net
-        chosen = select(net, lambda vnode: _standing(ctx, network, vnode), rng)
+        chosen = select(
+            net, lambda vnode: _standing(ctx, network, vnode), rng, shapes=shapes
+        )
         missing = _not_ready(ctx, net, chosen)
         held = _on_suspects(ctx, net, chosen)
         if refused is not None and ctx.clock.monotonic() >= deadline:
@@ -273,17 +314,20 @@ async def _data_sources(
     return reading
 
 
-def _check_shapes(net: net_model.Network, inputs: dict[str, common_pb2.Tensor]) -> None:
+def _check_shapes(
+    net: net_model.Network, inputs: dict[str, common_pb2.Tensor]
+) -> dict[str, api_kinds.Shape | None]:
     """Refuse at once tensors some VNode would certainly refuse (by its kind's declared
     shapes, `api.kinds`): the agent's refusal would otherwise reach nobody but its log,
-    and the caller would wait out the deadline."""
+    and the caller would wait out the deadline. Returns every VNode's output shape (None:
+    unknown)."""
     given = {
         name: None if tensors.is_empty(t) else tuple(int(d) for d in t.shape)
         for name, t in inputs.items()
     }
     graph = [(v.name, v.kind, v.params, v.inputs) for v in net.spec.vnodes]
     try:
-        api_kinds.inference_shapes(graph, given)
+        return api_kinds.inference_shapes(graph, given)
     except api_kinds.GraphShapeError as exc:
         shown = ", ".join(f"{n} {list(s) if s is not None else 'empty'}" for n, s in given.items())
         raise faults.InvalidArgument(
@@ -404,7 +448,9 @@ async def _once(
     )
     if ctx.results.metrics is not None:
         ctx.results.metrics.inference_computed(
-            primary=len(chosen.computing), double_check=chosen.double_checks
+            primary=len(chosen.computing),
+            double_check=chosen.double_checks,
+            spot_check=chosen.spot_checks,
         )
 
     async def one(source: str, replica: int) -> None:
@@ -425,6 +471,7 @@ async def _once(
                 attempt=0,
                 adaptive=chosen.adaptive,
                 double_check=chosen.double_check,
+                spot_check=chosen.spot_check,
                 data=data,
             )
 

@@ -396,6 +396,12 @@ BAD = [
         id="validation",
     ),
     pytest.param(
+        net(spec={"vnodes": vnodes(), "validation": "adaptive", "spotCheck": "sometimes"}),
+        "spec.spotCheck",
+        "must be 'auto', 'always' or 'never', got 'sometimes'",
+        id="spot-check",
+    ),
+    pytest.param(
         with_vnode(1, inputs="in"),
         "spec.vnodes[1].inputs",
         "must be a list, got 'in'",

@@ -97,3 +97,52 @@ def test_report_and_readme_splice(tmp_path: Path) -> None:
     assert text.index("## Validation frontier") < text.index("## Chaos soak")
     assert text.startswith("# Benchmarks\n\nfigures\n")
     assert text.endswith("verdicts\n")
+
+
+def test_spot_checks_cost_less_and_change_no_outcome() -> None:
+    """A spot check that pays is cheaper than a replica and decides the same votes: on the
+    same seed the same answers are wrong, for less compute; a VNode whose check does not
+    pay (check == compute) costs a replica either way."""
+    costs = (model.VNodeCost("fc", 10.0, 1.0), model.VNodeCost("act", 1.0, 1.0))
+    world = model.World(requests=300, costs=costs)
+    liars = model.Liars("10% slight", 0.10)
+    for seed in range(3):
+        spot = model.simulate(model.ours(0.5), liars, world, seed, spot=True)
+        full = model.simulate(model.ours(0.5), liars, world, seed)
+        assert (spot.wrong, spot.lies, spot.honest_strikes) == (
+            full.wrong, full.lies, full.honest_strikes,
+        )  # fmt: skip
+        assert spot.extra < full.extra
+    pays_not = model.World(requests=300, costs=(model.VNodeCost("act", 1.0, 1.0),) * 2)
+    assert model.simulate(model.ours(0.5), liars, pays_not, 1, spot=True) == model.simulate(
+        model.ours(0.5), liars, pays_not, 1
+    )
+
+
+def test_saved_figures_render_the_same_report(tmp_path: Path) -> None:
+    costs = (model.VNodeCost("fc", 10.0, 1.0), model.VNodeCost("act", 1.0, 1.0))
+    world = model.World(requests=20, costs=costs)
+    results = {m.name: frontier.measure(m, 2, world) for m in frontier.MODELS[:2]}
+    path = tmp_path / "frontier.json"
+    frontier.save(path, results, {"seeds": 2})
+    loaded, meta = frontier.load(path)
+
+    def ordered(points: list[frontier.Point]) -> list[frontier.Point]:
+        return [
+            dataclasses.replace(
+                p,
+                lies_before_bugged=tuple(sorted(p.lies_before_bugged)),
+                lies_unbugged=tuple(sorted(p.lies_unbugged)),
+            )
+            for p in points
+        ]
+
+    assert {n: ordered(ps) for n, ps in loaded.items()} == {
+        n: ordered(ps) for n, ps in results.items()
+    }
+    assert meta == {"seeds": 2}
+    lines = frontier.report(loaded, seeds=2, seconds=1.0, plot=None, world=world)
+    text = "\n".join(lines)
+    assert "| fc | 10000000.0 | - | 1000000.0 | 0.100 |" in text, "the costs table"
+    assert "Verdict on the criterion" in text
+    assert all(f"- {name}: " in text for name in frontier.HEADLINE)

@@ -443,6 +443,7 @@ class ProtoOnlyPNode:
             attempt=request.attempt,
             adaptive=request.adaptive,
             double_check=request.double_check,
+            spot_check=request.spot_check,
         )
         if request.WhichOneof("position") == "step":
             result.step = request.step

@@ -2,7 +2,7 @@
 perturbed for a configured fraction of results. Test-only; nothing here ships.
 
     python -m tests.support.liar --lie-fraction 1.0 --lie-mode slight|gross|nan \\
-        [--lie-seed N] [--lie-log PATH] AGENT FLAGS...
+        [--lie-seed N] [--lie-log PATH] [--lie-kinds dense,relu] AGENT FLAGS...
 
 slight: every value * 1.01 (passes every check; only a comparison catches it);
 gross: every value + 5 (breaks softmax sums, relu and loss ranges only by luck of sign);
@@ -10,7 +10,7 @@ nan: the first value becomes NaN (every consumer's finiteness check catches it).
 Integer outputs (an input's labels or indices) are left alone: lying about them would
 only make the data wrong, which is the same lie one layer later. `--lie-log` appends one
 line per lie told ("KIND training|inference"), so a test can count the lies and check that
-none got through.
+none got through. `--lie-kinds`: lie only in these kinds' outputs (default: every kind).
 """
 
 from __future__ import annotations
@@ -50,12 +50,18 @@ def lies_told(log: Path, *, phase: str = "") -> int:
     return sum(1 for line in log.read_text().splitlines() if line.endswith(phase))
 
 
-def install(*, fraction: float, mode: str, seed: int, log: str = "") -> None:
-    """Wrap the forward of every built-in kind so a `fraction` of outputs lie."""
+def install(
+    *, fraction: float, mode: str, seed: int, log: str = "", only: Sequence[str] = ()
+) -> None:
+    """Wrap the forward of every built-in kind (or those named in `only`) so a `fraction`
+    of outputs lie."""
     if mode not in MODES:
         raise ValueError(f"--lie-mode: {mode!r} must be one of {', '.join(MODES)}")
+    unknown = sorted(set(only) - set(kinds.known_kinds()))
+    if unknown:
+        raise ValueError(f"--lie-kinds: {unknown[0]!r} is not a kind: {kinds.known_kinds()}")
     rng = random.Random(seed)
-    for name in kinds.known_kinds():
+    for name in only or kinds.known_kinds():
         cls = kinds.kind_class(name)
         original = cls.forward
 
@@ -85,8 +91,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lie-mode", choices=MODES, default="slight")
     parser.add_argument("--lie-seed", type=int, default=0)
     parser.add_argument("--lie-log", default="")
+    parser.add_argument("--lie-kinds", default="")
     ours, rest = parser.parse_known_args(argv)
-    install(fraction=ours.lie_fraction, mode=ours.lie_mode, seed=ours.lie_seed, log=ours.lie_log)
+    install(
+        fraction=ours.lie_fraction,
+        mode=ours.lie_mode,
+        seed=ours.lie_seed,
+        log=ours.lie_log,
+        only=[k for k in ours.lie_kinds.split(",") if k],
+    )
     return agent_main.main(rest)
 
 

@@ -65,6 +65,7 @@ class ForwardRequest(_message.Message):
     DOUBLE_CHECK_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     COMPUTE_FAILURE_FIELD_NUMBER: _builtins.int
+    SPOT_CHECK_FIELD_NUMBER: _builtins.int
     job: _builtins.str
     step: _builtins.int
     request_id: _builtins.str
@@ -119,6 +120,19 @@ class ForwardRequest(_message.Message):
         `tensor` is ignored. Empty: the input is `tensor`.
         """
 
+    @_builtins.property
+    def spot_check(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Adaptive validation, inference only: a VNode named here is spot-checked instead of
+        recomputed (docs/architecture.md "Validation and trust"). Its inputs go to all its
+        replicas and its children expect a result from each, as for `double_check`; but only
+        replica 0 computes. It also sends its output to replica 1 (a Forward whose
+        sender_vnode and target_vnode are both this VNode), which checks that output against
+        the inputs it received by a cheaper proof than recomputation where the kind has one
+        (dense: Freivalds' randomized check) and then sends, as its own result, that output
+        if the proof holds, else its own full recomputation (so the children compare and a
+        lie ends as a dispute). Set by the driver and copied like `double_check`.
+        """
+
     def __init__(
         self,
         *,
@@ -140,10 +154,11 @@ class ForwardRequest(_message.Message):
         double_check: _abc.Iterable[_builtins.str] | None = ...,
         data: _common_pb2.DataRef | None = ...,
         compute_failure: _builtins.str = ...,
+        spot_check: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "position", b"position", "request_id", b"request_id", "step", b"step", "tensor", b"tensor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adaptive", b"adaptive", "attempt", b"attempt", "compute_failure", b"compute_failure", "data", b"data", "double_check", b"double_check", "header", b"header", "job", b"job", "network", b"network", "position", b"position", "reply_to", b"reply_to", "request_id", b"request_id", "sender_epoch", b"sender_epoch", "sender_replica", b"sender_replica", "sender_vnode", b"sender_vnode", "step", b"step", "target_epoch", b"target_epoch", "target_replica", b"target_replica", "target_vnode", b"target_vnode", "tensor", b"tensor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adaptive", b"adaptive", "attempt", b"attempt", "compute_failure", b"compute_failure", "data", b"data", "double_check", b"double_check", "header", b"header", "job", b"job", "network", b"network", "position", b"position", "reply_to", b"reply_to", "request_id", b"request_id", "sender_epoch", b"sender_epoch", "sender_replica", b"sender_replica", "sender_vnode", b"sender_vnode", "spot_check", b"spot_check", "step", b"step", "target_epoch", b"target_epoch", "target_replica", b"target_replica", "target_vnode", b"target_vnode", "tensor", b"tensor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_position: _TypeAlias = _typing.Literal["step", "request_id"]  # noqa: Y015
     _WhichOneofArgType_position: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015

@@ -449,6 +449,56 @@ def test_adaptive_selection_follows_the_history_of_replica_zero() -> None:
     assert settling.computing["loss"] == 3
 
 
+def _with_dense(
+    tiebreakers: tuple[str, ...] = (), spot: net_model.SpotCheckPolicy = "always"
+) -> net_model.Network:
+    """The adaptive network with a dense VNode `fc` between x and the loss."""
+    net = adaptive(tiebreakers)
+    fc = net_model.VNodeSpec(name="fc", kind="dense", params={"units": 1}, inputs=["x"])
+    loss = net.spec.vnodes[1].model_copy(update={"inputs": ["fc"]})
+    net.spec = net.spec.model_copy(
+        update={"vnodes": [net.spec.vnodes[0], fc, loss], "spot_check": spot}
+    )
+    return net
+
+
+@pytest.mark.parametrize(
+    ("policy", "shapes", "spot"),
+    [
+        ("always", {}, True),
+        ("never", {"x": (256, 1024), "fc": (256, 1024)}, False),
+        ("auto", {}, False),  # shapes unknown (a data reference): a replica
+        ("auto", {"x": (64, 64), "fc": (64, 32)}, False),  # digits' fc1: the check costs more
+        ("auto", {"x": (256, 1024), "fc": (256, 1024)}, True),  # wide: a seventh of it
+    ],
+)
+def test_spot_check_policy(
+    policy: net_model.SpotCheckPolicy, shapes: dict[str, tuple[int, ...]], spot: bool
+) -> None:
+    net = _with_dense(spot=policy)
+    chosen = inference.select(net, lambda v: standing(0), random.Random(1), shapes=shapes)
+    assert chosen.spot_check == (("fc",) if spot else ())
+    assert ("fc" in chosen.double_check) is not spot
+
+
+def test_a_sampled_dense_vnode_is_spot_checked_and_others_double_checked() -> None:
+    rng = random.Random(3)
+    new = inference.select(_with_dense(), lambda v: standing(0), rng)
+    assert new.spot_check == ("fc",), "dense has a cheaper proof: Freivalds'"
+    assert new.double_check == ("x", "loss"), "the others are recomputed"
+    assert new.computing == {"x": 2, "fc": 2, "loss": 2}, "the checker takes part"
+    assert (new.double_checks, new.spot_checks) == (2, 1)
+    trusted = [inference.select(_with_dense(), lambda v: standing(1000), rng) for _ in range(2000)]
+    spot = sum(len(s.spot_check) for s in trusted)
+    assert 120 < spot < 290, f"the same floor as a double check: about 200, got {spot}"
+    plain = next(s for s in trusted if not s.spot_check)
+    assert (plain.computing["fc"], plain.spot_checks) == (1, 0)
+    settling = inference.select(_with_dense(("fc",)), lambda v: standing(1000), rng)
+    assert settling.spot_check == (), "a tiebreaker's dispute is settled by recomputation"
+    assert "fc" in settling.double_check
+    assert settling.computing["fc"] == 3
+
+
 def test_without_adaptive_every_replica_computes() -> None:
     net = harness.network_record("file:///d.npz", replicas=3)
     chosen = inference.select(net, lambda v: standing(1000), random.Random(1))
