@@ -115,14 +115,21 @@ Action: TypeAlias = Place | Migrate | Reissue | Stop | Keep
 
 
 def _rewritten(old: Allocation, pnode: str, action: Migrate | Reissue) -> Allocation:
-    record = old.model_copy(deep=True)
-    record.spec.pnode = pnode
-    record.spec.epoch = action.new_epoch
-    record.spec.pnode_incarnation = action.pnode_incarnation
-    record.spec.vnode_hash = action.vnode_hash
-    record.spec.resources = action.resources.model_copy(deep=True)
-    record.status = allocation_model.AllocationStatus(phase="Pending", reason=action.reason)
-    return record
+    """`old` moved or re-issued. Shallow copies with their changes, never a change to `old`
+    (the view's record): the store writes a new record from this one. A deep copy of the
+    allocation was most of a migration's cost in a re-convergence pass (issue 13)."""
+    spec = old.spec.model_copy(
+        update={
+            "pnode": pnode,
+            "epoch": action.new_epoch,
+            "pnode_incarnation": action.pnode_incarnation,
+            "vnode_hash": action.vnode_hash,
+            "resources": action.resources.model_copy(),
+        }
+    )
+    status = allocation_model.AllocationStatus(phase="Pending", reason=action.reason)
+    metadata = old.metadata.model_copy()
+    return old.model_copy(update={"metadata": metadata, "spec": spec, "status": status})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
