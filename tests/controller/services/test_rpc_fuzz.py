@@ -39,12 +39,18 @@ _STRINGS = ["", "x", "digits", "digits\n", "a" * 300, "é中", "../../etc", "-1"
 _INTS = [0, 1, -1, 2**31 - 1, -(2**31), 2**63 - 1, -(2**63)]
 
 
+#: Methods of the catalog's services the orchestrator does not serve: Deliver carries
+#: messages between agents, and the driver's inbox takes unary calls only (vnode.proto).
+NOT_SERVED = {"/dcnr.v1.VNodeService/Deliver"}
+
+
 def methods() -> list[descriptor.MethodDescriptor]:
     pool = descriptor_pool.Default()
     return [
         method
         for full_name, _add, _servicer in catalog.generated()
         for method in pool.FindServiceByName(full_name).methods
+        if f"/{full_name}/{method.name}" not in NOT_SERVED
     ]
 
 
@@ -224,6 +230,23 @@ def test_structured_and_raw_requests_get_clear_answers_and_a_clean_log(served) -
         if name.startswith("dcnr_rpc_duration")
     }
     assert not codes & {"UNKNOWN", "INTERNAL"}
+
+
+def test_a_method_it_does_not_serve_is_unimplemented_and_leaves_a_clean_log(served) -> None:
+    pool = descriptor_pool.Default()
+    with grpc.insecure_channel(served.address) as channel:
+        for path in sorted(NOT_SERVED):
+            service, name = path.strip("/").split("/")
+            method = pool.FindServiceByName(service).methods_by_name[name]
+            opened = channel.stream_stream(
+                path, request_serializer=lambda b: b, response_deserializer=lambda b: b
+            )
+            answers = opened(iter([structured(method, random.Random(SEED))]), timeout=10)
+            with pytest.raises(grpc.RpcError) as refused:
+                next(iter(answers))
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED, path
+    log = served.log.read_text(errors="replace")
+    assert "Traceback" not in log
 
 
 def test_an_undecodable_request_is_invalid_argument_naming_the_type(served) -> None:
