@@ -235,6 +235,10 @@ class Manager:
                 await self._reconcile(name, loop, key)
             finally:
                 loop.queue.done(key)
+            # A reconcile answered from the view awaits nothing that suspends, and a resync
+            # queues every key: without this a worker ran thousands of them (5,000 PNodes,
+            # ~0.1 s) in one piece, and every Heartbeat and Resolve waited (issue 13).
+            await asyncio.sleep(0)
 
     async def _reconcile(self, name: str, loop: _Loop, key: str) -> None:
         queue = loop.queue
