@@ -199,7 +199,17 @@ async def _measure(
             ctx.log(f"ingest: resolution, open loop at {rate:.0f}/s")
             real = (await clients.open_loop("real_rs", rate=rate, seconds=size.seconds)).outcome
             base = (await clients.open_loop("echo_rs", rate=rate, seconds=size.seconds)).outcome
-            _check(real, "resolve")
+            if real.failed or base.failed:
+                # An open loop has no cap on calls in flight: when the server falls behind
+                # (a busy shared machine), its gRPC core cancels calls it has not taken up
+                # yet. A point of the curve, reported (and a missed target at half), not a
+                # failed run.
+                report.notes.append(
+                    f"open loop at {rate:,.0f}/s: {real.failed} of"
+                    f" {real.completed + real.failed} Resolve calls failed on the orchestrator,"
+                    f" {base.failed} of {base.completed + base.failed} on echo; first:"
+                    f" {' '.join((real.first_error or base.first_error).split())[:160]}"
+                )
             curve_real.append((rate, harness.Stats.of(real.latencies)))
             curve_echo.append((rate, harness.Stats.of(base.latencies)))
             if fraction == 0.5:
@@ -235,7 +245,7 @@ async def _measure(
     if half is not None:
         real, base = half
         stats = harness.Stats.of(real.latencies)
-        p99 = harness.percentile(sorted(real.latencies), 99)
+        p99 = harness.percentile(sorted(real.latencies), 99) if real.latencies else float("inf")
         report.compare(
             harness.Comparison(
                 name=f"resolution latency at half saturation ({0.5 * rs.outcome.rate:,.0f}/s)",
@@ -246,11 +256,13 @@ async def _measure(
                 higher_is_better=False,
                 targets=(
                     harness.Target(
-                        f"p99 <= {TARGET_P99 * 1000:g} ms", None if ctx.smoke else p99 <= TARGET_P99
+                        f"p99 <= {TARGET_P99 * 1000:g} ms, no call failed",
+                        None if ctx.smoke else (p99 <= TARGET_P99 and not real.failed),
                     ),
                 ),
                 note="latency from when each call was due (open loop), with the second"
-                f" replica taking {size.background_rate:g} heartbeats/s throughout",
+                f" replica taking {size.background_rate:g} heartbeats/s throughout;"
+                f" {real.failed} of {real.completed + real.failed} calls failed",
             )
         )
     report.curves["resolution-latency"] = {
