@@ -41,6 +41,9 @@ from reconcilers import base
 
 log = logging.getLogger(__name__)
 
+#: Keys a resync enqueues between two yields to the event loop.
+RESYNC_CHUNK = 512
+
 ListKeys = Callable[[], Awaitable[Iterable[str]]]
 Owns = Callable[[str], bool]
 
@@ -302,9 +305,11 @@ class Manager:
         assert loop.list_keys is not None
         try:
             keys = await loop.list_keys()
-            for key in keys:
+            for count, key in enumerate(keys, start=1):
                 if self._owned(name, loop, key):
                     loop.queue.add(key)
+                if count % RESYNC_CHUNK == 0:
+                    await asyncio.sleep(0)  # 10,000 ownership hashes: let the hot paths in
         except Exception:
             loop.resync_errors += 1
             log.exception("resync could not list keys", extra={"fields": {"loop": name}})

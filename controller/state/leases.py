@@ -44,7 +44,7 @@ from store import base, errors
 log = logging.getLogger("dcnr.leases")
 
 #: Renewals looked at between two yields to the event loop in a flush.
-DUE_CHUNK = 256
+DUE_CHUNK = 64
 
 
 class LeaseKeeper:

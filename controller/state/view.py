@@ -283,7 +283,7 @@ class View:
         for count, (name, version) in enumerate(listed.items(), start=1):
             if _behind(table.get(name), version):
                 stale.append(name)
-            if count % (CHUNK * 16) == 0:
+            if count % (CHUNK * 4) == 0:
                 await asyncio.sleep(0)  # thousands of names: let the hot paths in
         if len(stale) > max(RESYNC_GETS_MIN, len(listed) // 4):
             fresh = await base.list_all(self._store, kind)  # cheaper than a get each
