@@ -20,7 +20,8 @@ RUNS = {
     "auth": "the full run of 2026-12-07 17:27 UTC and the checks beside it (2 cores shared "
     "with one other engineer's work, load average 3.7-6.9; CPython 3.11)",
     "ingest": "the run of 2026-12-07 22:17 UTC and the A/B runs beside it, 22:15-22:28 "
-    "(2 cores shared with other engineers' benchmarks, load average 5-6; CPython 3.11)",
+    "and the probed runs of 22:26 and 22:32 (2 cores shared with other engineers' "
+    "benchmarks, load average 5-7; CPython 3.11)",
     "idle": "the run of 2026-12-07 19:26 UTC (2 cores shared with another engineer's work, "
     "load average 9.5 at its start, 7.2 at its end; CPython 3.11), the run of 19:16 before "
     "it, and for part two the run and sampling of 17:31-17:40 UTC",
@@ -163,10 +164,18 @@ ANALYSIS: dict[str, list[str]] = {
         "p90 25 ms; echo at the same rate had p99 170 ms in that window), 155 ms in the probed "
         "run (p50 1.6 ms, p90 4.9 ms), 444 ms in a second run; main's code in the alternate "
         "runs 591 ms and 184 ms (p50 177 ms and 1.6 ms). The longest callback on the loop is "
-        "now 13.5 ms, so the remaining tail is not a stall inside the loop: it is between its "
-        "callbacks (the process descheduled on 2 shared cores, the GIL with the store's and "
-        "gRPC's threads) or in the clients; a loop-lag probe and per-call timestamps in the "
-        "load worker are the next measurements. Throughput vs echo (overall rates) swings with "
+        "now 13.5 ms, so the remaining tail is not a stall inside one callback. A loop-lag "
+        "probe (a 2 ms timer, with the thread's and the process's CPU over each late tick) in "
+        "a run at 22:32 (p99 205 ms at half saturation) found 12 lags over 10 ms in the 8.5 s, "
+        "483 ms in all; 332 ms of it in the first 0.3 s of the phase, three lags of 95, 177 "
+        "and 48 ms during which the whole process used under 2 ms of CPU (descheduled: the "
+        "second replica's loop lagged 40-60 ms with no CPU at the same moments), enough at "
+        "847/s to put ~4 % of the calls behind by up to 177 ms; the rest, 12-25 ms each, were "
+        "young collections (some run by another thread of the process, holding the GIL while "
+        "the loop's thread waited) and one network-loop reconcile (7 ms of CPU, 24 ms late). "
+        "The tail left is the shared 2-core machine's scheduling more than the "
+        "orchestrator's work; on a quiet machine it was not measured (none was free today). "
+        "Throughput vs echo (overall rates) swings with "
         "the machine: this branch 0.39x/0.67x (heartbeat/Resolve; the table's per-second p50 "
         "ratios 0.38x/0.71x, Resolve's target met in this run only), 0.66x/0.44x, 0.71x/0.67x; "
         "main's code 0.72x/0.65x and 0.74x/0.54x; the echo baseline itself moved from 1,871 to "
