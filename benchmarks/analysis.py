@@ -19,8 +19,9 @@ RUNS = {
     "engineers' work, load average 7-13; CPython 3.11)",
     "auth": "the full run of 2026-12-07 17:27 UTC and the checks beside it (2 cores shared "
     "with one other engineer's work, load average 3.7-6.9; CPython 3.11)",
-    "ingest": "the runs of 2026-12-07 16:42, 16:45 and 16:53 UTC (2 cores shared with four "
-    "other engineers' work; CPython 3.11)",
+    "ingest": "the run of 2026-12-07 22:38 UTC (quiet at its start), main's code right after "
+    "it, the loaded runs of 22:15-22:28 and the probed runs of 22:26 and 22:32 (2 cores shared "
+    "with other engineers' benchmarks, load average 5-7; CPython 3.11)",
     "idle": "the run of 2026-12-07 19:26 UTC (2 cores shared with another engineer's work, "
     "load average 9.5 at its start, 7.2 at its end; CPython 3.11), the run of 19:16 before "
     "it, and for part two the run and sampling of 17:31-17:40 UTC",
@@ -137,23 +138,59 @@ ANALYSIS: dict[str, list[str]] = {
         "grouped plan spreads the moved VNodes differently.",
     ],
     "ingest": [
-        "Issue 13: the view no longer re-reads the whole store every 0.25 s; it follows the "
-        "store's change feed (controller/state/view.py `follow`). Same session, same machine "
-        "(shared, load 7-11), the same scenario run twice minutes apart, the second with "
-        "`--view-resync 0.25` (a full re-read every 0.25 s, the view before the feed): "
-        "heartbeats 2,148 vs 987 calls/s, resolutions 1,268 vs 829 calls/s, and Resolve at "
-        "half saturation p50 1.8 ms vs 130 ms, p99 83 ms vs 1.17 s. The echo baseline moved "
-        "between those two runs (Resolve 6,361 vs 2,809 calls/s), so the ratios to echo "
-        "(0.44x and 0.20x here) are noisier than the absolute gain.",
-        "The figures above are a third run (16:53 UTC), which also measured the client: its "
-        "one process used 63 % of a core driving the echo server and 36-41 % driving the "
-        "orchestrator (process CPU time over each closed loop), so by the issue's test (less "
-        "than a core) the echo baseline is not client-bound; on 2 shared cores, though, the "
-        "client and the server compete for the same CPUs. Several client processes: not done.",
-        "Still missed: >= 60 % of echo (0.44x, 0.47x) and p99 <= 5 ms (172 ms; p50 2.2 ms). "
-        "The remaining periodic costs in the orchestrator are the loops' 30 s resync (see the "
-        "idle scenario) and the assignment repair's republishing for this scenario's "
-        "agentless PNodes, which never report their VNodes running.",
+        "Issue 13, the hot path, on the issue's conditions now: 10,000 PNodes, half registered "
+        "through a second replica on the same SQLite file; each replica takes 250 background "
+        "heartbeats/s of its own PNodes throughout (so none expires mid-run, and the second one "
+        "writes leases the measured view follows through the feed); load from 2 client "
+        "processes (benchmarks/load_worker.py). The echo baseline is not client-bound: each "
+        "client process used 15-35 % of a core driving it. Before this, the first runs let "
+        "5,000 leases run out together during the open-loop points, a lifecycle write storm.",
+        "Where the tail came from, measured with a probe timing every event-loop callback and "
+        "collection in the measured replica (wall and thread CPU), main's code, 20 s of Resolve "
+        "at 800/s: young collections of 238 and 105 ms (57k and 45k objects: grpc.aio leaves "
+        "six objects in a reference cycle per call, its handler lookup, and a 50,000 young "
+        "generation fills with them; 25-85 ms of CPU each, every 4-5 s, in later runs); the "
+        "view applying feed pages, 17 callbacks over 5 ms (up to 41 ms without a collection); "
+        "a reconcile worker running every queued PNode after the loops' 30 s resync without a "
+        "yield (107-123 ms of CPU); lease-keeper flushes (up to 30 ms); the resync enqueueing "
+        "(13-21 ms). The assignment repair never showed. Fixed: collector thresholds (2,000, 5, "
+        "1,000) (full collections as rare as before; placement CPU per VNode unchanged, "
+        "0.201/0.175 ms vs 0.205/0.254 alternated); feed pages parsed on the store's worker "
+        "thread and applied 64 at a time with yields; yields in the resync, the lease keeper "
+        "and after each reconcile; no admission wrapper when limits are off. After (22:26 run, "
+        "the 8 s at half saturation): no callback over 13.5 ms wall / 7 ms CPU, the largest "
+        "middle-generation collections (4-10 ms CPU every 1-2 s) and lease-keeper chunks.",
+        "Still missed. The committed run (22:38, the machine quiet at its start: load 0.7 "
+        "rising to 3.5 with its own 6 processes) and the code of main at 7f28bb6 on this "
+        "branch's scenario right after it (load 3.2 to 5.2): Resolve at half saturation p50 "
+        "3.1 ms, p90 15 ms, p99 125 ms, no call failed, against main's p50 73 ms, p90 2.5 s, "
+        "p99 2.7 s with 763 of 9,818 calls CANCELLED; no open-loop point failed a call here. "
+        "Throughput vs echo (overall rates): heartbeats 0.73x here, 0.85x on main; Resolve "
+        "0.63x and 0.71x; met in both, main higher in this one pair, so whether the smaller "
+        "young generation or the yields cost closed-loop throughput is not settled. Loaded "
+        "runs (22:15-22:32, load 5-7), this branch: p99 75 ms (p50 2.4 ms; echo at the same "
+        "rate had p99 170 ms in that window), 155 and 444 ms; the code before today's merges "
+        "(6e61e0f), alternately: 591 and 184 ms (p50 177 and 1.6 ms); throughput vs echo "
+        "swung from 0.39x to 0.74x there (the echo baseline itself from 1,871 to 4,335 "
+        "heartbeats/s minutes apart). The longest callback on the loop is now 13.5 ms, so the"
+        " remaining tail is not a stall inside one callback. A loop-lag probe (a 2 ms timer, "
+        "with the thread's and the process's CPU over each late tick) in a run at 22:32 (p99 "
+        "205 ms at half saturation) found 12 lags over 10 ms in the 8.5 s, 483 ms in all; 332"
+        " ms of it in the first 0.3 s of the phase, three lags of 95, 177 and 48 ms during "
+        "which the whole process used under 2 ms of CPU (descheduled: the second replica's "
+        "loop lagged 40-60 ms with no CPU at the same moments), enough at 847/s to put ~4 % "
+        "of the calls behind by up to 177 ms; the rest, 12-25 ms each, were young collections"
+        " (some run by another thread of the process, holding the GIL while the loop's thread"
+        " waited) and one network-loop reconcile (7 ms of CPU, 24 ms late). What is left "
+        "looks like the 2-core machine's scheduling (two orchestrators, three load processes "
+        "and echo on 2 cores) more than the orchestrator's own work; a machine with cores to "
+        "spare was not available to confirm it. A py-spy profile of the closed loops: the "
+        "services' Python is 11-13 % of the process's samples, grpc.aio's per-call Cython and"
+        " its poller thread most of the rest.",
+        "In the loaded runs, open loop at 0.75 and 0.9 of the closed-loop rate: thousands of "
+        "calls CANCELLED by gRPC on the orchestrator (none on echo), reported in the notes: "
+        "with no cap on calls in flight, the orchestrator fell behind before its closed-loop "
+        "rate on a busy machine.",
     ],
     "idle": [
         "Issue 13, part two: the PNode loop's resync reads the view first and requeues a PNode "

@@ -308,29 +308,32 @@ class SqliteStore:
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise errors.InvalidRequest(f"changes: cursor {cursor[:40]!r} is malformed")
 
-        def run(conn: sqlite3.Connection) -> tuple[list[_ChangeRow], int, int]:
+        def run(conn: sqlite3.Connection) -> tuple[list[base.Change], int, int, int]:
             newest = _newest_seq(conn)
             marks = ",".join("?" * len(kinds))
-            rows = conn.execute(
+            rows: list[_ChangeRow] = conn.execute(
                 "SELECT seq, kind, name, resource_version, uid, data FROM changes"
                 f" WHERE seq > ? AND seq <= ? AND kind IN ({marks}) ORDER BY seq LIMIT ?",
                 (after, newest, *kinds, limit),
             ).fetchall()
-            return rows, newest, _feed_floor(conn)
+            # Parsed here, on the worker thread: a page of another replica's writes is
+            # hundreds of records, tens of milliseconds of pydantic that would otherwise
+            # hold the event loop in one piece (issue 13, the `ingest` scenario's tail).
+            changes = [
+                feed.tombstone(kind, name, version, uid)
+                if data is None
+                else feed.written(feed.kind_of(kind).model_validate_json(data))
+                for _, kind, name, version, uid, data in rows
+            ]
+            return changes, (rows[-1][0] if rows else newest), newest, _feed_floor(conn)
 
-        rows, newest, floor = await self._run(run, write=False)
+        changes, last, newest, floor = await self._run(run, write=False)
         if after < floor:
             raise feed.gone(cursor, f"seq {after} is older than the oldest kept, {floor + 1}")
         if after > newest:
             raise feed.gone(cursor, f"seq {after} is beyond this file's newest, {newest}")
-        changes = [
-            feed.tombstone(kind, name, version, uid)
-            if data is None
-            else feed.written(feed.kind_of(kind).model_validate_json(data))
-            for _, kind, name, version, uid, data in rows
-        ]
-        more = len(rows) == limit
-        position = rows[-1][0] if more else newest
+        more = len(changes) == limit
+        position = last if more else newest
         return base.ChangePage(changes, feed.encode(_BACKEND, kinds, position), more)
 
     # -- writes ------------------------------------------------------------------------------

@@ -41,6 +41,9 @@ from reconcilers import base
 
 log = logging.getLogger(__name__)
 
+#: Keys a resync enqueues between two yields to the event loop.
+RESYNC_CHUNK = 512
+
 ListKeys = Callable[[], Awaitable[Iterable[str]]]
 Owns = Callable[[str], bool]
 
@@ -235,6 +238,10 @@ class Manager:
                 await self._reconcile(name, loop, key)
             finally:
                 loop.queue.done(key)
+            # A reconcile answered from the view awaits nothing that suspends, and a resync
+            # queues every key: without this a worker ran thousands of them (5,000 PNodes,
+            # ~0.1 s) in one piece, and every Heartbeat and Resolve waited (issue 13).
+            await asyncio.sleep(0)
 
     async def _reconcile(self, name: str, loop: _Loop, key: str) -> None:
         queue = loop.queue
@@ -298,9 +305,11 @@ class Manager:
         assert loop.list_keys is not None
         try:
             keys = await loop.list_keys()
-            for key in keys:
+            for count, key in enumerate(keys, start=1):
                 if self._owned(name, loop, key):
                     loop.queue.add(key)
+                if count % RESYNC_CHUNK == 0:
+                    await asyncio.sleep(0)  # 10,000 ownership hashes: let the hot paths in
         except Exception:
             loop.resync_errors += 1
             log.exception("resync could not list keys", extra={"fields": {"loop": name}})

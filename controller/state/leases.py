@@ -43,6 +43,9 @@ from store import base, errors
 
 log = logging.getLogger("dcnr.leases")
 
+#: Renewals looked at between two yields to the event loop in a flush.
+DUE_CHUNK = 64
+
 
 class LeaseKeeper:
     def __init__(
@@ -87,7 +90,7 @@ class LeaseKeeper:
         and tests); returns how many leases were written."""
         async with self._lock:
             threshold = 0.0 if force else self._config.lease_persist_every
-            due = self._due(threshold)
+            due = await self._due(threshold)
             written = 0
             for start in range(0, len(due), base.MAX_TRANSACTION_OPS):
                 batch = due[start : start + base.MAX_TRANSACTION_OPS]
@@ -100,9 +103,14 @@ class LeaseKeeper:
                 written += len(batch)
             return written
 
-    def _due(self, threshold: float) -> list[lease_model.PNodeLease]:
+    async def _due(self, threshold: float) -> list[lease_model.PNodeLease]:
         due = []
-        for name, renewal in self._renewals.items():
+        for count, (name, renewal) in enumerate(self._renewals.items(), start=1):
+            if count % DUE_CHUNK == 0:
+                # Thousands of heartbeating PNodes, a deep copy for each due: in one piece
+                # this held the event loop for tens of ms every lease/6 (issue 13). A lease
+                # that moves meanwhile fails its write's version check and is retried alone.
+                await asyncio.sleep(0)
             node = self._view.pnodes.get(name)
             if node is None or node.status.incarnation > renewal.incarnation:
                 self._renewals.drop(name)  # deleted, or re-registered since: never persist it

@@ -58,6 +58,12 @@ log = logging.getLogger("dcnr.view")
 #: Where these live now; the names stay importable from here for the hot paths' callers.
 Signal = signal_mod.Signal
 Endpoint = liveness_mod.Endpoint
+
+#: Changes applied (or listed versions compared) between two yields to the event loop. A
+#: feed page is up to 500 records and each costs tens of microseconds to apply (the cache's
+#: indexes, the change events), so a page in one piece held the loop, and every Heartbeat
+#: and Resolve waiting on it, for milliseconds on end (issue 13, the `ingest` scenario).
+CHUNK = 64
 ChangeCallback = cache_mod.ChangeCallback
 
 
@@ -218,8 +224,11 @@ class View:
                 self.relists_after_gone += 1
                 await self.refresh()
                 return
-            for change in page.changes:
-                self._apply_change(change)
+            for start in range(0, len(page.changes), CHUNK):
+                if start:
+                    await asyncio.sleep(0)  # let the hot paths in between chunks
+                for change in page.changes[start : start + CHUNK]:
+                    self._apply_change(change)
             self.feed_changes += len(page.changes)
             self._cursor = page.cursor
             if not page.more:
@@ -270,7 +279,12 @@ class View:
         table = self.cache.table(kind)
         assert table is not None
         listed = await base.all_versions(self._store, kind)
-        stale = [name for name, version in listed.items() if _behind(table.get(name), version)]
+        stale = []
+        for count, (name, version) in enumerate(listed.items(), start=1):
+            if _behind(table.get(name), version):
+                stale.append(name)
+            if count % (CHUNK * 4) == 0:
+                await asyncio.sleep(0)  # thousands of names: let the hot paths in
         if len(stale) > max(RESYNC_GETS_MIN, len(listed) // 4):
             fresh = await base.list_all(self._store, kind)  # cheaper than a get each
             self.resync_reads += len(fresh)

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 from collections import Counter
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -351,3 +352,34 @@ async def test_new_pnodes_are_refused_while_the_pending_cap_is_reached(tmp_path)
         # Re-registering an existing PNode is never refused by the cap.
         await plane.register("p0", credential=replies[0].credential)
         assert plane.refused == {("/dcnr.v1.PNodeService/Register", "PendingCap"): 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Details:
+    """What `intercept_service` reads of a call: its method."""
+
+    method: str
+    invocation_metadata: tuple[tuple[str, str], ...] = ()
+
+
+async def test_a_method_without_a_limit_is_served_unwrapped() -> None:
+    """A limit of 0 (off): the interceptor hands back the service's own handler, so a call
+    pays for no bucket, no address parse and no credential digest; a limited one is wrapped."""
+    handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(
+        lambda request, context: request
+    )
+
+    async def continuation(
+        _details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[bytes, bytes]:
+        return handler
+
+    clock = clock_mod.FakeClock()
+    off = admission.AdmissionLimits(UNLIMITED, clock)
+    on = admission.AdmissionLimits(
+        admission.Limits(register=ratelimit.Limit(1, 1), hot=ratelimit.Limit(1, 1)), clock
+    )
+    for method in (admission.REGISTER, *sorted(admission.HOT_METHODS)):
+        details: Any = _Details(method)
+        assert await off.intercept_service(continuation, details) is handler, method
+        assert await on.intercept_service(continuation, details) is not handler, method
