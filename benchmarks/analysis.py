@@ -28,8 +28,9 @@ RUNS = {
     "failover": "the runs of 2026-12-07 19:09-19:29 UTC, main's code and this change "
     "alternately (2 cores shared with another engineer's work, load average 4-7; CPython "
     "3.11)",
-    "scale": "the run of 2026-12-07 19:51 UTC and the runs beside it (2 cores shared with "
-    "another engineer's placement benchmarks, load average 4-6; CPython 3.11)",
+    "scale": "the run of 2026-12-07 22:46 UTC on the evening's merged code (one other "
+    "engineer's tests beside it, load average 1.4-2.7; CPython 3.11), the A/B worker runs "
+    "of 22:18-22:24, and for the older parts the run of 19:51 UTC and the runs beside it",
     "placement": "the run of 2026-12-07 22:44 UTC on the merged code of the evening (one "
     "other engineer's tests starting beside it, load average 1.4-2.7; CPython 3.11), the "
     "A/B runs of 21:49-21:55 beside it, and for the earlier parts the run of 20:35 UTC",
@@ -355,6 +356,25 @@ ANALYSIS: dict[str, list[str]] = {
         "which the single process cannot.",
     ],
     "scale": [
+        "Issue 13, this evening (run of 22:46): three changes, each measured. (1) A network "
+        "pass looks only at the PNodes the view says changed and patches the scheduler's "
+        "snapshot at their positions (see the placement scenario's analysis): the O(PNodes) "
+        "walks named below as the cost of a pass are gone. (2) The view's records share "
+        "pydantic's per-instance field-name sets (`api.resources.meta.share_fields_sets`): "
+        "an Allocation held 4,385 -> 1,769 B, a PNode 7,656 -> 3,370 B (tracemalloc); the "
+        "worker at 5,000 PNodes / 50,000 VNodes peaked at 666 MiB against 872 MiB on the code "
+        "before it, run one after the other. (3) A migration writes shallow copies of the "
+        "allocation, not a deep copy. At 10,000 PNodes / 100,000 VNodes: placement 32.5 s "
+        "(169.9 s in the 19:51 run), re-convergence 14.7 s of processing + the 6 s floor "
+        "(46.1 s), peak RSS 1,295 MiB (1,703). The extrapolations to full size are 620 s, "
+        "153 s and 12.9 GiB: placement at its target's edge, re-convergence and memory "
+        "missed. What a re-convergence pass still does per network is O(network): every slot "
+        "classified, every VNode's hash recomputed (`slots.vnode_hashes`, ~0.1 s for 1,000 "
+        "VNodes) and the graph's neighbours rebuilt, and the network's allocations read and "
+        "parsed from the store, even when a tenth of its slots move; caching the hashes and "
+        "the graph per network generation is the next step. Memory: still ~12 KB per "
+        "PNode+VNode at the peak; records are ~3-4x their JSON after (2), and the peak also "
+        "holds a pass's transient copies.",
         "Issue 13: the scenario now wires the loops as controller/server.py does: the network "
         "loop plans against the view's PNodes (the informer, filled once and written through) "
         "with the scheduler views cached per record version, consecutive placements and "
@@ -384,7 +404,8 @@ ANALYSIS: dict[str, list[str]] = {
         "`make bench-scale` (scenario scale-full, results/scale-full.json) runs it and judges "
         "the targets on that measurement, with no extrapolation; it needs a machine with "
         "~20 GiB free and, at the cost per pass measured here, hours.",
-        "Where the time goes: a pass still does O(PNodes) work besides its own VNodes. A "
+        "Before this evening's changes (the 19:51 run): where the time went: a pass still "
+        "did O(PNodes) work besides its own VNodes. A "
         "1,000-VNode pass took 0.58 s at 1,000 PNodes, 1.28 s at 10,000 (standalone run, "
         "busier machine), 1.0 s at 30,000; the profile of a re-placement pass at 30,000 "
         "PNodes: ViewCache.views 0.57 s of 1.26 s (0.13 s walking every record, node_view of "
