@@ -348,7 +348,11 @@ async def test_an_inference_dispute_waits_for_the_restored_tiebreaker_and_retrie
     assert len(restored) == 1, "the tiebreaker was restored from the trained model"
     assert restored[0].blob.url == trained.status.checkpoint_blobs["lin.loss.0"].partition("#")[0]
     liar = await world.trust_of("p2")
-    assert liar.strikes_total == 1, "the retry's 2-1 split struck the liar"
+    # Two lies, two strikes: the retry's 2-1 split, and the disputed output itself, judged
+    # by the retry's majority for the same inputs (controller.trust.disputes).
+    assert liar.strikes_total == 2, "the retry's split and the disputed lie struck the liar"
+    judged = [e.message for e in liar_events(await world.store.get(pnode.PNode, "p2"))]
+    assert sum("disputed" in m for m in judged) == 1, judged
     # The struck PNode still holds a replica of loss: the tiebreaker stays.
     assert (await world.network()).status.tiebreakers == ["loss"]
     # Its strikes leave the window (here: an Uncordon): the next answer retires it.
@@ -359,6 +363,10 @@ async def test_an_inference_dispute_waits_for_the_restored_tiebreaker_and_retrie
     again = await inference.infer(orch.ctx, harness.NET, {"x": tensors.encode(xb)}, seconds=30)
     assert tensors.decode(again["loss"]) == pytest.approx(w * xb, rel=1e-12)
     assert (await world.network()).status.tiebreakers == []
+
+
+def liar_events(node: pnode.PNode) -> list[pnode.ValidationEvent]:
+    return [e for e in node.status.validation_events if e.verdict == "rejected"]
 
 
 async def test_inference_retries_past_a_result_refused_by_its_checks(world: World) -> None:
