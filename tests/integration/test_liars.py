@@ -14,6 +14,10 @@ replicas of every VNode (every result compared).
   only the checker replica's Freivalds check sees (nobody recomputes a spot-checked dense
   VNode), is caught by it (its own recomputation sent instead, a dispute, a tiebreaker
   that outvotes the liar), and every answer still equals the reference.
+- A disputed lie judged: on digits cut after act1 (a relu sink), a liar lying slightly on
+  half of its sink outputs is struck for each disputed output by the majority the
+  tiebreaker's retry settles, whether or not it lies again in the retry: Bugged after 3
+  lies (controller.trust.disputes).
 - In all, the liar is Bugged after at most 5 results judged bad, and no honest PNode is
   ever struck.
 """
