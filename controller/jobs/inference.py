@@ -213,7 +213,7 @@ async def infer(
     signal = ctx.view.network_signal(network)
     #: Sources whose array of `data` their agents read (None until asked).
     reading: frozenset[str] | None = None
-    #: sink → its disputed results, judged once a retry settles it (`_judge`).
+    #: sink → its disputed results, judged once a retry settles it (`_once`).
     judging: dict[str, disputes_mod.Attempt] = {}
     while True:
         seen = signal.value  # read before the state, so no change slips between
