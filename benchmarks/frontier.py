@@ -356,7 +356,13 @@ def report(
         "- Suspicion instead of a reset. A strike is proof (signed results; honest PNodes are "
         "never struck), so a struck PNode is checked on every result while the strike is in "
         "its last outcomes: none of its further lies reach a caller, and it is Bugged after "
-        "`strike_limit` lies. BOINC resets CV to 0 and decays again.",
+        "`strike_limit` lies. BOINC resets CV to 0 and decays again. The model strikes a "
+        "liar for a disputed lie once the tiebreaker's vote settles it; the real system "
+        "does too (`controller.trust.disputes`, since 2026-12-07) for a sink's disputed "
+        "output whose retry settles the same inputs (every upstream VNode compared in both "
+        "tries), but not yet for a dispute among a non-sink VNode's replicas or at a sink "
+        "whose upstream ran unchecked: there the liar is struck only if it lies again in "
+        "the retry, and the model is optimistic for both schemes alike.",
         "- Spread replicas. Modelled as: a double check never lands on the same operator as "
         "the result it checks, so two colluding liars telling the same lie never confirm "
         "each other; with random placement they sometimes do (and an honest PNode outvoted "

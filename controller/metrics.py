@@ -100,6 +100,12 @@ class Metrics:
         self.validation_tiebreaks = prometheus_client.Counter(
             "dcnr_validation_tiebreaks", "Tiebreaker results requested.", registry=r
         )
+        self.validation_disputes_judged = prometheus_client.Counter(
+            "dcnr_validation_disputes_judged",
+            "Strikes for a disputed result that a tiebreaker's majority, settling the same "
+            "inputs, proved wrong.",
+            registry=r,
+        )
         self.bugged_transitions = prometheus_client.Counter(
             "dcnr_pnode_bugged_transitions", "PNodes that became Bugged.", registry=r
         )
@@ -216,6 +222,9 @@ class Metrics:
 
     def tiebroken(self, count: int = 1) -> None:
         self.validation_tiebreaks.inc(count)
+
+    def dispute_judged(self) -> None:
+        self.validation_disputes_judged.inc()
 
     def bugged(self, pnode_name: str = "") -> None:
         self.bugged_transitions.inc()

@@ -233,7 +233,8 @@ class Inbox:
             if replica in box.results.get(sender, {}):
                 return True
             value = array if array is not None else tensors.decode(request.tensor)
-            self._file(box, sender, replica, Result(producer, request.tensor, value))
+            filed = Result(producer, request.tensor, value, epoch=request.sender_epoch)
+            self._file(box, sender, replica, filed)
         else:
             if (sender, replica) in box.done:
                 return True

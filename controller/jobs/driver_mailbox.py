@@ -28,6 +28,9 @@ class Result:
     array: np.ndarray[Any, Any]
     #: It failed its checks (its PNode is struck already): it agrees with nothing.
     refused: bool = False
+    #: The epoch of the sender slot it came from (-1: not known), so a disputed output can
+    #: be judged against a later majority of the same slot (`controller.trust.disputes`).
+    epoch: int = -1
 
 
 @dataclasses.dataclass(eq=False)

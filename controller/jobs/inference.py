@@ -26,7 +26,10 @@ this request's shapes (`api.kinds.spot_pays`; shapes unknown, as for a data refe
 replica). Any other is double-checked (every replica computes), and so is every VNode with
 a tiebreaker, whose dispute a spot check cannot settle. A
 dispute (no majority) requests a tiebreaker replica, waits until it is live and restored,
-and retries under a new request id, within the caller's deadline. So does a result failing
+and retries under a new request id, within the caller's deadline; a sink's disputed
+outputs are then judged by the retry's majority when it settled the same inputs
+(`controller.trust.disputes`: the producer of a disputed output outside it is struck for
+that lie; `_inputs` says when the inputs are provably the same). So does a result failing
 its checks (its PNode is struck, and moves once Bugged): nothing that failed a check is
 ever returned. A VNode that could not compute the request (its agent's `compute_failure`,
 or a source refusing the input "Invalid") ends the call at once with INVALID_ARGUMENT and
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -56,9 +60,18 @@ from api.dcnr.v1 import common_pb2, vnode_pb2
 from api.resources import allocation, pnode
 from api.resources import network as net_model
 from controller import errors as faults
-from controller.jobs import driver, driver_inbox, driver_plan, model_state, vnode_client
+from controller.jobs import (
+    driver,
+    driver_inbox,
+    driver_mailbox,
+    driver_plan,
+    model_state,
+    vnode_client,
+)
 from controller.state import view as view_mod
 from controller.trust import book as trust
+from controller.trust import disputes as disputes_mod
+from controller.trust import evidence as evidence_mod
 from controller.trust import exposure as exposure_mod
 from controller.trust import sampling
 
@@ -146,9 +159,12 @@ def _sampled(found: Standing, policy: sampling.SamplingPolicy, rng: random.Rando
 
 
 class _Disputed(Exception):
-    def __init__(self, vnode: str) -> None:
+    def __init__(self, vnode: str, attempt: disputes_mod.Attempt | None = None) -> None:
         super().__init__(vnode)
         self.vnode = vnode
+        #: The disputed results of a sink, to judge once a tiebreaker settles the same
+        #: inputs (None: not a sink's, or nothing to judge them by).
+        self.attempt = attempt
 
 
 class _Refused(Exception):
@@ -197,6 +213,8 @@ async def infer(
     signal = ctx.view.network_signal(network)
     #: Sources whose array of `data` their agents read (None until asked).
     reading: frozenset[str] | None = None
+    #: sink → its disputed results, judged once a retry settles it (`_once`).
+    judging: dict[str, disputes_mod.Attempt] = {}
     while True:
         seen = signal.value  # read before the state, so no change slips between
         net = ctx.view.networks.get(network) or net
@@ -242,7 +260,14 @@ async def infer(
         fed = _Fed(inputs, data, reading or frozenset())
         try:
             answer = await _once(
-                ctx, net, fed, chosen, deadline=deadline, seconds=seconds, vouched=vouched
+                ctx,
+                net,
+                fed,
+                chosen,
+                deadline=deadline,
+                seconds=seconds,
+                vouched=vouched,
+                judging=judging,
             )
             await _retire_tiebreakers(ctx, network)
             return answer
@@ -253,6 +278,8 @@ async def infer(
                 ) from None
             await _changed(ctx, network, deadline, seen)
         except _Disputed as dispute:
+            if dispute.attempt is not None:
+                judging[dispute.vnode] = dispute.attempt
             await ctx.tiebreakers.request(network, dispute.vnode)
             await _wait_for_replicas(ctx, network, dispute.vnode, deadline, seconds)
         except _Refused as why:
@@ -430,9 +457,11 @@ async def _once(
     deadline: float,
     seconds: float,
     vouched: dict[str, int],
+    judging: Mapping[str, disputes_mod.Attempt] | None = None,
 ) -> dict[str, common_pb2.Tensor]:
     """One request: raises _Disputed when a VNode's replicas had no majority, _Moved when a
-    slot of `vouched` (slot → the epoch restored with the trained state) moved meanwhile."""
+    slot of `vouched` (slot → the epoch restored with the trained state) moved meanwhile.
+    `judging`: sinks' disputed results of earlier tries, judged by this one's majority."""
     network = net.name
     sources, sinks = driver_plan.topology(net)
     request_id = uuid.uuid4().hex
@@ -487,7 +516,9 @@ async def _once(
                     f"inference on {network!r}: {box.compute_failed}", reason="ComputeFailed"
                 )
             if box.disputed is not None:
-                raise _Disputed(box.disputed)
+                raise _Disputed(
+                    box.disputed, _attempt(ctx, net, fed, chosen, box, box.disputed, request_id)
+                )
             if box.failed is not None:
                 raise _Refused(box.failed)
             if sends.done():
@@ -521,7 +552,95 @@ async def _once(
         raise _Moved(", ".join(moved))
     _credit(ctx, network, chosen, box, job)
     _expose(ctx, network, chosen, request_id)
+    for sink, disputed in (judging or {}).items():
+        settled = _attempt(ctx, net, fed, chosen, box, sink, request_id)
+        if settled is not None:
+            _strike(ctx, disputes_mod.judge(disputed, settled), job=job, vnode=sink)
     return dict(box.outputs)
+
+
+def _attempt(
+    ctx: driver.DriverContext,
+    net: net_model.Network,
+    fed: _Fed,
+    chosen: Selection,
+    box: driver_inbox.Mailbox,
+    sink: str,
+    request_id: str,
+) -> disputes_mod.Attempt | None:
+    """What this try computed at `sink` (None: not a sink, or none of its results
+    arrived), for `controller.trust.disputes`. Each result's signature was verified before
+    it was compared (`driver_inbox.Receiver`); a refused one is struck already and not
+    judged again."""
+    arrived = box.results.get(sink)
+    if not arrived:
+        return None
+    results = tuple(
+        disputes_mod.Result(
+            r.pnode, replica, r.epoch, driver_mailbox.comparable(r.array), signed=True
+        )
+        for replica, r in sorted(arrived.items())
+        if not r.refused
+    )
+    inputs = _inputs(ctx, net, fed, chosen, sink)
+    return disputes_mod.Attempt(
+        net.name, sink, request_id, inputs, chosen.computing.get(sink, 1), results
+    )
+
+
+def _inputs(
+    ctx: driver.DriverContext, net: net_model.Network, fed: _Fed, chosen: Selection, vnode: str
+) -> tuple[str, tuple[tuple[str, int], ...]] | None:
+    """A key of what `vnode`'s replicas computed from: the request's inputs and the epoch of
+    every slot of every VNode upstream of it that took part. None when an upstream VNode
+    computed without being compared (one replica could have sent each of `vnode`'s
+    replicas a different value), so the replicas may not have had one input at all."""
+    parents = {v.name: tuple(v.inputs) for v in net.spec.vnodes}
+    upstream: set[str] = set()
+    todo = list(parents.get(vnode, ()))
+    while todo:
+        name = todo.pop()
+        if name in upstream or name not in parents:
+            continue
+        upstream.add(name)
+        todo.extend(parents[name])
+    slots: list[tuple[str, int]] = []
+    for name in sorted(upstream):
+        count = chosen.computing.get(name, 1)
+        if count < 2:
+            return None
+        for replica in range(count):
+            slot = allocation.slot_name(net.name, name, replica)
+            held = ctx.view.allocations.get(slot)
+            if held is None:
+                return None
+            slots.append((slot, held.spec.epoch))
+    digest = hashlib.sha256()
+    for name in sorted(fed.tensors):
+        digest.update(name.encode())
+        digest.update(fed.tensors[name].SerializeToString(deterministic=True))
+    if fed.data is not None:
+        digest.update(fed.data.SerializeToString(deterministic=True))
+        digest.update(",".join(sorted(fed.reading)).encode())
+    return digest.hexdigest(), tuple(slots)
+
+
+def _strike(
+    ctx: driver.DriverContext, proven: list[evidence_mod.Proven], *, job: str, vnode: str
+) -> None:
+    """Strike each PNode whose disputed output a settled majority proved wrong, as a loser
+    of a sink's vote is struck (`driver_inbox.Inbox`)."""
+    book = ctx.results.book
+    for found in proven:
+        if book is not None:
+            book.record(
+                found.pnode,
+                trust.Outcome(
+                    valid=False, job=job, vnode=vnode, check=found.check, message=found.message
+                ),
+            )
+        if ctx.results.metrics is not None:
+            ctx.results.metrics.dispute_judged()
 
 
 def _expose(ctx: driver.DriverContext, network: str, chosen: Selection, request_id: str) -> None:

@@ -14,6 +14,10 @@ replicas of every VNode (every result compared).
   only the checker replica's Freivalds check sees (nobody recomputes a spot-checked dense
   VNode), is caught by it (its own recomputation sent instead, a dispute, a tiebreaker
   that outvotes the liar), and every answer still equals the reference.
+- A disputed lie judged: on digits cut after act1 (a relu sink), a liar lying slightly on
+  half of its sink outputs is struck for each disputed output by the majority the
+  tiebreaker's retry settles, whether or not it lies again in the retry: Bugged after 3
+  lies (controller.trust.disputes).
 - In all, the liar is Bugged after at most 5 results judged bad, and no honest PNode is
   ever struck.
 """
@@ -32,6 +36,8 @@ import pytest
 import yaml
 
 from agent.runtime import reference
+from api import tensors
+from api.dcnr.v1 import job_pb2
 from api.resources import network as network_model
 from api.resources import pnode
 from tests.integration import cluster
@@ -268,4 +274,71 @@ async def test_spot_checks_catch_a_liar_lying_slightly_in_dense_outputs(tmp_path
         assert told, "the liar never lied"
         assert found.get("failed", 0) >= 1, f"no spot check caught a lie: {found}"
         assert bad <= 5
+        _check_honest(await _trust(store_url))
+
+
+def _relu_sink_manifest() -> dict[str, Any]:
+    """Digits cut after act1: x -> fc1 -> act1 (relu, the sink), two replicas of each (every
+    VNode compared), so a slight lie at the sink (* 1.01 passes relu's checks) is found only
+    by the driver's comparison of the sink's replicas."""
+    manifest = _manifest()
+    kept = ("x", "fc1", "act1")
+    manifest["spec"]["vnodes"] = [v for v in manifest["spec"]["vnodes"] if v["name"] in kept]
+    manifest["metadata"]["name"] = "digits-relu"
+    return manifest
+
+
+async def _infer(jobs: training.Jobs, network: str, x: np.ndarray, sink: str) -> np.ndarray:
+    reply = await jobs.stub.Infer(
+        job_pb2.InferRequest(
+            header=cluster.HEADER,
+            network=network,
+            tensors=job_pb2.NamedTensors(tensors={"x": tensors.encode(x)}),
+        ),
+        timeout=60,
+    )
+    return tensors.decode(reply.outputs[sink])
+
+
+async def test_a_disputed_lie_is_struck_when_the_tiebreaker_settles_it(tmp_path: Path) -> None:
+    """A liar lying slightly on half of its sink outputs: each lie at the sink is a 1-1
+    dispute, retried with a tiebreaker replica; the retry's majority (for the same inputs:
+    every VNode upstream is compared under `validation: replicas`) proves the disputed signed
+    output wrong, so the liar is struck for that lie even when it tells the truth in the
+    retry, and is Bugged after at most strike_limit lies; no honest PNode is struck."""
+    manifest = _relu_sink_manifest()
+    network = network_model.Network.model_validate(manifest)
+    async with _cluster(tmp_path, manifest, "slight", fraction=0.5, lie_kinds="relu") as (
+        store_url, lies, jobs,
+    ):  # fmt: skip
+        _, slots, _ = await cluster.read_state(store_url)
+        held = [a.spec.replica for a in slots if a.spec.pnode == LIAR and a.spec.vnode == "act1"]
+        assert held, "the liar holds no replica of the sink: nothing would be tested"
+        single = reference.Reference(
+            network, seed=0, optimizer="sgd", learning_rate=0.01, workdir=agents.REPO
+        )
+        x = training.DATA["x_test"][:64]
+        expected = single.infer({"x": x})["act1"]
+        limit = 3  # the orchestrator's default trust policy (controller.trust.book)
+
+        async def answer() -> int:
+            got = await _infer(jobs, network.name, x, "act1")
+            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+            return liar_mod.lies_told(lies, phase="inference")
+
+        told = await wait.until(
+            answer, within=120, what=f"{LIAR} telling {limit} lies", accept=lambda n: n >= limit,
+            every=0,
+        )  # fmt: skip
+        liar = await _wait_bugged(store_url, LIAR, within=30)
+        strikes = [e for e in liar.status.validation_events if e.verdict == "rejected"]
+        judged = [e for e in strikes if "disputed" in e.message]
+        bad = _bad_results_before_bugged(liar)
+        print(
+            f"\ndisputed lies: {told} lies told when the limit was reached, {bad} strikes "
+            f"before Bugged, {len(judged)} of them for a disputed result"
+        )
+        assert judged, f"no strike for a disputed result: {[e.message for e in strikes]}"
+        assert bad <= limit
+        assert told <= limit + 1, "one request holds at most two lies: disputed and retry"
         _check_honest(await _trust(store_url))

@@ -348,7 +348,11 @@ async def test_an_inference_dispute_waits_for_the_restored_tiebreaker_and_retrie
     assert len(restored) == 1, "the tiebreaker was restored from the trained model"
     assert restored[0].blob.url == trained.status.checkpoint_blobs["lin.loss.0"].partition("#")[0]
     liar = await world.trust_of("p2")
-    assert liar.strikes_total == 1, "the retry's 2-1 split struck the liar"
+    # Two lies, two strikes: the retry's 2-1 split, and the disputed output itself, judged
+    # by the retry's majority for the same inputs (controller.trust.disputes).
+    assert liar.strikes_total == 2, "the retry's split and the disputed lie struck the liar"
+    judged = [e.message for e in liar_events(await world.store.get(pnode.PNode, "p2"))]
+    assert sum("disputed" in m for m in judged) == 1, judged
     # The struck PNode still holds a replica of loss: the tiebreaker stays.
     assert (await world.network()).status.tiebreakers == ["loss"]
     # Its strikes leave the window (here: an Uncordon): the next answer retires it.
@@ -359,6 +363,64 @@ async def test_an_inference_dispute_waits_for_the_restored_tiebreaker_and_retrie
     again = await inference.infer(orch.ctx, harness.NET, {"x": tensors.encode(xb)}, seconds=30)
     assert tensors.decode(again["loss"]) == pytest.approx(w * xb, rel=1e-12)
     assert (await world.network()).status.tiebreakers == []
+
+
+async def _dispute_then_settle(world: World, *, move_upstream: bool) -> pnode.PNode:
+    """p2 lies on its first loss output only: a 1-1 dispute, then a retry with a tiebreaker
+    beside replica 0 in which everyone tells the truth (`move_upstream`: x's replica 0 is
+    re-placed before the retry, so its inputs are not provably the same). Returns p2."""
+    told: list[int | str] = []
+
+    def once(position: int | str) -> float:
+        told.append(position)
+        return 1.0 if len(told) == 1 else 0.0
+
+    orch = await world.start(replicas=2)
+    world.agents[1].lie = once
+    xb = np.array([1.0, 2.0])
+    asked = asyncio.ensure_future(
+        inference.infer(orch.ctx, harness.NET, {"x": tensors.encode(xb)}, seconds=30)
+    )
+    try:
+        await world.until_network(lambda n: n.status.tiebreakers == ["loss"])
+        if move_upstream:
+            world.agents[0].epochs["x"] += 1
+            await harness.move_slot(world.store, world.view, "x")
+        world.agents[0].extra = {2: 1}
+        placed = await world.store.create(harness.slot("loss", epoch=1, replica=2, pnode="p1"))
+        world.view.apply_written([placed])
+        out = await asyncio.wait_for(asked, 30)
+    finally:
+        asked.cancel()
+    assert tensors.decode(out["loss"]).tolist() == [0.0, 0.0]
+    assert len(told) == 2, "one disputed try, one settled retry"
+    assert (await world.trust_of("p1")).strikes_total == 0, "the honest PNode is never struck"
+    return await world.store.get(pnode.PNode, "p2")
+
+
+async def test_a_disputed_lie_is_struck_though_the_liar_tells_the_truth_in_the_retry(
+    world: World,
+) -> None:
+    liar = await _dispute_then_settle(world, move_upstream=False)
+    assert liar.status.trust.strikes_total == 1, "struck for the disputed lie itself"
+    (event,) = liar_events(liar)
+    assert event.vnode == "loss"
+    assert "disputed" in event.message
+    assert world.orch is not None
+    assert counter(world.orch, "dcnr_validation_disputes_judged_total") == 1
+
+
+async def test_a_disputed_output_is_not_judged_when_an_upstream_slot_moved(
+    world: World,
+) -> None:
+    liar = await _dispute_then_settle(world, move_upstream=True)
+    assert liar.status.trust.strikes_total == 0, "other inputs: nothing is proven"
+    assert world.orch is not None
+    assert counter(world.orch, "dcnr_validation_disputes_judged_total") == 0
+
+
+def liar_events(node: pnode.PNode) -> list[pnode.ValidationEvent]:
+    return [e for e in node.status.validation_events if e.verdict == "rejected"]
 
 
 async def test_inference_retries_past_a_result_refused_by_its_checks(world: World) -> None:
