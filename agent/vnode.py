@@ -283,14 +283,7 @@ class Instance:
                     f"(parents: {', '.join(self._unique_parents)})",
                 )
             if pending is None:
-                pending = self._pending[key] = _Pending(
-                    reply_to=m.reply_to,
-                    inputs=quorum_inputs.Inputs(m.job, m.position, forward=True),
-                    grads=quorum_inputs.Inputs(m.job, m.position, forward=False),
-                    adaptive=m.adaptive,
-                    double_check=m.double_check,
-                    spot_check=m.spot_check,
-                )
+                pending = self._open(key, m)
             out, found = self._forward(pending, m, training)
             dropped = self._release(pending, out, found) if pending.computed else ()
         else:
@@ -314,6 +307,19 @@ class Instance:
             self._linger(key)
         return Received(False, out, found, dropped, spot=pending.spot if out else "")
 
+    def _open(self, key: tuple[str, Position], m: Message) -> _Pending:
+        """A position's state, opened by its first forward message (which names its
+        validation: adaptive, double and spot checks)."""
+        pending = self._pending[key] = _Pending(
+            reply_to=m.reply_to,
+            inputs=quorum_inputs.Inputs(m.job, m.position, forward=True),
+            grads=quorum_inputs.Inputs(m.job, m.position, forward=False),
+            adaptive=m.adaptive,
+            double_check=m.double_check,
+            spot_check=m.spot_check,
+        )
+        return pending
+
     def _checking(self, pending: _Pending) -> bool:
         """Whether this replica checks replica 0's output at this position instead of
         computing its own (module docstring)."""
@@ -332,14 +338,7 @@ class Instance:
         if m.position[0] != "request":
             raise Refused("Invalid", "position: spot checks are for inference requests only")
         if pending is None:
-            pending = self._pending[key] = _Pending(
-                reply_to=m.reply_to,
-                inputs=quorum_inputs.Inputs(m.job, m.position, forward=True),
-                grads=quorum_inputs.Inputs(m.job, m.position, forward=False),
-                adaptive=m.adaptive,
-                double_check=m.double_check,
-                spot_check=m.spot_check,
-            )
+            pending = self._open(key, m)
         pending.claim = m.array
         out: list[Outgoing] = []
         if not pending.computed and pending.inputs.complete(self._unique_parents):
