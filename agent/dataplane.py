@@ -165,6 +165,11 @@ class _Hosted:
     neighbours: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
 
+#: Messages of one Deliver stream handled at once (`_deliver_stream`); a sender keeps at
+#: most as many unanswered (`agent.streams.DEFAULT_LIMIT`).
+STREAM_WINDOW = 64
+
+
 class _Refusal(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -351,9 +356,7 @@ class DataPlane:
         try:
             if self._keys.plaintext:
                 return signed.verify(verifier, evidence, self._now()), True
-            return signed.sender(
-                verifier, evidence, signed.peer_certificate(context), self._now()
-            )
+            return signed.sender(verifier, evidence, signed.peer_certificate(context), self._now())
         except identity.IdentityError as exc:
             raise _Refusal(
                 exc.reason,
@@ -398,10 +401,38 @@ class DataPlane:
         self, requests: AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[vnode_pb2.DeliverResponse]:
         """Deliver (STREAMED DELIVERY in vnode.proto): each message handled as its unary
-        call (`_received`), one at a time, and answered in order with that call's code and
-        reason; a refusal ends the message, never the stream."""
-        async for raw in requests:
-            yield await self._answer(raw, context)
+        call (`_received`) and answered in order with that call's code and reason; a
+        refusal ends the message, never the stream.
+
+        Handled concurrently, as the unary calls a stream replaces were: a message that
+        waits (for resolution to attribute its sender, for its VNode's lock) must not hold
+        back the messages behind it on the edge, which in-order handling did, up to the
+        sender's deadline. At most `STREAM_WINDOW` messages of one stream are in hand at
+        once; past that the stream is not read until the oldest is answered."""
+        answers: asyncio.Queue[asyncio.Task[vnode_pb2.DeliverResponse] | None] = asyncio.Queue()
+        window = asyncio.Semaphore(STREAM_WINDOW)
+
+        async def read() -> None:
+            try:
+                async for raw in requests:
+                    await window.acquire()  # released once its answer is sent
+                    await answers.put(asyncio.ensure_future(self._answer(raw, context)))
+            finally:
+                await answers.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                reply = await answer
+                window.release()
+                yield reply
+        finally:
+            reader.cancel()
+            while not answers.empty():
+                left = answers.get_nowait()
+                if left is not None:
+                    left.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
 
     async def _answer(self, raw: bytes, context: Context) -> vnode_pb2.DeliverResponse:
         sequence = 0
@@ -582,9 +613,7 @@ class DataPlane:
                 if forward
                 else _parsed(evidence.body, vnode_pb2.BackwardRequest)
             )
-            return await self._message(
-                request, sender, evidence, forward=forward, proven=proven
-            )
+            return await self._message(request, sender, evidence, forward=forward, proven=proven)
         except (_Refusal, vnode.Refused) as exc:
             self.on_message(forward, exc.reason)
             raise

@@ -1,8 +1,9 @@
 """One Deliver stream (STREAMED DELIVERY in vnode.proto), the sending side: messages written
 in order, each answered in order, so the n-th answer is the n-th message's.
 
-The receiver handles a stream's messages one at a time, so a message that gets no answer
-holds back every later one: a message's deadline that passes (a peer SIGSTOPped, a
+The receiver answers a stream's messages in order (it handles them concurrently), so a
+message that gets no answer holds back every later answer: a message's deadline that passes
+(a peer SIGSTOPped, a
 connection silently gone) therefore fails the whole stream, and every message still
 unanswered on it fails with it, as unary calls that got no answer would. The stream is then
 done; its owner (`agent.peers`) opens a new one for the retries. Nothing is retried here.

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from grpc import aio
 
-from agent import peers, streams
+from agent import dataplane, peers, streams
 from api import signed, tensors
 from api.dcnr.v1 import resolve_pb2, resolve_pb2_grpc, vnode_pb2
 from tests.agent.test_dataplane import (  # noqa: F401
@@ -295,3 +295,41 @@ async def test_idle_streams_are_closed_and_the_next_message_opens_a_new_one(
     await run_step(c, step=2)
     assert set(sender._streams) == set(opened), "the same edges, on new streams"
     assert not set(sender._streams.values()) & set(opened.values())
+
+
+async def test_a_waiting_message_does_not_hold_back_the_ones_behind_it_up_to_a_window(
+    cluster,  # noqa: F811
+) -> None:
+    """Messages of one stream are handled concurrently (as the unary calls they replace
+    were) and answered in order; a stream that floods the receiver gets at most
+    `STREAM_WINDOW` of them in hand at once."""
+    plane = cluster["plane"]
+    started: list[int] = []
+    gate = asyncio.Event()
+
+    async def held(raw: bytes, context: Any) -> vnode_pb2.DeliverResponse:
+        sequence = int(raw)
+        started.append(sequence)
+        await gate.wait()
+        return vnode_pb2.DeliverResponse(sequence=sequence)
+
+    plane._answer = held
+    count = 3 * dataplane.STREAM_WINDOW
+
+    async def requests() -> AsyncIterator[bytes]:
+        for sequence in range(1, count + 1):
+            yield str(sequence).encode()
+
+    answers = plane._deliver_stream(requests(), None)
+    first = asyncio.ensure_future(anext(answers))
+    await wait.until(
+        lambda: len(started),
+        within=HANG,
+        what="the messages behind the first one started while it waits",
+        accept=lambda n: n >= dataplane.STREAM_WINDOW,
+    )
+    assert not first.done()
+    assert len(started) == dataplane.STREAM_WINDOW, "the window bounds what is in hand"
+    gate.set()
+    got = [(await first).sequence] + [reply.sequence async for reply in answers]
+    assert got == list(range(1, count + 1)), "answered in order"

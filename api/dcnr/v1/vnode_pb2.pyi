@@ -602,9 +602,12 @@ class DeliverRequest(_message.Message):
     in plaintext each message's signature is verified. One message's refusal does not end
     the stream: it is answered with the status code and ErrorDetails reason the unary call
     would have failed with (the same codes, the same reasons, the same retries), and the
-    next message is read. The receiver handles one stream's messages one at a time, in the
-    order sent, and answers each before reading the next; a sender that wants several in
-    flight writes ahead and matches answers to messages by order (and `sequence`). A stream
+    next message is read. The receiver answers one stream's messages in the order sent, but
+    handles them concurrently, as it would the unary calls they replace (a message waiting
+    for its sender's attribution holds back no other message's handling, only the answers
+    behind its own), with at most 64 of one stream in hand at once; a sender that wants
+    several in flight writes ahead and matches answers to messages by order (and
+    `sequence`). A stream
     that fails as a whole (the connection lost, a deadline) leaves its unanswered messages
     undecided, like a unary call that failed: the sender retries them, and duplicates are
     answered as duplicates.
