@@ -14,7 +14,8 @@ its own deadline), so a slow receiver slows its senders instead of growing a que
 Failures are `StreamFailed` with the status code the call ended with. CANCELLED (the peer's
 server stopped under the stream, or this side gave up on it) becomes UNAVAILABLE: to the
 message it means "no answer", which is retried; UNIMPLEMENTED means the peer does not serve
-Deliver at all (a job's driver, an older agent), and its owner falls back to unary calls.
+Deliver at all (an agent or orchestrator older than Deliver), and its owner falls back to
+unary calls.
 """
 
 from __future__ import annotations

@@ -77,8 +77,15 @@ class Driver(vnode_pb2_grpc.VNodeServiceServicer, resolve_pb2_grpc.ResolutionSer
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the driver reads no data")
 
     async def Deliver(self, request_iterator, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the driver takes unary calls")
-        yield vnode_pb2.DeliverResponse()
+        """As the orchestrator's inbox serves it: each message taken as its unary call."""
+        async for message in request_iterator:
+            async with self.arrived:
+                if message.WhichOneof("body") == "forward":
+                    self.forwards.append(vnode_pb2.ForwardRequest.FromString(message.forward))
+                else:
+                    self.backwards.append(vnode_pb2.BackwardRequest.FromString(message.backward))
+                self.arrived.notify_all()
+            yield vnode_pb2.DeliverResponse(sequence=message.sequence)
 
     async def BatchResolve(self, request, context):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "agents resolve one VNode at a time")
