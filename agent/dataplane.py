@@ -166,7 +166,7 @@ class _Hosted:
 
 
 #: Messages of one Deliver stream handled at once (`_deliver_stream`); a sender keeps at
-#: most as many unanswered (`agent.streams.DEFAULT_LIMIT`).
+#: most as many unanswered (`api.streams.DEFAULT_LIMIT`).
 STREAM_WINDOW = 64
 
 

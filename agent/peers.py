@@ -36,7 +36,7 @@ A message whose route names another PNode has its tensor encoded once, on its fi
 attempt.
 
 Messages to peers and to the driver travel on Deliver streams (STREAMED DELIVERY in
-vnode.proto, `agent.streams`): one per edge (peer channel, sending slot, target slot; the
+vnode.proto, `api.streams`): one per edge (peer channel, sending slot, target slot; the
 driver's edge is its inbox's channel and `__driver__`), so a message never
 waits behind another edge's, opened on the edge's first message and opened again after it
 fails, each message signed exactly as its unary call would be and answered with the code
@@ -69,8 +69,8 @@ import grpc
 import numpy as np
 from grpc import aio
 
-from agent import streams as streams_mod
 from api import identity, signed, tensors
+from api import streams as streams_mod
 from api import tls as api_tls
 from api.dcnr.v1 import common_pb2, resolve_pb2, resolve_pb2_grpc, vnode_pb2
 
