@@ -128,6 +128,9 @@ class ServeConfig:
     #: signatures are verified lazily; runs' reply_to names it. None: the inbox is on
     #: `listen` and verifies every signature on receipt.
     driver_listen: str | None = None
+    #: The job driver sends each step's batch on Deliver streams (`--no-stream-delivery`:
+    #: unary calls; `controller.services.vnode_transport`).
+    stream_delivery: bool = True
 
 
 class Orchestrator:
@@ -180,7 +183,9 @@ class Orchestrator:
             view=self.view,
             clock=self.clock,
             rpc_timeout=config.driver.rpc_timeout,
-            transport=vnode_transport.GrpcTransport(signer=self.signer, ca=self._data_plane_ca),
+            transport=vnode_transport.GrpcTransport(
+                signer=self.signer, ca=self._data_plane_ca, streams=config.stream_delivery
+            ),
         )
         self.inbox = driver_inbox.Inbox(
             clock=self.clock, book=self.trust, on_disagreed=self.metrics.disagreed
