@@ -595,9 +595,10 @@ class Orchestrator:
         # Driver tasks stop first; their jobs stay Running for whichever replica owns them next.
         await self.job_poll.stop()
         await self.job_loop.stop()
-        await self.server.stop(grace)
-        if self.driver_server is not None:
-            await self.driver_server.stop(grace)
+        # Together: both hold streams that end only with the grace (agents' watches; their
+        # Deliver streams to the driver's inbox), so one after the other took it twice.
+        servers = [self.server, *([self.driver_server] if self.driver_server else [])]
+        await asyncio.gather(*(server.stop(grace) for server in servers))
         await self.manager.stop(grace)  # never started: nothing to wait for
         await self.client.close()
         if self._identity_task is not None:
