@@ -122,11 +122,14 @@ class DriverInboxService:
     async def Deliver(
         self, requests: AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[vnode_pb2.DeliverResponse]:
-        """Each message handled as its unary call and answered in order (module docstring)."""
+        """Each message handled as its unary call and answered in order (module docstring).
+        The connection's client certificate is read once: one stream, one connection (a
+        call's auth context is built anew on every read)."""
+        peer = signed.peer_certificate(context) if self._mutual_tls else b""
         async for raw in requests:
-            yield self._answer(raw, context)
+            yield self._answer(raw, context, peer)
 
-    def _answer(self, raw: bytes, context: Context) -> vnode_pb2.DeliverResponse:
+    def _answer(self, raw: bytes, context: Context, peer: bytes) -> vnode_pb2.DeliverResponse:
         sequence = 0
         try:
             request = _parsed(raw, vnode_pb2.DeliverRequest)
@@ -138,7 +141,7 @@ class DriverInboxService:
                 )
             name, received = found
             kind = vnode_pb2.ForwardRequest if name == "Forward" else vnode_pb2.BackwardRequest
-            _header, duplicate = self._receive(received, context, kind)
+            _header, duplicate = self._receive(received, context, kind, peer)
         except Exception as exc:  # what the unary call would have aborted with
             code, message, reason = rpc.refusal(exc)
             return vnode_pb2.DeliverResponse(
@@ -154,11 +157,13 @@ class DriverInboxService:
         received: common_pb2.SignedMessage,
         context: Context,
         kind: type[vnode_pb2.ForwardRequest] | type[vnode_pb2.BackwardRequest],
+        peer: bytes | None = None,
     ) -> tuple[common_pb2.ResponseHeader, bool]:
         """A verified result into the waiting run's mailbox: the answer's header and whether
         it had arrived before. `received`: the message as evidence, from a unary call (its
-        signature and certificate in the call's metadata) or a stream (in the message)."""
-        request, who, prove = self._verified(received, context, kind)
+        signature and certificate in the call's metadata) or a stream (in the message).
+        `peer`: the connection's client certificate, if the caller read it already."""
+        request, who, prove = self._verified(received, context, kind, peer)
         forward = isinstance(request, vnode_pb2.ForwardRequest)
         duplicate = self._receiver.receive(request, forward=forward, sender=who, prove=prove)
         return rpc.response_header(request.header, self._replica_id), duplicate
@@ -187,15 +192,19 @@ class DriverInboxService:
         return await _translated(context, behave)
 
     def _verified(
-        self, received: common_pb2.SignedMessage, context: Context, kind: type[M]
+        self,
+        received: common_pb2.SignedMessage,
+        context: Context,
+        kind: type[M],
+        peer: bytes | None = None,
     ) -> tuple[M, identity.Identity, Callable[[], None] | None]:
         """The sender's identity (before anything else), then the parsed request, and what
         verifies its signature before it becomes evidence (None: verified already)."""
         try:
             if self._mutual_tls:
-                who, proven = signed.sender(
-                    self._verifier, received, signed.peer_certificate(context), self._clock.now()
-                )
+                if peer is None:
+                    peer = signed.peer_certificate(context)
+                who, proven = signed.sender(self._verifier, received, peer, self._clock.now())
             else:
                 who, proven = signed.verify(self._verifier, received, self._clock.now()), True
         except identity.IdentityError as exc:
