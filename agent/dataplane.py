@@ -346,20 +346,24 @@ class DataPlane:
         return await self.DescribeData(request, context)
 
     def _sender_of(
-        self, evidence: common_pb2.SignedMessage, context: Context
+        self, evidence: common_pb2.SignedMessage, context: Context, peer: bytes | None = None
     ) -> tuple[identity.Identity, bool]:
         """Who sent the request, and whether its signature is verified yet: over mutual TLS
         the client certificate says who, and the signature is verified only once the
         message is about to become evidence (`signed.sender`, `_prove`). Plaintext (`serve
         --data-plane-insecure`): nothing else authenticates the sender, so every request's
-        signature is verified here."""
+        signature is verified here. `peer`: the connection's client certificate when the
+        caller has it already (a Deliver stream reads it once: one stream, one connection,
+        one handshake); otherwise it is read from the call."""
         verifier = self._keys.verifier
         if verifier is None:
             raise _Refusal("NoIdentity", "this agent is not registered yet; retry shortly")
         try:
             if self._keys.plaintext:
                 return signed.verify(verifier, evidence, self._now()), True
-            return signed.sender(verifier, evidence, signed.peer_certificate(context), self._now())
+            if peer is None:
+                peer = signed.peer_certificate(context)
+            return signed.sender(verifier, evidence, peer, self._now())
         except identity.IdentityError as exc:
             raise _Refusal(
                 exc.reason,
@@ -414,12 +418,15 @@ class DataPlane:
         once; past that the stream is not read until the oldest is answered."""
         answers: asyncio.Queue[asyncio.Task[vnode_pb2.DeliverResponse] | None] = asyncio.Queue()
         window = asyncio.Semaphore(STREAM_WINDOW)
+        # The client certificate of the stream's connection, read once (not per message:
+        # reading a call's auth context builds it anew each time).
+        peer = signed.peer_certificate(context)
 
         async def read() -> None:
             try:
                 async for raw in requests:
                     await window.acquire()  # released once its answer is sent
-                    await answers.put(asyncio.ensure_future(self._answer(raw, context)))
+                    await answers.put(asyncio.ensure_future(self._answer(raw, context, peer)))
             finally:
                 await answers.put(None)
 
@@ -437,7 +444,7 @@ class DataPlane:
                     left.cancel()
             await asyncio.gather(reader, return_exceptions=True)
 
-    async def _answer(self, raw: bytes, context: Context) -> vnode_pb2.DeliverResponse:
+    async def _answer(self, raw: bytes, context: Context, peer: bytes) -> vnode_pb2.DeliverResponse:
         sequence = 0
         try:
             request = _parsed(raw, vnode_pb2.DeliverRequest)
@@ -446,7 +453,9 @@ class DataPlane:
             if found is None:
                 raise _Refusal("Invalid", "body: set forward or backward (a serialized request)")
             name, evidence = found
-            duplicate = await self._received(evidence, context, forward=name == "Forward")
+            duplicate = await self._received(
+                evidence, context, forward=name == "Forward", peer=peer
+            )
         except (_Refusal, vnode.Refused) as exc:
             return vnode_pb2.DeliverResponse(
                 sequence=sequence,
@@ -602,7 +611,12 @@ class DataPlane:
     # -- messages ---------------------------------------------------------------------------
 
     async def _received(
-        self, evidence: common_pb2.SignedMessage, context: Context, *, forward: bool
+        self,
+        evidence: common_pb2.SignedMessage,
+        context: Context,
+        *,
+        forward: bool,
+        peer: bytes | None = None,
     ) -> bool:
         """A Forward or Backward, from a unary call or a Deliver stream alike: who signed
         the bytes (`_sender_of`, against the connection's certificate: per message), then
@@ -610,7 +624,7 @@ class DataPlane:
         Whether a duplicate; a refusal (`_Refusal`, `vnode.Refused`) is counted and raised
         for the caller to answer as its RPC answers."""
         try:
-            sender, proven = self._sender_of(evidence, context)
+            sender, proven = self._sender_of(evidence, context, peer)
             request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest = (
                 _parsed(evidence.body, vnode_pb2.ForwardRequest)
                 if forward

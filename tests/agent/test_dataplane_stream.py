@@ -297,6 +297,13 @@ async def test_idle_streams_are_closed_and_the_next_message_opens_a_new_one(
     assert not set(sender._streams.values()) & set(opened.values())
 
 
+class _Plaintext:
+    """A call's context on a plaintext connection: no client certificate."""
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}
+
+
 async def test_a_waiting_message_does_not_hold_back_the_ones_behind_it_up_to_a_window(
     cluster,  # noqa: F811
 ) -> None:
@@ -307,7 +314,7 @@ async def test_a_waiting_message_does_not_hold_back_the_ones_behind_it_up_to_a_w
     started: list[int] = []
     gate = asyncio.Event()
 
-    async def held(raw: bytes, context: Any) -> vnode_pb2.DeliverResponse:
+    async def held(raw: bytes, context: Any, peer: bytes) -> vnode_pb2.DeliverResponse:
         sequence = int(raw)
         started.append(sequence)
         await gate.wait()
@@ -320,7 +327,7 @@ async def test_a_waiting_message_does_not_hold_back_the_ones_behind_it_up_to_a_w
         for sequence in range(1, count + 1):
             yield str(sequence).encode()
 
-    answers = plane._deliver_stream(requests(), None)
+    answers = plane._deliver_stream(requests(), _Plaintext())
     first = asyncio.ensure_future(anext(answers))
     await wait.until(
         lambda: len(started),
