@@ -47,8 +47,10 @@ Where compute runs was measured, not guessed: for a small network (tests/agent/
 test_dataplane.py, 9 messages per training step on loopback) a step took ~6.8 ms with compute
 on the event loop and ~9.6 ms with every call in a worker thread — the thread hop costs
 ~0.3 ms a message, more than the math of a small layer. So compute runs on the loop, except
-for instances that may block or are slow: VNodes with a data source (the first batch may
-download a data set) always use a thread, and an instance whose last call took more than
+for instances that may block or are slow: VNodes with a data source use a thread until
+their data is in memory (the first batch may download a data set; after it, picking a
+batch's rows is a small call, and two thread hops of every step were on its critical path:
+issue 17's profile), and an instance whose last call took more than
 `SLOW_CALL` seconds of CPU uses one for the next, so the loop keeps answering other VNodes
 and the heartbeat. CPU time of the computing thread, not wall time: on a shared machine a
 call on the loop is often descheduled for milliseconds, and with wall time one such pause
@@ -158,7 +160,8 @@ class _Hosted:
     assignment: pnode_pb2.Assignment
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     tasks: set[asyncio.Task[bool]] = field(default_factory=set)
-    #: Compute in a worker thread (see the module docstring): always, or for the next call.
+    #: Compute in a worker thread (see the module docstring): always (`compute_in_thread`;
+    #: a data source until its data is read), or for the next call.
     pinned_thread: bool = False
     in_thread: bool = False
     #: Neighbour VNode → (kind, params) from the assignment, for the result checks.
@@ -166,7 +169,7 @@ class _Hosted:
 
 
 #: Messages of one Deliver stream handled at once (`_deliver_stream`); a sender keeps at
-#: most as many unanswered (`agent.streams.DEFAULT_LIMIT`).
+#: most as many unanswered (`api.streams.DEFAULT_LIMIT`).
 STREAM_WINDOW = 64
 
 
@@ -796,6 +799,8 @@ class DataPlane:
                     received, cpu = await asyncio.to_thread(_timed, hosted.instance, message)
                 else:
                     received, cpu = _timed(hosted.instance, message)
+                if hosted.pinned_thread and not self._in_thread:
+                    hosted.pinned_thread = not _data_read(hosted.instance.kind)
                 hosted.in_thread = in_thread_next(
                     pinned=hosted.pinned_thread, in_thread=hosted.in_thread, cpu=cpu
                 )
@@ -1083,6 +1088,11 @@ def in_thread_next(*, pinned: bool, in_thread: bool, cpu: float) -> bool:
     `cpu` seconds of CPU (module docstring): pinned ones always; past SLOW_CALL to a thread;
     back to the loop only under half of it, so a borderline VNode does not flap."""
     return pinned or cpu > (SLOW_CALL / 2 if in_thread else SLOW_CALL)
+
+
+def _data_read(kind: kinds.Kind) -> bool:
+    """Whether a source's data is in memory, so its calls need no thread for reading it."""
+    return kind.data is not None and kind.data.loaded()
 
 
 def _timed(instance: vnode.Instance, message: vnode.Message) -> tuple[vnode.Received, float]:

@@ -78,8 +78,8 @@ import numpy as np
 from google.protobuf import message as pb_message
 from grpc import aio
 
-from agent import streams as streams_mod
 from api import identity, signed, tensors
+from api import streams as streams_mod
 from api import tls as api_tls
 from api.dcnr.v1 import common_pb2, pnode_pb2, resolve_pb2, vnode_pb2
 from benchmarks import echo_server, harness, ingest, load

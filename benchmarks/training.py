@@ -18,8 +18,9 @@ A baseline that cannot be flattered (issue 17):
   `--no-in-process-delivery`, and a third of one agent hosting everything, are up beside
   the first and take their turns in every round; the report gives all three, and how many
   of the network's edges placement co-located.
-- Deliver streams made measurable: a fifth cluster like the second whose agents also have
-  `--no-stream-delivery` (a unary call per message, as before Deliver) takes its turns too.
+- Deliver streams made measurable: a fifth cluster like the second whose agents and
+  orchestrator also have `--no-stream-delivery` (a unary call per message, to peers, to
+  the driver and from it, as before Deliver) takes its turns too.
 - A spread check: a reference whose per-epoch rates spread more than SPREAD_BOUND (p90 /
   p10; a quiet 2-core machine stays under 1.3) was measured under contention. Such a run
   is flagged in its notes, and its targets are reported as not evaluable (None), not as met
@@ -74,7 +75,8 @@ SPREAD_BOUND = 1.5
 #: --driver-listen (its inbox verifies every result's signature on receipt).
 IN_PROCESS, ALL_GRPC, ONE_AGENT = "in process", "all gRPC", "one agent"
 EAGER_INBOX = "in process, inbox verifying every signature"
-#: Like ALL_GRPC (whose agents deliver on Deliver streams, the default), with unary calls.
+#: Like ALL_GRPC (whose agents and driver deliver on Deliver streams, the default), with
+#: unary calls.
 ALL_GRPC_UNARY = "all gRPC, unary calls"
 #: The agent flags of each cluster (the others: none).
 AGENT_FLAGS = {
@@ -82,6 +84,8 @@ AGENT_FLAGS = {
     ALL_GRPC_UNARY: ("--no-in-process-delivery", "--no-stream-delivery"),
 }
 DRIVER_LISTEN = ("--driver-listen", "127.0.0.1:0")
+#: The orchestrator flags of each cluster beside its inbox's (the others: none).
+SERVE_FLAGS = {ALL_GRPC_UNARY: ("--no-stream-delivery",)}
 PINNED_THREADS = {
     name: "1"
     for name in (
@@ -146,8 +150,8 @@ async def run(ctx: harness.Context) -> harness.Report:
                 "agents": "3 per cluster, two clusters (in-process delivery on / off), a "
                 "third cluster of one agent, and a fourth like the first whose orchestrator "
                 "has no --driver-listen (the others have it), and a fifth like the second "
-                "whose agents send unary calls (--no-stream-delivery; the others: Deliver "
-                "streams)",
+                "whose agents and driver send unary calls (--no-stream-delivery; the others: "
+                "Deliver streams, the driver's messages included)",
                 "batch_size": BATCH,
                 "rounds": size.rounds,
                 "epochs_per_round": size.epochs_per_round,
@@ -228,8 +232,9 @@ async def run(ctx: harness.Context) -> harness.Report:
             name="training samples/s, all gRPC: Deliver streams vs unary calls",
             unit="samples/s",
             measured=without,
-            baseline_name="the same, agents also started with --no-stream-delivery (a unary "
-            "Forward/Backward call per message), a fifth cluster taking turns",
+            baseline_name="the same, agents and orchestrator also started with "
+            "--no-stream-delivery (a unary Forward/Backward call per message, the driver's "
+            "included), a fifth cluster taking turns",
             baseline=unary,
             note=f"{_co_located(network, sides[ALL_GRPC_UNARY].placement)} of the {edges} edges "
             "co-located in the baseline cluster; in both every hop between VNodes crosses "
@@ -347,7 +352,7 @@ async def interleaved(
             root = ctx.workdir / network.name / label.replace(" ", "-")
             url = f"sqlite:///{root / 'state.db'}"
             log = root / "orchestrator.log"
-            serve = () if label == EAGER_INBOX else DRIVER_LISTEN
+            serve = (() if label == EAGER_INBOX else DRIVER_LISTEN) + SERVE_FLAGS.get(label, ())
             served = stack.enter_context(
                 procs.orchestrator(url, extra=serve, log=log, log_level="warning")
             )

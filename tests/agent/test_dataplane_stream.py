@@ -1,4 +1,4 @@
-"""Deliver streams (STREAMED DELIVERY in vnode.proto; `agent.streams`, `agent.peers`): each
+"""Deliver streams (STREAMED DELIVERY in vnode.proto; `api.streams`, `agent.peers`): each
 message on a stream is authenticated, attributed, checked and answered exactly as its unary
 call would be, in order, and a refusal ends only its message; a peer that stops answering
 or is SIGKILLed mid-stream fails the messages on it within their deadline, and they reach
@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 from grpc import aio
 
-from agent import dataplane, peers, streams
-from api import signed, tensors
+from agent import dataplane, peers
+from api import signed, streams, tensors
 from api.dcnr.v1 import resolve_pb2, resolve_pb2_grpc, vnode_pb2
 from tests.agent.test_dataplane import (  # noqa: F401
     BATCH,
