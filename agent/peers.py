@@ -149,9 +149,7 @@ class Orchestrators:
     its last call ends. Streams have no end of their own: `on_fail_over(address)` tells
     their owners to cancel them and reconnect."""
 
-    def __init__(
-        self, addresses: Sequence[str], *, tls: api_tls.ClientFiles | None = None
-    ) -> None:
+    def __init__(self, addresses: Sequence[str], *, tls: api_tls.ClientFiles | None = None) -> None:
         if not addresses:
             raise ValueError("at least one orchestrator address is needed")
         self.addresses = list(addresses)
@@ -169,9 +167,7 @@ class Orchestrators:
         """A channel to an orchestrator's listener (its API, or its job driver's inbox)."""
         if self._credentials is None:
             return aio.insecure_channel(address, list(options))
-        return aio.secure_channel(
-            address, self._credentials, [*options, *self._tls_options]
-        )
+        return aio.secure_channel(address, self._credentials, [*options, *self._tls_options])
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.credential}"),) if self.credential else ()
@@ -493,15 +489,22 @@ class Peers:
         on `channel`; `Refused` with the answer's code and reason if refused."""
         key = (*route, request.network, request.sender_vnode, request.sender_replica,
                request.target_vnode, request.target_replica)  # fmt: skip
-        stream = self._streams.get(key)
-        if stream is None or stream.failed is not None or stream.channel is not channel:
+        while True:
+            stream = self._streams.get(key)
+            if stream is not None and stream.failed is None and stream.channel is channel:
+                break
             if stream is not None:
                 await self._drop_stream(key, stream)
+                continue
             await self._close_idle_streams()
+            if key in self._streams:
+                continue  # another message of this edge opened one while this one waited
+            # Nothing awaited between that check and this: one new stream per edge.
             stream = self._streams[key] = streams_mod.Stream(
                 channel, header=header(), limit=self._stream_limit
             )
             self.on_stream("opened")
+            break
         try:
             answer = await stream.send(
                 self._signer, method, request.SerializeToString(), seconds=seconds

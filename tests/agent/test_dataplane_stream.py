@@ -275,6 +275,29 @@ async def test_messages_on_a_peer_sigkilled_mid_stream_reach_its_successor(
             assert events == {"opened": 2, "failed": 1}, "to peer-a, then to peer-b"
 
 
+async def test_messages_racing_to_replace_a_failed_stream_open_one_stream(
+    ca_dir: Path,
+) -> None:
+    """Messages of one edge that find its stream failed at once each drop it (which awaits
+    its close) and must then share ONE new stream: before, each opened its own and the last
+    one written over the others in the table left them open, never closed or counted."""
+    async with sender_peers(deadline=30.0) as (sender, resolution):
+        events: collections.Counter[str] = collections.Counter()
+        sender.on_stream = lambda event: events.update([event])
+        with peer_process(ca_dir, "peer-a") as (_proc, address):
+            resolution.endpoints[peer_mod.TARGET] = endpoint("peer-a", address)
+            assert await sender.send_forward(to_act(0))
+            (failed,) = sender._streams.values()
+            failed.fail(streams.StreamFailed(grpc.StatusCode.UNAVAILABLE, "gone, as if cut"))
+            delivered = await asyncio.wait_for(
+                asyncio.gather(*(sender.send_forward(to_act(i)) for i in range(1, 5))), HANG
+            )
+            assert delivered == [True] * 4
+            (current,) = sender._streams.values()
+            assert current is not failed
+            assert events == {"opened": 2, "failed": 1}, "one stream, then one replacing it"
+
+
 async def test_idle_streams_are_closed_and_the_next_message_opens_a_new_one(
     cluster,  # noqa: F811
 ) -> None:
@@ -286,6 +309,12 @@ async def test_idle_streams_are_closed_and_the_next_message_opens_a_new_one(
     await run_step(c)
     opened = dict(sender._streams)
     assert opened, "the step's messages went on streams"
+    # The step can be done before the last sender has its answer (the driver counts a
+    # message when it takes it); a stream with an answer due is not idle.
+    await wait.until(
+        lambda: sum(s.unanswered for s in opened.values()), within=HANG,
+        what="every message of the step answered", accept=lambda n: n == 0,
+    )  # fmt: skip
     for stream in opened.values():
         stream.last_used -= peers.STREAM_IDLE + 1  # as if a minute passed with no message
     await sender._close_idle_streams()
