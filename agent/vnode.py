@@ -47,14 +47,20 @@ Restore drops them with everything else in flight).
 Micro-batches (GPipe-style pipelining, the job's `micro_batches`): the driver cuts a step's
 batch into N equal parts, each a position of its own, ("step", s, micro), so a part's forward
 may run here while another's backward does, and replicas' results are compared part by
-part. Every part's backward computes its input gradients with the step's parameters as they
-were and adds its parameter gradients to the step's sum (`_Step`); the last of the N
-applies the optimizer once, to the sum / N: each part's loss is the mean over its rows, so
-that is the mean gradient of the whole batch, and the weights equal an unpipelined run's to
-floating-point tolerance (for kinds whose rows do not interact, which every built-in is; a
-batch statistic would see the part, not the batch). The state's step moves only then, so a
-checkpoint never sees half a step. A message whose N differs from the step's first is
-refused "Invalid"; a finished part's late duplicates are recognised until the step applies.
+part. A loss (a sink) weighs its part 1/N: it differentiates its mean over the part's rows
+with the gradient [1/N, 0] (the losses' chain rule through the loss value), which is the
+whole batch's mean loss restricted to those rows, so every gradient on the wire is the one
+the whole batch gives those rows (its scale (1/N)/rows is 1/rows of the batch, up to one
+rounding), in float32 as in float64. Every part's backward computes its input gradients
+with the step's parameters as they were and adds its parameter gradients to the step's sum
+(`_Step`); the last of the N applies the optimizer once, to the sum: the whole batch's
+gradient, so the weights equal an unpipelined run's to floating-point tolerance (for kinds
+whose rows do not interact, which every built-in is; a batch statistic would see the part,
+not the batch). The state's step moves only then, so a checkpoint never sees half a step.
+A message whose N differs from the step's first is refused "Invalid"; a finished part's
+late duplicates are recognised until the step applies. No weight travels in a message: a
+liar cannot rescale a loss by editing a copied field, only cut the step otherwise, which
+stalls the step into a rollback rather than changing a weight.
 
 Attempts are tracked per job: the attempt of job A says nothing about job B (an inference
 request under another job id must not be refused because a training run is at attempt 7).
@@ -512,8 +518,10 @@ class Instance:
             out.append(self._outgoing(pending, m, True, self.vnode, CHECKER, output))
         if training and not self.children:  # a sink: backward starts here
             pending.cache = cache
+            # A loss of one part of N weighs 1/N of the step (module docstring).
+            seed = np.array([1.0 / pending.micro_batches, 0.0]) if kind.is_loss else None
             try:
-                out += self._backward(pending, None, m)
+                out += self._backward(pending, None if pending.micro_batches == 1 else seed, m)
             except ComputeFailed:
                 pending.cache = None
                 raise
@@ -605,8 +613,8 @@ class Instance:
         self.step = max(self.step, step)
 
     def _add_part(self, m: Message, parts: int, grads: Mapping[str, np.ndarray]) -> None:
-        """Add a part's parameter gradients to its step's sum; the last part applies the
-        mean (module docstring, "Micro-batches")."""
+        """Add a part's parameter gradients to its step's sum; the last part applies it
+        (module docstring, "Micro-batches")."""
         step, index = int(m.position[1]), part(m.position)
         summed = self._steps.setdefault((m.job, step), _Step(parts))
         for name, grad in grads.items():
@@ -619,8 +627,6 @@ class Instance:
         if len(summed.done) < parts:
             return
         del self._steps[(m.job, step)]
-        for grad in summed.grads.values():
-            grad /= parts
         self._apply(summed.grads, step)
 
     def _check_parts(self, m: Message, pending: _Pending | None) -> None:

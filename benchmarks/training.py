@@ -20,6 +20,9 @@ A baseline that cannot be flattered (issue 17):
   of the network's edges placement co-located.
 - Deliver streams made measurable: a fifth cluster like the second whose agents also have
   `--no-stream-delivery` (a unary call per message, as before Deliver) takes its turns too.
+- Pipelining made measurable: in every round the first cluster also runs the same job with
+  each step cut into MICRO_BATCHES micro-batches (`micro_batches`, GPipe-style), right
+  after its unpipelined job, on the same agents and placement.
 - A spread check: a reference whose per-epoch rates spread more than SPREAD_BOUND (p90 /
   p10; a quiet 2-core machine stays under 1.3) was measured under contention. Such a run
   is flagged in its notes, and its targets are reported as not evaluable (None), not as met
@@ -76,6 +79,10 @@ IN_PROCESS, ALL_GRPC, ONE_AGENT = "in process", "all gRPC", "one agent"
 EAGER_INBOX = "in process, inbox verifying every signature"
 #: Like ALL_GRPC (whose agents deliver on Deliver streams, the default), with unary calls.
 ALL_GRPC_UNARY = "all gRPC, unary calls"
+#: Not a cluster: the IN_PROCESS cluster's second job of each round, its steps cut into
+#: MICRO_BATCHES micro-batches (pipelined).
+PIPELINED = "in process, pipelined"
+MICRO_BATCHES = 4
 #: The agent flags of each cluster (the others: none).
 AGENT_FLAGS = {
     ALL_GRPC: ("--no-in-process-delivery",),
@@ -147,7 +154,8 @@ async def run(ctx: harness.Context) -> harness.Report:
                 "third cluster of one agent, and a fourth like the first whose orchestrator "
                 "has no --driver-listen (the others have it), and a fifth like the second "
                 "whose agents send unary calls (--no-stream-delivery; the others: Deliver "
-                "streams)",
+                "streams); the first also runs each round's job pipelined "
+                f"({MICRO_BATCHES} micro-batches a step)",
                 "batch_size": BATCH,
                 "rounds": size.rounds,
                 "epochs_per_round": size.epochs_per_round,
@@ -251,6 +259,21 @@ async def run(ctx: harness.Context) -> harness.Report:
             "co-located in the baseline cluster",
         )
     )
+    pipelined = harness.Stats.of(sides[PIPELINED].windows)
+    report.compare(
+        harness.Comparison(
+            name=f"training samples/s, {MICRO_BATCHES} micro-batches a step vs whole batches",
+            unit="samples/s",
+            measured=pipelined,
+            baseline_name="the same cluster's job with whole batches (micro_batches 1), run "
+            "just before it in every round",
+            baseline=measured,
+            note=f"batch {BATCH} cut into {MICRO_BATCHES} parts of {BATCH // MICRO_BATCHES} "
+            "in flight together; the same final weights (tests/integration/test_training.py); "
+            f"{pipelined.p50 / baseline.p50:.3f}x of the reference; Train->Succeeded wall "
+            f"per job {min(sides[PIPELINED].walls):.2f}-{max(sides[PIPELINED].walls):.2f}s",
+        )
+    )
     for figure in per_hop:
         report.compare(figure)
     if contended:
@@ -333,9 +356,13 @@ async def interleaved(
     steps: int,
     manifest_file: Path,
     clusters: Sequence[str] = (IN_PROCESS, ALL_GRPC, ONE_AGENT, EAGER_INBOX, ALL_GRPC_UNARY),
+    *,
+    pipelined: bool = True,
 ) -> tuple[dict[str, Side], list[float]]:
     """Per cluster (IN_PROCESS, ALL_GRPC) its measurements, and the reference epochs'
-    samples/s; the clusters are up together and take turns with the reference."""
+    samples/s; the clusters are up together and take turns with the reference. `pipelined`:
+    the IN_PROCESS cluster also runs each round's job with MICRO_BATCHES micro-batches, its
+    measurements under PIPELINED."""
     manifest = yaml.safe_load(await asyncio.to_thread(manifest_file.read_text))
     network = network_model.Network.model_validate(manifest)
     single: list[float] = []
@@ -364,6 +391,8 @@ async def interleaved(
                 await api.wait_resolvable(network.name, every, within=60)
                 where = await api.endpoints(network.name, list(every))
                 sides[label] = Side([], [], {v: e[0][0] for v, e in where.items()})
+                if label == IN_PROCESS and pipelined:
+                    sides[PIPELINED] = Side([], [], sides[label].placement)
             for r in range(size.rounds):
                 ctx.log(f"training: round {r + 1}/{size.rounds}: reference")
                 single += await asyncio.to_thread(
@@ -375,6 +404,16 @@ async def interleaved(
                     sides[label].windows += found
                     sides[label].walls.append(wall)
                     sides[label].job = job
+                    if label != IN_PROCESS or not pipelined:
+                        continue
+                    ctx.log(f"training: round {r + 1}/{size.rounds}: {PIPELINED}")
+                    found, wall, job = await _job(
+                        jobs, network.name, f"bench-{r}-piped", size, steps,
+                        micro_batches=MICRO_BATCHES,
+                    )  # fmt: skip
+                    sides[PIPELINED].windows += found
+                    sides[PIPELINED].walls.append(wall)
+                    sides[PIPELINED].job = job
         finally:
             for _label, api, jobs in clients:
                 await api.close()
@@ -383,12 +422,18 @@ async def interleaved(
 
 
 async def _job(
-    jobs: training_e2e.Jobs, network: str, name: str, size: Size, steps: int
+    jobs: training_e2e.Jobs,
+    network: str,
+    name: str,
+    size: Size,
+    steps: int,
+    *,
+    micro_batches: int = 0,
 ) -> tuple[list[float], float, job_model.Job]:
     request = job_pb2.TrainRequest(
         header=cluster.HEADER, name=name, network=network, epochs=size.epochs_per_round,
         batch_size=BATCH, optimizer=OPTIMIZER, learning_rate=LEARNING_RATE, seed=SEED,
-        checkpoint_interval=steps,
+        checkpoint_interval=steps, micro_batches=micro_batches,
     )  # fmt: skip
     started = time.perf_counter()
     await jobs.stub.Train(request, timeout=30)

@@ -189,19 +189,19 @@ async def test_train_infer_and_survive_an_agent_kill(tmp_path: Path) -> None:
 PIPELINED_EPOCHS = 3
 
 
-async def test_pipelined_training_ends_with_the_unpipelined_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+async def test_pipelined_training_ends_with_the_unpipelined_weights(
+    tmp_path: Path, dtype: str
+) -> None:
     """The digits run with each step cut into 4 micro-batches of 16 (an epoch's last batch,
     of 30, into 3 of 10) against the same run as whole batches: the same final weights, and
     both the single-process reference's, to rtol 1e-6.
 
-    On the digits converted to float64, so every tensor on the wire is float64 (the kinds
-    keep a float64 input's dtype): with the example's float32 pixels, each activation and
-    gradient is rounded to float32 between VNodes, and a part's loss gradient (divided by
-    its 10 rows, not the batch's 30) rounds differently from the whole batch's, which Adam
-    carries into weights near zero beyond rtol 1e-6 (seen: 9 of fc1's 2,048, by up to
-    5e-9 absolute)."""
-    data = tmp_path / "digits64.npz"
-    np.savez(data, **{k: v.astype(np.float64) if k.startswith("x") else v for k, v in DATA.items()})
+    With the pixels as the example ships them (float32: activations and gradients are
+    rounded to float32 between VNodes) and converted to float64 (every tensor float64, so
+    the order of float64 sums is the only difference)."""
+    data = tmp_path / "digits.npz"
+    np.savez(data, **{k: v.astype(dtype) if k.startswith("x") else v for k, v in DATA.items()})
     manifest = yaml.safe_load(MANIFEST.read_text())
     for vnode in manifest["spec"]["vnodes"]:
         if "data" in vnode:
