@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent import vnode
+from agent import dataplane, vnode
 from agent.runtime import kinds
 
 NET = "net"
@@ -208,3 +208,22 @@ def test_a_restore_drops_a_half_summed_step() -> None:
     received = h1.receive(again)
     assert not received.duplicate
     assert [o.target for o in received.outgoing] == ["act"]
+
+
+@pytest.mark.parametrize(
+    ("training", "micro", "micro_batches", "problem"),
+    [
+        (True, 0, 0, None),
+        (True, 0, 1, None),
+        (True, 3, 4, None),
+        (True, 4, 4, "micro: 4 is not a part of a step cut into 4"),
+        (True, 1, 0, "micro: 1 is not a part of a step cut into 1"),
+        (True, 0, 65, "micro_batches: 65 is over the limit of 64"),
+        (False, 0, 2, "micro_batches: an inference request (request_id) is not cut into parts"),
+    ],
+)
+def test_the_data_plane_refuses_micro_fields_that_name_no_part(
+    training: bool, micro: int, micro_batches: int, problem: str | None
+) -> None:
+    found = dataplane.micro_problem(training=training, micro=micro, micro_batches=micro_batches)
+    assert found == problem
