@@ -275,7 +275,7 @@ async def run(ctx: harness.Context) -> harness.Report:
     for whole_label, piped_label in PIPELINED_SIDES.items():
         whole = harness.Stats.of(sides[whole_label].windows)
         piped = harness.Stats.of(sides[piped_label].windows)
-        walls = sides[piped_label].walls
+        piped_walls = sides[piped_label].walls
         report.compare(
             harness.Comparison(
                 name=f"training samples/s, {MICRO_BATCHES} micro-batches a step vs whole "
@@ -291,7 +291,7 @@ async def run(ctx: harness.Context) -> harness.Report:
                 f"the {edges} edges co-located, placement {sides[whole_label].placement}; "
                 f"{piped.p50 / baseline.p50:.3f}x of the reference (whole batches "
                 f"{whole.p50 / baseline.p50:.3f}x); Train->Succeeded wall per job "
-                f"{min(walls):.2f}-{max(walls):.2f}s (whole batches "
+                f"{min(piped_walls):.2f}-{max(piped_walls):.2f}s (whole batches "
                 f"{min(sides[whole_label].walls):.2f}-{max(sides[whole_label].walls):.2f}s)",
             )
         )
