@@ -519,9 +519,10 @@ class Instance:
         if training and not self.children:  # a sink: backward starts here
             pending.cache = cache
             # A loss of one part of N weighs 1/N of the step (module docstring).
-            seed = np.array([1.0 / pending.micro_batches, 0.0]) if kind.is_loss else None
+            parts = pending.micro_batches
+            seed = np.array([1.0 / parts, 0.0]) if kind.is_loss and parts > 1 else None
             try:
-                out += self._backward(pending, None if pending.micro_batches == 1 else seed, m)
+                out += self._backward(pending, seed, m)
             except ComputeFailed:
                 pending.cache = None
                 raise
