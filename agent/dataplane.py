@@ -47,8 +47,10 @@ Where compute runs was measured, not guessed: for a small network (tests/agent/
 test_dataplane.py, 9 messages per training step on loopback) a step took ~6.8 ms with compute
 on the event loop and ~9.6 ms with every call in a worker thread — the thread hop costs
 ~0.3 ms a message, more than the math of a small layer. So compute runs on the loop, except
-for instances that may block or are slow: VNodes with a data source (the first batch may
-download a data set) always use a thread, and an instance whose last call took more than
+for instances that may block or are slow: VNodes with a data source use a thread until
+their data is in memory (the first batch may download a data set; after it, picking a
+batch's rows is a small call, and two thread hops of every step were on its critical path:
+issue 17's profile), and an instance whose last call took more than
 `SLOW_CALL` seconds of CPU uses one for the next, so the loop keeps answering other VNodes
 and the heartbeat. CPU time of the computing thread, not wall time: on a shared machine a
 call on the loop is often descheduled for milliseconds, and with wall time one such pause
@@ -158,7 +160,8 @@ class _Hosted:
     assignment: pnode_pb2.Assignment
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     tasks: set[asyncio.Task[bool]] = field(default_factory=set)
-    #: Compute in a worker thread (see the module docstring): always, or for the next call.
+    #: Compute in a worker thread (see the module docstring): always (`compute_in_thread`;
+    #: a data source until its data is read), or for the next call.
     pinned_thread: bool = False
     in_thread: bool = False
     #: Neighbour VNode → (kind, params) from the assignment, for the result checks.
@@ -166,7 +169,7 @@ class _Hosted:
 
 
 #: Messages of one Deliver stream handled at once (`_deliver_stream`); a sender keeps at
-#: most as many unanswered (`agent.streams.DEFAULT_LIMIT`).
+#: most as many unanswered (`api.streams.DEFAULT_LIMIT`).
 STREAM_WINDOW = 64
 
 
@@ -343,20 +346,24 @@ class DataPlane:
         return await self.DescribeData(request, context)
 
     def _sender_of(
-        self, evidence: common_pb2.SignedMessage, context: Context
+        self, evidence: common_pb2.SignedMessage, context: Context, peer: bytes | None = None
     ) -> tuple[identity.Identity, bool]:
         """Who sent the request, and whether its signature is verified yet: over mutual TLS
         the client certificate says who, and the signature is verified only once the
         message is about to become evidence (`signed.sender`, `_prove`). Plaintext (`serve
         --data-plane-insecure`): nothing else authenticates the sender, so every request's
-        signature is verified here."""
+        signature is verified here. `peer`: the connection's client certificate when the
+        caller has it already (a Deliver stream reads it once: one stream, one connection,
+        one handshake); otherwise it is read from the call."""
         verifier = self._keys.verifier
         if verifier is None:
             raise _Refusal("NoIdentity", "this agent is not registered yet; retry shortly")
         try:
             if self._keys.plaintext:
                 return signed.verify(verifier, evidence, self._now()), True
-            return signed.sender(verifier, evidence, signed.peer_certificate(context), self._now())
+            if peer is None:
+                peer = signed.peer_certificate(context)
+            return signed.sender(verifier, evidence, peer, self._now())
         except identity.IdentityError as exc:
             raise _Refusal(
                 exc.reason,
@@ -411,12 +418,15 @@ class DataPlane:
         once; past that the stream is not read until the oldest is answered."""
         answers: asyncio.Queue[asyncio.Task[vnode_pb2.DeliverResponse] | None] = asyncio.Queue()
         window = asyncio.Semaphore(STREAM_WINDOW)
+        # The client certificate of the stream's connection, read once (not per message:
+        # reading a call's auth context builds it anew each time).
+        peer = signed.peer_certificate(context)
 
         async def read() -> None:
             try:
                 async for raw in requests:
                     await window.acquire()  # released once its answer is sent
-                    await answers.put(asyncio.ensure_future(self._answer(raw, context)))
+                    await answers.put(asyncio.ensure_future(self._answer(raw, context, peer)))
             finally:
                 await answers.put(None)
 
@@ -434,7 +444,7 @@ class DataPlane:
                     left.cancel()
             await asyncio.gather(reader, return_exceptions=True)
 
-    async def _answer(self, raw: bytes, context: Context) -> vnode_pb2.DeliverResponse:
+    async def _answer(self, raw: bytes, context: Context, peer: bytes) -> vnode_pb2.DeliverResponse:
         sequence = 0
         try:
             request = _parsed(raw, vnode_pb2.DeliverRequest)
@@ -443,7 +453,9 @@ class DataPlane:
             if found is None:
                 raise _Refusal("Invalid", "body: set forward or backward (a serialized request)")
             name, evidence = found
-            duplicate = await self._received(evidence, context, forward=name == "Forward")
+            duplicate = await self._received(
+                evidence, context, forward=name == "Forward", peer=peer
+            )
         except (_Refusal, vnode.Refused) as exc:
             return vnode_pb2.DeliverResponse(
                 sequence=sequence,
@@ -599,7 +611,12 @@ class DataPlane:
     # -- messages ---------------------------------------------------------------------------
 
     async def _received(
-        self, evidence: common_pb2.SignedMessage, context: Context, *, forward: bool
+        self,
+        evidence: common_pb2.SignedMessage,
+        context: Context,
+        *,
+        forward: bool,
+        peer: bytes | None = None,
     ) -> bool:
         """A Forward or Backward, from a unary call or a Deliver stream alike: who signed
         the bytes (`_sender_of`, against the connection's certificate: per message), then
@@ -607,7 +624,7 @@ class DataPlane:
         Whether a duplicate; a refusal (`_Refusal`, `vnode.Refused`) is counted and raised
         for the caller to answer as its RPC answers."""
         try:
-            sender, proven = self._sender_of(evidence, context)
+            sender, proven = self._sender_of(evidence, context, peer)
             request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest = (
                 _parsed(evidence.body, vnode_pb2.ForwardRequest)
                 if forward
@@ -779,6 +796,8 @@ class DataPlane:
                     received, cpu = await asyncio.to_thread(_timed, hosted.instance, message)
                 else:
                     received, cpu = _timed(hosted.instance, message)
+                if hosted.pinned_thread and not self._in_thread:
+                    hosted.pinned_thread = not _data_read(hosted.instance.kind)
                 hosted.in_thread = in_thread_next(
                     pinned=hosted.pinned_thread, in_thread=hosted.in_thread, cpu=cpu
                 )
@@ -1068,6 +1087,11 @@ def in_thread_next(*, pinned: bool, in_thread: bool, cpu: float) -> bool:
     `cpu` seconds of CPU (module docstring): pinned ones always; past SLOW_CALL to a thread;
     back to the loop only under half of it, so a borderline VNode does not flap."""
     return pinned or cpu > (SLOW_CALL / 2 if in_thread else SLOW_CALL)
+
+
+def _data_read(kind: kinds.Kind) -> bool:
+    """Whether a source's data is in memory, so its calls need no thread for reading it."""
+    return kind.data is not None and kind.data.loaded()
 
 
 def _timed(instance: vnode.Instance, message: vnode.Message) -> tuple[vnode.Received, float]:

@@ -121,8 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--no-stream-delivery", dest="streams", action="store_false",
-        help="a unary Forward/Backward call per message to other agents (default: one "
-        "Deliver stream per target VNode, same checks)",
+        help="a unary Forward/Backward call per message to other agents and the job's "
+        "driver (default: one Deliver stream per target VNode, same checks)",
     )  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     tls = p.add_argument_group("to the orchestrator (--tls-ca or --insecure is required)")

@@ -35,14 +35,15 @@ serialized nor sent. The data plane applies every check a remote delivery gets (
 A message whose route names another PNode has its tensor encoded once, on its first remote
 attempt.
 
-Messages to peers travel on Deliver streams (STREAMED DELIVERY in vnode.proto,
-`agent.streams`): one per edge (peer channel, sending slot, target slot), so a message never
+Messages to peers and to the driver travel on Deliver streams (STREAMED DELIVERY in
+vnode.proto, `api.streams`): one per edge (peer channel, sending slot, target slot; the
+driver's edge is its inbox's channel and `__driver__`), so a message never
 waits behind another edge's, opened on the edge's first message and opened again after it
 fails, each message signed exactly as its unary call would be and answered with the code
 and reason that call would have ended with, so everything below (retries, final reasons,
-re-resolution) is the same for both. A peer that answers UNIMPLEMENTED (an agent older than
-Deliver) gets unary calls for as long as its channel lives; the driver always does (it
-serves no Deliver). Each message still has its own deadline: the time left of its delivery,
+re-resolution) is the same for both. A peer that answers UNIMPLEMENTED (an agent or an
+orchestrator older than Deliver) gets unary calls for as long as its channel lives. Each
+message still has its own deadline: the time left of its delivery,
 at most 10 s. A stream left idle for STREAM_IDLE seconds is closed when the next one opens
 (edges come and go with placement). `streams=False` (`dcnr-agent --no-stream-delivery`):
 unary calls only.
@@ -68,8 +69,8 @@ import grpc
 import numpy as np
 from grpc import aio
 
-from agent import streams as streams_mod
 from api import identity, signed, tensors
+from api import streams as streams_mod
 from api import tls as api_tls
 from api.dcnr.v1 import common_pb2, resolve_pb2, resolve_pb2_grpc, vnode_pb2
 
@@ -468,7 +469,7 @@ class Peers:
         stub = await self._stub(*route)
         timeout = min(10.0, max(0.1, self._retry.deadline - (time.monotonic() - started)))
         method = "Forward" if forward else "Backward"
-        if self._streaming and route[1] != DRIVER and stub.channel not in self._unary_only:
+        if self._streaming and stub.channel not in self._unary_only:
             try:
                 await self._stream_call(stub.channel, route, request, method, seconds=timeout)
                 return

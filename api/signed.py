@@ -238,7 +238,7 @@ def raw_handler(
     """VNodeService whose behaviours take the request's raw bytes (verify, then parse);
     `behaviours`: method name → behaviour, for every name in METHODS; `deliver`: the Deliver
     stream's, given each DeliverRequest's raw bytes (None: Deliver is UNIMPLEMENTED, as at
-    a job's driver)."""
+    a server older than it)."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         name: grpc.unary_unary_rpc_method_handler(
             behaviours[name],

@@ -30,6 +30,7 @@ from benchmarks import (
     report,
     scale,
     training,
+    training_failure,
     validation,
     wide,
 )
@@ -42,6 +43,7 @@ SCENARIOS: dict[str, Scenario] = {
     propagation.NAME: propagation.run,
     idle.NAME: idle.run,
     training.NAME: training.run,
+    training_failure.NAME: training_failure.run,
     wide.NAME: wide.run,
     scale.NAME: scale.run,
     validation.NAME: validation.run,

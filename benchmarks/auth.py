@@ -60,6 +60,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import itertools
 import os
@@ -67,7 +68,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ from google.protobuf import message as pb_message
 from grpc import aio
 
 from api import identity, signed, tensors
+from api import streams as streams_mod
 from api import tls as api_tls
 from api.dcnr.v1 import common_pb2, pnode_pb2, resolve_pb2, vnode_pb2
 from benchmarks import echo_server, harness, ingest, load
@@ -90,6 +92,9 @@ CONCURRENCY = 64
 DATA_CONCURRENCY = 8
 TARGET_SHARE = 0.85
 SENDER = "sender-pnode"
+#: What the data plane's figures compare.
+WHOLE = "mutual TLS + signed + peer checked"
+BARE = "the same server and client: plaintext, unsigned, unchecked"
 RECEIVER = "receiver-pnode"
 FORWARD = signed.full_method("Forward")
 BACKWARD = signed.full_method("Backward")
@@ -358,6 +363,8 @@ class _Client:
     signer: signed.Signer | None = None
     ca: bytes = b""
     sign: bool = True
+    #: Over Deliver streams (one per channel, as agents send), not unary calls.
+    stream: bool = False
 
     @property
     def address(self) -> str:
@@ -390,7 +397,7 @@ class _Run:
 async def _closed_loop(client: _Client, messages: list[_Message], *, seconds: float) -> _Run:
     """Messages/s and CPU per message over the run: callers send the next message as soon as
     the last was answered; each signed first if the client signs. Channels connect (the TLS
-    handshake) before the measured window."""
+    handshake) and streams open before the measured window."""
     channels = [client.channel(i) for i in range(2)]
     for channel in channels:
         await channel.channel_ready()
@@ -399,8 +406,29 @@ async def _closed_loop(client: _Client, messages: list[_Message], *, seconds: fl
         for i, ch in enumerate(channels)
         for method in (FORWARD, BACKWARD)
     }
+    # As an agent sends (`agent.peers`): one Deliver stream per channel, every message signed
+    # as its unary call is (a signer without a certificate signs nothing: the unsigned case).
+    streams = [
+        streams_mod.Stream(ch, header=common_pb2.RequestHeader(client_name="bench"))
+        for ch in channels
+    ] if client.stream else []  # fmt: skip
+    signer = client.signer if client.signer is not None and client.sign else signed.Signer()
     source = itertools.cycle(messages)
     done = 0
+
+    async def unary(index: int, message: _Message) -> None:
+        metadata = client.metadata(message)
+        await stubs[(index % 2, message.method)](message.body, metadata=metadata, timeout=10)
+
+    async def streamed(index: int, message: _Message) -> None:
+        name = "Forward" if message.method == FORWARD else "Backward"
+        answer = await streams[index % 2].send(signer, name, message.body, seconds=10)
+        if answer.code:
+            raise AssertionError(f"Deliver refused a message: {answer}")
+
+    send = streamed if client.stream else unary
+    if client.stream:  # the streams' first messages (their set-up) before the window
+        await asyncio.gather(*(send(i, messages[0]) for i in range(2)))
     cpu_before = time.process_time() + client.server.cpu_seconds()
     started = time.perf_counter()
     stop_at = started + seconds
@@ -408,9 +436,7 @@ async def _closed_loop(client: _Client, messages: list[_Message], *, seconds: fl
     async def caller(index: int) -> None:
         nonlocal done
         while time.perf_counter() < stop_at:
-            message = next(source)
-            metadata = client.metadata(message)
-            await stubs[(index % 2, message.method)](message.body, metadata=metadata, timeout=10)
+            await send(index, next(source))
             done += 1
 
     try:
@@ -418,6 +444,8 @@ async def _closed_loop(client: _Client, messages: list[_Message], *, seconds: fl
         elapsed = time.perf_counter() - started
         cpu = time.process_time() + client.server.cpu_seconds() - cpu_before
     finally:
+        for stream in streams:
+            await stream.close()
         for channel in channels:
             await channel.close(None)
     return _Run(done / elapsed, cpu / max(done, 1))
@@ -449,10 +477,10 @@ async def _data_plane(ctx: harness.Context, size: Size, report: harness.Report) 
         _vnode_server(mtls) as secure,
         _vnode_server((*mtls, "--no-check")) as unchecked,
     ):
-        bare = _Client(plain)
-        authenticated = _Client(secure, signer, authority.certificate_pem)
+        bare_unary = _Client(plain)
+        authenticated_unary = _Client(secure, signer, authority.certificate_pem)
         #: Where the difference goes (the first batch's Forward only): each part alone.
-        parts = {
+        part_clients = {
             "signing only (plaintext, every request signed, nothing checked)": _Client(
                 plain, signer
             ),
@@ -460,69 +488,84 @@ async def _data_plane(ctx: harness.Context, size: Size, report: harness.Report) 
                 unchecked, signer, authority.certificate_pem, sign=False
             ),
         }
-        for rows in size.batches:
-            messages = _messages(rows, 16)
-            for method, what in ((FORWARD, "forward"), (BACKWARD, "backward")):
-                if rows != size.batches[0] and method == BACKWARD:
-                    continue  # one backward size: a gradient costs what an activation does
-                batch = messages[method]
-                decompose = rows == size.batches[0] and method == FORWARD
-                clients = {"without": bare, "with": authenticated}
-                if decompose:
-                    clients.update(parts)
-                for client in clients.values():  # warm-up
-                    await _closed_loop(client, batch, seconds=0.3)
-                runs: dict[str, list[_Run]] = {label: [] for label in clients}
-                for round_ in range(size.rounds):
-                    order = list(clients) if round_ % 2 == 0 else list(reversed(clients))
-                    for label in order:
-                        runs[label].append(
-                            await _closed_loop(clients[label], batch, seconds=size.seconds)
-                        )
-                cpus = {
-                    label: statistics.median(r.cpu_per_message for r in got) * 1e6
-                    for label, got in runs.items()
-                }
-                cpu_with, cpu_without = cpus["with"], cpus["without"]
-                cpu[f"{what}, {rows}x32 float64"] = {
-                    "with (us)": round(cpu_with, 1),
-                    "without (us)": round(cpu_without, 1),
-                    "throughput ratio it implies (without / with)": round(
-                        cpu_without / cpu_with, 2
-                    ),
-                    **{f"{label} (us)": round(cpus[label], 1) for label in parts if label in cpus},
-                }
-                ctx.log(
-                    f"{NAME}: {what} {rows} rows: "
-                    f"{np.median([r.rate for r in runs['with']]):,.0f} vs "
-                    f"{np.median([r.rate for r in runs['without']]):,.0f} messages/s; CPU per "
-                    f"message {cpu_with:,.0f} vs {cpu_without:,.0f} us"
-                )
-                _compare(
-                    report,
-                    ctx,
-                    name=f"{what}, {rows}x32 float64, mutual TLS + signed + peer checked",
-                    unit="messages/s",
-                    measured=[r.rate for r in runs["with"]],
-                    baseline=[r.rate for r in runs["without"]],
-                    baseline_name="the same server and client: plaintext, unsigned, unchecked",
-                    detail=f"{len(batch[0].body):,} bytes per request; CPU per message "
-                    f"{cpu_with:,.0f} vs {cpu_without:,.0f} us",
-                )
-                for label in parts:
-                    if label not in runs:
-                        continue
+        # Agents send over Deliver streams (`agent.peers`); unary calls are their fallback
+        # (a peer that does not serve Deliver) and how the driver's inbox is reached.
+        for transport in ("Deliver stream", "unary"):
+            stream = transport != "unary"
+            bare, authenticated = (
+                dataclasses.replace(c, stream=stream) for c in (bare_unary, authenticated_unary)
+            )
+            parts = {
+                label: dataclasses.replace(c, stream=stream) for label, c in part_clients.items()
+            }
+            where = f", {transport}" if stream else ""
+            for rows in size.batches:
+                messages = _messages(rows, 16)
+                for method, what in ((FORWARD, "forward"), (BACKWARD, "backward")):
+                    if rows != size.batches[0] and method == BACKWARD:
+                        continue  # one backward size: a gradient costs what an activation does
+                    batch = messages[method]
+                    decompose = rows == size.batches[0] and method == FORWARD
+                    clients = {"without": bare, "with": authenticated}
+                    if decompose:
+                        clients.update(parts)
+                    for client in clients.values():  # warm-up
+                        await _closed_loop(client, batch, seconds=0.3)
+                    runs: dict[str, list[_Run]] = {label: [] for label in clients}
+                    for round_ in range(size.rounds):
+                        order = list(clients) if round_ % 2 == 0 else list(reversed(clients))
+                        for label in order:
+                            runs[label].append(
+                                await _closed_loop(clients[label], batch, seconds=size.seconds)
+                            )
+                    cpus = {
+                        label: statistics.median(r.cpu_per_message for r in got) * 1e6
+                        for label, got in runs.items()
+                    }
+                    cpu_with, cpu_without = cpus["with"], cpus["without"]
+                    cpu[f"{what}, {rows}x32 float64{where}"] = {
+                        "with (us)": round(cpu_with, 1),
+                        "without (us)": round(cpu_without, 1),
+                        "throughput ratio it implies (without / with)": round(
+                            cpu_without / cpu_with, 2
+                        ),
+                        **{
+                            f"{label} (us)": round(cpus[label], 1)
+                            for label in parts
+                            if label in cpus
+                        },
+                    }
+                    ctx.log(
+                        f"{NAME}: {what} {rows} rows{where}: "
+                        f"{np.median([r.rate for r in runs['with']]):,.0f} vs "
+                        f"{np.median([r.rate for r in runs['without']]):,.0f} messages/s; CPU per "
+                        f"message {cpu_with:,.0f} vs {cpu_without:,.0f} us"
+                    )
                     _compare(
                         report,
                         ctx,
-                        name=f"{what}, {rows}x32 float64, part: {label}",
+                        name=f"{what}, {rows}x32 float64{where}, {WHOLE}",
                         unit="messages/s",
-                        measured=[r.rate for r in runs[label]],
+                        measured=[r.rate for r in runs["with"]],
                         baseline=[r.rate for r in runs["without"]],
-                        baseline_name="the same server and client: plaintext, unsigned, unchecked",
-                        detail=f"CPU per message {cpus[label]:,.0f} vs {cpu_without:,.0f} us",
-                        goal=False,
+                        baseline_name=BARE,
+                        detail=f"{len(batch[0].body):,} bytes per request; CPU per message "
+                        f"{cpu_with:,.0f} vs {cpu_without:,.0f} us",
                     )
+                    for label in parts:
+                        if label not in runs:
+                            continue
+                        _compare(
+                            report,
+                            ctx,
+                            name=f"{what}, {rows}x32 float64{where}, part: {label}",
+                            unit="messages/s",
+                            measured=[r.rate for r in runs[label]],
+                            baseline=[r.rate for r in runs["without"]],
+                            baseline_name=BARE,
+                            detail=f"CPU per message {cpus[label]:,.0f} vs {cpu_without:,.0f} us",
+                            goal=False,
+                        )
     report.extra["CPU per message, client + server processes, median of the rounds"] = cpu
     report.extra["per-message cost, one core (µs)"] = _micro(signer, authority, _messages(64, 1))
     report.notes.append(
@@ -591,6 +634,35 @@ def _vnode_server(flags: tuple[str, ...]) -> Iterator[_Server]:
 # -- the benchmark's VNodeService (a subprocess) ---------------------------------------------
 
 
+def _refusal(
+    verifier: identity.Verifier | None,
+    sender: str,
+    message: common_pb2.SignedMessage,
+    peer: bytes,
+) -> tuple[grpc.StatusCode, str] | None:
+    """What an agent checks of a request before looking at it, over mutual TLS
+    (`agent.dataplane`): the sender from the peer certificate, the signature and certificate
+    present and the certificate the peer's, the sender the expected one; None when nothing
+    is checked (plaintext here) or all holds. `peer`: the connection's client certificate
+    (read per call on a unary call, once per stream on Deliver, as the agent does)."""
+    if verifier is None:
+        return None
+    try:
+        who, _proven = signed.sender(verifier, message, peer, dt.datetime.now(dt.UTC))
+    except identity.IdentityError as exc:
+        return grpc.StatusCode.UNAUTHENTICATED, str(exc)
+    if who.name != sender:
+        return grpc.StatusCode.PERMISSION_DENIED, f"not {sender}"
+    return None
+
+
+def _take(request_type: type[pb_message.Message], body: bytes) -> None:
+    """What the server does with a request it accepts: parse it and decode its tensor."""
+    parsed: Any = request_type.FromString(body)
+    if parsed.HasField("tensor"):
+        tensors.decode(parsed.tensor)
+
+
 def _behaviour(
     request_type: type[pb_message.Message],
     response: pb_message.Message,
@@ -599,24 +671,61 @@ def _behaviour(
     sender: str,
 ) -> signed.RawBehaviour:
     async def handle(body: bytes, context: aio.ServicerContext[Any, Any]) -> pb_message.Message:
-        if verifier is not None:  # what an agent does over mutual TLS (`agent.dataplane`)
-            try:
-                who, _proven = signed.sender(
-                    verifier,
-                    signed.received(method, body, context),
-                    signed.peer_certificate(context),
-                    dt.datetime.now(dt.UTC),
-                )
-            except identity.IdentityError as exc:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-            if who.name != sender:
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"not {sender}")
-        parsed: Any = request_type.FromString(body)
-        if parsed.HasField("tensor"):
-            tensors.decode(parsed.tensor)
+        peer = signed.peer_certificate(context) if verifier is not None else b""
+        refused = _refusal(verifier, sender, signed.received(method, body, context), peer)
+        if refused is not None:
+            await context.abort(*refused)
+        _take(request_type, body)
         return response
 
     return handle
+
+
+def _deliver(verifier: identity.Verifier | None, sender: str) -> signed.StreamBehaviour:
+    """Deliver as an agent serves it (`agent.dataplane`): each message checked as its unary
+    call, handled as its own task (at most 64 in hand), answered in order."""
+
+    async def answer(raw: bytes, peer: bytes) -> vnode_pb2.DeliverResponse:
+        request = vnode_pb2.DeliverRequest.FromString(raw)
+        found = signed.streamed(request)
+        if found is None:
+            return vnode_pb2.DeliverResponse(sequence=request.sequence, code=3, message="body")
+        name, message = found
+        refused = _refusal(verifier, sender, message, peer)
+        if refused is not None:
+            code, text = refused
+            return vnode_pb2.DeliverResponse(
+                sequence=request.sequence, code=code.value[0], message=text
+            )
+        _take(signed.METHODS[name][0], message.body)
+        return vnode_pb2.DeliverResponse(sequence=request.sequence)
+
+    async def deliver(
+        requests: AsyncIterator[bytes], context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[vnode_pb2.DeliverResponse]:
+        answers: asyncio.Queue[asyncio.Task[vnode_pb2.DeliverResponse] | None] = asyncio.Queue()
+        window = asyncio.Semaphore(64)
+        peer = signed.peer_certificate(context) if verifier is not None else b""
+
+        async def read() -> None:
+            try:
+                async for raw in requests:
+                    await window.acquire()
+                    await answers.put(asyncio.ensure_future(answer(raw, peer)))
+            finally:
+                await answers.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (task := await answers.get()) is not None:
+                reply = await task
+                window.release()
+                yield reply
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    return deliver
 
 
 @dataclass(frozen=True, slots=True)
@@ -633,7 +742,9 @@ async def _serve(tls: _Tls | None, sender: str, *, check: bool) -> None:
         for name, (request, response) in signed.METHODS.items()
     }
     server = aio.server(options=[("grpc.max_receive_message_length", 64 * 2**20)])
-    server.add_generic_rpc_handlers([signed.raw_handler(behaviours)])
+    server.add_generic_rpc_handlers(
+        [signed.raw_handler(behaviours, deliver=_deliver(verifier, sender))]
+    )
     if tls is None:
         port = server.add_insecure_port("127.0.0.1:0")
     else:

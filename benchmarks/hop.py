@@ -13,7 +13,7 @@ relu, and the encode of its output for fc2 (whose send is dropped: the hop ends 
 Inference positions are used, so nothing waits for a backward pass.
 
 The delivery is measured both ways an agent sends: on a Deliver stream (STREAMED DELIVERY in
-vnode.proto; `agent.streams.Stream`, as `agent.peers` sends by default: one message, then its
+vnode.proto; `api.streams.Stream`, as `agent.peers` sends by default: one message, then its
 answer, on one open stream) and as a unary Forward call (`dcnr-agent --no-stream-delivery`,
 and how agents sent before Deliver). Each message has a request id of its own, so none is a
 duplicate the receiver could answer without computing.
@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 from grpc import aio
 
-from agent import blobs, dataplane, keys, peers, streams
-from api import identity, signed, tensors
+from agent import blobs, dataplane, keys, peers
+from api import identity, signed, streams, tensors
 from api import tls as api_tls
 from api.dcnr.v1 import common_pb2, pnode_pb2, resolve_pb2, vnode_pb2
 from benchmarks import echo_server, harness

@@ -18,8 +18,9 @@ A baseline that cannot be flattered (issue 17):
   `--no-in-process-delivery`, and a third of one agent hosting everything, are up beside
   the first and take their turns in every round; the report gives all three, and how many
   of the network's edges placement co-located.
-- Deliver streams made measurable: a fifth cluster like the second whose agents also have
-  `--no-stream-delivery` (a unary call per message, as before Deliver) takes its turns too.
+- Deliver streams made measurable: a fifth cluster like the second whose agents and
+  orchestrator also have `--no-stream-delivery` (a unary call per message, to peers, to
+  the driver and from it, as before Deliver) takes its turns too.
 - Pipelining made measurable: in every round the first cluster also runs the same job with
   each step cut into MICRO_BATCHES micro-batches (`micro_batches`, GPipe-style), right
   after its unpipelined job, on the same agents and placement. Placement gathers the small
@@ -80,7 +81,8 @@ SPREAD_BOUND = 1.5
 #: --driver-listen (its inbox verifies every result's signature on receipt).
 IN_PROCESS, ALL_GRPC, ONE_AGENT = "in process", "all gRPC", "one agent"
 EAGER_INBOX = "in process, inbox verifying every signature"
-#: Like ALL_GRPC (whose agents deliver on Deliver streams, the default), with unary calls.
+#: Like ALL_GRPC (whose agents and driver deliver on Deliver streams, the default), with
+#: unary calls.
 ALL_GRPC_UNARY = "all gRPC, unary calls"
 #: Not a cluster: the IN_PROCESS cluster's second job of each round, its steps cut into
 #: MICRO_BATCHES micro-batches (pipelined).
@@ -100,6 +102,8 @@ AGENT_FLAGS = {
     ALL_GRPC_UNARY: ("--no-in-process-delivery", "--no-stream-delivery"),
 }
 DRIVER_LISTEN = ("--driver-listen", "127.0.0.1:0")
+#: The orchestrator flags of each cluster beside its inbox's (the others: none).
+SERVE_FLAGS = {ALL_GRPC_UNARY: ("--no-stream-delivery",)}
 PINNED_THREADS = {
     name: "1"
     for name in (
@@ -164,11 +168,11 @@ async def run(ctx: harness.Context) -> harness.Report:
                 "agents": "3 per cluster, two clusters (in-process delivery on / off), a "
                 "third cluster of one agent, and a fourth like the first whose orchestrator "
                 "has no --driver-listen (the others have it), and a fifth like the second "
-                "whose agents send unary calls (--no-stream-delivery; the others: Deliver "
-                "streams); a sixth of three agents with "
-                f"{SPREAD_CPU} cpu each, so the VNodes are spread over them; the first and the "
-                f"sixth also run each round's job pipelined ({MICRO_BATCHES} micro-batches a "
-                "step)",
+                "whose agents and driver send unary calls (--no-stream-delivery; the others: "
+                "Deliver streams, the driver's messages included); a sixth of three agents "
+                f"with {SPREAD_CPU} cpu each, so the VNodes are spread over them; the first "
+                f"and the sixth also run each round's job pipelined ({MICRO_BATCHES} "
+                "micro-batches a step)",
                 "batch_size": BATCH,
                 "rounds": size.rounds,
                 "epochs_per_round": size.epochs_per_round,
@@ -249,8 +253,9 @@ async def run(ctx: harness.Context) -> harness.Report:
             name="training samples/s, all gRPC: Deliver streams vs unary calls",
             unit="samples/s",
             measured=without,
-            baseline_name="the same, agents also started with --no-stream-delivery (a unary "
-            "Forward/Backward call per message), a fifth cluster taking turns",
+            baseline_name="the same, agents and orchestrator also started with "
+            "--no-stream-delivery (a unary Forward/Backward call per message, the driver's "
+            "included), a fifth cluster taking turns",
             baseline=unary,
             note=f"{_co_located(network, sides[ALL_GRPC_UNARY].placement)} of the {edges} edges "
             "co-located in the baseline cluster; in both every hop between VNodes crosses "
@@ -395,7 +400,7 @@ async def interleaved(
             root = ctx.workdir / network.name / label.replace(" ", "-")
             url = f"sqlite:///{root / 'state.db'}"
             log = root / "orchestrator.log"
-            serve = () if label == EAGER_INBOX else DRIVER_LISTEN
+            serve = (() if label == EAGER_INBOX else DRIVER_LISTEN) + SERVE_FLAGS.get(label, ())
             served = stack.enter_context(
                 procs.orchestrator(url, extra=serve, log=log, log_level="warning")
             )

@@ -157,6 +157,11 @@ def _parser() -> argparse.ArgumentParser:
         "--max-message-bytes", type=int, default=64 * 2**20, metavar="N",
         help="largest data-plane message the job driver accepts",
     )  # fmt: skip
+    serve.add_argument(
+        "--no-stream-delivery", dest="stream_delivery", action="store_false",
+        help="the job driver sends each step's batch as a unary Forward call per source "
+        "(default: one Deliver stream per source, same checks)",
+    )  # fmt: skip
     _add_tls_flags(serve)
     admission_flags.add(serve)
     identity = serve.add_argument_group("identity CA (docs/security.md)")
@@ -480,6 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             identity_ttl=args.identity_ttl,
             data_plane_insecure=args.data_plane_insecure,
             driver_listen=args.driver_listen or None,
+            stream_delivery=args.stream_delivery,
             driver=driver.DriverConfig(
                 blob_store=blob_store if blob_store.endswith("/") else blob_store + "/",
                 advertise=args.advertise,

@@ -128,6 +128,9 @@ class ServeConfig:
     #: signatures are verified lazily; runs' reply_to names it. None: the inbox is on
     #: `listen` and verifies every signature on receipt.
     driver_listen: str | None = None
+    #: The job driver sends each step's batch on Deliver streams (`--no-stream-delivery`:
+    #: unary calls; `controller.services.vnode_transport`).
+    stream_delivery: bool = True
 
 
 class Orchestrator:
@@ -180,7 +183,9 @@ class Orchestrator:
             view=self.view,
             clock=self.clock,
             rpc_timeout=config.driver.rpc_timeout,
-            transport=vnode_transport.GrpcTransport(signer=self.signer, ca=self._data_plane_ca),
+            transport=vnode_transport.GrpcTransport(
+                signer=self.signer, ca=self._data_plane_ca, streams=config.stream_delivery
+            ),
         )
         self.inbox = driver_inbox.Inbox(
             clock=self.clock, book=self.trust, on_disagreed=self.metrics.disagreed
@@ -590,9 +595,10 @@ class Orchestrator:
         # Driver tasks stop first; their jobs stay Running for whichever replica owns them next.
         await self.job_poll.stop()
         await self.job_loop.stop()
-        await self.server.stop(grace)
-        if self.driver_server is not None:
-            await self.driver_server.stop(grace)
+        # Together: both hold streams that end only with the grace (agents' watches; their
+        # Deliver streams to the driver's inbox), so one after the other took it twice.
+        servers = [self.server, *([self.driver_server] if self.driver_server else [])]
+        await asyncio.gather(*(server.stop(grace) for server in servers))
         await self.manager.stop(grace)  # never started: nothing to wait for
         await self.client.close()
         if self._identity_task is not None:

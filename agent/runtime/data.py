@@ -108,6 +108,11 @@ class DataSource:
             )
         return Description(tuple(array.shape), array.dtype.name, tuple(names), where)
 
+    def loaded(self) -> bool:
+        """Whether an array of it is in memory: the file was read (and S3 data downloaded)
+        once, so reading another field costs no download."""
+        return bool(self._arrays)
+
     def array(self, field: str) -> np.ndarray:
         key = field if needs_field(self.url) else ""
         with self._lock:

@@ -18,12 +18,24 @@ verify then is refused with the verifier's reason and strikes nobody.
 
 Every refusal is counted by reason (`on_refused`) and becomes a status code in `rpc`.
 Checkpoint and Restore are refused: the driver holds no training state.
+
+Deliver (STREAMED DELIVERY in vnode.proto) carries the same Forward and Backward messages
+on one stream per edge, each with its own signature and certificate: each is turned into
+the evidence its unary call would have been (`api.signed.streamed`) and handled by the
+unary call's code (`_receive`): the same sender (the stream's client certificate over
+mutual TLS, checked per message; each signature verified otherwise), attribution, checks,
+strikes and refusal codes and reasons (`rpc.refusal`), answered in the DeliverResponse
+instead of the call's status. A refusal ends its message, never the stream. Handling a
+message never waits (filing it in the inbox is synchronous), so each is answered before
+the next is read: one message of a stream in hand at a time, in the order sent, and a
+stream costs the server no more than the unary calls it replaces (every message is still
+authenticated and attributed on its own; gRPC's per-message size limit applies to each).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from google.protobuf import message as pb_message
@@ -89,35 +101,71 @@ class DriverInboxService:
             "Restore": self.Restore,
             "DescribeData": self.DescribeData,
         }
-        return signed.raw_handler(behaviours)
+        return signed.raw_handler(behaviours, deliver=self.Deliver)
 
     async def Forward(self, body: bytes, context: Context) -> vnode_pb2.ForwardResponse:
         async def behave() -> vnode_pb2.ForwardResponse:
-            header, duplicate = self._receive("Forward", body, context, vnode_pb2.ForwardRequest)
+            received = signed.received(signed.full_method("Forward"), body, context)
+            header, duplicate = self._receive(received, context, vnode_pb2.ForwardRequest)
             return vnode_pb2.ForwardResponse(header=header, duplicate=duplicate)
 
         return await _translated(context, behave)
 
     async def Backward(self, body: bytes, context: Context) -> vnode_pb2.BackwardResponse:
         async def behave() -> vnode_pb2.BackwardResponse:
-            header, duplicate = self._receive("Backward", body, context, vnode_pb2.BackwardRequest)
+            received = signed.received(signed.full_method("Backward"), body, context)
+            header, duplicate = self._receive(received, context, vnode_pb2.BackwardRequest)
             return vnode_pb2.BackwardResponse(header=header, duplicate=duplicate)
 
         return await _translated(context, behave)
 
+    async def Deliver(
+        self, requests: AsyncIterator[bytes], context: Context
+    ) -> AsyncIterator[vnode_pb2.DeliverResponse]:
+        """Each message handled as its unary call and answered in order (module docstring).
+        The connection's client certificate is read once: one stream, one connection (a
+        call's auth context is built anew on every read)."""
+        peer = signed.peer_certificate(context) if self._mutual_tls else b""
+        async for raw in requests:
+            yield self._answer(raw, context, peer)
+
+    def _answer(self, raw: bytes, context: Context, peer: bytes) -> vnode_pb2.DeliverResponse:
+        sequence = 0
+        try:
+            request = _parsed(raw, vnode_pb2.DeliverRequest)
+            sequence = request.sequence
+            found = signed.streamed(request)
+            if found is None:
+                raise faults.FieldInvalid(
+                    "body", None, "set forward or backward (a serialized request)"
+                )
+            name, received = found
+            kind = vnode_pb2.ForwardRequest if name == "Forward" else vnode_pb2.BackwardRequest
+            _header, duplicate = self._receive(received, context, kind, peer)
+        except Exception as exc:  # what the unary call would have aborted with
+            code, message, reason = rpc.refusal(exc)
+            return vnode_pb2.DeliverResponse(
+                sequence=sequence,
+                code=code.value[0],
+                details=common_pb2.ErrorDetails(reason=reason),
+                message=message,
+            )
+        return vnode_pb2.DeliverResponse(sequence=sequence, duplicate=duplicate)
+
     def _receive(
         self,
-        method: str,
-        body: bytes,
+        received: common_pb2.SignedMessage,
         context: Context,
         kind: type[vnode_pb2.ForwardRequest] | type[vnode_pb2.BackwardRequest],
+        peer: bytes | None = None,
     ) -> tuple[common_pb2.ResponseHeader, bool]:
         """A verified result into the waiting run's mailbox: the answer's header and whether
-        it had arrived before."""
-        request, who, prove = self._verified(method, body, context, kind)
-        duplicate = self._receiver.receive(
-            request, forward=method == "Forward", sender=who, prove=prove
-        )
+        it had arrived before. `received`: the message as evidence, from a unary call (its
+        signature and certificate in the call's metadata) or a stream (in the message).
+        `peer`: the connection's client certificate, if the caller read it already."""
+        request, who, prove = self._verified(received, context, kind, peer)
+        forward = isinstance(request, vnode_pb2.ForwardRequest)
+        duplicate = self._receiver.receive(request, forward=forward, sender=who, prove=prove)
         return rpc.response_header(request.header, self._replica_id), duplicate
 
     async def Checkpoint(self, body: bytes, context: Context) -> vnode_pb2.CheckpointResponse:
@@ -144,22 +192,25 @@ class DriverInboxService:
         return await _translated(context, behave)
 
     def _verified(
-        self, name: str, body: bytes, context: Context, kind: type[M]
+        self,
+        received: common_pb2.SignedMessage,
+        context: Context,
+        kind: type[M],
+        peer: bytes | None = None,
     ) -> tuple[M, identity.Identity, Callable[[], None] | None]:
         """The sender's identity (before anything else), then the parsed request, and what
         verifies its signature before it becomes evidence (None: verified already)."""
-        received = signed.received(signed.full_method(name), body, context)
         try:
             if self._mutual_tls:
-                who, proven = signed.sender(
-                    self._verifier, received, signed.peer_certificate(context), self._clock.now()
-                )
+                if peer is None:
+                    peer = signed.peer_certificate(context)
+                who, proven = signed.sender(self._verifier, received, peer, self._clock.now())
             else:
                 who, proven = signed.verify(self._verifier, received, self._clock.now()), True
         except identity.IdentityError as exc:
             self._on_refused(exc.reason)
             raise _unauthenticated(exc) from None
-        request = _parsed(body, kind)
+        request = _parsed(received.body, kind)
         rpc.check_header(getattr(request, "header", common_pb2.RequestHeader()))
         return request, who, None if proven else functools.partial(self._prove, received)
 

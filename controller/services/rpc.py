@@ -95,14 +95,22 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", "Internal"
 
 
-async def abort(context: aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+def refusal(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
+    """(code, one bounded line, ErrorDetails.reason) that `exc` is answered with: by `abort`
+    for a call, in the answer to one message of a stream (VNodeService.Deliver) otherwise.
+    An INTERNAL one is logged with its traceback here."""
     code, message, reason = _status_for(exc)
     if code == grpc.StatusCode.INTERNAL:
         log.exception("rpc failed", exc_info=exc)
+    # One bounded line whatever the input was (a 10 KB name must not come back whole).
+    return code, messages.clip(message), reason
+
+
+async def abort(context: aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+    code, message, reason = refusal(exc)
     details = common_pb2.ErrorDetails(reason=reason).SerializeToString()
     context.set_trailing_metadata(((ERROR_DETAILS_KEY, details),))
-    # One bounded line whatever the input was (a 10 KB name must not come back whole).
-    await context.abort(code, messages.clip(message))
+    await context.abort(code, message)
 
 
 def handler(

@@ -147,7 +147,9 @@ class DecodeGuard(_Interceptor):
                 request_deserializer=decode,
                 response_serializer=handler.response_serializer,
             )
-        return handler  # request streams: none in dcnr.v1
+        # Request streams: VNodeService.Deliver only, whose handler parses each message
+        # itself (`driver_inbox_service`), each under the listener's gRPC receive limit.
+        return handler
 
 
 def _request_type(deserializer: Callable[[bytes], Any], method: str) -> str:

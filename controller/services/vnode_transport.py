@@ -22,11 +22,23 @@ Any other code is the agent refusing the message for good. The agent's ErrorDeta
 (trailing metadata `dcnr-error-details-bin`) rides along as `PeerError.reason`, so the
 driver can tell data that cannot be read ("DataError": the job fails) from a VNode not
 hosted yet (a rollback waits for it).
+
+Forward, the one call of every step (the batch to each source), travels on a Deliver
+stream (STREAMED DELIVERY in vnode.proto, `api.streams`) per edge (agent channel, network,
+target slot), as agents send to each other: the same signed bytes, answered with the code
+and reason the unary call would have ended with, which become the same `PeerError`. A
+stream that fails as a whole (the connection lost, a deadline passed) fails its unanswered
+messages as UNAVAILABLE or DEADLINE_EXCEEDED, retried like a unary call that got no
+answer, and the next message opens a new one. An agent answering UNIMPLEMENTED (older than
+Deliver) gets unary calls for as long as its channel lives. Restore, Checkpoint and
+DescribeData, a few per run, stay unary calls. A stream left idle for STREAM_IDLE seconds is
+closed when the next one opens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -35,14 +47,18 @@ from google.protobuf import message
 from grpc import aio
 
 from api import identity, signed
+from api import streams as streams_mod
 from api import tls as api_tls
 from api.dcnr.v1 import common_pb2, vnode_pb2
+from api.resources import meta
 from controller.jobs import vnode_client
 
 T = TypeVar("T")
 DETAILS_KEY = "dcnr-error-details-bin"
 #: Seconds a replaced channel (renewed certificate) keeps serving the calls in flight on it.
 RETIRE_GRACE = 60.0
+#: Seconds after which a Deliver stream nobody sent on is closed (when another opens).
+STREAM_IDLE = 60.0
 
 #: Failures that may pass. NOT_FOUND among them: the view (and resolution) name a slot's
 #: PNode as soon as the placement is written, a moment before that PNode has heard of its
@@ -60,7 +76,10 @@ RETRYABLE = frozenset(
 
 
 class GrpcTransport:
-    def __init__(self, *, signer: signed.Signer, ca: Callable[[], bytes | None]) -> None:
+    def __init__(
+        self, *, signer: signed.Signer, ca: Callable[[], bytes | None], streams: bool = True
+    ) -> None:
+        """`streams`: Forward on Deliver streams (module docstring); False: unary calls."""
         self._signer = signer
         self._ca_source = ca
         self._ca: bytes | None = None
@@ -68,6 +87,11 @@ class GrpcTransport:
         self._retiring: set[asyncio.Task[None]] = set()
         self._channels: dict[tuple[str, str], aio.Channel] = {}
         self._stubs: dict[tuple[str, str], signed.SignedStub] = {}
+        self._streaming = streams
+        #: By edge: (address, PNode, network, target VNode, target replica).
+        self._streams: dict[tuple[str, str, str, str, int], streams_mod.Stream] = {}
+        #: Channels whose agent serves no Deliver: unary calls to them.
+        self._unary_only: set[aio.Channel] = set()
 
     async def _stub(self, address: str, pnode: str) -> signed.SignedStub:
         ca = self._ca_source()
@@ -100,9 +124,64 @@ class GrpcTransport:
     async def forward(
         self, address: str, request: vnode_pb2.ForwardRequest, *, seconds: float, pnode: str = ""
     ) -> vnode_pb2.ForwardResponse:
-        call = (await self._stub(address, pnode)).call("Forward", request, seconds=seconds)
-        reply: vnode_pb2.ForwardResponse = await _translated(call)
+        stub = await self._stub(address, pnode)
+        if self._streaming and stub.channel not in self._unary_only:
+            try:
+                answer = await self._streamed(stub.channel, (address, pnode), request, seconds)
+            except streams_mod.StreamFailed as exc:
+                if exc.code != grpc.StatusCode.UNIMPLEMENTED:
+                    raise vnode_client.PeerError(
+                        f"{exc.code.name}: {exc}", retryable=exc.code in RETRYABLE
+                    ) from None
+                self._unary_only.add(stub.channel)  # an agent older than Deliver
+            else:
+                return _forward_response(answer)
+        reply: vnode_pb2.ForwardResponse = await _translated(
+            stub.call("Forward", request, seconds=seconds)
+        )
         return reply
+
+    async def _streamed(
+        self,
+        channel: aio.Channel,
+        route: tuple[str, str],
+        request: vnode_pb2.ForwardRequest,
+        seconds: float,
+    ) -> vnode_pb2.DeliverResponse:
+        """`request` on its edge's stream, opened (again) if none is open on `channel`."""
+        key = (*route, request.network, request.target_vnode, request.target_replica)
+        stream = self._streams.get(key)
+        if stream is None or stream.failed is not None or stream.channel is not channel:
+            if stream is not None:
+                await self._drop_stream(key, stream)
+            await self._close_idle_streams()
+            stream = self._streams.get(key)
+            if stream is None or stream.failed is not None or stream.channel is not channel:
+                # (another message of the edge may have opened one meanwhile)
+                stream = self._streams[key] = streams_mod.Stream(channel, header=_HEADER)
+        try:
+            return await stream.send(
+                self._signer, "Forward", request.SerializeToString(), seconds=seconds
+            )
+        except streams_mod.StreamFailed:
+            await self._drop_stream(key, stream)
+            raise
+
+    async def _drop_stream(
+        self, key: tuple[str, str, str, str, int], stream: streams_mod.Stream
+    ) -> None:
+        """Close `stream` and, if it is still the edge's, forget it."""
+        if self._streams.get(key) is stream:
+            del self._streams[key]
+        await stream.close()
+
+    async def _close_idle_streams(self) -> None:
+        idle_since = time.monotonic() - STREAM_IDLE
+        for key, stream in list(self._streams.items()):
+            if stream.failed is not None or (
+                stream.unanswered == 0 and stream.last_used < idle_since
+            ):
+                await self._drop_stream(key, stream)
 
     async def restore(
         self, address: str, request: vnode_pb2.RestoreRequest, *, seconds: float, pnode: str = ""
@@ -131,15 +210,27 @@ class GrpcTransport:
         return reply
 
     def _retire_all(self) -> None:
-        """Drop every cached channel; each closes once its calls in flight are done."""
+        """Drop every cached channel; each closes once its calls in flight are done. Its
+        streams are closed (their unanswered messages fail UNAVAILABLE and are retried on
+        the new channels)."""
         channels, self._channels = self._channels, {}
         self._stubs = {}
+        self._unary_only.clear()
+        open_streams, self._streams = list(self._streams.values()), {}
+        for stream in open_streams:
+            task = asyncio.get_running_loop().create_task(stream.close())
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
         for channel in channels.values():
             task = asyncio.get_running_loop().create_task(channel.close(RETIRE_GRACE))
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
 
     async def close(self) -> None:
+        open_streams, self._streams = list(self._streams.values()), {}
+        for stream in open_streams:
+            await stream.close()
+        self._unary_only.clear()
         channels, self._channels = self._channels, {}
         self._stubs = {}
         for channel in channels.values():
@@ -147,6 +238,22 @@ class GrpcTransport:
         for task in list(self._retiring):
             task.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)
+
+
+_HEADER = common_pb2.RequestHeader(api_version=meta.API_VERSION, client_name="dcnr-orchestrator")
+_STATUS = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _forward_response(answer: vnode_pb2.DeliverResponse) -> vnode_pb2.ForwardResponse:
+    """A streamed Forward's answer as its unary call's: the response, or its `PeerError`."""
+    if answer.code != grpc.StatusCode.OK.value[0]:
+        code = _STATUS.get(answer.code, grpc.StatusCode.UNKNOWN)
+        raise vnode_client.PeerError(
+            f"{code.name}: {answer.message}",
+            retryable=code in RETRYABLE,
+            reason=answer.details.reason,
+        )
+    return vnode_pb2.ForwardResponse(duplicate=answer.duplicate)
 
 
 async def _translated(call: Awaitable[T]) -> T:

@@ -77,8 +77,15 @@ class Driver(vnode_pb2_grpc.VNodeServiceServicer, resolve_pb2_grpc.ResolutionSer
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the driver reads no data")
 
     async def Deliver(self, request_iterator, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the driver takes unary calls")
-        yield vnode_pb2.DeliverResponse()
+        """As the orchestrator's inbox serves it: each message taken as its unary call."""
+        async for message in request_iterator:
+            async with self.arrived:
+                if message.WhichOneof("body") == "forward":
+                    self.forwards.append(vnode_pb2.ForwardRequest.FromString(message.forward))
+                else:
+                    self.backwards.append(vnode_pb2.BackwardRequest.FromString(message.backward))
+                self.arrived.notify_all()
+            yield vnode_pb2.DeliverResponse(sequence=message.sequence)
 
     async def BatchResolve(self, request, context):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "agents resolve one VNode at a time")
@@ -561,7 +568,7 @@ async def test_an_inference_input_named_by_data_is_read_by_the_source(cluster):
         (False, False, dataplane.SLOW_CALL * 1.5, True),  # a slow one goes to a thread
         (False, True, dataplane.SLOW_CALL * 0.75, True),  # and stays while borderline
         (False, True, dataplane.SLOW_CALL * 0.25, False),  # back once clearly fast
-        (True, True, 0.00003, True),  # a data source never leaves its thread
+        (True, True, 0.00003, True),  # pinned (a data source not read yet) stays
         (True, False, 0.00003, True),
     ],
 )
@@ -569,3 +576,16 @@ def test_compute_moves_to_a_thread_by_cpu_time_with_hysteresis(
     pinned: bool, in_thread: bool, cpu: float, expected: bool
 ) -> None:
     assert dataplane.in_thread_next(pinned=pinned, in_thread=in_thread, cpu=cpu) is expected
+
+
+async def test_a_source_reads_its_data_in_a_thread_then_computes_on_the_loop(cluster) -> None:
+    """Its first batch may read (or download) the data: a worker thread. Once the data is
+    in memory, picking a batch's rows is a small call, and it comes back to the loop."""
+    c = cluster
+    await restore_all(c)
+    source = c["plane"]._hosted[(NET, "x", 0)]
+    assert (source.pinned_thread, source.in_thread) == (True, True)
+    await run_step(c)
+    assert not source.pinned_thread, "its data is read"
+    await run_step(c, step=2)
+    assert not source.in_thread, "rows of an array in memory: well under SLOW_CALL of CPU"

@@ -1,4 +1,4 @@
-"""Deliver streams (STREAMED DELIVERY in vnode.proto; `agent.streams`, `agent.peers`): each
+"""Deliver streams (STREAMED DELIVERY in vnode.proto; `api.streams`, `agent.peers`): each
 message on a stream is authenticated, attributed, checked and answered exactly as its unary
 call would be, in order, and a refusal ends only its message; a peer that stops answering
 or is SIGKILLed mid-stream fails the messages on it within their deadline, and they reach
@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 from grpc import aio
 
-from agent import dataplane, peers, streams
-from api import signed, tensors
+from agent import dataplane, peers
+from api import signed, streams, tensors
 from api.dcnr.v1 import resolve_pb2, resolve_pb2_grpc, vnode_pb2
 from tests.agent.test_dataplane import (  # noqa: F401
     BATCH,
@@ -297,6 +297,13 @@ async def test_idle_streams_are_closed_and_the_next_message_opens_a_new_one(
     assert not set(sender._streams.values()) & set(opened.values())
 
 
+class _Plaintext:
+    """A call's context on a plaintext connection: no client certificate."""
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}
+
+
 async def test_a_waiting_message_does_not_hold_back_the_ones_behind_it_up_to_a_window(
     cluster,  # noqa: F811
 ) -> None:
@@ -307,7 +314,7 @@ async def test_a_waiting_message_does_not_hold_back_the_ones_behind_it_up_to_a_w
     started: list[int] = []
     gate = asyncio.Event()
 
-    async def held(raw: bytes, context: Any) -> vnode_pb2.DeliverResponse:
+    async def held(raw: bytes, context: Any, peer: bytes) -> vnode_pb2.DeliverResponse:
         sequence = int(raw)
         started.append(sequence)
         await gate.wait()
@@ -320,7 +327,7 @@ async def test_a_waiting_message_does_not_hold_back_the_ones_behind_it_up_to_a_w
         for sequence in range(1, count + 1):
             yield str(sequence).encode()
 
-    answers = plane._deliver_stream(requests(), None)
+    answers = plane._deliver_stream(requests(), _Plaintext())
     first = asyncio.ensure_future(anext(answers))
     await wait.until(
         lambda: len(started),

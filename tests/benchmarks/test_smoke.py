@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(330)
 def test_every_scenario_leaves_baseline_and_measured_figures(tmp_path: Path) -> None:
     results = tmp_path / "results"
     run = subprocess.run(
@@ -29,7 +29,7 @@ def test_every_scenario_leaves_baseline_and_measured_figures(tmp_path: Path) -> 
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=230,
+        timeout=320,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert run.returncode == 0, run.stderr[-4000:]

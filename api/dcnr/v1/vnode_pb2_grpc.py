@@ -115,8 +115,9 @@ class VNodeServiceServicer:
         """Forward and Backward messages from one sender on one stream (STREAMED DELIVERY below):
         each message is handled exactly as the unary call of the same name would be, and
         answered, in order, with what that call would have answered, without the set-up of a
-        call per message. Agents serve it; a job's driver does not (UNIMPLEMENTED: send it
-        unary calls), nor do agents older than it, so a sender falls back to the unary calls.
+        call per message. Agents serve it, and so does a job's driver (`__driver__`); agents
+        and orchestrators older than it do not (UNIMPLEMENTED), and a sender falls back to the
+        unary calls.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -64,8 +64,9 @@ class VNodeServiceStub:
     """Forward and Backward messages from one sender on one stream (STREAMED DELIVERY below):
     each message is handled exactly as the unary call of the same name would be, and
     answered, in order, with what that call would have answered, without the set-up of a
-    call per message. Agents serve it; a job's driver does not (UNIMPLEMENTED: send it
-    unary calls), nor do agents older than it, so a sender falls back to the unary calls.
+    call per message. Agents serve it, and so does a job's driver (`__driver__`); agents
+    and orchestrators older than it do not (UNIMPLEMENTED), and a sender falls back to the
+    unary calls.
     """
 
 @_typing.type_check_only
@@ -93,8 +94,9 @@ class VNodeServiceAsyncStub(VNodeServiceStub):
     """Forward and Backward messages from one sender on one stream (STREAMED DELIVERY below):
     each message is handled exactly as the unary call of the same name would be, and
     answered, in order, with what that call would have answered, without the set-up of a
-    call per message. Agents serve it; a job's driver does not (UNIMPLEMENTED: send it
-    unary calls), nor do agents older than it, so a sender falls back to the unary calls.
+    call per message. Agents serve it, and so does a job's driver (`__driver__`); agents
+    and orchestrators older than it do not (UNIMPLEMENTED), and a sender falls back to the
+    unary calls.
     """
 
 class VNodeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -155,8 +157,9 @@ class VNodeServiceServicer(metaclass=_abc_1.ABCMeta):
         """Forward and Backward messages from one sender on one stream (STREAMED DELIVERY below):
         each message is handled exactly as the unary call of the same name would be, and
         answered, in order, with what that call would have answered, without the set-up of a
-        call per message. Agents serve it; a job's driver does not (UNIMPLEMENTED: send it
-        unary calls), nor do agents older than it, so a sender falls back to the unary calls.
+        call per message. Agents serve it, and so does a job's driver (`__driver__`); agents
+        and orchestrators older than it do not (UNIMPLEMENTED), and a sender falls back to the
+        unary calls.
         """
 
 def add_VNodeServiceServicer_to_server(servicer: VNodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -7,6 +7,8 @@ most `api.messages.MAX_LINE_CHARS`, the log holds no traceback and no ERROR, and
 is in `dcnr_rpc_duration_seconds` (undecodable ones under INVALID_ARGUMENT).
 
 Methods are enumerated from the descriptors at run time, so a new RPC is fuzzed too.
+Deliver, the one request stream, answers each message in its DeliverResponse rather than a
+status: it is fuzzed message by message on one stream, with the same expectations.
 VNodeService requests are signed by a PNode identity of the server's CA, so the fuzz gets
 past the signature check (docs/security.md) to the parsing behind it.
 """
@@ -21,7 +23,8 @@ import grpc
 import pytest
 from google.protobuf import descriptor, descriptor_pool, message_factory
 
-from api import messages
+from api import identity, messages
+from api.dcnr.v1 import vnode_pb2
 from controller.services import catalog
 from tests.support import identities, metrics, procs, wait
 
@@ -39,9 +42,8 @@ _STRINGS = ["", "x", "digits", "digits\n", "a" * 300, "é中", "../../etc", "-1"
 _INTS = [0, 1, -1, 2**31 - 1, -(2**31), 2**63 - 1, -(2**63)]
 
 
-#: Methods of the catalog's services the orchestrator does not serve: Deliver carries
-#: messages between agents, and the driver's inbox takes unary calls only (vnode.proto).
-NOT_SERVED = {"/dcnr.v1.VNodeService/Deliver"}
+#: Methods answering per message on a request stream (`test_deliver_...` below).
+STREAMED = {"/dcnr.v1.VNodeService/Deliver"}
 
 
 def methods() -> list[descriptor.MethodDescriptor]:
@@ -50,7 +52,7 @@ def methods() -> list[descriptor.MethodDescriptor]:
         method
         for full_name, _add, _servicer in catalog.generated()
         for method in pool.FindServiceByName(full_name).methods
-        if f"/{full_name}/{method.name}" not in NOT_SERVED
+        if f"/{full_name}/{method.name}" not in STREAMED
     ]
 
 
@@ -232,21 +234,43 @@ def test_structured_and_raw_requests_get_clear_answers_and_a_clean_log(served) -
     assert not codes & {"UNKNOWN", "INTERNAL"}
 
 
-def test_a_method_it_does_not_serve_is_unimplemented_and_leaves_a_clean_log(served) -> None:
+def test_deliver_answers_every_message_clearly_and_leaves_a_clean_log(served) -> None:
+    """Raw and structured DeliverRequests, and structured Forward and Backward bodies signed
+    as a PNode signs them, on one stream: each answered, in order, with a code that is not
+    UNKNOWN or INTERNAL and one bounded line; the stream itself ends OK."""
     pool = descriptor_pool.Default()
-    with grpc.insecure_channel(served.address) as channel:
-        for path in sorted(NOT_SERVED):
-            service, name = path.strip("/").split("/")
-            method = pool.FindServiceByName(service).methods_by_name[name]
-            opened = channel.stream_stream(
-                path, request_serializer=lambda b: b, response_deserializer=lambda b: b
+    service = pool.FindServiceByName("dcnr.v1.VNodeService")
+    deliver = service.methods_by_name["Deliver"]
+    rng = random.Random(SEED)
+    bodies = [raw(deliver, rng, case) for case in range(RAW_PER_METHOD)]
+    bodies += [structured(deliver, rng) for _ in range(STRUCTURED_PER_METHOD)]
+    for name in ("Forward", "Backward"):
+        for _ in range(STRUCTURED_PER_METHOD):
+            body = structured(service.methods_by_name[name], rng)
+            entries = dict(_SIGNER.metadata(f"/dcnr.v1.VNodeService/{name}", body))
+            request = vnode_pb2.DeliverRequest(
+                signature=entries[identity.SIGNATURE_METADATA],
+                certificate=entries[identity.CERTIFICATE_METADATA],
             )
-            answers = opened(iter([structured(method, random.Random(SEED))]), timeout=10)
-            with pytest.raises(grpc.RpcError) as refused:
-                next(iter(answers))
-            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED, path
+            setattr(request, name.lower(), body)
+            bodies.append(request.SerializeToString())
+    with grpc.insecure_channel(served.address) as channel:
+        stream = channel.stream_stream(
+            "/dcnr.v1.VNodeService/Deliver",
+            request_serializer=lambda b: b,
+            response_deserializer=vnode_pb2.DeliverResponse.FromString,
+        )
+        answers = list(stream(iter(bodies), timeout=30))
+    assert len(answers) == len(bodies), "every message answered, none ended the stream"
+    codes = {code.value[0]: code for code in grpc.StatusCode}
+    for body, answer in zip(bodies, answers, strict=True):
+        assert codes[answer.code] not in UNCLEAR, (body[:40], answer)
+        assert "\n" not in answer.message, answer.message
+        assert len(answer.message) <= messages.MAX_LINE_CHARS, len(answer.message)
+    assert codes[answers[0].code] == grpc.StatusCode.INVALID_ARGUMENT, "random bytes"
     log = served.log.read_text(errors="replace")
-    assert "Traceback" not in log
+    loud = [line for line in log.splitlines() if "ERROR" in line or "Traceback" in line]
+    assert not loud, "\n".join(loud[:5])
 
 
 def test_an_undecodable_request_is_invalid_argument_naming_the_type(served) -> None:

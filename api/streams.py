@@ -1,12 +1,14 @@
 """One Deliver stream (STREAMED DELIVERY in vnode.proto), the sending side: messages written
-in order, each answered in order, so the n-th answer is the n-th message's.
+in order, each answered in order, so the n-th answer is the n-th message's. Agents send on
+them to their peers and to the job's driver (`agent.peers`), the driver to the sources
+(`controller.services.vnode_transport`).
 
 The receiver answers a stream's messages in order (it handles them concurrently), so a
 message that gets no answer holds back every later answer: a message's deadline that passes
 (a peer SIGSTOPped, a
 connection silently gone) therefore fails the whole stream, and every message still
 unanswered on it fails with it, as unary calls that got no answer would. The stream is then
-done; its owner (`agent.peers`) opens a new one for the retries. Nothing is retried here.
+done; its owner opens a new one for the retries. Nothing is retried here.
 
 At most `limit` messages are unanswered at once; a sender past it waits for an answer (within
 its own deadline), so a slow receiver slows its senders instead of growing a queue.
@@ -14,7 +16,8 @@ its own deadline), so a slow receiver slows its senders instead of growing a que
 Failures are `StreamFailed` with the status code the call ended with. CANCELLED (the peer's
 server stopped under the stream, or this side gave up on it) becomes UNAVAILABLE: to the
 message it means "no answer", which is retried; UNIMPLEMENTED means the peer does not serve
-Deliver at all (a job's driver, an older agent), and its owner falls back to unary calls.
+Deliver at all (an agent or orchestrator older than Deliver), and its owner falls back to
+unary calls.
 """
 
 from __future__ import annotations
