@@ -737,16 +737,12 @@ class DataPlane:
             )
         view = np.ascontiguousarray(array).view()  # a copy only if not contiguous already
         view.flags.writeable = False
-        which = request.WhichOneof("position")
-        position: vnode.Position = (
-            ("step", request.step) if which == "step" else ("request", request.request_id)
-        )
         sender = request.sender_vnode
         several = hosted.instance.replicas_of(request.job, sender) > 1
         return vnode.Message(
             forward=forward,
             job=request.job,
-            position=position,
+            position=_position(request),
             sender_vnode=sender,
             sender_replica=request.sender_replica,
             target_epoch=request.target_epoch,
@@ -759,6 +755,7 @@ class DataPlane:
             double_check=tuple(request.double_check),
             spot_check=_spot_check(request),
             evidence=self._signed(request, view, empty, forward=forward) if several else None,
+            micro_batches=max(1, request.micro_batches),
         )
 
     def _signed(
@@ -919,14 +916,10 @@ class DataPlane:
         except tensors.TensorError as exc:
             reason = "Checksum" if exc.reason == "checksum" else "Invalid"
             raise _Refusal(reason, str(exc)) from None
-        which = request.WhichOneof("position")
-        position: vnode.Position = (
-            ("step", request.step) if which == "step" else ("request", request.request_id)
-        )
         return vnode.Message(
             forward=forward,
             job=request.job,
-            position=position,
+            position=_position(request),
             sender_vnode=request.sender_vnode,
             sender_replica=request.sender_replica,
             target_epoch=request.target_epoch,
@@ -939,6 +932,7 @@ class DataPlane:
             double_check=tuple(request.double_check),
             spot_check=_spot_check(request),
             evidence=evidence,
+            micro_batches=max(1, request.micro_batches),
         )
 
     def _check(
@@ -1017,7 +1011,7 @@ class DataPlane:
         position = request.WhichOneof("position")
         key = (
             instance.network, instance.vnode, instance.replica, request.job, request.attempt,
-            str(position), str(getattr(request, position or "step")),
+            str(position), str(getattr(request, position or "step")), str(request.micro),
         )  # fmt: skip
         if not request.reply_to or key in self._told:
             return
@@ -1039,6 +1033,8 @@ class DataPlane:
         }
         if position == "step":
             fields["step"] = request.step
+            fields["micro"] = request.micro
+            fields["micro_batches"] = request.micro_batches
         else:
             fields["request_id"] = request.request_id
         log.warning(
@@ -1077,6 +1073,9 @@ class DataPlane:
         if o.forward:
             fields["spot_check"] = o.spot_check
         fields["step" if o.position[0] == "step" else "request_id"] = o.position[1]
+        if o.micro_batches > 1:
+            fields["micro"] = vnode.part(o.position)
+            fields["micro_batches"] = o.micro_batches
         # The tensor is left to the sender: encoded only if it leaves this process.
         if o.forward:
             return await self._sender.send_forward(vnode_pb2.ForwardRequest(**fields), o.array)
@@ -1112,6 +1111,27 @@ def _spot_check(request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest) -
     return tuple(request.spot_check) if isinstance(request, vnode_pb2.ForwardRequest) else ()
 
 
+def _position(request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest) -> vnode.Position:
+    """The message's position; a part of a step cut into micro-batches is a position of its
+    own (`agent.vnode`, "Micro-batches")."""
+    if request.WhichOneof("position") != "step":
+        return ("request", request.request_id)
+    if request.micro_batches > 1:
+        return ("step", request.step, request.micro)
+    return ("step", request.step)
+
+
+def micro_problem(*, training: bool, micro: int, micro_batches: int) -> str | None:
+    """Why a message's micro-batch fields are invalid (vnode.proto), or None."""
+    if micro_batches > vnode.MAX_MICRO_BATCHES:
+        return f"micro_batches: {micro_batches} is over the limit of {vnode.MAX_MICRO_BATCHES}"
+    if micro_batches > 1 and not training:
+        return "micro_batches: an inference request (request_id) is not cut into parts"
+    if micro >= max(1, micro_batches):
+        return f"micro: {micro} is not a part of a step cut into {max(1, micro_batches)}"
+    return None
+
+
 def _slot(instance: vnode.Instance) -> Slot:
     return (instance.network, instance.vnode, instance.replica)
 
@@ -1120,6 +1140,11 @@ def _check_fields(request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest)
     which = request.WhichOneof("position")
     if which is None or (which == "request_id" and not request.request_id):
         raise _Refusal("Invalid", "position: set step (training) or request_id (inference)")
+    problem = micro_problem(
+        training=which == "step", micro=request.micro, micro_batches=request.micro_batches
+    )
+    if problem is not None:
+        raise _Refusal("Invalid", problem)
     for name in ("network", "target_vnode", "sender_vnode"):
         if not getattr(request, name):
             raise _Refusal("Invalid", f"{name}: required")

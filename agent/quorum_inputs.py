@@ -22,7 +22,8 @@ import numpy as np
 from api import quorum
 from api.dcnr.v1 import common_pb2
 
-Position = tuple[str, int | str]  # ("step", 5) or ("request", "r-1")
+#: ("step", 5), ("request", "r-1"), or a part of a step cut into micro-batches: ("step", 5, 2).
+Position = tuple[str, int | str] | tuple[str, int, int]
 #: What an empty "no gradient" / "no input" tensor is compared as.
 EMPTY = np.zeros((0,), dtype=np.float32)
 

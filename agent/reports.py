@@ -34,7 +34,13 @@ def check_failed(
         reporter=(request.network, request.target_vnode, request.target_replica),
         epoch=request.target_epoch,
         job=request.job,
-        position=("step", request.step) if which == "step" else ("request", request.request_id),
+        position=(
+            ("request", request.request_id)
+            if which != "step"
+            else ("step", request.step, request.micro)
+            if request.micro_batches > 1
+            else ("step", request.step)
+        ),
         forward=isinstance(request, vnode_pb2.ForwardRequest),
         outcome=validation_pb2.CheckOutcome(
             check=failed.check, result=validation_pb2.CHECK_RESULT_FAILED, message=failed.message
@@ -95,9 +101,9 @@ def _report(
         subject_epoch=subject[2],
         evidence=evidence[:MAX_EVIDENCE],
     )
-    kind, value = position
-    if kind == "step":
-        report.step = int(value)
+    if position[0] == "step":
+        report.step = int(position[1])
+        report.micro = vnode.part(position)
     else:
-        report.request_id = str(value)
+        report.request_id = str(position[1])
     return report

@@ -44,6 +44,24 @@ either, the gradient is refused "NoForward" as before, and the step times out in
 rollback), each for at most `HOLD_SECONDS`, and never across attempts (a newer attempt or a
 Restore drops them with everything else in flight).
 
+Micro-batches (GPipe-style pipelining, the job's `micro_batches`): the driver cuts a step's
+batch into N equal parts, each a position of its own, ("step", s, micro), so a part's forward
+may run here while another's backward does, and replicas' results are compared part by
+part. A loss (a sink) weighs its part 1/N: it differentiates its mean over the part's rows
+with the gradient [1/N, 0] (the losses' chain rule through the loss value), which is the
+whole batch's mean loss restricted to those rows, so every gradient on the wire is the one
+the whole batch gives those rows (its scale (1/N)/rows is 1/rows of the batch, up to one
+rounding), in float32 as in float64. Every part's backward computes its input gradients
+with the step's parameters as they were and adds its parameter gradients to the step's sum
+(`_Step`); the last of the N applies the optimizer once, to the sum: the whole batch's
+gradient, so the weights equal an unpipelined run's to floating-point tolerance (for kinds
+whose rows do not interact, which every built-in is; a batch statistic would see the part,
+not the batch). The state's step moves only then, so a checkpoint never sees half a step.
+A message whose N differs from the step's first is refused "Invalid"; a finished part's
+late duplicates are recognised until the step applies. No weight travels in a message: a
+liar cannot rescale a loss by editing a copied field, only cut the step otherwise, which
+stalls the step into a rollback rather than changing a weight.
+
 Attempts are tracked per job: the attempt of job A says nothing about job B (an inference
 request under another job id must not be refused because a training run is at attempt 7).
 
@@ -75,13 +93,15 @@ DEFAULT_OPTIMIZER = ("sgd", 0.01)
 REMEMBERED_REQUESTS = 1024
 #: The replica that checks replica 0's output of a spot-checked VNode (module docstring).
 CHECKER = 1
+#: Most parts a step may be cut into (the job's micro_batches; vnode.proto).
+MAX_MICRO_BATCHES = 64
 #: Gradients held for a forward pass still to come (module docstring), per instance: at
 #: most this many messages, this many bytes of tensors, each for at most this long.
 MAX_HELD = 64
 MAX_HELD_BYTES = 32 * 1024 * 1024
 HOLD_SECONDS = 60.0
 
-Position = quorum_inputs.Position  # ("step", 5) or ("request", "r-1")
+Position = quorum_inputs.Position  # ("step", 5), ("request", "r-1") or ("step", 5, 2)
 Finding = quorum_inputs.Finding
 
 
@@ -125,6 +145,8 @@ class Message:
     spot_check: tuple[str, ...] = ()
     #: The request as received with its sender's signature: what a report of it carries.
     evidence: common_pb2.SignedMessage | None = None
+    #: Parts the step is cut into (1: none); the part itself is the position's third item.
+    micro_batches: int = 1
 
 
 @dataclass(frozen=True)
@@ -141,6 +163,7 @@ class Outgoing:
     adaptive: bool = False
     double_check: tuple[str, ...] = ()
     spot_check: tuple[str, ...] = ()
+    micro_batches: int = 1
 
 
 class Received(NamedTuple):
@@ -173,6 +196,17 @@ class _Pending:
     awaiting_backward: bool = False
     #: Gradients that came before the forward pass, with when they came (module docstring).
     held: list[tuple[float, Message]] = field(default_factory=list)
+    #: Parts of the step (module docstring, "Micro-batches"); 1: the step is one batch.
+    micro_batches: int = 1
+
+
+@dataclass
+class _Step:
+    """A step cut into parts: the parameter gradients summed so far, and the parts done."""
+
+    parts: int
+    grads: dict[str, np.ndarray] = field(default_factory=dict)
+    done: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -236,6 +270,8 @@ class Instance:
         self._holding: collections.OrderedDict[tuple[str, Position], None] = (
             collections.OrderedDict()
         )
+        #: (job, step) → the step's parts' summed gradients, while it is cut into parts.
+        self._steps: dict[tuple[str, int], _Step] = {}
 
     def replicas_of(self, job: str, name: str) -> int:
         """How many replicas of neighbour `name` take part in `job`."""
@@ -273,6 +309,10 @@ class Instance:
             (training and int(m.position[1]) <= self.step) or key in self._finished_requests
         ):
             return Received(True, [], [])  # an old position, finished (or rolled back) long ago
+        if training:
+            self._check_parts(m, pending)
+            if pending is None and self._part_done(m):
+                return Received(True, [], [])  # a part whose backward is in the step's sum
         if m.forward and m.sender_vnode == self.vnode:
             return self._claimed(key, pending, m)
         if m.forward:
@@ -317,6 +357,7 @@ class Instance:
             adaptive=m.adaptive,
             double_check=m.double_check,
             spot_check=m.spot_check,
+            micro_batches=m.micro_batches,
         )
         return pending
 
@@ -372,6 +413,7 @@ class Instance:
                 reply_to=m.reply_to,
                 inputs=quorum_inputs.Inputs(m.job, m.position, forward=True),
                 grads=quorum_inputs.Inputs(m.job, m.position, forward=False),
+                micro_batches=m.micro_batches,
             )
         pending.held.append((self._clock(), m))
         pending.seen.add((m.forward, m.sender_vnode, m.sender_replica))
@@ -476,8 +518,11 @@ class Instance:
             out.append(self._outgoing(pending, m, True, self.vnode, CHECKER, output))
         if training and not self.children:  # a sink: backward starts here
             pending.cache = cache
+            # A loss of one part of N weighs 1/N of the step (module docstring).
+            parts = pending.micro_batches
+            seed = np.array([1.0 / parts, 0.0]) if kind.is_loss and parts > 1 else None
             try:
-                out += self._backward(pending, None, m)
+                out += self._backward(pending, seed, m)
             except ComputeFailed:
                 pending.cache = None
                 raise
@@ -541,11 +586,10 @@ class Instance:
             raise ComputeFailed(
                 f"kind {kind.name!r} of {self.vnode!r}, backward: {exc}", forward=False
             ) from None
-        if param_grads:
-            if self.optimizer is None:
-                self.optimizer = optim.make_optimizer(*DEFAULT_OPTIMIZER)
-            self.optimizer.step(self.params, param_grads)
-        self.step = max(self.step, int(m.position[1]))
+        if pending.micro_batches > 1:
+            self._add_part(m, pending.micro_batches, param_grads)
+        else:
+            self._apply(param_grads, int(m.position[1]))
         pending.cache = None
         pending.awaiting_backward = False
         per_parent: dict[str, np.ndarray | None] = dict.fromkeys(self._unique_parents)
@@ -558,6 +602,50 @@ class Instance:
             for parent, g in per_parent.items()
             for replica in self._targets(pending, m.job, parent, forward=False)
         ]
+
+    def _apply(self, grads: Mapping[str, np.ndarray], step: int) -> None:
+        """One optimizer step (none without gradients: optim's docstring), and the state is
+        now the step's."""
+        assert self.params is not None
+        if grads:
+            if self.optimizer is None:
+                self.optimizer = optim.make_optimizer(*DEFAULT_OPTIMIZER)
+            self.optimizer.step(self.params, grads)
+        self.step = max(self.step, step)
+
+    def _add_part(self, m: Message, parts: int, grads: Mapping[str, np.ndarray]) -> None:
+        """Add a part's parameter gradients to its step's sum; the last part applies it
+        (module docstring, "Micro-batches")."""
+        step, index = int(m.position[1]), part(m.position)
+        summed = self._steps.setdefault((m.job, step), _Step(parts))
+        for name, grad in grads.items():
+            held = summed.grads.get(name)
+            if held is None:
+                summed.grads[name] = np.array(grad, dtype=np.float64)
+            else:
+                held += grad
+        summed.done.add(index)
+        if len(summed.done) < parts:
+            return
+        del self._steps[(m.job, step)]
+        self._apply(summed.grads, step)
+
+    def _check_parts(self, m: Message, pending: _Pending | None) -> None:
+        """Refuse a message that cuts its step otherwise than the step's first did."""
+        known = pending.micro_batches if pending is not None else None
+        summed = self._steps.get((m.job, int(m.position[1])))
+        if known is None and summed is not None:
+            known = summed.parts
+        if known is not None and known != m.micro_batches:
+            raise Refused(
+                "Invalid",
+                f"micro_batches: {m.micro_batches} differs from the {known} parts step "
+                f"{m.position[1]} of job {m.job!r} is cut into here",
+            )
+
+    def _part_done(self, m: Message) -> bool:
+        summed = self._steps.get((m.job, int(m.position[1])))
+        return summed is not None and part(m.position) in summed.done
 
     def _outgoing(
         self,
@@ -580,6 +668,7 @@ class Instance:
             adaptive=pending.adaptive,
             double_check=pending.double_check,
             spot_check=pending.spot_check,
+            micro_batches=pending.micro_batches,
         )
 
     def _settle(self, key: tuple[str, Position], pending: _Pending, training: bool) -> None:
@@ -639,6 +728,8 @@ class Instance:
             del self._pending[key]
             self._lingering.pop(key, None)
             self._holding.pop(key, None)
+        for step in [k for k in self._steps if job is None or k[0] == job]:
+            del self._steps[step]
 
     # -- checkpoint and restore ---------------------------------------------------------------
 
@@ -704,3 +795,8 @@ class Instance:
         self.params = loaded.params if loaded is not None else None
         self.step = loaded.step if loaded is not None else step
         return self.step
+
+
+def part(position: Position) -> int:
+    """The part of its step a training position is (0 when the step is one batch)."""
+    return int(position[2]) if len(position) > 2 else 0

@@ -21,6 +21,12 @@ A baseline that cannot be flattered (issue 17):
 - Deliver streams made measurable: a fifth cluster like the second whose agents and
   orchestrator also have `--no-stream-delivery` (a unary call per message, to peers, to
   the driver and from it, as before Deliver) takes its turns too.
+- Pipelining made measurable: in every round the first cluster also runs the same job with
+  each step cut into MICRO_BATCHES micro-batches (`micro_batches`, GPipe-style), right
+  after its unpipelined job, on the same agents and placement. Placement gathers the small
+  digits network on one agent, where parts cannot overlap (one event loop computes them
+  all), so a sixth cluster of three agents with SPREAD_CPU each, too little for more than
+  a third of the network, forces the VNodes apart, and runs both jobs too.
 - A spread check: a reference whose per-epoch rates spread more than SPREAD_BOUND (p90 /
   p10; a quiet 2-core machine stays under 1.3) was measured under contention. Such a run
   is flagged in its notes, and its targets are reported as not evaluable (None), not as met
@@ -78,6 +84,18 @@ EAGER_INBOX = "in process, inbox verifying every signature"
 #: Like ALL_GRPC (whose agents and driver deliver on Deliver streams, the default), with
 #: unary calls.
 ALL_GRPC_UNARY = "all gRPC, unary calls"
+#: Not a cluster: the IN_PROCESS cluster's second job of each round, its steps cut into
+#: MICRO_BATCHES micro-batches (pipelined).
+PIPELINED = "in process, pipelined"
+MICRO_BATCHES = 4
+#: Three agents too small to hold more than about a third of digits' 900m of cpu requests
+#: each, so its VNodes sit on all three; and its pipelined job.
+SPREAD, SPREAD_PIPELINED = "spread over three agents", "spread over three agents, pipelined"
+SPREAD_CPU = "350m"
+#: Every cluster of a full run, in the order they take turns.
+CLUSTERS = (IN_PROCESS, ALL_GRPC, ONE_AGENT, EAGER_INBOX, ALL_GRPC_UNARY, SPREAD)
+#: Each cluster that also runs each round's job pipelined, and the label of that side.
+PIPELINED_SIDES = {IN_PROCESS: PIPELINED, SPREAD: SPREAD_PIPELINED}
 #: The agent flags of each cluster (the others: none).
 AGENT_FLAGS = {
     ALL_GRPC: ("--no-in-process-delivery",),
@@ -151,7 +169,10 @@ async def run(ctx: harness.Context) -> harness.Report:
                 "third cluster of one agent, and a fourth like the first whose orchestrator "
                 "has no --driver-listen (the others have it), and a fifth like the second "
                 "whose agents and driver send unary calls (--no-stream-delivery; the others: "
-                "Deliver streams, the driver's messages included)",
+                "Deliver streams, the driver's messages included); a sixth of three agents "
+                f"with {SPREAD_CPU} cpu each, so the VNodes are spread over them; the first "
+                f"and the sixth also run each round's job pipelined ({MICRO_BATCHES} "
+                "micro-batches a step)",
                 "batch_size": BATCH,
                 "rounds": size.rounds,
                 "epochs_per_round": size.epochs_per_round,
@@ -256,6 +277,29 @@ async def run(ctx: harness.Context) -> harness.Report:
             "co-located in the baseline cluster",
         )
     )
+    for whole_label, piped_label in PIPELINED_SIDES.items():
+        whole = harness.Stats.of(sides[whole_label].windows)
+        piped = harness.Stats.of(sides[piped_label].windows)
+        piped_walls = sides[piped_label].walls
+        report.compare(
+            harness.Comparison(
+                name=f"training samples/s, {MICRO_BATCHES} micro-batches a step vs whole "
+                f"batches, {whole_label}",
+                unit="samples/s",
+                measured=piped,
+                baseline_name="the same cluster's job with whole batches (micro_batches 1), "
+                "run just before it in every round",
+                baseline=whole,
+                note=f"batch {BATCH} cut into {MICRO_BATCHES} parts of {BATCH // MICRO_BATCHES} "
+                "in flight together, the same final weights (tests/integration/"
+                f"test_training.py); {_co_located(network, sides[whole_label].placement)} of "
+                f"the {edges} edges co-located, placement {sides[whole_label].placement}; "
+                f"{piped.p50 / baseline.p50:.3f}x of the reference (whole batches "
+                f"{whole.p50 / baseline.p50:.3f}x); Train->Succeeded wall per job "
+                f"{min(piped_walls):.2f}-{max(piped_walls):.2f}s (whole batches "
+                f"{min(sides[whole_label].walls):.2f}-{max(sides[whole_label].walls):.2f}s)",
+            )
+        )
     for figure in per_hop:
         report.compare(figure)
     if contended:
@@ -337,10 +381,14 @@ async def interleaved(
     size: Size,
     steps: int,
     manifest_file: Path,
-    clusters: Sequence[str] = (IN_PROCESS, ALL_GRPC, ONE_AGENT, EAGER_INBOX, ALL_GRPC_UNARY),
+    clusters: Sequence[str] = CLUSTERS,
+    *,
+    pipelined: bool = True,
 ) -> tuple[dict[str, Side], list[float]]:
     """Per cluster (IN_PROCESS, ALL_GRPC) its measurements, and the reference epochs'
-    samples/s; the clusters are up together and take turns with the reference."""
+    samples/s; the clusters are up together and take turns with the reference. `pipelined`:
+    the clusters of PIPELINED_SIDES also run each round's job with MICRO_BATCHES
+    micro-batches, measured as that side."""
     manifest = yaml.safe_load(await asyncio.to_thread(manifest_file.read_text))
     network = network_model.Network.model_validate(manifest)
     single: list[float] = []
@@ -357,8 +405,9 @@ async def interleaved(
                 procs.orchestrator(url, extra=serve, log=log, log_level="warning")
             )
             count = 1 if label == ONE_AGENT else 3
+            cpu = SPREAD_CPU if label == SPREAD else "2"
             fleet = stack.enter_context(
-                agents.agents(served.address, root, count, cpu="2", memory="2Gi", extra=extra)
+                agents.agents(served.address, root, count, cpu=cpu, memory="2Gi", extra=extra)
             )
             stack.callback(_kill, fleet)
             clients.append((label, cluster.Api(served.address), training_e2e.Jobs(served.address)))
@@ -369,6 +418,8 @@ async def interleaved(
                 await api.wait_resolvable(network.name, every, within=60)
                 where = await api.endpoints(network.name, list(every))
                 sides[label] = Side([], [], {v: e[0][0] for v, e in where.items()})
+                if label in PIPELINED_SIDES and pipelined:
+                    sides[PIPELINED_SIDES[label]] = Side([], [], sides[label].placement)
             for r in range(size.rounds):
                 ctx.log(f"training: round {r + 1}/{size.rounds}: reference")
                 single += await asyncio.to_thread(
@@ -380,6 +431,17 @@ async def interleaved(
                     sides[label].windows += found
                     sides[label].walls.append(wall)
                     sides[label].job = job
+                    if label not in PIPELINED_SIDES or not pipelined:
+                        continue
+                    piped = PIPELINED_SIDES[label]
+                    ctx.log(f"training: round {r + 1}/{size.rounds}: {piped}")
+                    found, wall, job = await _job(
+                        jobs, network.name, f"bench-{r}-piped", size, steps,
+                        micro_batches=MICRO_BATCHES,
+                    )  # fmt: skip
+                    sides[piped].windows += found
+                    sides[piped].walls.append(wall)
+                    sides[piped].job = job
         finally:
             for _label, api, jobs in clients:
                 await api.close()
@@ -388,12 +450,18 @@ async def interleaved(
 
 
 async def _job(
-    jobs: training_e2e.Jobs, network: str, name: str, size: Size, steps: int
+    jobs: training_e2e.Jobs,
+    network: str,
+    name: str,
+    size: Size,
+    steps: int,
+    *,
+    micro_batches: int = 0,
 ) -> tuple[list[float], float, job_model.Job]:
     request = job_pb2.TrainRequest(
         header=cluster.HEADER, name=name, network=network, epochs=size.epochs_per_round,
         batch_size=BATCH, optimizer=OPTIMIZER, learning_rate=LEARNING_RATE, seed=SEED,
-        checkpoint_interval=steps,
+        checkpoint_interval=steps, micro_batches=micro_batches,
     )  # fmt: skip
     started = time.perf_counter()
     await jobs.stub.Train(request, timeout=30)

@@ -89,7 +89,7 @@ async def run(ctx: harness.Context) -> harness.Report:
             },
         )
         sides, single = await training.interleaved(
-            ctx, size, steps, manifest_file, clusters=(training.IN_PROCESS,)
+            ctx, size, steps, manifest_file, clusters=(training.IN_PROCESS,), pipelined=False
         )
     side = sides[training.IN_PROCESS]
     measured, baseline = harness.Stats.of(side.windows), harness.Stats.of(single)

@@ -274,6 +274,7 @@ def job_text(found: job.Job, now: datetime, seen: Seen = ()) -> str:
         ("Learning Rate", f"{spec.learning_rate:g}"),
         ("Checkpoint Interval", f"{spec.checkpoint_interval} steps"),
         ("Seed", str(spec.seed)),
+        *([("Micro Batches", str(spec.micro_batches))] if spec.micro_batches > 1 else []),
     ], INDENT)  # fmt: skip
     speed = st.samples_per_second
     out += "Status:\n" + fields([

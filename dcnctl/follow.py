@@ -49,6 +49,7 @@ def train(args: argparse.Namespace, c: Client) -> int:
         learning_rate=args.lr or 0.0,
         checkpoint_interval=args.checkpoint_interval or 0,
         seed=args.seed,
+        micro_batches=args.micro_batches or 0,
     )
     if args.data:
         request.data.url = args.data

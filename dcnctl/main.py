@@ -134,6 +134,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--checkpoint-interval", type=int, metavar="STEPS")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--micro-batches", type=int, metavar="N",
+                   help="cut each step's batch into N parts pipelined through the network "
+                        "(same weights as N=1, the default; N must divide the batch "
+                        "size)")  # fmt: skip
     p.add_argument("--name", help="job name (default: generated from the network's)")
     p.add_argument("--detach", action="store_true", help="print the job name and exit")
 

@@ -148,6 +148,7 @@ async def start_job(c: client_mod.Client, body: kopf.Body, spec: kopf.Spec) -> j
         learning_rate=parsed.learning_rate,
         checkpoint_interval=parsed.checkpoint_interval,
         seed=parsed.seed,
+        micro_batches=parsed.micro_batches,
         labels={status.NAMESPACE_LABEL: body.metadata.namespace or ""},
     )
     if parsed.data is not None:

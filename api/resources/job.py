@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from api.resources.meta import Condition, DNSSubdomain, Model, Resource
 from api.resources.network import DataRef
 
 JobType = Literal["train", "infer"]
+#: Most parts a step's batch may be cut into (the VNodes' bound: agent.vnode.MAX_MICRO_BATCHES).
+MAX_MICRO_BATCHES = 64
 Optimizer = Literal["sgd", "momentum", "adam"]
 
 
@@ -31,6 +33,23 @@ class JobSpec(Model):
     checkpoint_interval: int = Field(default=50, ge=1)
     #: Seed of every random choice in the run (initialization, shuffling).
     seed: int = 0
+    #: Cut each step's batch into this many equal parts, pipelined through the network
+    #: (GPipe-style: gradients summed and applied once per step, so the weights equal an
+    #: unpipelined run's to floating-point tolerance). 1: no pipelining. Must divide
+    #: batch_size; an epoch's last, shorter batch is cut into the most parts, at most this
+    #: many, that divide it.
+    micro_batches: int = Field(default=1, ge=1, le=MAX_MICRO_BATCHES)
+
+    @field_validator("micro_batches")
+    @classmethod
+    def _parts_divide_batch(cls, value: int, info: ValidationInfo) -> int:
+        batch = info.data.get("batch_size")
+        if isinstance(batch, int) and batch % value:
+            raise ValueError(
+                f"{value} does not divide batch_size {batch}; every micro-batch of a step "
+                "must hold as many samples"
+            )
+        return value
 
 
 JobPhase = Literal["Pending", "Running", "Paused", "Succeeded", "Failed", "Cancelled"]

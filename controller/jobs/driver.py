@@ -14,7 +14,12 @@ One run (a task the job loop keeps on the replica that owns the job) goes:
    epochs it restored;
 4. step s = checkpoint_step+1 … total: send the batch's row indices to every replica of
    every source and wait until every sink replica's Forward and every source replica's
-   Backward arrived; the sinks' replicas are compared there (controller.jobs.driver_inbox);
+   Backward arrived; the sinks' replicas are compared there (controller.jobs.driver_inbox).
+   With `micro_batches` N > 1 the batch is cut into N equal parts (`driver_plan.parts`),
+   each a position of its own with a mailbox of its own, and each part is sent as soon as
+   the sources took the one before, so parts are in flight together (GPipe): the step is
+   done when every part's mailbox is complete (the VNodes apply their summed gradients once,
+   after the last part: agent.vnode, "Micro-batches"), and fails when any part fails;
 5. every `checkpoint_interval` steps and at the end, Checkpoint every replica and record the
    step and each VNode's majority blob only when all succeeded (controller.jobs.driver_checkpoint);
    progress is written at most every `progress_every` seconds, at checkpoints and at the end.
@@ -67,6 +72,7 @@ from controller.jobs import (
     job_watch,
     model_state,
 )
+from controller.runtime import signal as signal_mod
 from controller.state import view as view_mod
 from controller.trust import book as trust
 from store import errors, retry
@@ -350,21 +356,29 @@ class TrainingRun:
             suspects = ctx.suspects.holding(plan.slots)
             if suspects:  # wait (Paused) until their slots have moved, not feed them on
                 raise Rollback(f"step {step}: pnode {', '.join(suspects)} is being marked Bugged")
-            box = ctx.results.inbox.open(
-                job=self.name,
-                network=plan.network,
-                attempt=self.attempt,
-                position=step,
-                sinks={s: plan.replicas_of(s) for s in plan.sinks},
-                sources={s: plan.replicas_of(s) for s in plan.sources},
-            )
+            parts = driver_plan.parts(plan.micro_batches, len(indices))
+            changed = signal_mod.Signal(ctx.clock)  # one for the step's parts
+            boxes = [
+                ctx.results.inbox.open(
+                    job=self.name,
+                    network=plan.network,
+                    attempt=self.attempt,
+                    position=step if parts == 1 else (step, part),
+                    sinks={s: plan.replicas_of(s) for s in plan.sinks},
+                    sources={s: plan.replicas_of(s) for s in plan.sources},
+                    changed=changed,
+                )
+                for part in range(parts)
+            ]
             try:
-                await calls.step(box, step, indices)
+                await calls.step(boxes, step, indices)
             finally:
-                ctx.results.inbox.close(box)
-            self._credit(plan, box.struck)
+                for box in boxes:
+                    ctx.results.inbox.close(box)
+            self._credit(plan, set().union(*(box.struck for box in boxes)))
             window.samples += len(indices)
-            _collect(box, window)
+            for box in boxes:  # equal parts: the mean of theirs is the step's
+                _collect(box, window)
             done_epoch = epoch + 1
             checkpoint = step % spec.checkpoint_interval == 0 or step == plan.total
             now = ctx.clock.monotonic()

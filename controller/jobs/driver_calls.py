@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
@@ -60,6 +60,13 @@ class Checkpointed:
     outliers: tuple[str, ...] = ()
     #: Slots whose blob's bytes do not match the digest they claimed (their PNode lied).
     forged: tuple[str, ...] = ()
+
+
+def _missing(boxes: Sequence[driver_inbox.Mailbox]) -> list[str]:
+    """What the step's mailboxes wait for, each part named when there are several."""
+    if len(boxes) == 1:
+        return boxes[0].missing()
+    return [f"{what} of part {i}" for i, box in enumerate(boxes) for what in box.missing()]
 
 
 def blob_text(blob: common_pb2.BlobRef) -> str:
@@ -183,16 +190,23 @@ class Calls:
     # -- one step -------------------------------------------------------------------------
 
     async def step(
-        self, box: driver_inbox.Mailbox, step: int, indices: np.ndarray[Any, Any]
+        self,
+        boxes: Sequence[driver_inbox.Mailbox],
+        step: int,
+        indices: np.ndarray[Any, Any],
     ) -> None:
-        """Send the batch to every replica of every source; return once `box` is complete."""
+        """Send the batch to every replica of every source, cut into one equal part per
+        mailbox of `boxes` (one: the whole batch; several: micro-batches, each part sent once
+        the sources took the one before, so parts are in flight together); return once every
+        mailbox is complete. The mailboxes share one `changed` signal."""
         plan, clock = self._plan, self._clock
         deadline = clock.monotonic() + self._timeout
         signal = self._view.network_signal(plan.network)
         seen = signal.value
-        tensor = tensors.encode(indices)
+        parts = len(boxes)
+        changed = boxes[0].changed
 
-        async def one(source: str, replica: int) -> None:
+        async def one(source: str, replica: int, part: int, tensor: common_pb2.Tensor) -> None:
             request = vnode_pb2.ForwardRequest(
                 job=self._job.name,
                 step=step,
@@ -205,6 +219,8 @@ class Calls:
                 reply_to=self._reply_to,
                 attempt=self._attempt,
             )
+            if parts > 1:
+                request.micro, request.micro_batches = part, parts
             await self._client.forward(
                 plan.network,
                 source,
@@ -214,28 +230,36 @@ class Calls:
                 replica=replica,
             )
 
-        sends = asyncio.ensure_future(
-            self._all(
-                [one(s, r) for s, r in self._replicas(plan.sources)],
-                f"step {step}: sending the batch",
-            )
-        )
+        async def send_all() -> None:
+            for part, rows in enumerate(np.split(indices, parts)):
+                tensor = tensors.encode(rows)
+                await self._all(
+                    [one(s, r, part, tensor) for s, r in self._replicas(plan.sources)],
+                    f"step {step}: sending the batch"
+                    + (f" (part {part} of {parts})" if parts > 1 else ""),
+                )
+
+        sends = asyncio.ensure_future(send_all())
         try:
-            while not (box.complete and sends.done()):
-                if box.failed is not None:
-                    if box.disputed is not None:
-                        raise Disputed(box.disputed, f"step {step}: {box.failed}")
-                    raise Rollback(f"step {step}: {box.failed}")
+            while not (all(box.complete for box in boxes) and sends.done()):
+                failed = next((box for box in boxes if box.failed is not None), None)
+                if failed is not None:
+                    where = f"step {step}" + (
+                        f" (part {boxes.index(failed)} of {parts})" if parts > 1 else ""
+                    )
+                    if failed.disputed is not None:
+                        raise Disputed(failed.disputed, f"{where}: {failed.failed}")
+                    raise Rollback(f"{where}: {failed.failed}")
                 if sends.done():
                     sends.result()  # raises the Rollback of a failed send
                 remaining = deadline - clock.monotonic()
                 if remaining <= 0:
-                    waiting = ", ".join(box.missing()) or "the sources to accept the batch"
+                    waiting = ", ".join(_missing(boxes)) or "the sources to accept the batch"
                     raise Rollback(
                         f"step {step} timed out after {self._timeout:g} s waiting for {waiting}"
                     )
                 waits: list[Awaitable[Any]] = [
-                    box.changed.wait_past(box.changed.value),
+                    changed.wait_past(changed.value),
                     signal.wait_past(seen),
                 ]
                 if not sends.done():

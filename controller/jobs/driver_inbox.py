@@ -117,10 +117,12 @@ class Inbox:
         position: Position,
         sinks: Iterable[str] | Mapping[str, int],
         sources: Iterable[str] | Mapping[str, int] = (),
+        changed: signal_mod.Signal | None = None,
     ) -> Mailbox:
         """Open before sending anything for the position, so no reply can arrive first.
         `sinks`/`sources`: names (one replica each) or name → replicas to wait for.
-        `sources` empty: an inference, which has no backward pass."""
+        `sources` empty: an inference, which has no backward pass. `changed`: the signal
+        bumped on every arrival (the parts of one step share one); None: a new one."""
         box = Mailbox(
             job,
             network,
@@ -128,7 +130,7 @@ class Inbox:
             position,
             _counts(sinks),
             _counts(sources),
-            changed=signal_mod.Signal(self._clock),
+            changed=changed or signal_mod.Signal(self._clock),
         )
         self._boxes[(job, attempt, position)] = box
         self._attempts[job] = max(attempt, self._attempts.get(job, attempt))
@@ -136,8 +138,9 @@ class Inbox:
 
     def close(self, box: Mailbox) -> None:
         self._boxes.pop((box.job, box.attempt, box.position), None)
-        if isinstance(box.position, int) and box.complete:
-            self._closed[box.job] = (box.attempt, box.position)
+        step = _step_of(box.position)
+        if step is not None and box.complete:
+            self._closed[box.job] = (box.attempt, step)
 
     def forget(self, job: str) -> None:
         """The run of `job` on this replica ended."""
@@ -150,10 +153,10 @@ class Inbox:
     def fail(self, job: str, position: Position, why: str, *, disputed: str | None = None) -> bool:
         """Mark the open mailbox of `job` at `position` (any attempt) failed; False if none.
         `disputed`: the VNode whose replicas disagreed with no majority (an agent's report),
-        so the run knows a tiebreaker was requested."""
+        so the run knows a tiebreaker was requested. A step (int) names every part of it."""
         found = False
         for (j, _, p), box in list(self._boxes.items()):
-            if j == job and p == position and box.failed is None:
+            if j == job and _within(p, position) and box.failed is None:
                 box.fail(why, disputed=disputed)
                 found = True
         if found and disputed is not None:
@@ -163,10 +166,11 @@ class Inbox:
     def strike(self, job: str, position: Position, pnode: str) -> bool:
         """An agent reported that `pnode`'s result at `position` lost a comparison (it is
         struck elsewhere): the run gives it no credit for the position, and the checkpoint
-        interval is not clean. False if no mailbox of the job is open there."""
+        interval is not clean. False if no mailbox of the job is open there. A step (int)
+        names every part of it."""
         found = False
         for (j, _, p), box in list(self._boxes.items()):
-            if j == job and p == position:
+            if j == job and _within(p, position):
                 box.struck.add(pnode)
                 found = True
         self.disagreed(job)
@@ -335,9 +339,10 @@ class Inbox:
                 reason="StaleAttempt",
             )
         closed = self._closed.get(request.job)
-        if closed is not None and isinstance(position, int):
+        asked = _step_of(position)
+        if closed is not None and asked is not None:
             attempt, step = closed
-            if request.attempt == attempt and position <= step:
+            if request.attempt == attempt and asked <= step:
                 return True
         raise faults.FailedPrecondition(
             f"no run on this orchestrator waits for job {request.job!r} position {position!r} "
@@ -347,7 +352,25 @@ class Inbox:
 
 
 def _position(request: vnode_pb2.ForwardRequest | vnode_pb2.BackwardRequest) -> Position:
-    return request.step if request.WhichOneof("position") == "step" else request.request_id
+    if request.WhichOneof("position") != "step":
+        return request.request_id
+    if request.micro_batches > 1:
+        return (request.step, request.micro)
+    return request.step
+
+
+def _step_of(position: Position) -> int | None:
+    """The training step of a position (None: an inference request)."""
+    if isinstance(position, tuple):
+        return position[0]
+    return position if isinstance(position, int) else None
+
+
+def _within(position: Position, named: Position) -> bool:
+    """Whether `position` is `named`, or a part of the step `named`."""
+    return position == named or (
+        isinstance(position, tuple) and isinstance(named, int) and position[0] == named
+    )
 
 
 def _names(names: Iterable[str]) -> str:

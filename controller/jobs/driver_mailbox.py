@@ -16,7 +16,9 @@ from api import quorum
 from api.dcnr.v1 import common_pb2
 from controller.runtime import signal as signal_mod
 
-Position = int | str
+#: A training step, an inference request id, or a part of a step cut into micro-batches:
+#: (step, part).
+Position = int | str | tuple[int, int]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

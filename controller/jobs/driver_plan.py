@@ -39,6 +39,8 @@ class Plan:
     replicas: dict[str, int] = dataclasses.field(default_factory=dict)
     #: vnode → its parents and children, whose counts its Restore carries.
     neighbours: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    #: Parts each step's batch is cut into (the job's micro_batches; `parts`).
+    micro_batches: int = 1
 
     def replicas_of(self, vnode: str) -> int:
         return self.replicas.get(vnode, 1)
@@ -68,6 +70,13 @@ def topology(net: net_model.Network) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 def replica_counts(net: net_model.Network) -> dict[str, int]:
     return {v.name: net.replicas_of(v) for v in net.spec.vnodes}
+
+
+def parts(micro_batches: int, rows: int) -> int:
+    """How many equal parts a batch of `rows` samples is cut into: the most, at most
+    `micro_batches`, that divide it (the job's batch_size always divides; an epoch's last,
+    shorter batch may be cut into fewer), so every part of a step weighs the same."""
+    return max(n for n in range(1, min(micro_batches, rows) + 1) if rows % n == 0)
 
 
 def epoch_order(*, seed: int, epoch: int, rows: int) -> np.ndarray[Any, Any]:
@@ -129,4 +138,5 @@ def make_plan(job: job_model.Job, net: net_model.Network, *, rows: int) -> Plan:
         total=job.spec.epochs * per_epoch,
         replicas=replicas,
         neighbours=net.neighbours(),
+        micro_batches=job.spec.micro_batches,
     )

@@ -366,7 +366,10 @@ class JobService(job_pb2_grpc.JobServiceServicer):
 
 def _spec(request: job_pb2.TrainRequest) -> job_model.JobSpec:
     given: dict[str, Any] = {"network": request.network}
-    for name in ("epochs", "batch_size", "learning_rate", "checkpoint_interval", "optimizer"):
+    for name in (
+        "epochs", "batch_size", "learning_rate", "checkpoint_interval", "optimizer",
+        "micro_batches",
+    ):  # fmt: skip
         value = getattr(request, name)
         if value:
             given[name] = value

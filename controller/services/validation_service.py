@@ -317,6 +317,7 @@ class ValidationService(validation_pb2_grpc.ValidationServiceServicer):
             reporter=request.pnode_id,
             reporter_slot=(request.vnode, request.replica, request.epoch),
             subject=(request.subject_vnode, request.subject_replica, request.subject_epoch),
+            micro=request.micro,
         )
 
         def hosts(vnode: str, replica: int) -> tuple[str, int] | None:

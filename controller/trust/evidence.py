@@ -13,7 +13,8 @@ What each SignedMessage must be, in order (the first failure decides):
       (an expired certificate: the slot may have rotated)      stale-evidence     nobody
     the method is the report's phase (Forward / Backward),     evidence-mismatch  reporter
       the body parses as its request, names the report's job,
-      position, network, and the subject VNode as sender
+      position (and micro-batch part), network, and the
+      subject VNode as sender
     its target is the reporter's slot, at the report's epoch   evidence-mismatch  reporter
     the sender slot is held now at the body's sender epoch     stale-evidence     nobody
     the signer is the PNode holding the sender slot            wrong-signer       reporter
@@ -101,6 +102,8 @@ class Accusation:
     reporter_slot: tuple[str, int, int]
     #: The accused slot (vnode, replica, epoch).
     subject: tuple[str, int, int]
+    #: The part of the step, when it is cut into micro-batches (0: none or the first).
+    micro: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,6 +237,7 @@ def _same(accusation: Accusation, request: Request) -> None:
     pairs: tuple[tuple[str, object, object], ...] = (
         ("job", request.job, accusation.job),
         ("position", position, accusation.position),
+        ("micro", request.micro, accusation.micro),
         ("network", request.network, accusation.network),
         ("sender_vnode", request.sender_vnode, accusation.subject[0]),
         ("target_vnode", request.target_vnode, vnode),

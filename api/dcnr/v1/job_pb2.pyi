@@ -61,6 +61,7 @@ class TrainRequest(_message.Message):
     CHECKPOINT_INTERVAL_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    MICRO_BATCHES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Job name; empty: generated from the network's name."""
     network: _builtins.str
@@ -76,6 +77,12 @@ class TrainRequest(_message.Message):
     seed: _builtins.int
     """Seed of every random choice in the run (initialization, shuffling), for reproducibility.
     Zero is a valid seed and also the default.
+    """
+    micro_batches: _builtins.int
+    """Cut each step's batch into this many micro-batches, pipelined through the network
+    (GPipe-style: the forward of one overlaps the backward of another; gradients are summed
+    and applied once per step, so the weights equal an unpipelined run's to floating-point
+    tolerance). Zero: the default, 1 (no pipelining). At most batch_size and 64.
     """
     @_builtins.property
     def header(self) -> _common_pb2.RequestHeader: ...
@@ -99,10 +106,11 @@ class TrainRequest(_message.Message):
         checkpoint_interval: _builtins.int = ...,
         seed: _builtins.int = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        micro_batches: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "checkpoint_interval", b"checkpoint_interval", "data", b"data", "epochs", b"epochs", "header", b"header", "labels", b"labels", "learning_rate", b"learning_rate", "name", b"name", "network", b"network", "optimizer", b"optimizer", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "checkpoint_interval", b"checkpoint_interval", "data", b"data", "epochs", b"epochs", "header", b"header", "labels", b"labels", "learning_rate", b"learning_rate", "micro_batches", b"micro_batches", "name", b"name", "network", b"network", "optimizer", b"optimizer", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,25 +25,25 @@ _sym_db = _symbol_database.Default()
 from api.dcnr.v1 import common_pb2 as dcnr_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64\x63nr/v1/validation.proto\x12\x07\x64\x63nr.v1\x1a\x14\x64\x63nr/v1/common.proto\"T\n\x0c\x43heckOutcome\x12\r\n\x05\x63heck\x18\x01 \x01(\t\x12$\n\x06result\x18\x02 \x01(\x0e\x32\x14.dcnr.v1.CheckResult\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xb8\x03\n\x13ReportResultRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x10\n\x08pnode_id\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\x03\x12\x0b\n\x03job\x18\x04 \x01(\t\x12\x0e\n\x04step\x18\x05 \x01(\x03H\x00\x12\x14\n\nrequest_id\x18\x06 \x01(\tH\x00\x12\x0f\n\x07network\x18\x07 \x01(\t\x12\r\n\x05vnode\x18\x08 \x01(\t\x12\x0f\n\x07replica\x18\t \x01(\r\x12\r\n\x05\x65poch\x18\n \x01(\x03\x12$\n\x05phase\x18\x0b \x01(\x0e\x32\x15.dcnr.v1.ComputePhase\x12\x15\n\rresult_digest\x18\x0c \x01(\x0c\x12%\n\x06\x63hecks\x18\r \x03(\x0b\x32\x15.dcnr.v1.CheckOutcome\x12\x15\n\rsubject_vnode\x18\x0e \x01(\t\x12\x17\n\x0fsubject_replica\x18\x0f \x01(\r\x12\x15\n\rsubject_epoch\x18\x10 \x01(\x03\x12(\n\x08\x65vidence\x18\x11 \x03(\x0b\x32\x16.dcnr.v1.SignedMessageB\n\n\x08position\"l\n\x14ReportResultResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.dcnr.v1.ResponseHeader\x12+\n\x07verdict\x18\x02 \x01(\x0e\x32\x1a.dcnr.v1.ValidationVerdict*d\n\x0c\x43omputePhase\x12\x1d\n\x19\x43OMPUTE_PHASE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43OMPUTE_PHASE_FORWARD\x10\x01\x12\x1a\n\x16\x43OMPUTE_PHASE_BACKWARD\x10\x02*\x92\x01\n\x0b\x43heckResult\x12\x1c\n\x18\x43HECK_RESULT_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43HECK_RESULT_PASSED\x10\x01\x12\x17\n\x13\x43HECK_RESULT_FAILED\x10\x02\x12\x18\n\x14\x43HECK_RESULT_SKIPPED\x10\x03\x12\x19\n\x15\x43HECK_RESULT_DISPUTED\x10\x04*\xba\x01\n\x11ValidationVerdict\x12\"\n\x1eVALIDATION_VERDICT_UNSPECIFIED\x10\x00\x12\x1e\n\x1aVALIDATION_VERDICT_PENDING\x10\x01\x12\x1f\n\x1bVALIDATION_VERDICT_ACCEPTED\x10\x02\x12\x1f\n\x1bVALIDATION_VERDICT_DISPUTED\x10\x03\x12\x1f\n\x1bVALIDATION_VERDICT_REJECTED\x10\x04\x32`\n\x11ValidationService\x12K\n\x0cReportResult\x12\x1c.dcnr.v1.ReportResultRequest\x1a\x1d.dcnr.v1.ReportResultResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64\x63nr/v1/validation.proto\x12\x07\x64\x63nr.v1\x1a\x14\x64\x63nr/v1/common.proto\"T\n\x0c\x43heckOutcome\x12\r\n\x05\x63heck\x18\x01 \x01(\t\x12$\n\x06result\x18\x02 \x01(\x0e\x32\x14.dcnr.v1.CheckResult\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xc7\x03\n\x13ReportResultRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.dcnr.v1.RequestHeader\x12\x10\n\x08pnode_id\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\x03\x12\x0b\n\x03job\x18\x04 \x01(\t\x12\x0e\n\x04step\x18\x05 \x01(\x03H\x00\x12\x14\n\nrequest_id\x18\x06 \x01(\tH\x00\x12\x0f\n\x07network\x18\x07 \x01(\t\x12\r\n\x05vnode\x18\x08 \x01(\t\x12\x0f\n\x07replica\x18\t \x01(\r\x12\r\n\x05\x65poch\x18\n \x01(\x03\x12$\n\x05phase\x18\x0b \x01(\x0e\x32\x15.dcnr.v1.ComputePhase\x12\x15\n\rresult_digest\x18\x0c \x01(\x0c\x12%\n\x06\x63hecks\x18\r \x03(\x0b\x32\x15.dcnr.v1.CheckOutcome\x12\x15\n\rsubject_vnode\x18\x0e \x01(\t\x12\x17\n\x0fsubject_replica\x18\x0f \x01(\r\x12\x15\n\rsubject_epoch\x18\x10 \x01(\x03\x12(\n\x08\x65vidence\x18\x11 \x03(\x0b\x32\x16.dcnr.v1.SignedMessage\x12\r\n\x05micro\x18\x12 \x01(\rB\n\n\x08position\"l\n\x14ReportResultResponse\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.dcnr.v1.ResponseHeader\x12+\n\x07verdict\x18\x02 \x01(\x0e\x32\x1a.dcnr.v1.ValidationVerdict*d\n\x0c\x43omputePhase\x12\x1d\n\x19\x43OMPUTE_PHASE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43OMPUTE_PHASE_FORWARD\x10\x01\x12\x1a\n\x16\x43OMPUTE_PHASE_BACKWARD\x10\x02*\x92\x01\n\x0b\x43heckResult\x12\x1c\n\x18\x43HECK_RESULT_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43HECK_RESULT_PASSED\x10\x01\x12\x17\n\x13\x43HECK_RESULT_FAILED\x10\x02\x12\x18\n\x14\x43HECK_RESULT_SKIPPED\x10\x03\x12\x19\n\x15\x43HECK_RESULT_DISPUTED\x10\x04*\xba\x01\n\x11ValidationVerdict\x12\"\n\x1eVALIDATION_VERDICT_UNSPECIFIED\x10\x00\x12\x1e\n\x1aVALIDATION_VERDICT_PENDING\x10\x01\x12\x1f\n\x1bVALIDATION_VERDICT_ACCEPTED\x10\x02\x12\x1f\n\x1bVALIDATION_VERDICT_DISPUTED\x10\x03\x12\x1f\n\x1bVALIDATION_VERDICT_REJECTED\x10\x04\x32`\n\x11ValidationService\x12K\n\x0cReportResult\x12\x1c.dcnr.v1.ReportResultRequest\x1a\x1d.dcnr.v1.ReportResultResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'api.dcnr.v1.validation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMPUTEPHASE']._serialized_start=698
-  _globals['_COMPUTEPHASE']._serialized_end=798
-  _globals['_CHECKRESULT']._serialized_start=801
-  _globals['_CHECKRESULT']._serialized_end=947
-  _globals['_VALIDATIONVERDICT']._serialized_start=950
-  _globals['_VALIDATIONVERDICT']._serialized_end=1136
+  _globals['_COMPUTEPHASE']._serialized_start=713
+  _globals['_COMPUTEPHASE']._serialized_end=813
+  _globals['_CHECKRESULT']._serialized_start=816
+  _globals['_CHECKRESULT']._serialized_end=962
+  _globals['_VALIDATIONVERDICT']._serialized_start=965
+  _globals['_VALIDATIONVERDICT']._serialized_end=1151
   _globals['_CHECKOUTCOME']._serialized_start=59
   _globals['_CHECKOUTCOME']._serialized_end=143
   _globals['_REPORTRESULTREQUEST']._serialized_start=146
-  _globals['_REPORTRESULTREQUEST']._serialized_end=586
-  _globals['_REPORTRESULTRESPONSE']._serialized_start=588
-  _globals['_REPORTRESULTRESPONSE']._serialized_end=696
-  _globals['_VALIDATIONSERVICE']._serialized_start=1138
-  _globals['_VALIDATIONSERVICE']._serialized_end=1234
+  _globals['_REPORTRESULTREQUEST']._serialized_end=601
+  _globals['_REPORTRESULTRESPONSE']._serialized_start=603
+  _globals['_REPORTRESULTRESPONSE']._serialized_end=711
+  _globals['_VALIDATIONSERVICE']._serialized_start=1153
+  _globals['_VALIDATIONSERVICE']._serialized_end=1249
 # @@protoc_insertion_point(module_scope)

@@ -155,6 +155,7 @@ class ReportResultRequest(_message.Message):
     SUBJECT_REPLICA_FIELD_NUMBER: _builtins.int
     SUBJECT_EPOCH_FIELD_NUMBER: _builtins.int
     EVIDENCE_FIELD_NUMBER: _builtins.int
+    MICRO_FIELD_NUMBER: _builtins.int
     pnode_id: _builtins.str
     incarnation: _builtins.int
     job: _builtins.str
@@ -178,6 +179,11 @@ class ReportResultRequest(_message.Message):
     """
     subject_replica: _builtins.int
     subject_epoch: _builtins.int
+    micro: _builtins.int
+    """Training with micro-batches: the part of the step (ForwardRequest.micro) the reported
+    result belongs to; every piece of evidence must be of this part, so replicas' results are
+    compared like with like. 0 without micro-batches.
+    """
     @_builtins.property
     def header(self) -> _common_pb2.RequestHeader: ...
     @_builtins.property
@@ -227,10 +233,11 @@ class ReportResultRequest(_message.Message):
         subject_replica: _builtins.int = ...,
         subject_epoch: _builtins.int = ...,
         evidence: _abc.Iterable[_common_pb2.SignedMessage] | None = ...,
+        micro: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "position", b"position", "request_id", b"request_id", "step", b"step"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks", "epoch", b"epoch", "evidence", b"evidence", "header", b"header", "incarnation", b"incarnation", "job", b"job", "network", b"network", "phase", b"phase", "pnode_id", b"pnode_id", "position", b"position", "replica", b"replica", "request_id", b"request_id", "result_digest", b"result_digest", "step", b"step", "subject_epoch", b"subject_epoch", "subject_replica", b"subject_replica", "subject_vnode", b"subject_vnode", "vnode", b"vnode"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks", "epoch", b"epoch", "evidence", b"evidence", "header", b"header", "incarnation", b"incarnation", "job", b"job", "micro", b"micro", "network", b"network", "phase", b"phase", "pnode_id", b"pnode_id", "position", b"position", "replica", b"replica", "request_id", b"request_id", "result_digest", b"result_digest", "step", b"step", "subject_epoch", b"subject_epoch", "subject_replica", b"subject_replica", "subject_vnode", b"subject_vnode", "vnode", b"vnode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_position: _TypeAlias = _typing.Literal["step", "request_id"]  # noqa: Y015
     _WhichOneofArgType_position: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015

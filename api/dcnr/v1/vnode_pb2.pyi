@@ -66,6 +66,8 @@ class ForwardRequest(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     COMPUTE_FAILURE_FIELD_NUMBER: _builtins.int
     SPOT_CHECK_FIELD_NUMBER: _builtins.int
+    MICRO_FIELD_NUMBER: _builtins.int
+    MICRO_BATCHES_FIELD_NUMBER: _builtins.int
     job: _builtins.str
     step: _builtins.int
     request_id: _builtins.str
@@ -106,6 +108,18 @@ class ForwardRequest(_message.Message):
     be a sink: any VNode of the network may fail. The VNode still refuses the message it
     could not compute (INVALID_ARGUMENT, reason "Invalid") to whoever sent it.
     """
+    micro: _builtins.int
+    """Training with micro-batches (the job's micro_batches, GPipe-style pipelining): the step's
+    batch is cut into `micro_batches` parts of equal size and `micro` (0-based) names this
+    message's part. Each part is a position of its own (its forward, backward and the
+    comparison of replicas' results are separate), but a VNode changes its parameters once
+    per step: after the last part's backward pass, by the mean of the parts' parameter
+    gradients (each part's loss is the mean over its rows, so that mean is the whole batch's
+    gradient). 0 or 1: the step is one batch, and micro must be 0. Set by the driver and
+    copied by every VNode into the messages it sends for the same position, like reply_to;
+    a message whose micro_batches differs from the step's first is refused (Invalid).
+    """
+    micro_batches: _builtins.int
     @_builtins.property
     def header(self) -> _common_pb2.RequestHeader: ...
     @_builtins.property
@@ -155,10 +169,12 @@ class ForwardRequest(_message.Message):
         data: _common_pb2.DataRef | None = ...,
         compute_failure: _builtins.str = ...,
         spot_check: _abc.Iterable[_builtins.str] | None = ...,
+        micro: _builtins.int = ...,
+        micro_batches: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "position", b"position", "request_id", b"request_id", "step", b"step", "tensor", b"tensor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adaptive", b"adaptive", "attempt", b"attempt", "compute_failure", b"compute_failure", "data", b"data", "double_check", b"double_check", "header", b"header", "job", b"job", "network", b"network", "position", b"position", "reply_to", b"reply_to", "request_id", b"request_id", "sender_epoch", b"sender_epoch", "sender_replica", b"sender_replica", "sender_vnode", b"sender_vnode", "spot_check", b"spot_check", "step", b"step", "target_epoch", b"target_epoch", "target_replica", b"target_replica", "target_vnode", b"target_vnode", "tensor", b"tensor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adaptive", b"adaptive", "attempt", b"attempt", "compute_failure", b"compute_failure", "data", b"data", "double_check", b"double_check", "header", b"header", "job", b"job", "micro", b"micro", "micro_batches", b"micro_batches", "network", b"network", "position", b"position", "reply_to", b"reply_to", "request_id", b"request_id", "sender_epoch", b"sender_epoch", "sender_replica", b"sender_replica", "sender_vnode", b"sender_vnode", "spot_check", b"spot_check", "step", b"step", "target_epoch", b"target_epoch", "target_replica", b"target_replica", "target_vnode", b"target_vnode", "tensor", b"tensor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_position: _TypeAlias = _typing.Literal["step", "request_id"]  # noqa: Y015
     _WhichOneofArgType_position: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
@@ -211,6 +227,8 @@ class BackwardRequest(_message.Message):
     ADAPTIVE_FIELD_NUMBER: _builtins.int
     DOUBLE_CHECK_FIELD_NUMBER: _builtins.int
     COMPUTE_FAILURE_FIELD_NUMBER: _builtins.int
+    MICRO_FIELD_NUMBER: _builtins.int
+    MICRO_BATCHES_FIELD_NUMBER: _builtins.int
     job: _builtins.str
     step: _builtins.int
     request_id: _builtins.str
@@ -246,6 +264,9 @@ class BackwardRequest(_message.Message):
     `__driver__` by a VNode whose backward pass of this training step failed, the kind's
     error, so the step rolls back at once with that reason.
     """
+    micro: _builtins.int
+    """As in ForwardRequest: the part of the step (micro-batches) this gradient belongs to."""
+    micro_batches: _builtins.int
     @_builtins.property
     def header(self) -> _common_pb2.RequestHeader: ...
     @_builtins.property
@@ -272,10 +293,12 @@ class BackwardRequest(_message.Message):
         adaptive: _builtins.bool = ...,
         double_check: _abc.Iterable[_builtins.str] | None = ...,
         compute_failure: _builtins.str = ...,
+        micro: _builtins.int = ...,
+        micro_batches: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "position", b"position", "request_id", b"request_id", "step", b"step", "tensor", b"tensor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adaptive", b"adaptive", "attempt", b"attempt", "compute_failure", b"compute_failure", "double_check", b"double_check", "header", b"header", "job", b"job", "network", b"network", "position", b"position", "reply_to", b"reply_to", "request_id", b"request_id", "sender_epoch", b"sender_epoch", "sender_replica", b"sender_replica", "sender_vnode", b"sender_vnode", "step", b"step", "target_epoch", b"target_epoch", "target_replica", b"target_replica", "target_vnode", b"target_vnode", "tensor", b"tensor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adaptive", b"adaptive", "attempt", b"attempt", "compute_failure", b"compute_failure", "double_check", b"double_check", "header", b"header", "job", b"job", "micro", b"micro", "micro_batches", b"micro_batches", "network", b"network", "position", b"position", "reply_to", b"reply_to", "request_id", b"request_id", "sender_epoch", b"sender_epoch", "sender_replica", b"sender_replica", "sender_vnode", b"sender_vnode", "step", b"step", "target_epoch", b"target_epoch", "target_replica", b"target_replica", "target_vnode", b"target_vnode", "tensor", b"tensor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_position: _TypeAlias = _typing.Literal["step", "request_id"]  # noqa: Y015
     _WhichOneofArgType_position: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015

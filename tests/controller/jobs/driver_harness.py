@@ -124,6 +124,8 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
         self.restores: list[tuple[str, int, int, str]] = []
         self.checkpoints: list[tuple[str, int]] = []
         self.batches: list[tuple[int, int, list[int]]] = []
+        #: (step, micro, micro_batches) of every batch sent to x, in arrival order.
+        self.parts: list[tuple[int, int, int]] = []
         #: (step, attempt) → True: accept the batch but never answer (a lost/hung agent).
         self.hold: Callable[[int, int], bool] = lambda step, attempt: False
         #: Called with (step, attempt) when a batch arrives, before anything else.
@@ -202,6 +204,7 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
         if request.WhichOneof("position") == "step":
             step, attempt = request.step, request.attempt
             self.batches.append((step, attempt, [int(i) for i in data]))
+            self.parts.append((step, request.micro, request.micro_batches))
             self.saw(step, attempt).set()
             if self.on_batch is not None:
                 await self.on_batch(step, attempt)
@@ -240,6 +243,7 @@ class FakeAgent(vnode_pb2_grpc.VNodeServiceServicer):
         which = request.WhichOneof("position")
         assert which is not None
         fields[which] = getattr(request, which)
+        fields["micro"], fields["micro_batches"] = request.micro, request.micro_batches
         return fields
 
     async def _failed(self, request: vnode_pb2.ForwardRequest) -> bool:

@@ -94,6 +94,16 @@ def test_batches_are_the_seeded_permutation_of_each_epoch_cut_in_order() -> None
     assert list(first) != list(other), "every epoch must reshuffle"
 
 
+@pytest.mark.parametrize(
+    ("micro_batches", "rows", "parts"),
+    [(1, 256, 1), (4, 256, 4), (4, 30, 3), (4, 5, 1), (64, 7, 7), (8, 12, 6), (3, 2, 2)],
+)
+def test_a_batch_is_cut_into_the_most_equal_parts_allowed(
+    micro_batches: int, rows: int, parts: int
+) -> None:
+    assert driver_plan.parts(micro_batches, rows) == parts
+
+
 def test_blob_text_keeps_the_digest_for_restore() -> None:
     blob = common_pb2.BlobRef(
         url="file:///b/j/loss-0/step-4.npz", sha256=b"\x01\xff" * 16, size_bytes=99
@@ -140,6 +150,35 @@ async def test_a_run_feeds_seeded_batches_checkpoints_and_succeeds(world) -> Non
     # The loop keeps no task for a finished job.
     await orch.loop.reconcile("fit")
     assert orch.loop.running() == []
+
+
+async def test_a_pipelined_run_sends_each_step_in_equal_parts_and_waits_for_all(world) -> None:
+    orch = await world.orchestrator()
+    await world.job(micro_batches=2)
+    await orch.loop.reconcile("fit")
+    done = await orch.until("fit", succeeded)
+    assert (done.status.step, done.status.attempt) == (TOTAL, 1)
+    expected = []
+    for epoch in range(2):
+        order = np.random.default_rng([7, epoch]).permutation(10)
+        for k in range(3):  # batches of 4, 4 and 2 rows: two parts each, in order
+            batch = list(order[k * 4 : (k + 1) * 4])
+            half = len(batch) // 2
+            expected += [batch[:half], batch[half:]]
+    assert [b for _, _, b in world.agent.batches] == expected
+    assert world.agent.parts == [(s, p, 2) for s in range(1, TOTAL + 1) for p in (0, 1)]
+
+
+async def test_a_part_that_times_out_rolls_the_step_back_naming_the_part(world) -> None:
+    orch = await world.orchestrator(step_timeout=0.5)
+    world.agent.hold = lambda step, attempt: step == 2 and attempt == 1
+    await world.job(micro_batches=2)
+    await orch.loop.reconcile("fit")
+    rolled = await orch.until("fit", lambda j: "step 2 timed out" in j.status.message)
+    assert "loss (forward) of part 0" in rolled.status.message
+    assert "loss (forward) of part 1" in rolled.status.message
+    done = await orch.until("fit", succeeded)
+    assert done.status.attempt == 2
 
 
 async def test_an_epoch_change_rolls_every_vnode_back_to_the_checkpoint(world) -> None:

@@ -88,6 +88,7 @@ async def test_train_creates_a_pending_job_with_the_spec_defaults(world) -> None
         "learningRate": 0.01,
         "checkpointInterval": 50,
         "seed": 0,
+        "microBatches": 1,
     }
     assert body["status"]["phase"] == "Pending"
     stored = await world.store.get(job.Job, "fit")
@@ -106,6 +107,9 @@ async def test_train_creates_a_pending_job_with_the_spec_defaults(world) -> None
         ({"learning_rate": -0.1}, "learning_rate"),
         ({"checkpoint_interval": -1}, "checkpoint_interval"),
         ({"seed": -3}, "seed"),
+        ({"micro_batches": -2}, "micro_batches"),
+        ({"micro_batches": 65, "batch_size": 65 * 2}, "micro_batches"),
+        ({"micro_batches": 3, "batch_size": 32}, "micro_batches"),
         ({"name": "Not_A_Name"}, "name"),
         ({"labels": {"bad key!": "v"}}, "labels"),
         ({"data": common_pb2.DataRef(url="http://x/data.npz")}, "data.url"),
@@ -116,6 +120,16 @@ async def test_train_refuses_invalid_fields_naming_them(world, fields, field) ->
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details().startswith(f"{field}: "), error.details()
     assert (await world.store.list(job.Job)).items == [], "nothing was created"
+
+
+async def test_train_says_why_micro_batches_do_not_fit_the_batch(world) -> None:
+    error = await failure(world.train(micro_batches=3, batch_size=32))
+    assert error.details() == (
+        "micro_batches: Value error, 3 does not divide batch_size 32; every micro-batch of a "
+        "step must hold as many samples, got 3"
+    )
+    body = await world.train(name="piped", micro_batches=4, batch_size=32)
+    assert body["spec"]["microBatches"] == 4
 
 
 async def test_train_needs_an_existing_network(world) -> None:

@@ -281,3 +281,23 @@ def test_a_dispute_needs_two_signed_results_that_differ(ids: signed_support.Iden
     agree = [result(ids, HONEST, replica=0), result(ids, HONEST, replica=1)]
     assert refused(ids, agree, mode="dispute").reason == "unconvincing"
     assert refused(ids, differ[:1], mode="dispute").reason == "unconvincing"
+
+
+def test_micro_batch_parts_are_compared_only_like_with_like(
+    ids: signed_support.Identities,
+) -> None:
+    """A pipelined step's parts are positions of their own: a loser is proven by results of
+    its own part, and one result of another part among them proves nothing."""
+    loser = dataclasses.replace(ACCUSATION, subject=("a", 1, 2), micro=2)
+    found = [
+        result(ids, HONEST, replica=0, micro=2, micro_batches=4),
+        result(ids, LIE, replica=1, micro=2, micro_batches=4),
+        result(ids, HONEST, replica=2, micro=2, micro_batches=4),
+    ]
+    proven = prove(ids, found, mode="quorum", accusation=loser)
+    assert proven is not None
+    assert proven.pnode == "p1"
+    mixed = [*found[:2], result(ids, HONEST, replica=2, micro=1, micro_batches=4)]
+    caught = refused(ids, mixed, mode="quorum", accusation=loser)
+    assert caught.reason == "evidence-mismatch"
+    assert "micro" in str(caught)
