@@ -364,6 +364,12 @@ class _ViewCollector(registry.Collector):
             "Record changes the in-memory view read from the store's change feed.",
             value=self._view.feed_changes,
         )
+        yield core.CounterMetricFamily(
+            "dcnr_view_feed_held",
+            "Of those, changes the view already held at that version or newer (mostly its"
+            " own writes, applied when written), skipped without parsing the record.",
+            value=self._view.feed_held,
+        )
 
 
 class _StoreCollector(registry.Collector):
