@@ -352,8 +352,9 @@ class DynamoStore:
     async def changes(
         self, cursor: str, *, limit: int = base.DEFAULT_PAGE_SIZE, held: base.Held | None = None
     ) -> base.ChangePage:
-        # `held` is not asked: every record is left to be parsed when read (on the event
-        # loop either way; read, a consumer parses only what it applies, between its yields).
+        # `held` is not asked: every record is left to be parsed when read. Pages are read
+        # on the event loop, so parsing here would be there too, and all at once; read, only
+        # what the consumer applies is parsed, in its chunks between yields.
         del held
         return await self._feed.changes(cursor, limit)
 
