@@ -338,8 +338,8 @@ class _ViewCollector(registry.Collector):
         )
         yield core.CounterMetricFamily(
             "dcnr_view_full_reads",
-            "Full reads of the store by the in-memory view: at start, and after the change"
-            " feed answered Gone.",
+            "Full reads of the store by the in-memory view: at start (after Gone it reads"
+            " only what changed, see dcnr_view_relists).",
             value=self._view.full_reads,
         )
         yield core.CounterMetricFamily(
@@ -356,13 +356,20 @@ class _ViewCollector(registry.Collector):
         )
         yield core.CounterMetricFamily(
             "dcnr_view_relists",
-            "Full reads because the change feed no longer served the view's cursor (Gone).",
+            "Re-reads because the change feed no longer served the view's cursor (Gone): each"
+            " a listing of every record's uid and version, then a read of those that changed.",
             value=self._view.relists_after_gone,
         )
         yield core.CounterMetricFamily(
             "dcnr_view_feed_changes",
             "Record changes the in-memory view read from the store's change feed.",
             value=self._view.feed_changes,
+        )
+        yield core.CounterMetricFamily(
+            "dcnr_view_feed_held",
+            "Of those, changes the view already held at that version or newer (mostly its"
+            " own writes, applied when written), skipped without parsing the record.",
+            value=self._view.feed_held,
         )
 
 

@@ -146,16 +146,63 @@ class Version:
     resource_version: int
 
 
-@dataclass(frozen=True, slots=True)
 class Change:
     """One committed write from the change feed: `record` as written, or None when the
-    record was deleted (then `resource_version` and `uid` are the deleted record's)."""
+    record was deleted (then `resource_version` and `uid` are the deleted record's).
 
-    kind: str
-    name: str
-    resource_version: int
-    uid: str
-    record: Resource | None
+    kind, name, uid and resource_version come from the feed itself (SQLite's columns, the
+    stream record's key attributes), never from the record's JSON, so a consumer can tell a
+    change it already holds for the price of a lookup. The record is parsed when `record`
+    is first read, unless the store parsed it already (see `Store.changes`' `held`); a
+    change nobody reads the record of is never parsed (`parsed` says whether it was).
+    """
+
+    __slots__ = ("_load", "_record", "kind", "name", "resource_version", "uid")
+
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        resource_version: int,
+        uid: str,
+        record: Resource | None,
+        *,
+        load: Callable[[], Resource] | None = None,
+    ) -> None:
+        """`record` parsed already, or None with `load` parsing it when first read (None
+        with no `load`: a deletion)."""
+        self.kind = kind
+        self.name = name
+        self.resource_version = resource_version
+        self.uid = uid
+        self._record = record
+        self._load = load
+
+    @property
+    def deleted(self) -> bool:
+        return self._record is None and self._load is None
+
+    @property
+    def parsed(self) -> bool:
+        """Whether the record has been parsed (a deletion has nothing to parse: True)."""
+        return self._load is None
+
+    @property
+    def record(self) -> Resource | None:
+        if self._load is not None:
+            self._record, self._load = self._load(), None
+        return self._record
+
+    def __repr__(self) -> str:
+        what = "deleted" if self.deleted else "parsed" if self.parsed else "unparsed"
+        return (
+            f"Change({self.kind} {self.name!r} uid={self.uid!r} rv={self.resource_version}, {what})"
+        )
+
+
+#: `Store.changes`' hint: (kind, name, uid, resource_version) → whether the caller holds
+#: that record at that version or newer, so the store need not parse it.
+Held = Callable[[str, str, str, int], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,9 +257,20 @@ class Store(Protocol):
         """A change-feed cursor at the end of the feed now, following `kinds`."""
         ...
 
-    async def changes(self, cursor: str, *, limit: int = DEFAULT_PAGE_SIZE) -> ChangePage:
+    async def changes(
+        self, cursor: str, *, limit: int = DEFAULT_PAGE_SIZE, held: Held | None = None
+    ) -> ChangePage:
         """The changes after `cursor`, oldest first, at most `limit`; Gone if the feed no
-        longer holds them, InvalidRequest if `cursor` is not one of this store's."""
+        longer holds them, InvalidRequest if `cursor` is not one of this store's.
+
+        `held` is a hint: a written record for which it answers True is left unparsed
+        (`Change.record` parses it if read after all), so a consumer's own writes, which it
+        holds already, cost it no parse. SQLite parses the other records on its worker
+        thread, off the event loop, so `held` may be called on that thread while the
+        consumer's loop runs: it must only read, and the consumer decides again when it
+        applies a change (what it holds may have moved meanwhile). DynamoDB, whose pages
+        are read on the event loop anyway, leaves every record to be parsed when read.
+        Either way every change is in the page."""
         ...
 
     async def close(self) -> None: ...

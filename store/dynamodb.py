@@ -349,7 +349,13 @@ class DynamoStore:
     async def feed_head(self, kinds: Sequence[type[meta.Resource]]) -> str:
         return await self._feed.head(kinds)
 
-    async def changes(self, cursor: str, *, limit: int = base.DEFAULT_PAGE_SIZE) -> base.ChangePage:
+    async def changes(
+        self, cursor: str, *, limit: int = base.DEFAULT_PAGE_SIZE, held: base.Held | None = None
+    ) -> base.ChangePage:
+        # `held` is not asked: every record is left to be parsed when read. Pages are read
+        # on the event loop, so parsing here would be there too, and all at once; read, only
+        # what the consumer applies is parsed, in its chunks between yields.
+        del held
         return await self._feed.changes(cursor, limit)
 
     async def _send_streams(self, operation: str, params: Item, expect: frozenset[str]) -> Item:

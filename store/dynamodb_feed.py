@@ -28,6 +28,7 @@ re-checked at most every STREAM_RECHECK seconds, so a replaced stream is noticed
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -75,13 +76,17 @@ def stream_state(table: str, description: Item) -> bool:
 
 
 def change_of(kind: type[meta.Resource], record: Item) -> base.Change:
-    """A stream record as a Change: the new image's record, or a tombstone from the old."""
+    """A stream record as a Change: the new image's record, or a tombstone from the old.
+    Name, uid and resource_version are the image's own attributes; the record's JSON is
+    parsed only when the consumer reads it (`base.Change.record`)."""
     body = record["dynamodb"]
     if record.get("eventName") == "REMOVE":
         old = body["OldImage"]
         name, uid = str(old["name"]["S"]), str(old["uid"]["S"])
         return feed.tombstone(kind.KIND, name, int(old["rv"]["N"]), uid)
-    return feed.written(items.decode(kind, body["NewImage"]))
+    new = body["NewImage"]
+    name, uid, version = str(new["name"]["S"]), str(new["uid"]["S"]), int(new["rv"]["N"])
+    return feed.unparsed(kind.KIND, name, version, uid, functools.partial(items.decode, kind, new))
 
 
 class StreamFeed:

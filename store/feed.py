@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from api import resources
@@ -84,3 +84,10 @@ def tombstone(kind: str, name: str, resource_version: int, uid: str) -> base.Cha
 def written(record: meta.Resource) -> base.Change:
     meta_ = record.metadata
     return base.Change(record.KIND, record.name, meta_.resource_version, meta_.uid, record)
+
+
+def unparsed(
+    kind: str, name: str, resource_version: int, uid: str, load: Callable[[], meta.Resource]
+) -> base.Change:
+    """A written record's change whose record `load` parses when first read."""
+    return base.Change(kind, name, resource_version, uid, None, load=load)

@@ -302,7 +302,9 @@ class SqliteStore:
         head = await self._run(_newest_seq, write=False)
         return feed.encode(_BACKEND, names, head)
 
-    async def changes(self, cursor: str, *, limit: int = base.DEFAULT_PAGE_SIZE) -> base.ChangePage:
+    async def changes(
+        self, cursor: str, *, limit: int = base.DEFAULT_PAGE_SIZE, held: base.Held | None = None
+    ) -> base.ChangePage:
         feed.check_limit(limit)
         kinds, after = feed.decode(cursor, _BACKEND)
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
@@ -316,13 +318,8 @@ class SqliteStore:
                 f" WHERE seq > ? AND seq <= ? AND kind IN ({marks}) ORDER BY seq LIMIT ?",
                 (after, newest, *kinds, limit),
             ).fetchall()
-            # Parsed here, on the worker thread: a page of another replica's writes is
-            # hundreds of records, tens of milliseconds of pydantic that would otherwise
-            # hold the event loop in one piece (issue 13, the `ingest` scenario's tail).
             changes = [
-                feed.tombstone(kind, name, version, uid)
-                if data is None
-                else feed.written(feed.kind_of(kind).model_validate_json(data))
+                _change(kind, name, version, uid, data, held)
                 for _, kind, name, version, uid, data in rows
             ]
             return changes, (rows[-1][0] if rows else newest), newest, _feed_floor(conn)
@@ -399,6 +396,23 @@ class SqliteStore:
                 self._path, self._jitter, lambda: _in_transaction(conn, then_compact)
             )
         return _retry_while_locked(self._path, self._jitter, lambda: fn(conn))
+
+
+def _change(
+    kind: str, name: str, version: int, uid: str, data: str | None, held: base.Held | None
+) -> base.Change:
+    """A feed row as a Change, on the worker thread. A record the reader holds already
+    (`held`) is left unparsed; the others are parsed here: a page of another replica's
+    writes is hundreds of records, tens of milliseconds of pydantic that would otherwise
+    hold the event loop in one piece (issue 13, the `ingest` scenario's tail)."""
+    if data is None:
+        return feed.tombstone(kind, name, version, uid)
+    model = feed.kind_of(kind)
+    if held is not None and held(kind, name, uid, version):
+        return feed.unparsed(
+            kind, name, version, uid, functools.partial(model.model_validate_json, data)
+        )
+    return feed.written(model.model_validate_json(data))
 
 
 def _retry_while_locked(path: Path, jitter: random.Random, fn: Callable[[], T]) -> T:

@@ -41,6 +41,13 @@ class Cache:
         self._by_network: defaultdict[str, set[str]] = defaultdict(set)
         #: (network, vnode) → allocation names: resolution reads one VNode's replicas.
         self._by_vnode: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
+        #: KIND → its table, for `holds` (asked once per feed change).
+        self._by_kind: dict[str, dict[str, meta.Resource]] = {
+            pnode.PNode.KIND: cast(dict[str, meta.Resource], self.pnodes),
+            lease.PNodeLease.KIND: cast(dict[str, meta.Resource], self.leases),
+            allocation.Allocation.KIND: cast(dict[str, meta.Resource], self.allocations),
+            net_model.Network.KIND: cast(dict[str, meta.Resource], self.networks),
+        }
 
     def table(self, kind: type[meta.Resource]) -> dict[str, meta.Resource] | None:
         tables = {
@@ -51,6 +58,20 @@ class Cache:
         }
         # Each dict holds only its own kind: put files a record by its type.
         return cast(dict[str, meta.Resource] | None, tables.get(kind))
+
+    def holds(self, kind: str, name: str, uid: str, resource_version: int) -> bool:
+        """Whether the record of this uid is held at this resource_version or newer: then
+        `put` of it would change nothing, so a change feed's copy need not be parsed.
+
+        Only reads (two dict lookups and two attributes), so the store may ask it on its
+        worker thread (`base.Store.changes`' `held`) while the event loop writes."""
+        table = self._by_kind.get(kind)
+        held = None if table is None else table.get(name)
+        return (
+            held is not None
+            and held.metadata.uid == uid
+            and held.metadata.resource_version >= resource_version
+        )
 
     def put(self, record: meta.Resource) -> None:
         table = self.table(type(record))

@@ -219,8 +219,10 @@ class Observed:
     async def feed_head(self, kinds: Sequence[type[Resource]]) -> str:
         return await self._call(lambda: self._store.feed_head(kinds))
 
-    async def changes(self, cursor: str, *, limit: int = base.DEFAULT_PAGE_SIZE) -> base.ChangePage:
-        return await self._call(lambda: self._store.changes(cursor, limit=limit))
+    async def changes(
+        self, cursor: str, *, limit: int = base.DEFAULT_PAGE_SIZE, held: base.Held | None = None
+    ) -> base.ChangePage:
+        return await self._call(lambda: self._store.changes(cursor, limit=limit, held=held))
 
     async def close(self) -> None:
         await self._store.close()

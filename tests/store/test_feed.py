@@ -81,6 +81,46 @@ async def test_every_write_after_the_head_comes_once_with_its_record_or_a_tombst
     assert not after.more
 
 
+async def test_a_change_the_reader_holds_comes_unparsed_with_its_identity_from_the_feed(store):
+    """`held` names what the reader holds; those records come unparsed (parsed, as written,
+    only if read after all), the others as written, deletions as tombstones; every change
+    is in the page either way, and name, uid and version come without a parse."""
+    cursor = await store.feed_head([job.Job])
+    a = await store.create(job_at("a", 0))
+    b = await store.create(job_at("b", 0))
+    changed = b.model_copy(deep=True)
+    changed.status.step = 3
+    b2 = await store.update(changed)
+    await store.delete(job.Job, "a", resource_version=1)
+    asked: list[tuple[str, str, str, int]] = []
+
+    def held(kind: str, name: str, uid: str, resource_version: int) -> bool:
+        asked.append((kind, name, uid, resource_version))
+        return name == "a"
+
+    page = await store.changes(cursor, held=held)
+    identity = {
+        (c.kind, c.name, c.uid, c.resource_version, c.deleted, c.parsed) for c in page.changes
+    }
+    assert len(page.changes) == 4
+    assert (job.Job.KIND, "a", a.metadata.uid, 1, False, False) in identity  # held: unparsed
+    assert (job.Job.KIND, "a", a.metadata.uid, 1, True, True) in identity  # its tombstone
+    of_a = next(c for c in page.changes if c.name == "a" and not c.deleted)
+    assert of_a.record is not None
+    assert of_a.record.model_dump() == a.model_dump()
+    assert of_a.parsed  # once read
+    of_b = [c for c in page.changes if c.name == "b"]
+    assert [(c.uid, c.resource_version) for c in of_b] == [(b.metadata.uid, 1), (b.metadata.uid, 2)]
+    assert [c.record.model_dump() for c in of_b if c.record is not None] == [
+        b.model_dump(),
+        b2.model_dump(),
+    ]
+    written = {
+        (job.Job.KIND, x.name, x.metadata.uid, x.metadata.resource_version) for x in (a, b, b2)
+    }
+    assert set(asked) <= written  # asked (if at all) of written records only, by identity
+
+
 async def test_a_write_that_failed_its_condition_leaves_nothing_in_the_feed(store):
     await store.create(records.job_record("a"))
     cursor = await store.feed_head([job.Job])

@@ -1,6 +1,7 @@
 """A real store with a hook run right after a listing of one kind completes, so a test can
 write while a view's refresh is between its reads, as a concurrent request would; it also
-records the gets made through it and can hide chosen records' changes from the feed."""
+records the gets made through it and the feed's pages, and can hide chosen records' changes
+(or only their deletions) from the feed."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ class HookedStore:
         self.gets: builtins.list[tuple[str, str]] = []
         #: (kind, name) whose changes `changes` leaves out: a feed that missed them.
         self.hidden: set[tuple[str, str]] = set()
+        #: (kind, name) whose deletions (only) `changes` leaves out.
+        self.hidden_deletions: set[tuple[str, str]] = set()
+        #: Every page `changes` returned, in order, as the store made it (before `hidden`).
+        self.pages: builtins.list[base.ChangePage] = []
 
     async def get(self, kind: type[base.R], name: str) -> base.R:
         self.gets.append((kind.KIND, name))
@@ -77,11 +82,19 @@ class HookedStore:
     async def feed_head(self, kinds: Sequence[type[meta.Resource]]) -> str:
         return await self.inner.feed_head(kinds)
 
-    async def changes(self, cursor: str, *, limit: int = base.DEFAULT_PAGE_SIZE) -> base.ChangePage:
-        page = await self.inner.changes(cursor, limit=limit)
-        if not self.hidden:
+    async def changes(
+        self, cursor: str, *, limit: int = base.DEFAULT_PAGE_SIZE, held: base.Held | None = None
+    ) -> base.ChangePage:
+        page = await self.inner.changes(cursor, limit=limit, held=held)
+        self.pages.append(page)
+        if not self.hidden and not self.hidden_deletions:
             return page
-        kept = [c for c in page.changes if (c.kind, c.name) not in self.hidden]
+        kept = [
+            c
+            for c in page.changes
+            if (c.kind, c.name) not in self.hidden
+            and not (c.deleted and (c.kind, c.name) in self.hidden_deletions)
+        ]
         return base.ChangePage(kept, page.cursor, page.more)
 
     async def close(self) -> None:
