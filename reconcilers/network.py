@@ -146,11 +146,14 @@ class NetworkReconciler:
         self._changes = pnode_changes
         #: Scheduler views of the PNodes, converted once per record version (issue 13).
         self._views = scheduler_model.ViewCache()
+        #: Each Network's VNode hashes and graph, derived once per generation (issue 13).
+        self._specs = slots.SpecCache()
 
     async def reconcile(self, key: str) -> base.Result:
         try:
             network = await self._store.get(Network, key)
         except errors.NotFound:
+            self._specs.forget(key)
             return await self._stop_orphans(key)
         allocations = await store_base.list_all(self._store, Allocation, index=("network", key))
         pnodes: dict[str, PNode]
@@ -169,15 +172,17 @@ class NetworkReconciler:
             listed = await store_base.list_all(self._store, PNode)
             pnodes = {p.metadata.name: p for p in listed}
             views = self._views.views(pnodes)
+        derived = self._specs.derived(network)
         plan = network_plan.compute_plan(
             network,
             allocations,
             pnodes,
-            seed=slots.seed_for(network),
+            seed=derived.seed,
             config=self._config,
             now=self._clock.now(),
             views=views,
             snapshots=self._views,
+            derived=derived,
         )
         applier = network_apply.Applier(
             self._store, network, pnodes, self._on_written, self._on_deleted
