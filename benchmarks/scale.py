@@ -104,6 +104,7 @@ async def simulate(pnodes: int, vnodes: int, per_network: int, workdir: Path) ->
             on_deleted=view.apply_deleted,
             pnodes=lambda: view.pnodes,
             pnode_changes=pnode_changes,
+            records=view,
         )
         lifecycle = pnode_loop.PNodeReconciler(
             store,
