@@ -187,6 +187,7 @@ async def _measure(
                 on_deleted=view.apply_deleted,
                 pnodes=lambda: view.pnodes,
                 pnode_changes=pnode_changes,
+                records=view,
             )
         else:
             loop = network_loop.NetworkReconciler(store, clock)

@@ -4,10 +4,12 @@ simulated agents that write their PNode and PNodeLease records directly and rene
 writing the lease records.
 
 The loops are wired as `controller.server` wires them (issue 13): the network loop plans
-against the view's PNodes (`pnodes=`, with the scheduler views cached per record version)
-and writes through to the view; the lifecycle loop decides live PNodes from the view's
-records (`cached=`) and writes through to it. The view is filled once after setup and
-follows the store's change feed after the agents' renewals, as its refresh task would.
+against the view's PNodes (`pnodes=`, with the scheduler views cached per record version),
+Networks and Allocations (`records=`) and writes through to the view; the lifecycle loop
+decides live PNodes from the view's records (`cached=`) and writes through to it. The
+process runs with the collector thresholds the served one sets
+(`controller.runtime.collector`). The view is filled once after setup and follows the
+store's change feed after the agents' renewals, as its refresh task would.
 (Before issue 13's informer the network loop listed every PNode each pass; that variant is
 measured against this one in the placement scenario, not here.)
 
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import random
 import subprocess
@@ -53,6 +56,7 @@ from api.resources import allocation, lease, pnode
 from benchmarks import fleet, harness, profiling
 from controller import config as config_mod
 from controller.runtime import clock as clock_mod
+from controller.runtime import collector
 from controller.state import view as view_mod
 from reconcilers import base as reconcile_base
 from reconcilers import network as network_loop
@@ -77,6 +81,10 @@ SMOKE_POINTS = ((100, 500),)
 async def simulate(pnodes: int, vnodes: int, per_network: int, workdir: Path) -> dict[str, Any]:
     config = config_mod.ControlPlaneConfig()
     clock = clock_mod.FakeClock()
+    # The collector thresholds `dcnr-orchestrator serve` sets (as the placement scenario
+    # does): with CPython's defaults a re-placement pass paid for full collections walking
+    # the whole view, which the served process considers 500 times less often.
+    previous_gc = collector.tune()
     store = await sqlite.SqliteStore.open(workdir / "scale.db", clock=clock.now)
     try:
         t0 = time.perf_counter()
@@ -109,6 +117,7 @@ async def simulate(pnodes: int, vnodes: int, per_network: int, workdir: Path) ->
             on_deleted=view.apply_deleted,
             pnodes=lambda: view.pnodes,
             pnode_changes=pnode_changes,
+            records=view,
         )
         lifecycle = pnode_loop.PNodeReconciler(
             store,
@@ -195,9 +204,11 @@ async def simulate(pnodes: int, vnodes: int, per_network: int, workdir: Path) ->
             "peak_rss_bytes_after_records": rss_records,
             "peak_rss_bytes_after_view": rss_view,
             "replace_profile": profile,
+            "gc_thresholds": list(gc.get_threshold()),
         }
     finally:
         await store.close()
+        gc.set_threshold(*previous_gc)
 
 
 async def _converge(loop: network_loop.NetworkReconciler, names: list[str]) -> int:
@@ -286,6 +297,7 @@ async def _run(
             "dead_fraction": 0.1,
             "clock": "controller.runtime.clock.FakeClock",
             "timings": "ControlPlaneConfig defaults (lease 4 s, grace 2 s)",
+            "gc_thresholds": list(collector.THRESHOLDS),
         },
     )
     results = []

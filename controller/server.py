@@ -278,6 +278,7 @@ class Orchestrator:
             on_event=self._on_event,
             pnodes=lambda: self.view.pnodes,
             pnode_changes=pnode_changes,
+            records=self.view,
         )
         pnode_reconciler = pnode_loop.PNodeReconciler(
             self.store,

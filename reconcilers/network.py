@@ -69,6 +69,15 @@ PNode = pnode_model.PNode
 PNodeSource = Callable[[], Mapping[str, PNode]]
 
 
+class Records(Protocol):
+    """The informer's Networks and their Allocations (the server passes its view)."""
+
+    @property
+    def networks(self) -> Mapping[str, Network]: ...
+
+    def allocations_of(self, network_name: str) -> list[Allocation]: ...
+
+
 class ChangedPNodes:
     """The names of the PNodes the informer changed since the network loop last asked.
 
@@ -119,6 +128,7 @@ class NetworkReconciler:
         on_event: Callable[[base.Occurrence], None] | None = None,
         pnodes: PNodeSource | None = None,
         pnode_changes: ChangedPNodes | None = None,
+        records: Records | None = None,
     ) -> None:
         """`scheduler` defaults to the PlanConfig's when `config` is one, else the default.
         `on_replaced(reason)` is told of every slot moved or re-issued, for metrics;
@@ -128,7 +138,10 @@ class NetworkReconciler:
         every write is conditioned on the version planned from, so a stale one only
         conflicts and the pass is planned again). `pnode_changes`: told by the informer of
         every PNode change, so a pass looks only at the PNodes changed since the last one
-        (without it, every pass walks every PNode)."""
+        (without it, every pass walks every PNode). `records`: the informer's Networks and
+        Allocations, planned from instead of reading the Network and listing its
+        Allocations from the store each pass (see `_read` for when the store is read
+        anyway)."""
         if scheduler is None:
             scheduler = scheduler_config.DEFAULT
             if isinstance(config, network_actions.PlanConfig):
@@ -144,52 +157,67 @@ class NetworkReconciler:
         self._on_event = on_event
         self._pnodes = pnodes
         self._changes = pnode_changes
+        self._records = records
         #: Scheduler views of the PNodes, converted once per record version (issue 13).
         self._views = scheduler_model.ViewCache()
+        #: Each Network's VNode hashes and graph, derived once per generation (issue 13).
+        self._specs = slots.SpecCache()
+        #: Networks whose last pass met a write that lost (someone else's write, or a stale
+        #: read): their next pass reads the store, not the informer.
+        self._read_through: set[str] = set()
 
     async def reconcile(self, key: str) -> base.Result:
-        try:
-            network = await self._store.get(Network, key)
-        except errors.NotFound:
+        read = await self._read(key)
+        if read is None:
+            self._specs.forget(key)
             return await self._stop_orphans(key)
-        allocations = await store_base.list_all(self._store, Allocation, index=("network", key))
-        pnodes: dict[str, PNode]
+        network, allocations = read
+        pnodes: Mapping[str, PNode]
         if self._pnodes is not None:
             held = await self._held_pnodes(allocations, self._pnodes())
             # From here to the plan nothing awaits: what changed, the informer's table and
-            # the views are of one moment. Taken before the copy, a change made later is
-            # still there for the next pass.
+            # the views are of one moment. Taken before the plan, a change made later is
+            # still there for the next pass. The plan reads the informer's table in place;
+            # the Applier, which awaits, copies the records the plan's writes touch.
             changed = None if self._changes is None else self._changes.take()
             live = self._pnodes()
-            pnodes = dict(live)  # this pass's: the informer moves on meanwhile
-            for name, record in held.items():
-                pnodes.setdefault(name, record)
+            # Not a copy of every PNode (at 100,000 PNodes that was a walk per pass) unless
+            # the informer lacks one that holds an allocation, which is rare and brief.
+            pnodes = {**held, **live} if held else live
             views = self._views.views(live, changed=changed, extra=held)
         else:  # no informer (tools, some tests): every PNode from the store, every pass
             listed = await store_base.list_all(self._store, PNode)
             pnodes = {p.metadata.name: p for p in listed}
             views = self._views.views(pnodes)
+        derived = self._specs.derived(network)
         plan = network_plan.compute_plan(
             network,
             allocations,
             pnodes,
-            seed=slots.seed_for(network),
+            seed=derived.seed,
             config=self._config,
             now=self._clock.now(),
             views=views,
             snapshots=self._views,
+            derived=derived,
         )
         applier = network_apply.Applier(
-            self._store, network, pnodes, self._on_written, self._on_deleted
+            self._store,
+            network,
+            network_apply.touched(plan.writes, pnodes),
+            self._on_written,
+            self._on_deleted,
         )
         for action in network_apply.grouped(plan.writes):
             try:
                 await applier.apply(action)
             except (errors.Conflict, errors.NotFound, errors.AlreadyExists) as exc:
                 log.info("network %s: %s; replanning: %s", key, type(exc).__name__, exc)
+                self._read_through.add(key)
                 return base.Result(requeue=True)
             except network_apply.OverCommit as exc:
                 log.error("network %s: %s; replanning", key, exc)
+                self._read_through.add(key)
                 return base.Result(requeue=True)
             for single in _actions(action):
                 if self._on_replaced is not None and isinstance(
@@ -208,6 +236,7 @@ class NetworkReconciler:
             try:
                 applier.written([await self._store.update(network)])
             except (errors.Conflict, errors.NotFound):
+                self._read_through.add(key)
                 return base.Result(requeue=True)
         if plan.unschedulable:
             self._tell(
@@ -215,6 +244,33 @@ class NetworkReconciler:
             )
             return base.Result(requeue_after=self._config.unschedulable_retry)
         return base.Result()
+
+    async def _read(self, key: str) -> tuple[Network, list[Allocation]] | None:
+        """The Network and its Allocations (None: no such Network).
+
+        From the informer when it holds the Network, unless the key's last pass lost a
+        write; else from the store. The informer may lag the store (another replica's
+        writes arrive with its feed), which is safe because every write of the pass is
+        conditioned on what was read (the Network's uid and resource_version, each
+        Allocation's, each PNode's): a plan from a stale read only conflicts, and the
+        next pass reads the store (level-triggered, as for a stale PNode). A Network the
+        informer lacks is read from the store, never taken for deleted: its Allocations
+        would be stopped as orphans. And the informer's change of a Network or of an
+        Allocation wakes the loop again (`controller.runtime.events`), so a pass planned
+        from a copy that lagged and found nothing to write is planned again when it
+        catches up."""
+        records = self._records
+        if records is not None and key not in self._read_through:
+            network = records.networks.get(key)
+            if network is not None:
+                return network, records.allocations_of(key)
+        self._read_through.discard(key)
+        try:
+            network = await self._store.get(Network, key)
+        except errors.NotFound:
+            return None
+        allocations = await store_base.list_all(self._store, Allocation, index=("network", key))
+        return network, allocations
 
     async def _held_pnodes(
         self, allocations: list[Allocation], pnodes: Mapping[str, PNode]

@@ -256,6 +256,24 @@ class Applier:
         return pnode
 
 
+def touched(
+    actions: Iterable[network_actions.Action], pnodes: Mapping[str, PNode]
+) -> dict[str, PNode]:
+    """The records of `pnodes` that applying `actions` reads (each target, each source),
+    for an `Applier`: a copy of those alone, not of every PNode, which at 100,000 PNodes
+    was a walk per pass (issue 13). A name `pnodes` lacks stays out, as it would from a
+    full copy: the Applier finds it gone."""
+    names: set[str] = set()
+    for action in actions:
+        if isinstance(action, network_actions.Place):
+            names.add(action.pnode)
+        elif isinstance(action, network_actions.Migrate):
+            names.update((action.to_pnode, action.allocation.spec.pnode))
+        elif isinstance(action, network_actions.Reissue | network_actions.Stop):
+            names.add(action.allocation.spec.pnode)
+    return {name: pnodes[name] for name in names if name in pnodes}
+
+
 def grouped(actions: Iterable[network_actions.Action]) -> list[Step]:
     """The actions in order, each run of consecutive Place actions as one tuple, and each
     run of consecutive Migrate actions as another."""

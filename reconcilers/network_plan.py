@@ -186,16 +186,28 @@ def compute_plan(
     now: datetime,
     views: Mapping[str, model.NodeView] | None = None,
     snapshots: model.ViewCache | None = None,
+    derived: slots.Derived | None = None,
 ) -> network_actions.NetworkPlan:
     """`pnodes` by name or as a list; `views`, if given, must be `model.node_view` of each
     of them (a `model.ViewCache`'s, which spares converting every PNode each pass), and
     `snapshots`, if given, the cache `views` came from (`ViewCache.views`): it keeps this
-    pass's snapshot up to date from the PNodes that changed instead of building it."""
+    pass's snapshot up to date from the PNodes that changed instead of building it.
+    `derived`, if given, must be `slots.derive(network)` (a `slots.SpecCache`'s, which
+    spares hashing every VNode and walking the graph each pass); one derived from another
+    spec (uid or generation) is refused."""
+    if derived is None:
+        derived = slots.derive(network)
+    elif not derived.matches(network):
+        raise ValueError(
+            f"compute_plan: network {network.metadata.name!r} is uid {network.metadata.uid!r} "
+            f"generation {network.metadata.generation}, but `derived` is of uid "
+            f"{derived.uid!r} generation {derived.generation}"
+        )
     by_pnode = by_name(pnodes)
     specs = {v.name: v for v in network.spec.vnodes}  # network.vnode() is a linear search
-    hashes = slots.vnode_hashes(network)
+    hashes = derived.hashes
     current, found, working = _sorted(network, specs, allocations, by_pnode, hashes, views)
-    requests = _requests(network, current, found)
+    requests = _requests(network, current, found, derived.neighbours)
     if snapshots is None:
         snapshot = model.Snapshot(working.values())
     else:  # the pass's own charges on top of the cache's views
@@ -237,19 +249,20 @@ def slot_request(
     A slot the plan keeps in place gets the request it would get if it were placed now (its
     own PNode is no sibling to avoid, as for a migration)."""
     by_pnode = by_name(pnodes)
+    derived = slots.derive(network)
     specs = {v.name: v for v in network.spec.vnodes}
-    current, found, _ = _sorted(network, specs, allocations, by_pnode, slots.vnode_hashes(network))
+    current, found, _ = _sorted(network, specs, allocations, by_pnode, derived.hashes)
     slot = allocation_model.slot_name(network.metadata.name, vnode.name, replica)
     own = next((a.spec.pnode for a in current if a.metadata.name == slot), None)
-    return _slot_request(network, vnode, replica, _hosting(found), network.neighbours(), own)
+    return _slot_request(network, vnode, replica, _hosting(found), derived.neighbours, own)
 
 
 def _sorted(
     network: network_model.Network,
-    specs: dict[str, network_model.VNodeSpec],
+    specs: Mapping[str, network_model.VNodeSpec],
     allocations: list[Allocation],
     by_pnode: Mapping[str, pnode_model.PNode],
-    hashes: dict[str, str],
+    hashes: Mapping[str, str],
     cached: Mapping[str, model.NodeView] | None = None,
 ) -> tuple[list[Allocation], _Sorted, Views]:
     """The network's allocations (by slot), sorted by the rules with re-issues resized, and
@@ -273,10 +286,10 @@ def _sorted(
 
 def _sort(
     network: network_model.Network,
-    specs: dict[str, network_model.VNodeSpec],
+    specs: Mapping[str, network_model.VNodeSpec],
     current: list[Allocation],
     by_pnode: Mapping[str, pnode_model.PNode],
-    hashes: dict[str, str],
+    hashes: Mapping[str, str],
 ) -> _Sorted:
     found = _Sorted()
     for alloc in current:
@@ -298,11 +311,11 @@ def _sort(
 
 def _resize(
     network: network_model.Network,
-    specs: dict[str, network_model.VNodeSpec],
+    specs: Mapping[str, network_model.VNodeSpec],
     found: _Sorted,
     views: Views,
     by_pnode: Mapping[str, pnode_model.PNode],
-    hashes: dict[str, str],
+    hashes: Mapping[str, str],
 ) -> None:
     """Re-issue in place what still fits there (in slot order, the order they are applied
     in, so a growth may use what an earlier shrink freed); the rest has to migrate."""
@@ -328,7 +341,10 @@ def _resize(
 
 
 def _requests(
-    network: network_model.Network, current: list[Allocation], found: _Sorted
+    network: network_model.Network,
+    current: list[Allocation],
+    found: _Sorted,
+    near_of: Mapping[str, tuple[str, ...]],
 ) -> list[model.Request]:
     """A request per slot to place or migrate, avoiding its siblings' PNodes and near its
     graph neighbours' (as far as they are known before placing: kept and re-issued
@@ -338,7 +354,6 @@ def _requests(
     hosting = _hosting(found)
     occupied = {a.metadata.name for a in current}
     migrating = {m.allocation.metadata.name: m.allocation.spec.pnode for m in found.moving}
-    near_of = network.neighbours()
     requests = []
     for slot, vnode, replica in slots.slots(network):
         if slot in occupied and slot not in migrating:
@@ -364,7 +379,7 @@ def _slot_request(
     vnode: network_model.VNodeSpec,
     replica: int,
     hosting: dict[str, set[str]],
-    near_of: dict[str, tuple[str, ...]],
+    near_of: Mapping[str, tuple[str, ...]],
     own: str | None,
 ) -> model.Request:
     """Avoiding its siblings' PNodes (`own`, the slot's current PNode, is itself: no
@@ -380,11 +395,11 @@ def _slot_request(
 
 def _decide(
     network: network_model.Network,
-    specs: dict[str, network_model.VNodeSpec],
+    specs: Mapping[str, network_model.VNodeSpec],
     decided: placement.Plan,
     found: _Sorted,
     by_pnode: Mapping[str, pnode_model.PNode],
-    hashes: dict[str, str],
+    hashes: Mapping[str, str],
 ) -> tuple[
     list[network_actions.Migrate],
     list[network_actions.Place],

@@ -160,6 +160,7 @@ class Replica:
                 on_deleted=self.view.apply_deleted,
                 pnodes=lambda: self.view.pnodes,
                 pnode_changes=pnode_changes,
+                records=self.view,
             ),
             "pnode": pnode_loop.PNodeReconciler(
                 store,
